@@ -1,0 +1,290 @@
+"""The run catalogue: which runs exist, where their files are, and what they look like.
+
+`RunCatalogue` is the entry point of the library: it opens (and migrates) the database, indexes
+DL3 datastores into it and answers queries on the runs.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .conditions import SELECTABLE_COLUMNS, conditions_expression, typed_column
+from .database import create_engine, current_revision, display_url, upgrade_schema
+from .datastore import DL3Datastore, RunReadError, file_sha256, read_events_header, read_run_facts
+from .errors import ConditionError, DatabaseError
+from .models import RUN_STATUS_FAILED, RUN_STATUS_OK, Datastore, Run
+
+__all__ = ["RunCatalogue", "IndexReport", "DEFAULT_RUN_COLUMNS"]
+
+log = logging.getLogger(__name__)
+
+#: Columns `bkgdb runs` shows unless told otherwise.
+DEFAULT_RUN_COLUMNS = [
+    "obs_id", "object_name", "ra_deg", "dec_deg", "zenith_deg", "az_deg", "date_obs",
+    "ontime_s", "livetime_s", "n_tels", "muon_eff", "nsb_level", "event_count",
+]
+
+
+@dataclass
+class IndexReport:
+    """What one `RunCatalogue.index` call did."""
+
+    datastore: str
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    removed: int = 0
+    #: (obs_id, reason) of each run that could not be read.
+    failures: list = field(default_factory=list)
+
+    def summary(self):
+        return (f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, "
+                f"{self.failed} failed" + (f", {self.removed} removed" if self.removed else ""))
+
+
+class RunCatalogue:
+    """The catalogue of indexed runs in one database.
+
+    Parameters
+    ----------
+    engine : `sqlalchemy.engine.Engine`
+        An engine on a database whose schema is up to date; `RunCatalogue.open` makes one.
+
+    Examples
+    --------
+    >>> catalogue = RunCatalogue.open("sqlite:///bkgdb.sqlite")  # doctest: +SKIP
+    >>> report = catalogue.index("$GAMMAPY_DATA/hess-dl3-dr1")  # doctest: +SKIP
+    >>> runs = catalogue.select_runs(["zenith<30"])  # doctest: +SKIP
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url=None, upgrade=True):
+        """Open the catalogue at ``url`` (see `~bkgdb.database.resolve_url`) and apply pending migrations.
+
+        Parameters
+        ----------
+        url : str, optional
+            Database URL or SQLite file path. Default is ``$BKGDB_URL``, then ``./bkgdb.sqlite``.
+        upgrade : bool, optional
+            Apply pending schema migrations. Default is True.
+        """
+        engine = create_engine(url)
+        if upgrade:
+            try:
+                upgrade_schema(engine)
+            except Exception as exc:
+                if exc.__class__.__module__.startswith("alembic"):
+                    raise DatabaseError(
+                        f"cannot migrate {display_url(str(engine.url.render_as_string(False)))}: {exc} "
+                        "(was it written by a newer bkgdb?)"
+                    ) from None
+                raise
+        return cls(engine)
+
+    @property
+    def url(self):
+        """The database URL with any password hidden."""
+        return display_url(self.engine.url.render_as_string(hide_password=False))
+
+    def session(self):
+        return Session(self.engine, expire_on_commit=False)
+
+    # -- indexing -----------------------------------------------------------------------------
+
+    def index(self, path, progress=None):
+        """Index a DL3 datastore: add new runs, update changed ones, skip unchanged ones.
+
+        A run is unchanged when its event file has the same size and modification time (or,
+        failing that, the same SHA-256) and its obs-index row is the same. A run whose file
+        cannot be read is stored with status ``failed`` and its reason; the others are indexed.
+        Each run is committed on its own, so an interrupted index keeps what it did.
+
+        Parameters
+        ----------
+        path : str or `~pathlib.Path`
+            The datastore folder (with obs-index and hdu-index files).
+        progress : callable, optional
+            Called as ``progress(done, total)`` after each run. Default is None.
+
+        Returns
+        -------
+        report : `IndexReport`
+        """
+        store = DL3Datastore(path)
+        sources = store.runs()
+        report = IndexReport(datastore=str(store.path))
+        meta = store.meta
+        with self.session() as session:
+            datastore = session.scalars(
+                sa.select(Datastore).where(Datastore.path == str(store.path))
+            ).one_or_none()
+            if datastore is None:
+                datastore = Datastore(path=str(store.path), obs_index_meta=meta)
+                session.add(datastore)
+            datastore.obs_index_meta = meta
+            datastore.last_indexed_at = datetime.now(timezone.utc)
+            session.commit()
+
+            existing = {run.obs_id: run for run in datastore.runs}
+            for done, source in enumerate(sources, start=1):
+                run = existing.get(source.obs_id)
+                if run is None:
+                    run = existing[source.obs_id] = Run(datastore=datastore, obs_id=source.obs_id)
+                    session.add(run)
+                outcome = self._index_run(run, source, meta)
+                setattr(report, outcome, getattr(report, outcome) + 1)
+                if outcome == "failed":
+                    report.failures.append((source.obs_id, run.error))
+                session.commit()
+                if progress is not None:
+                    progress(done, len(sources))
+
+            listed = {source.obs_id for source in sources}
+            for obs_id, run in existing.items():
+                if obs_id not in listed:
+                    session.delete(run)
+                    report.removed += 1
+            session.commit()
+        log.info("indexed %s: %s", report.datastore, report.summary())
+        return report
+
+    def _index_run(self, run, source, meta):
+        """Bring one run's row up to date; return "new", "updated", "unchanged" or "failed"."""
+        path = source.events_path
+        stat = path.stat() if path is not None and path.is_file() else None
+        if (run.status == RUN_STATUS_OK and stat is not None
+                and run.file_path == str(path) and run.row_sha256 == source.row_sha256
+                and run.file_size_bytes == stat.st_size and run.file_mtime == stat.st_mtime):
+            return "unchanged"
+
+        outcome = "new" if run.status is None else "updated"
+        try:
+            digest = file_sha256(path) if stat is not None else None
+            if (outcome == "updated" and run.status == RUN_STATUS_OK and digest == run.file_sha256
+                    and run.row_sha256 == source.row_sha256):
+                run.file_mtime, run.file_path = stat.st_mtime, str(path)  # touched, not changed
+                return "unchanged"
+            header = read_events_header(source)
+        except RunReadError as exc:
+            self._store_facts(run, source, meta, None)
+            run.status, run.error = RUN_STATUS_FAILED, str(exc)
+            return "failed"
+        self._store_facts(run, source, meta, header)
+        run.status, run.error = RUN_STATUS_OK, None
+        run.file_size_bytes, run.file_mtime, run.file_sha256 = stat.st_size, stat.st_mtime, digest
+        return outcome
+
+    @staticmethod
+    def _store_facts(run, source, meta, header):
+        facts = read_run_facts(source, meta, header)
+        for name, value in vars(facts).items():
+            setattr(run, name, value)
+        run.file_path = str(source.events_path) if source.events_path else None
+        run.row_sha256 = source.row_sha256
+        run.indexed_at = datetime.now(timezone.utc)
+        if header is None:
+            run.file_size_bytes = run.file_mtime = run.file_sha256 = None
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def extra_keys(self):
+        """The obs-index column names kept in ``Run.extra`` across all datastores."""
+        first_runs = sa.select(sa.func.min(Run.id)).group_by(Run.datastore_id)
+        with self.session() as session:
+            rows = session.scalars(sa.select(Run.extra).where(Run.id.in_(first_runs))).all()
+        return sorted({key for extra in rows for key in (extra or {})})
+
+    def select_runs(self, where=(), status=RUN_STATUS_OK, datastore=None):
+        """Runs matching all conditions, ordered by datastore and OBS_ID.
+
+        Parameters
+        ----------
+        where : iterable of str or `~bkgdb.conditions.Condition`
+            Conditions such as ``"zenith<30"`` or ``"object=Crab Nebula"``. Default is none.
+        status : str or None, optional
+            ``"ok"``, ``"failed"`` or None for both. Default is ``"ok"``.
+        datastore : str or `~pathlib.Path`, optional
+            Only runs of this datastore folder. Default is all.
+
+        Returns
+        -------
+        runs : list of `~bkgdb.models.Run`
+        """
+        where = list(where)
+        query = sa.select(Run).join(Run.datastore)
+        if where:
+            query = query.where(conditions_expression(where, self.extra_keys()))
+        if status is not None:
+            query = query.where(Run.status == status)
+        if datastore is not None:
+            from pathlib import Path
+
+            query = query.where(Datastore.path == str(Path(datastore).expanduser().resolve()))
+        query = query.order_by(Datastore.path, Run.obs_id)
+        with self.session() as session:
+            runs = session.scalars(query).all()
+            for run in runs:
+                run.datastore  # load it while the session is open
+        return runs
+
+    def run_rows(self, runs, columns=None):
+        """Runs as dicts of the named columns (typed columns, ``datastore`` or obs-index columns)."""
+        columns = list(columns or DEFAULT_RUN_COLUMNS)
+        extra = {key.lower(): key for key in self.extra_keys()}
+        getters = []
+        for name in columns:
+            if name == "datastore":
+                getters.append((name, lambda run: run.datastore.path))
+            elif typed_column(name) is not None:
+                attribute = typed_column(name).key
+                getters.append((name, lambda run, a=attribute: getattr(run, a)))
+            elif name.lower() in extra:
+                key = extra[name.lower()]
+                getters.append((name, lambda run, k=key: (run.extra or {}).get(k)))
+            else:
+                known = ", ".join(sorted(set(SELECTABLE_COLUMNS) | set(extra.values()) | {"datastore"}))
+                raise ConditionError(f"unknown column {name!r}; known columns: {known}")
+        rows = []
+        for run in runs:
+            row = {}
+            for name, getter in getters:
+                value = getter(run)
+                row[name] = value.isoformat() if isinstance(value, date) else value
+            rows.append(row)
+        return rows
+
+    def info(self):
+        """A summary of the catalogue: URL, schema revision, datastores and their run counts."""
+        with self.session() as session:
+            counts = session.execute(
+                sa.select(
+                    Datastore.path,
+                    Datastore.last_indexed_at,
+                    sa.func.count(Run.id).filter(Run.status == RUN_STATUS_OK),
+                    sa.func.count(Run.id).filter(Run.status == RUN_STATUS_FAILED),
+                    sa.func.coalesce(sa.func.sum(Run.ontime_s).filter(Run.status == RUN_STATUS_OK), 0.0),
+                    sa.func.coalesce(sa.func.sum(Run.event_count).filter(Run.status == RUN_STATUS_OK), 0),
+                )
+                .outerjoin(Run, Run.datastore_id == Datastore.id)
+                .group_by(Datastore.id, Datastore.path, Datastore.last_indexed_at)
+                .order_by(Datastore.path)
+            ).all()
+        datastores = [
+            {"path": path, "last_indexed_at": last.isoformat() if last else None, "runs": ok,
+             "failed_runs": failed, "ontime_h": round(float(ontime) / 3600.0, 3), "events": int(events)}
+            for path, last, ok, failed, ontime, events in counts
+        ]
+        return {
+            "url": self.url,
+            "schema_revision": current_revision(self.engine),
+            "datastores": datastores,
+            "runs": sum(d["runs"] for d in datastores),
+            "failed_runs": sum(d["failed_runs"] for d in datastores),
+        }

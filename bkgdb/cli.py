@@ -1,0 +1,133 @@
+"""The ``bkgdb`` command line: each command parses, calls one library function and prints.
+
+Heavy modules (astropy, gammapy) are imported inside the commands so ``bkgdb --help`` is quick.
+"""
+
+import functools
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from .errors import BkgdbError
+from .output import OutputFormat, render_rows
+
+app = typer.Typer(
+    help="bkgdb: a database of background-model pieces for IACT analyses with gammapy.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# Piped output (files, CI logs) gets wide tables instead of 80-column folding.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class State:
+    db = None
+
+
+def reports_errors(command):
+    """Turn a library error into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except BkgdbError as exc:
+            err.print(f"[red]Error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(
+    db: str = typer.Option(
+        None, "--db", metavar="URL",
+        help="Database URL (sqlite:///FILE, postgresql://USER@HOST/DB) or SQLite file. "
+             "Default: $BKGDB_URL, then ./bkgdb.sqlite.",
+    ),
+):
+    State.db = db
+
+
+def open_catalogue():
+    from .catalogue import RunCatalogue
+
+    return RunCatalogue.open(State.db)
+
+
+@app.command()
+@reports_errors
+def init():
+    """Create the database, or upgrade its schema to this version of bkgdb."""
+    catalogue = open_catalogue()
+    info = catalogue.info()
+    out.print(f"Database {info['url']} is at schema revision {info['schema_revision']}.", highlight=False)
+
+
+@app.command()
+@reports_errors
+def index(
+    datastore: Path = typer.Argument(..., help="DL3 datastore folder (obs-index and hdu-index files)."),
+):
+    """Index a DL3 datastore into the run catalogue (incremental: changed runs only)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    catalogue = open_catalogue()
+    with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err, transient=True) as bar:
+        task = bar.add_task("index", total=None)
+        report = catalogue.index(datastore, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for obs_id, reason in report.failures:
+        err.print(f"failed: run {obs_id}: {reason}", highlight=False, markup=False)
+    out.print(f"{report.datastore}: {report.summary()}", highlight=False)
+
+
+@app.command()
+@reports_errors
+def runs(
+    where: list[str] = typer.Option(
+        None, "--where", "-w", metavar="COND",
+        help="Condition such as 'zenith<30', 'object=Crab Nebula', 'MUONEFF>=0.8'; repeat to AND. "
+             "Operators: < <= > >= = != ~ (contains).",
+    ),
+    columns: str = typer.Option(None, "--columns", "-c", help="Comma-separated columns to show."),
+    failed: bool = typer.Option(False, "--failed", help="List runs that could not be read, with reasons."),
+    datastore: Path = typer.Option(None, "--datastore", help="Only runs of this datastore folder."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
+):
+    """List catalogued runs, filtered with --where conditions."""
+    from .catalogue import DEFAULT_RUN_COLUMNS
+
+    catalogue = open_catalogue()
+    status = "failed" if failed else "ok"
+    selected = catalogue.select_runs(where or [], status=status, datastore=datastore)
+    if columns:
+        names = [name.strip() for name in columns.split(",") if name.strip()]
+    else:
+        names = ["obs_id", "datastore", "error"] if failed else DEFAULT_RUN_COLUMNS
+    rows = catalogue.run_rows(selected, names)
+    render_rows(rows, names, fmt, out, title=f"{len(rows)} {status} runs")
+
+
+@app.command()
+@reports_errors
+def info(
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
+):
+    """Summarise the catalogue: database, datastores, runs and failed runs."""
+    summary = open_catalogue().info()
+    if fmt is OutputFormat.json:
+        out.print_json(data=summary)
+        return
+    out.print(f"database: {summary['url']} (schema {summary['schema_revision']})", highlight=False)
+    out.print(f"runs: {summary['runs']} indexed, {summary['failed_runs']} failed", highlight=False)
+    columns = ["path", "runs", "failed_runs", "ontime_h", "events", "last_indexed_at"]
+    render_rows(summary["datastores"], columns, fmt, out, title="datastores")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,26 @@
+"""Exceptions raised by bkgdb.
+
+The library raises these; only the CLI turns them into a one-line message and an exit code.
+"""
+
+__all__ = ["BkgdbError", "DatabaseError", "DatastoreError", "ConditionError", "ConfigError"]
+
+
+class BkgdbError(Exception):
+    """Base class of every error bkgdb reports to its user."""
+
+
+class DatabaseError(BkgdbError):
+    """The database URL is malformed, the server cannot be reached, or the schema is unusable."""
+
+
+class DatastoreError(BkgdbError):
+    """A DL3 datastore folder is missing or has no readable index files."""
+
+
+class ConditionError(BkgdbError):
+    """A ``--where`` condition cannot be parsed or names an unknown column."""
+
+
+class ConfigError(BkgdbError):
+    """A configuration file is missing or holds an invalid value."""

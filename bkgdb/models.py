@@ -1,0 +1,112 @@
+"""SQLAlchemy ORM models of the bkgdb catalogue.
+
+The schema is created and changed only by the alembic migrations in ``migrations/``;
+``tests/test_migrations.py`` checks that these models and the migrations agree.
+"""
+
+from datetime import date, datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = ["Base", "Datastore", "Run", "RUN_STATUS_OK", "RUN_STATUS_FAILED"]
+
+RUN_STATUS_OK = "ok"
+RUN_STATUS_FAILED = "failed"
+
+# JSON on SQLite, JSONB (indexable, comparable) on PostgreSQL.
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow():
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        float: sa.Float(),
+        int: sa.Integer(),
+        str: sa.String(255),
+        dict: JSONType,
+        datetime: sa.DateTime(timezone=True),
+        date: sa.Date(),
+    }
+
+
+class Datastore(Base):
+    """A DL3 datastore folder that was indexed, identified by its absolute path."""
+
+    __tablename__ = "datastores"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(sa.String(1024), unique=True)
+    #: Header of the obs-index table (MJDREF, GEOLON, ...): how to read the run columns.
+    obs_index_meta: Mapped[dict] = mapped_column(default=dict)
+    first_indexed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_indexed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    runs: Mapped[list["Run"]] = relationship(
+        back_populates="datastore", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Run(Base):
+    """One observation run of one datastore, with the columns run selection needs.
+
+    Angles are in degrees, times in seconds or MJD (UTC), as the column names say. ``extra`` holds
+    the run's whole obs-index row, so instrument-specific columns can be selected on too.
+    """
+
+    __tablename__ = "runs"
+    __table_args__ = (sa.UniqueConstraint("datastore_id", "obs_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    datastore_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("datastores.id", ondelete="CASCADE"), index=True
+    )
+    obs_id: Mapped[int] = mapped_column(sa.BigInteger, index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+    ra_deg: Mapped[float | None]
+    dec_deg: Mapped[float | None]
+    glon_deg: Mapped[float | None]
+    glat_deg: Mapped[float | None] = mapped_column(index=True)
+    alt_deg: Mapped[float | None]
+    zenith_deg: Mapped[float | None] = mapped_column(index=True)
+    az_deg: Mapped[float | None] = mapped_column(index=True)
+
+    tstart_mjd: Mapped[float | None] = mapped_column(index=True)
+    tstop_mjd: Mapped[float | None]
+    date_obs: Mapped[date | None] = mapped_column(index=True)
+    ontime_s: Mapped[float | None]
+    livetime_s: Mapped[float | None]
+    deadtime_fraction: Mapped[float | None]
+
+    n_tels: Mapped[int | None] = mapped_column(index=True)
+    tellist: Mapped[str | None]
+    object_name: Mapped[str | None] = mapped_column(index=True)
+    nsb_level: Mapped[float | None] = mapped_column(index=True)
+    muon_eff: Mapped[float | None] = mapped_column(index=True)
+    event_count: Mapped[int | None] = mapped_column(sa.BigInteger)
+
+    file_path: Mapped[str | None] = mapped_column(sa.String(2048))
+    file_size_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    file_mtime: Mapped[float | None]
+    file_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    #: Hash of the obs-index row: a changed row re-indexes the run even if its file did not change.
+    row_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    extra: Mapped[dict] = mapped_column(default=dict)
+    indexed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    datastore: Mapped[Datastore] = relationship(back_populates="runs")

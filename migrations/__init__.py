@@ -1,0 +1,1 @@
+"""Alembic migrations of the bkgdb schema (installed as ``bkgdb.migrations``)."""
