@@ -278,7 +278,7 @@ class RunCatalogue:
             ).all()
         datastores = [
             {"path": path, "last_indexed_at": last.isoformat() if last else None, "runs": ok,
-             "failed_runs": failed, "ontime_h": round(float(ontime) / 3600.0, 3), "events": int(events)}
+             "failed_runs": failed, "ontime_h": float(ontime) / 3600.0, "events": int(events)}
             for path, last, ok, failed, ontime, events in counts
         ]
         return {

@@ -7,6 +7,7 @@ The CLI, the library and ``migrations/env.py`` all call it.
 
 import logging
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -53,8 +54,9 @@ def resolve_url(url=None):
         return f"sqlite:///{Path(url).expanduser().resolve()}"
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise DatabaseError(f"malformed database URL {url!r}: {exc}") from None
+    except (ArgumentError, ValueError) as exc:
+        hidden = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        raise DatabaseError(f"malformed database URL {hidden!r}: {exc}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)

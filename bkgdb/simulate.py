@@ -1,0 +1,234 @@
+"""Simulated DL3 datastores drawn from a known background rate, for tests, benchmarks and the demo.
+
+The truth is a rate per energy and solid angle that falls as a power law in energy and as a
+Gaussian in field-of-view offset. Events are drawn on the sphere (offsets and position angles
+around the pointing), so the files look like real GADF event lists.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.table import Table
+
+__all__ = ["BackgroundTruth", "PointSource", "DatastoreSimulator"]
+
+log = logging.getLogger(__name__)
+
+MJDREF = 51910.0  # 2001-01-01, as in H.E.S.S. and CTAO files
+
+
+@dataclass
+class BackgroundTruth:
+    """A background rate ``norm * (E / 1 TeV)**-index * exp(-offset**2 / (2 sigma**2))``.
+
+    Parameters
+    ----------
+    norm : float
+        Rate at 1 TeV on the optical axis, in s-1 MeV-1 sr-1. Default is 3e-5.
+    index : float
+        Spectral index. Default is 2.7.
+    offset_sigma_deg : float
+        Width of the Gaussian fall-off with offset, in deg. Default is 1.5.
+    energy_range_tev : tuple
+        Energies between which events are drawn, in TeV. Default is (0.1, 100).
+    max_offset_deg : float
+        Largest offset at which events are drawn, in deg. Default is 3.
+    """
+
+    norm: float = 3e-5
+    index: float = 2.7
+    offset_sigma_deg: float = 1.5
+    energy_range_tev: tuple = (0.1, 100.0)
+    max_offset_deg: float = 3.0
+
+    def rate(self, energy_tev, offset_deg):
+        """The rate at the given energies and offsets, in s-1 MeV-1 sr-1."""
+        energy_tev, offset_deg = np.asarray(energy_tev, float), np.asarray(offset_deg, float)
+        return self.norm * energy_tev ** -self.index * np.exp(-0.5 * (offset_deg / self.offset_sigma_deg) ** 2)
+
+    def _energy_integral_mev(self, lo_tev, hi_tev):
+        """Integral of (E / 1 TeV)**-index over [lo, hi], with dE in MeV."""
+        p = 1.0 - self.index
+        return 1e6 * (np.asarray(hi_tev) ** p - np.asarray(lo_tev) ** p) / p
+
+    def _offset_integral_sr(self, lo_deg, hi_deg, steps=2000):
+        """Integral of the offset profile over annuli on the sphere, in sr."""
+        lo_deg, hi_deg = np.atleast_1d(lo_deg), np.atleast_1d(hi_deg)
+        result = []
+        for lo, hi in zip(lo_deg, hi_deg):
+            theta = np.linspace(lo, hi, steps)
+            profile = np.exp(-0.5 * (theta / self.offset_sigma_deg) ** 2) * 2 * np.pi * np.sin(np.radians(theta))
+            result.append(np.trapezoid(profile, np.radians(theta)))
+        return np.array(result)
+
+    def expected_counts(self, energy_edges_tev, offset_edges_deg, ontime_s):
+        """Expected counts per (energy, offset) bin for one run of ``ontime_s`` seconds."""
+        energy_edges_tev, offset_edges_deg = np.asarray(energy_edges_tev), np.asarray(offset_edges_deg)
+        energy = self._energy_integral_mev(energy_edges_tev[:-1], energy_edges_tev[1:])
+        solid_angle = self._offset_integral_sr(offset_edges_deg[:-1], offset_edges_deg[1:])
+        return self.norm * ontime_s * np.outer(energy, solid_angle)
+
+    def total_rate(self):
+        """Expected events per second of ontime within the drawing ranges."""
+        return float(self.expected_counts(self.energy_range_tev, [0.0, self.max_offset_deg], 1.0).sum())
+
+    def draw(self, rng, n_events):
+        """Draw energies (TeV) and offsets (deg) of ``n_events`` background events."""
+        lo, hi = self.energy_range_tev
+        p = 1.0 - self.index
+        uniform = rng.uniform(size=n_events)
+        energy = (lo ** p + uniform * (hi ** p - lo ** p)) ** (1.0 / p)
+
+        grid = np.linspace(0.0, self.max_offset_deg, 4001)
+        density = np.exp(-0.5 * (grid / self.offset_sigma_deg) ** 2) * np.sin(np.radians(grid))
+        cdf = np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]))])
+        offset = np.interp(rng.uniform(size=n_events) * cdf[-1], cdf, grid)
+        return energy, offset
+
+
+@dataclass
+class PointSource:
+    """A gamma-ray point source seen through a Gaussian PSF."""
+
+    ra_deg: float
+    dec_deg: float
+    rate_per_s: float = 0.5
+    psf_sigma_deg: float = 0.1
+    index: float = 2.5
+    name: str = "Simulated source"
+
+
+@dataclass
+class DatastoreSimulator:
+    """Write a GADF datastore of runs whose background follows a `BackgroundTruth`.
+
+    Parameters
+    ----------
+    truth : `BackgroundTruth`
+        The background rate.
+    pointings : list of (ra_deg, dec_deg)
+        Pointing of each run.
+    source : `PointSource`, optional
+        A source added on top of the background. Default is None.
+    ontime_s : float
+        Ontime of each run. Default is 1800.
+    deadc : float
+        Livetime / ontime. Default is 0.9.
+    seed : int
+        Random seed. Default is 0.
+    first_obs_id : int
+        OBS_ID of the first run. Default is 1000.
+    """
+
+    truth: BackgroundTruth = field(default_factory=BackgroundTruth)
+    pointings: list = field(default_factory=lambda: [(150.0, 30.0)])
+    source: PointSource | None = None
+    ontime_s: float = 1800.0
+    deadc: float = 0.9
+    seed: int = 0
+    first_obs_id: int = 1000
+    object_name: str = "SIM FIELD"
+    site: dict = field(default_factory=lambda: {"GEOLON": 16.5002, "GEOLAT": -23.2718, "ALTITUDE": 1835.0})
+
+    def run(self, path):
+        """Write the datastore into folder ``path``; return its OBS_IDs."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "data").mkdir(exist_ok=True)
+        rng = np.random.default_rng(self.seed)
+        obs_rows, hdu_rows, obs_ids = [], [], []
+        for number, (ra, dec) in enumerate(self.pointings):
+            obs_id = self.first_obs_id + number
+            tstart = 1.0e8 + number * 86400.0 / 3 + rng.uniform(0, 600)
+            header = self._run_header(obs_id, ra, dec, tstart, rng)
+            events = self._events(rng, ra, dec, tstart)
+            file_name = f"run_{obs_id:06d}.fits.gz"
+            self._write_run(path / "data" / file_name, header, events)
+            obs_rows.append({**{key: header[key] for key in OBS_COLUMNS}, "EVENT_COUNT": len(events)})
+            for hdu_type, hdu_class, hdu_name in (("events", "events", "EVENTS"), ("gti", "gti", "GTI")):
+                hdu_rows.append({"OBS_ID": obs_id, "HDU_TYPE": hdu_type, "HDU_CLASS": hdu_class,
+                                 "FILE_DIR": "data", "FILE_NAME": file_name, "HDU_NAME": hdu_name})
+            obs_ids.append(obs_id)
+        self._write_indexes(path, obs_rows, hdu_rows)
+        log.info("simulated %d runs in %s", len(obs_ids), path)
+        return obs_ids
+
+    def _run_header(self, obs_id, ra, dec, tstart, rng):
+        pointing = SkyCoord(ra * u.deg, dec * u.deg)
+        alt = float(rng.uniform(50, 80))
+        livetime = self.ontime_s * self.deadc
+        return {
+            "OBS_ID": obs_id, "RA_PNT": ra, "DEC_PNT": dec,
+            "GLON_PNT": float(pointing.galactic.l.deg), "GLAT_PNT": float(pointing.galactic.b.deg),
+            "ALT_PNT": alt, "ZEN_PNT": 90.0 - alt, "AZ_PNT": float(rng.uniform(0, 360)),
+            "ONTIME": self.ontime_s, "LIVETIME": livetime, "DEADC": self.deadc,
+            "TSTART": tstart, "TSTOP": tstart + self.ontime_s, "N_TELS": 4, "TELLIST": "1,2,3,4",
+            "OBJECT": self.object_name,
+        }
+
+    def _events(self, rng, ra, dec, tstart):
+        pointing = SkyCoord(ra * u.deg, dec * u.deg)
+        n_bkg = rng.poisson(self.truth.total_rate() * self.ontime_s)
+        energy, offset = self.truth.draw(rng, n_bkg)
+        angle = rng.uniform(0, 360, size=n_bkg)
+        positions = pointing.directional_offset_by(angle * u.deg, offset * u.deg)
+        ra_ev, dec_ev = positions.ra.deg, positions.dec.deg
+        if self.source is not None:
+            n_src = rng.poisson(self.source.rate_per_s * self.ontime_s)
+            centre = SkyCoord(self.source.ra_deg * u.deg, self.source.dec_deg * u.deg)
+            # A 2D Gaussian PSF: Rayleigh-distributed radius, uniform position angle.
+            radius = self.source.psf_sigma_deg * np.sqrt(-2 * np.log(rng.uniform(size=n_src)))
+            src = centre.directional_offset_by(rng.uniform(0, 360, n_src) * u.deg, radius * u.deg)
+            lo, hi = self.truth.energy_range_tev
+            p = 1.0 - self.source.index
+            e_src = (lo ** p + rng.uniform(size=n_src) * (hi ** p - lo ** p)) ** (1.0 / p)
+            keep = pointing.separation(src).deg <= self.truth.max_offset_deg
+            ra_ev = np.concatenate([ra_ev, src.ra.deg[keep]])
+            dec_ev = np.concatenate([dec_ev, src.dec.deg[keep]])
+            energy = np.concatenate([energy, e_src[keep]])
+        time = np.sort(tstart + rng.uniform(0, self.ontime_s, size=len(energy)))
+        order = rng.permutation(len(energy))
+        return Table({
+            "EVENT_ID": np.arange(1, len(energy) + 1, dtype=np.int64),
+            "TIME": time * u.s,
+            "RA": ra_ev[order].astype(np.float32) * u.deg,
+            "DEC": dec_ev[order].astype(np.float32) * u.deg,
+            "ENERGY": energy[order].astype(np.float32) * u.TeV,
+        })
+
+    def _write_run(self, filename, header, events):
+        gadf = {"HDUCLASS": "GADF", "HDUDOC": "https://github.com/open-gamma-ray-astro/gamma-astro-data-formats",
+                "HDUVERS": "0.3"}
+        time_ref = {"MJDREFI": int(MJDREF), "MJDREFF": MJDREF % 1, "TIMEUNIT": "s", "TIMESYS": "tt",
+                    "TIMEREF": "local"}
+        events_hdu = fits.BinTableHDU(events, name="EVENTS")
+        events_hdu.header.update({**gadf, "HDUCLAS1": "EVENTS", "TELESCOP": "SIM", "INSTRUME": "bkgdb simulation",
+                                  **time_ref, **header, "RADECSYS": "ICRS", "EQUINOX": 2000.0,
+                                  "OBS_MODE": "POINTING", **self.site})
+        gti = Table({"START": [header["TSTART"]] * u.s, "STOP": [header["TSTOP"]] * u.s})
+        gti_hdu = fits.BinTableHDU(gti, name="GTI")
+        gti_hdu.header.update({**gadf, "HDUCLAS1": "GTI", **time_ref})
+        fits.HDUList([fits.PrimaryHDU(), events_hdu, gti_hdu]).writeto(filename, overwrite=True)
+
+    def _write_indexes(self, path, obs_rows, hdu_rows):
+        obs_table = Table(rows=obs_rows, names=list(obs_rows[0]))
+        for name in ("RA_PNT", "DEC_PNT", "GLON_PNT", "GLAT_PNT", "ALT_PNT", "ZEN_PNT", "AZ_PNT"):
+            obs_table[name].unit = "deg"
+        for name in ("ONTIME", "LIVETIME", "TSTART", "TSTOP"):
+            obs_table[name].unit = "s"
+        obs_table.meta.update({"HDUCLASS": "GADF", "HDUCLAS1": "INDEX", "HDUCLAS2": "OBS",
+                               "MJDREFI": int(MJDREF), "MJDREFF": MJDREF % 1, "TIMESYS": "tt",
+                               "TIMEUNIT": "s", **self.site})
+        obs_table.write(path / "obs-index.fits.gz", format="fits", overwrite=True)
+        hdu_table = Table(rows=hdu_rows, names=list(hdu_rows[0]))
+        hdu_table.meta.update({"HDUCLASS": "GADF", "HDUCLAS1": "INDEX", "HDUCLAS2": "HDU"})
+        hdu_table.write(path / "hdu-index.fits.gz", format="fits", overwrite=True)
+
+
+OBS_COLUMNS = ["OBS_ID", "RA_PNT", "DEC_PNT", "GLON_PNT", "GLAT_PNT", "ALT_PNT", "ZEN_PNT", "AZ_PNT",
+               "ONTIME", "LIVETIME", "DEADC", "TSTART", "TSTOP", "N_TELS", "TELLIST", "OBJECT"]
