@@ -13,9 +13,11 @@ from sqlalchemy.orm import Session
 
 from .conditions import SELECTABLE_COLUMNS, conditions_expression, typed_column
 from .database import create_engine, current_revision, display_url, upgrade_schema
-from .datastore import DL3Datastore, RunReadError, file_sha256, read_events_header, read_run_facts
+from .datastore import DL3Datastore
 from .errors import ConditionError, DatabaseError
-from .models import RUN_STATUS_FAILED, RUN_STATUS_OK, Datastore, Run
+from .indexing import RunJob, _finder, process_run
+from .models import RUN_STATUS_FAILED, RUN_STATUS_OK, BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from .pieces import COUNTS_DTYPE, EXPOSURE_DTYPE, encode_array
 
 __all__ = ["RunCatalogue", "IndexReport", "DEFAULT_RUN_COLUMNS"]
 
@@ -38,12 +40,58 @@ class IndexReport:
     unchanged: int = 0
     failed: int = 0
     removed: int = 0
+    #: Background pieces computed.
+    pieces: int = 0
     #: (obs_id, reason) of each run that could not be read.
     failures: list = field(default_factory=list)
 
     def summary(self):
         return (f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, "
-                f"{self.failed} failed" + (f", {self.removed} removed" if self.removed else ""))
+                f"{self.failed} failed" + (f", {self.removed} removed" if self.removed else "")
+                + (f"; {self.pieces} pieces computed" if self.pieces else ""))
+
+
+def _get_or_create(session, model, digest, params):
+    row = session.scalars(sa.select(model).where(model.hash == digest)).one_or_none()
+    if row is None:
+        row = model(hash=digest, params=params)
+        session.add(row)
+    return row
+
+
+def store_source(sources, obs_id):
+    return next(source for source in sources if source.obs_id == obs_id)
+
+
+def run_jobs(jobs, workers):
+    """Results of `process_run` for each job, in completion order, in ``workers`` processes."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield process_run(job)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn: workers never inherit the parent's database connections or threads.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(process_run, job) for job in jobs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def piece_row(piece, run, binning_row, exclusion_row, file_sha256):
+    """The database row of a `~bkgdb.pieces.BackgroundPiece`."""
+    n_energy, n_offset = piece.counts.shape
+    return PieceRow(
+        run=run, binning=binning_row, exclusion=exclusion_row, n_energy=n_energy, n_offset=n_offset,
+        counts_dtype=COUNTS_DTYPE, exposure_dtype=EXPOSURE_DTYPE,
+        counts=encode_array(piece.counts, COUNTS_DTYPE),
+        excluded_counts=encode_array(piece.excluded_counts, COUNTS_DTYPE),
+        exposure_s=encode_array(piece.exposure_s, EXPOSURE_DTYPE),
+        ontime_s=piece.ontime_s, livetime_s=piece.livetime_s,
+        n_kept=int(piece.counts.sum()), n_excluded=int(piece.excluded_counts.sum()),
+        regions=piece.regions, file_sha256=file_sha256,
+    )
 
 
 class RunCatalogue:
@@ -98,18 +146,25 @@ class RunCatalogue:
 
     # -- indexing -----------------------------------------------------------------------------
 
-    def index(self, path, progress=None):
+    def index(self, path, config=None, jobs=1, progress=None):
         """Index a DL3 datastore: add new runs, update changed ones, skip unchanged ones.
 
         A run is unchanged when its event file has the same size and modification time (or,
         failing that, the same SHA-256) and its obs-index row is the same. A run whose file
         cannot be read is stored with status ``failed`` and its reason; the others are indexed.
-        Each run is committed on its own, so an interrupted index keeps what it did.
+        With a ``config``, the background pieces of every configured binning are computed in the
+        same pass that reads each file; a run whose file changed gets new pieces, an unchanged run
+        that has all its pieces is not read. Each run is committed on its own, so an interrupted
+        index keeps what it did.
 
         Parameters
         ----------
         path : str or `~pathlib.Path`
             The datastore folder (with obs-index and hdu-index files).
+        config : `~bkgdb.config.BkgdbConfig`, optional
+            Binnings and exclusion settings whose pieces to compute. Default is None (no pieces).
+        jobs : int, optional
+            Worker processes that read files and make pieces. Default is 1 (no workers).
         progress : callable, optional
             Called as ``progress(done, total)`` after each run. Default is None.
 
@@ -130,67 +185,113 @@ class RunCatalogue:
                 session.add(datastore)
             datastore.obs_index_meta = meta
             datastore.last_indexed_at = datetime.now(timezone.utc)
+            specs = self._piece_specs(session, config)
             session.commit()
 
             existing = {run.obs_id: run for run in datastore.runs}
-            for done, source in enumerate(sources, start=1):
+            have = self._existing_pieces(session, datastore)
+            jobs_to_run = []
+            for source in sources:
                 run = existing.get(source.obs_id)
-                if run is None:
-                    run = existing[source.obs_id] = Run(datastore=datastore, obs_id=source.obs_id)
-                    session.add(run)
-                outcome = self._index_run(run, source, meta)
+                if run is None:  # added to the session once its file has been read
+                    run = existing[source.obs_id] = Run(datastore_id=datastore.id, obs_id=source.obs_id)
+                job = self._plan_run(run, source, meta, specs, have)
+                if job is None:
+                    report.unchanged += 1
+                else:
+                    jobs_to_run.append(job)
+            if progress is not None:
+                progress(len(sources) - len(jobs_to_run), len(sources))
+
+            for done, result in enumerate(run_jobs(jobs_to_run, jobs), start=len(sources) - len(jobs_to_run) + 1):
+                run = existing[result.obs_id]
+                outcome = self._store_result(session, run, store_source(sources, result.obs_id), result, specs)
                 setattr(report, outcome, getattr(report, outcome) + 1)
+                report.pieces += len(result.pieces)
                 if outcome == "failed":
-                    report.failures.append((source.obs_id, run.error))
+                    report.failures.append((result.obs_id, run.error))
                 session.commit()
                 if progress is not None:
                     progress(done, len(sources))
 
             listed = {source.obs_id for source in sources}
             for obs_id, run in existing.items():
-                if obs_id not in listed:
+                if obs_id not in listed and run.id is not None:
                     session.delete(run)
                     report.removed += 1
             session.commit()
         log.info("indexed %s: %s", report.datastore, report.summary())
         return report
 
-    def _index_run(self, run, source, meta):
-        """Bring one run's row up to date; return "new", "updated", "unchanged" or "failed"."""
+    @staticmethod
+    def _piece_specs(session, config):
+        """(binning, exclusion, binning_id, exclusion_id) of every configured pair, rows made as needed."""
+        if config is None:
+            return []
+        exclusion = config.exclusion
+        _finder(exclusion)  # read the catalogues here, so a bad one fails before any worker starts
+        exclusion_row = _get_or_create(session, ExclusionRow, exclusion.hash, exclusion.params)
+        specs = []
+        for binning in config.binnings:
+            binning_row = _get_or_create(session, BinningRow, binning.hash, binning.params)
+            specs.append((binning, exclusion, binning_row, exclusion_row))
+        session.flush()
+        return specs
+
+    @staticmethod
+    def _existing_pieces(session, datastore):
+        rows = session.execute(
+            sa.select(PieceRow.run_id, PieceRow.binning_id, PieceRow.exclusion_id)
+            .join(Run, Run.id == PieceRow.run_id).where(Run.datastore_id == datastore.id)
+        ).all()
+        return set(map(tuple, rows))
+
+    @staticmethod
+    def _plan_run(run, source, meta, specs, have):
+        """The work one run needs, or None when it is up to date."""
+        missing = [(b, e) for b, e, b_row, e_row in specs if (run.id, b_row.id, e_row.id) not in have]
         path = source.events_path
         stat = path.stat() if path is not None and path.is_file() else None
-        if (run.status == RUN_STATUS_OK and stat is not None
-                and run.file_path == str(path) and run.row_sha256 == source.row_sha256
-                and run.file_size_bytes == stat.st_size and run.file_mtime == stat.st_mtime):
-            return "unchanged"
+        up_to_date = run.status == RUN_STATUS_OK and run.row_sha256 == source.row_sha256
+        if (up_to_date and stat is not None and run.file_path == str(path)
+                and run.file_size_bytes == stat.st_size and run.file_mtime == stat.st_mtime and not missing):
+            return None
+        return RunJob(source=source, meta=meta, known_sha256=run.file_sha256 if up_to_date else None,
+                      specs=[(b, e) for b, e, _, _ in specs], missing_specs=missing)
 
+    def _store_result(self, session, run, source, result, specs):
+        """Write a worker's result into the run's row and its pieces; return the outcome."""
+        rows = {(b, e): (b_row, e_row) for b, e, b_row, e_row in specs}
         outcome = "new" if run.status is None else "updated"
-        try:
-            digest = file_sha256(path) if stat is not None else None
-            if (outcome == "updated" and run.status == RUN_STATUS_OK and digest == run.file_sha256
-                    and run.row_sha256 == source.row_sha256):
-                run.file_mtime, run.file_path = stat.st_mtime, str(path)  # touched, not changed
-                return "unchanged"
-            header = read_events_header(source)
-        except RunReadError as exc:
-            self._store_facts(run, source, meta, None)
-            run.status, run.error = RUN_STATUS_FAILED, str(exc)
+        session.add(run)
+        if result.error is not None and not result.pieces:
+            self._store_facts(run, source, result.facts)
+            run.status, run.error = RUN_STATUS_FAILED, result.error
+            run.file_size_bytes = run.file_mtime = run.file_sha256 = None
+            session.execute(sa.delete(PieceRow).where(PieceRow.run_id == run.id))
             return "failed"
-        self._store_facts(run, source, meta, header)
-        run.status, run.error = RUN_STATUS_OK, None
-        run.file_size_bytes, run.file_mtime, run.file_sha256 = stat.st_size, stat.st_mtime, digest
+        if not result.changed:
+            outcome = "unchanged"
+            run.file_mtime, run.file_path = result.mtime, str(source.events_path)  # touched, not changed
+        else:
+            self._store_facts(run, source, result.facts)
+            run.status, run.error = RUN_STATUS_OK, None
+            run.file_size_bytes, run.file_mtime, run.file_sha256 = result.size, result.mtime, result.sha256
+            if run.id is not None:
+                session.execute(sa.delete(PieceRow).where(PieceRow.run_id == run.id))
+        session.flush()
+        for binning, exclusion, piece in result.pieces:
+            binning_row, exclusion_row = rows[(binning, exclusion)]
+            session.add(piece_row(piece, run, binning_row, exclusion_row, result.sha256))
         return outcome
 
     @staticmethod
-    def _store_facts(run, source, meta, header):
-        facts = read_run_facts(source, meta, header)
+    def _store_facts(run, source, facts):
         for name, value in vars(facts).items():
             setattr(run, name, value)
         run.file_path = str(source.events_path) if source.events_path else None
         run.row_sha256 = source.row_sha256
         run.indexed_at = datetime.now(timezone.utc)
-        if header is None:
-            run.file_size_bytes = run.file_mtime = run.file_sha256 = None
 
     # -- queries ------------------------------------------------------------------------------
 

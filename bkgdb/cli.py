@@ -59,6 +59,20 @@ def open_catalogue():
     return RunCatalogue.open(State.db)
 
 
+def read_config(path):
+    """Load a config file, printing its warnings (unknown keys) as one line each."""
+    import warnings
+
+    from .config import load_config
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = load_config(path)
+    for warning in caught:
+        err.print(f"Warning: {warning.message}", highlight=False, markup=False)
+    return config
+
+
 @app.command()
 @reports_errors
 def init():
@@ -72,15 +86,26 @@ def init():
 @reports_errors
 def index(
     datastore: Path = typer.Argument(..., help="DL3 datastore folder (obs-index and hdu-index files)."),
+    config: Path = typer.Option(None, "--config", help="YAML config: also compute background pieces "
+                                "for its binnings and exclusion settings."),
+    jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Worker processes. Default: config.njobs or 1."),
 ):
     """Index a DL3 datastore into the run catalogue (incremental: changed runs only)."""
+    import warnings
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    settings = read_config(config) if config else None
     catalogue = open_catalogue()
+    workers = jobs or (settings.njobs if settings else 1)
     with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as bar:
+                  console=err, transient=True) as bar, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         task = bar.add_task("index", total=None)
-        report = catalogue.index(datastore, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        report = catalogue.index(datastore, config=settings, jobs=workers,
+                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for message in sorted({str(warning.message) for warning in caught}):
+        err.print(f"Warning: {message}", highlight=False, markup=False)
     for obs_id, reason in report.failures:
         err.print(f"failed: run {obs_id}: {reason}", highlight=False, markup=False)
     out.print(f"{report.datastore}: {report.summary()}", highlight=False)
@@ -127,6 +152,53 @@ def info(
     out.print(f"runs: {summary['runs']} indexed, {summary['failed_runs']} failed", highlight=False)
     columns = ["path", "runs", "failed_runs", "ontime_h", "events", "last_indexed_at"]
     render_rows(summary["datastores"], columns, fmt, out, title="datastores")
+
+
+@app.command()
+@reports_errors
+def exclusions(
+    obs_id: int = typer.Argument(..., help="OBS_ID of an indexed run."),
+    datastore: Path = typer.Option(None, "--datastore", help="Only this datastore's run of that OBS_ID."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
+):
+    """List the exclusion regions applied to a run's background pieces."""
+    from .cache import PieceCache
+
+    found = PieceCache(open_catalogue().engine).exclusions(obs_id, datastore)
+    if not found:
+        raise BkgdbError(f"run {obs_id} has no background pieces: index it with --config first")
+    columns = ["name", "kind", "ra", "dec", "radius"]
+    for entry in found:
+        rows = [{key: region.get(key) for key in columns} for region in entry["regions"]]
+        title = (f"run {obs_id} of {entry['datastore']}: exclusion {entry['exclusion']} "
+                 f"({entry['method']}), {len(rows)} regions")
+        if fmt is OutputFormat.table:
+            render_rows(rows, columns, fmt, out, title=title)
+        else:
+            render_rows([{**{k: entry[k] for k in ("datastore", "exclusion", "method")}, **row} for row in rows],
+                        ["datastore", "exclusion", "method", *columns], fmt, out)
+
+
+@app.command()
+@reports_errors
+def cache(
+    drop_exclusion: str = typer.Option(None, "--drop-exclusion", metavar="HASH",
+                                       help="Delete the pieces of the exclusion setting with this hash prefix."),
+    drop_binning: str = typer.Option(None, "--drop-binning", metavar="HASH",
+                                     help="Delete the pieces of the binning with this hash prefix."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
+):
+    """Show stored background pieces per binning and exclusion setting, or drop some."""
+    from .cache import PieceCache
+
+    pieces = PieceCache(open_catalogue().engine)
+    if drop_exclusion or drop_binning:
+        deleted = pieces.drop(exclusion=drop_exclusion, binning=drop_binning)
+        out.print(f"dropped {deleted} pieces", highlight=False)
+        return
+    rows = pieces.summary()
+    columns = ["binning", "energy", "offset", "exclusion", "method", "pieces", "bytes", "bytes_per_piece"]
+    render_rows(rows, columns, fmt, out, title="background pieces")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,9 @@ from astropy.table import Table
 
 from .errors import DatastoreError
 
-__all__ = ["DL3Datastore", "RunSource", "RunFacts", "RunReadError", "read_run_facts", "file_sha256"]
+__all__ = [
+    "DL3Datastore", "RunSource", "RunFacts", "RunReadError", "EventList", "read_events", "read_run_facts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -162,15 +164,6 @@ class RunFacts:
     extra: dict = field(default_factory=dict)
 
 
-def file_sha256(path, chunk_size=1 << 20):
-    """SHA-256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _number(value):
     try:
         number = float(value)
@@ -290,35 +283,75 @@ def _fill_instrument(facts, lookup):
     facts.muon_eff = lookup.number("MUONEFF")
 
 
-def read_events_header(source):
-    """Open the run's event file, check its EVENTS table is complete, return its header.
+@dataclass
+class EventList:
+    """What bkgdb needs of a run's EVENTS table: its header and, if asked, directions and energies."""
+
+    header: dict
+    ra_deg: np.ndarray | None = None
+    dec_deg: np.ndarray | None = None
+    energy_tev: np.ndarray | None = None
+
+
+def _column(hdu, name, unit):
+    from astropy import units as u
+
+    values = np.asarray(hdu.data[name], dtype=float)
+    column_unit = hdu.columns[name].unit
+    if column_unit:
+        values = (values * u.Unit(column_unit)).to_value(unit)
+    return values
+
+
+def read_events(source, content, with_events=False):
+    """Parse a run's event file from its bytes and check its EVENTS table is complete.
+
+    Parameters
+    ----------
+    source : `RunSource`
+        The run (for the HDU name and messages).
+    content : bytes
+        The file's bytes (gzip-compressed or not), read once by the caller.
+    with_events : bool, optional
+        Also return RA, Dec (deg) and energy (TeV) of every event. Default is False.
+
+    Returns
+    -------
+    events : `EventList`
 
     Raises
     ------
     RunReadError
-        The file is missing, damaged, truncated, or has no events table.
+        The file is damaged, truncated, or has no events table.
     """
-    if source.events_path is None:
-        raise RunReadError("the hdu-index lists no events HDU for this run")
-    if not source.events_path.is_file():
-        raise RunReadError(f"event file not found: {source.events_path}")
+    import gzip
+    import io
+
+    name = source.events_path.name
     try:
-        with fits.open(source.events_path, memmap=False) as hdul:
+        if content[:2] == b"\x1f\x8b":
+            content = gzip.decompress(content)
+        with fits.open(io.BytesIO(content), memmap=False) as hdul:
             try:
                 hdu = hdul[source.events_hdu]
             except KeyError:
-                raise RunReadError(f"no HDU named {source.events_hdu!r} in {source.events_path.name}") from None
+                raise RunReadError(f"no HDU named {source.events_hdu!r} in {name}") from None
             header = hdu.header
             expected = int(header.get("NAXIS2", 0))
-            data = hdu.data
-            found = 0 if data is None else len(data)
+            found = 0 if hdu.data is None else len(hdu.data)
             if found != expected:
                 raise RunReadError(f"event table truncated: {found} of {expected} rows readable")
-            return {key: json_safe(value) for key, value in header.items() if key not in ("COMMENT", "HISTORY")}
+            events = EventList({key: json_safe(value) for key, value in header.items()
+                                if key not in ("COMMENT", "HISTORY", "")})
+            if with_events:
+                events.ra_deg = _column(hdu, "RA", "deg")
+                events.dec_deg = _column(hdu, "DEC", "deg")
+                events.energy_tev = _column(hdu, "ENERGY", "TeV")
+            return events
     except RunReadError:
         raise
     except Exception as exc:  # gzip, OSError, astropy's VerifyError...: all mean "unreadable"
-        raise RunReadError(f"cannot read {source.events_path.name}: {type(exc).__name__}: {exc}") from None
+        raise RunReadError(f"cannot read {name}: {type(exc).__name__}: {exc}") from None
 
 
 def read_run_facts(source, meta, header=None):

@@ -10,7 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "Datastore", "Run", "RUN_STATUS_OK", "RUN_STATUS_FAILED"]
+__all__ = [
+    "Base", "Datastore", "Run", "BinningRow", "ExclusionRow", "PieceRow", "RUN_STATUS_OK", "RUN_STATUS_FAILED",
+]
 
 RUN_STATUS_OK = "ok"
 RUN_STATUS_FAILED = "failed"
@@ -110,3 +112,61 @@ class Run(Base):
     indexed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     datastore: Mapped[Datastore] = relationship(back_populates="runs")
+
+
+class BinningRow(Base):
+    """A stored binning, identified by the hash of its parameters."""
+
+    __tablename__ = "binnings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    params: Mapped[dict]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ExclusionRow(Base):
+    """A stored exclusion setting (catalogues with their content hashes, radii, regions, method)."""
+
+    __tablename__ = "exclusion_settings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    params: Mapped[dict]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PieceRow(Base):
+    """One run's background piece for one binning and one exclusion setting.
+
+    Arrays are zlib-compressed little-endian bytes; their dtypes and shape are columns.
+    ``file_sha256`` is the hash of the event file the piece was computed from.
+    """
+
+    __tablename__ = "pieces"
+    __table_args__ = (sa.UniqueConstraint("run_id", "binning_id", "exclusion_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    binning_id: Mapped[int] = mapped_column(sa.ForeignKey("binnings.id", ondelete="CASCADE"), index=True)
+    exclusion_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("exclusion_settings.id", ondelete="CASCADE"), index=True
+    )
+    n_energy: Mapped[int]
+    n_offset: Mapped[int]
+    counts_dtype: Mapped[str] = mapped_column(sa.String(8))
+    exposure_dtype: Mapped[str] = mapped_column(sa.String(8))
+    counts: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    excluded_counts: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    exposure_s: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    ontime_s: Mapped[float]
+    livetime_s: Mapped[float | None]
+    n_kept: Mapped[int] = mapped_column(sa.BigInteger)
+    n_excluded: Mapped[int] = mapped_column(sa.BigInteger)
+    regions: Mapped[list] = mapped_column(JSONType, default=list)
+    file_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    run: Mapped[Run] = relationship()
+    binning: Mapped[BinningRow] = relationship()
+    exclusion: Mapped[ExclusionRow] = relationship()

@@ -15,7 +15,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
 
-__all__ = ["BackgroundTruth", "PointSource", "DatastoreSimulator"]
+__all__ = ["BackgroundTruth", "PointSource", "DatastoreSimulator", "write_source_catalogue"]
 
 log = logging.getLogger(__name__)
 
@@ -232,3 +232,29 @@ class DatastoreSimulator:
 
 OBS_COLUMNS = ["OBS_ID", "RA_PNT", "DEC_PNT", "GLON_PNT", "GLAT_PNT", "ALT_PNT", "ZEN_PNT", "AZ_PNT",
                "ONTIME", "LIVETIME", "DEADC", "TSTART", "TSTOP", "N_TELS", "TELLIST", "OBJECT"]
+
+
+def write_source_catalogue(path, sources):
+    """Write a small catalogue in gamma-cat's column layout, readable as ``exclusion.gammacat``.
+
+    Parameters
+    ----------
+    path : str or `~pathlib.Path`
+        Output FITS file.
+    sources : list of `PointSource` or dict
+        Each with ``name``, ``ra_deg``, ``dec_deg`` and optionally ``morph_sigma`` (deg, makes
+        the source extended with a Gaussian morphology).
+    """
+    rows = []
+    for source in sources:
+        if isinstance(source, PointSource):
+            source = {"name": source.name, "ra_deg": source.ra_deg, "dec_deg": source.dec_deg}
+        sigma = source.get("morph_sigma")
+        rows.append((source["name"], source["ra_deg"], source["dec_deg"],
+                     "gauss" if sigma else "point", float(sigma) if sigma else np.nan))
+    table = Table(rows=rows, names=["common_name", "ra", "dec", "morph_type", "morph_sigma"],
+                  dtype=[str, float, float, str, float])
+    table["ra"].unit = table["dec"].unit = table["morph_sigma"].unit = "deg"
+    table.meta["ORIGIN"] = "bkgdb simulation"
+    table.write(path, overwrite=True)
+    return Path(path)

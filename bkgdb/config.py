@@ -1,0 +1,309 @@
+"""Configuration files: binnings, exclusion settings and (later) background selection.
+
+The layout follows the VERITAS gammapy-tools configs (``binning``, ``exclusion``, ``config``,
+``background_selection``, ``io``), so their files load here; sections bkgdb does not use
+(``run_selection``, ``spectrum``, ``sky_map``, ...) are ignored. Unknown keys inside the sections
+bkgdb reads give a warning naming the key; invalid values raise `ConfigError`.
+
+Binnings and exclusion settings are identified by a hash of their parameters, so two analyses
+with the same settings share the pieces stored for them.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = [
+    "Binning", "ExclusionSettings", "CircleRegion", "BkgdbConfig", "load_config",
+    "EXPOSURE_METHODS", "default_catalogue_path",
+]
+
+log = logging.getLogger(__name__)
+
+EXPOSURE_METHODS = ("geometric", "counts-ratio")
+#: Sections of gammapy-tools configs that bkgdb reads none of.
+FOREIGN_SECTIONS = {"run_selection", "spectrum", "lightcurve", "sky_map", "analysis_selection",
+                    "results_file", "plot_names"}
+
+
+class ConfigWarning(UserWarning):
+    """A configuration key bkgdb does not know (a typo?), or a default it cannot fill."""
+
+
+def content_hash(params):
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def file_digest(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_catalogue_path(relative):
+    """``$GAMMAPY_DATA/catalogs/<relative>``, or None (with a warning) when GAMMAPY_DATA is not set."""
+    root = os.environ.get("GAMMAPY_DATA")
+    if not root:
+        warnings.warn(f"GAMMAPY_DATA is not set and no path is configured for {relative}: "
+                      "that catalogue is not used for exclusion", ConfigWarning, stacklevel=2)
+        return None
+    return str(Path(root, "catalogs", relative))
+
+
+def _number(section, key, value, kind=float, minimum=None, strictly=False):
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = kind(value)
+        if kind is int and float(value) != number:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{section}.{key} must be a {'whole ' if kind is int else ''}number, got {value!r}") from None
+    if minimum is not None and (number < minimum or (strictly and number == minimum)):
+        raise ConfigError(f"{section}.{key} must be {'>' if strictly else '>='} {minimum}, got {value!r}")
+    return number
+
+
+def _check_keys(section, values, known):
+    for key in values:
+        if key not in known:
+            warnings.warn(f"unknown key {section}.{key} in config (ignored)", ConfigWarning, stacklevel=3)
+
+
+@dataclass(frozen=True)
+class Binning:
+    """Energy (log-spaced, TeV) times FoV offset (linear, deg) bins of a background piece."""
+
+    e_min: float = 0.1
+    e_max: float = 100.0
+    e_bins: int = 20
+    off_min: float = 0.0
+    off_max: float = 2.5
+    off_bins: int = 10
+
+    KEYS = ("e_min", "e_max", "e_bins", "off_min", "off_max", "off_bins")
+
+    def __post_init__(self):
+        # One spelling per value, so 100 and 100.0 give the same hash.
+        for key in self.KEYS:
+            object.__setattr__(self, key, int(getattr(self, key)) if key.endswith("bins") else float(getattr(self, key)))
+        if not 0 < self.e_min < self.e_max:
+            raise ConfigError(f"binning needs 0 < e_min < e_max, got e_min={self.e_min}, e_max={self.e_max}")
+        if not 0 <= self.off_min < self.off_max <= 180:
+            raise ConfigError(f"binning needs 0 <= off_min < off_max, got {self.off_min}, {self.off_max}")
+        if self.e_bins < 1 or self.off_bins < 1:
+            raise ConfigError("binning needs at least one energy and one offset bin")
+
+    @classmethod
+    def from_dict(cls, values, section="binning"):
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section} must be a mapping of {', '.join(cls.KEYS)}")
+        _check_keys(section, values, cls.KEYS)
+        defaults = cls()
+        return cls(
+            e_min=_number(section, "e_min", values.get("e_min", defaults.e_min), minimum=0, strictly=True),
+            e_max=_number(section, "e_max", values.get("e_max", defaults.e_max), minimum=0, strictly=True),
+            e_bins=_number(section, "e_bins", values.get("e_bins", defaults.e_bins), int, minimum=1),
+            off_min=_number(section, "off_min", values.get("off_min", defaults.off_min), minimum=0),
+            off_max=_number(section, "off_max", values.get("off_max", defaults.off_max), minimum=0, strictly=True),
+            off_bins=_number(section, "off_bins", values.get("off_bins", defaults.off_bins), int, minimum=1),
+        )
+
+    @property
+    def params(self):
+        return {key: getattr(self, key) for key in self.KEYS}
+
+    @property
+    def hash(self):
+        return content_hash(self.params)
+
+    @property
+    def energy_edges(self):
+        """Energy bin edges in TeV."""
+        return np.geomspace(self.e_min, self.e_max, self.e_bins + 1)
+
+    @property
+    def offset_edges(self):
+        """Offset bin edges in deg."""
+        return np.linspace(self.off_min, self.off_max, self.off_bins + 1)
+
+    @property
+    def shape(self):
+        return (self.e_bins, self.off_bins)
+
+
+@dataclass(frozen=True)
+class CircleRegion:
+    """A circle on the sky to exclude: centre (ICRS, deg) and radius (deg)."""
+
+    ra: float
+    dec: float
+    radius: float
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ExclusionSettings:
+    """Which events are removed from a run before it enters a background, and how exposure is corrected.
+
+    Catalogue paths of None mean "not used"; by default they point into ``$GAMMAPY_DATA/catalogs``.
+    """
+
+    gammacat: str | None = field(default_factory=lambda: default_catalogue_path("gammacat/gammacat.fits.gz"))
+    hawc: str | None = field(default_factory=lambda: default_catalogue_path("3HWC.ecsv"))
+    star_cat: str | None = field(default_factory=lambda: default_catalogue_path("Hipparcos_MAG8_1997.dat"))
+    #: Sources whose circle reaches within this distance of the pointing are excluded (deg).
+    search_radius: float = 2.5
+    #: Radius around a point-like source (deg).
+    source_radius: float = 0.35
+    #: An extended source is excluded out to this many times its extension.
+    extended_factor: float = 3.0
+    #: Stars brighter than (V magnitude below) this are excluded.
+    star_mag_max: float = 8.0
+    star_radius: float = 0.35
+    exclude_regions: tuple = ()
+    region_files: tuple = ()
+    exposure_method: str = "geometric"
+
+    KEYS = ("gammacat", "hawc", "star_cat", "search_radius", "source_radius", "extended_factor",
+            "star_mag_max", "star_radius", "exclude_regions", "region_files", "exposure_method")
+
+    def __post_init__(self):
+        if self.exposure_method not in EXPOSURE_METHODS:
+            raise ConfigError(f"exclusion.exposure_method must be one of {', '.join(EXPOSURE_METHODS)}, "
+                              f"got {self.exposure_method!r}")
+        for name in ("gammacat", "hawc", "star_cat", *self.region_files):
+            path = getattr(self, name) if name in ("gammacat", "hawc", "star_cat") else name
+            if path is not None and not Path(path).is_file():
+                label = f"exclusion.{name}" if name in ("gammacat", "hawc", "star_cat") else "exclusion.region_files"
+                raise ConfigError(f"{label}: catalogue file not found: {path}")
+
+    @classmethod
+    def from_dict(cls, values, section="exclusion"):
+        values = dict(values or {})
+        _check_keys(section, values, cls.KEYS)
+        kwargs = {}
+        for key in ("gammacat", "hawc", "star_cat"):
+            if key in values:
+                value = values[key]
+                kwargs[key] = None if value in (None, False, "none", "") else str(Path(os.path.expandvars(str(value))).expanduser())
+        for key in ("search_radius", "source_radius", "extended_factor", "star_radius"):
+            if key in values:
+                kwargs[key] = _number(section, key, values[key], minimum=0)
+        if "star_mag_max" in values:
+            kwargs["star_mag_max"] = _number(section, "star_mag_max", values["star_mag_max"])
+        if "exposure_method" in values:
+            kwargs["exposure_method"] = str(values["exposure_method"])
+        regions = []
+        for number, entry in enumerate(values.get("exclude_regions") or []):
+            regions.append(_circle(section, number, entry))
+        kwargs["exclude_regions"] = tuple(regions)
+        kwargs["region_files"] = tuple(
+            str(Path(os.path.expandvars(str(path))).expanduser().resolve()) for path in values.get("region_files") or []
+        )
+        return cls(**kwargs)
+
+    @cached_property
+    def params(self):
+        """Everything that changes which events are kept, including the catalogues' contents."""
+        params = {key: getattr(self, key) for key in self.KEYS}
+        params["exclude_regions"] = [asdict(region) for region in self.exclude_regions]
+        params["files"] = {
+            str(path): file_digest(path)
+            for path in (self.gammacat, self.hawc, self.star_cat, *self.region_files) if path
+        }
+        return params
+
+    @cached_property
+    def hash(self):
+        return content_hash(self.params)
+
+    def search_radius_for(self, binning):
+        """The source search radius, never smaller than the binning's largest offset."""
+        return max(self.search_radius, binning.off_max)
+
+
+def _circle(section, number, entry):
+    label = f"{section}.exclude_regions[{number}]"
+    if isinstance(entry, dict):
+        try:
+            ra, dec, radius = entry["ra"], entry["dec"], entry["radius"]
+        except KeyError as exc:
+            raise ConfigError(f"{label} needs ra, dec and radius (deg); missing {exc}") from None
+        name = str(entry.get("name", ""))
+    elif isinstance(entry, (list, tuple)) and len(entry) in (3, 4):
+        ra, dec, radius = entry[:3]
+        name = str(entry[3]) if len(entry) == 4 else ""
+    else:
+        raise ConfigError(f"{label} must be [ra, dec, radius] in deg or a mapping with those keys")
+    values = []
+    for key, value in (("ra", ra), ("dec", dec), ("radius", radius)):
+        text = str(value).replace("deg", "").strip()
+        values.append(_number(label, key, text))
+    ra, dec, radius = values
+    if not -90 <= dec <= 90 or radius <= 0:
+        raise ConfigError(f"{label} needs -90 <= dec <= 90 and radius > 0, got {entry!r}")
+    return CircleRegion(ra % 360.0, dec, radius, name or f"region {number}")
+
+
+@dataclass
+class BkgdbConfig:
+    """A whole configuration: binnings, exclusion settings, worker count and the raw sections."""
+
+    binnings: list = field(default_factory=lambda: [Binning()])
+    exclusion: ExclusionSettings = field(default_factory=ExclusionSettings)
+    njobs: int = 1
+    sections: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values):
+        values = values or {}
+        if not isinstance(values, dict):
+            raise ConfigError("a config file must hold a mapping of sections")
+        known = {"binning", "exclusion", "config", "background_selection", "io"}
+        for key in values:
+            if key not in known and key not in FOREIGN_SECTIONS:
+                warnings.warn(f"unknown config section {key!r} (ignored)", ConfigWarning, stacklevel=2)
+        binning = values.get("binning", {})
+        if isinstance(binning, list):
+            binnings = [Binning.from_dict(item, f"binning[{n}]") for n, item in enumerate(binning)]
+        else:
+            binnings = [Binning.from_dict(binning or {})]
+        settings = values.get("config") or {}
+        _check_keys("config", settings, ("njobs",))
+        njobs = _number("config", "njobs", settings.get("njobs", 1), int)
+        if njobs < 1:
+            njobs = os.cpu_count() or 1  # gammapy-tools: -1 means all cores
+        return cls(binnings=binnings, exclusion=ExclusionSettings.from_dict(values.get("exclusion")),
+                   njobs=njobs, sections=values)
+
+
+def load_config(path):
+    """Read a YAML config file.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, not YAML, or holds an invalid value.
+    """
+    import yaml
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return BkgdbConfig.from_dict(values)

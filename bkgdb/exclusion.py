@@ -1,0 +1,257 @@
+"""Exclusion regions: known gamma-ray sources, bright stars and custom regions around a run.
+
+All containment tests are done on the sphere: positions become unit vectors and a point lies in
+a circle when its angular distance to the centre (the arc-cosine of their dot product) is below
+the radius. Catalogues are read once per process.
+"""
+
+import logging
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = ["ExclusionRegion", "ExclusionFinder", "unit_vectors", "annulus_grid", "load_catalogue"]
+
+log = logging.getLogger(__name__)
+
+EXTENDED_MORPHOLOGIES = ("gauss", "shell", "disk")
+
+
+def unit_vectors(ra_deg, dec_deg):
+    """Cartesian unit vectors (..., 3) of ICRS positions given in deg."""
+    ra, dec = np.radians(np.asarray(ra_deg, float)), np.radians(np.asarray(dec_deg, float))
+    cos_dec = np.cos(dec)
+    return np.stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)], axis=-1)
+
+
+def angular_distance_deg(vectors, centre):
+    """Angle in deg between unit vectors (..., 3) and one unit vector (3,)."""
+    return np.degrees(np.arccos(np.clip(vectors @ centre, -1.0, 1.0)))
+
+
+@dataclass(frozen=True)
+class ExclusionRegion:
+    """A circle excluded from a run: a source, a star or a custom region (deg, ICRS)."""
+
+    name: str
+    kind: str
+    ra: float
+    dec: float
+    radius: float
+
+    def as_dict(self):
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ShapedRegion:
+    """A non-circular sky region from a regions file (ellipse, polygon, ...)."""
+
+    name: str
+    region: object
+
+    def as_dict(self):
+        return {"name": self.name, "kind": "custom", "shape": type(self.region).__name__}
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Positions (unit vectors), names and exclusion radii of one catalogue's entries."""
+
+    names: np.ndarray
+    vectors: np.ndarray
+    ra: np.ndarray
+    dec: np.ndarray
+    radius: np.ndarray
+    kind: str
+
+
+@lru_cache(maxsize=None)
+def load_catalogue(kind, path, source_radius=0.35, extended_factor=3.0, star_radius=0.35, star_mag_max=8.0):
+    """Read a gamma-cat, 3HWC or Hipparcos file once per process and give each entry its radius."""
+    from astropy.table import Table
+
+    try:
+        if kind == "gammacat":
+            table = Table.read(path)
+            names = np.asarray(table["common_name"]).astype(str)
+            sigma = np.nan_to_num(np.ma.filled(np.asarray(table["morph_sigma"], float), np.nan), nan=0.0)
+            if "morph_sigma2" in table.colnames:
+                sigma2 = np.ma.filled(np.ma.asarray(table["morph_sigma2"], float), np.nan)
+                sigma = np.maximum(sigma, np.nan_to_num(sigma2, nan=0.0))
+            morph = np.char.strip(np.asarray(table["morph_type"]).astype(str))
+            extended = np.isin(morph, EXTENDED_MORPHOLOGIES) & (sigma > 0)
+            radius = np.where(extended, extended_factor * sigma, source_radius)
+            kind_label = "source"
+        elif kind == "hawc":
+            table = Table.read(path, format="ascii.ecsv")
+            names = np.asarray(table["source_name"]).astype(str)
+            extension = np.nan_to_num(np.asarray(table["search_radius"], float), nan=0.0)
+            radius = np.where(extension > 0, extended_factor * extension, source_radius)
+            kind_label = "source"
+        elif kind == "stars":
+            # Tab-separated: RA, Dec (J2000, deg), HIP number, V magnitude, B-V; one header line.
+            data = np.loadtxt(path, skiprows=1, usecols=(0, 1, 2, 3), ndmin=2)
+            data = data[data[:, 3] < star_mag_max]
+            table = {"ra": data[:, 0], "dec": data[:, 1]}
+            names = np.array([f"HIP {int(hip)}" for hip in data[:, 2]])
+            radius = np.full(len(data), star_radius)
+            kind_label = "star"
+        else:
+            raise ValueError(kind)
+        ra, dec = np.asarray(table["ra"], float), np.asarray(table["dec"], float)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"cannot read {kind} catalogue {path}: {exc}") from None
+    log.debug("loaded %d entries from %s", len(ra), path)
+    return Catalogue(names, unit_vectors(ra, dec), ra, dec, np.asarray(radius, float), kind_label)
+
+
+@lru_cache(maxsize=None)
+def load_region_file(path):
+    """Sky regions of a DS9 region file; circles become `ExclusionRegion`, others stay shapes."""
+    from regions import CircleSkyRegion, Regions, SkyRegion
+
+    try:
+        regions = Regions.read(path, format="ds9")
+    except Exception as exc:  # regions raises its own parser errors
+        raise ConfigError(f"cannot read region file {path}: {exc}") from None
+    circles, shapes = [], []
+    for number, region in enumerate(regions):
+        name = region.meta.get("text") or f"{path.rsplit('/', 1)[-1]}[{number}]"
+        if isinstance(region, CircleSkyRegion):
+            centre = region.center.icrs
+            circles.append(ExclusionRegion(name, "custom", float(centre.ra.deg), float(centre.dec.deg),
+                                           float(region.radius.to_value("deg"))))
+        elif isinstance(region, SkyRegion):
+            shapes.append(ShapedRegion(name, region))
+        else:
+            raise ConfigError(f"{path}: region {number} is in pixel coordinates; bkgdb needs sky regions")
+    return tuple(circles), tuple(shapes)
+
+
+def annulus_grid(offset_lo, offset_hi, n_theta=24, n_phi=720):
+    """An equal-area grid of directions in an annulus around the +z axis: (n, 3) unit vectors."""
+    cos_edges = np.linspace(np.cos(np.radians(offset_lo)), np.cos(np.radians(offset_hi)), n_theta + 1)
+    cos_theta = 0.5 * (cos_edges[1:] + cos_edges[:-1])
+    phi = (np.arange(n_phi) + 0.5) * 2 * np.pi / n_phi
+    sin_theta = np.sqrt(1 - cos_theta ** 2)
+    return np.stack([
+        np.outer(sin_theta, np.cos(phi)).ravel(),
+        np.outer(sin_theta, np.sin(phi)).ravel(),
+        np.repeat(cos_theta, n_phi),
+    ], axis=-1)
+
+
+def rotation_to(ra_deg, dec_deg):
+    """Matrix turning the +z axis onto the direction (ra, dec)."""
+    ra, dec = np.radians(ra_deg), np.radians(dec_deg)
+    z = unit_vectors(ra_deg, dec_deg)
+    x = np.array([np.sin(dec) * np.cos(ra), np.sin(dec) * np.sin(ra), -np.cos(dec)])
+    y = np.cross(z, x)
+    return np.stack([x, y, z], axis=-1)
+
+
+class ExclusionFinder:
+    """Finds the exclusion regions of a run and tells which directions they cover.
+
+    Parameters
+    ----------
+    settings : `~bkgdb.config.ExclusionSettings`
+        Catalogues, radii and custom regions.
+    """
+
+    def __init__(self, settings):
+        self.settings = settings
+        s = settings
+        self.catalogues = []
+        if s.gammacat:
+            self.catalogues.append(load_catalogue("gammacat", s.gammacat, s.source_radius, s.extended_factor))
+        if s.hawc:
+            self.catalogues.append(load_catalogue("hawc", s.hawc, s.source_radius, s.extended_factor))
+        if s.star_cat:
+            self.catalogues.append(load_catalogue("stars", s.star_cat, star_radius=s.star_radius,
+                                                  star_mag_max=s.star_mag_max))
+        self.custom = [ExclusionRegion(r.name, "custom", r.ra, r.dec, r.radius) for r in s.exclude_regions]
+        self.shapes = []
+        for path in s.region_files:
+            circles, shapes = load_region_file(path)
+            self.custom.extend(circles)
+            self.shapes.extend(shapes)
+
+    def regions(self, ra_deg, dec_deg, search_radius):
+        """Circles that reach within ``search_radius`` (deg) of the pointing, nearest first.
+
+        Returns
+        -------
+        regions : list of `ExclusionRegion`
+        """
+        pointing = unit_vectors(ra_deg, dec_deg)
+        found = []
+        for catalogue in self.catalogues:
+            distance = angular_distance_deg(catalogue.vectors, pointing)
+            for index in np.flatnonzero(distance - catalogue.radius < search_radius):
+                found.append((distance[index], ExclusionRegion(
+                    str(catalogue.names[index]), catalogue.kind, float(catalogue.ra[index]),
+                    float(catalogue.dec[index]), float(catalogue.radius[index]))))
+        for region in self.custom:
+            distance = angular_distance_deg(unit_vectors(region.ra, region.dec), pointing)
+            if distance - region.radius < search_radius:
+                found.append((float(distance), region))
+        found.sort(key=lambda item: item[0])
+        return [region for _, region in found]
+
+    def excluded(self, vectors, regions, ra_deg=None, dec_deg=None):
+        """Which of the unit vectors (n, 3) lie in any region (and in any shaped custom region)."""
+        mask = np.zeros(len(vectors), dtype=bool)
+        for region in regions:
+            centre = unit_vectors(region.ra, region.dec)
+            mask |= vectors @ centre >= np.cos(np.radians(region.radius))
+        if self.shapes:
+            mask |= self._in_shapes(vectors, ra_deg, dec_deg)
+        return mask
+
+    def _in_shapes(self, vectors, ra_deg, dec_deg):
+        from astropy import units as u
+        from astropy.coordinates import SkyCoord
+        from astropy.wcs import WCS
+
+        # A local gnomonic projection centred on the pointing, where region shapes are drawn.
+        wcs = WCS(naxis=2)
+        wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        wcs.wcs.crval = [ra_deg, dec_deg]
+        wcs.wcs.crpix = [0.0, 0.0]
+        wcs.wcs.cdelt = [-0.01, 0.01]
+        ra = np.degrees(np.arctan2(vectors[:, 1], vectors[:, 0])) % 360
+        dec = np.degrees(np.arcsin(np.clip(vectors[:, 2], -1, 1)))
+        coords = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs")
+        mask = np.zeros(len(vectors), dtype=bool)
+        for shape in self.shapes:
+            mask |= np.asarray(shape.region.contains(coords, wcs), dtype=bool)
+        return mask
+
+    def outside_fraction(self, ra_deg, dec_deg, offset_edges, regions, n_theta=24, n_phi=720):
+        """Fraction of each offset annulus' solid angle that lies outside all regions.
+
+        Parameters
+        ----------
+        ra_deg, dec_deg : float
+            The pointing.
+        offset_edges : array
+            Annulus edges in deg.
+        regions : list of `ExclusionRegion`
+            The run's regions.
+
+        Returns
+        -------
+        fraction : `~numpy.ndarray`
+            One value in [0, 1] per annulus.
+        """
+        rotation = rotation_to(ra_deg, dec_deg)
+        fractions = []
+        for lo, hi in zip(offset_edges[:-1], offset_edges[1:]):
+            vectors = annulus_grid(lo, hi, n_theta, n_phi) @ rotation.T
+            fractions.append(1.0 - self.excluded(vectors, regions, ra_deg, dec_deg).mean())
+        return np.array(fractions)

@@ -1,0 +1,97 @@
+"""The per-run work of an index: read the event file once, describe the run, make its pieces.
+
+`process_run` runs in worker processes (``--jobs N``) and touches no database: it returns a
+`RunResult` that `~bkgdb.catalogue.RunCatalogue.index` writes in the main process.
+"""
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from .datastore import RunReadError, read_events, read_run_facts
+from .exclusion import ExclusionFinder
+from .pieces import PieceMaker
+
+__all__ = ["RunJob", "RunResult", "process_run"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunJob:
+    """What a worker needs to bring one run up to date.
+
+    ``specs`` are (binning, exclusion) pairs. When the file's hash equals ``known_sha256`` only
+    ``missing_specs`` are computed; otherwise the run is described anew with all ``specs``.
+    """
+
+    source: object
+    meta: dict
+    known_sha256: str | None = None
+    specs: list = field(default_factory=list)
+    missing_specs: list = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    obs_id: int
+    sha256: str | None = None
+    size: int | None = None
+    mtime: float | None = None
+    changed: bool = True
+    facts: object = None
+    #: (binning, exclusion, BackgroundPiece) triples.
+    pieces: list = field(default_factory=list)
+    error: str | None = None
+
+
+@lru_cache(maxsize=None)
+def _finder(exclusion):
+    return ExclusionFinder(exclusion)
+
+
+@lru_cache(maxsize=None)
+def _maker(binning, exclusion):
+    return PieceMaker(binning, exclusion, finder=_finder(exclusion))
+
+
+def process_run(job):
+    """Read one run's file once; return its facts and pieces, or why it could not be read."""
+    source = job.source
+    result = RunResult(source.obs_id)
+    path = source.events_path
+    try:
+        if path is None:
+            raise RunReadError("the hdu-index lists no events HDU for this run")
+        try:
+            stat = path.stat()
+            content = path.read_bytes()
+        except FileNotFoundError:
+            raise RunReadError(f"event file not found: {path}") from None
+        except OSError as exc:
+            raise RunReadError(f"cannot read {path}: {exc}") from None
+        result.size, result.mtime = stat.st_size, stat.st_mtime
+        result.sha256 = hashlib.sha256(content).hexdigest()
+        result.changed = result.sha256 != job.known_sha256
+        specs = job.specs if result.changed else job.missing_specs
+        if not result.changed and not specs:
+            return result
+        events = read_events(source, content, with_events=bool(specs))
+    except RunReadError as exc:
+        result.error = str(exc)
+        result.facts = read_run_facts(source, job.meta, None)
+        return result
+
+    result.facts = read_run_facts(source, job.meta, events.header)
+    facts = result.facts
+    for binning, exclusion in specs:
+        if facts.ra_deg is None or facts.dec_deg is None or not facts.ontime_s:
+            result.error = "no pointing or ontime: cannot make background pieces"
+            break
+        piece = _maker(binning, exclusion).run(
+            events.ra_deg, events.dec_deg, events.energy_tev, facts.ra_deg, facts.dec_deg,
+            facts.ontime_s, facts.livetime_s,
+        )
+        result.pieces.append((binning, exclusion, piece))
+    return result
