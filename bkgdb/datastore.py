@@ -173,15 +173,14 @@ def _number(value):
 
 
 class _Lookup:
-    """Reads a run quantity from its obs-index row first, then its EVENTS header."""
+    """Reads a run quantity from its obs-index row first, then from its EVENTS header."""
 
     def __init__(self, row, header):
-        self.row = row
-        self.header = header or {}
+        self.sources = [row, header or {}]
 
     def get(self, *names):
         for name in names:
-            for source in (self.row, self.header):
+            for source in self.sources:
                 value = source.get(name)
                 if value not in (None, ""):
                     return value

@@ -84,14 +84,20 @@ def process_run(job):
         return result
 
     result.facts = read_run_facts(source, job.meta, events.header)
-    facts = result.facts
+    # Pieces take the geometry and times of the event file itself, at full precision, as gammapy
+    # does (obs-index columns are often float32); the catalogue row describes the run for selection.
+    header = events.header
+    geometry = {key: header.get(key, value) for key, value in (
+        ("RA_PNT", result.facts.ra_deg), ("DEC_PNT", result.facts.dec_deg),
+        ("ONTIME", result.facts.ontime_s), ("LIVETIME", result.facts.livetime_s))}
     for binning, exclusion in specs:
-        if facts.ra_deg is None or facts.dec_deg is None or not facts.ontime_s:
+        if geometry["RA_PNT"] is None or geometry["DEC_PNT"] is None or not geometry["ONTIME"]:
             result.error = "no pointing or ontime: cannot make background pieces"
             break
         piece = _maker(binning, exclusion).run(
-            events.ra_deg, events.dec_deg, events.energy_tev, facts.ra_deg, facts.dec_deg,
-            facts.ontime_s, facts.livetime_s,
+            events.ra_deg, events.dec_deg, events.energy_tev, float(geometry["RA_PNT"]),
+            float(geometry["DEC_PNT"]), float(geometry["ONTIME"]),
+            None if geometry["LIVETIME"] is None else float(geometry["LIVETIME"]),
         )
         result.pieces.append((binning, exclusion, piece))
     return result

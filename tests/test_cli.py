@@ -88,3 +88,45 @@ def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path, monk
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
     assert "Traceback" not in result.output
     assert re.search(message, lines[0])
+
+
+def test_index_with_config_then_cache_and_exclusions(db_url, simulated_datastore, tmp_path):
+    from bkgdb.simulate import write_source_catalogue
+
+    catalogue = write_source_catalogue(tmp_path / "cat.fits", [{"name": "Known source", "ra_deg": 151.0,
+                                                                 "dec_deg": 29.5}])
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+binning: {{e_min: 0.1, e_max: 100, e_bins: 10, off_min: 0, off_max: 2.5, off_bins: 5, e_bin: 3}}
+exclusion:
+  gammacat: {catalogue}
+  hawc: none
+  star_cat: none
+  exclude_regions: [[150.5, 30.0, 0.2, "my region"]]
+""")
+    result = bkgdb("index", simulated_datastore, "--config", config, "--jobs", "2", db=db_url)
+    assert result.exit_code == 0, result.output
+    assert "Warning: unknown key binning.e_bin" in result.output
+    assert "5 new, 0 updated, 0 unchanged, 0 failed; 5 pieces computed" in result.output
+    again = bkgdb("index", simulated_datastore, "--config", config, db=db_url)
+    assert "0 new, 0 updated, 5 unchanged, 0 failed" in again.output and "pieces" not in again.output
+
+    listing = json.loads(bkgdb("exclusions", "1001", "-f", "json", db=db_url).output)
+    assert {row["name"] for row in listing} == {"Known source", "my region"}
+
+    summary = json.loads(bkgdb("cache", "-f", "json", db=db_url).output)
+    assert [row["pieces"] for row in summary] == [5]
+    dropped = bkgdb("cache", "--drop-exclusion", summary[0]["exclusion"], db=db_url)
+    assert "dropped 5 pieces" in dropped.output
+    assert json.loads(bkgdb("cache", "-f", "json", db=db_url).output) == []
+    missing = bkgdb("exclusions", "1001", db=db_url)
+    assert missing.exit_code == 2 and "no background pieces" in missing.output
+
+
+def test_config_errors_are_one_line(simulated_datastore, tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("exclusion: {exposure_method: guess}\n")
+    result = bkgdb("index", simulated_datastore, "--config", config, db=str(tmp_path / "db.sqlite"))
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "Error: exclusion.exposure_method must be one of geometric, counts-ratio, got 'guess'"]

@@ -1,0 +1,216 @@
+"""Background pieces: exact sums, the exposure correction against a known truth, and the cache."""
+
+import json
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from sqlalchemy.orm import Session
+
+from bkgdb.cache import PieceCache, row_to_piece
+from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings
+from bkgdb.models import PieceRow, Run
+from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+
+SOURCE = PointSource(ra_deg=120.0, dec_deg=-20.0, rate_per_s=0.6, psf_sigma_deg=0.08, name="Bright source")
+BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)
+
+
+def wobble_pointings(source, offset_deg=0.7, n_runs=16):
+    centre = SkyCoord(source.ra_deg * u.deg, source.dec_deg * u.deg)
+    angles = np.arange(n_runs) % 4 * 90.0
+    around = centre.directional_offset_by(angles * u.deg, offset_deg * u.deg)
+    return list(zip(around.ra.deg, around.dec.deg))
+
+
+@pytest.fixture(scope="session")
+def source_field(tmp_path_factory):
+    """Runs wobbling 0.7 deg around a bright point source listed in a small catalogue."""
+    folder = tmp_path_factory.mktemp("source_field")
+    truth = BackgroundTruth()
+    DatastoreSimulator(truth=truth, pointings=wobble_pointings(SOURCE), source=SOURCE, ontime_s=1800.0,
+                       seed=7, object_name="Bright source").run(folder / "datastore")
+    catalogue = write_source_catalogue(folder / "catalogue.fits", [SOURCE])
+    return folder / "datastore", catalogue, truth
+
+
+def config_for(catalogue, method="geometric", binnings=(BINNING,)):
+    exclusion = ExclusionSettings(gammacat=str(catalogue), hawc=None, star_cat=None, exposure_method=method)
+    return BkgdbConfig(binnings=list(binnings), exclusion=exclusion)
+
+
+def stored_pieces(catalogue):
+    with Session(catalogue.engine) as session:
+        rows = session.scalars(sa.select(PieceRow).join(Run).order_by(Run.obs_id)).all()
+        return [(row.run.obs_id, row_to_piece(row)) for row in rows]
+
+
+def rate_per_offset(pieces):
+    """Events per second of accepted exposure in each offset bin (summed over energy)."""
+    counts = sum(piece.counts.sum(axis=0) for _, piece in pieces)
+    exposure = sum(piece.exposure_s for _, piece in pieces)
+    return counts, exposure
+
+
+def test_geometric_correction_recovers_the_true_rate(catalogue, source_field, capsys):
+    datastore, source_catalogue, truth = source_field
+    report = catalogue.index(datastore, config=config_for(source_catalogue))
+    assert report.pieces == 16
+    pieces = stored_pieces(catalogue)
+    counts, exposure = rate_per_offset(pieces)
+    expected = truth.expected_counts(BINNING.energy_edges, BINNING.offset_edges, 1.0).sum(axis=0) * exposure
+    pulls = (counts - expected) / np.sqrt(expected)
+    with capsys.disabled():
+        print("\ngeometric: (estimate/truth - 1) per offset bin (%):",
+              np.round(100 * (counts / expected - 1), 1).tolist(), f"chi2 = {np.sum(pulls ** 2):.1f} / 10")
+    assert np.sum(pulls ** 2) < 30, pulls  # chi2 with 10 bins: p < 0.001 would fail
+    # The source sits at 0.7 deg with a 0.35 deg circle: only bins within 0.35-1.05 deg lose exposure.
+    fraction = exposure / (16 * 1800.0)
+    assert np.all(fraction[1:5] < 1.0) and fraction[0] == 1.0 and np.all(fraction[5:] == 1.0)
+    assert np.all(fraction[1:4] < 0.95)
+    for _, piece in pieces:
+        assert [region["name"] for region in piece.regions] == ["Bright source"]
+
+
+def test_counts_ratio_bias_is_measured(catalogue, source_field, capsys):
+    """The seed tool's method counts source photons as background lost: it overestimates the rate."""
+    datastore, source_catalogue, truth = source_field
+    catalogue.index(datastore, config=config_for(source_catalogue, method="counts-ratio"))
+    counts, exposure = rate_per_offset(stored_pieces(catalogue))
+    expected = truth.expected_counts(BINNING.energy_edges, BINNING.offset_edges, 1.0).sum(axis=0) * exposure
+    bias = counts / expected - 1
+    error = 1 / np.sqrt(expected)
+    with capsys.disabled():
+        print("\ncounts-ratio bias per offset bin (%):", np.round(100 * bias, 1).tolist(),
+              "+-", np.round(100 * error, 1).tolist())
+    # The bins holding most of the source circle (0.5-1.0 deg) are far too high.
+    assert np.all(bias[2:4] > 0.2) and np.all(bias[2:4] > 10 * error[2:4])
+    assert np.all(np.abs(bias[5:]) < 4 * error[5:])  # beyond the circle both methods agree
+
+
+def test_kept_plus_excluded_is_every_event_in_range(catalogue, source_field):
+    datastore, source_catalogue, _ = source_field
+    catalogue.index(datastore, config=config_for(source_catalogue))
+    for obs_id, piece in stored_pieces(catalogue):
+        path = datastore / "data" / f"run_{obs_id:06d}.fits.gz"
+        events = fits.getdata(path, "EVENTS")
+        header = fits.getheader(path, "EVENTS")
+        offset = SkyCoord(events["RA"] * u.deg, events["DEC"] * u.deg).separation(
+            SkyCoord(header["RA_PNT"] * u.deg, header["DEC_PNT"] * u.deg)).deg
+        in_range = ((events["ENERGY"] >= BINNING.e_min) & (events["ENERGY"] <= BINNING.e_max)
+                    & (offset >= BINNING.off_min) & (offset <= BINNING.off_max))
+        assert piece.n_events == in_range.sum()
+        assert piece.excluded_counts.sum() > 0.8 * SOURCE.rate_per_s * 1800 * 0.9  # most source photons
+        assert piece.counts.dtype == np.int64 and piece.ontime_s == 1800.0
+
+
+def test_second_index_computes_nothing_and_new_binning_adds_pieces(catalogue, source_field):
+    datastore, source_catalogue, _ = source_field
+    config = config_for(source_catalogue)
+    catalogue.index(datastore, config=config)
+    with Session(catalogue.engine) as session:
+        first_ids = set(session.scalars(sa.select(PieceRow.id)))
+    again = catalogue.index(datastore, config=config)
+    assert (again.unchanged, again.pieces) == (16, 0)
+
+    finer = Binning(e_min=0.1, e_max=100, e_bins=24, off_min=0, off_max=2.5, off_bins=20)
+    more = catalogue.index(datastore, config=config_for(source_catalogue, binnings=(BINNING, finer)))
+    assert (more.unchanged, more.pieces) == (16, 16)
+    with Session(catalogue.engine) as session:
+        assert first_ids < set(session.scalars(sa.select(PieceRow.id)))  # old pieces untouched
+    summary = PieceCache(catalogue.engine).summary()
+    assert sorted(row["pieces"] for row in summary) == [16, 16]
+    assert all(row["bytes_per_piece"] < 2000 for row in summary)
+
+
+def test_changed_file_gets_new_pieces(catalogue, source_field, tmp_path):
+    import shutil
+
+    datastore, source_catalogue, _ = source_field
+    copy = tmp_path / "copy"
+    shutil.copytree(datastore, copy)
+    config = config_for(source_catalogue)
+    catalogue.index(copy, config=config)
+    path = copy / "data" / "run_001003.fits.gz"
+    with fits.open(path) as hdul:
+        hdul["EVENTS"].data = hdul["EVENTS"].data[:100]
+        hdul.writeto(path, overwrite=True)
+    report = catalogue.index(copy, config=config)
+    assert (report.updated, report.unchanged, report.pieces) == (1, 15, 1)
+    pieces = dict(stored_pieces(catalogue))
+    assert pieces[1003].n_events <= 100
+
+
+def test_parallel_workers_give_the_same_pieces(db_url, source_field, tmp_path):
+    from bkgdb.catalogue import RunCatalogue
+
+    datastore, source_catalogue, _ = source_field
+    serial = RunCatalogue.open(str(tmp_path / "serial.sqlite"))
+    serial.index(datastore, config=config_for(source_catalogue), jobs=1)
+    parallel = RunCatalogue.open(db_url)
+    report = parallel.index(datastore, config=config_for(source_catalogue), jobs=2)
+    assert report.pieces == 16
+    for (id_a, a), (id_b, b) in zip(stored_pieces(serial), stored_pieces(parallel), strict=True):
+        assert id_a == id_b
+        assert np.array_equal(a.counts, b.counts) and np.array_equal(a.exposure_s, b.exposure_s)
+
+
+def test_exclusions_and_cache_drop(catalogue, source_field):
+    datastore, source_catalogue, _ = source_field
+    catalogue.index(datastore, config=config_for(source_catalogue))
+    catalogue.index(datastore, config=config_for(source_catalogue, method="counts-ratio"))
+    cache = PieceCache(catalogue.engine)
+    (listing, other) = cache.exclusions(1000)
+    assert listing["regions"][0]["name"] == "Bright source"
+    assert {listing["method"], other["method"]} == {"geometric", "counts-ratio"}
+    summary = cache.summary()
+    assert len(summary) == 2
+    counts_ratio = next(row for row in summary if row["method"] == "counts-ratio")
+    assert cache.drop(exclusion=counts_ratio["exclusion"]) == 16
+    assert [row["method"] for row in cache.summary()] == ["geometric"]
+    json.dumps(cache.summary())  # plain data, ready for --format json
+
+
+# -- real data -----------------------------------------------------------------------------------
+
+
+def test_hess_dr1_pieces(catalogue, hess_dr1):
+    from conftest import gammapy_data_path
+    from gammapy.data import DataStore
+
+    catalogs = gammapy_data_path("catalogs")
+    exclusion = ExclusionSettings(gammacat=str(catalogs / "gammacat" / "gammacat.fits.gz"),
+                                  hawc=str(catalogs / "3HWC.ecsv"),
+                                  star_cat=str(catalogs / "Hipparcos_MAG8_1997.dat"))
+    config = BkgdbConfig(binnings=[Binning()], exclusion=exclusion)
+    report = catalogue.index(hess_dr1, config=config, jobs=2)
+    assert (report.new, report.pieces, report.failed) == (105, 105, 0)
+
+    pieces = dict(stored_pieces(catalogue))
+    assert len(pieces) == 105
+    store = DataStore.from_dir(hess_dr1)
+    binning = Binning()
+    for obs_id in (23523, 20136, 33787):
+        events = store.obs(obs_id).events
+        # Pointing and events in the file's own frame (FK5 for H.E.S.S.), as bkgdb reads them.
+        pointing = SkyCoord(events.table.meta["RA_PNT"] * u.deg, events.table.meta["DEC_PNT"] * u.deg)
+        offset = SkyCoord(events.table["RA"], events.table["DEC"]).separation(pointing).deg
+        energy = events.energy.to_value("TeV")
+        in_range = ((energy >= binning.e_min) & (energy <= binning.e_max)
+                    & (offset >= binning.off_min) & (offset <= binning.off_max))
+        assert pieces[obs_id].n_events == in_range.sum()
+
+    cache = PieceCache(catalogue.engine)
+    crab = {region["name"] for region in cache.exclusions(23523)[0]["regions"]}
+    assert "Crab nebula" in crab
+    assert any(name.startswith("HIP ") for name in crab)  # the Crab field has bright stars
+    assert np.all(pieces[23523].fraction < 1.0)
+    # A field with a star: the star's circle removes events there.
+    star = next(r for r in cache.exclusions(23523)[0]["regions"] if r["kind"] == "star")
+    assert star["radius"] == pytest.approx(0.35)
+
+    again = catalogue.index(hess_dr1, config=config)
+    assert (again.unchanged, again.pieces) == (105, 0)
