@@ -5,6 +5,7 @@ Heavy modules (astropy, gammapy) are imported inside the commands so ``bkgdb --h
 
 import functools
 import sys
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -93,13 +94,10 @@ def index(
     """Index a DL3 datastore into the run catalogue (incremental: changed runs only)."""
     import warnings
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     settings = read_config(config) if config else None
     catalogue = open_catalogue()
     workers = jobs or (settings.njobs if settings else 1)
-    with Progress(TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as bar, warnings.catch_warnings(record=True) as caught:
+    with progress_bar("indexing") as bar, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         task = bar.add_task("index", total=None)
         report = catalogue.index(datastore, config=settings, jobs=workers,
@@ -199,6 +197,101 @@ def cache(
     rows = pieces.summary()
     columns = ["binning", "energy", "offset", "exclusion", "method", "pieces", "bytes", "bytes_per_piece"]
     render_rows(rows, columns, fmt, out, title="background pieces")
+
+
+class Smoothing(str, Enum):
+    gauss = "gauss"
+    poly = "poly"
+    spline = "spline"
+    none = "none"
+
+
+def progress_bar(label):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=True)
+
+
+@app.command()
+@reports_errors
+def background(
+    obs_id: int = typer.Argument(..., help="OBS_ID of the target run (indexed)."),
+    config: Path = typer.Option(..., "--config", help="YAML config (binning, exclusion, background_selection)."),
+    output: Path = typer.Option(..., "--output", "-o", help="FITS file to write."),
+    datastore: Path = typer.Option(None, "--datastore", help="The target's datastore, if its OBS_ID is in several."),
+    smooth: Smoothing = typer.Option(None, "--smooth", help="Smoothing method; default: the config's."),
+    three_d: bool = typer.Option(False, "--3d", help="Write a Background3D instead of a Background2D."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+):
+    """Build the background of one run from similar runs' pieces and write it as FITS."""
+    from .background import BackgroundBuilder
+
+    settings = read_config(config)
+    builder = BackgroundBuilder(open_catalogue(), settings, smooth=smooth.value if smooth else None)
+    built = builder.write(obs_id, output, datastore=datastore, three_d=three_d, overwrite=overwrite)
+    selection = built.selection
+    steps = ", ".join(f"{name}: {left}" for name, left in selection.funnel)
+    out.print(f"candidates: {steps}", highlight=False)
+    out.print(f"run {obs_id}: background from {len(selection.obs_ids)} runs ({selection.ontime_s / 3600:.2f} h "
+              f"ontime, ranked by {selection.ranking}), smoothing {built.smoothing} -> {output}", highlight=False)
+
+
+@app.command()
+@reports_errors
+def attach(
+    target: Path = typer.Argument(None, help="DL3 datastore whose runs get backgrounds. Default: io.in_dir."),
+    out_dir: Path = typer.Option(None, "--out", help="New datastore folder. Default: io.out_dir."),
+    config: Path = typer.Option(..., "--config", help="YAML config."),
+    jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Workers for indexing the target."),
+):
+    """Write a copy of a datastore whose runs carry bkgdb backgrounds (gammapy opens it as is)."""
+    from .background import BackgroundBuilder
+
+    settings = read_config(config)
+    target = target or (Path(settings.io.in_dir) if settings.io.in_dir else None)
+    out_dir = out_dir or (Path(settings.io.out_dir) if settings.io.out_dir else None)
+    if target is None or out_dir is None:
+        raise BkgdbError("give the target datastore and --out (or io.in_dir and io.out_dir in the config)")
+    catalogue = open_catalogue()
+    # The target's runs need catalogue rows and pieces of their own (incremental, usually nothing to do).
+    report = catalogue.index(target, config=settings, jobs=jobs or settings.njobs)
+    out.print(f"{report.datastore}: {report.summary()}", highlight=False)
+    with progress_bar("attaching") as bar:
+        task = bar.add_task("attach", total=None)
+        result = BackgroundBuilder(catalogue, settings).attach(
+            target, out_dir, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for obs_id, reason in result.skipped:
+        err.print(f"no background: run {obs_id}: {reason}", highlight=False, markup=False)
+    out.print(result.summary(), highlight=False)
+
+
+@app.command()
+@reports_errors
+def demo(
+    folder: Path = typer.Argument(Path("bkgdb-demo"), help="Folder for everything the demo writes."),
+    jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Worker processes for indexing."),
+):
+    """Simulate a datastore from a known background, index it, attach backgrounds, check the result."""
+    from .demo import run_demo
+
+    database = State.db and open_catalogue().url
+    report = run_demo(folder, url=State.db, jobs=jobs, progress=lambda line: err.print(line, highlight=False))
+    lines = [
+        f"simulated datastore  {report.datastore}  ({report.n_runs} runs)",
+        f"database             {database or report.database_url}",
+        f"config               {report.config}",
+        f"index                {report.index_summary}",
+        f"attach               {report.attach_summary}",
+        f"check                run {report.target_obs_id}: background from {report.n_background_runs} runs; "
+        f"model / truth = {report.ratio:.3f} +- {report.ratio_error:.3f}, "
+        f"chi2 = {report.chi2:.1f} for {report.ndof} bins",
+        "",
+        "Open it in gammapy:",
+        f"  from gammapy.data import DataStore",
+        f"  DataStore.from_dir('{report.attached}').obs({report.target_obs_id}, required_irf=['bkg']).bkg",
+    ]
+    out.print("\n".join(lines), highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,8 +23,8 @@ import numpy as np
 from .errors import ConfigError
 
 __all__ = [
-    "Binning", "ExclusionSettings", "CircleRegion", "BkgdbConfig", "load_config",
-    "EXPOSURE_METHODS", "default_catalogue_path",
+    "Binning", "ExclusionSettings", "CircleRegion", "SelectionSettings", "IOSettings", "BkgdbConfig",
+    "load_config", "EXPOSURE_METHODS", "SMOOTHING_METHODS", "default_catalogue_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -257,14 +257,153 @@ def _circle(section, number, entry):
     return CircleRegion(ra % 360.0, dec, radius, name or f"region {number}")
 
 
+SMOOTHING_METHODS = ("gauss", "poly", "spline", "none")
+
+
+def _optional(section, values, key, kind=float, minimum=None):
+    return None if values.get(key) is None else _number(section, key, values[key], kind, minimum)
+
+
+def _date(section, key, value):
+    from datetime import date
+
+    try:
+        return value if isinstance(value, date) else date.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError(f"{section}.{key} needs dates as YYYY-MM-DD, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """How the runs that build a target's background are chosen (``background_selection``).
+
+    Every criterion is relative to the target run; None switches a criterion off.
+    """
+
+    #: Largest |1/cos(zenith) - 1/cos(zenith_target)| (airmass difference).
+    el_diff: float | None = 0.15
+    #: Largest azimuth difference in deg, wrapping at 360.
+    az_diff: float | None = 45.0
+    nsb_diff: float | None = None
+    #: Largest |start time difference| in days.
+    time_max: float | None = None
+    #: Only runs of the target's season; seasons are [start, end] date pairs.
+    same_szn: bool = False
+    seasons: tuple = ()
+    n_tels: int | None = None
+    el_min: float | None = None
+    el_max: float | None = None
+    #: Only runs with |Galactic latitude| above this (deg); 0 disables.
+    gal_lat_min: float = 10.0
+    #: Extra ``--where`` conditions on catalogue columns.
+    where: tuple = ()
+    #: Hours of ontime wanted: the most similar runs are taken until it is reached.
+    time_request: float | None = None
+    KL_DIV: bool = False
+    smooth_method: str = "none"
+    smooth_sigma: float = 1.0
+    poly_degree: int = 3
+    spline_smoothing: float | None = None
+
+    KEYS = ("el_diff", "az_diff", "nsb_diff", "time_max", "same_szn", "seasons", "n_tels", "n_tel", "el_min",
+            "el_max", "gal_lat_min", "where", "time_request", "KL_DIV", "smooth", "smooth_method",
+            "smooth_sigma", "poly_degree", "spline_smoothing")
+    #: gammapy-tools keys that bkgdb reads but does not use.
+    UNUSED = ("store_KL", "bkg_runlist")
+
+    def __post_init__(self):
+        if self.smooth_method not in SMOOTHING_METHODS:
+            raise ConfigError(f"background_selection.smooth_method must be one of {', '.join(SMOOTHING_METHODS)}, "
+                              f"got {self.smooth_method!r}")
+
+    @classmethod
+    def from_dict(cls, values, section="background_selection"):
+        values = dict(values or {})
+        _check_keys(section, values, cls.KEYS + cls.UNUSED)
+        kwargs = {}
+        for key in ("el_diff", "az_diff", "nsb_diff", "time_max", "el_min", "el_max", "time_request",
+                    "spline_smoothing"):
+            if key in values:
+                kwargs[key] = _optional(section, values, key, minimum=0)
+        if "gal_lat_min" in values:
+            kwargs["gal_lat_min"] = _number(section, "gal_lat_min", values["gal_lat_min"] or 0, minimum=0)
+        n_tels = values.get("n_tels", values.get("n_tel"))
+        if n_tels is not None:
+            kwargs["n_tels"] = _number(section, "n_tels", n_tels, int, minimum=0)
+        for key in ("same_szn", "KL_DIV"):
+            if key in values:
+                if not isinstance(values[key], bool):
+                    raise ConfigError(f"{section}.{key} must be true or false, got {values[key]!r}")
+                kwargs[key] = values[key]
+        seasons = []
+        for number, season in enumerate(values.get("seasons") or []):
+            if not isinstance(season, (list, tuple)) or len(season) != 2:
+                raise ConfigError(f"{section}.seasons[{number}] must be [start, end] dates")
+            start, end = (_date(section, f"seasons[{number}]", day) for day in season)
+            if end < start:
+                raise ConfigError(f"{section}.seasons[{number}] ends before it starts")
+            seasons.append((start.isoformat(), end.isoformat()))
+        kwargs["seasons"] = tuple(seasons)
+        if kwargs.get("same_szn") and not seasons:
+            raise ConfigError(f"{section}.same_szn needs {section}.seasons: a list of [start, end] dates")
+        where = values.get("where") or []
+        kwargs["where"] = tuple([where] if isinstance(where, str) else [str(item) for item in where])
+        method = values.get("smooth_method")
+        if method is None:
+            method = "gauss" if values.get("smooth") else "none"  # gammapy-tools: smooth: true
+        kwargs["smooth_method"] = str(method)
+        if "smooth_sigma" in values:
+            kwargs["smooth_sigma"] = _number(section, "smooth_sigma", values["smooth_sigma"], minimum=0, strictly=True)
+        if "poly_degree" in values:
+            kwargs["poly_degree"] = _number(section, "poly_degree", values["poly_degree"], int, minimum=0)
+        return cls(**kwargs)
+
+    @property
+    def params(self):
+        return {key: getattr(self, key) for key in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class IOSettings:
+    """The ``io`` section: where backgrounds come from and go to."""
+
+    #: Build each run's background from its own piece only.
+    from_run: bool = False
+    #: Only runs of this datastore are candidates (default: every datastore in the catalogue).
+    search_datastore: str | None = None
+    in_dir: str | None = None
+    out_dir: str | None = None
+
+    KEYS = ("from_run", "search_datastore", "in_dir", "out_dir")
+    UNUSED = ("runlist", "results_dir", "from_runlist")
+
+    @classmethod
+    def from_dict(cls, values, section="io"):
+        values = dict(values or {})
+        _check_keys(section, values, cls.KEYS + cls.UNUSED)
+        from_run = values.get("from_run", False)
+        if not isinstance(from_run, bool):
+            raise ConfigError(f"{section}.from_run must be true or false, got {from_run!r}")
+        paths = {key: str(Path(os.path.expandvars(str(values[key]))).expanduser())
+                 for key in ("search_datastore", "in_dir", "out_dir") if values.get(key)}
+        return cls(from_run=from_run, **paths)
+
+
 @dataclass
 class BkgdbConfig:
-    """A whole configuration: binnings, exclusion settings, worker count and the raw sections."""
+    """A whole configuration: binnings, exclusion settings, selection, worker count, raw sections."""
 
     binnings: list = field(default_factory=lambda: [Binning()])
     exclusion: ExclusionSettings = field(default_factory=ExclusionSettings)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
+    io: IOSettings = field(default_factory=IOSettings)
     njobs: int = 1
     sections: dict = field(default_factory=dict)
+
+    @property
+    def binning(self):
+        """The binning backgrounds are assembled with: the first configured one."""
+        return self.binnings[0]
 
     @classmethod
     def from_dict(cls, values):
@@ -286,7 +425,8 @@ class BkgdbConfig:
         if njobs < 1:
             njobs = os.cpu_count() or 1  # gammapy-tools: -1 means all cores
         return cls(binnings=binnings, exclusion=ExclusionSettings.from_dict(values.get("exclusion")),
-                   njobs=njobs, sections=values)
+                   selection=SelectionSettings.from_dict(values.get("background_selection")),
+                   io=IOSettings.from_dict(values.get("io")), njobs=njobs, sections=values)
 
 
 def load_config(path):

@@ -11,7 +11,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
-    "Base", "Datastore", "Run", "BinningRow", "ExclusionRow", "PieceRow", "RUN_STATUS_OK", "RUN_STATUS_FAILED",
+    "Base", "Datastore", "Run", "BinningRow", "ExclusionRow", "PieceRow", "BackgroundRow",
+    "RUN_STATUS_OK", "RUN_STATUS_FAILED",
 ]
 
 RUN_STATUS_OK = "ok"
@@ -170,3 +171,23 @@ class PieceRow(Base):
     run: Mapped[Run] = relationship()
     binning: Mapped[BinningRow] = relationship()
     exclusion: Mapped[ExclusionRow] = relationship()
+
+
+class BackgroundRow(Base):
+    """Provenance of one assembled background: target, settings and the runs it was built from."""
+
+    __tablename__ = "backgrounds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    target_run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    target_obs_id: Mapped[int] = mapped_column(sa.BigInteger, index=True)
+    binning_id: Mapped[int | None] = mapped_column(sa.ForeignKey("binnings.id", ondelete="SET NULL"))
+    exclusion_id: Mapped[int | None] = mapped_column(sa.ForeignKey("exclusion_settings.id", ondelete="SET NULL"))
+    #: The selection settings and what the selection did (candidates left after each criterion).
+    selection: Mapped[dict]
+    obs_ids: Mapped[list] = mapped_column(JSONType)
+    n_runs: Mapped[int]
+    ontime_s: Mapped[float]
+    smoothing: Mapped[str] = mapped_column(sa.String(16))
+    output_path: Mapped[str | None] = mapped_column(sa.String(2048))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

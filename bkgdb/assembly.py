@@ -1,0 +1,101 @@
+"""Summing pieces into a background rate, and turning it into gammapy objects."""
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BkgdbError
+
+__all__ = ["AssembledBackground", "assemble_background", "RATE_UNIT"]
+
+log = logging.getLogger(__name__)
+
+RATE_UNIT = "s-1 MeV-1 sr-1"
+
+
+@dataclass
+class AssembledBackground:
+    """Summed counts and exposure of the selected pieces, and the rate they give.
+
+    Attributes
+    ----------
+    binning : `~bkgdb.config.Binning`
+    counts : `~numpy.ndarray`
+        Summed kept counts per (energy, offset) bin.
+    exposure_s : `~numpy.ndarray`
+        Summed accepted exposure (ontime x kept fraction) per offset bin, in s.
+    ontime_s : float
+        Summed ontime of the runs.
+    n_runs : int
+    """
+
+    binning: object
+    counts: np.ndarray
+    exposure_s: np.ndarray
+    ontime_s: float
+    n_runs: int
+
+    @property
+    def solid_angle_sr(self):
+        """Solid angle of each offset annulus on the sphere."""
+        edges = np.radians(self.binning.offset_edges)
+        return 2 * np.pi * (np.cos(edges[:-1]) - np.cos(edges[1:]))
+
+    @property
+    def energy_width_mev(self):
+        return np.diff(self.binning.energy_edges) * 1e6
+
+    @property
+    def denominator(self):
+        """Exposure x energy width x solid angle per bin, in s MeV sr."""
+        return np.outer(self.energy_width_mev, self.exposure_s * self.solid_angle_sr)
+
+    @property
+    def rate(self):
+        """Background rate per bin in s-1 MeV-1 sr-1; bins without counts or exposure are 0."""
+        denominator = self.denominator
+        rate = np.zeros(self.counts.shape)
+        np.divide(self.counts, denominator, out=rate, where=(denominator > 0) & (self.counts > 0))
+        return rate
+
+    @property
+    def rate_error(self):
+        """Poisson error of the rate (from max(counts, 1), so empty bins get an upper scale)."""
+        denominator = self.denominator
+        error = np.zeros(self.counts.shape)
+        np.divide(np.sqrt(np.maximum(self.counts, 1)), denominator, out=error, where=denominator > 0)
+        return error
+
+    def to_background2d(self, rate=None):
+        """A `gammapy.irf.Background2D` of ``rate`` (default: the unsmoothed rate)."""
+        from astropy import units as u
+        from gammapy.irf import Background2D
+        from gammapy.maps import MapAxis
+
+        energy = MapAxis.from_energy_edges(self.binning.energy_edges * u.TeV, name="energy")
+        offset = MapAxis.from_edges(self.binning.offset_edges * u.deg, name="offset")
+        data = self.rate if rate is None else rate
+        return Background2D(axes=[energy, offset], data=np.asarray(data, dtype=float), unit=RATE_UNIT)
+
+
+def assemble_background(pieces, binning):
+    """Sum pieces of one binning into an `AssembledBackground`.
+
+    Parameters
+    ----------
+    pieces : list of `~bkgdb.pieces.BackgroundPiece`
+        The selected runs' pieces (same binning and exclusion setting).
+    binning : `~bkgdb.config.Binning`
+        Their binning.
+    """
+    if not pieces:
+        raise BkgdbError("no pieces to assemble")
+    counts = np.zeros(binning.shape, dtype=np.int64)
+    exposure = np.zeros(binning.off_bins)
+    for piece in pieces:
+        if piece.counts.shape != binning.shape:
+            raise BkgdbError(f"piece of shape {piece.counts.shape} does not fit binning {binning.shape}")
+        counts += piece.counts
+        exposure += piece.exposure_s
+    return AssembledBackground(binning, counts, exposure, float(sum(p.ontime_s for p in pieces)), len(pieces))

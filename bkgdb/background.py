@@ -1,0 +1,309 @@
+"""Building a target run's background from the catalogue, writing it, attaching it to datastores.
+
+`BackgroundBuilder` ties the steps together: select similar runs (SQL), load and sum their pieces,
+smooth on demand, and produce a gammapy `Background2D` with its provenance.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from . import __version__
+from .assembly import assemble_background
+from .cache import row_to_piece
+from .errors import BkgdbError
+from .models import RUN_STATUS_OK, BackgroundRow, BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from .selection import NoRunsSelected, RunSelector
+from .smoothing import BackgroundSmoother
+
+__all__ = ["BackgroundBuilder", "BuiltBackground", "AttachReport", "PROVENANCE_HDU", "BKG_HDU"]
+
+log = logging.getLogger(__name__)
+
+BKG_HDU = "BKG"
+PROVENANCE_HDU = "BKGDB_RUNS"
+
+
+@dataclass
+class BuiltBackground:
+    """A background model for one target run and how it was made."""
+
+    target: object
+    selection: object
+    assembled: object
+    smoothing: str
+    model: object
+    binning_hash: str
+    exclusion_hash: str
+    binning_id: int | None = None
+    exclusion_id: int | None = None
+
+    def header_cards(self):
+        """FITS keywords recording the provenance (the full run list is a table HDU)."""
+        return {
+            "CREATOR": f"bkgdb {__version__}",
+            "BKG_TGT": (int(self.target.obs_id), "OBS_ID the background was built for"),
+            "BKG_NRUN": (len(self.selection.obs_ids), "runs summed"),
+            "BKG_ONT": (float(self.assembled.ontime_s), "summed ontime [s]"),
+            "BKG_TBAS": ("ONTIME", "rate is per second of ontime"),
+            "BKG_SMTH": (self.smoothing, "smoothing method"),
+            "BKG_RANK": (self.selection.ranking, "how candidates were ranked"),
+            "BKG_BINH": (self.binning_hash[:16], "bkgdb binning hash"),
+            "BKG_EXCH": (self.exclusion_hash[:16], "bkgdb exclusion hash"),
+        }
+
+    def model_hdu(self, name=BKG_HDU, three_d=False):
+        model = self.model.to_3d() if three_d else self.model
+        hdu = model.to_table_hdu()
+        hdu.name = name
+        for key, value in self.header_cards().items():
+            hdu.header[key] = value
+        return hdu
+
+    def provenance_hdu(self):
+        from astropy.io import fits
+        from astropy.table import Table
+
+        table = Table({"OBS_ID": np.asarray(self.selection.obs_ids, dtype=np.int64),
+                       "DATASTORE": np.asarray(self.selection.datastores, dtype=str)})
+        table.meta["BKG_TGT"] = int(self.target.obs_id)
+        hdu = fits.table_to_hdu(table)
+        hdu.name = PROVENANCE_HDU
+        return hdu
+
+
+@dataclass
+class AttachReport:
+    """What `BackgroundBuilder.attach` wrote."""
+
+    out_dir: str
+    written: list = field(default_factory=list)
+    #: (obs_id, reason) of runs that got no background and were left out.
+    skipped: list = field(default_factory=list)
+
+    def summary(self):
+        return f"{len(self.written)} runs written to {self.out_dir}, {len(self.skipped)} without background"
+
+
+def write_fits(hdulist, path):
+    """Write an HDU list; a ``.gz`` name is compressed at level 1 (astropy's level 9 is 5x slower)."""
+    import gzip
+    import io
+
+    path = Path(path)
+    if path.suffix != ".gz":
+        hdulist.writeto(path, overwrite=True)
+        return
+    buffer = io.BytesIO()
+    hdulist.writeto(buffer)
+    with gzip.open(path, "wb", compresslevel=1) as handle:
+        handle.write(buffer.getvalue())
+
+
+class BackgroundBuilder:
+    """Builds backgrounds from a catalogue's pieces, with a `~bkgdb.config.BkgdbConfig`.
+
+    Parameters
+    ----------
+    catalogue : `~bkgdb.catalogue.RunCatalogue`
+    config : `~bkgdb.config.BkgdbConfig`
+        The first binning, the exclusion setting and ``background_selection`` are used.
+    smooth : str, optional
+        Smoothing method overriding the config's. Default is None.
+    """
+
+    def __init__(self, catalogue, config, smooth=None):
+        self.catalogue = catalogue
+        self.config = config
+        s = config.selection
+        self.smoother = BackgroundSmoother(smooth or s.smooth_method, s.smooth_sigma, s.poly_degree,
+                                           s.spline_smoothing)
+        self.selector = RunSelector(s, from_run=config.io.from_run, search_datastore=config.io.search_datastore)
+        self._extra_keys = None
+
+    def _setting_rows(self, session):
+        binning, exclusion = self.config.binning, self.config.exclusion
+        binning_row = session.scalars(sa.select(BinningRow).where(BinningRow.hash == binning.hash)).one_or_none()
+        exclusion_row = session.scalars(
+            sa.select(ExclusionRow).where(ExclusionRow.hash == exclusion.hash)).one_or_none()
+        if binning_row is None or exclusion_row is None:
+            raise BkgdbError("the catalogue has no pieces for this config's binning and exclusion setting: "
+                             "run `bkgdb index DATASTORE --config FILE` first")
+        return binning_row, exclusion_row
+
+    def find_target(self, session, obs_id, datastore=None):
+        query = sa.select(Run).join(Datastore).where(Run.obs_id == obs_id, Run.status == RUN_STATUS_OK)
+        if datastore is not None:
+            query = query.where(Datastore.path == str(Path(datastore).expanduser().resolve()))
+        runs = session.scalars(query).all()
+        if not runs:
+            raise BkgdbError(f"run {obs_id} is not in the catalogue" + (f" for datastore {datastore}" if datastore else "")
+                             + ": index its datastore first")
+        if len(runs) > 1:
+            paths = ", ".join(run.datastore.path for run in runs)
+            raise BkgdbError(f"run {obs_id} is in several datastores ({paths}): give --datastore")
+        return runs[0]
+
+    def build(self, obs_id, datastore=None, session=None):
+        """The background of run ``obs_id``.
+
+        Parameters
+        ----------
+        obs_id : int
+            The target run.
+        datastore : str or `~pathlib.Path`, optional
+            The target's datastore, needed when the OBS_ID is in several. Default is None.
+
+        Returns
+        -------
+        built : `BuiltBackground`
+
+        Raises
+        ------
+        NoRunsSelected
+            No run passed the selection (the message says what each criterion removed).
+        """
+        own_session = session is None
+        session = session or Session(self.catalogue.engine, expire_on_commit=False)
+        try:
+            binning_row, exclusion_row = self._setting_rows(session)
+            target = self.find_target(session, obs_id, datastore)
+            if self._extra_keys is None:
+                self._extra_keys = self.catalogue.extra_keys()
+            selection = self.selector.run(session, target, binning_row.id, exclusion_row.id, self._extra_keys)
+            rows = session.execute(
+                sa.select(PieceRow, Datastore.path).join(Run, Run.id == PieceRow.run_id)
+                .join(Datastore, Datastore.id == Run.datastore_id)
+                .where(PieceRow.run_id.in_(selection.run_ids), PieceRow.binning_id == binning_row.id,
+                       PieceRow.exclusion_id == exclusion_row.id)
+            ).all()
+            order = {run_id: index for index, run_id in enumerate(selection.run_ids)}
+            rows = sorted(rows, key=lambda row: order[row[0].run_id])
+            selection.datastores = [path for _, path in rows]
+            assembled = assemble_background([row_to_piece(piece) for piece, _ in rows], self.config.binning)
+            model = assembled.to_background2d(self.smoother.run(assembled))
+            return BuiltBackground(target, selection, assembled, self.smoother.method, model,
+                                   binning_row.hash, exclusion_row.hash, binning_row.id, exclusion_row.id)
+        finally:
+            if own_session:
+                session.close()
+
+    def record(self, session, built, output_path=None):
+        """Store the provenance of a built background in the database."""
+        session.add(BackgroundRow(
+            target_run_id=built.target.id, target_obs_id=built.target.obs_id, binning_id=built.binning_id,
+            exclusion_id=built.exclusion_id,
+            selection={"settings": self.config.selection.params, "from_run": self.config.io.from_run,
+                       **built.selection.as_dict()},
+            obs_ids=list(built.selection.obs_ids), n_runs=len(built.selection.obs_ids),
+            ontime_s=built.assembled.ontime_s, smoothing=built.smoothing,
+            output_path=None if output_path is None else str(output_path),
+        ))
+
+    def write(self, obs_id, path, datastore=None, three_d=False, overwrite=False):
+        """Build the background of ``obs_id`` and write it as a FITS file gammapy reads.
+
+        The file holds the model in HDU ``BACKGROUND`` (`Background2D`, or `Background3D` with
+        ``three_d``) and the OBS_IDs it was built from in HDU ``BKGDB_RUNS``.
+        """
+        from astropy.io import fits
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise BkgdbError(f"{path} exists: remove it or pass --overwrite")
+        with Session(self.catalogue.engine, expire_on_commit=False) as session:
+            built = self.build(obs_id, datastore, session=session)
+            fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND", three_d), built.provenance_hdu()]
+                         ).writeto(path, overwrite=overwrite)
+            self.record(session, built, path.resolve())
+            session.commit()
+        return built
+
+    def attach(self, target_datastore, out_dir, progress=None):
+        """Write a copy of a datastore whose runs carry backgrounds built by bkgdb.
+
+        Every run of ``target_datastore`` (which must be indexed with this config's pieces) gets
+        its background; its file is copied into ``out_dir`` with the new ``BKG`` HDU replacing any
+        existing background, and new obs-index and hdu-index files are written, so that
+        `gammapy.data.DataStore.from_dir(out_dir)` opens it. The original files are not modified.
+        Runs for which no background can be built are left out and reported.
+
+        Returns
+        -------
+        report : `AttachReport`
+        """
+        from astropy.io import fits
+        from astropy.table import Table
+
+        from .datastore import DL3Datastore
+
+        source = DL3Datastore(target_datastore)
+        out_dir = Path(out_dir).expanduser().resolve()
+        if out_dir == source.path:
+            raise BkgdbError("--out must differ from the target datastore: its files are never modified")
+        (out_dir / "data").mkdir(parents=True, exist_ok=True)
+        report = AttachReport(str(out_dir))
+        hdu_table = source.hdu_table
+        hdu_types = np.char.strip(np.char.lower(np.asarray(hdu_table["HDU_TYPE"]).astype(str)))
+        runs = source.runs()
+        hdu_rows, written = [], []
+        with Session(self.catalogue.engine, expire_on_commit=False) as session:
+            for done, run in enumerate(runs, start=1):
+                try:
+                    built = self.build(run.obs_id, source.path, session=session)
+                except BkgdbError as exc:
+                    report.skipped.append((run.obs_id, str(exc)))
+                    log.warning("run %s: no background: %s", run.obs_id, exc)
+                else:
+                    target_file = out_dir / "data" / run.events_path.name
+                    own = (hdu_table["OBS_ID"] == run.obs_id)
+                    old_bkg = {str(name).strip() for name in hdu_table["HDU_NAME"][own & (hdu_types == "bkg")]}
+                    dropped = {name.upper() for name in old_bkg} | {BKG_HDU, PROVENANCE_HDU}
+                    with fits.open(run.events_path, memmap=False) as hdul:
+                        kept = [hdu for hdu in hdul if hdu.name not in dropped]
+                        write_fits(fits.HDUList(kept + [built.model_hdu(BKG_HDU), built.provenance_hdu()]),
+                                   target_file)
+                    hdu_rows.extend(self._hdu_rows(source, hdu_table[own & (hdu_types != "bkg")], run, target_file))
+                    written.append(run.obs_id)
+                    self.record(session, built, target_file)
+                    session.commit()
+                if progress is not None:
+                    progress(done, len(runs))
+        report.written = written
+        if not written:
+            return report
+        obs_table = source.obs_table[np.isin(source.obs_table["OBS_ID"], written)]
+        obs_table.meta["CREATOR"] = f"bkgdb {__version__}"
+        obs_table.write(out_dir / "obs-index.fits.gz", overwrite=True)
+        new_hdu_table = Table(rows=[[row[name] for name in hdu_table.colnames] for row in hdu_rows],
+                              names=hdu_table.colnames)
+        new_hdu_table.meta = {key: value for key, value in hdu_table.meta.items() if key != "BASE_DIR"}
+        new_hdu_table.write(out_dir / "hdu-index.fits.gz", overwrite=True)
+        return report
+
+    @staticmethod
+    def _hdu_rows(source, rows, run, target_file):
+        """hdu-index rows (dicts) of one attached run: its HDUs in the new file, others where they were."""
+        from .datastore import json_safe
+
+        base = str(source.hdu_table.meta.get("BASE_DIR", "")).strip()
+        result = []
+        for row in rows:
+            values = {name: json_safe(row[name]) for name in rows.colnames}
+            original = (source.path / base / values["FILE_DIR"] / values["FILE_NAME"]).resolve()
+            if original == run.events_path:
+                values["FILE_DIR"], values["FILE_NAME"] = "data", target_file.name
+            else:  # shared IRF files stay where they are
+                values["FILE_DIR"], values["FILE_NAME"] = str(original.parent), original.name
+            result.append(values)
+        bkg = dict(result[0])
+        bkg.update({"HDU_TYPE": "bkg", "HDU_CLASS": "bkg_2d", "FILE_DIR": "data", "FILE_NAME": target_file.name,
+                    "HDU_NAME": BKG_HDU})
+        if "SIZE" in bkg:
+            bkg["SIZE"] = 0
+        result.append(bkg)
+        return result

@@ -1,0 +1,224 @@
+"""Choosing the runs that build a target run's background.
+
+Every criterion is an SQL condition on the catalogue, relative to the target run; ranges are
+computed in Python so the database only compares indexed columns (no trigonometry in SQL).
+Runs qualify only if they have a piece for the binning and exclusion setting in use.
+"""
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import date
+
+import numpy as np
+import sqlalchemy as sa
+
+from .conditions import conditions_expression
+from .errors import BkgdbError
+from .models import RUN_STATUS_OK, Datastore, PieceRow, Run
+
+__all__ = ["RunSelector", "Selection", "NoRunsSelected", "airmass", "zenith_range", "azimuth_condition",
+           "kl_divergence"]
+
+log = logging.getLogger(__name__)
+
+#: Airmass step of the similarity ranking: within a step, the run closest in time comes first.
+AIRMASS_STEP = 0.01
+
+
+class NoRunsSelected(BkgdbError):
+    """No run passed the selection; the message says what each criterion removed."""
+
+
+def airmass(zenith_deg):
+    return 1.0 / np.cos(np.radians(zenith_deg))
+
+
+def zenith_range(zenith_deg, el_diff):
+    """Zenith angles (deg) whose airmass lies within ``el_diff`` of the target's."""
+    target = airmass(zenith_deg)
+    low = max(1.0, target - el_diff)
+    high = target + el_diff
+    return float(np.degrees(np.arccos(1.0 / low))), float(np.degrees(np.arccos(1.0 / high)))
+
+
+def azimuth_condition(column, azimuth_deg, az_diff):
+    """Azimuths within ``az_diff`` deg of the target's, on the circle (355 and 5 are 10 apart)."""
+    if az_diff >= 180:
+        return sa.true()
+    low, high = azimuth_deg - az_diff, azimuth_deg + az_diff
+    if low < 0:
+        return sa.or_(column > low + 360.0, column < high)
+    if high > 360:
+        return sa.or_(column > low, column < high - 360.0)
+    return sa.and_(column > low, column < high)
+
+
+def kl_divergence(target_counts, candidate_counts, pseudo=0.5):
+    """KL divergence of the candidate's count shape from the target's (both regularised)."""
+    p = np.asarray(target_counts, float).ravel() + pseudo
+    q = np.asarray(candidate_counts, float).ravel() + pseudo
+    p, q = p / p.sum(), q / q.sum()
+    return float(np.sum(p * np.log(p / q)))
+
+
+@dataclass
+class Selection:
+    """The runs chosen for one target and how they were chosen."""
+
+    target_obs_id: int
+    run_ids: list
+    obs_ids: list
+    ontime_s: float
+    #: (criterion, candidates left after it), in the order applied.
+    funnel: list = field(default_factory=list)
+    ranking: str = "none"
+    requested_s: float | None = None
+    #: Datastore path of each selected run, filled when the pieces are loaded.
+    datastores: list = field(default_factory=list)
+
+    def as_dict(self):
+        return {"target_obs_id": self.target_obs_id, "obs_ids": self.obs_ids, "ontime_s": self.ontime_s,
+                "funnel": self.funnel, "ranking": self.ranking, "requested_s": self.requested_s}
+
+
+class RunSelector:
+    """Selects runs similar to a target run, in SQL over the catalogue.
+
+    Parameters
+    ----------
+    settings : `~bkgdb.config.SelectionSettings`
+        The ``background_selection`` criteria.
+    from_run : bool, optional
+        Use the target's own piece only. Default is False.
+    search_datastore : str, optional
+        Only runs of this datastore are candidates. Default is all.
+    """
+
+    def __init__(self, settings, from_run=False, search_datastore=None):
+        self.settings = settings
+        self.from_run = from_run
+        self.search_datastore = search_datastore
+
+    def criteria(self, target, extra_keys=()):
+        """(name, SQL condition) pairs for a target `~bkgdb.models.Run`."""
+        s = self.settings
+        criteria = []
+        if s.el_diff is not None and target.zenith_deg is not None:
+            low, high = zenith_range(target.zenith_deg, s.el_diff)
+            criteria.append((f"airmass within {s.el_diff:g}", sa.and_(Run.zenith_deg >= low, Run.zenith_deg <= high)))
+        if s.az_diff is not None and target.az_deg is not None:
+            criteria.append((f"azimuth within {s.az_diff:g} deg", azimuth_condition(Run.az_deg, target.az_deg, s.az_diff)))
+        if s.nsb_diff is not None and target.nsb_level is not None:
+            criteria.append((f"NSB within {s.nsb_diff:g}",
+                             sa.and_(Run.nsb_level > target.nsb_level - s.nsb_diff,
+                                     Run.nsb_level < target.nsb_level + s.nsb_diff)))
+        if s.time_max is not None and target.tstart_mjd is not None:
+            criteria.append((f"within {s.time_max:g} days",
+                             sa.and_(Run.tstart_mjd > target.tstart_mjd - s.time_max,
+                                     Run.tstart_mjd < target.tstart_mjd + s.time_max)))
+        if s.same_szn:
+            start, end = self.season_of(target)
+            criteria.append((f"season {start} to {end}", Run.date_obs.between(start, end)))
+        if s.n_tels is not None:
+            criteria.append((f"at least {s.n_tels} telescopes", Run.n_tels >= s.n_tels))
+        if s.el_min is not None:
+            criteria.append((f"elevation >= {s.el_min:g}", Run.alt_deg >= s.el_min))
+        if s.el_max is not None:
+            criteria.append((f"elevation <= {s.el_max:g}", Run.alt_deg <= s.el_max))
+        if s.gal_lat_min:
+            criteria.append((f"|b| > {s.gal_lat_min:g} deg",
+                             sa.or_(Run.glat_deg > s.gal_lat_min, Run.glat_deg < -s.gal_lat_min)))
+        for condition in s.where:
+            criteria.append((condition, conditions_expression([condition], extra_keys)))
+        return criteria
+
+    def season_of(self, target):
+        day = target.date_obs
+        for start, end in self.settings.seasons:
+            if date.fromisoformat(start) <= day <= date.fromisoformat(end):
+                return date.fromisoformat(start), date.fromisoformat(end)
+        raise BkgdbError(f"run {target.obs_id} ({day}) is in none of the configured seasons")
+
+    def run(self, session, target, binning_id, exclusion_id, extra_keys=()):
+        """Select the runs for ``target``.
+
+        Returns
+        -------
+        selection : `Selection`
+
+        Raises
+        ------
+        NoRunsSelected
+            Nothing passed; the message lists the candidates left after each criterion.
+        """
+        if self.from_run:
+            has_piece = session.scalar(sa.select(sa.func.count(PieceRow.id)).where(
+                PieceRow.run_id == target.id, PieceRow.binning_id == binning_id,
+                PieceRow.exclusion_id == exclusion_id))
+            if not has_piece:
+                raise NoRunsSelected(f"from_run: run {target.obs_id} has no piece for this binning and exclusion "
+                                     "setting; index its datastore with --config first")
+            return Selection(target.obs_id, [target.id], [target.obs_id], target.ontime_s or 0.0,
+                             [("from_run", 1)], ranking="from_run")
+
+        base = (
+            sa.select(Run.id).join(PieceRow, PieceRow.run_id == Run.id)
+            .where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
+                   Run.status == RUN_STATUS_OK, Run.id != target.id)
+        )
+        if self.search_datastore:
+            from pathlib import Path
+
+            base = base.join(Datastore, Datastore.id == Run.datastore_id).where(
+                Datastore.path == str(Path(self.search_datastore).expanduser().resolve()))
+        funnel = [("runs with pieces, not the target", session.scalar(sa.select(sa.func.count()).select_from(base.subquery())))]
+        query = base
+        for name, condition in self.criteria(target, extra_keys):
+            query = query.where(condition)
+            funnel.append((name, session.scalar(sa.select(sa.func.count()).select_from(query.subquery()))))
+        if funnel[-1][1] == 0:
+            steps = ", ".join(f"{name}: {left}" for name, left in funnel)
+            raise NoRunsSelected(f"no runs selected for run {target.obs_id}; candidates left after each criterion: {steps}")
+
+        rows = session.execute(
+            sa.select(Run.id, Run.obs_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)
+            .where(Run.id.in_(query.scalar_subquery()))
+        ).all()
+        ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id)
+        requested = None if self.settings.time_request is None else self.settings.time_request * 3600.0
+        chosen, ontime = [], 0.0
+        for row in rows:
+            if requested is not None and ontime >= requested:
+                break
+            chosen.append(row)
+            ontime += row.ontime_s or 0.0
+        if requested is not None and ontime < requested:
+            log.warning("run %s: %.1f h of the %.1f h requested are available", target.obs_id,
+                        ontime / 3600, requested / 3600)
+        return Selection(target.obs_id, [row.id for row in chosen], [row.obs_id for row in chosen], ontime,
+                         funnel, ranking=ranking, requested_s=requested)
+
+    def rank(self, session, target, rows, binning_id, exclusion_id):
+        """Order candidates, most similar first: by KL divergence, or by airmass then time."""
+        if self.settings.KL_DIV:
+            from .cache import row_to_piece
+
+            pieces = {row.run_id: row_to_piece(row) for row in session.scalars(
+                sa.select(PieceRow).where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
+                                          PieceRow.run_id.in_([target.id] + [r.id for r in rows])))}
+            if target.id not in pieces:
+                raise BkgdbError(f"KL_DIV needs run {target.obs_id}'s own piece: index its datastore with --config")
+            reference = pieces[target.id].counts
+            scores = {row.id: kl_divergence(reference, pieces[row.id].counts) for row in rows}
+            return "kl_divergence", sorted(rows, key=lambda row: (scores[row.id], row.obs_id))
+
+        target_airmass = airmass(target.zenith_deg) if target.zenith_deg is not None else None
+
+        def distance(row):
+            step = 0 if target_airmass is None or row.zenith_deg is None else \
+                math.floor(abs(airmass(row.zenith_deg) - target_airmass) / AIRMASS_STEP)
+            days = abs((row.tstart_mjd or 0.0) - (target.tstart_mjd or 0.0))
+            return (step, days, row.obs_id)
+
+        return "airmass_then_time", sorted(rows, key=distance)
