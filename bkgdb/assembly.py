@@ -7,7 +7,7 @@ import numpy as np
 
 from .errors import BkgdbError
 
-__all__ = ["AssembledBackground", "assemble_background", "RATE_UNIT"]
+__all__ = ["AssembledBackground", "assemble_background", "fill_empty_bins", "RATE_UNIT"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,31 @@ class AssembledBackground:
         offset = MapAxis.from_edges(self.binning.offset_edges * u.deg, name="offset")
         data = self.rate if rate is None else rate
         return Background2D(axes=[energy, offset], data=np.asarray(data, dtype=float), unit=RATE_UNIT)
+
+
+def fill_empty_bins(rate, background):
+    """Fill empty bins so that gammapy's log-scale interpolation of the model stays finite.
+
+    gammapy interpolates background rates in log scale and extrapolates from the outermost bin
+    centres to the axis edges. A zero beside a non-zero node there becomes a slope of hundreds of
+    e-folds per bin and the model explodes (1e50 and more) at the FoV centre and edge. So empty
+    bins of an energy slice that has counts get the slice's mean rate, and an empty slice next to
+    a non-empty outermost slice gets that slice's rates. Slices without counts elsewhere stay zero:
+    all-zero nodes interpolate to zero.
+    """
+    rate = np.array(rate, dtype=float)
+    denominator = background.denominator
+    for index in range(rate.shape[0]):
+        counts = background.counts[index].sum()
+        exposure = denominator[index].sum()
+        empty = rate[index] <= 0
+        if counts > 0 and exposure > 0 and empty.any():
+            rate[index, empty] = counts / exposure
+    if rate.shape[0] > 1:
+        for outer, inner in ((0, 1), (-1, -2)):
+            if rate[outer].any() and not rate[inner].any():
+                rate[inner] = rate[outer]
+    return rate
 
 
 def assemble_background(pieces, binning):

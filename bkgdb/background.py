@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import __version__
-from .assembly import assemble_background
+from .assembly import assemble_background, fill_empty_bins
 from .cache import row_to_piece
 from .errors import BkgdbError
 from .models import RUN_STATUS_OK, BackgroundRow, BinningRow, Datastore, ExclusionRow, PieceRow, Run
@@ -185,7 +185,10 @@ class BackgroundBuilder:
             rows = sorted(rows, key=lambda row: order[row[0].run_id])
             selection.datastores = [path for _, path in rows]
             assembled = assemble_background([row_to_piece(piece) for piece, _ in rows], self.config.binning)
-            model = assembled.to_background2d(self.smoother.run(assembled))
+            rate = self.smoother.run(assembled)
+            if self.config.selection.fill_empty_bins:
+                rate = fill_empty_bins(rate, assembled)
+            model = assembled.to_background2d(rate)
             return BuiltBackground(target, selection, assembled, self.smoother.method, model,
                                    binning_row.hash, exclusion_row.hash, binning_row.id, exclusion_row.id)
         finally:

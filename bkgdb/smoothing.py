@@ -51,7 +51,10 @@ class BackgroundSmoother:
     def make_gauss(self, background, rate):
         from scipy.ndimage import gaussian_filter
 
-        cube = background.to_background2d(rate).to_3d()
+        from .assembly import fill_empty_bins
+
+        # to_3d interpolates in log scale: empty bins would explode there, so fill them first.
+        cube = background.to_background2d(fill_empty_bins(rate, background)).to_3d()
         data = cube.data
         for index in range(data.shape[0]):
             data[index] = gaussian_filter(data[index], self.sigma)
@@ -59,28 +62,30 @@ class BackgroundSmoother:
         return cube.to_2d().data
 
     def _slices(self, background, rate):
+        """Energy slices worth fitting: (index, offset centres, rate, error, exposed-bin mask)."""
         centres = 0.5 * (background.binning.offset_edges[1:] + background.binning.offset_edges[:-1])
         error = background.rate_error
         for index in range(rate.shape[0]):
-            if background.counts[index].sum() == 0:
+            exposed = error[index] > 0
+            if background.counts[index].sum() == 0 or exposed.sum() < 2:
                 continue
-            yield index, centres, rate[index], error[index]
+            yield index, centres, rate[index], error[index], exposed
 
     def make_poly(self, background, rate):
-        smoothed = np.zeros_like(rate)
-        degree = min(self.degree, len(background.binning.offset_edges) - 2)
-        for index, x, y, sigma in self._slices(background, rate):
-            coefficients = np.polyfit(x, y, degree, w=1.0 / sigma)
+        smoothed = rate.copy()
+        for index, x, y, sigma, use in self._slices(background, rate):
+            degree = min(self.degree, use.sum() - 1)
+            coefficients = np.polyfit(x[use], y[use], degree, w=1.0 / sigma[use])
             smoothed[index] = np.polyval(coefficients, x)
         return smoothed
 
     def make_spline(self, background, rate):
         from scipy.interpolate import UnivariateSpline
 
-        smoothed = np.zeros_like(rate)
-        n = len(background.binning.offset_edges) - 1
-        for index, x, y, sigma in self._slices(background, rate):
-            spline = UnivariateSpline(x, y, w=1.0 / sigma, k=min(3, n - 1),
+        smoothed = rate.copy()
+        for index, x, y, sigma, use in self._slices(background, rate):
+            n = int(use.sum())
+            spline = UnivariateSpline(x[use], y[use], w=1.0 / sigma[use], k=min(3, n - 1),
                                       s=self.spline_smoothing if self.spline_smoothing is not None else n)
             smoothed[index] = spline(x)
         return smoothed

@@ -130,3 +130,49 @@ def test_config_errors_are_one_line(simulated_datastore, tmp_path):
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "Error: exclusion.exposure_method must be one of geometric, counts-ratio, got 'guess'"]
+
+
+def test_background_and_attach_commands(db_url, simulated_datastore, tmp_path):
+    from gammapy.data import DataStore
+    from gammapy.irf import Background2D
+
+    config = tmp_path / "config.yaml"
+    config.write_text("""
+binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}
+exclusion: {gammacat: none, hawc: none, star_cat: none}
+background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10, smooth: true, smooth_sigma: 1}
+""")
+    assert bkgdb("index", simulated_datastore, "--config", config, db=db_url).exit_code == 0
+    result = bkgdb("background", "1002", "--config", config, "-o", tmp_path / "bkg.fits", db=db_url)
+    assert result.exit_code == 0, result.output
+    assert "run 1002: background from 4 runs" in result.output and "smoothing gauss" in result.output
+    assert Background2D.read(tmp_path / "bkg.fits").data.shape == (8, 5)
+    again = bkgdb("background", "1002", "--config", config, "-o", tmp_path / "bkg.fits", "--smooth", "none",
+                  db=db_url)
+    assert again.exit_code == 2 and "exists" in again.output
+    assert bkgdb("background", "1002", "--config", config, "-o", tmp_path / "bkg.fits", "--smooth", "poly",
+                 "--overwrite", db=db_url).exit_code == 0
+
+    attached = bkgdb("attach", simulated_datastore, "--out", tmp_path / "out", "--config", config, db=db_url)
+    assert attached.exit_code == 0, attached.output
+    assert "5 runs written to" in attached.output
+    assert len(DataStore.from_dir(tmp_path / "out").obs_ids) == 5
+
+    nothing = bkgdb("background", "1002", "--config", config, "-o", tmp_path / "x.fits", db=db_url)
+    assert nothing.exit_code == 0
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(config.read_text().replace("gal_lat_min: 10", "gal_lat_min: 89"))
+    failed = bkgdb("background", "1002", "--config", strict, "-o", tmp_path / "y.fits", db=db_url)
+    assert failed.exit_code == 2
+    assert "no runs selected for run 1002" in failed.output and "|b| > 89 deg: 0" in failed.output
+
+
+def test_demo(tmp_path, monkeypatch):
+    monkeypatch.delenv("GAMMAPY_DATA", raising=False)  # the demo needs nothing from outside
+    result = bkgdb("demo", tmp_path / "demo")
+    assert result.exit_code == 0, result.output
+    assert "32 new, 0 updated, 0 unchanged, 0 failed; 32 pieces computed" in result.output
+    assert "32 runs written to" in result.output
+    ratio = float(re.search(r"model / truth = ([0-9.]+)", result.output).group(1))
+    assert abs(ratio - 1) < 0.02
+    assert (tmp_path / "demo" / "with-backgrounds" / "hdu-index.fits.gz").is_file()

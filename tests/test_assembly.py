@@ -1,0 +1,119 @@
+"""Summing pieces into a rate and smoothing it."""
+
+import numpy as np
+import pytest
+
+from bkgdb.assembly import assemble_background
+from bkgdb.config import Binning
+from bkgdb.pieces import BackgroundPiece
+from bkgdb.simulate import BackgroundTruth
+from bkgdb.smoothing import BackgroundSmoother
+
+BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)
+
+
+def piece(counts, fraction=1.0, ontime=1800.0):
+    counts = np.asarray(counts, dtype=np.int64)
+    return BackgroundPiece(counts, np.zeros_like(counts), np.full(counts.shape[1], ontime * fraction), ontime, ontime)
+
+
+def poisson_pieces(truth, n_runs=20, ontime=1800.0, seed=3):
+    rng = np.random.default_rng(seed)
+    expected = truth.expected_counts(BINNING.energy_edges, BINNING.offset_edges, ontime)
+    return [piece(rng.poisson(expected), ontime=ontime) for _ in range(n_runs)], expected * n_runs
+
+
+def test_rate_is_counts_over_exposure_energy_and_solid_angle():
+    counts = np.zeros(BINNING.shape, dtype=np.int64)
+    counts[3, 2] = 100
+    background = assemble_background([piece(counts, 0.5), piece(counts, 1.0)], BINNING)
+    assert background.counts[3, 2] == 200 and background.exposure_s[2] == pytest.approx(2700.0)
+    edges = np.radians(BINNING.offset_edges[2:4])
+    solid_angle = 2 * np.pi * (np.cos(edges[0]) - np.cos(edges[1]))
+    width_mev = (BINNING.energy_edges[4] - BINNING.energy_edges[3]) * 1e6
+    assert background.rate[3, 2] == pytest.approx(200 / (2700.0 * width_mev * solid_angle))
+    assert np.all(np.isfinite(background.rate)) and background.rate.sum() == background.rate[3, 2]
+
+
+def test_empty_and_unexposed_bins_are_zero():
+    counts = np.ones(BINNING.shape, dtype=np.int64)
+    unexposed = BackgroundPiece(counts, np.zeros_like(counts), np.zeros(BINNING.off_bins), 1800.0, 1800.0)
+    background = assemble_background([unexposed], BINNING)
+    assert np.all(background.rate == 0)
+    for method in BackgroundSmoother.available_methods:
+        assert np.all(np.isfinite(BackgroundSmoother(method).run(background)))
+
+
+def test_unsmoothed_rate_recovers_the_truth():
+    truth = BackgroundTruth()
+    pieces, expected = poisson_pieces(truth)
+    background = assemble_background(pieces, BINNING)
+    use = expected > 20
+    pulls = (background.counts[use] - expected[use]) / np.sqrt(expected[use])
+    assert abs(pulls.mean()) < 3 / np.sqrt(use.sum()) * 1.5
+    assert np.sum(pulls ** 2) < use.sum() + 5 * np.sqrt(2 * use.sum())
+
+
+@pytest.mark.parametrize("method", ["poly", "spline"])
+def test_fitted_smoothing_reduces_noise(method):
+    truth = BackgroundTruth()
+    pieces, expected = poisson_pieces(truth, n_runs=2)
+    background = assemble_background(pieces, BINNING)
+    true_rate = expected / background.denominator
+    smoothed = BackgroundSmoother(method, degree=4).run(background)
+    rows = background.counts.sum(axis=1) > 200  # energy slices with something to smooth
+    raw_error = np.sum(((background.rate - true_rate) / true_rate)[rows] ** 2)
+    smooth_error = np.sum(((smoothed - true_rate) / true_rate)[rows] ** 2)
+    assert smooth_error < raw_error
+    assert np.all(smoothed >= 0)
+
+
+def test_gauss_smoothing_is_the_background3d_route():
+    truth = BackgroundTruth()
+    pieces, _ = poisson_pieces(truth, n_runs=2)
+    background = assemble_background(pieces, BINNING)
+    smoothed = BackgroundSmoother("gauss", sigma=1.0).run(background)
+    assert smoothed.shape == BINNING.shape and np.all(smoothed >= 0)
+    # Smoothing spreads a single bright bin to its neighbours.
+    spike = np.zeros(BINNING.shape, dtype=np.int64)
+    spike[5, 4] = 1000
+    spread = BackgroundSmoother("gauss", sigma=1.0).run(assemble_background([piece(spike)], BINNING))
+    assert spread[5, 3] > 0 and spread[5, 5] > 0 and spread[5, 4] < assemble_background([piece(spike)], BINNING).rate[5, 4]
+
+
+def test_polynomial_degree_is_capped_below_the_number_of_bins():
+    binning = Binning(e_bins=2, off_bins=3)
+    counts = np.array([[50, 40, 10], [5, 4, 0]])
+    background = assemble_background([BackgroundPiece(counts, 0 * counts, np.full(3, 100.0), 100.0, 90.0)], binning)
+    smoothed = BackgroundSmoother("poly", degree=7).run(background)
+    assert smoothed.shape == (2, 3) and np.all(smoothed >= 0)
+
+
+def test_unknown_smoothing_method():
+    with pytest.raises(ValueError, match="gauss, poly, spline, none"):
+        BackgroundSmoother("boxcar")
+
+
+def test_filled_models_stay_finite_in_gammapy():
+    """A sparse model with empty bins explodes in gammapy's log interpolation unless filled."""
+    import astropy.units as u
+
+    from bkgdb.assembly import fill_empty_bins
+
+    binning = Binning(e_min=0.1, e_max=100, e_bins=8, off_min=0, off_max=2.5, off_bins=5)
+    counts = np.zeros(binning.shape, dtype=np.int64)
+    counts[0] = [3, 0, 0, 2, 5]
+    counts[2] = [1, 0, 0, 0, 1]
+    counts[3] = [0, 4, 0, 0, 0]
+    background = assemble_background([BackgroundPiece(counts, 0 * counts, np.full(5, 1800.0), 1800.0, 1600.0)],
+                                     binning)
+    energy = np.geomspace(0.1, 100, 60)[:, np.newaxis] * u.TeV
+    offset = np.linspace(0, 2.5, 40) * u.deg
+    ceiling = background.rate.max()
+    with np.errstate(over="ignore"):
+        raw = background.to_background2d().evaluate(energy=energy, offset=offset).value
+    assert np.nanmax(raw) > 1e10 * ceiling  # the hazard is real
+    filled = fill_empty_bins(background.rate, background)
+    model = background.to_background2d(filled).evaluate(energy=energy, offset=offset).value
+    assert np.all(np.isfinite(model)) and model.max() < 10 * ceiling
+    assert np.all(filled[4:] == 0) and np.all(filled[[0, 2, 3]] > 0) and np.all(filled[1] > 0)

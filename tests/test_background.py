@@ -1,0 +1,222 @@
+"""Building, writing and attaching backgrounds: against a known truth, and opened by gammapy."""
+
+import shutil
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from astropy import units as u
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.table import Table
+from gammapy.data import DataStore
+from gammapy.irf import Background2D, Background3D
+from sqlalchemy.orm import Session
+
+from bkgdb.background import BackgroundBuilder
+from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
+from bkgdb.errors import BkgdbError
+from bkgdb.models import BackgroundRow
+from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+
+BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)
+SOURCE = PointSource(ra_deg=200.0, dec_deg=40.0, rate_per_s=0.6, psf_sigma_deg=0.08, name="Bright source")
+TRUTH = BackgroundTruth()
+
+
+@pytest.fixture(scope="session")
+def fields(tmp_path_factory):
+    """12 runs on empty fields and 8 wobbling around a bright source, one known background rate."""
+    folder = tmp_path_factory.mktemp("fields")
+    centre = SkyCoord(SOURCE.ra_deg * u.deg, SOURCE.dec_deg * u.deg)
+    wobbles = centre.directional_offset_by(np.arange(8) % 4 * 90 * u.deg, 0.7 * u.deg)
+    pointings = [(180.0, 50.0)] * 6 + [(220.0, 30.0)] * 6 + list(zip(wobbles.ra.deg, wobbles.dec.deg))
+    DatastoreSimulator(truth=TRUTH, pointings=pointings, source=SOURCE, ontime_s=1500.0, seed=11,
+                       first_obs_id=100).run(folder / "datastore")
+    write_source_catalogue(folder / "catalogue.fits", [SOURCE])
+    write_source_catalogue(folder / "empty-catalogue.fits", [{"name": "elsewhere", "ra_deg": 10.0, "dec_deg": -60.0}])
+    return folder
+
+
+def make_config(catalogue, **selection):
+    settings = dict(el_diff=None, az_diff=None, gal_lat_min=10)
+    settings.update(selection)
+    return BkgdbConfig(
+        binnings=[BINNING],
+        exclusion=ExclusionSettings(gammacat=str(catalogue), hawc=None, star_cat=None),
+        selection=SelectionSettings(**settings), io=IOSettings(),
+    )
+
+
+def truth_comparison(built):
+    """Counts of the summed pieces against the truth times their exposure, in well-filled bins."""
+    expected = TRUTH.expected_counts(BINNING.energy_edges, BINNING.offset_edges, 1.0) * built.assembled.exposure_s
+    predicted = built.model.data * built.assembled.denominator  # the model as written, back to counts
+    use = expected > 20
+    pulls = (predicted[use] - expected[use]) / np.sqrt(expected[use])
+    return pulls, predicted, expected
+
+
+@pytest.mark.parametrize("which, exclude, target", [
+    ("empty fields only", True, 100),
+    ("source excluded", True, 119),
+])
+def test_model_recovers_the_truth(catalogue, fields, which, exclude, target):
+    config = make_config(fields / "catalogue.fits")
+    catalogue.index(fields / "datastore", config=config)
+    built = BackgroundBuilder(catalogue, config).build(target)
+    assert len(built.selection.obs_ids) == 19
+    pulls, _, _ = truth_comparison(built)
+    ndof = len(pulls)
+    assert abs(pulls.mean()) < 4 / np.sqrt(ndof), which
+    assert np.sum(pulls ** 2) < ndof + 5 * np.sqrt(2 * ndof), which
+
+
+def test_source_not_excluded_biases_the_model(catalogue, fields):
+    """The negative control: without the source in the catalogue, its photons enter the background."""
+    config = make_config(fields / "empty-catalogue.fits")
+    catalogue.index(fields / "datastore", config=config)
+    built = BackgroundBuilder(catalogue, config).build(100)
+    _, predicted, expected = truth_comparison(built)
+    near_source = predicted[:, 2:4].sum() / expected[:, 2:4].sum()  # 0.5-1.0 deg, where the source sits
+    assert near_source > 1.1
+
+
+def test_written_file_opens_in_gammapy_with_provenance(catalogue, fields, tmp_path):
+    config = make_config(fields / "catalogue.fits", time_request=2.0)
+    catalogue.index(fields / "datastore", config=config)
+    builder = BackgroundBuilder(catalogue, config)
+    built = builder.write(119, tmp_path / "bkg.fits")
+    model = Background2D.read(tmp_path / "bkg.fits")
+    assert model.data.shape == BINNING.shape and model.unit == u.Unit("s-1 MeV-1 sr-1")
+    assert np.allclose(model.data, built.model.data)
+    header = fits.getheader(tmp_path / "bkg.fits", "BACKGROUND")
+    runs = Table.read(tmp_path / "bkg.fits", hdu="BKGDB_RUNS")
+    assert header["BKG_TGT"] == 119 and header["BKG_NRUN"] == len(runs) == 5  # 2 h of 25-min runs
+    assert header["BKG_TBAS"] == "ONTIME"
+    assert 119 not in runs["OBS_ID"]
+    with pytest.raises(BkgdbError, match="exists"):
+        builder.write(119, tmp_path / "bkg.fits")
+    builder.write(119, tmp_path / "bkg3d.fits", three_d=True)
+    assert Background3D.read(tmp_path / "bkg3d.fits").data.ndim == 3
+
+    with Session(catalogue.engine) as session:
+        stored = session.scalars(sa.select(BackgroundRow).order_by(BackgroundRow.id)).first()
+        assert stored.target_obs_id == 119 and stored.obs_ids == list(runs["OBS_ID"])
+        assert stored.selection["settings"]["time_request"] == 2.0
+        assert stored.output_path == str((tmp_path / "bkg.fits").resolve())
+
+
+@pytest.mark.parametrize("smooth", ["gauss", "poly", "spline"])
+def test_smoothed_models_stay_close_to_the_truth(catalogue, fields, smooth):
+    config = make_config(fields / "catalogue.fits")
+    catalogue.index(fields / "datastore", config=config)
+    built = BackgroundBuilder(catalogue, config, smooth=smooth).build(100)
+    assert built.smoothing == smooth and np.all(built.model.data >= 0)
+    _, predicted, expected = truth_comparison(built)
+    core = expected > 200
+    assert np.median(np.abs(predicted[core] / expected[core] - 1)) < 0.1
+
+
+def test_attach_writes_a_datastore_gammapy_opens(catalogue, fields, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(fields / "datastore", source)
+    before = {path.name: path.read_bytes() for path in (source / "data").iterdir()}
+    config = make_config(fields / "catalogue.fits")
+    catalogue.index(source, config=config)
+    report = BackgroundBuilder(catalogue, config).attach(source, tmp_path / "out")
+    assert len(report.written) == 20 and report.skipped == []
+    store = DataStore.from_dir(tmp_path / "out")
+    assert sorted(store.obs_ids) == list(range(100, 120))
+    observation = store.obs(105, required_irf=["bkg"])
+    assert isinstance(observation.bkg, Background2D) and observation.bkg.data.sum() > 0
+    assert len(observation.events.table) == len(fits.getdata(source / "data" / "run_000105.fits.gz", "EVENTS"))
+    assert {path.name: path.read_bytes() for path in (source / "data").iterdir()} == before  # untouched
+    # Again into the same folder: the background is replaced, not added twice.
+    BackgroundBuilder(catalogue, config).attach(source, tmp_path / "out")
+    with fits.open(tmp_path / "out" / "data" / "run_000105.fits.gz") as hdul:
+        assert [hdu.name for hdu in hdul].count("BKG") == 1
+
+
+def test_attach_replaces_an_existing_background_hdu(catalogue, fields, tmp_path):
+    out = tmp_path / "first"
+    config = make_config(fields / "catalogue.fits")
+    catalogue.index(fields / "datastore", config=config)
+    BackgroundBuilder(catalogue, config).attach(fields / "datastore", out)
+    # The attached datastore becomes the target: its BKG HDU is replaced by the new one.
+    catalogue.index(out, config=config)
+    report = BackgroundBuilder(catalogue, make_config(fields / "catalogue.fits", time_request=1.0)).attach(
+        out, tmp_path / "second")
+    assert len(report.written) == 20
+    with fits.open(tmp_path / "second" / "data" / "run_000100.fits.gz") as hdul:
+        names = [hdu.name for hdu in hdul]
+        assert names.count("BKG") == 1 and names.count("BKGDB_RUNS") == 1
+        assert hdul["BKG"].header["BKG_NRUN"] < 19
+
+
+def test_runs_without_background_are_reported(catalogue, fields, tmp_path):
+    config = make_config(fields / "catalogue.fits", where=("obs_id<105",))
+    catalogue.index(fields / "datastore", config=config)
+    report = BackgroundBuilder(catalogue, config).attach(fields / "datastore", tmp_path / "out")
+    assert len(report.written) == 20  # every run has other runs below 105 ...
+    strict = make_config(fields / "catalogue.fits", where=("obs_id<101",))
+    report = BackgroundBuilder(catalogue, strict).attach(fields / "datastore", tmp_path / "strict")
+    assert [obs_id for obs_id, _ in report.skipped] == [100]  # ... but run 100 has only itself
+    assert "candidates left after each criterion" in report.skipped[0][1]
+    assert sorted(DataStore.from_dir(tmp_path / "strict").obs_ids) == list(range(101, 120))
+
+
+def test_from_run(catalogue, fields):
+    config = make_config(fields / "catalogue.fits")
+    config.io = IOSettings(from_run=True)
+    catalogue.index(fields / "datastore", config=config)
+    built = BackgroundBuilder(catalogue, config).build(110)
+    assert built.selection.obs_ids == [110] and built.selection.ranking == "from_run"
+
+
+def test_missing_pieces_and_unknown_runs_are_errors(catalogue, fields):
+    config = make_config(fields / "catalogue.fits")
+    catalogue.index(fields / "datastore")  # no pieces
+    with pytest.raises(BkgdbError, match="no pieces for this config"):
+        BackgroundBuilder(catalogue, config).build(100)
+    catalogue.index(fields / "datastore", config=config)
+    with pytest.raises(BkgdbError, match="not in the catalogue"):
+        BackgroundBuilder(catalogue, config).build(99999)
+
+
+# -- real data -----------------------------------------------------------------------------------
+
+
+def test_hess_dr1_attach_and_crab_norm(hess_dr1, tmp_path, capsys):
+    """Every DR1 run gets a background gammapy opens; Crab run 23523's FoV norm with it."""
+    import sys
+    from pathlib import Path
+
+    from conftest import gammapy_data_path
+    from bkgdb.catalogue import RunCatalogue
+    from bkgdb.config import load_config
+
+    gammapy_data_path("catalogs")
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "hess-dr1.yaml")
+    catalogue = RunCatalogue.open(str(tmp_path / "hess.sqlite"))
+    catalogue.index(hess_dr1, config=config, jobs=2)
+    crab = BackgroundBuilder(catalogue, config).build(23523)
+    used = [run for run in catalogue.select_runs() if run.obs_id in crab.selection.obs_ids]
+    assert len(used) == len(crab.selection.obs_ids) > 0 and all(abs(run.glat_deg) > 10 for run in used)
+    report = BackgroundBuilder(catalogue, config).attach(hess_dr1, tmp_path / "attached")
+    assert len(report.written) + len(report.skipped) == 105
+    assert len(report.written) == 105, report.skipped
+    store = DataStore.from_dir(tmp_path / "attached")
+    assert len(store.obs_ids) == 105
+    observation = store.obs(23523)
+    assert isinstance(observation.bkg, Background2D)
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from crab_fov_norm import fov_norm
+
+    ours, ours_error = fov_norm(observation)
+    theirs, theirs_error = fov_norm(DataStore.from_dir(hess_dr1).obs(23523))
+    with capsys.disabled():
+        print(f"\nCrab 23523 FoV norm: bkgdb {ours:.3f} +- {ours_error:.3f} "
+              f"({len(crab.selection.obs_ids)} runs), H.E.S.S. bkg_3d {theirs:.3f} +- {theirs_error:.3f}")
+    assert 0.6 < ours < 1.4

@@ -1,0 +1,150 @@
+"""Run selection: each criterion in SQL, relative to the target run."""
+
+from datetime import date
+
+import numpy as np
+import pytest
+from sqlalchemy.orm import Session
+
+from bkgdb.catalogue import piece_row
+from bkgdb.config import Binning, SelectionSettings
+from bkgdb.models import BinningRow, Datastore, ExclusionRow, Run
+from bkgdb.pieces import BackgroundPiece
+from bkgdb.selection import NoRunsSelected, RunSelector, airmass, kl_divergence, zenith_range
+
+BINNING = Binning(e_bins=4, off_bins=3)
+OPEN = dict(el_diff=None, az_diff=None, gal_lat_min=0)
+
+
+def add_runs(catalogue, runs, counts=None):
+    """Catalogue rows with pieces; ``runs`` are dicts of Run columns (obs_id required)."""
+    with Session(catalogue.engine, expire_on_commit=False) as session:
+        store = Datastore(path="/synthetic", obs_index_meta={})
+        binning = BinningRow(hash="b" * 64, params=BINNING.params)
+        exclusion = ExclusionRow(hash="e" * 64, params={"exposure_method": "geometric"})
+        session.add_all([store, binning, exclusion])
+        rows = []
+        for values in runs:
+            defaults = dict(status="ok", zenith_deg=30.0, alt_deg=60.0, az_deg=180.0, glat_deg=45.0,
+                            tstart_mjd=55000.0, date_obs=date(2009, 6, 18), ontime_s=1800.0, n_tels=4,
+                            extra={"QUALITY": 0})
+            run = Run(datastore=store, **{**defaults, **values})
+            run.alt_deg = 90.0 - run.zenith_deg
+            shape = counts(values["obs_id"]) if counts else np.ones(BINNING.shape, dtype=np.int64)
+            piece = BackgroundPiece(shape, np.zeros(BINNING.shape, dtype=np.int64),
+                                    np.full(BINNING.off_bins, run.ontime_s), run.ontime_s, run.ontime_s)
+            session.add_all([run, piece_row(piece, run, binning, exclusion, None)])
+            rows.append(run)
+        session.commit()
+        return {run.obs_id: run for run in rows}, binning.id, exclusion.id
+
+
+def select(catalogue, runs, ids, target, **settings):
+    selector = RunSelector(SelectionSettings(**{**OPEN, **settings}))
+    with Session(catalogue.engine) as session:
+        return selector.run(session, session.get(Run, runs[target].id), *ids, catalogue.extra_keys())
+
+
+def chosen(catalogue, runs, ids, target, **settings):
+    return sorted(select(catalogue, runs, ids, target, **settings).obs_ids)
+
+
+def test_zenith_range_matches_airmass():
+    low, high = zenith_range(45.0, 0.15)
+    assert airmass(low) == pytest.approx(airmass(45.0) - 0.15)
+    assert airmass(high) == pytest.approx(airmass(45.0) + 0.15)
+    assert zenith_range(5.0, 0.15)[0] == 0.0  # airmass cannot go below 1
+
+
+def test_airmass_and_never_the_target(catalogue):
+    runs, *ids = add_runs(catalogue, [{"obs_id": 1, "zenith_deg": 45}, {"obs_id": 2, "zenith_deg": 47},
+                                      {"obs_id": 3, "zenith_deg": 55}, {"obs_id": 4, "zenith_deg": 20}])
+    ids = tuple(ids)
+    # airmass(45) = 1.414; 47 -> 1.466, 55 -> 1.743, 20 -> 1.064
+    assert chosen(catalogue, runs, ids, 1, el_diff=0.15) == [2]
+    assert chosen(catalogue, runs, ids, 1, el_diff=0.4) == [2, 3, 4]
+
+
+def test_azimuth_wraps_at_360(catalogue):
+    runs, *ids = add_runs(catalogue, [{"obs_id": 1, "az_deg": 355}, {"obs_id": 2, "az_deg": 5},
+                                      {"obs_id": 3, "az_deg": 340}, {"obs_id": 4, "az_deg": 20},
+                                      {"obs_id": 5, "az_deg": 180}])
+    ids = tuple(ids)
+    assert chosen(catalogue, runs, ids, 1, az_diff=11) == [2]  # 355 and 5 are 10 deg apart
+    assert chosen(catalogue, runs, ids, 1, az_diff=26) == [2, 3, 4]
+    assert chosen(catalogue, runs, ids, 2, az_diff=14) == [1]
+    assert chosen(catalogue, runs, ids, 2, az_diff=16) == [1, 4]
+    assert chosen(catalogue, runs, ids, 2, az_diff=26) == [1, 3, 4]
+    assert chosen(catalogue, runs, ids, 5, az_diff=180) == [1, 2, 3, 4]
+
+
+def test_nsb_time_telescopes_elevation_latitude_and_where(catalogue):
+    runs, *ids = add_runs(catalogue, [
+        {"obs_id": 1, "nsb_level": 5.0, "tstart_mjd": 55000.0, "glat_deg": 40},
+        {"obs_id": 2, "nsb_level": 5.5, "tstart_mjd": 55010.0, "glat_deg": -40, "n_tels": 3},
+        {"obs_id": 3, "nsb_level": 8.0, "tstart_mjd": 55300.0, "glat_deg": 5, "zenith_deg": 10},
+        {"obs_id": 4, "nsb_level": None, "tstart_mjd": 54990.0, "glat_deg": 60, "object_name": "PKS 2155-304",
+         "extra": {"QUALITY": 1}},
+    ])
+    ids = tuple(ids)
+    assert chosen(catalogue, runs, ids, 1, nsb_diff=1.0) == [2]  # no NSB value: not similar
+    assert chosen(catalogue, runs, ids, 1, time_max=30) == [2, 4]
+    assert chosen(catalogue, runs, ids, 1, n_tels=4) == [3, 4]
+    assert chosen(catalogue, runs, ids, 1, el_min=70) == [3]
+    assert chosen(catalogue, runs, ids, 1, el_max=70) == [2, 4]
+    assert chosen(catalogue, runs, ids, 1, gal_lat_min=10) == [2, 4]
+    assert chosen(catalogue, runs, ids, 1, where=("object~pks",)) == [4]
+    assert chosen(catalogue, runs, ids, 1, where=("QUALITY=1",)) == [4]
+
+
+def test_same_season(catalogue):
+    runs, *ids = add_runs(catalogue, [
+        {"obs_id": 1, "date_obs": date(2010, 1, 10)}, {"obs_id": 2, "date_obs": date(2010, 3, 1)},
+        {"obs_id": 3, "date_obs": date(2010, 9, 1)}, {"obs_id": 4, "date_obs": date(2009, 12, 31)},
+    ])
+    seasons = (("2009-09-01", "2009-12-31"), ("2010-01-01", "2010-06-30"), ("2010-07-01", "2011-06-30"))
+    assert chosen(catalogue, runs, tuple(ids), 1, same_szn=True, seasons=seasons) == [2]
+    with pytest.raises(Exception, match="none of the configured seasons"):
+        select(catalogue, runs, tuple(ids), 1, same_szn=True, seasons=seasons[2:])
+
+
+def test_time_request_takes_most_similar_first(catalogue):
+    runs, *ids = add_runs(catalogue, [
+        {"obs_id": 1, "zenith_deg": 40.0, "tstart_mjd": 55000},
+        {"obs_id": 2, "zenith_deg": 40.1, "tstart_mjd": 55100},  # same airmass step, later
+        {"obs_id": 3, "zenith_deg": 40.1, "tstart_mjd": 55001},  # same step, closest in time
+        {"obs_id": 4, "zenith_deg": 44.0, "tstart_mjd": 55000},  # airmass further away
+        {"obs_id": 5, "zenith_deg": 42.0, "tstart_mjd": 55000},
+    ])
+    selection = select(catalogue, runs, tuple(ids), 1, time_request=1.0)  # 1 h = two 30-min runs
+    assert selection.obs_ids == [3, 2]
+    assert selection.ontime_s == 3600.0 and selection.ranking == "airmass_then_time"
+    everything = select(catalogue, runs, tuple(ids), 1, time_request=10.0)
+    assert everything.obs_ids == [3, 2, 5, 4] and everything.ontime_s < everything.requested_s
+
+
+def test_kl_divergence_ranking(catalogue):
+    shape = np.outer([100, 50, 20, 5], [1, 2, 3])
+    flat = np.full(BINNING.shape, 30)
+    counts = {1: shape, 2: flat, 3: shape * 2, 4: shape[::-1]}
+    runs, *ids = add_runs(catalogue, [{"obs_id": i} for i in counts], counts=lambda obs_id: counts[obs_id])
+    selection = select(catalogue, runs, tuple(ids), 1, KL_DIV=True)
+    assert selection.obs_ids[0] == 3  # same shape, twice the statistics
+    assert selection.ranking == "kl_divergence"
+    assert kl_divergence(shape, shape * 2) == pytest.approx(0, abs=1e-2)
+    assert kl_divergence(shape, flat) > 0.1
+
+
+def test_from_run_and_empty_selection_explained(catalogue):
+    runs, *ids = add_runs(catalogue, [{"obs_id": 1, "zenith_deg": 20}, {"obs_id": 2, "zenith_deg": 60,
+                                                                         "glat_deg": 2}])
+    ids = tuple(ids)
+    with Session(catalogue.engine) as session:
+        target = session.get(Run, runs[1].id)
+        own = RunSelector(SelectionSettings(), from_run=True).run(session, target, *ids)
+        assert own.obs_ids == [1]
+        with pytest.raises(NoRunsSelected) as error:
+            RunSelector(SelectionSettings(el_diff=0.15, az_diff=None, gal_lat_min=10)).run(session, target, *ids)
+    message = str(error.value)
+    assert "runs with pieces, not the target: 1" in message and "airmass within 0.15: 0" in message
+    assert "|b| > 10 deg: 0" in message
