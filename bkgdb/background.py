@@ -16,6 +16,7 @@ from . import __version__
 from .assembly import assemble_background, fill_empty_bins
 from .cache import row_to_piece
 from .errors import BkgdbError
+from .gadf import background_2d_hdu
 from .models import RUN_STATUS_OK, BackgroundRow, BinningRow, Datastore, ExclusionRow, PieceRow, Run
 from .selection import NoRunsSelected, RunSelector
 from .smoothing import BackgroundSmoother
@@ -30,17 +31,25 @@ PROVENANCE_HDU = "BKGDB_RUNS"
 
 @dataclass
 class BuiltBackground:
-    """A background model for one target run and how it was made."""
+    """A background model for one target run and how it was made.
+
+    ``rate`` is the model (s-1 MeV-1 sr-1 per energy and offset bin of ``assembled.binning``);
+    ``model`` gives it as a `gammapy.irf.Background2D`.
+    """
 
     target: object
     selection: object
     assembled: object
     smoothing: str
-    model: object
+    rate: np.ndarray
     binning_hash: str
     exclusion_hash: str
     binning_id: int | None = None
     exclusion_id: int | None = None
+
+    @property
+    def model(self):
+        return self.assembled.to_background2d(self.rate)
 
     def header_cards(self):
         """FITS keywords recording the provenance (the full run list is a table HDU)."""
@@ -57,9 +66,12 @@ class BuiltBackground:
         }
 
     def model_hdu(self, name=BKG_HDU, three_d=False):
-        model = self.model.to_3d() if three_d else self.model
-        hdu = model.to_table_hdu()
-        hdu.name = name
+        if three_d:
+            hdu = self.model.to_3d().to_table_hdu()
+            hdu.name = name
+        else:
+            binning = self.assembled.binning
+            hdu = background_2d_hdu(binning.energy_edges, binning.offset_edges, self.rate, name)
         for key, value in self.header_cards().items():
             hdu.header[key] = value
         return hdu
@@ -188,8 +200,7 @@ class BackgroundBuilder:
             rate = self.smoother.run(assembled)
             if self.config.selection.fill_empty_bins:
                 rate = fill_empty_bins(rate, assembled)
-            model = assembled.to_background2d(rate)
-            return BuiltBackground(target, selection, assembled, self.smoother.method, model,
+            return BuiltBackground(target, selection, assembled, self.smoother.method, rate,
                                    binning_row.hash, exclusion_row.hash, binning_row.id, exclusion_row.id)
         finally:
             if own_session:

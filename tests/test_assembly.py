@@ -117,3 +117,26 @@ def test_filled_models_stay_finite_in_gammapy():
     model = background.to_background2d(filled).evaluate(energy=energy, offset=offset).value
     assert np.all(np.isfinite(model)) and model.max() < 10 * ceiling
     assert np.all(filled[4:] == 0) and np.all(filled[[0, 2, 3]] > 0) and np.all(filled[1] > 0)
+
+
+def test_gadf_writer_matches_gammapy(tmp_path):
+    from astropy.io import fits
+    from gammapy.irf import Background2D
+
+    from bkgdb.gadf import background_2d_hdu
+
+    rng = np.random.default_rng(5)
+    rate = rng.uniform(0, 1e-3, size=BINNING.shape)
+    background = assemble_background([piece(np.ones(BINNING.shape))], BINNING)
+    ours = background_2d_hdu(BINNING.energy_edges, BINNING.offset_edges, rate)
+    theirs = background.to_background2d(rate).to_table_hdu()
+    for column in ("ENERG_LO", "ENERG_HI", "THETA_LO", "THETA_HI"):
+        assert np.allclose(ours.data[column], theirs.data[column], rtol=1e-12, atol=0), column
+    assert np.array_equal(ours.data["BKG"], theirs.data["BKG"])
+    assert ours.columns["BKG"].dim == theirs.columns["BKG"].dim
+    fits.HDUList([fits.PrimaryHDU(), ours]).writeto(tmp_path / "bkg.fits")
+    read = Background2D.read(tmp_path / "bkg.fits")
+    assert np.array_equal(read.data, rate)
+    assert read.axes["offset"].edges.to_value("deg") == pytest.approx(BINNING.offset_edges)
+    with pytest.raises(ValueError, match="does not fit"):
+        background_2d_hdu(BINNING.energy_edges, BINNING.offset_edges, rate.T)
