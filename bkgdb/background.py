@@ -18,7 +18,7 @@ from .cache import row_to_piece
 from .errors import BkgdbError
 from .gadf import background_2d_hdu
 from .models import RUN_STATUS_OK, BackgroundRow, BinningRow, Datastore, ExclusionRow, PieceRow, Run
-from .selection import NoRunsSelected, RunSelector
+from .selection import RunSelector
 from .smoothing import BackgroundSmoother
 
 __all__ = ["BackgroundBuilder", "BuiltBackground", "AttachReport", "PROVENANCE_HDU", "BKG_HDU"]
@@ -150,7 +150,7 @@ class BackgroundBuilder:
     def find_target(self, session, obs_id, datastore=None):
         query = sa.select(Run).join(Datastore).where(Run.obs_id == obs_id, Run.status == RUN_STATUS_OK)
         if datastore is not None:
-            query = query.where(Datastore.path == str(Path(datastore).expanduser().resolve()))
+            query = query.where(Datastore.at(datastore))
         runs = session.scalars(query).all()
         if not runs:
             raise BkgdbError(f"run {obs_id} is not in the catalogue" + (f" for datastore {datastore}" if datastore else "")

@@ -117,9 +117,7 @@ class PieceCache:
             .order_by(Datastore.path, ExclusionRow.id)
         )
         if datastore is not None:
-            from pathlib import Path
-
-            query = query.where(Datastore.path == str(Path(datastore).expanduser().resolve()))
+            query = query.where(Datastore.at(datastore))
         with Session(self.engine) as session:
             rows = session.execute(query).all()
         seen, result = set(), []

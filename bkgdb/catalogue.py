@@ -15,7 +15,7 @@ from .conditions import SELECTABLE_COLUMNS, conditions_expression, typed_column
 from .database import create_engine, current_revision, display_url, upgrade_schema
 from .datastore import DL3Datastore
 from .errors import ConditionError, DatabaseError
-from .indexing import RunJob, _finder, process_run
+from .indexing import RunJob, exclusion_finder, process_run
 from .models import RUN_STATUS_FAILED, RUN_STATUS_OK, BinningRow, Datastore, ExclusionRow, PieceRow, Run
 from .pieces import COUNTS_DTYPE, EXPOSURE_DTYPE, encode_array
 
@@ -57,10 +57,6 @@ def _get_or_create(session, model, digest, params):
         row = model(hash=digest, params=params)
         session.add(row)
     return row
-
-
-def store_source(sources, obs_id):
-    return next(source for source in sources if source.obs_id == obs_id)
 
 
 def run_jobs(jobs, workers):
@@ -203,9 +199,10 @@ class RunCatalogue:
             if progress is not None:
                 progress(len(sources) - len(jobs_to_run), len(sources))
 
+            by_obs_id = {source.obs_id: source for source in sources}
             for done, result in enumerate(run_jobs(jobs_to_run, jobs), start=len(sources) - len(jobs_to_run) + 1):
                 run = existing[result.obs_id]
-                outcome = self._store_result(session, run, store_source(sources, result.obs_id), result, specs)
+                outcome = self._store_result(session, run, by_obs_id[result.obs_id], result, specs)
                 setattr(report, outcome, getattr(report, outcome) + 1)
                 report.pieces += len(result.pieces)
                 if outcome == "failed":
@@ -229,7 +226,7 @@ class RunCatalogue:
         if config is None:
             return []
         exclusion = config.exclusion
-        _finder(exclusion)  # read the catalogues here, so a bad one fails before any worker starts
+        exclusion_finder(exclusion)  # read the catalogues here: a bad one fails before any worker starts
         exclusion_row = _get_or_create(session, ExclusionRow, exclusion.hash, exclusion.params)
         specs = []
         for binning in config.binnings:
@@ -325,9 +322,7 @@ class RunCatalogue:
         if status is not None:
             query = query.where(Run.status == status)
         if datastore is not None:
-            from pathlib import Path
-
-            query = query.where(Datastore.path == str(Path(datastore).expanduser().resolve()))
+            query = query.where(Datastore.at(datastore))
         query = query.order_by(Datastore.path, Run.obs_id)
         with self.session() as session:
             runs = session.scalars(query).all()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import BkgdbError
 from .output import OutputFormat, render_rows
@@ -37,7 +38,7 @@ def reports_errors(command):
         try:
             return command(*args, **kwargs)
         except BkgdbError as exc:
-            err.print(f"[red]Error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+            err.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -64,14 +65,22 @@ def read_config(path):
     """Load a config file, printing its warnings (unknown keys) as one line each."""
     import warnings
 
-    from .config import load_config
+    from .config import ConfigWarning, load_config
 
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("always", ConfigWarning)
         config = load_config(path)
     for warning in caught:
-        err.print(f"Warning: {warning.message}", highlight=False, markup=False)
+        if issubclass(warning.category, ConfigWarning):
+            err.print(f"Warning: {warning.message}", highlight=False, markup=False)
     return config
+
+
+def progress_bar(label):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=True)
 
 
 @app.command()
@@ -206,13 +215,6 @@ class Smoothing(str, Enum):
     none = "none"
 
 
-def progress_bar(label):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, transient=True)
-
-
 @app.command()
 @reports_errors
 def background(
@@ -288,7 +290,7 @@ def demo(
         f"chi2 = {report.chi2:.1f} for {report.ndof} bins",
         "",
         "Open it in gammapy:",
-        f"  from gammapy.data import DataStore",
+        "  from gammapy.data import DataStore",
         f"  DataStore.from_dir('{report.attached}').obs({report.target_obs_id}, required_irf=['bkg']).bkg",
     ]
     out.print("\n".join(lines), highlight=False)

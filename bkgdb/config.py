@@ -23,7 +23,7 @@ import numpy as np
 from .errors import ConfigError
 
 __all__ = [
-    "Binning", "ExclusionSettings", "CircleRegion", "SelectionSettings", "IOSettings", "BkgdbConfig",
+    "ConfigWarning", "Binning", "ExclusionSettings", "CircleRegion", "SelectionSettings", "IOSettings", "BkgdbConfig",
     "load_config", "EXPOSURE_METHODS", "SMOOTHING_METHODS", "default_catalogue_path",
 ]
 

@@ -13,7 +13,7 @@ from .datastore import RunReadError, read_events, read_run_facts
 from .exclusion import ExclusionFinder
 from .pieces import PieceMaker
 
-__all__ = ["RunJob", "RunResult", "process_run"]
+__all__ = ["RunJob", "RunResult", "process_run", "exclusion_finder", "piece_maker"]
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,14 @@ class RunResult:
 
 
 @lru_cache(maxsize=None)
-def _finder(exclusion):
+def exclusion_finder(exclusion):
+    """One `ExclusionFinder` per exclusion setting and process."""
     return ExclusionFinder(exclusion)
 
 
 @lru_cache(maxsize=None)
-def _maker(binning, exclusion):
-    return PieceMaker(binning, exclusion, finder=_finder(exclusion))
+def piece_maker(binning, exclusion):
+    return PieceMaker(binning, exclusion, finder=exclusion_finder(exclusion))
 
 
 def process_run(job):
@@ -94,7 +95,7 @@ def process_run(job):
         if geometry["RA_PNT"] is None or geometry["DEC_PNT"] is None or not geometry["ONTIME"]:
             result.error = "no pointing or ontime: cannot make background pieces"
             break
-        piece = _maker(binning, exclusion).run(
+        piece = piece_maker(binning, exclusion).run(
             events.ra_deg, events.dec_deg, events.energy_tev, float(geometry["RA_PNT"]),
             float(geometry["DEC_PNT"]), float(geometry["ONTIME"]),
             None if geometry["LIVETIME"] is None else float(geometry["LIVETIME"]),

@@ -62,6 +62,13 @@ class Datastore(Base):
         back_populates="datastore", cascade="all, delete-orphan", passive_deletes=True
     )
 
+    @classmethod
+    def at(cls, path):
+        """SQL condition: the datastore in folder ``path`` (as the user wrote it)."""
+        from pathlib import Path
+
+        return cls.path == str(Path(path).expanduser().resolve())
+
 
 class Run(Base):
     """One observation run of one datastore, with the columns run selection needs.

@@ -168,10 +168,7 @@ class RunSelector:
                    Run.status == RUN_STATUS_OK, Run.id != target.id)
         )
         if self.search_datastore:
-            from pathlib import Path
-
-            base = base.join(Datastore, Datastore.id == Run.datastore_id).where(
-                Datastore.path == str(Path(self.search_datastore).expanduser().resolve()))
+            base = base.join(Datastore, Datastore.id == Run.datastore_id).where(Datastore.at(self.search_datastore))
         funnel = [("runs with pieces, not the target", session.scalar(sa.select(sa.func.count()).select_from(base.subquery())))]
         query = base
         for name, condition in self.criteria(target, extra_keys):
