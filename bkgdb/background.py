@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import __version__
-from .assembly import assemble_background, fill_empty_bins
+from .assembly import assemble_background, bin_average_to_centre, fill_empty_bins
 from .cache import row_to_piece
 from .errors import BkgdbError
 from .gadf import background_2d_hdu
@@ -200,6 +200,8 @@ class BackgroundBuilder:
             rate = self.smoother.run(assembled)
             if self.config.selection.fill_empty_bins:
                 rate = fill_empty_bins(rate, assembled)
+            if self.config.selection.bin_centre_correction:
+                rate = bin_average_to_centre(rate, assembled)
             return BuiltBackground(target, selection, assembled, self.smoother.method, rate,
                                    binning_row.hash, exclusion_row.hash, binning_row.id, exclusion_row.id)
         finally:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .conditions import SELECTABLE_COLUMNS, conditions_expression, typed_column
-from .database import create_engine, current_revision, display_url, upgrade_schema
+from .database import SCHEMA_HEAD, create_engine, current_revision, display_url, upgrade_schema
 from .datastore import DL3Datastore
 from .errors import ConditionError, DatabaseError
 from .indexing import RunJob, exclusion_finder, process_run
@@ -120,7 +120,7 @@ class RunCatalogue:
             Apply pending schema migrations. Default is True.
         """
         engine = create_engine(url)
-        if upgrade:
+        if upgrade and current_revision(engine) != SCHEMA_HEAD:
             try:
                 upgrade_schema(engine)
             except Exception as exc:

@@ -235,8 +235,10 @@ def background(
     selection = built.selection
     steps = ", ".join(f"{name}: {left}" for name, left in selection.funnel)
     out.print(f"candidates: {steps}", highlight=False)
+    requested = f" of {selection.requested_s / 3600:.2f} h requested" if selection.requested_s else ""
     out.print(f"run {obs_id}: background from {len(selection.obs_ids)} runs ({selection.ontime_s / 3600:.2f} h "
-              f"ontime, ranked by {selection.ranking}), smoothing {built.smoothing} -> {output}", highlight=False)
+              f"ontime{requested}, ranked by {selection.ranking}), smoothing {built.smoothing} -> {output}",
+              highlight=False)
 
 
 @app.command()
@@ -286,12 +288,14 @@ def demo(
         f"index                {report.index_summary}",
         f"attach               {report.attach_summary}",
         f"check                run {report.target_obs_id}: background from {report.n_background_runs} runs; "
-        f"model / truth = {report.ratio:.3f} +- {report.ratio_error:.3f}, "
+        f"model / truth at bin centres = {report.ratio:.3f} +- {report.ratio_error:.3f}, "
         f"chi2 = {report.chi2:.1f} for {report.ndof} bins",
+        f"gammapy              FoVBackgroundMaker norm of run {report.target_obs_id} with it: "
+        f"{report.fov_norm:.3f} +- {report.fov_norm_error:.3f} (1: it predicts the counts)",
         "",
         "Open it in gammapy:",
         "  from gammapy.data import DataStore",
-        f"  DataStore.from_dir('{report.attached}').obs({report.target_obs_id}, required_irf=['bkg']).bkg",
+        f"  DataStore.from_dir('{report.attached}').obs({report.target_obs_id}).bkg",
     ]
     out.print("\n".join(lines), highlight=False)
 

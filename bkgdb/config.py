@@ -306,10 +306,12 @@ class SelectionSettings:
     spline_smoothing: float | None = None
     #: Empty bins of energy slices with counts get the slice's mean rate (see `fill_empty_bins`).
     fill_empty_bins: bool = True
+    #: Write rates at the energy bins' centres, as gammapy reads them (see `bin_average_to_centre`).
+    bin_centre_correction: bool = True
 
     KEYS = ("el_diff", "az_diff", "nsb_diff", "time_max", "same_szn", "seasons", "n_tels", "n_tel", "el_min",
             "el_max", "gal_lat_min", "where", "time_request", "KL_DIV", "smooth", "smooth_method",
-            "smooth_sigma", "poly_degree", "spline_smoothing", "fill_empty_bins")
+            "smooth_sigma", "poly_degree", "spline_smoothing", "fill_empty_bins", "bin_centre_correction")
     #: gammapy-tools keys that bkgdb reads but does not use.
     UNUSED = ("store_KL", "bkg_runlist")
 
@@ -332,7 +334,7 @@ class SelectionSettings:
         n_tels = values.get("n_tels", values.get("n_tel"))
         if n_tels is not None:
             kwargs["n_tels"] = _number(section, "n_tels", n_tels, int, minimum=0)
-        for key in ("same_szn", "KL_DIV", "fill_empty_bins"):
+        for key in ("same_szn", "KL_DIV", "fill_empty_bins", "bin_centre_correction"):
             if key in values:
                 if not isinstance(values[key], bool):
                     raise ConfigError(f"{section}.{key} must be true or false, got {values[key]!r}")

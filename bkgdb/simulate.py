@@ -134,6 +134,9 @@ class DatastoreSimulator:
     first_obs_id: int = 1000
     object_name: str = "SIM FIELD"
     site: dict = field(default_factory=lambda: {"GEOLON": 16.5002, "GEOLAT": -23.2718, "ALTITUDE": 1835.0})
+    #: Write simple IRFs (H.E.S.S.-like effective area, Gaussian dispersion and PSF) into each run,
+    #: so gammapy's makers accept the runs.
+    with_irfs: bool = True
 
     def run(self, path):
         """Write the datastore into folder ``path``; return its OBS_IDs."""
@@ -141,6 +144,7 @@ class DatastoreSimulator:
         path.mkdir(parents=True, exist_ok=True)
         (path / "data").mkdir(exist_ok=True)
         rng = np.random.default_rng(self.seed)
+        irfs = simple_irf_hdus() if self.with_irfs else []
         obs_rows, hdu_rows, obs_ids = [], [], []
         for number, (ra, dec) in enumerate(self.pointings):
             obs_id = self.first_obs_id + number
@@ -148,9 +152,11 @@ class DatastoreSimulator:
             header = self._run_header(obs_id, ra, dec, tstart, rng)
             events = self._events(rng, ra, dec, tstart)
             file_name = f"run_{obs_id:06d}.fits.gz"
-            self._write_run(path / "data" / file_name, header, events)
+            self._write_run(path / "data" / file_name, header, events, irfs)
             obs_rows.append({**{key: header[key] for key in OBS_COLUMNS}, "EVENT_COUNT": len(events)})
-            for hdu_type, hdu_class, hdu_name in (("events", "events", "EVENTS"), ("gti", "gti", "GTI")):
+            hdus = [("events", "events", "EVENTS"), ("gti", "gti", "GTI")]
+            hdus += [(hdu_type, hdu_class, hdu.name) for hdu_type, hdu_class, hdu in irfs]
+            for hdu_type, hdu_class, hdu_name in hdus:
                 hdu_rows.append({"OBS_ID": obs_id, "HDU_TYPE": hdu_type, "HDU_CLASS": hdu_class,
                                  "FILE_DIR": "data", "FILE_NAME": file_name, "HDU_NAME": hdu_name})
             obs_ids.append(obs_id)
@@ -201,7 +207,7 @@ class DatastoreSimulator:
             "ENERGY": energy[order].astype(np.float32) * u.TeV,
         })
 
-    def _write_run(self, filename, header, events):
+    def _write_run(self, filename, header, events, irfs=()):
         gadf = {"HDUCLASS": "GADF", "HDUDOC": "https://github.com/open-gamma-ray-astro/gamma-astro-data-formats",
                 "HDUVERS": "0.3"}
         time_ref = {"MJDREFI": int(MJDREF), "MJDREFF": MJDREF % 1, "TIMEUNIT": "s", "TIMESYS": "tt",
@@ -213,7 +219,8 @@ class DatastoreSimulator:
         gti = Table({"START": [header["TSTART"]] * u.s, "STOP": [header["TSTOP"]] * u.s})
         gti_hdu = fits.BinTableHDU(gti, name="GTI")
         gti_hdu.header.update({**gadf, "HDUCLAS1": "GTI", **time_ref})
-        fits.HDUList([fits.PrimaryHDU(), events_hdu, gti_hdu]).writeto(filename, overwrite=True)
+        fits.HDUList([fits.PrimaryHDU(), events_hdu, gti_hdu, *[hdu.copy() for _, _, hdu in irfs]]).writeto(
+            filename, overwrite=True)
 
     def _write_indexes(self, path, obs_rows, hdu_rows):
         obs_table = Table(rows=obs_rows, names=list(obs_rows[0]))
@@ -228,6 +235,30 @@ class DatastoreSimulator:
         hdu_table = Table(rows=hdu_rows, names=list(hdu_rows[0]))
         hdu_table.meta.update({"HDUCLASS": "GADF", "HDUCLAS1": "INDEX", "HDUCLAS2": "HDU"})
         hdu_table.write(path / "hdu-index.fits.gz", format="fits", overwrite=True)
+
+
+def simple_irf_hdus(psf_sigma_deg=0.1, energy_resolution=0.1):
+    """Effective area (H.E.S.S. parametrisation, flat in offset), Gaussian energy dispersion and a
+    Gaussian PSF table: (HDU_TYPE, HDU_CLASS, HDU) triples. Enough for gammapy's makers; not a real
+    instrument."""
+    from gammapy.irf import PSF3D, EffectiveAreaTable2D, EnergyDispersion2D
+    from gammapy.maps import MapAxis
+
+    energy = MapAxis.from_energy_bounds(0.05, 200, nbin=24, unit="TeV", name="energy_true")
+    offset = MapAxis.from_edges(np.arange(5) * u.deg, name="offset")
+    flat = EffectiveAreaTable2D.from_parametrization(energy, "HESS")
+    aeff = EffectiveAreaTable2D(axes=[energy, offset], data=np.repeat(flat.data, offset.nbin, axis=1),
+                                unit=flat.unit)
+    migra = MapAxis.from_edges(np.linspace(0.2, 5, 49), name="migra")
+    edisp = EnergyDispersion2D.from_gauss(energy_axis_true=energy, migra_axis=migra, offset_axis=offset,
+                                          bias=0, sigma=energy_resolution)
+    rad = MapAxis.from_edges(np.linspace(0, 1, 51) * u.deg, name="rad")
+    sigma = np.radians(psf_sigma_deg)
+    profile = np.exp(-rad.center.to_value("rad") ** 2 / (2 * sigma ** 2)) / (2 * np.pi * sigma ** 2)
+    psf = PSF3D(axes=[energy, offset, rad], unit="sr-1",
+                data=np.broadcast_to(profile, (energy.nbin, offset.nbin, rad.nbin)).copy())
+    return [("aeff", "aeff_2d", aeff.to_table_hdu()), ("edisp", "edisp_2d", edisp.to_table_hdu()),
+            ("psf", "psf_table", psf.to_table_hdu())]
 
 
 OBS_COLUMNS = ["OBS_ID", "RA_PNT", "DEC_PNT", "GLON_PNT", "GLAT_PNT", "ALT_PNT", "ZEN_PNT", "AZ_PNT",

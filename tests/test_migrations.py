@@ -7,7 +7,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from bkgdb.database import create_engine, current_revision, downgrade_schema, head_revision, upgrade_schema
+from bkgdb.database import (
+    SCHEMA_HEAD, create_engine, current_revision, downgrade_schema, head_revision, upgrade_schema,
+)
 from bkgdb.models import Base
 
 
@@ -23,7 +25,7 @@ def test_models_and_migrations_agree(db_url):
 def test_upgrade_downgrade_upgrade(db_url):
     engine = create_engine(db_url)
     upgrade_schema(engine)
-    assert current_revision(engine) == head_revision(engine)
+    assert current_revision(engine) == head_revision(engine) == SCHEMA_HEAD
     assert {"runs", "datastores"} <= set(sa.inspect(engine).get_table_names())
     downgrade_schema(engine)
     assert current_revision(engine) is None
@@ -47,3 +49,15 @@ def test_init_works_from_any_folder(tmp_path):
     assert "schema revision" in result.stdout
     engine = create_engine(str(tmp_path / "fresh.sqlite"))
     assert current_revision(engine) == head_revision(engine)
+
+
+def test_an_older_database_is_upgraded_on_first_use(db_url):
+    from bkgdb.catalogue import RunCatalogue
+
+    engine = create_engine(db_url)
+    upgrade_schema(engine, "0001")
+    assert "pieces" not in sa.inspect(engine).get_table_names()
+    RunCatalogue.open(db_url)
+    assert current_revision(engine) == SCHEMA_HEAD
+    assert "pieces" in sa.inspect(engine).get_table_names()
+    engine.dispose()
