@@ -126,7 +126,7 @@ class RunCatalogue:
             except Exception as exc:
                 if exc.__class__.__module__.startswith("alembic"):
                     raise DatabaseError(
-                        f"cannot migrate {display_url(str(engine.url.render_as_string(False)))}: {exc} "
+                        f"cannot migrate {display_url(engine.url.render_as_string(hide_password=False))}: {exc} "
                         "(was it written by a newer bkgdb?)"
                     ) from None
                 raise

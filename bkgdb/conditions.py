@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import date
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
 
 from .errors import ConditionError
 from .models import Run
@@ -87,6 +89,34 @@ def parse_condition(text):
     return Condition(match.group(1), match.group(2), value)
 
 
+class json_number(FunctionElement):
+    """The number stored under a key of a JSON column, or NULL where it holds something else.
+
+    A plain cast fails on PostgreSQL as soon as one run holds text under that key; a CASE on the
+    value's JSON type keeps a numeric comparison to the runs where it means something.
+    """
+
+    type = sa.Float()
+    inherit_cache = True
+    name = "json_number"
+
+
+@compiles(json_number, "postgresql")
+def _json_number_postgresql(element, compiler, **kw):
+    column, key = list(element.clauses)
+    is_number = sa.func.jsonb_typeof(column.op("->")(key)) == "number"
+    value = sa.cast(column.op("->>")(key), sa.Float)
+    return compiler.process(sa.case((is_number, value), else_=sa.null()), **kw)
+
+
+@compiles(json_number)
+def _json_number_sqlite(element, compiler, **kw):
+    column, key = list(element.clauses)
+    path = sa.literal('$."') + key + sa.literal('"')
+    is_number = sa.func.json_type(column, path).in_(["integer", "real"])
+    return compiler.process(sa.case((is_number, sa.func.json_extract(column, path)), else_=sa.null()), **kw)
+
+
 def typed_column(name):
     """The typed `Run` column a user-facing name refers to, or None."""
     key = name.lower()
@@ -143,7 +173,7 @@ def condition_expression(condition, extra_keys=()):
         value = float(condition.value)
     except ValueError:
         return OPERATORS[condition.op](element.as_string(), condition.value)
-    return OPERATORS[condition.op](element.as_float(), value)
+    return OPERATORS[condition.op](json_number(Run.extra, sa.literal(key)), value)
 
 
 def conditions_expression(conditions, extra_keys=()):

@@ -43,6 +43,8 @@ def test_typed_and_extra_columns(indexed):
     assert ids(indexed, "DEADC>0.89", "DEADC<0.91") == every
     assert ids(indexed, "DEADC>0.95") == []
     assert ids(indexed, "TELLIST=1,2,3,4") == every
+    # A number against a column holding text matches nothing (PostgreSQL must not fail on a cast).
+    assert ids(indexed, "TELLIST>3") == [] and ids(indexed, "OBJECT<=0") == []
     first_night = [run.obs_id for run in all_runs if run.date_obs.isoformat() == "2004-03-03"]
     assert 0 < len(first_night) < 5
     assert ids(indexed, "date>=2004-03-03", "date<2004-03-04") == first_night
