@@ -173,6 +173,9 @@ def test_demo(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "32 new, 0 updated, 0 unchanged, 0 failed; 32 pieces computed" in result.output
     assert "32 runs written to" in result.output
-    ratio = float(re.search(r"model / truth = ([0-9.]+)", result.output).group(1))
+    ratio = float(re.search(r"model / truth at bin centres = ([0-9.]+)", result.output).group(1))
     assert abs(ratio - 1) < 0.02
+    norm, error = map(float, re.search(r"FoVBackgroundMaker norm of run \d+ with it: ([0-9.]+) \+- ([0-9.]+)",
+                                       result.output).groups())
+    assert abs(norm - 1) < 3 * error
     assert (tmp_path / "demo" / "with-backgrounds" / "hdu-index.fits.gz").is_file()
