@@ -122,26 +122,25 @@ class Run(Base):
     datastore: Mapped[Datastore] = relationship(back_populates="runs")
 
 
-class BinningRow(Base):
-    """A stored binning, identified by the hash of its parameters."""
+class HashedSettings:
+    """Columns of a settings row identified by the SHA-256 of its parameters."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    params: Mapped[dict]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BinningRow(HashedSettings, Base):
+    """A stored binning."""
 
     __tablename__ = "binnings"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    params: Mapped[dict]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-
-class ExclusionRow(Base):
+class ExclusionRow(HashedSettings, Base):
     """A stored exclusion setting (catalogues with their content hashes, radii, regions, method)."""
 
     __tablename__ = "exclusion_settings"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    params: Mapped[dict]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class PieceRow(Base):
