@@ -228,13 +228,13 @@ def background(
 ):
     """Build the background of one run from similar runs' pieces and write it as FITS."""
     from .background import BackgroundBuilder
+    from .selection import describe_funnel
 
     settings = read_config(config)
     builder = BackgroundBuilder(open_catalogue(), settings, smooth=smooth.value if smooth else None)
     built = builder.write(obs_id, output, datastore=datastore, three_d=three_d, overwrite=overwrite)
     selection = built.selection
-    steps = ", ".join(f"{name}: {left}" for name, left in selection.funnel)
-    out.print(f"candidates: {steps}", highlight=False)
+    out.print(f"selection: {describe_funnel(selection.funnel)}", highlight=False)
     requested = f" of {selection.requested_s / 3600:.2f} h requested" if selection.requested_s else ""
     out.print(f"run {obs_id}: background from {len(selection.obs_ids)} runs ({selection.ontime_s / 3600:.2f} h "
               f"ontime{requested}, ranked by {selection.ranking}), smoothing {built.smoothing} -> {output}",

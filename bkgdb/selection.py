@@ -18,7 +18,7 @@ from .errors import BkgdbError
 from .models import RUN_STATUS_OK, Datastore, PieceRow, Run
 
 __all__ = ["RunSelector", "Selection", "NoRunsSelected", "airmass", "zenith_range", "azimuth_condition",
-           "kl_divergence"]
+           "kl_divergence", "rate_shape", "describe_funnel"]
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,33 @@ def azimuth_condition(column, azimuth_deg, az_diff):
     return sa.and_(column > low, column < high)
 
 
-def kl_divergence(target_counts, candidate_counts, pseudo=0.5):
-    """KL divergence of the candidate's count shape from the target's (both regularised)."""
-    p = np.asarray(target_counts, float).ravel() + pseudo
-    q = np.asarray(candidate_counts, float).ravel() + pseudo
-    p, q = p / p.sum(), q / q.sum()
-    return float(np.sum(p * np.log(p / q)))
+def rate_shape(piece, pseudo=0.5):
+    """A piece's rate per (energy, offset) bin, normalised to 1: counts (+ ``pseudo``) / exposure.
+
+    Dividing by the accepted exposure removes the holes that exclusion regions cut, so runs with
+    different stars in the field compare by their background alone.
+    """
+    exposure = np.where(piece.exposure_s > 0, piece.exposure_s, np.inf)
+    shape = (np.asarray(piece.counts, float) + pseudo) / exposure[np.newaxis, :]
+    return shape / shape.sum()
+
+
+def kl_divergence(p, q):
+    """Kullback-Leibler divergence D(p || q) of two normalised shapes (q > 0 where p > 0)."""
+    p, q = np.asarray(p, float).ravel(), np.asarray(q, float).ravel()
+    use = p > 0
+    return float(np.sum(p[use] * np.log(p[use] / np.maximum(q[use], 1e-300))))
+
+
+def describe_funnel(funnel):
+    """'104 candidates; airmass within 0.15 removed 91 (13 left); ...' for a list of (name, left)."""
+    (name, first), steps = funnel[0], funnel[1:]
+    parts = [f"{first} {name}"]
+    previous = first
+    for name, left in steps:
+        parts.append(f"{name} removed {previous - left} ({left} left)")
+        previous = left
+    return "; ".join(parts)
 
 
 @dataclass
@@ -169,14 +190,13 @@ class RunSelector:
         )
         if self.search_datastore:
             base = base.join(Datastore, Datastore.id == Run.datastore_id).where(Datastore.at(self.search_datastore))
-        funnel = [("runs with pieces, not the target", session.scalar(sa.select(sa.func.count()).select_from(base.subquery())))]
+        funnel = [("candidate runs with pieces", session.scalar(sa.select(sa.func.count()).select_from(base.subquery())))]
         query = base
         for name, condition in self.criteria(target, extra_keys):
             query = query.where(condition)
             funnel.append((name, session.scalar(sa.select(sa.func.count()).select_from(query.subquery()))))
         if funnel[-1][1] == 0:
-            steps = ", ".join(f"{name}: {left}" for name, left in funnel)
-            raise NoRunsSelected(f"no runs selected for run {target.obs_id}; candidates left after each criterion: {steps}")
+            raise NoRunsSelected(f"no runs selected for run {target.obs_id}: {describe_funnel(funnel)}")
 
         rows = session.execute(
             sa.select(Run.id, Run.obs_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)
@@ -206,8 +226,8 @@ class RunSelector:
                                           PieceRow.run_id.in_([target.id] + [r.id for r in rows])))}
             if target.id not in pieces:
                 raise BkgdbError(f"KL_DIV needs run {target.obs_id}'s own piece: index its datastore with --config")
-            reference = pieces[target.id].counts
-            scores = {row.id: kl_divergence(reference, pieces[row.id].counts) for row in rows}
+            reference = rate_shape(pieces[target.id])
+            scores = {row.id: kl_divergence(reference, rate_shape(pieces[row.id])) for row in rows}
             return "kl_divergence", sorted(rows, key=lambda row: (scores[row.id], row.obs_id))
 
         target_airmass = airmass(target.zenith_deg) if target.zenith_deg is not None else None

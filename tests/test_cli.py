@@ -164,7 +164,7 @@ background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10, smooth: tr
     strict.write_text(config.read_text().replace("gal_lat_min: 10", "gal_lat_min: 89"))
     failed = bkgdb("background", "1002", "--config", strict, "-o", tmp_path / "y.fits", db=db_url)
     assert failed.exit_code == 2
-    assert "no runs selected for run 1002" in failed.output and "|b| > 89 deg: 0" in failed.output
+    assert "no runs selected for run 1002" in failed.output and "|b| > 89 deg removed 4 (0 left)" in failed.output
 
 
 def test_demo(tmp_path, monkeypatch):
