@@ -21,7 +21,8 @@ from .models import RUN_STATUS_OK, BackgroundRow, BinningRow, Datastore, Exclusi
 from .selection import RunSelector
 from .smoothing import BackgroundSmoother
 
-__all__ = ["BackgroundBuilder", "BuiltBackground", "AttachReport", "PROVENANCE_HDU", "BKG_HDU"]
+__all__ = ["BackgroundBuilder", "BuiltBackground", "AttachReport", "background_history", "PROVENANCE_HDU",
+           "BKG_HDU"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,27 @@ def write_fits(hdulist, path):
     hdulist.writeto(buffer)
     with gzip.open(path, "wb", compresslevel=1) as handle:
         handle.write(buffer.getvalue())
+
+
+def background_history(engine, obs_id=None):
+    """Backgrounds built so far (newest first), from the provenance table; optionally for one target.
+
+    Returns
+    -------
+    rows : list of dict
+        target, runs summed, ontime (h), smoothing, ranking, output file and time of each.
+    """
+    query = sa.select(BackgroundRow).order_by(BackgroundRow.id.desc())
+    if obs_id is not None:
+        query = query.where(BackgroundRow.target_obs_id == obs_id)
+    with Session(engine) as session:
+        rows = session.scalars(query).all()
+    return [{
+        "id": row.id, "target": row.target_obs_id, "runs": row.n_runs, "ontime_h": row.ontime_s / 3600.0,
+        "smoothing": row.smoothing, "ranking": (row.selection or {}).get("ranking"),
+        "obs_ids": row.obs_ids, "output": row.output_path,
+        "created_at": row.created_at.isoformat() if row.created_at else None,
+    } for row in rows]
 
 
 class BackgroundBuilder:

@@ -76,6 +76,19 @@ def read_config(path):
     return config
 
 
+def with_conditions(config, where):
+    """The config with ``--where`` conditions added to its background selection."""
+    if where:
+        import dataclasses
+
+        from .conditions import parse_condition
+
+        for condition in where:
+            parse_condition(condition)  # a typo fails here, before any work
+        config.selection = dataclasses.replace(config.selection, where=config.selection.where + tuple(where))
+    return config
+
+
 def progress_bar(label):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -223,6 +236,8 @@ def background(
     output: Path = typer.Option(..., "--output", "-o", help="FITS file to write."),
     datastore: Path = typer.Option(None, "--datastore", help="The target's datastore, if its OBS_ID is in several."),
     smooth: Smoothing = typer.Option(None, "--smooth", help="Smoothing method; default: the config's."),
+    where: list[str] = typer.Option(None, "--where", "-w", metavar="COND",
+                                    help="Extra selection condition on catalogue columns; repeat to AND."),
     three_d: bool = typer.Option(False, "--3d", help="Write a Background3D instead of a Background2D."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ):
@@ -230,7 +245,7 @@ def background(
     from .background import BackgroundBuilder
     from .selection import describe_funnel
 
-    settings = read_config(config)
+    settings = with_conditions(read_config(config), where)
     builder = BackgroundBuilder(open_catalogue(), settings, smooth=smooth.value if smooth else None)
     built = builder.write(obs_id, output, datastore=datastore, three_d=three_d, overwrite=overwrite)
     selection = built.selection
@@ -248,11 +263,13 @@ def attach(
     out_dir: Path = typer.Option(None, "--out", help="New datastore folder. Default: io.out_dir."),
     config: Path = typer.Option(..., "--config", help="YAML config."),
     jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Workers for indexing the target."),
+    where: list[str] = typer.Option(None, "--where", "-w", metavar="COND",
+                                    help="Extra selection condition on catalogue columns; repeat to AND."),
 ):
     """Write a copy of a datastore whose runs carry bkgdb backgrounds (gammapy opens it as is)."""
     from .background import BackgroundBuilder
 
-    settings = read_config(config)
+    settings = with_conditions(read_config(config), where)
     target = target or (Path(settings.io.in_dir) if settings.io.in_dir else None)
     out_dir = out_dir or (Path(settings.io.out_dir) if settings.io.out_dir else None)
     if target is None or out_dir is None:
@@ -268,6 +285,22 @@ def attach(
     for obs_id, reason in result.skipped:
         err.print(f"no background: run {obs_id}: {reason}", highlight=False, markup=False)
     out.print(result.summary(), highlight=False)
+
+
+@app.command()
+@reports_errors
+def history(
+    obs_id: int = typer.Argument(None, help="Only backgrounds built for this OBS_ID."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
+):
+    """List the backgrounds built so far: target, runs summed, ontime, smoothing, output file."""
+    from .background import background_history
+
+    rows = background_history(open_catalogue().engine, obs_id)
+    columns = ["id", "target", "runs", "ontime_h", "smoothing", "ranking", "output", "created_at"]
+    if fmt is not OutputFormat.table:
+        columns.insert(3, "obs_ids")
+    render_rows(rows, columns, fmt, out, title=f"{len(rows)} backgrounds")
 
 
 @app.command()

@@ -179,3 +179,26 @@ def test_demo(tmp_path, monkeypatch):
                                        result.output).groups())
     assert abs(norm - 1) < 3 * error
     assert (tmp_path / "demo" / "with-backgrounds" / "hdu-index.fits.gz").is_file()
+
+
+def test_where_on_the_command_line_and_history(db_url, simulated_datastore, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("""
+binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}
+exclusion: {gammacat: none, hawc: none, star_cat: none}
+background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
+""")
+    assert bkgdb("index", simulated_datastore, "--config", config, db=db_url).exit_code == 0
+    result = bkgdb("background", "1000", "--config", config, "-o", tmp_path / "a.fits", "-w", "obs_id>=1003",
+                   db=db_url)
+    assert result.exit_code == 0, result.output
+    assert "background from 2 runs" in result.output and "obs_id>=1003 removed 2 (2 left)" in result.output
+    assert bkgdb("background", "1004", "--config", config, "-o", tmp_path / "b.fits", db=db_url).exit_code == 0
+    bad = bkgdb("background", "1000", "--config", config, "-o", tmp_path / "c.fits", "-w", "obs_id>>3",
+                db=db_url)
+    assert bad.exit_code == 2 and "Error:" in bad.output
+
+    history = json.loads(bkgdb("history", "-f", "json", db=db_url).output)
+    assert [row["target"] for row in history] == [1004, 1000]
+    assert history[1]["obs_ids"] == [1003, 1004] and history[1]["output"].endswith("a.fits")
+    assert [row["target"] for row in json.loads(bkgdb("history", "1000", "-f", "json", db=db_url).output)] == [1000]
