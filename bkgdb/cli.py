@@ -114,11 +114,14 @@ def index(
     jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Worker processes. Default: config.njobs or 1."),
 ):
     """Index a DL3 datastore into the run catalogue (incremental: changed runs only)."""
+    settings = read_config(config) if config else None
+    index_with_progress(open_catalogue(), datastore, settings, jobs or (settings.njobs if settings else 1))
+
+
+def index_with_progress(catalogue, datastore, settings, workers):
+    """`RunCatalogue.index` behind a progress bar; prints warnings, failures and the counts."""
     import warnings
 
-    settings = read_config(config) if config else None
-    catalogue = open_catalogue()
-    workers = jobs or (settings.njobs if settings else 1)
     with progress_bar("indexing") as bar, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         task = bar.add_task("index", total=None)
@@ -129,6 +132,7 @@ def index(
     for obs_id, reason in report.failures:
         err.print(f"failed: run {obs_id}: {reason}", highlight=False, markup=False)
     out.print(f"{report.datastore}: {report.summary()}", highlight=False)
+    return report
 
 
 @app.command()
@@ -276,8 +280,7 @@ def attach(
         raise BkgdbError("give the target datastore and --out (or io.in_dir and io.out_dir in the config)")
     catalogue = open_catalogue()
     # The target's runs need catalogue rows and pieces of their own (incremental, usually nothing to do).
-    report = catalogue.index(target, config=settings, jobs=jobs or settings.njobs)
-    out.print(f"{report.datastore}: {report.summary()}", highlight=False)
+    index_with_progress(catalogue, target, settings, jobs or settings.njobs)
     with progress_bar("attaching") as bar:
         task = bar.add_task("attach", total=None)
         result = BackgroundBuilder(catalogue, settings).attach(
@@ -312,11 +315,10 @@ def demo(
     """Simulate a datastore from a known background, index it, attach backgrounds, check the result."""
     from .demo import run_demo
 
-    database = State.db and open_catalogue().url
     report = run_demo(folder, url=State.db, jobs=jobs, progress=lambda line: err.print(line, highlight=False))
     lines = [
         f"simulated datastore  {report.datastore}  ({report.n_runs} runs)",
-        f"database             {database or report.database_url}",
+        f"database             {report.database_url}",
         f"config               {report.config}",
         f"index                {report.index_summary}",
         f"attach               {report.attach_summary}",
