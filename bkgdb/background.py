@@ -27,6 +27,7 @@ __all__ = ["BackgroundBuilder", "BuiltBackground", "AttachReport", "background_h
 log = logging.getLogger(__name__)
 
 BKG_HDU = "BKG"
+ID_CHUNK = 5000
 PROVENANCE_HDU = "BKGDB_RUNS"
 
 
@@ -209,12 +210,14 @@ class BackgroundBuilder:
             if self._extra_keys is None:
                 self._extra_keys = self.catalogue.extra_keys()
             selection = self.selector.run(session, target, binning_row.id, exclusion_row.id, self._extra_keys)
-            rows = session.execute(
-                sa.select(PieceRow, Datastore.path).join(Run, Run.id == PieceRow.run_id)
-                .join(Datastore, Datastore.id == Run.datastore_id)
-                .where(PieceRow.run_id.in_(selection.run_ids), PieceRow.binning_id == binning_row.id,
-                       PieceRow.exclusion_id == exclusion_row.id)
-            ).all()
+            rows = []
+            for start in range(0, len(selection.run_ids), ID_CHUNK):  # SQLite caps bound parameters
+                rows += session.execute(
+                    sa.select(PieceRow, Datastore.path).join(Run, Run.id == PieceRow.run_id)
+                    .join(Datastore, Datastore.id == Run.datastore_id)
+                    .where(PieceRow.run_id.in_(selection.run_ids[start:start + ID_CHUNK]),
+                           PieceRow.binning_id == binning_row.id, PieceRow.exclusion_id == exclusion_row.id)
+                ).all()
             order = {run_id: index for index, run_id in enumerate(selection.run_ids)}
             rows = sorted(rows, key=lambda row: order[row[0].run_id])
             selection.datastores = [path for _, path in rows]

@@ -202,7 +202,7 @@ class RunSelector:
             sa.select(Run.id, Run.obs_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)
             .where(Run.id.in_(query.scalar_subquery()))
         ).all()
-        ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id)
+        ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
         requested = None if self.settings.time_request is None else self.settings.time_request * 3600.0
         chosen, ontime = [], 0.0
         for row in rows:
@@ -216,14 +216,15 @@ class RunSelector:
         return Selection(target.obs_id, [row.id for row in chosen], [row.obs_id for row in chosen], ontime,
                          funnel, ranking=ranking, requested_s=requested)
 
-    def rank(self, session, target, rows, binning_id, exclusion_id):
+    def rank(self, session, target, rows, binning_id, exclusion_id, candidates):
         """Order candidates, most similar first: by KL divergence, or by airmass then time."""
         if self.settings.KL_DIV:
             from .cache import row_to_piece
 
             pieces = {row.run_id: row_to_piece(row) for row in session.scalars(
-                sa.select(PieceRow).where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
-                                          PieceRow.run_id.in_([target.id] + [r.id for r in rows])))}
+                sa.select(PieceRow).where(
+                    PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
+                    sa.or_(PieceRow.run_id == target.id, PieceRow.run_id.in_(candidates.scalar_subquery()))))}
             if target.id not in pieces:
                 raise BkgdbError(f"KL_DIV needs run {target.obs_id}'s own piece: index its datastore with --config")
             reference = rate_shape(pieces[target.id])
