@@ -143,6 +143,15 @@ class Binning:
         return (self.e_bins, self.off_bins)
 
 
+CATALOGUE_KEYS = ("gammacat", "hawc", "star_cat")
+
+
+def _path(value, resolve=False):
+    """A configured path with ``$VARIABLES`` and ``~`` expanded."""
+    path = Path(os.path.expandvars(str(value))).expanduser()
+    return str(path.resolve() if resolve else path)
+
+
 @dataclass(frozen=True)
 class CircleRegion:
     """A circle on the sky to exclude: centre (ICRS, deg) and radius (deg)."""
@@ -183,21 +192,23 @@ class ExclusionSettings:
         if self.exposure_method not in EXPOSURE_METHODS:
             raise ConfigError(f"exclusion.exposure_method must be one of {', '.join(EXPOSURE_METHODS)}, "
                               f"got {self.exposure_method!r}")
-        for name in ("gammacat", "hawc", "star_cat", *self.region_files):
-            path = getattr(self, name) if name in ("gammacat", "hawc", "star_cat") else name
+        for name in CATALOGUE_KEYS:
+            path = getattr(self, name)
             if path is not None and not Path(path).is_file():
-                label = f"exclusion.{name}" if name in ("gammacat", "hawc", "star_cat") else "exclusion.region_files"
-                raise ConfigError(f"{label}: catalogue file not found: {path}")
+                raise ConfigError(f"exclusion.{name}: catalogue file not found: {path}")
+        for path in self.region_files:
+            if not Path(path).is_file():
+                raise ConfigError(f"exclusion.region_files: region file not found: {path}")
 
     @classmethod
     def from_dict(cls, values, section="exclusion"):
         values = dict(values or {})
         _check_keys(section, values, cls.KEYS)
         kwargs = {}
-        for key in ("gammacat", "hawc", "star_cat"):
+        for key in CATALOGUE_KEYS:
             if key in values:
                 value = values[key]
-                kwargs[key] = None if value in (None, False, "none", "") else str(Path(os.path.expandvars(str(value))).expanduser())
+                kwargs[key] = None if value in (None, False, "none", "") else _path(value)
         for key in ("search_radius", "source_radius", "extended_factor", "star_radius"):
             if key in values:
                 kwargs[key] = _number(section, key, values[key], minimum=0)
@@ -209,25 +220,32 @@ class ExclusionSettings:
         for number, entry in enumerate(values.get("exclude_regions") or []):
             regions.append(_circle(section, number, entry))
         kwargs["exclude_regions"] = tuple(regions)
-        kwargs["region_files"] = tuple(
-            str(Path(os.path.expandvars(str(path))).expanduser().resolve()) for path in values.get("region_files") or []
-        )
+        kwargs["region_files"] = tuple(_path(path, resolve=True) for path in values.get("region_files") or [])
         return cls(**kwargs)
 
     @cached_property
     def params(self):
-        """Everything that changes which events are kept, including the catalogues' contents."""
+        """Everything that changes which events are kept, with each file's path and SHA-256."""
         params = {key: getattr(self, key) for key in self.KEYS}
         params["exclude_regions"] = [asdict(region) for region in self.exclude_regions]
-        params["files"] = {
-            str(path): file_digest(path)
-            for path in (self.gammacat, self.hawc, self.star_cat, *self.region_files) if path
-        }
+        for key in CATALOGUE_KEYS:
+            path = params[key]
+            params[key] = None if path is None else {"path": path, "sha256": file_digest(path)}
+        params["region_files"] = [{"path": path, "sha256": file_digest(path)} for path in self.region_files]
         return params
 
     @cached_property
     def hash(self):
-        return content_hash(self.params)
+        """Hash of the parameters and file contents, not file paths: the same catalogues in another
+        folder (another machine's $GAMMAPY_DATA) share pieces."""
+        def without_paths(value):
+            if isinstance(value, dict):
+                return {key: without_paths(item) for key, item in value.items() if key != "path"}
+            if isinstance(value, list):
+                return [without_paths(item) for item in value]
+            return value
+
+        return content_hash(without_paths(self.params))
 
     def search_radius_for(self, binning):
         """The source search radius, never smaller than the binning's largest offset."""
@@ -388,8 +406,7 @@ class IOSettings:
         from_run = values.get("from_run", False)
         if not isinstance(from_run, bool):
             raise ConfigError(f"{section}.from_run must be true or false, got {from_run!r}")
-        paths = {key: str(Path(os.path.expandvars(str(values[key]))).expanduser())
-                 for key in ("search_datastore", "in_dir", "out_dir") if values.get(key)}
+        paths = {key: _path(values[key]) for key in ("search_datastore", "in_dir", "out_dir") if values.get(key)}
         return cls(from_run=from_run, **paths)
 
 

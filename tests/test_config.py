@@ -100,3 +100,14 @@ def test_shipped_configs_load_without_warnings(name, recwarn, monkeypatch):
     config = load_config(CONFIGS / name)
     assert config.binnings
     assert not [w for w in recwarn if issubclass(w.category, ConfigWarning)]
+
+
+def test_exclusion_hash_ignores_where_the_catalogues_are(tmp_path):
+    text = "#_RAJ2000\t_DEJ2000\tHIP\tVmag\tB-V\n1.0\t2.0\t3\t4.0\t0.0\n"
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "stars.dat").write_text(text)
+    here = ExclusionSettings(gammacat=None, hawc=None, star_cat=str(tmp_path / "a" / "stars.dat"))
+    there = ExclusionSettings(gammacat=None, hawc=None, star_cat=str(tmp_path / "b" / "stars.dat"))
+    assert here.hash == there.hash
+    assert here.params["star_cat"]["path"] != there.params["star_cat"]["path"]
