@@ -137,6 +137,8 @@ class DatastoreSimulator:
     #: Write simple IRFs (H.E.S.S.-like effective area, Gaussian dispersion and PSF) into each run,
     #: so gammapy's makers accept the runs.
     with_irfs: bool = True
+    #: More obs-index columns (and EVENTS header keys), one value per run: e.g. {"NSBLEVEL": [...]}.
+    extra_columns: dict = field(default_factory=dict)
 
     def run(self, path):
         """Write the datastore into folder ``path``; return its OBS_IDs."""
@@ -150,10 +152,12 @@ class DatastoreSimulator:
             obs_id = self.first_obs_id + number
             tstart = 1.0e8 + number * 86400.0 / 3 + rng.uniform(0, 600)
             header = self._run_header(obs_id, ra, dec, tstart, rng)
+            header.update({key: values[number] for key, values in self.extra_columns.items()})
             events = self._events(rng, ra, dec, tstart)
             file_name = f"run_{obs_id:06d}.fits.gz"
             self._write_run(path / "data" / file_name, header, events, irfs)
-            obs_rows.append({**{key: header[key] for key in OBS_COLUMNS}, "EVENT_COUNT": len(events)})
+            obs_rows.append({**{key: header[key] for key in OBS_COLUMNS + list(self.extra_columns)},
+                             "EVENT_COUNT": len(events)})
             hdus = [("events", "events", "EVENTS"), ("gti", "gti", "GTI")]
             hdus += [(hdu_type, hdu_class, hdu.name) for hdu_type, hdu_class, hdu in irfs]
             for hdu_type, hdu_class, hdu_name in hdus:

@@ -181,3 +181,18 @@ def test_index_refreshes_planner_statistics(catalogue, simulated_datastore):
     with catalogue.engine.connect() as connection:
         rows = connection.execute(sa.text("SELECT reltuples FROM pg_class WHERE relname = 'runs'")).scalar()
     assert rows == 5
+
+
+def test_instrument_columns_from_the_obs_index(catalogue, tmp_path):
+    """VERITAS-style NSBLEVEL and H.E.S.S.-style MUONEFF become typed columns; others stay in extra."""
+    from bkgdb.simulate import DatastoreSimulator
+
+    DatastoreSimulator(pointings=[(10.0, 20.0)] * 3, ontime_s=60.0, with_irfs=False, extra_columns={
+        "NSBLEVEL": [4.0, 6.5, 9.0], "MUONEFF": [0.8, 0.9, 1.0], "WEATHER": ["A", "B", "A"],
+    }).run(tmp_path / "veritas-like")
+    catalogue.index(tmp_path / "veritas-like")
+    runs = catalogue.select_runs()
+    assert [run.nsb_level for run in runs] == [4.0, 6.5, 9.0]
+    assert [run.muon_eff for run in runs] == pytest.approx([0.8, 0.9, 1.0])
+    assert [run.obs_id for run in catalogue.select_runs(["NSBLEVEL<7", "WEATHER=A"])] == [1000]
+    assert [run.obs_id for run in catalogue.select_runs(["nsb>5", "muoneff>=0.95"])] == [1002]
