@@ -9,29 +9,17 @@ A norm near 1 means the model predicts the counts outside the Crab exclusion reg
 import os
 import sys
 
-import astropy.units as u
-from astropy.coordinates import SkyCoord
 from gammapy.data import DataStore
-from gammapy.datasets import MapDataset
-from gammapy.makers import FoVBackgroundMaker, MapDatasetMaker, SafeMaskMaker
-from gammapy.maps import MapAxis, WcsGeom
-from regions import CircleSkyRegion
 
-CRAB = SkyCoord(83.633 * u.deg, 22.014 * u.deg)
+from bkgdb.validation import fov_background_norm
+
+CRAB = (83.633, 22.014, 0.4)
 
 
 def fov_norm(observation):
-    """Norm and its error of a FoVBackgroundMaker scale fit of one observation, Crab excluded."""
-    energy = MapAxis.from_energy_bounds(0.7, 50, nbin=8, unit="TeV")
-    energy_true = MapAxis.from_energy_bounds(0.3, 100, nbin=20, unit="TeV", name="energy_true")
-    geom = WcsGeom.create(skydir=observation.pointing.fixed_icrs, binsz=0.02, width=(4, 4), frame="icrs",
-                          axes=[energy])
-    dataset = MapDataset.create(geom, energy_axis_true=energy_true, name=str(observation.obs_id))
-    dataset = MapDatasetMaker(selection=["counts", "exposure", "background"]).run(dataset, observation)
-    dataset = SafeMaskMaker(methods=["offset-max", "aeff-default"], offset_max="2.0 deg").run(dataset, observation)
-    mask = geom.region_mask([CircleSkyRegion(CRAB, 0.4 * u.deg)], inside=False)
-    dataset = FoVBackgroundMaker(method="scale", exclusion_mask=mask).run(dataset)
-    norm = dataset.background_model.spectral_model.norm
+    """Norm and error of the FoV fit of run 23523: Crab masked, 0.7-50 TeV, offsets below 2 deg."""
+    norm = fov_background_norm(observation, [CRAB], energy_range_tev=(0.7, 50), binsz_deg=0.02,
+                               aeff_safe_mask=True)
     return norm.value, norm.error
 
 

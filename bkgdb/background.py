@@ -7,6 +7,7 @@ smooth on demand, and produce a gammapy `Background2D` with its provenance.
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import sqlalchemy as sa
@@ -159,8 +160,12 @@ class BackgroundBuilder:
                                            s.spline_smoothing)
         self.selector = RunSelector(s, from_run=config.io.from_run, search_datastore=config.io.search_datastore)
         self._extra_keys = None
+        self._rows = None
 
     def _setting_rows(self, session):
+        """(binning row, exclusion row) of the config, looked up once per builder."""
+        if self._rows is not None:
+            return self._rows
         binning, exclusion = self.config.binning, self.config.exclusion
         binning_row = session.scalars(sa.select(BinningRow).where(BinningRow.hash == binning.hash)).one_or_none()
         exclusion_row = session.scalars(
@@ -168,7 +173,10 @@ class BackgroundBuilder:
         if binning_row is None or exclusion_row is None:
             raise BkgdbError("the catalogue has no pieces for this config's binning and exclusion setting: "
                              "run `bkgdb index DATASTORE --config FILE` first")
-        return binning_row, exclusion_row
+        # Plain values, not ORM rows: they outlive the session that found them.
+        self._rows = (SimpleNamespace(id=binning_row.id, hash=binning_row.hash),
+                      SimpleNamespace(id=exclusion_row.id, hash=exclusion_row.hash))
+        return self._rows
 
     def find_target(self, session, obs_id, datastore=None):
         query = sa.select(Run).join(Datastore).where(Run.obs_id == obs_id, Run.status == RUN_STATUS_OK)

@@ -177,7 +177,7 @@ class RunCatalogue:
                 sa.select(Datastore).where(Datastore.path == str(store.path))
             ).one_or_none()
             if datastore is None:
-                datastore = Datastore(path=str(store.path), obs_index_meta=meta)
+                datastore = Datastore(path=str(store.path))
                 session.add(datastore)
             datastore.obs_index_meta = meta
             datastore.last_indexed_at = datetime.now(timezone.utc)

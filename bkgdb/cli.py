@@ -225,11 +225,9 @@ def cache(
     render_rows(rows, columns, fmt, out, title="background pieces")
 
 
-class Smoothing(str, Enum):
-    gauss = "gauss"
-    poly = "poly"
-    spline = "spline"
-    none = "none"
+# The same names as bkgdb.config.SMOOTHING_METHODS (tests/test_cli.py checks), without importing
+# numpy just to print --help.
+Smoothing = Enum("Smoothing", {name: name for name in ("gauss", "poly", "spline", "none")}, type=str)
 
 
 @app.command()

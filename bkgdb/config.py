@@ -412,14 +412,13 @@ class IOSettings:
 
 @dataclass
 class BkgdbConfig:
-    """A whole configuration: binnings, exclusion settings, selection, worker count, raw sections."""
+    """A whole configuration: binnings, exclusion settings, selection, io and worker count."""
 
     binnings: list = field(default_factory=lambda: [Binning()])
     exclusion: ExclusionSettings = field(default_factory=ExclusionSettings)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     io: IOSettings = field(default_factory=IOSettings)
     njobs: int = 1
-    sections: dict = field(default_factory=dict)
 
     @property
     def binning(self):
@@ -447,7 +446,7 @@ class BkgdbConfig:
             njobs = os.cpu_count() or 1  # gammapy-tools: -1 means all cores
         return cls(binnings=binnings, exclusion=ExclusionSettings.from_dict(values.get("exclusion")),
                    selection=SelectionSettings.from_dict(values.get("background_selection")),
-                   io=IOSettings.from_dict(values.get("io")), njobs=njobs, sections=values)
+                   io=IOSettings.from_dict(values.get("io")), njobs=njobs)
 
 
 def load_config(path):

@@ -80,6 +80,7 @@ def run_demo(folder="bkgdb-demo", url=None, jobs=2, progress=None):
 
     from .background import BackgroundBuilder
     from .catalogue import RunCatalogue
+    from .validation import fov_background_norm
     from .config import BkgdbConfig
     from .simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 
@@ -118,7 +119,7 @@ def run_demo(folder="bkgdb-demo", url=None, jobs=2, progress=None):
     # The model holds rates at bin centres (what gammapy reads); each bin's error is 1/sqrt(counts).
     ratio = float(np.sum(model.data[use] * counts[use] / true_rate[use]) / counts[use].sum())
     chi2 = float(np.sum(counts[use] * (model.data[use] / true_rate[use] - 1) ** 2))
-    norm = fov_background_norm(observation, source)
+    norm = fov_background_norm(observation, [(source.ra_deg, source.dec_deg, 0.4)])
     return DemoReport(
         folder=folder, datastore=datastore, database_url=catalogue.url, config=config_path, attached=attached,
         n_runs=len(obs_ids), index_summary=index_report.summary(), attach_summary=attach_report.summary(),
@@ -133,22 +134,3 @@ def bin_centres(binning):
     energy = np.sqrt(binning.energy_edges[1:] * binning.energy_edges[:-1])
     offset = 0.5 * (binning.offset_edges[1:] + binning.offset_edges[:-1])
     return energy[:, np.newaxis], offset[np.newaxis, :]
-
-
-def fov_background_norm(observation, source):
-    """gammapy's FoVBackgroundMaker scale fit of one run with the source masked (0.4 deg)."""
-    from astropy import units as u
-    from astropy.coordinates import SkyCoord
-    from gammapy.datasets import MapDataset
-    from gammapy.makers import FoVBackgroundMaker, MapDatasetMaker
-    from gammapy.maps import MapAxis, WcsGeom
-    from regions import CircleSkyRegion
-
-    energy = MapAxis.from_energy_bounds(0.1, 10, nbin=8, unit="TeV")
-    pointing = observation.pointing.fixed_icrs
-    geom = WcsGeom.create(skydir=pointing, binsz=0.05, width=(4, 4), frame="icrs", axes=[energy])
-    dataset = MapDatasetMaker(selection=["counts", "background"]).run(MapDataset.create(geom), observation)
-    dataset.mask_safe = geom.region_mask([CircleSkyRegion(pointing, 2.0 * u.deg)])
-    centre = SkyCoord(source.ra_deg * u.deg, source.dec_deg * u.deg)
-    mask = geom.region_mask([CircleSkyRegion(centre, 0.4 * u.deg)], inside=False)
-    return FoVBackgroundMaker(method="scale", exclusion_mask=mask).run(dataset).background_model.spectral_model.norm

@@ -91,14 +91,14 @@ def process_run(job):
     geometry = {key: header.get(key, value) for key, value in (
         ("RA_PNT", result.facts.ra_deg), ("DEC_PNT", result.facts.dec_deg),
         ("ONTIME", result.facts.ontime_s), ("LIVETIME", result.facts.livetime_s))}
+    if specs and (geometry["RA_PNT"] is None or geometry["DEC_PNT"] is None or not geometry["ONTIME"]):
+        result.error = "no pointing or ontime: cannot make background pieces"
+        return result
+    livetime = None if geometry["LIVETIME"] is None else float(geometry["LIVETIME"])
     for binning, exclusion in specs:
-        if geometry["RA_PNT"] is None or geometry["DEC_PNT"] is None or not geometry["ONTIME"]:
-            result.error = "no pointing or ontime: cannot make background pieces"
-            break
         piece = piece_maker(binning, exclusion).run(
             events.ra_deg, events.dec_deg, events.energy_tev, float(geometry["RA_PNT"]),
-            float(geometry["DEC_PNT"]), float(geometry["ONTIME"]),
-            None if geometry["LIVETIME"] is None else float(geometry["LIVETIME"]),
+            float(geometry["DEC_PNT"]), float(geometry["ONTIME"]), livetime,
         )
         result.pieces.append((binning, exclusion, piece))
     return result

@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session
 
 from bkgdb.background import BackgroundBuilder
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
-from bkgdb.demo import bin_centres, fov_background_norm
+from bkgdb.demo import bin_centres
 from bkgdb.errors import BkgdbError
 from bkgdb.models import BackgroundRow
+from bkgdb.validation import fov_background_norm
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)
@@ -156,7 +157,8 @@ def test_gammapy_predicts_the_counts_with_the_ontime_time_base(catalogue, fields
     store = DataStore.from_dir(tmp_path / "out")
     first = store.obs(100)  # full-enclosure IRFs and our BKG
     assert first.observation_live_time_duration < 0.95 * first.observation_time_duration
-    norms = [fov_background_norm(store.obs(obs_id), SOURCE) for obs_id in store.obs_ids]
+    excluded = [(SOURCE.ra_deg, SOURCE.dec_deg, 0.4)]
+    norms = [fov_background_norm(store.obs(obs_id), excluded) for obs_id in store.obs_ids]
     weights = np.array([1 / norm.error ** 2 for norm in norms])
     mean = np.sum(weights * [norm.value for norm in norms]) / weights.sum()
     error = 1 / np.sqrt(weights.sum())
@@ -215,7 +217,6 @@ def test_missing_pieces_and_unknown_runs_are_errors(catalogue, fields):
 
 def test_hess_dr1_attach_and_crab_norm(hess_dr1, tmp_path, capsys):
     """Every DR1 run gets a background gammapy opens; Crab run 23523's FoV norm with it."""
-    import sys
     from pathlib import Path
 
     from conftest import gammapy_data_path
@@ -226,9 +227,9 @@ def test_hess_dr1_attach_and_crab_norm(hess_dr1, tmp_path, capsys):
     config = load_config(Path(__file__).resolve().parent.parent / "configs" / "hess-dr1.yaml")
     catalogue = RunCatalogue.open(str(tmp_path / "hess.sqlite"))
     catalogue.index(hess_dr1, config=config, jobs=2)
-    crab = BackgroundBuilder(catalogue, config).build(23523)
-    used = [run for run in catalogue.select_runs() if run.obs_id in crab.selection.obs_ids]
-    assert len(used) == len(crab.selection.obs_ids) > 0 and all(abs(run.glat_deg) > 10 for run in used)
+    built = BackgroundBuilder(catalogue, config).build(23523)
+    used = [run for run in catalogue.select_runs() if run.obs_id in built.selection.obs_ids]
+    assert len(used) == len(built.selection.obs_ids) > 0 and all(abs(run.glat_deg) > 10 for run in used)
     report = BackgroundBuilder(catalogue, config).attach(hess_dr1, tmp_path / "attached")
     assert len(report.written) + len(report.skipped) == 105
     assert len(report.written) == 105, report.skipped
@@ -237,12 +238,10 @@ def test_hess_dr1_attach_and_crab_norm(hess_dr1, tmp_path, capsys):
     observation = store.obs(23523)
     assert isinstance(observation.bkg, Background2D)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from crab_fov_norm import fov_norm
-
-    ours, ours_error = fov_norm(observation)
-    theirs, theirs_error = fov_norm(DataStore.from_dir(hess_dr1).obs(23523))
+    crab = dict(excluded=[(83.633, 22.014, 0.4)], energy_range_tev=(0.7, 50), binsz_deg=0.02, aeff_safe_mask=True)
+    ours = fov_background_norm(observation, **crab)
+    theirs = fov_background_norm(DataStore.from_dir(hess_dr1).obs(23523), **crab)
     with capsys.disabled():
-        print(f"\nCrab 23523 FoV norm: bkgdb {ours:.3f} +- {ours_error:.3f} "
-              f"({len(crab.selection.obs_ids)} runs), H.E.S.S. bkg_3d {theirs:.3f} +- {theirs_error:.3f}")
-    assert 0.6 < ours < 1.4
+        print(f"\nCrab 23523 FoV norm: bkgdb {ours.value:.3f} +- {ours.error:.3f} "
+              f"({len(built.selection.obs_ids)} runs), H.E.S.S. bkg_3d {theirs.value:.3f} +- {theirs.error:.3f}")
+    assert 0.6 < ours.value < 1.4

@@ -202,3 +202,10 @@ background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
     assert [row["target"] for row in history] == [1004, 1000]
     assert history[1]["obs_ids"] == [1003, 1004] and history[1]["output"].endswith("a.fits")
     assert [row["target"] for row in json.loads(bkgdb("history", "1000", "-f", "json", db=db_url).output)] == [1000]
+
+
+def test_smoothing_choices_are_the_library_methods():
+    from bkgdb.cli import Smoothing
+    from bkgdb.config import SMOOTHING_METHODS
+
+    assert tuple(member.value for member in Smoothing) == SMOOTHING_METHODS
