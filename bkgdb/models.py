@@ -11,12 +11,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
-    "Base", "Datastore", "Run", "BinningRow", "ExclusionRow", "PieceRow", "BackgroundRow",
-    "RUN_STATUS_OK", "RUN_STATUS_FAILED",
+    "Base", "Datastore", "Run", "BinningRow", "ExclusionRow", "PieceRow", "BackgroundRow", "BackgroundInput",
+    "RunFlag", "ConditionModelRow", "RUN_STATUS_OK", "RUN_STATUS_FAILED", "FLAG_BAD", "FLAG_GOOD",
 ]
 
 RUN_STATUS_OK = "ok"
 RUN_STATUS_FAILED = "failed"
+FLAG_BAD = "bad"
+FLAG_GOOD = "good"
 
 # JSON on SQLite, JSONB (indexable, comparable) on PostgreSQL.
 JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
@@ -196,4 +198,61 @@ class BackgroundRow(Base):
     ontime_s: Mapped[float]
     smoothing: Mapped[str] = mapped_column(sa.String(16))
     output_path: Mapped[str | None] = mapped_column(sa.String(2048))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BackgroundInput(Base):
+    """One piece that went into a background: its lineage, kept when the piece or run is gone.
+
+    ``file_sha256`` and ``piece_created_at`` are the piece's state when the background was built,
+    so a background whose inputs were re-indexed since can be found (stale).
+    """
+
+    __tablename__ = "background_inputs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    background_id: Mapped[int] = mapped_column(sa.ForeignKey("backgrounds.id", ondelete="CASCADE"), index=True)
+    piece_id: Mapped[int | None] = mapped_column(sa.ForeignKey("pieces.id", ondelete="SET NULL"), index=True)
+    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    obs_id: Mapped[int] = mapped_column(sa.BigInteger, index=True)
+    file_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    piece_created_at: Mapped[datetime | None]
+    #: The piece's weight in the sum (1 for plain summation).
+    weight: Mapped[float | None]
+
+
+class RunFlag(Base):
+    """A quality flag on a run (by OBS_ID, in every datastore), with who set it, when and why.
+
+    Flags are a history: the newest row of an OBS_ID is in force. They live apart from ``runs``
+    so re-indexing never touches them.
+    """
+
+    __tablename__ = "run_flags"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    obs_id: Mapped[int] = mapped_column(sa.BigInteger, index=True)
+    flag: Mapped[str] = mapped_column(sa.String(8))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    author: Mapped[str | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConditionModelRow(Base):
+    """A fitted model of how the background changes with observing conditions, cached per archive state.
+
+    ``archive_digest`` identifies the pieces it was fitted on; when the archive changes, the
+    digest changes and the model is fitted anew.
+    """
+
+    __tablename__ = "condition_models"
+    __table_args__ = (sa.UniqueConstraint("binning_id", "exclusion_id", "kind", "archive_digest"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    binning_id: Mapped[int] = mapped_column(sa.ForeignKey("binnings.id", ondelete="CASCADE"), index=True)
+    exclusion_id: Mapped[int] = mapped_column(sa.ForeignKey("exclusion_settings.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    archive_digest: Mapped[str] = mapped_column(sa.String(64))
+    n_runs: Mapped[int]
+    params: Mapped[dict]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
