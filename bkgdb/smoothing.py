@@ -114,27 +114,34 @@ def local_quadratic_weights(offset, exposure, sigma, width, reflect):
     """
     n_bins = len(offset)
     index = np.arange(n_bins)
-    positions, information = offset, np.asarray(exposure, float)
+    positions, information = np.asarray(offset, float), np.asarray(exposure, float)
     if reflect:
-        positions = np.concatenate([-offset[::-1], offset])
+        positions = np.concatenate([-positions[::-1], positions])
         information = np.concatenate([information[::-1], information])
         index = np.concatenate([index[::-1], index])
+    fold = np.zeros((len(positions), n_bins))  # mirrored bins add to the bin they mirror
+    fold[np.arange(len(positions)), index] = 1.0
+    distance = (positions[np.newaxis, :] - np.asarray(offset, float)[:, np.newaxis]) / width  # in bins
+    scaled = distance / sigma
+    kernel = np.where(np.abs(scaled) <= KERNEL_CUTOFF_SIGMA, np.exp(-0.5 * scaled ** 2), 0.0)
+    fit_weight = kernel * information[np.newaxis, :]
     weights = np.zeros((n_bins, n_bins))
-    for i in range(n_bins):
-        distance = (positions - offset[i]) / (sigma * width)
-        kernel = np.where(np.abs(distance) <= KERNEL_CUTOFF_SIGMA, np.exp(-0.5 * distance ** 2), 0.0)
-        fit_weight = kernel * information
-        for degree in (2, 1, 0):
-            if np.count_nonzero(fit_weight) <= degree:
-                continue
-            design = np.vander(positions - offset[i], degree + 1, increasing=True)
-            matrix = design.T @ (fit_weight[:, np.newaxis] * design)
-            if np.linalg.cond(matrix) > 1e10:
-                continue
-            # Weighted least squares on counts / exposure: fit_weight * rate == kernel * counts.
-            row = np.linalg.solve(matrix, design.T * kernel)[0]
-            np.add.at(weights[i], index, row)
+    todo = np.ones(n_bins, dtype=bool)
+    for degree in (2, 1, 0):
+        if not todo.any():
             break
+        rows = np.flatnonzero(todo)
+        design = distance[rows][..., np.newaxis] ** np.arange(degree + 1)  # (row, bin, power)
+        matrix = np.einsum("rbp,rb,rbq->rpq", design, fit_weight[rows], design)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            solvable = (np.count_nonzero(fit_weight[rows], axis=1) > degree) & (np.linalg.cond(matrix) < 1e10)
+        if not solvable.any():
+            continue
+        rows, design, matrix = rows[solvable], design[solvable], matrix[solvable]
+        # Weighted least squares on counts / exposure: fit_weight * rate == kernel * counts.
+        right = np.swapaxes(design, 1, 2) * kernel[rows][:, np.newaxis, :]
+        weights[rows] = np.linalg.solve(matrix, right)[:, 0, :] @ fold
+        todo[rows] = False
     return weights
 
 
@@ -238,18 +245,21 @@ class BackgroundSmoother:
                 continue
             yield index, background.counts[index].astype(float), denominator[index] * profile, exposed, profile
 
-    def _pilot(self, counts, exposure, exposed, offset, width, reflect):
-        """First guess of ``rate / profile`` for the fit weights: the Gaussian estimate, floored."""
-        pilot = local_quadratic_weights(offset, exposure, max(self.sigma, 1.0), width, reflect) @ counts
-        mean = counts[exposed].sum() / exposure[exposed].sum()
-        return np.maximum(pilot, 0.05 * mean)
+    @staticmethod
+    def _flat_ratio(counts, exposure, exposed):
+        """First guess of ``rate / profile`` for the fit weights: the slice's mean ratio.
+
+        The ratio to the profile is nearly flat, and a constant does not follow the counts of
+        single bins, so the weights do not favour downward fluctuations.
+        """
+        return np.full(len(counts), counts[exposed].sum() / exposure[exposed].sum())
 
     def make_poly(self, background, rate):
-        offset, width, reflect = _offset_centres(background.binning)
+        offset, _, _ = _offset_centres(background.binning)
         smoothed = rate.copy()
         for index, counts, exposure, exposed, profile in self._slices(background):
-            ratio = self._pilot(counts, exposure, exposed, offset, width, reflect)
-            mean = ratio[exposed].mean()
+            ratio = self._flat_ratio(counts, exposure, exposed)
+            mean = ratio[0]
             degree = min(self.degree, int(exposed.sum()) - 1)
             design = np.vander(offset[exposed], degree + 1, increasing=True)
             observed = counts[exposed] / exposure[exposed]
@@ -264,10 +274,10 @@ class BackgroundSmoother:
     def make_spline(self, background, rate):
         from scipy.interpolate import UnivariateSpline
 
-        offset, width, reflect = _offset_centres(background.binning)
+        offset, _, _ = _offset_centres(background.binning)
         smoothed = rate.copy()
         for index, counts, exposure, exposed, profile in self._slices(background):
-            pilot = self._pilot(counts, exposure, exposed, offset, width, reflect)
+            pilot = self._flat_ratio(counts, exposure, exposed)
             n_exposed = int(exposed.sum())
             observed = counts[exposed] / exposure[exposed]
             # 1 / error of counts / exposure, from the expected (not the observed) counts.
