@@ -62,7 +62,8 @@ def main():
         systematic = np.abs(smoother.run(exact) / true_rate - 1)
         mean = relative.mean(axis=0)
         scatter = relative.std(axis=0)
-        pull = np.abs(mean) / (scatter / np.sqrt(args.draws))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pull = np.abs(mean) / (scatter / np.sqrt(args.draws))
         rows = [("exact (%)", 100 * systematic), ("mean (%)", 100 * np.abs(mean)), ("mean (sigma)", pull)]
         for label, values in rows:
             print(f"{method:>11} {label:>12} " + " ".join(f"{v:6.2f}" if "%" in label else f"{v:6.1f}"

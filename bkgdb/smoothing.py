@@ -26,6 +26,8 @@ import logging
 
 import numpy as np
 
+from .errors import BkgdbError
+
 __all__ = ["BackgroundSmoother", "SMOOTHING_METHODS", "reference_profile", "local_quadratic_weights"]
 
 log = logging.getLogger(__name__)
@@ -227,6 +229,9 @@ class BackgroundSmoother:
 
         from .assembly import fill_empty_bins
 
+        # gammapy's interpolation needs two nodes per axis, and to_3d / to_2d a FoV from offset 0.
+        if min(rate.shape) < 2 or background.binning.offset_edges[0] != 0:
+            raise BkgdbError("smoothing gauss-seed needs at least 2 energy and 2 offset bins, from offset 0")
         # to_3d interpolates in log scale: empty bins would explode there, so fill them first.
         cube = background.to_background2d(fill_empty_bins(rate, background)).to_3d()
         data = cube.data

@@ -177,3 +177,21 @@ def test_method_names_are_owned_by_the_smoothing_module():
     assert SMOOTHING_METHODS[0] == "gauss" and "gauss-seed" in SMOOTHING_METHODS
     with pytest.raises(ValueError, match="'boxcar' is not one of gauss, gauss-seed, poly, spline, none"):
         BackgroundSmoother("boxcar")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 2), (2, 3)])
+@pytest.mark.parametrize("method", UNBIASED)
+def test_tiny_binnings_keep_a_flat_rate(method, shape):
+    """One or two bins per axis, narrow and wide kernels: a flat rate stays exactly flat."""
+    binning = Binning(e_bins=shape[0], off_bins=shape[1], off_min=0.5 if shape == (2, 3) else 0.0)
+    background = assembled(np.full(shape, 7), binning, ontime=100.0)
+    for sigma in (0.1, 1.0, 5.0):
+        assert BackgroundSmoother(method, sigma=sigma).run(background) == pytest.approx(background.rate, rel=1e-9)
+
+
+def test_the_seed_method_needs_a_fov_from_the_centre():
+    from bkgdb.errors import BkgdbError
+
+    binning = Binning(e_bins=2, off_bins=3, off_min=1.0)
+    with pytest.raises(BkgdbError, match="gauss-seed needs at least 2 energy and 2 offset bins, from offset 0"):
+        BackgroundSmoother("gauss-seed").run(assembled(np.full(binning.shape, 7), binning, ontime=100.0))
