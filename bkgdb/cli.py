@@ -225,9 +225,9 @@ def cache(
     render_rows(rows, columns, fmt, out, title="background pieces")
 
 
-# The same names as bkgdb.config.SMOOTHING_METHODS (tests/test_cli.py checks), without importing
+# The same names as bkgdb.smoothing.SMOOTHING_METHODS (tests/test_cli.py checks), without importing
 # numpy just to print --help.
-Smoothing = Enum("Smoothing", {name: name for name in ("gauss", "poly", "spline", "none")}, type=str)
+Smoothing = Enum("Smoothing", {name: name for name in ("gauss", "gauss-seed", "poly", "spline", "none")}, type=str)
 
 
 @app.command()

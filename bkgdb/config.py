@@ -275,7 +275,7 @@ def _circle(section, number, entry):
     return CircleRegion(ra % 360.0, dec, radius, name or f"region {number}")
 
 
-SMOOTHING_METHODS = ("gauss", "poly", "spline", "none")
+from .smoothing import SMOOTHING_METHODS  # noqa: E402  (the smoothing module owns the names)
 
 
 def _optional(section, values, key, kind=float, minimum=None):

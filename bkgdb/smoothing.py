@@ -1,58 +1,238 @@
-"""Smoothing an assembled background rate, on demand (smoothed rates are never stored)."""
+"""Smoothing an assembled background rate along FoV offset, on demand (never stored).
+
+Every method works per energy slice and only along offset. Smoothing across energy bins would
+bias a falling spectrum: a Gaussian of 1 bin over a power law of index 2.7 raises each rate by
+81 % with 4 bins per decade (26 % with 20 bins over 3 decades), because the lower-energy
+neighbour weighs far more than the higher one.
+
+The unbiased methods (``gauss``, ``poly``, ``spline``) share two ideas:
+
+- **A reference profile.** A smooth radial shape ``P(offset)`` is fitted once to the counts of all
+  energies (a Poisson fit of ``log P = a + b r + c r**2``, with exposure x solid angle as the
+  Poisson exposure: the natural geometry, in which the central annuli hold far fewer counts
+  than the outer ones). Each slice is smoothed as the ratio ``rate / P``, which is nearly flat,
+  so what a smoother does to curvature hardly matters, and multiplied back by ``P``.
+- **Weights from the exposure, not from the counts.** A least-squares fit with errors
+  ``sqrt(counts)`` gives low bins more weight and pulls the model down (-1 count per bin);
+  the Gaussian uses counts linearly, the fits weight with the expected counts and iterate.
+
+Measured bias against a known truth (default `~bkgdb.simulate.BackgroundTruth`, 12 energy x 10
+offset bins to 2.5 deg, exposure of 32 runs of 1800 s; ``benchmarks/smoothing_bias.py``):
+``gauss-seed`` is 3 % low at the FoV centre and 10 % high in the outermost bin; the others
+have no bias that 400 Poisson draws can see (every bin within 0.3 %, at most 3 sigma).
+"""
 
 import logging
 
 import numpy as np
 
-from .config import SMOOTHING_METHODS
+from .errors import BkgdbError
 
-__all__ = ["BackgroundSmoother"]
+__all__ = ["BackgroundSmoother", "SMOOTHING_METHODS", "reference_profile", "local_quadratic_weights"]
 
 log = logging.getLogger(__name__)
 
+#: Smoothing method names; `bkgdb.config` and the CLI list these.
+SMOOTHING_METHODS = ("gauss", "gauss-seed", "poly", "spline", "none")
 
-class BackgroundSmoother:
-    """Smooths a background rate along offset; the result is never negative.
+#: Kernel weights below exp(-8) (beyond 4 sigma) are dropped.
+KERNEL_CUTOFF_SIGMA = 4.0
+
+
+def _offset_centres(binning):
+    edges = np.asarray(binning.offset_edges, float)
+    return 0.5 * (edges[1:] + edges[:-1]), float(np.mean(np.diff(edges))), bool(edges[0] == 0)
+
+
+def reference_profile(counts, exposure, offset, terms=3, iterations=50):
+    """A smooth, positive radial shape fitted to counts by Poisson likelihood.
+
+    ``log P = a + b r + c r**2`` (``terms`` coefficients) with ``exposure`` (s MeV sr, or any
+    number proportional to it) as the Poisson exposure, fitted by iteratively reweighted least
+    squares. Returned scaled to a maximum of 1. Falls back to fewer terms, and finally to a flat
+    profile, when the counts do not constrain the fit.
 
     Parameters
     ----------
-    method : {"gauss", "poly", "spline", "none"}
-        ``gauss``: gammapy-tools' method: the 2D rate is turned into a `Background3D`, each energy
-        slice is filtered with a Gaussian of ``sigma`` bins and turned back into 2D.
-        ``poly``: a polynomial in offset per energy slice, Poisson-weighted, of degree below the
-        number of offset bins. ``spline``: a Poisson-weighted smoothing spline in offset per
-        energy slice. ``none``: the rate as summed.
+    counts, exposure, offset : `~numpy.ndarray`
+        Counts, exposure and centre (deg) of each offset bin.
+    terms : int, optional
+        Number of polynomial coefficients of ``log P``. Default is 3.
+    iterations : int, optional
+        Most IRLS iterations. Default is 50.
+    """
+    counts, exposure, offset = (np.asarray(a, float) for a in (counts, exposure, offset))
+    used = exposure > 0
+    terms = min(terms, int(np.sum(used & (counts > 0))))
+    while terms >= 1:
+        design = np.vander(offset, terms, increasing=True)
+        coefficients = np.zeros(terms)
+        coefficients[0] = np.log(counts[used].sum() / exposure[used].sum())
+        for _ in range(iterations):
+            linear = np.clip(design @ coefficients, -700, 700)
+            expected = exposure * np.exp(linear)
+            weights = np.where(used, expected, 0.0)
+            working = linear + np.divide(counts - expected, expected, out=np.zeros_like(expected),
+                                         where=expected > 0)
+            matrix = design.T @ (weights[:, np.newaxis] * design)
+            try:
+                update = np.linalg.solve(matrix, design.T @ (weights * working))
+            except np.linalg.LinAlgError:
+                break
+            if not np.all(np.isfinite(update)):
+                break
+            converged = np.max(np.abs(update - coefficients)) < 1e-9
+            coefficients = update
+            if converged:
+                linear = design @ coefficients
+                return np.exp(np.clip(linear - linear.max(), -700, 0))
+        terms -= 1
+    return np.ones(len(offset))
+
+
+def local_quadratic_weights(offset, exposure, sigma, width, reflect):
+    """Linear weights ``W`` such that ``W @ counts`` is the Gaussian-weighted local quadratic fit.
+
+    At each offset ``r_i`` the rate ``counts / exposure`` is fitted with ``a + b (r - r_i) +
+    c (r - r_i)**2``, each bin weighted by ``exp(-(r - r_i)**2 / (2 (sigma width)**2)) x
+    exposure`` (its Poisson information for a locally constant rate), and ``a`` is the estimate.
+    As ``exposure x rate`` is the expected count, ``a`` is linear in the counts and exact for any
+    locally quadratic rate: no curvature or edge bias. With ``reflect`` the bins are mirrored at
+    offset 0 (a symmetry point of the 2D FoV). The degree drops to 1, then 0, where too few
+    exposed bins are within reach.
+
+    Parameters
+    ----------
+    offset : `~numpy.ndarray`
+        Bin centres (deg).
+    exposure : `~numpy.ndarray`
+        Exposure of each bin (s MeV sr), 0 for bins without any.
+    sigma : float
+        Kernel width in bins.
+    width : float
+        Bin width (deg).
+    reflect : bool
+        Mirror the bins at offset 0.
+    """
+    n_bins = len(offset)
+    index = np.arange(n_bins)
+    positions, information = np.asarray(offset, float), np.asarray(exposure, float)
+    if reflect:
+        positions = np.concatenate([-positions[::-1], positions])
+        information = np.concatenate([information[::-1], information])
+        index = np.concatenate([index[::-1], index])
+    fold = np.zeros((len(positions), n_bins))  # mirrored bins add to the bin they mirror
+    fold[np.arange(len(positions)), index] = 1.0
+    distance = (positions[np.newaxis, :] - np.asarray(offset, float)[:, np.newaxis]) / width  # in bins
+    scaled = distance / sigma
+    kernel = np.where(np.abs(scaled) <= KERNEL_CUTOFF_SIGMA, np.exp(-0.5 * scaled ** 2), 0.0)
+    fit_weight = kernel * information[np.newaxis, :]
+    weights = np.zeros((n_bins, n_bins))
+    todo = np.ones(n_bins, dtype=bool)
+    for degree in (2, 1, 0):
+        if not todo.any():
+            break
+        rows = np.flatnonzero(todo)
+        design = distance[rows][..., np.newaxis] ** np.arange(degree + 1)  # (row, bin, power)
+        matrix = np.einsum("rbp,rb,rbq->rpq", design, fit_weight[rows], design)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            solvable = (np.count_nonzero(fit_weight[rows], axis=1) > degree) & (np.linalg.cond(matrix) < 1e10)
+        if not solvable.any():
+            continue
+        rows, design, matrix = rows[solvable], design[solvable], matrix[solvable]
+        # Weighted least squares on counts / exposure: fit_weight * rate == kernel * counts.
+        right = np.swapaxes(design, 1, 2) * kernel[rows][:, np.newaxis, :]
+        weights[rows] = np.linalg.solve(matrix, right)[:, 0, :] @ fold
+        todo[rows] = False
+    return weights
+
+
+class BackgroundSmoother:
+    """Smooths a background rate along offset, per energy slice; the result is never negative.
+
+    Parameters
+    ----------
+    method : {"gauss", "gauss-seed", "poly", "spline", "none"}
+        ``gauss``: a Gaussian of ``sigma`` offset bins, as a local quadratic fit of the ratio of
+        each slice to the reference profile (see the module docstring), weighted by exposure x
+        solid angle and mirrored at offset 0. Chosen by measurement (bias without noise, 12 x 10
+        bins to 2.5 deg, sigma 1 bin, Gaussian profiles of 1.5 and 0.8 deg): a Gaussian average
+        weighted by exposure x solid angle (normalised convolution, mirrored at 0) is -3 % at the
+        centre and +14 % in the outermost bin (-9 % and +77 % at 0.8 deg): curvature and the
+        one-sided edge; a local linear fit -2 % at the centre (up to 23 % at 0.8 deg); a local
+        quadratic fit of the rate itself 0.1 % (up to 4 % at 0.8 deg); the quadratic fit of the
+        ratio 0 for Gaussian profiles of any width, 0.16 % for a width growing with energy and
+        0.65 % for a flat-topped profile, with the same noise as the plain quadratic fit.
+        ``gauss-seed``: VERITAS gammapy-tools' method, kept to reproduce its results and biased:
+        the 2D rate becomes a `Background3D` (0 beyond the largest offset), each energy slice is
+        filtered with a Gaussian of ``sigma`` pixels in 2D and read back at the pixel centres
+        along one axis; measured -3 % at the centre and +10 % in the outermost offset bin.
+        ``poly``: ``P(offset) x`` a polynomial in offset of degree ``degree`` (capped below the
+        number of exposed bins), fitted by Poisson likelihood per energy slice.
+        ``spline``: ``P(offset) x`` a cubic smoothing spline (smoothing factor
+        ``spline_smoothing``), weighted with the expected counts, per energy slice.
+        ``none``: the rate as summed.
     sigma : float, optional
-        Width of the Gaussian, in bins. Default is 1.
+        Width of the Gaussian, in offset bins. Default is 1.
     degree : int, optional
-        Polynomial degree (capped at offset bins - 1). Default is 3.
+        Polynomial degree. Default is 3.
     spline_smoothing : float, optional
-        The spline's smoothing factor ``s``. Default is the number of offset bins.
+        The spline's smoothing factor ``s`` (its allowed chi-square). Default is the number of
+        exposed offset bins.
     """
 
     available_methods = SMOOTHING_METHODS
 
-    def __init__(self, method="none", sigma=1.0, degree=3, spline_smoothing=None):
+    def __init__(self, method: str = "none", sigma: float = 1.0, degree: int = 3,
+                 spline_smoothing: float | None = None):
         if method not in self.available_methods:
             raise ValueError(f"smoothing method {method!r} is not one of {', '.join(self.available_methods)}")
         self.method = method
-        self.sigma = sigma
-        self.degree = degree
+        self.sigma = float(sigma)
+        self.degree = int(degree)
         self.spline_smoothing = spline_smoothing
 
-    def run(self, background):
-        """The smoothed rate (s-1 MeV-1 sr-1) of an `~bkgdb.assembly.AssembledBackground`."""
+    def run(self, background) -> np.ndarray:
+        """The smoothed rate (s-1 MeV-1 sr-1) of an `~bkgdb.assembly.AssembledBackground`.
+
+        Never negative, always finite; bins without exposure get the smoothed value at their
+        offset where neighbours allow (``gauss``, ``poly``, ``spline``).
+        """
         rate = background.rate
         if self.method == "none":
             return rate
-        smoothed = getattr(self, f"make_{self.method}")(background, rate)
-        return np.clip(np.nan_to_num(smoothed, nan=0.0, posinf=0.0), 0.0, None)
+        make = {"gauss": self.make_gauss, "gauss-seed": self.make_gauss_seed, "poly": self.make_poly,
+                "spline": self.make_spline}[self.method]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            smoothed = make(background, rate)
+        return np.clip(np.nan_to_num(smoothed, nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
+
+    @staticmethod
+    def profile(background) -> np.ndarray:
+        """The reference radial profile of ``background``: see `reference_profile`."""
+        offset, _, _ = _offset_centres(background.binning)
+        return reference_profile(background.counts.sum(axis=0), background.denominator.sum(axis=0), offset)
 
     def make_gauss(self, background, rate):
+        offset, width, reflect = _offset_centres(background.binning)
+        profile = self.profile(background)
+        denominator = background.denominator
+        smoothed = np.zeros(rate.shape)
+        for index in range(rate.shape[0]):
+            if background.counts[index].sum() == 0:
+                continue
+            weights = local_quadratic_weights(offset, denominator[index] * profile, self.sigma, width, reflect)
+            smoothed[index] = profile * (weights @ background.counts[index])
+        return smoothed
+
+    def make_gauss_seed(self, background, rate):
         from scipy.ndimage import gaussian_filter
 
         from .assembly import fill_empty_bins
 
+        # gammapy's interpolation needs two nodes per axis, and to_3d / to_2d a FoV from offset 0.
+        if min(rate.shape) < 2 or background.binning.offset_edges[0] != 0:
+            raise BkgdbError("smoothing gauss-seed needs at least 2 energy and 2 offset bins, from offset 0")
         # to_3d interpolates in log scale: empty bins would explode there, so fill them first.
         cube = background.to_background2d(fill_empty_bins(rate, background)).to_3d()
         data = cube.data
@@ -61,31 +241,54 @@ class BackgroundSmoother:
         cube.data = data
         return cube.to_2d().data
 
-    def _slices(self, background, rate):
-        """Energy slices worth fitting: (index, offset centres, rate, error, exposed-bin mask)."""
-        centres = 0.5 * (background.binning.offset_edges[1:] + background.binning.offset_edges[:-1])
-        error = background.rate_error
-        for index in range(rate.shape[0]):
-            exposed = error[index] > 0
+    def _slices(self, background):
+        """Energy slices worth fitting: (index, counts, exposure x profile, exposed mask)."""
+        profile = self.profile(background)
+        denominator = background.denominator
+        for index in range(background.counts.shape[0]):
+            exposed = denominator[index] > 0
             if background.counts[index].sum() == 0 or exposed.sum() < 2:
                 continue
-            yield index, centres, rate[index], error[index], exposed
+            yield index, background.counts[index].astype(float), denominator[index] * profile, exposed, profile
+
+    @staticmethod
+    def _flat_ratio(counts, exposure, exposed):
+        """First guess of ``rate / profile`` for the fit weights: the slice's mean ratio.
+
+        The ratio to the profile is nearly flat, and a constant does not follow the counts of
+        single bins, so the weights do not favour downward fluctuations.
+        """
+        return np.full(len(counts), counts[exposed].sum() / exposure[exposed].sum())
 
     def make_poly(self, background, rate):
+        offset, _, _ = _offset_centres(background.binning)
         smoothed = rate.copy()
-        for index, x, y, sigma, use in self._slices(background, rate):
-            degree = min(self.degree, use.sum() - 1)
-            coefficients = np.polyfit(x[use], y[use], degree, w=1.0 / sigma[use])
-            smoothed[index] = np.polyval(coefficients, x)
+        for index, counts, exposure, exposed, profile in self._slices(background):
+            ratio = self._flat_ratio(counts, exposure, exposed)
+            mean = ratio[0]
+            degree = min(self.degree, int(exposed.sum()) - 1)
+            design = np.vander(offset[exposed], degree + 1, increasing=True)
+            observed = counts[exposed] / exposure[exposed]
+            for _ in range(4):  # Poisson likelihood by reweighting: information = exposure / expected
+                information = exposure[exposed] / np.maximum(ratio[exposed], 0.05 * mean)
+                coefficients, *_ = np.linalg.lstsq(design * np.sqrt(information)[:, np.newaxis],
+                                                   observed * np.sqrt(information), rcond=None)
+                ratio = np.vander(offset, degree + 1, increasing=True) @ coefficients
+            smoothed[index] = profile * ratio
         return smoothed
 
     def make_spline(self, background, rate):
         from scipy.interpolate import UnivariateSpline
 
+        offset, _, _ = _offset_centres(background.binning)
         smoothed = rate.copy()
-        for index, x, y, sigma, use in self._slices(background, rate):
-            n = int(use.sum())
-            spline = UnivariateSpline(x[use], y[use], w=1.0 / sigma[use], k=min(3, n - 1),
-                                      s=self.spline_smoothing if self.spline_smoothing is not None else n)
-            smoothed[index] = spline(x)
+        for index, counts, exposure, exposed, profile in self._slices(background):
+            pilot = self._flat_ratio(counts, exposure, exposed)
+            n_exposed = int(exposed.sum())
+            observed = counts[exposed] / exposure[exposed]
+            # 1 / error of counts / exposure, from the expected (not the observed) counts.
+            weight = np.sqrt(exposure[exposed] / pilot[exposed])
+            smoothing = self.spline_smoothing if self.spline_smoothing is not None else n_exposed
+            spline = UnivariateSpline(offset[exposed], observed, w=weight, k=min(3, n_exposed - 1), s=smoothing)
+            smoothed[index] = profile * spline(offset)
         return smoothed

@@ -68,16 +68,17 @@ def test_fitted_smoothing_reduces_noise(method):
     assert np.all(smoothed >= 0)
 
 
-def test_gauss_smoothing_is_the_background3d_route():
+@pytest.mark.parametrize("method", ["gauss", "gauss-seed"])
+def test_gauss_smoothing_spreads_a_spike(method):
     truth = BackgroundTruth()
     pieces, _ = poisson_pieces(truth, n_runs=2)
     background = assemble_background(pieces, BINNING)
-    smoothed = BackgroundSmoother("gauss", sigma=1.0).run(background)
+    smoothed = BackgroundSmoother(method, sigma=1.0).run(background)
     assert smoothed.shape == BINNING.shape and np.all(smoothed >= 0)
     # Smoothing spreads a single bright bin to its neighbours.
     spike = np.zeros(BINNING.shape, dtype=np.int64)
     spike[5, 4] = 1000
-    spread = BackgroundSmoother("gauss", sigma=1.0).run(assemble_background([piece(spike)], BINNING))
+    spread = BackgroundSmoother(method, sigma=1.0).run(assemble_background([piece(spike)], BINNING))
     assert spread[5, 3] > 0 and spread[5, 5] > 0 and spread[5, 4] < assemble_background([piece(spike)], BINNING).rate[5, 4]
 
 
@@ -90,7 +91,7 @@ def test_polynomial_degree_is_capped_below_the_number_of_bins():
 
 
 def test_unknown_smoothing_method():
-    with pytest.raises(ValueError, match="gauss, poly, spline, none"):
+    with pytest.raises(ValueError, match="gauss, gauss-seed, poly, spline, none"):
         BackgroundSmoother("boxcar")
 
 
