@@ -169,6 +169,27 @@ def test_overwrite_replaces_an_earlier_attach_and_clears_leftovers(catalogue, da
     assert snapshot(out) == {**reference, "notes.txt": hashlib.sha256(b"mine").hexdigest()}  # same bytes again
 
 
+def test_an_interrupted_overwrite_leaves_no_index_files(catalogue, datastore_copy, config, tmp_path):
+    """Ctrl-C after two runs of a rerun: the earlier index files are gone, so the folder is not taken as complete."""
+    catalogue.index(datastore_copy, config=config)
+    builder = BackgroundBuilder(catalogue, config)
+    out = tmp_path / "out"
+    attach_backgrounds(builder, datastore_copy, out)
+
+    def interrupt(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        attach_backgrounds(builder, datastore_copy, out, progress=interrupt, overwrite=True)
+    assert sorted(path.name for path in out.iterdir()) == ["data"]
+    assert len(list((out / "data").iterdir())) == 5  # two replaced, three from before; all complete
+    for path in (out / "data").iterdir():
+        with fits.open(path) as hdul:
+            hdul.verify("exception")
+    assert len(attach_backgrounds(builder, datastore_copy, out, overwrite=True).written) == 5
+
+
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     path = tmp_path / "run.fits.gz"
     write_fits(fits.HDUList([fits.PrimaryHDU(np.arange(3))]), path)
