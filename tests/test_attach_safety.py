@@ -82,7 +82,7 @@ def one_line_error(result):
     (lambda target: target, "is the target datastore"),
     (lambda target: target / "attached", "is inside the target datastore"),
     (lambda target: target.parent, "contains the target datastore"),
-])
+], ids=["target", "inside", "around"])
 def test_out_is_never_the_target_inside_it_or_around_it(catalogue, datastore_copy, where, message):
     before = snapshot(datastore_copy)
     with pytest.raises(UnsafeDestination, match=message):
