@@ -267,8 +267,12 @@ def attach(
     jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Workers for indexing the target."),
     where: list[str] = typer.Option(None, "--where", "-w", metavar="COND",
                                     help="Extra selection condition on catalogue columns; repeat to AND."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Write into a non-empty --out, replacing an earlier attach's files. "
+                                        "Files of the target or of catalogued datastores are never replaced."),
 ):
     """Write a copy of a datastore whose runs carry bkgdb backgrounds (gammapy opens it as is)."""
+    from .attach import attach_backgrounds, check_attach_destination
     from .background import BackgroundBuilder
 
     settings = with_conditions(read_config(config), where)
@@ -277,12 +281,14 @@ def attach(
     if target is None or out_dir is None:
         raise BkgdbError("give the target datastore and --out (or io.in_dir and io.out_dir in the config)")
     catalogue = open_catalogue()
+    # Refuse an unsafe --out before the (possibly long) indexing.
+    check_attach_destination(catalogue, target, out_dir, overwrite)
     # The target's runs need catalogue rows and pieces of their own (incremental, usually nothing to do).
     index_with_progress(catalogue, target, settings, jobs or settings.njobs)
     with progress_bar("attaching") as bar:
         task = bar.add_task("attach", total=None)
-        result = BackgroundBuilder(catalogue, settings).attach(
-            target, out_dir, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        result = attach_backgrounds(BackgroundBuilder(catalogue, settings), target, out_dir, overwrite=overwrite,
+                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
     for obs_id, reason in result.skipped:
         err.print(f"no background: run {obs_id}: {reason}", highlight=False, markup=False)
     out.print(result.summary(), highlight=False)

@@ -78,6 +78,7 @@ def run_demo(folder="bkgdb-demo", url=None, jobs=2, progress=None):
     """
     from gammapy.data import DataStore
 
+    from .attach import attach_backgrounds
     from .background import BackgroundBuilder
     from .catalogue import RunCatalogue
     from .validation import fov_background_norm
@@ -106,7 +107,8 @@ def run_demo(folder="bkgdb-demo", url=None, jobs=2, progress=None):
     index_report = catalogue.index(datastore, config=config, jobs=jobs)
     say("building and attaching backgrounds ...")
     attached = folder / "with-backgrounds"
-    attach_report = BackgroundBuilder(catalogue, config).attach(datastore, attached)
+    # A rerun of the demo replaces its own earlier output (never the simulated datastore's files).
+    attach_report = attach_backgrounds(BackgroundBuilder(catalogue, config), datastore, attached, overwrite=True)
 
     # Check one source-field run against the truth, reading back what gammapy reads.
     target = obs_ids[-1]

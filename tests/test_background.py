@@ -13,6 +13,7 @@ from gammapy.data import DataStore
 from gammapy.irf import Background2D, Background3D
 from sqlalchemy.orm import Session
 
+from bkgdb.attach import UnsafeDestination, attach_backgrounds
 from bkgdb.background import BackgroundBuilder
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.demo import bin_centres
@@ -138,8 +139,10 @@ def test_attach_writes_a_datastore_gammapy_opens(catalogue, fields, tmp_path):
     assert isinstance(observation.bkg, Background2D) and observation.bkg.data.sum() > 0
     assert len(observation.events.table) == len(fits.getdata(source / "data" / "run_000105.fits.gz", "EVENTS"))
     assert {path.name: path.read_bytes() for path in (source / "data").iterdir()} == before  # untouched
-    # Again into the same folder: the background is replaced, not added twice.
-    BackgroundBuilder(catalogue, config).attach(source, tmp_path / "out")
+    # Again into the same folder (which needs overwrite): the background is replaced, not added twice.
+    with pytest.raises(UnsafeDestination, match="is not empty: pass --overwrite"):
+        BackgroundBuilder(catalogue, config).attach(source, tmp_path / "out")
+    attach_backgrounds(BackgroundBuilder(catalogue, config), source, tmp_path / "out", overwrite=True)
     with fits.open(tmp_path / "out" / "data" / "run_000105.fits.gz") as hdul:
         assert [hdu.name for hdu in hdul].count("BKG") == 1
 
