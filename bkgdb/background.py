@@ -243,8 +243,8 @@ class BackgroundBuilder:
             session.commit()
         return built
 
-    def attach(self, target_datastore, out_dir, progress=None):
+    def attach(self, target_datastore, out_dir, progress=None, overwrite=False):
         """Write a copy of a datastore whose runs carry backgrounds; see `~bkgdb.attach.attach_backgrounds`."""
         from .attach import attach_backgrounds
 
-        return attach_backgrounds(self, target_datastore, out_dir, progress=progress)
+        return attach_backgrounds(self, target_datastore, out_dir, progress=progress, overwrite=overwrite)
