@@ -169,12 +169,13 @@ def checked_obs_ids(table: Table, what: str, path: Path, unique: bool) -> np.nda
     kind = values.dtype.kind
     if kind not in "iuf":
         sample = json_safe(values[0]) if len(values) else ""
-        raise DatastoreError(f"{prefix} OBS_ID must be integers, the column holds {values.dtype} values "
+        what = {"S": "text", "U": "text", "b": "boolean"}.get(kind, str(values.dtype))
+        raise DatastoreError(f"{prefix} OBS_ID must be integers, the column holds {what} values "
                              f"(row 1: {sample!r})")
     if kind == "f":
         bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
         if len(bad):
-            raise DatastoreError(f"{prefix} OBS_ID {values[bad[0]]!r} in row {bad[0] + 1} is not an integer")
+            raise DatastoreError(f"{prefix} OBS_ID {float(values[bad[0]])!r} in row {bad[0] + 1} is not an integer")
     # Compared as Python integers: uint64 values above 2**63 and int64 values below 0 both fail.
     out_of_range = [row for row, value in enumerate(values.tolist())
                     if not 0 <= int(value) < OBS_ID_LIMIT]
