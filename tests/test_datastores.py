@@ -9,6 +9,7 @@ cases damage a copy of the simulated datastore.
 import gzip
 import re
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,13 @@ def events_location(observation):
     return location
 
 
+@lru_cache(maxsize=None)
+def gammapy_datastore(folder):
+    from gammapy.data import DataStore
+
+    return DataStore.from_dir(folder)
+
+
 #: What gammapy reads per (folder, OBS_ID): the path it opens and the events it finds in range.
 _gammapy_cache = {}
 
@@ -58,9 +66,7 @@ def gammapy_events(folder, obs_id, binning):
     """The resolved path gammapy opens for a run's events, its event count, and its events in range."""
     key = (str(folder), obs_id, binning.hash)
     if key not in _gammapy_cache:
-        from gammapy.data import DataStore
-
-        observation = DataStore.from_dir(folder).obs(obs_id, required_irf="all-optional")
+        observation = gammapy_datastore(folder).obs(obs_id, required_irf="all-optional")
         path = Path(events_location(observation).path()).resolve()
         table = observation.events.table
         header = observation.events.table.meta
