@@ -121,6 +121,32 @@ def test_failed_public_run_cannot_be_opened_by_gammapy_either(magic_joint_crab):
         observation.events
 
 
+def test_veritas_runs_get_backgrounds_that_gammapy_opens(catalogue, tmp_path):
+    """The seed instrument's public runs, end to end: index, attach, open the result in gammapy."""
+    import yaml
+    from gammapy.data import DataStore
+
+    from bkgdb.background import BackgroundBuilder
+    from bkgdb.config import BkgdbConfig
+
+    folder = gammapy_data_path("veritas", "crab-point-like-ED")
+    gammapy_data_path("catalogs")
+    values = yaml.safe_load(CONFIG.read_text())
+    values["background_selection"]["gal_lat_min"] = 0  # the Crab is at b = -5.8 deg
+    values["io"]["from_run"] = True  # four runs of one field: each run's own piece
+    config = BkgdbConfig.from_dict(values)
+    catalogue.index(folder, config=config)
+
+    report = BackgroundBuilder(catalogue, config).attach(folder, tmp_path / "attached")
+    assert (sorted(report.written), report.skipped) == ([64080, 64081, 64082, 64083], [])
+    attached = DataStore.from_dir(tmp_path / "attached")
+    for obs_id in report.written:
+        observation = attached.obs(obs_id, required_irf="point-like")
+        assert observation.bkg.data.shape == config.binning.shape
+        assert observation.bkg.data.sum() > 0
+        assert len(observation.events.table) == catalogue.select_runs([f"obs_id={obs_id}"])[0].event_count
+
+
 # -- index tables as gammapy reads them -----------------------------------------------------------
 
 
