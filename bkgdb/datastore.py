@@ -269,6 +269,7 @@ class DL3Datastore:
                                  f"{'s' if len(absent) > 1 else ''} (it needs {', '.join(HDU_INDEX_COLUMNS)})")
         self.obs_ids = checked_obs_ids(self.obs_table, "obs-index", self.obs_index_path, unique=True)
         self._hdu_obs_ids = checked_obs_ids(hdu_table, "hdu-index", self.hdu_index_path, unique=False)
+        self._resolved_folders = {}
         self._locations = self._events_locations(hdu_table)
         base_dir = hdu_table.meta.get("BASE_DIR")
         if base_dir is not None:
@@ -289,10 +290,14 @@ class DL3Datastore:
         """{obs_id: (path, hdu_name, problem)} from the hdu-index rows of HDU type ``events``."""
         locations = {}
         other_case = {}
-        for obs_id, row in zip(self._hdu_obs_ids.tolist(), hdu_table):
-            hdu_type = _text(row["HDU_TYPE"])
+        obs_ids = self._hdu_obs_ids.tolist()
+        # Column by column: row access in astropy costs microseconds a cell, and archives have
+        # hundreds of thousands of hdu-index rows.
+        hdu_types = [_text(value) for value in hdu_table["HDU_TYPE"]]
+        for index, hdu_type in enumerate(hdu_types):
             if hdu_type is None or hdu_type.lower() != "events":
                 continue
+            obs_id = obs_ids[index]
             if hdu_type != "events":
                 other_case.setdefault(obs_id, hdu_type)
                 continue
@@ -300,18 +305,27 @@ class DL3Datastore:
                 log.warning("hdu-index %s lists several events HDUs for OBS_ID %s: the first one is used, "
                             "as gammapy does", self.hdu_index_path, obs_id)
                 continue
+            row = hdu_table[index]
             file_dir = _text(row["FILE_DIR"]) or ""
             file_name, hdu_name = _text(row["FILE_NAME"]), _text(row["HDU_NAME"])
             if file_name is None or hdu_name is None:
                 missing = "FILE_NAME" if file_name is None else "HDU_NAME"
                 locations[obs_id] = (None, None, f"the hdu-index events row of this run has no {missing}")
                 continue
-            locations[obs_id] = ((self.path / file_dir / file_name).resolve(), hdu_name, None)
+            locations[obs_id] = (self._resolved(self.path / file_dir / file_name), hdu_name, None)
         for obs_id, hdu_type in other_case.items():
             if obs_id not in locations:
                 locations[obs_id] = (None, None, f"the hdu-index gives this run's events HDU_TYPE {hdu_type!r}; "
                                                  "gammapy reads only 'events' (lower case)")
         return locations
+
+    def _resolved(self, path):
+        """``path.resolve()``, resolving each folder once (a run's file is usually among thousands)."""
+        folder = self._resolved_folders.get(path.parent)
+        if folder is None:
+            folder = self._resolved_folders[path.parent] = path.parent.resolve()
+        path = folder / path.name
+        return path.resolve() if path.is_symlink() else path
 
     def runs(self):
         """The runs of the obs-index, in its order.
