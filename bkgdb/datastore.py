@@ -41,7 +41,7 @@ from .errors import DatastoreError
 
 __all__ = [
     "DL3Datastore", "RunSource", "RunFacts", "RunReadError", "EventList", "read_events", "read_run_facts",
-    "read_index_table", "NO_EVENTS_HDU",
+    "read_index_table", "checked_obs_ids", "one_line", "NO_EVENTS_HDU",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,8 +169,8 @@ def checked_obs_ids(table: Table, what: str, path: Path, unique: bool) -> np.nda
     kind = values.dtype.kind
     if kind not in "iuf":
         sample = json_safe(values[0]) if len(values) else ""
-        what = {"S": "text", "U": "text", "b": "boolean"}.get(kind, str(values.dtype))
-        raise DatastoreError(f"{prefix} OBS_ID must be integers, the column holds {what} values "
+        held = {"S": "text", "U": "text", "b": "boolean"}.get(kind, str(values.dtype))
+        raise DatastoreError(f"{prefix} OBS_ID must be integers, the column holds {held} values "
                              f"(row 1: {sample!r})")
     if kind == "f":
         bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
@@ -185,7 +185,7 @@ def checked_obs_ids(table: Table, what: str, path: Path, unique: bool) -> np.nda
                              "(OBS_IDs are stored as 64-bit signed integers)")
     obs_ids = values.astype(np.int64)
     if unique and len(obs_ids):
-        found, first_rows, counts = np.unique(obs_ids, return_index=True, return_counts=True)
+        found, counts = np.unique(obs_ids, return_counts=True)
         if (counts > 1).any():
             duplicate = found[counts > 1][0]
             rows = np.flatnonzero(obs_ids == duplicate) + 1
