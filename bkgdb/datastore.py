@@ -3,12 +3,32 @@
 A datastore is a folder with ``obs-index.fits[.gz]`` and ``hdu-index.fits[.gz]``, the layout
 `gammapy.data.DataStore.from_dir` opens. This module reads it with astropy only, so a broken
 run file is reported for that run instead of stopping the whole index.
+
+The index tables are read as gammapy reads them, so a run's event file is the one
+``DataStore.from_dir(folder).obs(obs_id)`` opens:
+
+- files are joined as ``folder / FILE_DIR / FILE_NAME``, ``folder`` being the folder given (the
+  hdu-index's own ``BASE_DIR`` keyword is ignored, as gammapy overwrites it);
+- a masked (empty) ``FILE_DIR`` means the folder itself;
+- ``HDU_TYPE``, ``FILE_DIR``, ``FILE_NAME`` and ``HDU_NAME`` are stripped of blanks, and
+  ``HDU_TYPE`` is compared with ``events`` as is: gammapy finds no ``EVENTS`` (upper case) row;
+- when several events rows name one run, the first one counts.
+
+An index whose OBS_IDs are not integers in 0 ... 2**63 - 1, or whose obs-index lists an OBS_ID
+twice, is refused as a whole (`DatastoreError`): the OBS_ID is the run's key, so such a run
+could not even be recorded as failed. A run whose events row lacks ``FILE_NAME`` or ``HDU_NAME``
+is indexed as failed with that reason, and the other runs are indexed.
 """
 
+import gzip
 import hashlib
+import io
 import json
 import logging
 import math
+import os
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -21,12 +41,21 @@ from .errors import DatastoreError
 
 __all__ = [
     "DL3Datastore", "RunSource", "RunFacts", "RunReadError", "EventList", "read_events", "read_run_facts",
+    "read_index_table", "checked_obs_ids", "one_line", "NO_EVENTS_HDU",
 ]
 
 log = logging.getLogger(__name__)
 
 OBS_INDEX_NAMES = ("obs-index.fits.gz", "obs-index.fits")
 HDU_INDEX_NAMES = ("hdu-index.fits.gz", "hdu-index.fits")
+#: Columns gammapy needs in an hdu-index to locate an HDU.
+HDU_INDEX_COLUMNS = ("OBS_ID", "HDU_TYPE", "HDU_CLASS", "FILE_DIR", "FILE_NAME", "HDU_NAME")
+#: OBS_IDs are stored as 64-bit signed integers.
+OBS_ID_LIMIT = 2**63
+#: Why a run without an events row in the hdu-index cannot be read.
+NO_EVENTS_HDU = "the hdu-index lists no events HDU for this run"
+#: Longest error reason kept from a library's message.
+REASON_LENGTH = 200
 
 
 class RunReadError(Exception):
@@ -54,11 +83,125 @@ def json_safe(value):
     return str(value)
 
 
+def one_line(text, limit=REASON_LENGTH):
+    """The first non-empty line of a message, at most ``limit`` characters."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def _find_index_file(folder, names, what):
     for name in names:
         if (folder / name).is_file():
             return folder / name
     raise DatastoreError(f"{folder} has no {what} ({' or '.join(names)}): not a DL3 datastore")
+
+
+def read_index_table(path: Path, what: str) -> Table:
+    """Read the first table of an index file as gammapy does, or say in one line what is wrong.
+
+    Parameters
+    ----------
+    path : `~pathlib.Path`
+        The ``obs-index`` or ``hdu-index`` file, gzip-compressed or not.
+    what : str
+        Its name in messages (``"obs-index"``, ``"hdu-index"``).
+
+    Returns
+    -------
+    table : `~astropy.table.Table`
+        Masked where the file has empty (null) cells.
+
+    Raises
+    ------
+    DatastoreError
+        The file cannot be read, is truncated or holds no FITS table.
+    """
+    def refuse(reason):
+        return DatastoreError(f"cannot read the {what} {path}: {one_line(reason)}")
+
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise refuse(exc.strerror or exc) from None
+    if content[:2] == b"\x1f\x8b":
+        try:
+            content = gzip.decompress(content)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise refuse(f"damaged or truncated gzip data ({exc})") from None
+    if not content:
+        raise refuse("the file is empty")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # format="fits" as gammapy: astropy's format guessing would answer garbage with a table of
+        # every format it knows.
+        try:
+            table = Table.read(io.BytesIO(content), format="fits")
+        except Exception as exc:  # astropy raises OSError, ValueError, TypeError... for bad FITS
+            error = exc
+        else:
+            error = None
+    truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    for warning in caught:
+        log.debug("%s %s: %s", what, path, one_line(warning.message))
+    if truncated:
+        raise refuse(truncated[0])
+    if error is not None:
+        reason = one_line(error)
+        if reason == "No table found":
+            reason = "no table HDU in the file (damaged or truncated?)"
+        raise refuse(f"{type(error).__name__}: {reason}")
+    return table
+
+
+def checked_obs_ids(table: Table, what: str, path: Path, unique: bool) -> np.ndarray:
+    """The OBS_ID column as 64-bit integers, or a `DatastoreError` naming the first bad value.
+
+    OBS_IDs must be whole numbers in 0 ... 2**63 - 1 (a float column of whole numbers is
+    accepted); with ``unique``, each may appear once.
+    """
+    column = table["OBS_ID"]
+    prefix = f"{what} {path}:"
+    missing = np.flatnonzero(np.ma.getmaskarray(column))
+    if len(missing):
+        raise DatastoreError(f"{prefix} row {missing[0] + 1} has no OBS_ID")
+    values = np.asarray(column)
+    kind = values.dtype.kind
+    if kind not in "iuf":
+        sample = json_safe(values[0]) if len(values) else ""
+        held = {"S": "text", "U": "text", "b": "boolean"}.get(kind, str(values.dtype))
+        raise DatastoreError(f"{prefix} OBS_ID must be integers, the column holds {held} values "
+                             f"(row 1: {sample!r})")
+    if kind == "f":
+        bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
+        if len(bad):
+            raise DatastoreError(f"{prefix} OBS_ID {float(values[bad[0]])!r} in row {bad[0] + 1} is not an integer")
+    # Compared as Python integers: uint64 values above 2**63 and int64 values below 0 both fail.
+    out_of_range = [row for row, value in enumerate(values.tolist())
+                    if not 0 <= int(value) < OBS_ID_LIMIT]
+    if out_of_range:
+        row = out_of_range[0]
+        raise DatastoreError(f"{prefix} OBS_ID {int(values[row])} in row {row + 1} is outside 0 ... 2**63 - 1 "
+                             "(OBS_IDs are stored as 64-bit signed integers)")
+    obs_ids = values.astype(np.int64)
+    if unique and len(obs_ids):
+        found, counts = np.unique(obs_ids, return_counts=True)
+        if (counts > 1).any():
+            duplicate = found[counts > 1][0]
+            rows = np.flatnonzero(obs_ids == duplicate) + 1
+            raise DatastoreError(f"{prefix} OBS_ID {duplicate} is listed {len(rows)} times (rows "
+                                 f"{', '.join(map(str, rows[:5]))}): which row describes the run?")
+    return obs_ids
+
+
+def _text(value):
+    """A string cell stripped of blanks, or None when it is masked or empty."""
+    if value is np.ma.masked:
+        return None
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode("ascii", errors="replace")
+    text = str(value).strip()
+    return text or None
 
 
 @dataclass
@@ -71,23 +214,44 @@ class RunSource:
     #: The file holding the run's events, or None if the hdu-index names none.
     events_path: Path | None
     events_hdu: str | None
+    #: Why ``events_path`` is None: what the hdu-index lacks for this run.
+    events_problem: str | None = None
 
     @property
     def row_sha256(self):
         return hashlib.sha256(json.dumps(self.row, sort_keys=True).encode()).hexdigest()
 
+    @property
+    def missing_events_reason(self):
+        """Why this run's events cannot be located (for a run whose ``events_path`` is None)."""
+        return self.events_problem or NO_EVENTS_HDU
+
 
 class DL3Datastore:
-    """The index tables of a DL3 datastore folder.
+    """The index tables of a DL3 datastore folder, read as `gammapy.data.DataStore.from_dir` reads them.
 
     Parameters
     ----------
     path : str or `~pathlib.Path`
-        The datastore folder.
+        The datastore folder (``$VARIABLES`` and ``~`` are expanded).
+
+    Attributes
+    ----------
+    obs_table : `~astropy.table.Table`
+        The obs-index as read (masked where cells are empty).
+    hdu_table : `~astropy.table.Table`
+        The hdu-index as gammapy holds it: filled (an empty ``FILE_DIR`` is ``""``) and with
+        ``BASE_DIR`` set to the datastore folder.
+
+    Raises
+    ------
+    DatastoreError
+        The folder or an index file is missing or unreadable, a required column is missing, or
+        an OBS_ID is invalid.
     """
 
     def __init__(self, path):
-        path = Path(path).expanduser()
+        path = Path(os.path.expandvars(str(path))).expanduser()
         if not path.exists():
             raise DatastoreError(f"datastore folder does not exist: {path}")
         if not path.is_dir():
@@ -95,15 +259,26 @@ class DL3Datastore:
         self.path = path.resolve()
         self.obs_index_path = _find_index_file(self.path, OBS_INDEX_NAMES, "obs-index file")
         self.hdu_index_path = _find_index_file(self.path, HDU_INDEX_NAMES, "hdu-index file")
-        try:
-            self.obs_table = Table.read(self.obs_index_path, hdu=1)
-            self.hdu_table = Table.read(self.hdu_index_path, hdu=1)
-        except Exception as exc:  # astropy raises many kinds for a damaged index file
-            raise DatastoreError(f"cannot read the index files of {self.path}: {exc}") from None
-        for table, name, column in ((self.obs_table, "obs-index", "OBS_ID"),
-                                    (self.hdu_table, "hdu-index", "HDU_TYPE")):
-            if column not in table.colnames:
-                raise DatastoreError(f"{name} of {self.path} has no {column} column")
+        self.obs_table = read_index_table(self.obs_index_path, "obs-index")
+        hdu_table = read_index_table(self.hdu_index_path, "hdu-index")
+        if "OBS_ID" not in self.obs_table.colnames:
+            raise DatastoreError(f"obs-index {self.obs_index_path} has no OBS_ID column")
+        absent = [name for name in HDU_INDEX_COLUMNS if name not in hdu_table.colnames]
+        if absent:
+            raise DatastoreError(f"hdu-index {self.hdu_index_path} has no {', '.join(absent)} column"
+                                 f"{'s' if len(absent) > 1 else ''} (it needs {', '.join(HDU_INDEX_COLUMNS)})")
+        self.obs_ids = checked_obs_ids(self.obs_table, "obs-index", self.obs_index_path, unique=True)
+        self._hdu_obs_ids = checked_obs_ids(hdu_table, "hdu-index", self.hdu_index_path, unique=False)
+        self._resolved_folders = {}
+        self._locations = self._events_locations(hdu_table)
+        base_dir = hdu_table.meta.get("BASE_DIR")
+        if base_dir is not None:
+            log.debug("hdu-index BASE_DIR %r ignored, as gammapy does: files are relative to %s", base_dir, self.path)
+        if hasattr(hdu_table["FILE_DIR"], "fill_value"):
+            hdu_table["FILE_DIR"].fill_value = ""
+        hdu_table = hdu_table.filled()
+        hdu_table.meta["BASE_DIR"] = str(self.path)
+        self.hdu_table = hdu_table
 
     @property
     def meta(self):
@@ -111,15 +286,46 @@ class DL3Datastore:
         return {key: json_safe(value) for key, value in self.obs_table.meta.items()
                 if key not in ("comments", "history", "COMMENT", "HISTORY")}
 
-    def _events_locations(self):
+    def _events_locations(self, hdu_table):
+        """{obs_id: (path, hdu_name, problem)} from the hdu-index rows of HDU type ``events``."""
         locations = {}
-        hdu_type = np.char.strip(np.char.lower(np.asarray(self.hdu_table["HDU_TYPE"]).astype(str)))
-        for row in self.hdu_table[hdu_type == "events"]:
-            base = self.hdu_table.meta.get("BASE_DIR", "")
-            folder = self.path / str(base).strip() / str(row["FILE_DIR"]).strip()
-            path = (folder / str(row["FILE_NAME"]).strip()).resolve()
-            locations[int(row["OBS_ID"])] = (path, str(row["HDU_NAME"]).strip())
+        other_case = {}
+        obs_ids = self._hdu_obs_ids.tolist()
+        # Column by column: row access in astropy costs microseconds a cell, and archives have
+        # hundreds of thousands of hdu-index rows.
+        hdu_types = [_text(value) for value in hdu_table["HDU_TYPE"]]
+        for index, hdu_type in enumerate(hdu_types):
+            if hdu_type is None or hdu_type.lower() != "events":
+                continue
+            obs_id = obs_ids[index]
+            if hdu_type != "events":
+                other_case.setdefault(obs_id, hdu_type)
+                continue
+            if obs_id in locations:
+                log.warning("hdu-index %s lists several events HDUs for OBS_ID %s: the first one is used, "
+                            "as gammapy does", self.hdu_index_path, obs_id)
+                continue
+            row = hdu_table[index]
+            file_dir = _text(row["FILE_DIR"]) or ""
+            file_name, hdu_name = _text(row["FILE_NAME"]), _text(row["HDU_NAME"])
+            if file_name is None or hdu_name is None:
+                missing = "FILE_NAME" if file_name is None else "HDU_NAME"
+                locations[obs_id] = (None, None, f"the hdu-index events row of this run has no {missing}")
+                continue
+            locations[obs_id] = (self._resolved(self.path / file_dir / file_name), hdu_name, None)
+        for obs_id, hdu_type in other_case.items():
+            if obs_id not in locations:
+                locations[obs_id] = (None, None, f"the hdu-index gives this run's events HDU_TYPE {hdu_type!r}; "
+                                                 "gammapy reads only 'events' (lower case)")
         return locations
+
+    def _resolved(self, path):
+        """``path.resolve()``, resolving each folder once (a run's file is usually among thousands)."""
+        folder = self._resolved_folders.get(path.parent)
+        if folder is None:
+            folder = self._resolved_folders[path.parent] = path.parent.resolve()
+        path = folder / path.name
+        return path.resolve() if path.is_symlink() else path
 
     def runs(self):
         """The runs of the obs-index, in its order.
@@ -128,13 +334,11 @@ class DL3Datastore:
         -------
         runs : list of `RunSource`
         """
-        locations = self._events_locations()
         runs = []
-        for row in self.obs_table:
-            obs_id = int(row["OBS_ID"])
+        for obs_id, row in zip(self.obs_ids.tolist(), self.obs_table):
             values = {name: json_safe(row[name]) for name in self.obs_table.colnames}
-            events_path, events_hdu = locations.get(obs_id, (None, None))
-            runs.append(RunSource(obs_id, values, events_path, events_hdu))
+            events_path, events_hdu, problem = self._locations.get(obs_id, (None, None, None))
+            runs.append(RunSource(obs_id, values, events_path, events_hdu, problem))
         return runs
 
 

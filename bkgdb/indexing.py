@@ -64,7 +64,7 @@ def process_run(job):
     path = source.events_path
     try:
         if path is None:
-            raise RunReadError("the hdu-index lists no events HDU for this run")
+            raise RunReadError(source.missing_events_reason)
         try:
             stat = path.stat()
             content = path.read_bytes()
