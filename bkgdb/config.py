@@ -26,6 +26,7 @@ from .errors import ConfigError
 __all__ = [
     "ConfigWarning", "Binning", "ExclusionSettings", "CircleRegion", "SelectionSettings", "IOSettings", "BkgdbConfig",
     "load_config", "EXPOSURE_METHODS", "SMOOTHING_METHODS", "default_catalogue_path",
+    "MAX_ENERGY_BINS", "MAX_OFFSET_BINS", "MAX_BINS_PER_PIECE", "ENERGY_LIMITS_TEV", "MAX_RADIUS_DEG", "MAX_JOBS",
 ]
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ def _mapping(section, values):
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{section} must be a mapping of keys to values, got {type(values).__name__} {_shown(values)}")
+        raise ConfigError(f"{section} must be a mapping of keys to values, "
+                          f"got {type(values).__name__} {_shown(values)}")
     return dict(values)
 
 
@@ -160,7 +162,8 @@ class Binning:
             raise ConfigError(f"binning needs {low:g} <= e_min < e_max <= {high:g} (TeV), "
                               f"got e_min={self.e_min:g}, e_max={self.e_max:g}")
         if not 0 <= self.off_min < self.off_max <= 180:
-            raise ConfigError(f"binning needs 0 <= off_min < off_max <= 180 (deg), got {self.off_min:g}, {self.off_max:g}")
+            raise ConfigError(f"binning needs 0 <= off_min < off_max <= 180 (deg), "
+                              f"got {self.off_min:g}, {self.off_max:g}")
         if self.e_bins < 1 or self.off_bins < 1:
             raise ConfigError("binning needs at least one energy and one offset bin")
         if self.e_bins > MAX_ENERGY_BINS:
