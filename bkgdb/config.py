@@ -493,7 +493,7 @@ def _date(section, key, value):
 
 def _conditions(section, value):
     """``where``: one condition or a list of them, each checked for its form (``NAME OP VALUE``)."""
-    from .conditions import parse_condition
+    from .conditions import condition_expression, parse_condition, typed_column
     from .errors import ConditionError
 
     conditions = [value] if isinstance(value, str) else _sequence(section, "where", value)
@@ -502,7 +502,9 @@ def _conditions(section, value):
             raise ConfigError(f"{section}.where[{number}] must be a condition such as 'zenith<30', "
                               f"got {_shown(condition)}")
         try:
-            parse_condition(condition)
+            parsed = parse_condition(condition)
+            if typed_column(parsed.name) is not None:  # obs-index columns are known once a catalogue is open
+                condition_expression(parsed)
         except ConditionError as exc:
             raise ConfigError(f"{section}.where[{number}]: {exc}") from None
     return tuple(conditions)

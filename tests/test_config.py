@@ -108,6 +108,7 @@ def test_unknown_keys_warn_with_their_name(tmp_path):
     ("background_selection: {seasons: 2024}", "background_selection.seasons must be a list"),
     ("background_selection: {where: [zenith]}", r"where\[0\]: cannot parse condition 'zenith'"),
     ("background_selection: {where: [{a: 1}]}", r"where\[0\] must be a condition"),
+    ("background_selection: {where: ['zenith<30', 'zenith<inf']}", r"where\[1\]: zenith needs a finite number"),
     ("config: {njobs: 0}", "config.njobs must be a number of worker processes from 1 to 256, got 0"),
     ("config: {njobs: -1}", "config.njobs must be a number of worker processes from 1 to 256, got -1"),
     ("config: {njobs: .inf}", "config.njobs must be a finite number"),
