@@ -493,10 +493,10 @@ def _date(section, key, value):
 
 def _conditions(section, value):
     """``where``: one condition or a list of them, each checked for its form (``NAME OP VALUE``)."""
-    from .conditions import condition_expression, parse_condition, typed_column
-    from .errors import ConditionError
-
     conditions = [value] if isinstance(value, str) else _sequence(section, "where", value)
+    if conditions:
+        from .conditions import condition_expression, parse_condition, typed_column
+        from .errors import ConditionError
     for number, condition in enumerate(conditions):
         if not isinstance(condition, str):
             raise ConfigError(f"{section}.where[{number}] must be a condition such as 'zenith<30', "

@@ -73,13 +73,22 @@ class Catalogue:
 
 
 @lru_cache(maxsize=None)
-def load_catalogue(kind, path, source_radius=0.35, extended_factor=3.0, star_radius=0.35, star_mag_max=8.0):
-    """Read a gamma-cat, 3HWC or Hipparcos file once per process and give each entry its radius."""
+def read_source_table(kind, path):
+    """A gamma-cat (FITS) or 3HWC (ECSV) file as a table, read once per process."""
     from astropy.table import Table
 
     try:
+        return Table.read(path) if kind == "gammacat" else Table.read(path, format="ascii.ecsv")
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"cannot read {kind} catalogue {path}: {exc}") from None
+
+
+@lru_cache(maxsize=None)
+def load_catalogue(kind, path, source_radius=0.35, extended_factor=3.0, star_radius=0.35, star_mag_max=8.0):
+    """Read a gamma-cat, 3HWC or Hipparcos file once per process and give each entry its radius."""
+    try:
         if kind == "gammacat":
-            table = Table.read(path)
+            table = read_source_table(kind, path)
             names = np.asarray(table["common_name"]).astype(str)
             sigma = np.nan_to_num(np.ma.filled(np.asarray(table["morph_sigma"], float), np.nan), nan=0.0)
             if "morph_sigma2" in table.colnames:
@@ -90,7 +99,7 @@ def load_catalogue(kind, path, source_radius=0.35, extended_factor=3.0, star_rad
             radius = np.where(extended, extended_factor * sigma, source_radius)
             kind_label = "source"
         elif kind == "hawc":
-            table = Table.read(path, format="ascii.ecsv")
+            table = read_source_table(kind, path)
             names = np.asarray(table["source_name"]).astype(str)
             extension = np.nan_to_num(np.asarray(table["search_radius"], float), nan=0.0)
             radius = np.where(extension > 0, extended_factor * extension, source_radius)
@@ -148,10 +157,8 @@ def load_source_names(kind, path):
     names : dict
         Normalised name (see `normalise_source_name`) to (row indices, the name as written).
     """
-    from astropy.table import Table
-
     try:
-        table = Table.read(path) if kind == "gammacat" else Table.read(path, format="ascii.ecsv")
+        table = read_source_table(kind, path)
         if kind == "gammacat":
             columns = [column for column in ("common_name", "other_names", "gamma_names") if column in table.colnames]
             main = "common_name"
