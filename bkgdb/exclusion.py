@@ -229,13 +229,19 @@ def find_named_sources(settings, name, label="exclusion"):
             found += [NamedSource(kind, row, str(catalogue.names[row]), float(catalogue.ra[row]),
                                   float(catalogue.dec[row])) for row in rows]
     if not found:
-        known = {}
+        known, entry_of = {}, {}
         for kind, path in paths:
-            known.update({normalised: written for normalised, (_, written) in load_source_names(kind, path).items()})
-        # Names holding what was typed ("crab" in "Crab nebula"), then names spelled alike.
-        close = [known_key for known_key in sorted(known) if len(key) >= 3 and key in known_key][:5]
-        close += [match for match in difflib.get_close_matches(key, list(known), n=5, cutoff=0.6) if match not in close]
-        close = close[:5]
+            for normalised, (rows, written) in load_source_names(kind, path).items():
+                known[normalised], entry_of[normalised] = written, (kind, rows)
+        # Names holding what was typed ("crab" in "Crab nebula"), then names spelled alike; one
+        # name per source.
+        candidates = [known_key for known_key in sorted(known) if len(key) >= 3 and key in known_key]
+        candidates += difflib.get_close_matches(key, list(known), n=10, cutoff=0.6)
+        close, entries = [], set()
+        for candidate in candidates:
+            if entry_of[candidate] not in entries and len(close) < 5:
+                close.append(candidate)
+                entries.add(entry_of[candidate])
         searched = " and ".join(SOURCE_CATALOGUES[kind] for kind, _ in paths)
         hint = f"; did you mean {', '.join(repr(known[match]) for match in close)}?" if close else ""
         raise ConfigError(f"{label}: no source named {name!r} in {searched}{hint}")
