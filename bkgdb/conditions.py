@@ -5,6 +5,8 @@ becomes a bound parameter, never SQL. A name is a typed catalogue column (by its
 obs-index name or a short alias), otherwise a column of the obs-index kept in ``Run.extra``.
 """
 
+import logging
+import math
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -20,6 +22,8 @@ __all__ = [
     "Condition", "parse_condition", "COLUMN_ALIASES", "SELECTABLE_COLUMNS", "typed_column",
     "condition_expression", "conditions_expression",
 ]
+
+log = logging.getLogger(__name__)
 
 OPERATORS = {
     "<=": lambda column, value: column <= value,
@@ -60,6 +64,29 @@ SELECTABLE_COLUMNS = [
 ]
 
 
+#: Range of the integer column types, beyond which a number is compared as a float (the drivers
+#: cannot bind such an integer, and no row can hold it).
+INTEGER_RANGES = {sa.BigInteger: 2**63 - 1, sa.SmallInteger: 2**15 - 1, sa.Integer: 2**31 - 1}
+#: Words that read as non-finite floats but are text values of obs-index columns.
+NON_FINITE_WORD = re.compile(r"[+-]?(nan|inf|infinity)", re.IGNORECASE)
+
+
+def _shown(text, limit=60):
+    """User text as quoted in an error message: on one line and shortened."""
+    text = repr(text)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
+
+
+def _check_text(text):
+    """Refuse text no database stores: NUL characters (PostgreSQL) and unpaired surrogates (UTF-8)."""
+    if "\x00" in text:
+        raise ConditionError(f"condition {_shown(text)} holds a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConditionError(f"condition {_shown(text)} is not valid unicode text") from None
+
+
 @dataclass(frozen=True)
 class Condition:
     """One parsed condition: ``name op value``."""
@@ -77,10 +104,13 @@ def parse_condition(text):
     ConditionError
         The text is not of that form.
     """
+    if not isinstance(text, str):
+        raise ConditionError(f"a condition must be text such as 'zenith<30', got {type(text).__name__}")
+    _check_text(text)
     match = CONDITION_PATTERN.match(text)
     if not match or match.group(3) == "":
         raise ConditionError(
-            f"cannot parse condition {text!r}: expected NAME OP VALUE with OP one of "
+            f"cannot parse condition {_shown(text)}: expected NAME OP VALUE with OP one of "
             "< <= > >= = != ~ (e.g. 'zenith<30', 'object=Crab Nebula')"
         )
     value = match.group(3)
@@ -124,18 +154,40 @@ def typed_column(name):
     return getattr(Run, key) if key in SELECTABLE_COLUMNS else None
 
 
-def _convert(condition, python_type):
+def _number(condition, integer_limit=None):
+    """The condition's value as a finite number: an int when it is a whole number within
+    ``integer_limit`` (an integer column's range), a float otherwise."""
+    text = condition.value.strip()
     try:
-        if python_type is date:
+        number = int(text)
+    except ValueError:  # not a whole number, or more digits than Python converts
+        number = None
+    if number is None or (integer_limit is not None and abs(number) > integer_limit):
+        try:
+            number = float(text)
+        except ValueError:
+            raise ConditionError(f"{condition.name} needs a number, got {_shown(condition.value)}") from None
+        if not math.isfinite(number):
+            raise ConditionError(f"{condition.name} needs a finite number, got {_shown(condition.value)}")
+        if integer_limit is not None and number.is_integer() and abs(number) <= integer_limit:
+            number = int(number)
+    elif integer_limit is None:
+        number = float(number)
+    return number
+
+
+def _convert(condition, column):
+    python_type = column.type.python_type
+    if python_type is date:
+        try:
             return date.fromisoformat(condition.value)
-        if python_type is int:
-            number = float(condition.value)
-            return int(number) if number.is_integer() else number
-        if python_type is float:
-            return float(condition.value)
-    except ValueError:
-        kind = "a date (YYYY-MM-DD)" if python_type is date else "a number"
-        raise ConditionError(f"{condition.name} needs {kind}, got {condition.value!r}") from None
+        except ValueError:
+            raise ConditionError(f"{condition.name} needs a date (YYYY-MM-DD), got {_shown(condition.value)}") from None
+    if python_type is int:
+        limit = next(limit for kind, limit in INTEGER_RANGES.items() if isinstance(column.type, kind))
+        return _number(condition, limit)
+    if python_type is float:
+        return _number(condition)
     return condition.value
 
 
@@ -152,6 +204,7 @@ def condition_expression(condition, extra_keys=()):
     """
     if isinstance(condition, str):
         condition = parse_condition(condition)
+    _check_text(condition.value)
     column = typed_column(condition.name)
     if column is not None:
         python_type = column.type.python_type
@@ -159,7 +212,7 @@ def condition_expression(condition, extra_keys=()):
             if python_type is not str:
                 raise ConditionError(f"'~' (contains) needs a text column, {condition.name} is not one")
             return column.icontains(condition.value, autoescape=True)
-        return OPERATORS[condition.op](column, _convert(condition, python_type))
+        return OPERATORS[condition.op](column, _convert(condition, column))
 
     keys = {key.lower(): key for key in extra_keys}
     key = keys.get(condition.name.lower())
@@ -169,9 +222,13 @@ def condition_expression(condition, extra_keys=()):
     element = Run.extra[key]
     if condition.op == "~":
         return element.as_string().icontains(condition.value, autoescape=True)
+    if NON_FINITE_WORD.fullmatch(condition.value.strip()):
+        return OPERATORS[condition.op](element.as_string(), condition.value)
     try:
-        value = float(condition.value)
-    except ValueError:
+        value = _number(condition)
+    except ConditionError as exc:
+        if "finite" in str(exc):
+            raise  # a number too large, such as 1e400
         return OPERATORS[condition.op](element.as_string(), condition.value)
     return OPERATORS[condition.op](json_number(Run.extra, sa.literal(key)), value)
 

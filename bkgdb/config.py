@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -25,6 +26,7 @@ from .errors import ConfigError
 __all__ = [
     "ConfigWarning", "Binning", "ExclusionSettings", "CircleRegion", "SelectionSettings", "IOSettings", "BkgdbConfig",
     "load_config", "EXPOSURE_METHODS", "SMOOTHING_METHODS", "default_catalogue_path",
+    "MAX_ENERGY_BINS", "MAX_OFFSET_BINS", "MAX_BINS_PER_PIECE", "ENERGY_LIMITS_TEV", "MAX_RADIUS_DEG", "MAX_JOBS",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,24 +63,80 @@ def default_catalogue_path(relative):
     return str(Path(root, "catalogs", relative))
 
 
-def _number(section, key, value, kind=float, minimum=None, strictly=False):
+#: Whole numbers in a config are bounded: a value beyond this is a typo, and SQL integers stop here.
+MAX_CONFIG_INT = 2**31 - 1
+
+
+def _number(section, key, value, kind=float, minimum=None, strictly=False, maximum=None):
+    """A finite number from a config value, with optional bounds; a `ConfigError` naming the key otherwise.
+
+    Non-finite values (``.inf``, ``.nan``, ``1e999``) and whole numbers beyond `MAX_CONFIG_INT`
+    are refused for every key, so junk never reaches a binning, a radius or an SQL parameter.
+    """
+    label = f"{section}.{key}"
     try:
         if isinstance(value, bool):
             raise ValueError
-        number = kind(value)
-        if kind is int and float(value) != number:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{section}.{key} must be a {'whole ' if kind is int else ''}number, got {value!r}") from None
+        if isinstance(value, int) and abs(value) > MAX_CONFIG_INT:
+            raise ConfigError(f"{label} must be at most {MAX_CONFIG_INT} in size, got {_shown(value)}")
+        number = float(value.strip() if isinstance(value, str) else value)
+        if not np.isfinite(number):
+            raise ConfigError(f"{label} must be a finite number, got {_shown(value)}")
+        if kind is int:
+            if not number.is_integer():
+                raise ValueError
+            number = int(number) if not isinstance(value, int) else value
+            if abs(number) > MAX_CONFIG_INT:
+                raise ConfigError(f"{label} must be at most {MAX_CONFIG_INT} in size, got {_shown(value)}")
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{label} must be a {'whole ' if kind is int else ''}number, got {_shown(value)}") from None
     if minimum is not None and (number < minimum or (strictly and number == minimum)):
-        raise ConfigError(f"{section}.{key} must be {'>' if strictly else '>='} {minimum}, got {value!r}")
+        raise ConfigError(f"{label} must be {'>' if strictly else '>='} {minimum}, got {_shown(value)}")
+    if maximum is not None and number > maximum:
+        raise ConfigError(f"{label} must be <= {maximum}, got {_shown(value)}")
     return number
+
+
+def _shown(value, limit=60):
+    """A config value as shown in an error message: its repr, on one line and shortened."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return "a number too large to show"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _mapping(section, values):
+    """A config section as a dict: None is empty, anything but a mapping is an error."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section} must be a mapping of keys to values, "
+                          f"got {type(values).__name__} {_shown(values)}")
+    return dict(values)
+
+
+def _sequence(section, key, value):
+    """A config list: None is empty, a single mapping or scalar is an error."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{section}.{key} must be a list, got {type(value).__name__} {_shown(value)}")
+    return list(value)
 
 
 def _check_keys(section, values, known):
     for key in values:
         if key not in known:
             warnings.warn(f"unknown key {section}.{key} in config (ignored)", ConfigWarning, stacklevel=3)
+
+
+#: Limits of a binning: bins per axis and per piece (a piece's arrays are stored per run), and the
+#: energy range in TeV that any IACT binning fits in.
+MAX_ENERGY_BINS = 1000
+MAX_OFFSET_BINS = 1000
+MAX_BINS_PER_PIECE = 100_000
+ENERGY_LIMITS_TEV = (1e-4, 1e4)
 
 
 @dataclass(frozen=True)
@@ -97,13 +155,24 @@ class Binning:
     def __post_init__(self):
         # One spelling per value, so 100 and 100.0 give the same hash.
         for key in self.KEYS:
-            object.__setattr__(self, key, int(getattr(self, key)) if key.endswith("bins") else float(getattr(self, key)))
-        if not 0 < self.e_min < self.e_max:
-            raise ConfigError(f"binning needs 0 < e_min < e_max, got e_min={self.e_min}, e_max={self.e_max}")
+            kind = int if key.endswith("bins") else float
+            object.__setattr__(self, key, _number("binning", key, getattr(self, key), kind))
+        low, high = ENERGY_LIMITS_TEV
+        if not low <= self.e_min < self.e_max <= high:
+            raise ConfigError(f"binning needs {low:g} <= e_min < e_max <= {high:g} (TeV), "
+                              f"got e_min={self.e_min:g}, e_max={self.e_max:g}")
         if not 0 <= self.off_min < self.off_max <= 180:
-            raise ConfigError(f"binning needs 0 <= off_min < off_max, got {self.off_min}, {self.off_max}")
+            raise ConfigError(f"binning needs 0 <= off_min < off_max <= 180 (deg), "
+                              f"got {self.off_min:g}, {self.off_max:g}")
         if self.e_bins < 1 or self.off_bins < 1:
             raise ConfigError("binning needs at least one energy and one offset bin")
+        if self.e_bins > MAX_ENERGY_BINS:
+            raise ConfigError(f"binning.e_bins must be at most {MAX_ENERGY_BINS}, got {self.e_bins}")
+        if self.off_bins > MAX_OFFSET_BINS:
+            raise ConfigError(f"binning.off_bins must be at most {MAX_OFFSET_BINS}, got {self.off_bins}")
+        if self.e_bins * self.off_bins > MAX_BINS_PER_PIECE:
+            raise ConfigError(f"binning has {self.e_bins} x {self.off_bins} = {self.e_bins * self.off_bins} bins; "
+                              f"at most {MAX_BINS_PER_PIECE} per piece")
 
     @classmethod
     def from_dict(cls, values, section="binning"):
@@ -114,10 +183,12 @@ class Binning:
         return cls(
             e_min=_number(section, "e_min", values.get("e_min", defaults.e_min), minimum=0, strictly=True),
             e_max=_number(section, "e_max", values.get("e_max", defaults.e_max), minimum=0, strictly=True),
-            e_bins=_number(section, "e_bins", values.get("e_bins", defaults.e_bins), int, minimum=1),
+            e_bins=_number(section, "e_bins", values.get("e_bins", defaults.e_bins), int, minimum=1,
+                           maximum=MAX_ENERGY_BINS),
             off_min=_number(section, "off_min", values.get("off_min", defaults.off_min), minimum=0),
             off_max=_number(section, "off_max", values.get("off_max", defaults.off_max), minimum=0, strictly=True),
-            off_bins=_number(section, "off_bins", values.get("off_bins", defaults.off_bins), int, minimum=1),
+            off_bins=_number(section, "off_bins", values.get("off_bins", defaults.off_bins), int, minimum=1,
+                             maximum=MAX_OFFSET_BINS),
         )
 
     @property
@@ -149,7 +220,35 @@ CATALOGUE_KEYS = ("gammacat", "hawc", "star_cat")
 def _path(value, resolve=False):
     """A configured path with ``$VARIABLES`` and ``~`` expanded."""
     path = Path(os.path.expandvars(str(value))).expanduser()
-    return str(path.resolve() if resolve else path)
+    try:
+        return str(path.resolve() if resolve else path)
+    except (OSError, RuntimeError, ValueError) as exc:  # NUL bytes, symlink loops
+        raise ConfigError(f"unusable path {_shown(str(value))}: {exc}") from None
+
+
+def _is_file(path):
+    """Whether a file exists; a path the OS cannot even look up (too long, NUL byte) does not."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _missing_file_message(label, what, path):
+    """Why a configured file is missing, telling the user to set an unset variable the path names."""
+    unset = sorted({name for name in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", str(path))
+                    if name not in os.environ})
+    if unset:
+        variables = ", ".join(unset)
+        hint = ("set GAMMAPY_DATA to gammapy's data folder (the one holding catalogs/)"
+                if unset == ["GAMMAPY_DATA"] else f"set {variables}")
+        return (f"{label}: {what} {path} not found because {variables} is not set: {hint}, "
+                "or give an explicit path" + (", or none to use no such catalogue" if what == "catalogue file" else ""))
+    return f"{label}: {what} not found: {path}"
+
+
+#: Largest radius of any exclusion circle and of the source search (deg): a hemisphere and more is junk.
+MAX_RADIUS_DEG = 180.0
 
 
 @dataclass(frozen=True)
@@ -184,49 +283,87 @@ class ExclusionSettings:
     exclude_regions: tuple = ()
     region_files: tuple = ()
     exposure_method: str = "geometric"
+    #: (name, radius in deg) pairs: catalogue sources of that name get that radius instead of the
+    #: one `source_radius` / `extended_factor` give them (a bright source's halo, an over-large extension).
+    source_radii: tuple = ()
+    #: (name, radius in deg or None) pairs: sources excluded by name (gammapy-tools'
+    #: ``exclude_source_name``), found in the configured catalogues; None means the source's
+    #: `source_radii` value, else `source_radius`.
+    exclude_source_name: tuple = ()
 
     KEYS = ("gammacat", "hawc", "star_cat", "search_radius", "source_radius", "extended_factor",
-            "star_mag_max", "star_radius", "exclude_regions", "region_files", "exposure_method")
+            "star_mag_max", "star_radius", "exclude_regions", "region_files", "exposure_method",
+            "source_radii", "exclude_source_name")
+    #: Keys left out of `params` while they are empty, so settings without them keep their hash.
+    OPTIONAL_KEYS = ("source_radii", "exclude_source_name")
 
     def __post_init__(self):
         if self.exposure_method not in EXPOSURE_METHODS:
             raise ConfigError(f"exclusion.exposure_method must be one of {', '.join(EXPOSURE_METHODS)}, "
-                              f"got {self.exposure_method!r}")
+                              f"got {_shown(self.exposure_method)}")
+        for key, maximum in (("search_radius", MAX_RADIUS_DEG), ("source_radius", MAX_RADIUS_DEG),
+                             ("star_radius", MAX_RADIUS_DEG), ("extended_factor", None), ("star_mag_max", None)):
+            minimum = None if key == "star_mag_max" else 0
+            _number("exclusion", key, getattr(self, key), minimum=minimum, maximum=maximum)
         for name in CATALOGUE_KEYS:
             path = getattr(self, name)
-            if path is not None and not Path(path).is_file():
-                raise ConfigError(f"exclusion.{name}: catalogue file not found: {path}")
+            if path is not None and not _is_file(path):
+                raise ConfigError(_missing_file_message(f"exclusion.{name}", "catalogue file", path))
         for path in self.region_files:
-            if not Path(path).is_file():
-                raise ConfigError(f"exclusion.region_files: region file not found: {path}")
+            if not _is_file(path):
+                raise ConfigError(_missing_file_message("exclusion.region_files", "region file", path))
+        if self.source_radii or self.exclude_source_name:
+            from .exclusion import find_named_sources
+
+            for key in self.OPTIONAL_KEYS:
+                for name, _ in getattr(self, key):
+                    find_named_sources(self, name, f"exclusion.{key}")
 
     @classmethod
     def from_dict(cls, values, section="exclusion"):
-        values = dict(values or {})
+        values = _mapping(section, values)
         _check_keys(section, values, cls.KEYS)
         kwargs = {}
         for key in CATALOGUE_KEYS:
             if key in values:
                 value = values[key]
-                kwargs[key] = None if value in (None, False, "none", "") else _path(value)
-        for key in ("search_radius", "source_radius", "extended_factor", "star_radius"):
+                if isinstance(value, str) and value.strip().lower() in ("none", ""):
+                    value = None
+                if value is not None and value is not False and not isinstance(value, (str, os.PathLike)):
+                    raise ConfigError(f"{section}.{key} must be a file path or none, got {_shown(value)}")
+                kwargs[key] = None if value in (None, False) else _path(value)
+        for key in ("search_radius", "source_radius", "star_radius"):
             if key in values:
-                kwargs[key] = _number(section, key, values[key], minimum=0)
+                kwargs[key] = _number(section, key, values[key], minimum=0, maximum=MAX_RADIUS_DEG)
+        if "extended_factor" in values:
+            kwargs["extended_factor"] = _number(section, "extended_factor", values["extended_factor"], minimum=0)
         if "star_mag_max" in values:
             kwargs["star_mag_max"] = _number(section, "star_mag_max", values["star_mag_max"])
         if "exposure_method" in values:
             kwargs["exposure_method"] = str(values["exposure_method"])
         regions = []
-        for number, entry in enumerate(values.get("exclude_regions") or []):
+        for number, entry in enumerate(_sequence(section, "exclude_regions", values.get("exclude_regions"))):
             regions.append(_circle(section, number, entry))
         kwargs["exclude_regions"] = tuple(regions)
-        kwargs["region_files"] = tuple(_path(path, resolve=True) for path in values.get("region_files") or [])
+        region_files = []
+        for number, path in enumerate(_sequence(section, "region_files", values.get("region_files"))):
+            if not isinstance(path, str):
+                raise ConfigError(f"{section}.region_files[{number}] must be a file path, got {_shown(path)}")
+            region_files.append(_path(path, resolve=True))
+        kwargs["region_files"] = tuple(region_files)
+        kwargs["source_radii"] = _source_radii(section, values.get("source_radii"))
+        kwargs["exclude_source_name"] = _named_sources(section, values.get("exclude_source_name"))
         return cls(**kwargs)
 
     @cached_property
     def params(self):
         """Everything that changes which events are kept, with each file's path and SHA-256."""
         params = {key: getattr(self, key) for key in self.KEYS}
+        for key in self.OPTIONAL_KEYS:
+            if not params[key]:
+                del params[key]
+            else:
+                params[key] = [list(pair) for pair in params[key]]
         params["exclude_regions"] = [asdict(region) for region in self.exclude_regions]
         for key in CATALOGUE_KEYS:
             path = params[key]
@@ -251,6 +388,66 @@ class ExclusionSettings:
         """The source search radius, never smaller than the binning's largest offset."""
         return max(self.search_radius, binning.off_max)
 
+    def radius_for_name(self, name):
+        """The radius `source_radii` gives a source name (any spelling), or None."""
+        from .exclusion import normalise_source_name
+
+        key = normalise_source_name(name)
+        for configured, radius in self.source_radii:
+            if normalise_source_name(configured) == key:
+                return radius
+        return None
+
+
+def _source_name(label, value):
+    """A source name from the config: text, or a whole number (a gamma-cat source_id)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{label} must be a source name, got {_shown(value)}")
+    return value.strip()
+
+
+def _source_radii(section, values):
+    """``source_radii: {name: radius}`` as sorted (name, radius) pairs, one per source."""
+    from .exclusion import normalise_source_name
+
+    pairs = {}
+    for name, radius in _mapping(f"{section}.source_radii", values).items():
+        name = _source_name(f"{section}.source_radii key", name)
+        key = normalise_source_name(name)
+        if key in pairs:
+            raise ConfigError(f"{section}.source_radii names {pairs[key][0]!r} and {name!r}: the same source twice")
+        pairs[key] = (name, _number(f"{section}.source_radii", repr(name), radius, minimum=0, strictly=True,
+                                    maximum=MAX_RADIUS_DEG))
+    return tuple(pairs[key] for key in sorted(pairs))
+
+
+def _named_sources(section, values):
+    """``exclude_source_name``: names, ``[name, radius]`` or ``{name:, radius:}``, as (name, radius or None)."""
+    if isinstance(values, str):
+        values = [values]
+    entries = []
+    for number, entry in enumerate(_sequence(section, "exclude_source_name", values)):
+        label = f"{section}.exclude_source_name[{number}]"
+        radius = None
+        if isinstance(entry, dict):
+            unknown = set(entry) - {"name", "radius"}
+            if "name" not in entry or unknown:
+                raise ConfigError(f"{label} must be a name, [name, radius] or a mapping of name and radius")
+            name, radius = entry["name"], entry.get("radius")
+        elif isinstance(entry, (list, tuple)):
+            if len(entry) != 2:
+                raise ConfigError(f"{label} must be a name, [name, radius] or a mapping of name and radius")
+            name, radius = entry
+        else:
+            name = entry
+        name = _source_name(label, name)
+        if radius is not None:
+            radius = _number(label, "radius", radius, minimum=0, strictly=True, maximum=MAX_RADIUS_DEG)
+        entries.append((name, radius))
+    return tuple(entries)
+
 
 def _circle(section, number, entry):
     label = f"{section}.exclude_regions[{number}]"
@@ -267,11 +464,12 @@ def _circle(section, number, entry):
         raise ConfigError(f"{label} must be [ra, dec, radius] in deg or a mapping with those keys")
     values = []
     for key, value in (("ra", ra), ("dec", dec), ("radius", radius)):
-        text = str(value).replace("deg", "").strip()
-        values.append(_number(label, key, text))
+        if isinstance(value, str):
+            value = value.replace("deg", "").strip()
+        values.append(_number(label, key, value))
     ra, dec, radius = values
-    if not -90 <= dec <= 90 or radius <= 0:
-        raise ConfigError(f"{label} needs -90 <= dec <= 90 and radius > 0, got {entry!r}")
+    if not -90 <= dec <= 90 or not 0 < radius <= MAX_RADIUS_DEG:
+        raise ConfigError(f"{label} needs -90 <= dec <= 90 and 0 < radius <= {MAX_RADIUS_DEG:g}, got {_shown(entry)}")
     return CircleRegion(ra % 360.0, dec, radius, name or f"region {number}")
 
 
@@ -283,12 +481,33 @@ def _optional(section, values, key, kind=float, minimum=None):
 
 
 def _date(section, key, value):
-    from datetime import date
+    from datetime import date, datetime
 
+    if isinstance(value, datetime):  # YAML reads "2024-01-01 12:00" as a datetime: its day counts
+        return value.date()
     try:
         return value if isinstance(value, date) else date.fromisoformat(str(value))
     except ValueError:
-        raise ConfigError(f"{section}.{key} needs dates as YYYY-MM-DD, got {value!r}") from None
+        raise ConfigError(f"{section}.{key} needs dates as YYYY-MM-DD, got {_shown(value)}") from None
+
+
+def _conditions(section, value):
+    """``where``: one condition or a list of them, each checked for its form (``NAME OP VALUE``)."""
+    conditions = [value] if isinstance(value, str) else _sequence(section, "where", value)
+    if conditions:
+        from .conditions import condition_expression, parse_condition, typed_column
+        from .errors import ConditionError
+    for number, condition in enumerate(conditions):
+        if not isinstance(condition, str):
+            raise ConfigError(f"{section}.where[{number}] must be a condition such as 'zenith<30', "
+                              f"got {_shown(condition)}")
+        try:
+            parsed = parse_condition(condition)
+            if typed_column(parsed.name) is not None:  # obs-index columns are known once a catalogue is open
+                condition_expression(parsed)
+        except ConditionError as exc:
+            raise ConfigError(f"{section}.where[{number}]: {exc}") from None
+    return tuple(conditions)
 
 
 @dataclass(frozen=True)
@@ -340,7 +559,7 @@ class SelectionSettings:
 
     @classmethod
     def from_dict(cls, values, section="background_selection"):
-        values = dict(values or {})
+        values = _mapping(section, values)
         _check_keys(section, values, cls.KEYS + cls.UNUSED)
         kwargs = {}
         for key in ("el_diff", "az_diff", "nsb_diff", "time_max", "el_min", "el_max", "time_request",
@@ -358,7 +577,7 @@ class SelectionSettings:
                     raise ConfigError(f"{section}.{key} must be true or false, got {values[key]!r}")
                 kwargs[key] = values[key]
         seasons = []
-        for number, season in enumerate(values.get("seasons") or []):
+        for number, season in enumerate(_sequence(section, "seasons", values.get("seasons"))):
             if not isinstance(season, (list, tuple)) or len(season) != 2:
                 raise ConfigError(f"{section}.seasons[{number}] must be [start, end] dates")
             start, end = (_date(section, f"seasons[{number}]", day) for day in season)
@@ -368,8 +587,7 @@ class SelectionSettings:
         kwargs["seasons"] = tuple(seasons)
         if kwargs.get("same_szn") and not seasons:
             raise ConfigError(f"{section}.same_szn needs {section}.seasons: a list of [start, end] dates")
-        where = values.get("where") or []
-        kwargs["where"] = tuple([where] if isinstance(where, str) else [str(item) for item in where])
+        kwargs["where"] = _conditions(section, values.get("where"))
         method = values.get("smooth_method")
         if method is None:
             method = "gauss" if values.get("smooth") else "none"  # gammapy-tools: smooth: true
@@ -401,13 +619,22 @@ class IOSettings:
 
     @classmethod
     def from_dict(cls, values, section="io"):
-        values = dict(values or {})
+        values = _mapping(section, values)
         _check_keys(section, values, cls.KEYS + cls.UNUSED)
         from_run = values.get("from_run", False)
         if not isinstance(from_run, bool):
             raise ConfigError(f"{section}.from_run must be true or false, got {from_run!r}")
-        paths = {key: _path(values[key]) for key in ("search_datastore", "in_dir", "out_dir") if values.get(key)}
+        paths = {}
+        for key in ("search_datastore", "in_dir", "out_dir"):
+            if values.get(key) is not None:
+                if not isinstance(values[key], str):
+                    raise ConfigError(f"{section}.{key} must be a folder path, got {_shown(values[key])}")
+                paths[key] = _path(values[key])
         return cls(from_run=from_run, **paths)
+
+
+#: Most worker processes a config may ask for.
+MAX_JOBS = 256
 
 
 @dataclass
@@ -427,43 +654,102 @@ class BkgdbConfig:
 
     @classmethod
     def from_dict(cls, values):
-        values = values or {}
+        if values is None:
+            values = {}
         if not isinstance(values, dict):
-            raise ConfigError("a config file must hold a mapping of sections")
+            raise ConfigError(f"a config must be a mapping of sections (binning, exclusion, ...), "
+                              f"got {type(values).__name__} {_shown(values)}")
         known = {"binning", "exclusion", "config", "background_selection", "io"}
         for key in values:
             if key not in known and key not in FOREIGN_SECTIONS:
                 warnings.warn(f"unknown config section {key!r} (ignored)", ConfigWarning, stacklevel=2)
-        binning = values.get("binning", {})
+        binning = values.get("binning")
         if isinstance(binning, list):
+            if not binning:
+                raise ConfigError("binning is an empty list: give one binning or a list of them")
             binnings = [Binning.from_dict(item, f"binning[{n}]") for n, item in enumerate(binning)]
         else:
-            binnings = [Binning.from_dict(binning or {})]
-        settings = values.get("config") or {}
+            binnings = [Binning.from_dict(_mapping("binning", binning))]
+        settings = _mapping("config", values.get("config"))
         _check_keys("config", settings, ("njobs",))
-        njobs = _number("config", "njobs", settings.get("njobs", 1), int)
+        njobs = _number("config", "njobs", settings.get("njobs", 1), int, maximum=MAX_JOBS)
         if njobs < 1:
-            njobs = os.cpu_count() or 1  # gammapy-tools: -1 means all cores
+            # gammapy-tools' -1 ("all cores") would silently load a shared machine fully.
+            raise ConfigError(f"config.njobs must be a number of worker processes from 1 to {MAX_JOBS}, got {njobs} "
+                              f"(this machine has {os.cpu_count() or 1} cores)")
         return cls(binnings=binnings, exclusion=ExclusionSettings.from_dict(values.get("exclusion")),
                    selection=SelectionSettings.from_dict(values.get("background_selection")),
                    io=IOSettings.from_dict(values.get("io")), njobs=njobs)
 
 
+def _yaml_loader():
+    """A safe YAML loader that refuses a key given twice in one mapping (the last would win silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_shown(key)} (first given on line {first.start_mark.line + 1})",
+                        key_node.start_mark)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
+def _yaml_error_message(path, exc):
+    """One line: file, line and column, and what is wrong."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    text = f"{context}: {problem}" if context and problem else problem
+    return f"{where}: not valid YAML: {' '.join(str(text).split())}"
+
+
 def load_config(path):
     """Read a YAML config file.
+
+    Parameters
+    ----------
+    path : str or `~pathlib.Path`
+        The file.
+
+    Returns
+    -------
+    config : `BkgdbConfig`
 
     Raises
     ------
     ConfigError
-        The file is missing, not YAML, or holds an invalid value.
+        The file is missing, empty, not YAML (with line and column), has a key twice, or holds an
+        invalid value; always one line.
     """
     import yaml
 
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not _is_file(path):
         raise ConfigError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        values = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(_yaml_error_message(path, exc)) from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. an integer of 5000 digits
+        raise ConfigError(f"{path}: invalid YAML value: {_shown(str(exc), 120)}") from None
+    if values is None:
+        raise ConfigError(f"{path} is empty: a config needs at least one section (binning, exclusion, ...)")
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (binning, exclusion, ...), "
+                          f"got a {type(values).__name__}")
     return BkgdbConfig.from_dict(values)

@@ -5,15 +5,18 @@ a circle when its angular distance to the centre (the arc-cosine of their dot pr
 the radius. Catalogues are read once per process.
 """
 
+import difflib
 import logging
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["ExclusionRegion", "ExclusionFinder", "unit_vectors", "annulus_grid", "load_catalogue"]
+__all__ = ["ExclusionRegion", "ExclusionFinder", "unit_vectors", "annulus_grid", "load_catalogue",
+           "NamedSource", "normalise_source_name", "find_named_sources", "load_source_names"]
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +73,22 @@ class Catalogue:
 
 
 @lru_cache(maxsize=None)
-def load_catalogue(kind, path, source_radius=0.35, extended_factor=3.0, star_radius=0.35, star_mag_max=8.0):
-    """Read a gamma-cat, 3HWC or Hipparcos file once per process and give each entry its radius."""
+def read_source_table(kind, path):
+    """A gamma-cat (FITS) or 3HWC (ECSV) file as a table, read once per process."""
     from astropy.table import Table
 
     try:
+        return Table.read(path) if kind == "gammacat" else Table.read(path, format="ascii.ecsv")
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"cannot read {kind} catalogue {path}: {exc}") from None
+
+
+@lru_cache(maxsize=None)
+def load_catalogue(kind, path, source_radius=0.35, extended_factor=3.0, star_radius=0.35, star_mag_max=8.0):
+    """Read a gamma-cat, 3HWC or Hipparcos file once per process and give each entry its radius."""
+    try:
         if kind == "gammacat":
-            table = Table.read(path)
+            table = read_source_table(kind, path)
             names = np.asarray(table["common_name"]).astype(str)
             sigma = np.nan_to_num(np.ma.filled(np.asarray(table["morph_sigma"], float), np.nan), nan=0.0)
             if "morph_sigma2" in table.colnames:
@@ -87,7 +99,7 @@ def load_catalogue(kind, path, source_radius=0.35, extended_factor=3.0, star_rad
             radius = np.where(extended, extended_factor * sigma, source_radius)
             kind_label = "source"
         elif kind == "hawc":
-            table = Table.read(path, format="ascii.ecsv")
+            table = read_source_table(kind, path)
             names = np.asarray(table["source_name"]).astype(str)
             extension = np.nan_to_num(np.asarray(table["search_radius"], float), nan=0.0)
             radius = np.where(extension > 0, extended_factor * extension, source_radius)
@@ -107,6 +119,133 @@ def load_catalogue(kind, path, source_radius=0.35, extended_factor=3.0, star_rad
         raise ConfigError(f"cannot read {kind} catalogue {path}: {exc}") from None
     log.debug("loaded %d entries from %s", len(ra), path)
     return Catalogue(names, unit_vectors(ra, dec), ra, dec, np.asarray(radius, float), kind_label)
+
+
+def normalise_source_name(name):
+    """A source name as names are compared: case-folded, without any white space.
+
+    "PKS 2155-304", "pks2155-304" and " PKS  2155-304 " are the same name.
+    """
+    return re.sub(r"\s+", "", str(name)).casefold()
+
+
+#: Catalogue labels as the config names them, and in error messages.
+SOURCE_CATALOGUES = {"gammacat": "gamma-cat", "hawc": "3HWC"}
+
+
+@dataclass(frozen=True)
+class NamedSource:
+    """A catalogue entry found by name: which catalogue, its row, its name and position (deg)."""
+
+    catalogue: str
+    index: int
+    name: str
+    ra: float
+    dec: float
+
+
+@lru_cache(maxsize=None)
+def load_source_names(kind, path):
+    """Every name of each entry of a gamma-cat or 3HWC file, read once per process.
+
+    gamma-cat entries are known by ``common_name``, the comma-separated ``other_names`` and
+    ``gamma_names``, and ``source_id``; 3HWC entries by ``source_name``. Files written by
+    `bkgdb.simulate.write_source_catalogue` carry ``common_name`` only.
+
+    Returns
+    -------
+    names : dict
+        Normalised name (see `normalise_source_name`) to (row indices, the name as written).
+    """
+    try:
+        table = read_source_table(kind, path)
+        if kind == "gammacat":
+            columns = [column for column in ("common_name", "other_names", "gamma_names") if column in table.colnames]
+            main = "common_name"
+        elif kind == "hawc":
+            columns, main = ["source_name"], "source_name"
+        else:
+            raise ValueError(f"no source names in a {kind} catalogue")
+        texts = {column: np.ma.filled(np.ma.asarray(table[column]).astype(str), "") for column in columns}
+        ids = np.asarray(table["source_id"]) if "source_id" in table.colnames else None
+        main_names = texts[main]
+    except (OSError, KeyError, ValueError) as exc:
+        raise ConfigError(f"cannot read {kind} catalogue {path}: {exc}") from None
+    names = {}
+    for row in range(len(main_names)):
+        spellings = [str(main_names[row]).strip()]
+        for column in columns:
+            if column != main:
+                spellings += [part.strip() for part in str(texts[column][row]).split(",")]
+        if ids is not None:
+            spellings.append(str(int(ids[row])))
+        for spelling in spellings:
+            key = normalise_source_name(spelling)
+            if key and key != "--":
+                rows, written = names.get(key, ((), spelling))
+                if row not in rows:
+                    names[key] = (rows + (row,), written)
+    return names
+
+
+def _source_catalogue_paths(settings):
+    return [(kind, getattr(settings, kind)) for kind in SOURCE_CATALOGUES if getattr(settings, kind)]
+
+
+def find_named_sources(settings, name, label="exclusion"):
+    """The entries of the configured source catalogues (gamma-cat, 3HWC) known by ``name``.
+
+    Names are compared case- and white-space-insensitively (see `normalise_source_name`).
+
+    Parameters
+    ----------
+    settings : `~bkgdb.config.ExclusionSettings`
+        Gives the catalogue files.
+    name : str
+        A name as written in the config.
+    label : str
+        The config key, for error messages.
+
+    Returns
+    -------
+    sources : list of `NamedSource`
+        One per matching entry (a source can be in both catalogues).
+
+    Raises
+    ------
+    ConfigError
+        No source catalogue is configured, or none knows the name (with the closest names).
+    """
+    paths = _source_catalogue_paths(settings)
+    if not paths:
+        raise ConfigError(f"{label}: cannot look up {name!r}: no source catalogue is configured "
+                          "(exclusion.gammacat, exclusion.hawc)")
+    key = normalise_source_name(name)
+    found = []
+    for kind, path in paths:
+        rows, _ = load_source_names(kind, path).get(key, ((), None))
+        if rows:
+            catalogue = load_catalogue(kind, path)
+            found += [NamedSource(kind, row, str(catalogue.names[row]), float(catalogue.ra[row]),
+                                  float(catalogue.dec[row])) for row in rows]
+    if not found:
+        known, entry_of = {}, {}
+        for kind, path in paths:
+            for normalised, (rows, written) in load_source_names(kind, path).items():
+                known[normalised], entry_of[normalised] = written, (kind, rows)
+        # Names holding what was typed ("crab" in "Crab nebula"), then names spelled alike; one
+        # name per source.
+        candidates = [known_key for known_key in sorted(known) if len(key) >= 3 and key in known_key]
+        candidates += difflib.get_close_matches(key, list(known), n=10, cutoff=0.6)
+        close, entries = [], set()
+        for candidate in candidates:
+            if entry_of[candidate] not in entries and len(close) < 5:
+                close.append(candidate)
+                entries.add(entry_of[candidate])
+        searched = " and ".join(SOURCE_CATALOGUES[kind] for kind, _ in paths)
+        hint = f"; did you mean {', '.join(repr(known[match]) for match in close)}?" if close else ""
+        raise ConfigError(f"{label}: no source named {name!r} in {searched}{hint}")
+    return found
 
 
 @lru_cache(maxsize=None)
@@ -167,14 +306,27 @@ class ExclusionFinder:
         self.settings = settings
         s = settings
         self.catalogues = []
-        if s.gammacat:
-            self.catalogues.append(load_catalogue("gammacat", s.gammacat, s.source_radius, s.extended_factor))
-        if s.hawc:
-            self.catalogues.append(load_catalogue("hawc", s.hawc, s.source_radius, s.extended_factor))
+        sources = {kind: load_catalogue(kind, getattr(s, kind), s.source_radius, s.extended_factor)
+                   for kind in SOURCE_CATALOGUES if getattr(s, kind)}
+        # Per-source radii replace the radius a source's catalogue entry would get.
+        for name, radius in s.source_radii:
+            for source in find_named_sources(s, name, "exclusion.source_radii"):
+                catalogue = sources[source.catalogue]
+                radii = catalogue.radius.copy()
+                radii[source.index] = radius
+                sources[source.catalogue] = replace(catalogue, radius=radii)
+        self.catalogues.extend(sources.values())
         if s.star_cat:
             self.catalogues.append(load_catalogue("stars", s.star_cat, star_radius=s.star_radius,
                                                   star_mag_max=s.star_mag_max))
         self.custom = [ExclusionRegion(r.name, "custom", r.ra, r.dec, r.radius) for r in s.exclude_regions]
+        # Sources excluded by name: the entry's radius, else the source's configured radius.
+        for name, radius in s.exclude_source_name:
+            if radius is None:
+                radius = s.radius_for_name(name)
+            for source in find_named_sources(s, name, "exclusion.exclude_source_name"):
+                self.custom.append(ExclusionRegion(source.name, "source", source.ra, source.dec,
+                                                   float(radius if radius is not None else s.source_radius)))
         self.shapes = []
         for path in s.region_files:
             circles, shapes = load_region_file(path)
@@ -201,7 +353,13 @@ class ExclusionFinder:
             if distance - region.radius < search_radius:
                 found.append((float(distance), region))
         found.sort(key=lambda item: item[0])
-        return [region for _, region in found]
+        # A source both found in its catalogue and excluded by name is one circle, the larger.
+        largest = {}
+        for _, region in found:
+            key = (region.kind, region.name, region.ra, region.dec)
+            if key not in largest or region.radius > largest[key].radius:
+                largest[key] = region
+        return [region for _, region in found if largest[(region.kind, region.name, region.ra, region.dec)] is region]
 
     def excluded(self, vectors, regions, ra_deg=None, dec_deg=None):
         """Which of the unit vectors (n, 3) lie in any region (and in any shaped custom region)."""

@@ -67,3 +67,32 @@ def test_user_text_is_a_value_not_sql(indexed):
 def test_condition_errors(indexed, condition, message):
     with pytest.raises(ConditionError, match=message):
         indexed.select_runs([condition])
+
+
+@pytest.mark.parametrize("condition, message", [
+    ("zenith<inf", "zenith needs a finite number, got 'inf'"),
+    ("zenith>-Infinity", "zenith needs a finite number"),
+    ("ra<NaN", "ra needs a finite number"),
+    ("zenith<1e400", "zenith needs a finite number, got '1e400'"),
+    ("DEADC>1e400", "DEADC needs a finite number"),
+    ("object=SIM\x00FIELD", "holds a NUL character"),
+    ("TELLIST~\x00", "holds a NUL character"),
+    ("object=\ud800", "is not valid unicode text"),
+    ("date>2004-02-30", "date needs a date"),
+])
+def test_hostile_values_are_condition_errors_on_both_databases(indexed, condition, message):
+    with pytest.raises(ConditionError, match=message):
+        indexed.select_runs([condition])
+
+
+def test_numbers_beyond_integer_columns_and_words_in_text_columns(indexed):
+    every = ids(indexed)
+    assert ids(indexed, "obs_id<1e30") == every  # beyond BIGINT: compared as a float, not bound as an integer
+    assert ids(indexed, "obs_id=99999999999999999999") == []
+    assert ids(indexed, "n_tels<3000000000") == every  # beyond INTEGER
+    assert ids(indexed, "event_count>-1e19") == every
+    assert ids(indexed, "obs_id<=1001.0") == every[:2]
+    assert ids(indexed, "TELLIST=nan", "OBJECT!=inf") == []  # words, compared as text
+    assert ids(indexed, "OBJECT!=inf") == every
+    assert ids(indexed, "object=SIM FIELD\u200b") == []  # unicode text is a value like any other
+    assert ids(indexed, "date>=0001-01-01", "date<=9999-12-31") == every

@@ -2,12 +2,17 @@
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from astropy import units as u
 from astropy.coordinates import SkyCoord
+from sqlalchemy.orm import Session
 
-from bkgdb.config import CircleRegion, ExclusionSettings
-from bkgdb.exclusion import ExclusionFinder, ExclusionRegion, load_catalogue, unit_vectors
-from bkgdb.simulate import write_source_catalogue
+from bkgdb.cache import row_to_piece
+from bkgdb.config import BkgdbConfig, Binning, CircleRegion, ExclusionSettings
+from bkgdb.errors import ConfigError
+from bkgdb.exclusion import ExclusionFinder, ExclusionRegion, find_named_sources, load_catalogue, unit_vectors
+from bkgdb.models import ExclusionRow, PieceRow
+from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 
 NO_CATALOGUES = dict(gammacat=None, hawc=None, star_cat=None)
 
@@ -91,3 +96,97 @@ def test_region_files(tmp_path):
     dec = np.array([30.0, 30.0, 30.0, 30.2, 30.0])
     # Centre of the circle, centre of the ellipse, inside its long axis, outside its short one, between.
     assert finder.excluded(unit_vectors(ra, dec), regions, 150.5, 30.0).tolist() == [True, True, True, False, False]
+
+
+# A source seen through a wide PSF: a fifth of its photons land beyond the usual 0.35 deg circle.
+HALO_SOURCE = PointSource(ra_deg=200.0, dec_deg=-40.0, rate_per_s=0.6, psf_sigma_deg=0.2, name="Halo Source")
+HALO_BINNING = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=10)
+
+
+@pytest.fixture(scope="module")
+def halo_field(tmp_path_factory):
+    """Eight runs wobbling 1.2 deg around the wide-halo source, and a catalogue listing it."""
+    folder = tmp_path_factory.mktemp("halo_field")
+    centre = SkyCoord(HALO_SOURCE.ra_deg * u.deg, HALO_SOURCE.dec_deg * u.deg)
+    around = centre.directional_offset_by(np.arange(8) % 4 * 90.0 * u.deg, 1.2 * u.deg)
+    truth = BackgroundTruth()
+    DatastoreSimulator(truth=truth, pointings=list(zip(around.ra.deg, around.dec.deg)), source=HALO_SOURCE,
+                       ontime_s=1800.0, seed=11, object_name="Halo field", with_irfs=False).run(folder / "datastore")
+    catalogue = write_source_catalogue(folder / "catalogue.fits", [HALO_SOURCE])
+    return folder / "datastore", catalogue, truth
+
+
+def offset_chi2(catalogue, exclusion_hash, truth):
+    """chi2 of the kept counts per offset bin against the truth times the accepted exposure."""
+    with Session(catalogue.engine) as session:
+        rows = session.scalars(sa.select(PieceRow).join(ExclusionRow).where(ExclusionRow.hash == exclusion_hash)).all()
+        pieces = [row_to_piece(row) for row in rows]
+    counts = sum(piece.counts.sum(axis=0) for piece in pieces)
+    exposure = sum(piece.exposure_s for piece in pieces)
+    expected = truth.expected_counts(HALO_BINNING.energy_edges, HALO_BINNING.offset_edges, 1.0).sum(axis=0) * exposure
+    return float(np.sum((counts - expected) ** 2 / expected)), pieces
+
+
+def test_per_source_radius_removes_a_wide_halo(catalogue, halo_field):
+    """With 0.35 deg the halo leaks into the background; the per-source radius removes it."""
+    datastore, source_catalogue, truth = halo_field
+    default = ExclusionSettings(gammacat=str(source_catalogue), hawc=None, star_cat=None)
+    wider = ExclusionSettings(gammacat=str(source_catalogue), hawc=None, star_cat=None,
+                              source_radii=(("halosource", 0.9),))  # another spelling of the name
+    assert default.hash != wider.hash
+    catalogue.index(datastore, config=BkgdbConfig(binnings=[HALO_BINNING], exclusion=default))
+    report = catalogue.index(datastore, config=BkgdbConfig(binnings=[HALO_BINNING], exclusion=wider))
+    assert report.pieces == 8  # new exclusion hash: every run gets a new piece
+
+    leaking, _ = offset_chi2(catalogue, default.hash, truth)
+    clean, pieces = offset_chi2(catalogue, wider.hash, truth)
+    assert leaking > 60, (leaking, clean)  # the halo photons beyond 0.35 deg, counted as background
+    assert clean < 30, (leaking, clean)  # chi2 for 10 bins: within statistics
+    assert all([(region["name"], region["radius"]) for region in piece.regions] == [("Halo Source", 0.9)]
+               for piece in pieces)
+
+
+def test_source_excluded_by_name_is_one_circle_of_its_radius(tmp_path):
+    source_catalogue = write_source_catalogue(tmp_path / "cat.fits", [
+        {"name": "Halo Source", "ra_deg": 200.0, "dec_deg": -40.0},
+        {"name": "Other", "ra_deg": 201.0, "dec_deg": -40.0, "morph_sigma": 0.1},
+    ])
+    common = dict(gammacat=str(source_catalogue), hawc=None, star_cat=None)
+
+    def radii(**settings):
+        regions = ExclusionFinder(ExclusionSettings(**common, **settings)).regions(200.5, -40.0, 2.5)
+        return sorted((region.name, region.radius) for region in regions)
+
+    assert radii() == [("Halo Source", 0.35), ("Other", pytest.approx(0.3))]
+    assert radii(exclude_source_name=(("HALO SOURCE", 0.8),)) == [("Halo Source", 0.8), ("Other", pytest.approx(0.3))]
+    # No radius in the entry: the source's configured radius, else source_radius.
+    assert radii(exclude_source_name=(("halo source", None),), source_radius=0.5) == [
+        ("Halo Source", 0.5), ("Other", pytest.approx(0.3))]
+    assert radii(exclude_source_name=(("Halo Source", None),), source_radii=(("Halo Source", 0.7),)) == [
+        ("Halo Source", 0.7), ("Other", pytest.approx(0.3))]
+    # A per-source radius replaces an extended source's 3 x sigma too, smaller or larger.
+    assert radii(source_radii=(("other", 0.2),)) == [("Halo Source", 0.35), ("Other", 0.2)]
+    with pytest.raises(ConfigError, match=r"no source named 'Halo Sorce' in gamma-cat; did you mean 'Halo Source'\?"):
+        ExclusionSettings(**common, exclude_source_name=(("Halo Sorce", None),))
+
+
+def test_names_resolve_in_gammacat_and_3hwc():
+    from conftest import gammapy_data_path
+
+    gammapy_data_path("catalogs")
+    settings = ExclusionSettings()
+    for spelling in ("PKS 2155-304", "pks2155-304", "  PKS  2155-304 ", "HESS J2158-302", "147"):
+        [source] = find_named_sources(settings, spelling)
+        assert (source.catalogue, source.name) == ("gammacat", "PKS 2155-304"), spelling
+        assert source.ra == pytest.approx(329.717, abs=1e-3) and source.dec == pytest.approx(-30.226, abs=1e-3)
+    [hawc] = find_named_sources(settings, "3hwc j0534+220")
+    assert (hawc.catalogue, hawc.name) == ("hawc", "3HWC J0534+220")
+    with pytest.raises(ConfigError, match=r"no source named 'crab' in gamma-cat and 3HWC; did you mean 'Crab nebula'"):
+        find_named_sources(settings, "crab")
+    with pytest.raises(ConfigError, match="did you mean 'PKS 2155-304'"):
+        find_named_sources(settings, "PKS 2155-305")
+
+
+def test_names_need_a_source_catalogue():
+    with pytest.raises(ConfigError, match="no source catalogue is configured"):
+        ExclusionSettings(**NO_CATALOGUES, source_radii=(("PKS 2155-304", 0.6),))
