@@ -23,7 +23,8 @@ from .normalisation import NO_NORMALISATION
 from .selection import RunSelector
 from .smoothing import BackgroundSmoother
 
-__all__ = ["BackgroundBuilder", "BuiltBackground", "background_history", "per_run_normalisation", "PROVENANCE_HDU", "BKG_HDU"]
+__all__ = ["BackgroundBuilder", "BuiltBackground", "background_history", "per_run_normalisation", "PROVENANCE_HDU",
+           "BKG_HDU"]
 
 log = logging.getLogger(__name__)
 

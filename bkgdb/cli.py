@@ -333,8 +333,11 @@ def validate(
     run's safe range, offsets below 2 deg, exclusion regions cut.
     """
     from .conditions import parse_condition
-    from .validation import ROW_COLUMNS, SUMMARY_COLUMNS, report_rows_to_file, validate_runs
+    from .validation import ROW_COLUMNS, SUMMARY_COLUMNS, report_rows_to_file, rows_file_format, validate_runs
 
+    row_format = None if fmt in (None, OutputFormat.table) else fmt.value
+    if output is not None:
+        row_format = rows_file_format(output, row_format)  # before any work
     settings = read_config(config)
     for condition in where or []:
         parse_condition(condition)  # a typo fails here, before any work
@@ -353,7 +356,7 @@ def validate(
 
     rows_on_stdout = output is None
     if output is not None:
-        written = report_rows_to_file(report, output, None if fmt in (None, OutputFormat.table) else fmt.value)
+        written = report_rows_to_file(report, output, row_format)
         err.print(f"{len(report.rows)} runs written to {written}", highlight=False, markup=False)
     elif fmt in (OutputFormat.csv, OutputFormat.json):
         render_rows(report.rows, ROW_COLUMNS, fmt, out)

@@ -21,7 +21,8 @@ import numpy as np
 from .errors import BkgdbError
 
 __all__ = ["fov_background_norm", "FitSettings", "FitJob", "FitResult", "ValidationReport", "validate_runs",
-           "fit_run", "target_runs", "summarise", "ZENITH_BANDS", "ROW_COLUMNS", "SUMMARY_COLUMNS"]
+           "fit_run", "target_runs", "summarise", "outside_circles", "rows_file_format", "report_rows_to_file",
+           "ZENITH_BANDS", "ROW_COLUMNS", "SUMMARY_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -442,15 +443,28 @@ def _run_fits(jobs_to_fit, workers):
             yield future.result()
 
 
+def rows_file_format(path, fmt=None):
+    """``csv`` or ``json``: ``fmt`` if given, else the file's suffix.
+
+    Raises
+    ------
+    BkgdbError
+        Neither says which.
+    """
+    suffix = Path(path).suffix.lower().lstrip(".")
+    fmt = fmt or (suffix if suffix in ("csv", "json") else None)
+    if fmt not in ("csv", "json"):
+        raise BkgdbError(f"cannot tell the format of {path}: name it .csv or .json, or give --format csv|json")
+    return fmt
+
+
 def report_rows_to_file(report, path, fmt=None):
     """Write the per-run rows as CSV or JSON (by ``fmt``, else by the file's suffix)."""
     import csv
     import json
 
     path = Path(path)
-    fmt = fmt or ("json" if path.suffix.lower() == ".json" else "csv" if path.suffix.lower() == ".csv" else None)
-    if fmt not in ("csv", "json"):
-        raise BkgdbError(f"cannot tell the format of {path}: name it .csv or .json, or give --format csv|json")
+    fmt = rows_file_format(path, fmt)
     if fmt == "json":
         # NaN is not JSON: missing values are null.
         clean = [{key: (None if isinstance(value, float) and not math.isfinite(value) else value)
