@@ -331,6 +331,8 @@ class SelectionSettings:
     normalisation: str = "none"
     normalisation_ring: tuple = (2.0, 2.5)
     normalisation_column: str | None = None
+    #: Energies (TeV) of the control ring; None: the whole binning.
+    normalisation_energy: tuple | None = None
 
     KEYS = ("el_diff", "az_diff", "nsb_diff", "time_max", "same_szn", "seasons", "n_tels", "n_tel", "el_min",
             "el_max", "gal_lat_min", "where", "time_request", "KL_DIV", "smooth", "smooth_method",
@@ -343,7 +345,8 @@ class SelectionSettings:
         if self.smooth_method not in SMOOTHING_METHODS:
             raise ConfigError(f"background_selection.smooth_method must be one of {', '.join(SMOOTHING_METHODS)}, "
                               f"got {self.smooth_method!r}")
-        _check_normalisation(self.normalisation, self.normalisation_ring, self.normalisation_column)
+        _check_normalisation(self.normalisation, self.normalisation_ring, self.normalisation_column,
+                             self.normalisation_energy)
 
     @classmethod
     def from_dict(cls, values, section="background_selection"):
@@ -401,15 +404,19 @@ def _normalisation_from_dict(section, values):
         values = {"method": values}
     if not isinstance(values, dict):
         raise ConfigError(f"{section} must be a mapping of method, offset_min, offset_max, column")
-    _check_keys(section, values, ("method", "offset_min", "offset_max", "column"))
+    _check_keys(section, values, ("method", "offset_min", "offset_max", "column", "e_min", "e_max"))
     ring = tuple(_number(section, key, values.get(key, default), minimum=0)
                  for key, default in (("offset_min", 2.0), ("offset_max", 2.5)))
+    energy = None
+    if values.get("e_min") is not None or values.get("e_max") is not None:
+        energy = (_number(section, "e_min", values.get("e_min", 0.0), minimum=0),
+                  _number(section, "e_max", values.get("e_max", 1e9), minimum=0))
     column = values.get("column")
     return {"normalisation": str(values.get("method") or "none"), "normalisation_ring": ring,
-            "normalisation_column": None if column is None else str(column)}
+            "normalisation_column": None if column is None else str(column), "normalisation_energy": energy}
 
 
-def _check_normalisation(method, ring, column):
+def _check_normalisation(method, ring, column, energy=None):
     from .normalisation import NORMALISATION_METHODS
 
     section = "background_selection.normalisation"
@@ -418,6 +425,8 @@ def _check_normalisation(method, ring, column):
     low, high = ring
     if not (np.isfinite(low) and np.isfinite(high) and 0 <= low < high):
         raise ConfigError(f"{section} needs finite 0 <= offset_min < offset_max, got {low!r}, {high!r}")
+    if energy is not None and not (np.all(np.isfinite(energy)) and 0 <= energy[0] < energy[1]):
+        raise ConfigError(f"{section} needs finite 0 <= e_min < e_max, got {energy[0]!r}, {energy[1]!r}")
     if method == "monitor" and not column:
         raise ConfigError(f"{section}: method monitor needs a column (a catalogue column such as a trigger rate)")
 
@@ -467,6 +476,10 @@ class BkgdbConfig:
                 raise ConfigError(f"background_selection.normalisation: the control ring {low:g}-{high:g} deg must "
                                   f"hold whole offset bins of the binning ({binning.off_min:g}-{binning.off_max:g} "
                                   f"deg in {binning.off_bins} bins)")
+            energy, edges = self.selection.normalisation_energy, binning.energy_edges
+            if energy and not np.any((edges[:-1] >= energy[0] * (1 - 1e-9)) & (edges[1:] <= energy[1] * (1 + 1e-9))):
+                raise ConfigError(f"background_selection.normalisation: no energy bin of the binning lies within "
+                                  f"e_min {energy[0]:g} and e_max {energy[1]:g} TeV")
 
     @property
     def binning(self):

@@ -60,7 +60,7 @@ def ring_bins(offset_edges, offset_min, offset_max):
 
 
 def control_ring_normalisation(rate, energy_edges_tev, offset_edges_deg, counts, exposure_s, offset_min,
-                               offset_max, model_counts=None) -> Normalisation:
+                               offset_max, model_counts=None, energy_range_tev=None) -> Normalisation:
     """Scale of a model from the target's own counts in an outer offset ring.
 
     Parameters
@@ -77,6 +77,8 @@ def control_ring_normalisation(rate, energy_edges_tev, offset_edges_deg, counts,
         The ring, deg; the offset bins wholly inside it are used.
     model_counts : `~numpy.ndarray`, optional
         Counts the model was summed from, for its share of the error. Default is None (ignored).
+    energy_range_tev : tuple, optional
+        Only the energy bins wholly inside (e_min, e_max), TeV. Default is None: every bin.
 
     Returns
     -------
@@ -99,9 +101,18 @@ def control_ring_normalisation(rate, energy_edges_tev, offset_edges_deg, counts,
     energy_width_mev = np.diff(np.asarray(energy_edges_tev, float)) * 1e6
     predicted_per_bin = rate * np.outer(energy_width_mev, np.asarray(exposure_s, float) * solid_angle)
     use = (rate > 0) & ring[np.newaxis, :]
+    energy_edges = np.asarray(energy_edges_tev, float)
+    if energy_range_tev is not None:
+        low, high = energy_range_tev
+        in_range = (energy_edges[:-1] >= low * (1 - 1e-9)) & (energy_edges[1:] <= high * (1 + 1e-9))
+        if not in_range.any():
+            raise NormalisationError(f"no energy bin lies within the control ring's {low:g}-{high:g} TeV")
+        use &= in_range[:, np.newaxis]
     observed = float(np.asarray(counts)[use].sum())
     predicted = float(predicted_per_bin[use].sum())
     region = f"offset {offset_edges[:-1][ring].min():.2f}-{offset_edges[1:][ring].max():.2f} deg"
+    if energy_range_tev is not None:
+        region += f", {energy_edges[:-1][in_range].min():.3g}-{energy_edges[1:][in_range].max():.3g} TeV"
     if observed <= 0 or predicted <= 0:
         raise NormalisationError(f"control ring {region}: {observed:g} counts observed, {predicted:.3g} predicted")
     factor = observed / predicted

@@ -313,7 +313,8 @@ class ValidationReport:
 def _normalisation_label(selection):
     if selection.normalisation == "control-ring":
         low, high = selection.normalisation_ring
-        return f"control-ring (offset {low:g}-{high:g} deg)"
+        energy = selection.normalisation_energy
+        return f"control-ring (offset {low:g}-{high:g} deg" + (f", {energy[0]:g}-{energy[1]:g} TeV)" if energy else ")")
     if selection.normalisation == "monitor":
         return f"monitor (column {selection.normalisation_column})"
     return "none"

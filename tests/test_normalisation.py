@@ -68,6 +68,21 @@ def test_control_ring_ignores_bins_the_model_does_not_cover():
     assert result.factor == pytest.approx(reference.factor, rel=1e-3)
 
 
+def test_control_ring_energy_range():
+    rate = truth_rate()
+    exposure = np.full(len(OFFSET_EDGES) - 1, 1800.0)
+    counts = expected_counts(rate, exposure)  # the expectation itself: no rounding at high energies
+    counts[:4] *= 2  # below 1 TeV the target has twice the model's rate
+    whole = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5)
+    above = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5,
+                                       energy_range_tev=(1.0, 100.0))
+    assert whole.factor > 1.5 and above.factor == pytest.approx(1.0)
+    assert above.region == "offset 2.00-2.50 deg, 1-100 TeV"
+    with pytest.raises(NormalisationError, match="no energy bin lies within the control ring's 1.1-1.2 TeV"):
+        control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5,
+                                   energy_range_tev=(1.1, 1.2))
+
+
 def test_control_ring_without_bins_or_counts_is_an_error():
     rate = truth_rate()
     exposure = np.full(len(OFFSET_EDGES) - 1, 1800.0)
@@ -107,6 +122,11 @@ background_selection:
   normalisation: {method: monitor, column: TRIGRATE}
 """))
     assert (config.selection.normalisation, config.selection.normalisation_column) == ("monitor", "TRIGRATE")
+    config = load_config(write(tmp_path, """
+background_selection:
+  normalisation: {method: control-ring, e_min: 0.5, e_max: 10}
+"""))
+    assert config.selection.normalisation_energy == (0.5, 10.0)
     assert load_config(write(tmp_path, "background_selection: {}\n")).selection.normalisation == "none"
     with pytest.warns(ConfigWarning, match="background_selection.normalisation.offset"):
         load_config(write(tmp_path, "background_selection: {normalisation: {method: none, offset: 2}}\n"))
@@ -119,6 +139,8 @@ background_selection:
     ("{method: control-ring, offset_min: 2.0, offset_max: 3.0}", "must hold whole offset bins of the binning"),
     ("{method: control-ring, offset_min: 2.1, offset_max: 2.2}", "must hold whole offset bins of the binning"),
     ("{method: monitor}", "method monitor needs a column"),
+    ("{method: control-ring, e_min: 10, e_max: 1}", "needs finite 0 <= e_min < e_max"),
+    ("{method: control-ring, e_min: 1.1, e_max: 1.2}", "no energy bin of the binning lies within"),
     ("[2.0, 2.5]", "must be a mapping of method"),
     ("{method: control-ring, offset_max: two}", "offset_max must be a number"),
 ])
