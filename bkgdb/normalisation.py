@@ -120,7 +120,7 @@ def control_ring_normalisation(rate, energy_edges_tev, offset_edges_deg, counts,
     if model_counts is not None:
         in_model = float(np.asarray(model_counts)[use].sum())
         relative += 1.0 / in_model if in_model > 0 else 0.0
-    return Normalisation("control-ring", factor, factor * np.sqrt(relative), region)
+    return Normalisation("control-ring", float(factor), float(factor * np.sqrt(relative)), region)
 
 
 def monitor_normalisation(target_value, values, ontimes_s, column) -> Normalisation:

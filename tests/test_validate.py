@@ -6,16 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import yaml
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from bkgdb.background import BackgroundBuilder
 from bkgdb.cli import app
 from bkgdb.config import BkgdbConfig
 from bkgdb.errors import BkgdbError
+from bkgdb.models import BackgroundRow
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.validation import ROW_COLUMNS, target_runs, validate_runs
 
@@ -41,8 +44,8 @@ def fields(tmp_path_factory):
     pointings.append(PLANE_FIELD)
     DatastoreSimulator(truth=TRUTH, pointings=pointings, source=SOURCE, ontime_s=2000.0, seed=5, first_obs_id=100,
                        extra_columns={"TRIGRATE": [100.0] * len(pointings)}).run(folder / "normal")
-    DatastoreSimulator(truth=BackgroundTruth(norm=TRUTH.norm * SCALE, energy_range_tev=TRUTH.energy_range_tev), pointings=[EMPTY_FIELDS[1]] * 4,
-                       ontime_s=2000.0, seed=6, first_obs_id=200,
+    scaled = BackgroundTruth(norm=TRUTH.norm * SCALE, energy_range_tev=TRUTH.energy_range_tev)
+    DatastoreSimulator(truth=scaled, pointings=[EMPTY_FIELDS[1]] * 4, ontime_s=2000.0, seed=6, first_obs_id=200,
                        extra_columns={"TRIGRATE": [100.0 * SCALE] * 4}).run(folder / "scaled")
     write_source_catalogue(folder / "catalogue.fits", [SOURCE])
     return folder
@@ -156,6 +159,11 @@ def test_monitor_normalisation_scales_by_the_column_ratio(catalogue, fields, tmp
     builder.write(200, tmp_path / "bkg.fits")
     header = fits.getheader(tmp_path / "bkg.fits", "BACKGROUND")
     assert header["BKG_NRMM"] == "monitor" and header["BKG_NRMF"] == pytest.approx(SCALE)
+    with Session(catalogue.engine) as session:
+        stored = session.scalars(sa.select(BackgroundRow)).one()
+        assert stored.selection["normalisation"] == {"method": "monitor", "factor": pytest.approx(SCALE),
+                                                     "error": 0.0, "region": "column TRIGRATE"}
+        assert stored.selection["settings"]["normalisation_column"] == "TRIGRATE"
     with pytest.raises(BkgdbError, match="no value of column 'NOSUCH'"):
         BackgroundBuilder(catalogue, make_config(fields, normalisation={"method": "monitor", "column": "NOSUCH"})
                           ).build(200)
