@@ -315,7 +315,10 @@ def _norm_text(value, error):
 @app.command()
 @reports_errors
 def validate(
-    datastore: Path = typer.Argument(..., help="DL3 datastore whose runs are the targets (indexed first if needed)."),
+    datastore: Path = typer.Argument(..., help="DL3 datastore (indexed first if needed). Its runs passing --where "
+                                     "and the config's gal_lat_min, n_tels, el_min, el_max are the targets; each is "
+                                     "fitted at 0.5-10 TeV within its safe range, offsets below 2 deg, exclusion "
+                                     "regions cut, with bkgdb's model and the model in its file, if any."),
     config: Path = typer.Option(..., "--config", help="YAML config to judge."),
     where: list[str] = typer.Option(None, "--where", "-w", metavar="COND",
                                     help="Condition on the target runs, e.g. 'zenith<40'; repeat to AND."),
@@ -325,13 +328,7 @@ def validate(
     fmt: OutputFormat = typer.Option(None, "--format", "-f",
                                      help="Format of the per-run rows (stdout: table by default; -o: by suffix)."),
 ):
-    """Judge a config: build every target run's background from the other runs and fit its FoV norm with gammapy.
-
-    Targets are the runs of DATASTORE passing --where and the config's gal_lat_min, n_tels, el_min and
-    el_max. Each run gets bkgdb's background and, where its file has one, the file's own model; the
-    FoVBackgroundMaker scale norm (1: the model predicts the counts) is fitted at 0.5-10 TeV within the
-    run's safe range, offsets below 2 deg, exclusion regions cut.
-    """
+    """Judge a config: each target's background from the other runs, and its FoVBackgroundMaker norm (1 is right)."""
     from .conditions import parse_condition
     from .validation import ROW_COLUMNS, SUMMARY_COLUMNS, report_rows_to_file, rows_file_format, validate_runs
 
