@@ -19,10 +19,12 @@ from .cache import row_to_piece
 from .errors import BkgdbError
 from .gadf import background_2d_hdu
 from .models import RUN_STATUS_OK, BackgroundRow, BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from .normalisation import NO_NORMALISATION
 from .selection import RunSelector
 from .smoothing import BackgroundSmoother
 
-__all__ = ["BackgroundBuilder", "BuiltBackground", "background_history", "PROVENANCE_HDU", "BKG_HDU"]
+__all__ = ["BackgroundBuilder", "BuiltBackground", "background_history", "per_run_normalisation", "PROVENANCE_HDU",
+           "BKG_HDU"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class BuiltBackground:
     exclusion_hash: str
     binning_id: int | None = None
     exclusion_id: int | None = None
+    #: Per-run scale applied to the model (`bkgdb.normalisation.Normalisation`); factor 1 when none.
+    normalisation: object = NO_NORMALISATION
 
     @property
     def model(self):
@@ -65,6 +69,9 @@ class BuiltBackground:
             "BKG_RANK": (self.selection.ranking, "how candidates were ranked"),
             "BKG_BINH": (self.binning_hash[:16], "bkgdb binning hash"),
             "BKG_EXCH": (self.exclusion_hash[:16], "bkgdb exclusion hash"),
+            "BKG_NRMM": (self.normalisation.method, "per-run normalisation method"),
+            "BKG_NRMF": (float(self.normalisation.factor), "per-run normalisation factor applied"),
+            "BKG_NRMR": (self.normalisation.region, "where the normalisation was measured"),
         }
 
     def model_hdu(self, name=BKG_HDU, three_d=False):
@@ -202,12 +209,17 @@ class BackgroundBuilder:
             selection.datastores = [path for _, path in rows]
             assembled = assemble_background([row_to_piece(piece) for piece, _ in rows], self.config.binning)
             rate = self.smoother.run(assembled)
+            # Per-run normalisation (bkgdb.normalisation): after smoothing, before empty bins are filled.
+            normalisation = per_run_normalisation(session, self.config.selection, target, selection, rate, assembled,
+                                                  binning_row.id, exclusion_row.id)
+            rate = rate * normalisation.factor
             if self.config.selection.fill_empty_bins:
                 rate = fill_empty_bins(rate, assembled)
             if self.config.selection.bin_centre_correction:
                 rate = bin_average_to_centre(rate, assembled)
             return BuiltBackground(target, selection, assembled, self.smoother.method, rate,
-                                   binning_row.hash, exclusion_row.hash, binning_row.id, exclusion_row.id)
+                                   binning_row.hash, exclusion_row.hash, binning_row.id, exclusion_row.id,
+                                   normalisation=normalisation)
         finally:
             if own_session:
                 session.close()
@@ -218,7 +230,7 @@ class BackgroundBuilder:
             target_run_id=built.target.id, target_obs_id=built.target.obs_id, binning_id=built.binning_id,
             exclusion_id=built.exclusion_id,
             selection={"settings": self.config.selection.params, "from_run": self.config.io.from_run,
-                       **built.selection.as_dict()},
+                       **built.selection.as_dict(), "normalisation": built.normalisation.as_dict()},
             obs_ids=list(built.selection.obs_ids), n_runs=len(built.selection.obs_ids),
             ontime_s=built.assembled.ontime_s, smoothing=built.smoothing,
             output_path=None if output_path is None else str(output_path),
@@ -248,3 +260,39 @@ class BackgroundBuilder:
         from .attach import attach_backgrounds
 
         return attach_backgrounds(self, target_datastore, out_dir, progress=progress, overwrite=overwrite)
+
+
+def per_run_normalisation(session, settings, target, selection, rate, assembled, binning_id, exclusion_id):
+    """The configured per-run `~bkgdb.normalisation.Normalisation` of a target's model.
+
+    ``control-ring`` compares the target's own piece (exclusions applied) with the model in the
+    ring; ``monitor`` compares a catalogue column of the target with the runs used.
+    """
+    from .conditions import typed_column
+    from .normalisation import control_ring_normalisation, monitor_normalisation
+
+    if settings.normalisation == "control-ring":
+        own = session.scalars(sa.select(PieceRow).where(
+            PieceRow.run_id == target.id, PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id)
+        ).one_or_none()
+        if own is None:
+            raise BkgdbError(f"control-ring normalisation needs run {target.obs_id}'s own piece: "
+                             "index its datastore with --config")
+        piece, binning = row_to_piece(own), assembled.binning
+        return control_ring_normalisation(rate, binning.energy_edges, binning.offset_edges, piece.counts,
+                                          piece.exposure_s, *settings.normalisation_ring, model_counts=assembled.counts,
+                                          energy_range_tev=settings.normalisation_energy)
+    if settings.normalisation == "monitor":
+        name = settings.normalisation_column
+        column = typed_column(name)
+
+        def value(run):
+            if column is not None:
+                return getattr(run, column.key)
+            return {key.lower(): item for key, item in (run.extra or {}).items()}.get(name.lower())
+
+        runs = []
+        for start in range(0, len(selection.run_ids), ID_CHUNK):
+            runs += session.scalars(sa.select(Run).where(Run.id.in_(selection.run_ids[start:start + ID_CHUNK]))).all()
+        return monitor_normalisation(value(target), [value(run) for run in runs], [run.ontime_s for run in runs], name)
+    return NO_NORMALISATION

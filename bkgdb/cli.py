@@ -310,6 +310,92 @@ def history(
     render_rows(rows, columns, fmt, out, title=f"{len(rows)} backgrounds")
 
 
+def _number_text(value, digits=3):
+    return "" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def _norm_text(value, error):
+    return "" if value is None or value != value else f"{value:.3f} +- {error:.3f}"
+
+
+@app.command()
+@reports_errors
+def validate(
+    datastore: Path = typer.Argument(..., help="DL3 datastore (indexed first if needed). Its runs passing --where "
+                                     "and the config's gal_lat_min, n_tels, el_min, el_max are the targets; each is "
+                                     "fitted at 0.5-10 TeV within its safe range, offsets below 2 deg, exclusion "
+                                     "regions cut, with bkgdb's model and the model in its file, if any."),
+    config: Path = typer.Option(..., "--config", help="YAML config to judge."),
+    where: list[str] = typer.Option(None, "--where", "-w", metavar="COND",
+                                    help="Condition on the target runs, e.g. 'zenith<40'; repeat to AND."),
+    jobs: int = typer.Option(None, "--jobs", "-j", min=1,
+                             help="Worker processes for the gammapy fits and indexing. Default: config.njobs."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write the per-run rows to this .csv or .json file."),
+    fmt: OutputFormat = typer.Option(None, "--format", "-f",
+                                     help="Format of the per-run rows (stdout: table by default; -o: by suffix)."),
+):
+    """Judge a config: each target's background from the other runs, and its FoVBackgroundMaker norm (1 is right)."""
+    from .conditions import parse_condition
+    from .validation import ROW_COLUMNS, SUMMARY_COLUMNS, report_rows_to_file, rows_file_format, validate_runs
+
+    row_format = None if fmt in (None, OutputFormat.table) else fmt.value
+    if output is not None:
+        row_format = rows_file_format(output, row_format)  # before any work
+    settings = read_config(config)
+    for condition in where or []:
+        parse_condition(condition)  # a typo fails here, before any work
+    workers = jobs or settings.njobs
+    catalogue = open_catalogue()
+    with progress_bar("indexing") as bar:
+        task = bar.add_task("index", total=None)
+        indexed = catalogue.index(datastore, config=settings, jobs=workers,
+                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
+    for obs_id, reason in indexed.failures:
+        err.print(f"failed: run {obs_id}: {reason}", highlight=False, markup=False)
+    with progress_bar("validating") as bar:
+        task = bar.add_task("validate", total=None)
+        report = validate_runs(catalogue, settings, datastore, where=where or [], jobs=workers,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+
+    rows_on_stdout = output is None
+    if output is not None:
+        written = report_rows_to_file(report, output, row_format)
+        err.print(f"{len(report.rows)} runs written to {written}", highlight=False, markup=False)
+    elif fmt in (OutputFormat.csv, OutputFormat.json):
+        render_rows(report.rows, ROW_COLUMNS, fmt, out)
+    else:
+        columns = ["obs_id", "zenith", "az", "runs", "ontime_h", "normalisation", "counts", "predicted", "norm",
+                   "file_predicted", "file_norm", "status"]
+        table = []
+        for row in report.rows:
+            scale = row["normalisation"]
+            if row["norm_region"]:
+                scale = f"x{row['norm_factor']:.3f} ({row['norm_region']})"
+            table.append({
+                "obs_id": row["obs_id"], "zenith": _number_text(row["zenith_deg"], 1),
+                "az": _number_text(row["az_deg"], 1), "runs": row["runs_used"] or "",
+                "ontime_h": _number_text(row["ontime_used_h"], 2), "normalisation": scale,
+                "counts": _number_text(row["counts"], 0), "predicted": _number_text(row["predicted"], 1),
+                "norm": _norm_text(row["norm"], row["norm_error"]),
+                "file_predicted": _number_text(row["file_predicted"], 1),
+                "file_norm": _norm_text(row["file_norm"], row["file_norm_error"]),
+                "status": row["status"] if row["status"] == "ok" else f"{row['status']}: {row['reason']}",
+            })
+        render_rows(table, columns, OutputFormat.table, out, title=f"{len(table)} runs of {report.datastore}")
+    # The summary always; on stderr when stdout carries CSV or JSON rows, so they stay parseable.
+    console = err if rows_on_stdout and fmt in (OutputFormat.csv, OutputFormat.json) else out
+    summary = [{key: (_number_text(value) if isinstance(value, float) else value) for key, value in entry.items()}
+               for entry in report.summary]
+    render_rows(summary, SUMMARY_COLUMNS, OutputFormat.table, console,
+                title=f"FoV background norms (1: the model predicts the counts); normalisation: {report.normalisation}")
+    fitted = sum(row["status"] == "ok" for row in report.rows)
+    console.print(f"{len(report.rows)} target runs, {fitted} fitted, {len(report.without_background)} without "
+                  f"background or fit; model 'file' is the background model in the run files", highlight=False,
+                  markup=False)
+    for obs_id, reason in report.without_background:
+        console.print(f"no background: run {obs_id}: {reason}", highlight=False, markup=False)
+
+
 @app.command()
 @reports_errors
 def demo(

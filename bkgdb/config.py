@@ -545,10 +545,18 @@ class SelectionSettings:
     fill_empty_bins: bool = True
     #: Write rates at the energy bins' centres, as gammapy reads them (see `bin_average_to_centre`).
     bin_centre_correction: bool = True
+    #: Per-run normalisation (`bkgdb.normalisation`): none, control-ring (offsets in
+    #: ``normalisation_ring``, deg) or monitor (ratio of catalogue column ``normalisation_column``).
+    normalisation: str = "none"
+    normalisation_ring: tuple = (2.0, 2.5)
+    normalisation_column: str | None = None
+    #: Energies (TeV) of the control ring; None: the whole binning.
+    normalisation_energy: tuple | None = None
 
     KEYS = ("el_diff", "az_diff", "nsb_diff", "time_max", "same_szn", "seasons", "n_tels", "n_tel", "el_min",
             "el_max", "gal_lat_min", "where", "time_request", "KL_DIV", "smooth", "smooth_method",
-            "smooth_sigma", "poly_degree", "spline_smoothing", "fill_empty_bins", "bin_centre_correction")
+            "smooth_sigma", "poly_degree", "spline_smoothing", "fill_empty_bins", "bin_centre_correction",
+            "normalisation")
     #: gammapy-tools keys that bkgdb reads but does not use.
     UNUSED = ("store_KL", "bkg_runlist")
 
@@ -556,6 +564,8 @@ class SelectionSettings:
         if self.smooth_method not in SMOOTHING_METHODS:
             raise ConfigError(f"background_selection.smooth_method must be one of {', '.join(SMOOTHING_METHODS)}, "
                               f"got {self.smooth_method!r}")
+        _check_normalisation(self.normalisation, self.normalisation_ring, self.normalisation_column,
+                             self.normalisation_energy)
 
     @classmethod
     def from_dict(cls, values, section="background_selection"):
@@ -596,11 +606,47 @@ class SelectionSettings:
             kwargs["smooth_sigma"] = _number(section, "smooth_sigma", values["smooth_sigma"], minimum=0, strictly=True)
         if "poly_degree" in values:
             kwargs["poly_degree"] = _number(section, "poly_degree", values["poly_degree"], int, minimum=0)
+        kwargs.update(_normalisation_from_dict(f"{section}.normalisation", values.get("normalisation")))
         return cls(**kwargs)
 
     @property
     def params(self):
         return {key: getattr(self, key) for key in self.__dataclass_fields__}
+
+
+def _normalisation_from_dict(section, values):
+    """SelectionSettings keyword arguments of a ``normalisation`` mapping (method, offset_min, offset_max, column)."""
+    if values is None:
+        return {}
+    if isinstance(values, str):
+        values = {"method": values}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section} must be a mapping of method, offset_min, offset_max, column")
+    _check_keys(section, values, ("method", "offset_min", "offset_max", "column", "e_min", "e_max"))
+    ring = tuple(_number(section, key, values.get(key, default), minimum=0)
+                 for key, default in (("offset_min", 2.0), ("offset_max", 2.5)))
+    energy = None
+    if values.get("e_min") is not None or values.get("e_max") is not None:
+        energy = (_number(section, "e_min", values.get("e_min", 0.0), minimum=0),
+                  _number(section, "e_max", values.get("e_max", 1e9), minimum=0))
+    column = values.get("column")
+    return {"normalisation": str(values.get("method") or "none"), "normalisation_ring": ring,
+            "normalisation_column": None if column is None else str(column), "normalisation_energy": energy}
+
+
+def _check_normalisation(method, ring, column, energy=None):
+    from .normalisation import NORMALISATION_METHODS
+
+    section = "background_selection.normalisation"
+    if method not in NORMALISATION_METHODS:
+        raise ConfigError(f"{section}.method must be one of {', '.join(NORMALISATION_METHODS)}, got {method!r}")
+    low, high = ring
+    if not (np.isfinite(low) and np.isfinite(high) and 0 <= low < high):
+        raise ConfigError(f"{section} needs finite 0 <= offset_min < offset_max, got {low!r}, {high!r}")
+    if energy is not None and not (np.all(np.isfinite(energy)) and 0 <= energy[0] < energy[1]):
+        raise ConfigError(f"{section} needs finite 0 <= e_min < e_max, got {energy[0]!r}, {energy[1]!r}")
+    if method == "monitor" and not column:
+        raise ConfigError(f"{section}: method monitor needs a column (a catalogue column such as a trigger rate)")
 
 
 @dataclass(frozen=True)
@@ -646,6 +692,21 @@ class BkgdbConfig:
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     io: IOSettings = field(default_factory=IOSettings)
     njobs: int = 1
+
+    def __post_init__(self):
+        from .normalisation import ring_bins
+
+        if self.selection.normalisation == "control-ring":
+            low, high = self.selection.normalisation_ring
+            binning = self.binning
+            if low < binning.off_min or high > binning.off_max or not ring_bins(binning.offset_edges, low, high).any():
+                raise ConfigError(f"background_selection.normalisation: the control ring {low:g}-{high:g} deg must "
+                                  f"hold whole offset bins of the binning ({binning.off_min:g}-{binning.off_max:g} "
+                                  f"deg in {binning.off_bins} bins)")
+            energy, edges = self.selection.normalisation_energy, binning.energy_edges
+            if energy and not np.any((edges[:-1] >= energy[0] * (1 - 1e-9)) & (edges[1:] <= energy[1] * (1 + 1e-9))):
+                raise ConfigError(f"background_selection.normalisation: no energy bin of the binning lies within "
+                                  f"e_min {energy[0]:g} and e_max {energy[1]:g} TeV")
 
     @property
     def binning(self):
