@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import __version__
-from .assembly import assemble_background, bin_average_to_centre, fill_empty_bins
+from .assembly import archive_condition_model, assemble_background, bin_average_to_centre, fill_empty_bins
 from .cache import row_to_piece
+from .condition_model import RunConditions
 from .errors import BkgdbError
 from .gadf import background_2d_hdu
 from .models import RUN_STATUS_OK, BackgroundRow, BinningRow, Datastore, ExclusionRow, PieceRow, Run
@@ -48,6 +49,8 @@ class BuiltBackground:
     exclusion_hash: str
     binning_id: int | None = None
     exclusion_id: int | None = None
+    #: Parameters of the condition model the pieces were moved with (None: plain sum).
+    condition_model: dict | None = None
 
     @property
     def model(self):
@@ -65,6 +68,21 @@ class BuiltBackground:
             "BKG_RANK": (self.selection.ranking, "how candidates were ranked"),
             "BKG_BINH": (self.binning_hash[:16], "bkgdb binning hash"),
             "BKG_EXCH": (self.exclusion_hash[:16], "bkgdb exclusion hash"),
+            "BKG_ASM": ("condition" if self.condition_model else "sum", "pieces moved to target conditions or summed"),
+            **self._condition_cards(),
+        }
+
+    def _condition_cards(self):
+        if not self.condition_model:
+            return {}
+        params = self.condition_model
+        return {
+            "BKG_CMEZ": (params["energy_zenith"], "energy x (cos z/cos z_tgt)**BKG_CMEZ"),
+            "BKG_CMEM": (params["energy_muon"], "energy x (muon_eff/muon_eff_tgt)**BKG_CMEM"),
+            "BKG_CMRZ": (params["rate_zenith"], "rate x (cos z_tgt/cos z)**BKG_CMRZ"),
+            "BKG_CMRA": (params["rate_azimuth"], "rate x exp(BKG_CMRA*(cos az_tgt-cos az))"),
+            "BKG_CMN": (int(params["n_runs"]), "archive runs the condition model was fitted on"),
+            "BKG_CMD": (params["archive_digest"][:16], "condition model archive digest"),
         }
 
     def model_hdu(self, name=BKG_HDU, three_d=False):
@@ -192,22 +210,31 @@ class BackgroundBuilder:
             rows = []
             for start in range(0, len(selection.run_ids), ID_CHUNK):  # SQLite caps bound parameters
                 rows += session.execute(
-                    sa.select(PieceRow, Datastore.path).join(Run, Run.id == PieceRow.run_id)
+                    sa.select(PieceRow, Datastore.path, Run.zenith_deg, Run.az_deg, Run.muon_eff)
+                    .join(Run, Run.id == PieceRow.run_id)
                     .join(Datastore, Datastore.id == Run.datastore_id)
                     .where(PieceRow.run_id.in_(selection.run_ids[start:start + ID_CHUNK]),
                            PieceRow.binning_id == binning_row.id, PieceRow.exclusion_id == exclusion_row.id)
                 ).all()
             order = {run_id: index for index, run_id in enumerate(selection.run_ids)}
             rows = sorted(rows, key=lambda row: order[row[0].run_id])
-            selection.datastores = [path for _, path in rows]
-            assembled = assemble_background([row_to_piece(piece) for piece, _ in rows], self.config.binning)
+            selection.datastores = [row[1] for row in rows]
+            pieces = [row_to_piece(row[0]) for row in rows]
+            model, model_record = None, None
+            if self.config.selection.assembly == "condition" and not self.config.io.from_run:
+                model, model_record = archive_condition_model(
+                    session, binning_row.id, exclusion_row.id, self.config.binning.energy_edges, self.config.selection)
+            assembled = assemble_background(
+                pieces, self.config.binning, [RunConditions(*row[2:]) for row in rows],
+                RunConditions(target.zenith_deg, target.az_deg, target.muon_eff), model)
             rate = self.smoother.run(assembled)
             if self.config.selection.fill_empty_bins:
                 rate = fill_empty_bins(rate, assembled)
             if self.config.selection.bin_centre_correction:
                 rate = bin_average_to_centre(rate, assembled)
             return BuiltBackground(target, selection, assembled, self.smoother.method, rate,
-                                   binning_row.hash, exclusion_row.hash, binning_row.id, exclusion_row.id)
+                                   binning_row.hash, exclusion_row.hash, binning_row.id, exclusion_row.id,
+                                   model_record)
         finally:
             if own_session:
                 session.close()
@@ -218,7 +245,8 @@ class BackgroundBuilder:
             target_run_id=built.target.id, target_obs_id=built.target.obs_id, binning_id=built.binning_id,
             exclusion_id=built.exclusion_id,
             selection={"settings": self.config.selection.params, "from_run": self.config.io.from_run,
-                       **built.selection.as_dict()},
+                       **built.selection.as_dict(), "condition_model": built.condition_model,
+                       "weights": None if built.assembled.weights is None else [float(w) for w in built.assembled.weights]},
             obs_ids=list(built.selection.obs_ids), n_runs=len(built.selection.obs_ids),
             ontime_s=built.assembled.ontime_s, smoothing=built.smoothing,
             output_path=None if output_path is None else str(output_path),
