@@ -19,7 +19,7 @@ Pure numpy/scipy; no event files.
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -119,12 +119,16 @@ class ConditionModel:
         Rate factor exponent of cos(zenith) ratio (target / run).
     rate_azimuth : float
         Rate factor coefficient of cos(azimuth) difference (target - run).
+    rate_zenith_energy : float
+        Change of ``rate_zenith`` per decade of energy above 1 TeV: the exponent at energy E is
+        ``rate_zenith + rate_zenith_energy * log10(E / 1 TeV)``.
     """
 
     energy_zenith: float = 0.0
     energy_muon: float = 0.0
     rate_zenith: float = 0.0
     rate_azimuth: float = 0.0
+    rate_zenith_energy: float = 0.0
 
     @property
     def params(self) -> dict:
@@ -137,7 +141,8 @@ class ConditionModel:
     def describe(self) -> str:
         """One line: the four numbers."""
         return (f"energy x (cos z/cos z_t)^{self.energy_zenith:.3f} (muon_eff ratio)^{self.energy_muon:.3f}, "
-                f"rate x (cos z_t/cos z)^{self.rate_zenith:.3f} exp({self.rate_azimuth:.3f} dcos az)")
+                f"rate x (cos z_t/cos z)^({self.rate_zenith:.3f}{self.rate_zenith_energy:+.3f} log10 E/TeV) "
+                f"exp({self.rate_azimuth:.3f} dcos az)")
 
     def log_energy_factors(self, conditions, target) -> np.ndarray:
         """Natural log of the energy factor of each run moved to ``target``."""
@@ -147,12 +152,18 @@ class ConditionModel:
         muon = self.energy_muon * (log_mu - log_mu_t)
         return log_factor + np.where(np.isfinite(muon), muon, 0.0)
 
-    def rate_factors(self, conditions, target) -> np.ndarray:
-        """Factor multiplying each run's (moved) counts at ``target``'s conditions."""
+    def rate_factors(self, conditions, target, energy_tev=1.0) -> np.ndarray:
+        """Factor multiplying each run's (moved) counts at ``target``'s conditions.
+
+        Shape (n_runs,) for one energy (default 1 TeV), (n_runs, n_energy) for an array of them.
+        """
         cos_z, cos_t = _cos_zenith(conditions), _cos_zenith([target])[0]
-        log_rate = self.rate_zenith * (math.log(cos_t) - np.log(cos_z))
-        log_rate += self.rate_azimuth * (_cos_azimuth([target])[0] - _cos_azimuth(conditions))
-        return np.exp(log_rate)
+        exponent = self.rate_zenith + self.rate_zenith_energy * np.log10(np.asarray(energy_tev, dtype=float))
+        log_cos = math.log(cos_t) - np.log(cos_z)
+        log_azimuth = self.rate_azimuth * (_cos_azimuth([target])[0] - _cos_azimuth(conditions))
+        if np.ndim(exponent) == 0:
+            return np.exp(exponent * log_cos + log_azimuth)
+        return np.exp(np.multiply.outer(log_cos, exponent) + log_azimuth[:, np.newaxis])
 
     def apply(self, counts, energy_edges, conditions, target):
         """Counts of pieces moved to the target's conditions, and the rate factor used for each.
@@ -171,14 +182,14 @@ class ConditionModel:
         moved : `~numpy.ndarray`
             Shifted counts times the rate factor, same shape as ``counts``.
         factors : `~numpy.ndarray`
-            The rate factor of each piece.
+            The rate factor of each piece at 1 TeV.
         """
         counts = np.asarray(counts, dtype=float)
         if len(conditions) != counts.shape[0]:
             raise BkgdbError(f"{counts.shape[0]} pieces but {len(conditions)} run conditions")
-        factors = self.rate_factors(conditions, target)
+        per_energy = self.rate_factors(conditions, target, _centres(energy_edges))
         shifted = shift_energy(counts, energy_edges, self.log_energy_factors(conditions, target))
-        return shifted * factors[:, np.newaxis, np.newaxis], factors
+        return shifted * per_energy[:, :, np.newaxis], self.rate_factors(conditions, target)
 
 
 @dataclass
@@ -216,6 +227,9 @@ class ConditionModelFitter:
     fit_muon : bool, optional
         Fit the optical-efficiency exponent. Default (None): when every run has one.
     """
+
+    #: Parameters fitted besides the zenith, azimuth and optical-efficiency ones.
+    extra_parameters = ("rate_zenith_energy",)
 
     def __init__(self, counts, exposure_s, energy_edges, conditions, fit_muon=None):
         self.counts = np.asarray(counts, dtype=float)
@@ -256,30 +270,49 @@ class ConditionModelFitter:
         """Move every run's counts to the reference (``inverse``) or the reference's to every run."""
         counts = self.counts if counts is None else counts
         log_energy = model.log_energy_factors(self.conditions, self.reference)
-        factors = model.rate_factors(self.conditions, self.reference)
+        factors = model.rate_factors(self.conditions, self.reference, _centres(self.energy_edges))
         if inverse:
-            return shift_energy(counts, self.energy_edges, log_energy) * factors[:, None, None], factors
-        return shift_energy(counts, self.energy_edges, -log_energy) / factors[:, None, None], factors
+            return shift_energy(counts, self.energy_edges, log_energy) * factors[:, :, None], factors
+        return shift_energy(counts, self.energy_edges, -log_energy) / factors[:, :, None], factors
+
+    def _minimise(self, start, names):
+        return _minimise_deviance(self, start, names)
 
     def run(self) -> ConditionFit:
         """Fit the parameters; return the `ConditionFit`."""
-        from scipy.optimize import minimize
-
-        names = ["energy_zenith", "rate_zenith", "rate_azimuth"] + (["energy_muon"] if self.fit_muon else [])
-
-        def model_of(x):
-            return ConditionModel(**dict(zip(names, (float(v) for v in x))))
-
+        core = ["energy_zenith", "rate_zenith", "rate_azimuth"] + (["energy_muon"] if self.fit_muon else [])
         plain, n_bins = self.deviance(ConditionModel())
-        result = minimize(lambda x: self.deviance(model_of(np.clip(x, -10, 10)))[0], np.zeros(len(names)),
-                          method="Nelder-Mead", options={"xatol": 1e-3, "fatol": 1e-3, "maxiter": 2000,
-                                                         "initial_simplex": _simplex(len(names))})
-        model = model_of(np.clip(result.x, -10, 10))
+        # The core parameters first, then the extra ones from there: started all at once,
+        # Nelder-Mead can end in a worse valley (the energy shift and an energy-dependent rate
+        # exponent both tilt the spectrum).
+        model = self._minimise(ConditionModel(), core)
+        if self.extra_parameters:
+            model = self._minimise(model, core + list(self.extra_parameters))
         deviance, n_bins = self.deviance(model)
         log.info("condition model from %d runs: %s (deviance %.1f, plain %.1f, %d bins)",
                  len(self.conditions), model.describe(), deviance, plain, n_bins)
         return ConditionFit(model, len(self.conditions), deviance, plain, n_bins, self.fit_muon)
 
 
-def _simplex(n, step=0.5):
-    return np.vstack([np.zeros(n), step * np.eye(n)])
+def _minimise_deviance(fitter, start, names):
+    """The model minimising ``fitter``'s deviance over parameters ``names``, from model ``start``."""
+    from scipy.optimize import minimize
+
+    def model_of(x):
+        return replace(start, **dict(zip(names, (float(v) for v in np.clip(x, -10, 10)))))
+
+    x = np.array([getattr(start, name) for name in names], dtype=float)
+    for step in (0.5, 0.1, 0.02):  # Nelder-Mead restarted with smaller simplices: it can stall
+        x = minimize(lambda values: fitter.deviance(model_of(values))[0], x, method="Nelder-Mead",
+                     options={"xatol": 1e-4, "fatol": 1e-4, "maxiter": 4000,
+                              "initial_simplex": _simplex(x, step)}).x
+    return model_of(x)
+
+
+def _centres(energy_edges):
+    edges = np.asarray(energy_edges, dtype=float)
+    return np.sqrt(edges[1:] * edges[:-1])
+
+
+def _simplex(start, step):
+    return np.vstack([start, start + step * np.eye(len(start))])
