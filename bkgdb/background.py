@@ -80,7 +80,8 @@ class BuiltBackground:
             "BKG_CMEZ": (params["energy_zenith"], "energy x (cos z/cos z_tgt)**BKG_CMEZ"),
             "BKG_CMEM": (params["energy_muon"], "energy x (muon_eff/muon_eff_tgt)**BKG_CMEM"),
             "BKG_CMRZ": (params["rate_zenith"], "rate x (cos z_tgt/cos z)**BKG_CMRZ"),
-            "BKG_CMRA": (params["rate_azimuth"], "rate x exp(BKG_CMRA*(cos az_tgt-cos az))"),
+            "BKG_CMEA": (params["energy_azimuth"], "energy x exp(BKG_CMEA*(N-N_tgt)), N=sin z cos az"),
+            "BKG_CMRA": (params["rate_azimuth"], "rate x exp(BKG_CMRA*(N_tgt-N))"),
             "BKG_CMN": (int(params["n_runs"]), "archive runs the condition model was fitted on"),
             "BKG_CMD": (params["archive_digest"][:16], "condition model archive digest"),
         }

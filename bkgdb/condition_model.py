@@ -5,16 +5,18 @@ background with a higher energy threshold and a different rate. `ConditionModel`
 taken under one set of conditions to a target's conditions:
 
 - **energy**: the piece's counts are moved in energy by the factor
-  ``(cos z_run / cos z_target)**energy_zenith * (muon_eff_run / muon_eff_target)**energy_muon``
-  (re-binned in log-energy, see `shift_energy`); the exposure is per offset and does not move;
+  ``(cos z_run / cos z_target)**energy_zenith * (muon_eff_run / muon_eff_target)**energy_muon
+  * exp(energy_azimuth * (N_run - N_target))`` (re-binned in log-energy, see `shift_energy`);
+  the exposure is per offset and does not move;
 - **rate**: the moved counts are multiplied by
-  ``(cos z_target / cos z_run)**rate_zenith * exp(rate_azimuth * (cos az_target - cos az_run))``.
+  ``w = (cos z_target / cos z_run)**rate_zenith * exp(rate_azimuth * (N_target - N_run))``,
 
-The summed background is then ``sum(w * counts') / sum(exposure)``, ``w`` the rate factor of
-each piece. `ConditionModelFitter` finds the four numbers by minimising the Poisson deviance of
-every archive run's counts predicted from all *other* runs (leave-one-out): each prediction
-uses the others' pieces moved to that run's conditions, never its own counts.
-Pure numpy/scipy; no event files.
+with ``N = sin z cos az`` the pointing's northward component (azimuth wraps at 360 deg by
+itself). The summed background is then ``sum(w * counts') / sum(exposure)``.
+`ConditionModelFitter` finds the five numbers by minimising the Poisson deviance of every
+archive run's counts predicted from all *other* runs (leave-one-out): each prediction uses the
+others' pieces moved to that run's conditions, never its own counts. Pure numpy/scipy; no event
+files.
 """
 
 import logging
@@ -47,10 +49,13 @@ def _cos_zenith(conditions):
     return np.cos(np.radians(np.array([c.zenith_deg for c in conditions], dtype=float)))
 
 
-def _cos_azimuth(conditions):
-    # cos wraps at 360 deg by itself; unknown azimuth contributes nothing.
+def _north(conditions):
+    """Northward component of the pointing direction, sin(z) cos(az): azimuth matters less near the
+    zenith (the geomagnetic field's angle to the showers changes less). cos wraps at 360 deg by
+    itself; an unknown azimuth counts as 0."""
     values = np.array([np.nan if c.az_deg is None else c.az_deg for c in conditions], dtype=float)
-    return np.where(np.isfinite(values), np.cos(np.radians(values)), 0.0)
+    cos_az = np.where(np.isfinite(values), np.cos(np.radians(values)), 0.0)
+    return cos_az * np.sin(np.radians(np.array([c.zenith_deg for c in conditions], dtype=float)))
 
 
 def _log_muon(conditions):
@@ -118,17 +123,16 @@ class ConditionModel:
     rate_zenith : float
         Rate factor exponent of cos(zenith) ratio (target / run).
     rate_azimuth : float
-        Rate factor coefficient of cos(azimuth) difference (target - run).
-    rate_zenith_energy : float
-        Change of ``rate_zenith`` per decade of energy above 1 TeV: the exponent at energy E is
-        ``rate_zenith + rate_zenith_energy * log10(E / 1 TeV)``.
+        Rate factor coefficient of the northward pointing component difference (target - run).
+    energy_azimuth : float
+        Energy factor coefficient of the northward pointing component difference (run - target).
     """
 
     energy_zenith: float = 0.0
     energy_muon: float = 0.0
     rate_zenith: float = 0.0
     rate_azimuth: float = 0.0
-    rate_zenith_energy: float = 0.0
+    energy_azimuth: float = 0.0
 
     @property
     def params(self) -> dict:
@@ -139,31 +143,26 @@ class ConditionModel:
         return cls(**{key: float(params.get(key, 0.0)) for key in cls.__dataclass_fields__})
 
     def describe(self) -> str:
-        """One line: the four numbers."""
-        return (f"energy x (cos z/cos z_t)^{self.energy_zenith:.3f} (muon_eff ratio)^{self.energy_muon:.3f}, "
-                f"rate x (cos z_t/cos z)^({self.rate_zenith:.3f}{self.rate_zenith_energy:+.3f} log10 E/TeV) "
-                f"exp({self.rate_azimuth:.3f} dcos az)")
+        """One line: the five numbers."""
+        return (f"energy x (cos z/cos z_t)^{self.energy_zenith:.3f} (muon_eff/muon_eff_t)^{self.energy_muon:.3f} "
+                f"exp({self.energy_azimuth:.3f} dN), rate x (cos z_t/cos z)^{self.rate_zenith:.3f} "
+                f"exp({self.rate_azimuth:.3f} dN); N = sin z cos az")
 
     def log_energy_factors(self, conditions, target) -> np.ndarray:
         """Natural log of the energy factor of each run moved to ``target``."""
         cos_z, cos_t = _cos_zenith(conditions), _cos_zenith([target])[0]
         log_factor = self.energy_zenith * (np.log(cos_z) - math.log(cos_t))
+        log_factor = log_factor + self.energy_azimuth * (_north(conditions) - _north([target])[0])
         log_mu, log_mu_t = _log_muon(conditions), _log_muon([target])[0]
         muon = self.energy_muon * (log_mu - log_mu_t)
         return log_factor + np.where(np.isfinite(muon), muon, 0.0)
 
-    def rate_factors(self, conditions, target, energy_tev=1.0) -> np.ndarray:
-        """Factor multiplying each run's (moved) counts at ``target``'s conditions.
-
-        Shape (n_runs,) for one energy (default 1 TeV), (n_runs, n_energy) for an array of them.
-        """
+    def rate_factors(self, conditions, target) -> np.ndarray:
+        """Factor multiplying each run's (moved) counts at ``target``'s conditions."""
         cos_z, cos_t = _cos_zenith(conditions), _cos_zenith([target])[0]
-        exponent = self.rate_zenith + self.rate_zenith_energy * np.log10(np.asarray(energy_tev, dtype=float))
-        log_cos = math.log(cos_t) - np.log(cos_z)
-        log_azimuth = self.rate_azimuth * (_cos_azimuth([target])[0] - _cos_azimuth(conditions))
-        if np.ndim(exponent) == 0:
-            return np.exp(exponent * log_cos + log_azimuth)
-        return np.exp(np.multiply.outer(log_cos, exponent) + log_azimuth[:, np.newaxis])
+        log_rate = self.rate_zenith * (math.log(cos_t) - np.log(cos_z))
+        log_rate += self.rate_azimuth * (_north([target])[0] - _north(conditions))
+        return np.exp(log_rate)
 
     def apply(self, counts, energy_edges, conditions, target):
         """Counts of pieces moved to the target's conditions, and the rate factor used for each.
@@ -182,14 +181,14 @@ class ConditionModel:
         moved : `~numpy.ndarray`
             Shifted counts times the rate factor, same shape as ``counts``.
         factors : `~numpy.ndarray`
-            The rate factor of each piece at 1 TeV.
+            The rate factor of each piece.
         """
         counts = np.asarray(counts, dtype=float)
         if len(conditions) != counts.shape[0]:
             raise BkgdbError(f"{counts.shape[0]} pieces but {len(conditions)} run conditions")
-        per_energy = self.rate_factors(conditions, target, _centres(energy_edges))
+        factors = self.rate_factors(conditions, target)
         shifted = shift_energy(counts, energy_edges, self.log_energy_factors(conditions, target))
-        return shifted * per_energy[:, :, np.newaxis], self.rate_factors(conditions, target)
+        return shifted * factors[:, np.newaxis, np.newaxis], factors
 
 
 @dataclass
@@ -213,7 +212,7 @@ class ConditionModelFitter:
 
     Every run's counts are predicted from the sum of all other runs, each moved to a common
     reference (the median conditions), and that sum moved to the run's conditions; the run's
-    own counts never enter its prediction. The four parameters minimising the total deviance
+    own counts never enter its prediction. The five parameters minimising the total deviance
     are found with Nelder-Mead.
 
     Parameters
@@ -229,7 +228,7 @@ class ConditionModelFitter:
     """
 
     #: Parameters fitted besides the zenith, azimuth and optical-efficiency ones.
-    extra_parameters = ("rate_zenith_energy",)
+    extra_parameters = ("energy_azimuth",)
 
     def __init__(self, counts, exposure_s, energy_edges, conditions, fit_muon=None):
         self.counts = np.asarray(counts, dtype=float)
@@ -246,7 +245,7 @@ class ConditionModelFitter:
         cos_z = _cos_zenith(self.conditions)
         zenith = float(np.degrees(np.arccos(np.median(cos_z))))
         muon = float(np.exp(np.median(_log_muon(self.conditions)))) if has_muon else None
-        self.reference = RunConditions(zenith, 90.0, muon)  # cos(90 deg) = 0: azimuth term relative to 0
+        self.reference = RunConditions(zenith, 90.0, muon)  # due east: northward component 0
 
     def deviance(self, model):
         """Leave-one-out Poisson deviance of all runs under ``model``, and the number of bins used."""
@@ -270,10 +269,10 @@ class ConditionModelFitter:
         """Move every run's counts to the reference (``inverse``) or the reference's to every run."""
         counts = self.counts if counts is None else counts
         log_energy = model.log_energy_factors(self.conditions, self.reference)
-        factors = model.rate_factors(self.conditions, self.reference, _centres(self.energy_edges))
+        factors = model.rate_factors(self.conditions, self.reference)
         if inverse:
-            return shift_energy(counts, self.energy_edges, log_energy) * factors[:, :, None], factors
-        return shift_energy(counts, self.energy_edges, -log_energy) / factors[:, :, None], factors
+            return shift_energy(counts, self.energy_edges, log_energy) * factors[:, None, None], factors
+        return shift_energy(counts, self.energy_edges, -log_energy) / factors[:, None, None], factors
 
     def _minimise(self, start, names):
         return _minimise_deviance(self, start, names)
@@ -307,11 +306,6 @@ def _minimise_deviance(fitter, start, names):
                      options={"xatol": 1e-4, "fatol": 1e-4, "maxiter": 4000,
                               "initial_simplex": _simplex(x, step)}).x
     return model_of(x)
-
-
-def _centres(energy_edges):
-    edges = np.asarray(energy_edges, dtype=float)
-    return np.sqrt(edges[1:] * edges[:-1])
 
 
 def _simplex(start, step):
