@@ -68,7 +68,7 @@ class BuiltBackground:
             "BKG_RANK": (self.selection.ranking, "how candidates were ranked"),
             "BKG_BINH": (self.binning_hash[:16], "bkgdb binning hash"),
             "BKG_EXCH": (self.exclusion_hash[:16], "bkgdb exclusion hash"),
-            "BKG_ASM": ("condition" if self.condition_model else "sum", "pieces moved to target conditions or summed"),
+            "BKG_ASM": ("condition" if self.condition_model else "sum", "condition: moved to target; sum: plain"),
             **self._condition_cards(),
         }
 
@@ -77,12 +77,12 @@ class BuiltBackground:
             return {}
         params = self.condition_model
         return {
-            "BKG_CMEZ": (params["energy_zenith"], "energy x (cos z/cos z_tgt)**BKG_CMEZ"),
-            "BKG_CMEM": (params["energy_muon"], "energy x (muon_eff/muon_eff_tgt)**BKG_CMEM"),
-            "BKG_CMRZ": (params["rate_zenith"], "rate x (cos z_tgt/cos z)**BKG_CMRZ"),
-            "BKG_CMEA": (params["energy_azimuth"], "energy x exp(BKG_CMEA*(N-N_tgt)), N=sin z cos az"),
-            "BKG_CMRA": (params["rate_azimuth"], "rate x exp(BKG_CMRA*(N_tgt-N))"),
-            "BKG_CMN": (int(params["n_runs"]), "archive runs the condition model was fitted on"),
+            "BKG_CMEZ": (round(params["energy_zenith"], 6), "E x (cos z/cos z_tgt)**this"),
+            "BKG_CMEM": (round(params["energy_muon"], 6), "E x (muon_eff/muon_eff_tgt)**this"),
+            "BKG_CMRZ": (round(params["rate_zenith"], 6), "rate x (cos z_tgt/cos z)**this"),
+            "BKG_CMEA": (round(params["energy_azimuth"], 6), "E x exp(this*(N-N_tgt)), N=sin z cos az"),
+            "BKG_CMRA": (round(params["rate_azimuth"], 6), "rate x exp(this*(N_tgt-N))"),
+            "BKG_CMN": (int(params["n_runs"]), "runs the condition model was fitted on"),
             "BKG_CMD": (params["archive_digest"][:16], "condition model archive digest"),
         }
 

@@ -227,9 +227,6 @@ class ConditionModelFitter:
         Fit the optical-efficiency exponent. Default (None): when every run has one.
     """
 
-    #: Parameters fitted besides the zenith, azimuth and optical-efficiency ones.
-    extra_parameters = ("energy_azimuth",)
-
     def __init__(self, counts, exposure_s, energy_edges, conditions, fit_muon=None):
         self.counts = np.asarray(counts, dtype=float)
         self.exposure = np.asarray(exposure_s, dtype=float)
@@ -274,19 +271,12 @@ class ConditionModelFitter:
             return shift_energy(counts, self.energy_edges, log_energy) * factors[:, None, None], factors
         return shift_energy(counts, self.energy_edges, -log_energy) / factors[:, None, None], factors
 
-    def _minimise(self, start, names):
-        return _minimise_deviance(self, start, names)
-
     def run(self) -> ConditionFit:
         """Fit the parameters; return the `ConditionFit`."""
-        core = ["energy_zenith", "rate_zenith", "rate_azimuth"] + (["energy_muon"] if self.fit_muon else [])
+        names = ["energy_zenith", "rate_zenith", "rate_azimuth", "energy_azimuth"]
+        names += ["energy_muon"] if self.fit_muon else []
         plain, n_bins = self.deviance(ConditionModel())
-        # The core parameters first, then the extra ones from there: started all at once,
-        # Nelder-Mead can end in a worse valley (the energy shift and an energy-dependent rate
-        # exponent both tilt the spectrum).
-        model = self._minimise(ConditionModel(), core)
-        if self.extra_parameters:
-            model = self._minimise(model, core + list(self.extra_parameters))
+        model = _minimise_deviance(self, ConditionModel(), names)
         deviance, n_bins = self.deviance(model)
         log.info("condition model from %d runs: %s (deviance %.1f, plain %.1f, %d bins)",
                  len(self.conditions), model.describe(), deviance, plain, n_bins)
@@ -294,17 +284,23 @@ class ConditionModelFitter:
 
 
 def _minimise_deviance(fitter, start, names):
-    """The model minimising ``fitter``'s deviance over parameters ``names``, from model ``start``."""
+    """The model minimising ``fitter``'s deviance over parameters ``names``, from model ``start``.
+
+    Powell's method finds the valley in a few hundred deviances; Nelder-Mead from there polishes
+    (the deviance has kinks where a shift crosses a bin edge, so gradient methods stall).
+    """
     from scipy.optimize import minimize
 
     def model_of(x):
         return replace(start, **dict(zip(names, (float(v) for v in np.clip(x, -10, 10)))))
 
+    def deviance(x):
+        return fitter.deviance(model_of(x))[0]
+
     x = np.array([getattr(start, name) for name in names], dtype=float)
-    for step in (0.5, 0.1, 0.02):  # Nelder-Mead restarted with smaller simplices: it can stall
-        x = minimize(lambda values: fitter.deviance(model_of(values))[0], x, method="Nelder-Mead",
-                     options={"xatol": 1e-4, "fatol": 1e-4, "maxiter": 4000,
-                              "initial_simplex": _simplex(x, step)}).x
+    x = minimize(deviance, x, method="Powell", options={"xtol": 1e-3, "ftol": 1e-6}).x
+    x = minimize(deviance, x, method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-4, "maxiter": 4000,
+                                                            "initial_simplex": _simplex(x, 0.05)}).x
     return model_of(x)
 
 
