@@ -213,7 +213,7 @@ class ConditionModelFitter:
     Every run's counts are predicted from the sum of all other runs, each moved to a common
     reference (the median conditions), and that sum moved to the run's conditions; the run's
     own counts never enter its prediction. The five parameters minimising the total deviance
-    are found with Nelder-Mead.
+    are found with Powell's method, polished with Nelder-Mead.
 
     Parameters
     ----------
