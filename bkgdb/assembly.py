@@ -1,5 +1,6 @@
 """Summing pieces into a background rate, and turning it into gammapy objects."""
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -9,8 +10,11 @@ from .errors import BkgdbError
 
 __all__ = [
     "AssembledBackground", "assemble_background", "fill_empty_bins", "bin_average_to_centre",
-    "local_spectral_index", "RATE_UNIT",
+    "local_spectral_index", "RATE_UNIT", "ASSEMBLY_METHODS", "archive_condition_model",
 ]
+
+#: ``background_selection.assembly``: move pieces to the target's conditions first, or sum them.
+ASSEMBLY_METHODS = ("condition", "sum")
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,11 @@ class AssembledBackground:
     ontime_s : float
         Summed ontime of the runs.
     n_runs : int
+    weights : `~numpy.ndarray`
+        The factor each piece's counts were multiplied by, aligned with the pieces (all 1 for a
+        plain sum; the rate factor of the condition model otherwise).
+    condition_model : `~bkgdb.condition_model.ConditionModel` or None
+        The model that moved the pieces to the target's conditions; None for a plain sum.
     """
 
     binning: object
@@ -38,6 +47,8 @@ class AssembledBackground:
     exposure_s: np.ndarray
     ontime_s: float
     n_runs: int
+    weights: np.ndarray | None = None
+    condition_model: object = None
 
     @property
     def solid_angle_sr(self):
@@ -151,8 +162,13 @@ def fill_empty_bins(rate, background):
     return rate
 
 
-def assemble_background(pieces, binning):
+def assemble_background(pieces, binning, conditions=None, target_conditions=None, model=None):
     """Sum pieces of one binning into an `AssembledBackground`.
+
+    Without a model the counts and exposures are summed exactly. With a
+    `~bkgdb.condition_model.ConditionModel`, each piece is first moved to the target's conditions:
+    its counts are shifted in energy and multiplied by a rate factor ``w``; the exposure (per
+    offset) is not touched, so the rate is ``sum(w * counts') / sum(exposure)``.
 
     Parameters
     ----------
@@ -160,14 +176,108 @@ def assemble_background(pieces, binning):
         The selected runs' pieces (same binning and exclusion setting).
     binning : `~bkgdb.config.Binning`
         Their binning.
+    conditions : list of `~bkgdb.condition_model.RunConditions`, optional
+        Each piece's run conditions (needed with ``model``).
+    target_conditions : `~bkgdb.condition_model.RunConditions`, optional
+        The target run's conditions (needed with ``model``).
+    model : `~bkgdb.condition_model.ConditionModel`, optional
+        Default is None: plain summation.
     """
     if not pieces:
         raise BkgdbError("no pieces to assemble")
-    counts = np.zeros(binning.shape, dtype=np.int64)
-    exposure = np.zeros(binning.off_bins)
     for piece in pieces:
         if piece.counts.shape != binning.shape:
             raise BkgdbError(f"piece of shape {piece.counts.shape} does not fit binning {binning.shape}")
-        counts += piece.counts
+    exposure = np.zeros(binning.off_bins)
+    for piece in pieces:
         exposure += piece.exposure_s
-    return AssembledBackground(binning, counts, exposure, float(sum(p.ontime_s for p in pieces)), len(pieces))
+    ontime = float(sum(p.ontime_s for p in pieces))
+    if model is None:
+        counts = np.zeros(binning.shape, dtype=np.int64)
+        for piece in pieces:
+            counts += piece.counts
+        return AssembledBackground(binning, counts, exposure, ontime, len(pieces), np.ones(len(pieces)))
+    if conditions is None or target_conditions is None:
+        raise BkgdbError("condition-aware assembly needs the conditions of every piece and of the target")
+    if any(c.zenith_deg is None for c in conditions) or target_conditions.zenith_deg is None:
+        raise BkgdbError("condition-aware assembly needs the zenith angle of every run and of the target")
+    moved, weights = model.apply(np.array([p.counts for p in pieces]), binning.energy_edges, conditions,
+                                 target_conditions)
+    return AssembledBackground(binning, moved.sum(axis=0), exposure, ontime, len(pieces), weights, model)
+
+
+def _archive_query(binning_id, exclusion_id, settings):
+    """Pieces a condition model is fitted on: every good run with a zenith angle, a piece of this
+    binning and exclusion setting, and the selection's fixed criteria (|b|, telescopes)."""
+    import sqlalchemy as sa
+
+    from .models import RUN_STATUS_OK, PieceRow, Run
+
+    query = (sa.select(PieceRow.id, PieceRow.file_sha256, Run.zenith_deg, Run.az_deg, Run.muon_eff)
+             .join(Run, Run.id == PieceRow.run_id)
+             .where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
+                    Run.status == RUN_STATUS_OK, Run.zenith_deg.is_not(None)))
+    if settings.gal_lat_min:
+        query = query.where(sa.or_(Run.glat_deg > settings.gal_lat_min, Run.glat_deg < -settings.gal_lat_min))
+    if settings.n_tels is not None:
+        query = query.where(Run.n_tels >= settings.n_tels)
+    return query.order_by(PieceRow.id)
+
+
+def archive_condition_model(session, binning_id, exclusion_id, energy_edges, settings):
+    """The archive's `~bkgdb.condition_model.ConditionModel`, from table ``condition_models`` or fitted.
+
+    The archive is every piece of the binning and exclusion setting whose run passes the fixed
+    selection criteria (``gal_lat_min``, ``n_tels``). Its digest (SHA-256 of the piece ids, their
+    files' hashes and run conditions) identifies a cached fit: a new, changed or removed run gives a
+    new digest and a new fit, otherwise the stored parameters are reused.
+
+    Returns
+    -------
+    model : `~bkgdb.condition_model.ConditionModel`
+    record : dict
+        The stored parameters with ``kind``, ``archive_digest``, ``n_runs`` and ``cached``.
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.orm import Session
+
+    from .cache import row_to_piece
+    from .condition_model import MODEL_KIND, ConditionModel, ConditionModelFitter, RunConditions
+    from .models import ConditionModelRow, PieceRow
+
+    rows = session.execute(_archive_query(binning_id, exclusion_id, settings)).all()
+    digest = hashlib.sha256(MODEL_KIND.encode())
+    for row in rows:
+        digest.update(f"{row.id}:{row.file_sha256}:{row.zenith_deg!r}:{row.az_deg!r}:{row.muon_eff!r};".encode())
+    digest = digest.hexdigest()
+    cached = session.scalars(sa.select(ConditionModelRow).where(
+        ConditionModelRow.binning_id == binning_id, ConditionModelRow.exclusion_id == exclusion_id,
+        ConditionModelRow.kind == MODEL_KIND, ConditionModelRow.archive_digest == digest)).one_or_none()
+    if cached is not None:
+        params = dict(cached.params)
+        return ConditionModel.from_params(params), {**params, "kind": MODEL_KIND, "archive_digest": digest,
+                                                    "n_runs": cached.n_runs, "cached": True}
+    if len(rows) < 3:
+        raise BkgdbError(f"condition-aware assembly needs at least 3 archive runs with pieces, found {len(rows)}: "
+                         "index more runs or set background_selection.assembly: sum")
+    pieces = []
+    ids = [row.id for row in rows]
+    for start in range(0, len(ids), 5000):  # SQLite caps bound parameters
+        pieces += session.scalars(sa.select(PieceRow).where(PieceRow.id.in_(ids[start:start + 5000]))
+                                  .order_by(PieceRow.id)).all()
+    pieces = [row_to_piece(piece) for piece in pieces]
+    conditions = [RunConditions(row.zenith_deg, row.az_deg, row.muon_eff) for row in rows]
+    fit = ConditionModelFitter(np.array([p.counts for p in pieces]), np.array([p.exposure_s for p in pieces]),
+                               energy_edges, conditions).run()
+    params = fit.as_dict()
+    # Stored at once in its own transaction, so every later build reuses it; a concurrent
+    # builder storing the same fit first is fine.
+    with Session(session.get_bind()) as store:
+        try:
+            store.add(ConditionModelRow(binning_id=binning_id, exclusion_id=exclusion_id, kind=MODEL_KIND,
+                                        archive_digest=digest, n_runs=len(rows), params=params))
+            store.commit()
+        except IntegrityError:
+            store.rollback()
+    return fit.model, {**params, "kind": MODEL_KIND, "archive_digest": digest, "n_runs": len(rows), "cached": False}

@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import __version__
-from .assembly import assemble_background, bin_average_to_centre, fill_empty_bins
+from .assembly import archive_condition_model, assemble_background, bin_average_to_centre, fill_empty_bins
 from .cache import row_to_piece
+from .condition_model import RunConditions
 from .errors import BkgdbError
 from .gadf import background_2d_hdu
 from .models import RUN_STATUS_OK, BackgroundRow, BinningRow, Datastore, ExclusionRow, PieceRow, Run
@@ -52,6 +53,8 @@ class BuiltBackground:
     exclusion_id: int | None = None
     #: Per-run scale applied to the model (`bkgdb.normalisation.Normalisation`); factor 1 when none.
     normalisation: object = NO_NORMALISATION
+    #: Parameters of the condition model the pieces were moved with (None: plain sum).
+    condition_model: dict | None = None
 
     @property
     def model(self):
@@ -72,6 +75,22 @@ class BuiltBackground:
             "BKG_NRMM": (self.normalisation.method, "per-run normalisation method"),
             "BKG_NRMF": (float(self.normalisation.factor), "per-run normalisation factor applied"),
             "BKG_NRMR": (self.normalisation.region, "where the normalisation was measured"),
+            "BKG_ASM": ("condition" if self.condition_model else "sum", "condition: moved to target; sum: plain"),
+            **self._condition_cards(),
+        }
+
+    def _condition_cards(self):
+        if not self.condition_model:
+            return {}
+        params = self.condition_model
+        return {
+            "BKG_CMEZ": (round(params["energy_zenith"], 6), "E x (cos z/cos z_tgt)**this"),
+            "BKG_CMEM": (round(params["energy_muon"], 6), "E x (muon_eff/muon_eff_tgt)**this"),
+            "BKG_CMRZ": (round(params["rate_zenith"], 6), "rate x (cos z_tgt/cos z)**this"),
+            "BKG_CMEA": (round(params["energy_azimuth"], 6), "E x exp(this*(N-N_tgt)), N=sin z cos az"),
+            "BKG_CMRA": (round(params["rate_azimuth"], 6), "rate x exp(this*(N_tgt-N))"),
+            "BKG_CMN": (int(params["n_runs"]), "runs the condition model was fitted on"),
+            "BKG_CMD": (params["archive_digest"][:16], "condition model archive digest"),
         }
 
     def model_hdu(self, name=BKG_HDU, three_d=False):
@@ -199,15 +218,23 @@ class BackgroundBuilder:
             rows = []
             for start in range(0, len(selection.run_ids), ID_CHUNK):  # SQLite caps bound parameters
                 rows += session.execute(
-                    sa.select(PieceRow, Datastore.path).join(Run, Run.id == PieceRow.run_id)
+                    sa.select(PieceRow, Datastore.path, Run.zenith_deg, Run.az_deg, Run.muon_eff)
+                    .join(Run, Run.id == PieceRow.run_id)
                     .join(Datastore, Datastore.id == Run.datastore_id)
                     .where(PieceRow.run_id.in_(selection.run_ids[start:start + ID_CHUNK]),
                            PieceRow.binning_id == binning_row.id, PieceRow.exclusion_id == exclusion_row.id)
                 ).all()
             order = {run_id: index for index, run_id in enumerate(selection.run_ids)}
             rows = sorted(rows, key=lambda row: order[row[0].run_id])
-            selection.datastores = [path for _, path in rows]
-            assembled = assemble_background([row_to_piece(piece) for piece, _ in rows], self.config.binning)
+            selection.datastores = [row[1] for row in rows]
+            pieces = [row_to_piece(row[0]) for row in rows]
+            model, model_record = None, None
+            if self.config.selection.assembly == "condition" and not self.config.io.from_run:
+                model, model_record = archive_condition_model(
+                    session, binning_row.id, exclusion_row.id, self.config.binning.energy_edges, self.config.selection)
+            assembled = assemble_background(
+                pieces, self.config.binning, [RunConditions(*row[2:]) for row in rows],
+                RunConditions(target.zenith_deg, target.az_deg, target.muon_eff), model)
             rate = self.smoother.run(assembled)
             # Per-run normalisation (bkgdb.normalisation): after smoothing, before empty bins are filled.
             normalisation = per_run_normalisation(session, self.config.selection, target, selection, rate, assembled,
@@ -219,7 +246,7 @@ class BackgroundBuilder:
                 rate = bin_average_to_centre(rate, assembled)
             return BuiltBackground(target, selection, assembled, self.smoother.method, rate,
                                    binning_row.hash, exclusion_row.hash, binning_row.id, exclusion_row.id,
-                                   normalisation=normalisation)
+                                   condition_model=model_record, normalisation=normalisation)
         finally:
             if own_session:
                 session.close()
@@ -230,7 +257,9 @@ class BackgroundBuilder:
             target_run_id=built.target.id, target_obs_id=built.target.obs_id, binning_id=built.binning_id,
             exclusion_id=built.exclusion_id,
             selection={"settings": self.config.selection.params, "from_run": self.config.io.from_run,
-                       **built.selection.as_dict(), "normalisation": built.normalisation.as_dict()},
+                       **built.selection.as_dict(), "normalisation": built.normalisation.as_dict(),
+                       "condition_model": built.condition_model,
+                       "weights": None if built.assembled.weights is None else [float(w) for w in built.assembled.weights]},
             obs_ids=list(built.selection.obs_ids), n_runs=len(built.selection.obs_ids),
             ontime_s=built.assembled.ontime_s, smoothing=built.smoothing,
             output_path=None if output_path is None else str(output_path),

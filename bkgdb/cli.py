@@ -256,6 +256,14 @@ def background(
     out.print(f"run {obs_id}: background from {len(selection.obs_ids)} runs ({selection.ontime_s / 3600:.2f} h "
               f"ontime{requested}, ranked by {selection.ranking}), smoothing {built.smoothing} -> {output}",
               highlight=False)
+    if built.condition_model:
+        from .condition_model import ConditionModel
+
+        record = built.condition_model
+        out.print(f"condition model ({record['n_runs']} archive runs, {'cached' if record['cached'] else 'fitted'}): "
+                  f"{ConditionModel.from_params(record).describe()}", highlight=False, markup=False)
+    else:
+        out.print("assembly: plain sum", highlight=False)
 
 
 @app.command()

@@ -545,6 +545,9 @@ class SelectionSettings:
     fill_empty_bins: bool = True
     #: Write rates at the energy bins' centres, as gammapy reads them (see `bin_average_to_centre`).
     bin_centre_correction: bool = True
+    #: ``condition``: move each piece to the target's zenith, azimuth and optical efficiency with a
+    #: model fitted on the archive before summing; ``sum``: plain summation.
+    assembly: str = "sum"
     #: Per-run normalisation (`bkgdb.normalisation`): none, control-ring (offsets in
     #: ``normalisation_ring``, deg) or monitor (ratio of catalogue column ``normalisation_column``).
     normalisation: str = "none"
@@ -556,11 +559,16 @@ class SelectionSettings:
     KEYS = ("el_diff", "az_diff", "nsb_diff", "time_max", "same_szn", "seasons", "n_tels", "n_tel", "el_min",
             "el_max", "gal_lat_min", "where", "time_request", "KL_DIV", "smooth", "smooth_method",
             "smooth_sigma", "poly_degree", "spline_smoothing", "fill_empty_bins", "bin_centre_correction",
-            "normalisation")
+            "normalisation", "assembly")
     #: gammapy-tools keys that bkgdb reads but does not use.
     UNUSED = ("store_KL", "bkg_runlist")
 
     def __post_init__(self):
+        from .assembly import ASSEMBLY_METHODS
+
+        if self.assembly not in ASSEMBLY_METHODS:
+            raise ConfigError(f"background_selection.assembly must be one of {', '.join(ASSEMBLY_METHODS)}, "
+                              f"got {self.assembly!r}")
         if self.smooth_method not in SMOOTHING_METHODS:
             raise ConfigError(f"background_selection.smooth_method must be one of {', '.join(SMOOTHING_METHODS)}, "
                               f"got {self.smooth_method!r}")
@@ -602,6 +610,8 @@ class SelectionSettings:
         if method is None:
             method = "gauss" if values.get("smooth") else "none"  # gammapy-tools: smooth: true
         kwargs["smooth_method"] = str(method)
+        if "assembly" in values:
+            kwargs["assembly"] = str(values["assembly"])
         if "smooth_sigma" in values:
             kwargs["smooth_sigma"] = _number(section, "smooth_sigma", values["smooth_sigma"], minimum=0, strictly=True)
         if "poly_degree" in values:

@@ -24,7 +24,15 @@ MJDREF = 51910.0  # 2001-01-01, as in H.E.S.S. and CTAO files
 
 @dataclass
 class BackgroundTruth:
-    """A background rate ``norm * (E / 1 TeV)**-index * exp(-offset**2 / (2 sigma**2))``.
+    """A background rate ``norm * (E / 1 TeV)**-index * exp(-offset**2 / (2 sigma**2))``, optionally
+    depending on the zenith angle z.
+
+    With ``threshold_tev`` set, the rate is multiplied by a turn-on ``1 - exp(-(E / E_t)**sharpness)``
+    with ``E_t = threshold_tev * cos(z)**-threshold_zenith_index`` (the threshold rises with zenith)
+    and by ``cos(z)**rate_zenith_index``. Without it (the default) the rate does not depend on
+    zenith. Such a rate changes with zenith exactly by an energy shift and a rate factor: a run at
+    z moved to z_t by energies x ``(cos z / cos z_t)**threshold_zenith_index`` and counts x
+    ``(cos z_t / cos z)**(rate_zenith_index + threshold_zenith_index * (index - 1))`` has z_t's rate.
 
     Parameters
     ----------
@@ -38,6 +46,14 @@ class BackgroundTruth:
         Energies between which events are drawn, in TeV. Default is (0.1, 100).
     max_offset_deg : float
         Largest offset at which events are drawn, in deg. Default is 3.
+    threshold_tev : float, optional
+        Energy threshold at zenith 0 in TeV; None (default): no threshold, no zenith dependence.
+    threshold_zenith_index : float
+        The threshold scales as cos(z) to minus this. Default is 2.5.
+    threshold_sharpness : float
+        Steepness of the turn-on. Default is 3.
+    rate_zenith_index : float
+        The rate scales as cos(z) to this (with a threshold). Default is 0.
     """
 
     norm: float = 3e-5
@@ -45,16 +61,40 @@ class BackgroundTruth:
     offset_sigma_deg: float = 1.5
     energy_range_tev: tuple = (0.1, 100.0)
     max_offset_deg: float = 3.0
+    threshold_tev: float | None = None
+    threshold_zenith_index: float = 2.5
+    threshold_sharpness: float = 3.0
+    rate_zenith_index: float = 0.0
 
-    def rate(self, energy_tev, offset_deg):
+    def threshold(self, zenith_deg=0.0):
+        """Energy threshold (TeV) at ``zenith_deg``, or None."""
+        if self.threshold_tev is None:
+            return None
+        return self.threshold_tev * np.cos(np.radians(zenith_deg)) ** -self.threshold_zenith_index
+
+    def _energy_factor(self, energy_tev, zenith_deg):
+        """Turn-on times zenith rate scale at the given energies (1 without a threshold)."""
+        if self.threshold_tev is None:
+            return np.ones_like(np.asarray(energy_tev, float))
+        turn_on = 1.0 - np.exp(-(np.asarray(energy_tev, float) / self.threshold(zenith_deg)) ** self.threshold_sharpness)
+        return turn_on * np.cos(np.radians(zenith_deg)) ** self.rate_zenith_index
+
+    def rate(self, energy_tev, offset_deg, zenith_deg=0.0):
         """The rate at the given energies and offsets, in s-1 MeV-1 sr-1."""
         energy_tev, offset_deg = np.asarray(energy_tev, float), np.asarray(offset_deg, float)
-        return self.norm * energy_tev ** -self.index * np.exp(-0.5 * (offset_deg / self.offset_sigma_deg) ** 2)
+        return (self.norm * energy_tev ** -self.index * np.exp(-0.5 * (offset_deg / self.offset_sigma_deg) ** 2)
+                * self._energy_factor(energy_tev, zenith_deg))
 
-    def _energy_integral_mev(self, lo_tev, hi_tev):
-        """Integral of (E / 1 TeV)**-index over [lo, hi], with dE in MeV."""
+    def _energy_integral_mev(self, lo_tev, hi_tev, zenith_deg=0.0):
+        """Integral of (E / 1 TeV)**-index (times the turn-on) over [lo, hi], with dE in MeV."""
         p = 1.0 - self.index
-        return 1e6 * (np.asarray(hi_tev) ** p - np.asarray(lo_tev) ** p) / p
+        if self.threshold_tev is None:
+            return 1e6 * (np.asarray(hi_tev) ** p - np.asarray(lo_tev) ** p) / p
+        result = []
+        for lo, hi in zip(np.atleast_1d(lo_tev), np.atleast_1d(hi_tev)):
+            energy = np.geomspace(lo, hi, 400)
+            result.append(np.trapezoid(energy ** -self.index * self._energy_factor(energy, zenith_deg), energy))
+        return 1e6 * np.array(result)
 
     def _offset_integral_sr(self, lo_deg, hi_deg, steps=2000):
         """Integral of the offset profile over annuli on the sphere, in sr."""
@@ -66,23 +106,33 @@ class BackgroundTruth:
             result.append(np.trapezoid(profile, np.radians(theta)))
         return np.array(result)
 
-    def expected_counts(self, energy_edges_tev, offset_edges_deg, ontime_s):
+    def expected_counts(self, energy_edges_tev, offset_edges_deg, ontime_s, zenith_deg=0.0):
         """Expected counts per (energy, offset) bin for one run of ``ontime_s`` seconds."""
         energy_edges_tev, offset_edges_deg = np.asarray(energy_edges_tev), np.asarray(offset_edges_deg)
-        energy = self._energy_integral_mev(energy_edges_tev[:-1], energy_edges_tev[1:])
+        energy = self._energy_integral_mev(energy_edges_tev[:-1], energy_edges_tev[1:], zenith_deg)
         solid_angle = self._offset_integral_sr(offset_edges_deg[:-1], offset_edges_deg[1:])
         return self.norm * ontime_s * np.outer(energy, solid_angle)
 
-    def total_rate(self):
+    def total_rate(self, zenith_deg=0.0):
         """Expected events per second of ontime within the drawing ranges."""
-        return float(self.expected_counts(self.energy_range_tev, [0.0, self.max_offset_deg], 1.0).sum())
+        return float(self.expected_counts(self.energy_range_tev, [0.0, self.max_offset_deg], 1.0, zenith_deg).sum())
 
-    def draw(self, rng, n_events):
-        """Draw energies (TeV) and offsets (deg) of ``n_events`` background events."""
+    def _draw_power_law(self, rng, n_events):
         lo, hi = self.energy_range_tev
         p = 1.0 - self.index
-        uniform = rng.uniform(size=n_events)
-        energy = (lo ** p + uniform * (hi ** p - lo ** p)) ** (1.0 / p)
+        return (lo ** p + rng.uniform(size=n_events) * (hi ** p - lo ** p)) ** (1.0 / p)
+
+    def draw(self, rng, n_events, zenith_deg=0.0):
+        """Draw energies (TeV) and offsets (deg) of ``n_events`` background events."""
+        if self.threshold_tev is None:
+            energy = self._draw_power_law(rng, n_events)
+        else:  # the power law thinned by the turn-on (<= 1), until enough are kept
+            kept = []
+            while sum(len(k) for k in kept) < n_events:
+                trial = self._draw_power_law(rng, max(n_events, 1000))
+                turn_on = 1.0 - np.exp(-(trial / self.threshold(zenith_deg)) ** self.threshold_sharpness)
+                kept.append(trial[rng.uniform(size=len(trial)) < turn_on])
+            energy = np.concatenate(kept)[:n_events]
 
         grid = np.linspace(0.0, self.max_offset_deg, 4001)
         density = np.exp(-0.5 * (grid / self.offset_sigma_deg) ** 2) * np.sin(np.radians(grid))
@@ -139,6 +189,8 @@ class DatastoreSimulator:
     with_irfs: bool = True
     #: More obs-index columns (and EVENTS header keys), one value per run: e.g. {"NSBLEVEL": [...]}.
     extra_columns: dict = field(default_factory=dict)
+    #: Zenith angle of each run in deg (the truth's rate depends on it); default: random, 10-40 deg.
+    zeniths: list | None = None
 
     def run(self, path):
         """Write the datastore into folder ``path``; return its OBS_IDs."""
@@ -152,8 +204,10 @@ class DatastoreSimulator:
             obs_id = self.first_obs_id + number
             tstart = 1.0e8 + number * 86400.0 / 3 + rng.uniform(0, 600)
             header = self._run_header(obs_id, ra, dec, tstart, rng)
+            if self.zeniths is not None:
+                header.update({"ZEN_PNT": float(self.zeniths[number]), "ALT_PNT": 90.0 - float(self.zeniths[number])})
             header.update({key: values[number] for key, values in self.extra_columns.items()})
-            events = self._events(rng, ra, dec, tstart)
+            events = self._events(rng, ra, dec, tstart, header["ZEN_PNT"])
             file_name = f"run_{obs_id:06d}.fits.gz"
             self._write_run(path / "data" / file_name, header, events, irfs)
             obs_rows.append({**{key: header[key] for key in OBS_COLUMNS + list(self.extra_columns)},
@@ -181,10 +235,10 @@ class DatastoreSimulator:
             "OBJECT": self.object_name,
         }
 
-    def _events(self, rng, ra, dec, tstart):
+    def _events(self, rng, ra, dec, tstart, zenith_deg=0.0):
         pointing = SkyCoord(ra * u.deg, dec * u.deg)
-        n_bkg = rng.poisson(self.truth.total_rate() * self.ontime_s)
-        energy, offset = self.truth.draw(rng, n_bkg)
+        n_bkg = rng.poisson(self.truth.total_rate(zenith_deg) * self.ontime_s)
+        energy, offset = self.truth.draw(rng, n_bkg, zenith_deg)
         angle = rng.uniform(0, 360, size=n_bkg)
         positions = pointing.directional_offset_by(angle * u.deg, offset * u.deg)
         ra_ev, dec_ev = positions.ra.deg, positions.dec.deg
