@@ -134,7 +134,7 @@ background_selection:
 
 @pytest.mark.parametrize("text, message", [
     ("{method: ring}", "method must be one of none, control-ring, monitor, got 'ring'"),
-    ("{method: control-ring, offset_min: .nan}", "needs finite 0 <= offset_min < offset_max"),
+    ("{method: control-ring, offset_min: .nan}", "offset_min must be a finite number"),
     ("{method: control-ring, offset_min: 2.5, offset_max: 2.0}", "needs finite 0 <= offset_min < offset_max"),
     ("{method: control-ring, offset_min: 2.0, offset_max: 3.0}", "must hold whole offset bins of the binning"),
     ("{method: control-ring, offset_min: 2.1, offset_max: 2.2}", "must hold whole offset bins of the binning"),
