@@ -13,12 +13,16 @@ from datetime import date
 import numpy as np
 import sqlalchemy as sa
 
+from sqlalchemy.orm import aliased
+
 from .conditions import conditions_expression
 from .errors import BkgdbError
+from .flags import not_flagged_bad
 from .models import RUN_STATUS_OK, Datastore, PieceRow, Run
 
-__all__ = ["RunSelector", "Selection", "NoRunsSelected", "airmass", "zenith_range", "azimuth_condition",
-           "kl_divergence", "rate_shape", "describe_funnel"]
+__all__ = ["RunSelector", "Selection", "NoRunsSelected", "TooLittleStatistics", "airmass", "zenith_range",
+           "azimuth_condition", "kl_divergence", "rate_shape", "describe_funnel", "observation_second",
+           "has_events"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,28 @@ AIRMASS_STEP = 0.01
 
 class NoRunsSelected(BkgdbError):
     """No run passed the selection; the message says what each criterion removed."""
+
+
+class TooLittleStatistics(NoRunsSelected):
+    """The selected runs fall short of ``min_runs`` or ``min_ontime`` (with ``min_statistics: error``)."""
+
+
+def observation_second(run=Run):
+    """SQL expression: a run's observation start in whole seconds (MJD x 86400), -1 when unknown.
+
+    With the OBS_ID it identifies an observation: two copies of one run in two datastores (even
+    reprocessed ones) share both.
+    """
+    return sa.func.coalesce(sa.func.round(run.tstart_mjd * 86400.0), -1)
+
+
+def has_events(run=Run, piece=PieceRow):
+    """SQL condition: the run has events, ontime and events in its piece's range.
+
+    An unknown event count (NULL) is not held against a run; a count of 0 is.
+    """
+    return sa.and_(sa.func.coalesce(run.event_count, 1) > 0, piece.ontime_s > 0,
+                   piece.n_kept + piece.n_excluded > 0)
 
 
 def airmass(zenith_deg):
@@ -97,10 +123,13 @@ class Selection:
     requested_s: float | None = None
     #: Datastore path of each selected run, filled when the pieces are loaded.
     datastores: list = field(default_factory=list)
+    #: Warnings about the selection (too little statistics, requested ontime not reached).
+    warnings: list = field(default_factory=list)
 
     def as_dict(self):
         return {"target_obs_id": self.target_obs_id, "obs_ids": self.obs_ids, "ontime_s": self.ontime_s,
-                "funnel": self.funnel, "ranking": self.ranking, "requested_s": self.requested_s}
+                "funnel": self.funnel, "ranking": self.ranking, "requested_s": self.requested_s,
+                "warnings": self.warnings}
 
 
 class RunSelector:
@@ -189,12 +218,26 @@ class RunSelector:
                    Run.status == RUN_STATUS_OK, Run.id != target.id)
         )
         if self.search_datastore:
+            self.check_search_datastore(session)
             base = base.join(Datastore, Datastore.id == Run.datastore_id).where(Datastore.at(self.search_datastore))
-        funnel = [("candidate runs with pieces", session.scalar(sa.select(sa.func.count()).select_from(base.subquery())))]
+
+        def count(query):
+            return session.scalar(sa.select(sa.func.count()).select_from(query.subquery()))
+
+        funnel = [("candidate runs with pieces", count(base))]
         query = base
+        # Runs that must never build a background; a step that removes nothing is not listed.
+        integrity = [("empty runs", lambda q: q.where(has_events())),
+                     ("flagged bad", lambda q: q.where(not_flagged_bad())),
+                     ("duplicate copies", lambda q: self.one_copy_per_run(q, target))]
+        for name, narrow in integrity:
+            query = narrow(query)
+            left = count(query)
+            if left != funnel[-1][1]:
+                funnel.append((name, left))
         for name, condition in self.criteria(target, extra_keys):
             query = query.where(condition)
-            funnel.append((name, session.scalar(sa.select(sa.func.count()).select_from(query.subquery()))))
+            funnel.append((name, count(query)))
         if funnel[-1][1] == 0:
             raise NoRunsSelected(f"no runs selected for run {target.obs_id}: {describe_funnel(funnel)}")
 
@@ -210,11 +253,61 @@ class RunSelector:
                 break
             chosen.append(row)
             ontime += row.ontime_s or 0.0
+        warnings = []
         if requested is not None and ontime < requested:
-            log.warning("run %s: %.1f h of the %.1f h requested are available", target.obs_id,
-                        ontime / 3600, requested / 3600)
+            warnings.append(f"run {target.obs_id}: {ontime / 3600:.1f} h of the {requested / 3600:.1f} h "
+                            "requested are available")
+        shortfall = self.statistics_shortfall(len(chosen), ontime)
+        if shortfall:
+            message = (f"run {target.obs_id}: the background rests on {len(chosen)} "
+                       f"run{'s' if len(chosen) != 1 else ''} ({ontime / 3600:.2f} h ontime), {shortfall}")
+            if self.settings.min_statistics == "error":
+                raise TooLittleStatistics(f"{message} ({describe_funnel(funnel)})")
+            warnings.append(message)
+        for message in warnings:
+            log.warning("%s", message)
         return Selection(target.obs_id, [row.id for row in chosen], [row.obs_id for row in chosen], ontime,
-                         funnel, ranking=ranking, requested_s=requested)
+                         funnel, ranking=ranking, requested_s=requested, warnings=warnings)
+
+    def statistics_shortfall(self, n_runs, ontime_s):
+        """'below min_runs 3 and min_ontime 2 h' when the selection rests on too little, else ''."""
+        s = self.settings
+        short = []
+        if s.min_runs is not None and n_runs < s.min_runs:
+            short.append(f"min_runs {s.min_runs}")
+        if s.min_ontime is not None and ontime_s < s.min_ontime * 3600.0:
+            short.append(f"min_ontime {s.min_ontime:g} h")
+        return f"below {' and '.join(short)}" if short else ""
+
+    def check_search_datastore(self, session):
+        """Fail with the indexed datastores when ``io.search_datastore`` is not one of them."""
+        if session.scalar(sa.select(sa.func.count(Datastore.id)).where(Datastore.at(self.search_datastore))):
+            return
+        from pathlib import Path
+
+        indexed = session.scalars(sa.select(Datastore.path).order_by(Datastore.path)).all()
+        raise BkgdbError(f"io.search_datastore {Path(self.search_datastore).expanduser().resolve()} is not in the "
+                         f"catalogue; indexed datastores: {', '.join(indexed) or 'none'}")
+
+    @staticmethod
+    def one_copy_per_run(query, target):
+        """Narrow a candidate query to one copy of each observation, never a copy of the target.
+
+        An observation is its OBS_ID and start second (`observation_second`). Of several copies,
+        the one in the target's datastore is kept, else the one of the datastore indexed first.
+        """
+        store = aliased(Datastore)
+        second = observation_second()
+        target_run = aliased(Run)
+        target_second = sa.select(observation_second(target_run)).where(target_run.id == target.id).scalar_subquery()
+        preference = sa.func.row_number().over(
+            partition_by=(Run.obs_id, second),
+            order_by=(sa.case((Run.datastore_id == target.datastore_id, 0), else_=1),
+                      store.first_indexed_at, store.id, Run.id))
+        ranked = (query.join(store, store.id == Run.datastore_id)
+                  .where(sa.not_(sa.and_(Run.obs_id == target.obs_id, second == target_second)))
+                  .add_columns(preference.label("copy_rank")).subquery("ranked_copies"))
+        return sa.select(Run.id).join(ranked, ranked.c.id == Run.id).where(ranked.c.copy_rank == 1)
 
     def rank(self, session, target, rows, binning_id, exclusion_id, candidates):
         """Order candidates, most similar first: by KL divergence, or by airmass then time."""
