@@ -106,7 +106,8 @@ def stale_backgrounds(engine) -> list[dict]:
     result = []
     for entry in stale.values():
         causes_found = entry.pop("causes")
-        entry["reason"] = "; ".join(f"{name}: {_obs_id_list(obs_ids)}" for name, obs_ids in causes_found.items())
+        entry["reason"] = "; ".join(f"{name}: {_obs_id_list(causes_found[name])}"
+                                    for name, _ in causes if name in causes_found)
         result.append(entry)
     return result
 
