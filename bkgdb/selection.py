@@ -17,7 +17,7 @@ from sqlalchemy.orm import aliased
 
 from .conditions import conditions_expression
 from .errors import BkgdbError
-from .flags import not_flagged_bad
+from .flags import bad_obs_ids
 from .models import RUN_STATUS_OK, Datastore, PieceRow, Run
 
 __all__ = ["RunSelector", "Selection", "NoRunsSelected", "TooLittleStatistics", "airmass", "zenith_range",
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 #: Airmass step of the similarity ranking: within a step, the run closest in time comes first.
 AIRMASS_STEP = 0.01
+#: Up to this many run ids or OBS_IDs (empty, flagged, repeated) are passed to the database as a
+#: list of values, more as a subquery.
+OBS_ID_LIST_MAX = 2000
 
 
 class NoRunsSelected(BkgdbError):
@@ -47,13 +50,13 @@ def observation_second(run=Run):
     return sa.func.coalesce(sa.func.round(run.tstart_mjd * 86400.0), -1)
 
 
-def has_events(run=Run, piece=PieceRow):
-    """SQL condition: the run has events, ontime and events in its piece's range.
+def has_events(piece=PieceRow):
+    """SQL condition on a piece: its run has ontime and events in the binning's range.
 
-    An unknown event count (NULL) is not held against a run; a count of 0 is.
+    A run without events (``event_count`` 0) has none in range either, so the piece alone
+    tells, and the check reads no catalogue row.
     """
-    return sa.and_(sa.func.coalesce(run.event_count, 1) > 0, piece.ontime_s > 0,
-                   piece.n_kept + piece.n_excluded > 0)
+    return sa.and_(piece.ontime_s > 0, piece.n_kept + piece.n_excluded > 0)
 
 
 def airmass(zenith_deg):
@@ -217,29 +220,29 @@ class RunSelector:
             .where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
                    Run.status == RUN_STATUS_OK, Run.id != target.id)
         )
+        search_id = None
         if self.search_datastore:
-            self.check_search_datastore(session)
-            base = base.join(Datastore, Datastore.id == Run.datastore_id).where(Datastore.at(self.search_datastore))
+            search_id = self.search_datastore_id(session)
+            base = base.where(Run.datastore_id == search_id)
 
-        def count(query):
-            return session.scalar(sa.select(sa.func.count()).select_from(query.subquery()))
-
-        funnel = [("candidate runs with pieces", count(base))]
-        query = base
-        # Runs that must never build a background; a step that removes nothing is not listed.
-        integrity = [("empty runs", lambda q: q.where(has_events())),
-                     ("flagged bad", lambda q: q.where(not_flagged_bad())),
-                     ("duplicate copies", lambda q: self.one_copy_per_run(q, target))]
-        for name, narrow in integrity:
-            query = narrow(query)
-            left = count(query)
-            if left != funnel[-1][1]:
+        # Runs that must never build a background, then the similarity criteria. Every step's
+        # count comes from one scan; an integrity step that removes nothing is not listed.
+        empty_pieces = sa.select(PieceRow.run_id).where(
+            PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events()))
+        integrity = [("empty runs", self.not_in_list(session, Run.id, empty_pieces)),
+                     ("flagged bad", self.not_in_list(session, Run.obs_id, bad_obs_ids())),
+                     ("duplicate copies", self.one_copy_condition(session, target, binning_id, exclusion_id,
+                                                                  search_id))]
+        steps = integrity + self.criteria(target, extra_keys)
+        counts = self.funnel_counts(session, base, [condition for _, condition in steps])
+        funnel = [("candidate runs with pieces", counts[0])]
+        for number, (name, _) in enumerate(steps):
+            left = counts[number + 1]
+            if number >= len(integrity) or left != funnel[-1][1]:
                 funnel.append((name, left))
-        for name, condition in self.criteria(target, extra_keys):
-            query = query.where(condition)
-            funnel.append((name, count(query)))
         if funnel[-1][1] == 0:
             raise NoRunsSelected(f"no runs selected for run {target.obs_id}: {describe_funnel(funnel)}")
+        query = base.where(*[condition for _, condition in steps])
 
         rows = session.execute(
             sa.select(Run.id, Run.obs_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)
@@ -279,10 +282,11 @@ class RunSelector:
             short.append(f"min_ontime {s.min_ontime:g} h")
         return f"below {' and '.join(short)}" if short else ""
 
-    def check_search_datastore(self, session):
-        """Fail with the indexed datastores when ``io.search_datastore`` is not one of them."""
-        if session.scalar(sa.select(sa.func.count(Datastore.id)).where(Datastore.at(self.search_datastore))):
-            return
+    def search_datastore_id(self, session):
+        """Id of the ``io.search_datastore``; fails with the indexed datastores when it is not one of them."""
+        found = session.scalar(sa.select(Datastore.id).where(Datastore.at(self.search_datastore)))
+        if found is not None:
+            return found
         from pathlib import Path
 
         indexed = session.scalars(sa.select(Datastore.path).order_by(Datastore.path)).all()
@@ -290,24 +294,65 @@ class RunSelector:
                          f"catalogue; indexed datastores: {', '.join(indexed) or 'none'}")
 
     @staticmethod
-    def one_copy_per_run(query, target):
-        """Narrow a candidate query to one copy of each observation, never a copy of the target.
+    def funnel_counts(session, candidates, conditions):
+        """[candidates, left after the 1st condition, after the 1st and 2nd, ...] in one query.
 
-        An observation is its OBS_ID and start second (`observation_second`). Of several copies,
-        the one in the target's datastore is kept, else the one of the datastore indexed first.
+        Each condition is evaluated once per candidate (an inner 0/1 column), then summed.
         """
-        store = aliased(Datastore)
-        second = observation_second()
+        if not conditions:
+            return [session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery()))]
+        passes = candidates.with_only_columns(*[
+            sa.case((condition, 1), else_=0).label(f"pass_{number}")
+            for number, condition in enumerate(conditions)]).subquery("passes")
+        columns, kept = [sa.func.count()], []
+        for number in range(len(conditions)):
+            kept.append(passes.c[f"pass_{number}"] == 1)
+            columns.append(sa.func.coalesce(sa.func.sum(sa.case((sa.and_(*kept), 1), else_=0)), 0))
+        return [int(value) for value in session.execute(sa.select(*columns).select_from(passes)).one()]
+
+    @staticmethod
+    def not_in_list(session, column, query):
+        """SQL condition ``column NOT IN (values of query)``, the values asked for once.
+
+        Short lists (usually none: few runs are empty or flagged) are passed as values, so the
+        funnel and selection queries do not evaluate the subquery again for every candidate.
+        """
+        values = session.scalars(query.limit(OBS_ID_LIST_MAX + 1)).all()
+        if not values:
+            return sa.true()
+        return column.not_in(query if len(values) > OBS_ID_LIST_MAX else values)
+
+    @staticmethod
+    def one_copy_condition(session, target, binning_id, exclusion_id, datastore_id=None):
+        """SQL condition: the run is the preferred copy of its observation, and no copy of the target.
+
+        An observation is its OBS_ID and start second (`observation_second`). Of several copies
+        that are candidates (ok, with a non-empty piece), the one in the target's datastore is
+        kept, else the one of the datastore indexed first (the lowest datastore id). Only runs
+        whose OBS_ID is catalogued more than once are looked up (a correlated NOT EXISTS on the
+        OBS_ID index), so an archive without copies pays almost nothing.
+        """
         target_run = aliased(Run)
         target_second = sa.select(observation_second(target_run)).where(target_run.id == target.id).scalar_subquery()
-        preference = sa.func.row_number().over(
-            partition_by=(Run.obs_id, second),
-            order_by=(sa.case((Run.datastore_id == target.datastore_id, 0), else_=1),
-                      store.first_indexed_at, store.id, Run.id))
-        ranked = (query.join(store, store.id == Run.datastore_id)
-                  .where(sa.not_(sa.and_(Run.obs_id == target.obs_id, second == target_second)))
-                  .add_columns(preference.label("copy_rank")).subquery("ranked_copies"))
-        return sa.select(Run.id).join(ranked, ranked.c.id == Run.id).where(ranked.c.copy_rank == 1)
+        not_target_copy = sa.not_(sa.and_(Run.obs_id == target.obs_id, observation_second() == target_second))
+        other, other_piece = aliased(Run), aliased(PieceRow)
+        repeated = sa.select(other.obs_id).group_by(other.obs_id).having(sa.func.count(other.id) > 1)
+        # Asked once here: inside the funnel's scan SQLite would evaluate it for every run.
+        repeated_obs_ids = session.scalars(repeated.limit(OBS_ID_LIST_MAX + 1)).all()
+        if not repeated_obs_ids:
+            return not_target_copy
+        preferred_copy = (
+            sa.select(other.id).join(other_piece, other_piece.run_id == other.id)
+            .where(other.obs_id == Run.obs_id, other.id != Run.id, observation_second(other) == observation_second(),
+                   other.status == RUN_STATUS_OK, other_piece.binning_id == binning_id,
+                   other_piece.exclusion_id == exclusion_id, has_events(other_piece),
+                   sa.or_(other.datastore_id == target.datastore_id,
+                          sa.and_(Run.datastore_id != target.datastore_id, other.datastore_id < Run.datastore_id)))
+        )
+        if datastore_id is not None:
+            preferred_copy = preferred_copy.where(other.datastore_id == datastore_id)
+        single = Run.obs_id.not_in(repeated if len(repeated_obs_ids) > OBS_ID_LIST_MAX else repeated_obs_ids)
+        return sa.and_(not_target_copy, sa.or_(single, ~preferred_copy.exists()))
 
     def rank(self, session, target, rows, binning_id, exclusion_id, candidates):
         """Order candidates, most similar first: by KL divergence, or by airmass then time."""
