@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from .errors import BkgdbError
 from .models import FLAG_BAD, FLAG_GOOD, Run, RunFlag
 
-__all__ = ["flag_run", "run_flags", "flags_in_force", "bad_obs_ids", "not_flagged_bad", "default_author"]
+__all__ = ["flag_run", "run_flags", "flags_in_force", "bad_obs_ids", "default_author"]
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,9 @@ def flags_in_force():
 
 
 def bad_obs_ids():
-    """Query of the OBS_IDs whose flag in force is bad."""
+    """Query of the OBS_IDs whose flag in force is bad: the runs selection leaves out."""
     in_force = flags_in_force()
     return sa.select(in_force.c.obs_id).where(in_force.c.flag == FLAG_BAD)
-
-
-def not_flagged_bad(obs_id_column=Run.obs_id):
-    """SQL condition: the run's OBS_ID has no bad flag in force."""
-    return obs_id_column.not_in(bad_obs_ids())
 
 
 def flag_run(engine, obs_id: int, flag: str, reason: str | None = None, author: str | None = None) -> dict:

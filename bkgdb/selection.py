@@ -2,7 +2,9 @@
 
 Every criterion is an SQL condition on the catalogue, relative to the target run; ranges are
 computed in Python so the database only compares indexed columns (no trigonometry in SQL).
-Runs qualify only if they have a piece for the binning and exclusion setting in use.
+Runs qualify only if they have a piece for the binning and exclusion setting in use, and never
+when they are empty (no ontime, no events in range), flagged bad (`bkgdb.flags`), a second copy
+of a run held by several datastores, or a copy of the target itself.
 """
 
 import logging
@@ -196,6 +198,10 @@ class RunSelector:
     def run(self, session, target, binning_id, exclusion_id, extra_keys=()):
         """Select the runs for ``target``.
 
+        Candidates are the ok runs with a piece (of ``io.search_datastore`` if set), other than
+        the target; empty runs, runs flagged bad and duplicate copies are removed, then the
+        criteria apply. The funnel records what each step left.
+
         Returns
         -------
         selection : `Selection`
@@ -204,6 +210,8 @@ class RunSelector:
         ------
         NoRunsSelected
             Nothing passed; the message lists the candidates left after each criterion.
+        TooLittleStatistics
+            Fewer runs or hours than ``min_runs`` / ``min_ontime`` with ``min_statistics: error``.
         """
         if self.from_run:
             has_piece = session.scalar(sa.select(sa.func.count(PieceRow.id)).where(
