@@ -5,7 +5,7 @@ smooth on demand, and produce a gammapy `Background2D` with its provenance.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,19 +19,33 @@ from .cache import row_to_piece
 from .condition_model import RunConditions
 from .errors import BkgdbError
 from .gadf import background_2d_hdu
-from .models import RUN_STATUS_OK, BackgroundRow, BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from .models import (RUN_STATUS_FAILED, RUN_STATUS_OK, BackgroundInput, BackgroundRow, BinningRow, Datastore,
+                     ExclusionRow, PieceRow, Run)
 from .normalisation import NO_NORMALISATION
 from .selection import RunSelector
 from .smoothing import BackgroundSmoother
 
-__all__ = ["BackgroundBuilder", "BuiltBackground", "background_history", "per_run_normalisation", "PROVENANCE_HDU",
-           "BKG_HDU"]
+__all__ = ["BackgroundBuilder", "BuiltBackground", "PieceInput", "background_history", "per_run_normalisation",
+           "PROVENANCE_HDU", "BKG_HDU"]
 
 log = logging.getLogger(__name__)
 
 BKG_HDU = "BKG"
 ID_CHUNK = 5000
 PROVENANCE_HDU = "BKGDB_RUNS"
+
+
+@dataclass
+class PieceInput:
+    """One piece summed into a background, as it was at build time (its lineage record)."""
+
+    piece_id: int
+    run_id: int
+    obs_id: int
+    file_sha256: str | None
+    created_at: object
+    #: The piece's weight in the sum; 1 for plain summation.
+    weight: float = 1.0
 
 
 @dataclass
@@ -55,6 +69,8 @@ class BuiltBackground:
     normalisation: object = NO_NORMALISATION
     #: Parameters of the condition model the pieces were moved with (None: plain sum).
     condition_model: dict | None = None
+    #: The pieces summed, in selection order (`PieceInput`); recorded as the background's lineage.
+    inputs: list = field(default_factory=list)
 
     @property
     def model(self):
@@ -176,10 +192,16 @@ class BackgroundBuilder:
         return self._rows
 
     def find_target(self, session, obs_id, datastore=None):
-        query = sa.select(Run).join(Datastore).where(Run.obs_id == obs_id, Run.status == RUN_STATUS_OK)
+        """The catalogue row of run ``obs_id`` (of ``datastore``); a run that failed to index says why."""
+        query = sa.select(Run).join(Datastore).where(Run.obs_id == obs_id)
         if datastore is not None:
             query = query.where(Datastore.at(datastore))
-        runs = session.scalars(query).all()
+        found = session.scalars(query).all()
+        runs = [run for run in found if run.status == RUN_STATUS_OK]
+        failed = [run for run in found if run.status == RUN_STATUS_FAILED]
+        if not runs and failed:
+            raise BkgdbError(f"run {obs_id} failed to index: {failed[0].error}"
+                             + (f" ({failed[0].datastore.path})" if len(found) > 1 or datastore else ""))
         if not runs:
             raise BkgdbError(f"run {obs_id} is not in the catalogue" + (f" for datastore {datastore}" if datastore else "")
                              + ": index its datastore first")
@@ -218,7 +240,7 @@ class BackgroundBuilder:
             rows = []
             for start in range(0, len(selection.run_ids), ID_CHUNK):  # SQLite caps bound parameters
                 rows += session.execute(
-                    sa.select(PieceRow, Datastore.path, Run.zenith_deg, Run.az_deg, Run.muon_eff)
+                    sa.select(PieceRow, Datastore.path, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.muon_eff)
                     .join(Run, Run.id == PieceRow.run_id)
                     .join(Datastore, Datastore.id == Run.datastore_id)
                     .where(PieceRow.run_id.in_(selection.run_ids[start:start + ID_CHUNK]),
@@ -233,8 +255,11 @@ class BackgroundBuilder:
                 model, model_record = archive_condition_model(
                     session, binning_row.id, exclusion_row.id, self.config.binning.energy_edges, self.config.selection)
             assembled = assemble_background(
-                pieces, self.config.binning, [RunConditions(*row[2:]) for row in rows],
+                pieces, self.config.binning, [RunConditions(*row[3:]) for row in rows],
                 RunConditions(target.zenith_deg, target.az_deg, target.muon_eff), model)
+            weights = assembled.weights if assembled.weights is not None else [1.0] * len(rows)
+            inputs = [PieceInput(piece.id, piece.run_id, run_obs_id, piece.file_sha256, piece.created_at, float(weight))
+                      for (piece, _, run_obs_id, *_), weight in zip(rows, weights)]
             rate = self.smoother.run(assembled)
             # Per-run normalisation (bkgdb.normalisation): after smoothing, before empty bins are filled.
             normalisation = per_run_normalisation(session, self.config.selection, target, selection, rate, assembled,
@@ -246,24 +271,31 @@ class BackgroundBuilder:
                 rate = bin_average_to_centre(rate, assembled)
             return BuiltBackground(target, selection, assembled, self.smoother.method, rate,
                                    binning_row.hash, exclusion_row.hash, binning_row.id, exclusion_row.id,
-                                   condition_model=model_record, normalisation=normalisation)
+                                   condition_model=model_record, normalisation=normalisation, inputs=inputs)
         finally:
             if own_session:
                 session.close()
 
     def record(self, session, built, output_path=None):
-        """Store the provenance of a built background in the database."""
-        session.add(BackgroundRow(
+        """Store the provenance of a built background in the database, with the pieces it used."""
+        row = BackgroundRow(
             target_run_id=built.target.id, target_obs_id=built.target.obs_id, binning_id=built.binning_id,
             exclusion_id=built.exclusion_id,
             selection={"settings": self.config.selection.params, "from_run": self.config.io.from_run,
                        **built.selection.as_dict(), "normalisation": built.normalisation.as_dict(),
-                       "condition_model": built.condition_model,
-                       "weights": None if built.assembled.weights is None else [float(w) for w in built.assembled.weights]},
+                       "condition_model": built.condition_model},
             obs_ids=list(built.selection.obs_ids), n_runs=len(built.selection.obs_ids),
             ontime_s=built.assembled.ontime_s, smoothing=built.smoothing,
             output_path=None if output_path is None else str(output_path),
-        ))
+        )
+        session.add(row)
+        session.flush()
+        session.add_all([BackgroundInput(
+            background_id=row.id, piece_id=item.piece_id, run_id=item.run_id, obs_id=item.obs_id,
+            file_sha256=item.file_sha256, piece_created_at=item.created_at,
+            weight=1.0 if item.weight is None else float(item.weight),
+        ) for item in built.inputs])
+        return row
 
     def write(self, obs_id, path, datastore=None, three_d=False, overwrite=False):
         """Build the background of ``obs_id`` and write it as a FITS file gammapy reads.

@@ -3,6 +3,7 @@
 Heavy modules (astropy, gammapy) are imported inside the commands so ``bkgdb --help`` is quick.
 """
 
+import contextlib
 import functools
 import sys
 from enum import Enum
@@ -87,6 +88,29 @@ def with_conditions(config, where):
             parse_condition(condition)  # a typo fails here, before any work
         config.selection = dataclasses.replace(config.selection, where=config.selection.where + tuple(where))
     return config
+
+
+@contextlib.contextmanager
+def printed_warnings(logger_name):
+    """Print a library logger's warnings as 'Warning: ...' lines on stderr, each once."""
+    import logging
+
+    seen = set()
+
+    class Printer(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if message not in seen:
+                seen.add(message)
+                err.print(f"Warning: {message}", highlight=False, markup=False)
+
+    logger = logging.getLogger(logger_name)
+    handler = Printer(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def progress_bar(label):
@@ -249,7 +273,8 @@ def background(
 
     settings = with_conditions(read_config(config), where)
     builder = BackgroundBuilder(open_catalogue(), settings, smooth=smooth.value if smooth else None)
-    built = builder.write(obs_id, output, datastore=datastore, three_d=three_d, overwrite=overwrite)
+    with printed_warnings("bkgdb.selection"):
+        built = builder.write(obs_id, output, datastore=datastore, three_d=three_d, overwrite=overwrite)
     selection = built.selection
     out.print(f"selection: {describe_funnel(selection.funnel)}", highlight=False)
     requested = f" of {selection.requested_s / 3600:.2f} h requested" if selection.requested_s else ""
@@ -306,9 +331,20 @@ def attach(
 @reports_errors
 def history(
     obs_id: int = typer.Argument(None, help="Only backgrounds built for this OBS_ID."),
+    stale: bool = typer.Option(False, "--stale", help="Only backgrounds whose inputs changed since they were "
+                               "built (to rebuild), with the reason."),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
 ):
     """List the backgrounds built so far: target, runs summed, ontime, smoothing, output file."""
+    if stale:
+        from .lineage import stale_backgrounds
+
+        rows = stale_backgrounds(open_catalogue().engine)
+        if obs_id is not None:
+            rows = [row for row in rows if row["target"] == obs_id]
+        columns = ["id", "target", "output", "created_at", "reason"]
+        render_rows(rows, columns, fmt, out, title=f"{len(rows)} stale backgrounds")
+        return
     from .background import background_history
 
     rows = background_history(open_catalogue().engine, obs_id)
@@ -402,6 +438,48 @@ def validate(
                   markup=False)
     for obs_id, reason in report.without_background:
         console.print(f"no background: run {obs_id}: {reason}", highlight=False, markup=False)
+
+
+@app.command()
+@reports_errors
+def flag(
+    obs_id: int = typer.Argument(..., help="OBS_ID of the run (every datastore's copy)."),
+    reason: str = typer.Argument(None, help="Why (required with --bad)."),
+    bad: bool = typer.Option(False, "--bad", help="Flag the run bad: it is never selected for a background."),
+    good: bool = typer.Option(False, "--good", help="Flag the run good again."),
+    by: str = typer.Option(None, "--by", help="Who flags it. Default: your login name."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
+):
+    """Flag a run bad or good (bkgdb flag 23523 --bad "camera 3 off"); alone, show its flag history."""
+    from .flags import flag_run, run_flags
+
+    engine = open_catalogue().engine
+    if bad and good:
+        raise BkgdbError("give --bad or --good, not both")
+    if bad or good:
+        entry = flag_run(engine, obs_id, "bad" if bad else "good", reason, by)
+        out.print(f"run {obs_id} flagged {entry['flag']} by {entry['author']}"
+                  + (f": {entry['reason']}" if entry["reason"] else ""), highlight=False, markup=False)
+        return
+    if reason is not None:
+        raise BkgdbError("a reason needs --bad or --good")
+    rows = run_flags(engine, obs_id)
+    render_rows(rows, ["flag", "reason", "author", "created_at", "in_force"], fmt, out,
+                title=f"run {obs_id}: {len(rows)} flags")
+
+
+@app.command()
+@reports_errors
+def lineage(
+    obs_id: int = typer.Argument(..., help="OBS_ID of a run."),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
+):
+    """List every background and attached file built from a run's pieces."""
+    from .lineage import background_lineage
+
+    rows = background_lineage(open_catalogue().engine, obs_id)
+    render_rows(rows, ["id", "target", "from_datastore", "output", "created_at"], fmt, out,
+                title=f"{len(rows)} backgrounds built from run {obs_id}")
 
 
 @app.command()

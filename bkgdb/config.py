@@ -32,6 +32,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EXPOSURE_METHODS = ("geometric", "counts-ratio")
+#: What a background resting on fewer than min_runs runs or min_ontime hours does.
+MIN_STATISTICS_ACTIONS = ("warn", "error")
 #: Sections of gammapy-tools configs that bkgdb reads none of.
 FOREIGN_SECTIONS = {"run_selection", "spectrum", "lightcurve", "sky_map", "analysis_selection",
                     "results_file", "plot_names"}
@@ -555,11 +557,15 @@ class SelectionSettings:
     normalisation_column: str | None = None
     #: Energies (TeV) of the control ring; None: the whole binning.
     normalisation_energy: tuple | None = None
+    #: Fewest runs and hours of ontime a background may rest on; below them, warn or fail (min_statistics).
+    min_runs: int | None = None
+    min_ontime: float | None = None
+    min_statistics: str = "warn"
 
     KEYS = ("el_diff", "az_diff", "nsb_diff", "time_max", "same_szn", "seasons", "n_tels", "n_tel", "el_min",
             "el_max", "gal_lat_min", "where", "time_request", "KL_DIV", "smooth", "smooth_method",
             "smooth_sigma", "poly_degree", "spline_smoothing", "fill_empty_bins", "bin_centre_correction",
-            "normalisation", "assembly")
+            "normalisation", "assembly", "min_runs", "min_ontime", "min_statistics")
     #: gammapy-tools keys that bkgdb reads but does not use.
     UNUSED = ("store_KL", "bkg_runlist")
 
@@ -617,6 +623,15 @@ class SelectionSettings:
         if "poly_degree" in values:
             kwargs["poly_degree"] = _number(section, "poly_degree", values["poly_degree"], int, minimum=0)
         kwargs.update(_normalisation_from_dict(f"{section}.normalisation", values.get("normalisation")))
+        if values.get("min_runs") is not None:
+            kwargs["min_runs"] = _number(section, "min_runs", values["min_runs"], int, minimum=1)
+        if "min_ontime" in values:
+            kwargs["min_ontime"] = _optional(section, values, "min_ontime", minimum=0)
+        if "min_statistics" in values:
+            if values["min_statistics"] not in MIN_STATISTICS_ACTIONS:
+                raise ConfigError(f"{section}.min_statistics must be one of {', '.join(MIN_STATISTICS_ACTIONS)}, "
+                                  f"got {values['min_statistics']!r}")
+            kwargs["min_statistics"] = values["min_statistics"]
         return cls(**kwargs)
 
     @property

@@ -2,7 +2,9 @@
 
 Every criterion is an SQL condition on the catalogue, relative to the target run; ranges are
 computed in Python so the database only compares indexed columns (no trigonometry in SQL).
-Runs qualify only if they have a piece for the binning and exclusion setting in use.
+Runs qualify only if they have a piece for the binning and exclusion setting in use, and never
+when they are empty (no ontime, no events in range), flagged bad (`bkgdb.flags`), a second copy
+of a run held by several datastores, or a copy of the target itself.
 """
 
 import logging
@@ -13,21 +15,50 @@ from datetime import date
 import numpy as np
 import sqlalchemy as sa
 
+from sqlalchemy.orm import aliased
+
 from .conditions import conditions_expression
 from .errors import BkgdbError
+from .flags import bad_obs_ids
 from .models import RUN_STATUS_OK, Datastore, PieceRow, Run
 
-__all__ = ["RunSelector", "Selection", "NoRunsSelected", "airmass", "zenith_range", "azimuth_condition",
-           "kl_divergence", "rate_shape", "describe_funnel"]
+__all__ = ["RunSelector", "Selection", "NoRunsSelected", "TooLittleStatistics", "airmass", "zenith_range",
+           "azimuth_condition", "kl_divergence", "rate_shape", "describe_funnel", "observation_second",
+           "has_events"]
 
 log = logging.getLogger(__name__)
 
 #: Airmass step of the similarity ranking: within a step, the run closest in time comes first.
 AIRMASS_STEP = 0.01
+#: Up to this many run ids or OBS_IDs (empty, flagged, repeated) are passed to the database as a
+#: list of values, more as a subquery.
+OBS_ID_LIST_MAX = 2000
 
 
 class NoRunsSelected(BkgdbError):
     """No run passed the selection; the message says what each criterion removed."""
+
+
+class TooLittleStatistics(NoRunsSelected):
+    """The selected runs fall short of ``min_runs`` or ``min_ontime`` (with ``min_statistics: error``)."""
+
+
+def observation_second(run=Run):
+    """SQL expression: a run's observation start in whole seconds (MJD x 86400), -1 when unknown.
+
+    With the OBS_ID it identifies an observation: two copies of one run in two datastores (even
+    reprocessed ones) share both.
+    """
+    return sa.func.coalesce(sa.func.round(run.tstart_mjd * 86400.0), -1)
+
+
+def has_events(piece=PieceRow):
+    """SQL condition on a piece: its run has ontime and events in the binning's range.
+
+    A run without events (``event_count`` 0) has none in range either, so the piece alone
+    tells, and the check reads no catalogue row.
+    """
+    return sa.and_(piece.ontime_s > 0, piece.n_kept + piece.n_excluded > 0)
 
 
 def airmass(zenith_deg):
@@ -97,10 +128,13 @@ class Selection:
     requested_s: float | None = None
     #: Datastore path of each selected run, filled when the pieces are loaded.
     datastores: list = field(default_factory=list)
+    #: Warnings about the selection (too little statistics, requested ontime not reached).
+    warnings: list = field(default_factory=list)
 
     def as_dict(self):
         return {"target_obs_id": self.target_obs_id, "obs_ids": self.obs_ids, "ontime_s": self.ontime_s,
-                "funnel": self.funnel, "ranking": self.ranking, "requested_s": self.requested_s}
+                "funnel": self.funnel, "ranking": self.ranking, "requested_s": self.requested_s,
+                "warnings": self.warnings}
 
 
 class RunSelector:
@@ -164,6 +198,10 @@ class RunSelector:
     def run(self, session, target, binning_id, exclusion_id, extra_keys=()):
         """Select the runs for ``target``.
 
+        Candidates are the ok runs with a piece (of ``io.search_datastore`` if set), other than
+        the target; empty runs, runs flagged bad and duplicate copies are removed, then the
+        criteria apply. The funnel records what each step left.
+
         Returns
         -------
         selection : `Selection`
@@ -172,6 +210,8 @@ class RunSelector:
         ------
         NoRunsSelected
             Nothing passed; the message lists the candidates left after each criterion.
+        TooLittleStatistics
+            Fewer runs or hours than ``min_runs`` / ``min_ontime`` with ``min_statistics: error``.
         """
         if self.from_run:
             has_piece = session.scalar(sa.select(sa.func.count(PieceRow.id)).where(
@@ -188,15 +228,29 @@ class RunSelector:
             .where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
                    Run.status == RUN_STATUS_OK, Run.id != target.id)
         )
+        search_id = None
         if self.search_datastore:
-            base = base.join(Datastore, Datastore.id == Run.datastore_id).where(Datastore.at(self.search_datastore))
-        funnel = [("candidate runs with pieces", session.scalar(sa.select(sa.func.count()).select_from(base.subquery())))]
-        query = base
-        for name, condition in self.criteria(target, extra_keys):
-            query = query.where(condition)
-            funnel.append((name, session.scalar(sa.select(sa.func.count()).select_from(query.subquery()))))
+            search_id = self.search_datastore_id(session)
+            base = base.where(Run.datastore_id == search_id)
+
+        # Runs that must never build a background, then the similarity criteria. Every step's
+        # count comes from one scan; an integrity step that removes nothing is not listed.
+        empty_pieces = sa.select(PieceRow.run_id).where(
+            PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events()))
+        integrity = [("empty runs", self.not_in_list(session, Run.id, empty_pieces)),
+                     ("flagged bad", self.not_in_list(session, Run.obs_id, bad_obs_ids())),
+                     ("duplicate copies", self.one_copy_condition(session, target, binning_id, exclusion_id,
+                                                                  search_id))]
+        steps = integrity + self.criteria(target, extra_keys)
+        counts = self.funnel_counts(session, base, [condition for _, condition in steps])
+        funnel = [("candidate runs with pieces", counts[0])]
+        for number, (name, _) in enumerate(steps):
+            left = counts[number + 1]
+            if number >= len(integrity) or left != funnel[-1][1]:
+                funnel.append((name, left))
         if funnel[-1][1] == 0:
             raise NoRunsSelected(f"no runs selected for run {target.obs_id}: {describe_funnel(funnel)}")
+        query = base.where(*[condition for _, condition in steps])
 
         rows = session.execute(
             sa.select(Run.id, Run.obs_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)
@@ -210,11 +264,103 @@ class RunSelector:
                 break
             chosen.append(row)
             ontime += row.ontime_s or 0.0
+        warnings = []
         if requested is not None and ontime < requested:
-            log.warning("run %s: %.1f h of the %.1f h requested are available", target.obs_id,
-                        ontime / 3600, requested / 3600)
+            warnings.append(f"run {target.obs_id}: {ontime / 3600:.1f} h of the {requested / 3600:.1f} h "
+                            "requested are available")
+        shortfall = self.statistics_shortfall(len(chosen), ontime)
+        if shortfall:
+            message = (f"run {target.obs_id}: the background rests on {len(chosen)} "
+                       f"run{'s' if len(chosen) != 1 else ''} ({ontime / 3600:.2f} h ontime), {shortfall}")
+            if self.settings.min_statistics == "error":
+                raise TooLittleStatistics(f"{message} ({describe_funnel(funnel)})")
+            warnings.append(message)
+        for message in warnings:
+            log.warning("%s", message)
         return Selection(target.obs_id, [row.id for row in chosen], [row.obs_id for row in chosen], ontime,
-                         funnel, ranking=ranking, requested_s=requested)
+                         funnel, ranking=ranking, requested_s=requested, warnings=warnings)
+
+    def statistics_shortfall(self, n_runs, ontime_s):
+        """'below min_runs 3 and min_ontime 2 h' when the selection rests on too little, else ''."""
+        s = self.settings
+        short = []
+        if s.min_runs is not None and n_runs < s.min_runs:
+            short.append(f"min_runs {s.min_runs}")
+        if s.min_ontime is not None and ontime_s < s.min_ontime * 3600.0:
+            short.append(f"min_ontime {s.min_ontime:g} h")
+        return f"below {' and '.join(short)}" if short else ""
+
+    def search_datastore_id(self, session):
+        """Id of the ``io.search_datastore``; fails with the indexed datastores when it is not one of them."""
+        found = session.scalar(sa.select(Datastore.id).where(Datastore.at(self.search_datastore)))
+        if found is not None:
+            return found
+        from pathlib import Path
+
+        indexed = session.scalars(sa.select(Datastore.path).order_by(Datastore.path)).all()
+        raise BkgdbError(f"io.search_datastore {Path(self.search_datastore).expanduser().resolve()} is not in the "
+                         f"catalogue; indexed datastores: {', '.join(indexed) or 'none'}")
+
+    @staticmethod
+    def funnel_counts(session, candidates, conditions):
+        """[candidates, left after the 1st condition, after the 1st and 2nd, ...] in one query.
+
+        Each condition is evaluated once per candidate (an inner 0/1 column), then summed.
+        """
+        if not conditions:
+            return [session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery()))]
+        passes = candidates.with_only_columns(*[
+            sa.case((condition, 1), else_=0).label(f"pass_{number}")
+            for number, condition in enumerate(conditions)]).subquery("passes")
+        columns, kept = [sa.func.count()], []
+        for number in range(len(conditions)):
+            kept.append(passes.c[f"pass_{number}"] == 1)
+            columns.append(sa.func.coalesce(sa.func.sum(sa.case((sa.and_(*kept), 1), else_=0)), 0))
+        return [int(value) for value in session.execute(sa.select(*columns).select_from(passes)).one()]
+
+    @staticmethod
+    def not_in_list(session, column, query):
+        """SQL condition ``column NOT IN (values of query)``, the values asked for once.
+
+        Short lists (usually none: few runs are empty or flagged) are passed as values, so the
+        funnel and selection queries do not evaluate the subquery again for every candidate.
+        """
+        values = session.scalars(query.limit(OBS_ID_LIST_MAX + 1)).all()
+        if not values:
+            return sa.true()
+        return column.not_in(query if len(values) > OBS_ID_LIST_MAX else values)
+
+    @staticmethod
+    def one_copy_condition(session, target, binning_id, exclusion_id, datastore_id=None):
+        """SQL condition: the run is the preferred copy of its observation, and no copy of the target.
+
+        An observation is its OBS_ID and start second (`observation_second`). Of several copies
+        that are candidates (ok, with a non-empty piece), the one in the target's datastore is
+        kept, else the one of the datastore indexed first (the lowest datastore id). Only runs
+        whose OBS_ID is catalogued more than once are looked up (a correlated NOT EXISTS on the
+        OBS_ID index), so an archive without copies pays almost nothing.
+        """
+        target_run = aliased(Run)
+        target_second = sa.select(observation_second(target_run)).where(target_run.id == target.id).scalar_subquery()
+        not_target_copy = sa.not_(sa.and_(Run.obs_id == target.obs_id, observation_second() == target_second))
+        other, other_piece = aliased(Run), aliased(PieceRow)
+        repeated = sa.select(other.obs_id).group_by(other.obs_id).having(sa.func.count(other.id) > 1)
+        # Asked once here: inside the funnel's scan SQLite would evaluate it for every run.
+        repeated_obs_ids = session.scalars(repeated.limit(OBS_ID_LIST_MAX + 1)).all()
+        if not repeated_obs_ids:
+            return not_target_copy
+        preferred_copy = (
+            sa.select(other.id).join(other_piece, other_piece.run_id == other.id)
+            .where(other.obs_id == Run.obs_id, other.id != Run.id, observation_second(other) == observation_second(),
+                   other.status == RUN_STATUS_OK, other_piece.binning_id == binning_id,
+                   other_piece.exclusion_id == exclusion_id, has_events(other_piece),
+                   sa.or_(other.datastore_id == target.datastore_id,
+                          sa.and_(Run.datastore_id != target.datastore_id, other.datastore_id < Run.datastore_id)))
+        )
+        if datastore_id is not None:
+            preferred_copy = preferred_copy.where(other.datastore_id == datastore_id)
+        single = Run.obs_id.not_in(repeated if len(repeated_obs_ids) > OBS_ID_LIST_MAX else repeated_obs_ids)
+        return sa.and_(not_target_copy, sa.or_(single, ~preferred_copy.exists()))
 
     def rank(self, session, target, rows, binning_id, exclusion_id, candidates):
         """Order candidates, most similar first: by KL divergence, or by airmass then time."""

@@ -8,9 +8,11 @@ from sqlalchemy.orm import Session
 
 from bkgdb.catalogue import piece_row
 from bkgdb.config import Binning, SelectionSettings
+from bkgdb.errors import BkgdbError, ConfigError
 from bkgdb.models import BinningRow, Datastore, ExclusionRow, Run
 from bkgdb.pieces import BackgroundPiece
-from bkgdb.selection import NoRunsSelected, RunSelector, airmass, kl_divergence, rate_shape, zenith_range
+from bkgdb.selection import (NoRunsSelected, RunSelector, TooLittleStatistics, airmass, kl_divergence, rate_shape,
+                             zenith_range)
 
 BINNING = Binning(e_bins=4, off_bins=3)
 OPEN = dict(el_diff=None, az_diff=None, gal_lat_min=0)
@@ -104,7 +106,7 @@ def test_same_season(catalogue):
     ])
     seasons = (("2009-09-01", "2009-12-31"), ("2010-01-01", "2010-06-30"), ("2010-07-01", "2011-06-30"))
     assert chosen(catalogue, runs, tuple(ids), 1, same_szn=True, seasons=seasons) == [2]
-    with pytest.raises(Exception, match="none of the configured seasons"):
+    with pytest.raises(BkgdbError, match="none of the configured seasons"):
         select(catalogue, runs, tuple(ids), 1, same_szn=True, seasons=seasons[2:])
 
 
@@ -161,3 +163,79 @@ def test_from_run_and_empty_selection_explained(catalogue):
     message = str(error.value)
     assert "1 candidate runs with pieces; airmass within 0.15 removed 1 (0 left)" in message
     assert "|b| > 10 deg removed 0 (0 left)" in message
+
+
+def test_too_little_statistics_warns_or_fails(catalogue, caplog):
+    runs, *ids = add_runs(catalogue, [{"obs_id": 1}, {"obs_id": 2, "ontime_s": 1692.0}])
+    ids = tuple(ids)
+    with caplog.at_level("WARNING", logger="bkgdb.selection"):
+        warned = select(catalogue, runs, ids, 1, min_runs=3, min_ontime=2.0)
+    message = "run 1: the background rests on 1 run (0.47 h ontime), below min_runs 3 and min_ontime 2 h"
+    assert warned.obs_ids == [2] and warned.warnings == [message]
+    assert [record.getMessage() for record in caplog.records] == [message]
+    assert select(catalogue, runs, ids, 1, min_runs=1, min_ontime=0.4).warnings == []
+    with pytest.raises(TooLittleStatistics, match=r"below min_ontime 2 h \(1 candidate runs with pieces"):
+        select(catalogue, runs, ids, 1, min_ontime=2.0, min_statistics="error")
+
+
+def test_min_statistics_config_keys():
+    settings = SelectionSettings.from_dict({"min_runs": 5, "min_ontime": 2.5, "min_statistics": "error"})
+    assert (settings.min_runs, settings.min_ontime, settings.min_statistics) == (5, 2.5, "error")
+    assert SelectionSettings.from_dict({}).min_statistics == "warn"
+    with pytest.raises(ConfigError, match="min_statistics must be one of warn, error, got 'fail'"):
+        SelectionSettings.from_dict({"min_statistics": "fail"})
+    with pytest.raises(ConfigError, match="min_runs must be >= 1"):
+        SelectionSettings.from_dict({"min_runs": 0})
+
+
+def test_search_datastore_not_in_the_catalogue_is_named(catalogue, tmp_path):
+    runs, *ids = add_runs(catalogue, [{"obs_id": 1}, {"obs_id": 2}])
+    selector = RunSelector(SelectionSettings(**OPEN), search_datastore=str(tmp_path / "elsewhere"))
+    with Session(catalogue.engine) as session:
+        with pytest.raises(BkgdbError) as error:
+            selector.run(session, session.get(Run, runs[1].id), *ids)
+    assert str(error.value) == (f"io.search_datastore {tmp_path / 'elsewhere'} is not in the catalogue; "
+                                "indexed datastores: /synthetic")
+    selector = RunSelector(SelectionSettings(**OPEN), search_datastore="/synthetic")
+    with Session(catalogue.engine) as session:
+        assert selector.run(session, session.get(Run, runs[1].id), *ids).obs_ids == [2]
+
+
+def test_a_failed_target_says_why(catalogue, datastore_copy):
+    from bkgdb.background import BackgroundBuilder
+    from bkgdb.config import BkgdbConfig, ExclusionSettings, IOSettings
+
+    (datastore_copy / "data" / "run_001002.fits.gz").write_bytes(b"SIMPLE  =  not really fits")
+    config = BkgdbConfig(binnings=[BINNING], exclusion=ExclusionSettings(gammacat=None, hawc=None, star_cat=None),
+                         selection=SelectionSettings(**OPEN), io=IOSettings())
+    catalogue.index(datastore_copy, config=config)
+    with pytest.raises(BkgdbError, match=r"^run 1002 failed to index: \S"):
+        BackgroundBuilder(catalogue, config).build(1002)
+    with pytest.raises(BkgdbError, match="run 4242 is not in the catalogue"):
+        BackgroundBuilder(catalogue, config).build(4242)
+
+
+def test_background_command_prints_a_statistics_warning_once(db_url, simulated_datastore, tmp_path):
+    from typer.testing import CliRunner
+
+    from bkgdb.cli import app
+
+    config = tmp_path / "config.yaml"
+    config.write_text("""
+binning: {e_min: 0.1, e_max: 100, e_bins: 6, off_min: 0, off_max: 2.5, off_bins: 4}
+exclusion: {gammacat: none, hawc: none, star_cat: none}
+background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10, min_runs: 10}
+""")
+    runner = CliRunner()
+    assert runner.invoke(app, ["--db", db_url, "index", str(simulated_datastore), "--config", str(config)]).exit_code == 0
+    result = runner.invoke(app, ["--db", db_url, "background", "1000", "--config", str(config),
+                                 "-o", str(tmp_path / "bkg.fits")])
+    assert result.exit_code == 0, result.output
+    warning = "Warning: run 1000: the background rests on 4 runs (0.67 h ontime), below min_runs 10"
+    assert warning in result.output and result.output.count("the background rests on") == 1
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(config.read_text().replace("min_runs: 10", "min_runs: 10, min_statistics: error"))
+    failed = runner.invoke(app, ["--db", db_url, "background", "1000", "--config", str(strict),
+                                 "-o", str(tmp_path / "strict.fits")])
+    assert failed.exit_code == 2 and "Error: run 1000: the background rests on 4 runs" in failed.output
+    assert not (tmp_path / "strict.fits").exists()

@@ -1,0 +1,139 @@
+"""Lineage: each background records the pieces it summed; what was built from a run; what is stale."""
+
+import json
+
+import sqlalchemy as sa
+from astropy.io import fits
+from astropy.table import Table
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from bkgdb.background import BackgroundBuilder
+from bkgdb.cache import PieceCache
+from bkgdb.cli import app
+from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
+from bkgdb.flags import flag_run
+from bkgdb.lineage import background_lineage, stale_backgrounds
+from bkgdb.models import BackgroundInput, BackgroundRow, PieceRow, Run
+
+BINNING = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=4)
+
+
+def make_config(**selection):
+    return BkgdbConfig(
+        binnings=[BINNING], exclusion=ExclusionSettings(gammacat=None, hawc=None, star_cat=None),
+        selection=SelectionSettings(**{"el_diff": None, "az_diff": None, "gal_lat_min": 10, **selection}),
+        io=IOSettings(),
+    )
+
+
+def touch_events(path):
+    """Change a run file's contents (a header comment), as a reprocessing would."""
+    with fits.open(path) as hdul:
+        hdul["EVENTS"].header.set("COMMENT", "reprocessed")
+        hdul.writeto(path, overwrite=True)
+
+
+def test_inputs_record_the_pieces_summed(catalogue, simulated_datastore, tmp_path):
+    config = make_config()
+    catalogue.index(simulated_datastore, config=config)
+    built = BackgroundBuilder(catalogue, config).write(1000, tmp_path / "bkg.fits")
+    with Session(catalogue.engine) as session:
+        background = session.scalars(sa.select(BackgroundRow)).one()
+        inputs = session.scalars(sa.select(BackgroundInput).where(BackgroundInput.background_id == background.id)
+                                 .order_by(BackgroundInput.obs_id)).all()
+        pieces = {piece.id: piece for piece in session.scalars(sa.select(PieceRow))}
+        runs = {run.id: run for run in session.scalars(sa.select(Run))}
+        assert [item.obs_id for item in inputs] == sorted(built.selection.obs_ids) == [1001, 1002, 1003, 1004]
+        for item in inputs:
+            piece = pieces[item.piece_id]
+            assert piece.run_id == item.run_id and runs[item.run_id].obs_id == item.obs_id
+            assert item.file_sha256 == piece.file_sha256 == runs[item.run_id].file_sha256
+            assert item.piece_created_at is not None and item.weight == 1.0
+    assert sorted(Table.read(tmp_path / "bkg.fits", hdu="BKGDB_RUNS")["OBS_ID"]) == [1001, 1002, 1003, 1004]
+
+
+def test_lineage_lists_backgrounds_and_attached_files_of_a_run(catalogue, simulated_datastore, tmp_path):
+    config = make_config(where=("obs_id<=1002",))
+    catalogue.index(simulated_datastore, config=config)
+    builder = BackgroundBuilder(catalogue, config)
+    builder.write(1000, tmp_path / "bkg-1000.fits")  # from 1001 and 1002
+    builder.attach(simulated_datastore, tmp_path / "attached")  # every run from the others of 1000-1002
+    found = background_lineage(catalogue.engine, 1002)
+    outputs = sorted(row["output"].rsplit("/", 1)[-1] for row in found)
+    # 1002 built 1000's file and attached run files of every run except itself.
+    assert outputs == ["bkg-1000.fits", "run_001000.fits.gz", "run_001001.fits.gz",
+                       "run_001003.fits.gz", "run_001004.fits.gz"]
+    assert {row["from_datastore"] for row in found} == {str(simulated_datastore.resolve())}
+    assert [row["id"] for row in found] == sorted((row["id"] for row in found), reverse=True)
+    assert background_lineage(catalogue.engine, 1003) == []  # obs_id<=1002 never used it
+
+
+def test_stale_after_reindexing_flagging_dropping_and_removal(catalogue, datastore_copy, tmp_path):
+    config = make_config()
+    catalogue.index(datastore_copy, config=config)
+    builder = BackgroundBuilder(catalogue, config)
+    for target in (1000, 1001, 1004):
+        builder.write(target, tmp_path / f"bkg-{target}.fits")
+    assert stale_backgrounds(catalogue.engine) == []
+    ids = {row["target"]: row["id"] for row in background_lineage(catalogue.engine, 1002)}
+
+    touch_events(datastore_copy / "data" / "run_001003.fits.gz")
+    assert catalogue.index(datastore_copy, config=config).updated == 1
+    flag_run(catalogue.engine, 1002, "bad", "found later: clouds")
+    stale = {row["id"]: row for row in stale_backgrounds(catalogue.engine)}
+    assert set(stale) == {ids[1000], ids[1001], ids[1004]}
+    assert stale[ids[1000]]["reason"] == "event file changed: 1003; flagged bad since: 1002"
+    assert stale[ids[1004]]["output"] == str((tmp_path / "bkg-1004.fits").resolve())
+
+    # A background built now uses the new piece and no bad run: it is not stale.
+    builder.write(1000, tmp_path / "again.fits")
+    assert len(stale_backgrounds(catalogue.engine)) == 3
+
+    PieceCache(catalogue.engine).drop(binning=config.binning.hash[:12])
+    reasons = {row["reason"] for row in stale_backgrounds(catalogue.engine)}
+    assert "piece deleted: 1001, 1003, 1004" in reasons  # the new background's inputs
+
+    listed = Table.read(datastore_copy / "obs-index.fits.gz")
+    listed[listed["OBS_ID"] != 1004].write(datastore_copy / "obs-index.fits.gz", overwrite=True)
+    assert catalogue.index(datastore_copy).removed == 1
+    reasons = {row["id"]: row["reason"] for row in stale_backgrounds(catalogue.engine)}
+    assert reasons[ids[1000]].startswith("run removed: 1004; event file changed: 1003")
+
+
+def test_lineage_and_stale_commands(db_url, simulated_datastore, datastore_copy, tmp_path):
+    runner = CliRunner()
+    config = tmp_path / "config.yaml"
+    config.write_text("""
+binning: {e_min: 0.1, e_max: 100, e_bins: 6, off_min: 0, off_max: 2.5, off_bins: 4}
+exclusion: {gammacat: none, hawc: none, star_cat: none}
+background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
+""")
+
+    def bkgdb(*args):
+        return runner.invoke(app, ["--db", db_url, *map(str, args)])
+
+    assert bkgdb("index", datastore_copy, "--config", config).exit_code == 0
+    assert bkgdb("background", "1001", "--config", config, "-o", tmp_path / "bkg.fits").exit_code == 0
+    lineage = json.loads(bkgdb("lineage", "1003", "-f", "json").output)
+    assert [(row["target"], row["output"]) for row in lineage] == [(1001, str((tmp_path / "bkg.fits").resolve()))]
+    assert "0 stale backgrounds" in bkgdb("history", "--stale").output
+
+    touch_events(datastore_copy / "data" / "run_001003.fits.gz")
+    assert bkgdb("index", datastore_copy, "--config", config).exit_code == 0
+    stale = json.loads(bkgdb("history", "--stale", "-f", "json").output)
+    assert [(row["target"], row["reason"]) for row in stale] == [(1001, "event file changed: 1003")]
+    table = bkgdb("history", "--stale")
+    assert table.exit_code == 0 and "1 stale backgrounds" in table.output
+
+
+def test_lineage_of_backgrounds_recorded_without_inputs(catalogue, simulated_datastore, tmp_path):
+    config = make_config()
+    catalogue.index(simulated_datastore, config=config)
+    BackgroundBuilder(catalogue, config).write(1000, tmp_path / "old.fits")
+    with Session(catalogue.engine) as session:  # as a background of an earlier version was stored
+        session.execute(sa.delete(BackgroundInput))
+        session.commit()
+    found = background_lineage(catalogue.engine, 1003)
+    assert [(row["target"], row["from_datastore"]) for row in found] == [(1000, None)]
+    assert background_lineage(catalogue.engine, 1000) == []
