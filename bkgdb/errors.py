@@ -3,7 +3,8 @@
 The library raises these; only the CLI turns them into a one-line message and an exit code.
 """
 
-__all__ = ["BkgdbError", "DatabaseError", "DatastoreError", "ConditionError", "ConfigError"]
+__all__ = ["BkgdbError", "BkgdbWarning", "DatabaseError", "DatastoreError", "ConditionError", "ConfigError",
+           "ReadOnlyWarning"]
 
 
 class BkgdbError(Exception):
@@ -24,3 +25,11 @@ class ConditionError(BkgdbError):
 
 class ConfigError(BkgdbError):
     """A configuration file is missing or holds an invalid value."""
+
+
+class BkgdbWarning(UserWarning):
+    """Base class of bkgdb's warnings; the CLI prints them as one line ``Warning: ...``."""
+
+
+class ReadOnlyWarning(BkgdbWarning):
+    """Something optional was not written because the database is read-only."""
