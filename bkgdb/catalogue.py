@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from .conditions import SELECTABLE_COLUMNS, conditions_expression, typed_column
 from .database import SCHEMA_HEAD, create_engine, current_revision, display_url, hide_secrets, migrate_to_head
 from .datastore import DL3Datastore
-from .errors import ConditionError, DatabaseError
+from .errors import ConditionError, DatabaseError, DatabaseNotReadyError
 from .indexing import RunJob, exclusion_finder, process_run
 from .models import RUN_STATUS_FAILED, RUN_STATUS_OK, BinningRow, Datastore, ExclusionRow, PieceRow, Run
 from .pieces import COUNTS_DTYPE, EXPOSURE_DTYPE, encode_array
@@ -146,7 +146,9 @@ class RunCatalogue:
         Raises
         ------
         DatabaseError
-            The database cannot be reached or migrated, or (read-only) its schema is not current.
+            The database cannot be reached or migrated.
+        DatabaseNotReadyError
+            Read-only: the database does not exist or its schema is not current.
         """
         if readonly == "auto":
             try:
@@ -162,7 +164,7 @@ class RunCatalogue:
             revision = current_revision(engine)
             if revision != SCHEMA_HEAD:
                 engine.dispose()
-                raise DatabaseError(
+                raise DatabaseNotReadyError(
                     f"{shown} is at schema revision {revision or 'none (an empty database)'}, this bkgdb "
                     f"needs {SCHEMA_HEAD}: run `bkgdb init` once with write access"
                 )

@@ -122,11 +122,25 @@ def main(
 
 
 def open_catalogue(readonly=False):
-    """The catalogue of ``--db``: ``readonly=True`` for commands that only read (no migration,
-    works on a read-only copy or role), ``"auto"`` for those whose writes are optional."""
-    from .catalogue import RunCatalogue
+    """The catalogue of ``--db``.
 
-    return RunCatalogue.open(State.db, readonly=readonly)
+    ``readonly=True`` for commands that only read: the database is opened read-only (works on a
+    read-only copy or role); only when it does not exist yet or its schema is behind is it opened
+    for writing, to be created or upgraded as on any first use, if that is allowed. ``"auto"`` for
+    commands whose writes are optional (see `~bkgdb.catalogue.RunCatalogue.open`).
+    """
+    from .catalogue import RunCatalogue
+    from .errors import DatabaseError, DatabaseNotReadyError
+
+    if readonly is not True:
+        return RunCatalogue.open(State.db, readonly=readonly)
+    try:
+        return RunCatalogue.open(State.db, readonly=True)
+    except DatabaseNotReadyError as not_ready:
+        try:
+            return RunCatalogue.open(State.db)
+        except DatabaseError:
+            raise not_ready from None
 
 
 def read_config(path):

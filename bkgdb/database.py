@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
 
-from .errors import DatabaseError
+from .errors import DatabaseError, DatabaseNotReadyError
 
 __all__ = [
     "DEFAULT_SQLITE_FILE",
@@ -206,7 +206,7 @@ def create_engine(url=None, readonly=False):
                 raise DatabaseError(f"folder of SQLite database does not exist: {Path(database).parent}")
             if readonly and not in_memory and not database.startswith("file:"):
                 if not Path(database).is_file():
-                    raise DatabaseError(f"no database at {database}: create it with `bkgdb init` or `bkgdb index`")
+                    raise DatabaseNotReadyError(f"no database at {database}: create it with `bkgdb init` or `bkgdb index`")
                 engine = _connected(_sqlite_readonly_engine(_sqlite_readonly_url(database)), url, fail=False)
                 if engine is None:  # WAL needs a -shm file that a read-only folder cannot hold
                     engine = _sqlite_readonly_engine(_sqlite_readonly_url(database, immutable=True))

@@ -4,7 +4,7 @@ The library raises these; only the CLI turns them into a one-line message and an
 """
 
 __all__ = ["BkgdbError", "BkgdbWarning", "DatabaseError", "DatastoreError", "ConditionError", "ConfigError",
-           "ReadOnlyWarning"]
+           "DatabaseNotReadyError", "ReadOnlyWarning"]
 
 
 class BkgdbError(Exception):
@@ -13,6 +13,10 @@ class BkgdbError(Exception):
 
 class DatabaseError(BkgdbError):
     """The database URL is malformed, the server cannot be reached, or the schema is unusable."""
+
+
+class DatabaseNotReadyError(DatabaseError):
+    """Opened read-only, the database does not exist yet or its schema is not this bkgdb's."""
 
 
 class DatastoreError(BkgdbError):
