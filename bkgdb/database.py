@@ -246,6 +246,10 @@ def _connected(engine, url, fail=True):
         if not fail:
             return None
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        database = make_url(url).database
+        if engine.dialect.name == "sqlite" and database and Path(database).is_file() and "unable to open" in reason:
+            reason += (" (the file or its folder is read-only? Writing needs both: SQLite keeps -wal and -shm "
+                       "files beside the database)")
         raise DatabaseError(f"cannot connect to {display_url(url)}: {hide_secrets(reason, url)}") from None
     return engine
 
