@@ -66,7 +66,10 @@ def resolve_url(url=None):
     """
     url = url or os.environ.get(URL_ENV_VAR) or DEFAULT_SQLITE_FILE
     if "://" not in url:
-        return f"sqlite:///{Path(url).expanduser().resolve()}"
+        try:
+            return f"sqlite:///{Path(url).expanduser().resolve()}"
+        except (ValueError, OSError) as exc:  # a NUL byte, a name too long
+            raise DatabaseError(f"bad SQLite file name {display_url(url)!r}: {hide_secrets(exc, url)}") from None
     userinfo = _userinfo(url)
     if userinfo is not None and ":" in userinfo and "@" in userinfo:
         raise DatabaseError(f"malformed database URL {display_url(url)}: an '@' in the password must be "
@@ -104,12 +107,13 @@ def url_secrets(url):
     if userinfo is not None and ":" in userinfo:
         found.add(userinfo.split(":", 1)[1])
     found.update(match.group(2) for match in _PASSWORD_PARAMETER.finditer(url))
-    try:
-        parsed_password = make_url(url).password
-    except Exception:  # noqa: BLE001 - any parse failure: the raw spellings above remain
-        parsed_password = None
-    if parsed_password:
-        found.add(str(parsed_password))
+    if not found:  # the parser's view; where the raw text has a password it is a piece of that
+        try:
+            parsed_password = make_url(url).password
+        except Exception:  # noqa: BLE001 - does not parse: nothing more to find
+            parsed_password = None
+        if parsed_password:
+            found.add(str(parsed_password))
     spellings = set()
     for secret in found:
         spellings.update({secret, unquote(secret), unquote_plus(secret), quote(secret, safe=""),
@@ -203,10 +207,11 @@ def create_engine(url=None, readonly=False):
             database = parsed.database
             in_memory = not database or database == ":memory:" or parsed.query.get("mode") == "memory"
             if not in_memory and not database.startswith("file:") and not Path(database).parent.is_dir():
-                raise DatabaseError(f"folder of SQLite database does not exist: {Path(database).parent}")
+                raise DatabaseError(f"folder of SQLite database does not exist: {hide_secrets(Path(database).parent, url)}")
             if readonly and not in_memory and not database.startswith("file:"):
                 if not Path(database).is_file():
-                    raise DatabaseNotReadyError(f"no database at {database}: create it with `bkgdb init` or `bkgdb index`")
+                    raise DatabaseNotReadyError(f"no database at {hide_secrets(database, url)}: create it with "
+                                                "`bkgdb init` or `bkgdb index`")
                 engine = _connected(_sqlite_readonly_engine(_sqlite_readonly_url(database)), url, fail=False)
                 if engine is None:  # WAL needs a -shm file that a read-only folder cannot hold
                     engine = _sqlite_readonly_engine(_sqlite_readonly_url(database, immutable=True))
