@@ -69,7 +69,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from urllib.parse import quote  # noqa: E402
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -147,6 +147,7 @@ def test_no_part_of_a_password_is_ever_shown(password, shape, via_environment, t
     if shape.startswith("reader:"):
         shape = str(folder / "no-such-folder" / shape)
     url = shape.format(raw=password, quoted=quote(password, safe=""))
+    assume(not (via_environment and "\x00" in url))  # an environment variable cannot hold a NUL byte
     if (shape, via_environment) not in _baselines:  # what is shown anyway, whatever the password
         _baselines[shape, via_environment] = everything_shown(
             shape.format(raw=PLACEHOLDER, quoted=PLACEHOLDER), via_environment)

@@ -227,3 +227,21 @@ def test_two_indexers_at_once_both_succeed_without_duplicates(db_url, fault_data
     found = content(db_url)
     assert all(len(rows) == 1 for rows in found["runs"].values())
     assert found == reference
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_ctrl_c_to_the_process_group_stops_cleanly(db_url, fault_datastore):
+    # A terminal's Ctrl-C reaches every process of the group: the workers ignore it, the parent stops.
+    RunCatalogue.open(db_url).engine.dispose()
+    process = start_index(db_url, fault_datastore, jobs=2)
+    try:
+        wait_for_commits(process, db_url, COMMITTED_BEFORE_STOP)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 128 + signal.SIGINT
+    assert stderr.strip().splitlines() == ["Interrupted by SIGINT: stopped; work committed so far is kept."]
+    assert wait_until_gone(process.pid) == []
