@@ -301,19 +301,45 @@ class BackgroundBuilder:
         """Build the background of ``obs_id`` and write it as a FITS file gammapy reads.
 
         The file holds the model in HDU ``BACKGROUND`` (`Background2D`, or `Background3D` with
-        ``three_d``) and the OBS_IDs it was built from in HDU ``BKGDB_RUNS``.
+        ``three_d``) and the OBS_IDs it was built from in HDU ``BKGDB_RUNS``. The build is then
+        recorded in the database; on a read-only database that is skipped with a
+        `~bkgdb.errors.ReadOnlyWarning` and the file is still written.
+
+        Raises
+        ------
+        BkgdbError
+            ``path`` is a folder, its folder does not exist, or it exists and ``overwrite`` is
+            False (all checked before any work).
         """
+        import warnings
+
         from astropy.io import fits
 
+        from .database import is_readonly_error
+        from .errors import ReadOnlyWarning
+
         path = Path(path)
+        if path.is_dir():
+            raise BkgdbError(f"{path} is a folder: give the FITS file to write, e.g. {path / f'bkg-{obs_id}.fits'}")
+        if not path.parent.is_dir():
+            raise BkgdbError(f"folder {path.parent} does not exist: create it first")
         if path.exists() and not overwrite:
             raise BkgdbError(f"{path} exists: remove it or pass --overwrite")
         with Session(self.catalogue.engine, expire_on_commit=False) as session:
             built = self.build(obs_id, datastore, session=session)
-            fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND", three_d), built.provenance_hdu()]
-                         ).writeto(path, overwrite=overwrite)
-            self.record(session, built, path.resolve())
-            session.commit()
+            try:
+                fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND", three_d), built.provenance_hdu()]
+                             ).writeto(path, overwrite=overwrite)
+            except OSError as exc:
+                raise BkgdbError(f"cannot write {path}: {exc.strerror or exc}") from None
+            try:
+                self.record(session, built, path.resolve())
+                session.commit()
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.InternalError) as exc:
+                session.rollback()
+                if not is_readonly_error(exc):
+                    raise
+                warnings.warn("history not recorded: the database is read-only", ReadOnlyWarning, stacklevel=2)
         return built
 
     def attach(self, target_datastore, out_dir, progress=None, overwrite=False):

@@ -5,6 +5,7 @@ DL3 datastores into it and answers queries on the runs.
 """
 
 import logging
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 
@@ -12,14 +13,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .conditions import SELECTABLE_COLUMNS, conditions_expression, typed_column
-from .database import SCHEMA_HEAD, create_engine, current_revision, display_url, upgrade_schema
+from .database import SCHEMA_HEAD, create_engine, current_revision, display_url, hide_secrets, migrate_to_head
 from .datastore import DL3Datastore
-from .errors import ConditionError, DatabaseError
+from .errors import ConditionError, DatabaseError, DatabaseNotReadyError
 from .indexing import RunJob, exclusion_finder, process_run
 from .models import RUN_STATUS_FAILED, RUN_STATUS_OK, BinningRow, Datastore, ExclusionRow, PieceRow, Run
 from .pieces import COUNTS_DTYPE, EXPOSURE_DTYPE, encode_array
+from .workers import WorkerPool
 
-__all__ = ["RunCatalogue", "IndexReport", "DEFAULT_RUN_COLUMNS"]
+__all__ = ["RunCatalogue", "IndexReport", "DEFAULT_RUN_COLUMNS", "run_jobs", "piece_row", "piece_values"]
 
 log = logging.getLogger(__name__)
 
@@ -51,35 +53,45 @@ class IndexReport:
                 + (f"; {self.pieces} pieces computed" if self.pieces else ""))
 
 
+def _upsert_insert(session, table):
+    """An INSERT on ``table`` with the ON CONFLICT clauses of the session's database."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+def _insert_if_missing(session, model, key_columns, values):
+    """Insert a row unless one with the same key exists; another indexer may add it at any moment."""
+    statement = _upsert_insert(session, model.__table__).values(**values)
+    session.execute(statement.on_conflict_do_nothing(index_elements=key_columns))
+
+
 def _get_or_create(session, model, digest, params):
-    row = session.scalars(sa.select(model).where(model.hash == digest)).one_or_none()
-    if row is None:
-        row = model(hash=digest, params=params)
-        session.add(row)
-    return row
+    _insert_if_missing(session, model, ["hash"], {"hash": digest, "params": params})
+    return session.scalars(sa.select(model).where(model.hash == digest)).one()
 
 
 def run_jobs(jobs, workers):
-    """Results of `process_run` for each job, in completion order, in ``workers`` processes."""
+    """Results of `process_run` for each job, in completion order, in ``workers`` processes.
+
+    The workers die with this process (see `~bkgdb.workers.WorkerPool`). Close the generator
+    (``contextlib.closing``) when leaving early, so that queued jobs are cancelled at once.
+    """
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             yield process_run(job)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    # spawn: workers never inherit the parent's database connections or threads.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(process_run, job) for job in jobs]
-        for future in as_completed(futures):
-            yield future.result()
+    with WorkerPool(min(workers, len(jobs))) as pool:
+        yield from pool.imap_unordered(process_run, jobs)
 
 
-def piece_row(piece, run, binning_row, exclusion_row, file_sha256):
-    """The database row of a `~bkgdb.pieces.BackgroundPiece`."""
+def piece_values(piece, run_id, binning_id, exclusion_id, file_sha256):
+    """The column values of a `~bkgdb.pieces.BackgroundPiece`'s database row."""
     n_energy, n_offset = piece.counts.shape
-    return PieceRow(
-        run=run, binning=binning_row, exclusion=exclusion_row, n_energy=n_energy, n_offset=n_offset,
+    return dict(
+        run_id=run_id, binning_id=binning_id, exclusion_id=exclusion_id, n_energy=n_energy, n_offset=n_offset,
         counts_dtype=COUNTS_DTYPE, exposure_dtype=EXPOSURE_DTYPE,
         counts=encode_array(piece.counts, COUNTS_DTYPE),
         excluded_counts=encode_array(piece.excluded_counts, COUNTS_DTYPE),
@@ -88,6 +100,13 @@ def piece_row(piece, run, binning_row, exclusion_row, file_sha256):
         n_kept=int(piece.counts.sum()), n_excluded=int(piece.excluded_counts.sum()),
         regions=piece.regions, file_sha256=file_sha256,
     )
+
+
+def piece_row(piece, run, binning_row, exclusion_row, file_sha256):
+    """The database row of a `~bkgdb.pieces.BackgroundPiece`."""
+    values = piece_values(piece, None, None, None, file_sha256)
+    del values["run_id"], values["binning_id"], values["exclusion_id"]
+    return PieceRow(run=run, binning=binning_row, exclusion=exclusion_row, **values)
 
 
 class RunCatalogue:
@@ -109,7 +128,7 @@ class RunCatalogue:
         self.engine = engine
 
     @classmethod
-    def open(cls, url=None, upgrade=True):
+    def open(cls, url=None, upgrade=True, readonly=False):
         """Open the catalogue at ``url`` (see `~bkgdb.database.resolve_url`) and apply pending migrations.
 
         Parameters
@@ -118,16 +137,50 @@ class RunCatalogue:
             Database URL or SQLite file path. Default is ``$BKGDB_URL``, then ``./bkgdb.sqlite``.
         upgrade : bool, optional
             Apply pending schema migrations. Default is True.
+        readonly : bool or "auto", optional
+            True: open for reading only and migrate nothing (an SQLite file one may not write, a
+            PostgreSQL role with SELECT only); a schema that is not current is an error.
+            ``"auto"``: read-write when the database allows it, else read-only (for commands whose
+            writes are optional). Default is False.
+
+        Raises
+        ------
+        DatabaseError
+            The database cannot be reached or migrated.
+        DatabaseNotReadyError
+            Read-only: the database does not exist or its schema is not current.
         """
-        engine = create_engine(url)
+        if readonly == "auto":
+            try:
+                return cls.open(url, upgrade=upgrade, readonly=False)
+            except DatabaseError as first_error:
+                try:
+                    return cls.open(url, upgrade=upgrade, readonly=True)
+                except DatabaseError:
+                    raise first_error from None
+        engine = create_engine(url, readonly=bool(readonly))
+        shown = display_url(engine.url.render_as_string(hide_password=False))
+        if readonly:
+            revision = current_revision(engine)
+            if revision != SCHEMA_HEAD:
+                engine.dispose()
+                raise DatabaseNotReadyError(
+                    f"{shown} is at schema revision {revision or 'none (an empty database)'}, this bkgdb "
+                    f"needs {SCHEMA_HEAD}: run `bkgdb init` once with write access"
+                )
+            return cls(engine)
         if upgrade and current_revision(engine) != SCHEMA_HEAD:
             try:
-                upgrade_schema(engine)
+                migrate_to_head(engine)
+            except sa.exc.DBAPIError as exc:
+                engine.dispose()
+                reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+                raise DatabaseError(f"cannot migrate {shown}: {hide_secrets(reason, str(url or ''))}") from None
             except Exception as exc:
                 if exc.__class__.__module__.startswith("alembic"):
+                    engine.dispose()
                     raise DatabaseError(
-                        f"cannot migrate {display_url(engine.url.render_as_string(hide_password=False))}: {exc} "
-                        "(was it written by a newer bkgdb?)"
+                        f"cannot migrate {shown}: {hide_secrets(exc, str(url or ''))} (was it written by a newer bkgdb?)"
                     ) from None
                 raise
         return cls(engine)
@@ -173,12 +226,9 @@ class RunCatalogue:
         report = IndexReport(datastore=str(store.path))
         meta = store.meta
         with self.session() as session:
-            datastore = session.scalars(
-                sa.select(Datastore).where(Datastore.path == str(store.path))
-            ).one_or_none()
-            if datastore is None:
-                datastore = Datastore(path=str(store.path))
-                session.add(datastore)
+            # Upserts and re-reads, not "select, then add": another indexer may be adding the same rows.
+            _insert_if_missing(session, Datastore, ["path"], {"path": str(store.path), "obs_index_meta": meta})
+            datastore = session.scalars(sa.select(Datastore).where(Datastore.path == str(store.path))).one()
             datastore.obs_index_meta = meta
             datastore.last_indexed_at = datetime.now(timezone.utc)
             specs = self._piece_specs(session, config)
@@ -200,22 +250,26 @@ class RunCatalogue:
                 progress(len(sources) - len(jobs_to_run), len(sources))
 
             by_obs_id = {source.obs_id: source for source in sources}
-            for done, result in enumerate(run_jobs(jobs_to_run, jobs), start=len(sources) - len(jobs_to_run) + 1):
-                run = existing[result.obs_id]
-                outcome = self._store_result(session, run, by_obs_id[result.obs_id], result, specs)
-                setattr(report, outcome, getattr(report, outcome) + 1)
-                report.pieces += len(result.pieces)
-                if outcome == "failed":
-                    report.failures.append((result.obs_id, run.error))
-                session.commit()
-                if progress is not None:
-                    progress(done, len(sources))
+            # closing(): an exception here (Ctrl-C, SIGTERM) stops the workers at once; every run
+            # committed so far stays committed.
+            with closing(run_jobs(jobs_to_run, jobs)) as results:
+                for done, result in enumerate(results, start=len(sources) - len(jobs_to_run) + 1):
+                    outcome, run = self._store_result(session, existing[result.obs_id], by_obs_id[result.obs_id],
+                                                      result, specs)
+                    existing[result.obs_id] = run
+                    setattr(report, outcome, getattr(report, outcome) + 1)
+                    report.pieces += len(result.pieces)
+                    if outcome == "failed":
+                        report.failures.append((result.obs_id, run.error))
+                    session.commit()
+                    if progress is not None:
+                        progress(done, len(sources))
 
             listed = {source.obs_id for source in sources}
-            for obs_id, run in existing.items():
-                if obs_id not in listed and run.id is not None:
-                    session.delete(run)
-                    report.removed += 1
+            removed = [run.id for obs_id, run in existing.items() if obs_id not in listed and run.id is not None]
+            if removed:  # a DELETE that may find nothing: another indexer may have removed them already
+                session.execute(sa.delete(Run).where(Run.id.in_(removed)), execution_options={"synchronize_session": False})
+                report.removed += len(removed)
             session.commit()
         if report.new or report.updated or report.removed or report.pieces:
             self.refresh_statistics()
@@ -272,16 +326,24 @@ class RunCatalogue:
                       specs=[(b, e) for b, e, _, _ in specs], missing_specs=missing)
 
     def _store_result(self, session, run, source, result, specs):
-        """Write a worker's result into the run's row and its pieces; return the outcome."""
+        """Write a worker's result into the run's row and its pieces; return the outcome and the row.
+
+        Safe against another indexer of the same datastore: a new run's row is inserted unless
+        present (then updated), pieces are upserted.
+        """
         rows = {(b, e): (b_row, e_row) for b, e, b_row, e_row in specs}
         outcome = "new" if run.status is None else "updated"
-        session.add(run)
+        if run.id is None:
+            key = {"datastore_id": run.datastore_id, "obs_id": run.obs_id}
+            # Status is set below in this transaction; the placeholder is never committed.
+            _insert_if_missing(session, Run, ["datastore_id", "obs_id"], {**key, "status": RUN_STATUS_FAILED})
+            run = session.scalars(sa.select(Run).filter_by(**key)).one()
         if result.error is not None and not result.pieces:
             self._store_facts(run, source, result.facts)
             run.status, run.error = RUN_STATUS_FAILED, result.error
             run.file_size_bytes = run.file_mtime = run.file_sha256 = None
             session.execute(sa.delete(PieceRow).where(PieceRow.run_id == run.id))
-            return "failed"
+            return "failed", run
         if not result.changed:
             outcome = "unchanged"
             run.file_mtime, run.file_path = result.mtime, str(source.events_path)  # touched, not changed
@@ -292,10 +354,15 @@ class RunCatalogue:
             if run.id is not None:
                 session.execute(sa.delete(PieceRow).where(PieceRow.run_id == run.id))
         session.flush()
+        key_columns = ["run_id", "binning_id", "exclusion_id"]
         for binning, exclusion, piece in result.pieces:
             binning_row, exclusion_row = rows[(binning, exclusion)]
-            session.add(piece_row(piece, run, binning_row, exclusion_row, result.sha256))
-        return outcome
+            values = piece_values(piece, run.id, binning_row.id, exclusion_row.id, result.sha256)
+            statement = _upsert_insert(session, PieceRow.__table__).values(**values)
+            session.execute(statement.on_conflict_do_update(
+                index_elements=key_columns,
+                set_={name: statement.excluded[name] for name in values if name not in key_columns}))
+        return outcome, run
 
     @staticmethod
     def _store_facts(run, source, facts):

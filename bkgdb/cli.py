@@ -5,7 +5,10 @@ Heavy modules (astropy, gammapy) are imported inside the commands so ``bkgdb --h
 
 import contextlib
 import functools
+import os
+import signal
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 
@@ -13,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import BkgdbError
+from .errors import BkgdbError, BkgdbWarning
 from .output import OutputFormat, render_rows
+from .workers import sigterm_raises_interrupt
 
 app = typer.Typer(
     help="bkgdb: a database of background-model pieces for IACT analyses with gammapy.",
@@ -31,18 +35,80 @@ class State:
     db = None
 
 
+def _database_urls():
+    """The database URL as given (option, then environment): the source of any password to hide."""
+    from .database import URL_ENV_VAR
+
+    return [url for url in (State.db, os.environ.get(URL_ENV_VAR)) if url]
+
+
+def _shown_database():
+    from .database import display_url, resolve_url
+
+    try:
+        return display_url(resolve_url(State.db))
+    except BkgdbError:
+        return "the database"
+
+
+def _print_error(message):
+    from .database import hide_secrets
+
+    one_line = " ".join(hide_secrets(message, *_database_urls()).split())
+    err.print(f"[red]Error:[/red] {escape(one_line)}", highlight=False, soft_wrap=True)
+
+
+def _database_error_message(exc):
+    """One line for an unexpected SQLAlchemy database error: which database, what the driver said."""
+    from .database import is_readonly_error
+
+    reason = str(exc.orig).strip().splitlines()[0] if getattr(exc, "orig", None) is not None else type(exc).__name__
+    if is_readonly_error(exc):
+        return f"database {_shown_database()} is read-only for this command, which needs to write: {reason}"
+    return f"database {_shown_database()}: {reason}"
+
+
 def reports_errors(command):
-    """Turn a library error into one line on stderr and exit code 2."""
+    """Run a command; a library or database error becomes one line on stderr and exit code 2.
+
+    Ctrl-C and SIGTERM stop the command cleanly (what was committed stays) with one line and exit
+    code 130 or 143 (128 + the signal's number), never a traceback.
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from sqlalchemy.exc import DBAPIError
+
         try:
-            return command(*args, **kwargs)
+            with sigterm_raises_interrupt(), warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                return command(*args, **kwargs)
         except BkgdbError as exc:
-            err.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            _print_error(str(exc))
             raise typer.Exit(2) from None
+        except DBAPIError as exc:  # OperationalError, ProgrammingError, ...: never an SQL dump
+            _print_error(_database_error_message(exc))
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", int(signal.SIGINT))
+            err.print(f"Interrupted by {signal.Signals(signum).name}: stopped; work committed so far is kept.",
+                      highlight=False, markup=False)
+            raise typer.Exit(128 + signum) from None
 
     return wrapper
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """bkgdb's own warnings as one line ``Warning: ...`` on stderr; others as Python shows them."""
+    if issubclass(category, BkgdbWarning):
+        from .database import hide_secrets
+
+        err.print(f"Warning: {hide_secrets(message, *_database_urls())}", highlight=False, markup=False)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
 
 
 @app.callback()
@@ -56,10 +122,26 @@ def main(
     State.db = db
 
 
-def open_catalogue():
-    from .catalogue import RunCatalogue
+def open_catalogue(readonly=False):
+    """The catalogue of ``--db``.
 
-    return RunCatalogue.open(State.db)
+    ``readonly=True`` for commands that only read: the database is opened read-only (works on a
+    read-only copy or role); only when it does not exist yet or its schema is behind is it opened
+    for writing, to be created or upgraded as on any first use, if that is allowed. ``"auto"`` for
+    commands whose writes are optional (see `~bkgdb.catalogue.RunCatalogue.open`).
+    """
+    from .catalogue import RunCatalogue
+    from .errors import DatabaseError, DatabaseNotReadyError
+
+    if readonly is not True:
+        return RunCatalogue.open(State.db, readonly=readonly)
+    try:
+        return RunCatalogue.open(State.db, readonly=True)
+    except DatabaseNotReadyError as not_ready:
+        try:
+            return RunCatalogue.open(State.db)
+        except DatabaseError:
+            raise not_ready from None
 
 
 def read_config(path):
@@ -114,10 +196,11 @@ def printed_warnings(logger_name):
 
 
 def progress_bar(label):
+    """A progress bar on stderr when it is a terminal; otherwise one that shows nothing at all."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=err, transient=True)
+                    console=err, transient=True, disable=not err.is_terminal)
 
 
 @app.command()
@@ -175,7 +258,7 @@ def runs(
     """List catalogued runs, filtered with --where conditions."""
     from .catalogue import DEFAULT_RUN_COLUMNS
 
-    catalogue = open_catalogue()
+    catalogue = open_catalogue(readonly=True)
     status = "failed" if failed else "ok"
     selected = catalogue.select_runs(where or [], status=status, datastore=datastore)
     if columns:
@@ -192,7 +275,7 @@ def info(
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
 ):
     """Summarise the catalogue: database, datastores, runs and failed runs."""
-    summary = open_catalogue().info()
+    summary = open_catalogue(readonly=True).info()
     if fmt is OutputFormat.json:
         out.print_json(data=summary)
         return
@@ -212,7 +295,7 @@ def exclusions(
     """List the exclusion regions applied to a run's background pieces."""
     from .cache import PieceCache
 
-    found = PieceCache(open_catalogue().engine).exclusions(obs_id, datastore)
+    found = PieceCache(open_catalogue(readonly=True).engine).exclusions(obs_id, datastore)
     if not found:
         raise BkgdbError(f"run {obs_id} has no background pieces: index it with --config first")
     columns = ["name", "kind", "ra", "dec", "radius"]
@@ -239,7 +322,7 @@ def cache(
     """Show stored background pieces per binning and exclusion setting, or drop some."""
     from .cache import PieceCache
 
-    pieces = PieceCache(open_catalogue().engine)
+    pieces = PieceCache(open_catalogue(readonly=not (drop_exclusion or drop_binning)).engine)
     if drop_exclusion or drop_binning:
         deleted = pieces.drop(exclusion=drop_exclusion, binning=drop_binning)
         out.print(f"dropped {deleted} pieces", highlight=False)
@@ -272,7 +355,7 @@ def background(
     from .selection import describe_funnel
 
     settings = with_conditions(read_config(config), where)
-    builder = BackgroundBuilder(open_catalogue(), settings, smooth=smooth.value if smooth else None)
+    builder = BackgroundBuilder(open_catalogue(readonly="auto"), settings, smooth=smooth.value if smooth else None)
     with printed_warnings("bkgdb.selection"):
         built = builder.write(obs_id, output, datastore=datastore, three_d=three_d, overwrite=overwrite)
     selection = built.selection
@@ -339,7 +422,7 @@ def history(
     if stale:
         from .lineage import stale_backgrounds
 
-        rows = stale_backgrounds(open_catalogue().engine)
+        rows = stale_backgrounds(open_catalogue(readonly=True).engine)
         if obs_id is not None:
             rows = [row for row in rows if row["target"] == obs_id]
         columns = ["id", "target", "output", "created_at", "reason"]
@@ -347,7 +430,7 @@ def history(
         return
     from .background import background_history
 
-    rows = background_history(open_catalogue().engine, obs_id)
+    rows = background_history(open_catalogue(readonly=True).engine, obs_id)
     columns = ["id", "target", "runs", "ontime_h", "smoothing", "ranking", "output", "created_at"]
     if fmt is not OutputFormat.table:
         columns.insert(3, "obs_ids")
@@ -453,7 +536,7 @@ def flag(
     """Flag a run bad or good (bkgdb flag 23523 --bad "camera 3 off"); alone, show its flag history."""
     from .flags import flag_run, run_flags
 
-    engine = open_catalogue().engine
+    engine = open_catalogue(readonly=not (bad or good)).engine
     if bad and good:
         raise BkgdbError("give --bad or --good, not both")
     if bad or good:
@@ -477,7 +560,7 @@ def lineage(
     """List every background and attached file built from a run's pieces."""
     from .lineage import background_lineage
 
-    rows = background_lineage(open_catalogue().engine, obs_id)
+    rows = background_lineage(open_catalogue(readonly=True).engine, obs_id)
     render_rows(rows, ["id", "target", "from_datastore", "output", "created_at"], fmt, out,
                 title=f"{len(rows)} backgrounds built from run {obs_id}")
 

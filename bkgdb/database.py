@@ -10,19 +10,24 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
+from urllib.parse import quote, unquote, unquote_plus
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
 
-from .errors import DatabaseError
+from .errors import DatabaseError, DatabaseNotReadyError
 
 __all__ = [
     "DEFAULT_SQLITE_FILE",
     "SCHEMA_HEAD",
     "resolve_url",
     "display_url",
+    "url_secrets",
+    "hide_secrets",
     "create_engine",
+    "is_readonly_error",
+    "migrate_to_head",
     "upgrade_schema",
     "downgrade_schema",
     "current_revision",
@@ -52,67 +57,205 @@ def resolve_url(url=None):
     -------
     url : str
         A full SQLAlchemy URL. ``postgresql://`` URLs get the psycopg (v3) driver.
+
+    Raises
+    ------
+    DatabaseError
+        The URL cannot be parsed, or its password holds an ``@`` that is not percent-encoded
+        (which would be read as the end of the password).
     """
     url = url or os.environ.get(URL_ENV_VAR) or DEFAULT_SQLITE_FILE
     if "://" not in url:
-        return f"sqlite:///{Path(url).expanduser().resolve()}"
+        try:
+            return f"sqlite:///{Path(url).expanduser().resolve()}"
+        except (ValueError, OSError) as exc:  # a NUL byte, a name too long
+            raise DatabaseError(f"bad SQLite file name {display_url(url)!r}: {hide_secrets(exc, url)}") from None
+    userinfo = _userinfo(url)
+    if userinfo is not None and ":" in userinfo and "@" in userinfo:
+        raise DatabaseError(f"malformed database URL {display_url(url)}: an '@' in the password must be "
+                            "percent-encoded as %40")
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
-        hidden = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-        raise DatabaseError(f"malformed database URL {hidden!r}: {exc}") from None
+        # The parser's message may quote the URL, password and all.
+        raise DatabaseError(f"malformed database URL {display_url(url)}: {hide_secrets(str(exc), url)}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
 
 
+def _userinfo(url):
+    """What stands between ``://`` and the last ``@`` of a URL (``user:password``), or None."""
+    rest = url.split("://", 1)[1] if "://" in url else url
+    return rest[:rest.rfind("@")] if "@" in rest else None
+
+
+#: Query parameters that carry a password (libpq's ``password``, and common spellings).
+_PASSWORD_PARAMETER = re.compile(r"([?&;](?:password|passwd|pwd|pass)=)([^&;#]*)", re.IGNORECASE)
+
+
+def url_secrets(url):
+    """Every spelling of the password(s) in ``url``: as written, percent-decoded, re-encoded.
+
+    Works on URLs that do not parse. The password is taken as everything between the first ``:``
+    after the user name and the *last* ``@``, so an unescaped ``@`` cannot cut it in two.
+    """
+    if not url:
+        return set()
+    found = set()
+    userinfo = _userinfo(url)
+    if userinfo is not None and ":" in userinfo:
+        found.add(userinfo.split(":", 1)[1])
+    found.update(match.group(2) for match in _PASSWORD_PARAMETER.finditer(url))
+    if not found:  # the parser's view; where the raw text has a password it is a piece of that
+        try:
+            parsed_password = make_url(url).password
+        except Exception:  # noqa: BLE001 - does not parse: nothing more to find
+            parsed_password = None
+        if parsed_password:
+            found.add(str(parsed_password))
+    spellings = set()
+    for secret in found:
+        spellings.update({secret, unquote(secret), unquote_plus(secret), quote(secret, safe=""),
+                          quote(unquote(secret), safe="")})
+    return {secret for secret in spellings if secret}
+
+
+def hide_secrets(text, *urls):
+    """``text`` with every spelling of the passwords of ``urls`` replaced by ``***``."""
+    text = str(text)
+    secrets = set().union(*(url_secrets(url) for url in urls if url))
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def display_url(url):
-    """The URL with any password replaced by ``***``, safe to print."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL with any password replaced by ``***``, safe to print, whether it parses or not."""
+    url = str(url)
+    shown = _PASSWORD_PARAMETER.sub(lambda match: match.group(1) + "***", url)
+    userinfo = _userinfo(shown)
+    if userinfo is not None and ":" in userinfo:
+        scheme, rest = shown.split("://", 1) if "://" in shown else ("", shown)
+        user = userinfo.split(":", 1)[0]
+        shown = (f"{scheme}://" if scheme or "://" in url else "") + f"{user}:***" + rest[len(userinfo):]
+    return hide_secrets(shown, url)
+
+
+def is_readonly_error(exc):
+    """Whether a database error says that this connection may not write.
+
+    SQLite: the file (or its folder) is read-only; PostgreSQL: the role lacks the privilege
+    (SQLSTATE 42501) or the transaction is read-only (25006).
+    """
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlstate", None) in ("42501", "25006"):
+        return True
+    message = str(orig).lower()
+    return "readonly database" in message or "read-only" in message or "permission denied" in message
 
 
 def _sqlite_on_connect(dbapi_connection, connection_record):
     cursor = dbapi_connection.cursor()
-    # WAL lets readers (`bkgdb runs`) work while an `index` writes.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # WAL lets readers (`bkgdb runs`) work while an `index` writes. Switching needs write access;
+    # a file that is already WAL (the usual case) or cannot be written is left as it is.
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except Exception as exc:  # noqa: BLE001 - sqlite3.OperationalError: a read-only file
+            log.debug("cannot switch SQLite to WAL mode: %s", exc)
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Writers wait for each other (two `index` runs at once) instead of failing at once.
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
-def create_engine(url=None):
+def _sqlite_readonly_on_connect(dbapi_connection, connection_record):
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _sqlite_readonly_url(database, immutable=False):
+    """A ``file:`` URI that SQLite opens read-only (``immutable``: not even a lock or -shm file)."""
+    path = quote(str(Path(database).resolve()), safe="/")
+    return f"sqlite:///file:{path}?mode=ro" + ("&immutable=1" if immutable else "") + "&uri=true"
+
+
+def create_engine(url=None, readonly=False):
     """Create an engine for the resolved URL and check that the server answers.
+
+    Parameters
+    ----------
+    url : str, optional
+        See `resolve_url`.
+    readonly : bool, optional
+        Open the database for reading only: SQLite through a ``mode=ro`` URI (or, when a WAL file
+        cannot be opened beside it in a read-only folder, ``immutable=1``), PostgreSQL with
+        read-only transactions. Nothing is created or changed. Default is False.
 
     Raises
     ------
     DatabaseError
-        The URL is malformed, its driver is not installed, or the database cannot be reached.
+        The URL is malformed, its driver is not installed, or the database cannot be reached
+        (read-only: or does not exist).
     """
     url = resolve_url(url)
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
             database = parsed.database
-            if database and database != ":memory:" and not Path(database).parent.is_dir():
-                raise DatabaseError(f"folder of SQLite database does not exist: {Path(database).parent}")
+            in_memory = not database or database == ":memory:" or parsed.query.get("mode") == "memory"
+            if not in_memory and not database.startswith("file:") and not Path(database).parent.is_dir():
+                raise DatabaseError(f"folder of SQLite database does not exist: {hide_secrets(Path(database).parent, url)}")
+            if readonly and not in_memory and not database.startswith("file:"):
+                if not Path(database).is_file():
+                    raise DatabaseNotReadyError(f"no database at {hide_secrets(database, url)}: create it with "
+                                                "`bkgdb init` or `bkgdb index`")
+                engine = _connected(_sqlite_readonly_engine(_sqlite_readonly_url(database)), url, fail=False)
+                if engine is None:  # WAL needs a -shm file that a read-only folder cannot hold
+                    engine = _sqlite_readonly_engine(_sqlite_readonly_url(database, immutable=True))
+                    log.info("%s opened as immutable: its folder is read-only", database)
+                return _connected(engine, url)
             engine = sa.create_engine(url)
             sa.event.listen(engine, "connect", _sqlite_on_connect)
         elif parsed.get_backend_name() == "postgresql":
-            engine = sa.create_engine(url, connect_args={"connect_timeout": 10})
+            connect_args = {"connect_timeout": 10}
+            if readonly:
+                connect_args["options"] = "-c default_transaction_read_only=on"
+            engine = sa.create_engine(url, connect_args=connect_args)
         else:
             raise DatabaseError(
                 f"unsupported database {parsed.get_backend_name()!r} in {display_url(url)}: "
                 "use sqlite:///FILE or postgresql://USER@HOST/DB"
             )
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
-        raise DatabaseError(f"malformed database URL {display_url(url)}: {exc}") from None
+        raise DatabaseError(f"malformed database URL {display_url(url)}: {hide_secrets(exc, url)}") from None
+    return _connected(engine, url)
+
+
+def _sqlite_readonly_engine(uri):
+    engine = sa.create_engine(uri)
+    sa.event.listen(engine, "connect", _sqlite_readonly_on_connect)
+    return engine
+
+
+def _connected(engine, url, fail=True):
+    """``engine`` once a first query succeeded; else a `DatabaseError` (or None if not ``fail``)."""
     try:
-        with engine.connect():
-            pass
+        with engine.connect() as connection:
+            if engine.dialect.name == "sqlite":  # opening is lazy: read the schema to be sure
+                connection.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()
     except (OperationalError, ProgrammingError) as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         engine.dispose()
-        raise DatabaseError(f"cannot connect to {display_url(url)}: {reason}") from None
+        if not fail:
+            return None
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        database = make_url(url).database
+        if engine.dialect.name == "sqlite" and database and Path(database).is_file() and "unable to open" in reason:
+            reason += (" (the file or its folder is read-only? Writing needs both: SQLite keeps -wal and -shm "
+                       "files beside the database)")
+        raise DatabaseError(f"cannot connect to {display_url(url)}: {hide_secrets(reason, url)}") from None
     return engine
 
 
@@ -133,9 +276,43 @@ def alembic_config(engine):
 
     config = Config()
     config.set_main_option("script_location", str(_migrations_dir()))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # ConfigParser interpolates "%": a percent-encoded password must not be read as a reference.
+    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
     config.attributes["engine"] = engine
     return config
+
+
+#: Key of the PostgreSQL advisory lock that serialises schema migrations ("bkgdb" in ASCII).
+MIGRATION_LOCK_KEY = 0x626B676462
+
+
+def migrate_to_head(engine):
+    """Bring the schema to `SCHEMA_HEAD`, safely when several processes open the database at once.
+
+    The migration runs on one connection inside one transaction that first takes a lock:
+    ``pg_advisory_xact_lock`` on PostgreSQL, ``BEGIN IMMEDIATE`` (the write lock) on SQLite. A
+    second process waits for it, then finds the schema current and does nothing.
+
+    Returns
+    -------
+    migrated : bool
+        Whether this call changed the schema.
+    """
+    from alembic import command
+
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if _revision(connection) == SCHEMA_HEAD:
+            connection.rollback()
+            return False
+        config = alembic_config(engine)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        connection.commit()
+    return True
 
 
 def upgrade_schema(engine, revision="head"):
@@ -154,10 +331,14 @@ def downgrade_schema(engine, revision="base"):
 
 def current_revision(engine):
     """The schema revision the database is at, or None for an empty database."""
-    if not sa.inspect(engine).has_table("alembic_version"):
-        return None
     with engine.connect() as connection:
-        return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        return _revision(connection)
+
+
+def _revision(connection):
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def head_revision(engine):

@@ -3,7 +3,8 @@
 The library raises these; only the CLI turns them into a one-line message and an exit code.
 """
 
-__all__ = ["BkgdbError", "DatabaseError", "DatastoreError", "ConditionError", "ConfigError"]
+__all__ = ["BkgdbError", "BkgdbWarning", "DatabaseError", "DatastoreError", "ConditionError", "ConfigError",
+           "DatabaseNotReadyError", "ReadOnlyWarning"]
 
 
 class BkgdbError(Exception):
@@ -12,6 +13,10 @@ class BkgdbError(Exception):
 
 class DatabaseError(BkgdbError):
     """The database URL is malformed, the server cannot be reached, or the schema is unusable."""
+
+
+class DatabaseNotReadyError(DatabaseError):
+    """Opened read-only, the database does not exist yet or its schema is not this bkgdb's."""
 
 
 class DatastoreError(BkgdbError):
@@ -24,3 +29,11 @@ class ConditionError(BkgdbError):
 
 class ConfigError(BkgdbError):
     """A configuration file is missing or holds an invalid value."""
+
+
+class BkgdbWarning(UserWarning):
+    """Base class of bkgdb's warnings; the CLI prints them as one line ``Warning: ...``."""
+
+
+class ReadOnlyWarning(BkgdbWarning):
+    """Something optional was not written because the database is read-only."""

@@ -18,6 +18,11 @@ def run_migrations_offline():
 
 
 def run_migrations_online():
+    connection = config.attributes.get("connection")
+    if connection is not None:  # the caller holds a lock in this connection's transaction and commits
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        context.run_migrations()
+        return
     engine = config.attributes.get("engine")
     if engine is None:
         engine = create_engine(config.get_main_option("sqlalchemy.url") or None)

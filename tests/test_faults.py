@@ -1,0 +1,247 @@
+"""Faults of real processes: an indexer killed (SIGKILL) or terminated (SIGTERM) mid-way, and two
+indexers on one database at once, on SQLite and PostgreSQL.
+
+Each case runs `bkgdb index` as a subprocess on a simulated datastore of 24 short runs and compares
+the database afterwards with an uninterrupted index: the same run rows and the same piece bytes.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from bkgdb.catalogue import RunCatalogue
+from bkgdb.config import load_config
+from bkgdb.database import resolve_url
+from bkgdb.models import Datastore, PieceRow, Run
+from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
+
+N_RUNS = 24
+#: Runs committed before the indexer is stopped: enough to show work is kept, far from all 24.
+COMMITTED_BEFORE_STOP = 3
+CONFIG = """\
+binning: {e_min: 0.1, e_max: 100, e_bins: 12, off_min: 0, off_max: 2.5, off_bins: 10}
+exclusion: {gammacat: none, hawc: none, star_cat: none, exclude_regions: [[150.3, 20.2, 0.3]]}
+"""
+#: Columns that differ between two correct indexes of the same files.
+VOLATILE_RUN_COLUMNS = {"id", "datastore_id", "indexed_at"}
+
+
+@pytest.fixture(scope="module")
+def fault_datastore(tmp_path_factory):
+    """24 short simulated runs and a config that makes one piece per run."""
+    folder = tmp_path_factory.mktemp("faults")
+    pointings = [(150.0 + 0.25 * i, 20.0 + 0.15 * i) for i in range(N_RUNS)]
+    DatastoreSimulator(truth=BackgroundTruth(norm=3e-6), pointings=pointings, ontime_s=300.0,
+                       with_irfs=False, seed=3).run(folder / "datastore")
+    (folder / "config.yaml").write_text(CONFIG)
+    return folder / "datastore", folder / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def reference(fault_datastore, tmp_path_factory):
+    """The database content after one uninterrupted index."""
+    datastore, config = fault_datastore
+    url = f"sqlite:///{tmp_path_factory.mktemp('reference') / 'reference.sqlite'}"
+    catalogue = RunCatalogue.open(url)
+    catalogue.index(datastore, config=load_config(config))
+    catalogue.engine.dispose()
+    return content(url)
+
+
+def content(url):
+    """Runs (by OBS_ID, without ids and timestamps) and the bytes of their pieces."""
+    engine = sa.create_engine(resolve_url(url))
+    try:
+        with engine.connect() as connection:
+            runs = {}
+            for row in connection.execute(sa.select(Run.__table__)).mappings():  # typed: dates, JSON
+                runs.setdefault(row["obs_id"], []).append(
+                    {key: value for key, value in row.items() if key not in VOLATILE_RUN_COLUMNS})
+            pieces = {}
+            table = PieceRow.__table__
+            query = sa.select(Run.obs_id, table.c.counts, table.c.excluded_counts, table.c.exposure_s,
+                              table.c.ontime_s, table.c.livetime_s, table.c.n_kept, table.c.n_excluded,
+                              table.c.regions, table.c.file_sha256).join(Run, Run.id == table.c.run_id)
+            for obs_id, *values in connection.execute(query):
+                pieces.setdefault(obs_id, []).append(tuple(values))
+            n_datastores = connection.execute(sa.select(sa.func.count()).select_from(Datastore)).scalar()
+    finally:
+        engine.dispose()
+    return {"runs": runs, "pieces": pieces, "datastores": n_datastores}
+
+
+def committed_runs(engine):
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.text("SELECT count(*) FROM runs WHERE status = 'ok'")).scalar()
+    except sa.exc.DBAPIError:  # the schema is not there yet
+        return 0
+
+
+def start_index(url, fault_datastore, jobs):
+    datastore, config = fault_datastore
+    environment = {key: value for key, value in os.environ.items() if key != "BKGDB_URL"}
+    # A session of its own: the indexer leads a process group that holds all its descendants.
+    return subprocess.Popen(
+        [sys.executable, "-m", "bkgdb.cli", "--db", url, "index", str(datastore), "--config", str(config),
+         "--jobs", str(jobs)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, start_new_session=True,
+    )
+
+
+def wait_for_commits(process, url, count, timeout_s=120.0):
+    """Wait until ``count`` runs are committed; return how many there are."""
+    engine = sa.create_engine(resolve_url(url))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while (done := committed_runs(engine)) < count:
+            assert process.poll() is None, f"the indexer ended early: {process.communicate()}"
+            assert time.monotonic() < deadline, "the indexer committed nothing in time"
+            time.sleep(0.02)
+        return done
+    finally:
+        engine.dispose()
+
+
+def live_processes_in_group(pgid):
+    """PIDs of processes (not zombies) in process group ``pgid``, from /proc/*/stat."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                text = stat.read()
+        except OSError:
+            continue
+        state, _ppid, group = text[text.rfind(")") + 2:].split()[:3]
+        if int(group) == pgid and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def children_of(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    text = stat.read()
+            except OSError:
+                continue
+            if int(text[text.rfind(")") + 2:].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def wait_until_gone(pgid, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while (alive := live_processes_in_group(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+def finish_index(url, fault_datastore):
+    datastore, config = fault_datastore
+    catalogue = RunCatalogue.open(url)
+    try:
+        return catalogue.index(datastore, config=load_config(config))
+    finally:
+        catalogue.engine.dispose()
+
+
+def test_sigkill_leaves_no_processes_and_a_rerun_completes_the_work(db_url, fault_datastore, reference):
+    RunCatalogue.open(db_url).engine.dispose()  # the schema exists before the indexer starts
+    process = start_index(db_url, fault_datastore, jobs=2)
+    try:
+        committed = wait_for_commits(process, db_url, COMMITTED_BEFORE_STOP)
+        workers = children_of(process.pid)
+        assert len(workers) >= 2  # two workers (and multiprocessing's resource tracker)
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert wait_until_gone(process.pid) == []  # workers and resource tracker exited with their parent
+
+    engine = sa.create_engine(resolve_url(db_url))
+    kept = committed_runs(engine)
+    engine.dispose()
+    assert committed <= kept < N_RUNS
+    partial = content(db_url)
+    assert set(partial["pieces"]) == set(partial["runs"])  # a run and its piece are committed together
+
+    report = finish_index(db_url, fault_datastore)
+    assert report.new == N_RUNS - kept and report.unchanged == kept and report.failed == 0
+    assert content(db_url) == reference
+
+
+def test_sigterm_stops_cleanly_keeps_the_work_and_a_rerun_completes_it(db_url, fault_datastore, reference):
+    RunCatalogue.open(db_url).engine.dispose()
+    process = start_index(db_url, fault_datastore, jobs=2)
+    try:
+        committed = wait_for_commits(process, db_url, COMMITTED_BEFORE_STOP)
+        os.kill(process.pid, signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 128 + signal.SIGTERM
+    assert stderr.strip().splitlines() == ["Interrupted by SIGTERM: stopped; work committed so far is kept."]
+    assert stdout == ""
+    assert wait_until_gone(process.pid) == []
+
+    engine = sa.create_engine(resolve_url(db_url))
+    kept = committed_runs(engine)
+    engine.dispose()
+    assert committed <= kept < N_RUNS
+    report = finish_index(db_url, fault_datastore)
+    assert report.new == N_RUNS - kept and report.unchanged == kept
+    assert content(db_url) == reference
+
+
+def test_two_indexers_at_once_both_succeed_without_duplicates(db_url, fault_datastore, reference):
+    # Both start on an empty database: they also race to create the schema.
+    processes = [start_index(db_url, fault_datastore, jobs=1) for _ in range(2)]
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=300))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+        assert "Traceback" not in stderr and "Error" not in stderr
+        assert ", 0 failed" in stdout
+    found = content(db_url)
+    assert all(len(rows) == 1 for rows in found["runs"].values())
+    assert found == reference
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_ctrl_c_to_the_process_group_stops_cleanly(db_url, fault_datastore):
+    # A terminal's Ctrl-C reaches every process of the group: the workers ignore it, the parent stops.
+    RunCatalogue.open(db_url).engine.dispose()
+    process = start_index(db_url, fault_datastore, jobs=2)
+    try:
+        wait_for_commits(process, db_url, COMMITTED_BEFORE_STOP)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 128 + signal.SIGINT
+    assert stderr.strip().splitlines() == ["Interrupted by SIGINT: stopped; work committed so far is kept."]
+    assert wait_until_gone(process.pid) == []

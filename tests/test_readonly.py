@@ -1,0 +1,202 @@
+"""Read-only use: an SQLite file or folder nobody may write (``chattr +i``; root ignores file
+modes), a PostgreSQL role with SELECT only, and ``RunCatalogue.open(readonly=True)``. Also the
+one-line errors of writers on such databases, of ``background -o`` and the quiet stderr of piped
+commands."""
+
+import contextlib
+import subprocess
+import sys
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from astropy.io import fits
+from typer.testing import CliRunner
+
+from bkgdb.catalogue import RunCatalogue
+from bkgdb.cli import app
+from bkgdb.config import load_config
+from bkgdb.database import downgrade_schema, resolve_url
+from bkgdb.errors import DatabaseNotReadyError
+
+CONFIG = """\
+binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}
+exclusion: {gammacat: none, hawc: none, star_cat: none, exclude_regions: [[152.0, 29.0, 0.3]]}
+background_selection: {el_diff: 1.0, az_diff: null, gal_lat_min: 0}
+"""
+TARGET = 1002
+READ_COMMANDS = [
+    ["runs", "-f", "csv"], ["info"], ["exclusions", str(TARGET)], ["cache"], ["history"],
+]
+
+runner = CliRunner()
+
+
+def bkgdb(url, *args):
+    return runner.invoke(app, ["--db", url, *[str(arg) for arg in args]])
+
+
+def one_error_line(result):
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output and "SELECT" not in result.output and "INSERT" not in result.output
+    return lines[0]
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture
+def indexed(db_url, simulated_datastore, config_file):
+    """The database of ``db_url`` with the simulated runs and their pieces."""
+    catalogue = RunCatalogue.open(db_url)
+    catalogue.index(simulated_datastore, config=load_config(config_file))
+    catalogue.engine.dispose()
+    return db_url
+
+
+@contextlib.contextmanager
+def immutable(path):
+    subprocess.run(["chattr", "+i", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@contextlib.contextmanager
+def readonly_access(url):
+    """A URL through which the database of ``url`` can be read but not written."""
+    parsed = sa.engine.make_url(resolve_url(url))
+    if parsed.get_backend_name() == "sqlite":
+        with immutable(parsed.database):
+            yield url
+        return
+    role = f"bkgdb_reader_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(parsed, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
+        connection.execute(sa.text(f'GRANT CONNECT ON DATABASE "{parsed.database}" TO "{role}"'))
+        connection.execute(sa.text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
+        connection.execute(sa.text(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"'))
+    try:
+        yield parsed.set(username=role, password=None).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            connection.execute(sa.text(f'DROP ROLE "{role}"'))
+        admin.dispose()
+
+
+def test_every_read_command_and_background_work_read_only(indexed, config_file, tmp_path):
+    output = tmp_path / "bkg.fits"
+    with readonly_access(indexed) as url:
+        for command in READ_COMMANDS:
+            result = bkgdb(url, *command)
+            assert result.exit_code == 0, (command, result.output)
+        assert "1000,SIM FIELD" in bkgdb(url, "runs", "-f", "csv").output
+        assert "152.0" in bkgdb(url, "exclusions", TARGET, "-f", "csv").output
+
+        result = bkgdb(url, "background", TARGET, "--config", config_file, "-o", output)
+        assert result.exit_code == 0, result.output
+        assert result.output.count("Warning: history not recorded: the database is read-only") == 1
+        assert "Traceback" not in result.output
+        with fits.open(output) as hdus:
+            assert hdus["BACKGROUND"].header["BKG_TGT"] == TARGET
+
+        assert "0 backgrounds" in bkgdb(url, "history").output
+        message = one_error_line(bkgdb(url, "index", tmp_path / "nothing-here"))  # a user error comes first
+        assert "datastore folder does not exist" in message
+    # Written again, the same command records its history.
+    result = bkgdb(indexed, "background", TARGET, "--config", config_file, "-o", output, "--overwrite")
+    assert result.exit_code == 0 and "Warning" not in result.output
+    assert "1 backgrounds" in bkgdb(indexed, "history").output
+
+
+def test_writers_on_a_read_only_database_fail_in_one_line(indexed, simulated_datastore, config_file):
+    with readonly_access(indexed) as url:
+        message = one_error_line(bkgdb(url, "index", simulated_datastore, "--config", config_file))
+        assert "read-only" in message and "database" in message
+        binning_hash = load_config(config_file).binnings[0].hash
+        message = one_error_line(bkgdb(url, "cache", "--drop-binning", binning_hash[:8]))
+        assert "read-only" in message
+
+
+def test_read_only_folder(tmp_path, simulated_datastore, config_file):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    database = folder / "bkgdb.sqlite"
+    catalogue = RunCatalogue.open(str(database))
+    catalogue.index(simulated_datastore, config=load_config(config_file))
+    catalogue.engine.dispose()
+    output = tmp_path / "bkg.fits"
+    with immutable(folder):
+        for command in READ_COMMANDS:
+            assert bkgdb(str(database), *command).exit_code == 0, command
+        result = bkgdb(str(database), "background", TARGET, "--config", config_file, "-o", output)
+        assert result.exit_code == 0, result.output
+        assert "history not recorded" in result.output and output.is_file()
+        message = one_error_line(bkgdb(str(database), "index", simulated_datastore))
+        assert "read-only" in message and str(database) in message
+    assert sorted(path.name for path in folder.iterdir()) == ["bkgdb.sqlite"]
+
+
+def test_open_readonly_never_writes(indexed):
+    catalogue = RunCatalogue.open(indexed, readonly=True)
+    try:
+        assert catalogue.info()["runs"] == 5
+        with pytest.raises((sa.exc.OperationalError, sa.exc.InternalError), match="read.?only"):
+            with catalogue.engine.begin() as connection:
+                connection.execute(sa.text("DELETE FROM runs"))
+    finally:
+        catalogue.engine.dispose()
+    assert RunCatalogue.open(indexed, readonly=True).info()["runs"] == 5
+
+
+def test_readonly_open_of_an_old_schema_says_to_run_init(indexed):
+    catalogue = RunCatalogue.open(indexed)
+    downgrade_schema(catalogue.engine, "0003")
+    catalogue.engine.dispose()
+    with pytest.raises(DatabaseNotReadyError, match=r"schema revision 0003, this bkgdb needs 0004: run `bkgdb init`"):
+        RunCatalogue.open(indexed, readonly=True)
+    with readonly_access(indexed) as url:
+        message = one_error_line(bkgdb(url, "runs"))
+        assert "run `bkgdb init` once with write access" in message
+    # With write access a read command upgrades the schema as any first use does.
+    assert bkgdb(indexed, "runs").exit_code == 0
+    assert RunCatalogue.open(indexed, readonly=True).info()["schema_revision"] == "0004"
+
+
+def test_readonly_open_of_a_missing_sqlite_file(tmp_path):
+    with pytest.raises(DatabaseNotReadyError, match="no database at"):
+        RunCatalogue.open(str(tmp_path / "absent.sqlite"), readonly=True)
+    assert not (tmp_path / "absent.sqlite").exists()
+
+
+@pytest.mark.parametrize("where, message", [
+    ("missing-folder/bkg.fits", "does not exist"),
+    ("existing-folder", "is a folder"),
+])
+def test_background_output_is_checked_before_any_work(indexed, config_file, tmp_path, where, message):
+    (tmp_path / "existing-folder").mkdir()
+    # OBS_ID 99 is not in the catalogue: the output check must come first to be reported.
+    line = one_error_line(bkgdb(indexed, "background", 99, "--config", config_file, "-o", tmp_path / where))
+    assert message in line
+    assert not (tmp_path / "missing-folder").exists()
+    assert list((tmp_path / "existing-folder").iterdir()) == []
+
+
+def test_piped_commands_print_no_progress_bar_or_blank_line(tmp_path, simulated_datastore):
+    database = tmp_path / "piped.sqlite"
+    result = subprocess.run(
+        [sys.executable, "-m", "bkgdb.cli", "--db", str(database), "index", str(simulated_datastore)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.strip().endswith("5 new, 0 updated, 0 unchanged, 0 failed")
