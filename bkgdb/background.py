@@ -368,7 +368,8 @@ def per_run_normalisation(session, settings, target, selection, rate, assembled,
         piece, binning = row_to_piece(own), assembled.binning
         return control_ring_normalisation(rate, binning.energy_edges, binning.offset_edges, piece.counts,
                                           piece.exposure_s, *settings.normalisation_ring, model_counts=assembled.counts,
-                                          energy_range_tev=settings.normalisation_energy)
+                                          energy_range_tev=settings.normalisation_energy,
+                                          model_scatter=settings.normalisation_model_scatter)
     if settings.normalisation == "monitor":
         name = settings.normalisation_column
         column = typed_column(name)

@@ -557,6 +557,8 @@ class SelectionSettings:
     normalisation_column: str | None = None
     #: Energies (TeV) of the control ring; None: the whole binning.
     normalisation_energy: tuple | None = None
+    #: The model's run-to-run scatter: the control ring is combined with it by inverse variance.
+    normalisation_model_scatter: float | None = None
     #: Fewest runs and hours of ontime a background may rest on; below them, warn or fail (min_statistics).
     min_runs: int | None = None
     min_ontime: float | None = None
@@ -647,7 +649,7 @@ def _normalisation_from_dict(section, values):
         values = {"method": values}
     if not isinstance(values, dict):
         raise ConfigError(f"{section} must be a mapping of method, offset_min, offset_max, column")
-    _check_keys(section, values, ("method", "offset_min", "offset_max", "column", "e_min", "e_max"))
+    _check_keys(section, values, ("method", "offset_min", "offset_max", "column", "e_min", "e_max", "model_scatter"))
     ring = tuple(_number(section, key, values.get(key, default), minimum=0)
                  for key, default in (("offset_min", 2.0), ("offset_max", 2.5)))
     energy = None
@@ -655,8 +657,12 @@ def _normalisation_from_dict(section, values):
         energy = (_number(section, "e_min", values.get("e_min", 0.0), minimum=0),
                   _number(section, "e_max", values.get("e_max", 1e9), minimum=0))
     column = values.get("column")
+    scatter = values.get("model_scatter")
+    if scatter is not None:
+        scatter = _number(section, "model_scatter", scatter, minimum=0, strictly=True)
     return {"normalisation": str(values.get("method") or "none"), "normalisation_ring": ring,
-            "normalisation_column": None if column is None else str(column), "normalisation_energy": energy}
+            "normalisation_column": None if column is None else str(column), "normalisation_energy": energy,
+            "normalisation_model_scatter": scatter}
 
 
 def _check_normalisation(method, ring, column, energy=None):

@@ -60,7 +60,8 @@ def ring_bins(offset_edges, offset_min, offset_max):
 
 
 def control_ring_normalisation(rate, energy_edges_tev, offset_edges_deg, counts, exposure_s, offset_min,
-                               offset_max, model_counts=None, energy_range_tev=None) -> Normalisation:
+                               offset_max, model_counts=None, energy_range_tev=None,
+                               model_scatter=None) -> Normalisation:
     """Scale of a model from the target's own counts in an outer offset ring.
 
     Parameters
@@ -79,12 +80,18 @@ def control_ring_normalisation(rate, energy_edges_tev, offset_edges_deg, counts,
         Counts the model was summed from, for its share of the error. Default is None (ignored).
     energy_range_tev : tuple, optional
         Only the energy bins wholly inside (e_min, e_max), TeV. Default is None: every bin.
+    model_scatter : float, optional
+        The un-normalised model's run-to-run scatter (the std of the norms `bkgdb validate`
+        measures). Given, the ring's factor is combined with the model's own "factor 1" by inverse
+        variance, so a ring with few counts moves the model less than a ring with many. Default is
+        None: the ring's factor as it is.
 
     Returns
     -------
     normalisation : `Normalisation`
         ``factor`` = counts / predicted counts in the ring (energy bins where the model is
-        positive), ``error`` from Poisson statistics of both.
+        positive), ``error`` from Poisson statistics of both; with ``model_scatter``, their
+        inverse-variance combination with 1 +- ``model_scatter``.
 
     Raises
     ------
@@ -120,7 +127,14 @@ def control_ring_normalisation(rate, energy_edges_tev, offset_edges_deg, counts,
     if model_counts is not None:
         in_model = float(np.asarray(model_counts)[use].sum())
         relative += 1.0 / in_model if in_model > 0 else 0.0
-    return Normalisation("control-ring", float(factor), float(factor * np.sqrt(relative)), region)
+    error = factor * np.sqrt(relative)
+    if model_scatter is not None:
+        # A noisy ring alone would replace the model's scatter with its own Poisson noise.
+        weight_ring, weight_model = error ** -2, model_scatter ** -2
+        factor = (weight_ring * factor + weight_model) / (weight_ring + weight_model)
+        error = (weight_ring + weight_model) ** -0.5
+        region += f", combined with model scatter {model_scatter:g}"
+    return Normalisation("control-ring", float(factor), float(error), region)
 
 
 def monitor_normalisation(target_value, values, ontimes_s, column) -> Normalisation:

@@ -313,8 +313,9 @@ class ValidationReport:
 def _normalisation_label(selection):
     if selection.normalisation == "control-ring":
         low, high = selection.normalisation_ring
-        energy = selection.normalisation_energy
-        return f"control-ring (offset {low:g}-{high:g} deg" + (f", {energy[0]:g}-{energy[1]:g} TeV)" if energy else ")")
+        energy, scatter = selection.normalisation_energy, selection.normalisation_model_scatter
+        return (f"control-ring (offset {low:g}-{high:g} deg" + (f", {energy[0]:g}-{energy[1]:g} TeV" if energy else "")
+                + (f", combined with model scatter {scatter:g})" if scatter else ")"))
     if selection.normalisation == "monitor":
         return f"monitor (column {selection.normalisation_column})"
     return "none"
@@ -435,13 +436,11 @@ def _run_fits(jobs_to_fit, workers):
         for job in jobs_to_fit:
             yield fit_run(job)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from .workers import WorkerPool
 
-    # spawn: workers never inherit the parent's database connections.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in as_completed([pool.submit(fit_run, job) for job in jobs_to_fit]):
-            yield future.result()
+    # The same pool as indexing: workers die with the command, even after kill -9.
+    with WorkerPool(workers) as pool:
+        yield from pool.imap_unordered(fit_run, jobs_to_fit)
 
 
 def rows_file_format(path, fmt=None):

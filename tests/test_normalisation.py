@@ -57,6 +57,27 @@ def test_control_ring_error_includes_the_model_counts():
     assert both.error == pytest.approx(alone.error * np.sqrt(2))
 
 
+def test_control_ring_combined_with_the_model_scatter_by_inverse_variance():
+    rate = truth_rate()
+    exposure = np.full(len(OFFSET_EDGES) - 1, 1800.0)
+    counts = np.round(1.3 * expected_counts(rate, exposure)).astype(int)
+    ring = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5)
+    combined = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5,
+                                          model_scatter=0.1)
+    weight_ring, weight_model = ring.error ** -2, 0.1 ** -2
+    assert combined.factor == pytest.approx((weight_ring * ring.factor + weight_model) / (weight_ring + weight_model))
+    assert combined.error == pytest.approx((weight_ring + weight_model) ** -0.5)
+    assert 1 < combined.factor < ring.factor and combined.error < min(ring.error, 0.1)
+    assert combined.region == "offset 2.00-2.50 deg, combined with model scatter 0.1"
+    # A ring far more precise than the model's scatter decides; a model far more precise keeps its scale.
+    trusted = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5,
+                                         model_scatter=1e3)
+    assert trusted.factor == pytest.approx(ring.factor, rel=1e-6)
+    kept = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5,
+                                      model_scatter=1e-6)
+    assert kept.factor == pytest.approx(1.0, abs=1e-6)
+
+
 def test_control_ring_ignores_bins_the_model_does_not_cover():
     rate = truth_rate()
     exposure = np.full(len(OFFSET_EDGES) - 1, 1800.0)
@@ -127,6 +148,12 @@ background_selection:
   normalisation: {method: control-ring, e_min: 0.5, e_max: 10}
 """))
     assert config.selection.normalisation_energy == (0.5, 10.0)
+    assert config.selection.normalisation_model_scatter is None
+    config = load_config(write(tmp_path, """
+background_selection:
+  normalisation: {method: control-ring, e_min: 0.5, e_max: 10, model_scatter: 0.12}
+"""))
+    assert config.selection.normalisation_model_scatter == 0.12
     assert load_config(write(tmp_path, "background_selection: {}\n")).selection.normalisation == "none"
     with pytest.warns(ConfigWarning, match="background_selection.normalisation.offset"):
         load_config(write(tmp_path, "background_selection: {normalisation: {method: none, offset: 2}}\n"))
@@ -143,6 +170,8 @@ background_selection:
     ("{method: control-ring, e_min: 1.1, e_max: 1.2}", "no energy bin of the binning lies within"),
     ("[2.0, 2.5]", "must be a mapping of method"),
     ("{method: control-ring, offset_max: two}", "offset_max must be a number"),
+    ("{method: control-ring, model_scatter: 0}", "model_scatter must be > 0"),
+    ("{method: control-ring, model_scatter: .inf}", "model_scatter must be a finite number"),
 ])
 def test_invalid_config_values(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
