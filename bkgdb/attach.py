@@ -356,7 +356,7 @@ def attach_backgrounds(builder, target_datastore, out_dir, progress=None, overwr
                     built = builder.build(run.obs_id, source.path, session=session)
                 except BkgdbError as exc:
                     report.skipped.append((run.obs_id, str(exc)))
-                    log.warning("run %s: no background: %s", run.obs_id, exc)
+                    log.info("run %s: no background: %s", run.obs_id, exc)  # the report lists it
                 else:
                     if not written:
                         folders.make(out_dir / DATA_DIR)
