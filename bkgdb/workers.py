@@ -147,6 +147,7 @@ class WorkerPool:
         if executor is None:
             return
         processes = list((getattr(executor, "_processes", None) or {}).values())
+        manager = getattr(executor, "_executor_manager_thread", None)
         executor.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             if process.is_alive():
@@ -157,6 +158,10 @@ class WorkerPool:
             if process.is_alive():
                 process.kill()
                 process.join(1.0)
+        if manager is not None:
+            # Python's exit hook wakes this thread through a pipe the thread closes as it ends: let it
+            # end now, or the two race and print "Bad file descriptor" after our one-line message.
+            manager.join(_STOP_GRACE_S)
         log.debug("stopped %d worker processes", len(processes))
 
 
