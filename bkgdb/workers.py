@@ -78,6 +78,23 @@ def die_with_parent(parent_pid: int, interval_s: float = PARENT_POLL_INTERVAL_S)
     threading.Thread(target=watch, name="bkgdb-parent-watchdog", daemon=True).start()
 
 
+@contextlib.contextmanager
+def _sigint_ignored_by_new_workers():
+    """Ignore SIGINT while workers are spawned: they inherit it and stay quiet while importing.
+
+    The initializer ignores SIGINT too, but only once a worker has imported everything; a Ctrl-C
+    in those first seconds would otherwise print a KeyboardInterrupt traceback per worker.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _initialise_worker(parent_pid):
     # Ctrl-C reaches the whole process group: the parent alone decides how to stop, and the
     # workers print no KeyboardInterrupt tracebacks of their own.
@@ -127,7 +144,8 @@ class WorkerPool:
         WorkerError
             A worker process died before returning a result.
         """
-        pending = {self._executor.submit(function, item) for item in items}
+        with _sigint_ignored_by_new_workers():
+            pending = {self._executor.submit(function, item) for item in items}
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)

@@ -1,7 +1,7 @@
 """Faults of real processes: an indexer killed (SIGKILL) or terminated (SIGTERM) mid-way, and two
 indexers on one database at once, on SQLite and PostgreSQL.
 
-Each case runs `bkgdb index` as a subprocess on a simulated datastore of 24 short runs and compares
+Each case runs `bkgdb index` as a subprocess on a simulated datastore of 60 short runs and compares
 the database afterwards with an uninterrupted index: the same run rows and the same piece bytes.
 """
 
@@ -20,8 +20,8 @@ from bkgdb.database import resolve_url
 from bkgdb.models import Datastore, PieceRow, Run
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
 
-N_RUNS = 24
-#: Runs committed before the indexer is stopped: enough to show work is kept, far from all 24.
+N_RUNS = 60
+#: Runs committed before the indexer is stopped: enough to show work is kept, far from all of them.
 COMMITTED_BEFORE_STOP = 3
 CONFIG = """\
 binning: {e_min: 0.1, e_max: 100, e_bins: 12, off_min: 0, off_max: 2.5, off_bins: 10}
@@ -33,7 +33,7 @@ VOLATILE_RUN_COLUMNS = {"id", "datastore_id", "indexed_at"}
 
 @pytest.fixture(scope="module")
 def fault_datastore(tmp_path_factory):
-    """24 short simulated runs and a config that makes one piece per run."""
+    """N_RUNS short simulated runs and a config that makes one piece per run."""
     folder = tmp_path_factory.mktemp("faults")
     pointings = [(150.0 + 0.25 * i, 20.0 + 0.15 * i) for i in range(N_RUNS)]
     DatastoreSimulator(truth=BackgroundTruth(norm=3e-6), pointings=pointings, ontime_s=300.0,
