@@ -69,11 +69,11 @@ class DaskExecutor:
     """
 
     def __init__(self, address, retries: int = DEFAULT_RETRIES, commit_batch: int = DEFAULT_COMMIT_BATCH,
-                 timeout_s: float = CONNECT_TIMEOUT_S):
+                 timeout_s: float | None = None):
         self.address = address
         self.retries = int(retries)
         self.commit_batch = max(1, int(commit_batch))
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = float(CONNECT_TIMEOUT_S if timeout_s is None else timeout_s)
         self.client = None
         self._owns_client = False
 

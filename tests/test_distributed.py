@@ -144,7 +144,7 @@ def test_a_run_that_keeps_killing_workers_is_a_clear_error(cluster):
         executor.client.wait_for_workers(2, timeout=60)
 
 
-def test_cli_index_with_scheduler_and_unreachable_scheduler(db_url, tmp_path, cluster, sim_datastore):
+def test_cli_index_with_scheduler_and_unreachable_scheduler(db_url, tmp_path, cluster, sim_datastore, monkeypatch):
     from bkgdb.cli import app
 
     datastore, _ = sim_datastore
@@ -154,6 +154,7 @@ def test_cli_index_with_scheduler_and_unreachable_scheduler(db_url, tmp_path, cl
     assert f"{N_RUNS - 1} new, 0 updated, 0 unchanged, 1 failed" in result.stdout
     assert f"failed: run {BROKEN_OBS_ID}: cannot read" in result.stderr
 
+    monkeypatch.setattr("bkgdb.distributed.CONNECT_TIMEOUT_S", 1.0)
     result = runner.invoke(app, ["--db", db_url, "index", str(datastore), "--scheduler", "tcp://127.0.0.1:9"])
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: cannot connect to the Dask scheduler tcp://127.0.0.1:9")
