@@ -5,6 +5,7 @@ DL3 datastores into it and answers queries on the runs.
 """
 
 import logging
+import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -213,7 +214,8 @@ class RunCatalogue:
         With a ``config``, the background pieces of every configured binning are computed in the
         same pass that reads each file; a run whose file changed gets new pieces, an unchanged run
         that has all its pieces is not read. Each run is committed on its own, so an interrupted
-        index keeps what it did (with an ``executor``: one commit per ``executor.commit_batch`` runs).
+        index keeps what it did (with an ``executor``: one commit per ``executor.commit_batch`` runs or
+        ``executor.commit_interval_s`` seconds, whichever comes first).
 
         Parameters
         ----------
@@ -264,7 +266,11 @@ class RunCatalogue:
             by_obs_id = {source.obs_id: source for source in sources}
             # closing(): an exception here (Ctrl-C, SIGTERM) stops the workers at once; every run
             # committed so far stays committed.
+            # Local: one commit per run. An executor may ask for batches (a commit per round trip
+            # to a remote database costs more than a run) and for a longest wait between commits.
             commit_batch = getattr(executor, "commit_batch", 1)
+            commit_interval_s = getattr(executor, "commit_interval_s", 0.0)
+            uncommitted, last_commit = 0, time.monotonic()
             with closing(run_jobs(jobs_to_run, jobs if executor is None else executor)) as results:
                 for done, result in enumerate(results, start=len(sources) - len(jobs_to_run) + 1):
                     outcome, run = self._store_result(session, existing[result.obs_id], by_obs_id[result.obs_id],
@@ -274,8 +280,10 @@ class RunCatalogue:
                     report.pieces += len(result.pieces)
                     if outcome == "failed":
                         report.failures.append((result.obs_id, run.error))
-                    if (done - (len(sources) - len(jobs_to_run))) % commit_batch == 0:
+                    uncommitted += 1
+                    if uncommitted >= commit_batch or time.monotonic() - last_commit >= commit_interval_s:
                         session.commit()
+                        uncommitted, last_commit = 0, time.monotonic()
                     if progress is not None:
                         progress(done, len(sources))
 

@@ -4,7 +4,7 @@
 ``imap_unordered``), so `~bkgdb.catalogue.run_jobs` sends `~bkgdb.indexing.process_run` to a
 cluster exactly as it sends it to local processes. Workers only read files and return a
 `~bkgdb.indexing.RunResult`; the client, the only process that holds a database connection,
-writes the results (one commit per batch of runs). A run whose file cannot be read comes back
+writes the results (one commit per batch of runs, at least every few seconds). A run whose file cannot be read comes back
 as a result with its reason, as locally. The runs of a worker that dies are given to other
 workers by the scheduler; a run that keeps killing workers is an error naming it.
 
@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from .errors import BkgdbError
 from .workers import WorkerError
 
-__all__ = ["DaskExecutor", "DEFAULT_RETRIES", "DEFAULT_COMMIT_BATCH", "CONNECT_TIMEOUT_S"]
+__all__ = ["DaskExecutor", "DEFAULT_RETRIES", "DEFAULT_COMMIT_BATCH", "DEFAULT_COMMIT_INTERVAL_S",
+           "CONNECT_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRIES = 2
 #: Results written per database commit: one commit per run costs a round trip per run.
 DEFAULT_COMMIT_BATCH = 50
+#: Longest wait between commits: an interrupted index loses at most this much work.
+DEFAULT_COMMIT_INTERVAL_S = 2.0
 #: Seconds to wait for the scheduler before giving up.
 CONNECT_TIMEOUT_S = 20.0
 
@@ -58,6 +61,9 @@ class DaskExecutor:
         scheduler up to its ``distributed.scheduler.allowed-failures`` (default 3) times.
     commit_batch : int, optional
         Results the caller should write per commit. Default is `DEFAULT_COMMIT_BATCH`.
+    commit_interval_s : float, optional
+        Longest time the caller should hold results before a commit. Default is
+        `DEFAULT_COMMIT_INTERVAL_S`.
     timeout_s : float, optional
         Seconds to wait for the scheduler. Default is `CONNECT_TIMEOUT_S`.
 
@@ -69,10 +75,11 @@ class DaskExecutor:
     """
 
     def __init__(self, address, retries: int = DEFAULT_RETRIES, commit_batch: int = DEFAULT_COMMIT_BATCH,
-                 timeout_s: float | None = None):
+                 commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S, timeout_s: float | None = None):
         self.address = address
         self.retries = int(retries)
         self.commit_batch = max(1, int(commit_batch))
+        self.commit_interval_s = float(commit_interval_s)
         self.timeout_s = float(CONNECT_TIMEOUT_S if timeout_s is None else timeout_s)
         self.client = None
         self._owns_client = False

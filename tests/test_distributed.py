@@ -6,6 +6,7 @@ PostgreSQL (``db_url``), the reference is a local index into an SQLite file.
 
 import os
 import signal
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -191,4 +192,36 @@ def test_hess_dr1_on_dask_equals_local(db_url, tmp_path, cluster, hess_dr1):
     finally:
         catalogue.engine.dispose()
     assert (report.new, report.failed, report.pieces) == (reference.new, 0, reference.pieces) == (105, 0, 105)
+    assert content(db_url) == content(reference_url)
+
+
+def bkgdb_tasks(dask_scheduler):
+    return [key for key in dask_scheduler.tasks if str(key).startswith("bkgdb-")]
+
+
+def test_interrupted_dask_index_keeps_commits_cancels_tasks_and_resumes(db_url, tmp_path, cluster, sim_datastore):
+    datastore, config = sim_datastore
+    reference_url, _ = local_reference(tmp_path, datastore, config)
+    from bkgdb.distributed import DaskExecutor
+
+    def interrupt_after_five(done, total):
+        if done >= 5:
+            raise KeyboardInterrupt
+
+    catalogue = RunCatalogue.open(db_url)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            catalogue.index(datastore, config=config, progress=interrupt_after_five,
+                            executor=DaskExecutor(cluster.scheduler_address, commit_batch=2, commit_interval_s=600))
+        kept = len(catalogue.select_runs(status=None))
+        with distributed.Client(cluster.scheduler_address, set_as_default=False) as observer:
+            deadline = time.monotonic() + 10  # the scheduler forgets cancelled tasks asynchronously
+            while (left := observer.run_on_scheduler(bkgdb_tasks)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        report = catalogue.index(datastore, config=config, executor=DaskExecutor(cluster.scheduler_address))
+    finally:
+        catalogue.engine.dispose()
+    assert kept == 4  # two batches of two; the fifth run was not committed
+    assert left == []
+    assert (report.new + report.failed, report.unchanged) == (N_RUNS - kept, kept)
     assert content(db_url) == content(reference_url)
