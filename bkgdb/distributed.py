@@ -98,8 +98,10 @@ class DaskExecutor:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BkgdbError(f"cannot connect to the Dask scheduler {self.address}: {reason}") from None
         self._owns_client = True
-        log.info("connected to Dask scheduler %s (%d workers)", self.address,
-                 len(self.client.scheduler_info().get("workers", {})))
+        n_workers = len(self.client.scheduler_info().get("workers", {}))
+        log.info("connected to Dask scheduler %s (%d workers)", self.address, n_workers)
+        if n_workers == 0:
+            log.warning("the Dask scheduler %s has no workers yet: runs wait until workers join", self.address)
         return self
 
     def __exit__(self, exc_type, exc, traceback):
@@ -130,17 +132,14 @@ class DaskExecutor:
 
         items = list(items)
         token = uuid.uuid4().hex[:8]
-        label = {}
-        futures = []
-        for number, item in enumerate(items):
-            # Unique keys: pure=False would do too, but a named key tells which run a task is.
-            future = self.client.submit(function, item, key=f"bkgdb-{token}-{number}", retries=self.retries,
-                                        pure=False)
-            label[future.key] = name(item) if name is not None else f"item {number}"
-            futures.append(future)
-        pending = set(futures)
-        del futures
+        # Named keys tell which run a task is (in errors and on the dashboard); one map call
+        # submits tens of thousands of tasks in one message.
+        keys = [f"bkgdb-{token}-{number}" for number in range(len(items))]
+        label = {key: name(item) if name is not None else f"item {number}"
+                 for number, (key, item) in enumerate(zip(keys, items))}
+        pending = set()
         try:
+            pending.update(self.client.map(function, items, key=keys, retries=self.retries, pure=False))
             for future in as_completed(list(pending), loop=self.client.loop):
                 pending.discard(future)
                 try:
@@ -149,6 +148,10 @@ class DaskExecutor:
                     raise WorkerError(
                         f"{label[future.key]} killed Dask workers repeatedly (out of memory, or a crash reading its "
                         "file?) and was given up; the runs stored so far are kept") from None
+                except (ImportError, AttributeError) as exc:  # a worker without this bkgdb
+                    raise WorkerError(
+                        f"{label[future.key]} failed on a Dask worker: {type(exc).__name__}: {exc} (do the workers "
+                        "run the same bkgdb in the same environment?)") from exc
                 future.release()
                 yield result
         finally:
