@@ -140,6 +140,7 @@ def test_a_run_that_keeps_killing_workers_is_a_clear_error(cluster):
     from bkgdb.workers import WorkerError
 
     with DaskExecutor(cluster.scheduler_address) as executor:
+        executor.client.wait_for_workers(2, timeout=60)  # both back from an earlier test's kill
         with pytest.raises(WorkerError, match=r"run 5 killed Dask workers repeatedly"):
             list(executor.imap_unordered(os._exit, [5], name=lambda item: f"run {item}"))
         executor.client.wait_for_workers(2, timeout=60)
