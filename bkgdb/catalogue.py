@@ -5,6 +5,7 @@ DL3 datastores into it and answers queries on the runs.
 """
 
 import logging
+import time
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -74,11 +75,20 @@ def _get_or_create(session, model, digest, params):
 
 
 def run_jobs(jobs, workers):
-    """Results of `process_run` for each job, in completion order, in ``workers`` processes.
+    """Results of `process_run` for each job, in completion order.
 
-    The workers die with this process (see `~bkgdb.workers.WorkerPool`). Close the generator
-    (``contextlib.closing``) when leaving early, so that queued jobs are cancelled at once.
+    ``workers`` is a number of local processes (1: this process), or an executor with the
+    interface of `~bkgdb.workers.WorkerPool` (a context manager with ``imap_unordered``), such as
+    `bkgdb.distributed.DaskExecutor`. Local workers die with this process (see
+    `~bkgdb.workers.WorkerPool`). Close the generator (``contextlib.closing``) when leaving early,
+    so that queued jobs are cancelled at once.
     """
+    if not isinstance(workers, int):
+        if not jobs:
+            return
+        with workers as executor:
+            yield from executor.imap_unordered(process_run, jobs, name=lambda job: f"run {job.source.obs_id}")
+        return
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             yield process_run(job)
@@ -195,7 +205,7 @@ class RunCatalogue:
 
     # -- indexing -----------------------------------------------------------------------------
 
-    def index(self, path, config=None, jobs=1, progress=None):
+    def index(self, path, config=None, jobs=1, progress=None, executor=None):
         """Index a DL3 datastore: add new runs, update changed ones, skip unchanged ones.
 
         A run is unchanged when its event file has the same size and modification time (or,
@@ -204,7 +214,8 @@ class RunCatalogue:
         With a ``config``, the background pieces of every configured binning are computed in the
         same pass that reads each file; a run whose file changed gets new pieces, an unchanged run
         that has all its pieces is not read. Each run is committed on its own, so an interrupted
-        index keeps what it did.
+        index keeps what it did (with an ``executor``: one commit per ``executor.commit_batch`` runs or
+        ``executor.commit_interval_s`` seconds, whichever comes first).
 
         Parameters
         ----------
@@ -216,6 +227,9 @@ class RunCatalogue:
             Worker processes that read files and make pieces. Default is 1 (no workers).
         progress : callable, optional
             Called as ``progress(done, total)`` after each run. Default is None.
+        executor : object, optional
+            Where the per-run work runs instead of ``jobs`` local processes, e.g. a
+            `bkgdb.distributed.DaskExecutor`; results are still written here. Default is None.
 
         Returns
         -------
@@ -252,7 +266,12 @@ class RunCatalogue:
             by_obs_id = {source.obs_id: source for source in sources}
             # closing(): an exception here (Ctrl-C, SIGTERM) stops the workers at once; every run
             # committed so far stays committed.
-            with closing(run_jobs(jobs_to_run, jobs)) as results:
+            # Local: one commit per run. An executor may ask for batches (a commit per round trip
+            # to a remote database costs more than a run) and for a longest wait between commits.
+            commit_batch = getattr(executor, "commit_batch", 1)
+            commit_interval_s = getattr(executor, "commit_interval_s", 0.0)
+            uncommitted, last_commit = 0, time.monotonic()
+            with closing(run_jobs(jobs_to_run, jobs if executor is None else executor)) as results:
                 for done, result in enumerate(results, start=len(sources) - len(jobs_to_run) + 1):
                     outcome, run = self._store_result(session, existing[result.obs_id], by_obs_id[result.obs_id],
                                                       result, specs)
@@ -261,7 +280,10 @@ class RunCatalogue:
                     report.pieces += len(result.pieces)
                     if outcome == "failed":
                         report.failures.append((result.obs_id, run.error))
-                    session.commit()
+                    uncommitted += 1
+                    if uncommitted >= commit_batch or time.monotonic() - last_commit >= commit_interval_s:
+                        session.commit()
+                        uncommitted, last_commit = 0, time.monotonic()
                     if progress is not None:
                         progress(done, len(sources))
 

@@ -218,21 +218,33 @@ def index(
     datastore: Path = typer.Argument(..., help="DL3 datastore folder (obs-index and hdu-index files)."),
     config: Path = typer.Option(None, "--config", help="YAML config: also compute background pieces "
                                 "for its binnings and exclusion settings."),
-    jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Worker processes. Default: config.njobs or 1."),
+    jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Worker processes. Default: config.njobs or 1."),    scheduler: str = typer.Option(None, "--scheduler", metavar="ADDRESS",
+                                  help="Index on a Dask cluster: the scheduler's address, e.g. tcp://host:8786 "
+                                       "(needs the dask extra; workers read the files, this process writes)."),
 ):
     """Index a DL3 datastore into the run catalogue (incremental: changed runs only)."""
     settings = read_config(config) if config else None
-    index_with_progress(open_catalogue(), datastore, settings, jobs or (settings.njobs if settings else 1))
+    index_with_progress(open_catalogue(), datastore, settings, jobs or (settings.njobs if settings else 1),
+                        scheduler=scheduler)
 
 
-def index_with_progress(catalogue, datastore, settings, workers):
+def dask_executor(scheduler):
+    """The executor of ``--scheduler ADDRESS``, or None (local processes) without one."""
+    if not scheduler:
+        return None
+    from .distributed import DaskExecutor
+
+    return DaskExecutor(scheduler)
+
+
+def index_with_progress(catalogue, datastore, settings, workers, scheduler=None):
     """`RunCatalogue.index` behind a progress bar; prints warnings, failures and the counts."""
     import warnings
 
     with progress_bar("indexing") as bar, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         task = bar.add_task("index", total=None)
-        report = catalogue.index(datastore, config=settings, jobs=workers,
+        report = catalogue.index(datastore, config=settings, jobs=workers, executor=dask_executor(scheduler),
                                  progress=lambda done, total: bar.update(task, completed=done, total=total))
     for message in sorted({str(warning.message) for warning in caught}):
         err.print(f"Warning: {message}", highlight=False, markup=False)
@@ -381,6 +393,9 @@ def attach(
     out_dir: Path = typer.Option(None, "--out", help="New datastore folder. Default: io.out_dir."),
     config: Path = typer.Option(..., "--config", help="YAML config."),
     jobs: int = typer.Option(None, "--jobs", "-j", min=1, help="Workers for indexing the target."),
+    scheduler: str = typer.Option(None, "--scheduler", metavar="ADDRESS",
+                                  help="Index on a Dask cluster: the scheduler's address, e.g. tcp://host:8786 "
+                                       "(needs the dask extra; workers read the files, this process writes)."),
     where: list[str] = typer.Option(None, "--where", "-w", metavar="COND",
                                     help="Extra selection condition on catalogue columns; repeat to AND."),
     overwrite: bool = typer.Option(False, "--overwrite",
@@ -400,7 +415,7 @@ def attach(
     # Refuse an unsafe --out before the (possibly long) indexing.
     check_attach_destination(catalogue, target, out_dir, overwrite)
     # The target's runs need catalogue rows and pieces of their own (incremental, usually nothing to do).
-    index_with_progress(catalogue, target, settings, jobs or settings.njobs)
+    index_with_progress(catalogue, target, settings, jobs or settings.njobs, scheduler=scheduler)
     with progress_bar("attaching") as bar:
         task = bar.add_task("attach", total=None)
         result = attach_backgrounds(BackgroundBuilder(catalogue, settings), target, out_dir, overwrite=overwrite,
@@ -457,6 +472,9 @@ def validate(
                                     help="Condition on the target runs, e.g. 'zenith<40'; repeat to AND."),
     jobs: int = typer.Option(None, "--jobs", "-j", min=1,
                              help="Worker processes for the gammapy fits and indexing. Default: config.njobs."),
+    scheduler: str = typer.Option(None, "--scheduler", metavar="ADDRESS",
+                                  help="Index on a Dask cluster (the fits stay local): the scheduler's address, e.g. tcp://host:8786 "
+                                       "(needs the dask extra; workers read the files, this process writes)."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the per-run rows to this .csv or .json file."),
     fmt: OutputFormat = typer.Option(None, "--format", "-f",
                                      help="Format of the per-run rows (stdout: table by default; -o: by suffix)."),
@@ -475,7 +493,7 @@ def validate(
     catalogue = open_catalogue()
     with progress_bar("indexing") as bar:
         task = bar.add_task("index", total=None)
-        indexed = catalogue.index(datastore, config=settings, jobs=workers,
+        indexed = catalogue.index(datastore, config=settings, jobs=workers, executor=dask_executor(scheduler),
                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
     for obs_id, reason in indexed.failures:
         err.print(f"failed: run {obs_id}: {reason}", highlight=False, markup=False)

@@ -486,6 +486,22 @@ def _fill_instrument(facts, lookup):
     facts.muon_eff = lookup.number("MUONEFF")
 
 
+class _HeaderValues:
+    """A FITS header's values as `json_safe` gives them, parsed only for the keys asked for.
+
+    Parsing every card of an EVENTS header costs more than reading its events; a run needs a
+    dozen keys. Like a dict of the cards, a repeated key gives its last value.
+    """
+
+    def __init__(self, header):
+        self._header = header
+
+    def get(self, key, default=None):
+        if key in ("COMMENT", "HISTORY", "") or key not in self._header:
+            return default
+        return json_safe(self._header[(key, self._header.count(key) - 1)])
+
+
 @dataclass
 class EventList:
     """What bkgdb needs of a run's EVENTS table: its header and, if asked, directions and energies."""
@@ -544,8 +560,7 @@ def read_events(source, content, with_events=False):
             found = 0 if hdu.data is None else len(hdu.data)
             if found != expected:
                 raise RunReadError(f"event table truncated: {found} of {expected} rows readable")
-            events = EventList({key: json_safe(value) for key, value in header.items()
-                                if key not in ("COMMENT", "HISTORY", "")})
+            events = EventList(_HeaderValues(header))
             if with_events:
                 events.ra_deg = _column(hdu, "RA", "deg")
                 events.dec_deg = _column(hdu, "DEC", "deg")

@@ -21,6 +21,8 @@ __all__ = ["ExclusionRegion", "ExclusionFinder", "unit_vectors", "annulus_grid",
 log = logging.getLogger(__name__)
 
 EXTENDED_MORPHOLOGIES = ("gauss", "shell", "disk")
+#: Pointings whose accepted fractions an `ExclusionFinder` keeps.
+_FRACTION_CACHE_SIZE = 256
 
 
 def unit_vectors(ra_deg, dec_deg):
@@ -271,8 +273,28 @@ def load_region_file(path):
     return tuple(circles), tuple(shapes)
 
 
+@lru_cache(maxsize=256)
 def annulus_grid(offset_lo, offset_hi, n_theta=24, n_phi=720):
-    """An equal-area grid of directions in an annulus around the +z axis: (n, 3) unit vectors."""
+    """An equal-area grid of directions in an annulus around the +z axis: (n, 3) unit vectors.
+
+    Made once per annulus and process (the same for every run); the array is read-only.
+    """
+    grid = _annulus_grid(offset_lo, offset_hi, n_theta, n_phi)
+    grid.flags.writeable = False
+    return grid
+
+
+@lru_cache(maxsize=4096)
+def _circle_test(ra_deg, dec_deg, radius_deg):
+    """The centre's unit vector and the cosine of the radius of a circle, made once per process."""
+    return unit_vectors(ra_deg, dec_deg), np.cos(np.radians(radius_deg))
+
+
+#: Slack (deg) when skipping circles that cannot reach an annulus: rounding never drops a circle.
+_REACH_MARGIN_DEG = 1e-6
+
+
+def _annulus_grid(offset_lo, offset_hi, n_theta, n_phi):
     cos_edges = np.linspace(np.cos(np.radians(offset_lo)), np.cos(np.radians(offset_hi)), n_theta + 1)
     cos_theta = 0.5 * (cos_edges[1:] + cos_edges[:-1])
     phi = (np.arange(n_phi) + 0.5) * 2 * np.pi / n_phi
@@ -327,6 +349,8 @@ class ExclusionFinder:
             for source in find_named_sources(s, name, "exclusion.exclude_source_name"):
                 self.custom.append(ExclusionRegion(source.name, "source", source.ra, source.dec,
                                                    float(radius if radius is not None else s.source_radius)))
+        #: Accepted fractions per (pointing, edges, regions): runs on one pointing share them.
+        self._fractions = {}
         self.shapes = []
         for path in s.region_files:
             circles, shapes = load_region_file(path)
@@ -365,8 +389,8 @@ class ExclusionFinder:
         """Which of the unit vectors (n, 3) lie in any region (and in any shaped custom region)."""
         mask = np.zeros(len(vectors), dtype=bool)
         for region in regions:
-            centre = unit_vectors(region.ra, region.dec)
-            mask |= vectors @ centre >= np.cos(np.radians(region.radius))
+            centre, cos_radius = _circle_test(region.ra, region.dec, region.radius)
+            mask |= vectors @ centre >= cos_radius
         if self.shapes:
             mask |= self._in_shapes(vectors, ra_deg, dec_deg)
         return mask
@@ -407,9 +431,29 @@ class ExclusionFinder:
         fraction : `~numpy.ndarray`
             One value in [0, 1] per annulus.
         """
+        edges = tuple(float(edge) for edge in offset_edges)
+        key = (float(ra_deg), float(dec_deg), edges, tuple(regions), n_theta, n_phi)
+        cached = self._fractions.get(key)
+        if cached is not None:  # another run on the same pointing (wobble positions repeat)
+            return cached.copy()
         rotation = rotation_to(ra_deg, dec_deg)
+        pointing = unit_vectors(ra_deg, dec_deg)
+        # A circle at distance d from the pointing covers offsets d - r ... d + r only; the
+        # others cannot touch an annulus and are not tested against its grid.
+        reach = np.array([[angular_distance_deg(_circle_test(r.ra, r.dec, r.radius)[0], pointing) - r.radius,
+                           angular_distance_deg(_circle_test(r.ra, r.dec, r.radius)[0], pointing) + r.radius]
+                          for r in regions]).reshape(-1, 2)
         fractions = []
-        for lo, hi in zip(offset_edges[:-1], offset_edges[1:]):
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            near = [region for region, (closest, farthest) in zip(regions, reach)
+                    if closest < hi + _REACH_MARGIN_DEG and farthest > lo - _REACH_MARGIN_DEG]
+            if not near and not self.shapes:
+                fractions.append(1.0)
+                continue
             vectors = annulus_grid(lo, hi, n_theta, n_phi) @ rotation.T
-            fractions.append(1.0 - self.excluded(vectors, regions, ra_deg, dec_deg).mean())
-        return np.array(fractions)
+            fractions.append(1.0 - self.excluded(vectors, near, ra_deg, dec_deg).mean())
+        fractions = np.array(fractions)
+        if len(self._fractions) >= _FRACTION_CACHE_SIZE:
+            self._fractions.pop(next(iter(self._fractions)))
+        self._fractions[key] = fractions
+        return fractions.copy()

@@ -1,0 +1,120 @@
+"""Benchmark: indexing H.E.S.S. DL3 DR1 with pieces, on local processes and Dask workers, beside the read floor.
+
+The read floor is a loop in this process that opens every event file and reads the event
+columns (RA, DEC, ENERGY): what no indexer can avoid. Each index goes into a new database; the
+Dask cases use a `distributed.LocalCluster` started beforehand (its workers import bkgdb and read
+the catalogues within the timed index, as workers on a cluster do).
+
+Usage: python benchmarks/index_scaling.py [--db-dir DIR] [--postgres URL] [--repeat N]   (needs $GAMMAPY_DATA)
+"""
+
+import argparse
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from bkgdb.catalogue import RunCatalogue
+from bkgdb.config import load_config
+from bkgdb.datastore import DL3Datastore
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def read_floor(datastore):
+    """Seconds to open every event file and read its event columns; the number of events read."""
+    start = time.perf_counter()
+    events = 0
+    for source in DL3Datastore(datastore).runs():
+        with fits.open(source.events_path, memmap=False) as hdul:
+            data = hdul[source.events_hdu].data
+            columns = [np.asarray(data[name], dtype=float) for name in ("RA", "DEC", "ENERGY")]
+            events += len(columns[0])
+    return time.perf_counter() - start, events
+
+
+def new_database(folder, postgres):
+    if not postgres:
+        return f"sqlite:///{Path(folder, uuid.uuid4().hex[:8] + '.sqlite')}"
+    import sqlalchemy as sa
+
+    from bkgdb.database import resolve_url
+
+    admin = sa.create_engine(resolve_url(postgres), isolation_level="AUTOCOMMIT")
+    name = f"bkgdb_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return sa.engine.make_url(resolve_url(postgres)).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(url, postgres):
+    if not postgres:
+        return
+    import sqlalchemy as sa
+
+    from bkgdb.database import resolve_url
+
+    admin = sa.create_engine(resolve_url(postgres), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{sa.engine.make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def timed_index(folder, postgres, datastore, config, jobs=1, executor=None):
+    url = new_database(folder, postgres)
+    catalogue = RunCatalogue.open(url)
+    try:
+        start = time.perf_counter()
+        report = catalogue.index(datastore, config=config, jobs=jobs, executor=executor)
+        return time.perf_counter() - start, report
+    finally:
+        catalogue.engine.dispose()
+        drop_database(url, postgres)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "hess-dr1.yaml"))
+    parser.add_argument("--postgres", default=None, help="write into new databases on this PostgreSQL server "
+                        "(e.g. postgresql://postgres@127.0.0.1:5432/postgres); default SQLite files")
+    parser.add_argument("--repeat", type=int, default=1, help="best of N for every line")
+    args = parser.parse_args()
+    datastore = Path(os.environ["GAMMAPY_DATA"], "hess-dl3-dr1")
+    config = load_config(args.config)
+
+    from distributed import LocalCluster
+
+    from bkgdb.distributed import DaskExecutor
+
+    rows = []
+    floor = min(read_floor(datastore)[0] for _ in range(args.repeat))
+    _, events = read_floor(datastore)
+    rows.append(("read floor (open + read event columns)", floor, f"{events:,} events"))
+    with tempfile.TemporaryDirectory() as folder:
+        for jobs in (1, 2):
+            best, report = min((timed_index(folder, args.postgres, datastore, config, jobs=jobs)
+                                for _ in range(args.repeat)), key=lambda item: item[0])
+            rows.append((f"index, {jobs} local process{'es' if jobs > 1 else ''}", best, report.summary()))
+        for workers in (1, 2):
+            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                              silence_logs=40) as cluster:
+                best, report = min((timed_index(folder, args.postgres, datastore, config,
+                                                executor=DaskExecutor(cluster.scheduler_address))
+                                    for _ in range(args.repeat)), key=lambda item: item[0])
+            rows.append((f"index, {workers} Dask worker{'s' if workers > 1 else ''}", best, report.summary()))
+
+    database = "PostgreSQL" if args.postgres else "SQLite"
+    print(f"H.E.S.S. DL3 DR1, {args.config}, {database}, {os.cpu_count()} CPUs, best of {args.repeat}")
+    print(f"| {'what':40s} | {'wall s':>7s} | {'x floor':>7s} | result |")
+    print(f"|{'-' * 42}|{'-' * 9}:|{'-' * 9}:|--------|")
+    for label, seconds, note in rows:
+        print(f"| {label:40s} | {seconds:7.2f} | {seconds / floor:7.2f} | {note} |")
+
+
+if __name__ == "__main__":
+    main()

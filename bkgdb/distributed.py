@@ -1,0 +1,160 @@
+"""Indexing on a Dask cluster: the per-run work runs on ``dask.distributed`` workers.
+
+`DaskExecutor` has the interface of `~bkgdb.workers.WorkerPool` (a context manager with
+``imap_unordered``), so `~bkgdb.catalogue.run_jobs` sends `~bkgdb.indexing.process_run` to a
+cluster exactly as it sends it to local processes. Workers only read files and return a
+`~bkgdb.indexing.RunResult`; the client, the only process that holds a database connection,
+writes the results (one commit per batch of runs, at least every few seconds). A run whose file cannot be read comes back
+as a result with its reason, as locally. The runs of a worker that dies are given to other
+workers by the scheduler; a run that keeps killing workers is an error naming it.
+
+dask is an optional dependency (``pip install "bkgdb[dask]"``) imported only here, and only
+when a scheduler address is given, so ``bkgdb --help`` stays fast.
+"""
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+
+from .errors import BkgdbError
+from .workers import WorkerError
+
+__all__ = ["DaskExecutor", "DEFAULT_RETRIES", "DEFAULT_COMMIT_BATCH", "DEFAULT_COMMIT_INTERVAL_S",
+           "CONNECT_TIMEOUT_S"]
+
+log = logging.getLogger(__name__)
+
+#: How often a run whose task raised (not one whose file is unreadable: that is a result) is retried.
+DEFAULT_RETRIES = 2
+#: Results written per database commit: one commit per run costs a round trip per run.
+DEFAULT_COMMIT_BATCH = 50
+#: Longest wait between commits: an interrupted index loses at most this much work.
+DEFAULT_COMMIT_INTERVAL_S = 2.0
+#: Seconds to wait for the scheduler before giving up.
+CONNECT_TIMEOUT_S = 20.0
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise BkgdbError('--scheduler needs dask.distributed, which is not installed: pip install "bkgdb[dask]"') \
+            from None
+    return distributed
+
+
+class DaskExecutor:
+    """Runs a function over many items on the workers of a Dask scheduler.
+
+    Use it as a context manager: entering connects to the scheduler, leaving disconnects.
+    Leaving by an exception (Ctrl-C, SIGTERM, a database error) or by closing the generator of
+    `imap_unordered` cancels every task not yet done; results already returned are the
+    caller's to keep.
+
+    Parameters
+    ----------
+    address : str
+        The scheduler's address, e.g. ``tcp://host:8786``; or a ``distributed.Client`` to use
+        (it is then left open).
+    retries : int, optional
+        Retries of a task that raised an exception. A task whose worker died is retried by the
+        scheduler up to its ``distributed.scheduler.allowed-failures`` (default 3) times.
+    commit_batch : int, optional
+        Results the caller should write per commit. Default is `DEFAULT_COMMIT_BATCH`.
+    commit_interval_s : float, optional
+        Longest time the caller should hold results before a commit. Default is
+        `DEFAULT_COMMIT_INTERVAL_S`.
+    timeout_s : float, optional
+        Seconds to wait for the scheduler. Default is `CONNECT_TIMEOUT_S`.
+
+    Examples
+    --------
+    >>> with DaskExecutor("tcp://scheduler:8786") as executor:  # doctest: +SKIP
+    ...     for result in executor.imap_unordered(process_run, jobs):
+    ...         store(result)
+    """
+
+    def __init__(self, address, retries: int = DEFAULT_RETRIES, commit_batch: int = DEFAULT_COMMIT_BATCH,
+                 commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S, timeout_s: float | None = None):
+        self.address = address
+        self.retries = int(retries)
+        self.commit_batch = max(1, int(commit_batch))
+        self.commit_interval_s = float(commit_interval_s)
+        self.timeout_s = float(CONNECT_TIMEOUT_S if timeout_s is None else timeout_s)
+        self.client = None
+        self._owns_client = False
+
+    def __repr__(self):
+        return f"DaskExecutor({self.address!r})"
+
+    def __enter__(self):
+        distributed = _import_distributed()
+        if isinstance(self.address, distributed.Client):
+            self.client = self.address
+            return self
+        try:
+            self.client = distributed.Client(self.address, timeout=self.timeout_s, set_as_default=False)
+        except (OSError, ValueError, TypeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BkgdbError(f"cannot connect to the Dask scheduler {self.address}: {reason}") from None
+        self._owns_client = True
+        n_workers = len(self.client.scheduler_info().get("workers", {}))
+        log.info("connected to Dask scheduler %s (%d workers)", self.address, n_workers)
+        if n_workers == 0:
+            log.warning("the Dask scheduler %s has no workers yet: runs wait until workers join", self.address)
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if self._owns_client and self.client is not None:
+            self.client.close()
+        self.client = None
+        return False
+
+    def imap_unordered(self, function: Callable, items: Iterable, name: Callable | None = None) -> Iterator:
+        """``function(item)`` for every item on the cluster, in completion order.
+
+        Parameters
+        ----------
+        function : callable
+            Importable by the workers (they run the same bkgdb).
+        items : iterable
+            Picklable arguments, one task each.
+        name : callable, optional
+            ``name(item)``: how an item is named in errors (e.g. ``run 23523``).
+
+        Raises
+        ------
+        WorkerError
+            An item killed ``allowed-failures`` workers in a row (its task is given up).
+        """
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        items = list(items)
+        token = uuid.uuid4().hex[:8]
+        # Named keys tell which run a task is (in errors and on the dashboard); one map call
+        # submits tens of thousands of tasks in one message.
+        keys = [f"bkgdb-{token}-{number}" for number in range(len(items))]
+        label = {key: name(item) if name is not None else f"item {number}"
+                 for number, (key, item) in enumerate(zip(keys, items))}
+        pending = set()
+        try:
+            pending.update(self.client.map(function, items, key=keys, retries=self.retries, pure=False))
+            for future in as_completed(list(pending), loop=self.client.loop):
+                pending.discard(future)
+                try:
+                    result = future.result()
+                except KilledWorker:
+                    raise WorkerError(
+                        f"{label[future.key]} killed Dask workers repeatedly (out of memory, or a crash reading its "
+                        "file?) and was given up; the runs stored so far are kept") from None
+                except (ImportError, AttributeError) as exc:  # a worker without this bkgdb
+                    raise WorkerError(
+                        f"{label[future.key]} failed on a Dask worker: {type(exc).__name__}: {exc} (do the workers "
+                        "run the same bkgdb in the same environment?)") from exc
+                future.release()
+                yield result
+        finally:
+            if pending:  # left early: nothing queued may start any more
+                self.client.cancel(list(pending))
+                log.debug("cancelled %d Dask tasks", len(pending))

@@ -1,0 +1,228 @@
+"""Indexing on a Dask cluster (`bkgdb index --scheduler`) gives the catalogue a local index gives.
+
+A real `distributed.LocalCluster` of two worker processes; the client writes into SQLite or
+PostgreSQL (``db_url``), the reference is a local index into an SQLite file.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from bkgdb.catalogue import RunCatalogue
+from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, load_config
+from bkgdb.database import resolve_url
+from bkgdb.errors import BkgdbError
+from bkgdb.models import PieceRow, Run
+from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+
+distributed = pytest.importorskip("distributed")
+
+N_RUNS = 20
+BROKEN_OBS_ID = 1007
+#: Run columns that differ between two indexes of the same files.
+VOLATILE_RUN_COLUMNS = {"id", "datastore_id", "indexed_at"}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def sim_datastore(tmp_path_factory):
+    """20 runs around a catalogued source; one run's file is cut in half (a failed run)."""
+    folder = tmp_path_factory.mktemp("dask_sim")
+    source = PointSource(ra_deg=83.6, dec_deg=22.0, rate_per_s=0.2, name="Sim source")
+    pointings = [(83.6 + 0.5 * (i % 4) - 0.75, 22.0 + 0.1 * (i // 4)) for i in range(N_RUNS)]
+    DatastoreSimulator(truth=BackgroundTruth(norm=3e-6), pointings=pointings, source=source, ontime_s=600.0,
+                       seed=3).run(folder / "datastore")
+    broken = folder / "datastore" / "data" / f"run_{BROKEN_OBS_ID:06d}.fits.gz"
+    data = broken.read_bytes()
+    broken.write_bytes(data[: len(data) // 2])
+    catalogue_file = write_source_catalogue(folder / "sources.fits", [source])
+    exclusion = ExclusionSettings(gammacat=str(catalogue_file), hawc=None, star_cat=None)
+    config = BkgdbConfig(binnings=[Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)],
+                         exclusion=exclusion)
+    return folder / "datastore", config
+
+
+def content(url):
+    """Runs by OBS_ID (without ids and timestamps) and the values and bytes of their pieces."""
+    engine = sa.create_engine(resolve_url(url))
+    try:
+        with engine.connect() as connection:
+            runs = {row["obs_id"]: {key: value for key, value in row.items() if key not in VOLATILE_RUN_COLUMNS}
+                    for row in connection.execute(sa.select(Run.__table__)).mappings()}
+            table = PieceRow.__table__
+            columns = [column for column in table.c
+                       if column.name not in ("id", "run_id", "binning_id", "exclusion_id", "created_at")]
+            pieces = {}
+            for obs_id, *values in connection.execute(sa.select(Run.obs_id, *columns).join(Run)):
+                pieces.setdefault(obs_id, []).append(tuple(bytes(v) if isinstance(v, memoryview) else v
+                                                           for v in values))
+    finally:
+        engine.dispose()
+    return {"runs": runs, "pieces": pieces}
+
+
+def local_reference(tmp_path, datastore, config):
+    url = f"sqlite:///{tmp_path / 'local.sqlite'}"
+    catalogue = RunCatalogue.open(url)
+    try:
+        report = catalogue.index(datastore, config=config, jobs=1)
+    finally:
+        catalogue.engine.dispose()
+    return url, report
+
+
+def test_dask_index_equals_local_index(db_url, tmp_path, cluster, sim_datastore):
+    datastore, config = sim_datastore
+    reference_url, reference = local_reference(tmp_path, datastore, config)
+    from bkgdb.distributed import DaskExecutor
+
+    catalogue = RunCatalogue.open(db_url)
+    try:
+        report = catalogue.index(datastore, config=config, executor=DaskExecutor(cluster.scheduler_address,
+                                                                                  commit_batch=7))
+        again = catalogue.index(datastore, config=config, executor=DaskExecutor(cluster.scheduler_address))
+    finally:
+        catalogue.engine.dispose()
+    assert (report.new, report.failed, report.pieces) == (N_RUNS - 1, 1, N_RUNS - 1)
+    assert report.failures == reference.failures
+    assert report.failures[0][0] == BROKEN_OBS_ID and "cannot read" in report.failures[0][1]
+    # Only the failed run is tried again, and fails the same way.
+    assert (again.new, again.unchanged, again.failed) == (0, N_RUNS - 1, 1)
+
+    got, expected = content(db_url), content(reference_url)
+    assert got["runs"][BROKEN_OBS_ID]["status"] == "failed"
+    assert got["runs"][BROKEN_OBS_ID]["error"] == expected["runs"][BROKEN_OBS_ID]["error"]
+    assert got == expected
+
+
+def test_runs_of_a_killed_worker_are_not_lost(db_url, tmp_path, cluster, sim_datastore):
+    datastore, config = sim_datastore
+    reference_url, _ = local_reference(tmp_path, datastore, config)
+    from bkgdb.distributed import DaskExecutor
+
+    killed = []
+    with distributed.Client(cluster.scheduler_address, set_as_default=False) as observer:
+
+        def kill_a_busy_worker(done, total):
+            if killed or done == 0:
+                return
+            busy = [address for address, keys in observer.processing().items() if keys]
+            if busy:
+                pid = observer.run(os.getpid, workers=[busy[0]])[busy[0]]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+        catalogue = RunCatalogue.open(db_url)
+        try:
+            report = catalogue.index(datastore, config=config, progress=kill_a_busy_worker,
+                                     executor=DaskExecutor(cluster.scheduler_address, commit_batch=1))
+        finally:
+            catalogue.engine.dispose()
+        observer.wait_for_workers(2, timeout=60)  # the nanny restarts it for the next test
+    assert killed, "no worker was busy to be killed"
+    assert (report.new, report.failed) == (N_RUNS - 1, 1)
+    assert content(db_url) == content(reference_url)
+
+
+def test_a_run_that_keeps_killing_workers_is_a_clear_error(cluster):
+    from bkgdb.distributed import DaskExecutor
+    from bkgdb.workers import WorkerError
+
+    with DaskExecutor(cluster.scheduler_address) as executor:
+        executor.client.wait_for_workers(2, timeout=60)  # both back from an earlier test's kill
+        with pytest.raises(WorkerError, match=r"run 5 killed Dask workers repeatedly"):
+            list(executor.imap_unordered(os._exit, [5], name=lambda item: f"run {item}"))
+        executor.client.wait_for_workers(2, timeout=60)
+
+
+def test_cli_index_with_scheduler_and_unreachable_scheduler(db_url, tmp_path, cluster, sim_datastore, monkeypatch):
+    from bkgdb.cli import app
+
+    datastore, _ = sim_datastore
+    runner = CliRunner()
+    result = runner.invoke(app, ["--db", db_url, "index", str(datastore), "--scheduler", cluster.scheduler_address])
+    assert result.exit_code == 0, result.output
+    assert f"{N_RUNS - 1} new, 0 updated, 0 unchanged, 1 failed" in result.stdout
+    assert f"failed: run {BROKEN_OBS_ID}: cannot read" in result.stderr
+
+    monkeypatch.setattr("bkgdb.distributed.CONNECT_TIMEOUT_S", 1.0)
+    result = runner.invoke(app, ["--db", db_url, "index", str(datastore), "--scheduler", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: cannot connect to the Dask scheduler tcp://127.0.0.1:9")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_dask_is_a_one_line_error(monkeypatch):
+    import builtins
+
+    from bkgdb.distributed import DaskExecutor
+
+    real_import = builtins.__import__
+
+    def without_distributed(name, *args, **kwargs):
+        if name == "distributed" or name.startswith("distributed."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_distributed)
+    with pytest.raises(BkgdbError, match=r'--scheduler needs dask.distributed.*pip install "bkgdb\[dask\]"'):
+        DaskExecutor("tcp://127.0.0.1:8786").__enter__()
+
+
+def test_hess_dr1_on_dask_equals_local(db_url, tmp_path, cluster, hess_dr1):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("DR1 is compared once, on PostgreSQL")
+    from bkgdb.distributed import DaskExecutor
+
+    config = load_config(os.path.join(REPO, "configs", "hess-dr1.yaml"))
+    reference_url, reference = local_reference(tmp_path, hess_dr1, config)
+    catalogue = RunCatalogue.open(db_url)
+    try:
+        report = catalogue.index(hess_dr1, config=config, executor=DaskExecutor(cluster.scheduler_address))
+    finally:
+        catalogue.engine.dispose()
+    assert (report.new, report.failed, report.pieces) == (reference.new, 0, reference.pieces) == (105, 0, 105)
+    assert content(db_url) == content(reference_url)
+
+
+def bkgdb_tasks(dask_scheduler):
+    return [key for key in dask_scheduler.tasks if str(key).startswith("bkgdb-")]
+
+
+def test_interrupted_dask_index_keeps_commits_cancels_tasks_and_resumes(db_url, tmp_path, cluster, sim_datastore):
+    datastore, config = sim_datastore
+    reference_url, _ = local_reference(tmp_path, datastore, config)
+    from bkgdb.distributed import DaskExecutor
+
+    def interrupt_after_five(done, total):
+        if done >= 5:
+            raise KeyboardInterrupt
+
+    catalogue = RunCatalogue.open(db_url)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            catalogue.index(datastore, config=config, progress=interrupt_after_five,
+                            executor=DaskExecutor(cluster.scheduler_address, commit_batch=2, commit_interval_s=600))
+        kept = len(catalogue.select_runs(status=None))
+        with distributed.Client(cluster.scheduler_address, set_as_default=False) as observer:
+            deadline = time.monotonic() + 10  # the scheduler forgets cancelled tasks asynchronously
+            while (left := observer.run_on_scheduler(bkgdb_tasks)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        report = catalogue.index(datastore, config=config, executor=DaskExecutor(cluster.scheduler_address))
+    finally:
+        catalogue.engine.dispose()
+    assert kept == 4  # two batches of two; the fifth run was not committed
+    assert left == []
+    assert (report.new + report.failed, report.unchanged) == (N_RUNS - kept, kept)
+    assert content(db_url) == content(reference_url)
