@@ -25,7 +25,7 @@ from .models import RUN_STATUS_OK, Datastore, PieceRow, Run
 
 __all__ = ["RunSelector", "Selection", "NoRunsSelected", "TooLittleStatistics", "airmass", "zenith_range",
            "azimuth_condition", "kl_divergence", "kl_divergences", "rate_shape", "describe_funnel", "observation_second",
-           "has_events"]
+           "has_events", "is_ok"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,15 @@ def has_events(piece=PieceRow):
     tells, and the check reads no catalogue row.
     """
     return sa.and_(piece.ontime_s > 0, piece.n_kept + piece.n_excluded > 0)
+
+
+def is_ok(run=Run):
+    """SQL condition: the run indexed fine.
+
+    Written ``status || '' = 'ok'`` so that no plan scans the status index for it (nearly every
+    run is ok): without table statistics SQLite would take that index over the zenith range.
+    """
+    return run.status.concat("") == RUN_STATUS_OK
 
 
 def airmass(zenith_deg):
@@ -224,10 +233,12 @@ class RunSelector:
             return Selection(target.obs_id, [target.id], [target.obs_id], target.ontime_s or 0.0,
                              [("from_run", 1)], ranking="from_run")
 
+        # The setting's pieces are tested as ``binning_id + 0 = ?``: looked up per run (by the
+        # (run, binning, exclusion) key), never scanned as a whole, even where SQLite has no statistics.
         base = (
             sa.select(Run.id).join(PieceRow, PieceRow.run_id == Run.id)
-            .where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
-                   Run.status == RUN_STATUS_OK, Run.id != target.id)
+            .where((PieceRow.binning_id + 0) == binning_id, (PieceRow.exclusion_id + 0) == exclusion_id,
+                   is_ok(), Run.id != target.id)
         )
         search_id = None
         if self.search_datastore:
@@ -253,8 +264,7 @@ class RunSelector:
             counts = self.indexed_funnel_counts(session, base, target, binning_id, exclusion_id, search_id,
                                                 [condition for _, condition in integrity],
                                                 [condition for _, condition in criteria],
-                                                [Run.id.in_(empty_ids), Run.obs_id.in_(bad_ids),
-                                                 Run.obs_id.in_(list(repeated_ids) + [target.obs_id])])
+                                                empty_ids, list(bad_ids) + list(repeated_ids) + [target.obs_id])
         funnel = [("candidate runs with pieces", counts[0])]
         for number, (name, _) in enumerate(steps):
             left = counts[number + 1]
@@ -359,37 +369,42 @@ class RunSelector:
         return RunSelector.short_list(session, repeated)
 
     def indexed_funnel_counts(self, session, candidates, target, binning_id, exclusion_id, search_id, integrity,
-                              criteria, suspects):
+                              criteria, suspect_run_ids, suspect_obs_ids):
         """The counts of `funnel_counts`, from queries that each read an index range, not the catalogue.
 
         - all candidates: the setting's pieces (an index count) less those of runs not ok and the
           target's own;
-        - after each integrity step: only ``suspects`` (candidates with an OBS_ID or id on one of
-          the short lists) can fail one, so they alone are counted and subtracted;
+        - after each integrity step: only suspects (candidates with an id or OBS_ID on one of the
+          short lists) can fail one, so they alone are looked up (by primary key) and subtracted;
         - after each criterion: conditional counts over the runs passing the integrity steps and the
           first criterion (an index range scan, usually of zenith angles).
         """
         if search_id is None:
             of_setting = sa.and_(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id)
             with_runs = sa.select(sa.func.count()).select_from(PieceRow).join(Run, Run.id == PieceRow.run_id)
-            total, not_ok = session.execute(sa.select(
+            total, not_ok, n_runs = session.execute(sa.select(
                 sa.select(sa.func.count()).select_from(PieceRow).where(of_setting).scalar_subquery(),
-                sa.select(sa.func.count(Run.id)).where(Run.status != RUN_STATUS_OK).scalar_subquery())).one()
+                sa.select(sa.func.count(Run.id)).where(Run.status != RUN_STATUS_OK).scalar_subquery(),
+                sa.select(sa.func.count(Run.id)).scalar_subquery())).one()
+            other_ok_runs = n_runs - not_ok - 1  # the target is ok
             if not_ok:  # runs that failed to index rarely have pieces: joined only when there are some
                 total -= session.scalar(with_runs.where(of_setting, Run.status != RUN_STATUS_OK))
             total -= session.scalar(with_runs.where(of_setting, Run.status == RUN_STATUS_OK, Run.id == target.id))
         else:
             total = session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery()))
-        suspect_counts = self.funnel_counts(session, candidates.where(sa.or_(*suspects)), integrity)
+            other_ok_runs = session.scalar(sa.select(sa.func.count(Run.id)).where(
+                Run.datastore_id == search_id, Run.status == RUN_STATUS_OK, Run.id != target.id))
+        suspects = set(suspect_run_ids) | set(session.scalars(
+            sa.select(Run.id).where(Run.obs_id.in_(sorted(set(suspect_obs_ids))))))
+        suspect_counts = self.funnel_counts(session, candidates.where(Run.id.in_(sorted(suspects))), integrity)
         counts = [total] + [total - (suspect_counts[0] - left) for left in suspect_counts[1:]]
         if criteria:
-            runs = sa.select(Run.id).where(Run.status == RUN_STATUS_OK, Run.id != target.id)
-            if search_id is not None:
-                runs = runs.where(Run.datastore_id == search_id)
             # When every such run has a piece (the usual case) the pieces need not be joined and the
             # counts are read from the runs' selection index alone.
-            if session.scalar(sa.select(sa.func.count()).select_from(runs.subquery())) == total:
-                candidates = runs
+            if other_ok_runs == total:
+                candidates = sa.select(Run.id).where(is_ok(), Run.id != target.id)
+                if search_id is not None:
+                    candidates = candidates.where(Run.datastore_id == search_id)
             counts += self.funnel_counts(session, candidates.where(*integrity, criteria[0]), criteria[1:])
         return counts
 
