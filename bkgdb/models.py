@@ -84,7 +84,8 @@ class Run(Base):
         sa.UniqueConstraint("datastore_id", "obs_id"),
         # Selection criteria read from the index alone: the zenith range is scanned and the other
         # criteria are tested on index entries, so only passing runs' rows are read.
-        sa.Index("ix_runs_selection", "zenith_deg", "az_deg", "glat_deg", "n_tels", "tstart_mjd", "status", "obs_id"),
+        sa.Index("ix_runs_selection", "zenith_deg", "az_deg", "glat_deg", "n_tels", "tstart_mjd", "status", "obs_id",
+                 "ontime_s"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -25,12 +25,15 @@ from .models import RUN_STATUS_OK, Datastore, PieceRow, Run
 
 __all__ = ["RunSelector", "Selection", "NoRunsSelected", "TooLittleStatistics", "airmass", "zenith_range",
            "azimuth_condition", "kl_divergence", "kl_divergences", "rate_shape", "describe_funnel", "observation_second",
-           "has_events", "is_ok"]
+           "has_events", "is_ok", "airmass_then_time", "KL_POOL_FACTOR"]
 
 log = logging.getLogger(__name__)
 
 #: Airmass step of the similarity ranking: within a step, the run closest in time comes first.
 AIRMASS_STEP = 0.01
+#: With KL_DIV and time_request, KL ranks the runs nearest in airmass holding this many times the
+#: requested ontime (`RunSelector.nearest_candidates`).
+KL_POOL_FACTOR = 2.0
 #: Up to this many run ids or OBS_IDs (empty, flagged, repeated) are passed to the database as a
 #: list of values, more as a subquery.
 OBS_ID_LIST_MAX = 2000
@@ -274,10 +277,9 @@ class RunSelector:
             raise NoRunsSelected(f"no runs selected for run {target.obs_id}: {describe_funnel(funnel)}")
         query = base.where(*[condition for _, condition in steps])
 
-        rows = session.execute(
-            query.with_only_columns(Run.id, Run.obs_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)).all()
-        ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
         requested = None if self.settings.time_request is None else self.settings.time_request * 3600.0
+        rows, query = self.nearest_candidates(session, query, target, requested)
+        ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
         chosen, ontime = [], 0.0
         for row in rows:
             if requested is not None and ontime >= requested:
@@ -299,6 +301,38 @@ class RunSelector:
             log.warning("%s", message)
         return Selection(target.obs_id, [row.id for row in chosen], [row.obs_id for row in chosen], ontime,
                          funnel, ranking=ranking, requested_s=requested, warnings=warnings)
+
+    def nearest_candidates(self, session, query, target, requested):
+        """The candidates that can be chosen, read in airmass shells around the target, and their query.
+
+        Runs are ranked by airmass step first (`rank`), so with ``time_request`` only the runs in
+        the nearest steps holding the requested ontime can be chosen: shells of 1, 4, 16, ...
+        steps are read (index range scans) until they hold it, instead of the whole airmass
+        window. The result is the same as ranking every candidate. With ``KL_DIV`` the shells must
+        hold `KL_POOL_FACTOR` times the requested ontime: the KL ranking orders that pool.
+        """
+        columns = (Run.id, Run.obs_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)
+        s = self.settings
+        if requested is not None and s.el_diff is not None and target.zenith_deg is not None:
+            wanted = requested * (KL_POOL_FACTOR if s.KL_DIV else 1.0)
+            target_airmass = airmass(target.zenith_deg)
+            steps = 1
+            while steps * AIRMASS_STEP < s.el_diff:
+                # A hair wider than the steps, so that no run of them is missed by rounding.
+                low, high = zenith_range(target.zenith_deg, steps * AIRMASS_STEP + 1e-9)
+                shell = query.where(Run.zenith_deg >= low, Run.zenith_deg <= high)
+                rows = session.execute(shell.with_only_columns(*columns)).all()
+                zenith = np.array([row.zenith_deg for row in rows], dtype=float)
+                inside = np.floor(np.abs(airmass(zenith) - target_airmass) / AIRMASS_STEP) < steps
+                rows = [row for row, keep in zip(rows, inside) if keep]
+                if sum(row.ontime_s or 0.0 for row in rows) >= wanted:
+                    if s.KL_DIV:  # the pool: the nearest runs (airmass, then time) holding ``wanted``
+                        rows = airmass_then_time(target, rows)
+                        held = np.cumsum([row.ontime_s or 0.0 for row in rows])
+                        rows = rows[:int(np.searchsorted(held, wanted)) + 1]
+                    return rows, None
+                steps *= 4
+        return session.execute(query.with_only_columns(*columns)).all(), query
 
     def statistics_shortfall(self, n_runs, ontime_s):
         """'below min_runs 3 and min_ontime 2 h' when the selection rests on too little, else ''."""
@@ -446,7 +480,8 @@ class RunSelector:
         """Order candidates, most similar first: by KL divergence, or by airmass then time.
 
         KL ranking reads only the candidates' counts and exposure (with the target's, in one query
-        joined to the selection) and scores them all at once (`kl_divergences`).
+        joined to the selection, or by the rows' ids when ``candidates`` is None) and scores them
+        all at once (`kl_divergences`).
         """
         if not rows:
             return ("kl_divergence" if self.settings.KL_DIV else "airmass_then_time"), []
@@ -458,7 +493,8 @@ class RunSelector:
                 sa.select(PieceRow.run_id, PieceRow.n_energy, PieceRow.n_offset, PieceRow.counts_dtype,
                           PieceRow.exposure_dtype, PieceRow.counts, PieceRow.exposure_s).where(
                     PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
-                    sa.or_(PieceRow.run_id == target.id, PieceRow.run_id.in_(candidates.scalar_subquery())))).all()
+                    sa.or_(PieceRow.run_id == target.id, PieceRow.run_id.in_(
+                        [row.id for row in rows] if candidates is None else candidates.scalar_subquery())))).all()
             arrays = {row.run_id: (decode_array(row.counts, row.counts_dtype, (row.n_energy, row.n_offset)),
                                    decode_array(row.exposure_s, row.exposure_dtype, (row.n_offset,)))
                       for row in found}
@@ -471,16 +507,25 @@ class RunSelector:
             order = np.lexsort((obs_ids, scores))
             return "kl_divergence", [rows[index] for index in order]
 
-        zenith = np.array([np.nan if row.zenith_deg is None else row.zenith_deg for row in rows], dtype=float)
-        if target.zenith_deg is None:
-            step = np.zeros(len(rows))
-        else:
+        return "airmass_then_time", airmass_then_time(target, rows)
+
+
+def airmass_then_time(target, rows):
+    """Rows (``zenith_deg``, ``tstart_mjd``, ``obs_id``) ordered by airmass step from the target's
+    (`AIRMASS_STEP`; 0 where a zenith is unknown), then by days from it, then by OBS_ID."""
+    if not rows:
+        return []
+    obs_ids = np.array([row.obs_id for row in rows], dtype=np.int64)
+    zenith = np.array([np.nan if row.zenith_deg is None else row.zenith_deg for row in rows], dtype=float)
+    if target.zenith_deg is None:
+        step = np.zeros(len(rows))
+    else:
+        with np.errstate(invalid="ignore"):
             step = np.floor(np.abs(airmass(zenith) - airmass(target.zenith_deg)) / AIRMASS_STEP)
-            step[np.isnan(zenith)] = 0
-        start = np.array([row.tstart_mjd or 0.0 for row in rows], dtype=float)
-        days = np.abs(start - (target.tstart_mjd or 0.0))
-        order = np.lexsort((obs_ids, days, step))
-        return "airmass_then_time", [rows[index] for index in order]
+        step[np.isnan(zenith)] = 0
+    start = np.array([row.tstart_mjd or 0.0 for row in rows], dtype=float)
+    days = np.abs(start - (target.tstart_mjd or 0.0))
+    return [rows[index] for index in np.lexsort((obs_ids, days, step))]
 
 
 def kl_divergences(reference, counts, exposure_s, pseudo=0.5):
