@@ -1,7 +1,8 @@
 """Benchmark: select + assemble from large synthetic catalogues (1,000 to 100,000 runs), SQLite and PostgreSQL.
 
 Usage: python benchmarks/scale.py [--runs 1000,10000,100000] [--db sqlite,postgresql] [--sizes 10,100,1000]
-       [--postgres URL] [--condition-runs N]
+       [--postgres URL] [--condition-runs N] [--modes plain,kl,condition]
+       python benchmarks/scale.py --recompute 1000
 
 For each database and catalogue size, a fresh database is filled by bulk inserts (synthetic runs of
 random zenith, azimuth, latitude, date and NSB, each with a 20 x 10 piece: no event files), then
@@ -9,6 +10,10 @@ random zenith, azimuth, latitude, date and NSB, each with a 20 x 10 piece: no ev
 azimuth 45 deg, |b| > 10) and ``time_request`` set for 10, 100 and 1,000 runs of 0.5 h: plain,
 ranked by KL divergence, and with the condition model (its one-off fit timed apart). PostgreSQL
 databases are created and dropped by the script.
+
+With ``--recompute N``: N + 1 simulated runs (`bkgdb.simulate`) are indexed, the background of the
+first is built from the other N, and the same model is recomputed from their event files (read,
+exclude, histogram, exposure) and compared bin by bin.
 """
 
 import argparse
@@ -140,6 +145,57 @@ def bench(kind, n_runs, sizes, folder, postgres, condition_runs, modes):
         drop()
 
 
+def recompute(n_runs, folder):
+    """Select + assemble of ``n_runs`` simulated runs against recomputing the same model from their event files."""
+    from bkgdb.assembly import assemble_background
+    from bkgdb.datastore import DL3Datastore, read_events
+    from bkgdb.pieces import PieceMaker
+    from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
+
+    store = Path(folder, "simulated")
+    start = time.perf_counter()
+    pointings = [(150.0 + 0.01 * i, 20.0 + 0.001 * i) for i in range(n_runs + 1)]
+    DatastoreSimulator(truth=BackgroundTruth(norm=3e-5), pointings=pointings, ontime_s=1800.0, with_irfs=False,
+                       zeniths=list(np.linspace(20, 30, n_runs + 1))).run(store)
+    simulated = time.perf_counter() - start
+    config = BkgdbConfig(binnings=[BINNING], exclusion=EXCLUSION,
+                         selection=SelectionSettings(el_diff=None, az_diff=None, gal_lat_min=0))
+    catalogue = RunCatalogue.open(str(Path(folder, "recompute.sqlite")))
+    start = time.perf_counter()
+    catalogue.index(store, config=config, jobs=2)
+    indexed = time.perf_counter() - start
+    builder = BackgroundBuilder(catalogue, config)
+    target = 1000
+    with Session(catalogue.engine) as session:
+        builder.build(target, session=session)
+        times = []
+        for _ in range(10):
+            begin = time.perf_counter()
+            built = builder.build(target, session=session)
+            times.append(time.perf_counter() - begin)
+    library = statistics.median(times)
+    sources = {source.obs_id: source for source in DL3Datastore(store).runs()}
+    maker = PieceMaker(config.binning, config.exclusion)
+    begin = time.perf_counter()
+    pieces = []
+    for obs_id in built.selection.obs_ids:
+        source = sources[obs_id]
+        events = read_events(source, source.events_path.read_bytes(), with_events=True)
+        header = events.header
+        pieces.append(maker.run(events.ra_deg, events.dec_deg, events.energy_tev, header["RA_PNT"], header["DEC_PNT"],
+                                header["ONTIME"], header["LIVETIME"]))
+    assembled = assemble_background(pieces, config.binning)
+    from_files = time.perf_counter() - begin
+    identical = (np.array_equal(assembled.counts, built.assembled.counts)
+                 and np.array_equal(assembled.rate, built.assembled.rate))
+    print(f"\n{len(built.selection.obs_ids)} simulated runs (simulated in {simulated:.0f} s, indexed in {indexed:.0f} s)")
+    print("| runs | select + assemble (library, median of 10) | recomputed from event files | speed-up | identical |")
+    print("|---|---|---|---|---|")
+    print(f"| {len(built.selection.obs_ids)} | {1e3 * library:.1f} ms | {from_files:.1f} s | "
+          f"{from_files / library:.0f}x | {identical} |")
+    catalogue.engine.dispose()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="1000,10000,100000")
@@ -148,9 +204,14 @@ def main():
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--condition-runs", type=int, default=300)
     parser.add_argument("--modes", default="plain,kl,condition")
+    parser.add_argument("--recompute", type=int, default=0,
+                        help="also compare with recomputation from N simulated event files")
     args = parser.parse_args()
     sizes = [int(value) for value in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as folder:
+        if args.recompute:
+            recompute(args.recompute, folder)
+            return
         for kind in args.db.split(","):
             for n_runs in (int(value) for value in args.runs.split(",")):
                 bench(kind, n_runs, sizes, folder, args.postgres, args.condition_runs,
