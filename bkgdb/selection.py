@@ -34,6 +34,9 @@ AIRMASS_STEP = 0.01
 #: With KL_DIV and time_request, KL ranks the runs nearest in airmass holding this many times the
 #: requested ontime (`RunSelector.nearest_candidates`).
 KL_POOL_FACTOR = 2.0
+#: Airmass shells holding more candidates than this are not read one by one (their ids would be
+#: too many to bind in one query).
+SHELL_ROWS_MAX = 20000
 #: Up to this many run ids or OBS_IDs (empty, flagged, repeated) are passed to the database as a
 #: list of values, more as a subquery.
 OBS_ID_LIST_MAX = 2000
@@ -325,6 +328,8 @@ class RunSelector:
                 zenith = np.array([row.zenith_deg for row in rows], dtype=float)
                 inside = np.floor(np.abs(airmass(zenith) - target_airmass) / AIRMASS_STEP) < steps
                 rows = [row for row, keep in zip(rows, inside) if keep]
+                if len(rows) > SHELL_ROWS_MAX:  # as many as the whole window: read it with its query
+                    break
                 if sum(row.ontime_s or 0.0 for row in rows) >= wanted:
                     if s.KL_DIV:  # the pool: the nearest runs (airmass, then time) holding ``wanted``
                         rows = airmass_then_time(target, rows)
