@@ -1,60 +1,92 @@
-"""Benchmark: background assembly from a large synthetic catalogue (default 10,000 runs).
+"""Benchmark: select + assemble from large synthetic catalogues (1,000 to 100,000 runs), SQLite and PostgreSQL.
 
-Usage: python benchmarks/scale.py [--runs N] [--db URL]
+Usage: python benchmarks/scale.py [--runs 1000,10000,100000] [--db sqlite,postgresql] [--sizes 10,100,1000]
+       [--postgres URL] [--condition-runs N] [--modes plain,kl,condition]
+       python benchmarks/scale.py --recompute 1000
 
-Fills a fresh database with N runs of random zenith, azimuth, latitude, date and NSB, each with a
-20 x 10 piece, then times `BackgroundBuilder.build` for 20 random targets: the default selection
-(airmass 0.15, azimuth 45 deg, |b| > 10, 50 h requested), and the same with KL-divergence ranking.
+For each database and catalogue size, a fresh database is filled by bulk inserts (synthetic runs of
+random zenith, azimuth, latitude, date and NSB, each with a 20 x 10 piece: no event files), then
+`BackgroundBuilder.build` is timed for 10 random targets with the default criteria (airmass 0.15,
+azimuth 45 deg, |b| > 10) and ``time_request`` set for 10, 100 and 1,000 runs of 0.5 h: plain,
+ranked by KL divergence, and with the condition model (its one-off fit timed apart). PostgreSQL
+databases are created and dropped by the script.
+
+With ``--recompute N``: N + 1 simulated runs (`bkgdb.simulate`) are indexed, the background of the
+first is built from the other N, and the same model is recomputed from their event files (read,
+exclude, histogram, exposure) and compared bin by bin.
 """
 
 import argparse
+import logging
 import statistics
 import tempfile
 import time
+import uuid
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bkgdb.background import BackgroundBuilder
-from bkgdb.catalogue import RunCatalogue, piece_row
+from bkgdb.catalogue import RunCatalogue
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, SelectionSettings
-from bkgdb.models import BinningRow, Datastore, ExclusionRow, Run
-from bkgdb.pieces import BackgroundPiece
+from bkgdb.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from bkgdb.pieces import encode_array
+
+BINNING = Binning(e_bins=20, off_bins=10)
+EXCLUSION = ExclusionSettings(gammacat=None, hawc=None, star_cat=None)
+ONTIME_S = 1800.0
+BATCH = 10_000
 
 
-def fill(catalogue, n_runs, config, seed=1):
+def fill(engine, n_runs, seed=1):
+    """Bulk-insert ``n_runs`` synthetic runs and their pieces; seconds taken."""
     rng = np.random.default_rng(seed)
-    binning = config.binning
     start = time.perf_counter()
-    with Session(catalogue.engine) as session:
+    with Session(engine) as session:
         store = Datastore(path="/synthetic/archive", obs_index_meta={})
-        binning_row = BinningRow(hash=binning.hash, params=binning.params)
-        exclusion_row = ExclusionRow(hash=config.exclusion.hash, params=config.exclusion.params)
+        binning_row = BinningRow(hash=BINNING.hash, params=BINNING.params)
+        exclusion_row = ExclusionRow(hash=EXCLUSION.hash, params=EXCLUSION.params)
         session.add_all([store, binning_row, exclusion_row])
-        for obs_id in range(n_runs):
-            zenith = float(rng.uniform(0, 60))
-            day = date(2010, 1, 1) + timedelta(days=int(rng.integers(0, 5000)))
-            run = Run(datastore=store, obs_id=obs_id, status="ok", zenith_deg=zenith, alt_deg=90 - zenith,
-                      az_deg=float(rng.uniform(0, 360)), glat_deg=float(rng.uniform(-90, 90)),
-                      tstart_mjd=55197.0 + (day - date(2010, 1, 1)).days, date_obs=day, ontime_s=1800.0,
-                      n_tels=4, nsb_level=float(rng.uniform(3, 9)), extra={})
-            counts = rng.poisson(50, size=binning.shape)
-            piece = BackgroundPiece(counts, np.zeros_like(counts), np.full(binning.off_bins, 1800.0 * 0.95),
-                                    1800.0, 1600.0)
-            session.add_all([run, piece_row(piece, run, binning_row, exclusion_row, None)])
-            if obs_id % 2000 == 1999:
-                session.flush()
         session.commit()
-    catalogue.refresh_statistics()  # as `index` does after bulk changes
+        ids = (store.id, binning_row.id, exclusion_row.id)
+    exposure = encode_array(np.full(BINNING.off_bins, ONTIME_S * 0.95), "<f8")
+    no_counts = encode_array(np.zeros(BINNING.shape, dtype=np.int64), "<i4")
+    # Pieces of the same shape whose norm varies with zenith: KL ranking and the condition model have
+    # something to find, at Poisson noise.
+    shape = np.outer(np.geomspace(1, 1e-2, BINNING.e_bins), np.linspace(1.0, 0.5, BINNING.off_bins))
+    with engine.begin() as connection:
+        for first in range(0, n_runs, BATCH):
+            n = min(BATCH, n_runs - first)
+            zenith = rng.uniform(0, 60, n)
+            days = rng.integers(0, 5000, n)
+            runs = [dict(id=first + i + 1, datastore_id=ids[0], obs_id=first + i, status="ok",
+                         zenith_deg=float(zenith[i]), alt_deg=float(90 - zenith[i]), az_deg=float(rng.uniform(0, 360)),
+                         glat_deg=float(rng.uniform(-90, 90)), tstart_mjd=55197.0 + float(days[i]),
+                         date_obs=date(2010, 1, 1) + timedelta(days=int(days[i])), ontime_s=ONTIME_S, n_tels=4,
+                         nsb_level=float(rng.uniform(3, 9)), muon_eff=float(rng.uniform(0.6, 0.9)), extra={})
+                    for i in range(n)]
+            connection.execute(sa.insert(Run), runs)
+            counts = rng.poisson(200 * shape * np.cos(np.radians(zenith))[:, None, None])
+            pieces = [dict(run_id=first + i + 1, binning_id=ids[1], exclusion_id=ids[2], n_energy=BINNING.e_bins,
+                           n_offset=BINNING.off_bins, counts_dtype="<i4", exposure_dtype="<f8",
+                           counts=encode_array(counts[i], "<i4"), excluded_counts=no_counts, exposure_s=exposure,
+                           ontime_s=ONTIME_S, livetime_s=ONTIME_S * 0.9, n_kept=int(counts[i].sum()), n_excluded=0,
+                           regions=[], file_sha256=None)
+                      for i in range(n)]
+            connection.execute(sa.insert(PieceRow), pieces)
+        if engine.dialect.name == "postgresql":
+            connection.exec_driver_sql("SELECT setval('runs_id_seq', (SELECT max(id) FROM runs))")
+    RunCatalogue(engine).refresh_statistics()  # as `index` does after bulk changes
     return time.perf_counter() - start
 
 
 def median_ms(builder, targets):
     times, sizes = [], []
     with Session(builder.catalogue.engine) as session:
-        builder.build(int(targets[0]), session=session)  # warm-up
+        builder.build(int(targets[0]), session=session)  # warm-up (and the condition model's fit)
         for target in targets:
             start = time.perf_counter()
             built = builder.build(int(target), session=session)
@@ -63,27 +95,130 @@ def median_ms(builder, targets):
     return 1e3 * statistics.median(times), int(statistics.median(sizes))
 
 
+def new_database(kind, folder, postgres):
+    """(url, drop) of a fresh database of ``kind``."""
+    if kind == "sqlite":
+        return str(Path(folder, f"scale-{uuid.uuid4().hex[:8]}.sqlite")), lambda: None
+    name = f"bkgdb_scale_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(postgres, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+
+    def drop():
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    return sa.engine.make_url(postgres).set(database=name).render_as_string(hide_password=False), drop
+
+
+MODES = {"plain": {}, "kl": {"KL_DIV": True}, "condition": {"assembly": "condition"}}
+
+
+def bench(kind, n_runs, sizes, folder, postgres, condition_runs, modes):
+    url, drop = new_database(kind, folder, postgres)
+    try:
+        catalogue = RunCatalogue.open(url)
+        seconds = fill(catalogue.engine, n_runs)
+        print(f"\n{kind}, {n_runs} runs with pieces written in {seconds:.1f} s")
+        print("| runs summed (requested) | " + " | ".join(f"{mode} ms" for mode in modes) + " |")
+        print("|---" * (len(modes) + 1) + "|")
+        targets = np.random.default_rng(2).choice(n_runs, 10, replace=False)
+        for size in sizes:
+            cells, summed = [], None
+            for extra in [MODES[mode] for mode in modes]:
+                settings = SelectionSettings(time_request=size * ONTIME_S / 3600.0, **extra)
+                config = BkgdbConfig(binnings=[BINNING], exclusion=EXCLUSION, selection=settings)
+                builder = BackgroundBuilder(catalogue, config)
+                if extra.get("assembly"):
+                    builder.condition_model_max_runs = condition_runs
+                    start = time.perf_counter()
+                    built = builder.build(int(targets[0]))
+                    if not built.condition_model["cached"]:
+                        fit = time.perf_counter() - start
+                ms, n = median_ms(builder, targets)
+                summed = n if summed is None else summed
+                cells.append(f"{ms:.1f}")
+            print(f"| {summed} ({size}) | " + " | ".join(cells) + " |", flush=True)
+        if "condition" in modes:
+            print(f"condition model: first build, fitting it on {min(condition_runs, n_runs)} runs: {fit:.1f} s")
+        catalogue.engine.dispose()
+    finally:
+        drop()
+
+
+def recompute(n_runs, folder):
+    """Select + assemble of ``n_runs`` simulated runs against recomputing the same model from their event files."""
+    from bkgdb.assembly import assemble_background
+    from bkgdb.datastore import DL3Datastore, read_events
+    from bkgdb.pieces import PieceMaker
+    from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
+
+    store = Path(folder, "simulated")
+    start = time.perf_counter()
+    pointings = [(150.0 + 0.01 * i, 20.0 + 0.001 * i) for i in range(n_runs + 1)]
+    DatastoreSimulator(truth=BackgroundTruth(norm=3e-5), pointings=pointings, ontime_s=1800.0, with_irfs=False,
+                       zeniths=list(np.linspace(20, 30, n_runs + 1))).run(store)
+    simulated = time.perf_counter() - start
+    config = BkgdbConfig(binnings=[BINNING], exclusion=EXCLUSION,
+                         selection=SelectionSettings(el_diff=None, az_diff=None, gal_lat_min=0))
+    catalogue = RunCatalogue.open(str(Path(folder, "recompute.sqlite")))
+    start = time.perf_counter()
+    catalogue.index(store, config=config, jobs=2)
+    indexed = time.perf_counter() - start
+    builder = BackgroundBuilder(catalogue, config)
+    target = 1000
+    with Session(catalogue.engine) as session:
+        builder.build(target, session=session)
+        times = []
+        for _ in range(10):
+            begin = time.perf_counter()
+            built = builder.build(target, session=session)
+            times.append(time.perf_counter() - begin)
+    library = statistics.median(times)
+    sources = {source.obs_id: source for source in DL3Datastore(store).runs()}
+    maker = PieceMaker(config.binning, config.exclusion)
+    begin = time.perf_counter()
+    pieces = []
+    for obs_id in built.selection.obs_ids:
+        source = sources[obs_id]
+        events = read_events(source, source.events_path.read_bytes(), with_events=True)
+        header = events.header
+        pieces.append(maker.run(events.ra_deg, events.dec_deg, events.energy_tev, header["RA_PNT"], header["DEC_PNT"],
+                                header["ONTIME"], header["LIVETIME"]))
+    assembled = assemble_background(pieces, config.binning)
+    from_files = time.perf_counter() - begin
+    identical = (np.array_equal(assembled.counts, built.assembled.counts)
+                 and np.array_equal(assembled.rate, built.assembled.rate))
+    print(f"\n{len(built.selection.obs_ids)} simulated runs (simulated in {simulated:.0f} s, indexed in {indexed:.0f} s)")
+    print("| runs | select + assemble (library, median of 10) | recomputed from event files | speed-up | identical |")
+    print("|---|---|---|---|---|")
+    print(f"| {len(built.selection.obs_ids)} | {1e3 * library:.1f} ms | {from_files:.1f} s | "
+          f"{from_files / library:.0f}x | {identical} |")
+    catalogue.engine.dispose()
+
+
 def main():
+    logging.getLogger("bkgdb").setLevel(logging.ERROR)  # shortfall warnings of small catalogues
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--db", default=None, help="database URL; default a new SQLite file")
+    parser.add_argument("--runs", default="1000,10000,100000")
+    parser.add_argument("--db", default="sqlite,postgresql")
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--condition-runs", type=int, default=300)
+    parser.add_argument("--modes", default="plain,kl,condition")
+    parser.add_argument("--recompute", type=int, default=0,
+                        help="also compare with recomputation from N simulated event files")
     args = parser.parse_args()
-    binning = Binning(e_bins=20, off_bins=10)
-    exclusion = ExclusionSettings(gammacat=None, hawc=None, star_cat=None)
+    sizes = [int(value) for value in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as folder:
-        catalogue = RunCatalogue.open(args.db or str(Path(folder, "scale.sqlite")))
-        base = BkgdbConfig(binnings=[binning], exclusion=exclusion)
-        seconds = fill(catalogue, args.runs, base)
-        print(f"{args.runs} runs with pieces written in {seconds:.1f} s ({catalogue.url})")
-        targets = np.random.default_rng(2).choice(args.runs, 20, replace=False)
-        for label, settings in (
-            ("airmass + azimuth + |b|, 50 h", SelectionSettings(time_request=50)),
-            ("same, ranked by KL divergence", SelectionSettings(time_request=50, KL_DIV=True)),
-            ("airmass only, every match", SelectionSettings(az_diff=None, gal_lat_min=0)),
-        ):
-            config = BkgdbConfig(binnings=[binning], exclusion=exclusion, selection=settings)
-            ms, n = median_ms(BackgroundBuilder(catalogue, config), targets)
-            print(f"build, {label:32s} {ms:8.1f} ms for {n} runs summed (median of 20 targets)")
+        if args.recompute:
+            recompute(args.recompute, folder)
+            return
+        for kind in args.db.split(","):
+            for n_runs in (int(value) for value in args.runs.split(",")):
+                bench(kind, n_runs, sizes, folder, args.postgres, args.condition_runs,
+                      args.modes.split(","))
 
 
 if __name__ == "__main__":

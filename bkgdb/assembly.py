@@ -2,15 +2,20 @@
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import BkgdbError
 
+#: Default most runs a condition model is fitted on (`archive_condition_model`).
+CONDITION_MODEL_MAX_RUNS = 300
+
 __all__ = [
     "AssembledBackground", "assemble_background", "fill_empty_bins", "bin_average_to_centre",
-    "local_spectral_index", "RATE_UNIT", "ASSEMBLY_METHODS", "archive_condition_model",
+    "local_spectral_index", "RATE_UNIT", "ASSEMBLY_METHODS", "archive_condition_model", "archive_digest",
+    "representative_subset", "CONDITION_MODEL_MAX_RUNS",
 ]
 
 #: ``background_selection.assembly``: move pieces to the target's conditions first, or sum them.
@@ -224,13 +229,60 @@ def _archive_query(binning_id, exclusion_id, settings):
     return query.order_by(PieceRow.id)
 
 
-def archive_condition_model(session, binning_id, exclusion_id, energy_edges, settings):
+def representative_subset(conditions, max_runs):
+    """Indices (ascending) of at most ``max_runs`` runs spread over zenith, azimuth and efficiency.
+
+    The runs are split into equally populated zenith bands, ordered within a band by the northward
+    pointing component and the optical efficiency, and every k-th of that order is taken: each band
+    gives the same share and, within it, the whole azimuth range. Deterministic (ties by position).
+    All runs when there are at most ``max_runs``.
+    """
+    n_runs = len(conditions)
+    if max_runs is None or n_runs <= max_runs:
+        return np.arange(n_runs)
+    from .condition_model import _north
+
+    zenith = np.array([c.zenith_deg for c in conditions], dtype=float)
+    muon = np.array([-1.0 if c.muon_eff is None else c.muon_eff for c in conditions], dtype=float)
+    n_bands = max(1, int(round(math.sqrt(max_runs))))
+    rank = np.empty(n_runs, dtype=np.int64)
+    rank[np.lexsort((np.arange(n_runs), zenith))] = np.arange(n_runs)
+    band = rank * n_bands // n_runs
+    order = np.lexsort((np.arange(n_runs), muon, _north(conditions), band))
+    return np.sort(order[np.round(np.linspace(0, n_runs - 1, max_runs)).astype(np.int64)])
+
+
+def archive_digest(session, binning_id, exclusion_id, settings, max_runs):
+    """SHA-256 identifying the archive a condition model is fitted on, from one aggregate query.
+
+    Pieces are replaced (new id, new time) when their run is re-indexed, and runs get a new
+    ``indexed_at``: the number of archive pieces, the sum and maximum of their ids and the newest
+    piece and run times change whenever a run is added, removed or re-indexed.
+    """
+    import sqlalchemy as sa
+
+    from .condition_model import MODEL_KIND
+    from .models import PieceRow, Run
+
+    archive = _archive_query(binning_id, exclusion_id, settings).order_by(None).with_only_columns(
+        sa.func.count(PieceRow.id), sa.func.sum(PieceRow.id), sa.func.max(PieceRow.id),
+        sa.func.max(PieceRow.created_at), sa.func.max(Run.indexed_at))
+    values = session.execute(archive).one()
+    text = ";".join(str(value) for value in values)
+    return hashlib.sha256(f"{MODEL_KIND};max_runs={max_runs};{text}".encode()).hexdigest()
+
+
+def archive_condition_model(session, binning_id, exclusion_id, energy_edges, settings,
+                            max_runs=CONDITION_MODEL_MAX_RUNS, memo=None):
     """The archive's `~bkgdb.condition_model.ConditionModel`, from table ``condition_models`` or fitted.
 
     The archive is every piece of the binning and exclusion setting whose run passes the fixed
-    selection criteria (``gal_lat_min``, ``n_tels``). Its digest (SHA-256 of the piece ids, their
-    files' hashes and run conditions) identifies a cached fit: a new, changed or removed run gives a
-    new digest and a new fit, otherwise the stored parameters are reused.
+    selection criteria (``gal_lat_min``, ``n_tels``). The model is fitted on all of it up to
+    ``max_runs`` runs, else on a `representative_subset` of ``max_runs`` (the fit's cost grows
+    faster than the number of runs). Its digest (`archive_digest`, one aggregate query) identifies a
+    cached fit: a new, changed or removed run gives a new digest and a new fit, otherwise the stored
+    parameters are reused. With a ``memo`` dict (one per `~bkgdb.background.BackgroundBuilder`) the
+    model is looked up once per builder.
 
     Returns
     -------
@@ -246,28 +298,36 @@ def archive_condition_model(session, binning_id, exclusion_id, energy_edges, set
     from .condition_model import MODEL_KIND, ConditionModel, ConditionModelFitter, RunConditions
     from .models import ConditionModelRow, PieceRow
 
-    rows = session.execute(_archive_query(binning_id, exclusion_id, settings)).all()
-    digest = hashlib.sha256(MODEL_KIND.encode())
-    for row in rows:
-        digest.update(f"{row.id}:{row.file_sha256}:{row.zenith_deg!r}:{row.az_deg!r}:{row.muon_eff!r};".encode())
-    digest = digest.hexdigest()
+    key = (binning_id, exclusion_id, settings.gal_lat_min, settings.n_tels, max_runs)
+    if memo is not None and key in memo:
+        model, record = memo[key]
+        return model, {**record, "cached": True}
+    digest = archive_digest(session, binning_id, exclusion_id, settings, max_runs)
     cached = session.scalars(sa.select(ConditionModelRow).where(
         ConditionModelRow.binning_id == binning_id, ConditionModelRow.exclusion_id == exclusion_id,
         ConditionModelRow.kind == MODEL_KIND, ConditionModelRow.archive_digest == digest)).one_or_none()
     if cached is not None:
         params = dict(cached.params)
-        return ConditionModel.from_params(params), {**params, "kind": MODEL_KIND, "archive_digest": digest,
-                                                    "n_runs": cached.n_runs, "cached": True}
+        found = ConditionModel.from_params(params), {**params, "kind": MODEL_KIND, "archive_digest": digest,
+                                                     "n_runs": cached.n_runs, "cached": True}
+        if memo is not None:
+            memo[key] = found
+        return found
+    rows = session.execute(_archive_query(binning_id, exclusion_id, settings)).all()
     if len(rows) < 3:
         raise BkgdbError(f"condition-aware assembly needs at least 3 archive runs with pieces, found {len(rows)}: "
                          "index more runs or set background_selection.assembly: sum")
-    pieces = []
+    conditions = [RunConditions(row.zenith_deg, row.az_deg, row.muon_eff) for row in rows]
+    chosen = representative_subset(conditions, max_runs)
+    if len(chosen) < len(rows):
+        log.info("condition model fitted on %d of the archive's %d runs", len(chosen), len(rows))
+    rows, conditions = [rows[index] for index in chosen], [conditions[index] for index in chosen]
     ids = [row.id for row in rows]
-    for start in range(0, len(ids), 5000):  # SQLite caps bound parameters
-        pieces += session.scalars(sa.select(PieceRow).where(PieceRow.id.in_(ids[start:start + 5000]))
+    pieces = []
+    for start in range(0, len(ids), 30000):  # SQLite binds at most 32766 values
+        pieces += session.scalars(sa.select(PieceRow).where(PieceRow.id.in_(ids[start:start + 30000]))
                                   .order_by(PieceRow.id)).all()
     pieces = [row_to_piece(piece) for piece in pieces]
-    conditions = [RunConditions(row.zenith_deg, row.az_deg, row.muon_eff) for row in rows]
     fit = ConditionModelFitter(np.array([p.counts for p in pieces]), np.array([p.exposure_s for p in pieces]),
                                energy_edges, conditions).run()
     params = fit.as_dict()
@@ -280,4 +340,7 @@ def archive_condition_model(session, binning_id, exclusion_id, energy_edges, set
             store.commit()
         except IntegrityError:
             store.rollback()
-    return fit.model, {**params, "kind": MODEL_KIND, "archive_digest": digest, "n_runs": len(rows), "cached": False}
+    record = {**params, "kind": MODEL_KIND, "archive_digest": digest, "n_runs": len(rows), "cached": False}
+    if memo is not None:
+        memo[key] = (fit.model, record)
+    return fit.model, record

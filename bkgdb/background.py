@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import __version__
-from .assembly import archive_condition_model, assemble_background, bin_average_to_centre, fill_empty_bins
+from .assembly import CONDITION_MODEL_MAX_RUNS, archive_condition_model, assemble_background, bin_average_to_centre, fill_empty_bins
 from .cache import row_to_piece
 from .condition_model import RunConditions
 from .errors import BkgdbError
@@ -31,7 +31,8 @@ __all__ = ["BackgroundBuilder", "BuiltBackground", "PieceInput", "background_his
 log = logging.getLogger(__name__)
 
 BKG_HDU = "BKG"
-ID_CHUNK = 5000
+#: Run ids bound in one query: one round trip up to this many selected runs (SQLite binds 32766).
+ID_CHUNK = 30000
 PROVENANCE_HDU = "BKGDB_RUNS"
 
 
@@ -174,6 +175,9 @@ class BackgroundBuilder:
         self.selector = RunSelector(s, from_run=config.io.from_run, search_datastore=config.io.search_datastore)
         self._extra_keys = None
         self._rows = None
+        #: At most this many archive runs fit the condition model (`bkgdb.assembly.archive_condition_model`).
+        self.condition_model_max_runs = CONDITION_MODEL_MAX_RUNS
+        self._condition_memo = {}
 
     def _setting_rows(self, session):
         """(binning row, exclusion row) of the config, looked up once per builder."""
@@ -190,6 +194,29 @@ class BackgroundBuilder:
         self._rows = (SimpleNamespace(id=binning_row.id, hash=binning_row.hash),
                       SimpleNamespace(id=exclusion_row.id, hash=exclusion_row.hash))
         return self._rows
+
+    @staticmethod
+    def selected_pieces(session, run_ids, binning_id, exclusion_id):
+        """(piece columns, datastore path, obs_id, zenith, azimuth, muon_eff) of the selected runs, in their order.
+
+        One query (the ids as one list; split only beyond what SQLite binds at once), reading the
+        piece columns a `~bkgdb.pieces.BackgroundPiece` needs, not ORM objects.
+        """
+        columns = (PieceRow.id, PieceRow.run_id, PieceRow.n_energy, PieceRow.n_offset, PieceRow.counts_dtype,
+                   PieceRow.exposure_dtype, PieceRow.counts, PieceRow.excluded_counts, PieceRow.exposure_s,
+                   PieceRow.ontime_s, PieceRow.livetime_s, PieceRow.regions, PieceRow.file_sha256,
+                   PieceRow.created_at)
+        rows = []
+        for start in range(0, len(run_ids), ID_CHUNK):
+            found = session.execute(
+                sa.select(*columns, Datastore.path, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.muon_eff)
+                .join(Run, Run.id == PieceRow.run_id)
+                .join(Datastore, Datastore.id == Run.datastore_id)
+                .where(PieceRow.run_id.in_(run_ids[start:start + ID_CHUNK]),
+                       PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id)).all()
+            n = len(columns)
+            rows += [(SimpleNamespace(**dict(zip((c.key for c in columns), row[:n]))), *row[n:]) for row in found]
+        return rows
 
     def find_target(self, session, obs_id, datastore=None):
         """The catalogue row of run ``obs_id`` (of ``datastore``); a run that failed to index says why."""
@@ -237,15 +264,7 @@ class BackgroundBuilder:
             if self._extra_keys is None:
                 self._extra_keys = self.catalogue.extra_keys()
             selection = self.selector.run(session, target, binning_row.id, exclusion_row.id, self._extra_keys)
-            rows = []
-            for start in range(0, len(selection.run_ids), ID_CHUNK):  # SQLite caps bound parameters
-                rows += session.execute(
-                    sa.select(PieceRow, Datastore.path, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.muon_eff)
-                    .join(Run, Run.id == PieceRow.run_id)
-                    .join(Datastore, Datastore.id == Run.datastore_id)
-                    .where(PieceRow.run_id.in_(selection.run_ids[start:start + ID_CHUNK]),
-                           PieceRow.binning_id == binning_row.id, PieceRow.exclusion_id == exclusion_row.id)
-                ).all()
+            rows = self.selected_pieces(session, selection.run_ids, binning_row.id, exclusion_row.id)
             order = {run_id: index for index, run_id in enumerate(selection.run_ids)}
             rows = sorted(rows, key=lambda row: order[row[0].run_id])
             selection.datastores = [row[1] for row in rows]
@@ -253,7 +272,8 @@ class BackgroundBuilder:
             model, model_record = None, None
             if self.config.selection.assembly == "condition" and not self.config.io.from_run:
                 model, model_record = archive_condition_model(
-                    session, binning_row.id, exclusion_row.id, self.config.binning.energy_edges, self.config.selection)
+                    session, binning_row.id, exclusion_row.id, self.config.binning.energy_edges, self.config.selection,
+                    max_runs=self.condition_model_max_runs, memo=self._condition_memo)
             assembled = assemble_background(
                 pieces, self.config.binning, [RunConditions(*row[3:]) for row in rows],
                 RunConditions(target.zenith_deg, target.az_deg, target.muon_eff), model)

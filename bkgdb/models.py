@@ -80,7 +80,13 @@ class Run(Base):
     """
 
     __tablename__ = "runs"
-    __table_args__ = (sa.UniqueConstraint("datastore_id", "obs_id"),)
+    __table_args__ = (
+        sa.UniqueConstraint("datastore_id", "obs_id"),
+        # Selection criteria read from the index alone: the zenith range is scanned and the other
+        # criteria are tested on index entries, so only passing runs' rows are read.
+        sa.Index("ix_runs_selection", "zenith_deg", "az_deg", "glat_deg", "n_tels", "tstart_mjd", "status", "obs_id",
+                 "ontime_s"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     datastore_id: Mapped[int] = mapped_column(
@@ -95,7 +101,7 @@ class Run(Base):
     glon_deg: Mapped[float | None]
     glat_deg: Mapped[float | None] = mapped_column(index=True)
     alt_deg: Mapped[float | None]
-    zenith_deg: Mapped[float | None] = mapped_column(index=True)
+    zenith_deg: Mapped[float | None]
     az_deg: Mapped[float | None] = mapped_column(index=True)
 
     tstart_mjd: Mapped[float | None] = mapped_column(index=True)
@@ -153,7 +159,13 @@ class PieceRow(Base):
     """
 
     __tablename__ = "pieces"
-    __table_args__ = (sa.UniqueConstraint("run_id", "binning_id", "exclusion_id"),)
+    __table_args__ = (
+        sa.UniqueConstraint("run_id", "binning_id", "exclusion_id"),
+        # A setting's pieces counted and checked for events (`bkgdb.selection.has_events`) without
+        # reading the rows and their arrays.
+        sa.Index("ix_pieces_setting_events", "binning_id", "exclusion_id", "ontime_s", "n_kept", "n_excluded",
+                 "run_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id", ondelete="CASCADE"), index=True)

@@ -11,6 +11,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import date
+from types import SimpleNamespace
 
 import numpy as np
 import sqlalchemy as sa
@@ -23,13 +24,19 @@ from .flags import bad_obs_ids
 from .models import RUN_STATUS_OK, Datastore, PieceRow, Run
 
 __all__ = ["RunSelector", "Selection", "NoRunsSelected", "TooLittleStatistics", "airmass", "zenith_range",
-           "azimuth_condition", "kl_divergence", "rate_shape", "describe_funnel", "observation_second",
-           "has_events"]
+           "azimuth_condition", "kl_divergence", "kl_divergences", "rate_shape", "describe_funnel", "observation_second",
+           "has_events", "is_ok", "airmass_then_time", "KL_POOL_FACTOR"]
 
 log = logging.getLogger(__name__)
 
 #: Airmass step of the similarity ranking: within a step, the run closest in time comes first.
 AIRMASS_STEP = 0.01
+#: With KL_DIV and time_request, KL ranks the runs nearest in airmass holding this many times the
+#: requested ontime (`RunSelector.nearest_candidates`).
+KL_POOL_FACTOR = 2.0
+#: Airmass shells holding more candidates than this are not read one by one (their ids would be
+#: too many to bind in one query).
+SHELL_ROWS_MAX = 20000
 #: Up to this many run ids or OBS_IDs (empty, flagged, repeated) are passed to the database as a
 #: list of values, more as a subquery.
 OBS_ID_LIST_MAX = 2000
@@ -59,6 +66,15 @@ def has_events(piece=PieceRow):
     tells, and the check reads no catalogue row.
     """
     return sa.and_(piece.ontime_s > 0, piece.n_kept + piece.n_excluded > 0)
+
+
+def is_ok(run=Run):
+    """SQL condition: the run indexed fine.
+
+    Written ``status || '' = 'ok'`` so that no plan scans the status index for it (nearly every
+    run is ok): without table statistics SQLite would take that index over the zenith range.
+    """
+    return run.status.concat("") == RUN_STATUS_OK
 
 
 def airmass(zenith_deg):
@@ -223,26 +239,38 @@ class RunSelector:
             return Selection(target.obs_id, [target.id], [target.obs_id], target.ontime_s or 0.0,
                              [("from_run", 1)], ranking="from_run")
 
+        # The setting's pieces are tested as ``binning_id + 0 = ?``: looked up per run (by the
+        # (run, binning, exclusion) key), never scanned as a whole, even where SQLite has no statistics.
         base = (
             sa.select(Run.id).join(PieceRow, PieceRow.run_id == Run.id)
-            .where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
-                   Run.status == RUN_STATUS_OK, Run.id != target.id)
+            .where((PieceRow.binning_id + 0) == binning_id, (PieceRow.exclusion_id + 0) == exclusion_id,
+                   is_ok(), Run.id != target.id)
         )
         search_id = None
         if self.search_datastore:
             search_id = self.search_datastore_id(session)
             base = base.where(Run.datastore_id == search_id)
 
-        # Runs that must never build a background, then the similarity criteria. Every step's
-        # count comes from one scan; an integrity step that removes nothing is not listed.
+        # Runs that must never build a background, then the similarity criteria. Each integrity
+        # step's list (empty, flagged, repeated OBS_IDs) is asked for once and passed as values.
         empty_pieces = sa.select(PieceRow.run_id).where(
             PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events()))
-        integrity = [("empty runs", self.not_in_list(session, Run.id, empty_pieces)),
-                     ("flagged bad", self.not_in_list(session, Run.obs_id, bad_obs_ids())),
+        empty_ids = self.short_list(session, empty_pieces)
+        bad_ids = self.short_list(session, bad_obs_ids())
+        repeated_ids = self.repeated_obs_ids(session)
+        integrity = [("empty runs", self.not_in_list(Run.id, empty_pieces, empty_ids)),
+                     ("flagged bad", self.not_in_list(Run.obs_id, bad_obs_ids(), bad_ids)),
                      ("duplicate copies", self.one_copy_condition(session, target, binning_id, exclusion_id,
-                                                                  search_id))]
-        steps = integrity + self.criteria(target, extra_keys)
-        counts = self.funnel_counts(session, base, [condition for _, condition in steps])
+                                                                  search_id, repeated_ids))]
+        criteria = self.criteria(target, extra_keys)
+        steps = integrity + criteria
+        if any(values is None for values in (empty_ids, bad_ids, repeated_ids)):
+            counts = self.funnel_counts(session, base, [condition for _, condition in steps])
+        else:
+            counts = self.indexed_funnel_counts(session, base, target, binning_id, exclusion_id, search_id,
+                                                [condition for _, condition in integrity],
+                                                [condition for _, condition in criteria],
+                                                empty_ids, list(bad_ids) + list(repeated_ids) + [target.obs_id])
         funnel = [("candidate runs with pieces", counts[0])]
         for number, (name, _) in enumerate(steps):
             left = counts[number + 1]
@@ -252,12 +280,9 @@ class RunSelector:
             raise NoRunsSelected(f"no runs selected for run {target.obs_id}: {describe_funnel(funnel)}")
         query = base.where(*[condition for _, condition in steps])
 
-        rows = session.execute(
-            sa.select(Run.id, Run.obs_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)
-            .where(Run.id.in_(query.scalar_subquery()))
-        ).all()
-        ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
         requested = None if self.settings.time_request is None else self.settings.time_request * 3600.0
+        rows, query = self.nearest_candidates(session, query, target, requested)
+        ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
         chosen, ontime = [], 0.0
         for row in rows:
             if requested is not None and ontime >= requested:
@@ -279,6 +304,40 @@ class RunSelector:
             log.warning("%s", message)
         return Selection(target.obs_id, [row.id for row in chosen], [row.obs_id for row in chosen], ontime,
                          funnel, ranking=ranking, requested_s=requested, warnings=warnings)
+
+    def nearest_candidates(self, session, query, target, requested):
+        """The candidates that can be chosen, read in airmass shells around the target, and their query.
+
+        Runs are ranked by airmass step first (`rank`), so with ``time_request`` only the runs in
+        the nearest steps holding the requested ontime can be chosen: shells of 1, 4, 16, ...
+        steps are read (index range scans) until they hold it, instead of the whole airmass
+        window. The result is the same as ranking every candidate. With ``KL_DIV`` the shells must
+        hold `KL_POOL_FACTOR` times the requested ontime: the KL ranking orders that pool.
+        """
+        columns = (Run.id, Run.obs_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)
+        s = self.settings
+        if requested is not None and s.el_diff is not None and target.zenith_deg is not None:
+            wanted = requested * (KL_POOL_FACTOR if s.KL_DIV else 1.0)
+            target_airmass = airmass(target.zenith_deg)
+            steps = 1
+            while steps * AIRMASS_STEP < s.el_diff:
+                # A hair wider than the steps, so that no run of them is missed by rounding.
+                low, high = zenith_range(target.zenith_deg, steps * AIRMASS_STEP + 1e-9)
+                shell = query.where(Run.zenith_deg >= low, Run.zenith_deg <= high)
+                rows = session.execute(shell.with_only_columns(*columns)).all()
+                zenith = np.array([row.zenith_deg for row in rows], dtype=float)
+                inside = np.floor(np.abs(airmass(zenith) - target_airmass) / AIRMASS_STEP) < steps
+                rows = [row for row, keep in zip(rows, inside) if keep]
+                if len(rows) > SHELL_ROWS_MAX:  # as many as the whole window: read it with its query
+                    break
+                if sum(row.ontime_s or 0.0 for row in rows) >= wanted:
+                    if s.KL_DIV:  # the pool: the nearest runs (airmass, then time) holding ``wanted``
+                        rows = airmass_then_time(target, rows)
+                        held = np.cumsum([row.ontime_s or 0.0 for row in rows])
+                        rows = rows[:int(np.searchsorted(held, wanted)) + 1]
+                    return rows, None
+                steps *= 4
+        return session.execute(query.with_only_columns(*columns)).all(), query
 
     def statistics_shortfall(self, n_runs, ontime_s):
         """'below min_runs 3 and min_ontime 2 h' when the selection rests on too little, else ''."""
@@ -319,19 +378,77 @@ class RunSelector:
         return [int(value) for value in session.execute(sa.select(*columns).select_from(passes)).one()]
 
     @staticmethod
-    def not_in_list(session, column, query):
-        """SQL condition ``column NOT IN (values of query)``, the values asked for once.
+    def short_list(session, query):
+        """The values of ``query`` when there are at most `OBS_ID_LIST_MAX`, else None."""
+        values = session.scalars(query.limit(OBS_ID_LIST_MAX + 1)).all()
+        return None if len(values) > OBS_ID_LIST_MAX else values
+
+    @staticmethod
+    def not_in_list(column, query, values):
+        """SQL condition ``column NOT IN (values of query)``, with the ``values`` when they were listed.
 
         Short lists (usually none: few runs are empty or flagged) are passed as values, so the
         funnel and selection queries do not evaluate the subquery again for every candidate.
         """
-        values = session.scalars(query.limit(OBS_ID_LIST_MAX + 1)).all()
-        if not values:
-            return sa.true()
-        return column.not_in(query if len(values) > OBS_ID_LIST_MAX else values)
+        if values is None:
+            return column.not_in(query)
+        return column.not_in(values) if values else sa.true()
 
     @staticmethod
-    def one_copy_condition(session, target, binning_id, exclusion_id, datastore_id=None):
+    def repeated_obs_ids(session):
+        """OBS_IDs catalogued more than once (at most `OBS_ID_LIST_MAX`, else None).
+
+        One datastore holds an OBS_ID once (a unique constraint), so a catalogue of one
+        datastore has none and is not scanned.
+        """
+        if session.scalar(sa.select(sa.func.count(Datastore.id))) <= 1:
+            return []
+        other = aliased(Run)
+        repeated = sa.select(other.obs_id).group_by(other.obs_id).having(sa.func.count(other.id) > 1)
+        return RunSelector.short_list(session, repeated)
+
+    def indexed_funnel_counts(self, session, candidates, target, binning_id, exclusion_id, search_id, integrity,
+                              criteria, suspect_run_ids, suspect_obs_ids):
+        """The counts of `funnel_counts`, from queries that each read an index range, not the catalogue.
+
+        - all candidates: the setting's pieces (an index count) less those of runs not ok and the
+          target's own;
+        - after each integrity step: only suspects (candidates with an id or OBS_ID on one of the
+          short lists) can fail one, so they alone are looked up (by primary key) and subtracted;
+        - after each criterion: conditional counts over the runs passing the integrity steps and the
+          first criterion (an index range scan, usually of zenith angles).
+        """
+        if search_id is None:
+            of_setting = sa.and_(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id)
+            with_runs = sa.select(sa.func.count()).select_from(PieceRow).join(Run, Run.id == PieceRow.run_id)
+            total, not_ok, n_runs = session.execute(sa.select(
+                sa.select(sa.func.count()).select_from(PieceRow).where(of_setting).scalar_subquery(),
+                sa.select(sa.func.count(Run.id)).where(Run.status != RUN_STATUS_OK).scalar_subquery(),
+                sa.select(sa.func.count(Run.id)).scalar_subquery())).one()
+            other_ok_runs = n_runs - not_ok - 1  # the target is ok
+            if not_ok:  # runs that failed to index rarely have pieces: joined only when there are some
+                total -= session.scalar(with_runs.where(of_setting, Run.status != RUN_STATUS_OK))
+            total -= session.scalar(with_runs.where(of_setting, Run.status == RUN_STATUS_OK, Run.id == target.id))
+        else:
+            total = session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery()))
+            other_ok_runs = session.scalar(sa.select(sa.func.count(Run.id)).where(
+                Run.datastore_id == search_id, Run.status == RUN_STATUS_OK, Run.id != target.id))
+        suspects = set(suspect_run_ids) | set(session.scalars(
+            sa.select(Run.id).where(Run.obs_id.in_(sorted(set(suspect_obs_ids))))))
+        suspect_counts = self.funnel_counts(session, candidates.where(Run.id.in_(sorted(suspects))), integrity)
+        counts = [total] + [total - (suspect_counts[0] - left) for left in suspect_counts[1:]]
+        if criteria:
+            # When every such run has a piece (the usual case) the pieces need not be joined and the
+            # counts are read from the runs' selection index alone.
+            if other_ok_runs == total:
+                candidates = sa.select(Run.id).where(is_ok(), Run.id != target.id)
+                if search_id is not None:
+                    candidates = candidates.where(Run.datastore_id == search_id)
+            counts += self.funnel_counts(session, candidates.where(*integrity, criteria[0]), criteria[1:])
+        return counts
+
+    @staticmethod
+    def one_copy_condition(session, target, binning_id, exclusion_id, datastore_id=None, repeated_obs_ids=None):
         """SQL condition: the run is the preferred copy of its observation, and no copy of the target.
 
         An observation is its OBS_ID and start second (`observation_second`). Of several copies
@@ -341,12 +458,14 @@ class RunSelector:
         OBS_ID index), so an archive without copies pays almost nothing.
         """
         target_run = aliased(Run)
-        target_second = sa.select(observation_second(target_run)).where(target_run.id == target.id).scalar_subquery()
+        # Asked once, compared as a value: a scalar subquery would keep the scan from the index.
+        target_second = session.scalar(sa.select(observation_second(target_run)).where(target_run.id == target.id))
         not_target_copy = sa.not_(sa.and_(Run.obs_id == target.obs_id, observation_second() == target_second))
         other, other_piece = aliased(Run), aliased(PieceRow)
         repeated = sa.select(other.obs_id).group_by(other.obs_id).having(sa.func.count(other.id) > 1)
-        # Asked once here: inside the funnel's scan SQLite would evaluate it for every run.
-        repeated_obs_ids = session.scalars(repeated.limit(OBS_ID_LIST_MAX + 1)).all()
+        # Asked once (`repeated_obs_ids`): inside the funnel's scan SQLite would evaluate it for every run.
+        if repeated_obs_ids is None:
+            repeated_obs_ids = session.scalars(repeated.limit(OBS_ID_LIST_MAX + 1)).all()
         if not repeated_obs_ids:
             return not_target_copy
         preferred_copy = (
@@ -359,30 +478,83 @@ class RunSelector:
         )
         if datastore_id is not None:
             preferred_copy = preferred_copy.where(other.datastore_id == datastore_id)
-        single = Run.obs_id.not_in(repeated if len(repeated_obs_ids) > OBS_ID_LIST_MAX else repeated_obs_ids)
+        single = Run.obs_id.not_in(repeated if len(repeated_obs_ids) > OBS_ID_LIST_MAX else list(repeated_obs_ids))
         return sa.and_(not_target_copy, sa.or_(single, ~preferred_copy.exists()))
 
     def rank(self, session, target, rows, binning_id, exclusion_id, candidates):
-        """Order candidates, most similar first: by KL divergence, or by airmass then time."""
+        """Order candidates, most similar first: by KL divergence, or by airmass then time.
+
+        KL ranking reads only the candidates' counts and exposure (with the target's, in one query
+        joined to the selection, or by the rows' ids when ``candidates`` is None) and scores them
+        all at once (`kl_divergences`).
+        """
+        if not rows:
+            return ("kl_divergence" if self.settings.KL_DIV else "airmass_then_time"), []
+        obs_ids = np.array([row.obs_id for row in rows], dtype=np.int64)
         if self.settings.KL_DIV:
-            from .cache import row_to_piece
+            from .pieces import decode_array
 
-            pieces = {row.run_id: row_to_piece(row) for row in session.scalars(
-                sa.select(PieceRow).where(
+            found = session.execute(
+                sa.select(PieceRow.run_id, PieceRow.n_energy, PieceRow.n_offset, PieceRow.counts_dtype,
+                          PieceRow.exposure_dtype, PieceRow.counts, PieceRow.exposure_s).where(
                     PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
-                    sa.or_(PieceRow.run_id == target.id, PieceRow.run_id.in_(candidates.scalar_subquery()))))}
-            if target.id not in pieces:
+                    sa.or_(PieceRow.run_id == target.id, PieceRow.run_id.in_(
+                        [row.id for row in rows] if candidates is None else candidates.scalar_subquery())))).all()
+            arrays = {row.run_id: (decode_array(row.counts, row.counts_dtype, (row.n_energy, row.n_offset)),
+                                   decode_array(row.exposure_s, row.exposure_dtype, (row.n_offset,)))
+                      for row in found}
+            if target.id not in arrays:
                 raise BkgdbError(f"KL_DIV needs run {target.obs_id}'s own piece: index its datastore with --config")
-            reference = rate_shape(pieces[target.id])
-            scores = {row.id: kl_divergence(reference, rate_shape(pieces[row.id])) for row in rows}
-            return "kl_divergence", sorted(rows, key=lambda row: (scores[row.id], row.obs_id))
+            counts = np.stack([arrays[row.id][0] for row in rows])
+            exposure = np.stack([arrays[row.id][1] for row in rows])
+            reference = rate_shape(SimpleNamespace(counts=arrays[target.id][0], exposure_s=arrays[target.id][1]))
+            scores = kl_divergences(reference, counts, exposure)
+            order = np.lexsort((obs_ids, scores))
+            return "kl_divergence", [rows[index] for index in order]
 
-        target_airmass = airmass(target.zenith_deg) if target.zenith_deg is not None else None
+        return "airmass_then_time", airmass_then_time(target, rows)
 
-        def distance(row):
-            step = 0 if target_airmass is None or row.zenith_deg is None else \
-                math.floor(abs(airmass(row.zenith_deg) - target_airmass) / AIRMASS_STEP)
-            days = abs((row.tstart_mjd or 0.0) - (target.tstart_mjd or 0.0))
-            return (step, days, row.obs_id)
 
-        return "airmass_then_time", sorted(rows, key=distance)
+def airmass_then_time(target, rows):
+    """Rows (``zenith_deg``, ``tstart_mjd``, ``obs_id``) ordered by airmass step from the target's
+    (`AIRMASS_STEP`; 0 where a zenith is unknown), then by days from it, then by OBS_ID."""
+    if not rows:
+        return []
+    obs_ids = np.array([row.obs_id for row in rows], dtype=np.int64)
+    zenith = np.array([np.nan if row.zenith_deg is None else row.zenith_deg for row in rows], dtype=float)
+    if target.zenith_deg is None:
+        step = np.zeros(len(rows))
+    else:
+        with np.errstate(invalid="ignore"):
+            step = np.floor(np.abs(airmass(zenith) - airmass(target.zenith_deg)) / AIRMASS_STEP)
+        step[np.isnan(zenith)] = 0
+    start = np.array([row.tstart_mjd or 0.0 for row in rows], dtype=float)
+    days = np.abs(start - (target.tstart_mjd or 0.0))
+    return [rows[index] for index in np.lexsort((obs_ids, days, step))]
+
+
+def kl_divergences(reference, counts, exposure_s, pseudo=0.5):
+    """`kl_divergence` of the reference shape from each piece's `rate_shape`, for a stack of pieces.
+
+    Parameters
+    ----------
+    reference : `~numpy.ndarray`
+        The target's normalised shape, (n_energy, n_offset).
+    counts : `~numpy.ndarray`
+        Shape (n_pieces, n_energy, n_offset).
+    exposure_s : `~numpy.ndarray`
+        Shape (n_pieces, n_offset).
+
+    Returns
+    -------
+    divergences : `~numpy.ndarray`
+        One per piece, equal to the one-piece functions' values.
+    """
+    exposure = np.where(exposure_s > 0, exposure_s, np.inf)
+    shapes = (np.asarray(counts, float) + pseudo) / exposure[:, np.newaxis, :]
+    flat = shapes.reshape(len(shapes), -1)
+    flat = flat / flat.sum(axis=1)[:, np.newaxis]
+    p = np.asarray(reference, float).ravel()
+    use = p > 0
+    q = np.ascontiguousarray(flat[:, use])
+    return np.sum(p[use] * np.log(p[use] / np.maximum(q, 1e-300)), axis=1)

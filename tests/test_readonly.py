@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from bkgdb.catalogue import RunCatalogue
 from bkgdb.cli import app
 from bkgdb.config import load_config
-from bkgdb.database import downgrade_schema, resolve_url
+from bkgdb.database import SCHEMA_HEAD, downgrade_schema, resolve_url
 from bkgdb.errors import DatabaseNotReadyError
 
 CONFIG = """\
@@ -162,14 +162,14 @@ def test_readonly_open_of_an_old_schema_says_to_run_init(indexed):
     catalogue = RunCatalogue.open(indexed)
     downgrade_schema(catalogue.engine, "0003")
     catalogue.engine.dispose()
-    with pytest.raises(DatabaseNotReadyError, match=r"schema revision 0003, this bkgdb needs 0004: run `bkgdb init`"):
+    with pytest.raises(DatabaseNotReadyError, match=rf"schema revision 0003, this bkgdb needs {SCHEMA_HEAD}: run `bkgdb init`"):
         RunCatalogue.open(indexed, readonly=True)
     with readonly_access(indexed) as url:
         message = one_error_line(bkgdb(url, "runs"))
         assert "run `bkgdb init` once with write access" in message
     # With write access a read command upgrades the schema as any first use does.
     assert bkgdb(indexed, "runs").exit_code == 0
-    assert RunCatalogue.open(indexed, readonly=True).info()["schema_revision"] == "0004"
+    assert RunCatalogue.open(indexed, readonly=True).info()["schema_revision"] == SCHEMA_HEAD
 
 
 def test_readonly_open_of_a_missing_sqlite_file(tmp_path):
