@@ -460,6 +460,9 @@ def validate(
     output: Path = typer.Option(None, "--output", "-o", help="Write the per-run rows to this .csv or .json file."),
     fmt: OutputFormat = typer.Option(None, "--format", "-f",
                                      help="Format of the per-run rows (stdout: table by default; -o: by suffix)."),
+    report_dir: Path = typer.Option(None, "--report", metavar="DIR",
+                                    help="Also write DIR/index.html: summary, figures, the worst runs' model and "
+                                         "selection plots, and the rows as CSV."),
 ):
     """Judge a config: each target's background from the other runs, and its FoVBackgroundMaker norm (1 is right)."""
     from .conditions import parse_condition
@@ -521,6 +524,12 @@ def validate(
                   markup=False)
     for obs_id, reason in report.without_background:
         console.print(f"no background: run {obs_id}: {reason}", highlight=False, markup=False)
+    if report_dir is not None:
+        from .background import BackgroundBuilder
+        from .report import write_validation_report
+
+        page = write_validation_report(report, report_dir, BackgroundBuilder(catalogue, settings), config.name)
+        err.print(f"report written to {page}", highlight=False, markup=False)
 
 
 @app.command()
@@ -596,3 +605,8 @@ def demo(
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
+
+
+from .cli_plot import plot_app  # noqa: E402 -- after the helpers it uses
+
+app.add_typer(plot_app, name="plot")
