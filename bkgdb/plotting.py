@@ -60,7 +60,7 @@ def _styled(function):
     return wrapper
 
 
-def save_figure(figure, path, dpi=110):
+def save_figure(figure, path, dpi=100):
     """Save ``figure`` to ``path``: PNG, PDF or SVG by its suffix.
 
     Raises
@@ -72,7 +72,8 @@ def save_figure(figure, path, dpi=110):
     if path.suffix.lower() not in FIGURE_SUFFIXES:
         raise BkgdbError(f"cannot tell the figure format of {path}: name it .png, .pdf or .svg")
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi, bbox_inches="tight")
+    extra = {"pil_kwargs": {"optimize": True}} if path.suffix.lower() == ".png" else {}
+    figure.savefig(path, dpi=dpi, bbox_inches="tight", **extra)
     return path
 
 
@@ -239,6 +240,12 @@ def plot_model(curves: ModelCurves, reference=None, reference_label="model in th
     energies, offsets = curves.energy_centres, curves.offset_centres
     rate = curves.rate
     filled_e = [i for i in range(len(energies)) if (rate[i] > 0).sum() >= 2]
+    if curves.counts is not None:
+        # Energies with real statistics: filled-in bins below threshold or above the last events say little.
+        counts = np.asarray(curves.counts, float)
+        totals, covered = counts.sum(axis=1), (counts > 0).mean(axis=1)
+        filled_e = [i for i in filled_e if totals[i] >= max(10.0, 1e-3 * totals.max()) and covered[i] >= 0.75] \
+            or filled_e
     filled_o = [j for j in range(len(offsets)) if (rate[:, j] > 0).sum() >= 2]
     if not filled_e or not filled_o:
         raise BkgdbError("the model has no bins with a rate to plot")
@@ -287,13 +294,17 @@ def plot_model(curves: ModelCurves, reference=None, reference_label="model in th
         style.append(Line2D([], [], color="k", marker="o", ls="none", mfc="none", ms=3.5, label="bkgdb unsmoothed"))
     if ref is not None:
         style.append(Line2D([], [], color="k", ls="--", lw=1.2, label=reference_label))
+    shown_rates = [rate[i][rate[i] > 0] for i in energy_picks] + [rate[:, j][rate[:, j] > 0] for j in offset_picks]
+    low = min(values.min() for values in shown_rates if values.size)
+    high = max(values.max() for values in shown_rates if values.size)
     for axes in (by_offset, by_energy):
-        axes.grid(alpha=0.3, which="both", lw=0.5)
-        colour_legend = axes.legend(loc="lower left", frameon=False)
-        axes.add_artist(colour_legend)
-    by_energy.legend(handles=style, loc="upper right", frameon=False)
+        axes.grid(alpha=0.3, which="major", lw=0.5)
+        # A reference model far below bkgdb's range (e.g. ~0 under its threshold) must not squash the curves.
+        axes.set_ylim(low / 30, high * 5)
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)
     figure.suptitle(curves.label)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    figure.legend(handles=style, loc="lower center", ncol=len(style), frameon=False)
     return _finish(figure, path)
 
 
@@ -397,7 +408,7 @@ def plot_selection(picture, path=None):
     timeline.invert_yaxis()
     import matplotlib.dates as mdates
 
-    locator = mdates.AutoDateLocator(maxticks=6)
+    locator = mdates.AutoDateLocator()
     timeline.xaxis.set_major_locator(locator)
     timeline.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     figure.legend(*sky.get_legend_handles_labels(), loc="lower center", ncol=min(4, len(groups) + 1), frameon=False,
@@ -509,7 +520,7 @@ def plot_validation(rows, path=None, start_mjd=None, title=None):
     if start_mjd:
         import matplotlib.dates as mdates
 
-        locator = mdates.AutoDateLocator(maxticks=6)
+        locator = mdates.AutoDateLocator()
         by_time.xaxis.set_major_locator(locator)
         by_time.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
         by_time.set_xlabel("run start (UTC date)")
@@ -584,7 +595,8 @@ def significance_maps(observation, excluded, energy_range_tev=(0.5, 10.0), binsz
     """Counts against the background prediction of an observation, and the Li & Ma significance per pixel.
 
     The maps are made with gammapy's `MapDatasetMaker` (the observation's own ``bkg``, e.g. bkgdb's
-    model), inside ``offset_max_deg``; the background is scaled by a `FoVBackgroundMaker` norm
+    model), inside ``offset_max_deg`` and the effective area's safe energy range (as `bkgdb validate`
+    fits); the background is scaled by a `FoVBackgroundMaker` norm
     fitted outside the ``excluded`` circles (ra, dec, radius in deg); counts and background are
     summed over a disk of ``correlation_radius_deg`` around each pixel.
     """
@@ -596,13 +608,17 @@ def significance_maps(observation, excluded, energy_range_tev=(0.5, 10.0), binsz
 
     from .validation import outside_circles
 
-    energy = MapAxis.from_energy_bounds(*energy_range_tev, nbin=4, unit="TeV")
+    energy = MapAxis.from_energy_bounds(*energy_range_tev, nbin=8, unit="TeV")
     width = 2 * offset_max_deg + 2 * correlation_radius_deg
     geom = WcsGeom.create(skydir=observation.pointing.fixed_icrs, binsz=binsz_deg, width=(width, width), frame="icrs",
                           axes=[energy])
     dataset = MapDatasetMaker(selection=["counts", "background"]).run(
         MapDataset.create(geom, name=str(observation.obs_id)), observation)
-    dataset = SafeMaskMaker(methods=["offset-max"], offset_max=offset_max_deg * u.deg).run(dataset, observation)
+    # As `bkgdb validate`: below the effective area's safe threshold, where the IRF gives one, nothing counts.
+    methods = ["offset-max"]
+    if observation.aeff is not None and observation.aeff.meta.get("LO_THRES") is not None:
+        methods.append("aeff-default")
+    dataset = SafeMaskMaker(methods=methods, offset_max=offset_max_deg * u.deg).run(dataset, observation)
     outside = outside_circles(geom, excluded)
     fitted = FoVBackgroundMaker(method="scale", exclusion_mask=outside).run(dataset)
     norm = float(fitted.background_model.spectral_model.norm.value)
@@ -633,7 +649,9 @@ def plot_significance(maps: SignificanceMaps, path=None, title=None):
     safe = np.isfinite(maps.significance)
     counts = np.ma.masked_where(~safe, maps.counts)
     background = np.ma.masked_where(~safe, maps.background)
-    high = max(float(counts.max()), float(background.max()), 1.0)
+    # A bright source would take the whole colour scale: scaled to the pixels outside the exclusions.
+    usable_counts = maps.counts[maps.usable & safe]
+    high = max(float(np.percentile(usable_counts, 99.5)) if usable_counts.size else 0.0, float(background.max()), 1.0)
     radius = f"{maps.correlation_radius_deg:g}" + r"$^\circ$"
     for axes, image, label in ((panels[0], counts, f"counts within {radius}"),
                                (panels[1], background, f"predicted background within {radius}")):
