@@ -471,6 +471,8 @@ def validate(
     row_format = None if fmt in (None, OutputFormat.table) else fmt.value
     if output is not None:
         row_format = rows_file_format(output, row_format)  # before any work
+    if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
+        raise BkgdbError(f"report folder {report_dir} is a file")
     settings = read_config(config)
     for condition in where or []:
         parse_condition(condition)  # a typo fails here, before any work

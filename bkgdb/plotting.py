@@ -411,6 +411,7 @@ def plot_selection(picture, path=None):
     locator = mdates.AutoDateLocator()
     timeline.xaxis.set_major_locator(locator)
     timeline.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    timeline.tick_params(axis="x", labelrotation=30)  # dates of a single night are long
     figure.legend(*sky.get_legend_handles_labels(), loc="lower center", ncol=min(4, len(groups) + 1), frameon=False,
                   title="first criterion that removed the run")
     figure.suptitle(picture.title)
@@ -523,6 +524,7 @@ def plot_validation(rows, path=None, start_mjd=None, title=None):
         locator = mdates.AutoDateLocator()
         by_time.xaxis.set_major_locator(locator)
         by_time.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        by_time.tick_params(axis="x", labelrotation=30)  # dates of a single night are long
         by_time.set_xlabel("run start (UTC date)")
     else:
         by_time.set_xlabel("OBS_ID")

@@ -28,7 +28,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
 th { background: #eee; }
 td.text { text-align: left; }
-img { max-width: 100%; border: 1px solid #ddd; }
+img { max-width: 100%; border: 1px solid #ddd; box-sizing: border-box; }
 .runs img { width: 48%; vertical-align: top; }
 .note { color: #555; }
 """
