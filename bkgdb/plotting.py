@@ -711,10 +711,10 @@ def _target_datastore(catalogue, target):
 
 def _observation(datastore, obs_id):
     """The gammapy observation of a run, any IRF optional."""
-    from gammapy.data import DataStore
+    from .validation import _datastore  # cached: a report opens one datastore for several runs
 
     try:
-        return DataStore.from_dir(datastore).obs(int(obs_id), required_irf="all-optional")
+        return _datastore(str(datastore)).obs(int(obs_id), required_irf="all-optional")
     except Exception as exc:  # noqa: BLE001 -- gammapy raises many kinds; one line says which run and why
         raise BkgdbError(f"gammapy cannot open run {obs_id} of {datastore}: {type(exc).__name__}: {exc}") from None
 
