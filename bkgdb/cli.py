@@ -605,10 +605,11 @@ def demo(
     out.print("\n".join(lines), highlight=False)
 
 
+from .cli_plot import bind_plot_app  # noqa: E402 -- its commands use this module's helpers, whatever its name
+
+app.add_typer(bind_plot_app(sys.modules[__name__]), name="plot")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
 
-
-from .cli_plot import plot_app  # noqa: E402 -- after the helpers it uses
-
-app.add_typer(plot_app, name="plot")

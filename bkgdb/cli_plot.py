@@ -4,17 +4,57 @@ A typer sub-app registered by `bkgdb.cli`; matplotlib and gammapy are imported i
 commands only, so ``bkgdb --help`` stays quick.
 """
 
+import functools
 import logging
+from enum import Enum
 from pathlib import Path
 
 import typer
 
-from .cli import Smoothing, err, open_catalogue, out, read_config, reports_errors, with_conditions
 from .errors import BkgdbError
 
-__all__ = ["plot_app"]
+__all__ = ["plot_app", "bind_plot_app"]
 
 log = logging.getLogger(__name__)
+
+Smoothing = Enum("Smoothing", {name: name for name in ("gauss", "gauss-seed", "poly", "spline", "none")}, type=str)
+# The CLI module whose helpers (--db state, error reporting, consoles) the commands use. Bound by
+# that module itself: run as ``python -m bkgdb.cli`` it is ``__main__``, and a fresh import of
+# ``bkgdb.cli`` here would be a second copy without the --db given on the command line.
+_cli = None
+
+
+def bind_plot_app(cli_module):
+    """The ``plot`` sub-app, its commands using ``cli_module``'s helpers (`bkgdb.cli`)."""
+    global _cli
+    _cli = cli_module
+    return plot_app
+
+
+def _helpers():
+    if _cli is None:
+        import importlib
+
+        return importlib.import_module("bkgdb.cli")
+    return _cli
+
+
+def reports_errors(command):
+    """`bkgdb.cli.reports_errors`, looked up when the command runs (no import cycle with the CLI module)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        return _helpers().reports_errors(command)(*args, **kwargs)
+
+    return wrapper
+
+
+def out():
+    return _helpers().out
+
+
+def err():
+    return _helpers().err
 
 plot_app = typer.Typer(help="Figures (PNG, PDF or SVG by the output suffix): models, selections, validations, "
                             "significance maps.", no_args_is_help=True)
@@ -33,8 +73,9 @@ def _check_output(output):
 def _builder(config, where, smooth=None):
     from .background import BackgroundBuilder
 
-    settings = with_conditions(read_config(config), where)
-    return BackgroundBuilder(open_catalogue(readonly="auto"), settings, smooth=smooth.value if smooth else None)
+    cli = _helpers()
+    settings = cli.with_conditions(cli.read_config(config), where)
+    return BackgroundBuilder(cli.open_catalogue(readonly="auto"), settings, smooth=smooth.value if smooth else None)
 
 
 @plot_app.command("model")
@@ -61,7 +102,7 @@ def model(
         else:
             title = f"{Path(target).name}" + (f": run {header['BKG_TGT']}" if "BKG_TGT" in header else "")
             plot_model_3d(model_or_curves, path=output, title=title, alignment=header.get("FOVALIGN"))
-        out.print(f"{target} -> {output}", highlight=False, markup=False)
+        out().print(f"{target} -> {output}", highlight=False, markup=False)
         return
     if config is None:
         raise BkgdbError("plot model OBS_ID needs --config (or give a background FITS file instead)")
@@ -70,7 +111,7 @@ def model(
     _, built, has_reference = plot_run_model(_builder(config, where, smooth), int(target), output, datastore,
                                              with_reference=not no_reference)
     beside = "beside the run file's model" if has_reference else "(the run file has no model of its own)"
-    out.print(f"run {target}: model from {len(built.selection.obs_ids)} runs {beside} -> {output}",
+    out().print(f"run {target}: model from {len(built.selection.obs_ids)} runs {beside} -> {output}",
               highlight=False, markup=False)
 
 
@@ -91,7 +132,7 @@ def selection(
 
     picture = funnel_picture(_builder(config, where), obs_id, datastore)
     plot_selection(picture, path=output)
-    out.print(f"{picture.title} -> {output}", highlight=False, markup=False)
+    out().print(f"{picture.title} -> {output}", highlight=False, markup=False)
 
 
 @plot_app.command("validation")
@@ -109,12 +150,12 @@ def validation(
     rows = read_validation_table(table)
     times = None
     if datastore is not None:
-        times = run_start_times(open_catalogue(readonly=True), datastore, [row["obs_id"] for row in rows])
+        times = run_start_times(_helpers().open_catalogue(readonly=True), datastore, [row["obs_id"] for row in rows])
         if not times:
-            err.print(f"Warning: no run of {datastore} in the catalogue: norms are shown against OBS_ID",
+            err().print(f"Warning: no run of {datastore} in the catalogue: norms are shown against OBS_ID",
                       highlight=False, markup=False)
     plot_validation(rows, path=output, start_mjd=times or None)
-    out.print(f"{len(rows)} runs of {table} -> {output}", highlight=False, markup=False)
+    out().print(f"{len(rows)} runs of {table} -> {output}", highlight=False, markup=False)
 
 
 @plot_app.command("significance")
@@ -140,5 +181,5 @@ def significance(
                                  correlation_radius_deg=radius)
     plot_significance(maps, path=output)
     mean, width = maps.distribution_fit()
-    out.print(f"run {obs_id}: significance outside exclusions: mean {mean:.3f}, width {width:.3f} "
+    out().print(f"run {obs_id}: significance outside exclusions: mean {mean:.3f}, width {width:.3f} "
               f"(FoV norm {maps.norm:.3f}) -> {output}", highlight=False, markup=False)

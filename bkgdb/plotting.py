@@ -34,9 +34,8 @@ MJD_EPOCH = datetime(1858, 11, 17)
 
 def _figure(width, height, **kwargs):
     """A pyplot-free figure (Agg canvas) with the module's font sizes."""
+    # The Agg canvas directly, not pyplot: no global figure state, and a user's pyplot backend is left alone.
     import matplotlib
-
-    matplotlib.use("Agg", force=False)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -375,7 +374,7 @@ def plot_selection(picture, path=None):
     groups = picture.groups()
     colours = {}
     palette = ["0.6", "C1", "C3", "C4", "C5", "C6", "C8", "C9", "C7", "C2"]
-    for number, (name, _) in enumerate(groups):
+    for name, _ in groups:
         if name != picture.SELECTED:
             colours[name] = palette[len(colours) % len(palette)]
     zenith_max = 10.0
