@@ -1,4 +1,4 @@
-"""Figures: every plot rendered from real objects (simulated runs with a known truth, H.E.S.S. DR1) and checked as files."""
+"""Figures rendered from real objects (simulated runs with a known truth, H.E.S.S. DR1) and checked as files."""
 
 import struct
 import subprocess
@@ -94,7 +94,7 @@ def indexed(catalogue, sim):
 
 
 def test_funnel_names_the_first_criterion_that_removed_each_run(indexed):
-    """Per candidate, the first failed step: flagged before airmass, airmass before |b|; the counts agree with the funnel."""
+    """Per candidate, the first failed step (flagged, airmass, |b|); the counts agree with the selection's funnel."""
     catalogue, config = indexed
     flag_run(catalogue.engine, FLAGGED, "bad", "camera off", author="test")
     builder = BackgroundBuilder(catalogue, config)
@@ -204,7 +204,7 @@ def test_significance_of_a_known_source_and_of_empty_sky(indexed):
 
 
 def test_li_ma_known_background_limit():
-    """Eq. 17 of Li & Ma with alpha -> 0: sign of the excess, 0 at n = mu, sqrt(2 mu) for n = 0, NaN without background."""
+    """Li & Ma eq. 17 with alpha -> 0: signed, 0 at n = mu, -sqrt(2 mu) for n = 0, NaN without background."""
     values = li_ma_known_background([100, 140, 60, 0, 5], [100.0, 100.0, 100.0, 8.0, 0.0])
     assert values[0] == 0
     assert values[1] == pytest.approx(np.sqrt(2 * (140 * np.log(1.4) - 40)))
