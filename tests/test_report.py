@@ -111,6 +111,7 @@ def test_report_files_and_links(validated, tmp_path, db_url, sim):
     assert png_size(tmp_path / "v.png") == png_size(report_dir / "validation.png")
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the page does not depend on the database
 def test_report_in_a_browser(validated, tmp_path):
     """Headless Chromium opens index.html from disk: every image loads, and the screenshot is not blank."""
     browser = chromium()
