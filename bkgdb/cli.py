@@ -478,6 +478,9 @@ def validate(
     output: Path = typer.Option(None, "--output", "-o", help="Write the per-run rows to this .csv or .json file."),
     fmt: OutputFormat = typer.Option(None, "--format", "-f",
                                      help="Format of the per-run rows (stdout: table by default; -o: by suffix)."),
+    report_dir: Path = typer.Option(None, "--report", metavar="DIR",
+                                    help="Also write DIR/index.html: summary, figures, the worst runs' model and "
+                                         "selection plots, and the rows as CSV."),
 ):
     """Judge a config: each target's background from the other runs, and its FoVBackgroundMaker norm (1 is right)."""
     from .conditions import parse_condition
@@ -486,6 +489,8 @@ def validate(
     row_format = None if fmt in (None, OutputFormat.table) else fmt.value
     if output is not None:
         row_format = rows_file_format(output, row_format)  # before any work
+    if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
+        raise BkgdbError(f"report folder {report_dir} is a file")
     settings = read_config(config)
     for condition in where or []:
         parse_condition(condition)  # a typo fails here, before any work
@@ -539,6 +544,12 @@ def validate(
                   markup=False)
     for obs_id, reason in report.without_background:
         console.print(f"no background: run {obs_id}: {reason}", highlight=False, markup=False)
+    if report_dir is not None:
+        from .background import BackgroundBuilder
+        from .report import write_validation_report
+
+        page = write_validation_report(report, report_dir, BackgroundBuilder(catalogue, settings), config.name)
+        err.print(f"report written to {page}", highlight=False, markup=False)
 
 
 @app.command()
@@ -612,5 +623,11 @@ def demo(
     out.print("\n".join(lines), highlight=False)
 
 
+from .cli_plot import bind_plot_app  # noqa: E402 -- its commands use this module's helpers, whatever its name
+
+app.add_typer(bind_plot_app(sys.modules[__name__]), name="plot")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
+

@@ -1,0 +1,122 @@
+"""Which criterion removed each candidate run: the selection funnel run by run.
+
+`RunSelector.run` counts what each criterion leaves; here every candidate gets the first step
+that excluded it, evaluated with the same SQL conditions (`RunSelector.criteria` and the integrity
+steps), in one query with one 0/1 column per step.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .models import RUN_STATUS_OK, PieceRow, Run
+from .selection import NoRunsSelected, RunSelector, has_events
+
+__all__ = ["CandidateFate", "FunnelPicture", "candidate_fates", "funnel_picture"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CandidateFate:
+    """One candidate run and the first selection step it failed (None: it passed every criterion)."""
+
+    run_id: int
+    obs_id: int
+    zenith_deg: float | None
+    az_deg: float | None
+    tstart_mjd: float | None
+    removed_by: str | None
+
+
+@dataclass
+class FunnelPicture:
+    """The candidates of one target's selection, what removed each, and the runs chosen."""
+
+    SELECTED = "selected"
+    NOT_NEEDED = "passed, not needed (ranking, time_request)"
+
+    target: object
+    fates: list
+    selected_run_ids: list = field(default_factory=list)
+    #: Steps in the order applied (integrity first, then the config's criteria).
+    steps: list = field(default_factory=list)
+    title: str = ""
+
+    def label(self, fate):
+        if fate.run_id in self.selected_run_ids:
+            return self.SELECTED
+        return fate.removed_by or self.NOT_NEEDED
+
+    def groups(self):
+        """[(label, fates)]: selected first, then by step order, then passed-but-not-needed; empty groups left out."""
+        order = [self.SELECTED] + list(self.steps) + [self.NOT_NEEDED]
+        grouped = {name: [] for name in order}
+        for fate in self.fates:
+            grouped.setdefault(self.label(fate), []).append(fate)
+        return [(name, fates) for name, fates in grouped.items() if fates]
+
+
+def candidate_fates(session, selector: RunSelector, target, binning_id: int, exclusion_id: int, extra_keys=()):
+    """Every candidate run of ``target``'s selection and the first step that excluded it.
+
+    Candidates are those of `RunSelector.run`: ok runs with a piece of the binning and exclusion
+    setting (of ``io.search_datastore`` if set), other than the target.
+
+    Returns
+    -------
+    fates : list of `CandidateFate`
+        Ordered by OBS_ID.
+    steps : list of str
+        The step names in the order applied.
+    """
+    base = (sa.select(Run.id).join(PieceRow, PieceRow.run_id == Run.id)
+            .where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
+                   Run.status == RUN_STATUS_OK, Run.id != target.id))
+    search_id = None
+    if selector.search_datastore:
+        search_id = selector.search_datastore_id(session)
+        base = base.where(Run.datastore_id == search_id)
+    from .flags import bad_obs_ids
+
+    empty_pieces = sa.select(PieceRow.run_id).where(
+        PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events()))
+    steps = [("empty runs", selector.not_in_list(session, Run.id, empty_pieces)),
+             ("flagged bad", selector.not_in_list(session, Run.obs_id, bad_obs_ids())),
+             ("duplicate copies", selector.one_copy_condition(session, target, binning_id, exclusion_id, search_id))]
+    steps += selector.criteria(target, extra_keys)
+    # A condition that is NULL for a run (missing column value) removes it, as in the funnel.
+    passes = [sa.case((condition, 1), else_=0).label(f"pass_{number}") for number, (_, condition) in enumerate(steps)]
+    query = base.with_only_columns(Run.id, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.tstart_mjd, *passes)
+    fates = []
+    for row in session.execute(query.order_by(Run.obs_id, Run.id)).all():
+        failed = next((name for number, (name, _) in enumerate(steps) if not row[5 + number]), None)
+        fates.append(CandidateFate(row[0], row[1], row[2], row[3], row[4], failed))
+    return fates, [name for name, _ in steps]
+
+
+def funnel_picture(builder, obs_id: int, datastore=None) -> FunnelPicture:
+    """The `FunnelPicture` of run ``obs_id`` with a `~bkgdb.background.BackgroundBuilder`'s config.
+
+    The chosen runs are those `RunSelector.run` picks; when nothing passes, none are chosen and the
+    picture shows what removed every candidate.
+    """
+    with Session(builder.catalogue.engine, expire_on_commit=False) as session:
+        binning_row, exclusion_row = builder._setting_rows(session)
+        target = builder.find_target(session, obs_id, datastore)
+        extra_keys = builder.catalogue.extra_keys()
+        selector = builder.selector
+        if selector.from_run:
+            return FunnelPicture(target, [], [], ["from_run"], f"run {obs_id}: from_run, its own piece only")
+        fates, steps = candidate_fates(session, selector, target, binning_row.id, exclusion_row.id, extra_keys)
+        try:
+            selection = selector.run(session, target, binning_row.id, exclusion_row.id, extra_keys)
+            chosen = list(selection.run_ids)
+            summary = (f"{len(chosen)} of {len(fates)} candidates selected "
+                       f"({selection.ontime_s / 3600:.1f} h, ranked by {selection.ranking})")
+        except NoRunsSelected:
+            chosen, summary = [], f"none of {len(fates)} candidates selected"
+        session.expunge(target)
+    return FunnelPicture(target, fates, chosen, steps, f"run {obs_id}: {summary}")
