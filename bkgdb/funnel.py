@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .models import RUN_STATUS_OK, PieceRow, Run
-from .selection import NoRunsSelected, RunSelector, has_events
+from .models import Run
+from .selection import NoRunsSelected, RunSelector
 
 __all__ = ["CandidateFate", "FunnelPicture", "candidate_fates", "funnel_picture"]
 
@@ -72,20 +72,8 @@ def candidate_fates(session, selector: RunSelector, target, binning_id: int, exc
     steps : list of str
         The step names in the order applied.
     """
-    base = (sa.select(Run.id).join(PieceRow, PieceRow.run_id == Run.id)
-            .where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
-                   Run.status == RUN_STATUS_OK, Run.id != target.id))
-    search_id = None
-    if selector.search_datastore:
-        search_id = selector.search_datastore_id(session)
-        base = base.where(Run.datastore_id == search_id)
-    from .flags import bad_obs_ids
-
-    empty_pieces = sa.select(PieceRow.run_id).where(
-        PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events()))
-    steps = [("empty runs", selector.not_in_list(session, Run.id, empty_pieces)),
-             ("flagged bad", selector.not_in_list(session, Run.obs_id, bad_obs_ids())),
-             ("duplicate copies", selector.one_copy_condition(session, target, binning_id, exclusion_id, search_id))]
+    base, search_id = selector.candidates(session, target, binning_id, exclusion_id)
+    steps, _ = selector.integrity_steps(session, target, binning_id, exclusion_id, search_id)
     steps += selector.criteria(target, extra_keys)
     # A condition that is NULL for a run (missing column value) removes it, as in the funnel.
     passes = [sa.case((condition, 1), else_=0).label(f"pass_{number}") for number, (_, condition) in enumerate(steps)]

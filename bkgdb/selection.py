@@ -239,29 +239,9 @@ class RunSelector:
             return Selection(target.obs_id, [target.id], [target.obs_id], target.ontime_s or 0.0,
                              [("from_run", 1)], ranking="from_run")
 
-        # The setting's pieces are tested as ``binning_id + 0 = ?``: looked up per run (by the
-        # (run, binning, exclusion) key), never scanned as a whole, even where SQLite has no statistics.
-        base = (
-            sa.select(Run.id).join(PieceRow, PieceRow.run_id == Run.id)
-            .where((PieceRow.binning_id + 0) == binning_id, (PieceRow.exclusion_id + 0) == exclusion_id,
-                   is_ok(), Run.id != target.id)
-        )
-        search_id = None
-        if self.search_datastore:
-            search_id = self.search_datastore_id(session)
-            base = base.where(Run.datastore_id == search_id)
-
-        # Runs that must never build a background, then the similarity criteria. Each integrity
-        # step's list (empty, flagged, repeated OBS_IDs) is asked for once and passed as values.
-        empty_pieces = sa.select(PieceRow.run_id).where(
-            PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events()))
-        empty_ids = self.short_list(session, empty_pieces)
-        bad_ids = self.short_list(session, bad_obs_ids())
-        repeated_ids = self.repeated_obs_ids(session)
-        integrity = [("empty runs", self.not_in_list(Run.id, empty_pieces, empty_ids)),
-                     ("flagged bad", self.not_in_list(Run.obs_id, bad_obs_ids(), bad_ids)),
-                     ("duplicate copies", self.one_copy_condition(session, target, binning_id, exclusion_id,
-                                                                  search_id, repeated_ids))]
+        base, search_id = self.candidates(session, target, binning_id, exclusion_id)
+        integrity, (empty_ids, bad_ids, repeated_ids) = self.integrity_steps(session, target, binning_id, exclusion_id,
+                                                                              search_id)
         criteria = self.criteria(target, extra_keys)
         steps = integrity + criteria
         if any(values is None for values in (empty_ids, bad_ids, repeated_ids)):
@@ -480,6 +460,39 @@ class RunSelector:
             preferred_copy = preferred_copy.where(other.datastore_id == datastore_id)
         single = Run.obs_id.not_in(repeated if len(repeated_obs_ids) > OBS_ID_LIST_MAX else list(repeated_obs_ids))
         return sa.and_(not_target_copy, sa.or_(single, ~preferred_copy.exists()))
+
+    def candidates(self, session, target, binning_id, exclusion_id):
+        """The query of candidate run ids (ok, with a piece of the setting, not the target) and the
+        id of the search datastore (None: every datastore)."""
+        # The setting's pieces are tested as ``binning_id + 0 = ?``: looked up per run (by the
+        # (run, binning, exclusion) key), never scanned as a whole, even where SQLite has no statistics.
+        base = (
+            sa.select(Run.id).join(PieceRow, PieceRow.run_id == Run.id)
+            .where((PieceRow.binning_id + 0) == binning_id, (PieceRow.exclusion_id + 0) == exclusion_id,
+                   is_ok(), Run.id != target.id)
+        )
+        search_id = None
+        if self.search_datastore:
+            search_id = self.search_datastore_id(session)
+            base = base.where(Run.datastore_id == search_id)
+        return base, search_id
+
+    def integrity_steps(self, session, target, binning_id, exclusion_id, search_id=None):
+        """(name, condition) of the runs that must never build a background: empty, flagged bad,
+        other copies of a run; and the short lists of ids they used (None where too long to list).
+
+        Each list (empty, flagged, repeated OBS_IDs) is asked for once and passed as values.
+        """
+        empty_pieces = sa.select(PieceRow.run_id).where(
+            PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events()))
+        empty_ids = self.short_list(session, empty_pieces)
+        bad_ids = self.short_list(session, bad_obs_ids())
+        repeated_ids = self.repeated_obs_ids(session)
+        steps = [("empty runs", self.not_in_list(Run.id, empty_pieces, empty_ids)),
+                 ("flagged bad", self.not_in_list(Run.obs_id, bad_obs_ids(), bad_ids)),
+                 ("duplicate copies", self.one_copy_condition(session, target, binning_id, exclusion_id,
+                                                              search_id, repeated_ids))]
+        return steps, (empty_ids, bad_ids, repeated_ids)
 
     def rank(self, session, target, rows, binning_id, exclusion_id, candidates):
         """Order candidates, most similar first: by KL divergence, or by airmass then time.
