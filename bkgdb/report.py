@@ -146,7 +146,7 @@ def _page(report, config_name, validation_figure, worst):
     if validation_figure:
         parts += ["<h2>Norms</h2>", f'<p><a href="{validation_figure}"><img src="{validation_figure}" '
                                     'alt="FoV background norms against zenith and time, and their histogram"></a></p>']
-    parts.append(f"<h2>Worst runs (largest |norm &minus; 1|)</h2>")
+    parts.append("<h2>Worst runs (largest |norm &minus; 1|)</h2>")
     if not worst:
         parts.append("<p>None.</p>")
     for entry in worst:

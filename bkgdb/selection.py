@@ -8,7 +8,6 @@ of a run held by several datastores, or a copy of the target itself.
 """
 
 import logging
-import math
 from dataclasses import dataclass, field
 from datetime import date
 from types import SimpleNamespace

@@ -17,7 +17,6 @@ import pytest
 import sqlalchemy as sa
 from astropy import units as u
 from astropy.coordinates import SkyCoord
-from astropy.io import fits
 from astropy.table import MaskedColumn, Table
 from sqlalchemy.orm import Session
 

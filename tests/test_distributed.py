@@ -180,9 +180,8 @@ def test_missing_dask_is_a_one_line_error(monkeypatch):
         DaskExecutor("tcp://127.0.0.1:8786").__enter__()
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # DR1 is compared once
 def test_hess_dr1_on_dask_equals_local(db_url, tmp_path, cluster, hess_dr1):
-    if not db_url.startswith("postgresql"):
-        pytest.skip("DR1 is compared once, on PostgreSQL")
     from bkgdb.distributed import DaskExecutor
 
     config = load_config(os.path.join(REPO, "configs", "hess-dr1.yaml"))

@@ -5,6 +5,7 @@ Each case runs `bkgdb index` as a subprocess on a simulated datastore of 60 shor
 the database afterwards with an uninterrupted index: the same run rows and the same piece bytes.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -108,6 +109,18 @@ def wait_for_commits(process, url, count, timeout_s=120.0):
         engine.dispose()
 
 
+@contextlib.contextmanager
+def killed_on_exit(*processes):
+    """The indexer processes, killed on leaving the block if they still run (a failed assertion)."""
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
 def live_processes_in_group(pgid):
     """PIDs of processes (not zombies) in process group ``pgid``, from /proc/*/stat."""
     found = []
@@ -157,17 +170,12 @@ def finish_index(url, fault_datastore):
 
 def test_sigkill_leaves_no_processes_and_a_rerun_completes_the_work(db_url, fault_datastore, reference):
     RunCatalogue.open(db_url).engine.dispose()  # the schema exists before the indexer starts
-    process = start_index(db_url, fault_datastore, jobs=2)
-    try:
+    with killed_on_exit(start_index(db_url, fault_datastore, jobs=2)) as (process,):
         committed = wait_for_commits(process, db_url, COMMITTED_BEFORE_STOP)
         workers = children_of(process.pid)
         assert len(workers) >= 2  # two workers (and multiprocessing's resource tracker)
         os.kill(process.pid, signal.SIGKILL)
         process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == -signal.SIGKILL
     assert wait_until_gone(process.pid) == []  # workers and resource tracker exited with their parent
 
@@ -185,15 +193,10 @@ def test_sigkill_leaves_no_processes_and_a_rerun_completes_the_work(db_url, faul
 
 def test_sigterm_stops_cleanly_keeps_the_work_and_a_rerun_completes_it(db_url, fault_datastore, reference):
     RunCatalogue.open(db_url).engine.dispose()
-    process = start_index(db_url, fault_datastore, jobs=2)
-    try:
+    with killed_on_exit(start_index(db_url, fault_datastore, jobs=2)) as (process,):
         committed = wait_for_commits(process, db_url, COMMITTED_BEFORE_STOP)
         os.kill(process.pid, signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 128 + signal.SIGTERM
     assert stderr.strip().splitlines() == ["Interrupted by SIGTERM: stopped; work committed so far is kept."]
     assert stdout == ""
@@ -210,16 +213,8 @@ def test_sigterm_stops_cleanly_keeps_the_work_and_a_rerun_completes_it(db_url, f
 
 def test_two_indexers_at_once_both_succeed_without_duplicates(db_url, fault_datastore, reference):
     # Both start on an empty database: they also race to create the schema.
-    processes = [start_index(db_url, fault_datastore, jobs=1) for _ in range(2)]
-    outputs = []
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=300))
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+    with killed_on_exit(*[start_index(db_url, fault_datastore, jobs=1) for _ in range(2)]) as processes:
+        outputs = [process.communicate(timeout=300) for process in processes]
     for process, (stdout, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr
         assert "Traceback" not in stderr and "Error" not in stderr
@@ -233,15 +228,10 @@ def test_two_indexers_at_once_both_succeed_without_duplicates(db_url, fault_data
 def test_ctrl_c_to_the_process_group_stops_cleanly(db_url, fault_datastore):
     # A terminal's Ctrl-C reaches every process of the group: the workers ignore it, the parent stops.
     RunCatalogue.open(db_url).engine.dispose()
-    process = start_index(db_url, fault_datastore, jobs=2)
-    try:
+    with killed_on_exit(start_index(db_url, fault_datastore, jobs=2)) as (process,):
         wait_for_commits(process, db_url, COMMITTED_BEFORE_STOP)
         os.killpg(process.pid, signal.SIGINT)
         _, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 128 + signal.SIGINT
     assert stderr.strip().splitlines() == ["Interrupted by SIGINT: stopped; work committed so far is kept."]
     assert wait_until_gone(process.pid) == []
