@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from bkgdb.assembly import assemble_background
+from bkgdb.makers.assembly import assemble_background
 from bkgdb.background import BackgroundBuilder
-from bkgdb.catalogue import RunCatalogue
+from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.config import BkgdbConfig, SelectionSettings, load_config
-from bkgdb.datastore import DL3Datastore, read_events
-from bkgdb.pieces import PieceMaker
+from bkgdb.gadf.datastore import DL3Datastore, read_events
+from bkgdb.makers.piece import PieceMaker
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 23523
@@ -61,7 +61,7 @@ def main():
         config_file.write_text((REPO / "configs" / "hess-dr1.yaml").read_text().replace(
             "el_diff: 0.15", "el_diff: null").replace("gal_lat_min: 10", "gal_lat_min: 0").replace(
             "n_tels: 3", "n_tels: null"))
-        command = [sys.executable, "-m", "bkgdb.cli", "--db", db]
+        command = [sys.executable, "-m", "bkgdb.cli.main", "--db", db]
         help_time, _ = timed(lambda: subprocess.run(command + ["--help"], capture_output=True, check=True), 3)
         out = Path(folder, "bkg.fits")
         run_time, _ = timed(lambda: subprocess.run(

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from bkgdb.condition_model import ConditionModelFitter, RunConditions
+from bkgdb.makers.condition_model import ConditionModelFitter, RunConditions
 from bkgdb.config import Binning
 from bkgdb.simulate import BackgroundTruth
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from bkgdb.catalogue import RunCatalogue
+from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.config import load_config
-from bkgdb.datastore import DL3Datastore
+from bkgdb.gadf.datastore import DL3Datastore
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def new_database(folder, postgres):
         return f"sqlite:///{Path(folder, uuid.uuid4().hex[:8] + '.sqlite')}"
     import sqlalchemy as sa
 
-    from bkgdb.database import resolve_url
+    from bkgdb.store.database import resolve_url
 
     admin = sa.create_engine(resolve_url(postgres), isolation_level="AUTOCOMMIT")
     name = f"bkgdb_bench_{uuid.uuid4().hex[:8]}"
@@ -57,7 +57,7 @@ def drop_database(url, postgres):
         return
     import sqlalchemy as sa
 
-    from bkgdb.database import resolve_url
+    from bkgdb.store.database import resolve_url
 
     admin = sa.create_engine(resolve_url(postgres), isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -89,7 +89,7 @@ def main():
 
     from distributed import LocalCluster
 
-    from bkgdb.distributed import DaskExecutor
+    from bkgdb.parallel.cluster import DaskExecutor
 
     rows = []
     floor = min(read_floor(datastore)[0] for _ in range(args.repeat))

@@ -30,10 +30,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bkgdb.background import BackgroundBuilder
-from bkgdb.catalogue import RunCatalogue
+from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, SelectionSettings
-from bkgdb.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
-from bkgdb.pieces import encode_array
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from bkgdb.makers.piece import encode_array
 
 BINNING = Binning(e_bins=20, off_bins=10)
 EXCLUSION = ExclusionSettings(gammacat=None, hawc=None, star_cat=None)
@@ -149,9 +149,9 @@ def bench(kind, n_runs, sizes, folder, postgres, condition_runs, modes):
 
 def recompute(n_runs, folder):
     """Select + assemble of ``n_runs`` simulated runs against recomputing the same model from their event files."""
-    from bkgdb.assembly import assemble_background
-    from bkgdb.datastore import DL3Datastore, read_events
-    from bkgdb.pieces import PieceMaker
+    from bkgdb.makers.assembly import assemble_background
+    from bkgdb.gadf.datastore import DL3Datastore, read_events
+    from bkgdb.makers.piece import PieceMaker
     from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
 
     store = Path(folder, "simulated")

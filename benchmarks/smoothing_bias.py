@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
-from bkgdb.assembly import AssembledBackground
+from bkgdb.makers.assembly import AssembledBackground
 from bkgdb.config import Binning
 from bkgdb.simulate import BackgroundTruth
-from bkgdb.smoothing import BackgroundSmoother
+from bkgdb.makers.smoothing import BackgroundSmoother
 
 
 def main():

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-BKGDB = [sys.executable, "-m", "bkgdb.cli"]
+BKGDB = [sys.executable, "-m", "bkgdb.cli.main"]
 
 
 def run_validate(database, datastore, config, jobs, rows_file):

@@ -1,6 +1,6 @@
 """bkgdb: a database of background-model pieces for IACT analyses with gammapy."""
 
-from .errors import BkgdbError
+from bkgdb.errors import BkgdbError
 
 __all__ = ["BkgdbError", "__version__"]
 

@@ -13,17 +13,17 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import __version__
-from .assembly import CONDITION_MODEL_MAX_RUNS, archive_condition_model, assemble_background, bin_average_to_centre, fill_empty_bins
-from .cache import row_to_piece
-from .condition_model import RunConditions
-from .errors import BkgdbError
-from .gadf import background_2d_hdu
-from .models import (RUN_STATUS_FAILED, RUN_STATUS_OK, BackgroundInput, BackgroundRow, BinningRow, Datastore,
+from bkgdb import __version__
+from bkgdb.makers.assembly import CONDITION_MODEL_MAX_RUNS, archive_condition_model, assemble_background, bin_average_to_centre, fill_empty_bins
+from bkgdb.store.pieces import row_to_piece
+from bkgdb.makers.condition_model import RunConditions
+from bkgdb.errors import BkgdbError
+from bkgdb.gadf.hdu import background_2d_hdu
+from bkgdb.store.models import (RUN_STATUS_FAILED, RUN_STATUS_OK, BackgroundInput, BackgroundRow, BinningRow, Datastore,
                      ExclusionRow, PieceRow, Run)
-from .normalisation import NO_NORMALISATION
-from .selection import RunSelector
-from .smoothing import BackgroundSmoother
+from bkgdb.makers.normalisation import NO_NORMALISATION
+from bkgdb.store.selection import RunSelector
+from bkgdb.makers.smoothing import BackgroundSmoother
 
 __all__ = ["BackgroundBuilder", "BuiltBackground", "PieceInput", "background_history", "per_run_normalisation",
            "PROVENANCE_HDU", "BKG_HDU"]
@@ -66,7 +66,7 @@ class BuiltBackground:
     exclusion_hash: str
     binning_id: int | None = None
     exclusion_id: int | None = None
-    #: Per-run scale applied to the model (`bkgdb.normalisation.Normalisation`); factor 1 when none.
+    #: Per-run scale applied to the model (`bkgdb.makers.normalisation.Normalisation`); factor 1 when none.
     normalisation: object = NO_NORMALISATION
     #: Parameters of the condition model the pieces were moved with (None: plain sum).
     condition_model: dict | None = None
@@ -159,7 +159,7 @@ class BackgroundBuilder:
 
     Parameters
     ----------
-    catalogue : `~bkgdb.catalogue.RunCatalogue`
+    catalogue : `~bkgdb.store.catalogue.RunCatalogue`
     config : `~bkgdb.config.BkgdbConfig`
         The first binning, the exclusion setting and ``background_selection`` are used.
     smooth : str, optional
@@ -175,7 +175,7 @@ class BackgroundBuilder:
         self.selector = RunSelector(s, from_run=config.io.from_run, search_datastore=config.io.search_datastore)
         self._extra_keys = None
         self._rows = None
-        #: At most this many archive runs fit the condition model (`bkgdb.assembly.archive_condition_model`).
+        #: At most this many archive runs fit the condition model (`bkgdb.makers.assembly.archive_condition_model`).
         self.condition_model_max_runs = CONDITION_MODEL_MAX_RUNS
         self._condition_memo = {}
 
@@ -200,7 +200,7 @@ class BackgroundBuilder:
         """(piece columns, datastore path, obs_id, zenith, azimuth, muon_eff) of the selected runs, in their order.
 
         One query (the ids as one list; split only beyond what SQLite binds at once), reading the
-        piece columns a `~bkgdb.pieces.BackgroundPiece` needs, not ORM objects.
+        piece columns a `~bkgdb.makers.piece.BackgroundPiece` needs, not ORM objects.
         """
         columns = (PieceRow.id, PieceRow.run_id, PieceRow.n_energy, PieceRow.n_offset, PieceRow.counts_dtype,
                    PieceRow.exposure_dtype, PieceRow.counts, PieceRow.excluded_counts, PieceRow.exposure_s,
@@ -281,7 +281,7 @@ class BackgroundBuilder:
             inputs = [PieceInput(piece.id, piece.run_id, run_obs_id, piece.file_sha256, piece.created_at, float(weight))
                       for (piece, _, run_obs_id, *_), weight in zip(rows, weights)]
             rate = self.smoother.run(assembled)
-            # Per-run normalisation (bkgdb.normalisation): after smoothing, before empty bins are filled.
+            # Per-run normalisation (bkgdb.makers.normalisation): after smoothing, before empty bins are filled.
             normalisation = per_run_normalisation(session, self.config.selection, target, selection, rate, assembled,
                                                   binning_row.id, exclusion_row.id)
             rate = rate * normalisation.factor
@@ -335,8 +335,8 @@ class BackgroundBuilder:
 
         from astropy.io import fits
 
-        from .database import is_readonly_error
-        from .errors import ReadOnlyWarning
+        from bkgdb.store.database import is_readonly_error
+        from bkgdb.errors import ReadOnlyWarning
 
         path = Path(path)
         if path.is_dir():
@@ -363,20 +363,20 @@ class BackgroundBuilder:
         return built
 
     def attach(self, target_datastore, out_dir, progress=None, overwrite=False):
-        """Write a copy of a datastore whose runs carry backgrounds; see `~bkgdb.attach.attach_backgrounds`."""
-        from .attach import attach_backgrounds
+        """Write a copy of a datastore whose runs carry backgrounds; see `~bkgdb.gadf.attach.attach_backgrounds`."""
+        from bkgdb.gadf.attach import attach_backgrounds
 
         return attach_backgrounds(self, target_datastore, out_dir, progress=progress, overwrite=overwrite)
 
 
 def per_run_normalisation(session, settings, target, selection, rate, assembled, binning_id, exclusion_id):
-    """The configured per-run `~bkgdb.normalisation.Normalisation` of a target's model.
+    """The configured per-run `~bkgdb.makers.normalisation.Normalisation` of a target's model.
 
     ``control-ring`` compares the target's own piece (exclusions applied) with the model in the
     ring; ``monitor`` compares a catalogue column of the target with the runs used.
     """
-    from .conditions import typed_column
-    from .normalisation import control_ring_normalisation, monitor_normalisation
+    from bkgdb.store.conditions import typed_column
+    from bkgdb.makers.normalisation import control_ring_normalisation, monitor_normalisation
 
     if settings.normalisation == "control-ring":
         own = session.scalars(sa.select(PieceRow).where(

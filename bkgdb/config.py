@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from bkgdb.errors import ConfigError
 
 __all__ = [
     "ConfigWarning", "Binning", "ExclusionSettings", "CircleRegion", "SelectionSettings", "IOSettings", "BkgdbConfig",
@@ -315,7 +315,7 @@ class ExclusionSettings:
             if not _is_file(path):
                 raise ConfigError(_missing_file_message("exclusion.region_files", "region file", path))
         if self.source_radii or self.exclude_source_name:
-            from .exclusion import find_named_sources
+            from bkgdb.makers.exclusion import find_named_sources
 
             for key in self.OPTIONAL_KEYS:
                 for name, _ in getattr(self, key):
@@ -392,7 +392,7 @@ class ExclusionSettings:
 
     def radius_for_name(self, name):
         """The radius `source_radii` gives a source name (any spelling), or None."""
-        from .exclusion import normalise_source_name
+        from bkgdb.makers.exclusion import normalise_source_name
 
         key = normalise_source_name(name)
         for configured, radius in self.source_radii:
@@ -412,7 +412,7 @@ def _source_name(label, value):
 
 def _source_radii(section, values):
     """``source_radii: {name: radius}`` as sorted (name, radius) pairs, one per source."""
-    from .exclusion import normalise_source_name
+    from bkgdb.makers.exclusion import normalise_source_name
 
     pairs = {}
     for name, radius in _mapping(f"{section}.source_radii", values).items():
@@ -475,7 +475,7 @@ def _circle(section, number, entry):
     return CircleRegion(ra % 360.0, dec, radius, name or f"region {number}")
 
 
-from .smoothing import SMOOTHING_METHODS  # noqa: E402  (the smoothing module owns the names)
+from bkgdb.makers.smoothing import SMOOTHING_METHODS  # noqa: E402  (the smoothing module owns the names)
 
 
 def _optional(section, values, key, kind=float, minimum=None):
@@ -497,8 +497,8 @@ def _conditions(section, value):
     """``where``: one condition or a list of them, each checked for its form (``NAME OP VALUE``)."""
     conditions = [value] if isinstance(value, str) else _sequence(section, "where", value)
     if conditions:
-        from .conditions import condition_expression, parse_condition, typed_column
-        from .errors import ConditionError
+        from bkgdb.store.conditions import condition_expression, parse_condition, typed_column
+        from bkgdb.errors import ConditionError
     for number, condition in enumerate(conditions):
         if not isinstance(condition, str):
             raise ConfigError(f"{section}.where[{number}] must be a condition such as 'zenith<30', "
@@ -550,7 +550,7 @@ class SelectionSettings:
     #: ``condition``: move each piece to the target's zenith, azimuth and optical efficiency with a
     #: model fitted on the archive before summing; ``sum``: plain summation.
     assembly: str = "sum"
-    #: Per-run normalisation (`bkgdb.normalisation`): none, control-ring (offsets in
+    #: Per-run normalisation (`bkgdb.makers.normalisation`): none, control-ring (offsets in
     #: ``normalisation_ring``, deg) or monitor (ratio of catalogue column ``normalisation_column``).
     normalisation: str = "none"
     normalisation_ring: tuple = (2.0, 2.5)
@@ -572,7 +572,7 @@ class SelectionSettings:
     UNUSED = ("store_KL", "bkg_runlist")
 
     def __post_init__(self):
-        from .assembly import ASSEMBLY_METHODS
+        from bkgdb.makers.assembly import ASSEMBLY_METHODS
 
         if self.assembly not in ASSEMBLY_METHODS:
             raise ConfigError(f"background_selection.assembly must be one of {', '.join(ASSEMBLY_METHODS)}, "
@@ -666,7 +666,7 @@ def _normalisation_from_dict(section, values):
 
 
 def _check_normalisation(method, ring, column, energy=None):
-    from .normalisation import NORMALISATION_METHODS
+    from bkgdb.makers.normalisation import NORMALISATION_METHODS
 
     section = "background_selection.normalisation"
     if method not in NORMALISATION_METHODS:
@@ -725,7 +725,7 @@ class BkgdbConfig:
     njobs: int = 1
 
     def __post_init__(self):
-        from .normalisation import ring_bins
+        from bkgdb.makers.normalisation import ring_bins
 
         if self.selection.normalisation == "control-ring":
             low, high = self.selection.normalisation_ring

@@ -78,12 +78,12 @@ def run_demo(folder="bkgdb-demo", url=None, jobs=2, progress=None):
     """
     from gammapy.data import DataStore
 
-    from .attach import attach_backgrounds
-    from .background import BackgroundBuilder
-    from .catalogue import RunCatalogue
-    from .validation import fov_background_norm
-    from .config import BkgdbConfig
-    from .simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+    from bkgdb.gadf.attach import attach_backgrounds
+    from bkgdb.background import BackgroundBuilder
+    from bkgdb.store.catalogue import RunCatalogue
+    from bkgdb.validation import fov_background_norm
+    from bkgdb.config import BkgdbConfig
+    from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 
     say = progress or (lambda text: None)
     folder = Path(folder).expanduser().resolve()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BkgdbError
+from bkgdb.errors import BkgdbError
 
 __all__ = ["fov_background_norm", "FitSettings", "FitJob", "FitResult", "ValidationReport", "validate_runs",
            "fit_run", "target_runs", "summarise", "outside_circles", "rows_file_format", "report_rows_to_file",
@@ -217,7 +217,7 @@ def outside_circles(geom, circles):
     """
     from gammapy.maps import Map
 
-    from .exclusion import unit_vectors
+    from bkgdb.makers.exclusion import unit_vectors
 
     image = geom.to_image()
     coords = image.get_coord(frame="icrs")
@@ -234,13 +234,13 @@ def target_runs(catalogue, config, datastore, where=()):
 
     Returns
     -------
-    runs : list of `~bkgdb.models.Run`
+    runs : list of `~bkgdb.store.models.Run`
         Ordered by OBS_ID.
     """
     import sqlalchemy as sa
 
-    from .conditions import conditions_expression
-    from .models import RUN_STATUS_OK, Datastore, Run
+    from bkgdb.store.conditions import conditions_expression
+    from bkgdb.store.models import RUN_STATUS_OK, Datastore, Run
 
     s = config.selection
     query = (sa.select(Run).join(Datastore, Datastore.id == Run.datastore_id)
@@ -325,7 +325,7 @@ def _excluded_regions(session, run_id, binning_id, exclusion_id):
     """Circles (ra, dec, radius) stored with the target's own piece, or None without a piece."""
     import sqlalchemy as sa
 
-    from .models import PieceRow
+    from bkgdb.store.models import PieceRow
 
     regions = session.scalar(sa.select(PieceRow.regions).where(
         PieceRow.run_id == run_id, PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id))
@@ -337,7 +337,7 @@ def _excluded_regions(session, run_id, binning_id, exclusion_id):
 
 def _shaped_regions(exclusion):
     """Non-circular regions of the config's region files (the pieces store only their names)."""
-    from .exclusion import load_region_file
+    from bkgdb.makers.exclusion import load_region_file
 
     shapes = []
     for path in exclusion.region_files:
@@ -351,7 +351,7 @@ def validate_runs(catalogue, config, datastore, where=(), jobs=1, progress=None,
 
     Parameters
     ----------
-    catalogue : `~bkgdb.catalogue.RunCatalogue`
+    catalogue : `~bkgdb.store.catalogue.RunCatalogue`
         Indexed with ``config`` (pieces of its binning and exclusion setting), ``datastore`` included.
     config : `~bkgdb.config.BkgdbConfig`
         The configuration judged.
@@ -373,7 +373,7 @@ def validate_runs(catalogue, config, datastore, where=(), jobs=1, progress=None,
     """
     from sqlalchemy.orm import Session
 
-    from .background import BackgroundBuilder
+    from bkgdb.background import BackgroundBuilder
 
     settings = settings or FitSettings()
     datastore = str(Path(datastore).expanduser().resolve())
@@ -436,7 +436,7 @@ def _run_fits(jobs_to_fit, workers):
         for job in jobs_to_fit:
             yield fit_run(job)
         return
-    from .workers import WorkerPool
+    from bkgdb.parallel.processes import WorkerPool
 
     # The same pool as indexing: workers die with the command, even after kill -9.
     with WorkerPool(workers) as pool:

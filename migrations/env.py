@@ -2,8 +2,8 @@
 
 from alembic import context
 
-from bkgdb.database import create_engine, resolve_url
-from bkgdb.models import Base
+from bkgdb.store.database import create_engine, resolve_url
+from bkgdb.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

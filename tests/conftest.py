@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bkgdb.catalogue import RunCatalogue
+from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
 
 POSTGRES_URL = os.environ.get("BKGDB_TEST_POSTGRES_URL")
@@ -42,7 +42,7 @@ def db_url(request, tmp_path):
         if IN_CI:
             pytest.fail("BKGDB_TEST_POSTGRES_URL must be set in CI: PostgreSQL tests may not skip there")
         pytest.skip("BKGDB_TEST_POSTGRES_URL is not set: PostgreSQL case skipped")
-    from bkgdb.database import resolve_url
+    from bkgdb.store.database import resolve_url
 
     admin = sa.create_engine(resolve_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
     name = f"bkgdb_test_{uuid.uuid4().hex[:12]}"

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from bkgdb.assembly import assemble_background
+from bkgdb.makers.assembly import assemble_background
 from bkgdb.config import Binning
-from bkgdb.pieces import BackgroundPiece
+from bkgdb.makers.piece import BackgroundPiece
 from bkgdb.simulate import BackgroundTruth
-from bkgdb.smoothing import BackgroundSmoother
+from bkgdb.makers.smoothing import BackgroundSmoother
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)
 
@@ -99,7 +99,7 @@ def test_filled_models_stay_finite_in_gammapy():
     """A sparse model with empty bins explodes in gammapy's log interpolation unless filled."""
     import astropy.units as u
 
-    from bkgdb.assembly import fill_empty_bins
+    from bkgdb.makers.assembly import fill_empty_bins
 
     binning = Binning(e_min=0.1, e_max=100, e_bins=8, off_min=0, off_max=2.5, off_bins=5)
     counts = np.zeros(binning.shape, dtype=np.int64)
@@ -124,7 +124,7 @@ def test_gadf_writer_matches_gammapy(tmp_path):
     from astropy.io import fits
     from gammapy.irf import Background2D
 
-    from bkgdb.gadf import background_2d_hdu
+    from bkgdb.gadf.hdu import background_2d_hdu
 
     rng = np.random.default_rng(5)
     rate = rng.uniform(0, 1e-3, size=BINNING.shape)
@@ -145,7 +145,7 @@ def test_gadf_writer_matches_gammapy(tmp_path):
 
 def test_bin_averages_become_centre_values_for_a_power_law():
     """gammapy reads values at the log centres; a summed model holds bin averages."""
-    from bkgdb.assembly import bin_average_to_centre, local_spectral_index
+    from bkgdb.makers.assembly import bin_average_to_centre, local_spectral_index
 
     truth = BackgroundTruth(index=2.7)
     expected = truth.expected_counts(BINNING.energy_edges, BINNING.offset_edges, 1e6)

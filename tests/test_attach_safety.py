@@ -16,12 +16,12 @@ from astropy.io import fits
 from astropy.table import Table
 from typer.testing import CliRunner
 
-from bkgdb.attach import (
+from bkgdb.gadf.attach import (
     PARTIAL_SUFFIX, NothingAttached, UnsafeDestination, attach_backgrounds, check_attach_destination, partial_path,
     write_fits,
 )
 from bkgdb.background import BackgroundBuilder
-from bkgdb.cli import app
+from bkgdb.cli.main import app
 from bkgdb.config import BkgdbConfig
 
 CONFIG = """
@@ -246,7 +246,7 @@ def run_files(folder):
 
 def test_killed_attach_then_rerun_with_overwrite(db_url, datastore_copy, config_file, config, tmp_path):
     """kill -9 a real `bkgdb attach` after its first files; the rerun gives what an uninterrupted attach gives."""
-    from bkgdb.catalogue import RunCatalogue
+    from bkgdb.store.catalogue import RunCatalogue
 
     catalogue = RunCatalogue.open(db_url)
     catalogue.index(datastore_copy, config=config)
@@ -255,7 +255,7 @@ def test_killed_attach_then_rerun_with_overwrite(db_url, datastore_copy, config_
     catalogue.engine.dispose()
 
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "bkgdb.cli", "--db", db_url, "attach", str(datastore_copy), "--out", str(out),
+    command = [sys.executable, "-m", "bkgdb.cli.main", "--db", db_url, "attach", str(datastore_copy), "--out", str(out),
                "--config", str(config_file), "--jobs", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:

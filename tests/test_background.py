@@ -13,12 +13,12 @@ from gammapy.data import DataStore
 from gammapy.irf import Background2D, Background3D
 from sqlalchemy.orm import Session
 
-from bkgdb.attach import UnsafeDestination, attach_backgrounds
+from bkgdb.gadf.attach import UnsafeDestination, attach_backgrounds
 from bkgdb.background import BackgroundBuilder
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.demo import bin_centres
 from bkgdb.errors import BkgdbError
-from bkgdb.models import BackgroundRow
+from bkgdb.store.models import BackgroundRow
 from bkgdb.validation import fov_background_norm
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 
@@ -223,7 +223,7 @@ def test_hess_dr1_attach_and_crab_norm(hess_dr1, tmp_path, capsys):
     from pathlib import Path
 
     from conftest import gammapy_data_path
-    from bkgdb.catalogue import RunCatalogue
+    from bkgdb.store.catalogue import RunCatalogue
     from bkgdb.config import load_config
 
     gammapy_data_path("catalogs")

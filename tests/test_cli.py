@@ -6,7 +6,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from bkgdb.cli import app
+from bkgdb.cli.main import app
 
 runner = CliRunner()
 
@@ -205,7 +205,7 @@ background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
 
 
 def test_smoothing_choices_are_the_library_methods():
-    from bkgdb.cli import Smoothing
+    from bkgdb.cli.main import Smoothing
     from bkgdb.config import SMOOTHING_METHODS
 
     assert tuple(member.value for member in Smoothing) == SMOOTHING_METHODS

@@ -9,14 +9,14 @@ import yaml
 from astropy.io import fits
 from sqlalchemy.orm import Session
 
-from bkgdb.assembly import assemble_background
+from bkgdb.makers.assembly import assemble_background
 from bkgdb.background import BackgroundBuilder
-from bkgdb.cli import app
-from bkgdb.condition_model import ConditionModel, ConditionModelFitter, RunConditions, shift_energy
+from bkgdb.cli.main import app
+from bkgdb.makers.condition_model import ConditionModel, ConditionModelFitter, RunConditions, shift_energy
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings, load_config
 from bkgdb.errors import BkgdbError, ConfigError
-from bkgdb.models import BackgroundInput, BackgroundRow, ConditionModelRow
-from bkgdb.pieces import BackgroundPiece
+from bkgdb.store.models import BackgroundInput, BackgroundRow, ConditionModelRow
+from bkgdb.makers.piece import BackgroundPiece
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, write_source_catalogue
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=20, off_min=0, off_max=2.5, off_bins=10)
@@ -171,8 +171,8 @@ def test_condition_assembly_recovers_the_truth_where_plain_summation_is_biased(c
 
 
 def selected_pieces(catalogue, built):
-    from bkgdb.cache import row_to_piece
-    from bkgdb.models import PieceRow, Run
+    from bkgdb.store.pieces import row_to_piece
+    from bkgdb.store.models import PieceRow, Run
 
     with Session(catalogue.engine) as session:
         rows = session.execute(sa.select(PieceRow, Run.obs_id, Run.zenith_deg, Run.az_deg)

@@ -1,6 +1,6 @@
 import pytest
 
-from bkgdb.conditions import Condition, parse_condition
+from bkgdb.store.conditions import Condition, parse_condition
 from bkgdb.errors import ConditionError
 
 

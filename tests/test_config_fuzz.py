@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from sqlalchemy.dialects import postgresql, sqlite
 from typer.testing import CliRunner
 
-from bkgdb.cli import app
-from bkgdb.conditions import conditions_expression, parse_condition
+from bkgdb.cli.main import app
+from bkgdb.store.conditions import conditions_expression, parse_condition
 from bkgdb.config import (MAX_BINS_PER_PIECE, MAX_ENERGY_BINS, MAX_OFFSET_BINS, BkgdbConfig, Binning,
                           ConfigWarning, ExclusionSettings, IOSettings, SelectionSettings, load_config)
 from bkgdb.errors import ConditionError, ConfigError

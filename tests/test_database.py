@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bkgdb.database import create_engine, display_url, resolve_url
+from bkgdb.store.database import create_engine, display_url, resolve_url
 from bkgdb.errors import DatabaseError
 
 
@@ -73,9 +73,9 @@ from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from bkgdb.catalogue import RunCatalogue  # noqa: E402
-from bkgdb.cli import app  # noqa: E402
-from bkgdb.database import SCHEMA_HEAD, current_revision, hide_secrets  # noqa: E402
+from bkgdb.store.catalogue import RunCatalogue  # noqa: E402
+from bkgdb.cli.main import app  # noqa: E402
+from bkgdb.store.database import SCHEMA_HEAD, current_revision, hide_secrets  # noqa: E402
 
 #: URL shapes; {raw} is the password as typed, {quoted} percent-encoded. None of the servers
 #: answers (port 1, a missing socket folder, an unsupported or malformed URL).
@@ -189,7 +189,7 @@ def test_percent_encoded_password_migrates_and_is_hidden(db_url):
 
 OPEN_AT = """
 import sys, time
-from bkgdb.catalogue import RunCatalogue
+from bkgdb.store.catalogue import RunCatalogue
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
 RunCatalogue.open(sys.argv[1]).engine.dispose()
 """

@@ -20,11 +20,11 @@ from astropy.coordinates import SkyCoord
 from astropy.table import MaskedColumn, Table
 from sqlalchemy.orm import Session
 
-from bkgdb.cache import row_to_piece
+from bkgdb.store.pieces import row_to_piece
 from bkgdb.config import load_config
-from bkgdb.datastore import DL3Datastore
+from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.errors import DatastoreError
-from bkgdb.models import PieceRow, Run
+from bkgdb.store.models import PieceRow, Run
 from conftest import gammapy_data_path
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -283,7 +283,7 @@ def test_damaged_index_file_indexes_nothing(catalogue, datastore_copy):
 def test_damaged_index_file_on_the_command_line(datastore_copy, tmp_path):
     from typer.testing import CliRunner
 
-    from bkgdb.cli import app
+    from bkgdb.cli.main import app
 
     damage_garbage(datastore_copy / "obs-index.fits.gz")
     result = CliRunner().invoke(app, ["--db", str(tmp_path / "cli.sqlite"), "index", str(datastore_copy)])

@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from bkgdb.catalogue import RunCatalogue
+from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, load_config
-from bkgdb.database import resolve_url
+from bkgdb.store.database import resolve_url
 from bkgdb.errors import BkgdbError
-from bkgdb.models import PieceRow, Run
+from bkgdb.store.models import PieceRow, Run
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 
 distributed = pytest.importorskip("distributed")
@@ -85,7 +85,7 @@ def local_reference(tmp_path, datastore, config):
 def test_dask_index_equals_local_index(db_url, tmp_path, cluster, sim_datastore):
     datastore, config = sim_datastore
     reference_url, reference = local_reference(tmp_path, datastore, config)
-    from bkgdb.distributed import DaskExecutor
+    from bkgdb.parallel.cluster import DaskExecutor
 
     catalogue = RunCatalogue.open(db_url)
     try:
@@ -109,7 +109,7 @@ def test_dask_index_equals_local_index(db_url, tmp_path, cluster, sim_datastore)
 def test_runs_of_a_killed_worker_are_not_lost(db_url, tmp_path, cluster, sim_datastore):
     datastore, config = sim_datastore
     reference_url, _ = local_reference(tmp_path, datastore, config)
-    from bkgdb.distributed import DaskExecutor
+    from bkgdb.parallel.cluster import DaskExecutor
 
     killed = []
     with distributed.Client(cluster.scheduler_address, set_as_default=False) as observer:
@@ -136,8 +136,8 @@ def test_runs_of_a_killed_worker_are_not_lost(db_url, tmp_path, cluster, sim_dat
 
 
 def test_a_run_that_keeps_killing_workers_is_a_clear_error(cluster):
-    from bkgdb.distributed import DaskExecutor
-    from bkgdb.workers import WorkerError
+    from bkgdb.parallel.cluster import DaskExecutor
+    from bkgdb.parallel.processes import WorkerError
 
     with DaskExecutor(cluster.scheduler_address) as executor:
         executor.client.wait_for_workers(2, timeout=60)  # both back from an earlier test's kill
@@ -147,7 +147,7 @@ def test_a_run_that_keeps_killing_workers_is_a_clear_error(cluster):
 
 
 def test_cli_index_with_scheduler_and_unreachable_scheduler(db_url, tmp_path, cluster, sim_datastore, monkeypatch):
-    from bkgdb.cli import app
+    from bkgdb.cli.main import app
 
     datastore, _ = sim_datastore
     runner = CliRunner()
@@ -156,7 +156,7 @@ def test_cli_index_with_scheduler_and_unreachable_scheduler(db_url, tmp_path, cl
     assert f"{N_RUNS - 1} new, 0 updated, 0 unchanged, 1 failed" in result.stdout
     assert f"failed: run {BROKEN_OBS_ID}: cannot read" in result.stderr
 
-    monkeypatch.setattr("bkgdb.distributed.CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr("bkgdb.parallel.cluster.CONNECT_TIMEOUT_S", 1.0)
     result = runner.invoke(app, ["--db", db_url, "index", str(datastore), "--scheduler", "tcp://127.0.0.1:9"])
     assert result.exit_code == 2
     assert result.stderr.startswith("Error: cannot connect to the Dask scheduler tcp://127.0.0.1:9")
@@ -166,7 +166,7 @@ def test_cli_index_with_scheduler_and_unreachable_scheduler(db_url, tmp_path, cl
 def test_missing_dask_is_a_one_line_error(monkeypatch):
     import builtins
 
-    from bkgdb.distributed import DaskExecutor
+    from bkgdb.parallel.cluster import DaskExecutor
 
     real_import = builtins.__import__
 
@@ -182,7 +182,7 @@ def test_missing_dask_is_a_one_line_error(monkeypatch):
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # DR1 is compared once
 def test_hess_dr1_on_dask_equals_local(db_url, tmp_path, cluster, hess_dr1):
-    from bkgdb.distributed import DaskExecutor
+    from bkgdb.parallel.cluster import DaskExecutor
 
     config = load_config(os.path.join(REPO, "configs", "hess-dr1.yaml"))
     reference_url, reference = local_reference(tmp_path, hess_dr1, config)
@@ -202,7 +202,7 @@ def bkgdb_tasks(dask_scheduler):
 def test_interrupted_dask_index_keeps_commits_cancels_tasks_and_resumes(db_url, tmp_path, cluster, sim_datastore):
     datastore, config = sim_datastore
     reference_url, _ = local_reference(tmp_path, datastore, config)
-    from bkgdb.distributed import DaskExecutor
+    from bkgdb.parallel.cluster import DaskExecutor
 
     def interrupt_after_five(done, total):
         if done >= 5:

@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy.orm import Session
 
 from bkgdb.background import BackgroundBuilder
-from bkgdb.catalogue import piece_row
+from bkgdb.store.catalogue import piece_row
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
-from bkgdb.models import BinningRow, Datastore, ExclusionRow, Run
-from bkgdb.pieces import BackgroundPiece
-from bkgdb.selection import RunSelector
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, Run
+from bkgdb.makers.piece import BackgroundPiece
+from bkgdb.store.selection import RunSelector
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=4)
 RUN_ONTIME_S = 600.0  # of every run of the simulated datastore
@@ -54,7 +54,7 @@ def test_every_background_uses_each_run_once_and_never_the_target(catalogue, two
 
 
 def test_same_model_as_from_one_datastore(catalogue, two_copies, tmp_path):
-    from bkgdb.catalogue import RunCatalogue
+    from bkgdb.store.catalogue import RunCatalogue
 
     original, _ = two_copies
     single = RunCatalogue.open(f"sqlite:///{tmp_path / 'single.sqlite'}")

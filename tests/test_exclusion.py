@@ -7,11 +7,11 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from sqlalchemy.orm import Session
 
-from bkgdb.cache import row_to_piece
+from bkgdb.store.pieces import row_to_piece
 from bkgdb.config import BkgdbConfig, Binning, CircleRegion, ExclusionSettings
 from bkgdb.errors import ConfigError
-from bkgdb.exclusion import ExclusionFinder, ExclusionRegion, find_named_sources, load_catalogue, unit_vectors
-from bkgdb.models import ExclusionRow, PieceRow
+from bkgdb.makers.exclusion import ExclusionFinder, ExclusionRegion, find_named_sources, load_catalogue, unit_vectors
+from bkgdb.store.models import ExclusionRow, PieceRow
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 
 NO_CATALOGUES = dict(gammacat=None, hawc=None, star_cat=None)

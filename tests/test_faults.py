@@ -15,10 +15,10 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from bkgdb.catalogue import RunCatalogue
+from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.config import load_config
-from bkgdb.database import resolve_url
-from bkgdb.models import Datastore, PieceRow, Run
+from bkgdb.store.database import resolve_url
+from bkgdb.store.models import Datastore, PieceRow, Run
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
 
 N_RUNS = 60
@@ -89,7 +89,7 @@ def start_index(url, fault_datastore, jobs):
     environment = {key: value for key, value in os.environ.items() if key != "BKGDB_URL"}
     # A session of its own: the indexer leads a process group that holds all its descendants.
     return subprocess.Popen(
-        [sys.executable, "-m", "bkgdb.cli", "--db", url, "index", str(datastore), "--config", str(config),
+        [sys.executable, "-m", "bkgdb.cli.main", "--db", url, "index", str(datastore), "--config", str(config),
          "--jobs", str(jobs)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, start_new_session=True,
     )

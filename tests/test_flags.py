@@ -9,11 +9,11 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from bkgdb.background import BackgroundBuilder
-from bkgdb.cli import app
+from bkgdb.cli.main import app
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.errors import BkgdbError
-from bkgdb.flags import default_author, flag_run, run_flags
-from bkgdb.models import Run, RunFlag
+from bkgdb.store.flags import default_author, flag_run, run_flags
+from bkgdb.store.models import Run, RunFlag
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=4)
 CONFIG_YAML = """

@@ -7,10 +7,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from bkgdb.database import (
+from bkgdb.store.database import (
     SCHEMA_HEAD, create_engine, current_revision, downgrade_schema, head_revision, upgrade_schema,
 )
-from bkgdb.models import Base
+from bkgdb.store.models import Base
 
 
 def test_models_and_migrations_agree(db_url):
@@ -42,7 +42,7 @@ def test_migrations_ship_with_the_package():
 def test_init_works_from_any_folder(tmp_path):
     """`bkgdb init` as installed, run away from the source tree."""
     result = subprocess.run(
-        [sys.executable, "-m", "bkgdb.cli", "--db", "fresh.sqlite", "init"],
+        [sys.executable, "-m", "bkgdb.cli.main", "--db", "fresh.sqlite", "init"],
         cwd=tmp_path, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
@@ -52,7 +52,7 @@ def test_init_works_from_any_folder(tmp_path):
 
 
 def test_an_older_database_is_upgraded_on_first_use(db_url):
-    from bkgdb.catalogue import RunCatalogue
+    from bkgdb.store.catalogue import RunCatalogue
 
     engine = create_engine(db_url)
     upgrade_schema(engine, "0001")

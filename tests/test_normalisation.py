@@ -5,7 +5,7 @@ import pytest
 
 from bkgdb.config import ConfigWarning, load_config
 from bkgdb.errors import ConfigError
-from bkgdb.normalisation import (NormalisationError, control_ring_normalisation, monitor_normalisation,
+from bkgdb.makers.normalisation import (NormalisationError, control_ring_normalisation, monitor_normalisation,
                                  ring_bins)
 from bkgdb.simulate import BackgroundTruth
 

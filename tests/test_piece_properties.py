@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bkgdb.assembly import assemble_background
+from bkgdb.makers.assembly import assemble_background
 from bkgdb.config import Binning, CircleRegion, ExclusionSettings
-from bkgdb.pieces import PieceMaker
+from bkgdb.makers.piece import PieceMaker
 
 PROPERTY_SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

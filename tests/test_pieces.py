@@ -10,9 +10,9 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from sqlalchemy.orm import Session
 
-from bkgdb.cache import PieceCache, row_to_piece
+from bkgdb.store.pieces import PieceCache, row_to_piece
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings
-from bkgdb.models import PieceRow, Run
+from bkgdb.store.models import PieceRow, Run
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 
 SOURCE = PointSource(ra_deg=120.0, dec_deg=-20.0, rate_per_s=0.6, psf_sigma_deg=0.08, name="Bright source")
@@ -145,7 +145,7 @@ def test_changed_file_gets_new_pieces(catalogue, source_field, tmp_path):
 
 
 def test_parallel_workers_give_the_same_pieces(db_url, source_field, tmp_path):
-    from bkgdb.catalogue import RunCatalogue
+    from bkgdb.store.catalogue import RunCatalogue
 
     datastore, source_catalogue, _ = source_field
     serial = RunCatalogue.open(str(tmp_path / "serial.sqlite"))

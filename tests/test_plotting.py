@@ -12,12 +12,12 @@ from astropy.coordinates import SkyCoord
 from typer.testing import CliRunner
 
 from bkgdb.background import BackgroundBuilder
-from bkgdb.cli import app
+from bkgdb.cli.main import app
 from bkgdb.config import BkgdbConfig, load_config
 from bkgdb.errors import BkgdbError
-from bkgdb.flags import flag_run
-from bkgdb.funnel import FunnelPicture, funnel_picture
-from bkgdb.plotting import (li_ma_known_background, model_curves, plot_model, plot_model_3d, plot_selection,
+from bkgdb.store.flags import flag_run
+from bkgdb.store.funnel import FunnelPicture, funnel_picture
+from bkgdb.plotting.figures import (li_ma_known_background, model_curves, plot_model, plot_model_3d, plot_selection,
                             reference_rate, run_significance_maps, save_figure)
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 
@@ -247,7 +247,7 @@ def test_validation_table_that_is_not_one(tmp_path):
 
 def test_cli_import_stays_light():
     """`bkgdb --help` imports neither matplotlib nor gammapy."""
-    code = ("import sys, bkgdb.cli; heavy = [m for m in ('matplotlib', 'gammapy') if m in sys.modules]; "
+    code = ("import sys, bkgdb.cli.main; heavy = [m for m in ('matplotlib', 'gammapy') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -257,7 +257,7 @@ def test_hess_crab_model_beside_the_hess_model(catalogue, hess_dr1, tmp_path, mo
     """Crab run 23523 with configs/hess-dr1.yaml: 9 runs, drawn beside H.E.S.S.'s own bkg_3d (averaged over azimuth)."""
     from pathlib import Path
 
-    from bkgdb.plotting import plot_run_model, plot_run_selection
+    from bkgdb.plotting.figures import plot_run_model, plot_run_selection
 
     monkeypatch.setenv("GAMMAPY_DATA", str(hess_dr1.parent))
     config = load_config(Path(__file__).parents[1] / "configs" / "hess-dr1.yaml")
@@ -283,7 +283,7 @@ def test_hess_crab_model_beside_the_hess_model(catalogue, hess_dr1, tmp_path, mo
 
 
 def test_save_figure_refuses_unknown_suffix(tmp_path):
-    from bkgdb.plotting import _figure
+    from bkgdb.plotting.figures import _figure
 
     with pytest.raises(BkgdbError, match="cannot tell the figure format of .*x.gif"):
         save_figure(_figure(2, 2), tmp_path / "x.gif")

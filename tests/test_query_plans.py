@@ -8,14 +8,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bkgdb.assembly import archive_condition_model, assemble_background, representative_subset
+from bkgdb.makers.assembly import archive_condition_model, assemble_background, representative_subset
 from bkgdb.background import BackgroundBuilder
-from bkgdb.cache import row_to_piece
-from bkgdb.condition_model import ConditionModelFitter, RunConditions
+from bkgdb.store.pieces import row_to_piece
+from bkgdb.makers.condition_model import ConditionModelFitter, RunConditions
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, SelectionSettings
-from bkgdb.models import BinningRow, ConditionModelRow, Datastore, ExclusionRow, PieceRow, Run
-from bkgdb.pieces import encode_array
-from bkgdb.selection import AIRMASS_STEP, airmass, kl_divergence, kl_divergences, rate_shape
+from bkgdb.store.models import BinningRow, ConditionModelRow, Datastore, ExclusionRow, PieceRow, Run
+from bkgdb.makers.piece import encode_array
+from bkgdb.store.selection import AIRMASS_STEP, airmass, kl_divergence, kl_divergences, rate_shape
 from bkgdb.simulate import BackgroundTruth
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=5)
@@ -168,7 +168,7 @@ def test_selection_and_rate_equal_ranking_every_candidate(catalogue, hours):
 
 
 def test_funnel_counts_equal_the_single_scan(catalogue):
-    from bkgdb.flags import flag_run
+    from bkgdb.store.flags import flag_run
 
     synthetic_catalogue(catalogue, 800)
     flag_run(catalogue.engine, 5, "bad", "test", author="test")

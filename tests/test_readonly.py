@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from astropy.io import fits
 from typer.testing import CliRunner
 
-from bkgdb.catalogue import RunCatalogue
-from bkgdb.cli import app
+from bkgdb.store.catalogue import RunCatalogue
+from bkgdb.cli.main import app
 from bkgdb.config import load_config
-from bkgdb.database import SCHEMA_HEAD, downgrade_schema, resolve_url
+from bkgdb.store.database import SCHEMA_HEAD, downgrade_schema, resolve_url
 from bkgdb.errors import DatabaseNotReadyError
 
 CONFIG = """\
@@ -194,7 +194,7 @@ def test_background_output_is_checked_before_any_work(indexed, config_file, tmp_
 def test_piped_commands_print_no_progress_bar_or_blank_line(tmp_path, simulated_datastore):
     database = tmp_path / "piped.sqlite"
     result = subprocess.run(
-        [sys.executable, "-m", "bkgdb.cli", "--db", str(database), "index", str(simulated_datastore)],
+        [sys.executable, "-m", "bkgdb.cli.main", "--db", str(database), "index", str(simulated_datastore)],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr

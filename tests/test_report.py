@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import pytest
 from typer.testing import CliRunner
 
-from bkgdb.cli import app
+from bkgdb.cli.main import app
 from test_plotting import assert_pdf, assert_png, png_size, sim, write_config  # noqa: F401 -- sim: fixture
 
 runner = CliRunner()
@@ -102,8 +102,8 @@ def test_report_files_and_links(validated, tmp_path, db_url, sim):
     result = runner.invoke(app, ["plot", "validation", str(tmp_path / "rows.json"), "-o", str(tmp_path / "v.pdf")])
     assert result.exit_code == 0, result.output
     assert_pdf(tmp_path / "v.pdf")
-    # As a module (python -m bkgdb.cli): --db reaches the plot command, which finds the start times there.
-    result = subprocess.run([sys.executable, "-m", "bkgdb.cli", "--db", db_url, "plot", "validation",
+    # As a module (python -m bkgdb.cli.main): --db reaches the plot command, which finds the start times there.
+    result = subprocess.run([sys.executable, "-m", "bkgdb.cli.main", "--db", db_url, "plot", "validation",
                              str(report_dir / "validation.csv"), "--datastore", str(sim / "datastore"),
                              "-o", str(tmp_path / "v.png")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session
 
-from bkgdb.catalogue import piece_row
+from bkgdb.store.catalogue import piece_row
 from bkgdb.config import Binning, SelectionSettings
 from bkgdb.errors import BkgdbError, ConfigError
-from bkgdb.models import BinningRow, Datastore, ExclusionRow, Run
-from bkgdb.pieces import BackgroundPiece
-from bkgdb.selection import (NoRunsSelected, RunSelector, TooLittleStatistics, airmass, kl_divergence, rate_shape,
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, Run
+from bkgdb.makers.piece import BackgroundPiece
+from bkgdb.store.selection import (NoRunsSelected, RunSelector, TooLittleStatistics, airmass, kl_divergence, rate_shape,
                              zenith_range)
 
 BINNING = Binning(e_bins=4, off_bins=3)
@@ -168,7 +168,7 @@ def test_from_run_and_empty_selection_explained(catalogue):
 def test_too_little_statistics_warns_or_fails(catalogue, caplog):
     runs, *ids = add_runs(catalogue, [{"obs_id": 1}, {"obs_id": 2, "ontime_s": 1692.0}])
     ids = tuple(ids)
-    with caplog.at_level("WARNING", logger="bkgdb.selection"):
+    with caplog.at_level("WARNING", logger="bkgdb.store.selection"):
         warned = select(catalogue, runs, ids, 1, min_runs=3, min_ontime=2.0)
     message = "run 1: the background rests on 1 run (0.47 h ontime), below min_runs 3 and min_ontime 2 h"
     assert warned.obs_ids == [2] and warned.warnings == [message]
@@ -218,7 +218,7 @@ def test_a_failed_target_says_why(catalogue, datastore_copy):
 def test_background_command_prints_a_statistics_warning_once(db_url, simulated_datastore, tmp_path):
     from typer.testing import CliRunner
 
-    from bkgdb.cli import app
+    from bkgdb.cli.main import app
 
     config = tmp_path / "config.yaml"
     config.write_text("""

@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from bkgdb.background import BackgroundBuilder
-from bkgdb.cli import app
+from bkgdb.cli.main import app
 from bkgdb.config import BkgdbConfig
 from bkgdb.errors import BkgdbError
-from bkgdb.models import BackgroundRow
+from bkgdb.store.models import BackgroundRow
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.validation import ROW_COLUMNS, target_runs, validate_runs
 
@@ -238,7 +238,7 @@ def test_hess_dr1_targets_and_norms(hess_dr1, tmp_path):
     """configs/hess-dr1.yaml is judged on the 61 extragalactic DR1 runs; a few are fitted with both models."""
     from conftest import gammapy_data_path
 
-    from bkgdb.catalogue import RunCatalogue
+    from bkgdb.store.catalogue import RunCatalogue
     from bkgdb.config import load_config
 
     gammapy_data_path("catalogs")

@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
-from .errors import ConditionError
-from .models import Run
+from bkgdb.errors import ConditionError
+from bkgdb.store.models import Run
 
 __all__ = [
     "Condition", "parse_condition", "COLUMN_ALIASES", "SELECTABLE_COLUMNS", "typed_column",

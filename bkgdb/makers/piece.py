@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import EXPOSURE_METHODS
-from .exclusion import ExclusionFinder, unit_vectors
+from bkgdb.config import EXPOSURE_METHODS
+from bkgdb.makers.exclusion import ExclusionFinder, unit_vectors
 
 __all__ = ["BackgroundPiece", "PieceMaker", "encode_array", "decode_array", "COUNTS_DTYPE", "EXPOSURE_DTYPE"]
 
@@ -79,7 +79,7 @@ class PieceMaker:
         Energy and offset bins.
     exclusion : `~bkgdb.config.ExclusionSettings`
         Regions and the exposure-correction method, one of ``available_methods``.
-    finder : `~bkgdb.exclusion.ExclusionFinder`, optional
+    finder : `~bkgdb.makers.exclusion.ExclusionFinder`, optional
         Reused between makers of the same setting. Default makes one.
     """
 

@@ -1,7 +1,7 @@
 """The per-run work of an index: read the event file once, describe the run, make its pieces.
 
 `process_run` runs in worker processes (``--jobs N``) and touches no database: it returns a
-`RunResult` that `~bkgdb.catalogue.RunCatalogue.index` writes in the main process.
+`RunResult` that `~bkgdb.store.catalogue.RunCatalogue.index` writes in the main process.
 """
 
 import hashlib
@@ -9,9 +9,9 @@ import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .datastore import RunReadError, read_events, read_run_facts
-from .exclusion import ExclusionFinder
-from .pieces import PieceMaker
+from bkgdb.gadf.datastore import RunReadError, read_events, read_run_facts
+from bkgdb.makers.exclusion import ExclusionFinder
+from bkgdb.makers.piece import PieceMaker
 
 __all__ = ["RunJob", "RunResult", "process_run", "exclusion_finder", "piece_maker"]
 

@@ -12,8 +12,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .errors import BkgdbError
-from .models import FLAG_BAD, FLAG_GOOD, Run, RunFlag
+from bkgdb.errors import BkgdbError
+from bkgdb.store.models import FLAG_BAD, FLAG_GOOD, Run, RunFlag
 
 __all__ = ["flag_run", "run_flags", "flags_in_force", "bad_obs_ids", "default_author"]
 

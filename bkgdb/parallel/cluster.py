@@ -1,9 +1,9 @@
 """Indexing on a Dask cluster: the per-run work runs on ``dask.distributed`` workers.
 
-`DaskExecutor` has the interface of `~bkgdb.workers.WorkerPool` (a context manager with
-``imap_unordered``), so `~bkgdb.catalogue.run_jobs` sends `~bkgdb.indexing.process_run` to a
+`DaskExecutor` has the interface of `~bkgdb.parallel.processes.WorkerPool` (a context manager with
+``imap_unordered``), so `~bkgdb.store.catalogue.run_jobs` sends `~bkgdb.makers.run.process_run` to a
 cluster exactly as it sends it to local processes. Workers only read files and return a
-`~bkgdb.indexing.RunResult`; the client, the only process that holds a database connection,
+`~bkgdb.makers.run.RunResult`; the client, the only process that holds a database connection,
 writes the results (one commit per batch of runs, at least every few seconds). A run whose file cannot be read comes back
 as a result with its reason, as locally. The runs of a worker that dies are given to other
 workers by the scheduler; a run that keeps killing workers is an error naming it.
@@ -16,8 +16,8 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 
-from .errors import BkgdbError
-from .workers import WorkerError
+from bkgdb.errors import BkgdbError
+from bkgdb.parallel.processes import WorkerError
 
 __all__ = ["DaskExecutor", "DEFAULT_RETRIES", "DEFAULT_COMMIT_BATCH", "DEFAULT_COMMIT_INTERVAL_S",
            "CONNECT_TIMEOUT_S"]

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .errors import ConfigError
+from bkgdb.errors import ConfigError
 
 __all__ = ["ExclusionRegion", "ExclusionFinder", "unit_vectors", "annulus_grid", "load_catalogue",
            "NamedSource", "normalise_source_name", "find_named_sources", "load_source_names"]

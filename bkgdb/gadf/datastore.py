@@ -37,7 +37,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from .errors import DatastoreError
+from bkgdb.errors import DatastoreError
 
 __all__ = [
     "DL3Datastore", "RunSource", "RunFacts", "RunReadError", "EventList", "read_events", "read_run_facts",

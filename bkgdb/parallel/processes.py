@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
-from .errors import BkgdbError
+from bkgdb.errors import BkgdbError
 
 __all__ = ["WorkerPool", "WorkerError", "Terminated", "sigterm_raises_interrupt", "die_with_parent",
            "PARENT_POLL_INTERVAL_S"]

@@ -1,6 +1,6 @@
 """``bkgdb plot``: figures of background models, run selections, validations and significance maps.
 
-A typer sub-app registered by `bkgdb.cli`; matplotlib and gammapy are imported inside the
+A typer sub-app registered by `bkgdb.cli.main`; matplotlib and gammapy are imported inside the
 commands only, so ``bkgdb --help`` stays quick.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from .errors import BkgdbError
+from bkgdb.errors import BkgdbError
 
 __all__ = ["plot_app", "bind_plot_app"]
 
@@ -19,13 +19,13 @@ log = logging.getLogger(__name__)
 
 Smoothing = Enum("Smoothing", {name: name for name in ("gauss", "gauss-seed", "poly", "spline", "none")}, type=str)
 # The CLI module whose helpers (--db state, error reporting, consoles) the commands use. Bound by
-# that module itself: run as ``python -m bkgdb.cli`` it is ``__main__``, and a fresh import of
-# ``bkgdb.cli`` here would be a second copy without the --db given on the command line.
+# that module itself: run as ``python -m bkgdb.cli.main`` it is ``__main__``, and a fresh import of
+# ``bkgdb.cli.main`` here would be a second copy without the --db given on the command line.
 _cli = None
 
 
 def bind_plot_app(cli_module):
-    """The ``plot`` sub-app, its commands using ``cli_module``'s helpers (`bkgdb.cli`)."""
+    """The ``plot`` sub-app, its commands using ``cli_module``'s helpers (`bkgdb.cli.main`)."""
     global _cli
     _cli = cli_module
     return plot_app
@@ -35,12 +35,12 @@ def _helpers():
     if _cli is None:
         import importlib
 
-        return importlib.import_module("bkgdb.cli")
+        return importlib.import_module("bkgdb.cli.main")
     return _cli
 
 
 def reports_errors(command):
-    """`bkgdb.cli.reports_errors`, looked up when the command runs (no import cycle with the CLI module)."""
+    """`bkgdb.cli.main.reports_errors`, looked up when the command runs (no import cycle with the CLI module)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -64,14 +64,14 @@ OUTPUT_HELP = "Figure to write: .png, .pdf or .svg."
 
 def _check_output(output):
     """Refuse an output suffix that is no figure format before any work."""
-    from .plotting import FIGURE_SUFFIXES
+    from bkgdb.plotting.figures import FIGURE_SUFFIXES
 
     if output.suffix.lower() not in FIGURE_SUFFIXES:
         raise BkgdbError(f"cannot tell the figure format of {output}: name it .png, .pdf or .svg")
 
 
 def _builder(config, where, smooth=None):
-    from .background import BackgroundBuilder
+    from bkgdb.background import BackgroundBuilder
 
     cli = _helpers()
     settings = cli.with_conditions(cli.read_config(config), where)
@@ -94,7 +94,7 @@ def model(
     """Rate against offset and energy with statistical bands, beside the run file's own model; 3D: FoV images."""
     _check_output(output)
     if not target.strip().lstrip("-").isdigit():
-        from .plotting import ModelCurves, model_curves_from_file, plot_model, plot_model_3d
+        from bkgdb.plotting.figures import ModelCurves, model_curves_from_file, plot_model, plot_model_3d
 
         model_or_curves, header = model_curves_from_file(target)
         if isinstance(model_or_curves, ModelCurves):
@@ -106,7 +106,7 @@ def model(
         return
     if config is None:
         raise BkgdbError("plot model OBS_ID needs --config (or give a background FITS file instead)")
-    from .plotting import plot_run_model
+    from bkgdb.plotting.figures import plot_run_model
 
     _, built, has_reference = plot_run_model(_builder(config, where, smooth), int(target), output, datastore,
                                              with_reference=not no_reference)
@@ -127,8 +127,8 @@ def selection(
 ):
     """Every candidate run in zenith/azimuth and time, coloured by the first criterion that removed it."""
     _check_output(output)
-    from .funnel import funnel_picture
-    from .plotting import plot_selection
+    from bkgdb.store.funnel import funnel_picture
+    from bkgdb.plotting.figures import plot_selection
 
     picture = funnel_picture(_builder(config, where), obs_id, datastore)
     plot_selection(picture, path=output)
@@ -145,7 +145,7 @@ def validation(
 ):
     """Per-run FoV norms against zenith and time, and their histogram; bkgdb beside the file's model."""
     _check_output(output)
-    from .plotting import plot_validation, read_validation_table, run_start_times
+    from bkgdb.plotting.figures import plot_validation, read_validation_table, run_start_times
 
     rows = read_validation_table(table)
     times = None
@@ -175,7 +175,7 @@ def significance(
     _check_output(output)
     if not e_min < e_max:
         raise BkgdbError(f"--e-min must be below --e-max, got {e_min:g} and {e_max:g}")
-    from .plotting import plot_significance, run_significance_maps
+    from bkgdb.plotting.figures import plot_significance, run_significance_maps
 
     maps = run_significance_maps(_builder(config, where), obs_id, datastore, energy_range_tev=(e_min, e_max),
                                  correlation_radius_deg=radius)

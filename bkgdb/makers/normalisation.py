@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BkgdbError
+from bkgdb.errors import BkgdbError
 
 __all__ = ["Normalisation", "NormalisationError", "NORMALISATION_METHODS", "ring_bins", "control_ring_normalisation",
            "monitor_normalisation", "NO_NORMALISATION"]

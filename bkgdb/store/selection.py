@@ -3,7 +3,7 @@
 Every criterion is an SQL condition on the catalogue, relative to the target run; ranges are
 computed in Python so the database only compares indexed columns (no trigonometry in SQL).
 Runs qualify only if they have a piece for the binning and exclusion setting in use, and never
-when they are empty (no ontime, no events in range), flagged bad (`bkgdb.flags`), a second copy
+when they are empty (no ontime, no events in range), flagged bad (`bkgdb.store.flags`), a second copy
 of a run held by several datastores, or a copy of the target itself.
 """
 
@@ -17,10 +17,10 @@ import sqlalchemy as sa
 
 from sqlalchemy.orm import aliased
 
-from .conditions import conditions_expression
-from .errors import BkgdbError
-from .flags import bad_obs_ids
-from .models import RUN_STATUS_OK, Datastore, PieceRow, Run
+from bkgdb.store.conditions import conditions_expression
+from bkgdb.errors import BkgdbError
+from bkgdb.store.flags import bad_obs_ids
+from bkgdb.store.models import RUN_STATUS_OK, Datastore, PieceRow, Run
 
 __all__ = ["RunSelector", "Selection", "NoRunsSelected", "TooLittleStatistics", "airmass", "zenith_range",
            "azimuth_condition", "kl_divergence", "kl_divergences", "rate_shape", "describe_funnel", "observation_second",
@@ -171,7 +171,7 @@ class RunSelector:
         self.search_datastore = search_datastore
 
     def criteria(self, target, extra_keys=()):
-        """(name, SQL condition) pairs for a target `~bkgdb.models.Run`."""
+        """(name, SQL condition) pairs for a target `~bkgdb.store.models.Run`."""
         s = self.settings
         criteria = []
         if s.el_diff is not None and target.zenith_deg is not None:
@@ -504,7 +504,7 @@ class RunSelector:
             return ("kl_divergence" if self.settings.KL_DIV else "airmass_then_time"), []
         obs_ids = np.array([row.obs_id for row in rows], dtype=np.int64)
         if self.settings.KL_DIV:
-            from .pieces import decode_array
+            from bkgdb.makers.piece import decode_array
 
             found = session.execute(
                 sa.select(PieceRow.run_id, PieceRow.n_energy, PieceRow.n_offset, PieceRow.counts_dtype,

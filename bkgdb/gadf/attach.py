@@ -21,9 +21,9 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import __version__
-from .background import BKG_HDU, PROVENANCE_HDU
-from .errors import BkgdbError
+from bkgdb import __version__
+from bkgdb.background import BKG_HDU, PROVENANCE_HDU
+from bkgdb.errors import BkgdbError
 
 __all__ = [
     "AttachReport", "NothingAttached", "UnsafeDestination", "attach_backgrounds", "check_attach_destination",
@@ -145,7 +145,7 @@ def _protected_by_target(source):
 
 def _protected_by_catalogue(catalogue, names):
     """{resolved path: why} of catalogued run files named as in ``names``, and every catalogued index file."""
-    from .models import Datastore, Run
+    from bkgdb.store.models import Datastore, Run
 
     protected = {}
     with Session(catalogue.engine) as session:
@@ -229,7 +229,7 @@ def check_attach_destination(catalogue, target, out_dir, overwrite: bool = False
 
     Parameters
     ----------
-    catalogue : `~bkgdb.catalogue.RunCatalogue`
+    catalogue : `~bkgdb.store.catalogue.RunCatalogue`
         The catalogue whose datastores are protected.
     target, out_dir : str or `~pathlib.Path`
         The datastore whose runs get backgrounds, and the new datastore's folder.
@@ -246,7 +246,7 @@ def check_attach_destination(catalogue, target, out_dir, overwrite: bool = False
     UnsafeDestination
         The message names the protected path or folder and why, in one line.
     """
-    from .datastore import DL3Datastore
+    from bkgdb.gadf.datastore import DL3Datastore
 
     out_dir = _resolved(out_dir)
     _check_destination(catalogue, DL3Datastore(target), out_dir, overwrite)
@@ -335,7 +335,7 @@ def attach_backgrounds(builder, target_datastore, out_dir, progress=None, overwr
     from astropy.io import fits
     from astropy.table import Table
 
-    from .datastore import DL3Datastore
+    from bkgdb.gadf.datastore import DL3Datastore
 
     source = DL3Datastore(target_datastore)
     out_dir = _resolved(out_dir)
@@ -397,7 +397,7 @@ def attach_backgrounds(builder, target_datastore, out_dir, progress=None, overwr
 
 def _hdu_rows(source, rows, run, target_file):
     """hdu-index rows (dicts) of one attached run: its HDUs in the new file, others where they were."""
-    from .datastore import json_safe
+    from bkgdb.gadf.datastore import json_safe
 
     base = str(source.hdu_table.meta.get("BASE_DIR", "")).strip()
     result = []

@@ -13,14 +13,14 @@ from datetime import date, datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .conditions import SELECTABLE_COLUMNS, conditions_expression, typed_column
-from .database import SCHEMA_HEAD, create_engine, current_revision, display_url, hide_secrets, migrate_to_head
-from .datastore import DL3Datastore
-from .errors import ConditionError, DatabaseError, DatabaseNotReadyError
-from .indexing import RunJob, exclusion_finder, process_run
-from .models import RUN_STATUS_FAILED, RUN_STATUS_OK, BinningRow, Datastore, ExclusionRow, PieceRow, Run
-from .pieces import COUNTS_DTYPE, EXPOSURE_DTYPE, encode_array
-from .workers import WorkerPool
+from bkgdb.store.conditions import SELECTABLE_COLUMNS, conditions_expression, typed_column
+from bkgdb.store.database import SCHEMA_HEAD, create_engine, current_revision, display_url, hide_secrets, migrate_to_head
+from bkgdb.gadf.datastore import DL3Datastore
+from bkgdb.errors import ConditionError, DatabaseError, DatabaseNotReadyError
+from bkgdb.makers.run import RunJob, exclusion_finder, process_run
+from bkgdb.store.models import RUN_STATUS_FAILED, RUN_STATUS_OK, BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from bkgdb.makers.piece import COUNTS_DTYPE, EXPOSURE_DTYPE, encode_array
+from bkgdb.parallel.processes import WorkerPool
 
 __all__ = ["RunCatalogue", "IndexReport", "DEFAULT_RUN_COLUMNS", "run_jobs", "piece_row", "piece_values"]
 
@@ -78,9 +78,9 @@ def run_jobs(jobs, workers):
     """Results of `process_run` for each job, in completion order.
 
     ``workers`` is a number of local processes (1: this process), or an executor with the
-    interface of `~bkgdb.workers.WorkerPool` (a context manager with ``imap_unordered``), such as
-    `bkgdb.distributed.DaskExecutor`. Local workers die with this process (see
-    `~bkgdb.workers.WorkerPool`). Close the generator (``contextlib.closing``) when leaving early,
+    interface of `~bkgdb.parallel.processes.WorkerPool` (a context manager with ``imap_unordered``), such as
+    `bkgdb.parallel.cluster.DaskExecutor`. Local workers die with this process (see
+    `~bkgdb.parallel.processes.WorkerPool`). Close the generator (``contextlib.closing``) when leaving early,
     so that queued jobs are cancelled at once.
     """
     if not isinstance(workers, int):
@@ -98,7 +98,7 @@ def run_jobs(jobs, workers):
 
 
 def piece_values(piece, run_id, binning_id, exclusion_id, file_sha256):
-    """The column values of a `~bkgdb.pieces.BackgroundPiece`'s database row."""
+    """The column values of a `~bkgdb.makers.piece.BackgroundPiece`'s database row."""
     n_energy, n_offset = piece.counts.shape
     return dict(
         run_id=run_id, binning_id=binning_id, exclusion_id=exclusion_id, n_energy=n_energy, n_offset=n_offset,
@@ -113,7 +113,7 @@ def piece_values(piece, run_id, binning_id, exclusion_id, file_sha256):
 
 
 def piece_row(piece, run, binning_row, exclusion_row, file_sha256):
-    """The database row of a `~bkgdb.pieces.BackgroundPiece`."""
+    """The database row of a `~bkgdb.makers.piece.BackgroundPiece`."""
     values = piece_values(piece, None, None, None, file_sha256)
     del values["run_id"], values["binning_id"], values["exclusion_id"]
     return PieceRow(run=run, binning=binning_row, exclusion=exclusion_row, **values)
@@ -139,7 +139,7 @@ class RunCatalogue:
 
     @classmethod
     def open(cls, url=None, upgrade=True, readonly=False):
-        """Open the catalogue at ``url`` (see `~bkgdb.database.resolve_url`) and apply pending migrations.
+        """Open the catalogue at ``url`` (see `~bkgdb.store.database.resolve_url`) and apply pending migrations.
 
         Parameters
         ----------
@@ -229,7 +229,7 @@ class RunCatalogue:
             Called as ``progress(done, total)`` after each run. Default is None.
         executor : object, optional
             Where the per-run work runs instead of ``jobs`` local processes, e.g. a
-            `bkgdb.distributed.DaskExecutor`; results are still written here. Default is None.
+            `bkgdb.parallel.cluster.DaskExecutor`; results are still written here. Default is None.
 
         Returns
         -------
@@ -411,7 +411,7 @@ class RunCatalogue:
 
         Parameters
         ----------
-        where : iterable of str or `~bkgdb.conditions.Condition`
+        where : iterable of str or `~bkgdb.store.conditions.Condition`
             Conditions such as ``"zenith<30"`` or ``"object=Crab Nebula"``. Default is none.
         status : str or None, optional
             ``"ok"``, ``"failed"`` or None for both. Default is ``"ok"``.
@@ -420,7 +420,7 @@ class RunCatalogue:
 
         Returns
         -------
-        runs : list of `~bkgdb.models.Run`
+        runs : list of `~bkgdb.store.models.Run`
         """
         where = list(where)
         query = sa.select(Run).join(Run.datastore)

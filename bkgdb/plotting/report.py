@@ -11,8 +11,8 @@ import math
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
-from .errors import BkgdbError
+from bkgdb import __version__
+from bkgdb.errors import BkgdbError
 
 __all__ = ["write_validation_report", "worst_runs", "REPORT_INDEX", "REPORT_TABLE", "REPORT_FIGURE"]
 
@@ -88,8 +88,8 @@ def write_validation_report(report, folder, builder, config_name="", n_worst=3):
     path : `~pathlib.Path`
         The ``index.html``.
     """
-    from .plotting import plot_run_model, plot_run_selection, plot_validation, run_start_times
-    from .validation import report_rows_to_file
+    from bkgdb.plotting.figures import plot_run_model, plot_run_selection, plot_validation, run_start_times
+    from bkgdb.validation import report_rows_to_file
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():

@@ -7,9 +7,9 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .errors import BkgdbError
-from .models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
-from .pieces import BackgroundPiece, decode_array
+from bkgdb.errors import BkgdbError
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from bkgdb.makers.piece import BackgroundPiece, decode_array
 
 __all__ = ["PieceCache", "row_to_piece"]
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def row_to_piece(row):
-    """A `~bkgdb.pieces.BackgroundPiece` from its database row."""
+    """A `~bkgdb.makers.piece.BackgroundPiece` from its database row."""
     shape = (row.n_energy, row.n_offset)
     return BackgroundPiece(
         counts=decode_array(row.counts, row.counts_dtype, shape).astype(np.int64),

@@ -16,9 +16,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .errors import BkgdbError, BkgdbWarning
-from .output import OutputFormat, render_rows
-from .workers import sigterm_raises_interrupt
+from bkgdb.errors import BkgdbError, BkgdbWarning
+from bkgdb.cli.output import OutputFormat, render_rows
+from bkgdb.parallel.processes import sigterm_raises_interrupt
 
 app = typer.Typer(
     help="bkgdb: a database of background-model pieces for IACT analyses with gammapy.",
@@ -37,13 +37,13 @@ class State:
 
 def _database_urls():
     """The database URL as given (option, then environment): the source of any password to hide."""
-    from .database import URL_ENV_VAR
+    from bkgdb.store.database import URL_ENV_VAR
 
     return [url for url in (State.db, os.environ.get(URL_ENV_VAR)) if url]
 
 
 def _shown_database():
-    from .database import display_url, resolve_url
+    from bkgdb.store.database import display_url, resolve_url
 
     try:
         return display_url(resolve_url(State.db))
@@ -52,7 +52,7 @@ def _shown_database():
 
 
 def _print_error(message):
-    from .database import hide_secrets
+    from bkgdb.store.database import hide_secrets
 
     one_line = " ".join(hide_secrets(message, *_database_urls()).split())
     err.print(f"[red]Error:[/red] {escape(one_line)}", highlight=False, soft_wrap=True)
@@ -60,7 +60,7 @@ def _print_error(message):
 
 def _database_error_message(exc):
     """One line for an unexpected SQLAlchemy database error: which database, what the driver said."""
-    from .database import is_readonly_error
+    from bkgdb.store.database import is_readonly_error
 
     reason = str(exc.orig).strip().splitlines()[0] if getattr(exc, "orig", None) is not None else type(exc).__name__
     if is_readonly_error(exc):
@@ -101,7 +101,7 @@ def reports_errors(command):
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """bkgdb's own warnings as one line ``Warning: ...`` on stderr; others as Python shows them."""
     if issubclass(category, BkgdbWarning):
-        from .database import hide_secrets
+        from bkgdb.store.database import hide_secrets
 
         err.print(f"Warning: {hide_secrets(message, *_database_urls())}", highlight=False, markup=False)
     else:
@@ -128,10 +128,10 @@ def open_catalogue(readonly=False):
     ``readonly=True`` for commands that only read: the database is opened read-only (works on a
     read-only copy or role); only when it does not exist yet or its schema is behind is it opened
     for writing, to be created or upgraded as on any first use, if that is allowed. ``"auto"`` for
-    commands whose writes are optional (see `~bkgdb.catalogue.RunCatalogue.open`).
+    commands whose writes are optional (see `~bkgdb.store.catalogue.RunCatalogue.open`).
     """
-    from .catalogue import RunCatalogue
-    from .errors import DatabaseError, DatabaseNotReadyError
+    from bkgdb.store.catalogue import RunCatalogue
+    from bkgdb.errors import DatabaseError, DatabaseNotReadyError
 
     if readonly is not True:
         return RunCatalogue.open(State.db, readonly=readonly)
@@ -148,7 +148,7 @@ def read_config(path):
     """Load a config file, printing its warnings (unknown keys) as one line each."""
     import warnings
 
-    from .config import ConfigWarning, load_config
+    from bkgdb.config import ConfigWarning, load_config
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)
@@ -164,7 +164,7 @@ def with_conditions(config, where):
     if where:
         import dataclasses
 
-        from .conditions import parse_condition
+        from bkgdb.store.conditions import parse_condition
 
         for condition in where:
             parse_condition(condition)  # a typo fails here, before any work
@@ -232,7 +232,7 @@ def dask_executor(scheduler):
     """The executor of ``--scheduler ADDRESS``, or None (local processes) without one."""
     if not scheduler:
         return None
-    from .distributed import DaskExecutor
+    from bkgdb.parallel.cluster import DaskExecutor
 
     return DaskExecutor(scheduler)
 
@@ -268,7 +268,7 @@ def runs(
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
 ):
     """List catalogued runs, filtered with --where conditions."""
-    from .catalogue import DEFAULT_RUN_COLUMNS
+    from bkgdb.store.catalogue import DEFAULT_RUN_COLUMNS
 
     catalogue = open_catalogue(readonly=True)
     status = "failed" if failed else "ok"
@@ -305,7 +305,7 @@ def exclusions(
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
 ):
     """List the exclusion regions applied to a run's background pieces."""
-    from .cache import PieceCache
+    from bkgdb.store.pieces import PieceCache
 
     found = PieceCache(open_catalogue(readonly=True).engine).exclusions(obs_id, datastore)
     if not found:
@@ -332,7 +332,7 @@ def cache(
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
 ):
     """Show stored background pieces per binning and exclusion setting, or drop some."""
-    from .cache import PieceCache
+    from bkgdb.store.pieces import PieceCache
 
     pieces = PieceCache(open_catalogue(readonly=not (drop_exclusion or drop_binning)).engine)
     if drop_exclusion or drop_binning:
@@ -344,7 +344,7 @@ def cache(
     render_rows(rows, columns, fmt, out, title="background pieces")
 
 
-# The same names as bkgdb.smoothing.SMOOTHING_METHODS (tests/test_cli.py checks), without importing
+# The same names as bkgdb.makers.smoothing.SMOOTHING_METHODS (tests/test_cli.py checks), without importing
 # numpy just to print --help.
 Smoothing = Enum("Smoothing", {name: name for name in ("gauss", "gauss-seed", "poly", "spline", "none")}, type=str)
 
@@ -363,12 +363,12 @@ def background(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
 ):
     """Build the background of one run from similar runs' pieces and write it as FITS."""
-    from .background import BackgroundBuilder
-    from .selection import describe_funnel
+    from bkgdb.background import BackgroundBuilder
+    from bkgdb.store.selection import describe_funnel
 
     settings = with_conditions(read_config(config), where)
     builder = BackgroundBuilder(open_catalogue(readonly="auto"), settings, smooth=smooth.value if smooth else None)
-    with printed_warnings("bkgdb.selection"):
+    with printed_warnings("bkgdb.store.selection"):
         built = builder.write(obs_id, output, datastore=datastore, three_d=three_d, overwrite=overwrite)
     selection = built.selection
     out.print(f"selection: {describe_funnel(selection.funnel)}", highlight=False)
@@ -377,7 +377,7 @@ def background(
               f"ontime{requested}, ranked by {selection.ranking}), smoothing {built.smoothing} -> {output}",
               highlight=False)
     if built.condition_model:
-        from .condition_model import ConditionModel
+        from bkgdb.makers.condition_model import ConditionModel
 
         record = built.condition_model
         out.print(f"condition model ({record['n_runs']} archive runs, {'cached' if record['cached'] else 'fitted'}): "
@@ -403,8 +403,8 @@ def attach(
                                         "Files of the target or of catalogued datastores are never replaced."),
 ):
     """Write a copy of a datastore whose runs carry bkgdb backgrounds (gammapy opens it as is)."""
-    from .attach import attach_backgrounds, check_attach_destination
-    from .background import BackgroundBuilder
+    from bkgdb.gadf.attach import attach_backgrounds, check_attach_destination
+    from bkgdb.background import BackgroundBuilder
 
     settings = with_conditions(read_config(config), where)
     target = target or (Path(settings.io.in_dir) if settings.io.in_dir else None)
@@ -435,7 +435,7 @@ def history(
 ):
     """List the backgrounds built so far: target, runs summed, ontime, smoothing, output file."""
     if stale:
-        from .lineage import stale_backgrounds
+        from bkgdb.store.lineage import stale_backgrounds
 
         rows = stale_backgrounds(open_catalogue(readonly=True).engine)
         if obs_id is not None:
@@ -443,7 +443,7 @@ def history(
         columns = ["id", "target", "output", "created_at", "reason"]
         render_rows(rows, columns, fmt, out, title=f"{len(rows)} stale backgrounds")
         return
-    from .background import background_history
+    from bkgdb.background import background_history
 
     rows = background_history(open_catalogue(readonly=True).engine, obs_id)
     columns = ["id", "target", "runs", "ontime_h", "smoothing", "ranking", "output", "created_at"]
@@ -483,8 +483,8 @@ def validate(
                                          "selection plots, and the rows as CSV."),
 ):
     """Judge a config: each target's background from the other runs, and its FoVBackgroundMaker norm (1 is right)."""
-    from .conditions import parse_condition
-    from .validation import ROW_COLUMNS, SUMMARY_COLUMNS, report_rows_to_file, rows_file_format, validate_runs
+    from bkgdb.store.conditions import parse_condition
+    from bkgdb.validation import ROW_COLUMNS, SUMMARY_COLUMNS, report_rows_to_file, rows_file_format, validate_runs
 
     row_format = None if fmt in (None, OutputFormat.table) else fmt.value
     if output is not None:
@@ -545,8 +545,8 @@ def validate(
     for obs_id, reason in report.without_background:
         console.print(f"no background: run {obs_id}: {reason}", highlight=False, markup=False)
     if report_dir is not None:
-        from .background import BackgroundBuilder
-        from .report import write_validation_report
+        from bkgdb.background import BackgroundBuilder
+        from bkgdb.plotting.report import write_validation_report
 
         page = write_validation_report(report, report_dir, BackgroundBuilder(catalogue, settings), config.name)
         err.print(f"report written to {page}", highlight=False, markup=False)
@@ -563,7 +563,7 @@ def flag(
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
 ):
     """Flag a run bad or good (bkgdb flag 23523 --bad "camera 3 off"); alone, show its flag history."""
-    from .flags import flag_run, run_flags
+    from bkgdb.store.flags import flag_run, run_flags
 
     engine = open_catalogue(readonly=not (bad or good)).engine
     if bad and good:
@@ -587,7 +587,7 @@ def lineage(
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
 ):
     """List every background and attached file built from a run's pieces."""
-    from .lineage import background_lineage
+    from bkgdb.store.lineage import background_lineage
 
     rows = background_lineage(open_catalogue(readonly=True).engine, obs_id)
     render_rows(rows, ["id", "target", "from_datastore", "output", "created_at"], fmt, out,
@@ -601,7 +601,7 @@ def demo(
     jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Worker processes for indexing."),
 ):
     """Simulate a datastore from a known background, index it, attach backgrounds, check the result."""
-    from .demo import run_demo
+    from bkgdb.demo import run_demo
 
     report = run_demo(folder, url=State.db, jobs=jobs, progress=lambda line: err.print(line, highlight=False))
     lines = [
@@ -623,7 +623,7 @@ def demo(
     out.print("\n".join(lines), highlight=False)
 
 
-from .cli_plot import bind_plot_app  # noqa: E402 -- its commands use this module's helpers, whatever its name
+from bkgdb.cli.plot import bind_plot_app  # noqa: E402 -- its commands use this module's helpers, whatever its name
 
 app.add_typer(bind_plot_app(sys.modules[__name__]), name="plot")
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
 
-from .errors import DatabaseError, DatabaseNotReadyError
+from bkgdb.errors import DatabaseError, DatabaseNotReadyError
 
 __all__ = [
     "DEFAULT_SQLITE_FILE",

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .errors import BkgdbError
+from bkgdb.errors import BkgdbError
 
 __all__ = ["RunConditions", "ConditionModel", "ConditionModelFitter", "ConditionFit", "shift_energy",
            "MODEL_KIND"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BkgdbError
+from bkgdb.errors import BkgdbError
 
 #: Default most runs a condition model is fitted on (`archive_condition_model`).
 CONDITION_MODEL_MAX_RUNS = 300
@@ -43,7 +43,7 @@ class AssembledBackground:
     weights : `~numpy.ndarray`
         The factor each piece's counts were multiplied by, aligned with the pieces (all 1 for a
         plain sum; the rate factor of the condition model otherwise).
-    condition_model : `~bkgdb.condition_model.ConditionModel` or None
+    condition_model : `~bkgdb.makers.condition_model.ConditionModel` or None
         The model that moved the pieces to the target's conditions; None for a plain sum.
     """
 
@@ -171,21 +171,21 @@ def assemble_background(pieces, binning, conditions=None, target_conditions=None
     """Sum pieces of one binning into an `AssembledBackground`.
 
     Without a model the counts and exposures are summed exactly. With a
-    `~bkgdb.condition_model.ConditionModel`, each piece is first moved to the target's conditions:
+    `~bkgdb.makers.condition_model.ConditionModel`, each piece is first moved to the target's conditions:
     its counts are shifted in energy and multiplied by a rate factor ``w``; the exposure (per
     offset) is not touched, so the rate is ``sum(w * counts') / sum(exposure)``.
 
     Parameters
     ----------
-    pieces : list of `~bkgdb.pieces.BackgroundPiece`
+    pieces : list of `~bkgdb.makers.piece.BackgroundPiece`
         The selected runs' pieces (same binning and exclusion setting).
     binning : `~bkgdb.config.Binning`
         Their binning.
-    conditions : list of `~bkgdb.condition_model.RunConditions`, optional
+    conditions : list of `~bkgdb.makers.condition_model.RunConditions`, optional
         Each piece's run conditions (needed with ``model``).
-    target_conditions : `~bkgdb.condition_model.RunConditions`, optional
+    target_conditions : `~bkgdb.makers.condition_model.RunConditions`, optional
         The target run's conditions (needed with ``model``).
-    model : `~bkgdb.condition_model.ConditionModel`, optional
+    model : `~bkgdb.makers.condition_model.ConditionModel`, optional
         Default is None: plain summation.
     """
     if not pieces:
@@ -216,7 +216,7 @@ def _archive_query(binning_id, exclusion_id, settings):
     binning and exclusion setting, and the selection's fixed criteria (|b|, telescopes)."""
     import sqlalchemy as sa
 
-    from .models import RUN_STATUS_OK, PieceRow, Run
+    from bkgdb.store.models import RUN_STATUS_OK, PieceRow, Run
 
     query = (sa.select(PieceRow.id, PieceRow.file_sha256, Run.zenith_deg, Run.az_deg, Run.muon_eff)
              .join(Run, Run.id == PieceRow.run_id)
@@ -240,7 +240,7 @@ def representative_subset(conditions, max_runs):
     n_runs = len(conditions)
     if max_runs is None or n_runs <= max_runs:
         return np.arange(n_runs)
-    from .condition_model import _north
+    from bkgdb.makers.condition_model import _north
 
     zenith = np.array([c.zenith_deg for c in conditions], dtype=float)
     muon = np.array([-1.0 if c.muon_eff is None else c.muon_eff for c in conditions], dtype=float)
@@ -261,8 +261,8 @@ def archive_digest(session, binning_id, exclusion_id, settings, max_runs):
     """
     import sqlalchemy as sa
 
-    from .condition_model import MODEL_KIND
-    from .models import PieceRow, Run
+    from bkgdb.makers.condition_model import MODEL_KIND
+    from bkgdb.store.models import PieceRow, Run
 
     archive = _archive_query(binning_id, exclusion_id, settings).order_by(None).with_only_columns(
         sa.func.count(PieceRow.id), sa.func.sum(PieceRow.id), sa.func.max(PieceRow.id),
@@ -274,7 +274,7 @@ def archive_digest(session, binning_id, exclusion_id, settings, max_runs):
 
 def archive_condition_model(session, binning_id, exclusion_id, energy_edges, settings,
                             max_runs=CONDITION_MODEL_MAX_RUNS, memo=None):
-    """The archive's `~bkgdb.condition_model.ConditionModel`, from table ``condition_models`` or fitted.
+    """The archive's `~bkgdb.makers.condition_model.ConditionModel`, from table ``condition_models`` or fitted.
 
     The archive is every piece of the binning and exclusion setting whose run passes the fixed
     selection criteria (``gal_lat_min``, ``n_tels``). The model is fitted on all of it up to
@@ -286,7 +286,7 @@ def archive_condition_model(session, binning_id, exclusion_id, energy_edges, set
 
     Returns
     -------
-    model : `~bkgdb.condition_model.ConditionModel`
+    model : `~bkgdb.makers.condition_model.ConditionModel`
     record : dict
         The stored parameters with ``kind``, ``archive_digest``, ``n_runs`` and ``cached``.
     """
@@ -294,9 +294,9 @@ def archive_condition_model(session, binning_id, exclusion_id, energy_edges, set
     from sqlalchemy.exc import IntegrityError
     from sqlalchemy.orm import Session
 
-    from .cache import row_to_piece
-    from .condition_model import MODEL_KIND, ConditionModel, ConditionModelFitter, RunConditions
-    from .models import ConditionModelRow, PieceRow
+    from bkgdb.store.pieces import row_to_piece
+    from bkgdb.makers.condition_model import MODEL_KIND, ConditionModel, ConditionModelFitter, RunConditions
+    from bkgdb.store.models import ConditionModelRow, PieceRow
 
     key = (binning_id, exclusion_id, settings.gal_lat_min, settings.n_tels, max_runs)
     if memo is not None and key in memo:

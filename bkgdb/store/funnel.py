@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .models import Run
-from .selection import NoRunsSelected, RunSelector
+from bkgdb.store.models import Run
+from bkgdb.store.selection import NoRunsSelected, RunSelector
 
 __all__ = ["CandidateFate", "FunnelPicture", "candidate_fates", "funnel_picture"]
 

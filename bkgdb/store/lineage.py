@@ -14,8 +14,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .flags import flags_in_force
-from .models import FLAG_BAD, BackgroundInput, BackgroundRow, Datastore, PieceRow, Run
+from bkgdb.store.flags import flags_in_force
+from bkgdb.store.models import FLAG_BAD, BackgroundInput, BackgroundRow, Datastore, PieceRow, Run
 
 __all__ = ["background_lineage", "stale_backgrounds"]
 

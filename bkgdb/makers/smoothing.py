@@ -26,7 +26,7 @@ import logging
 
 import numpy as np
 
-from .errors import BkgdbError
+from bkgdb.errors import BkgdbError
 
 __all__ = ["BackgroundSmoother", "SMOOTHING_METHODS", "reference_profile", "local_quadratic_weights"]
 
@@ -193,7 +193,7 @@ class BackgroundSmoother:
         self.spline_smoothing = spline_smoothing
 
     def run(self, background) -> np.ndarray:
-        """The smoothed rate (s-1 MeV-1 sr-1) of an `~bkgdb.assembly.AssembledBackground`.
+        """The smoothed rate (s-1 MeV-1 sr-1) of an `~bkgdb.makers.assembly.AssembledBackground`.
 
         Never negative, always finite; bins without exposure get the smoothed value at their
         offset where neighbours allow (``gauss``, ``poly``, ``spline``).
@@ -228,7 +228,7 @@ class BackgroundSmoother:
     def make_gauss_seed(self, background, rate):
         from scipy.ndimage import gaussian_filter
 
-        from .assembly import fill_empty_bins
+        from bkgdb.makers.assembly import fill_empty_bins
 
         # gammapy's interpolation needs two nodes per axis, and to_3d / to_2d a FoV from offset 0.
         if min(rate.shape) < 2 or background.binning.offset_edges[0] != 0:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BkgdbError
+from bkgdb.errors import BkgdbError
 
 __all__ = ["ModelCurves", "model_curves", "model_curves_from_file", "reference_rate", "plot_model",
            "plot_model_3d", "plot_selection", "plot_validation", "read_validation_table", "significance_maps",
@@ -359,7 +359,7 @@ def plot_selection(picture, path=None):
 
     Parameters
     ----------
-    picture : `~bkgdb.funnel.FunnelPicture`
+    picture : `~bkgdb.store.funnel.FunnelPicture`
         The candidates, the first criterion each failed, the selected runs and the target.
 
     Returns
@@ -435,7 +435,7 @@ def read_validation_table(path):
     import csv
     import json
 
-    from .validation import ROW_COLUMNS, rows_file_format
+    from bkgdb.validation import ROW_COLUMNS, rows_file_format
 
     path = Path(path)
     if not path.is_file():
@@ -607,7 +607,7 @@ def significance_maps(observation, excluded, energy_range_tev=(0.5, 10.0), binsz
     from gammapy.maps import MapAxis, WcsGeom
     from scipy.signal import fftconvolve
 
-    from .validation import outside_circles
+    from bkgdb.validation import outside_circles
 
     energy = MapAxis.from_energy_bounds(*energy_range_tev, nbin=8, unit="TeV")
     width = 2 * offset_max_deg + 2 * correlation_radius_deg
@@ -702,7 +702,7 @@ def _target_datastore(catalogue, target):
     """Folder of the datastore holding the catalogue row ``target``."""
     import sqlalchemy as sa
 
-    from .models import Datastore
+    from bkgdb.store.models import Datastore
 
     with catalogue.session() as session:
         return session.scalar(sa.select(Datastore.path).where(Datastore.id == target.datastore_id))
@@ -710,7 +710,7 @@ def _target_datastore(catalogue, target):
 
 def _observation(datastore, obs_id):
     """The gammapy observation of a run, any IRF optional."""
-    from .validation import _datastore  # cached: a report opens one datastore for several runs
+    from bkgdb.validation import _datastore  # cached: a report opens one datastore for several runs
 
     try:
         return _datastore(str(datastore)).obs(int(obs_id), required_irf="all-optional")
@@ -741,8 +741,8 @@ def plot_run_model(builder, obs_id: int, path=None, datastore=None, with_referen
 
 
 def plot_run_selection(builder, obs_id: int, path=None, datastore=None):
-    """The selection funnel of run ``obs_id``, candidate by candidate (`bkgdb.funnel`)."""
-    from .funnel import funnel_picture
+    """The selection funnel of run ``obs_id``, candidate by candidate (`bkgdb.store.funnel`)."""
+    from bkgdb.store.funnel import funnel_picture
 
     return plot_selection(funnel_picture(builder, obs_id, datastore), path=path)
 
@@ -751,7 +751,7 @@ def run_significance_maps(builder, obs_id: int, datastore=None, **kwargs) -> Sig
     """`significance_maps` of run ``obs_id`` with its bkgdb background, its pieces' exclusion regions masked."""
     from sqlalchemy.orm import Session
 
-    from .validation import _excluded_regions
+    from bkgdb.validation import _excluded_regions
 
     built = builder.build(obs_id, datastore)
     with Session(builder.catalogue.engine) as session:
@@ -768,7 +768,7 @@ def run_start_times(catalogue, datastore, obs_ids):
     """OBS_ID -> run start (MJD) of the runs of ``datastore`` in the catalogue."""
     import sqlalchemy as sa
 
-    from .models import Datastore, Run
+    from bkgdb.store.models import Datastore, Run
 
     wanted = {int(obs_id) for obs_id in obs_ids if obs_id is not None}
     with catalogue.session() as session:

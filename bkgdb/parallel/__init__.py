@@ -1,0 +1,2 @@
+"""Running per-run work in parallel: local worker processes or a Dask cluster.
+"""

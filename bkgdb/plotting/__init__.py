@@ -1,0 +1,2 @@
+"""Figures of background models, selections and validation, and the HTML report.
+"""
