@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from bkgdb.errors import ConfigError
+from bkgdb.makers.piece import EXPOSURE_METHODS
+from bkgdb.makers.smoothing import SMOOTHING_METHODS
 
 __all__ = [
     "ConfigWarning", "Binning", "ExclusionSettings", "CircleRegion", "SelectionSettings", "IOSettings", "BkgdbConfig",
@@ -31,7 +33,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EXPOSURE_METHODS = ("geometric", "counts-ratio")
 #: What a background resting on fewer than min_runs runs or min_ontime hours does.
 MIN_STATISTICS_ACTIONS = ("warn", "error")
 #: Sections of gammapy-tools configs that bkgdb reads none of.
@@ -475,7 +476,6 @@ def _circle(section, number, entry):
     return CircleRegion(ra % 360.0, dec, radius, name or f"region {number}")
 
 
-from bkgdb.makers.smoothing import SMOOTHING_METHODS  # noqa: E402  (the smoothing module owns the names)
 
 
 def _optional(section, values, key, kind=float, minimum=None):

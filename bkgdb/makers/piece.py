@@ -12,13 +12,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bkgdb.config import EXPOSURE_METHODS
 from bkgdb.makers.exclusion import ExclusionFinder, unit_vectors
 
-__all__ = ["BackgroundPiece", "PieceMaker", "encode_array", "decode_array", "COUNTS_DTYPE", "EXPOSURE_DTYPE"]
+__all__ = ["BackgroundPiece", "PieceMaker", "encode_array", "decode_array", "COUNTS_DTYPE", "EXPOSURE_DTYPE",
+           "EXPOSURE_METHODS"]
 
 log = logging.getLogger(__name__)
 
+#: How the accepted exposure of a run is estimated (see `PieceMaker.make_fraction`).
+EXPOSURE_METHODS = ("geometric", "counts-ratio")
 COUNTS_DTYPE = "<i4"
 EXPOSURE_DTYPE = "<f8"
 #: Added to both counts of the counts-ratio method, as the seed tool did, so empty bins give 1.
