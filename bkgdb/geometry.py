@@ -83,6 +83,18 @@ class PieceGeometry:
         return self.offset_edges is None
 
     @property
+    def _offset(self) -> np.ndarray:
+        if self.offset_edges is None:
+            raise ValueError("a 3D geometry has no offset rings")
+        return self.offset_edges
+
+    @property
+    def _lon_lat(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.fov_lon_edges is None or self.fov_lat_edges is None:
+            raise ValueError("a 2D geometry has no FoV pixels")
+        return self.fov_lon_edges, self.fov_lat_edges
+
+    @property
     def kind(self) -> str:
         """``"2d"`` or ``"3d"``, as configs and the command line say it."""
         return "3d" if self.is_3d else "2d"
@@ -95,8 +107,9 @@ class PieceGeometry:
     def spatial_shape(self) -> tuple[int, ...]:
         """Shape of an exposure array: ``(n_offset,)`` or ``(n_lon, n_lat)``."""
         if self.is_3d:
-            return (len(self.fov_lon_edges) - 1, len(self.fov_lat_edges) - 1)
-        return (len(self.offset_edges) - 1,)
+            lon, lat = self._lon_lat
+            return (len(lon) - 1, len(lat) - 1)
+        return (len(self._offset) - 1,)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -115,18 +128,17 @@ class PieceGeometry:
     @property
     def offset_centres(self) -> np.ndarray:
         """Centres of the offset rings in deg (2D)."""
-        if self.is_3d:
-            raise ValueError("a 3D geometry has no offset rings")
-        return 0.5 * (self.offset_edges[:-1] + self.offset_edges[1:])
+        edges = self._offset
+        return 0.5 * (edges[:-1] + edges[1:])
 
     @property
     def fov_centres(self) -> tuple[np.ndarray, np.ndarray]:
         """fov_lon and fov_lat of every pixel centre in deg, each of the spatial shape (3D)."""
-        if not self.is_3d:
-            raise ValueError("a 2D geometry has no FoV pixels")
-        lon = 0.5 * (self.fov_lon_edges[:-1] + self.fov_lon_edges[1:])
-        lat = 0.5 * (self.fov_lat_edges[:-1] + self.fov_lat_edges[1:])
-        return np.meshgrid(lon, lat, indexing="ij")
+        lon_edges, lat_edges = self._lon_lat
+        lon = 0.5 * (lon_edges[:-1] + lon_edges[1:])
+        lat = 0.5 * (lat_edges[:-1] + lat_edges[1:])
+        lon_grid, lat_grid = np.meshgrid(lon, lat, indexing="ij")
+        return lon_grid, lat_grid
 
     @property
     def spatial_offset_deg(self) -> np.ndarray:
@@ -144,9 +156,9 @@ class PieceGeometry:
         exact for pixels bounded by meridians and parallels of the FoV frame.
         """
         if not self.is_3d:
-            edges = np.radians(self.offset_edges)
+            edges = np.radians(self._offset)
             return 2 * np.pi * (np.cos(edges[:-1]) - np.cos(edges[1:]))
-        lon, lat = np.radians(self.fov_lon_edges), np.radians(self.fov_lat_edges)
+        lon, lat = (np.radians(edges) for edges in self._lon_lat)
         return np.outer(np.diff(lon), np.diff(np.sin(lat)))
 
     def denominator(self, exposure_s: np.ndarray) -> np.ndarray:
@@ -165,15 +177,14 @@ class PieceGeometry:
 
     @property
     def spatial_edges(self) -> list[np.ndarray]:
-        return [self.fov_lon_edges, self.fov_lat_edges] if self.is_3d else [self.offset_edges]
+        return list(self._lon_lat) if self.is_3d else [self._offset]
 
     @property
     def max_offset_deg(self) -> float:
         """The largest angular distance from the FoV centre any bin reaches."""
         if not self.is_3d:
-            return float(self.offset_edges[-1])
-        lon = np.radians(np.abs(self.fov_lon_edges).max())
-        lat = np.radians(np.abs(self.fov_lat_edges).max())
+            return float(self._offset[-1])
+        lon, lat = (np.radians(np.abs(edges).max()) for edges in self._lon_lat)
         return float(np.degrees(np.arccos(np.cos(lon) * np.cos(lat))))
 
     def axes(self):
@@ -183,9 +194,10 @@ class PieceGeometry:
 
         energy = MapAxis.from_energy_edges(self.energy_edges * u.TeV, name="energy")
         if not self.is_3d:
-            return MapAxes([energy, MapAxis.from_edges(self.offset_edges * u.deg, name="offset")])
-        return MapAxes([energy, MapAxis.from_edges(self.fov_lon_edges * u.deg, name="fov_lon"),
-                        MapAxis.from_edges(self.fov_lat_edges * u.deg, name="fov_lat")])
+            return MapAxes([energy, MapAxis.from_edges(self._offset * u.deg, name="offset")])
+        lon, lat = self._lon_lat
+        return MapAxes([energy, MapAxis.from_edges(lon * u.deg, name="fov_lon"),
+                        MapAxis.from_edges(lat * u.deg, name="fov_lat")])
 
     def to_irf(self, rate: np.ndarray):
         """A gammapy ``Background2D`` or ``Background3D`` of ``rate`` in s-1 MeV-1 sr-1."""
@@ -202,7 +214,8 @@ class PieceGeometry:
         """One line for tables and logs."""
         energy = f"{self.energy_edges[0]:g}-{self.energy_edges[-1]:g} TeV x {self.n_energy}"
         if not self.is_3d:
-            return f"{energy}, offset {self.offset_edges[0]:g}-{self.offset_edges[-1]:g} deg x {self.spatial_shape[0]}"
-        n_lon, n_lat = self.spatial_shape
-        return (f"{energy}, FoV {self.alignment} lon {self.fov_lon_edges[0]:g}..{self.fov_lon_edges[-1]:g} x {n_lon}, "
-                f"lat {self.fov_lat_edges[0]:g}..{self.fov_lat_edges[-1]:g} x {n_lat} deg")
+            offset = self._offset
+            return f"{energy}, offset {offset[0]:g}-{offset[-1]:g} deg x {len(offset) - 1}"
+        lon, lat = self._lon_lat
+        return (f"{energy}, FoV {self.alignment} lon {lon[0]:g}..{lon[-1]:g} x {len(lon) - 1}, "
+                f"lat {lat[0]:g}..{lat[-1]:g} x {len(lat) - 1} deg")
