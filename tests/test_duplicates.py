@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from bkgdb.background import BackgroundBuilder
-from bkgdb.store.catalogue import piece_row
+from bkgdb.store.indexing import piece_row
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, Run
 from bkgdb.makers.piece import BackgroundPiece

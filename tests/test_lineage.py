@@ -126,14 +126,3 @@ background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
     table = bkgdb("history", "--stale")
     assert table.exit_code == 0 and "1 stale backgrounds" in table.output
 
-
-def test_lineage_of_backgrounds_recorded_without_inputs(catalogue, simulated_datastore, tmp_path):
-    config = make_config()
-    catalogue.index(simulated_datastore, config=config)
-    BackgroundBuilder(catalogue, config).write(1000, tmp_path / "old.fits")
-    with Session(catalogue.engine) as session:  # as a background of an earlier version was stored
-        session.execute(sa.delete(BackgroundInput))
-        session.commit()
-    found = background_lineage(catalogue.engine, 1003)
-    assert [(row["target"], row["from_datastore"]) for row in found] == [(1000, None)]
-    assert background_lineage(catalogue.engine, 1000) == []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session
 
-from bkgdb.store.catalogue import piece_row
+from bkgdb.store.indexing import piece_row
 from bkgdb.config import Binning, SelectionSettings
 from bkgdb.errors import BkgdbError, ConfigError
 from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, Run
