@@ -15,7 +15,7 @@ from bkgdb.makers.condition_model import ConditionModelFitter, RunConditions
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, SelectionSettings
 from bkgdb.store.models import BinningRow, ConditionModelRow, Datastore, ExclusionRow, PieceRow, Run
 from bkgdb.makers.piece import encode_array
-from bkgdb.store.selection import AIRMASS_STEP, airmass, kl_divergence, kl_divergences, rate_shape
+from bkgdb.store.ranking import AIRMASS_STEP, airmass, kl_divergence, kl_divergences, rate_shape
 from bkgdb.simulate import BackgroundTruth
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=5)
@@ -48,8 +48,8 @@ def synthetic_catalogue(catalogue, n_runs, seed=3):
     pieces = []
     for i in range(n_runs):
         counts = rng.poisson(expected[round(zenith[i])])
-        pieces.append(dict(run_id=i + 1, binning_id=ids[1], exclusion_id=ids[2], n_energy=BINNING.e_bins,
-                           n_offset=BINNING.off_bins, counts_dtype="<i4", exposure_dtype="<f8",
+        pieces.append(dict(run_id=i + 1, binning_id=ids[1], exclusion_id=ids[2], shape=list(BINNING.shape),
+                           counts_dtype="<i4", exposure_dtype="<f8",
                            counts=encode_array(counts, "<i4"), excluded_counts=none, exposure_s=exposure,
                            ontime_s=ONTIME, livetime_s=ONTIME, n_kept=int(counts.sum()), n_excluded=0, regions=[]))
     with catalogue.engine.begin() as connection:
