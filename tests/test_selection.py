@@ -32,9 +32,9 @@ def add_runs(catalogue, runs, counts=None):
                             extra={"QUALITY": 0})
             run = Run(datastore=store, **{**defaults, **values})
             run.alt_deg = 90.0 - run.zenith_deg
-            shape = counts(values["obs_id"]) if counts else np.ones(BINNING.shape, dtype=np.int64)
-            piece = BackgroundPiece(shape, np.zeros(BINNING.shape, dtype=np.int64),
-                                    np.full(BINNING.off_bins, run.ontime_s), run.ontime_s, run.ontime_s)
+            kept = counts(values["obs_id"]) if counts else np.ones(BINNING.shape, dtype=np.int64)
+            piece = BackgroundPiece(kept, np.zeros_like(kept), np.full(kept.shape[1:], run.ontime_s), run.ontime_s,
+                                    run.ontime_s)
             session.add_all([run, piece_row(piece, run, binning, exclusion, None)])
             rows.append(run)
         session.commit()
@@ -135,6 +135,23 @@ def test_kl_divergence_ranking(catalogue):
     selection = select(catalogue, runs, tuple(ids), 1, KL_DIV=True)
     assert selection.obs_ids == [3, 2, 4]  # same shape with twice the statistics first
     assert selection.ranking == "kl_divergence"
+
+
+def test_kl_divergence_ranking_on_fov_pixels(catalogue):
+    """3D pieces (energy x FoV lon x lat) are ranked by their whole shape: a FoV mirrored in lon has
+    the same offset profile, yet ranks after a run of the target's shape."""
+    energy, lon, lat = np.array([100, 50, 20, 5]), np.array([1, 2, 3, 4, 6]), np.array([1, 1, 2])
+    shape = np.einsum("e,x,y->exy", energy, lon, lat)
+    counts = {1: shape, 2: np.full(shape.shape, 40), 3: shape * 2, 4: shape[:, ::-1, :]}
+    runs, *ids = add_runs(catalogue, [{"obs_id": i} for i in counts], counts=lambda obs_id: counts[obs_id])
+    selection = select(catalogue, runs, tuple(ids), 1, KL_DIV=True)
+    own = rate_shape(BackgroundPiece(shape, 0 * shape, np.full(shape.shape[1:], 1800.0), 1800.0, 1800.0))
+    divergence = {obs_id: kl_divergence(own, rate_shape(BackgroundPiece(c, 0 * c, np.full(c.shape[1:], 1800.0),
+                                                                         1800.0, 1800.0)))
+                  for obs_id, c in counts.items() if obs_id != 1}
+    assert selection.ranking == "kl_divergence" and selection.obs_ids[0] == 3
+    assert selection.obs_ids == sorted(divergence, key=divergence.get)
+    assert divergence[4] > 0.05 > divergence[3]
 
 
 def test_kl_divergence_compares_rates_not_holes():
