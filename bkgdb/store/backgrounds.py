@@ -20,7 +20,15 @@ from sqlalchemy.orm import Session
 from bkgdb.errors import BkgdbError
 from bkgdb.makers.piece import BackgroundPiece
 from bkgdb.store.database import is_readonly_error, session_scope
-from bkgdb.store.models import RUN_STATUS_FAILED, RUN_STATUS_OK, BackgroundInput, BackgroundRow, Datastore, PieceRow, Run
+from bkgdb.store.models import (
+    RUN_STATUS_FAILED,
+    RUN_STATUS_OK,
+    BackgroundInput,
+    BackgroundRow,
+    Datastore,
+    PieceRow,
+    Run,
+)
 from bkgdb.store.pieces import row_to_piece
 
 __all__ = ["background_history", "find_target", "selected_pieces", "own_piece", "runs_by_id", "record_background",
@@ -108,7 +116,8 @@ def selected_pieces(session: Session, run_ids: list[int], binning_id: int, exclu
             .join(Datastore, Datastore.id == Run.datastore_id)
             .where(PieceRow.run_id.in_(run_ids[start:start + ID_CHUNK]),
                    PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id)).all()
-        rows += [(SimpleNamespace(**dict(zip((c.key for c in PIECE_COLUMNS), row[:n]))), *row[n:]) for row in found]
+        rows += [(SimpleNamespace(**dict(zip((c.key for c in PIECE_COLUMNS), row[:n], strict=True))), *row[n:])
+                 for row in found]
     return rows
 
 

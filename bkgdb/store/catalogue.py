@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from datetime import date
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,15 @@ from sqlalchemy.orm import Session
 
 from bkgdb.errors import ConditionError, DatabaseError, DatabaseNotReadyError
 from bkgdb.store.conditions import SELECTABLE_COLUMNS, Condition, conditions_expression, typed_column
-from bkgdb.store.database import (SCHEMA_HEAD, create_engine, current_revision, display_url, hide_secrets,
-                                  migrate_to_head, session_scope)
+from bkgdb.store.database import (
+    SCHEMA_HEAD,
+    create_engine,
+    current_revision,
+    display_url,
+    hide_secrets,
+    migrate_to_head,
+    session_scope,
+)
 from bkgdb.store.indexing import DatastoreIndexer, IndexReport, refresh_statistics
 from bkgdb.store.models import RUN_STATUS_FAILED, RUN_STATUS_OK, Datastore, Run
 
@@ -31,6 +39,11 @@ DEFAULT_RUN_COLUMNS = [
     "obs_id", "object_name", "ra_deg", "dec_deg", "zenith_deg", "az_deg", "date_obs",
     "ontime_s", "livetime_s", "n_tels", "muon_eff", "nsb_level", "event_count",
 ]
+
+
+def _extra_getter(key: str) -> Callable[[Run], Any]:
+    """Reads obs-index column ``key`` of a run (from ``Run.extra``)."""
+    return lambda run: (run.extra or {}).get(key)
 
 
 class RunCatalogue:
@@ -104,7 +117,8 @@ class RunCatalogue:
                 if exc.__class__.__module__.startswith("alembic"):
                     engine.dispose()
                     raise DatabaseError(
-                        f"cannot migrate {shown}: {hide_secrets(exc, str(url or ''))} (was it written by a newer bkgdb?)"
+                        f"cannot migrate {shown}: {hide_secrets(exc, str(url or ''))} "
+                        "(was it written by a newer bkgdb?)"
                     ) from None
                 raise
         return cls(engine)
@@ -158,7 +172,10 @@ class RunCatalogue:
         return report
 
     def refresh_statistics(self) -> None:
-        """Update the query planner's table statistics after bulk changes (see `~bkgdb.store.indexing.refresh_statistics`)."""
+        """Update the query planner's table statistics after bulk changes.
+
+        See `~bkgdb.store.indexing.refresh_statistics`.
+        """
         refresh_statistics(self.engine)
 
     # -- queries ------------------------------------------------------------------------------
@@ -199,23 +216,21 @@ class RunCatalogue:
         with self.session() as session:
             runs = session.scalars(query).all()
             for run in runs:
-                run.datastore  # load it while the session is open
-        return runs
+                _ = run.datastore  # load it while the session is open
+        return list(runs)
 
     def run_rows(self, runs: Iterable[Run], columns: Iterable[str] | None = None) -> list[dict]:
         """Runs as dicts of the named columns (typed columns, ``datastore`` or obs-index columns)."""
         columns = list(columns or DEFAULT_RUN_COLUMNS)
         extra = {key.lower(): key for key in self.extra_keys()}
-        getters = []
+        getters: list[tuple[str, Callable[[Run], Any]]] = []
         for name in columns:
             if name == "datastore":
                 getters.append((name, lambda run: run.datastore.path))
             elif typed_column(name) is not None:
-                attribute = typed_column(name).key
-                getters.append((name, lambda run, a=attribute: getattr(run, a)))
+                getters.append((name, attrgetter(typed_column(name).key)))
             elif name.lower() in extra:
-                key = extra[name.lower()]
-                getters.append((name, lambda run, k=key: (run.extra or {}).get(k)))
+                getters.append((name, _extra_getter(extra[name.lower()])))
             else:
                 known = ", ".join(sorted(set(SELECTABLE_COLUMNS) | set(extra.values()) | {"datastore"}))
                 raise ConditionError(f"unknown column {name!r}; known columns: {known}")
@@ -246,7 +261,7 @@ class RunCatalogue:
             ).all()
         datastores = [
             {"path": path, "last_indexed_at": last.isoformat() if last else None, "runs": ok,
-             "failed_runs": failed, "ontime_h": float(ontime) / 3600.0, "events": int(events)}
+             "failed_runs": failed, "ontime_h": float(ontime or 0.0) / 3600.0, "events": int(events or 0)}
             for path, last, ok, failed, ontime, events in counts
         ]
         return {

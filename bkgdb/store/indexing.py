@@ -9,22 +9,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.makers.piece import COUNTS_DTYPE, EXPOSURE_DTYPE, BackgroundPiece, encode_array
 from bkgdb.makers.run import RunJob, RunResult, exclusion_finder, process_run
 from bkgdb.parallel.processes import WorkerPool
 from bkgdb.store.database import session_scope
-from bkgdb.store.models import (RUN_FACT_COLUMNS, RUN_STATUS_FAILED, RUN_STATUS_OK, BinningRow, Datastore,
-                                ExclusionRow, PieceRow, Run)
+from bkgdb.store.models import (
+    RUN_FACT_COLUMNS,
+    RUN_STATUS_FAILED,
+    RUN_STATUS_OK,
+    BinningRow,
+    Datastore,
+    ExclusionRow,
+    PieceRow,
+    Run,
+)
 from bkgdb.store.settings import get_or_create_setting
 from bkgdb.store.upsert import insert_if_missing, upsert_insert
 
@@ -59,7 +66,7 @@ class IndexReport:
         return bool(self.new or self.updated or self.removed or self.pieces)
 
 
-def run_jobs(jobs: list[RunJob], workers: Any) -> Iterator[RunResult]:
+def run_jobs(jobs: list[RunJob], workers: Any) -> Generator[RunResult, None, None]:
     """Results of `process_run` for each job, in completion order.
 
     ``workers`` is a number of local processes (1: this process), or an executor with the
@@ -147,7 +154,7 @@ class DatastoreIndexer:
             insert_if_missing(session, Datastore, ["path"], {"path": str(store.path), "obs_index_meta": meta})
             datastore = session.scalars(sa.select(Datastore).where(Datastore.path == str(store.path))).one()
             datastore.obs_index_meta = meta
-            datastore.last_indexed_at = datetime.now(timezone.utc)
+            datastore.last_indexed_at = datetime.now(UTC)
             specs = self._piece_specs(session, config)
             session.commit()
 
@@ -193,7 +200,8 @@ class DatastoreIndexer:
             listed = {source.obs_id for source in sources}
             removed = [run.id for obs_id, run in existing.items() if obs_id not in listed and run.id is not None]
             if removed:  # a DELETE that may find nothing: another indexer may have removed them already
-                session.execute(sa.delete(Run).where(Run.id.in_(removed)), execution_options={"synchronize_session": False})
+                session.execute(sa.delete(Run).where(Run.id.in_(removed)),
+                                execution_options={"synchronize_session": False})
                 report.removed += len(removed)
             session.commit()
         return report
@@ -284,4 +292,4 @@ class DatastoreIndexer:
             setattr(run, name, getattr(facts, name, None))
         run.file_path = str(source.events_path) if source.events_path else None
         run.row_sha256 = source.row_sha256
-        run.indexed_at = datetime.now(timezone.utc)
+        run.indexed_at = datetime.now(UTC)

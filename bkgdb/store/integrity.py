@@ -53,7 +53,7 @@ def is_ok(run: Any = Run) -> Any:
 def short_list(session: Session, query: Any) -> list | None:
     """The values of ``query`` when there are at most `OBS_ID_LIST_MAX`, else None."""
     values = session.scalars(query.limit(OBS_ID_LIST_MAX + 1)).all()
-    return None if len(values) > OBS_ID_LIST_MAX else values
+    return None if len(values) > OBS_ID_LIST_MAX else list(values)
 
 def not_in_list(column: Any, query: Any, values: list | None) -> Any:
     """SQL condition ``column NOT IN (values of query)``, with the ``values`` when they were listed.
@@ -71,7 +71,7 @@ def repeated_obs_ids(session: Session) -> list | None:
     One datastore holds an OBS_ID once (a unique constraint), so a catalogue of one
     datastore has none and is not scanned.
     """
-    if session.scalar(sa.select(sa.func.count(Datastore.id))) <= 1:
+    if (session.scalar(sa.select(sa.func.count(Datastore.id))) or 0) <= 1:
         return []
     other = aliased(Run)
     repeated = sa.select(other.obs_id).group_by(other.obs_id).having(sa.func.count(other.id) > 1)
@@ -96,7 +96,7 @@ def one_copy_condition(session: Session, target: Run, binning_id: int, exclusion
     repeated = sa.select(other.obs_id).group_by(other.obs_id).having(sa.func.count(other.id) > 1)
     # Asked once (`repeated_obs_ids`): inside the funnel's scan SQLite would evaluate it for every run.
     if repeated_obs_ids is None:
-        repeated_obs_ids = session.scalars(repeated.limit(OBS_ID_LIST_MAX + 1)).all()
+        repeated_obs_ids = list(session.scalars(repeated.limit(OBS_ID_LIST_MAX + 1)).all())
     if not repeated_obs_ids:
         return not_target_copy
     preferred_copy = (

@@ -4,7 +4,8 @@ The schema is created and changed only by the alembic migrations in ``migrations
 ``tests/test_migrations.py`` checks that these models and the migrations agree.
 """
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
@@ -12,7 +13,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "Base", "Datastore", "Run", "BinningRow", "ExclusionRow", "PieceRow", "BackgroundRow", "BackgroundInput",
-    "RunFlag", "ConditionModelRow", "RUN_FACT_COLUMNS", "RUN_SELECTABLE_COLUMNS", "RUN_STATUS_OK", "RUN_STATUS_FAILED", "FLAG_BAD", "FLAG_GOOD",
+    "RunFlag", "ConditionModelRow", "RUN_FACT_COLUMNS", "RUN_SELECTABLE_COLUMNS", "RUN_STATUS_OK", "RUN_STATUS_FAILED",
+    "FLAG_BAD", "FLAG_GOOD",
 ]
 
 RUN_STATUS_OK = "ok"
@@ -32,8 +34,8 @@ NAMING_CONVENTION = {
 }
 
 
-def utcnow():
-    return datetime.now(timezone.utc)
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -65,7 +67,7 @@ class Datastore(Base):
     )
 
     @classmethod
-    def at(cls, path):
+    def at(cls, path: Any) -> Any:
         """SQL condition: the datastore in folder ``path`` (as the user wrote it)."""
         from pathlib import Path
 

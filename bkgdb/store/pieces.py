@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
@@ -110,7 +110,7 @@ class PieceCache:
             if binning:
                 query = query.where(PieceRow.binning_id == setting_by_prefix(session, BinningRow, binning,
                                                                              "binning").id)
-            deleted = session.execute(query).rowcount
+            deleted = cast(sa.CursorResult, session.execute(query)).rowcount
             # Settings without pieces are forgotten too; they come back when used again.
             for model, column in ((ExclusionRow, PieceRow.exclusion_id), (BinningRow, PieceRow.binning_id)):
                 session.execute(sa.delete(model).where(~model.id.in_(sa.select(column).distinct())))

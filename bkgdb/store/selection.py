@@ -7,12 +7,17 @@ when they are empty (no ontime, no events in range), flagged bad (`bkgdb.store.f
 of a run held by several datastores, or a copy of the target itself.
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError, NoRunsSelected, TooLittleStatistics
 from bkgdb.store.conditions import conditions_expression
@@ -32,7 +37,7 @@ KL_POOL_FACTOR = 2.0
 SHELL_ROWS_MAX = 20000
 
 
-def zenith_range(zenith_deg, el_diff):
+def zenith_range(zenith_deg: float, el_diff: float) -> tuple[float, float]:
     """Zenith angles (deg) whose airmass lies within ``el_diff`` of the target's."""
     target = airmass(zenith_deg)
     low = max(1.0, target - el_diff)
@@ -40,7 +45,7 @@ def zenith_range(zenith_deg, el_diff):
     return float(np.degrees(np.arccos(1.0 / low))), float(np.degrees(np.arccos(1.0 / high)))
 
 
-def azimuth_condition(column, azimuth_deg, az_diff):
+def azimuth_condition(column: Any, azimuth_deg: float, az_diff: float) -> Any:
     """Azimuths within ``az_diff`` deg of the target's, on the circle (355 and 5 are 10 apart)."""
     if az_diff >= 180:
         return sa.true()
@@ -52,7 +57,7 @@ def azimuth_condition(column, azimuth_deg, az_diff):
     return sa.and_(column > low, column < high)
 
 
-def describe_funnel(funnel):
+def describe_funnel(funnel: list) -> str:
     """'104 candidates; airmass within 0.15 removed 91 (13 left); ...' for a list of (name, left)."""
     (name, first), steps = funnel[0], funnel[1:]
     parts = [f"{first} {name}"]
@@ -80,7 +85,7 @@ class Selection:
     #: Warnings about the selection (too little statistics, requested ontime not reached).
     warnings: list = field(default_factory=list)
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return {"target_obs_id": self.target_obs_id, "obs_ids": self.obs_ids, "ontime_s": self.ontime_s,
                 "funnel": self.funnel, "ranking": self.ranking, "requested_s": self.requested_s,
                 "warnings": self.warnings}
@@ -99,12 +104,12 @@ class RunSelector:
         Only runs of this datastore are candidates. Default is all.
     """
 
-    def __init__(self, settings, from_run=False, search_datastore=None):
+    def __init__(self, settings: Any, from_run: bool = False, search_datastore: str | None = None) -> None:
         self.settings = settings
         self.from_run = from_run
         self.search_datastore = search_datastore
 
-    def criteria(self, target, extra_keys=()):
+    def criteria(self, target: Run, extra_keys: Sequence[str] = ()) -> list[tuple[str, Any]]:
         """(name, SQL condition) pairs for a target `~bkgdb.store.models.Run`."""
         s = self.settings
         criteria = []
@@ -112,7 +117,8 @@ class RunSelector:
             low, high = zenith_range(target.zenith_deg, s.el_diff)
             criteria.append((f"airmass within {s.el_diff:g}", sa.and_(Run.zenith_deg >= low, Run.zenith_deg <= high)))
         if s.az_diff is not None and target.az_deg is not None:
-            criteria.append((f"azimuth within {s.az_diff:g} deg", azimuth_condition(Run.az_deg, target.az_deg, s.az_diff)))
+            criteria.append((f"azimuth within {s.az_diff:g} deg",
+                             azimuth_condition(Run.az_deg, target.az_deg, s.az_diff)))
         if s.nsb_diff is not None and target.nsb_level is not None:
             criteria.append((f"NSB within {s.nsb_diff:g}",
                              sa.and_(Run.nsb_level > target.nsb_level - s.nsb_diff,
@@ -137,14 +143,18 @@ class RunSelector:
             criteria.append((condition, conditions_expression([condition], extra_keys)))
         return criteria
 
-    def season_of(self, target):
+    def season_of(self, target: Run) -> tuple[date, date]:
+        """The configured season (start, end) holding the target's observation date."""
         day = target.date_obs
+        if day is None:
+            raise BkgdbError(f"run {target.obs_id} has no observation date: same_szn cannot place it in a season")
         for start, end in self.settings.seasons:
             if date.fromisoformat(start) <= day <= date.fromisoformat(end):
                 return date.fromisoformat(start), date.fromisoformat(end)
         raise BkgdbError(f"run {target.obs_id} ({day}) is in none of the configured seasons")
 
-    def run(self, session, target, binning_id, exclusion_id, extra_keys=()):
+    def run(self, session: Session, target: Run, binning_id: int, exclusion_id: int,
+            extra_keys: Sequence[str] = ()) -> Selection:
         """Select the runs for ``target``.
 
         Candidates are the ok runs with a piece (of ``io.search_datastore`` if set), other than
@@ -218,7 +228,8 @@ class RunSelector:
         return Selection(target.obs_id, [row.id for row in chosen], [row.obs_id for row in chosen], ontime,
                          funnel, ranking=ranking, requested_s=requested, warnings=warnings)
 
-    def nearest_candidates(self, session, query, target, requested):
+    def nearest_candidates(self, session: Session, query: Any, target: Run,
+                           requested: float | None) -> tuple[list, Any]:
         """The candidates that can be chosen, read in airmass shells around the target, and their query.
 
         Runs are ranked by airmass step first (`rank`), so with ``time_request`` only the runs in
@@ -240,7 +251,7 @@ class RunSelector:
                 rows = session.execute(shell.with_only_columns(*columns)).all()
                 zenith = np.array([row.zenith_deg for row in rows], dtype=float)
                 inside = np.floor(np.abs(airmass(zenith) - target_airmass) / AIRMASS_STEP) < steps
-                rows = [row for row, keep in zip(rows, inside) if keep]
+                rows = [row for row, keep in zip(rows, inside, strict=True) if keep]
                 if len(rows) > SHELL_ROWS_MAX:  # as many as the whole window: read it with its query
                     break
                 if sum(row.ontime_s or 0.0 for row in rows) >= wanted:
@@ -250,9 +261,9 @@ class RunSelector:
                         rows = rows[:int(np.searchsorted(held, wanted)) + 1]
                     return rows, None
                 steps *= 4
-        return session.execute(query.with_only_columns(*columns)).all(), query
+        return list(session.execute(query.with_only_columns(*columns)).all()), query
 
-    def statistics_shortfall(self, n_runs, ontime_s):
+    def statistics_shortfall(self, n_runs: int, ontime_s: float) -> str:
         """'below min_runs 3 and min_ontime 2 h' when the selection rests on too little, else ''."""
         s = self.settings
         short = []
@@ -262,36 +273,39 @@ class RunSelector:
             short.append(f"min_ontime {s.min_ontime:g} h")
         return f"below {' and '.join(short)}" if short else ""
 
-    def search_datastore_id(self, session):
+    def search_datastore_id(self, session: Session) -> int:
         """Id of the ``io.search_datastore``; fails with the indexed datastores when it is not one of them."""
         found = session.scalar(sa.select(Datastore.id).where(Datastore.at(self.search_datastore)))
         if found is not None:
             return found
         from pathlib import Path
 
+        assert self.search_datastore is not None  # only asked for when one is configured
         indexed = session.scalars(sa.select(Datastore.path).order_by(Datastore.path)).all()
         raise BkgdbError(f"io.search_datastore {Path(self.search_datastore).expanduser().resolve()} is not in the "
                          f"catalogue; indexed datastores: {', '.join(indexed) or 'none'}")
 
     @staticmethod
-    def funnel_counts(session, candidates, conditions):
+    def funnel_counts(session: Session, candidates: Any, conditions: list) -> list[int]:
         """[candidates, left after the 1st condition, after the 1st and 2nd, ...] in one query.
 
         Each condition is evaluated once per candidate (an inner 0/1 column), then summed.
         """
         if not conditions:
-            return [session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery()))]
+            return [session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery())) or 0]
         passes = candidates.with_only_columns(*[
             sa.case((condition, 1), else_=0).label(f"pass_{number}")
             for number, condition in enumerate(conditions)]).subquery("passes")
-        columns, kept = [sa.func.count()], []
+        columns: list[Any] = [sa.func.count()]
+        kept = []
         for number in range(len(conditions)):
             kept.append(passes.c[f"pass_{number}"] == 1)
             columns.append(sa.func.coalesce(sa.func.sum(sa.case((sa.and_(*kept), 1), else_=0)), 0))
         return [int(value) for value in session.execute(sa.select(*columns).select_from(passes)).one()]
 
-    def indexed_funnel_counts(self, session, candidates, target, binning_id, exclusion_id, search_id, integrity,
-                              criteria, suspect_run_ids, suspect_obs_ids):
+    def indexed_funnel_counts(self, session: Session, candidates: Any, target: Run, binning_id: int,
+                              exclusion_id: int, search_id: int | None, integrity: list, criteria: list,
+                              suspect_run_ids: list, suspect_obs_ids: list) -> list[int]:
         """The counts of `funnel_counts`, from queries that each read an index range, not the catalogue.
 
         - all candidates: the setting's pieces (an index count) less those of runs not ok and the
@@ -330,7 +344,8 @@ class RunSelector:
             counts += self.funnel_counts(session, candidates.where(*integrity, criteria[0]), criteria[1:])
         return counts
 
-    def candidates(self, session, target, binning_id, exclusion_id):
+    def candidates(self, session: Session, target: Run, binning_id: int,
+                   exclusion_id: int) -> tuple[Any, int | None]:
         """The query of candidate run ids (ok, with a piece of the setting, not the target) and the
         id of the search datastore (None: every datastore)."""
         # The setting's pieces are tested as ``binning_id + 0 = ?``: looked up per run (by the
@@ -346,7 +361,8 @@ class RunSelector:
             base = base.where(Run.datastore_id == search_id)
         return base, search_id
 
-    def rank(self, session, target, rows, binning_id, exclusion_id, candidates):
+    def rank(self, session: Session, target: Run, rows: list, binning_id: int, exclusion_id: int,
+             candidates: Any) -> tuple[str, list]:
         """Order candidates, most similar first: by KL divergence, or by airmass then time.
 
         KL ranking reads only the candidates' counts and exposure (with the target's, in one query
@@ -359,6 +375,7 @@ class RunSelector:
             return "kl_divergence", kl_ranking(session, target, rows, binning_id, exclusion_id, candidates)
         return "airmass_then_time", airmass_then_time(target, rows)
 
-    def integrity_steps(self, session, target, binning_id, exclusion_id, search_id=None):
+    def integrity_steps(self, session: Session, target: Run, binning_id: int, exclusion_id: int,
+                        search_id: int | None = None) -> tuple[list, tuple]:
         """The integrity steps of `~bkgdb.store.integrity.integrity_steps` (empty, flagged bad, copies)."""
         return integrity_steps(session, target, binning_id, exclusion_id, search_id)

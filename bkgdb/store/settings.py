@@ -48,7 +48,7 @@ def _plain(row: HashedSettings) -> SettingRow:
 
 def stored_setting(session: Session, model: type[HashedSettings], digest: str) -> SettingRow | None:
     """The row of ``model`` (`BinningRow` or `ExclusionRow`) whose hash is ``digest``, or None."""
-    row = session.scalars(sa.select(model).where(model.hash == digest)).one_or_none()  # type: ignore[attr-defined]
+    row = session.scalars(sa.select(model).where(model.hash == digest)).one_or_none()
     return None if row is None else _plain(row)
 
 
@@ -74,7 +74,7 @@ def get_or_create_setting(session: Session, model: type[HashedSettings], digest:
     An upsert, not "select, then add": another indexer may store the same setting at any moment.
     """
     insert_if_missing(session, model, ["hash"], {"hash": digest, "params": params})
-    return session.scalars(sa.select(model).where(model.hash == digest)).one()  # type: ignore[attr-defined]
+    return session.scalars(sa.select(model).where(model.hash == digest)).one()
 
 
 def setting_by_prefix(session: Session, model: type[HashedSettings], prefix: str, what: str) -> SettingRow:
@@ -85,7 +85,7 @@ def setting_by_prefix(session: Session, model: type[HashedSettings], prefix: str
     BkgdbError
         No setting or several settings have that prefix.
     """
-    column = model.hash  # type: ignore[attr-defined]
+    column = model.hash
     matches = session.scalars(sa.select(model).where(column.startswith(prefix, autoescape=True))).all()
     if not matches:
         raise BkgdbError(f"no {what} whose hash starts with {prefix!r} (see `bkgdb cache`)")

@@ -71,7 +71,8 @@ def _fill_missing_inputs() -> None:
     without_inputs = sa.select(backgrounds).where(
         ~sa.exists().where(inputs.c.background_id == backgrounds.c.id))
     for background in connection.execute(without_inputs).all():
-        target_datastore = connection.scalar(sa.select(runs.c.datastore_id).where(runs.c.id == background.target_run_id))
+        target_datastore = connection.scalar(
+            sa.select(runs.c.datastore_id).where(runs.c.id == background.target_run_id))
         rows = []
         for obs_id in background.obs_ids or []:
             copies = connection.execute(sa.select(runs.c.id, runs.c.datastore_id).where(runs.c.obs_id == obs_id)
