@@ -9,12 +9,12 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from bkgdb.background import BackgroundBuilder
-from bkgdb.store.pieces import PieceCache
 from bkgdb.cli.main import app
-from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
+from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.store.flags import flag_run
 from bkgdb.store.lineage import background_lineage, stale_backgrounds
 from bkgdb.store.models import BackgroundInput, BackgroundRow, PieceRow, Run
+from bkgdb.store.pieces import PieceCache
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=4)
 

@@ -1,7 +1,7 @@
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
@@ -19,7 +19,12 @@ from bkgdb.makers.run import RunJob, process_run
 from bkgdb.store.backgrounds import background_history
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.database import (
-    SCHEMA_HEAD, create_engine, current_revision, downgrade_schema, head_revision, upgrade_schema,
+    SCHEMA_HEAD,
+    create_engine,
+    current_revision,
+    downgrade_schema,
+    head_revision,
+    upgrade_schema,
 )
 from bkgdb.store.indexing import piece_row, piece_values
 from bkgdb.store.lineage import background_lineage, stale_backgrounds
@@ -98,7 +103,7 @@ def fill_revision_0005(engine, datastore, made):
     tables = sa.MetaData()
     tables.reflect(engine)
     assert {"n_energy", "n_offset"} <= set(tables.tables["pieces"].c.keys())
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with engine.begin() as connection:
         def insert(name, **values):
             return connection.execute(sa.insert(tables.tables[name]).values(**values)).inserted_primary_key[0]
@@ -106,7 +111,8 @@ def fill_revision_0005(engine, datastore, made):
         store_id = insert("datastores", path=str(datastore.resolve()), obs_index_meta={}, first_indexed_at=now,
                           last_indexed_at=now)
         binning_id = insert("binnings", hash=MIGRATED_BINNING.hash, params=MIGRATED_BINNING.params, created_at=now)
-        exclusion_id = insert("exclusion_settings", hash=MIGRATED_EXCLUSION.hash, params={"exposure_method": "geometric"},
+        exclusion_id = insert("exclusion_settings", hash=MIGRATED_EXCLUSION.hash,
+                              params={"exposure_method": "geometric"},
                               created_at=now)
         run_ids, piece_ids = {}, {}
         for obs_id, result in made.items():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from sqlalchemy.orm import Session
 
-from bkgdb.store.indexing import piece_row
 from bkgdb.config import Binning, SelectionSettings
 from bkgdb.errors import BkgdbError, ConfigError, NoRunsSelected, TooLittleStatistics
-from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, Run
 from bkgdb.makers.piece import BackgroundPiece
+from bkgdb.store.indexing import piece_row
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, Run
 from bkgdb.store.ranking import airmass, kl_divergence, rate_shape
 from bkgdb.store.selection import RunSelector, zenith_range
 
@@ -246,7 +246,8 @@ exclusion: {gammacat: none, hawc: none, star_cat: none}
 background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10, min_runs: 10}
 """)
     runner = CliRunner()
-    assert runner.invoke(app, ["--db", db_url, "index", str(simulated_datastore), "--config", str(config)]).exit_code == 0
+    indexed = runner.invoke(app, ["--db", db_url, "index", str(simulated_datastore), "--config", str(config)])
+    assert indexed.exit_code == 0
     result = runner.invoke(app, ["--db", db_url, "background", "1000", "--config", str(config),
                                  "-o", str(tmp_path / "bkg.fits")])
     assert result.exit_code == 0, result.output
