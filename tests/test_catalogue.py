@@ -248,3 +248,17 @@ def test_cache_summary_describes_2d_and_3d_pieces(catalogue):
     assert summary[1]["geometry"] == "0.1-100 TeV x 5, FoV RADEC lon -2.5..2.5 x 4, lat -2.5..2.5 x 4 deg"
     assert summary[1]["bytes_per_piece"] > summary[0]["bytes_per_piece"] > 0  # 80 bins against 15
     assert all(entry["method"] == "geometric" and entry["exclusion"] == "e" * 12 for entry in summary)
+
+
+def test_run_columns_are_declared_once_in_the_model():
+    """The facts a datastore reader returns, and the columns conditions may name, are the model's columns."""
+    from dataclasses import fields
+
+    from bkgdb.gadf.datastore import RunFacts
+    from bkgdb.store.conditions import SELECTABLE_COLUMNS, typed_column
+    from bkgdb.store.models import RUN_FACT_COLUMNS, Run
+
+    assert [field.name for field in fields(RunFacts)] == list(RUN_FACT_COLUMNS)
+    columns = set(Run.__table__.columns.keys())
+    assert set(RUN_FACT_COLUMNS) < columns and set(SELECTABLE_COLUMNS) < columns
+    assert typed_column("zenith") is Run.zenith_deg and typed_column("extra") is None

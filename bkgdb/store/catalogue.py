@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bkgdb.errors import ConditionError, DatabaseError, DatabaseNotReadyError
-from bkgdb.store.conditions import SELECTABLE_COLUMNS, Condition, conditions_expression, typed_column
+from bkgdb.store.conditions import Condition, conditions_expression, typed_column
 from bkgdb.store.database import (
     SCHEMA_HEAD,
     create_engine,
@@ -28,7 +28,7 @@ from bkgdb.store.database import (
     session_scope,
 )
 from bkgdb.store.indexing import DatastoreIndexer, IndexReport, refresh_statistics
-from bkgdb.store.models import RUN_STATUS_FAILED, RUN_STATUS_OK, Datastore, Run
+from bkgdb.store.models import RUN_SELECTABLE_COLUMNS, RUN_STATUS_FAILED, RUN_STATUS_OK, Datastore, Run
 
 __all__ = ["RunCatalogue", "DEFAULT_RUN_COLUMNS"]
 
@@ -232,7 +232,7 @@ class RunCatalogue:
             elif name.lower() in extra:
                 getters.append((name, _extra_getter(extra[name.lower()])))
             else:
-                known = ", ".join(sorted(set(SELECTABLE_COLUMNS) | set(extra.values()) | {"datastore"}))
+                known = ", ".join(sorted(set(RUN_SELECTABLE_COLUMNS) | set(extra.values()) | {"datastore"}))
                 raise ConditionError(f"unknown column {name!r}; known columns: {known}")
         rows = []
         for run in runs:
