@@ -176,7 +176,7 @@ class PieceRow(Base):
     __tablename__ = "pieces"
     __table_args__ = (
         sa.UniqueConstraint("run_id", "binning_id", "exclusion_id"),
-        # A setting's pieces counted and checked for events (`bkgdb.store.selection.has_events`) without
+        # A setting's pieces counted and checked for events (`bkgdb.store.integrity.has_events`) without
         # reading the rows and their arrays.
         sa.Index("ix_pieces_setting_events", "binning_id", "exclusion_id", "ontime_s", "n_kept", "n_excluded",
                  "run_id"),
