@@ -70,8 +70,8 @@ def fill(engine, n_runs, seed=1):
                     for i in range(n)]
             connection.execute(sa.insert(Run), runs)
             counts = rng.poisson(200 * shape * np.cos(np.radians(zenith))[:, None, None])
-            pieces = [dict(run_id=first + i + 1, binning_id=ids[1], exclusion_id=ids[2], n_energy=BINNING.e_bins,
-                           n_offset=BINNING.off_bins, counts_dtype="<i4", exposure_dtype="<f8",
+            pieces = [dict(run_id=first + i + 1, binning_id=ids[1], exclusion_id=ids[2], shape=list(BINNING.shape),
+                           counts_dtype="<i4", exposure_dtype="<f8",
                            counts=encode_array(counts[i], "<i4"), excluded_counts=no_counts, exposure_s=exposure,
                            ontime_s=ONTIME_S, livetime_s=ONTIME_S * 0.9, n_kept=int(counts[i].sum()), n_excluded=0,
                            regions=[], file_sha256=None)

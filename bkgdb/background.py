@@ -7,20 +7,18 @@ smooth on demand, and produce a gammapy `Background2D` with its provenance.
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from bkgdb import __version__
 from bkgdb.makers.assembly import CONDITION_MODEL_MAX_RUNS, archive_condition_model, assemble_background, bin_average_to_centre, fill_empty_bins
+from bkgdb.store.backgrounds import (background_history, find_target, own_piece, record_background,
+                                     record_if_writable, runs_by_id, selected_pieces)
 from bkgdb.store.pieces import row_to_piece
+from bkgdb.store.settings import setting_rows
 from bkgdb.makers.condition_model import RunConditions
 from bkgdb.errors import BkgdbError
 from bkgdb.gadf.hdu import background_2d_hdu
-from bkgdb.store.models import (RUN_STATUS_FAILED, RUN_STATUS_OK, BackgroundInput, BackgroundRow, BinningRow, Datastore,
-                     ExclusionRow, PieceRow, Run)
 from bkgdb.makers.normalisation import NO_NORMALISATION
 from bkgdb.store.selection import RunSelector
 from bkgdb.makers.smoothing import BackgroundSmoother
@@ -31,8 +29,6 @@ __all__ = ["BackgroundBuilder", "BuiltBackground", "PieceInput", "background_his
 log = logging.getLogger(__name__)
 
 BKG_HDU = "BKG"
-#: Run ids bound in one query: one round trip up to this many selected runs (SQLite binds 32766).
-ID_CHUNK = 30000
 PROVENANCE_HDU = "BKGDB_RUNS"
 
 
@@ -133,27 +129,6 @@ class BuiltBackground:
         return hdu
 
 
-def background_history(engine, obs_id=None):
-    """Backgrounds built so far (newest first), from the provenance table; optionally for one target.
-
-    Returns
-    -------
-    rows : list of dict
-        target, runs summed, ontime (h), smoothing, ranking, output file and time of each.
-    """
-    query = sa.select(BackgroundRow).order_by(BackgroundRow.id.desc())
-    if obs_id is not None:
-        query = query.where(BackgroundRow.target_obs_id == obs_id)
-    with Session(engine) as session:
-        rows = session.scalars(query).all()
-    return [{
-        "id": row.id, "target": row.target_obs_id, "runs": row.n_runs, "ontime_h": row.ontime_s / 3600.0,
-        "smoothing": row.smoothing, "ranking": (row.selection or {}).get("ranking"),
-        "obs_ids": row.obs_ids, "output": row.output_path,
-        "created_at": row.created_at.isoformat() if row.created_at else None,
-    } for row in rows]
-
-
 class BackgroundBuilder:
     """Builds backgrounds from a catalogue's pieces, with a `~bkgdb.config.BkgdbConfig`.
 
@@ -181,61 +156,16 @@ class BackgroundBuilder:
 
     def _setting_rows(self, session):
         """(binning row, exclusion row) of the config, looked up once per builder."""
-        if self._rows is not None:
-            return self._rows
-        binning, exclusion = self.config.binning, self.config.exclusion
-        binning_row = session.scalars(sa.select(BinningRow).where(BinningRow.hash == binning.hash)).one_or_none()
-        exclusion_row = session.scalars(
-            sa.select(ExclusionRow).where(ExclusionRow.hash == exclusion.hash)).one_or_none()
-        if binning_row is None or exclusion_row is None:
-            raise BkgdbError("the catalogue has no pieces for this config's binning and exclusion setting: "
-                             "run `bkgdb index DATASTORE --config FILE` first")
-        # Plain values, not ORM rows: they outlive the session that found them.
-        self._rows = (SimpleNamespace(id=binning_row.id, hash=binning_row.hash),
-                      SimpleNamespace(id=exclusion_row.id, hash=exclusion_row.hash))
+        if self._rows is None:
+            self._rows = setting_rows(session, self.config.binning, self.config.exclusion)
         return self._rows
 
+    selected_pieces = staticmethod(selected_pieces)
+
     @staticmethod
-    def selected_pieces(session, run_ids, binning_id, exclusion_id):
-        """(piece columns, datastore path, obs_id, zenith, azimuth, muon_eff) of the selected runs, in their order.
-
-        One query (the ids as one list; split only beyond what SQLite binds at once), reading the
-        piece columns a `~bkgdb.makers.piece.BackgroundPiece` needs, not ORM objects.
-        """
-        columns = (PieceRow.id, PieceRow.run_id, PieceRow.n_energy, PieceRow.n_offset, PieceRow.counts_dtype,
-                   PieceRow.exposure_dtype, PieceRow.counts, PieceRow.excluded_counts, PieceRow.exposure_s,
-                   PieceRow.ontime_s, PieceRow.livetime_s, PieceRow.regions, PieceRow.file_sha256,
-                   PieceRow.created_at)
-        rows = []
-        for start in range(0, len(run_ids), ID_CHUNK):
-            found = session.execute(
-                sa.select(*columns, Datastore.path, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.muon_eff)
-                .join(Run, Run.id == PieceRow.run_id)
-                .join(Datastore, Datastore.id == Run.datastore_id)
-                .where(PieceRow.run_id.in_(run_ids[start:start + ID_CHUNK]),
-                       PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id)).all()
-            n = len(columns)
-            rows += [(SimpleNamespace(**dict(zip((c.key for c in columns), row[:n]))), *row[n:]) for row in found]
-        return rows
-
-    def find_target(self, session, obs_id, datastore=None):
-        """The catalogue row of run ``obs_id`` (of ``datastore``); a run that failed to index says why."""
-        query = sa.select(Run).join(Datastore).where(Run.obs_id == obs_id)
-        if datastore is not None:
-            query = query.where(Datastore.at(datastore))
-        found = session.scalars(query).all()
-        runs = [run for run in found if run.status == RUN_STATUS_OK]
-        failed = [run for run in found if run.status == RUN_STATUS_FAILED]
-        if not runs and failed:
-            raise BkgdbError(f"run {obs_id} failed to index: {failed[0].error}"
-                             + (f" ({failed[0].datastore.path})" if len(found) > 1 or datastore else ""))
-        if not runs:
-            raise BkgdbError(f"run {obs_id} is not in the catalogue" + (f" for datastore {datastore}" if datastore else "")
-                             + ": index its datastore first")
-        if len(runs) > 1:
-            paths = ", ".join(run.datastore.path for run in runs)
-            raise BkgdbError(f"run {obs_id} is in several datastores ({paths}): give --datastore")
-        return runs[0]
+    def find_target(session, obs_id, datastore=None):
+        """The catalogue row of run ``obs_id`` (of ``datastore``); see `~bkgdb.store.backgrounds.find_target`."""
+        return find_target(session, obs_id, datastore)
 
     def build(self, obs_id, datastore=None, session=None):
         """The background of run ``obs_id``.
@@ -257,7 +187,7 @@ class BackgroundBuilder:
             No run passed the selection (the message says what each criterion removed).
         """
         own_session = session is None
-        session = session or Session(self.catalogue.engine, expire_on_commit=False)
+        session = session or self.catalogue.session()
         try:
             binning_row, exclusion_row = self._setting_rows(session)
             target = self.find_target(session, obs_id, datastore)
@@ -298,24 +228,7 @@ class BackgroundBuilder:
 
     def record(self, session, built, output_path=None):
         """Store the provenance of a built background in the database, with the pieces it used."""
-        row = BackgroundRow(
-            target_run_id=built.target.id, target_obs_id=built.target.obs_id, binning_id=built.binning_id,
-            exclusion_id=built.exclusion_id,
-            selection={"settings": self.config.selection.params, "from_run": self.config.io.from_run,
-                       **built.selection.as_dict(), "normalisation": built.normalisation.as_dict(),
-                       "condition_model": built.condition_model},
-            obs_ids=list(built.selection.obs_ids), n_runs=len(built.selection.obs_ids),
-            ontime_s=built.assembled.ontime_s, smoothing=built.smoothing,
-            output_path=None if output_path is None else str(output_path),
-        )
-        session.add(row)
-        session.flush()
-        session.add_all([BackgroundInput(
-            background_id=row.id, piece_id=item.piece_id, run_id=item.run_id, obs_id=item.obs_id,
-            file_sha256=item.file_sha256, piece_created_at=item.created_at,
-            weight=1.0 if item.weight is None else float(item.weight),
-        ) for item in built.inputs])
-        return row
+        return record_background(session, built, self.config.selection.params, self.config.io.from_run, output_path)
 
     def write(self, obs_id, path, datastore=None, three_d=False, overwrite=False):
         """Build the background of ``obs_id`` and write it as a FITS file gammapy reads.
@@ -335,7 +248,6 @@ class BackgroundBuilder:
 
         from astropy.io import fits
 
-        from bkgdb.store.database import is_readonly_error
         from bkgdb.errors import ReadOnlyWarning
 
         path = Path(path)
@@ -345,20 +257,15 @@ class BackgroundBuilder:
             raise BkgdbError(f"folder {path.parent} does not exist: create it first")
         if path.exists() and not overwrite:
             raise BkgdbError(f"{path} exists: remove it or pass --overwrite")
-        with Session(self.catalogue.engine, expire_on_commit=False) as session:
+        with self.catalogue.session() as session:
             built = self.build(obs_id, datastore, session=session)
             try:
                 fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND", three_d), built.provenance_hdu()]
                              ).writeto(path, overwrite=overwrite)
             except OSError as exc:
                 raise BkgdbError(f"cannot write {path}: {exc.strerror or exc}") from None
-            try:
-                self.record(session, built, path.resolve())
-                session.commit()
-            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.InternalError) as exc:
-                session.rollback()
-                if not is_readonly_error(exc):
-                    raise
+            if not record_if_writable(session, built, self.config.selection.params, self.config.io.from_run,
+                                      path.resolve()):
                 warnings.warn("history not recorded: the database is read-only", ReadOnlyWarning, stacklevel=2)
         return built
 
@@ -379,13 +286,11 @@ def per_run_normalisation(session, settings, target, selection, rate, assembled,
     from bkgdb.makers.normalisation import control_ring_normalisation, monitor_normalisation
 
     if settings.normalisation == "control-ring":
-        own = session.scalars(sa.select(PieceRow).where(
-            PieceRow.run_id == target.id, PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id)
-        ).one_or_none()
-        if own is None:
+        piece = own_piece(session, target, binning_id, exclusion_id)
+        if piece is None:
             raise BkgdbError(f"control-ring normalisation needs run {target.obs_id}'s own piece: "
                              "index its datastore with --config")
-        piece, binning = row_to_piece(own), assembled.binning
+        binning = assembled.binning
         return control_ring_normalisation(rate, binning.energy_edges, binning.offset_edges, piece.counts,
                                           piece.exposure_s, *settings.normalisation_ring, model_counts=assembled.counts,
                                           energy_range_tev=settings.normalisation_energy,
@@ -399,8 +304,6 @@ def per_run_normalisation(session, settings, target, selection, rate, assembled,
                 return getattr(run, column.key)
             return {key.lower(): item for key, item in (run.extra or {}).items()}.get(name.lower())
 
-        runs = []
-        for start in range(0, len(selection.run_ids), ID_CHUNK):
-            runs += session.scalars(sa.select(Run).where(Run.id.in_(selection.run_ids[start:start + ID_CHUNK]))).all()
+        runs = runs_by_id(session, selection.run_ids)
         return monitor_normalisation(value(target), [value(run) for run in runs], [run.ontime_s for run in runs], name)
     return NO_NORMALISATION

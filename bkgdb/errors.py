@@ -4,7 +4,7 @@ The library raises these; only the CLI turns them into a one-line message and an
 """
 
 __all__ = ["BkgdbError", "BkgdbWarning", "DatabaseError", "DatastoreError", "ConditionError", "ConfigError",
-           "DatabaseNotReadyError", "ReadOnlyWarning"]
+           "DatabaseNotReadyError", "NoRunsSelected", "TooLittleStatistics", "ReadOnlyWarning"]
 
 
 class BkgdbError(Exception):
@@ -29,6 +29,14 @@ class ConditionError(BkgdbError):
 
 class ConfigError(BkgdbError):
     """A configuration file is missing or holds an invalid value."""
+
+
+class NoRunsSelected(BkgdbError):
+    """No run passed the selection; the message says what each criterion removed."""
+
+
+class TooLittleStatistics(NoRunsSelected):
+    """The selected runs fall short of ``min_runs`` or ``min_ontime`` (with ``min_statistics: error``)."""
 
 
 class BkgdbWarning(UserWarning):

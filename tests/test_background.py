@@ -18,7 +18,7 @@ from bkgdb.background import BackgroundBuilder
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.demo import bin_centres
 from bkgdb.errors import BkgdbError
-from bkgdb.store.models import BackgroundRow
+from bkgdb.store.models import BackgroundInput, BackgroundRow
 from bkgdb.validation import fov_background_norm
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 
@@ -109,7 +109,9 @@ def test_written_file_opens_in_gammapy_with_provenance(catalogue, fields, tmp_pa
 
     with Session(catalogue.engine) as session:
         stored = session.scalars(sa.select(BackgroundRow).order_by(BackgroundRow.id)).first()
-        assert stored.target_obs_id == 119 and stored.obs_ids == list(runs["OBS_ID"])
+        used = session.scalars(sa.select(BackgroundInput.obs_id).where(BackgroundInput.background_id == stored.id)
+                               .order_by(BackgroundInput.id)).all()
+        assert stored.target_obs_id == 119 and used == list(runs["OBS_ID"])
         assert stored.selection["settings"]["time_request"] == 2.0
         assert stored.output_path == str((tmp_path / "bkg.fits").resolve())
 

@@ -196,3 +196,69 @@ def test_instrument_columns_from_the_obs_index(catalogue, tmp_path):
     assert [run.muon_eff for run in runs] == pytest.approx([0.8, 0.9, 1.0])
     assert [run.obs_id for run in catalogue.select_runs(["NSBLEVEL<7", "WEATHER=A"])] == [1000]
     assert [run.obs_id for run in catalogue.select_runs(["nsb>5", "muoneff>=0.95"])] == [1002]
+
+
+FOV_PARAMS = {"kind": "fov", "e_min": 0.1, "e_max": 100.0, "e_bins": 5, "fov_max": 2.5, "fov_bins": 4,
+              "fov_alignment": "RADEC"}
+
+
+def test_geometry_from_stored_binning_params():
+    from bkgdb.config import Binning
+    from bkgdb.store.settings import geometry_from_params
+
+    binning = Binning(e_min=0.2, e_max=50, e_bins=7, off_min=0.5, off_max=2.0, off_bins=3)
+    flat = geometry_from_params(binning.params)
+    assert flat.kind == "2d" and flat.shape == binning.shape == (7, 3)
+    np.testing.assert_array_equal(flat.energy_edges, binning.energy_edges)
+    np.testing.assert_array_equal(flat.offset_edges, binning.offset_edges)
+    fov = geometry_from_params(FOV_PARAMS)
+    assert fov.kind == "3d" and fov.alignment == "RADEC" and fov.shape == (5, 4, 4)
+    np.testing.assert_allclose(fov.fov_lon_edges, [-2.5, -1.25, 0, 1.25, 2.5])
+    np.testing.assert_array_equal(fov.fov_lat_edges, fov.fov_lon_edges)
+    assert geometry_from_params({**FOV_PARAMS, "fov_alignment": None}).alignment == "ALTAZ"
+
+
+def test_cache_summary_describes_2d_and_3d_pieces(catalogue):
+    """`bkgdb cache`: per binning its kind and geometry, pieces and bytes, for offset rings and FoV pixels."""
+    from bkgdb.config import Binning
+    from bkgdb.makers.piece import BackgroundPiece
+    from bkgdb.store.indexing import piece_row
+    from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, Run
+    from bkgdb.store.pieces import PieceCache
+    from bkgdb.store.settings import geometry_from_params
+
+    flat = Binning(e_bins=5, off_bins=3)
+    rng = np.random.default_rng(3)
+    with catalogue.session() as session:
+        store = Datastore(path="/synthetic", obs_index_meta={})
+        rows = [BinningRow(hash="2" * 64, params=flat.params), BinningRow(hash="3" * 64, params=FOV_PARAMS)]
+        exclusion = ExclusionRow(hash="e" * 64, params={"exposure_method": "geometric"})
+        for obs_id in (1, 2):
+            run = Run(datastore=store, obs_id=obs_id, status="ok")
+            for row in rows:
+                shape = geometry_from_params(row.params).shape
+                counts = rng.poisson(3.0, size=shape)
+                piece = BackgroundPiece(counts, 0 * counts, np.full(shape[1:], 600.0), 600.0, 550.0)
+                session.add(piece_row(piece, run, row, exclusion, None))
+        session.commit()
+    summary = PieceCache(catalogue.engine).summary()
+    assert [(entry["binning"], entry["kind"], entry["pieces"]) for entry in summary] == [
+        ("2" * 12, "2d", 2), ("3" * 12, "3d", 2)]
+    assert summary[0]["geometry"] == "0.1-100 TeV x 5, offset 0-2.5 deg x 3"
+    assert summary[1]["geometry"] == "0.1-100 TeV x 5, FoV RADEC lon -2.5..2.5 x 4, lat -2.5..2.5 x 4 deg"
+    assert summary[1]["bytes_per_piece"] > summary[0]["bytes_per_piece"] > 0  # 80 bins against 15
+    assert all(entry["method"] == "geometric" and entry["exclusion"] == "e" * 12 for entry in summary)
+
+
+def test_run_columns_are_declared_once_in_the_model():
+    """The facts a datastore reader returns, and the columns conditions may name, are the model's columns."""
+    from dataclasses import fields
+
+    from bkgdb.gadf.datastore import RunFacts
+    from bkgdb.store.conditions import SELECTABLE_COLUMNS, typed_column
+    from bkgdb.store.models import RUN_FACT_COLUMNS, Run
+
+    assert [field.name for field in fields(RunFacts)] == list(RUN_FACT_COLUMNS)
+    columns = set(Run.__table__.columns.keys())
+    assert set(RUN_FACT_COLUMNS) < columns and set(SELECTABLE_COLUMNS) < columns
+    assert typed_column("zenith") is Run.zenith_deg and typed_column("extra") is None

@@ -206,7 +206,7 @@ def test_model_is_cached_recorded_and_refitted_when_a_run_is_added(catalogue, ze
     assert recorded.selection["condition_model"]["rate_zenith"] == pytest.approx(second.condition_model["rate_zenith"])
     # Each piece's weight is recorded with its lineage row, in the order summed.
     assert weights == pytest.approx(list(second.assembled.weights))
-    assert len(weights) == len(recorded.obs_ids)
+    assert len(weights) == recorded.n_runs
 
     header = fits.getheader(tmp_path / "second.fits", "BACKGROUND")
     assert header["BKG_ASM"] == "condition"

@@ -1,17 +1,17 @@
 """A run held by several datastores is one run: a background uses one copy, never a copy of the target."""
 
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from sqlalchemy.orm import Session
 
 from bkgdb.background import BackgroundBuilder
-from bkgdb.store.catalogue import piece_row
-from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
-from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, Run
+from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.makers.piece import BackgroundPiece
+from bkgdb.store.indexing import piece_row
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, Run
 from bkgdb.store.selection import RunSelector
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=4)
@@ -100,7 +100,7 @@ def add_copies(catalogue, stores):
         binning = BinningRow(hash="b" * 64, params=BINNING.params)
         exclusion = ExclusionRow(hash="e" * 64, params={"exposure_method": "geometric"})
         session.add_all([binning, exclusion])
-        start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        start = datetime(2026, 1, 1, tzinfo=UTC)
         runs = {}
         for number, (path, observations) in enumerate(stores.items()):
             store = Datastore(path=path, obs_index_meta={}, first_indexed_at=start + timedelta(minutes=number))

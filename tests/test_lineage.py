@@ -9,12 +9,12 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from bkgdb.background import BackgroundBuilder
-from bkgdb.store.pieces import PieceCache
 from bkgdb.cli.main import app
-from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
+from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.store.flags import flag_run
 from bkgdb.store.lineage import background_lineage, stale_backgrounds
 from bkgdb.store.models import BackgroundInput, BackgroundRow, PieceRow, Run
+from bkgdb.store.pieces import PieceCache
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=4)
 
@@ -126,14 +126,3 @@ background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
     table = bkgdb("history", "--stale")
     assert table.exit_code == 0 and "1 stale backgrounds" in table.output
 
-
-def test_lineage_of_backgrounds_recorded_without_inputs(catalogue, simulated_datastore, tmp_path):
-    config = make_config()
-    catalogue.index(simulated_datastore, config=config)
-    BackgroundBuilder(catalogue, config).write(1000, tmp_path / "old.fits")
-    with Session(catalogue.engine) as session:  # as a background of an earlier version was stored
-        session.execute(sa.delete(BackgroundInput))
-        session.commit()
-    found = background_lineage(catalogue.engine, 1003)
-    assert [(row["target"], row["from_datastore"]) for row in found] == [(1000, None)]
-    assert background_lineage(catalogue.engine, 1000) == []

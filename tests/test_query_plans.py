@@ -8,15 +8,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bkgdb.makers.assembly import archive_condition_model, assemble_background, representative_subset
 from bkgdb.background import BackgroundBuilder
-from bkgdb.store.pieces import row_to_piece
+from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, SelectionSettings
+from bkgdb.makers.assembly import archive_condition_model, assemble_background, representative_subset
 from bkgdb.makers.condition_model import ConditionModelFitter, RunConditions
-from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, SelectionSettings
-from bkgdb.store.models import BinningRow, ConditionModelRow, Datastore, ExclusionRow, PieceRow, Run
 from bkgdb.makers.piece import encode_array
-from bkgdb.store.selection import AIRMASS_STEP, airmass, kl_divergence, kl_divergences, rate_shape
 from bkgdb.simulate import BackgroundTruth
+from bkgdb.store.models import BinningRow, ConditionModelRow, Datastore, ExclusionRow, PieceRow, Run
+from bkgdb.store.pieces import row_to_piece
+from bkgdb.store.ranking import AIRMASS_STEP, airmass, kl_divergence, kl_divergences, rate_shape
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=5)
 EXCLUSION = ExclusionSettings(gammacat=None, hawc=None, star_cat=None)
@@ -48,8 +48,8 @@ def synthetic_catalogue(catalogue, n_runs, seed=3):
     pieces = []
     for i in range(n_runs):
         counts = rng.poisson(expected[round(zenith[i])])
-        pieces.append(dict(run_id=i + 1, binning_id=ids[1], exclusion_id=ids[2], n_energy=BINNING.e_bins,
-                           n_offset=BINNING.off_bins, counts_dtype="<i4", exposure_dtype="<f8",
+        pieces.append(dict(run_id=i + 1, binning_id=ids[1], exclusion_id=ids[2], shape=list(BINNING.shape),
+                           counts_dtype="<i4", exposure_dtype="<f8",
                            counts=encode_array(counts, "<i4"), excluded_counts=none, exposure_s=exposure,
                            ontime_s=ONTIME, livetime_s=ONTIME, n_kept=int(counts.sum()), n_excluded=0, regions=[]))
     with catalogue.engine.begin() as connection:
@@ -196,7 +196,7 @@ def test_kl_ranking_of_a_stack_equals_one_by_one():
     exposure[3, 1] = 0.0
     reference = rate_shape(type("Piece", (), {"counts": counts[0], "exposure_s": exposure[0]}))
     one_by_one = [kl_divergence(reference, rate_shape(type("Piece", (), {"counts": c, "exposure_s": e})))
-                  for c, e in zip(counts, exposure)]
+                  for c, e in zip(counts, exposure, strict=True)]
     assert list(kl_divergences(reference, counts, exposure)) == one_by_one
 
 
@@ -215,7 +215,7 @@ def test_kl_ranks_the_nearest_pool_as_every_candidate_when_it_holds_them(catalog
 def test_representative_subset_is_all_below_n_and_spread_above():
     rng = np.random.default_rng(5)
     conditions = [RunConditions(float(z), float(a), float(m)) for z, a, m in
-                  zip(rng.uniform(0, 60, 1000), rng.uniform(0, 360, 1000), rng.uniform(0.6, 0.9, 1000))]
+                  zip(rng.uniform(0, 60, 1000), rng.uniform(0, 360, 1000), rng.uniform(0.6, 0.9, 1000), strict=True)]
     assert list(representative_subset(conditions[:40], 40)) == list(range(40))
     chosen = representative_subset(conditions, 100)
     assert list(chosen) == list(representative_subset(conditions, 100)) and len(chosen) == 100

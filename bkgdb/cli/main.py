@@ -340,7 +340,7 @@ def cache(
         out.print(f"dropped {deleted} pieces", highlight=False)
         return
     rows = pieces.summary()
-    columns = ["binning", "energy", "offset", "exclusion", "method", "pieces", "bytes", "bytes_per_piece"]
+    columns = ["binning", "kind", "geometry", "exclusion", "method", "pieces", "bytes", "bytes_per_piece"]
     render_rows(rows, columns, fmt, out, title="background pieces")
 
 

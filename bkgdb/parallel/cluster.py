@@ -1,7 +1,7 @@
 """Indexing on a Dask cluster: the per-run work runs on ``dask.distributed`` workers.
 
 `DaskExecutor` has the interface of `~bkgdb.parallel.processes.WorkerPool` (a context manager with
-``imap_unordered``), so `~bkgdb.store.catalogue.run_jobs` sends `~bkgdb.makers.run.process_run` to a
+``imap_unordered``), so `~bkgdb.store.indexing.run_jobs` sends `~bkgdb.makers.run.process_run` to a
 cluster exactly as it sends it to local processes. Workers only read files and return a
 `~bkgdb.makers.run.RunResult`; the client, the only process that holds a database connection,
 writes the results (one commit per batch of runs, at least every few seconds). A run whose file cannot be read comes back

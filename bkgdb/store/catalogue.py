@@ -4,25 +4,33 @@
 DL3 datastores into it and answers queries on the runs.
 """
 
+from __future__ import annotations
+
 import logging
-import time
-from contextlib import closing
-from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from collections.abc import Callable, Iterable
+from datetime import date
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bkgdb.store.conditions import SELECTABLE_COLUMNS, conditions_expression, typed_column
-from bkgdb.store.database import SCHEMA_HEAD, create_engine, current_revision, display_url, hide_secrets, migrate_to_head
-from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.errors import ConditionError, DatabaseError, DatabaseNotReadyError
-from bkgdb.makers.run import RunJob, exclusion_finder, process_run
-from bkgdb.store.models import RUN_STATUS_FAILED, RUN_STATUS_OK, BinningRow, Datastore, ExclusionRow, PieceRow, Run
-from bkgdb.makers.piece import COUNTS_DTYPE, EXPOSURE_DTYPE, encode_array
-from bkgdb.parallel.processes import WorkerPool
+from bkgdb.store.conditions import Condition, conditions_expression, typed_column
+from bkgdb.store.database import (
+    SCHEMA_HEAD,
+    create_engine,
+    current_revision,
+    display_url,
+    hide_secrets,
+    migrate_to_head,
+    session_scope,
+)
+from bkgdb.store.indexing import DatastoreIndexer, IndexReport, refresh_statistics
+from bkgdb.store.models import RUN_SELECTABLE_COLUMNS, RUN_STATUS_FAILED, RUN_STATUS_OK, Datastore, Run
 
-__all__ = ["RunCatalogue", "IndexReport", "DEFAULT_RUN_COLUMNS", "run_jobs", "piece_row", "piece_values"]
+__all__ = ["RunCatalogue", "DEFAULT_RUN_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
@@ -33,90 +41,9 @@ DEFAULT_RUN_COLUMNS = [
 ]
 
 
-@dataclass
-class IndexReport:
-    """What one `RunCatalogue.index` call did."""
-
-    datastore: str
-    new: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    failed: int = 0
-    removed: int = 0
-    #: Background pieces computed.
-    pieces: int = 0
-    #: (obs_id, reason) of each run that could not be read.
-    failures: list = field(default_factory=list)
-
-    def summary(self):
-        return (f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, "
-                f"{self.failed} failed" + (f", {self.removed} removed" if self.removed else "")
-                + (f"; {self.pieces} pieces computed" if self.pieces else ""))
-
-
-def _upsert_insert(session, table):
-    """An INSERT on ``table`` with the ON CONFLICT clauses of the session's database."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
-
-
-def _insert_if_missing(session, model, key_columns, values):
-    """Insert a row unless one with the same key exists; another indexer may add it at any moment."""
-    statement = _upsert_insert(session, model.__table__).values(**values)
-    session.execute(statement.on_conflict_do_nothing(index_elements=key_columns))
-
-
-def _get_or_create(session, model, digest, params):
-    _insert_if_missing(session, model, ["hash"], {"hash": digest, "params": params})
-    return session.scalars(sa.select(model).where(model.hash == digest)).one()
-
-
-def run_jobs(jobs, workers):
-    """Results of `process_run` for each job, in completion order.
-
-    ``workers`` is a number of local processes (1: this process), or an executor with the
-    interface of `~bkgdb.parallel.processes.WorkerPool` (a context manager with ``imap_unordered``), such as
-    `bkgdb.parallel.cluster.DaskExecutor`. Local workers die with this process (see
-    `~bkgdb.parallel.processes.WorkerPool`). Close the generator (``contextlib.closing``) when leaving early,
-    so that queued jobs are cancelled at once.
-    """
-    if not isinstance(workers, int):
-        if not jobs:
-            return
-        with workers as executor:
-            yield from executor.imap_unordered(process_run, jobs, name=lambda job: f"run {job.source.obs_id}")
-        return
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield process_run(job)
-        return
-    with WorkerPool(min(workers, len(jobs))) as pool:
-        yield from pool.imap_unordered(process_run, jobs)
-
-
-def piece_values(piece, run_id, binning_id, exclusion_id, file_sha256):
-    """The column values of a `~bkgdb.makers.piece.BackgroundPiece`'s database row."""
-    n_energy, n_offset = piece.counts.shape
-    return dict(
-        run_id=run_id, binning_id=binning_id, exclusion_id=exclusion_id, n_energy=n_energy, n_offset=n_offset,
-        counts_dtype=COUNTS_DTYPE, exposure_dtype=EXPOSURE_DTYPE,
-        counts=encode_array(piece.counts, COUNTS_DTYPE),
-        excluded_counts=encode_array(piece.excluded_counts, COUNTS_DTYPE),
-        exposure_s=encode_array(piece.exposure_s, EXPOSURE_DTYPE),
-        ontime_s=piece.ontime_s, livetime_s=piece.livetime_s,
-        n_kept=int(piece.counts.sum()), n_excluded=int(piece.excluded_counts.sum()),
-        regions=piece.regions, file_sha256=file_sha256,
-    )
-
-
-def piece_row(piece, run, binning_row, exclusion_row, file_sha256):
-    """The database row of a `~bkgdb.makers.piece.BackgroundPiece`."""
-    values = piece_values(piece, None, None, None, file_sha256)
-    del values["run_id"], values["binning_id"], values["exclusion_id"]
-    return PieceRow(run=run, binning=binning_row, exclusion=exclusion_row, **values)
+def _extra_getter(key: str) -> Callable[[Run], Any]:
+    """Reads obs-index column ``key`` of a run (from ``Run.extra``)."""
+    return lambda run: (run.extra or {}).get(key)
 
 
 class RunCatalogue:
@@ -134,11 +61,11 @@ class RunCatalogue:
     >>> runs = catalogue.select_runs(["zenith<30"])  # doctest: +SKIP
     """
 
-    def __init__(self, engine):
+    def __init__(self, engine: sa.engine.Engine) -> None:
         self.engine = engine
 
     @classmethod
-    def open(cls, url=None, upgrade=True, readonly=False):
+    def open(cls, url: str | None = None, upgrade: bool = True, readonly: bool | str = False) -> RunCatalogue:
         """Open the catalogue at ``url`` (see `~bkgdb.store.database.resolve_url`) and apply pending migrations.
 
         Parameters
@@ -190,22 +117,25 @@ class RunCatalogue:
                 if exc.__class__.__module__.startswith("alembic"):
                     engine.dispose()
                     raise DatabaseError(
-                        f"cannot migrate {shown}: {hide_secrets(exc, str(url or ''))} (was it written by a newer bkgdb?)"
+                        f"cannot migrate {shown}: {hide_secrets(exc, str(url or ''))} "
+                        "(was it written by a newer bkgdb?)"
                     ) from None
                 raise
         return cls(engine)
 
     @property
-    def url(self):
+    def url(self) -> str:
         """The database URL with any password hidden."""
         return display_url(self.engine.url.render_as_string(hide_password=False))
 
-    def session(self):
-        return Session(self.engine, expire_on_commit=False)
+    def session(self) -> Session:
+        """A new session on the catalogue (`~bkgdb.store.database.session_scope`); use it as a context manager."""
+        return session_scope(self.engine)
 
     # -- indexing -----------------------------------------------------------------------------
 
-    def index(self, path, config=None, jobs=1, progress=None, executor=None):
+    def index(self, path: str | Path, config: Any = None, jobs: int = 1,
+              progress: Callable[[int, int], None] | None = None, executor: Any = None) -> IndexReport:
         """Index a DL3 datastore: add new runs, update changed ones, skip unchanged ones.
 
         A run is unchanged when its event file has the same size and modification time (or,
@@ -235,178 +165,30 @@ class RunCatalogue:
         -------
         report : `IndexReport`
         """
-        store = DL3Datastore(path)
-        sources = store.runs()
-        report = IndexReport(datastore=str(store.path))
-        meta = store.meta
-        with self.session() as session:
-            # Upserts and re-reads, not "select, then add": another indexer may be adding the same rows.
-            _insert_if_missing(session, Datastore, ["path"], {"path": str(store.path), "obs_index_meta": meta})
-            datastore = session.scalars(sa.select(Datastore).where(Datastore.path == str(store.path))).one()
-            datastore.obs_index_meta = meta
-            datastore.last_indexed_at = datetime.now(timezone.utc)
-            specs = self._piece_specs(session, config)
-            session.commit()
-
-            existing = {run.obs_id: run for run in datastore.runs}
-            have = self._existing_pieces(session, datastore)
-            jobs_to_run = []
-            for source in sources:
-                run = existing.get(source.obs_id)
-                if run is None:  # added to the session once its file has been read
-                    run = existing[source.obs_id] = Run(datastore_id=datastore.id, obs_id=source.obs_id)
-                job = self._plan_run(run, source, meta, specs, have)
-                if job is None:
-                    report.unchanged += 1
-                else:
-                    jobs_to_run.append(job)
-            if progress is not None:
-                progress(len(sources) - len(jobs_to_run), len(sources))
-
-            by_obs_id = {source.obs_id: source for source in sources}
-            # closing(): an exception here (Ctrl-C, SIGTERM) stops the workers at once; every run
-            # committed so far stays committed.
-            # Local: one commit per run. An executor may ask for batches (a commit per round trip
-            # to a remote database costs more than a run) and for a longest wait between commits.
-            commit_batch = getattr(executor, "commit_batch", 1)
-            commit_interval_s = getattr(executor, "commit_interval_s", 0.0)
-            uncommitted, last_commit = 0, time.monotonic()
-            with closing(run_jobs(jobs_to_run, jobs if executor is None else executor)) as results:
-                for done, result in enumerate(results, start=len(sources) - len(jobs_to_run) + 1):
-                    outcome, run = self._store_result(session, existing[result.obs_id], by_obs_id[result.obs_id],
-                                                      result, specs)
-                    existing[result.obs_id] = run
-                    setattr(report, outcome, getattr(report, outcome) + 1)
-                    report.pieces += len(result.pieces)
-                    if outcome == "failed":
-                        report.failures.append((result.obs_id, run.error))
-                    uncommitted += 1
-                    if uncommitted >= commit_batch or time.monotonic() - last_commit >= commit_interval_s:
-                        session.commit()
-                        uncommitted, last_commit = 0, time.monotonic()
-                    if progress is not None:
-                        progress(done, len(sources))
-
-            listed = {source.obs_id for source in sources}
-            removed = [run.id for obs_id, run in existing.items() if obs_id not in listed and run.id is not None]
-            if removed:  # a DELETE that may find nothing: another indexer may have removed them already
-                session.execute(sa.delete(Run).where(Run.id.in_(removed)), execution_options={"synchronize_session": False})
-                report.removed += len(removed)
-            session.commit()
-        if report.new or report.updated or report.removed or report.pieces:
+        report = DatastoreIndexer(self.engine).run(path, config, jobs=jobs, progress=progress, executor=executor)
+        if report.changed:
             self.refresh_statistics()
         log.info("indexed %s: %s", report.datastore, report.summary())
         return report
 
-    def refresh_statistics(self):
+    def refresh_statistics(self) -> None:
         """Update the query planner's table statistics after bulk changes.
 
-        Right after thousands of rows arrive PostgreSQL still plans for empty tables (nested
-        loops over every piece: seconds instead of milliseconds per background) until autovacuum
-        runs; ANALYZE fixes that at once, and VACUUM marks the pages all-visible so the selection's
-        covering indexes are read without visiting the tables. SQLite gets ``ANALYZE``.
+        See `~bkgdb.store.indexing.refresh_statistics`.
         """
-        if self.engine.dialect.name == "postgresql":
-            # VACUUM cannot run inside a transaction.
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-                connection.exec_driver_sql("VACUUM ANALYZE runs, pieces, datastores")
-        else:
-            with self.engine.begin() as connection:
-                connection.exec_driver_sql("ANALYZE")
-
-    @staticmethod
-    def _piece_specs(session, config):
-        """(binning, exclusion, binning_id, exclusion_id) of every configured pair, rows made as needed."""
-        if config is None:
-            return []
-        exclusion = config.exclusion
-        exclusion_finder(exclusion)  # read the catalogues here: a bad one fails before any worker starts
-        exclusion_row = _get_or_create(session, ExclusionRow, exclusion.hash, exclusion.params)
-        specs = []
-        for binning in config.binnings:
-            binning_row = _get_or_create(session, BinningRow, binning.hash, binning.params)
-            specs.append((binning, exclusion, binning_row, exclusion_row))
-        session.flush()
-        return specs
-
-    @staticmethod
-    def _existing_pieces(session, datastore):
-        rows = session.execute(
-            sa.select(PieceRow.run_id, PieceRow.binning_id, PieceRow.exclusion_id)
-            .join(Run, Run.id == PieceRow.run_id).where(Run.datastore_id == datastore.id)
-        ).all()
-        return set(map(tuple, rows))
-
-    @staticmethod
-    def _plan_run(run, source, meta, specs, have):
-        """The work one run needs, or None when it is up to date."""
-        missing = [(b, e) for b, e, b_row, e_row in specs if (run.id, b_row.id, e_row.id) not in have]
-        path = source.events_path
-        stat = path.stat() if path is not None and path.is_file() else None
-        up_to_date = run.status == RUN_STATUS_OK and run.row_sha256 == source.row_sha256
-        if (up_to_date and stat is not None and run.file_path == str(path)
-                and run.file_size_bytes == stat.st_size and run.file_mtime == stat.st_mtime and not missing):
-            return None
-        return RunJob(source=source, meta=meta, known_sha256=run.file_sha256 if up_to_date else None,
-                      specs=[(b, e) for b, e, _, _ in specs], missing_specs=missing)
-
-    def _store_result(self, session, run, source, result, specs):
-        """Write a worker's result into the run's row and its pieces; return the outcome and the row.
-
-        Safe against another indexer of the same datastore: a new run's row is inserted unless
-        present (then updated), pieces are upserted.
-        """
-        rows = {(b, e): (b_row, e_row) for b, e, b_row, e_row in specs}
-        outcome = "new" if run.status is None else "updated"
-        if run.id is None:
-            key = {"datastore_id": run.datastore_id, "obs_id": run.obs_id}
-            # Status is set below in this transaction; the placeholder is never committed.
-            _insert_if_missing(session, Run, ["datastore_id", "obs_id"], {**key, "status": RUN_STATUS_FAILED})
-            run = session.scalars(sa.select(Run).filter_by(**key)).one()
-        if result.error is not None and not result.pieces:
-            self._store_facts(run, source, result.facts)
-            run.status, run.error = RUN_STATUS_FAILED, result.error
-            run.file_size_bytes = run.file_mtime = run.file_sha256 = None
-            session.execute(sa.delete(PieceRow).where(PieceRow.run_id == run.id))
-            return "failed", run
-        if not result.changed:
-            outcome = "unchanged"
-            run.file_mtime, run.file_path = result.mtime, str(source.events_path)  # touched, not changed
-        else:
-            self._store_facts(run, source, result.facts)
-            run.status, run.error = RUN_STATUS_OK, None
-            run.file_size_bytes, run.file_mtime, run.file_sha256 = result.size, result.mtime, result.sha256
-            if run.id is not None:
-                session.execute(sa.delete(PieceRow).where(PieceRow.run_id == run.id))
-        session.flush()
-        key_columns = ["run_id", "binning_id", "exclusion_id"]
-        for binning, exclusion, piece in result.pieces:
-            binning_row, exclusion_row = rows[(binning, exclusion)]
-            values = piece_values(piece, run.id, binning_row.id, exclusion_row.id, result.sha256)
-            statement = _upsert_insert(session, PieceRow.__table__).values(**values)
-            session.execute(statement.on_conflict_do_update(
-                index_elements=key_columns,
-                set_={name: statement.excluded[name] for name in values if name not in key_columns}))
-        return outcome, run
-
-    @staticmethod
-    def _store_facts(run, source, facts):
-        for name, value in vars(facts).items():
-            setattr(run, name, value)
-        run.file_path = str(source.events_path) if source.events_path else None
-        run.row_sha256 = source.row_sha256
-        run.indexed_at = datetime.now(timezone.utc)
+        refresh_statistics(self.engine)
 
     # -- queries ------------------------------------------------------------------------------
 
-    def extra_keys(self):
+    def extra_keys(self) -> list[str]:
         """The obs-index column names kept in ``Run.extra`` across all datastores."""
         first_runs = sa.select(sa.func.min(Run.id)).group_by(Run.datastore_id)
         with self.session() as session:
             rows = session.scalars(sa.select(Run.extra).where(Run.id.in_(first_runs))).all()
         return sorted({key for extra in rows for key in (extra or {})})
 
-    def select_runs(self, where=(), status=RUN_STATUS_OK, datastore=None):
+    def select_runs(self, where: Iterable[str | Condition] = (), status: str | None = RUN_STATUS_OK,
+                    datastore: str | Path | None = None) -> list[Run]:
         """Runs matching all conditions, ordered by datastore and OBS_ID.
 
         Parameters
@@ -434,25 +216,23 @@ class RunCatalogue:
         with self.session() as session:
             runs = session.scalars(query).all()
             for run in runs:
-                run.datastore  # load it while the session is open
-        return runs
+                _ = run.datastore  # load it while the session is open
+        return list(runs)
 
-    def run_rows(self, runs, columns=None):
+    def run_rows(self, runs: Iterable[Run], columns: Iterable[str] | None = None) -> list[dict]:
         """Runs as dicts of the named columns (typed columns, ``datastore`` or obs-index columns)."""
         columns = list(columns or DEFAULT_RUN_COLUMNS)
         extra = {key.lower(): key for key in self.extra_keys()}
-        getters = []
+        getters: list[tuple[str, Callable[[Run], Any]]] = []
         for name in columns:
             if name == "datastore":
                 getters.append((name, lambda run: run.datastore.path))
             elif typed_column(name) is not None:
-                attribute = typed_column(name).key
-                getters.append((name, lambda run, a=attribute: getattr(run, a)))
+                getters.append((name, attrgetter(typed_column(name).key)))
             elif name.lower() in extra:
-                key = extra[name.lower()]
-                getters.append((name, lambda run, k=key: (run.extra or {}).get(k)))
+                getters.append((name, _extra_getter(extra[name.lower()])))
             else:
-                known = ", ".join(sorted(set(SELECTABLE_COLUMNS) | set(extra.values()) | {"datastore"}))
+                known = ", ".join(sorted(set(RUN_SELECTABLE_COLUMNS) | set(extra.values()) | {"datastore"}))
                 raise ConditionError(f"unknown column {name!r}; known columns: {known}")
         rows = []
         for run in runs:
@@ -463,7 +243,7 @@ class RunCatalogue:
             rows.append(row)
         return rows
 
-    def info(self):
+    def info(self) -> dict:
         """A summary of the catalogue: URL, schema revision, datastores and their run counts."""
         with self.session() as session:
             counts = session.execute(
@@ -481,7 +261,7 @@ class RunCatalogue:
             ).all()
         datastores = [
             {"path": path, "last_indexed_at": last.isoformat() if last else None, "runs": ok,
-             "failed_runs": failed, "ontime_h": float(ontime) / 3600.0, "events": int(events)}
+             "failed_runs": failed, "ontime_h": float(ontime or 0.0) / 3600.0, "events": int(events or 0)}
             for path, last, ok, failed, ontime, events in counts
         ]
         return {

@@ -16,7 +16,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
 from bkgdb.errors import ConditionError
-from bkgdb.store.models import Run
+from bkgdb.store.models import RUN_SELECTABLE_COLUMNS, Run
 
 __all__ = [
     "Condition", "parse_condition", "COLUMN_ALIASES", "SELECTABLE_COLUMNS", "typed_column",
@@ -56,12 +56,8 @@ COLUMN_ALIASES = {
     "muoneff": "muon_eff",
     "event_count": "event_count", "events": "event_count",
 }
-SELECTABLE_COLUMNS = [
-    "obs_id", "ra_deg", "dec_deg", "glon_deg", "glat_deg", "alt_deg", "zenith_deg", "az_deg",
-    "tstart_mjd", "tstop_mjd", "date_obs", "ontime_s", "livetime_s", "deadtime_fraction", "n_tels",
-    "tellist", "object_name", "nsb_level", "muon_eff", "event_count", "file_path", "file_size_bytes",
-    "file_sha256", "status", "error",
-]
+#: Typed columns a condition may name: the model declares them (`~bkgdb.store.models.RUN_SELECTABLE_COLUMNS`).
+SELECTABLE_COLUMNS = list(RUN_SELECTABLE_COLUMNS)
 
 
 #: Range of the integer column types, beyond which a number is compared as a float (the drivers

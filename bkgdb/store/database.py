@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote, unquote_plus
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
+from sqlalchemy.orm import Session
 
 from bkgdb.errors import DatabaseError, DatabaseNotReadyError
 
@@ -33,6 +34,7 @@ __all__ = [
     "current_revision",
     "head_revision",
     "alembic_config",
+    "session_scope",
 ]
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SQLITE_FILE = "bkgdb.sqlite"
 #: The newest migration; a database already there skips alembic's (slower) upgrade machinery.
 #: tests/test_migrations.py checks it against migrations/.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 URL_ENV_VAR = "BKGDB_URL"
 
 
@@ -232,6 +234,15 @@ def create_engine(url=None, readonly=False):
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise DatabaseError(f"malformed database URL {display_url(url)}: {hide_secrets(exc, url)}") from None
     return _connected(engine, url)
+
+
+def session_scope(engine: sa.engine.Engine) -> Session:
+    """A new ORM session on ``engine``, the one way bkgdb opens them; use it as a context manager.
+
+    Objects stay readable after a commit (``expire_on_commit=False``): rows are handed to callers
+    that outlive the session. Nothing is committed unless the caller commits.
+    """
+    return Session(engine, expire_on_commit=False)
 
 
 def _sqlite_readonly_engine(uri):

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bkgdb.store.models import Run
-from bkgdb.store.selection import NoRunsSelected, RunSelector
+from bkgdb.errors import NoRunsSelected
+from bkgdb.store.selection import RunSelector
 
 __all__ = ["CandidateFate", "FunnelPicture", "candidate_fates", "funnel_picture"]
 

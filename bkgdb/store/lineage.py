@@ -32,9 +32,8 @@ def background_lineage(engine, obs_id: int) -> list[dict]:
     Returns
     -------
     rows : list of dict
-        background id, target OBS_ID, the datastore of the copy that was used (None for
-        backgrounds recorded before their inputs were kept, found by their OBS_ID list), the
-        output file (a FITS file, or the run file of an attached datastore) and when it was built.
+        background id, target OBS_ID, the datastore of the copy that was used (None when that
+        run is no longer catalogued), the output file (a FITS file, or the run file of an attached datastore) and when it was built.
     """
     query = (
         sa.select(BackgroundRow.id, BackgroundRow.target_obs_id, BackgroundRow.output_path,
@@ -45,17 +44,11 @@ def background_lineage(engine, obs_id: int) -> list[dict]:
         .where(BackgroundInput.obs_id == obs_id)
         .order_by(BackgroundRow.id.desc())
     )
-    # Backgrounds recorded before inputs were kept have only their OBS_ID list.
-    without_inputs = sa.select(BackgroundRow).where(
-        ~sa.exists().where(BackgroundInput.background_id == BackgroundRow.id))
+    # Backgrounds recorded before inputs were kept got their inputs in migration 0006.
     with Session(engine) as session:
         rows = session.execute(query).all()
-        older = [row for row in session.scalars(without_inputs) if obs_id in (row.obs_ids or [])]
-    found = [{"id": row.id, "target": row.target_obs_id, "from_datastore": row.path, "output": row.output_path,
-              "created_at": _iso(row.created_at)} for row in rows]
-    found += [{"id": row.id, "target": row.target_obs_id, "from_datastore": None, "output": row.output_path,
-               "created_at": _iso(row.created_at)} for row in older]
-    return sorted(found, key=lambda entry: entry["id"], reverse=True)
+    return [{"id": row.id, "target": row.target_obs_id, "from_datastore": row.path, "output": row.output_path,
+             "created_at": _iso(row.created_at)} for row in rows]
 
 
 def stale_backgrounds(engine) -> list[dict]:

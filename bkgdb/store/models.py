@@ -4,7 +4,8 @@ The schema is created and changed only by the alembic migrations in ``migrations
 ``tests/test_migrations.py`` checks that these models and the migrations agree.
 """
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
@@ -12,7 +13,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "Base", "Datastore", "Run", "BinningRow", "ExclusionRow", "PieceRow", "BackgroundRow", "BackgroundInput",
-    "RunFlag", "ConditionModelRow", "RUN_STATUS_OK", "RUN_STATUS_FAILED", "FLAG_BAD", "FLAG_GOOD",
+    "RunFlag", "ConditionModelRow", "RUN_FACT_COLUMNS", "RUN_SELECTABLE_COLUMNS", "RUN_STATUS_OK", "RUN_STATUS_FAILED",
+    "FLAG_BAD", "FLAG_GOOD",
 ]
 
 RUN_STATUS_OK = "ok"
@@ -32,8 +34,8 @@ NAMING_CONVENTION = {
 }
 
 
-def utcnow():
-    return datetime.now(timezone.utc)
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -65,7 +67,7 @@ class Datastore(Base):
     )
 
     @classmethod
-    def at(cls, path):
+    def at(cls, path: Any) -> Any:
         """SQL condition: the datastore in folder ``path`` (as the user wrote it)."""
         from pathlib import Path
 
@@ -130,6 +132,18 @@ class Run(Base):
     datastore: Mapped[Datastore] = relationship(back_populates="runs")
 
 
+#: Columns of `Run` that record how and when it was indexed rather than the observation itself.
+_RUN_BOOKKEEPING = ("id", "datastore_id", "obs_id", "status", "error", "file_path", "file_size_bytes", "file_mtime",
+                    "file_sha256", "row_sha256", "indexed_at")
+#: The facts about a run read from its obs-index row and events header (`bkgdb.gadf.datastore.RunFacts`
+#: has these fields), in column order: the model is where run columns are declared.
+RUN_FACT_COLUMNS = tuple(column.key for column in Run.__table__.columns if column.key not in _RUN_BOOKKEEPING)
+#: Columns a ``--where`` condition or ``bkgdb runs --columns`` may name directly.
+RUN_SELECTABLE_COLUMNS = tuple(column.key for column in Run.__table__.columns
+                               if column.key not in ("id", "datastore_id", "file_mtime", "row_sha256", "extra",
+                                                     "indexed_at"))
+
+
 class HashedSettings:
     """Columns of a settings row identified by the SHA-256 of its parameters."""
 
@@ -154,14 +168,15 @@ class ExclusionRow(HashedSettings, Base):
 class PieceRow(Base):
     """One run's background piece for one binning and one exclusion setting.
 
-    Arrays are zlib-compressed little-endian bytes; their dtypes and shape are columns.
+    Arrays are zlib-compressed little-endian bytes; their dtypes and shape are columns, so a piece
+    of any geometry (offset rings or FoV pixels) is stored the same way.
     ``file_sha256`` is the hash of the event file the piece was computed from.
     """
 
     __tablename__ = "pieces"
     __table_args__ = (
         sa.UniqueConstraint("run_id", "binning_id", "exclusion_id"),
-        # A setting's pieces counted and checked for events (`bkgdb.store.selection.has_events`) without
+        # A setting's pieces counted and checked for events (`bkgdb.store.integrity.has_events`) without
         # reading the rows and their arrays.
         sa.Index("ix_pieces_setting_events", "binning_id", "exclusion_id", "ontime_s", "n_kept", "n_excluded",
                  "run_id"),
@@ -173,8 +188,9 @@ class PieceRow(Base):
     exclusion_id: Mapped[int] = mapped_column(
         sa.ForeignKey("exclusion_settings.id", ondelete="CASCADE"), index=True
     )
-    n_energy: Mapped[int]
-    n_offset: Mapped[int]
+    #: Shape of the counts arrays, energy first: ``[n_energy, n_offset]`` or ``[n_energy, n_lon, n_lat]``;
+    #: the exposure has ``shape[1:]``.
+    shape: Mapped[list] = mapped_column(JSONType)
     counts_dtype: Mapped[str] = mapped_column(sa.String(8))
     exposure_dtype: Mapped[str] = mapped_column(sa.String(8))
     counts: Mapped[bytes] = mapped_column(sa.LargeBinary)
@@ -194,7 +210,7 @@ class PieceRow(Base):
 
 
 class BackgroundRow(Base):
-    """Provenance of one assembled background: target, settings and the runs it was built from."""
+    """Provenance of one assembled background: target and settings; its runs are its `BackgroundInput` rows."""
 
     __tablename__ = "backgrounds"
 
@@ -205,7 +221,6 @@ class BackgroundRow(Base):
     exclusion_id: Mapped[int | None] = mapped_column(sa.ForeignKey("exclusion_settings.id", ondelete="SET NULL"))
     #: The selection settings and what the selection did (candidates left after each criterion).
     selection: Mapped[dict]
-    obs_ids: Mapped[list] = mapped_column(JSONType)
     n_runs: Mapped[int]
     ontime_s: Mapped[float]
     smoothing: Mapped[str] = mapped_column(sa.String(16))

@@ -1,29 +1,46 @@
 """The piece cache: what is stored per binning and exclusion setting, loading and dropping pieces."""
 
+from __future__ import annotations
+
 import json
 import logging
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError
-from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
 from bkgdb.makers.piece import BackgroundPiece, decode_array
+from bkgdb.store.database import session_scope
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from bkgdb.store.settings import geometry_from_params, setting_by_prefix
 
-__all__ = ["PieceCache", "row_to_piece"]
+__all__ = ["PieceCache", "row_to_piece", "piece_arrays"]
 
 log = logging.getLogger(__name__)
 
 
-def row_to_piece(row):
-    """A `~bkgdb.makers.piece.BackgroundPiece` from its database row."""
-    shape = (row.n_energy, row.n_offset)
+def piece_arrays(row: Any, excluded: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(counts, excluded counts or None, exposure) decoded from a piece row of any geometry.
+
+    ``row`` has the `~bkgdb.store.models.PieceRow` columns ``shape``, ``counts_dtype``,
+    ``exposure_dtype``, ``counts``, ``exposure_s`` (and ``excluded_counts`` if ``excluded``):
+    an ORM row or a row of selected columns. The exposure has the shape without its energy axis.
+    """
+    shape = tuple(int(n) for n in row.shape)
+    counts = decode_array(row.counts, row.counts_dtype, shape)
+    excluded_counts = decode_array(row.excluded_counts, row.counts_dtype, shape) if excluded else None
+    return counts, excluded_counts, decode_array(row.exposure_s, row.exposure_dtype, shape[1:])
+
+
+def row_to_piece(row: Any) -> BackgroundPiece:
+    """A `~bkgdb.makers.piece.BackgroundPiece` of any geometry from its database row."""
+    counts, excluded_counts, exposure = piece_arrays(row)
+    assert excluded_counts is not None
     return BackgroundPiece(
-        counts=decode_array(row.counts, row.counts_dtype, shape).astype(np.int64),
-        excluded_counts=decode_array(row.excluded_counts, row.counts_dtype, shape).astype(np.int64),
-        exposure_s=decode_array(row.exposure_s, row.exposure_dtype, (row.n_offset,)).copy(),
-        ontime_s=row.ontime_s, livetime_s=row.livetime_s, regions=row.regions or [],
+        counts=counts.astype(np.int64), excluded_counts=excluded_counts.astype(np.int64),
+        exposure_s=exposure.copy(), ontime_s=row.ontime_s, livetime_s=row.livetime_s, regions=row.regions or [],
     )
 
 
@@ -36,11 +53,16 @@ class PieceCache:
         The database (schema up to date).
     """
 
-    def __init__(self, engine):
+    def __init__(self, engine: sa.engine.Engine) -> None:
         self.engine = engine
 
-    def summary(self):
-        """Pieces per (binning, exclusion setting): counts of pieces and runs, bytes stored."""
+    def summary(self) -> list[dict]:
+        """Pieces per (binning, exclusion setting): number, bytes stored, and the binning's geometry.
+
+        Each entry has ``binning`` and ``exclusion`` (hash prefixes), ``kind`` (``"2d"`` or ``"3d"``),
+        ``geometry`` (`~bkgdb.geometry.PieceGeometry.describe`), ``method``, ``pieces``, ``bytes`` and
+        ``bytes_per_piece``.
+        """
         size = (sa.func.coalesce(sa.func.sum(
             sa.func.length(PieceRow.counts) + sa.func.length(PieceRow.excluded_counts)
             + sa.func.length(PieceRow.exposure_s)), 0))
@@ -53,14 +75,15 @@ class PieceCache:
                       ExclusionRow.hash, ExclusionRow.params)
             .order_by(BinningRow.id, ExclusionRow.id)
         )
-        with Session(self.engine) as session:
+        with session_scope(self.engine) as session:
             rows = session.execute(query).all()
         summary = []
         for b_hash, b_params, e_hash, e_params, n_pieces, n_bytes in rows:
+            geometry = geometry_from_params(b_params)
             summary.append({
                 "binning": b_hash[:12],
-                "energy": f"{b_params['e_min']:g}-{b_params['e_max']:g} TeV x {b_params['e_bins']}",
-                "offset": f"{b_params['off_min']:g}-{b_params['off_max']:g} deg x {b_params['off_bins']}",
+                "kind": geometry.kind,
+                "geometry": geometry.describe(),
                 "exclusion": e_hash[:12],
                 "method": e_params.get("exposure_method"),
                 "pieces": int(n_pieces),
@@ -69,15 +92,7 @@ class PieceCache:
             })
         return summary
 
-    def _resolve(self, session, model, prefix, what):
-        matches = session.scalars(sa.select(model).where(model.hash.startswith(prefix, autoescape=True))).all()
-        if not matches:
-            raise BkgdbError(f"no {what} whose hash starts with {prefix!r} (see `bkgdb cache`)")
-        if len(matches) > 1:
-            raise BkgdbError(f"{what} hash prefix {prefix!r} is ambiguous: give more characters")
-        return matches[0]
-
-    def drop(self, exclusion=None, binning=None):
+    def drop(self, exclusion: str | None = None, binning: str | None = None) -> int:
         """Delete the pieces of one exclusion setting and/or one binning (by hash prefix).
 
         Returns
@@ -87,21 +102,22 @@ class PieceCache:
         """
         if not exclusion and not binning:
             raise BkgdbError("say which pieces to drop: an exclusion and/or a binning hash prefix")
-        with Session(self.engine) as session:
+        with session_scope(self.engine) as session:
             query = sa.delete(PieceRow)
             if exclusion:
-                query = query.where(PieceRow.exclusion_id == self._resolve(session, ExclusionRow, exclusion,
-                                                                           "exclusion setting").id)
+                query = query.where(PieceRow.exclusion_id == setting_by_prefix(session, ExclusionRow, exclusion,
+                                                                               "exclusion setting").id)
             if binning:
-                query = query.where(PieceRow.binning_id == self._resolve(session, BinningRow, binning, "binning").id)
-            deleted = session.execute(query).rowcount
+                query = query.where(PieceRow.binning_id == setting_by_prefix(session, BinningRow, binning,
+                                                                             "binning").id)
+            deleted = cast(sa.CursorResult, session.execute(query)).rowcount
             # Settings without pieces are forgotten too; they come back when used again.
             for model, column in ((ExclusionRow, PieceRow.exclusion_id), (BinningRow, PieceRow.binning_id)):
                 session.execute(sa.delete(model).where(~model.id.in_(sa.select(column).distinct())))
             session.commit()
         return deleted
 
-    def exclusions(self, obs_id, datastore=None):
+    def exclusions(self, obs_id: int, datastore: str | Path | None = None) -> list[dict]:
         """The exclusion regions applied to a run's pieces, per exclusion setting.
 
         Returns
@@ -118,7 +134,7 @@ class PieceCache:
         )
         if datastore is not None:
             query = query.where(Datastore.at(datastore))
-        with Session(self.engine) as session:
+        with session_scope(self.engine) as session:
             rows = session.execute(query).all()
         seen, result = set(), []
         for path, e_hash, e_params, regions in rows:

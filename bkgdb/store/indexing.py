@@ -1,0 +1,295 @@
+"""Indexing a DL3 datastore into the catalogue: runs' rows and the pieces of every configured binning.
+
+`DatastoreIndexer` plans which runs need reading, sends them to workers (`run_jobs`) and writes
+their results (run facts and pieces of any geometry) in the main process; `RunCatalogue.index
+<bkgdb.store.catalogue.RunCatalogue.index>` calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from bkgdb.gadf.datastore import DL3Datastore
+from bkgdb.makers.piece import COUNTS_DTYPE, EXPOSURE_DTYPE, BackgroundPiece, encode_array
+from bkgdb.makers.run import RunJob, RunResult, exclusion_finder, process_run
+from bkgdb.parallel.processes import WorkerPool
+from bkgdb.store.database import session_scope
+from bkgdb.store.models import (
+    RUN_FACT_COLUMNS,
+    RUN_STATUS_FAILED,
+    RUN_STATUS_OK,
+    BinningRow,
+    Datastore,
+    ExclusionRow,
+    PieceRow,
+    Run,
+)
+from bkgdb.store.settings import get_or_create_setting
+from bkgdb.store.upsert import insert_if_missing, upsert_insert
+
+__all__ = ["DatastoreIndexer", "IndexReport", "run_jobs", "piece_row", "piece_values", "refresh_statistics"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexReport:
+    """What one `RunCatalogue.index <bkgdb.store.catalogue.RunCatalogue.index>` call did."""
+
+    datastore: str
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    removed: int = 0
+    #: Background pieces computed.
+    pieces: int = 0
+    #: (obs_id, reason) of each run that could not be read.
+    failures: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, "
+                f"{self.failed} failed" + (f", {self.removed} removed" if self.removed else "")
+                + (f"; {self.pieces} pieces computed" if self.pieces else ""))
+
+    @property
+    def changed(self) -> bool:
+        """Whether rows were added, changed or removed."""
+        return bool(self.new or self.updated or self.removed or self.pieces)
+
+
+def run_jobs(jobs: list[RunJob], workers: Any) -> Generator[RunResult, None, None]:
+    """Results of `process_run` for each job, in completion order.
+
+    ``workers`` is a number of local processes (1: this process), or an executor with the
+    interface of `~bkgdb.parallel.processes.WorkerPool` (a context manager with ``imap_unordered``), such as
+    `bkgdb.parallel.cluster.DaskExecutor`. Local workers die with this process (see
+    `~bkgdb.parallel.processes.WorkerPool`). Close the generator (``contextlib.closing``) when leaving early,
+    so that queued jobs are cancelled at once.
+    """
+    if not isinstance(workers, int):
+        if not jobs:
+            return
+        with workers as executor:
+            yield from executor.imap_unordered(process_run, jobs, name=lambda job: f"run {job.source.obs_id}")
+        return
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield process_run(job)
+        return
+    with WorkerPool(min(workers, len(jobs))) as pool:
+        yield from pool.imap_unordered(process_run, jobs)
+
+
+def piece_values(piece: BackgroundPiece, run_id: int | None, binning_id: int | None, exclusion_id: int | None,
+                 file_sha256: str | None) -> dict:
+    """The column values of a `~bkgdb.makers.piece.BackgroundPiece`'s database row, of any geometry."""
+    return dict(
+        run_id=run_id, binning_id=binning_id, exclusion_id=exclusion_id, shape=list(piece.counts.shape),
+        counts_dtype=COUNTS_DTYPE, exposure_dtype=EXPOSURE_DTYPE,
+        counts=encode_array(piece.counts, COUNTS_DTYPE),
+        excluded_counts=encode_array(piece.excluded_counts, COUNTS_DTYPE),
+        exposure_s=encode_array(piece.exposure_s, EXPOSURE_DTYPE),
+        ontime_s=piece.ontime_s, livetime_s=piece.livetime_s,
+        n_kept=int(piece.counts.sum()), n_excluded=int(piece.excluded_counts.sum()),
+        regions=piece.regions, file_sha256=file_sha256,
+    )
+
+
+def piece_row(piece: BackgroundPiece, run: Run, binning_row: BinningRow, exclusion_row: ExclusionRow,
+              file_sha256: str | None) -> PieceRow:
+    """The database row of a `~bkgdb.makers.piece.BackgroundPiece`."""
+    values = piece_values(piece, None, None, None, file_sha256)
+    del values["run_id"], values["binning_id"], values["exclusion_id"]
+    return PieceRow(run=run, binning=binning_row, exclusion=exclusion_row, **values)
+
+
+def refresh_statistics(engine: sa.engine.Engine) -> None:
+    """Update the query planner's table statistics after bulk changes.
+
+    Right after thousands of rows arrive PostgreSQL still plans for empty tables (nested
+    loops over every piece: seconds instead of milliseconds per background) until autovacuum
+    runs; ANALYZE fixes that at once, and VACUUM marks the pages all-visible so the selection's
+    covering indexes are read without visiting the tables. SQLite gets ``ANALYZE``.
+    """
+    if engine.dialect.name == "postgresql":
+        # VACUUM cannot run inside a transaction.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql("VACUUM ANALYZE runs, pieces, datastores")
+    else:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ANALYZE")
+
+
+class DatastoreIndexer:
+    """Brings the catalogue's rows of one datastore up to date (see `run`).
+
+    Parameters
+    ----------
+    engine : `sqlalchemy.engine.Engine`
+        The catalogue's database, schema up to date.
+    """
+
+    def __init__(self, engine: sa.engine.Engine) -> None:
+        self.engine = engine
+
+    def run(self, path: Any, config: Any = None, jobs: int = 1, progress: Callable[[int, int], None] | None = None,
+            executor: Any = None) -> IndexReport:
+        """Index the datastore at ``path``; the arguments are those of `RunCatalogue.index
+        <bkgdb.store.catalogue.RunCatalogue.index>`."""
+        store = DL3Datastore(path)
+        sources = store.runs()
+        report = IndexReport(datastore=str(store.path))
+        meta = store.meta
+        with session_scope(self.engine) as session:
+            # Upserts and re-reads, not "select, then add": another indexer may be adding the same rows.
+            insert_if_missing(session, Datastore, ["path"], {"path": str(store.path), "obs_index_meta": meta})
+            datastore = session.scalars(sa.select(Datastore).where(Datastore.path == str(store.path))).one()
+            datastore.obs_index_meta = meta
+            datastore.last_indexed_at = datetime.now(UTC)
+            specs = self._piece_specs(session, config)
+            session.commit()
+
+            existing = {run.obs_id: run for run in datastore.runs}
+            have = self._existing_pieces(session, datastore)
+            jobs_to_run = []
+            for source in sources:
+                run = existing.get(source.obs_id)
+                if run is None:  # added to the session once its file has been read
+                    run = existing[source.obs_id] = Run(datastore_id=datastore.id, obs_id=source.obs_id)
+                job = self._plan_run(run, source, meta, specs, have)
+                if job is None:
+                    report.unchanged += 1
+                else:
+                    jobs_to_run.append(job)
+            if progress is not None:
+                progress(len(sources) - len(jobs_to_run), len(sources))
+
+            by_obs_id = {source.obs_id: source for source in sources}
+            # closing(): an exception here (Ctrl-C, SIGTERM) stops the workers at once; every run
+            # committed so far stays committed.
+            # Local: one commit per run. An executor may ask for batches (a commit per round trip
+            # to a remote database costs more than a run) and for a longest wait between commits.
+            commit_batch = getattr(executor, "commit_batch", 1)
+            commit_interval_s = getattr(executor, "commit_interval_s", 0.0)
+            uncommitted, last_commit = 0, time.monotonic()
+            with closing(run_jobs(jobs_to_run, jobs if executor is None else executor)) as results:
+                for done, result in enumerate(results, start=len(sources) - len(jobs_to_run) + 1):
+                    outcome, run = self._store_result(session, existing[result.obs_id], by_obs_id[result.obs_id],
+                                                      result, specs)
+                    existing[result.obs_id] = run
+                    setattr(report, outcome, getattr(report, outcome) + 1)
+                    report.pieces += len(result.pieces)
+                    if outcome == "failed":
+                        report.failures.append((result.obs_id, run.error))
+                    uncommitted += 1
+                    if uncommitted >= commit_batch or time.monotonic() - last_commit >= commit_interval_s:
+                        session.commit()
+                        uncommitted, last_commit = 0, time.monotonic()
+                    if progress is not None:
+                        progress(done, len(sources))
+
+            listed = {source.obs_id for source in sources}
+            removed = [run.id for obs_id, run in existing.items() if obs_id not in listed and run.id is not None]
+            if removed:  # a DELETE that may find nothing: another indexer may have removed them already
+                session.execute(sa.delete(Run).where(Run.id.in_(removed)),
+                                execution_options={"synchronize_session": False})
+                report.removed += len(removed)
+            session.commit()
+        return report
+
+
+    @staticmethod
+    def _piece_specs(session, config):
+        """(binning, exclusion, binning_id, exclusion_id) of every configured pair, rows made as needed."""
+        if config is None:
+            return []
+        exclusion = config.exclusion
+        exclusion_finder(exclusion)  # read the catalogues here: a bad one fails before any worker starts
+        exclusion_row = get_or_create_setting(session, ExclusionRow, exclusion.hash, exclusion.params)
+        specs = []
+        for binning in config.binnings:
+            binning_row = get_or_create_setting(session, BinningRow, binning.hash, binning.params)
+            specs.append((binning, exclusion, binning_row, exclusion_row))
+        session.flush()
+        return specs
+
+    @staticmethod
+    def _existing_pieces(session, datastore):
+        rows = session.execute(
+            sa.select(PieceRow.run_id, PieceRow.binning_id, PieceRow.exclusion_id)
+            .join(Run, Run.id == PieceRow.run_id).where(Run.datastore_id == datastore.id)
+        ).all()
+        return set(map(tuple, rows))
+
+    @staticmethod
+    def _plan_run(run, source, meta, specs, have):
+        """The work one run needs, or None when it is up to date."""
+        missing = [(b, e) for b, e, b_row, e_row in specs if (run.id, b_row.id, e_row.id) not in have]
+        path = source.events_path
+        stat = path.stat() if path is not None and path.is_file() else None
+        up_to_date = run.status == RUN_STATUS_OK and run.row_sha256 == source.row_sha256
+        if (up_to_date and stat is not None and run.file_path == str(path)
+                and run.file_size_bytes == stat.st_size and run.file_mtime == stat.st_mtime and not missing):
+            return None
+        return RunJob(source=source, meta=meta, known_sha256=run.file_sha256 if up_to_date else None,
+                      specs=[(b, e) for b, e, _, _ in specs], missing_specs=missing)
+
+    def _store_result(self, session, run, source, result, specs):
+        """Write a worker's result into the run's row and its pieces; return the outcome and the row.
+
+        Safe against another indexer of the same datastore: a new run's row is inserted unless
+        present (then updated), pieces are upserted.
+        """
+        rows = {(b, e): (b_row, e_row) for b, e, b_row, e_row in specs}
+        outcome = "new" if run.status is None else "updated"
+        if run.id is None:
+            key = {"datastore_id": run.datastore_id, "obs_id": run.obs_id}
+            # Status is set below in this transaction; the placeholder is never committed.
+            insert_if_missing(session, Run, ["datastore_id", "obs_id"], {**key, "status": RUN_STATUS_FAILED})
+            run = session.scalars(sa.select(Run).filter_by(**key)).one()
+        if result.error is not None and not result.pieces:
+            self._store_facts(run, source, result.facts)
+            run.status, run.error = RUN_STATUS_FAILED, result.error
+            run.file_size_bytes = run.file_mtime = run.file_sha256 = None
+            session.execute(sa.delete(PieceRow).where(PieceRow.run_id == run.id))
+            return "failed", run
+        if not result.changed:
+            outcome = "unchanged"
+            run.file_mtime, run.file_path = result.mtime, str(source.events_path)  # touched, not changed
+        else:
+            self._store_facts(run, source, result.facts)
+            run.status, run.error = RUN_STATUS_OK, None
+            run.file_size_bytes, run.file_mtime, run.file_sha256 = result.size, result.mtime, result.sha256
+            if run.id is not None:
+                session.execute(sa.delete(PieceRow).where(PieceRow.run_id == run.id))
+        session.flush()
+        key_columns = ["run_id", "binning_id", "exclusion_id"]
+        for binning, exclusion, piece in result.pieces:
+            binning_row, exclusion_row = rows[(binning, exclusion)]
+            values = piece_values(piece, run.id, binning_row.id, exclusion_row.id, result.sha256)
+            statement = upsert_insert(session, PieceRow.__table__).values(**values)
+            session.execute(statement.on_conflict_do_update(
+                index_elements=key_columns,
+                set_={name: statement.excluded[name] for name in values if name not in key_columns}))
+        return outcome, run
+
+    @staticmethod
+    def _store_facts(run, source, facts):
+        # The model lists the facts a run row holds; a fact it does not know is a programming error.
+        unknown = set(vars(facts)) - set(RUN_FACT_COLUMNS)
+        if unknown:
+            raise TypeError(f"run facts without a Run column: {', '.join(sorted(unknown))}")
+        for name in RUN_FACT_COLUMNS:
+            setattr(run, name, getattr(facts, name, None))
+        run.file_path = str(source.events_path) if source.events_path else None
+        run.row_sha256 = source.row_sha256
+        run.indexed_at = datetime.now(UTC)

@@ -1,0 +1,145 @@
+"""Ranking the candidate runs of a selection, most similar to the target first.
+
+Two orders: by airmass step, then days from the target (`airmass_then_time`), or by the
+Kullback-Leibler divergence of each candidate's rate shape from the target's (`kl_divergences`),
+on pieces of any geometry (the arrays are flattened).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from bkgdb.errors import BkgdbError
+from bkgdb.store.models import PieceRow
+from bkgdb.store.pieces import piece_arrays
+
+__all__ = ["AIRMASS_STEP", "airmass", "rate_shape", "kl_divergence", "kl_divergences", "airmass_then_time",
+           "kl_ranking"]
+
+#: Airmass step of the similarity ranking: within a step, the run closest in time comes first.
+AIRMASS_STEP = 0.01
+
+
+def airmass(zenith_deg: Any) -> Any:
+    """Plane-parallel airmass 1 / cos(zenith) of zenith angles in deg (a number or an array)."""
+    return 1.0 / np.cos(np.radians(zenith_deg))
+
+
+def _rates(counts: np.ndarray, exposure_s: np.ndarray, pseudo: float) -> np.ndarray:
+    """(counts + pseudo) / exposure per bin for a stack of pieces, flattened to (n_pieces, n_bins).
+
+    ``counts`` has shape (n_pieces, n_energy, *spatial), ``exposure_s`` (n_pieces, *spatial); bins
+    without exposure get rate 0.
+    """
+    counts = np.asarray(counts, float)
+    exposure = np.asarray(exposure_s, float)
+    exposure = np.where(exposure > 0, exposure, np.inf)[:, np.newaxis]
+    return ((counts + pseudo) / exposure).reshape(len(counts), -1)
+
+
+def rate_shape(piece: Any, pseudo: float = 0.5) -> np.ndarray:
+    """A piece's rate per bin, normalised to 1: counts (+ ``pseudo``) / exposure, of the counts' shape.
+
+    Dividing by the accepted exposure removes the holes that exclusion regions cut, so runs with
+    different stars in the field compare by their background alone. Works on any geometry.
+    """
+    counts = np.asarray(piece.counts, float)
+    rate = _rates(counts[np.newaxis], np.asarray(piece.exposure_s)[np.newaxis], pseudo)[0]
+    return (rate / rate.sum()).reshape(counts.shape)
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Kullback-Leibler divergence D(p || q) of two normalised shapes (q > 0 where p > 0)."""
+    p, q = np.asarray(p, float).ravel(), np.asarray(q, float).ravel()
+    use = p > 0
+    return float(np.sum(p[use] * np.log(p[use] / np.maximum(q[use], 1e-300))))
+
+
+def kl_divergences(reference: np.ndarray, counts: np.ndarray, exposure_s: np.ndarray,
+                   pseudo: float = 0.5) -> np.ndarray:
+    """`kl_divergence` of the reference shape from each piece's `rate_shape`, for a stack of pieces.
+
+    Parameters
+    ----------
+    reference : `~numpy.ndarray`
+        The target's normalised shape, of one piece's counts shape (any geometry).
+    counts : `~numpy.ndarray`
+        Shape (n_pieces, n_energy, *spatial).
+    exposure_s : `~numpy.ndarray`
+        Shape (n_pieces, *spatial).
+
+    Returns
+    -------
+    divergences : `~numpy.ndarray`
+        One per piece, equal to the one-piece functions' values.
+    """
+    flat = _rates(counts, exposure_s, pseudo)
+    flat = flat / flat.sum(axis=1)[:, np.newaxis]
+    p = np.asarray(reference, float).ravel()
+    use = p > 0
+    q = np.ascontiguousarray(flat[:, use])
+    return np.sum(p[use] * np.log(p[use] / np.maximum(q, 1e-300)), axis=1)
+
+
+def airmass_then_time(target: Any, rows: list) -> list:
+    """Rows (``zenith_deg``, ``tstart_mjd``, ``obs_id``) ordered by airmass step from the target's
+    (`AIRMASS_STEP`; 0 where a zenith is unknown), then by days from it, then by OBS_ID."""
+    if not rows:
+        return []
+    obs_ids = np.array([row.obs_id for row in rows], dtype=np.int64)
+    zenith = np.array([np.nan if row.zenith_deg is None else row.zenith_deg for row in rows], dtype=float)
+    if target.zenith_deg is None:
+        step = np.zeros(len(rows))
+    else:
+        with np.errstate(invalid="ignore"):
+            step = np.floor(np.abs(airmass(zenith) - airmass(target.zenith_deg)) / AIRMASS_STEP)
+        step[np.isnan(zenith)] = 0
+    start = np.array([row.tstart_mjd or 0.0 for row in rows], dtype=float)
+    days = np.abs(start - (target.tstart_mjd or 0.0))
+    return [rows[index] for index in np.lexsort((obs_ids, days, step))]
+
+
+def kl_ranking(session: Session, target: Any, rows: list, binning_id: int, exclusion_id: int,
+               candidates: Any = None) -> list:
+    """``rows`` (with ``id`` and ``obs_id``) ordered by the KL divergence of their pieces from the target's.
+
+    Only the candidates' counts and exposure are read (with the target's): in one query joined to
+    the selection ``candidates`` (a query of run ids), or by the rows' ids when it is None.
+
+    Raises
+    ------
+    BkgdbError
+        The target has no piece of the setting.
+    """
+    if not rows:
+        return []
+    wanted = [row.id for row in rows] if candidates is None else candidates.scalar_subquery()
+    found = session.execute(
+        sa.select(PieceRow.run_id, PieceRow.shape, PieceRow.counts_dtype, PieceRow.exposure_dtype,
+                  PieceRow.counts, PieceRow.exposure_s)
+        .where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
+               sa.or_(PieceRow.run_id == target.id, PieceRow.run_id.in_(wanted)))).all()
+    arrays = {}
+    for row in found:
+        counts, _, exposure = piece_arrays(row, excluded=False)
+        arrays[row.run_id] = (counts, exposure)
+    if target.id not in arrays:
+        raise BkgdbError(f"KL_DIV needs run {target.obs_id}'s own piece: index its datastore with --config")
+    counts = np.stack([arrays[row.id][0] for row in rows])
+    exposure = np.stack([arrays[row.id][1] for row in rows])
+    own_counts, own_exposure = arrays[target.id]
+    reference = rate_shape(_Arrays(own_counts, own_exposure))
+    scores = kl_divergences(reference, counts, exposure)
+    obs_ids = np.array([row.obs_id for row in rows], dtype=np.int64)
+    return [rows[index] for index in np.lexsort((obs_ids, scores))]
+
+
+class _Arrays:
+    """The two arrays `rate_shape` reads from a piece."""
+
+    def __init__(self, counts: np.ndarray, exposure_s: np.ndarray) -> None:
+        self.counts, self.exposure_s = counts, exposure_s
