@@ -21,10 +21,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from typer.testing import CliRunner
 
 from bkgdb.cli.main import app
-from bkgdb.store.conditions import conditions_expression, parse_condition
-from bkgdb.config import (MAX_BINS_PER_PIECE, MAX_ENERGY_BINS, MAX_OFFSET_BINS, BkgdbConfig, Binning,
-                          ConfigWarning, ExclusionSettings, IOSettings, SelectionSettings, load_config)
+from bkgdb.config import (
+    MAX_BINS_PER_PIECE,
+    MAX_ENERGY_BINS,
+    MAX_OFFSET_BINS,
+    Binning,
+    BkgdbConfig,
+    ConfigWarning,
+    ExclusionSettings,
+    IOSettings,
+    SelectionSettings,
+    load_config,
+)
 from bkgdb.errors import ConditionError, ConfigError
+from bkgdb.store.conditions import conditions_expression, parse_condition
 
 SECTION_KEYS = {
     "binning": Binning.KEYS,
