@@ -48,6 +48,17 @@ def _check_energy(e_min: float, e_max: float, e_bins: int) -> None:
         raise ConfigError(f"binning.e_bins must be at most {MAX_ENERGY_BINS}, got {e_bins}")
 
 
+def _labelled(section: str, make: Any, **values: Any) -> Any:
+    """``make(**values)``, its errors naming the binning's place in the file (``binning[1]``) as given."""
+    try:
+        return make(**values)
+    except ConfigError as exc:
+        message = str(exc)
+        if section == "binning" or not message.startswith("binning"):
+            raise
+        raise ConfigError(section + message[len("binning"):]) from None
+
+
 def _energy_edges(e_min: float, e_max: float, e_bins: int) -> np.ndarray:
     return np.geomspace(e_min, e_max, e_bins + 1)
 
@@ -91,7 +102,8 @@ class Binning:
             raise ConfigError(f"{section} must be a mapping of {', '.join(cls.KEYS)}")
         check_keys(section, values, cls.KEYS)
         defaults = cls()
-        return cls(
+        return _labelled(
+            section, cls,
             e_min=number(section, "e_min", values.get("e_min", defaults.e_min), minimum=0, strictly=True),
             e_max=number(section, "e_max", values.get("e_max", defaults.e_max), minimum=0, strictly=True),
             e_bins=number(section, "e_bins", values.get("e_bins", defaults.e_bins), int, minimum=1,
@@ -186,7 +198,8 @@ class FovBinning:
         alignment = values.get("fov_alignment", defaults.fov_alignment)
         if not isinstance(alignment, str):
             raise ConfigError(f"{section}.fov_alignment must be one of {', '.join(FOV_ALIGNMENTS)}, got {alignment!r}")
-        return cls(
+        return _labelled(
+            section, cls,
             e_min=number(section, "e_min", values.get("e_min", defaults.e_min), minimum=0, strictly=True),
             e_max=number(section, "e_max", values.get("e_max", defaults.e_max), minimum=0, strictly=True),
             e_bins=number(section, "e_bins", values.get("e_bins", defaults.e_bins), int, minimum=1,

@@ -78,8 +78,9 @@ class BkgdbConfig:
         energy, edges = self.selection.normalisation_energy, binning.energy_edges
         low, high = (1 - RELATIVE_TOLERANCE, 1 + RELATIVE_TOLERANCE)
         if energy and not np.any((edges[:-1] >= energy[0] * low) & (edges[1:] <= energy[1] * high)):
-            raise ConfigError(f"background_selection.normalisation: no energy bin of the {binning.kind.upper()} "
-                              f"binning lies within e_min {energy[0]:g} and e_max {energy[1]:g} TeV")
+            which = "3D binning" if binning.is_3d else "binning"
+            raise ConfigError(f"background_selection.normalisation: no energy bin of the {which} lies within "
+                              f"e_min {energy[0]:g} and e_max {energy[1]:g} TeV")
 
     def _check_ring_2d(self, binning: Binning) -> None:
         from bkgdb.makers.normalisation import ring_bins
