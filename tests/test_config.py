@@ -3,10 +3,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bkgdb.config import Binning, ConfigWarning, ExclusionSettings, load_config
+from bkgdb.config import (
+    Binning,
+    BkgdbConfig,
+    ConfigWarning,
+    ExclusionSettings,
+    FovBinning,
+    binning_from_params,
+    load_config,
+)
 from bkgdb.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+NO_CATALOGUES = "exclusion: {gammacat: none, hawc: none, star_cat: none}\n"
 
 
 def write(tmp_path, text):
@@ -66,9 +75,9 @@ exclusion: {gammacat: none, hawc: none, star_cat: none}
 
 def test_unknown_keys_warn_with_their_name(tmp_path):
     with pytest.warns(ConfigWarning, match="binning.e_bin"):
-        load_config(write(tmp_path, "binning: {e_bin: 10}\nexclusion: {gammacat: none, hawc: none, star_cat: none}\n"))
+        load_config(write(tmp_path, "binning: {e_bin: 10}\n" + NO_CATALOGUES))
     with pytest.warns(ConfigWarning, match="'bakground_selection'"):
-        load_config(write(tmp_path, "bakground_selection: {}\nexclusion: {gammacat: none, hawc: none, star_cat: none}\n"))
+        load_config(write(tmp_path, "bakground_selection: {}\n" + NO_CATALOGUES))
 
 
 @pytest.mark.parametrize("text, message", [
@@ -117,6 +126,32 @@ def test_unknown_keys_warn_with_their_name(tmp_path):
     ("exclusion: [[gammacat, none]]", "exclusion must be a mapping"),
     ("config: 3", "config must be a mapping of keys to values, got int 3"),
     ("io: {out_dir: [a]}", "io.out_dir must be a folder path"),
+    # 3D binnings.
+    ("binning: {fov_max: .inf}", "binning.fov_max must be a finite number, got inf"),
+    ("binning: {fov_max: 0}", r"binning.fov_max must be > 0, got 0"),
+    ("binning: {fov_max: 100}", "binning.fov_max must be <= 90.0, got 100"),
+    ("binning: {fov_bins: ten}", "binning.fov_bins must be a whole number, got 'ten'"),
+    ("binning: {fov_bins: 2000}", "binning.fov_bins must be <= 1000, got 2000"),
+    ("binning: {fov_bins: 0}", "binning.fov_bins must be >= 1, got 0"),
+    ("binning: {e_bins: 200, fov_bins: 101}", r"binning has 200 x 101 x 101 = 2040200 bins; at most 2000000 per 3D "
+                                              r"piece \(16 MB of counts per run\)"),
+    ("binning: {fov_alignment: galactic}", "binning.fov_alignment must be one of ALTAZ, RADEC, got 'galactic'"),
+    ("binning: {fov_alignment: [ALTAZ]}", r"binning.fov_alignment must be one of ALTAZ, RADEC, got \['ALTAZ'\]"),
+    ("binning: {e_bins: 20, fov_bins: 20}", "binning.fov_bins equals e_bins \\(20\\): gammapy cannot tell the energy "
+                                            "axis from fov_lat .* logs 'Ambiguous axes order in Background fits "
+                                            "files!' on every read; use fov_bins 21 or e_bins 21"),
+    ("binning: [{e_bins: 10}, {e_bins: 10, fov_bins: 10}]", r"binning\[1\].fov_bins equals e_bins \(10\)"),
+    ("binning: [{e_bins: 10}, {e_min: 10, e_max: 1}]", r"binning\[1\] needs 0.0001 <= e_min < e_max"),
+    ("binning: {off_max: 2, off_bins: 4, fov_max: 2}", r"binning mixes 2D keys \(off_max, off_bins\) with 3D keys "
+                                                       r"\(fov_max\): a binning is energy x offset"),
+    ("binning: [{e_bins: 10}, {fov_bins: 12, off_min: 0}]", r"binning\[1\] mixes 2D keys \(off_min\) with 3D keys "
+                                                            r"\(fov_bins\)"),
+    ("io: {3d_bkg: yes please}", "io.3d_bkg must be true or false, got 'yes please'"),
+    ("io: {3d_bkg: true}\nbinning: {e_bins: 20, off_bins: 600}",
+     r"io.3d_bkg: cannot derive a 3D binning from the 2D one \(binning.fov_bins must be at most 1000, got 1200\): "
+     r"add a 3D binning \(fov_max, fov_bins\) to `binning:`"),
+    ("background_selection: {normalisation: {method: control-ring, offset_min: 3.6, offset_max: 4}}\n"
+     "binning: {fov_max: 2.5}", "no pixel centre of the 3D binning .* lies in the control ring 3.6-4 deg"),
     ("- binning\n- exclusion", "must hold a mapping of sections .* got a list"),
     ("just an exclusion", "must hold a mapping of sections .* got a str"),
     ("\xff", None),
@@ -214,3 +249,164 @@ def test_exclusion_hash_ignores_where_the_catalogues_are(tmp_path):
     there = ExclusionSettings(gammacat=None, hawc=None, star_cat=str(tmp_path / "b" / "stars.dat"))
     assert here.hash == there.hash
     assert here.params["star_cat"]["path"] != there.params["star_cat"]["path"]
+
+
+#: The hash of the default 2D binning, as stored with every existing catalogue's pieces.
+DEFAULT_BINNING_HASH = "b687e6377d812a977210bbe2055e428b310fa3ba9d0aa7ddabf88cec2dd886be"
+
+
+def test_default_2d_binning_keeps_its_hash():
+    binning = Binning()
+    assert binning.params == {"e_min": 0.1, "e_max": 100.0, "e_bins": 20, "off_min": 0.0, "off_max": 2.5,
+                              "off_bins": 10}
+    assert binning.hash == DEFAULT_BINNING_HASH
+    assert binning.geometry is binning.geometry  # computed once
+    assert binning.hash == DEFAULT_BINNING_HASH and "geometry" not in binning.params
+
+
+def test_2d_binning_geometry():
+    binning = Binning(e_min=0.1, e_max=100, e_bins=3, off_min=0.5, off_max=2.5, off_bins=4)
+    geometry = binning.geometry
+    assert not geometry.is_3d and geometry.shape == binning.shape == (3, 4)
+    assert np.allclose(geometry.energy_edges, [0.1, 1, 10, 100])
+    assert np.allclose(geometry.offset_edges, [0.5, 1, 1.5, 2, 2.5])
+
+
+def test_3d_binning_geometry_params_and_hash():
+    binning = FovBinning(e_min=0.1, e_max=100, e_bins=3, fov_max=2, fov_bins=4, fov_alignment="radec")
+    assert binning.fov_alignment == "RADEC" and binning.shape == (3, 4, 4)
+    geometry = binning.geometry
+    assert geometry.is_3d and geometry.alignment == "RADEC" and geometry.shape == (3, 4, 4)
+    assert np.allclose(geometry.energy_edges, [0.1, 1, 10, 100])
+    assert np.allclose(geometry.fov_lon_edges, [-2, -1, 0, 1, 2])
+    assert np.allclose(geometry.fov_lat_edges, [-2, -1, 0, 1, 2])
+    assert binning.params == {"kind": "3d", "e_min": 0.1, "e_max": 100.0, "e_bins": 3, "fov_max": 2.0, "fov_bins": 4,
+                              "fov_alignment": "RADEC"}
+    same = FovBinning(e_min=0.1, e_max=100.0, e_bins=3, fov_max=2.0, fov_bins=4, fov_alignment="RADEC")
+    assert binning.hash == same.hash
+    altaz = FovBinning(e_min=0.1, e_max=100, e_bins=3, fov_max=2, fov_bins=4, fov_alignment="ALTAZ")
+    assert len({binning.hash, altaz.hash, Binning(e_bins=3, off_max=2, off_bins=4).hash}) == 3
+    for stored in (binning, altaz, Binning(e_bins=3)):
+        assert binning_from_params(stored.params) == stored
+        assert binning_from_params(stored.params).hash == stored.hash
+
+
+def test_equal_axis_lengths_are_what_gammapy_calls_ambiguous(tmp_path, caplog):
+    """The refusal of e_bins == fov_bins rests on gammapy: it logs an error reading such a cube, not ours."""
+    from gammapy.irf import Background3D
+
+    from bkgdb.geometry import PieceGeometry
+
+    def read_back(geometry):
+        path = tmp_path / f"bkg{geometry.shape[0]}.fits"
+        geometry.to_irf(np.ones(geometry.shape)).write(path, overwrite=True)
+        caplog.clear()
+        irf = Background3D.read(path)
+        return irf, [r.getMessage() for r in caplog.records if "Ambiguous axes order" in r.getMessage()]
+
+    edges = np.linspace(-2.5, 2.5, 25)
+    _, ambiguous = read_back(PieceGeometry.fov(np.geomspace(0.1, 100, 25), edges, edges))
+    assert ambiguous  # 24 x 24 x 24: gammapy complains
+    default = FovBinning()
+    irf, ambiguous = read_back(default.geometry)
+    assert not ambiguous and irf.data.shape == default.shape == (20, 24, 24)
+    with pytest.raises(ConfigError, match="use fov_bins 25 or e_bins 25"):
+        FovBinning(e_bins=24, fov_bins=24)
+
+
+def test_2d_and_3d_binnings_in_one_config(tmp_path):
+    config = load_config(write(tmp_path, """
+binning:
+  - {fov_max: 2.0, fov_bins: 16, fov_alignment: radec}
+  - {e_bins: 12, off_max: 2.0, off_bins: 8}
+  - {fov_bins: 24}
+  - {e_bins: 10}
+exclusion: {gammacat: none, hawc: none, star_cat: none}
+"""))
+    assert [b.kind for b in config.binnings] == ["3d", "2d", "3d", "2d"]
+    assert config.binning == Binning(e_bins=12, off_max=2.0, off_bins=8)  # the first 2D one, wherever it is
+    assert config.binning_3d == FovBinning(fov_max=2.0, fov_bins=16, fov_alignment="RADEC")
+    assert config.binning_for(False) is config.binning and config.binning_for(True) is config.binning_3d
+    assert not config.io.three_d
+
+
+def test_a_config_with_only_a_3d_binning_loads(tmp_path):
+    config = load_config(write(tmp_path, """
+binning: {fov_max: 2.5, fov_bins: 24}
+exclusion: {gammacat: none, hawc: none, star_cat: none}
+background_selection: {normalisation: {method: control-ring, offset_min: 2.0, offset_max: 2.5}}
+"""))
+    assert config.binning is None and config.binning_3d == FovBinning()
+    with pytest.raises(ConfigError, match=r"^this config has no 2D binning: add one to `binning:`$"):
+        config.binning_for(False)
+    # The control ring of a 3D binning: the pixels whose centre lies 2.0-2.5 deg from the FoV centre.
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    lon, lat = config.binning_3d.geometry.fov_centres
+    offset = SkyCoord(lon * u.deg, lat * u.deg).separation(SkyCoord(0 * u.deg, 0 * u.deg)).deg
+    assert np.allclose(config.binning_3d.geometry.spatial_offset_deg, offset)
+    assert ((offset >= 2.0) & (offset < 2.5)).sum() == 164  # of 24 x 24 pixels of 0.21 deg
+    assert config.exclusion.search_radius_for(config.binning_3d) == pytest.approx(2.5 * np.sqrt(2), rel=1e-3)
+
+
+def test_a_2d_config_has_no_3d_binning(tmp_path):
+    config = load_config(write(tmp_path, "binning: {e_bins: 10}\n" + NO_CATALOGUES))
+    assert config.binning_3d is None
+    with pytest.raises(ConfigError, match=r"^this config has no 3D binning: add one to `binning:`$"):
+        config.binning_for(True)
+    assert config.exclusion.search_radius_for(config.binning) == 2.5
+
+
+@pytest.mark.parametrize("off_bins, e_bins, fov_bins", [(10, 20, 21), (8, 20, 16), (12, 20, 24)])
+def test_3d_bkg_derives_a_3d_binning_from_the_2d_one(tmp_path, caplog, off_bins, e_bins, fov_bins):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="bkgdb.config")
+    config = load_config(write(tmp_path, f"""
+io: {{3d_bkg: true}}
+binning: {{e_min: 0.2, e_max: 50, e_bins: {e_bins}, off_max: 2.25, off_bins: {off_bins}}}
+exclusion: {{gammacat: none, hawc: none, star_cat: none}}
+"""))
+    assert config.io.three_d
+    assert config.binning == Binning(0.2, 50, e_bins, 0, 2.25, off_bins)
+    assert config.binning_3d == FovBinning(e_min=0.2, e_max=50, e_bins=e_bins, fov_max=2.25, fov_bins=fov_bins,
+                                           fov_alignment="ALTAZ")
+    assert config.binnings == [config.binning, config.binning_3d]
+    assert [r.levelname for r in caplog.records if "io.3d_bkg is true and no 3D binning" in r.getMessage()] == ["INFO"]
+
+
+def test_3d_bkg_keeps_a_configured_3d_binning(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="bkgdb.config")
+    config = load_config(write(tmp_path, """
+io: {3d_bkg: true, from_run: false}
+binning: [{e_bins: 10}, {fov_bins: 12, fov_alignment: RADEC}]
+exclusion: {gammacat: none, hawc: none, star_cat: none}
+"""))
+    assert config.io.three_d and len(config.binnings) == 2
+    assert config.binning_3d == FovBinning(fov_bins=12, fov_alignment="RADEC")
+    assert not [r for r in caplog.records if "io.3d_bkg" in r.getMessage()]
+    # Built in code rather than read: the same derivation.
+    from bkgdb.config import IOSettings
+
+    built = BkgdbConfig(binnings=[Binning()], exclusion=config.exclusion, io=IOSettings(three_d=True))
+    assert built.binning_3d == FovBinning(fov_bins=21)
+    with pytest.raises(ConfigError, match="a config needs at least one binning"):
+        BkgdbConfig(binnings=[], exclusion=config.exclusion)
+
+
+@pytest.mark.parametrize("name, alignment, fov_bins", [("default.yaml", "ALTAZ", 24), ("hess-dr1.yaml", "RADEC", 25),
+                                                       ("veritas.yaml", "ALTAZ", 16)])
+def test_shipped_configs_carry_a_3d_binning_beside_the_2d_one(name, alignment, fov_bins):
+    from conftest import gammapy_data_path
+
+    gammapy_data_path("catalogs")
+    config = load_config(CONFIGS / name)
+    binning = config.binning_for(True)
+    assert (binning.fov_alignment, binning.fov_bins) == (alignment, fov_bins)
+    assert binning.fov_max == config.binning.off_max
+    assert binning.energy_edges == pytest.approx(config.binning.energy_edges)
+    assert config.binnings[0] == config.binning  # the 2D binning stays the first: its pieces exist already
+    assert not config.io.three_d  # 2D unless asked

@@ -21,13 +21,27 @@ from sqlalchemy.dialects import postgresql, sqlite
 from typer.testing import CliRunner
 
 from bkgdb.cli.main import app
-from bkgdb.store.conditions import conditions_expression, parse_condition
-from bkgdb.config import (MAX_BINS_PER_PIECE, MAX_ENERGY_BINS, MAX_OFFSET_BINS, BkgdbConfig, Binning,
-                          ConfigWarning, ExclusionSettings, IOSettings, SelectionSettings, load_config)
+from bkgdb.config import (
+    MAX_BINS_PER_3D_PIECE,
+    MAX_BINS_PER_PIECE,
+    MAX_ENERGY_BINS,
+    MAX_FOV_BINS,
+    MAX_OFFSET_BINS,
+    Binning,
+    BkgdbConfig,
+    ConfigWarning,
+    ExclusionSettings,
+    FovBinning,
+    IOSettings,
+    SelectionSettings,
+    load_config,
+)
 from bkgdb.errors import ConditionError, ConfigError
+from bkgdb.store.conditions import conditions_expression, parse_condition
 
 SECTION_KEYS = {
-    "binning": Binning.KEYS,
+    # 2D and 3D keys together: mixed entries must be refused, not crash.
+    "binning": tuple(dict.fromkeys(Binning.KEYS + FovBinning.KEYS)),
     "exclusion": ExclusionSettings.KEYS,
     "background_selection": SelectionSettings.KEYS,
     "io": IOSettings.KEYS,
@@ -45,7 +59,7 @@ texts = st.one_of(
     st.text(max_size=20),
     st.sampled_from(["none", "", ".inf", "nan", "1e999", "-1", "0x10", "12 deg", "$GAMMAPY_DATA/x",
                      "$NO_SUCH_VARIABLE/cat.fits", "~/x", "a\x00b", "/" * 5000, "x" * 300,
-                     "PKS 2155-304", "gauss", "geometric", "zenith<30", "zenith<<3"]),
+                     "PKS 2155-304", "gauss", "geometric", "zenith<30", "zenith<<3", "ALTAZ", "radec"]),
 )
 scalars = st.one_of(st.none(), st.booleans(), numbers, texts, st.dates(), st.datetimes())
 values = st.recursive(
@@ -117,10 +131,20 @@ def assert_usable(config):
     """A loaded config holds no junk: finite binnings within the limits, hashable settings."""
     assert isinstance(config, BkgdbConfig) and config.binnings
     for binning in config.binnings:
-        assert binning.e_bins <= MAX_ENERGY_BINS and binning.off_bins <= MAX_OFFSET_BINS
-        assert binning.e_bins * binning.off_bins <= MAX_BINS_PER_PIECE
-        assert np.all(np.isfinite(binning.energy_edges)) and np.all(np.diff(binning.energy_edges) > 0)
-        assert np.all(np.isfinite(binning.offset_edges)) and np.all(np.diff(binning.offset_edges) > 0)
+        assert binning.e_bins <= MAX_ENERGY_BINS
+        if binning.is_3d:
+            assert binning.fov_bins <= MAX_FOV_BINS and binning.fov_bins != binning.e_bins
+            assert np.prod(binning.shape) <= MAX_BINS_PER_3D_PIECE
+        else:
+            assert binning.off_bins <= MAX_OFFSET_BINS and binning.e_bins * binning.off_bins <= MAX_BINS_PER_PIECE
+        geometry = binning.geometry
+        assert geometry.shape == binning.shape
+        for edges in [geometry.energy_edges, *geometry.spatial_edges]:
+            assert np.all(np.isfinite(edges)) and np.all(np.diff(edges) > 0)
+        assert np.all(geometry.solid_angle_sr > 0)
+    assert config.binning is not None or config.binning_3d is not None
+    if config.io.three_d:
+        assert config.binning_3d is not None
     exclusion = config.exclusion
     for key in ("search_radius", "source_radius", "star_radius", "extended_factor", "star_mag_max"):
         assert math.isfinite(getattr(exclusion, key))
@@ -167,7 +191,7 @@ def test_random_yaml_text_loads_or_fails_with_a_config_error(config_file, text):
 
 
 @settings(max_examples=200, deadline=None)
-@given(binning=st.dictionaries(st.sampled_from(Binning.KEYS), numbers, max_size=6))
+@given(binning=st.dictionaries(st.sampled_from(SECTION_KEYS["binning"]), st.one_of(numbers, texts), max_size=6))
 def test_random_binnings_are_usable_or_refused(binning):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -177,6 +201,24 @@ def test_random_binnings_are_usable_or_refused(binning):
             assert "\n" not in str(error)
             return
     assert_usable(config)
+
+
+@settings(max_examples=200, deadline=None)
+@given(e_bins=st.integers(-2, 1100), fov_bins=st.integers(-2, 1100),
+       fov_max=st.one_of(st.floats(-1, 100), st.sampled_from([0, 90, 90.0001, math.inf, math.nan])),
+       alignment=st.sampled_from(["ALTAZ", "RADEC", "altaz", "radec", "AltAz", "galactic", ""]))
+def test_random_fov_binnings_are_unambiguous_or_refused(e_bins, fov_bins, fov_max, alignment):
+    """Every accepted 3D binning fits the limits and has axis lengths gammapy can tell apart."""
+    values = {"e_bins": e_bins, "fov_bins": fov_bins, "fov_max": fov_max, "fov_alignment": alignment}
+    try:
+        binning = BkgdbConfig.from_dict({"binning": values, "exclusion": NO_CATALOGUES}).binning_3d
+    except ConfigError as error:
+        assert "\n" not in str(error)
+        return
+    event("loaded")
+    assert binning.shape != binning.shape[::-1]
+    assert binning.fov_alignment in ("ALTAZ", "RADEC") and 0 < binning.fov_max <= 90
+    assert np.prod(binning.shape) <= MAX_BINS_PER_3D_PIECE
 
 
 # --where conditions: known names of every column type and random ones, every operator and
