@@ -1,5 +1,4 @@
-"""The ``bkgdb`` command line: each command calls one library function.
-"""
+"""The ``bkgdb`` command line: each command calls one method of `bkgdb.catalogue.Catalogue`."""
 
 from bkgdb.cli.main import app
 

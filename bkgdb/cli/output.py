@@ -3,12 +3,12 @@
 import csv
 import io
 import json
-from enum import Enum
+from enum import StrEnum
 
 __all__ = ["OutputFormat", "render_rows"]
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
