@@ -67,20 +67,7 @@ class Validated:
 
 
 class Catalogue:
-    """A bkgdb catalogue: runs, their background pieces, and the backgrounds built from them.
-
-    Make one with `Catalogue.open`. Methods that build backgrounds need a config.
-
-    Parameters
-    ----------
-    url : str, optional
-        Database URL (``sqlite:///FILE``, ``postgresql://USER@HOST/DB``) or SQLite file. Default
-        is ``$BKGDB_URL``, then ``./bkgdb.sqlite``.
-    readonly : bool or "auto", optional
-        See `ReadOnly`. Default is False.
-    config : `~bkgdb.config.BkgdbConfig`, str or `~pathlib.Path`, optional
-        The configuration, or its YAML file. Default is None.
-    """
+    """A bkgdb catalogue: runs, their background pieces, and the backgrounds built from them (see `open`)."""
 
     def __init__(self, url: str | None = None, readonly: ReadOnly = False,
                  config: BkgdbConfig | str | Path | None = None) -> None:
@@ -100,12 +87,17 @@ class Catalogue:
     @classmethod
     def open(cls, url: str | None = None, readonly: ReadOnly = False,
              config: BkgdbConfig | str | Path | None = None) -> Catalogue:
-        """The catalogue at ``url``, with a config (see `Catalogue`); a config file is read at once.
+        """The catalogue at ``url``; methods that build backgrounds need a ``config``.
 
-        Raises
-        ------
-        ConfigError
-            The config file is missing or invalid.
+        Parameters
+        ----------
+        url : str, optional
+            Database URL (``sqlite:///FILE``, ``postgresql://USER@HOST/DB``) or SQLite file. Default
+            is ``$BKGDB_URL``, then ``./bkgdb.sqlite``.
+        readonly : bool or "auto", optional
+            See `ReadOnly`. Default is False.
+        config : `~bkgdb.config.BkgdbConfig`, str or `~pathlib.Path`, optional
+            The configuration, or its YAML file (read at once: a `ConfigError` is raised here).
         """
         return cls(url, readonly, config)
 
@@ -157,18 +149,10 @@ class Catalogue:
 
     def index(self, path: str | Path, jobs: int | None = None, scheduler: str | None = None,
               progress: Progress | None = None) -> IndexReport:
-        """Index a DL3 datastore (changed runs only); with a config, also compute its background pieces.
+        """Index DL3 datastore folder ``path`` (changed runs only); with a config, compute its pieces too.
 
-        Parameters
-        ----------
-        path : str or `~pathlib.Path`
-            The datastore folder (obs-index and hdu-index files).
-        jobs : int, optional
-            Worker processes. Default is the config's ``njobs``, else 1.
-        scheduler : str, optional
-            Address of a Dask scheduler (``tcp://host:8786``) whose workers read the files instead.
-        progress : callable, optional
-            `Progress` of the runs.
+        ``jobs`` worker processes (default: the config's ``njobs``, else 1), or the workers of the
+        Dask ``scheduler`` at an address such as ``tcp://host:8786``.
         """
         executor = None
         if scheduler:
@@ -257,18 +241,9 @@ class Catalogue:
               where: Iterable[str] = (), three_d: bool | None = None) -> BuiltBackground:
         """The background of run ``obs_id`` from similar runs' pieces (nothing written or recorded).
 
-        Parameters
-        ----------
-        obs_id : int
-            The target run (indexed, with pieces of the config's binning).
-        datastore : str or `~pathlib.Path`, optional
-            The target's datastore, needed when its OBS_ID is in several.
-        smooth : str, optional
-            Smoothing method instead of the config's.
-        where : iterable of str, optional
-            Conditions added to the config's selection ``where`` for this call.
-        three_d : bool, optional
-            A 3D (FoV) background instead of 2D. Default is the config's ``io.3d_bkg``.
+        ``datastore``: the target's, when its OBS_ID is in several; ``smooth``: a smoothing method
+        instead of the config's; ``where``: conditions added to the config's selection for this
+        call; ``three_d``: a 3D (FoV) background, or 2D (default: the config's ``io.3d_bkg``).
         """
         return self._builder(smooth, where, three_d).build(obs_id, datastore)
 
@@ -316,21 +291,11 @@ class Catalogue:
                  progress: Progress | None = None, index_progress: Progress | None = None) -> Validated:
         """Judge the config: each run of ``datastore`` gets its background from the others, fitted with gammapy.
 
-        Parameters
-        ----------
-        datastore : str or `~pathlib.Path`
-            Indexed first (incremental). Its runs passing ``where`` and the config's target
-            criteria are the targets.
-        where : iterable of str, optional
-            Conditions on the target runs.
-        jobs, scheduler : optional
-            Worker processes for the fits and the indexing; a Dask scheduler for the indexing.
-        three_d : bool, optional
-            Judge 3D backgrounds. Default is the config's ``io.3d_bkg``.
-        rows_file : str or `~pathlib.Path`, optional
-            Also write the per-run rows there, as ``rows_format`` (csv or json; default by suffix).
-        report_dir : str or `~pathlib.Path`, optional
-            Also write an HTML report with figures there.
+        ``datastore`` is indexed first (incremental); its runs passing ``where`` and the config's
+        target criteria are the targets. ``jobs``: processes for the fits and the indexing,
+        ``scheduler``: a Dask scheduler for the indexing. Also writes the per-run rows to
+        ``rows_file`` (``rows_format`` csv or json, default by suffix) and an HTML report with
+        figures to ``report_dir``, if given.
         """
         from bkgdb.store.conditions import parse_condition
         from bkgdb.validation import report_rows_to_file, rows_file_format, validate_runs
