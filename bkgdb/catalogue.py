@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from bkgdb.store.funnel import FunnelPicture
     from bkgdb.validation import ValidationReport
 
-__all__ = ["Catalogue", "Rows", "Attached", "Validated", "ReadOnly", "Progress"]
+__all__ = ["Catalogue", "Rows", "Attached", "Validated", "ReadOnly", "Progress", "check_figure_output",
+           "check_energy_range"]
 
 #: ``progress(done, total)``, called as work advances.
 Progress = Callable[[int, int], None]
@@ -330,7 +331,7 @@ class Catalogue:
         """Plot a background file written by `write_background`: rate curves (2D) or FoV images (3D)."""
         from bkgdb.plotting.figures import ModelCurves, model_curves_from_file, plot_model, plot_model_3d
 
-        _check_figure(output)
+        check_figure_output(output)
         model_or_curves, header = model_curves_from_file(path)
         if isinstance(model_or_curves, ModelCurves):
             plot_model(model_or_curves, path=output)
@@ -344,7 +345,7 @@ class Catalogue:
         """Plot run ``obs_id``'s background beside its file's own model; return it and whether that was drawn."""
         from bkgdb.plotting.figures import plot_run_model
 
-        _check_figure(output)
+        check_figure_output(output)
         _, built, has_reference = plot_run_model(self._builder(smooth, where), int(obs_id), output, datastore,
                                                  with_reference=with_reference)
         return built, has_reference
@@ -355,7 +356,7 @@ class Catalogue:
         from bkgdb.plotting.figures import plot_selection
         from bkgdb.store.funnel import funnel_picture
 
-        _check_figure(output)
+        check_figure_output(output)
         picture = funnel_picture(self._builder(None, where), obs_id, datastore)
         plot_selection(picture, path=output)
         return picture
@@ -368,7 +369,7 @@ class Catalogue:
         """
         from bkgdb.plotting.figures import plot_validation, read_validation_table, run_start_times
 
-        _check_figure(output)
+        check_figure_output(output)
         rows = read_validation_table(table)
         times = None
         if datastore is not None:
@@ -385,11 +386,9 @@ class Catalogue:
         """Plot run ``obs_id``'s counts against its bkgdb prediction and the Li & Ma significance per pixel."""
         from bkgdb.plotting.figures import plot_significance, run_significance_maps
 
-        _check_figure(output)
-        e_min, e_max = energy_range_tev
-        if not e_min < e_max:
-            raise BkgdbError(f"--e-min must be below --e-max, got {e_min:g} and {e_max:g}")
-        maps = run_significance_maps(self._builder(None, where), obs_id, datastore, energy_range_tev=(e_min, e_max),
+        check_figure_output(output)
+        check_energy_range(*energy_range_tev)
+        maps = run_significance_maps(self._builder(None, where), obs_id, datastore, energy_range_tev=energy_range_tev,
                                      correlation_radius_deg=correlation_radius_deg)
         plot_significance(maps, path=output)
         return maps
@@ -445,9 +444,15 @@ class Catalogue:
         return BackgroundBuilder(self.store, config, smooth=smooth)
 
 
-def _check_figure(output: str | Path) -> None:
-    """Refuse an output suffix that is no figure format, before any work."""
+def check_figure_output(output: str | Path) -> None:
+    """Refuse an output suffix that is no figure format (called before any work)."""
     from bkgdb.plotting.figures import FIGURE_SUFFIXES
 
     if Path(output).suffix.lower() not in FIGURE_SUFFIXES:
         raise BkgdbError(f"cannot tell the figure format of {output}: name it .png, .pdf or .svg")
+
+
+def check_energy_range(e_min: float, e_max: float) -> None:
+    """Refuse an energy range (TeV) whose ends are the wrong way round (called before any work)."""
+    if not e_min < e_max:
+        raise BkgdbError(f"--e-min must be below --e-max, got {e_min:g} and {e_max:g}")

@@ -35,8 +35,9 @@ def model(
     no_reference: bool = typer.Option(False, "--no-reference", help="Leave out the model in the run file."),
 ) -> None:
     """Rate against offset and energy with statistical bands, beside the run file's own model; 3D: FoV images."""
-    from bkgdb.catalogue import Catalogue
+    from bkgdb.catalogue import Catalogue, check_figure_output
 
+    check_figure_output(output)  # option mistakes first, before the config is read
     if not target.strip().lstrip("-").isdigit():
         Catalogue.plot_model_file(target, output)
         out.print(f"{target} -> {output}", highlight=False, markup=False)
@@ -62,6 +63,9 @@ def selection(
     where: list[str] = typer.Option(None, "--where", "-w", metavar="COND", help=WHERE_HELP),
 ) -> None:
     """Every candidate run in zenith/azimuth and time, coloured by the first criterion that removed it."""
+    from bkgdb.catalogue import check_figure_output
+
+    check_figure_output(output)
     picture = open_catalogue(readonly="auto", config=config).plot_selection(obs_id, output, datastore,
                                                                             where=where or [])
     out.print(f"{picture.title} -> {output}", highlight=False, markup=False)
@@ -93,6 +97,10 @@ def significance(
     where: list[str] = typer.Option(None, "--where", "-w", metavar="COND", help=WHERE_HELP),
 ) -> None:
     """Counts against bkgdb's prediction, Li & Ma significance per pixel and its distribution beside N(0, 1)."""
+    from bkgdb.catalogue import check_energy_range, check_figure_output
+
+    check_figure_output(output)
+    check_energy_range(e_min, e_max)
     maps = open_catalogue(readonly="auto", config=config).plot_significance(
         obs_id, output, datastore, energy_range_tev=(e_min, e_max), correlation_radius_deg=radius, where=where or [])
     mean, width = maps.distribution_fit()
