@@ -116,13 +116,7 @@ class Catalogue:
 
     @property
     def store(self) -> RunCatalogue:
-        """The store's `~bkgdb.store.catalogue.RunCatalogue`, opened on first use.
-
-        Raises
-        ------
-        DatabaseError
-            The database cannot be reached, created or migrated.
-        """
+        """The store's `~bkgdb.store.catalogue.RunCatalogue`, opened on first use (or a `DatabaseError`)."""
         if self._store is None:
             from bkgdb.store.catalogue import RunCatalogue
 
@@ -177,13 +171,7 @@ class Catalogue:
         return Rows(self.store.run_rows(selected, names), names)
 
     def exclusions(self, obs_id: int, datastore: str | Path | None = None) -> list[dict[str, Any]]:
-        """The exclusion regions applied to a run's pieces: one entry per datastore and exclusion setting.
-
-        Raises
-        ------
-        BkgdbError
-            The run has no pieces.
-        """
+        """The exclusion regions applied to a run's pieces, per datastore and exclusion setting (none: an error)."""
         from bkgdb.store.pieces import PieceCache
 
         found = PieceCache(self.store.engine).exclusions(obs_id, datastore)
@@ -253,10 +241,7 @@ class Catalogue:
                          overwrite: bool = False) -> BuiltBackground:
         """`build`, write the model as a FITS file gammapy reads, and record it (unless the database is read-only).
 
-        Raises
-        ------
-        BkgdbError
-            ``output`` exists (without ``overwrite``) or cannot be written; no run was selected.
+        An ``output`` that exists (without ``overwrite``) or cannot be written is an error, before any work.
         """
         three_d = self._three_d(three_d)
         builder = self._builder(smooth, where, three_d)
