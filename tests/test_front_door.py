@@ -54,8 +54,10 @@ def test_index_build_write_attach(db_url, demo, tmp_path):
 
     datastore, config = demo
     catalogue = bkgdb.Catalogue.open(db_url, config=config)
-    report = catalogue.index(datastore)
+    progress = []
+    report = catalogue.index(datastore, progress=lambda done, total: progress.append((done, total)))
     assert (report.new, report.failed, report.pieces) == (16, 0, 16)
+    assert progress[-1] == (16, 16)
     assert catalogue.index(datastore).unchanged == 16
 
     runs = catalogue.runs(["obs_id>=1012"], columns=["obs_id", "object_name"])

@@ -169,8 +169,10 @@ def warnings_once() -> Iterator[None]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         yield
+    from bkgdb.store.database import hide_secrets
+
     for message in sorted({str(warning.message) for warning in caught}):
-        err.print(f"Warning: {message}", highlight=False, markup=False)
+        err.print(f"Warning: {hide_secrets(message, *_database_urls())}", highlight=False, markup=False)
 
 
 @contextlib.contextmanager
