@@ -33,9 +33,11 @@ __all__ = ["State", "out", "err", "reports_errors", "open_catalogue", "progress_
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 err = Console(stderr=True, soft_wrap=True)
 
-# The same names as bkgdb.makers.smoothing.SMOOTHING_METHODS (tests/test_cli.py checks), without importing
-# numpy just to print --help.
+
 class Smoothing(StrEnum):
+    """``--smooth`` choices: the names of bkgdb.makers.smoothing.SMOOTHING_METHODS (tests/test_cli.py checks),
+    written out so that ``--help`` needs no numpy."""
+
     gauss = "gauss"
     gauss_seed = "gauss-seed"
     poly = "poly"
