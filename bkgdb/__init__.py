@@ -24,3 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return Catalogue
     raise AttributeError(f"module 'bkgdb' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "Catalogue"})
