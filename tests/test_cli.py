@@ -16,12 +16,26 @@ def bkgdb(*args, db=None):
     return runner.invoke(app, arguments)
 
 
+def _commands(group=app, prefix=()):
+    """(words, callback) of every command, the plot sub-commands included."""
+    for command in group.registered_commands:
+        yield (*prefix, command.name or command.callback.__name__.replace("_", "-")), command.callback
+    for sub in group.registered_groups:
+        yield from _commands(sub.typer_instance, (*prefix, sub.name))
+
+
 def test_every_command_has_help_text():
-    for command in app.registered_commands:
-        name = command.name or command.callback.__name__
-        result = bkgdb(name, "--help")
-        assert result.exit_code == 0
-        assert (command.callback.__doc__ or "").strip(), f"{name} has no help text"
+    commands = dict(_commands())
+    assert {"index", "background", "attach", "validate", "demo", "plot model", "plot significance"} <= {
+        " ".join(words) for words in commands}
+    for words, callback in commands.items():
+        result = bkgdb(*words, "--help")
+        assert result.exit_code == 0, result.output
+        summary = (callback.__doc__ or "").strip().splitlines()
+        assert summary, f"{' '.join(words)} has no help text"
+        # --help shows the summary, however rich wraps it into its box.
+        shown = " ".join(result.output.replace("\u2502", " ").split())
+        assert " ".join(summary[0].split()) in shown, (words, result.output)
 
 
 def test_index_runs_info(db_url, simulated_datastore):
@@ -156,15 +170,37 @@ background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10, smooth: tr
     attached = bkgdb("attach", simulated_datastore, "--out", tmp_path / "out", "--config", config, db=db_url)
     assert attached.exit_code == 0, attached.output
     assert "5 runs written to" in attached.output
+    assert "0 new, 0 updated, 5 unchanged, 0 failed" in attached.output  # indexed first: up to date
     assert len(DataStore.from_dir(tmp_path / "out").obs_ids) == 5
 
-    nothing = bkgdb("background", "1002", "--config", config, "-o", tmp_path / "x.fits", db=db_url)
-    assert nothing.exit_code == 0
+    # Attaching indexed nothing new and recorded the runs' backgrounds: a background builds as before.
+    again = bkgdb("background", "1002", "--config", config, "-o", tmp_path / "x.fits", db=db_url)
+    assert again.exit_code == 0 and "run 1002: background from 4 runs" in again.output
+    assert Background2D.read(tmp_path / "x.fits").data.shape == (8, 5)
+    assert len(json.loads(bkgdb("history", "-f", "json", db=db_url).output)) == 2 + 5 + 1
     strict = tmp_path / "strict.yaml"
     strict.write_text(config.read_text().replace("gal_lat_min: 10", "gal_lat_min: 89"))
     failed = bkgdb("background", "1002", "--config", strict, "-o", tmp_path / "y.fits", db=db_url)
     assert failed.exit_code == 2
     assert "no runs selected for run 1002" in failed.output and "|b| > 89 deg removed 4 (0 left)" in failed.output
+
+
+def test_background_3d_and_2d(db_url, simulated_datastore, tmp_path):
+    from gammapy.irf import Background2D, Background3D
+
+    config = tmp_path / "config.yaml"
+    config.write_text("""
+binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}
+exclusion: {gammacat: none, hawc: none, star_cat: none}
+background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
+""")
+    assert bkgdb("index", simulated_datastore, "--config", config, db=db_url).exit_code == 0
+    three = bkgdb("background", "1002", "--config", config, "-o", tmp_path / "3d.fits", "--3d", db=db_url)
+    assert three.exit_code == 0, three.output
+    assert Background3D.read(tmp_path / "3d.fits", hdu="BACKGROUND").data.ndim == 3
+    two = bkgdb("background", "1002", "--config", config, "-o", tmp_path / "2d.fits", "--2d", db=db_url)
+    assert two.exit_code == 0, two.output
+    assert Background2D.read(tmp_path / "2d.fits").data.shape == (8, 5)
 
 
 def test_demo(tmp_path, monkeypatch):

@@ -3,18 +3,22 @@
 import csv
 import io
 import json
-from enum import Enum
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from typing import Any
+
+from rich.console import Console
 
 __all__ = ["OutputFormat", "render_rows"]
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
 
 
-def _cell(value):
+def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -22,7 +26,8 @@ def _cell(value):
     return str(value)
 
 
-def render_rows(rows, columns, fmt, console, title=None):
+def render_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: OutputFormat | str, console: Console,
+                title: str | None = None) -> None:
     """Print ``rows`` (dicts) with the given ``columns`` in format ``fmt`` to a rich console."""
     fmt = OutputFormat(fmt)
     if fmt is OutputFormat.json:

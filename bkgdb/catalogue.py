@@ -1,0 +1,443 @@
+"""The front door: `Catalogue`, one method per ``bkgdb`` command.
+
+>>> from bkgdb import Catalogue
+>>> catalogue = Catalogue.open("sqlite:///bkgdb.sqlite", config="configs/hess-dr1.yaml")  # doctest: +SKIP
+>>> catalogue.index("$GAMMAPY_DATA/hess-dl3-dr1", jobs=2)  # doctest: +SKIP
+>>> built = catalogue.build(23523)  # doctest: +SKIP
+>>> catalogue.attach("$GAMMAPY_DATA/hess-dl3-dr1", "hess-dr1-bkgdb")  # doctest: +SKIP
+
+The database is opened (and created or migrated) when a method first needs it, by the store
+(`bkgdb.store.catalogue.RunCatalogue`); heavy modules are imported by the methods that use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from bkgdb.errors import BkgdbError, BkgdbWarning, DatabaseError, DatabaseNotReadyError
+
+if TYPE_CHECKING:
+    from bkgdb.background import BackgroundBuilder, BuiltBackground
+    from bkgdb.config import BkgdbConfig
+    from bkgdb.demo import DemoReport
+    from bkgdb.gadf.attach import AttachReport
+    from bkgdb.plotting.figures import SignificanceMaps
+    from bkgdb.store.catalogue import IndexReport, RunCatalogue
+    from bkgdb.store.funnel import FunnelPicture
+    from bkgdb.validation import ValidationReport
+
+__all__ = ["Catalogue", "Rows", "Attached", "Validated", "ReadOnly", "Progress", "check_figure_output",
+           "check_energy_range"]
+
+#: ``progress(done, total)``, called as work advances.
+Progress = Callable[[int, int], None]
+#: False: read and write; True: read only (a database not created or migrated yet is, when
+#: writing is allowed, as on any first use); ``"auto"``: read-write when allowed, else read-only.
+ReadOnly = bool | Literal["auto"]
+
+
+class Rows(list[dict[str, Any]]):
+    """A listing: one dict per row, and the names of its columns in the order to show them."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), columns: Sequence[str] = ()) -> None:
+        super().__init__(rows)
+        self.columns = list(columns)
+
+
+@dataclass
+class Attached:
+    """What `Catalogue.attach` did: the target's indexing, then the datastore written."""
+
+    indexed: IndexReport
+    attached: AttachReport
+
+
+@dataclass
+class Validated:
+    """What `Catalogue.validate` did: the datastore's indexing, the report and the files written."""
+
+    indexed: IndexReport
+    report: ValidationReport
+    rows_file: Path | None = None
+    report_page: Path | None = None
+
+
+class Catalogue:
+    """A bkgdb catalogue: runs, their background pieces, and the backgrounds built from them (see `open`)."""
+
+    def __init__(self, url: str | None = None, readonly: ReadOnly = False,
+                 config: BkgdbConfig | str | Path | None = None) -> None:
+        self.url = url
+        self.readonly = readonly
+        self.config_name = ""
+        self.config: BkgdbConfig | None
+        if isinstance(config, (str, Path)):
+            from bkgdb.config import load_config
+
+            self.config_name = Path(config).name
+            self.config = load_config(config)
+        else:
+            self.config = config
+        self._store: RunCatalogue | None = None
+
+    @classmethod
+    def open(cls, url: str | None = None, readonly: ReadOnly = False,
+             config: BkgdbConfig | str | Path | None = None) -> Catalogue:
+        """The catalogue at ``url``; methods that build backgrounds need a ``config``.
+
+        Parameters
+        ----------
+        url : str, optional
+            Database URL (``sqlite:///FILE``, ``postgresql://USER@HOST/DB``) or SQLite file. Default
+            is ``$BKGDB_URL``, then ``./bkgdb.sqlite``.
+        readonly : bool or "auto", optional
+            See `ReadOnly`. Default is False.
+        config : `~bkgdb.config.BkgdbConfig`, str or `~pathlib.Path`, optional
+            The configuration, or its YAML file (read at once: a `ConfigError` is raised here).
+        """
+        return cls(url, readonly, config)
+
+    def __enter__(self) -> Catalogue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database connections (the catalogue opens them again when used)."""
+        if self._store is not None:
+            self._store.engine.dispose()
+            self._store = None
+
+    @property
+    def store(self) -> RunCatalogue:
+        """The store's `~bkgdb.store.catalogue.RunCatalogue`, opened on first use (or a `DatabaseError`)."""
+        if self._store is None:
+            from bkgdb.store.catalogue import RunCatalogue
+
+            if self.readonly is True:
+                try:
+                    self._store = RunCatalogue.open(self.url, readonly=True)
+                except DatabaseNotReadyError as not_ready:
+                    try:  # created or migrated as on any first use, when writing is allowed
+                        self._store = RunCatalogue.open(self.url)
+                    except DatabaseError:
+                        raise not_ready from None
+            else:
+                self._store = RunCatalogue.open(self.url, readonly=self.readonly)
+        return self._store
+
+    # -- the catalogue ------------------------------------------------------------------------
+
+    def init(self) -> dict[str, Any]:
+        """Create the database or upgrade its schema; return `info`."""
+        return self.info()
+
+    def info(self) -> dict[str, Any]:
+        """Database (password hidden), schema revision, datastores with their run counts, runs and failed runs."""
+        return self.store.info()
+
+    def index(self, path: str | Path, jobs: int | None = None, scheduler: str | None = None,
+              progress: Progress | None = None) -> IndexReport:
+        """Index DL3 datastore folder ``path`` (changed runs only); with a config, compute its pieces too.
+
+        ``jobs`` worker processes (default: the config's ``njobs``, else 1), or the workers of the
+        Dask ``scheduler`` at an address such as ``tcp://host:8786``.
+        """
+        executor = None
+        if scheduler:
+            from bkgdb.parallel.cluster import DaskExecutor
+
+            executor = DaskExecutor(scheduler)
+        return self.store.index(path, config=self.config, jobs=self._jobs(jobs), executor=executor,
+                                progress=progress)
+
+    def runs(self, where: Iterable[str] = (), failed: bool = False, datastore: str | Path | None = None,
+             columns: Sequence[str] | None = None) -> Rows:
+        """Catalogued runs matching every ``where`` condition (e.g. ``"zenith<30"``), by datastore and OBS_ID.
+
+        ``failed``: the runs that could not be read, with the reason. ``columns``: catalogue or
+        obs-index columns to give (default: the usual ones).
+        """
+        from bkgdb.store.catalogue import DEFAULT_RUN_COLUMNS
+
+        selected = self.store.select_runs(list(where), status="failed" if failed else "ok", datastore=datastore)
+        names = list(columns) if columns else (["obs_id", "datastore", "error"] if failed else DEFAULT_RUN_COLUMNS)
+        return Rows(self.store.run_rows(selected, names), names)
+
+    def exclusions(self, obs_id: int, datastore: str | Path | None = None) -> list[dict[str, Any]]:
+        """The exclusion regions applied to a run's pieces, per datastore and exclusion setting (none: an error)."""
+        from bkgdb.store.pieces import PieceCache
+
+        found = PieceCache(self.store.engine).exclusions(obs_id, datastore)
+        if not found:
+            raise BkgdbError(f"run {obs_id} has no background pieces: index it with --config first")
+        return found
+
+    def cache(self) -> Rows:
+        """Stored pieces per binning and exclusion setting, with their bytes."""
+        from bkgdb.store.pieces import PieceCache
+
+        return Rows(PieceCache(self.store.engine).summary(),
+                    ["binning", "kind", "geometry", "exclusion", "method", "pieces", "bytes", "bytes_per_piece"])
+
+    def drop_pieces(self, exclusion: str | None = None, binning: str | None = None) -> int:
+        """Delete the pieces of an exclusion setting and/or a binning (hash prefixes); return how many."""
+        from bkgdb.store.pieces import PieceCache
+
+        return PieceCache(self.store.engine).drop(exclusion=exclusion, binning=binning)
+
+    def flag(self, obs_id: int, flag: Literal["bad", "good"], reason: str | None = None,
+             author: str | None = None) -> dict[str, Any]:
+        """Flag run ``obs_id`` (every copy) bad, so it is never selected, or good again; return the entry."""
+        from bkgdb.store.flags import flag_run
+
+        return flag_run(self.store.engine, obs_id, flag, reason, author)
+
+    def flags(self, obs_id: int) -> Rows:
+        """The flag history of run ``obs_id``, newest first."""
+        from bkgdb.store.flags import run_flags
+
+        return Rows(run_flags(self.store.engine, obs_id), ["flag", "reason", "author", "created_at", "in_force"])
+
+    def history(self, obs_id: int | None = None, stale: bool = False) -> Rows:
+        """Backgrounds built so far, newest first (of target ``obs_id``); ``stale``: those whose inputs changed."""
+        if stale:
+            from bkgdb.store.lineage import stale_backgrounds
+
+            rows = [row for row in stale_backgrounds(self.store.engine) if obs_id is None or row["target"] == obs_id]
+            return Rows(rows, ["id", "target", "output", "created_at", "reason"])
+        from bkgdb.background import background_history
+
+        return Rows(background_history(self.store.engine, obs_id),
+                    ["id", "target", "runs", "obs_ids", "ontime_h", "smoothing", "ranking", "output", "created_at"])
+
+    def lineage(self, obs_id: int) -> Rows:
+        """Every background and attached file built from run ``obs_id``'s pieces."""
+        from bkgdb.store.lineage import background_lineage
+
+        return Rows(background_lineage(self.store.engine, obs_id),
+                    ["id", "target", "from_datastore", "output", "created_at"])
+
+    # -- backgrounds --------------------------------------------------------------------------
+
+    def build(self, obs_id: int, datastore: str | Path | None = None, smooth: str | None = None,
+              where: Iterable[str] = (), three_d: bool | None = None) -> BuiltBackground:
+        """The background of run ``obs_id`` from similar runs' pieces (nothing written or recorded).
+
+        ``datastore``: the target's, when its OBS_ID is in several; ``smooth``: a smoothing method
+        instead of the config's; ``where``: conditions added to the config's selection for this
+        call; ``three_d``: a 3D (FoV) background, or 2D (default: the config's ``io.3d_bkg``).
+        """
+        return self._builder(smooth, where, three_d).build(obs_id, datastore)
+
+    def write_background(self, obs_id: int, output: str | Path, datastore: str | Path | None = None,
+                         smooth: str | None = None, where: Iterable[str] = (), three_d: bool | None = None,
+                         overwrite: bool = False) -> BuiltBackground:
+        """`build`, write the model as a FITS file gammapy reads, and record it (unless the database is read-only).
+
+        An ``output`` that exists (without ``overwrite``) or cannot be written is an error, before any work.
+        """
+        three_d = self._three_d(three_d)
+        builder = self._builder(smooth, where, three_d)
+        return builder.write(obs_id, output, datastore=datastore, three_d=three_d, overwrite=overwrite)
+
+    def attach(self, target: str | Path | None = None, out_dir: str | Path | None = None, jobs: int | None = None,
+               scheduler: str | None = None, where: Iterable[str] = (), three_d: bool | None = None,
+               overwrite: bool = False, progress: Progress | None = None,
+               index_progress: Progress | None = None) -> Attached:
+        """Write a copy of datastore ``target`` into ``out_dir`` whose runs carry bkgdb backgrounds.
+
+        ``out_dir`` is checked first (no user file is ever replaced), then the target is indexed
+        with the config (incremental), then every run gets its background. ``target`` and
+        ``out_dir`` default to the config's ``io.in_dir`` and ``io.out_dir``; ``jobs`` and
+        ``scheduler`` are for the indexing (see `index`), the rest as in `write_background`.
+        """
+        from bkgdb.gadf.attach import attach_backgrounds, check_attach_destination
+
+        config = self._config("attach")
+        target = target or config.io.in_dir
+        out_dir = out_dir or config.io.out_dir
+        if not target or not out_dir:
+            raise BkgdbError("give the target datastore and --out (or io.in_dir and io.out_dir in the config)")
+        builder = self._builder(None, where, three_d)
+        check_attach_destination(self.store, target, out_dir, overwrite)  # before the (possibly long) indexing
+        indexed = self.index(target, jobs=jobs, scheduler=scheduler, progress=index_progress)
+        written = attach_backgrounds(builder, target, out_dir, overwrite=overwrite, progress=progress)
+        return Attached(indexed, written)
+
+    def validate(self, datastore: str | Path, where: Iterable[str] = (), jobs: int | None = None,
+                 scheduler: str | None = None, three_d: bool | None = None, rows_file: str | Path | None = None,
+                 rows_format: str | None = None, report_dir: str | Path | None = None,
+                 progress: Progress | None = None, index_progress: Progress | None = None) -> Validated:
+        """Judge the config: each run of ``datastore`` gets its background from the others, fitted with gammapy.
+
+        ``datastore`` is indexed first (incremental); its runs passing ``where`` and the config's
+        target criteria are the targets. ``jobs``: processes for the fits and the indexing,
+        ``scheduler``: a Dask scheduler for the indexing. Also writes the per-run rows to
+        ``rows_file`` (``rows_format`` csv or json, default by suffix) and an HTML report with
+        figures to ``report_dir``, if given.
+        """
+        from bkgdb.store.conditions import parse_condition
+        from bkgdb.validation import report_rows_to_file, rows_file_format, validate_runs
+
+        config = self._config("validate")
+        # Every user mistake fails here, before any work.
+        if rows_file is not None:
+            rows_format = rows_file_format(rows_file, rows_format)
+        if report_dir is not None and Path(report_dir).exists() and not Path(report_dir).is_dir():
+            raise BkgdbError(f"report folder {report_dir} is a file")
+        conditions = [str(condition) for condition in where]
+        for condition in conditions:
+            parse_condition(condition)
+        self._three_d(three_d)  # validate_runs makes its own builder, 2D so far
+        indexed = self.index(datastore, jobs=jobs, scheduler=scheduler, progress=index_progress)
+        report = validate_runs(self.store, config, datastore, where=conditions, jobs=self._jobs(jobs),
+                               progress=progress)
+        result = Validated(indexed, report)
+        if rows_file is not None:
+            result.rows_file = report_rows_to_file(report, rows_file, rows_format)
+        if report_dir is not None:
+            from bkgdb.plotting.report import write_validation_report
+
+            result.report_page = write_validation_report(report, report_dir, self._builder(None, (), three_d),
+                                                         self.config_name)
+        return result
+
+    # -- figures ------------------------------------------------------------------------------
+
+    @staticmethod
+    def plot_model_file(path: str | Path, output: str | Path) -> None:
+        """Plot a background file written by `write_background`: rate curves (2D) or FoV images (3D)."""
+        from bkgdb.plotting.figures import ModelCurves, model_curves_from_file, plot_model, plot_model_3d
+
+        check_figure_output(output)
+        model_or_curves, header = model_curves_from_file(path)
+        if isinstance(model_or_curves, ModelCurves):
+            plot_model(model_or_curves, path=output)
+            return
+        title = f"{Path(path).name}" + (f": run {header['BKG_TGT']}" if "BKG_TGT" in header else "")
+        plot_model_3d(model_or_curves, path=output, title=title, alignment=header.get("FOVALIGN"))
+
+    def plot_model(self, obs_id: int, output: str | Path, datastore: str | Path | None = None,
+                   smooth: str | None = None, where: Iterable[str] = (),
+                   with_reference: bool = True) -> tuple[BuiltBackground, bool]:
+        """Plot run ``obs_id``'s background beside its file's own model; return it and whether that was drawn."""
+        from bkgdb.plotting.figures import plot_run_model
+
+        check_figure_output(output)
+        _, built, has_reference = plot_run_model(self._builder(smooth, where), int(obs_id), output, datastore,
+                                                 with_reference=with_reference)
+        return built, has_reference
+
+    def plot_selection(self, obs_id: int, output: str | Path, datastore: str | Path | None = None,
+                       where: Iterable[str] = ()) -> FunnelPicture:
+        """Plot every candidate run of ``obs_id``'s selection, coloured by what removed it."""
+        from bkgdb.plotting.figures import plot_selection
+        from bkgdb.store.funnel import funnel_picture
+
+        check_figure_output(output)
+        picture = funnel_picture(self._builder(None, where), obs_id, datastore)
+        plot_selection(picture, path=output)
+        return picture
+
+    def plot_validation(self, table: str | Path, output: str | Path,
+                        datastore: str | Path | None = None) -> list[dict[str, Any]]:
+        """Plot a table of `validate` (CSV or JSON); with the validated ``datastore``, norms against time.
+
+        Without ``datastore`` the database is not opened. Return the table's rows.
+        """
+        from bkgdb.plotting.figures import plot_validation, read_validation_table, run_start_times
+
+        check_figure_output(output)
+        rows = read_validation_table(table)
+        times = None
+        if datastore is not None:
+            times = run_start_times(self.store, datastore, [row["obs_id"] for row in rows])
+            if not times:
+                warnings.warn(f"no run of {datastore} in the catalogue: norms are shown against OBS_ID",
+                              BkgdbWarning, stacklevel=2)
+        plot_validation(rows, path=output, start_mjd=times or None)
+        return rows
+
+    def plot_significance(self, obs_id: int, output: str | Path, datastore: str | Path | None = None,
+                          energy_range_tev: tuple[float, float] = (0.5, 10.0), correlation_radius_deg: float = 0.1,
+                          where: Iterable[str] = ()) -> SignificanceMaps:
+        """Plot run ``obs_id``'s counts against its bkgdb prediction and the Li & Ma significance per pixel."""
+        from bkgdb.plotting.figures import plot_significance, run_significance_maps
+
+        check_figure_output(output)
+        check_energy_range(*energy_range_tev)
+        maps = run_significance_maps(self._builder(None, where), obs_id, datastore, energy_range_tev=energy_range_tev,
+                                     correlation_radius_deg=correlation_radius_deg)
+        plot_significance(maps, path=output)
+        return maps
+
+    def demo(self, folder: str | Path = "bkgdb-demo", jobs: int = 2,
+             progress: Callable[[str], None] | None = None) -> DemoReport:
+        """Simulate a datastore from a known background, index it, attach backgrounds, compare with the truth.
+
+        The demo's database is this catalogue's URL if one was given, else an SQLite file in ``folder``.
+        """
+        from bkgdb.demo import run_demo
+
+        return run_demo(folder, url=self.url, jobs=jobs, progress=progress)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _config(self, what: str) -> BkgdbConfig:
+        if self.config is None:
+            raise BkgdbError(f"{what} needs a config (binning, exclusion, background_selection)")
+        return self.config
+
+    def _jobs(self, jobs: int | None) -> int:
+        return jobs or (self.config.njobs if self.config is not None else 1)
+
+    def _three_d(self, three_d: bool | None) -> bool:
+        """``three_d``, or the config's ``io.3d_bkg`` when None."""
+        if three_d is not None:
+            return bool(three_d)
+        return bool(getattr(self._config("a background").io, "three_d", False))
+
+    def _selection_config(self, where: Iterable[str]) -> BkgdbConfig:
+        """The config with ``where`` added to its selection conditions; a malformed one fails here."""
+        from bkgdb.store.conditions import parse_condition
+
+        config = self._config("a background")
+        conditions = tuple(str(condition) for condition in where)
+        if not conditions:
+            return config
+        for condition in conditions:
+            parse_condition(condition)
+        selection = dataclasses.replace(config.selection, where=tuple(config.selection.where) + conditions)
+        return dataclasses.replace(config, selection=selection)
+
+    def _builder(self, smooth: str | None = None, where: Iterable[str] = (),
+                 three_d: bool | None = None) -> BackgroundBuilder:
+        """The one place backgrounds are built from: a builder on this catalogue's store."""
+        from bkgdb.background import BackgroundBuilder
+
+        config = self._selection_config(where)
+        self._three_d(three_d)
+        # 3D builder: the builder gets ``three_d`` here once it takes it (BackgroundBuilder(..., three_d=...));
+        # today only `write_background` passes it on, to BackgroundBuilder.write, which writes `to_3d` of the 2D model.
+        return BackgroundBuilder(self.store, config, smooth=smooth)
+
+
+def check_figure_output(output: str | Path) -> None:
+    """Refuse an output suffix that is no figure format (called before any work)."""
+    from bkgdb.plotting.figures import FIGURE_SUFFIXES
+
+    if Path(output).suffix.lower() not in FIGURE_SUFFIXES:
+        raise BkgdbError(f"cannot tell the figure format of {output}: name it .png, .pdf or .svg")
+
+
+def check_energy_range(e_min: float, e_max: float) -> None:
+    """Refuse an energy range (TeV) whose ends are the wrong way round (called before any work)."""
+    if not e_min < e_max:
+        raise BkgdbError(f"--e-min must be below --e-max, got {e_min:g} and {e_max:g}")

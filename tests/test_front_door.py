@@ -1,0 +1,148 @@
+"""The front door, used as a library: `bkgdb.Catalogue` on the demo's simulated datastore.
+
+SQLite and PostgreSQL (``db_url``): index with pieces, build a background that recovers the
+simulated rate, write it, attach backgrounds to a copy of the datastore that gammapy opens.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from astropy.io import fits
+
+import bkgdb
+from bkgdb.demo import EMPTY_FIELDS, SOURCE, bin_centres, demo_config
+from bkgdb.errors import BkgdbError, ConditionError, ConfigError
+from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+
+TRUTH = BackgroundTruth()
+RUNS_PER_FIELD = 4
+#: The last run observes the source field; the others are empty fields.
+TARGET = 1000 + RUNS_PER_FIELD * (len(EMPTY_FIELDS) + 1) - 1
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo's datastore (fewer runs per field) and its config file."""
+    folder = tmp_path_factory.mktemp("demo")
+    source = PointSource(SOURCE["ra_deg"], SOURCE["dec_deg"], rate_per_s=0.3, name=SOURCE["name"])
+    pointings = [field for field in EMPTY_FIELDS for _ in range(RUNS_PER_FIELD)]
+    pointings += [(SOURCE["ra_deg"] + 0.7, SOURCE["dec_deg"])] * RUNS_PER_FIELD
+    datastore = folder / "datastore"
+    DatastoreSimulator(truth=TRUTH, pointings=pointings, source=source, ontime_s=1200.0, seed=7,
+                       object_name="Demo field").run(datastore)
+    config = folder / "demo.yaml"
+    config.write_text(yaml.safe_dump(demo_config(write_source_catalogue(folder / "sources.fits", [source]))))
+    return datastore, config
+
+
+def test_import_is_light_and_exports_the_front_door():
+    code = ("import sys, bkgdb; heavy = [m for m in ('sqlalchemy', 'numpy', 'bkgdb.catalogue') if m in sys.modules]; "
+            "assert not heavy, heavy; from bkgdb import Catalogue; assert Catalogue.__module__ == 'bkgdb.catalogue'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert bkgdb.Catalogue is bkgdb.catalogue.Catalogue
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        bkgdb.Nothing  # noqa: B018
+
+
+def test_index_build_write_attach(db_url, demo, tmp_path):
+    from gammapy.data import DataStore
+    from gammapy.irf import Background2D
+
+    datastore, config = demo
+    catalogue = bkgdb.Catalogue.open(db_url, config=config)
+    progress = []
+    report = catalogue.index(datastore, progress=lambda done, total: progress.append((done, total)))
+    assert (report.new, report.failed, report.pieces) == (16, 0, 16)
+    assert progress[-1] == (16, 16)
+    assert catalogue.index(datastore).unchanged == 16
+
+    runs = catalogue.runs(["obs_id>=1012"], columns=["obs_id", "object_name"])
+    assert runs.columns == ["obs_id", "object_name"]
+    assert runs == [{"obs_id": obs_id, "object_name": "Demo field"} for obs_id in range(1012, 1016)]
+    assert [entry["name"] for entry in catalogue.exclusions(TARGET)[0]["regions"]] == [SOURCE["name"]]
+    assert [row["pieces"] for row in catalogue.cache()] == [16]
+
+    # The target's background comes from the runs within 0.15 in airmass (the config's el_diff) ...
+    built = catalogue.build(TARGET)
+    airmass = {row["obs_id"]: 1 / np.cos(np.radians(row["zenith_deg"]))
+               for row in catalogue.runs(columns=["obs_id", "zenith_deg"])}
+    similar = [obs_id for obs_id in airmass if obs_id != TARGET and abs(airmass[obs_id] - airmass[TARGET]) < 0.15]
+    assert sorted(built.selection.obs_ids) == similar and 10 < len(similar) < 15
+    # ... and recovers the simulated rate within statistics.
+    counts = built.assembled.counts
+    use = counts > 20
+    true_rate = TRUTH.rate(*bin_centres(catalogue.config.binning))
+    ratio = np.sum(built.rate[use] * counts[use] / true_rate[use]) / counts[use].sum()
+    assert abs(ratio - 1) < 3 / np.sqrt(counts[use].sum()) + 0.01, ratio
+    assert catalogue.history() == []  # building records nothing
+
+    written = catalogue.write_background(TARGET, tmp_path / "bkg.fits")
+    np.testing.assert_allclose(Background2D.read(tmp_path / "bkg.fits").data, written.rate, rtol=1e-6)
+    assert [row["target"] for row in catalogue.history()] == [TARGET]
+    assert [row["target"] for row in catalogue.lineage(1012)] == [TARGET]
+
+    result = catalogue.attach(datastore, tmp_path / "attached")
+    assert result.indexed.unchanged == 16 and result.attached.skipped == []
+    observation = DataStore.from_dir(tmp_path / "attached").obs(TARGET)
+    np.testing.assert_allclose(observation.bkg.data, written.rate, rtol=1e-6)
+    assert len(catalogue.history()) == 1 + 16
+    catalogue.close()
+
+    # A second catalogue that only reads sees all of it.
+    with bkgdb.Catalogue.open(db_url, readonly=True) as reader:
+        assert reader.info()["runs"] == 16
+        assert len(reader.history(TARGET)) == 2
+
+
+def test_where_adds_to_the_selection_for_one_call_only(db_url, demo, tmp_path):
+    datastore, config = demo
+    catalogue = bkgdb.Catalogue.open(db_url, config=config)
+    catalogue.index(datastore)
+    assert sorted(catalogue.build(TARGET, where=["obs_id>=1012"]).selection.obs_ids) == [1012, 1013, 1014]
+    assert catalogue.config.selection.where == ()
+    assert 1000 in catalogue.build(TARGET).selection.obs_ids
+    with pytest.raises(ConditionError):
+        catalogue.write_background(TARGET, tmp_path / "never.fits", where=["obs_id>>3"])
+    assert not (tmp_path / "never.fits").exists()
+
+
+def test_three_d_writes_a_background_3d(demo, tmp_path):
+    from gammapy.irf import Background3D
+
+    datastore, config = demo
+    catalogue = bkgdb.Catalogue.open(f"sqlite:///{tmp_path / 'db.sqlite'}", config=config)
+    catalogue.index(datastore)
+    catalogue.write_background(TARGET, tmp_path / "bkg3d.fits", three_d=True)
+    catalogue.write_background(TARGET, tmp_path / "bkg2d.fits", three_d=False)
+    assert fits.getval(tmp_path / "bkg3d.fits", "HDUCLAS4", "BACKGROUND") == "BKG_3D"
+    assert fits.getval(tmp_path / "bkg2d.fits", "HDUCLAS4", "BACKGROUND") == "BKG_2D"
+    assert Background3D.read(tmp_path / "bkg3d.fits", hdu="BACKGROUND").data.ndim == 3
+
+
+def test_mistakes_are_reported_before_any_work(demo, tmp_path):
+    datastore, config = demo
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    with pytest.raises(ConfigError, match="config file not found"):
+        bkgdb.Catalogue.open(url, config=tmp_path / "missing.yaml")
+    without_config = bkgdb.Catalogue.open(url)
+    with pytest.raises(BkgdbError, match="needs a config"):
+        without_config.build(TARGET)
+    catalogue = bkgdb.Catalogue.open(url, config=config)
+    with pytest.raises(BkgdbError, match="no background pieces"):
+        catalogue.exclusions(TARGET)
+    with pytest.raises(BkgdbError, match="name it .csv or .json"):
+        catalogue.validate(datastore, rows_file=tmp_path / "rows.txt")
+    assert catalogue.runs() == []  # validate indexed nothing
+    with pytest.raises(BkgdbError, match="figure format"):
+        catalogue.plot_selection(TARGET, tmp_path / "selection.gif")
+
+
+def test_the_database_is_opened_when_first_needed(tmp_path):
+    catalogue = bkgdb.Catalogue.open(f"sqlite:///{tmp_path / 'db.sqlite'}", readonly=True)
+    assert not (tmp_path / "db.sqlite").exists()
+    assert catalogue.info()["runs"] == 0  # read-only, but a new database is created as on any first use
+    assert (tmp_path / "db.sqlite").exists()
