@@ -14,11 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bkgdb import __version__
-from bkgdb.makers.assembly import CONDITION_MODEL_MAX_RUNS, archive_condition_model, assemble_background, bin_average_to_centre, fill_empty_bins
+from bkgdb.makers.assembly import assemble_background, bin_average_to_centre, fill_empty_bins
+from bkgdb.store.condition_models import CONDITION_MODEL_MAX_RUNS, archive_condition_model
 from bkgdb.store.pieces import row_to_piece
 from bkgdb.makers.condition_model import RunConditions
 from bkgdb.errors import BkgdbError
-from bkgdb.gadf.hdu import background_2d_hdu
+from bkgdb.gadf.hdu import background_hdu
 from bkgdb.store.models import (RUN_STATUS_FAILED, RUN_STATUS_OK, BackgroundInput, BackgroundRow, BinningRow, Datastore,
                      ExclusionRow, PieceRow, Run)
 from bkgdb.makers.normalisation import NO_NORMALISATION
@@ -53,7 +54,7 @@ class PieceInput:
 class BuiltBackground:
     """A background model for one target run and how it was made.
 
-    ``rate`` is the model (s-1 MeV-1 sr-1 per energy and offset bin of ``assembled.binning``);
+    ``rate`` is the model (s-1 MeV-1 sr-1 per energy and offset bin of ``assembled.geometry``);
     ``model`` gives it as a `gammapy.irf.Background2D`.
     """
 
@@ -75,7 +76,7 @@ class BuiltBackground:
 
     @property
     def model(self):
-        return self.assembled.to_background2d(self.rate)
+        return self.assembled.to_irf(self.rate)
 
     def header_cards(self):
         """FITS keywords recording the provenance (the full run list is a table HDU)."""
@@ -115,8 +116,7 @@ class BuiltBackground:
             hdu = self.model.to_3d().to_table_hdu()
             hdu.name = name
         else:
-            binning = self.assembled.binning
-            hdu = background_2d_hdu(binning.energy_edges, binning.offset_edges, self.rate, name)
+            hdu = background_hdu(self.assembled.geometry, self.rate, name)
         for key, value in self.header_cards().items():
             hdu.header[key] = value
         return hdu
@@ -175,7 +175,7 @@ class BackgroundBuilder:
         self.selector = RunSelector(s, from_run=config.io.from_run, search_datastore=config.io.search_datastore)
         self._extra_keys = None
         self._rows = None
-        #: At most this many archive runs fit the condition model (`bkgdb.makers.assembly.archive_condition_model`).
+        #: At most this many archive runs fit the condition model (`bkgdb.store.condition_models.archive_condition_model`).
         self.condition_model_max_runs = CONDITION_MODEL_MAX_RUNS
         self._condition_memo = {}
 
@@ -385,8 +385,8 @@ def per_run_normalisation(session, settings, target, selection, rate, assembled,
         if own is None:
             raise BkgdbError(f"control-ring normalisation needs run {target.obs_id}'s own piece: "
                              "index its datastore with --config")
-        piece, binning = row_to_piece(own), assembled.binning
-        return control_ring_normalisation(rate, binning.energy_edges, binning.offset_edges, piece.counts,
+        piece = row_to_piece(own)
+        return control_ring_normalisation(rate, assembled.geometry, piece.counts,
                                           piece.exposure_s, *settings.normalisation_ring, model_counts=assembled.counts,
                                           energy_range_tev=settings.normalisation_energy,
                                           model_scatter=settings.normalisation_model_scatter)

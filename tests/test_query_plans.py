@@ -8,10 +8,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bkgdb.makers.assembly import archive_condition_model, assemble_background, representative_subset
+from bkgdb.makers.assembly import assemble_background
+from bkgdb.store.condition_models import archive_condition_model
 from bkgdb.background import BackgroundBuilder
 from bkgdb.store.pieces import row_to_piece
-from bkgdb.makers.condition_model import ConditionModelFitter, RunConditions
+from bkgdb.makers.condition_model import ConditionModelFitter, RunConditions, representative_subset
 from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, SelectionSettings
 from bkgdb.store.models import BinningRow, ConditionModelRow, Datastore, ExclusionRow, PieceRow, Run
 from bkgdb.makers.piece import encode_array
