@@ -6,8 +6,7 @@ import pytest
 from bkgdb.config import ConfigWarning, load_config
 from bkgdb.errors import ConfigError
 from bkgdb.geometry import PieceGeometry
-from bkgdb.makers.normalisation import (NormalisationError, control_ring_normalisation, monitor_normalisation,
-                                 ring_bins)
+from bkgdb.makers.normalisation import NormalisationError, control_ring_normalisation, monitor_normalisation, ring_bins
 from bkgdb.simulate import BackgroundTruth
 
 ENERGY_EDGES = np.geomspace(0.1, 100, 13)
