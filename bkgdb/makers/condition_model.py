@@ -67,7 +67,7 @@ def _log_muon(conditions):
         return np.where(np.isfinite(values) & (values > 0), np.log(values), np.nan)
 
 
-def shift_energy(counts, energy_edges, log_factor):
+def shift_energy(counts: np.ndarray, energy_edges: np.ndarray, log_factor: float | np.ndarray) -> np.ndarray:
     """Counts of events whose energies are all multiplied by ``exp(log_factor)``, in the same bins.
 
     The number of events above each bin edge is interpolated between edges as a power law (exact

@@ -21,6 +21,10 @@ Measured bias against a known truth (default `~bkgdb.simulate.BackgroundTruth`, 
 offset bins to 2.5 deg, exposure of 32 runs of 1800 s; ``benchmarks/smoothing_bias.py``):
 ``gauss-seed`` is 3 % low at the FoV centre and 10 % high in the outermost bin; the others
 have no bias that 400 Poisson draws can see (every bin within 0.3 %, at most 3 sigma).
+On 3D, ``gauss`` (``--fov``: 12 energies x 20 x 20 pixels over +-2.5 deg, the same truth times
+``1 - 0.12 lat``) returns the truth to 1e-5 without noise; over 400 draws no pixel's mean departs
+by more than 0.6 % (3.4 sigma, as for the unsmoothed rate), and one draw's scatter drops from
+5.3 % to 1.7 % (sigma 1 pixel) at 50 ms per model (110 ms for 20 x 24 x 24).
 """
 
 from __future__ import annotations
