@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from bkgdb import __version__
-from bkgdb.makers.assembly import CONDITION_MODEL_MAX_RUNS, archive_condition_model, assemble_background, bin_average_to_centre, fill_empty_bins
+from bkgdb.makers.assembly import assemble_background, bin_average_to_centre, fill_empty_bins
 from bkgdb.store.backgrounds import (background_history, find_target, own_piece, record_background,
                                      record_if_writable, runs_by_id, selected_pieces)
+from bkgdb.store.condition_models import CONDITION_MODEL_MAX_RUNS, archive_condition_model
 from bkgdb.store.pieces import row_to_piece
 from bkgdb.store.settings import setting_rows
 from bkgdb.makers.condition_model import RunConditions
 from bkgdb.errors import BkgdbError
-from bkgdb.gadf.hdu import background_2d_hdu
+from bkgdb.gadf.hdu import background_hdu
 from bkgdb.makers.normalisation import NO_NORMALISATION
 from bkgdb.store.selection import RunSelector
 from bkgdb.makers.smoothing import BackgroundSmoother
@@ -49,7 +50,7 @@ class PieceInput:
 class BuiltBackground:
     """A background model for one target run and how it was made.
 
-    ``rate`` is the model (s-1 MeV-1 sr-1 per energy and offset bin of ``assembled.binning``);
+    ``rate`` is the model (s-1 MeV-1 sr-1 per energy and offset bin of ``assembled.geometry``);
     ``model`` gives it as a `gammapy.irf.Background2D`.
     """
 
@@ -71,7 +72,7 @@ class BuiltBackground:
 
     @property
     def model(self):
-        return self.assembled.to_background2d(self.rate)
+        return self.assembled.to_irf(self.rate)
 
     def header_cards(self):
         """FITS keywords recording the provenance (the full run list is a table HDU)."""
@@ -111,8 +112,7 @@ class BuiltBackground:
             hdu = self.model.to_3d().to_table_hdu()
             hdu.name = name
         else:
-            binning = self.assembled.binning
-            hdu = background_2d_hdu(binning.energy_edges, binning.offset_edges, self.rate, name)
+            hdu = background_hdu(self.assembled.geometry, self.rate, name)
         for key, value in self.header_cards().items():
             hdu.header[key] = value
         return hdu
@@ -150,7 +150,7 @@ class BackgroundBuilder:
         self.selector = RunSelector(s, from_run=config.io.from_run, search_datastore=config.io.search_datastore)
         self._extra_keys = None
         self._rows = None
-        #: At most this many archive runs fit the condition model (`bkgdb.makers.assembly.archive_condition_model`).
+        #: At most this many archive runs fit the condition model (`bkgdb.store.condition_models.archive_condition_model`).
         self.condition_model_max_runs = CONDITION_MODEL_MAX_RUNS
         self._condition_memo = {}
 
@@ -290,8 +290,7 @@ def per_run_normalisation(session, settings, target, selection, rate, assembled,
         if piece is None:
             raise BkgdbError(f"control-ring normalisation needs run {target.obs_id}'s own piece: "
                              "index its datastore with --config")
-        binning = assembled.binning
-        return control_ring_normalisation(rate, binning.energy_edges, binning.offset_edges, piece.counts,
+        return control_ring_normalisation(rate, assembled.geometry, piece.counts,
                                           piece.exposure_s, *settings.normalisation_ring, model_counts=assembled.counts,
                                           energy_range_tev=settings.normalisation_energy,
                                           model_scatter=settings.normalisation_model_scatter)

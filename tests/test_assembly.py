@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from bkgdb.makers.assembly import assemble_background
 from bkgdb.config import Binning
+from bkgdb.makers.assembly import assemble_background
 from bkgdb.makers.piece import BackgroundPiece
-from bkgdb.simulate import BackgroundTruth
 from bkgdb.makers.smoothing import BackgroundSmoother
+from bkgdb.simulate import BackgroundTruth
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)
 
@@ -79,7 +79,8 @@ def test_gauss_smoothing_spreads_a_spike(method):
     spike = np.zeros(BINNING.shape, dtype=np.int64)
     spike[5, 4] = 1000
     spread = BackgroundSmoother(method, sigma=1.0).run(assemble_background([piece(spike)], BINNING))
-    assert spread[5, 3] > 0 and spread[5, 5] > 0 and spread[5, 4] < assemble_background([piece(spike)], BINNING).rate[5, 4]
+    raw = assemble_background([piece(spike)], BINNING).rate
+    assert spread[5, 3] > 0 and spread[5, 5] > 0 and spread[5, 4] < raw[5, 4]
 
 
 def test_polynomial_degree_is_capped_below_the_number_of_bins():
@@ -112,10 +113,10 @@ def test_filled_models_stay_finite_in_gammapy():
     offset = np.linspace(0, 2.5, 40) * u.deg
     ceiling = background.rate.max()
     with np.errstate(over="ignore"):
-        raw = background.to_background2d().evaluate(energy=energy, offset=offset).value
+        raw = background.to_irf().evaluate(energy=energy, offset=offset).value
     assert np.nanmax(raw) > 1e10 * ceiling  # the hazard is real
     filled = fill_empty_bins(background.rate, background)
-    model = background.to_background2d(filled).evaluate(energy=energy, offset=offset).value
+    model = background.to_irf(filled).evaluate(energy=energy, offset=offset).value
     assert np.all(np.isfinite(model)) and model.max() < 10 * ceiling
     assert np.all(filled[4:] == 0) and np.all(filled[[0, 2, 3]] > 0) and np.all(filled[1] > 0)
 
@@ -124,13 +125,13 @@ def test_gadf_writer_matches_gammapy(tmp_path):
     from astropy.io import fits
     from gammapy.irf import Background2D
 
-    from bkgdb.gadf.hdu import background_2d_hdu
+    from bkgdb.gadf.hdu import background_hdu
 
     rng = np.random.default_rng(5)
     rate = rng.uniform(0, 1e-3, size=BINNING.shape)
     background = assemble_background([piece(np.ones(BINNING.shape))], BINNING)
-    ours = background_2d_hdu(BINNING.energy_edges, BINNING.offset_edges, rate)
-    theirs = background.to_background2d(rate).to_table_hdu()
+    ours = background_hdu(background.geometry, rate)
+    theirs = background.to_irf(rate).to_table_hdu()
     for column in ("ENERG_LO", "ENERG_HI", "THETA_LO", "THETA_HI"):
         assert np.allclose(ours.data[column], theirs.data[column], rtol=1e-12, atol=0), column
     assert np.array_equal(ours.data["BKG"], theirs.data["BKG"])
@@ -140,7 +141,7 @@ def test_gadf_writer_matches_gammapy(tmp_path):
     assert np.array_equal(read.data, rate)
     assert read.axes["offset"].edges.to_value("deg") == pytest.approx(BINNING.offset_edges)
     with pytest.raises(ValueError, match="does not fit"):
-        background_2d_hdu(BINNING.energy_edges, BINNING.offset_edges, rate.T)
+        background_hdu(background.geometry, rate.T)
 
 
 def test_bin_averages_become_centre_values_for_a_power_law():

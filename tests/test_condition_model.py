@@ -9,15 +9,15 @@ import yaml
 from astropy.io import fits
 from sqlalchemy.orm import Session
 
-from bkgdb.makers.assembly import assemble_background
 from bkgdb.background import BackgroundBuilder
 from bkgdb.cli.main import app
-from bkgdb.makers.condition_model import ConditionModel, ConditionModelFitter, RunConditions, shift_energy
-from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings, load_config
+from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings, load_config
 from bkgdb.errors import BkgdbError, ConfigError
-from bkgdb.store.models import BackgroundInput, BackgroundRow, ConditionModelRow
+from bkgdb.makers.assembly import assemble_background
+from bkgdb.makers.condition_model import ConditionModel, ConditionModelFitter, RunConditions, shift_energy
 from bkgdb.makers.piece import BackgroundPiece
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, write_source_catalogue
+from bkgdb.store.models import BackgroundInput, BackgroundRow, ConditionModelRow
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=20, off_min=0, off_max=2.5, off_bins=10)
 TRUTH = BackgroundTruth(norm=1e-4, threshold_tev=0.3, threshold_zenith_index=2.5, rate_zenith_index=1.0)
@@ -78,7 +78,7 @@ def test_fit_recovers_the_simulated_parameters():
 def test_model_moves_pieces_to_the_target_and_reports_weights():
     counts, exposure, conditions = poisson_archive([20.0, 50.0])
     model = ConditionModel(energy_zenith=TRUE_ENERGY_ZENITH, rate_zenith=TRUE_RATE_ZENITH)
-    pieces = [BackgroundPiece(c, np.zeros_like(c), e, 1800.0, 1620.0) for c, e in zip(counts, exposure)]
+    pieces = [BackgroundPiece(c, np.zeros_like(c), e, 1800.0, 1620.0) for c, e in zip(counts, exposure, strict=True)]
     target = RunConditions(TARGET_ZENITH, 10.0)
     moved = assemble_background(pieces, BINNING, conditions, target, model)
     plain = assemble_background(pieces, BINNING)
@@ -171,8 +171,8 @@ def test_condition_assembly_recovers_the_truth_where_plain_summation_is_biased(c
 
 
 def selected_pieces(catalogue, built):
-    from bkgdb.store.pieces import row_to_piece
     from bkgdb.store.models import PieceRow, Run
+    from bkgdb.store.pieces import row_to_piece
 
     with Session(catalogue.engine) as session:
         rows = session.execute(sa.select(PieceRow, Run.obs_id, Run.zenith_deg, Run.az_deg)

@@ -5,12 +5,13 @@ import pytest
 
 from bkgdb.config import ConfigWarning, load_config
 from bkgdb.errors import ConfigError
-from bkgdb.makers.normalisation import (NormalisationError, control_ring_normalisation, monitor_normalisation,
-                                 ring_bins)
+from bkgdb.geometry import PieceGeometry
+from bkgdb.makers.normalisation import NormalisationError, control_ring_normalisation, monitor_normalisation, ring_bins
 from bkgdb.simulate import BackgroundTruth
 
 ENERGY_EDGES = np.geomspace(0.1, 100, 13)
 OFFSET_EDGES = np.linspace(0, 2.5, 11)
+GEOMETRY = PieceGeometry.offset(ENERGY_EDGES, OFFSET_EDGES)
 
 
 def expected_counts(rate, exposure_s):
@@ -40,7 +41,7 @@ def test_control_ring_recovers_a_known_scale(scale):
     exposure[9] *= 0.7
     counts = rng.poisson(scale * expected_counts(rate, exposure))
     counts[:, :8] = 10 ** 6  # inside the ring's inner edge: must not count
-    result = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5)
+    result = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5)
     observed = counts[:, 8:].sum()
     assert result.method == "control-ring" and result.region == "offset 2.00-2.50 deg"
     assert result.error == pytest.approx(result.factor / np.sqrt(observed))
@@ -51,8 +52,8 @@ def test_control_ring_error_includes_the_model_counts():
     rate = truth_rate()
     exposure = np.full(len(OFFSET_EDGES) - 1, 1800.0)
     counts = np.round(expected_counts(rate, exposure)).astype(int)
-    alone = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5)
-    both = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5,
+    alone = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5)
+    both = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5,
                                       model_counts=counts)
     assert both.error == pytest.approx(alone.error * np.sqrt(2))
 
@@ -61,8 +62,8 @@ def test_control_ring_combined_with_the_model_scatter_by_inverse_variance():
     rate = truth_rate()
     exposure = np.full(len(OFFSET_EDGES) - 1, 1800.0)
     counts = np.round(1.3 * expected_counts(rate, exposure)).astype(int)
-    ring = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5)
-    combined = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5,
+    ring = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5)
+    combined = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5,
                                           model_scatter=0.1)
     weight_ring, weight_model = ring.error ** -2, 0.1 ** -2
     assert combined.factor == pytest.approx((weight_ring * ring.factor + weight_model) / (weight_ring + weight_model))
@@ -70,10 +71,10 @@ def test_control_ring_combined_with_the_model_scatter_by_inverse_variance():
     assert 1 < combined.factor < ring.factor and combined.error < min(ring.error, 0.1)
     assert combined.region == "offset 2.00-2.50 deg, combined with model scatter 0.1"
     # A ring far more precise than the model's scatter decides; a model far more precise keeps its scale.
-    trusted = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5,
+    trusted = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5,
                                          model_scatter=1e3)
     assert trusted.factor == pytest.approx(ring.factor, rel=1e-6)
-    kept = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5,
+    kept = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5,
                                       model_scatter=1e-6)
     assert kept.factor == pytest.approx(1.0, abs=1e-6)
 
@@ -82,10 +83,10 @@ def test_control_ring_ignores_bins_the_model_does_not_cover():
     rate = truth_rate()
     exposure = np.full(len(OFFSET_EDGES) - 1, 1800.0)
     counts = np.round(expected_counts(rate, exposure)).astype(int)
-    reference = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5)
+    reference = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5)
     rate[-1] = 0.0  # the model has nothing in its last energy bin ...
     counts[-1] += 500  # ... so counts there are not compared with it
-    result = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5)
+    result = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5)
     assert result.factor == pytest.approx(reference.factor, rel=1e-3)
 
 
@@ -94,13 +95,13 @@ def test_control_ring_energy_range():
     exposure = np.full(len(OFFSET_EDGES) - 1, 1800.0)
     counts = expected_counts(rate, exposure)  # the expectation itself: no rounding at high energies
     counts[:4] *= 2  # below 1 TeV the target has twice the model's rate
-    whole = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5)
-    above = control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5,
+    whole = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5)
+    above = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5,
                                        energy_range_tev=(1.0, 100.0))
     assert whole.factor > 1.5 and above.factor == pytest.approx(1.0)
     assert above.region == "offset 2.00-2.50 deg, 1-100 TeV"
     with pytest.raises(NormalisationError, match="no energy bin lies within the control ring's 1.1-1.2 TeV"):
-        control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, counts, exposure, 2.0, 2.5,
+        control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5,
                                    energy_range_tev=(1.1, 1.2))
 
 
@@ -108,9 +109,9 @@ def test_control_ring_without_bins_or_counts_is_an_error():
     rate = truth_rate()
     exposure = np.full(len(OFFSET_EDGES) - 1, 1800.0)
     with pytest.raises(NormalisationError, match="no offset bin lies within the control ring 2.1-2.2 deg"):
-        control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, np.ones(rate.shape), exposure, 2.1, 2.2)
+        control_ring_normalisation(rate, GEOMETRY, np.ones(rate.shape), exposure, 2.1, 2.2)
     with pytest.raises(NormalisationError, match="0 counts observed"):
-        control_ring_normalisation(rate, ENERGY_EDGES, OFFSET_EDGES, np.zeros(rate.shape), exposure, 2.0, 2.5)
+        control_ring_normalisation(rate, GEOMETRY, np.zeros(rate.shape), exposure, 2.0, 2.5)
 
 
 def test_monitor_ratio_to_the_ontime_weighted_mean():

@@ -8,14 +8,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from bkgdb.makers.assembly import assemble_background
+from bkgdb.store.condition_models import archive_condition_model
 from bkgdb.background import BackgroundBuilder
-from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, SelectionSettings
-from bkgdb.makers.assembly import archive_condition_model, assemble_background, representative_subset
-from bkgdb.makers.condition_model import ConditionModelFitter, RunConditions
+from bkgdb.store.pieces import row_to_piece
+from bkgdb.makers.condition_model import ConditionModelFitter, RunConditions, representative_subset
+from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, SelectionSettings
+from bkgdb.store.models import BinningRow, ConditionModelRow, Datastore, ExclusionRow, PieceRow, Run
 from bkgdb.makers.piece import encode_array
 from bkgdb.simulate import BackgroundTruth
-from bkgdb.store.models import BinningRow, ConditionModelRow, Datastore, ExclusionRow, PieceRow, Run
-from bkgdb.store.pieces import row_to_piece
 from bkgdb.store.ranking import AIRMASS_STEP, airmass, kl_divergence, kl_divergences, rate_shape
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=5)

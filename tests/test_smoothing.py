@@ -7,10 +7,10 @@ of a `BackgroundTruth`, and its rates are compared with the true bin-averaged ra
 import numpy as np
 import pytest
 
-from bkgdb.makers.assembly import AssembledBackground, fill_empty_bins
 from bkgdb.config import Binning
-from bkgdb.simulate import BackgroundTruth
+from bkgdb.makers.assembly import AssembledBackground, fill_empty_bins
 from bkgdb.makers.smoothing import SMOOTHING_METHODS, BackgroundSmoother, local_quadratic_weights, reference_profile
+from bkgdb.simulate import BackgroundTruth
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)
 UNBIASED = ["gauss", "poly", "spline"]

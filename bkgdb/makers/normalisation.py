@@ -5,22 +5,28 @@ threshold, broken pixels). Two ways to estimate that run's scale, both optional
 (``background_selection.normalisation`` in the config):
 
 - ``control-ring``: the target's own counts in an outer offset ring, with the exclusion regions
-  already cut (its stored piece: counts and accepted exposure per offset bin), divided by what the
-  model predicts there (rate x the piece's exposure x energy width x solid angle);
+  already cut (its stored piece: counts and accepted exposure per offset ring or FoV pixel), divided
+  by what the model predicts there (rate x the piece's exposure x energy width x solid angle);
 - ``monitor``: the ratio of a catalogue column of the target (a trigger rate, a transparency
   coefficient) to the ontime-weighted mean of that column over the runs that built the model.
 
 Plain numpy: the builder (`bkgdb.background`) loads what these functions need.
 """
 
+from __future__ import annotations
+
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from bkgdb.errors import BkgdbError
+from bkgdb.geometry import PieceGeometry
+from bkgdb.makers.assembly import as_geometry
 
-__all__ = ["Normalisation", "NormalisationError", "NORMALISATION_METHODS", "ring_bins", "control_ring_normalisation",
+__all__ = ["Normalisation", "NormalisationError", "NORMALISATION_METHODS", "ring_bins", "ring_mask",
+           "control_ring_normalisation",
            "monitor_normalisation", "NO_NORMALISATION"]
 
 log = logging.getLogger(__name__)
@@ -46,36 +52,58 @@ class Normalisation:
     error: float = 0.0
     region: str = ""
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return {"method": self.method, "factor": self.factor, "error": self.error, "region": self.region}
 
 
 NO_NORMALISATION = Normalisation()
 
 
-def ring_bins(offset_edges, offset_min, offset_max):
+def ring_bins(offset_edges: np.ndarray, offset_min: float, offset_max: float) -> np.ndarray:
     """Boolean mask of the offset bins lying wholly inside [offset_min, offset_max] (deg)."""
     edges = np.asarray(offset_edges, float)
     return (edges[:-1] >= offset_min - EDGE_TOLERANCE_DEG) & (edges[1:] <= offset_max + EDGE_TOLERANCE_DEG)
 
 
-def control_ring_normalisation(rate, energy_edges_tev, offset_edges_deg, counts, exposure_s, offset_min,
-                               offset_max, model_counts=None, energy_range_tev=None,
-                               model_scatter=None) -> Normalisation:
+def ring_mask(geometry: PieceGeometry, offset_min: float, offset_max: float) -> np.ndarray:
+    """Boolean mask of the spatial bins of the control ring [offset_min, offset_max] (deg).
+
+    2D: the offset bins lying wholly inside (`ring_bins`). 3D: the FoV pixels whose centre's
+    angular distance from the FoV centre (``geometry.spatial_offset_deg``) lies inside; square
+    pixels cannot tile a ring, and centres give a ring of the right mean offset and area.
+    """
+    if not geometry.is_3d:
+        return ring_bins(np.asarray(geometry.offset_edges, float), offset_min, offset_max)
+    offset = geometry.spatial_offset_deg
+    return (offset >= offset_min - EDGE_TOLERANCE_DEG) & (offset <= offset_max + EDGE_TOLERANCE_DEG)
+
+
+def _ring_region(geometry: PieceGeometry, ring: np.ndarray) -> str:
+    if not geometry.is_3d:
+        edges = np.asarray(geometry.offset_edges, float)
+        return f"offset {edges[:-1][ring].min():.2f}-{edges[1:][ring].max():.2f} deg"
+    offset = geometry.spatial_offset_deg[ring]
+    return f"offset {offset.min():.2f}-{offset.max():.2f} deg ({int(ring.sum())} pixel centres)"
+
+
+def control_ring_normalisation(rate: np.ndarray, geometry: Any, counts: np.ndarray, exposure_s: np.ndarray,
+                               offset_min: float, offset_max: float, model_counts: np.ndarray | None = None,
+                               energy_range_tev: tuple[float, float] | None = None,
+                               model_scatter: float | None = None) -> Normalisation:
     """Scale of a model from the target's own counts in an outer offset ring.
 
     Parameters
     ----------
     rate : `~numpy.ndarray`
-        The model, s-1 MeV-1 sr-1 per (energy, offset) bin, as bin averages.
-    energy_edges_tev, offset_edges_deg : `~numpy.ndarray`
-        The binning.
+        The model, s-1 MeV-1 sr-1 per bin of ``geometry.shape``, as bin averages.
+    geometry : `~bkgdb.geometry.PieceGeometry`
+        The bins (2D offset rings or 3D FoV pixels; a config binning is accepted).
     counts : `~numpy.ndarray`
-        The target's kept counts per (energy, offset) bin (its own piece: exclusions applied).
+        The target's kept counts per bin (its own piece: exclusions applied).
     exposure_s : `~numpy.ndarray`
-        The target's accepted exposure per offset bin (ontime x kept fraction), s.
+        The target's accepted exposure per spatial bin (ontime x kept fraction), s.
     offset_min, offset_max : float
-        The ring, deg; the offset bins wholly inside it are used.
+        The ring, deg: the bins of `ring_mask` are used.
     model_counts : `~numpy.ndarray`, optional
         Counts the model was summed from, for its share of the error. Default is None (ignored).
     energy_range_tev : tuple, optional
@@ -98,26 +126,24 @@ def control_ring_normalisation(rate, energy_edges_tev, offset_edges_deg, counts,
     NormalisationError
         No bin in the ring, or nothing counted or predicted there.
     """
+    geometry = as_geometry(geometry)
     rate = np.asarray(rate, float)
-    offset_edges = np.asarray(offset_edges_deg, float)
-    ring = ring_bins(offset_edges, offset_min, offset_max)
+    ring = ring_mask(geometry, offset_min, offset_max)
     if not ring.any():
-        raise NormalisationError(f"no offset bin lies within the control ring {offset_min:g}-{offset_max:g} deg")
-    edges = np.radians(offset_edges)
-    solid_angle = 2 * np.pi * (np.cos(edges[:-1]) - np.cos(edges[1:]))
-    energy_width_mev = np.diff(np.asarray(energy_edges_tev, float)) * 1e6
-    predicted_per_bin = rate * np.outer(energy_width_mev, np.asarray(exposure_s, float) * solid_angle)
-    use = (rate > 0) & ring[np.newaxis, :]
-    energy_edges = np.asarray(energy_edges_tev, float)
+        raise NormalisationError(f"no {'pixel centre' if geometry.is_3d else 'offset bin'} lies within the "
+                                 f"control ring {offset_min:g}-{offset_max:g} deg")
+    predicted_per_bin = rate * geometry.denominator(exposure_s)
+    use = (rate > 0) & ring[np.newaxis]
+    energy_edges = geometry.energy_edges
     if energy_range_tev is not None:
         low, high = energy_range_tev
         in_range = (energy_edges[:-1] >= low * (1 - 1e-9)) & (energy_edges[1:] <= high * (1 + 1e-9))
         if not in_range.any():
             raise NormalisationError(f"no energy bin lies within the control ring's {low:g}-{high:g} TeV")
-        use &= in_range[:, np.newaxis]
+        use &= in_range.reshape((-1,) + (1,) * len(geometry.spatial_shape))
     observed = float(np.asarray(counts)[use].sum())
     predicted = float(predicted_per_bin[use].sum())
-    region = f"offset {offset_edges[:-1][ring].min():.2f}-{offset_edges[1:][ring].max():.2f} deg"
+    region = _ring_region(geometry, ring)
     if energy_range_tev is not None:
         region += f", {energy_edges[:-1][in_range].min():.3g}-{energy_edges[1:][in_range].max():.3g} TeV"
     if observed <= 0 or predicted <= 0:
@@ -137,7 +163,7 @@ def control_ring_normalisation(rate, energy_edges_tev, offset_edges_deg, counts,
     return Normalisation("control-ring", float(factor), float(error), region)
 
 
-def monitor_normalisation(target_value, values, ontimes_s, column) -> Normalisation:
+def monitor_normalisation(target_value: Any, values: Any, ontimes_s: Any, column: str) -> Normalisation:
     """Scale of a model from a monitoring column: target's value / ontime-weighted mean of the runs used.
 
     Parameters

@@ -1,6 +1,7 @@
-"""Smoothing an assembled background rate along FoV offset, on demand (never stored).
+"""Smoothing an assembled background rate in the FoV, on demand (never stored).
 
-Every method works per energy slice and only along offset. Smoothing across energy bins would
+Every method works per energy slice: along offset (2D), or in the FoV plane (3D: ``gauss`` and
+``none``, see `BackgroundSmoother.make_gauss_fov`). Smoothing across energy bins would
 bias a falling spectrum: a Gaussian of 1 bin over a power law of index 2.7 raises each rate by
 81 % with 4 bins per decade (26 % with 20 bins over 3 decades), because the lower-energy
 neighbour weighs far more than the higher one.
@@ -20,31 +21,44 @@ Measured bias against a known truth (default `~bkgdb.simulate.BackgroundTruth`, 
 offset bins to 2.5 deg, exposure of 32 runs of 1800 s; ``benchmarks/smoothing_bias.py``):
 ``gauss-seed`` is 3 % low at the FoV centre and 10 % high in the outermost bin; the others
 have no bias that 400 Poisson draws can see (every bin within 0.3 %, at most 3 sigma).
+On 3D, ``gauss`` (``--fov``: 12 energies x 20 x 20 pixels over +-2.5 deg, the same truth times
+``1 - 0.12 lat``) returns the truth to 1e-5 without noise; over 400 draws no pixel's mean departs
+by more than 0.6 % (3.4 sigma, as for the unsmoothed rate), and one draw's scatter drops from
+5.3 % to 1.7 % (sigma 1 pixel) at 50 ms per model (110 ms for 20 x 24 x 24).
 """
 
+from __future__ import annotations
+
 import logging
+from typing import Any
 
 import numpy as np
 
 from bkgdb.errors import BkgdbError
+from bkgdb.geometry import PieceGeometry
 
-__all__ = ["BackgroundSmoother", "SMOOTHING_METHODS", "reference_profile", "local_quadratic_weights"]
+__all__ = ["BackgroundSmoother", "SMOOTHING_METHODS", "SMOOTHING_METHODS_3D", "reference_profile",
+           "local_quadratic_weights", "local_linear_fov"]
 
 log = logging.getLogger(__name__)
 
 #: Smoothing method names; `bkgdb.config` and the CLI list these.
 SMOOTHING_METHODS = ("gauss", "gauss-seed", "poly", "spline", "none")
+#: The methods that smooth 3D (FoV pixel) backgrounds.
+SMOOTHING_METHODS_3D = ("gauss", "none")
 
 #: Kernel weights below exp(-8) (beyond 4 sigma) are dropped.
 KERNEL_CUTOFF_SIGMA = 4.0
 
 
-def _offset_centres(binning):
-    edges = np.asarray(binning.offset_edges, float)
-    return 0.5 * (edges[1:] + edges[:-1]), float(np.mean(np.diff(edges))), bool(edges[0] == 0)
+def _offset_centres(geometry: PieceGeometry) -> tuple[np.ndarray, float, bool]:
+    """Offset bin centres (deg), the mean bin width and whether the rings start at the FoV centre."""
+    edges = np.asarray(geometry.offset_edges, float)
+    return geometry.offset_centres, float(np.mean(np.diff(edges))), bool(edges[0] == 0)
 
 
-def reference_profile(counts, exposure, offset, terms=3, iterations=50):
+def reference_profile(counts: np.ndarray, exposure: np.ndarray, offset: np.ndarray, terms: int = 3,
+                      iterations: int = 50) -> np.ndarray:
     """A smooth, positive radial shape fitted to counts by Poisson likelihood.
 
     ``log P = a + b r + c r**2`` (``terms`` coefficients) with ``exposure`` (s MeV sr, or any
@@ -55,7 +69,7 @@ def reference_profile(counts, exposure, offset, terms=3, iterations=50):
     Parameters
     ----------
     counts, exposure, offset : `~numpy.ndarray`
-        Counts, exposure and centre (deg) of each offset bin.
+        Counts, exposure and centre offset (deg) of each offset bin or FoV pixel (1D arrays).
     terms : int, optional
         Number of polynomial coefficients of ``log P``. Default is 3.
     iterations : int, optional
@@ -90,7 +104,8 @@ def reference_profile(counts, exposure, offset, terms=3, iterations=50):
     return np.ones(len(offset))
 
 
-def local_quadratic_weights(offset, exposure, sigma, width, reflect):
+def local_quadratic_weights(offset: np.ndarray, exposure: np.ndarray, sigma: float, width: float,
+                            reflect: bool) -> np.ndarray:
     """Linear weights ``W`` such that ``W @ counts`` is the Gaussian-weighted local quadratic fit.
 
     At each offset ``r_i`` the rate ``counts / exposure`` is fitted with ``a + b (r - r_i) +
@@ -147,8 +162,54 @@ def local_quadratic_weights(offset, exposure, sigma, width, reflect):
     return weights
 
 
+def local_linear_fov(counts: np.ndarray, information: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-weighted local linear fit of ``counts / information`` over FoV pixels, at every pixel.
+
+    At each pixel the ratio is fitted with ``a + b du + c dv`` (du, dv: pixel offsets along lon
+    and lat), each pixel weighted by ``exp(-(du**2 + dv**2) / (2 sigma**2)) x information`` (its
+    Poisson information for a locally constant ratio), and ``a`` is the estimate. It is linear in
+    the counts and exact for any linear ratio, up to the FoV's edges and around unexposed pixels
+    (exclusion regions): a plain normalised convolution is biased there by the gradient. The sums
+    are correlations of the images with the kernel and its moments, so the cost grows with the
+    number of pixels times the kernel's area. Pixels whose neighbourhood does not fix a slope get
+    the weighted mean (degree 0); pixels without information within reach get 0.
+
+    Parameters
+    ----------
+    counts, information : `~numpy.ndarray`
+        Images of shape (n_lon, n_lat); ``information`` is 0 where there is no exposure.
+    sigma : float
+        Kernel width in pixels.
+    """
+    from scipy.ndimage import correlate
+
+    counts, information = np.asarray(counts, float), np.asarray(information, float)
+    radius = max(1, int(np.ceil(KERNEL_CUTOFF_SIGMA * sigma)))
+    du, dv = np.meshgrid(np.arange(-radius, radius + 1.0), np.arange(-radius, radius + 1.0), indexing="ij")
+    kernel = np.exp(-0.5 * (du ** 2 + dv ** 2) / sigma ** 2)
+    kernel[du ** 2 + dv ** 2 > (KERNEL_CUTOFF_SIGMA * sigma) ** 2] = 0.0
+    moments = [np.ones_like(du), du, dv]
+
+    def window(image: np.ndarray, moment: np.ndarray) -> np.ndarray:
+        """Sum over each pixel's neighbours of kernel x moment x image (0 beyond the FoV)."""
+        return correlate(image, kernel * moment, mode="constant", cval=0.0)
+
+    matrix = np.empty(counts.shape + (3, 3))
+    for p in range(3):
+        for q in range(p, 3):
+            matrix[..., p, q] = matrix[..., q, p] = window(information, moments[p] * moments[q])
+    right = np.stack([window(counts, moment) for moment in moments], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = np.where(matrix[..., 0, 0] > 0, right[..., 0] / matrix[..., 0, 0], 0.0)
+        solvable = (matrix[..., 0, 0] > 0) & (np.linalg.cond(matrix) < 1e10)
+    estimate = mean.copy()
+    if solvable.any():
+        estimate[solvable] = np.linalg.solve(matrix[solvable], right[solvable][..., np.newaxis])[:, 0, 0]
+    return estimate
+
+
 class BackgroundSmoother:
-    """Smooths a background rate along offset, per energy slice; the result is never negative.
+    """Smooths a background rate per energy slice, along offset (2D) or in the FoV plane (3D); never negative.
 
     Parameters
     ----------
@@ -172,8 +233,10 @@ class BackgroundSmoother:
         ``spline``: ``P(offset) x`` a cubic smoothing spline (smoothing factor
         ``spline_smoothing``), weighted with the expected counts, per energy slice.
         ``none``: the rate as summed.
+        3D backgrounds (FoV pixels) are smoothed with ``gauss`` (`make_gauss_fov`) or ``none``;
+        the other methods raise `~bkgdb.errors.BkgdbError` there.
     sigma : float, optional
-        Width of the Gaussian, in offset bins. Default is 1.
+        Width of the Gaussian, in offset bins (2D) or FoV pixels (3D). Default is 1.
     degree : int, optional
         Polynomial degree. Default is 3.
     spline_smoothing : float, optional
@@ -192,7 +255,7 @@ class BackgroundSmoother:
         self.degree = int(degree)
         self.spline_smoothing = spline_smoothing
 
-    def run(self, background) -> np.ndarray:
+    def run(self, background: Any) -> np.ndarray:
         """The smoothed rate (s-1 MeV-1 sr-1) of an `~bkgdb.makers.assembly.AssembledBackground`.
 
         Never negative, always finite; bins without exposure get the smoothed value at their
@@ -201,6 +264,9 @@ class BackgroundSmoother:
         rate = background.rate
         if self.method == "none":
             return rate
+        if background.geometry.is_3d and self.method not in SMOOTHING_METHODS_3D:
+            raise BkgdbError(f"smoothing {self.method} works on 2D (offset) backgrounds only; 3D backgrounds are "
+                             f"smoothed with {' or '.join(SMOOTHING_METHODS_3D)}")
         make = {"gauss": self.make_gauss, "gauss-seed": self.make_gauss_seed, "poly": self.make_poly,
                 "spline": self.make_spline}[self.method]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -208,13 +274,23 @@ class BackgroundSmoother:
         return np.clip(np.nan_to_num(smoothed, nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
 
     @staticmethod
-    def profile(background) -> np.ndarray:
-        """The reference radial profile of ``background``: see `reference_profile`."""
-        offset, _, _ = _offset_centres(background.binning)
-        return reference_profile(background.counts.sum(axis=0), background.denominator.sum(axis=0), offset)
+    def profile(background: Any) -> np.ndarray:
+        """The reference radial profile of ``background`` at each spatial bin: see `reference_profile`.
 
-    def make_gauss(self, background, rate):
-        offset, width, reflect = _offset_centres(background.binning)
+        Fitted to the energy-summed counts of the offset rings (2D) or of the FoV pixels against
+        their centres' offsets (3D); of the spatial shape.
+        """
+        geometry = background.geometry
+        offset = np.ravel(geometry.spatial_offset_deg)
+        counts = background.counts.reshape(geometry.n_energy, -1).sum(axis=0)
+        exposure = background.denominator.reshape(geometry.n_energy, -1).sum(axis=0)
+        return reference_profile(counts, exposure, offset).reshape(geometry.spatial_shape)
+
+    def make_gauss(self, background: Any, rate: np.ndarray) -> np.ndarray:
+        """``gauss`` (see the class docstring); 3D backgrounds go to `make_gauss_fov`."""
+        if background.geometry.is_3d:
+            return self.make_gauss_fov(background, rate)
+        offset, width, reflect = _offset_centres(background.geometry)
         profile = self.profile(background)
         denominator = background.denominator
         smoothed = np.zeros(rate.shape)
@@ -225,16 +301,35 @@ class BackgroundSmoother:
             smoothed[index] = profile * (weights @ background.counts[index])
         return smoothed
 
-    def make_gauss_seed(self, background, rate):
+    def make_gauss_fov(self, background: Any, rate: np.ndarray) -> np.ndarray:
+        """``gauss`` on FoV pixels: each energy slice's ratio to the reference profile, smoothed in the FoV plane.
+
+        The ratio ``rate / P`` is estimated at every pixel by a local linear fit (`local_linear_fov`,
+        a Gaussian of ``sigma`` pixels) weighted by exposure x solid angle x ``P``, and multiplied
+        back by ``P``. Exact, without noise, for a rate of ``P`` times any linear function of the
+        FoV coordinates (a gradient toward the horizon), up to the FoV's edges and around
+        excluded pixels; the radial profile takes the curvature that a linear fit would flatten.
+        """
+        profile = self.profile(background)
+        denominator = background.denominator
+        smoothed = np.zeros(rate.shape)
+        for index in range(rate.shape[0]):
+            if background.counts[index].sum() == 0:
+                continue
+            ratio = local_linear_fov(background.counts[index], denominator[index] * profile, self.sigma)
+            smoothed[index] = profile * ratio
+        return smoothed
+
+    def make_gauss_seed(self, background: Any, rate: np.ndarray) -> np.ndarray:
         from scipy.ndimage import gaussian_filter
 
         from bkgdb.makers.assembly import fill_empty_bins
 
         # gammapy's interpolation needs two nodes per axis, and to_3d / to_2d a FoV from offset 0.
-        if min(rate.shape) < 2 or background.binning.offset_edges[0] != 0:
+        if min(rate.shape) < 2 or background.geometry.offset_edges[0] != 0:
             raise BkgdbError("smoothing gauss-seed needs at least 2 energy and 2 offset bins, from offset 0")
         # to_3d interpolates in log scale: empty bins would explode there, so fill them first.
-        cube = background.to_background2d(fill_empty_bins(rate, background)).to_3d()
+        cube = background.to_irf(fill_empty_bins(rate, background)).to_3d()
         data = cube.data
         for index in range(data.shape[0]):
             data[index] = gaussian_filter(data[index], self.sigma)
@@ -260,8 +355,8 @@ class BackgroundSmoother:
         """
         return np.full(len(counts), counts[exposed].sum() / exposure[exposed].sum())
 
-    def make_poly(self, background, rate):
-        offset, _, _ = _offset_centres(background.binning)
+    def make_poly(self, background: Any, rate: np.ndarray) -> np.ndarray:
+        offset, _, _ = _offset_centres(background.geometry)
         smoothed = rate.copy()
         for index, counts, exposure, exposed, profile in self._slices(background):
             ratio = self._flat_ratio(counts, exposure, exposed)
@@ -277,10 +372,10 @@ class BackgroundSmoother:
             smoothed[index] = profile * ratio
         return smoothed
 
-    def make_spline(self, background, rate):
+    def make_spline(self, background: Any, rate: np.ndarray) -> np.ndarray:
         from scipy.interpolate import UnivariateSpline
 
-        offset, _, _ = _offset_centres(background.binning)
+        offset, _, _ = _offset_centres(background.geometry)
         smoothed = rate.copy()
         for index, counts, exposure, exposed, profile in self._slices(background):
             pilot = self._flat_ratio(counts, exposure, exposed)

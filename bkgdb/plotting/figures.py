@@ -140,7 +140,7 @@ class ModelCurves:
 def model_curves(built) -> ModelCurves:
     """`ModelCurves` of a `~bkgdb.background.BuiltBackground`: its rate, counts and, when smoothed, the raw sum."""
     assembled = built.assembled
-    binning = assembled.binning
+    binning = assembled.geometry
     smoothed = built.smoothing not in (None, "none")
     selection = built.selection
     label = (f"run {built.target.obs_id}: bkgdb model from {len(selection.obs_ids)} runs "
