@@ -1,7 +1,7 @@
 """Building a target run's background from the catalogue, writing it, attaching it to datastores.
 
 `BackgroundBuilder` ties the steps together: select similar runs (SQL), load and sum their pieces,
-smooth on demand, and produce a gammapy `Background2D` with its provenance.
+smooth on demand, and produce a gammapy `Background2D` or `Background3D` with its provenance.
 """
 
 import logging
@@ -20,6 +20,7 @@ from bkgdb.store.settings import setting_rows
 from bkgdb.makers.condition_model import RunConditions
 from bkgdb.errors import BkgdbError
 from bkgdb.gadf.hdu import background_hdu
+from bkgdb.geometry import PieceGeometry
 from bkgdb.makers.normalisation import NO_NORMALISATION
 from bkgdb.store.selection import RunSelector
 from bkgdb.makers.smoothing import BackgroundSmoother
@@ -50,8 +51,9 @@ class PieceInput:
 class BuiltBackground:
     """A background model for one target run and how it was made.
 
-    ``rate`` is the model (s-1 MeV-1 sr-1 per energy and offset bin of ``assembled.geometry``);
-    ``model`` gives it as a `gammapy.irf.Background2D`.
+    ``rate`` is the model (s-1 MeV-1 sr-1 per bin of ``assembled.geometry``: energy x offset, or
+    energy x FoV lon x FoV lat); ``model`` gives it as a `gammapy.irf.Background2D` or
+    `gammapy.irf.Background3D`.
     """
 
     target: object
@@ -74,6 +76,16 @@ class BuiltBackground:
     def model(self):
         return self.assembled.to_irf(self.rate)
 
+    @property
+    def geometry(self) -> PieceGeometry:
+        return self.assembled.geometry
+
+    @property
+    def geometry_label(self) -> str:
+        """``2D`` or ``3D ALTAZ`` / ``3D RADEC``: which binning the background uses."""
+        geometry = self.geometry
+        return f"3D {geometry.alignment}" if geometry.is_3d else "2D"
+
     def header_cards(self):
         """FITS keywords recording the provenance (the full run list is a table HDU)."""
         return {
@@ -85,6 +97,7 @@ class BuiltBackground:
             "BKG_SMTH": (self.smoothing, "smoothing method"),
             "BKG_RANK": (self.selection.ranking, "how candidates were ranked"),
             "BKG_BINH": (self.binning_hash[:16], "bkgdb binning hash"),
+            "BKG_GEOM": (self.geometry_label, "binning the model was assembled on"),
             "BKG_EXCH": (self.exclusion_hash[:16], "bkgdb exclusion hash"),
             "BKG_NRMM": (self.normalisation.method, "per-run normalisation method"),
             "BKG_NRMF": (float(self.normalisation.factor), "per-run normalisation factor applied"),
@@ -107,12 +120,9 @@ class BuiltBackground:
             "BKG_CMD": (params["archive_digest"][:16], "condition model archive digest"),
         }
 
-    def model_hdu(self, name=BKG_HDU, three_d=False):
-        if three_d:
-            hdu = self.model.to_3d().to_table_hdu()
-            hdu.name = name
-        else:
-            hdu = background_hdu(self.assembled.geometry, self.rate, name)
+    def model_hdu(self, name: str = BKG_HDU):
+        """The model as a ``BKG_2D`` or ``BKG_3D`` table HDU with the provenance keywords."""
+        hdu = background_hdu(self.geometry, self.rate, name)
         for key, value in self.header_cards().items():
             hdu.header[key] = value
         return hdu
@@ -136,14 +146,20 @@ class BackgroundBuilder:
     ----------
     catalogue : `~bkgdb.store.catalogue.RunCatalogue`
     config : `~bkgdb.config.BkgdbConfig`
-        The first binning, the exclusion setting and ``background_selection`` are used.
+        Its first 2D or first 3D binning, the exclusion setting and ``background_selection`` are used.
     smooth : str, optional
         Smoothing method overriding the config's. Default is None.
+    three_d : bool, optional
+        Build on the config's 3D binning (`~gammapy.irf.Background3D`) rather than its 2D one.
+        Default is the config's ``io.3d_bkg``.
     """
 
-    def __init__(self, catalogue, config, smooth=None):
+    def __init__(self, catalogue, config, smooth: str | None = None, three_d: bool | None = None):
         self.catalogue = catalogue
         self.config = config
+        self.three_d = bool(config.io.three_d if three_d is None else three_d)
+        #: The binning backgrounds are assembled on.
+        self.binning = config.binning_for(self.three_d)
         s = config.selection
         self.smoother = BackgroundSmoother(smooth or s.smooth_method, s.smooth_sigma, s.poly_degree,
                                            s.spline_smoothing)
@@ -157,8 +173,27 @@ class BackgroundBuilder:
     def _setting_rows(self, session):
         """(binning row, exclusion row) of the config, looked up once per builder."""
         if self._rows is None:
-            self._rows = setting_rows(session, self.config.binning, self.config.exclusion)
+            self._rows = setting_rows(session, self.binning, self.config.exclusion)
         return self._rows
+
+    def _condition_fit_binning(self, session):
+        """(binning, row id) the condition model is fitted on.
+
+        Its parameters are global (an energy shift and a rate factor per run), so a 3D build uses
+        the fit on the config's 2D binning of the same energies when that binning has pieces: one
+        fit serves both, and the 2D fit weighs offsets exactly.
+        """
+        binning_row, _ = self._setting_rows(session)
+        two_d = self.config.binning
+        if (self.three_d and two_d is not None
+                and np.array_equal(two_d.energy_edges, self.binning.energy_edges)):
+            try:
+                row, _ = setting_rows(session, two_d, self.config.exclusion)
+            except BkgdbError:  # the 2D binning was never indexed
+                pass
+            else:
+                return two_d, row.id
+        return self.binning, binning_row.id
 
     selected_pieces = staticmethod(selected_pieces)
 
@@ -201,11 +236,12 @@ class BackgroundBuilder:
             pieces = [row_to_piece(row[0]) for row in rows]
             model, model_record = None, None
             if self.config.selection.assembly == "condition" and not self.config.io.from_run:
+                fit_binning, fit_id = self._condition_fit_binning(session)
                 model, model_record = archive_condition_model(
-                    session, binning_row.id, exclusion_row.id, self.config.binning.energy_edges, self.config.selection,
+                    session, fit_id, exclusion_row.id, fit_binning.geometry, self.config.selection,
                     max_runs=self.condition_model_max_runs, memo=self._condition_memo)
             assembled = assemble_background(
-                pieces, self.config.binning, [RunConditions(*row[3:]) for row in rows],
+                pieces, self.binning.geometry, [RunConditions(*row[3:]) for row in rows],
                 RunConditions(target.zenith_deg, target.az_deg, target.muon_eff), model)
             weights = assembled.weights if assembled.weights is not None else [1.0] * len(rows)
             inputs = [PieceInput(piece.id, piece.run_id, run_obs_id, piece.file_sha256, piece.created_at, float(weight))
@@ -230,11 +266,11 @@ class BackgroundBuilder:
         """Store the provenance of a built background in the database, with the pieces it used."""
         return record_background(session, built, self.config.selection.params, self.config.io.from_run, output_path)
 
-    def write(self, obs_id, path, datastore=None, three_d=False, overwrite=False):
+    def write(self, obs_id, path, datastore=None, overwrite: bool = False):
         """Build the background of ``obs_id`` and write it as a FITS file gammapy reads.
 
-        The file holds the model in HDU ``BACKGROUND`` (`Background2D`, or `Background3D` with
-        ``three_d``) and the OBS_IDs it was built from in HDU ``BKGDB_RUNS``. The build is then
+        The file holds the model in HDU ``BACKGROUND`` (`Background2D`, or `Background3D` when the
+        builder is 3D) and the OBS_IDs it was built from in HDU ``BKGDB_RUNS``. The build is then
         recorded in the database; on a read-only database that is skipped with a
         `~bkgdb.errors.ReadOnlyWarning` and the file is still written.
 
@@ -260,7 +296,7 @@ class BackgroundBuilder:
         with self.catalogue.session() as session:
             built = self.build(obs_id, datastore, session=session)
             try:
-                fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND", three_d), built.provenance_hdu()]
+                fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND"), built.provenance_hdu()]
                              ).writeto(path, overwrite=overwrite)
             except OSError as exc:
                 raise BkgdbError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -243,9 +243,7 @@ class Catalogue:
 
         An ``output`` that exists (without ``overwrite``) or cannot be written is an error, before any work.
         """
-        three_d = self._three_d(three_d)
-        builder = self._builder(smooth, where, three_d)
-        return builder.write(obs_id, output, datastore=datastore, three_d=three_d, overwrite=overwrite)
+        return self._builder(smooth, where, three_d).write(obs_id, output, datastore=datastore, overwrite=overwrite)
 
     def attach(self, target: str | Path | None = None, out_dir: str | Path | None = None, jobs: int | None = None,
                scheduler: str | None = None, where: Iterable[str] = (), three_d: bool | None = None,
@@ -295,10 +293,10 @@ class Catalogue:
         conditions = [str(condition) for condition in where]
         for condition in conditions:
             parse_condition(condition)
-        self._three_d(three_d)  # validate_runs makes its own builder, 2D so far
+        three_d = self._three_d(three_d)
         indexed = self.index(datastore, jobs=jobs, scheduler=scheduler, progress=index_progress)
         report = validate_runs(self.store, config, datastore, where=conditions, jobs=self._jobs(jobs),
-                               progress=progress)
+                               progress=progress, three_d=three_d)
         result = Validated(indexed, report)
         if rows_file is not None:
             result.rows_file = report_rows_to_file(report, rows_file, rows_format)
@@ -402,7 +400,7 @@ class Catalogue:
         """``three_d``, or the config's ``io.3d_bkg`` when None."""
         if three_d is not None:
             return bool(three_d)
-        return bool(getattr(self._config("a background").io, "three_d", False))
+        return self._config("a background").io.three_d
 
     def _selection_config(self, where: Iterable[str]) -> BkgdbConfig:
         """The config with ``where`` added to its selection conditions; a malformed one fails here."""
@@ -423,10 +421,7 @@ class Catalogue:
         from bkgdb.background import BackgroundBuilder
 
         config = self._selection_config(where)
-        self._three_d(three_d)
-        # 3D builder: the builder gets ``three_d`` here once it takes it (BackgroundBuilder(..., three_d=...));
-        # today only `write_background` passes it on, to BackgroundBuilder.write, which writes `to_3d` of the 2D model.
-        return BackgroundBuilder(self.store, config, smooth=smooth)
+        return BackgroundBuilder(self.store, config, smooth=smooth, three_d=self._three_d(three_d))
 
 
 def check_figure_output(output: str | Path) -> None:

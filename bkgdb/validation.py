@@ -346,7 +346,7 @@ def _shaped_regions(exclusion):
 
 
 def validate_runs(catalogue, config, datastore, where=(), jobs=1, progress=None,
-                  settings: FitSettings | None = None) -> ValidationReport:
+                  settings: FitSettings | None = None, three_d: bool | None = None) -> ValidationReport:
     """Build each target run's background from the other runs and fit its FoV norm with gammapy.
 
     Parameters
@@ -365,6 +365,9 @@ def validate_runs(catalogue, config, datastore, where=(), jobs=1, progress=None,
         Called as ``progress(done, total)`` as runs finish. Default is None.
     settings : `FitSettings`, optional
         Energies, offsets and pixels of the fit. Default is 0.5-10 TeV, offsets < 2 deg.
+    three_d : bool, optional
+        Judge the config's 3D (FoV) backgrounds instead of its 2D ones. Default is the config's
+        ``io.3d_bkg``.
 
     Returns
     -------
@@ -381,7 +384,7 @@ def validate_runs(catalogue, config, datastore, where=(), jobs=1, progress=None,
     if not targets:
         raise BkgdbError(f"no target runs in {datastore}: check --where and the config's gal_lat_min, n_tels, "
                          "el_min, el_max (and that the datastore is indexed)")
-    builder = BackgroundBuilder(catalogue, config)
+    builder = BackgroundBuilder(catalogue, config, three_d=three_d)
     shapes = _shaped_regions(config.exclusion)
     label = _normalisation_label(config.selection)
     rows = {}

@@ -370,7 +370,8 @@ def attach_backgrounds(builder, target_datastore, out_dir, progress=None, overwr
                         kept = [hdu for hdu in hdul if hdu.name not in dropped]
                         write_fits(fits.HDUList(kept + [built.model_hdu(BKG_HDU), built.provenance_hdu()]),
                                    target_file)
-                    hdu_rows.extend(_hdu_rows(source, hdu_table[own & (hdu_types != "bkg")], run, target_file))
+                    hdu_rows.extend(_hdu_rows(source, hdu_table[own & (hdu_types != "bkg")], run, target_file,
+                                              "bkg_3d" if built.geometry.is_3d else "bkg_2d"))
                     written.append(run.obs_id)
                     builder.record(session, built, target_file)
                     session.commit()
@@ -395,8 +396,9 @@ def attach_backgrounds(builder, target_datastore, out_dir, progress=None, overwr
     return report
 
 
-def _hdu_rows(source, rows, run, target_file):
-    """hdu-index rows (dicts) of one attached run: its HDUs in the new file, others where they were."""
+def _hdu_rows(source, rows, run, target_file, bkg_class):
+    """hdu-index rows (dicts) of one attached run: its HDUs in the new file, others where they were,
+    and the background (HDU class ``bkg_class``, ``bkg_2d`` or ``bkg_3d``)."""
     from bkgdb.gadf.datastore import json_safe
 
     base = str(source.hdu_table.meta.get("BASE_DIR", "")).strip()
@@ -410,7 +412,7 @@ def _hdu_rows(source, rows, run, target_file):
             values["FILE_DIR"], values["FILE_NAME"] = str(original.parent), original.name
         result.append(values)
     bkg = dict(result[0])
-    bkg.update({"HDU_TYPE": "bkg", "HDU_CLASS": "bkg_2d", "FILE_DIR": DATA_DIR, "FILE_NAME": target_file.name,
+    bkg.update({"HDU_TYPE": "bkg", "HDU_CLASS": bkg_class, "FILE_DIR": DATA_DIR, "FILE_NAME": target_file.name,
                 "HDU_NAME": BKG_HDU})
     if "SIZE" in bkg:
         bkg["SIZE"] = 0
