@@ -410,3 +410,11 @@ def test_shipped_configs_carry_a_3d_binning_beside_the_2d_one(name, alignment, f
     assert binning.energy_edges == pytest.approx(config.binning.energy_edges)
     assert config.binnings[0] == config.binning  # the 2D binning stays the first: its pieces exist already
     assert not config.io.three_d  # 2D unless asked
+
+
+def test_2d_binning_with_as_many_energies_as_offsets_warns_about_gammapy_log(tmp_path):
+    path = tmp_path / "square.yaml"
+    path.write_text("binning: {e_bins: 10, off_bins: 10}\n")
+    with pytest.warns(ConfigWarning, match="use off_bins 11"):
+        config = load_config(path)
+    assert config.binning.shape == (10, 10)

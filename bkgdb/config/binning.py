@@ -7,13 +7,14 @@ that hash, so the parameters of a 2D binning must never change. Each binning giv
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
 
-from bkgdb.config.values import ConfigError, check_keys, content_hash, number
+from bkgdb.config.values import ConfigError, ConfigWarning, check_keys, content_hash, number
 from bkgdb.geometry import FOV_ALIGNMENTS, PieceGeometry
 
 __all__ = ["Binning", "FovBinning", "AnyBinning", "binning_from_dict", "binning_from_params", "derive_fov_binning",
@@ -102,7 +103,7 @@ class Binning:
             raise ConfigError(f"{section} must be a mapping of {', '.join(cls.KEYS)}")
         check_keys(section, values, cls.KEYS)
         defaults = cls()
-        return _labelled(
+        binning = _labelled(
             section, cls,
             e_min=number(section, "e_min", values.get("e_min", defaults.e_min), minimum=0, strictly=True),
             e_max=number(section, "e_max", values.get("e_max", defaults.e_max), minimum=0, strictly=True),
@@ -113,6 +114,13 @@ class Binning:
             off_bins=number(section, "off_bins", values.get("off_bins", defaults.off_bins), int, minimum=1,
                             maximum=MAX_OFFSET_BINS),
         )
+        if binning.e_bins == binning.off_bins:
+            # Kept (catalogues hold pieces of such binnings) but said: the files are right, the log is not.
+            warnings.warn(f"{section}: e_bins equals off_bins ({binning.e_bins}): gammapy logs 'Ambiguous axes "
+                          "order in Background fits files!' on every read of these models (bkgdb writes the axes in "
+                          "GADF order, so the models are read right); use off_bins "
+                          f"{binning.off_bins + 1} to avoid it", ConfigWarning, stacklevel=2)
+        return binning
 
     @property
     def params(self) -> dict[str, Any]:
