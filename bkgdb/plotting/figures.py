@@ -700,20 +700,17 @@ def plot_significance(maps: SignificanceMaps, path=None, title=None):
 
 def _target_datastore(catalogue, target):
     """Folder of the datastore holding the catalogue row ``target``."""
-    import sqlalchemy as sa
+    from bkgdb.store.targets import datastore_folder
 
-    from bkgdb.store.models import Datastore
-
-    with catalogue.session() as session:
-        return session.scalar(sa.select(Datastore.path).where(Datastore.id == target.datastore_id))
+    return datastore_folder(catalogue, target.datastore_id)
 
 
 def _observation(datastore, obs_id):
     """The gammapy observation of a run, any IRF optional."""
-    from bkgdb.validation import _datastore  # cached: a report opens one datastore for several runs
+    from bkgdb.fov_fit import open_datastore  # cached: a report opens one datastore for several runs
 
     try:
-        return _datastore(str(datastore)).obs(int(obs_id), required_irf="all-optional")
+        return open_datastore(str(datastore)).obs(int(obs_id), required_irf="all-optional")
     except Exception as exc:  # noqa: BLE001 -- gammapy raises many kinds; one line says which run and why
         raise BkgdbError(f"gammapy cannot open run {obs_id} of {datastore}: {type(exc).__name__}: {exc}") from None
 
@@ -749,13 +746,11 @@ def plot_run_selection(builder, obs_id: int, path=None, datastore=None):
 
 def run_significance_maps(builder, obs_id: int, datastore=None, **kwargs) -> SignificanceMaps:
     """`significance_maps` of run ``obs_id`` with its bkgdb background, its pieces' exclusion regions masked."""
-    from sqlalchemy.orm import Session
-
-    from bkgdb.validation import _excluded_regions
+    from bkgdb.store.targets import piece_regions
 
     built = builder.build(obs_id, datastore)
-    with Session(builder.catalogue.engine) as session:
-        excluded = _excluded_regions(session, built.target.id, built.binning_id, built.exclusion_id)
+    with builder.catalogue.session() as session:
+        excluded = piece_regions(session, built.target.id, built.binning_id, built.exclusion_id)
     if excluded is None:
         raise BkgdbError(f"run {obs_id} has no piece of its own, so its exclusion regions are unknown: "
                          "index its datastore with --config")
@@ -766,12 +761,6 @@ def run_significance_maps(builder, obs_id: int, datastore=None, **kwargs) -> Sig
 
 def run_start_times(catalogue, datastore, obs_ids):
     """OBS_ID -> run start (MJD) of the runs of ``datastore`` in the catalogue."""
-    import sqlalchemy as sa
+    from bkgdb.store.targets import run_start_times as start_times
 
-    from bkgdb.store.models import Datastore, Run
-
-    wanted = {int(obs_id) for obs_id in obs_ids if obs_id is not None}
-    with catalogue.session() as session:
-        rows = session.execute(sa.select(Run.obs_id, Run.tstart_mjd).join(Datastore, Datastore.id == Run.datastore_id)
-                               .where(Datastore.at(datastore))).all()
-    return {obs_id: start for obs_id, start in rows if obs_id in wanted and start is not None}
+    return start_times(catalogue, datastore, obs_ids)
