@@ -21,12 +21,14 @@ import numpy as np
 
 if TYPE_CHECKING:
     from gammapy.data import DataStore, Observation
+    from gammapy.datasets import MapDataset
     from gammapy.irf import Background2D, Background3D
     from gammapy.maps import Map, WcsGeom
     from gammapy.modeling import Parameter
     from regions import SkyRegion
 
-__all__ = ["fov_background_norm", "FitSettings", "FitJob", "FitResult", "fit_run", "outside_circles", "open_datastore",
+__all__ = ["fov_background_norm", "fov_background_dataset", "FitSettings", "FitJob", "FitResult", "fit_run",
+           "outside_circles", "open_datastore",
            "Circle"]
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,27 @@ def fov_background_norm(observation: Observation, excluded: Iterable[Circle],
                         aeff_safe_mask: bool = False) -> Parameter:
     """Norm of a `FoVBackgroundMaker` scale fit of one observation with its own background model.
 
-    A norm of 1 means the model predicts the counts outside the excluded regions.
+    A norm of 1 means the model predicts the counts outside the excluded regions. The parameters
+    are those of `fov_background_dataset`.
+
+    Returns
+    -------
+    norm : `gammapy.modeling.Parameter`
+        Its ``value`` and ``error``.
+    """
+    dataset = fov_background_dataset(observation, excluded, energy_range_tev, n_energy, offset_max_deg, binsz_deg,
+                                     aeff_safe_mask)
+    return dataset.background_model.spectral_model.norm
+
+
+def fov_background_dataset(observation: Observation, excluded: Iterable[Circle],
+                           energy_range_tev: tuple[float, float] = (0.1, 10.0), n_energy: int = 8,
+                           offset_max_deg: float = 2.0, binsz_deg: float = 0.05,
+                           aeff_safe_mask: bool = False) -> MapDataset:
+    """The `MapDataset` of one observation after a `FoVBackgroundMaker` scale fit of its background model.
+
+    Its ``mask_fit`` is the pixels outside the excluded regions and ``mask_safe`` the safe ones, so
+    counts and ``npred_background()`` can be compared where the norm was fitted.
 
     Parameters
     ----------
@@ -63,8 +85,8 @@ def fov_background_norm(observation: Observation, excluded: Iterable[Circle],
 
     Returns
     -------
-    norm : `gammapy.modeling.Parameter`
-        Its ``value`` and ``error``.
+    dataset : `gammapy.datasets.MapDataset`
+        Counts, the background model with its fitted norm, ``mask_safe`` and ``mask_fit``.
     """
     from astropy import units as u
     from astropy.coordinates import SkyCoord
@@ -89,7 +111,8 @@ def fov_background_norm(observation: Observation, excluded: Iterable[Circle],
     regions = [CircleSkyRegion(SkyCoord(ra * u.deg, dec * u.deg), radius * u.deg) for ra, dec, radius in excluded]
     mask = geom.region_mask(regions, inside=False)
     dataset = FoVBackgroundMaker(method="scale", exclusion_mask=mask).run(dataset)
-    return dataset.background_model.spectral_model.norm
+    dataset.mask_fit = mask
+    return dataset
 
 
 
