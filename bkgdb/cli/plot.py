@@ -64,7 +64,7 @@ OUTPUT_HELP = "Figure to write: .png, .pdf or .svg."
 
 def _check_output(output):
     """Refuse an output suffix that is no figure format before any work."""
-    from bkgdb.plotting.figures import FIGURE_SUFFIXES
+    from bkgdb.plotting import FIGURE_SUFFIXES
 
     if output.suffix.lower() not in FIGURE_SUFFIXES:
         raise BkgdbError(f"cannot tell the figure format of {output}: name it .png, .pdf or .svg")
@@ -94,7 +94,7 @@ def model(
     """Rate against offset and energy with statistical bands, beside the run file's own model; 3D: FoV images."""
     _check_output(output)
     if not target.strip().lstrip("-").isdigit():
-        from bkgdb.plotting.figures import ModelCurves, model_curves_from_file, plot_model, plot_model_3d
+        from bkgdb.plotting import ModelCurves, model_curves_from_file, plot_model, plot_model_3d
 
         model_or_curves, header = model_curves_from_file(target)
         if isinstance(model_or_curves, ModelCurves):
@@ -106,7 +106,7 @@ def model(
         return
     if config is None:
         raise BkgdbError("plot model OBS_ID needs --config (or give a background FITS file instead)")
-    from bkgdb.plotting.figures import plot_run_model
+    from bkgdb.plotting import plot_run_model
 
     _, built, has_reference = plot_run_model(_builder(config, where, smooth), int(target), output, datastore,
                                              with_reference=not no_reference)
@@ -128,7 +128,7 @@ def selection(
     """Every candidate run in zenith/azimuth and time, coloured by the first criterion that removed it."""
     _check_output(output)
     from bkgdb.store.funnel import funnel_picture
-    from bkgdb.plotting.figures import plot_selection
+    from bkgdb.plotting import plot_selection
 
     picture = funnel_picture(_builder(config, where), obs_id, datastore)
     plot_selection(picture, path=output)
@@ -145,7 +145,7 @@ def validation(
 ):
     """Per-run FoV norms against zenith and time, and their histogram; bkgdb beside the file's model."""
     _check_output(output)
-    from bkgdb.plotting.figures import plot_validation, read_validation_table, run_start_times
+    from bkgdb.plotting import plot_validation, read_validation_table, run_start_times
 
     rows = read_validation_table(table)
     times = None
@@ -175,7 +175,7 @@ def significance(
     _check_output(output)
     if not e_min < e_max:
         raise BkgdbError(f"--e-min must be below --e-max, got {e_min:g} and {e_max:g}")
-    from bkgdb.plotting.figures import plot_significance, run_significance_maps
+    from bkgdb.plotting import plot_significance, run_significance_maps
 
     maps = run_significance_maps(_builder(config, where), obs_id, datastore, energy_range_tev=(e_min, e_max),
                                  correlation_radius_deg=radius)
