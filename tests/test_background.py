@@ -197,7 +197,7 @@ def test_runs_without_background_are_reported(catalogue, fields, tmp_path):
     assert sorted(DataStore.from_dir(tmp_path / "strict").obs_ids) == list(range(101, 120))
 
 
-def test_from_run(catalogue, fields):
+def test_from_run_builds_from_the_targets_own_piece_only(catalogue, fields):
     config = make_config(fields / "catalogue.fits")
     config.io = IOSettings(from_run=True)
     catalogue.index(fields / "datastore", config=config)
