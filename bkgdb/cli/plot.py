@@ -127,8 +127,8 @@ def selection(
 ):
     """Every candidate run in zenith/azimuth and time, coloured by the first criterion that removed it."""
     _check_output(output)
-    from bkgdb.store.funnel import funnel_picture
     from bkgdb.plotting import plot_selection
+    from bkgdb.store.funnel import funnel_picture
 
     picture = funnel_picture(_builder(config, where), obs_id, datastore)
     plot_selection(picture, path=output)
