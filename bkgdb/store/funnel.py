@@ -102,7 +102,7 @@ def funnel_picture(builder: BackgroundBuilder, obs_id: int, datastore: str | Pat
     The chosen runs are those `RunSelector.run` picks; when nothing passes, none are chosen and the
     picture shows what removed every candidate.
     """
-    with Session(builder.catalogue.engine, expire_on_commit=False) as session:
+    with builder.catalogue.session() as session:
         binning_row, exclusion_row = builder._setting_rows(session)
         target = builder.find_target(session, obs_id, datastore)
         extra_keys = builder.catalogue.extra_keys()
