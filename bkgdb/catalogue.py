@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from bkgdb.config import BkgdbConfig
     from bkgdb.demo import DemoReport
     from bkgdb.gadf.attach import AttachReport
-    from bkgdb.plotting.figures import SignificanceMaps
+    from bkgdb.plotting import SignificanceMaps
     from bkgdb.store.catalogue import IndexReport, RunCatalogue
     from bkgdb.store.funnel import FunnelPicture
     from bkgdb.validation import ValidationReport
@@ -312,7 +312,7 @@ class Catalogue:
     @staticmethod
     def plot_model_file(path: str | Path, output: str | Path) -> None:
         """Plot a background file written by `write_background`: rate curves (2D) or FoV images (3D)."""
-        from bkgdb.plotting.figures import ModelCurves, model_curves_from_file, plot_model, plot_model_3d
+        from bkgdb.plotting import ModelCurves, model_curves_from_file, plot_model, plot_model_3d
 
         check_figure_output(output)
         model_or_curves, header = model_curves_from_file(path)
@@ -326,7 +326,7 @@ class Catalogue:
                    smooth: str | None = None, where: Iterable[str] = (),
                    with_reference: bool = True) -> tuple[BuiltBackground, bool]:
         """Plot run ``obs_id``'s background beside its file's own model; return it and whether that was drawn."""
-        from bkgdb.plotting.figures import plot_run_model
+        from bkgdb.plotting import plot_run_model
 
         check_figure_output(output)
         _, built, has_reference = plot_run_model(self._builder(smooth, where), int(obs_id), output, datastore,
@@ -336,7 +336,7 @@ class Catalogue:
     def plot_selection(self, obs_id: int, output: str | Path, datastore: str | Path | None = None,
                        where: Iterable[str] = ()) -> FunnelPicture:
         """Plot every candidate run of ``obs_id``'s selection, coloured by what removed it."""
-        from bkgdb.plotting.figures import plot_selection
+        from bkgdb.plotting import plot_selection
         from bkgdb.store.funnel import funnel_picture
 
         check_figure_output(output)
@@ -350,7 +350,7 @@ class Catalogue:
 
         Without ``datastore`` the database is not opened. Return the table's rows.
         """
-        from bkgdb.plotting.figures import plot_validation, read_validation_table, run_start_times
+        from bkgdb.plotting import plot_validation, read_validation_table, run_start_times
 
         check_figure_output(output)
         rows = read_validation_table(table)
@@ -367,7 +367,7 @@ class Catalogue:
                           energy_range_tev: tuple[float, float] = (0.5, 10.0), correlation_radius_deg: float = 0.1,
                           where: Iterable[str] = ()) -> SignificanceMaps:
         """Plot run ``obs_id``'s counts against its bkgdb prediction and the Li & Ma significance per pixel."""
-        from bkgdb.plotting.figures import plot_significance, run_significance_maps
+        from bkgdb.plotting import plot_significance, run_significance_maps
 
         check_figure_output(output)
         check_energy_range(*energy_range_tev)
@@ -426,7 +426,7 @@ class Catalogue:
 
 def check_figure_output(output: str | Path) -> None:
     """Refuse an output suffix that is no figure format (called before any work)."""
-    from bkgdb.plotting.figures import FIGURE_SUFFIXES
+    from bkgdb.plotting import FIGURE_SUFFIXES
 
     if Path(output).suffix.lower() not in FIGURE_SUFFIXES:
         raise BkgdbError(f"cannot tell the figure format of {output}: name it .png, .pdf or .svg")

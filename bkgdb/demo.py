@@ -5,23 +5,34 @@ on a field with a bright point source listed in a small catalogue written here),
 background pieces, attaches backgrounds to every run, and compares one model with the truth.
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
+
+from bkgdb.geometry import PieceGeometry
+
+if TYPE_CHECKING:
+    from bkgdb.config import Binning
 
 __all__ = ["run_demo", "DemoReport"]
 
 log = logging.getLogger(__name__)
 
-SOURCE = {"name": "Demo source", "ra_deg": 150.0, "dec_deg": 45.0}
+SOURCE: dict[str, Any] = {"name": "Demo source", "ra_deg": 150.0, "dec_deg": 45.0}
 EMPTY_FIELDS = [(160.0, 40.0), (175.0, 50.0), (190.0, 35.0)]
 
 
 @dataclass
 class DemoReport:
+    """What `run_demo` wrote and how one run's model compares with the simulated truth."""
+
     folder: Path
     datastore: Path
     database_url: str
@@ -40,20 +51,21 @@ class DemoReport:
     fov_norm_error: float
 
 
-def _pointings():
+def _pointings() -> list[tuple[float, float]]:
     from astropy import units as u
     from astropy.coordinates import SkyCoord
 
-    pointings = []
+    pointings: list[tuple[float, float]] = []
     for ra, dec in EMPTY_FIELDS:
         pointings += [(ra, dec)] * 8
     source = SkyCoord(SOURCE["ra_deg"] * u.deg, SOURCE["dec_deg"] * u.deg)
     wobbles = source.directional_offset_by(np.arange(8) % 4 * 90 * u.deg, 0.7 * u.deg)
-    pointings += list(zip(wobbles.ra.deg, wobbles.dec.deg))
+    pointings += [(float(ra), float(dec)) for ra, dec in zip(wobbles.ra.deg, wobbles.dec.deg, strict=True)]
     return pointings
 
 
-def demo_config(catalogue):
+def demo_config(catalogue: str | Path) -> dict[str, Any]:
+    """The demo's config (as YAML would give it), with ``catalogue`` as its only source catalogue."""
     return {
         "binning": {"e_min": 0.1, "e_max": 100, "e_bins": 12, "off_min": 0, "off_max": 2.5, "off_bins": 10},
         "exclusion": {"gammacat": str(catalogue), "hawc": "none", "star_cat": "none", "source_radius": 0.35},
@@ -62,7 +74,8 @@ def demo_config(catalogue):
     }
 
 
-def run_demo(folder="bkgdb-demo", url=None, jobs=2, progress=None):
+def run_demo(folder: str | Path = "bkgdb-demo", url: str | None = None, jobs: int = 2,
+             progress: Callable[[str], None] | None = None) -> DemoReport:
     """Simulate, index, attach and check; return a `DemoReport`.
 
     Parameters
@@ -78,12 +91,12 @@ def run_demo(folder="bkgdb-demo", url=None, jobs=2, progress=None):
     """
     from gammapy.data import DataStore
 
-    from bkgdb.gadf.attach import attach_backgrounds
     from bkgdb.background import BackgroundBuilder
-    from bkgdb.store.catalogue import RunCatalogue
-    from bkgdb.validation import fov_background_norm
     from bkgdb.config import BkgdbConfig
+    from bkgdb.fov_fit import fov_background_norm
+    from bkgdb.gadf.attach import attach_backgrounds
     from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+    from bkgdb.store.catalogue import RunCatalogue
 
     say = progress or (lambda text: None)
     folder = Path(folder).expanduser().resolve()
@@ -131,8 +144,7 @@ def run_demo(folder="bkgdb-demo", url=None, jobs=2, progress=None):
     )
 
 
-def bin_centres(binning):
-    """Energy (log) and offset centres of a binning, as broadcastable (E, 1) and (1, offset) arrays."""
-    energy = np.sqrt(binning.energy_edges[1:] * binning.energy_edges[:-1])
-    offset = 0.5 * (binning.offset_edges[1:] + binning.offset_edges[:-1])
-    return energy[:, np.newaxis], offset[np.newaxis, :]
+def bin_centres(binning: Binning) -> tuple[np.ndarray, np.ndarray]:
+    """Energy (log) and offset centres of a 2D binning, as broadcastable (E, 1) and (1, offset) arrays."""
+    geometry = PieceGeometry.offset(binning.energy_edges, binning.offset_edges)
+    return geometry.energy_centres[:, np.newaxis], geometry.offset_centres[np.newaxis, :]

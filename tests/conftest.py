@@ -13,13 +13,18 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from astropy import units as u
+from astropy.coordinates import SkyCoord
 
+from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.catalogue import RunCatalogue
-from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
 
 POSTGRES_URL = os.environ.get("BKGDB_TEST_POSTGRES_URL")
 GAMMAPY_DATA = os.environ.get("GAMMAPY_DATA")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+#: The known background and source of the `sim` datastore (figures and the validation report).
+PLOT_TRUTH = BackgroundTruth(norm=1e-4, energy_range_tev=(0.3, 100.0))
+PLOT_SOURCE = PointSource(ra_deg=200.0, dec_deg=40.0, rate_per_s=0.5, psf_sigma_deg=0.06, name="Bright source")
 
 
 def gammapy_data_path(*parts):
@@ -87,3 +92,18 @@ def hess_dr1():
 @pytest.fixture
 def magic_joint_crab():
     return gammapy_data_path("joint-crab", "dl3", "magic")
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory):
+    """A datastore with a known background (`PLOT_TRUTH`), a source run and a catalogue of the source."""
+    folder = tmp_path_factory.mktemp("plots")
+    # OBS_IDs 300-306: four similar empty-field runs, one at high zenith, the source run, one in the Galactic plane.
+    field, plane_field, zeniths = (180.0, 50.0), (266.4, -28.9), [20.0, 22.0, 24.0, 26.0, 55.0, 21.0, 23.0]
+    centre = SkyCoord(PLOT_SOURCE.ra_deg * u.deg, PLOT_SOURCE.dec_deg * u.deg)
+    wobble = centre.directional_offset_by(0 * u.deg, 0.7 * u.deg)
+    pointings = [field] * 5 + [(float(wobble.ra.deg), float(wobble.dec.deg)), plane_field]
+    DatastoreSimulator(truth=PLOT_TRUTH, pointings=pointings, source=PLOT_SOURCE, ontime_s=1500.0, seed=11,
+                       first_obs_id=300, zeniths=zeniths).run(folder / "datastore")
+    write_source_catalogue(folder / "catalogue.fits", [PLOT_SOURCE])
+    return folder

@@ -13,14 +13,14 @@ from gammapy.data import DataStore
 from gammapy.irf import Background2D, Background3D
 from sqlalchemy.orm import Session
 
-from bkgdb.gadf.attach import UnsafeDestination, attach_backgrounds
 from bkgdb.background import BackgroundBuilder
-from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
+from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.demo import bin_centres
 from bkgdb.errors import BkgdbError
-from bkgdb.store.models import BackgroundInput, BackgroundRow
-from bkgdb.validation import fov_background_norm
+from bkgdb.fov_fit import fov_background_dataset, fov_background_norm
+from bkgdb.gadf.attach import UnsafeDestination, attach_backgrounds
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+from bkgdb.store.models import BackgroundInput, BackgroundRow
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)
 SOURCE = PointSource(ra_deg=200.0, dec_deg=40.0, rate_per_s=0.6, psf_sigma_deg=0.08, name="Bright source")
@@ -33,7 +33,7 @@ def fields(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fields")
     centre = SkyCoord(SOURCE.ra_deg * u.deg, SOURCE.dec_deg * u.deg)
     wobbles = centre.directional_offset_by(np.arange(8) % 4 * 90 * u.deg, 0.7 * u.deg)
-    pointings = [(180.0, 50.0)] * 6 + [(220.0, 30.0)] * 6 + list(zip(wobbles.ra.deg, wobbles.dec.deg))
+    pointings = [(180.0, 50.0)] * 6 + [(220.0, 30.0)] * 6 + list(zip(wobbles.ra.deg, wobbles.dec.deg, strict=True))
     DatastoreSimulator(truth=TRUTH, pointings=pointings, source=SOURCE, ontime_s=1500.0, seed=11,
                        first_obs_id=100).run(folder / "datastore")
     write_source_catalogue(folder / "catalogue.fits", [SOURCE])
@@ -199,7 +199,7 @@ def test_runs_without_background_are_reported(catalogue, fields, tmp_path):
     assert sorted(DataStore.from_dir(tmp_path / "strict").obs_ids) == list(range(101, 120))
 
 
-def test_from_run(catalogue, fields):
+def test_from_run_builds_from_the_targets_own_piece_only(catalogue, fields):
     config = make_config(fields / "catalogue.fits")
     config.io = IOSettings(from_run=True)
     catalogue.index(fields / "datastore", config=config)
@@ -219,34 +219,92 @@ def test_missing_pieces_and_unknown_runs_are_errors(catalogue, fields):
 
 # -- real data -----------------------------------------------------------------------------------
 
+CRAB = (83.633, 22.014)
+CRAB_RUNS = [23523, 23526, 23559, 23592]
+#: Run-to-run spread of the FoV norm with the shipped config on the 61 DR1 runs at |b| > 10 deg
+#: (`bkgdb validate`, README): how far from 1 a run's norm may be expected to fall.
+SPREAD_DR1 = 0.117
 
-def test_hess_dr1_attach_and_crab_norm(hess_dr1, tmp_path, capsys):
-    """Every DR1 run gets a background gammapy opens; Crab run 23523's FoV norm with it."""
+
+@pytest.fixture(scope="module")
+def hess_attached(tmp_path_factory):
+    """DR1 indexed with configs/hess-dr1.yaml and every run attached: (builder, attached folder)."""
     from pathlib import Path
 
     from conftest import gammapy_data_path
-    from bkgdb.store.catalogue import RunCatalogue
+
     from bkgdb.config import load_config
+    from bkgdb.store.catalogue import RunCatalogue
 
+    hess_dr1 = gammapy_data_path("hess-dl3-dr1")
     gammapy_data_path("catalogs")
+    folder = tmp_path_factory.mktemp("hess")
     config = load_config(Path(__file__).resolve().parent.parent / "configs" / "hess-dr1.yaml")
-    catalogue = RunCatalogue.open(str(tmp_path / "hess.sqlite"))
+    catalogue = RunCatalogue.open(str(folder / "hess.sqlite"))
     catalogue.index(hess_dr1, config=config, jobs=2)
-    built = BackgroundBuilder(catalogue, config).build(23523)
-    used = [run for run in catalogue.select_runs() if run.obs_id in built.selection.obs_ids]
-    assert len(used) == len(built.selection.obs_ids) > 0 and all(abs(run.glat_deg) > 10 for run in used)
-    report = BackgroundBuilder(catalogue, config).attach(hess_dr1, tmp_path / "attached")
-    assert len(report.written) + len(report.skipped) == 105
-    assert len(report.written) == 105, report.skipped
-    store = DataStore.from_dir(tmp_path / "attached")
-    assert len(store.obs_ids) == 105
-    observation = store.obs(23523)
-    assert isinstance(observation.bkg, Background2D)
+    builder = BackgroundBuilder(catalogue, config)
+    report = builder.attach(hess_dr1, folder / "attached")
+    yield builder, report, folder / "attached"
+    catalogue.engine.dispose()
 
-    crab = dict(excluded=[(83.633, 22.014, 0.4)], energy_range_tev=(0.7, 50), binsz_deg=0.02, aeff_safe_mask=True)
-    ours = fov_background_norm(observation, **crab)
-    theirs = fov_background_norm(DataStore.from_dir(hess_dr1).obs(23523), **crab)
-    with capsys.disabled():
-        print(f"\nCrab 23523 FoV norm: bkgdb {ours.value:.3f} +- {ours.error:.3f} "
-              f"({len(built.selection.obs_ids)} runs), H.E.S.S. bkg_3d {theirs.value:.3f} +- {theirs.error:.3f}")
-    assert 0.6 < ours.value < 1.4
+
+def test_hess_dr1_every_run_gets_a_background_gammapy_opens(hess_attached):
+    builder, report, attached = hess_attached
+    assert report.skipped == [] and len(report.written) == 105
+    store = DataStore.from_dir(attached)
+    assert len(store.obs_ids) == 105
+    assert isinstance(store.obs(23523).bkg, Background2D)
+    built = builder.build(23523)
+    used = [run for run in builder.catalogue.select_runs() if run.obs_id in built.selection.obs_ids]
+    assert len(used) == len(built.selection.obs_ids) > 0 and all(abs(run.glat_deg) > 10 for run in used)
+
+
+def ring_and_energy_chi2(dataset, pointing):
+    """chi2 of the counts against the fitted background, summed per energy bin and per 0.25 deg
+    offset ring over the fitted pixels: how well the model's shape predicts the counts.
+
+    Returns
+    -------
+    chi2 : float
+    ndof : int
+        Energy bins and rings with a prediction, less one for the fitted norm.
+    """
+    mask = dataset.mask_safe.data & dataset.mask_fit.data
+    counts, predicted = dataset.counts.data, dataset.npred_background().data
+    offset = dataset.counts.geom.to_image().get_coord().skycoord.separation(pointing).deg
+    layer = np.arange(mask.shape[0])[:, None, None]
+    groups = [mask & (layer == i) for i in range(mask.shape[0])]
+    groups += [mask & ((offset >= low) & (offset < low + 0.25))[None] for low in np.arange(0, 2, 0.25)]
+    sums = np.array([(counts[group].sum(), predicted[group].sum()) for group in groups])
+    sums = sums[sums[:, 1] > 0]
+    return float(np.sum((sums[:, 0] - sums[:, 1]) ** 2 / sums[:, 1])), len(sums) - 1
+
+
+def test_hess_dr1_crab_counts_predicted_as_well_as_by_hess_bkg_3d(hess_attached, hess_dr1):
+    """The four Crab runs, fitted with bkgdb's attached model and with H.E.S.S.'s own bkg_3d on the
+    same pixels (Crab masked 0.4 deg, 0.7-50 TeV, offsets < 2 deg, aeff safe threshold).
+
+    Scale: bkgdb's mean FoV norm is no further from 1 than H.E.S.S.'s plus the run-to-run spread
+    that `validate` measures for this config (0.117). Measured: bkgdb 1.117, 1.206, 1.061, 1.096
+    (mean 1.120), H.E.S.S. 0.937, 1.032, 0.896, 0.938 (mean 0.951): 0.120 <= 0.049 + 0.117. A 10 %
+    scale error (e.g. a rate per livetime) gives about 1.24 and fails.
+
+    Shape: after the norm, bkgdb's chi2 over energy bins and offset rings is within 2 sqrt(2 ndof)
+    (two standard deviations of a chi2) of H.E.S.S.'s. Measured: 25.7 vs 25.1, 7.1 vs 5.8,
+    35.8 vs 33.8, 34.3 vs 27.7 (ndof 14-15, allowance about 11).
+    """
+    _, _, attached = hess_attached
+    ours_store, theirs_store = DataStore.from_dir(attached), DataStore.from_dir(hess_dr1)
+    fit = dict(excluded=[(*CRAB, 0.4)], energy_range_tev=(0.7, 50), binsz_deg=0.02, aeff_safe_mask=True)
+    norms = {"bkgdb": [], "hess": []}
+    for obs_id in CRAB_RUNS:
+        chi2 = {}
+        for label, store in (("bkgdb", ours_store), ("hess", theirs_store)):
+            observation = store.obs(obs_id)
+            dataset = fov_background_dataset(observation, **fit)
+            norms[label].append(dataset.background_model.spectral_model.norm.value)
+            chi2[label] = ring_and_energy_chi2(dataset, observation.pointing.fixed_icrs)
+        (ours, ndof), (theirs, _) = chi2["bkgdb"], chi2["hess"]
+        assert ndof >= 12 and ours <= theirs + 2 * np.sqrt(2 * ndof), (obs_id, ours, theirs, ndof)
+    ours, theirs = np.mean(norms["bkgdb"]), np.mean(norms["hess"])
+    assert abs(ours - 1) <= abs(theirs - 1) + SPREAD_DR1, norms

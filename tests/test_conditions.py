@@ -1,7 +1,7 @@
 import pytest
 
-from bkgdb.store.conditions import Condition, parse_condition
 from bkgdb.errors import ConditionError
+from bkgdb.store.conditions import Condition, parse_condition
 
 
 @pytest.mark.parametrize("text, expected", [

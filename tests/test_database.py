@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bkgdb.store.database import create_engine, display_url, resolve_url
 from bkgdb.errors import DatabaseError
+from bkgdb.store.database import create_engine, display_url, resolve_url
 
 
 def test_default_url_is_sqlite_file_in_current_folder(tmp_path, monkeypatch):
@@ -73,8 +73,8 @@ from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from bkgdb.store.catalogue import RunCatalogue  # noqa: E402
 from bkgdb.cli.main import app  # noqa: E402
+from bkgdb.store.catalogue import RunCatalogue  # noqa: E402
 from bkgdb.store.database import SCHEMA_HEAD, current_revision, hide_secrets  # noqa: E402
 
 #: URL shapes; {raw} is the password as typed, {quoted} percent-encoded. None of the servers

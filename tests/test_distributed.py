@@ -12,12 +12,12 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from bkgdb.store.catalogue import RunCatalogue
-from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, load_config
-from bkgdb.store.database import resolve_url
+from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, load_config
 from bkgdb.errors import BkgdbError
-from bkgdb.store.models import PieceRow, Run
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+from bkgdb.store.catalogue import RunCatalogue
+from bkgdb.store.database import resolve_url
+from bkgdb.store.models import PieceRow, Run
 
 distributed = pytest.importorskip("distributed")
 

@@ -15,11 +15,11 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.config import load_config
+from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
+from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.database import resolve_url
 from bkgdb.store.models import Datastore, PieceRow, Run
-from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
 
 N_RUNS = 60
 #: Runs committed before the indexer is stopped: enough to show work is kept, far from all of them.
@@ -215,7 +215,7 @@ def test_two_indexers_at_once_both_succeed_without_duplicates(db_url, fault_data
     # Both start on an empty database: they also race to create the schema.
     with killed_on_exit(*[start_index(db_url, fault_datastore, jobs=1) for _ in range(2)]) as processes:
         outputs = [process.communicate(timeout=300) for process in processes]
-    for process, (stdout, stderr) in zip(processes, outputs):
+    for process, (stdout, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr
         assert "Traceback" not in stderr and "Error" not in stderr
         assert ", 0 failed" in stdout

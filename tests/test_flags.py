@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from bkgdb.background import BackgroundBuilder
 from bkgdb.cli.main import app
-from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, IOSettings, SelectionSettings
+from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.errors import BkgdbError
 from bkgdb.store.flags import default_author, flag_run, run_flags
 from bkgdb.store.models import Run, RunFlag

@@ -8,10 +8,10 @@ import sys
 from html.parser import HTMLParser
 
 import pytest
+from test_plotting import assert_pdf, assert_png, png_size, write_config
 from typer.testing import CliRunner
 
 from bkgdb.cli.main import app
-from test_plotting import assert_pdf, assert_png, png_size, sim, write_config  # noqa: F401 -- sim: fixture
 
 runner = CliRunner()
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -4,17 +4,21 @@
 ``imap_unordered``), so `~bkgdb.store.indexing.run_jobs` sends `~bkgdb.makers.run.process_run` to a
 cluster exactly as it sends it to local processes. Workers only read files and return a
 `~bkgdb.makers.run.RunResult`; the client, the only process that holds a database connection,
-writes the results (one commit per batch of runs, at least every few seconds). A run whose file cannot be read comes back
-as a result with its reason, as locally. The runs of a worker that dies are given to other
+writes the results (one commit per batch of runs, at least every few seconds). A run whose file
+cannot be read comes back as a result with its reason, as locally. The runs of a worker that dies are given to other
 workers by the scheduler; a run that keeps killing workers is an error naming it.
 
 dask is an optional dependency (``pip install "bkgdb[dask]"``) imported only here, and only
 when a scheduler address is given, so ``bkgdb --help`` stays fast.
 """
 
+from __future__ import annotations
+
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from types import ModuleType, TracebackType
+from typing import Any, Literal, TypeVar
 
 from bkgdb.errors import BkgdbError
 from bkgdb.parallel.processes import WorkerError
@@ -23,6 +27,9 @@ __all__ = ["DaskExecutor", "DEFAULT_RETRIES", "DEFAULT_COMMIT_BATCH", "DEFAULT_C
            "CONNECT_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: How often a run whose task raised (not one whose file is unreadable: that is a result) is retried.
 DEFAULT_RETRIES = 2
@@ -34,7 +41,7 @@ DEFAULT_COMMIT_INTERVAL_S = 2.0
 CONNECT_TIMEOUT_S = 20.0
 
 
-def _import_distributed():
+def _import_distributed() -> ModuleType:
     try:
         import distributed
     except ImportError:
@@ -74,20 +81,21 @@ class DaskExecutor:
     ...         store(result)
     """
 
-    def __init__(self, address, retries: int = DEFAULT_RETRIES, commit_batch: int = DEFAULT_COMMIT_BATCH,
-                 commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S, timeout_s: float | None = None):
+    def __init__(self, address: Any, retries: int = DEFAULT_RETRIES, commit_batch: int = DEFAULT_COMMIT_BATCH,
+                 commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S, timeout_s: float | None = None) -> None:
         self.address = address
         self.retries = int(retries)
         self.commit_batch = max(1, int(commit_batch))
         self.commit_interval_s = float(commit_interval_s)
         self.timeout_s = float(CONNECT_TIMEOUT_S if timeout_s is None else timeout_s)
-        self.client = None
+        #: The ``distributed.Client`` while the executor is entered.
+        self.client: Any = None
         self._owns_client = False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"DaskExecutor({self.address!r})"
 
-    def __enter__(self):
+    def __enter__(self) -> DaskExecutor:
         distributed = _import_distributed()
         if isinstance(self.address, distributed.Client):
             self.client = self.address
@@ -104,13 +112,15 @@ class DaskExecutor:
             log.warning("the Dask scheduler %s has no workers yet: runs wait until workers join", self.address)
         return self
 
-    def __exit__(self, exc_type, exc, traceback):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> Literal[False]:
         if self._owns_client and self.client is not None:
             self.client.close()
         self.client = None
         return False
 
-    def imap_unordered(self, function: Callable, items: Iterable, name: Callable | None = None) -> Iterator:
+    def imap_unordered(self, function: Callable[[T], R], items: Iterable[T],
+                       name: Callable[[T], str] | None = None) -> Iterator[R]:
         """``function(item)`` for every item on the cluster, in completion order.
 
         Parameters
@@ -131,13 +141,15 @@ class DaskExecutor:
         from distributed.scheduler import KilledWorker
 
         items = list(items)
+        if self.client is None:
+            raise RuntimeError("DaskExecutor.imap_unordered needs the executor entered (with DaskExecutor(...) as ...)")
         token = uuid.uuid4().hex[:8]
         # Named keys tell which run a task is (in errors and on the dashboard); one map call
         # submits tens of thousands of tasks in one message.
         keys = [f"bkgdb-{token}-{number}" for number in range(len(items))]
         label = {key: name(item) if name is not None else f"item {number}"
-                 for number, (key, item) in enumerate(zip(keys, items))}
-        pending = set()
+                 for number, (key, item) in enumerate(zip(keys, items, strict=True))}
+        pending: set[Any] = set()
         try:
             pending.update(self.client.map(function, items, key=keys, retries=self.retries, pure=False))
             for future in as_completed(list(pending), loop=self.client.loop):

@@ -12,6 +12,8 @@ instead of waiting for them to finish it.
 so a command stopped by ``kill`` unwinds like one stopped by Ctrl-C: what was committed stays.
 """
 
+from __future__ import annotations
+
 import contextlib
 import logging
 import multiprocessing
@@ -23,6 +25,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from types import FrameType, TracebackType
+from typing import Literal, TypeVar
 
 from bkgdb.errors import BkgdbError
 
@@ -30,6 +34,9 @@ __all__ = ["WorkerPool", "WorkerError", "Terminated", "sigterm_raises_interrupt"
            "PARENT_POLL_INTERVAL_S"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: How often a worker's watchdog thread checks that its parent is alive (the portable fallback).
 PARENT_POLL_INTERVAL_S = 0.5
@@ -46,7 +53,7 @@ class WorkerError(BkgdbError):
 class Terminated(KeyboardInterrupt):
     """The process received SIGTERM; unwinds like Ctrl-C. ``signum`` is the signal's number."""
 
-    def __init__(self, signum=signal.SIGTERM):
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
         super().__init__(f"terminated by {signal.Signals(signum).name}")
         self.signum = int(signum)
 
@@ -117,11 +124,11 @@ class WorkerPool:
     ...         store(result)
     """
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int) -> None:
         self.workers = int(workers)
-        self._executor = None
+        self._executor: ProcessPoolExecutor | None = None
 
-    def __enter__(self):
+    def __enter__(self) -> WorkerPool:
         # spawn: workers never inherit the parent's database connections or threads.
         self._executor = ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
@@ -129,14 +136,16 @@ class WorkerPool:
         )
         return self
 
-    def __exit__(self, exc_type, exc, traceback):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> Literal[False]:
         if exc_type is None:
-            self._executor.shutdown(wait=True)
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
         else:
             self.stop()
         return False
 
-    def imap_unordered(self, function: Callable, items: Iterable) -> Iterator:
+    def imap_unordered(self, function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """``function(item)`` for every item, in completion order.
 
         Raises
@@ -144,8 +153,11 @@ class WorkerPool:
         WorkerError
             A worker process died before returning a result.
         """
+        executor = self._executor
+        if executor is None:
+            raise RuntimeError("WorkerPool.imap_unordered needs the pool entered (with WorkerPool(n) as pool: ...)")
         with _sigint_ignored_by_new_workers():
-            pending = {self._executor.submit(function, item) for item in items}
+            pending = {executor.submit(function, item) for item in items}
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -184,7 +196,7 @@ class WorkerPool:
 
 
 @contextlib.contextmanager
-def sigterm_raises_interrupt():
+def sigterm_raises_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises `Terminated` in the main thread (like Ctrl-C's KeyboardInterrupt).
 
     Outside the main thread, where Python cannot install signal handlers, it does nothing.
@@ -193,7 +205,7 @@ def sigterm_raises_interrupt():
         yield
         return
 
-    def raise_terminated(signum, frame):
+    def raise_terminated(signum: int, frame: FrameType | None) -> None:
         raise Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, raise_terminated)

@@ -5,14 +5,22 @@ model and selection figures of the worst runs (largest |norm - 1|). Plain HTML w
 links: it opens from disk, can be copied or zipped, and needs no JavaScript.
 """
 
+from __future__ import annotations
+
 import html
 import logging
 import math
-from datetime import datetime, timezone
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bkgdb import __version__
 from bkgdb.errors import BkgdbError
+
+if TYPE_CHECKING:
+    from bkgdb.background import BackgroundBuilder
+    from bkgdb.validation import ValidationReport
 
 __all__ = ["write_validation_report", "worst_runs", "REPORT_INDEX", "REPORT_TABLE", "REPORT_FIGURE"]
 
@@ -34,17 +42,17 @@ img { max-width: 100%; border: 1px solid #ddd; box-sizing: border-box; }
 """
 
 
-def worst_runs(rows, count=3):
+def worst_runs(rows: Iterable[Mapping[str, Any]], count: int = 3) -> list[Mapping[str, Any]]:
     """The fitted rows with the largest |norm - 1|, worst first."""
     fitted = [row for row in rows if row.get("status") == "ok" and _finite(row.get("norm"))]
     return sorted(fitted, key=lambda row: (-abs(row["norm"] - 1.0), row["obs_id"]))[:count]
 
 
-def _finite(value):
+def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _text(value, digits=3):
+def _text(value: Any, digits: int = 3) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -52,13 +60,13 @@ def _text(value, digits=3):
     return html.escape(str(value))
 
 
-def _norm(value, error):
+def _norm(value: Any, error: Any) -> str:
     if not _finite(value):
         return ""
     return f"{value:.3f} &plusmn; {error:.3f}" if _finite(error) else f"{value:.3f}"
 
 
-def _table(header, rows, text_columns=()):
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], text_columns: Sequence[int] = ()) -> str:
     lines = ["<table>", "<tr>" + "".join(f"<th>{html.escape(name)}</th>" for name in header) + "</tr>"]
     for row in rows:
         cells = [f'<td class="text">{cell}</td>' if number in text_columns else f"<td>{cell}</td>"
@@ -68,7 +76,8 @@ def _table(header, rows, text_columns=()):
     return "\n".join(lines)
 
 
-def write_validation_report(report, folder, builder, config_name="", n_worst=3):
+def write_validation_report(report: ValidationReport, folder: str | Path, builder: BackgroundBuilder,
+                            config_name: str = "", n_worst: int = 3) -> Path:
     """Write ``folder/index.html`` with the validation's summary, figures and worst runs.
 
     Parameters
@@ -88,7 +97,7 @@ def write_validation_report(report, folder, builder, config_name="", n_worst=3):
     path : `~pathlib.Path`
         The ``index.html``.
     """
-    from bkgdb.plotting.figures import plot_run_model, plot_run_selection, plot_validation, run_start_times
+    from bkgdb.plotting import plot_run_model, plot_run_selection, plot_validation, run_start_times
     from bkgdb.validation import report_rows_to_file
 
     folder = Path(folder)
@@ -103,11 +112,11 @@ def write_validation_report(report, folder, builder, config_name="", n_worst=3):
         plot_validation(report.rows, path=folder / REPORT_FIGURE, start_mjd=times or None)
         validation_figure = REPORT_FIGURE
 
-    worst = []
+    worst: list[dict[str, Any]] = []
     for row in worst_runs(report.rows, n_worst):
         obs_id = row["obs_id"]
-        entry = {"row": row, "model": f"run-{obs_id}-model.png", "selection": f"run-{obs_id}-selection.png",
-                 "problem": None}
+        entry: dict[str, Any] = {"row": row, "model": f"run-{obs_id}-model.png",
+                                 "selection": f"run-{obs_id}-selection.png", "problem": None}
         try:
             plot_run_model(builder, obs_id, folder / entry["model"], report.datastore)
             plot_run_selection(builder, obs_id, folder / entry["selection"], report.datastore)
@@ -123,7 +132,8 @@ def write_validation_report(report, folder, builder, config_name="", n_worst=3):
     return path
 
 
-def _page(report, config_name, validation_figure, worst):
+def _page(report: ValidationReport, config_name: str, validation_figure: str | None,
+          worst: list[dict[str, Any]]) -> str:
     rows = report.rows
     n_ok = sum(row["status"] == "ok" for row in rows)
     title = f"bkgdb validation of {config_name or 'a config'}"
@@ -176,6 +186,6 @@ def _page(report, config_name, validation_figure, worst):
         [[row["obs_id"], _text(row["object"]), _text(row["zenith_deg"], 1), _text(row["az_deg"], 1),
           row["runs_used"] or "", _text(row["ontime_used_h"], 2), _norm(row["norm"], row["norm_error"]),
           _norm(row["file_norm"], row["file_norm_error"]), html.escape(row["status"])] for row in rows], (1, 8)))
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts += [f'<p class="note">Written by bkgdb {html.escape(__version__)} on {stamp}.</p>', "</body>", "</html>"]
     return "\n".join(parts) + "\n"

@@ -8,8 +8,10 @@ obs-index name or a short alias), otherwise a column of the obs-index kept in ``
 import logging
 import math
 import re
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
@@ -92,7 +94,7 @@ class Condition:
     value: str
 
 
-def parse_condition(text):
+def parse_condition(text: object) -> Condition:
     """Parse ``NAME OP VALUE`` with OP one of ``< <= > >= = == != ~``.
 
     Raises
@@ -143,8 +145,8 @@ def _json_number_sqlite(element, compiler, **kw):
     return compiler.process(sa.case((is_number, sa.func.json_extract(column, path)), else_=sa.null()), **kw)
 
 
-def typed_column(name):
-    """The typed `Run` column a user-facing name refers to, or None."""
+def typed_column(name: str) -> Any:
+    """The typed `Run` column (an ORM attribute) a user-facing name refers to, or None."""
     key = name.lower()
     key = COLUMN_ALIASES.get(key, key)
     return getattr(Run, key) if key in SELECTABLE_COLUMNS else None
@@ -187,7 +189,7 @@ def _convert(condition, column):
     return condition.value
 
 
-def condition_expression(condition, extra_keys=()):
+def condition_expression(condition: Condition | str, extra_keys: Collection[str] = ()) -> sa.ColumnElement[bool]:
     """A SQLAlchemy boolean expression on `Run` for one condition.
 
     Parameters
@@ -229,6 +231,7 @@ def condition_expression(condition, extra_keys=()):
     return OPERATORS[condition.op](json_number(Run.extra, sa.literal(key)), value)
 
 
-def conditions_expression(conditions, extra_keys=()):
+def conditions_expression(conditions: Iterable[Condition | str],
+                          extra_keys: Collection[str] = ()) -> sa.ColumnElement[bool]:
     """All conditions joined with AND (true when there are none)."""
     return sa.and_(sa.true(), *[condition_expression(c, extra_keys) for c in conditions])

@@ -5,19 +5,25 @@ One function, `resolve_url`, decides which database is used: the explicit URL, t
 The CLI, the library and ``migrations/env.py`` all call it.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import re
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, unquote_plus
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from bkgdb.errors import DatabaseError, DatabaseNotReadyError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 __all__ = [
     "DEFAULT_SQLITE_FILE",
@@ -46,7 +52,7 @@ SCHEMA_HEAD = "0006"
 URL_ENV_VAR = "BKGDB_URL"
 
 
-def resolve_url(url=None):
+def resolve_url(url: str | None = None) -> str:
     """Return the database URL to use.
 
     Parameters
@@ -96,7 +102,7 @@ def _userinfo(url):
 _PASSWORD_PARAMETER = re.compile(r"([?&;](?:password|passwd|pwd|pass)=)([^&;#]*)", re.IGNORECASE)
 
 
-def url_secrets(url):
+def url_secrets(url: str) -> set[str]:
     """Every spelling of the password(s) in ``url``: as written, percent-decoded, re-encoded.
 
     Works on URLs that do not parse. The password is taken as everything between the first ``:``
@@ -123,8 +129,8 @@ def url_secrets(url):
     return {secret for secret in spellings if secret}
 
 
-def hide_secrets(text, *urls):
-    """``text`` with every spelling of the passwords of ``urls`` replaced by ``***``."""
+def hide_secrets(text: object, *urls: str) -> str:
+    """``text`` (a string or an exception) with every spelling of the passwords of ``urls`` replaced by ``***``."""
     text = str(text)
     secrets = set().union(*(url_secrets(url) for url in urls if url))
     for secret in sorted(secrets, key=len, reverse=True):
@@ -132,7 +138,7 @@ def hide_secrets(text, *urls):
     return text
 
 
-def display_url(url):
+def display_url(url: str) -> str:
     """The URL with any password replaced by ``***``, safe to print, whether it parses or not."""
     url = str(url)
     shown = _PASSWORD_PARAMETER.sub(lambda match: match.group(1) + "***", url)
@@ -144,7 +150,7 @@ def display_url(url):
     return hide_secrets(shown, url)
 
 
-def is_readonly_error(exc):
+def is_readonly_error(exc: BaseException) -> bool:
     """Whether a database error says that this connection may not write.
 
     SQLite: the file (or its folder) is read-only; PostgreSQL: the role lacks the privilege
@@ -184,7 +190,7 @@ def _sqlite_readonly_url(database, immutable=False):
     return f"sqlite:///file:{path}?mode=ro" + ("&immutable=1" if immutable else "") + "&uri=true"
 
 
-def create_engine(url=None, readonly=False):
+def create_engine(url: str | None = None, readonly: bool = False) -> Engine:
     """Create an engine for the resolved URL and check that the server answers.
 
     Parameters
@@ -206,10 +212,11 @@ def create_engine(url=None, readonly=False):
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
-            database = parsed.database
+            database = parsed.database or ""
             in_memory = not database or database == ":memory:" or parsed.query.get("mode") == "memory"
             if not in_memory and not database.startswith("file:") and not Path(database).parent.is_dir():
-                raise DatabaseError(f"folder of SQLite database does not exist: {hide_secrets(Path(database).parent, url)}")
+                raise DatabaseError("folder of SQLite database does not exist: "
+                                    f"{hide_secrets(Path(database).parent, url)}")
             if readonly and not in_memory and not database.startswith("file:"):
                 if not Path(database).is_file():
                     raise DatabaseNotReadyError(f"no database at {hide_secrets(database, url)}: create it with "
@@ -222,7 +229,7 @@ def create_engine(url=None, readonly=False):
             engine = sa.create_engine(url)
             sa.event.listen(engine, "connect", _sqlite_on_connect)
         elif parsed.get_backend_name() == "postgresql":
-            connect_args = {"connect_timeout": 10}
+            connect_args: dict[str, Any] = {"connect_timeout": 10}
             if readonly:
                 connect_args["options"] = "-c default_transaction_read_only=on"
             engine = sa.create_engine(url, connect_args=connect_args)
@@ -281,7 +288,7 @@ def _migrations_dir():
     return Path(str(path))
 
 
-def alembic_config(engine):
+def alembic_config(engine: Engine) -> Config:
     """An alembic `Config` built in code that migrates the database of ``engine``."""
     from alembic.config import Config
 
@@ -297,7 +304,7 @@ def alembic_config(engine):
 MIGRATION_LOCK_KEY = 0x626B676462
 
 
-def migrate_to_head(engine):
+def migrate_to_head(engine: Engine) -> bool:
     """Bring the schema to `SCHEMA_HEAD`, safely when several processes open the database at once.
 
     The migration runs on one connection inside one transaction that first takes a lock:
@@ -326,33 +333,33 @@ def migrate_to_head(engine):
     return True
 
 
-def upgrade_schema(engine, revision="head"):
+def upgrade_schema(engine: Engine, revision: str = "head") -> None:
     """Apply pending migrations up to ``revision``. Default is the newest."""
     from alembic import command
 
     command.upgrade(alembic_config(engine), revision)
 
 
-def downgrade_schema(engine, revision="base"):
+def downgrade_schema(engine: Engine, revision: str = "base") -> None:
     """Undo migrations down to ``revision``. Default is an empty database."""
     from alembic import command
 
     command.downgrade(alembic_config(engine), revision)
 
 
-def current_revision(engine):
+def current_revision(engine: Engine) -> str | None:
     """The schema revision the database is at, or None for an empty database."""
     with engine.connect() as connection:
         return _revision(connection)
 
 
-def _revision(connection):
+def _revision(connection: Connection) -> str | None:
     if not sa.inspect(connection).has_table("alembic_version"):
         return None
     return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def head_revision(engine):
+def head_revision(engine: Engine) -> str | None:
     """The newest schema revision this version of bkgdb knows."""
     from alembic.script import ScriptDirectory
 

@@ -8,9 +8,12 @@ them and a flag covers every copy of the run in every datastore.
 import getpass
 import logging
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select, Subquery
 
 from bkgdb.errors import BkgdbError
 from bkgdb.store.models import FLAG_BAD, FLAG_GOOD, Run, RunFlag
@@ -30,7 +33,7 @@ def default_author() -> str:
         return "unknown"
 
 
-def flags_in_force():
+def flags_in_force() -> Subquery:
     """Subquery of the flag in force per OBS_ID: its newest row (``obs_id``, ``flag``, ``created_at``)."""
     newest = sa.func.row_number().over(
         partition_by=RunFlag.obs_id, order_by=(RunFlag.created_at.desc(), RunFlag.id.desc()))
@@ -40,13 +43,14 @@ def flags_in_force():
             .where(ranked.c.newest == 1).subquery("flags_in_force"))
 
 
-def bad_obs_ids():
+def bad_obs_ids() -> Select:
     """Query of the OBS_IDs whose flag in force is bad: the runs selection leaves out."""
     in_force = flags_in_force()
     return sa.select(in_force.c.obs_id).where(in_force.c.flag == FLAG_BAD)
 
 
-def flag_run(engine, obs_id: int, flag: str, reason: str | None = None, author: str | None = None) -> dict:
+def flag_run(engine: Engine, obs_id: int, flag: str, reason: str | None = None,
+             author: str | None = None) -> dict[str, Any]:
     """Flag run ``obs_id`` bad or good; the new flag is in force from now on.
 
     Parameters
@@ -82,7 +86,7 @@ def flag_run(engine, obs_id: int, flag: str, reason: str | None = None, author: 
     return entry
 
 
-def run_flags(engine, obs_id: int) -> list[dict]:
+def run_flags(engine: Engine, obs_id: int) -> list[dict[str, Any]]:
     """The flag history of run ``obs_id``, oldest first; ``in_force`` marks the newest.
 
     Returns
@@ -99,7 +103,7 @@ def run_flags(engine, obs_id: int) -> list[dict]:
     return entries
 
 
-def _as_dict(row):
+def _as_dict(row: Any) -> dict[str, Any]:
     created = row.created_at
     return {"obs_id": row.obs_id, "flag": row.flag, "reason": row.reason, "author": row.author,
             "created_at": created.isoformat() if isinstance(created, datetime) else created}

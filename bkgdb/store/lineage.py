@@ -9,9 +9,12 @@ whose file hash differs, a run removed, or a run flagged bad after the backgroun
 
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from bkgdb.store.flags import flags_in_force
@@ -22,11 +25,11 @@ __all__ = ["background_lineage", "stale_backgrounds"]
 log = logging.getLogger(__name__)
 
 
-def _iso(value):
+def _iso(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def background_lineage(engine, obs_id: int) -> list[dict]:
+def background_lineage(engine: Engine, obs_id: int) -> list[dict[str, Any]]:
     """Every background (and attached file) built from run ``obs_id``'s pieces, newest first.
 
     Returns
@@ -51,7 +54,7 @@ def background_lineage(engine, obs_id: int) -> list[dict]:
              "created_at": _iso(row.created_at)} for row in rows]
 
 
-def stale_backgrounds(engine) -> list[dict]:
+def stale_backgrounds(engine: Engine) -> list[dict[str, Any]]:
     """Backgrounds whose inputs changed since they were built, with the reasons, newest first.
 
     An input is out of date when its piece was deleted (or replaced: same id, another creation
@@ -94,7 +97,7 @@ def stale_backgrounds(engine) -> list[dict]:
     )
     with Session(engine) as session:
         rows = session.execute(query).all()
-    stale = {}
+    stale: dict[int, dict[str, Any]] = {}
     for row in rows:
         entry = stale.setdefault(row.id, {
             "id": row.id, "target": row.target_obs_id, "output": row.output_path,
@@ -113,7 +116,7 @@ def stale_backgrounds(engine) -> list[dict]:
     return result
 
 
-def _obs_id_list(obs_ids, shown=10):
+def _obs_id_list(obs_ids: Iterable[int], shown: int = 10) -> str:
     """'1001, 1002' or '1001, 1002, ... (25 runs)' for long lists."""
     unique = sorted(set(obs_ids))
     text = ", ".join(str(obs_id) for obs_id in unique[:shown])
