@@ -161,6 +161,8 @@ def sky_to_fov(ra_deg: np.ndarray, dec_deg: np.ndarray, alignment: str, pointing
     from astropy import units as u
     from astropy.coordinates import SkyCoord
 
+    if np.size(ra_deg) == 0:  # astropy's interpolated astrometry needs at least one time
+        return np.zeros(np.shape(ra_deg)), np.zeros(np.shape(ra_deg))
     with _astrometry():
         frame = fov_frame(alignment, pointing_ra_deg, pointing_dec_deg, times, location)
         fov = SkyCoord(np.asarray(ra_deg, float) * u.deg, np.asarray(dec_deg, float) * u.deg,
