@@ -170,8 +170,16 @@ def test_exclusions_and_cache_drop(catalogue, source_field):
     assert len(summary) == 2
     counts_ratio = next(row for row in summary if row["method"] == "counts-ratio")
     assert cache.drop(exclusion=counts_ratio["exclusion"]) == 16
-    assert [row["method"] for row in cache.summary()] == ["geometric"]
-    json.dumps(cache.summary())  # plain data, ready for --format json
+    remaining = cache.summary()
+    assert [row["method"] for row in remaining] == ["geometric"]
+    # Plain data: the summary comes back unchanged through JSON (what --format json prints).
+    assert json.loads(json.dumps(remaining)) == remaining
+    with Session(catalogue.engine) as session:
+        blobs = session.execute(sa.select(PieceRow.counts, PieceRow.excluded_counts, PieceRow.exposure_s)).all()
+    (row,) = remaining
+    assert row["pieces"] == len(blobs) == 16
+    assert row["bytes"] == sum(len(counts) + len(excluded) + len(exposure) for counts, excluded, exposure in blobs)
+    assert row["bytes_per_piece"] == pytest.approx(row["bytes"] / 16, abs=0.05)
 
 
 # -- real data -----------------------------------------------------------------------------------
