@@ -140,12 +140,11 @@ def read_index_table(path: Path, what: str) -> Table:
         warnings.simplefilter("always")
         # format="fits" as gammapy: astropy's format guessing would answer garbage with a table of
         # every format it knows.
+        error: Exception | None = None
         try:
             table = Table.read(io.BytesIO(content), format="fits")
         except Exception as exc:  # astropy raises OSError, ValueError, TypeError... for bad FITS
             error = exc
-        else:
-            error = None
     truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
     for warning in caught:
         log.debug("%s %s: %s", what, path, one_line(warning.message))
@@ -340,7 +339,7 @@ class DL3Datastore:
         runs : list of `RunSource`
         """
         runs = []
-        for obs_id, row in zip(self.obs_ids.tolist(), self.obs_table):
+        for obs_id, row in zip(self.obs_ids.tolist(), self.obs_table, strict=True):
             values = {name: json_safe(row[name]) for name in self.obs_table.colnames}
             events_path, events_hdu, problem = self._locations.get(obs_id, (None, None, None))
             runs.append(RunSource(obs_id, values, events_path, events_hdu, problem))

@@ -167,6 +167,7 @@ def read_run_facts(source: RunSource, meta: dict, header: Values | None = None) 
     _fill_instrument(facts, lookup)
     if header is not None:
         facts.event_count = int(header.get("NAXIS2", 0))
-    elif lookup.number("EVENT_COUNT") is not None:
-        facts.event_count = int(lookup.number("EVENT_COUNT"))
+    else:
+        count = lookup.number("EVENT_COUNT")
+        facts.event_count = None if count is None else int(count)
     return facts

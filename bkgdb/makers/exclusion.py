@@ -6,15 +6,22 @@ radius. Catalogues (`bkgdb.makers.sources`) are read once per process.
 """
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
 
 from bkgdb.errors import ConfigError
 from bkgdb.makers.sources import (
-    SOURCE_CATALOGUES, NamedSource, find_named_sources, load_catalogue, load_source_names, normalise_source_name,
+    SOURCE_CATALOGUES,
+    Catalogue,
+    NamedSource,
+    find_named_sources,
+    load_catalogue,
+    load_source_names,
+    normalise_source_name,
 )
 from bkgdb.makers.sphere import angular_distance_deg, unit_vectors
 
@@ -38,7 +45,7 @@ class ExclusionRegion:
     dec: float
     radius: float
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return asdict(self)
 
 
@@ -47,14 +54,14 @@ class ShapedRegion:
     """A non-circular sky region from a regions file (ellipse, polygon, ...)."""
 
     name: str
-    region: object
+    region: Any
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return {"name": self.name, "kind": "custom", "shape": type(self.region).__name__}
 
 
-@lru_cache(maxsize=None)
-def load_region_file(path):
+@cache
+def load_region_file(path: str) -> tuple[tuple[ExclusionRegion, ...], tuple[ShapedRegion, ...]]:
     """Sky regions of a DS9 region file; circles become `ExclusionRegion`, others stay shapes."""
     from regions import CircleSkyRegion, Regions, SkyRegion
 
@@ -77,7 +84,7 @@ def load_region_file(path):
 
 
 @lru_cache(maxsize=256)
-def annulus_grid(offset_lo, offset_hi, n_theta=24, n_phi=720):
+def annulus_grid(offset_lo: float, offset_hi: float, n_theta: int = 24, n_phi: int = 720) -> np.ndarray:
     """An equal-area grid of directions in an annulus around the +z axis: (n, 3) unit vectors.
 
     Made once per annulus and process (the same for every run); the array is read-only.
@@ -109,7 +116,7 @@ def _annulus_grid(offset_lo, offset_hi, n_theta, n_phi):
     ], axis=-1)
 
 
-def rotation_to(ra_deg, dec_deg):
+def rotation_to(ra_deg: float, dec_deg: float) -> np.ndarray:
     """Matrix turning the +z axis onto the direction (ra, dec)."""
     ra, dec = np.radians(ra_deg), np.radians(dec_deg)
     z = unit_vectors(ra_deg, dec_deg)
@@ -127,10 +134,10 @@ class ExclusionFinder:
         Catalogues, radii and custom regions.
     """
 
-    def __init__(self, settings):
+    def __init__(self, settings: Any) -> None:
         self.settings = settings
         s = settings
-        self.catalogues = []
+        self.catalogues: list[Catalogue] = []
         sources = {kind: load_catalogue(kind, getattr(s, kind), s.source_radius, s.extended_factor)
                    for kind in SOURCE_CATALOGUES if getattr(s, kind)}
         # Per-source radii replace the radius a source's catalogue entry would get.
@@ -153,14 +160,14 @@ class ExclusionFinder:
                 self.custom.append(ExclusionRegion(source.name, "source", source.ra, source.dec,
                                                    float(radius if radius is not None else s.source_radius)))
         #: Accepted fractions per (pointing, edges, regions): runs on one pointing share them.
-        self._fractions = {}
-        self.shapes = []
+        self._fractions: dict[tuple, np.ndarray] = {}
+        self.shapes: list[ShapedRegion] = []
         for path in s.region_files:
             circles, shapes = load_region_file(path)
             self.custom.extend(circles)
             self.shapes.extend(shapes)
 
-    def regions(self, ra_deg, dec_deg, search_radius):
+    def regions(self, ra_deg: float, dec_deg: float, search_radius: float) -> list[ExclusionRegion]:
         """Circles that reach within ``search_radius`` (deg) of the pointing, nearest first.
 
         Returns
@@ -181,20 +188,23 @@ class ExclusionFinder:
                 found.append((float(distance), region))
         found.sort(key=lambda item: item[0])
         # A source both found in its catalogue and excluded by name is one circle, the larger.
-        largest = {}
+        largest: dict[tuple, ExclusionRegion] = {}
         for _, region in found:
             key = (region.kind, region.name, region.ra, region.dec)
             if key not in largest or region.radius > largest[key].radius:
                 largest[key] = region
         return [region for _, region in found if largest[(region.kind, region.name, region.ra, region.dec)] is region]
 
-    def excluded(self, vectors, regions, ra_deg=None, dec_deg=None):
+    def excluded(self, vectors: np.ndarray, regions: Sequence[ExclusionRegion], ra_deg: float | None = None,
+                 dec_deg: float | None = None) -> np.ndarray:
         """Which of the unit vectors (n, 3) lie in any region (and in any shaped custom region)."""
         mask = np.zeros(len(vectors), dtype=bool)
         for region in regions:
             centre, cos_radius = _circle_test(region.ra, region.dec, region.radius)
             mask |= vectors @ centre >= cos_radius
         if self.shapes:
+            if ra_deg is None or dec_deg is None:
+                raise ValueError("shaped regions are drawn around the pointing: give ra_deg and dec_deg")
             mask |= self.in_shapes(vectors, ra_deg, dec_deg)
         return mask
 
@@ -215,10 +225,11 @@ class ExclusionFinder:
         coords = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs")
         mask = np.zeros(len(vectors), dtype=bool)
         for shape in self.shapes:
-            mask |= np.asarray(shape.region.contains(coords, wcs), dtype=bool)
+            mask |= np.asarray(shape.region.contains(coords, wcs), dtype=np.bool_)
         return mask
 
-    def outside_fraction(self, ra_deg, dec_deg, offset_edges, regions, n_theta=24, n_phi=720):
+    def outside_fraction(self, ra_deg: float, dec_deg: float, offset_edges: np.ndarray,
+                         regions: Sequence[ExclusionRegion], n_theta: int = 24, n_phi: int = 720) -> np.ndarray:
         """Fraction of each offset annulus' solid angle that lies outside all regions.
 
         Parameters
@@ -247,16 +258,16 @@ class ExclusionFinder:
         reach = np.array([[angular_distance_deg(_circle_test(r.ra, r.dec, r.radius)[0], pointing) - r.radius,
                            angular_distance_deg(_circle_test(r.ra, r.dec, r.radius)[0], pointing) + r.radius]
                           for r in regions]).reshape(-1, 2)
-        fractions = []
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            near = [region for region, (closest, farthest) in zip(regions, reach)
+        values: list[float] = []
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            near = [region for region, (closest, farthest) in zip(regions, reach, strict=True)
                     if closest < hi + _REACH_MARGIN_DEG and farthest > lo - _REACH_MARGIN_DEG]
             if not near and not self.shapes:
-                fractions.append(1.0)
+                values.append(1.0)
                 continue
             vectors = annulus_grid(lo, hi, n_theta, n_phi) @ rotation.T
-            fractions.append(1.0 - self.excluded(vectors, near, ra_deg, dec_deg).mean())
-        fractions = np.array(fractions)
+            values.append(1.0 - self.excluded(vectors, near, ra_deg, dec_deg).mean())
+        fractions = np.array(values)
         if len(self._fractions) >= _FRACTION_CACHE_SIZE:
             self._fractions.pop(next(iter(self._fractions)))
         self._fractions[key] = fractions

@@ -181,9 +181,22 @@ def fov_to_sky(lon_deg: np.ndarray, lat_deg: np.ndarray, frame: Any) -> tuple[np
     return sky.ra.deg, sky.dec.deg
 
 
+def _fov_edges(geometry: PieceGeometry) -> tuple[np.ndarray, np.ndarray]:
+    if geometry.fov_lon_edges is None or geometry.fov_lat_edges is None:
+        raise ValueError("a 2D geometry has no FoV pixels")
+    return geometry.fov_lon_edges, geometry.fov_lat_edges
+
+
+def _alignment(geometry: PieceGeometry) -> str:
+    if geometry.alignment is None:
+        raise ValueError("a 2D geometry has no FoV alignment")
+    return geometry.alignment
+
+
 def max_rotation_deg(geometry: PieceGeometry) -> float:
     """The largest turn of the sky (deg) that moves a point at the FoV edge by half a pixel."""
-    pixel = min(np.diff(geometry.fov_lon_edges).min(), np.diff(geometry.fov_lat_edges).min())
+    lon_edges, lat_edges = _fov_edges(geometry)
+    pixel = min(np.diff(lon_edges).min(), np.diff(lat_edges).min())
     return math.degrees(0.5 * pixel / geometry.max_offset_deg)
 
 
@@ -227,12 +240,11 @@ def _pixel_samples(lon_edges: tuple[float, ...], lat_edges: tuple[float, ...],
     lon_edges_a, lat_edges_a = np.array(lon_edges), np.array(lat_edges)
     part = (np.arange(per_axis) + 0.5) / per_axis
     # Equal-area points: uniform in lon and in sin(lat) within each pixel.
-    lon = (lon_edges_a[:-1, None] + np.diff(lon_edges_a)[:, None] * part).reshape(-1, 1, per_axis, 1)
+    lon_grid = (lon_edges_a[:-1, None] + np.diff(lon_edges_a)[:, None] * part).reshape(-1, 1, per_axis, 1)
     sin_lo, sin_hi = np.sin(np.radians(lat_edges_a[:-1])), np.sin(np.radians(lat_edges_a[1:]))
-    lat = np.degrees(np.arcsin(sin_lo[:, None] + (sin_hi - sin_lo)[:, None] * part)).reshape(1, -1, 1, per_axis)
-    lon, lat = np.broadcast_arrays(lon, lat)
+    lat_grid = np.degrees(np.arcsin(sin_lo[:, None] + (sin_hi - sin_lo)[:, None] * part)).reshape(1, -1, 1, per_axis)
     n_pixels = (len(lon_edges) - 1) * (len(lat_edges) - 1)
-    lon, lat = lon.reshape(n_pixels, per_axis ** 2), lat.reshape(n_pixels, per_axis ** 2)
+    lon, lat = (values.reshape(n_pixels, per_axis ** 2) for values in np.broadcast_arrays(lon_grid, lat_grid))
     centre_lon, centre_lat = np.meshgrid(0.5 * (lon_edges_a[:-1] + lon_edges_a[1:]),
                                          0.5 * (lat_edges_a[:-1] + lat_edges_a[1:]), indexing="ij")
     centres = unit_vectors(centre_lon.ravel(), centre_lat.ravel())
@@ -263,8 +275,8 @@ def pixel_samples(geometry: PieceGeometry,
     reach : `~numpy.ndarray`
         The largest angular distance (deg) of a pixel's corner from its centre.
     """
-    return _pixel_samples(tuple(map(float, geometry.fov_lon_edges)), tuple(map(float, geometry.fov_lat_edges)),
-                          per_axis)
+    lon_edges, lat_edges = _fov_edges(geometry)
+    return _pixel_samples(tuple(map(float, lon_edges)), tuple(map(float, lat_edges)), per_axis)
 
 
 def fov_outside_fraction(geometry: PieceGeometry, pointing_ra_deg: float, pointing_dec_deg: float,
@@ -299,7 +311,8 @@ def fov_outside_fraction(geometry: PieceGeometry, pointing_ra_deg: float, pointi
     if not regions and not shapes:
         return np.ones(geometry.spatial_shape)
     samples, lonlat, centres, reach = pixel_samples(geometry, per_axis)
-    if geometry.alignment == "ALTAZ":
+    alignment = _alignment(geometry)
+    if alignment == "ALTAZ":
         if clock is None or duration_s is None:
             raise FovError("an ALTAZ 3D piece needs the run's times and location")
         times, weights = rotation_steps(clock, duration_s, pointing_ra_deg, pointing_dec_deg,
@@ -314,7 +327,7 @@ def fov_outside_fraction(geometry: PieceGeometry, pointing_ra_deg: float, pointi
         dec = np.array([region.dec for region in regions])
         step_times = None if times is None else times[:, None]
         lon, lat = sky_to_fov(np.broadcast_to(ra, (n_steps, len(ra))), np.broadcast_to(dec, (n_steps, len(dec))),
-                              geometry.alignment, pointing_ra_deg, pointing_dec_deg, step_times, location)
+                              alignment, pointing_ra_deg, pointing_dec_deg, step_times, location)
         lon, lat = np.broadcast_to(lon, (n_steps, len(ra))), np.broadcast_to(lat, (n_steps, len(ra)))
         region_vectors = unit_vectors(lon, lat)
     excluded_share = np.zeros(len(centres))
@@ -326,7 +339,7 @@ def fov_outside_fraction(geometry: PieceGeometry, pointing_ra_deg: float, pointi
             if near.any():
                 excluded[near] |= samples[near] @ centre >= math.cos(math.radians(region.radius))
         if shapes and finder is not None:
-            frame = fov_frame(geometry.alignment, pointing_ra_deg, pointing_dec_deg,
+            frame = fov_frame(alignment, pointing_ra_deg, pointing_dec_deg,
                               None if times is None else times[step], location)
             ra_s, dec_s = fov_to_sky(lonlat[0], lonlat[1], frame)
             excluded |= finder.in_shapes(unit_vectors(ra_s, dec_s).reshape(-1, 3), pointing_ra_deg,

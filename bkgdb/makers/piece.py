@@ -24,8 +24,8 @@ from bkgdb.makers.exclusion import ExclusionFinder, ExclusionRegion
 from bkgdb.makers.fov import RunClock, fov_outside_fraction, sky_to_fov
 from bkgdb.makers.sphere import unit_vectors
 
-__all__ = ["BackgroundPiece", "PieceMaker", "RunClock", "encode_array", "decode_array", "COUNTS_DTYPE", "EXPOSURE_DTYPE",
-           "EXPOSURE_METHODS"]
+__all__ = ["BackgroundPiece", "PieceMaker", "RunClock", "encode_array", "decode_array", "COUNTS_DTYPE",
+           "EXPOSURE_DTYPE", "EXPOSURE_METHODS"]
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,9 @@ class PieceMaker:
             else:
                 location = None
             lon, lat = sky_to_fov(np.asarray(ra_deg, float)[reach], np.asarray(dec_deg, float)[reach],
-                                  self.geometry.alignment, pointing_ra_deg, pointing_dec_deg, times, location)
-            energy, excluded, spatial = energy[reach], excluded[reach], (lon, lat)
+                                  str(self.geometry.alignment), pointing_ra_deg, pointing_dec_deg, times, location)
+            energy, excluded = energy[reach], excluded[reach]
+            spatial: tuple[np.ndarray, ...] = (lon, lat)
         else:
             spatial = (offset,)
         kept_counts = self.geometry.histogram(energy[~excluded], *(values[~excluded] for values in spatial))
@@ -203,4 +204,4 @@ class PieceMaker:
             return np.ones(self.geometry.spatial_shape)
         if self.geometry.is_3d:
             return fov_outside_fraction(self.geometry, ra_deg, dec_deg, regions, self.finder, clock, ontime_s)
-        return self.finder.outside_fraction(ra_deg, dec_deg, self.geometry.offset_edges, regions)
+        return self.finder.outside_fraction(ra_deg, dec_deg, edges[0], regions)

@@ -112,19 +112,22 @@ def process_run(job: RunJob) -> RunResult:
     # Pieces take the geometry and times of the event file itself, at full precision, as gammapy
     # does (obs-index columns are often float32); the catalogue row describes the run for selection.
     header = events.header
-    geometry = {key: header.get(key, value) for key, value in (
+    values = {key: header.get(key, value) for key, value in (
         ("RA_PNT", result.facts.ra_deg), ("DEC_PNT", result.facts.dec_deg),
         ("ONTIME", result.facts.ontime_s), ("LIVETIME", result.facts.livetime_s))}
-    if specs and (geometry["RA_PNT"] is None or geometry["DEC_PNT"] is None or not geometry["ONTIME"]):
+    if specs and (values["RA_PNT"] is None or values["DEC_PNT"] is None or not values["ONTIME"]):
         result.error = "no pointing or ontime: cannot make background pieces"
         return result
-    livetime = None if geometry["LIVETIME"] is None else float(geometry["LIVETIME"])
+    ra, dec, energy = events.ra_deg, events.dec_deg, events.energy_tev
+    if ra is None or dec is None or energy is None:  # columns not read: no pieces asked for
+        return result
+    livetime = None if values["LIVETIME"] is None else float(values["LIVETIME"])
     clock = run_clock(events, source, job.meta)
     for binning, exclusion in specs:
         try:
             piece = piece_maker(binning, exclusion).run(
-                events.ra_deg, events.dec_deg, events.energy_tev, float(geometry["RA_PNT"]),
-                float(geometry["DEC_PNT"]), float(geometry["ONTIME"]), livetime, clock=clock,
+                ra, dec, energy, float(values["RA_PNT"]), float(values["DEC_PNT"]), float(values["ONTIME"]),
+                livetime, clock=clock,
             )
         except FovError as exc:
             # The run cannot have every piece asked for: it fails as a whole, saying why.

@@ -8,7 +8,7 @@ import difflib
 import logging
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,7 @@ class Catalogue:
     kind: str
 
 
-@lru_cache(maxsize=None)
+@cache
 def read_source_table(kind: str, path: str) -> Any:
     """A gamma-cat (FITS) or 3HWC (ECSV) file as a table, read once per process."""
     from astropy.table import Table
@@ -47,7 +47,7 @@ def read_source_table(kind: str, path: str) -> Any:
         raise ConfigError(f"cannot read {kind} catalogue {path}: {exc}") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_catalogue(kind: str, path: str, source_radius: float = 0.35, extended_factor: float = 3.0,
                    star_radius: float = 0.35, star_mag_max: float = 8.0) -> "Catalogue":
     """Read a gamma-cat, 3HWC or Hipparcos file once per process and give each entry its radius."""
@@ -57,7 +57,7 @@ def load_catalogue(kind: str, path: str, source_radius: float = 0.35, extended_f
             names = np.asarray(table["common_name"]).astype(str)
             sigma = np.nan_to_num(np.ma.filled(np.asarray(table["morph_sigma"], float), np.nan), nan=0.0)
             if "morph_sigma2" in table.colnames:
-                sigma2 = np.ma.filled(np.ma.asarray(table["morph_sigma2"], float), np.nan)
+                sigma2: np.ndarray = np.ma.filled(np.ma.asarray(table["morph_sigma2"], float), np.nan)
                 sigma = np.maximum(sigma, np.nan_to_num(sigma2, nan=0.0))
             morph = np.char.strip(np.asarray(table["morph_type"]).astype(str))
             extended = np.isin(morph, EXTENDED_MORPHOLOGIES) & (sigma > 0)
@@ -109,7 +109,7 @@ class NamedSource:
     dec: float
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_source_names(kind: str, path: str) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every name of each entry of a gamma-cat or 3HWC file, read once per process.
 
@@ -136,7 +136,7 @@ def load_source_names(kind: str, path: str) -> dict[str, tuple[tuple[int, ...], 
         main_names = texts[main]
     except (OSError, KeyError, ValueError) as exc:
         raise ConfigError(f"cannot read {kind} catalogue {path}: {exc}") from None
-    names = {}
+    names: dict[str, tuple[tuple[int, ...], str]] = {}
     for row in range(len(main_names)):
         spellings = [str(main_names[row]).strip()]
         for column in columns:
@@ -202,7 +202,8 @@ def find_named_sources(settings: Any, name: str, label: str = "exclusion") -> li
         # name per source.
         candidates = [known_key for known_key in sorted(known) if len(key) >= 3 and key in known_key]
         candidates += difflib.get_close_matches(key, list(known), n=10, cutoff=0.6)
-        close, entries = [], set()
+        close: list[str] = []
+        entries: set[tuple[str, tuple[int, ...]]] = set()
         for candidate in candidates:
             if entry_of[candidate] not in entries and len(close) < 5:
                 close.append(candidate)
