@@ -195,7 +195,7 @@ def test_a_circle_carried_over_a_turning_run_smears_along_its_arc():
     maker = maker_for(geometry, [circle])
     regions = maker.make_regions(ra0, dec0)
     clock, duration = clock_around(TRANSIT, 1800.0), 1800.0
-    times, weights = rotation_steps(clock, duration, ra0, dec0, 5.0)
+    times, weights, _, _ = rotation_steps(clock, duration, ra0, dec0, 5.0)
     assert len(times) > 5 and weights.sum() == pytest.approx(1.0)
     turning = fov_outside_fraction(geometry, ra0, dec0, regions, maker.finder, clock, duration)
     snapshot = fov_outside_fraction(geometry, ra0, dec0, regions, maker.finder, clock_around(TRANSIT, 1.0), 1.0)

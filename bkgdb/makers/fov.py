@@ -48,6 +48,8 @@ __all__ = ["FovError", "RunClock", "fov_frame", "sky_to_fov", "rotation_steps", 
 SAMPLES_PER_AXIS = 8
 #: Seconds between the samples of the sky's turn in an ALTAZ FoV frame over a run.
 ROTATION_SAMPLE_S = 10.0
+#: The finest sampling of the turn (s), for runs passing within a fraction of a degree of the zenith.
+MIN_SAMPLE_S = 0.1
 #: Time resolution of astropy's interpolated astrometry for many event times.
 ASTROMETRY_RESOLUTION_S = 300.0
 #: Slack (deg) when skipping pixels a circle cannot reach.
@@ -201,37 +203,52 @@ def max_rotation_deg(geometry: PieceGeometry) -> float:
 
 
 def rotation_steps(clock: RunClock, duration_s: float, pointing_ra_deg: float, pointing_dec_deg: float,
-                   max_turn_deg: float) -> tuple[Time, np.ndarray]:
+                   max_turn_deg: float, ra_deg: Sequence[float] = (),
+                   dec_deg: Sequence[float] = ()) -> tuple[Time, np.ndarray, np.ndarray, np.ndarray]:
     """Cut a run into steps over which the sky turns by at most ``max_turn_deg`` in the ALTAZ FoV.
 
     The turn is measured with astropy: the FoV position angle of a sky point 1 deg north of the
-    pointing, sampled every `ROTATION_SAMPLE_S` seconds. Steps cover equal turns.
+    pointing, sampled every `ROTATION_SAMPLE_S` seconds (finer where the sky turns fast). Steps
+    cover equal turns; each is represented by the sample nearest its middle turn, within an
+    eighth of a step's turn of it. The given sky points (region centres) are carried into the
+    FoV frame in the same astropy transform.
 
     Returns
     -------
     times : `~astropy.time.Time`
-        The time of each step's middle turn.
+        The time representing each step.
     weights : `~numpy.ndarray`
         Each step's duration over ``duration_s`` (they add up to 1).
+    lon, lat : `~numpy.ndarray`
+        FoV positions (deg) of the given points at each step: (n_steps, n_points).
     """
     from astropy import units as u
     from astropy.coordinates import SkyCoord
 
     start, location = clock.start(), clock.observatory()
-    seconds = np.linspace(0.0, duration_s, max(2, math.ceil(duration_s / ROTATION_SAMPLE_S) + 1))
     probe = SkyCoord(pointing_ra_deg * u.deg, pointing_dec_deg * u.deg).directional_offset_by(0 * u.deg, 1 * u.deg)
-    lon, lat = sky_to_fov(np.full(len(seconds), probe.ra.deg), np.full(len(seconds), probe.dec.deg), "ALTAZ",
-                          pointing_ra_deg, pointing_dec_deg, start + seconds * u.s, location)
-    angle = np.unwrap(np.arctan2(lat, lon))
-    turned = np.degrees(np.concatenate([[0.0], np.cumsum(np.abs(np.diff(angle)))]))
-    total = turned[-1]
-    n_steps = max(1, math.ceil(total / max_turn_deg))
+    ra = np.concatenate([[probe.ra.deg], np.asarray(ra_deg, float)])
+    dec = np.concatenate([[probe.dec.deg], np.asarray(dec_deg, float)])
+    spacing = ROTATION_SAMPLE_S
+    while True:
+        seconds = np.linspace(0.0, duration_s, max(2, math.ceil(duration_s / spacing) + 1))
+        shape = (len(seconds), len(ra))
+        lon, lat = sky_to_fov(np.broadcast_to(ra, shape), np.broadcast_to(dec, shape), "ALTAZ", pointing_ra_deg,
+                              pointing_dec_deg, (start + seconds * u.s)[:, None], location)
+        turn = np.degrees(np.abs(np.diff(np.unwrap(np.arctan2(lat[:, 0], lon[:, 0])))))
+        # Samples close enough that the nearest one to a step's middle lies well within the step.
+        if turn.max(initial=0.0) <= max_turn_deg / 4 or spacing < MIN_SAMPLE_S:
+            break
+        spacing /= 4
+    turned = np.concatenate([[0.0], np.cumsum(turn)])
+    n_steps = max(1, math.ceil(turned[-1] / max_turn_deg))
     # Strictly increasing (interpolation needs it) without moving the turn measurably.
     turned = turned + seconds * 1e-12
     edges = np.interp(np.linspace(0.0, turned[-1], n_steps + 1), turned, seconds)
     middles = np.interp((np.arange(n_steps) + 0.5) * turned[-1] / n_steps, turned, seconds)
+    nearest = np.abs(seconds[None, :] - middles[:, None]).argmin(axis=1)
     weights = np.diff(edges)
-    return start + middles * u.s, weights / weights.sum()
+    return start + seconds[nearest] * u.s, weights / weights.sum(), lon[nearest, 1:], lat[nearest, 1:]
 
 
 @lru_cache(maxsize=32)
@@ -312,24 +329,21 @@ def fov_outside_fraction(geometry: PieceGeometry, pointing_ra_deg: float, pointi
         return np.ones(geometry.spatial_shape)
     samples, lonlat, centres, reach = pixel_samples(geometry, per_axis)
     alignment = _alignment(geometry)
+    ra = [region.ra for region in regions]
+    dec = [region.dec for region in regions]
+    # Every circle's centre at every step: (n_steps, n_regions) FoV positions.
     if alignment == "ALTAZ":
         if clock is None or duration_s is None:
             raise FovError("an ALTAZ 3D piece needs the run's times and location")
-        times, weights = rotation_steps(clock, duration_s, pointing_ra_deg, pointing_dec_deg,
-                                        max_rotation_deg(geometry))
+        times, weights, lon, lat = rotation_steps(clock, duration_s, pointing_ra_deg, pointing_dec_deg,
+                                                  max_rotation_deg(geometry), ra, dec)
         location = clock.observatory()
     else:
         times, weights, location = None, np.ones(1), None
+        lon, lat = (values[None, :] for values in sky_to_fov(np.array(ra), np.array(dec), alignment,
+                                                              pointing_ra_deg, pointing_dec_deg))
+    region_vectors = unit_vectors(lon, lat)
     n_steps = len(weights)
-    # Every circle's centre at every step: (n_steps, n_regions) FoV positions.
-    if regions:
-        ra = np.array([region.ra for region in regions])
-        dec = np.array([region.dec for region in regions])
-        step_times = None if times is None else times[:, None]
-        lon, lat = sky_to_fov(np.broadcast_to(ra, (n_steps, len(ra))), np.broadcast_to(dec, (n_steps, len(dec))),
-                              alignment, pointing_ra_deg, pointing_dec_deg, step_times, location)
-        lon, lat = np.broadcast_to(lon, (n_steps, len(ra))), np.broadcast_to(lat, (n_steps, len(ra)))
-        region_vectors = unit_vectors(lon, lat)
     excluded_share = np.zeros(len(centres))
     for step in range(n_steps):
         excluded = np.zeros(samples.shape[:2], dtype=bool)
