@@ -122,7 +122,9 @@ def process_run(job: RunJob) -> RunResult:
     if ra is None or dec is None or energy is None:  # columns not read: no pieces asked for
         return result
     livetime = None if values["LIVETIME"] is None else float(values["LIVETIME"])
-    clock = run_clock(events, source, job.meta)
+    # Times and location matter only to FoV frames aligned with Alt/Az.
+    altaz = any(piece_maker(binning, exclusion).geometry.alignment == "ALTAZ" for binning, exclusion in specs)
+    clock = run_clock(events, source, job.meta) if altaz else None
     for binning, exclusion in specs:
         try:
             piece = piece_maker(binning, exclusion).run(
