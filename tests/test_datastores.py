@@ -9,7 +9,7 @@ cases damage a copy of the simulated datastore.
 import gzip
 import re
 import shutil
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +18,14 @@ import sqlalchemy as sa
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.table import MaskedColumn, Table
+from conftest import gammapy_data_path
 from sqlalchemy.orm import Session
 
-from bkgdb.store.pieces import row_to_piece
 from bkgdb.config import load_config
-from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.errors import DatastoreError
+from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.store.models import PieceRow, Run
-from conftest import gammapy_data_path
+from bkgdb.store.pieces import row_to_piece
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -50,7 +50,7 @@ def events_location(observation):
     return location
 
 
-@lru_cache(maxsize=None)
+@cache
 def gammapy_datastore(folder):
     from gammapy.data import DataStore
 
@@ -117,7 +117,7 @@ def test_failed_public_run_cannot_be_opened_by_gammapy_either(magic_joint_crab):
 
     observation = DataStore.from_dir(magic_joint_crab).obs(5029747, required_irf="all-optional")
     with pytest.raises(FileNotFoundError, match="run_05029747_DL3.fits"):
-        observation.events
+        _ = observation.events  # reading the events is what fails
 
 
 def test_veritas_runs_get_backgrounds_that_gammapy_opens(catalogue, tmp_path):
