@@ -173,6 +173,36 @@ def test_exclusion_fraction_matches_monte_carlo(alignment):
     assert fraction.min() < 0.9  # the circles do remove exposure
 
 
+@pytest.mark.parametrize("alignment", ["RADEC", "ALTAZ"])
+def test_shaped_region_fraction_matches_monte_carlo(alignment, tmp_path):
+    """An ellipse from a region file: sample points are carried to the sky at each step."""
+    from bkgdb.makers.exclusion import unit_vectors
+
+    ra0, dec0 = transiting_pointing()
+    centre = SkyCoord(ra0 * u.deg, dec0 * u.deg).directional_offset_by(60 * u.deg, 1.2 * u.deg)
+    region_file = tmp_path / "ellipse.reg"
+    region_file.write_text(f"# Region file format: DS9\nicrs\nellipse({centre.ra.deg},{centre.dec.deg},0.6,0.2,30)\n")
+    geometry = fov_geometry(alignment, n_pixels=8, half_width=2.0, n_energy=1)
+    maker = PieceMaker(GeometryBinning(geometry), ExclusionSettings(gammacat=None, hawc=None, star_cat=None,
+                                                                    region_files=(str(region_file),)))
+    assert maker.make_regions(ra0, dec0) == [] and len(maker.finder.shapes) == 1
+    clock, duration = clock_around(TRANSIT, 1200.0), 1200.0
+    fraction = fov_outside_fraction(geometry, ra0, dec0, [], maker.finder, clock, duration)
+    # Monte Carlo: random points at random times, carried to the sky by astropy, tested by the shape.
+    rng = np.random.default_rng(2)
+    per_pixel, (n_lon, n_lat) = 200, geometry.spatial_shape
+    i, j = np.repeat(np.arange(n_lon), n_lat * per_pixel), np.tile(np.repeat(np.arange(n_lat), per_pixel), n_lon)
+    lon = geometry.fov_lon_edges[i] + rng.uniform(size=len(i)) * np.diff(geometry.fov_lon_edges)[i]
+    lat = geometry.fov_lat_edges[j] + rng.uniform(size=len(i)) * np.diff(geometry.fov_lat_edges)[j]
+    times = clock.start() + rng.uniform(0, duration, len(i)) * u.s if alignment == "ALTAZ" else None
+    sky = SkyCoord(fov_lon=lon * u.deg, fov_lat=lat * u.deg, frame=fov_frame(alignment, ra0, dec0, times, SITE)).icrs
+    inside = maker.finder.excluded(unit_vectors(sky.ra.deg, sky.dec.deg), [], ra0, dec0)
+    expected = 1 - inside.reshape(n_lon, n_lat, per_pixel).mean(axis=-1)
+    error = np.sqrt(np.clip(expected * (1 - expected), 0.02, None) / per_pixel)
+    assert np.all(np.abs(fraction - expected) < 4 * error + 0.02), np.round(fraction - expected, 3)
+    assert fraction.min() < 0.8 and np.sum(fraction == 1.0) > 30
+
+
 def test_no_regions_give_exactly_the_ontime():
     ra0, dec0 = transiting_pointing()
     geometry = fov_geometry("ALTAZ", n_pixels=6)
