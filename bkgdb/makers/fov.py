@@ -47,7 +47,7 @@ __all__ = ["FovError", "RunClock", "fov_frame", "sky_to_fov", "rotation_steps", 
 #: Sub-pixel sample points per pixel axis for exclusion fractions (equal-area: 64 per pixel).
 SAMPLES_PER_AXIS = 8
 #: Seconds between the samples of the sky's turn in an ALTAZ FoV frame over a run.
-ROTATION_SAMPLE_S = 10.0
+ROTATION_SAMPLE_S = 30.0
 #: The finest sampling of the turn (s), for runs passing within a fraction of a degree of the zenith.
 MIN_SAMPLE_S = 0.1
 #: Time resolution of astropy's interpolated astrometry for many event times.

@@ -154,17 +154,9 @@ class PieceMaker:
         if self.geometry.is_3d:
             # Only events that can land in a pixel are carried into the FoV frame.
             reach = offset <= self.geometry.max_offset_deg + _FOV_MARGIN_DEG
-            times = None
-            if self.geometry.alignment == "ALTAZ":
-                clock = clock or RunClock()
-                times = clock.event_times(reach)
-                location = clock.observatory()
-            else:
-                location = None
-            lon, lat = sky_to_fov(np.asarray(ra_deg, float)[reach], np.asarray(dec_deg, float)[reach],
-                                  str(self.geometry.alignment), pointing_ra_deg, pointing_dec_deg, times, location)
+            spatial: tuple[np.ndarray, ...] = self.make_fov_coordinates(
+                np.asarray(ra_deg, float), np.asarray(dec_deg, float), reach, pointing_ra_deg, pointing_dec_deg, clock)
             energy, excluded = energy[reach], excluded[reach]
-            spatial: tuple[np.ndarray, ...] = (lon, lat)
         else:
             spatial = (offset,)
         kept_counts = self.geometry.histogram(energy[~excluded], *(values[~excluded] for values in spatial))
@@ -180,6 +172,16 @@ class PieceMaker:
     def make_regions(self, ra_deg: float, dec_deg: float) -> list[ExclusionRegion]:
         """The circles that reach the geometry around a pointing."""
         return self.finder.regions(ra_deg, dec_deg, max(self.exclusion.search_radius, self.geometry.max_offset_deg))
+
+    def make_fov_coordinates(self, ra_deg: np.ndarray, dec_deg: np.ndarray, select: np.ndarray,
+                             pointing_ra_deg: float, pointing_dec_deg: float,
+                             clock: RunClock | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """FoV lon, lat (deg) of the selected events in the geometry's frame, each at its own time (ALTAZ)."""
+        if self.geometry.alignment != "ALTAZ":
+            return sky_to_fov(ra_deg[select], dec_deg[select], "RADEC", pointing_ra_deg, pointing_dec_deg)
+        clock = clock or RunClock()
+        return sky_to_fov(ra_deg[select], dec_deg[select], "ALTAZ", pointing_ra_deg, pointing_dec_deg,
+                          clock.event_times(select), clock.observatory())
 
     def make_counts(self, energy_tev: np.ndarray, *spatial_deg: np.ndarray) -> np.ndarray:
         """Events per bin of the geometry: offsets (2D) or FoV lon, lat (3D) in deg."""
