@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bkgdb.makers.sphere import angular_distance_deg, unit_vectors
+from bkgdb.makers.sphere import unit_vectors
 
 if TYPE_CHECKING:
     from astropy.coordinates import EarthLocation
@@ -343,15 +343,18 @@ def fov_outside_fraction(geometry: PieceGeometry, pointing_ra_deg: float, pointi
         lon, lat = (values[None, :] for values in sky_to_fov(np.array(ra), np.array(dec), alignment,
                                                               pointing_ra_deg, pointing_dec_deg))
     region_vectors = unit_vectors(lon, lat)
+    radius = np.array([region.radius for region in regions], dtype=float)
+    cos_radius = np.cos(np.radians(radius))
     n_steps = len(weights)
     excluded_share = np.zeros(len(centres))
     for step in range(n_steps):
         excluded = np.zeros(samples.shape[:2], dtype=bool)
-        for number, region in enumerate(regions):
-            centre = region_vectors[step, number]
-            near = angular_distance_deg(centres, centre) <= region.radius + reach + _REACH_MARGIN_DEG
-            if near.any():
-                excluded[near] |= samples[near] @ centre >= math.cos(math.radians(region.radius))
+        if regions:
+            # (pixel, circle) pairs close enough to touch; only their sample points are tested.
+            distance = np.degrees(np.arccos(np.clip(centres @ region_vectors[step].T, -1.0, 1.0)))
+            pixel, circle = np.nonzero(distance <= radius + reach[:, None] + _REACH_MARGIN_DEG)
+            inside = np.einsum("psk,pk->ps", samples[pixel], region_vectors[step][circle]) >= cos_radius[circle, None]
+            np.logical_or.at(excluded, pixel, inside)
         if shapes and finder is not None:
             frame = fov_frame(alignment, pointing_ra_deg, pointing_dec_deg,
                               None if times is None else times[step], location)
