@@ -247,6 +247,24 @@ def test_a_circle_carried_over_a_turning_run_smears_along_its_arc():
     assert np.sum(radec < 1) < 2 * np.sum(snapshot < 1)
 
 
+def test_a_run_through_the_zenith_is_cut_finely_where_the_sky_turns_fast():
+    ra0, dec0 = transiting_pointing(offset_from_zenith_deg=0.2)
+    geometry = fov_geometry("ALTAZ", n_pixels=12, half_width=2.0, n_energy=1)
+    clock, duration = clock_around(TRANSIT, 600.0), 600.0
+    times, weights, _, _ = rotation_steps(clock, duration, ra0, dec0, 5.0)
+    seconds = (times - clock.start()).to_value(u.s)
+    # Near the zenith passage the sky turns by ~150 deg within a minute: short steps there only.
+    assert len(times) > 25 and np.all(np.diff(seconds) > 0)
+    shortest = seconds[np.argmin(weights)]
+    assert abs(shortest - duration / 2) < 30 and weights.max() > 5 * weights.min()
+    maker = maker_for(geometry, [circle_at(ra0, dec0, 0, 1.2, 0.3, "star")])
+    fraction = fov_outside_fraction(geometry, ra0, dec0, maker.make_regions(ra0, dec0), maker.finder, clock,
+                                    duration)
+    circle_area = 2 * np.pi * (1 - np.cos(np.radians(0.3)))
+    assert np.sum((1 - fraction) * geometry.solid_angle_sr) == pytest.approx(circle_area, rel=0.03)
+    assert np.sum(fraction < 1) > 20
+
+
 def test_altaz_piece_without_location_or_times_is_a_clear_error():
     geometry = fov_geometry("ALTAZ", n_pixels=4)
     maker = maker_for(geometry)

@@ -41,15 +41,15 @@ if TYPE_CHECKING:
     from bkgdb.geometry import PieceGeometry
     from bkgdb.makers.exclusion import ExclusionFinder, ExclusionRegion
 
-__all__ = ["FovError", "RunClock", "fov_frame", "sky_to_fov", "rotation_steps", "fov_outside_fraction",
-           "pixel_samples", "SAMPLES_PER_AXIS"]
+__all__ = ["FovError", "RunClock", "fov_frame", "sky_to_fov", "fov_to_sky", "max_rotation_deg", "rotation_steps",
+           "fov_outside_fraction", "pixel_samples", "SAMPLES_PER_AXIS"]
 
 #: Sub-pixel sample points per pixel axis for exclusion fractions (equal-area: 64 per pixel).
 SAMPLES_PER_AXIS = 8
 #: Seconds between the samples of the sky's turn in an ALTAZ FoV frame over a run.
 ROTATION_SAMPLE_S = 30.0
-#: The finest sampling of the turn (s), for runs passing within a fraction of a degree of the zenith.
-MIN_SAMPLE_S = 0.1
+#: The most samples of the turn over a run (a run through the zenith turns 180 deg in an instant).
+MAX_TURN_SAMPLES = 20000
 #: Time resolution of astropy's interpolated astrometry for many event times.
 ASTROMETRY_RESOLUTION_S = 300.0
 #: Slack (deg) when skipping pixels a circle cannot reach.
@@ -237,7 +237,7 @@ def rotation_steps(clock: RunClock, duration_s: float, pointing_ra_deg: float, p
                               pointing_dec_deg, (start + seconds * u.s)[:, None], location)
         turn = np.degrees(np.abs(np.diff(np.unwrap(np.arctan2(lat[:, 0], lon[:, 0])))))
         # Samples close enough that the nearest one to a step's middle lies well within the step.
-        if turn.max(initial=0.0) <= max_turn_deg / 4 or spacing < MIN_SAMPLE_S:
+        if turn.max(initial=0.0) <= max_turn_deg / 4 or 4 * len(seconds) > MAX_TURN_SAMPLES:
             break
         spacing /= 4
     turned = np.concatenate([[0.0], np.cumsum(turn)])
