@@ -344,6 +344,27 @@ def test_pixels_summed_over_a_ring_recover_the_ring_counts(field, alignment):
     assert np.all((piece_3d.exposure_s >= 0) & (piece_3d.exposure_s <= 1000.0))
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fields())
+def test_kept_and_excluded_pixels_are_the_events_gammapy_places_there(field):
+    """RADEC: bin by bin, kept + excluded is the histogram of gammapy's SkyOffsetFrame-based FoV coordinates."""
+    from gammapy.utils.coordinates import sky_to_fov as gammapy_sky_to_fov
+
+    ra, dec, half_width, n_pixels, ev_ra, ev_dec, energy, circles = field
+    edges = np.linspace(-half_width, half_width, n_pixels + 1)
+    geometry = PieceGeometry.fov(np.geomspace(0.1, 100, 4), edges, edges, "RADEC")
+    piece = maker_for(geometry, circles).run(ev_ra, ev_dec, energy, ra, dec, 100.0)
+    lon, lat = gammapy_sky_to_fov(ev_ra * u.deg, ev_dec * u.deg, ra * u.deg, dec * u.deg)
+    expected = geometry.histogram(energy, lon.wrap_at(180 * u.deg).deg, lat.deg)
+    np.testing.assert_array_equal(piece.counts + piece.excluded_counts, expected)
+    in_circle = np.zeros(len(energy), bool)
+    for circle in circles:
+        in_circle |= SkyCoord(ev_ra * u.deg, ev_dec * u.deg).separation(
+            SkyCoord(circle.ra * u.deg, circle.dec * u.deg)).deg <= circle.radius
+    assert piece.excluded_counts.sum() == geometry.histogram(energy[in_circle], lon.deg[in_circle],
+                                                             lat.deg[in_circle]).sum()
+
+
 def test_counts_ratio_method_works_per_pixel():
     ra0, dec0 = 83.6, 22.0
     geometry = fov_geometry("RADEC", n_pixels=4, half_width=2.0, n_energy=2)
