@@ -13,8 +13,6 @@ from astropy import units as u
 from astropy.coordinates import AltAz, EarthLocation, SkyCoord, SkyOffsetFrame, angular_separation
 from astropy.time import Time
 from astropy.utils import iers
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from bkgdb.config import Binning, CircleRegion, ExclusionSettings
 from bkgdb.geometry import PieceGeometry
@@ -116,8 +114,11 @@ def test_event_fov_coordinates_use_each_event_time():
 # -- exposure fractions --------------------------------------------------------------------------
 
 
-def monte_carlo_fraction(geometry, ra0, dec0, circles, clock=None, duration_s=None, per_pixel=300, seed=1):
-    """Fraction of each pixel outside the circles: random points (equal area) at random times."""
+def monte_carlo_fraction(geometry, ra0, dec0, excluded, clock=None, duration_s=None, per_pixel=300, seed=1):
+    """Fraction of each pixel outside the regions: random points (equal area) at random times.
+
+    ``excluded(sky)`` tells which ICRS positions lie in a region.
+    """
     rng = np.random.default_rng(seed)
     lon_edges, lat_edges = geometry.fov_lon_edges, geometry.fov_lat_edges
     n_lon, n_lat = geometry.spatial_shape
@@ -130,11 +131,18 @@ def monte_carlo_fraction(geometry, ra0, dec0, circles, clock=None, duration_s=No
     if geometry.alignment == "ALTAZ":
         times = clock.start() + rng.uniform(0, duration_s, len(i)) * u.s
     frame = fov_frame(geometry.alignment, ra0, dec0, times, SITE)
-    sky = SkyCoord(fov_lon=lon * u.deg, fov_lat=lat * u.deg, frame=frame).icrs
-    inside = np.zeros(len(i), bool)
-    for circle in circles:
-        inside |= sky.separation(SkyCoord(circle.ra * u.deg, circle.dec * u.deg)).deg < circle.radius
+    inside = excluded(SkyCoord(fov_lon=lon * u.deg, fov_lat=lat * u.deg, frame=frame).icrs)
     return 1.0 - inside.reshape(n_lon, n_lat, per_pixel).mean(axis=-1)
+
+
+def in_circles(circles):
+    def excluded(sky):
+        inside = np.zeros(sky.shape, bool)
+        for circle in circles:
+            inside |= sky.separation(SkyCoord(circle.ra * u.deg, circle.dec * u.deg)).deg < circle.radius
+        return inside
+
+    return excluded
 
 
 def from_centre(lon_deg, lat_deg):
@@ -166,7 +174,7 @@ def test_exclusion_fraction_matches_monte_carlo(alignment):
     regions = maker.make_regions(ra0, dec0)
     assert sorted(region.name for region in regions) == ["a", "b"]
     fraction = fov_outside_fraction(geometry, ra0, dec0, regions, maker.finder, clock, duration)
-    expected = monte_carlo_fraction(geometry, ra0, dec0, circles, clock, duration)
+    expected = monte_carlo_fraction(geometry, ra0, dec0, in_circles(circles), clock, duration)
     error = np.sqrt(np.clip(expected * (1 - expected), 0.02, None) / 300)
     assert np.all(np.abs(fraction - expected) < 4 * error + 0.02), np.round(fraction - expected, 3)
     assert np.abs(fraction - expected).mean() < 0.01
@@ -189,15 +197,9 @@ def test_shaped_region_fraction_matches_monte_carlo(alignment, tmp_path):
     clock, duration = clock_around(TRANSIT, 1200.0), 1200.0
     fraction = fov_outside_fraction(geometry, ra0, dec0, [], maker.finder, clock, duration)
     # Monte Carlo: random points at random times, carried to the sky by astropy, tested by the shape.
-    rng = np.random.default_rng(2)
-    per_pixel, (n_lon, n_lat) = 200, geometry.spatial_shape
-    i, j = np.repeat(np.arange(n_lon), n_lat * per_pixel), np.tile(np.repeat(np.arange(n_lat), per_pixel), n_lon)
-    lon = geometry.fov_lon_edges[i] + rng.uniform(size=len(i)) * np.diff(geometry.fov_lon_edges)[i]
-    lat = geometry.fov_lat_edges[j] + rng.uniform(size=len(i)) * np.diff(geometry.fov_lat_edges)[j]
-    times = clock.start() + rng.uniform(0, duration, len(i)) * u.s if alignment == "ALTAZ" else None
-    sky = SkyCoord(fov_lon=lon * u.deg, fov_lat=lat * u.deg, frame=fov_frame(alignment, ra0, dec0, times, SITE)).icrs
-    inside = maker.finder.excluded(unit_vectors(sky.ra.deg, sky.dec.deg), [], ra0, dec0)
-    expected = 1 - inside.reshape(n_lon, n_lat, per_pixel).mean(axis=-1)
+    per_pixel = 200
+    expected = monte_carlo_fraction(geometry, ra0, dec0, lambda sky: maker.finder.excluded(
+        unit_vectors(sky.ra.deg, sky.dec.deg), [], ra0, dec0), clock, duration, per_pixel, seed=2)
     error = np.sqrt(np.clip(expected * (1 - expected), 0.02, None) / per_pixel)
     assert np.all(np.abs(fraction - expected) < 4 * error + 0.02), np.round(fraction - expected, 3)
     assert fraction.min() < 0.8 and np.sum(fraction == 1.0) > 30
@@ -298,71 +300,6 @@ def test_run_without_location_fails_with_the_reason(datastore_copy):
     # With the obs-index header's location the run has both pieces.
     result = process_run(RunJob(source, store.meta, specs=specs))
     assert result.error is None and len(result.pieces) == 2
-
-
-# -- 3D and 2D pieces of the same events ---------------------------------------------------------
-
-
-@st.composite
-def fields(draw):
-    ra = draw(st.floats(0, 360, exclude_max=True))
-    dec = draw(st.floats(-89.5, 89.5))
-    half_width = draw(st.floats(0.5, 3.0))
-    n_pixels = draw(st.integers(2, 16))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    n_events = draw(st.integers(0, 400))
-    events = SkyCoord(ra * u.deg, dec * u.deg).directional_offset_by(
-        rng.uniform(0, 360, n_events) * u.deg, half_width * 1.6 * np.sqrt(rng.uniform(0, 1, n_events)) * u.deg)
-    energy = np.exp(rng.uniform(np.log(0.05), np.log(200), n_events))
-    circles = [circle_at(ra, dec, draw(st.floats(0, 360)), draw(st.floats(0, half_width)), draw(st.floats(0.05, 0.5)),
-                         f"c{number}") for number in range(draw(st.integers(0, 2)))]
-    return ra, dec, half_width, n_pixels, events.ra.deg, events.dec.deg, energy, circles
-
-
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(fields(), st.sampled_from(["RADEC", "ALTAZ"]))
-def test_pixels_summed_over_a_ring_recover_the_ring_counts(field, alignment):
-    ra, dec, half_width, n_pixels, ev_ra, ev_dec, energy, circles = field
-    energy_edges = np.geomspace(0.1, 100, 6)
-    edges = np.linspace(-half_width, half_width, n_pixels + 1)
-    geometry_3d = PieceGeometry.fov(energy_edges, edges, edges, alignment)
-    geometry_2d = PieceGeometry.offset(energy_edges, [0.0, half_width])  # the disc inside the square
-    clock = clock_around(TRANSIT, 1000.0, event_time_s=None)
-    clock = RunClock(REFERENCE, clock.start_s, clock.start_s + np.linspace(0, 1000, len(energy)), SITE)
-    piece_3d = maker_for(geometry_3d, circles).run(ev_ra, ev_dec, energy, ra, dec, 1000.0, clock=clock)
-    piece_2d = maker_for(geometry_2d, circles).run(ev_ra, ev_dec, energy, ra, dec, 1000.0)
-    # Pixels wholly inside the disc hold at most the ring's events; pixels touching it at least.
-    inside, touching = disc_pixels(geometry_3d, half_width)
-    for counts_3d, counts_2d in ((piece_3d.counts, piece_2d.counts), (piece_3d.excluded_counts,
-                                                                      piece_2d.excluded_counts)):
-        assert np.all(counts_3d[:, inside].sum(axis=1) <= counts_2d[:, 0])
-        assert np.all(counts_2d[:, 0] <= counts_3d[:, touching].sum(axis=1))
-    # All events of the disc lie in the square: kept + excluded add up in both.
-    in_disc = piece_2d.n_events
-    assert piece_3d.n_events >= in_disc
-    assert piece_3d.exposure_s.shape == geometry_3d.spatial_shape
-    assert np.all((piece_3d.exposure_s >= 0) & (piece_3d.exposure_s <= 1000.0))
-
-
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(fields())
-def test_kept_and_excluded_pixels_are_the_events_gammapy_places_there(field):
-    """RADEC: bin by bin, kept + excluded is the histogram of gammapy's SkyOffsetFrame-based FoV coordinates."""
-    from gammapy.utils.coordinates import sky_to_fov as gammapy_sky_to_fov
-
-    ra, dec, half_width, n_pixels, ev_ra, ev_dec, energy, circles = field
-    edges = np.linspace(-half_width, half_width, n_pixels + 1)
-    geometry = PieceGeometry.fov(np.geomspace(0.1, 100, 4), edges, edges, "RADEC")
-    piece = maker_for(geometry, circles).run(ev_ra, ev_dec, energy, ra, dec, 100.0)
-    lon, lat = gammapy_sky_to_fov(ev_ra * u.deg, ev_dec * u.deg, ra * u.deg, dec * u.deg)
-    expected = geometry.histogram(energy, lon.wrap_at(180 * u.deg).deg, lat.deg)
-    np.testing.assert_array_equal(piece.counts + piece.excluded_counts, expected)
-    in_circle = np.zeros(len(energy), bool)
-    for circle in circles:
-        in_circle |= SkyCoord(ev_ra * u.deg, ev_dec * u.deg).separation(
-            SkyCoord(circle.ra * u.deg, circle.dec * u.deg)).deg <= circle.radius
-    assert piece.excluded_counts.sum() == geometry.histogram(energy[in_circle], lon.deg[in_circle],
-                                                             lat.deg[in_circle]).sum()
 
 
 def test_counts_ratio_method_works_per_pixel():
