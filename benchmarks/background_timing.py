@@ -23,7 +23,8 @@ from bkgdb.makers.assembly import assemble_background
 from bkgdb.background import BackgroundBuilder
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.config import BkgdbConfig, SelectionSettings, load_config
-from bkgdb.gadf.datastore import DL3Datastore, read_events
+from bkgdb.gadf.datastore import DL3Datastore
+from bkgdb.gadf.events import read_events
 from bkgdb.makers.piece import PieceMaker
 
 REPO = Path(__file__).resolve().parent.parent

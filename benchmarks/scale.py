@@ -150,7 +150,8 @@ def bench(kind, n_runs, sizes, folder, postgres, condition_runs, modes):
 def recompute(n_runs, folder):
     """Select + assemble of ``n_runs`` simulated runs against recomputing the same model from their event files."""
     from bkgdb.makers.assembly import assemble_background
-    from bkgdb.gadf.datastore import DL3Datastore, read_events
+    from bkgdb.gadf.datastore import DL3Datastore
+    from bkgdb.gadf.events import read_events
     from bkgdb.makers.piece import PieceMaker
     from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
 

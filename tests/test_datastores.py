@@ -9,7 +9,7 @@ cases damage a copy of the simulated datastore.
 import gzip
 import re
 import shutil
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +18,14 @@ import sqlalchemy as sa
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.table import MaskedColumn, Table
+from conftest import gammapy_data_path
 from sqlalchemy.orm import Session
 
-from bkgdb.store.pieces import row_to_piece
 from bkgdb.config import load_config
-from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.errors import DatastoreError
+from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.store.models import PieceRow, Run
-from conftest import gammapy_data_path
+from bkgdb.store.pieces import row_to_piece
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -50,7 +50,7 @@ def events_location(observation):
     return location
 
 
-@lru_cache(maxsize=None)
+@cache
 def gammapy_datastore(folder):
     from gammapy.data import DataStore
 
@@ -117,7 +117,7 @@ def test_failed_public_run_cannot_be_opened_by_gammapy_either(magic_joint_crab):
 
     observation = DataStore.from_dir(magic_joint_crab).obs(5029747, required_irf="all-optional")
     with pytest.raises(FileNotFoundError, match="run_05029747_DL3.fits"):
-        observation.events
+        _ = observation.events  # reading the events is what fails
 
 
 def test_veritas_runs_get_backgrounds_that_gammapy_opens(catalogue, tmp_path):
@@ -350,3 +350,55 @@ def test_hdu_index_without_a_required_column(datastore_copy):
     write_index(table, path)
     with pytest.raises(DatastoreError, match=r"hdu-index .* has no FILE_DIR column \(it needs OBS_ID, "):
         DL3Datastore(datastore_copy)
+
+
+# -- event times and the observatory, for FoV frames aligned with Alt/Az ------------------------------
+
+
+@pytest.mark.parametrize("parts", [("hess-dl3-dr1",), ("veritas", "crab-point-like-ED")], ids=["hess", "veritas"])
+def test_event_times_and_location_are_gammapys(parts):
+    from gammapy.data import DataStore
+
+    from bkgdb.gadf.events import read_events
+    from bkgdb.makers.run import run_clock
+
+    folder = gammapy_data_path(*parts)
+    store = DL3Datastore(folder)
+    source = store.runs()[0]
+    events = read_events(source, source.events_path.read_bytes(), with_events=True)
+    clock = run_clock(events, source, store.meta)
+    observation = DataStore.from_dir(folder).obs(source.obs_id, required_irf=["aeff"])
+    # Absolute event times as gammapy's EventList gives them, to a microsecond.
+    difference = (clock.event_times() - observation.events.time).to_value(u.s)
+    assert len(difference) == len(observation.events.table) and np.abs(difference).max() < 1e-6
+    assert abs((clock.start() - observation.tstart).to_value(u.s)) < 1e-6
+    expected = observation.observatory_earth_location
+    assert clock.location is not None and expected is not None
+    for mine, theirs in zip(clock.location.to_geodetic(), expected.to_geodetic(), strict=True):
+        assert mine.value == pytest.approx(theirs.value, abs=1e-6)
+
+
+def test_location_and_time_reference_fall_back_to_the_obs_index_header(datastore_copy):
+    from astropy.io import fits
+
+    from bkgdb.gadf.events import observatory_location, read_events, time_reference
+    from bkgdb.makers.run import run_clock
+
+    store = DL3Datastore(datastore_copy)
+    source = store.runs()[0]
+    with fits.open(source.events_path) as hdul:
+        header = hdul["EVENTS"].header
+        site = {key: header[key] for key in ("GEOLON", "GEOLAT", "ALTITUDE")}
+        reference = time_reference(header)
+        for key in ("GEOLON", "GEOLAT", "ALTITUDE", "MJDREFI", "MJDREFF"):
+            del header[key]
+        hdul.writeto(source.events_path, overwrite=True)
+    events = read_events(source, source.events_path.read_bytes(), with_events=True)
+    assert observatory_location(events.header) is None and time_reference(events.header) is None
+    clock = run_clock(events, source, store.meta)  # the obs-index header has both
+    assert clock.reference == reference and clock.location.lon.deg == pytest.approx(site["GEOLON"])
+    assert clock.location.height.to_value(u.m) == pytest.approx(site["ALTITUDE"])
+    height = observatory_location({"GEOLON": 1, "GEOLAT": 2, "GEOALT": 5, "ALTITUDE": 9}).height
+    assert height.to_value(u.m) == pytest.approx(5)
+    without = run_clock(events, source, {})
+    assert without.location is None and without.reference is None

@@ -7,12 +7,12 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from sqlalchemy.orm import Session
 
-from bkgdb.store.pieces import row_to_piece
-from bkgdb.config import BkgdbConfig, Binning, CircleRegion, ExclusionSettings
+from bkgdb.config import Binning, BkgdbConfig, CircleRegion, ExclusionSettings
 from bkgdb.errors import ConfigError
 from bkgdb.makers.exclusion import ExclusionFinder, ExclusionRegion, find_named_sources, load_catalogue, unit_vectors
-from bkgdb.store.models import ExclusionRow, PieceRow
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+from bkgdb.store.models import ExclusionRow, PieceRow
+from bkgdb.store.pieces import row_to_piece
 
 NO_CATALOGUES = dict(gammacat=None, hawc=None, star_cat=None)
 
@@ -110,7 +110,7 @@ def halo_field(tmp_path_factory):
     centre = SkyCoord(HALO_SOURCE.ra_deg * u.deg, HALO_SOURCE.dec_deg * u.deg)
     around = centre.directional_offset_by(np.arange(8) % 4 * 90.0 * u.deg, 1.2 * u.deg)
     truth = BackgroundTruth()
-    DatastoreSimulator(truth=truth, pointings=list(zip(around.ra.deg, around.dec.deg)), source=HALO_SOURCE,
+    DatastoreSimulator(truth=truth, pointings=list(zip(around.ra.deg, around.dec.deg, strict=True)), source=HALO_SOURCE,
                        ontime_s=1800.0, seed=11, object_name="Halo field", with_irfs=False).run(folder / "datastore")
     catalogue = write_source_catalogue(folder / "catalogue.fits", [HALO_SOURCE])
     return folder / "datastore", catalogue, truth

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bkgdb.makers.assembly import assemble_background
 from bkgdb.config import Binning, CircleRegion, ExclusionSettings
+from bkgdb.makers.assembly import assemble_background
 from bkgdb.makers.piece import PieceMaker
 
 PROPERTY_SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -83,7 +83,7 @@ def test_pieces_of_several_runs_add_up_to_the_piece_of_all_their_events(field):
     maker = PieceMaker(binning, exclusion_with(circles))
     pieces = [maker.run(ev_ra, ev_dec, energy, ra, dec, ontime, 0.9 * ontime)
               for ev_ra, ev_dec, energy, ontime in runs]
-    everything = [np.concatenate(values) for values in zip(*[run[:3] for run in runs])]
+    everything = [np.concatenate(values) for values in zip(*[run[:3] for run in runs], strict=True)]
     total_ontime = sum(run[3] for run in runs)
     whole = maker.run(*everything, ra, dec, total_ontime, 0.9 * total_ontime)
 

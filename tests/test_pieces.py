@@ -10,10 +10,10 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from sqlalchemy.orm import Session
 
-from bkgdb.store.pieces import PieceCache, row_to_piece
-from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings
-from bkgdb.store.models import PieceRow, Run
+from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+from bkgdb.store.models import PieceRow, Run
+from bkgdb.store.pieces import PieceCache, row_to_piece
 
 SOURCE = PointSource(ra_deg=120.0, dec_deg=-20.0, rate_per_s=0.6, psf_sigma_deg=0.08, name="Bright source")
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)
@@ -23,7 +23,7 @@ def wobble_pointings(source, offset_deg=0.7, n_runs=16):
     centre = SkyCoord(source.ra_deg * u.deg, source.dec_deg * u.deg)
     angles = np.arange(n_runs) % 4 * 90.0
     around = centre.directional_offset_by(angles * u.deg, offset_deg * u.deg)
-    return list(zip(around.ra.deg, around.dec.deg))
+    return list(zip(around.ra.deg, around.dec.deg, strict=True))
 
 
 @pytest.fixture(scope="session")
@@ -170,8 +170,16 @@ def test_exclusions_and_cache_drop(catalogue, source_field):
     assert len(summary) == 2
     counts_ratio = next(row for row in summary if row["method"] == "counts-ratio")
     assert cache.drop(exclusion=counts_ratio["exclusion"]) == 16
-    assert [row["method"] for row in cache.summary()] == ["geometric"]
-    json.dumps(cache.summary())  # plain data, ready for --format json
+    remaining = cache.summary()
+    assert [row["method"] for row in remaining] == ["geometric"]
+    # Plain data: the summary comes back unchanged through JSON (what --format json prints).
+    assert json.loads(json.dumps(remaining)) == remaining
+    with Session(catalogue.engine) as session:
+        blobs = session.execute(sa.select(PieceRow.counts, PieceRow.excluded_counts, PieceRow.exposure_s)).all()
+    (row,) = remaining
+    assert row["pieces"] == len(blobs) == 16
+    assert row["bytes"] == sum(len(counts) + len(excluded) + len(exposure) for counts, excluded, exposure in blobs)
+    assert row["bytes_per_piece"] == pytest.approx(row["bytes"] / 16, abs=0.05)
 
 
 # -- real data -----------------------------------------------------------------------------------

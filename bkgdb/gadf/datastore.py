@@ -1,4 +1,4 @@
-"""Reading a GADF DL3 datastore: its index tables and, per run, the facts the catalogue keeps.
+"""Reading a GADF DL3 datastore's index tables: which runs it holds and where their events are.
 
 A datastore is a folder with ``obs-index.fits[.gz]`` and ``hdu-index.fits[.gz]``, the layout
 `gammapy.data.DataStore.from_dir` opens. This module reads it with astropy only, so a broken
@@ -18,6 +18,9 @@ An index whose OBS_IDs are not integers in 0 ... 2**63 - 1, or whose obs-index l
 twice, is refused as a whole (`DatastoreError`): the OBS_ID is the run's key, so such a run
 could not even be recorded as failed. A run whose events row lacks ``FILE_NAME`` or ``HDU_NAME``
 is indexed as failed with that reason, and the other runs are indexed.
+
+A run's event file is read by `bkgdb.gadf.events`; the facts the catalogue keeps of a run by
+`bkgdb.gadf.runfacts`.
 """
 
 import gzip
@@ -29,20 +32,17 @@ import math
 import os
 import warnings
 import zlib
-from dataclasses import dataclass, field
-from datetime import date
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from astropy.io import fits
 from astropy.table import Table
 
 from bkgdb.errors import DatastoreError
 
-__all__ = [
-    "DL3Datastore", "RunSource", "RunFacts", "RunReadError", "EventList", "read_events", "read_run_facts",
-    "read_index_table", "checked_obs_ids", "one_line", "NO_EVENTS_HDU",
-]
+__all__ = ["DL3Datastore", "RunSource", "read_index_table", "checked_obs_ids", "json_safe", "finite_number", "one_line",
+           "NO_EVENTS_HDU"]
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,7 @@ NO_EVENTS_HDU = "the hdu-index lists no events HDU for this run"
 REASON_LENGTH = 200
 
 
-class RunReadError(Exception):
-    """A run's event file cannot be read; the message is the reason stored in the catalogue."""
-
-
-def json_safe(value):
+def json_safe(value: Any) -> Any:
     """Convert a FITS table or header value into something JSON (and JSONB) stores exactly."""
     if value is np.ma.masked or (isinstance(value, np.ma.MaskedArray) and value.mask.all()):
         return None
@@ -83,7 +79,16 @@ def json_safe(value):
     return str(value)
 
 
-def one_line(text, limit=REASON_LENGTH):
+def finite_number(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is missing, not a number, NaN or infinite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def one_line(text: object, limit: int = REASON_LENGTH) -> str:
     """The first non-empty line of a message, at most ``limit`` characters."""
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     line = lines[0] if lines else ""
@@ -135,12 +140,11 @@ def read_index_table(path: Path, what: str) -> Table:
         warnings.simplefilter("always")
         # format="fits" as gammapy: astropy's format guessing would answer garbage with a table of
         # every format it knows.
+        error: Exception | None = None
         try:
             table = Table.read(io.BytesIO(content), format="fits")
         except Exception as exc:  # astropy raises OSError, ValueError, TypeError... for bad FITS
             error = exc
-        else:
-            error = None
     truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
     for warning in caught:
         log.debug("%s %s: %s", what, path, one_line(warning.message))
@@ -218,11 +222,11 @@ class RunSource:
     events_problem: str | None = None
 
     @property
-    def row_sha256(self):
+    def row_sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.row, sort_keys=True).encode()).hexdigest()
 
     @property
-    def missing_events_reason(self):
+    def missing_events_reason(self) -> str:
         """Why this run's events cannot be located (for a run whose ``events_path`` is None)."""
         return self.events_problem or NO_EVENTS_HDU
 
@@ -250,7 +254,7 @@ class DL3Datastore:
         an OBS_ID is invalid.
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | Path) -> None:
         path = Path(os.path.expandvars(str(path))).expanduser()
         if not path.exists():
             raise DatastoreError(f"datastore folder does not exist: {path}")
@@ -269,7 +273,7 @@ class DL3Datastore:
                                  f"{'s' if len(absent) > 1 else ''} (it needs {', '.join(HDU_INDEX_COLUMNS)})")
         self.obs_ids = checked_obs_ids(self.obs_table, "obs-index", self.obs_index_path, unique=True)
         self._hdu_obs_ids = checked_obs_ids(hdu_table, "hdu-index", self.hdu_index_path, unique=False)
-        self._resolved_folders = {}
+        self._resolved_folders: dict[Path, Path] = {}
         self._locations = self._events_locations(hdu_table)
         base_dir = hdu_table.meta.get("BASE_DIR")
         if base_dir is not None:
@@ -281,7 +285,7 @@ class DL3Datastore:
         self.hdu_table = hdu_table
 
     @property
-    def meta(self):
+    def meta(self) -> dict:
         """The obs-index header (MJDREF, TIMESYS, GEOLON, ...), JSON-safe."""
         return {key: json_safe(value) for key, value in self.obs_table.meta.items()
                 if key not in ("comments", "history", "COMMENT", "HISTORY")}
@@ -327,7 +331,7 @@ class DL3Datastore:
         path = folder / path.name
         return path.resolve() if path.is_symlink() else path
 
-    def runs(self):
+    def runs(self) -> list[RunSource]:
         """The runs of the obs-index, in its order.
 
         Returns
@@ -335,266 +339,8 @@ class DL3Datastore:
         runs : list of `RunSource`
         """
         runs = []
-        for obs_id, row in zip(self.obs_ids.tolist(), self.obs_table):
+        for obs_id, row in zip(self.obs_ids.tolist(), self.obs_table, strict=True):
             values = {name: json_safe(row[name]) for name in self.obs_table.colnames}
             events_path, events_hdu, problem = self._locations.get(obs_id, (None, None, None))
             runs.append(RunSource(obs_id, values, events_path, events_hdu, problem))
         return runs
-
-
-@dataclass
-class RunFacts:
-    """What the catalogue records of one run; angles in deg, times in s or MJD (UTC)."""
-
-    ra_deg: float | None = None
-    dec_deg: float | None = None
-    glon_deg: float | None = None
-    glat_deg: float | None = None
-    alt_deg: float | None = None
-    zenith_deg: float | None = None
-    az_deg: float | None = None
-    tstart_mjd: float | None = None
-    tstop_mjd: float | None = None
-    date_obs: date | None = None
-    ontime_s: float | None = None
-    livetime_s: float | None = None
-    deadtime_fraction: float | None = None
-    n_tels: int | None = None
-    tellist: str | None = None
-    object_name: str | None = None
-    nsb_level: float | None = None
-    muon_eff: float | None = None
-    event_count: int | None = None
-    extra: dict = field(default_factory=dict)
-
-
-def _number(value):
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-class _Lookup:
-    """Reads a run quantity from its obs-index row first, then from its EVENTS header."""
-
-    def __init__(self, row, header):
-        self.sources = [row, header or {}]
-
-    def get(self, *names):
-        for name in names:
-            for source in self.sources:
-                value = source.get(name)
-                if value not in (None, ""):
-                    return value
-        return None
-
-    def number(self, *names):
-        return _number(self.get(*names))
-
-
-def _mjd_reference(lookup):
-    if lookup.get("MJDREFI") is not None:
-        return float(lookup.get("MJDREFI")) + float(lookup.get("MJDREFF") or 0.0)
-    return _number(lookup.get("MJDREF"))
-
-
-def _fill_times(facts, lookup):
-    from astropy.time import Time
-
-    tstart, tstop = lookup.number("TSTART"), lookup.number("TSTOP")
-    mjdref = _mjd_reference(lookup)
-    scale = str(lookup.get("TIMESYS") or "tt").strip().lower()
-    if scale not in Time.SCALES:
-        scale = "tt"
-    if mjdref is not None and tstart is not None:
-        start = Time(mjdref, tstart / 86400.0, format="mjd", scale=scale).utc
-        facts.tstart_mjd = float(start.mjd)
-        facts.date_obs = start.datetime.date()
-        if tstop is not None:
-            facts.tstop_mjd = float(Time(mjdref, tstop / 86400.0, format="mjd", scale=scale).utc.mjd)
-    elif lookup.get("DATE-OBS"):
-        start = Time(str(lookup.get("DATE-OBS"))[:10], scale="utc")
-        facts.tstart_mjd = float(start.mjd)
-        facts.date_obs = start.datetime.date()
-    facts.ontime_s = lookup.number("ONTIME")
-    if facts.ontime_s is None and tstart is not None and tstop is not None:
-        facts.ontime_s = tstop - tstart
-    facts.livetime_s = lookup.number("LIVETIME")
-    deadc = lookup.number("DEADC")
-    if facts.livetime_s is None and facts.ontime_s is not None and deadc is not None:
-        facts.livetime_s = facts.ontime_s * deadc
-    if facts.ontime_s and facts.livetime_s is not None:
-        facts.deadtime_fraction = 1.0 - facts.livetime_s / facts.ontime_s
-
-
-def _fill_pointing(facts, lookup):
-    from astropy import units as u
-    from astropy.coordinates import SkyCoord
-
-    facts.ra_deg, facts.dec_deg = lookup.number("RA_PNT"), lookup.number("DEC_PNT")
-    facts.glon_deg, facts.glat_deg = lookup.number("GLON_PNT"), lookup.number("GLAT_PNT")
-    if facts.ra_deg is not None and facts.dec_deg is not None and (
-        facts.glon_deg is None or facts.glat_deg is None
-    ):
-        galactic = SkyCoord(facts.ra_deg * u.deg, facts.dec_deg * u.deg, frame="icrs").galactic
-        facts.glon_deg, facts.glat_deg = float(galactic.l.deg), float(galactic.b.deg)
-
-    facts.alt_deg, facts.zenith_deg = lookup.number("ALT_PNT"), lookup.number("ZEN_PNT")
-    facts.az_deg = lookup.number("AZ_PNT")
-    if facts.alt_deg is None and facts.zenith_deg is not None:
-        facts.alt_deg = 90.0 - facts.zenith_deg
-    if facts.zenith_deg is None and facts.alt_deg is not None:
-        facts.zenith_deg = 90.0 - facts.alt_deg
-    if facts.alt_deg is None or facts.az_deg is None:
-        _fill_alt_az(facts, lookup)
-    if facts.az_deg is not None:
-        facts.az_deg = facts.az_deg % 360.0
-
-
-def _fill_alt_az(facts, lookup):
-    """Horizontal coordinates at mid-run, for indexes that lack them (needs the site location)."""
-    from astropy import units as u
-    from astropy.coordinates import AltAz, EarthLocation, SkyCoord
-    from astropy.time import Time
-    from astropy.utils import iers
-
-    lon, lat = lookup.number("GEOLON"), lookup.number("GEOLAT")
-    if None in (lon, lat, facts.ra_deg, facts.dec_deg, facts.tstart_mjd):
-        return
-    iers.conf.auto_download = False  # no network here: use the bundled tables
-    location = EarthLocation(lon=lon * u.deg, lat=lat * u.deg, height=(lookup.number("ALTITUDE") or 0) * u.m)
-    mid = facts.tstart_mjd if facts.tstop_mjd is None else 0.5 * (facts.tstart_mjd + facts.tstop_mjd)
-    horizontal = SkyCoord(facts.ra_deg * u.deg, facts.dec_deg * u.deg, frame="icrs").transform_to(
-        AltAz(obstime=Time(mid, format="mjd", scale="utc"), location=location)
-    )
-    facts.alt_deg, facts.az_deg = float(horizontal.alt.deg), float(horizontal.az.deg)
-    facts.zenith_deg = 90.0 - facts.alt_deg
-
-
-def _fill_instrument(facts, lookup):
-    n_tels = lookup.number("N_TELS")
-    facts.n_tels = int(n_tels) if n_tels is not None else None
-    tellist = lookup.get("TELLIST")
-    facts.tellist = str(tellist) if tellist is not None else None
-    if facts.n_tels is None and facts.tellist:
-        facts.n_tels = len([tel for tel in facts.tellist.split(",") if tel.strip()])
-    name = lookup.get("OBJECT", "TARGET_NAME")
-    facts.object_name = str(name) if name is not None else None
-    facts.nsb_level = lookup.number("NSBLEVEL")
-    facts.muon_eff = lookup.number("MUONEFF")
-
-
-class _HeaderValues:
-    """A FITS header's values as `json_safe` gives them, parsed only for the keys asked for.
-
-    Parsing every card of an EVENTS header costs more than reading its events; a run needs a
-    dozen keys. Like a dict of the cards, a repeated key gives its last value.
-    """
-
-    def __init__(self, header):
-        self._header = header
-
-    def get(self, key, default=None):
-        if key in ("COMMENT", "HISTORY", "") or key not in self._header:
-            return default
-        return json_safe(self._header[(key, self._header.count(key) - 1)])
-
-
-@dataclass
-class EventList:
-    """What bkgdb needs of a run's EVENTS table: its header and, if asked, directions and energies."""
-
-    header: dict
-    ra_deg: np.ndarray | None = None
-    dec_deg: np.ndarray | None = None
-    energy_tev: np.ndarray | None = None
-
-
-def _column(hdu, name, unit):
-    from astropy import units as u
-
-    values = np.asarray(hdu.data[name], dtype=float)
-    column_unit = hdu.columns[name].unit
-    if column_unit:
-        values = (values * u.Unit(column_unit)).to_value(unit)
-    return values
-
-
-def read_events(source, content, with_events=False):
-    """Parse a run's event file from its bytes and check its EVENTS table is complete.
-
-    Parameters
-    ----------
-    source : `RunSource`
-        The run (for the HDU name and messages).
-    content : bytes
-        The file's bytes (gzip-compressed or not), read once by the caller.
-    with_events : bool, optional
-        Also return RA, Dec (deg) and energy (TeV) of every event. Default is False.
-
-    Returns
-    -------
-    events : `EventList`
-
-    Raises
-    ------
-    RunReadError
-        The file is damaged, truncated, or has no events table.
-    """
-    import gzip
-    import io
-
-    name = source.events_path.name
-    try:
-        if content[:2] == b"\x1f\x8b":
-            content = gzip.decompress(content)
-        with fits.open(io.BytesIO(content), memmap=False) as hdul:
-            try:
-                hdu = hdul[source.events_hdu]
-            except KeyError:
-                raise RunReadError(f"no HDU named {source.events_hdu!r} in {name}") from None
-            header = hdu.header
-            expected = int(header.get("NAXIS2", 0))
-            found = 0 if hdu.data is None else len(hdu.data)
-            if found != expected:
-                raise RunReadError(f"event table truncated: {found} of {expected} rows readable")
-            events = EventList(_HeaderValues(header))
-            if with_events:
-                events.ra_deg = _column(hdu, "RA", "deg")
-                events.dec_deg = _column(hdu, "DEC", "deg")
-                events.energy_tev = _column(hdu, "ENERGY", "TeV")
-            return events
-    except RunReadError:
-        raise
-    except Exception as exc:  # gzip, OSError, astropy's VerifyError...: all mean "unreadable"
-        raise RunReadError(f"cannot read {name}: {type(exc).__name__}: {exc}") from None
-
-
-def read_run_facts(source, meta, header=None):
-    """The catalogue columns of one run, from its obs-index row and (if given) its EVENTS header.
-
-    Parameters
-    ----------
-    source : `RunSource`
-        The run.
-    meta : dict
-        The obs-index header (time reference, site location).
-    header : dict, optional
-        The EVENTS header, when the file could be read. Default is None.
-
-    Returns
-    -------
-    facts : `RunFacts`
-    """
-    lookup = _Lookup({**meta, **source.row}, header)
-    facts = RunFacts(extra=dict(source.row))
-    _fill_times(facts, lookup)
-    _fill_pointing(facts, lookup)
-    _fill_instrument(facts, lookup)
-    if header is not None:
-        facts.event_count = int(header.get("NAXIS2", 0))
-    elif lookup.number("EVENT_COUNT") is not None:
-        facts.event_count = int(lookup.number("EVENT_COUNT"))
-    return facts

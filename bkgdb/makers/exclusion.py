@@ -1,40 +1,38 @@
 """Exclusion regions: known gamma-ray sources, bright stars and custom regions around a run.
 
-All containment tests are done on the sphere: positions become unit vectors and a point lies in
-a circle when its angular distance to the centre (the arc-cosine of their dot product) is below
-the radius. Catalogues are read once per process.
+All containment tests are done on the sphere (`bkgdb.makers.sphere`): positions become unit
+vectors and a point lies in a circle when its angular distance to the centre is below the
+radius. Catalogues (`bkgdb.makers.sources`) are read once per process.
 """
 
-import difflib
 import logging
-import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
+from functools import cache, lru_cache
+from typing import Any
 
 import numpy as np
 
 from bkgdb.errors import ConfigError
+from bkgdb.makers.sources import (
+    SOURCE_CATALOGUES,
+    Catalogue,
+    NamedSource,
+    find_named_sources,
+    load_catalogue,
+    load_source_names,
+    normalise_source_name,
+)
+from bkgdb.makers.sphere import angular_distance_deg, unit_vectors
 
-__all__ = ["ExclusionRegion", "ExclusionFinder", "unit_vectors", "annulus_grid", "load_catalogue",
-           "NamedSource", "normalise_source_name", "find_named_sources", "load_source_names"]
+# The catalogue and name look-ups live in `bkgdb.makers.sources`; they stay importable from here.
+__all__ = ["ExclusionRegion", "ShapedRegion", "ExclusionFinder", "annulus_grid", "load_region_file", "rotation_to",
+           "unit_vectors", "angular_distance_deg", "load_catalogue", "NamedSource", "normalise_source_name",
+           "find_named_sources", "load_source_names"]
 
 log = logging.getLogger(__name__)
-
-EXTENDED_MORPHOLOGIES = ("gauss", "shell", "disk")
 #: Pointings whose accepted fractions an `ExclusionFinder` keeps.
 _FRACTION_CACHE_SIZE = 256
-
-
-def unit_vectors(ra_deg, dec_deg):
-    """Cartesian unit vectors (..., 3) of ICRS positions given in deg."""
-    ra, dec = np.radians(np.asarray(ra_deg, float)), np.radians(np.asarray(dec_deg, float))
-    cos_dec = np.cos(dec)
-    return np.stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)], axis=-1)
-
-
-def angular_distance_deg(vectors, centre):
-    """Angle in deg between unit vectors (..., 3) and one unit vector (3,)."""
-    return np.degrees(np.arccos(np.clip(vectors @ centre, -1.0, 1.0)))
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ class ExclusionRegion:
     dec: float
     radius: float
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return asdict(self)
 
 
@@ -56,202 +54,14 @@ class ShapedRegion:
     """A non-circular sky region from a regions file (ellipse, polygon, ...)."""
 
     name: str
-    region: object
+    region: Any
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return {"name": self.name, "kind": "custom", "shape": type(self.region).__name__}
 
 
-@dataclass(frozen=True)
-class Catalogue:
-    """Positions (unit vectors), names and exclusion radii of one catalogue's entries."""
-
-    names: np.ndarray
-    vectors: np.ndarray
-    ra: np.ndarray
-    dec: np.ndarray
-    radius: np.ndarray
-    kind: str
-
-
-@lru_cache(maxsize=None)
-def read_source_table(kind, path):
-    """A gamma-cat (FITS) or 3HWC (ECSV) file as a table, read once per process."""
-    from astropy.table import Table
-
-    try:
-        return Table.read(path) if kind == "gammacat" else Table.read(path, format="ascii.ecsv")
-    except (OSError, KeyError, ValueError) as exc:
-        raise ConfigError(f"cannot read {kind} catalogue {path}: {exc}") from None
-
-
-@lru_cache(maxsize=None)
-def load_catalogue(kind, path, source_radius=0.35, extended_factor=3.0, star_radius=0.35, star_mag_max=8.0):
-    """Read a gamma-cat, 3HWC or Hipparcos file once per process and give each entry its radius."""
-    try:
-        if kind == "gammacat":
-            table = read_source_table(kind, path)
-            names = np.asarray(table["common_name"]).astype(str)
-            sigma = np.nan_to_num(np.ma.filled(np.asarray(table["morph_sigma"], float), np.nan), nan=0.0)
-            if "morph_sigma2" in table.colnames:
-                sigma2 = np.ma.filled(np.ma.asarray(table["morph_sigma2"], float), np.nan)
-                sigma = np.maximum(sigma, np.nan_to_num(sigma2, nan=0.0))
-            morph = np.char.strip(np.asarray(table["morph_type"]).astype(str))
-            extended = np.isin(morph, EXTENDED_MORPHOLOGIES) & (sigma > 0)
-            radius = np.where(extended, extended_factor * sigma, source_radius)
-            kind_label = "source"
-        elif kind == "hawc":
-            table = read_source_table(kind, path)
-            names = np.asarray(table["source_name"]).astype(str)
-            extension = np.nan_to_num(np.asarray(table["search_radius"], float), nan=0.0)
-            radius = np.where(extension > 0, extended_factor * extension, source_radius)
-            kind_label = "source"
-        elif kind == "stars":
-            # Tab-separated: RA, Dec (J2000, deg), HIP number, V magnitude, B-V; one header line.
-            data = np.loadtxt(path, skiprows=1, usecols=(0, 1, 2, 3), ndmin=2)
-            data = data[data[:, 3] < star_mag_max]
-            table = {"ra": data[:, 0], "dec": data[:, 1]}
-            names = np.array([f"HIP {int(hip)}" for hip in data[:, 2]])
-            radius = np.full(len(data), star_radius)
-            kind_label = "star"
-        else:
-            raise ValueError(kind)
-        ra, dec = np.asarray(table["ra"], float), np.asarray(table["dec"], float)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ConfigError(f"cannot read {kind} catalogue {path}: {exc}") from None
-    log.debug("loaded %d entries from %s", len(ra), path)
-    return Catalogue(names, unit_vectors(ra, dec), ra, dec, np.asarray(radius, float), kind_label)
-
-
-def normalise_source_name(name):
-    """A source name as names are compared: case-folded, without any white space.
-
-    "PKS 2155-304", "pks2155-304" and " PKS  2155-304 " are the same name.
-    """
-    return re.sub(r"\s+", "", str(name)).casefold()
-
-
-#: Catalogue labels as the config names them, and in error messages.
-SOURCE_CATALOGUES = {"gammacat": "gamma-cat", "hawc": "3HWC"}
-
-
-@dataclass(frozen=True)
-class NamedSource:
-    """A catalogue entry found by name: which catalogue, its row, its name and position (deg)."""
-
-    catalogue: str
-    index: int
-    name: str
-    ra: float
-    dec: float
-
-
-@lru_cache(maxsize=None)
-def load_source_names(kind, path):
-    """Every name of each entry of a gamma-cat or 3HWC file, read once per process.
-
-    gamma-cat entries are known by ``common_name``, the comma-separated ``other_names`` and
-    ``gamma_names``, and ``source_id``; 3HWC entries by ``source_name``. Files written by
-    `bkgdb.simulate.write_source_catalogue` carry ``common_name`` only.
-
-    Returns
-    -------
-    names : dict
-        Normalised name (see `normalise_source_name`) to (row indices, the name as written).
-    """
-    try:
-        table = read_source_table(kind, path)
-        if kind == "gammacat":
-            columns = [column for column in ("common_name", "other_names", "gamma_names") if column in table.colnames]
-            main = "common_name"
-        elif kind == "hawc":
-            columns, main = ["source_name"], "source_name"
-        else:
-            raise ValueError(f"no source names in a {kind} catalogue")
-        texts = {column: np.ma.filled(np.ma.asarray(table[column]).astype(str), "") for column in columns}
-        ids = np.asarray(table["source_id"]) if "source_id" in table.colnames else None
-        main_names = texts[main]
-    except (OSError, KeyError, ValueError) as exc:
-        raise ConfigError(f"cannot read {kind} catalogue {path}: {exc}") from None
-    names = {}
-    for row in range(len(main_names)):
-        spellings = [str(main_names[row]).strip()]
-        for column in columns:
-            if column != main:
-                spellings += [part.strip() for part in str(texts[column][row]).split(",")]
-        if ids is not None:
-            spellings.append(str(int(ids[row])))
-        for spelling in spellings:
-            key = normalise_source_name(spelling)
-            if key and key != "--":
-                rows, written = names.get(key, ((), spelling))
-                if row not in rows:
-                    names[key] = (rows + (row,), written)
-    return names
-
-
-def _source_catalogue_paths(settings):
-    return [(kind, getattr(settings, kind)) for kind in SOURCE_CATALOGUES if getattr(settings, kind)]
-
-
-def find_named_sources(settings, name, label="exclusion"):
-    """The entries of the configured source catalogues (gamma-cat, 3HWC) known by ``name``.
-
-    Names are compared case- and white-space-insensitively (see `normalise_source_name`).
-
-    Parameters
-    ----------
-    settings : `~bkgdb.config.ExclusionSettings`
-        Gives the catalogue files.
-    name : str
-        A name as written in the config.
-    label : str
-        The config key, for error messages.
-
-    Returns
-    -------
-    sources : list of `NamedSource`
-        One per matching entry (a source can be in both catalogues).
-
-    Raises
-    ------
-    ConfigError
-        No source catalogue is configured, or none knows the name (with the closest names).
-    """
-    paths = _source_catalogue_paths(settings)
-    if not paths:
-        raise ConfigError(f"{label}: cannot look up {name!r}: no source catalogue is configured "
-                          "(exclusion.gammacat, exclusion.hawc)")
-    key = normalise_source_name(name)
-    found = []
-    for kind, path in paths:
-        rows, _ = load_source_names(kind, path).get(key, ((), None))
-        if rows:
-            catalogue = load_catalogue(kind, path)
-            found += [NamedSource(kind, row, str(catalogue.names[row]), float(catalogue.ra[row]),
-                                  float(catalogue.dec[row])) for row in rows]
-    if not found:
-        known, entry_of = {}, {}
-        for kind, path in paths:
-            for normalised, (rows, written) in load_source_names(kind, path).items():
-                known[normalised], entry_of[normalised] = written, (kind, rows)
-        # Names holding what was typed ("crab" in "Crab nebula"), then names spelled alike; one
-        # name per source.
-        candidates = [known_key for known_key in sorted(known) if len(key) >= 3 and key in known_key]
-        candidates += difflib.get_close_matches(key, list(known), n=10, cutoff=0.6)
-        close, entries = [], set()
-        for candidate in candidates:
-            if entry_of[candidate] not in entries and len(close) < 5:
-                close.append(candidate)
-                entries.add(entry_of[candidate])
-        searched = " and ".join(SOURCE_CATALOGUES[kind] for kind, _ in paths)
-        hint = f"; did you mean {', '.join(repr(known[match]) for match in close)}?" if close else ""
-        raise ConfigError(f"{label}: no source named {name!r} in {searched}{hint}")
-    return found
-
-
-@lru_cache(maxsize=None)
-def load_region_file(path):
+@cache
+def load_region_file(path: str) -> tuple[tuple[ExclusionRegion, ...], tuple[ShapedRegion, ...]]:
     """Sky regions of a DS9 region file; circles become `ExclusionRegion`, others stay shapes."""
     from regions import CircleSkyRegion, Regions, SkyRegion
 
@@ -274,7 +84,7 @@ def load_region_file(path):
 
 
 @lru_cache(maxsize=256)
-def annulus_grid(offset_lo, offset_hi, n_theta=24, n_phi=720):
+def annulus_grid(offset_lo: float, offset_hi: float, n_theta: int = 24, n_phi: int = 720) -> np.ndarray:
     """An equal-area grid of directions in an annulus around the +z axis: (n, 3) unit vectors.
 
     Made once per annulus and process (the same for every run); the array is read-only.
@@ -306,7 +116,7 @@ def _annulus_grid(offset_lo, offset_hi, n_theta, n_phi):
     ], axis=-1)
 
 
-def rotation_to(ra_deg, dec_deg):
+def rotation_to(ra_deg: float, dec_deg: float) -> np.ndarray:
     """Matrix turning the +z axis onto the direction (ra, dec)."""
     ra, dec = np.radians(ra_deg), np.radians(dec_deg)
     z = unit_vectors(ra_deg, dec_deg)
@@ -324,10 +134,10 @@ class ExclusionFinder:
         Catalogues, radii and custom regions.
     """
 
-    def __init__(self, settings):
+    def __init__(self, settings: Any) -> None:
         self.settings = settings
         s = settings
-        self.catalogues = []
+        self.catalogues: list[Catalogue] = []
         sources = {kind: load_catalogue(kind, getattr(s, kind), s.source_radius, s.extended_factor)
                    for kind in SOURCE_CATALOGUES if getattr(s, kind)}
         # Per-source radii replace the radius a source's catalogue entry would get.
@@ -350,14 +160,14 @@ class ExclusionFinder:
                 self.custom.append(ExclusionRegion(source.name, "source", source.ra, source.dec,
                                                    float(radius if radius is not None else s.source_radius)))
         #: Accepted fractions per (pointing, edges, regions): runs on one pointing share them.
-        self._fractions = {}
-        self.shapes = []
+        self._fractions: dict[tuple, np.ndarray] = {}
+        self.shapes: list[ShapedRegion] = []
         for path in s.region_files:
             circles, shapes = load_region_file(path)
             self.custom.extend(circles)
             self.shapes.extend(shapes)
 
-    def regions(self, ra_deg, dec_deg, search_radius):
+    def regions(self, ra_deg: float, dec_deg: float, search_radius: float) -> list[ExclusionRegion]:
         """Circles that reach within ``search_radius`` (deg) of the pointing, nearest first.
 
         Returns
@@ -378,24 +188,28 @@ class ExclusionFinder:
                 found.append((float(distance), region))
         found.sort(key=lambda item: item[0])
         # A source both found in its catalogue and excluded by name is one circle, the larger.
-        largest = {}
+        largest: dict[tuple, ExclusionRegion] = {}
         for _, region in found:
             key = (region.kind, region.name, region.ra, region.dec)
             if key not in largest or region.radius > largest[key].radius:
                 largest[key] = region
         return [region for _, region in found if largest[(region.kind, region.name, region.ra, region.dec)] is region]
 
-    def excluded(self, vectors, regions, ra_deg=None, dec_deg=None):
+    def excluded(self, vectors: np.ndarray, regions: Sequence[ExclusionRegion], ra_deg: float | None = None,
+                 dec_deg: float | None = None) -> np.ndarray:
         """Which of the unit vectors (n, 3) lie in any region (and in any shaped custom region)."""
         mask = np.zeros(len(vectors), dtype=bool)
         for region in regions:
             centre, cos_radius = _circle_test(region.ra, region.dec, region.radius)
             mask |= vectors @ centre >= cos_radius
         if self.shapes:
-            mask |= self._in_shapes(vectors, ra_deg, dec_deg)
+            if ra_deg is None or dec_deg is None:
+                raise ValueError("shaped regions are drawn around the pointing: give ra_deg and dec_deg")
+            mask |= self.in_shapes(vectors, ra_deg, dec_deg)
         return mask
 
-    def _in_shapes(self, vectors, ra_deg, dec_deg):
+    def in_shapes(self, vectors: np.ndarray, ra_deg: float, dec_deg: float) -> np.ndarray:
+        """Which of the unit vectors (n, 3) lie in any shaped region, drawn around the pointing (ra, dec)."""
         from astropy import units as u
         from astropy.coordinates import SkyCoord
         from astropy.wcs import WCS
@@ -411,10 +225,11 @@ class ExclusionFinder:
         coords = SkyCoord(ra * u.deg, dec * u.deg, frame="icrs")
         mask = np.zeros(len(vectors), dtype=bool)
         for shape in self.shapes:
-            mask |= np.asarray(shape.region.contains(coords, wcs), dtype=bool)
+            mask |= np.asarray(shape.region.contains(coords, wcs), dtype=np.bool_)
         return mask
 
-    def outside_fraction(self, ra_deg, dec_deg, offset_edges, regions, n_theta=24, n_phi=720):
+    def outside_fraction(self, ra_deg: float, dec_deg: float, offset_edges: np.ndarray,
+                         regions: Sequence[ExclusionRegion], n_theta: int = 24, n_phi: int = 720) -> np.ndarray:
         """Fraction of each offset annulus' solid angle that lies outside all regions.
 
         Parameters
@@ -443,16 +258,16 @@ class ExclusionFinder:
         reach = np.array([[angular_distance_deg(_circle_test(r.ra, r.dec, r.radius)[0], pointing) - r.radius,
                            angular_distance_deg(_circle_test(r.ra, r.dec, r.radius)[0], pointing) + r.radius]
                           for r in regions]).reshape(-1, 2)
-        fractions = []
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            near = [region for region, (closest, farthest) in zip(regions, reach)
+        values: list[float] = []
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            near = [region for region, (closest, farthest) in zip(regions, reach, strict=True)
                     if closest < hi + _REACH_MARGIN_DEG and farthest > lo - _REACH_MARGIN_DEG]
             if not near and not self.shapes:
-                fractions.append(1.0)
+                values.append(1.0)
                 continue
             vectors = annulus_grid(lo, hi, n_theta, n_phi) @ rotation.T
-            fractions.append(1.0 - self.excluded(vectors, near, ra_deg, dec_deg).mean())
-        fractions = np.array(fractions)
+            values.append(1.0 - self.excluded(vectors, near, ra_deg, dec_deg).mean())
+        fractions = np.array(values)
         if len(self._fractions) >= _FRACTION_CACHE_SIZE:
             self._fractions.pop(next(iter(self._fractions)))
         self._fractions[key] = fractions

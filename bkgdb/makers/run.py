@@ -4,13 +4,19 @@
 `RunResult` that `~bkgdb.store.catalogue.RunCatalogue.index` writes in the main process.
 """
 
+from __future__ import annotations
+
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
+from typing import Any
 
-from bkgdb.gadf.datastore import RunReadError, read_events, read_run_facts
+from bkgdb.gadf.datastore import RunSource
+from bkgdb.gadf.events import EventList, RunReadError, observatory_location, read_events, time_reference
+from bkgdb.gadf.runfacts import RunFacts, read_run_facts
 from bkgdb.makers.exclusion import ExclusionFinder
+from bkgdb.makers.fov import FovError, RunClock
 from bkgdb.makers.piece import PieceMaker
 
 __all__ = ["RunJob", "RunResult", "process_run", "exclusion_finder", "piece_maker"]
@@ -26,7 +32,8 @@ class RunJob:
     ``missing_specs`` are computed; otherwise the run is described anew with all ``specs``.
     """
 
-    source: object
+    source: RunSource
+    #: The obs-index header (time reference, observatory location).
     meta: dict
     known_sha256: str | None = None
     specs: list = field(default_factory=list)
@@ -40,24 +47,41 @@ class RunResult:
     size: int | None = None
     mtime: float | None = None
     changed: bool = True
-    facts: object = None
+    facts: RunFacts | None = None
     #: (binning, exclusion, BackgroundPiece) triples.
     pieces: list = field(default_factory=list)
     error: str | None = None
 
 
-@lru_cache(maxsize=None)
-def exclusion_finder(exclusion):
+@cache
+def exclusion_finder(exclusion: Any) -> ExclusionFinder:
     """One `ExclusionFinder` per exclusion setting and process."""
     return ExclusionFinder(exclusion)
 
 
-@lru_cache(maxsize=None)
-def piece_maker(binning, exclusion):
+@cache
+def piece_maker(binning: Any, exclusion: Any) -> PieceMaker:
+    """One `PieceMaker` per (binning, exclusion) and process."""
     return PieceMaker(binning, exclusion, finder=exclusion_finder(exclusion))
 
 
-def process_run(job):
+def run_clock(events: EventList, source: RunSource, meta: dict) -> RunClock:
+    """The times and observatory of a run, for FoV frames aligned with Alt/Az.
+
+    Event TIMEs count from the EVENTS header's time reference (else the obs-index header's); the
+    start is the header's TSTART (else the obs-index row's); the observatory comes from the
+    EVENTS header, else the obs-index header.
+    """
+    header = events.header
+    start = header.get("TSTART")
+    if start is None:
+        start = source.row.get("TSTART")
+    return RunClock(reference=time_reference(header) or time_reference(meta),
+                    start_s=None if start is None else float(start), event_time_s=events.time_s,
+                    location=observatory_location(header, meta))
+
+
+def process_run(job: RunJob) -> RunResult:
     """Read one run's file once; return its facts and pieces, or why it could not be read."""
     source = job.source
     result = RunResult(source.obs_id)
@@ -88,17 +112,28 @@ def process_run(job):
     # Pieces take the geometry and times of the event file itself, at full precision, as gammapy
     # does (obs-index columns are often float32); the catalogue row describes the run for selection.
     header = events.header
-    geometry = {key: header.get(key, value) for key, value in (
+    values = {key: header.get(key, value) for key, value in (
         ("RA_PNT", result.facts.ra_deg), ("DEC_PNT", result.facts.dec_deg),
         ("ONTIME", result.facts.ontime_s), ("LIVETIME", result.facts.livetime_s))}
-    if specs and (geometry["RA_PNT"] is None or geometry["DEC_PNT"] is None or not geometry["ONTIME"]):
+    if specs and (values["RA_PNT"] is None or values["DEC_PNT"] is None or not values["ONTIME"]):
         result.error = "no pointing or ontime: cannot make background pieces"
         return result
-    livetime = None if geometry["LIVETIME"] is None else float(geometry["LIVETIME"])
+    ra, dec, energy = events.ra_deg, events.dec_deg, events.energy_tev
+    if ra is None or dec is None or energy is None:  # columns not read: no pieces asked for
+        return result
+    livetime = None if values["LIVETIME"] is None else float(values["LIVETIME"])
+    # Times and location matter only to FoV frames aligned with Alt/Az.
+    altaz = any(piece_maker(binning, exclusion).geometry.alignment == "ALTAZ" for binning, exclusion in specs)
+    clock = run_clock(events, source, job.meta) if altaz else None
     for binning, exclusion in specs:
-        piece = piece_maker(binning, exclusion).run(
-            events.ra_deg, events.dec_deg, events.energy_tev, float(geometry["RA_PNT"]),
-            float(geometry["DEC_PNT"]), float(geometry["ONTIME"]), livetime,
-        )
+        try:
+            piece = piece_maker(binning, exclusion).run(
+                ra, dec, energy, float(values["RA_PNT"]), float(values["DEC_PNT"]), float(values["ONTIME"]),
+                livetime, clock=clock,
+            )
+        except FovError as exc:
+            # The run cannot have every piece asked for: it fails as a whole, saying why.
+            result.pieces, result.error = [], f"cannot make 3D pieces: {exc}"
+            return result
         result.pieces.append((binning, exclusion, piece))
     return result
