@@ -14,6 +14,8 @@ Two ways to place runs on the sky:
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,8 +248,11 @@ class DatastoreSimulator:
         gti = Table({"START": [header["TSTART"]] * u.s, "STOP": [header["TSTOP"]] * u.s})
         gti_hdu = fits.BinTableHDU(gti, name="GTI")
         gti_hdu.header.update({**gadf, "HDUCLAS1": "GTI", **time_ref})
-        fits.HDUList([fits.PrimaryHDU(), events_hdu, gti_hdu, *[hdu.copy() for _, _, hdu in irfs]]).writeto(
-            filename, overwrite=True)
+        hdus = fits.HDUList([fits.PrimaryHDU(), events_hdu, gti_hdu, *[hdu.copy() for _, _, hdu in irfs]])
+        # Fast gzip: the files are read many times and written once, and level 9 saves little on floats.
+        buffer = io.BytesIO()
+        hdus.writeto(buffer)
+        Path(filename).write_bytes(gzip.compress(buffer.getvalue(), compresslevel=1, mtime=0))
 
     def _write_indexes(self, path, obs_rows, hdu_rows):
         obs_table = Table(rows=obs_rows, names=list(obs_rows[0]))

@@ -4,7 +4,8 @@ RA/Dec, and conversions between FoV and sky coordinates at each event's time.
 Every sky <-> FoV conversion goes through gammapy's frames (`FoVAltAzFrame`, `FoVICRSFrame`) and
 astropy's `AltAz`, with the pointing's Alt/Az computed as gammapy's `FixedPointingInfo` computes it,
 so that what is simulated is what gammapy's makers later predict. Earth orientation comes from the
-tables bundled with astropy: nothing is downloaded.
+tables bundled with astropy: importing this module switches IERS downloads off (there may be no
+network, and a download in the middle of a simulation would make it depend on the day it runs).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from astropy.coordinates.erfa_astrom import ErfaAstromInterpolator, erfa_astrom
 from astropy.time import Time
 from astropy.utils import iers
 from numpy.typing import ArrayLike
+
+iers.conf.auto_download = False
 
 __all__ = ["MJDREF", "TIMESYS", "time_reference", "site_location", "offline_astrometry", "time_of_hour_angle",
            "radec_of_horizontal", "pointing_altaz", "fov_frame", "fov_to_radec", "radec_to_fov"]
@@ -44,8 +47,9 @@ def site_location(site: Mapping[str, float]) -> EarthLocation:
 
 @contextmanager
 def offline_astrometry() -> Iterator[None]:
-    """No IERS downloads (the bundled tables only), and interpolated Earth orientation for many times."""
-    with iers.conf.set_temp("auto_download", False), erfa_astrom.set(ErfaAstromInterpolator(ASTROM_INTERPOLATION)):
+    """Earth orientation interpolated for many times, from the bundled tables (IERS downloads are off)."""
+    iers.conf.auto_download = False
+    with erfa_astrom.set(ErfaAstromInterpolator(ASTROM_INTERPOLATION)):
         yield
 
 
