@@ -114,7 +114,7 @@ def test_tracking_runs_look_like_telescope_runs(simulated_field):
 
     alignment, path, obs_ids = simulated_field
     store = DataStore.from_dir(path)
-    for obs_id, (ra, dec, _) in zip(obs_ids, FIELDS):
+    for obs_id, (ra, dec, _) in zip(obs_ids, FIELDS, strict=True):
         observation = store.obs(obs_id, required_irf=[])
         header = observation.events.table.meta
         assert {"GEOLON", "GEOLAT", "ALTITUDE", "MJDREFI", "MJDREFF", "TIMESYS", "ONTIME", "LIVETIME"} <= set(header)

@@ -27,8 +27,16 @@ from astropy.io import fits
 from astropy.table import Table
 
 from bkgdb.simulate.irfs import simple_irf_hdus
-from bkgdb.simulate.observing import (MJDREF, TIMESYS, fov_to_radec, pointing_altaz, radec_of_horizontal,
-                                      site_location, time_of_hour_angle, time_reference)
+from bkgdb.simulate.observing import (
+    MJDREF,
+    TIMESYS,
+    fov_to_radec,
+    pointing_altaz,
+    radec_of_horizontal,
+    site_location,
+    time_of_hour_angle,
+    time_reference,
+)
 from bkgdb.simulate.sources import PointSource
 from bkgdb.simulate.truth import BackgroundTruth, FoVBackgroundTruth
 
@@ -158,12 +166,14 @@ class DatastoreSimulator:
             middle = night
             ra, dec = radec_of_horizontal(zenith, az, middle, location)
         else:
+            assert self.hour_angles is not None  # tracking without horizontal coordinates
             ra, dec = self.pointings[number]
             middle = time_of_hour_angle(ra, float(self.hour_angles[number]), night, location)
         altaz = pointing_altaz(ra, dec, middle, location)
         tstart = float((middle - time_reference()).to_value(u.s)) - 0.5 * self.ontime_s
         alt = float(altaz.alt.deg)
-        return ra, dec, tstart, {"ALT_PNT": alt, "ZEN_PNT": 90.0 - alt, "AZ_PNT": float(altaz.az.wrap_at(360 * u.deg).deg)}
+        az = float(altaz.az.wrap_at(360 * u.deg).deg)
+        return ra, dec, tstart, {"ALT_PNT": alt, "ZEN_PNT": 90.0 - alt, "AZ_PNT": az}
 
     def _run_header(self, obs_id: int, ra: float, dec: float, tstart: float, rng: np.random.Generator) -> dict:
         pointing = SkyCoord(ra * u.deg, dec * u.deg)
@@ -225,6 +235,7 @@ class DatastoreSimulator:
     def _source_events(self, rng: np.random.Generator, pointing: SkyCoord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """RA, Dec and energy of the source's events within the drawing radius."""
         source = self.source
+        assert source is not None
         n_src = rng.poisson(source.rate_per_s * self.ontime_s)
         centre = SkyCoord(source.ra_deg * u.deg, source.dec_deg * u.deg)
         # A 2D Gaussian PSF: Rayleigh-distributed radius, uniform position angle.

@@ -6,16 +6,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
 
+if TYPE_CHECKING:
+    from gammapy.irf.background import BackgroundIRF
+
 __all__ = ["simple_irf_hdus", "background_hdu", "datastore_with_backgrounds"]
 
 
-def simple_irf_hdus(psf_sigma_deg: float = 0.1, energy_resolution: float = 0.1) -> list[tuple[str, str, fits.BinTableHDU]]:
+def simple_irf_hdus(psf_sigma_deg: float = 0.1,
+                    energy_resolution: float = 0.1) -> list[tuple[str, str, fits.BinTableHDU]]:
     """Effective area (H.E.S.S. parametrisation, flat in offset), Gaussian energy dispersion and a
     Gaussian PSF table: (HDU_TYPE, HDU_CLASS, HDU) triples. Enough for gammapy's makers; not a real
     instrument."""
@@ -41,7 +46,7 @@ def simple_irf_hdus(psf_sigma_deg: float = 0.1, energy_resolution: float = 0.1) 
 
 
 
-def background_hdu(irf) -> fits.BinTableHDU:
+def background_hdu(irf: BackgroundIRF) -> fits.BinTableHDU:
     """A gammapy ``Background2D`` or ``Background3D`` as a ``BKG`` HDU; 3D ones carry ``FOVALIGN``.
 
     gammapy reads a 3D background without ``FOVALIGN`` as RA/Dec aligned, so the keyword is always set.
@@ -53,7 +58,8 @@ def background_hdu(irf) -> fits.BinTableHDU:
     return hdu
 
 
-def datastore_with_backgrounds(datastore: str | Path, out: str | Path, backgrounds: Mapping[int, object]) -> Path:
+def datastore_with_backgrounds(datastore: str | Path, out: str | Path,
+                               backgrounds: Mapping[int, BackgroundIRF]) -> Path:
     """A datastore in ``out`` whose runs are those of ``datastore`` (its files read in place) and whose
     background IRFs are ``backgrounds`` (OBS_ID -> gammapy background IRF), written under ``out/bkg``.
 
@@ -65,15 +71,16 @@ def datastore_with_backgrounds(datastore: str | Path, out: str | Path, backgroun
     obs_table = Table.read(datastore / "obs-index.fits.gz")
     hdu_table = Table.read(datastore / "hdu-index.fits.gz")
     hdu_table = hdu_table[np.char.strip(np.char.lower(hdu_table["HDU_TYPE"].astype(str))) != "bkg"]
-    rows = [dict(zip(hdu_table.colnames, map(_plain, row))) for row in hdu_table]
+    rows = [dict(zip(hdu_table.colnames, map(_plain, row), strict=True)) for row in hdu_table]
     relative = os.path.relpath(datastore, out.resolve())
     for row in rows:
         row["FILE_DIR"] = str(Path(relative) / str(row["FILE_DIR"]))
     for obs_id, irf in backgrounds.items():
         file_name = f"bkg_{int(obs_id):06d}.fits"
         fits.HDUList([fits.PrimaryHDU(), background_hdu(irf)]).writeto(out / "bkg" / file_name, overwrite=True)
-        rows.append({"OBS_ID": int(obs_id), "HDU_TYPE": "bkg", "HDU_CLASS": "bkg_2d" if irf.has_offset_axis else "bkg_3d",
-                     "FILE_DIR": "bkg", "FILE_NAME": file_name, "HDU_NAME": "BKG"})
+        hdu_class = "bkg_2d" if irf.has_offset_axis else "bkg_3d"
+        rows.append({"OBS_ID": int(obs_id), "HDU_TYPE": "bkg", "HDU_CLASS": hdu_class, "FILE_DIR": "bkg",
+                     "FILE_NAME": file_name, "HDU_NAME": "BKG"})
     new_hdu_table = Table(rows=rows, names=hdu_table.colnames)
     new_hdu_table.meta.update(hdu_table.meta)
     new_hdu_table.write(out / "hdu-index.fits.gz", format="fits", overwrite=True)

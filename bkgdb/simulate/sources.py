@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.table import Table
@@ -37,9 +38,9 @@ def write_source_catalogue(path: str | Path, sources: Iterable[PointSource | Map
     """
     rows = []
     for item in sources:
-        source = ({"name": item.name, "ra_deg": item.ra_deg, "dec_deg": item.dec_deg}
+        source: Mapping[str, Any] = ({"name": item.name, "ra_deg": item.ra_deg, "dec_deg": item.dec_deg}
                   if isinstance(item, PointSource) else item)
-        sigma = source.get("morph_sigma")
+        sigma = source.get("morph_sigma")  # absent for point sources
         rows.append((source["name"], source["ra_deg"], source["dec_deg"],
                      "gauss" if sigma else "point", float(sigma) if sigma else np.nan))
     table = Table(rows=rows, names=["common_name", "ra", "dec", "morph_type", "morph_sigma"],

@@ -10,6 +10,7 @@ that it can be written as a gammapy ``Background3D`` and recovered through gamma
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy import units as u
@@ -17,6 +18,9 @@ from astropy.coordinates import offset_by
 from numpy.typing import ArrayLike
 
 from bkgdb.geometry import FOV_ALIGNMENTS, PieceGeometry
+
+if TYPE_CHECKING:
+    from gammapy.irf import Background3D
 
 __all__ = ["BackgroundTruth", "FoVBackgroundTruth", "fov_offset_deg"]
 
@@ -89,7 +93,8 @@ class BackgroundTruth:
         """Turn-on times zenith rate scale at the given energies (1 without a threshold)."""
         if self.threshold_tev is None:
             return np.ones_like(np.asarray(energy_tev, float))
-        turn_on = 1.0 - np.exp(-(np.asarray(energy_tev, float) / self.threshold(zenith_deg)) ** self.threshold_sharpness)
+        threshold = self.threshold_tev * np.cos(np.radians(zenith_deg)) ** -self.threshold_zenith_index
+        turn_on = 1.0 - np.exp(-(np.asarray(energy_tev, float) / threshold) ** self.threshold_sharpness)
         return turn_on * np.cos(np.radians(zenith_deg)) ** self.rate_zenith_index
 
     def rate(self, energy_tev: ArrayLike, offset_deg: ArrayLike, zenith_deg: float = 0.0) -> np.ndarray:
@@ -104,7 +109,7 @@ class BackgroundTruth:
         if self.threshold_tev is None:
             return 1e6 * (np.asarray(hi_tev) ** p - np.asarray(lo_tev) ** p) / p
         result = []
-        for lo, hi in zip(np.atleast_1d(lo_tev), np.atleast_1d(hi_tev)):
+        for lo, hi in zip(np.atleast_1d(lo_tev), np.atleast_1d(hi_tev), strict=True):
             energy = np.geomspace(lo, hi, 400)
             result.append(np.trapezoid(energy ** -self.index * self._energy_factor(energy, zenith_deg), energy))
         return 1e6 * np.array(result)
@@ -113,7 +118,7 @@ class BackgroundTruth:
         """Integral of the offset profile over annuli on the sphere, in sr."""
         lo_deg, hi_deg = np.atleast_1d(lo_deg), np.atleast_1d(hi_deg)
         result = []
-        for lo, hi in zip(lo_deg, hi_deg):
+        for lo, hi in zip(lo_deg, hi_deg, strict=True):
             theta = np.linspace(lo, hi, steps)
             profile = np.exp(-0.5 * (theta / self.offset_sigma_deg) ** 2) * 2 * np.pi * np.sin(np.radians(theta))
             result.append(np.trapezoid(profile, np.radians(theta)))
@@ -141,10 +146,11 @@ class BackgroundTruth:
         if self.threshold_tev is None:
             energy = self._draw_power_law(rng, n_events)
         else:  # the power law thinned by the turn-on (<= 1), until enough are kept
-            kept = []
+            kept: list[np.ndarray] = []
+            threshold = self.threshold_tev * np.cos(np.radians(zenith_deg)) ** -self.threshold_zenith_index
             while sum(len(k) for k in kept) < n_events:
                 trial = self._draw_power_law(rng, max(n_events, 1000))
-                turn_on = 1.0 - np.exp(-(trial / self.threshold(zenith_deg)) ** self.threshold_sharpness)
+                turn_on = 1.0 - np.exp(-(trial / threshold) ** self.threshold_sharpness)
                 kept.append(trial[rng.uniform(size=len(trial)) < turn_on])
             energy = np.concatenate(kept)[:n_events]
 
@@ -247,7 +253,8 @@ class FoVBackgroundTruth(BackgroundTruth):
         energy = geometry.energy_centres[:, np.newaxis, np.newaxis]
         return self.fov_rate(energy, lon[np.newaxis], lat[np.newaxis], zenith_deg)
 
-    def to_background3d(self, geometry: PieceGeometry, zenith_deg: float = 0.0, alignment: str | None = None):
+    def to_background3d(self, geometry: PieceGeometry, zenith_deg: float = 0.0,
+                        alignment: str | None = None) -> Background3D:
         """This rate as a gammapy ``Background3D`` on ``geometry``'s bin centres.
 
         ``alignment`` labels the model with another FoV alignment than the truth's own (a wrong model,
