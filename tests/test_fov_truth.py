@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import yaml
 from astropy import units as u
+from astropy.coordinates import AltAz
+from astropy.coordinates.erfa_astrom import ErfaAstromInterpolator, erfa_astrom
 from astropy.io import fits
 from typer.testing import CliRunner
 
@@ -130,6 +132,16 @@ def test_tracking_runs_look_like_telescope_runs(simulated_field):
                                 observation.observatory_earth_location, "ALTAZ")
         turn = np.degrees(np.arctan2(lon, lat))
         assert 2.0 < abs(turn[1] - turn[0]) < 15.0
+        # The gradient points the right way, judged without FoV frames: toward the horizon (events
+        # below the pointing's altitude at their time), or toward lower declination and lower RA.
+        events = observation.events.radec
+        if alignment == "ALTAZ":
+            with erfa_astrom.set(ErfaAstromInterpolator(300 * u.s)):
+                frame = AltAz(obstime=times, location=observation.observatory_earth_location)
+                below = events.transform_to(frame).alt < observation.get_pointing_altaz(times).alt
+            assert np.mean(below) > 0.63  # 0.66 expected
+        else:
+            assert np.mean(events.dec.deg < dec) > 0.59 and np.mean(events.ra.deg < ra) > 0.57  # 0.62, 0.60 expected
 
 
 def test_true_model_predicts_the_simulated_counts(simulated_field, tmp_path):
