@@ -51,7 +51,7 @@ FOV_ROTATION_STEP = 0.5 * u.deg
 runner = CliRunner()
 
 
-def region_counts(datastore, obs_ids, alignment, bands=BANDS):
+def region_counts(datastore, obs_ids, alignment, bands=BANDS, radius_deg=RADIUS_DEG):
     """Counts and predicted background counts per (FoV quadrant, energy band), summed over runs.
 
     The quadrants are the signs of fov_lon and fov_lat at mid-run in the frame of ``alignment``.
@@ -69,12 +69,12 @@ def region_counts(datastore, obs_ids, alignment, bands=BANDS):
     for obs_id in obs_ids:
         observation = store.obs(obs_id, required_irf=["bkg"])
         pointing = observation.pointing.fixed_icrs
-        geom = WcsGeom.create(skydir=pointing, width=2 * RADIUS_DEG + 0.2, binsz=0.1, frame="icrs", axes=[energy])
+        geom = WcsGeom.create(skydir=pointing, width=2 * radius_deg + 0.2, binsz=0.1, frame="icrs", axes=[energy])
         dataset = maker.run(MapDataset.create(geom, name=str(obs_id)), observation)
         sky = geom.to_image().get_coord().skycoord
         lon, lat = radec_to_fov(sky.ra.deg, sky.dec.deg, observation.tmid, pointing.ra.deg, pointing.dec.deg,
                                 observation.observatory_earth_location, alignment)
-        inside = fov_offset_deg(lon, lat) < RADIUS_DEG
+        inside = fov_offset_deg(lon, lat) < radius_deg
         for number, quadrant in enumerate([(lon > 0) & (lat > 0), (lon <= 0) & (lat > 0),
                                            (lon > 0) & (lat <= 0), (lon <= 0) & (lat <= 0)]):
             pixels = inside & quadrant
@@ -181,6 +181,8 @@ ARCHIVE_ONTIME_S = 1800.0
 ARCHIVE_NORM = 6e-4
 #: Bands within the model's energy centres, where the pieces hold enough counts per pixel.
 MODEL_BANDS = [0.5, 1.0, 3.0]
+#: Within the centres of the model's outermost pixels (2.5 - 5 / 48 deg).
+MODEL_RADIUS_DEG = 2.3
 
 
 def bkgdb(*args):
@@ -241,7 +243,7 @@ def test_bkgdb_recovers_the_asymmetric_background(archive, tmp_path):
         assert model.fov_alignment.value == model_alignment
         assert model.data.shape == (5, 24, 24)
         store = datastore_with_backgrounds(path, tmp_path / f"with-{name}", {target: model})
-        counts, npred = region_counts(store, [target], alignment, bands=MODEL_BANDS)
+        counts, npred = region_counts(store, [target], alignment, bands=MODEL_BANDS, radius_deg=MODEL_RADIUS_DEG)
         # The model's own noise: the other runs hold about n_others times the target's counts.
         found[model_alignment] = pulls(counts, npred, model_variance=1.0 / (n_others * npred))
 
