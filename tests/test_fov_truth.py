@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from bkgdb.cli.main import app
 from bkgdb.simulate import DatastoreSimulator, FoVBackgroundTruth, datastore_with_backgrounds, radec_to_fov
-from bkgdb.simulate.truth import fov_offset_deg
+from bkgdb.simulate.compare import pulls, quadrant_counts
 
 pytestmark = pytest.mark.filterwarnings("ignore::astropy.utils.exceptions.AstropyWarning")
 
@@ -46,46 +46,8 @@ ONTIME_S = 1500.0
 BANDS = [0.3, 0.6, 1.2, 3.0, 30.0]
 #: Within this offset (deg) of the pointing; events are drawn to 3 deg.
 RADIUS_DEG = 2.4
-FOV_ROTATION_STEP = 0.5 * u.deg
 
 runner = CliRunner()
-
-
-def region_counts(datastore, obs_ids, alignment, bands=BANDS, radius_deg=RADIUS_DEG):
-    """Counts and predicted background counts per (FoV quadrant, energy band), summed over runs.
-
-    The quadrants are the signs of fov_lon and fov_lat at mid-run in the frame of ``alignment``.
-    """
-    from gammapy.data import DataStore
-    from gammapy.datasets import MapDataset
-    from gammapy.makers import MapDatasetMaker
-    from gammapy.maps import MapAxis, WcsGeom
-
-    store = DataStore.from_dir(datastore)
-    energy = MapAxis.from_energy_edges(bands * u.TeV)
-    maker = MapDatasetMaker(selection=["counts", "background"], fov_rotation_step=FOV_ROTATION_STEP)
-    counts = np.zeros((4, len(bands) - 1))
-    npred = np.zeros_like(counts)
-    for obs_id in obs_ids:
-        observation = store.obs(obs_id, required_irf=["bkg"])
-        pointing = observation.pointing.fixed_icrs
-        geom = WcsGeom.create(skydir=pointing, width=2 * radius_deg + 0.2, binsz=0.1, frame="icrs", axes=[energy])
-        dataset = maker.run(MapDataset.create(geom, name=str(obs_id)), observation)
-        sky = geom.to_image().get_coord().skycoord
-        lon, lat = radec_to_fov(sky.ra.deg, sky.dec.deg, observation.tmid, pointing.ra.deg, pointing.dec.deg,
-                                observation.observatory_earth_location, alignment)
-        inside = fov_offset_deg(lon, lat) < radius_deg
-        for number, quadrant in enumerate([(lon > 0) & (lat > 0), (lon <= 0) & (lat > 0),
-                                           (lon > 0) & (lat <= 0), (lon <= 0) & (lat <= 0)]):
-            pixels = inside & quadrant
-            counts[number] += dataset.counts.data[:, pixels].sum(axis=1)
-            npred[number] += dataset.npred_background().data[:, pixels].sum(axis=1)
-    return counts, npred
-
-
-def pulls(counts, npred, model_variance=0.0):
-    """(counts - npred) / sigma, with Poisson variance npred plus ``model_variance`` * npred**2."""
-    return (counts - npred) / np.sqrt(npred + model_variance * npred ** 2)
 
 
 def truth_geometry(truth):
@@ -156,7 +118,7 @@ def test_true_model_predicts_the_simulated_counts(simulated_field, tmp_path):
     found = {}
     for name, model in models.items():
         store = datastore_with_backgrounds(path, tmp_path / name.replace(" ", "-"), dict.fromkeys(obs_ids, model))
-        counts, npred = region_counts(store, obs_ids, alignment)
+        counts, npred = quadrant_counts(store, obs_ids, alignment, BANDS, radius_deg=RADIUS_DEG)
         found[name] = pulls(counts, npred)
 
     # The gradient is seen: the quadrant it points to holds far more counts than the opposite one.
@@ -243,7 +205,7 @@ def test_bkgdb_recovers_the_asymmetric_background(archive, tmp_path):
         assert model.fov_alignment.value == model_alignment
         assert model.data.shape == (5, 24, 24)
         store = datastore_with_backgrounds(path, tmp_path / f"with-{name}", {target: model})
-        counts, npred = region_counts(store, [target], alignment, bands=MODEL_BANDS, radius_deg=MODEL_RADIUS_DEG)
+        counts, npred = quadrant_counts(store, [target], alignment, MODEL_BANDS, radius_deg=MODEL_RADIUS_DEG)
         # The model's own noise: the other runs hold about n_others times the target's counts.
         found[model_alignment] = pulls(counts, npred, model_variance=1.0 / (n_others * npred))
 

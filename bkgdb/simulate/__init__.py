@@ -5,7 +5,8 @@
 - `~bkgdb.simulate.observing`: site, times, tracking pointings and FoV <-> sky conversions;
 - `~bkgdb.simulate.datastore`: `DatastoreSimulator`, which writes the runs and their index files;
 - `~bkgdb.simulate.irfs`: simple IRFs for gammapy's makers, background IRFs beside the runs;
-- `~bkgdb.simulate.sources`: gamma-ray sources and their catalogues.
+- `~bkgdb.simulate.sources`: gamma-ray sources and their catalogues;
+- `~bkgdb.simulate.compare`: counts against gammapy's predicted background in FoV quadrants.
 """
 
 from bkgdb.simulate.datastore import OBS_COLUMNS, DatastoreSimulator
