@@ -18,13 +18,20 @@ import numpy as np
 import pytest
 import yaml
 from astropy import units as u
-from astropy.coordinates import AltAz
+from astropy.coordinates import AltAz, SkyCoord
 from astropy.coordinates.erfa_astrom import ErfaAstromInterpolator, erfa_astrom
 from astropy.io import fits
+from astropy.table import Table
 from typer.testing import CliRunner
 
 from bkgdb.cli.main import app
-from bkgdb.simulate import DatastoreSimulator, FoVBackgroundTruth, datastore_with_backgrounds, radec_to_fov
+from bkgdb.simulate import (
+    BackgroundTruth,
+    DatastoreSimulator,
+    FoVBackgroundTruth,
+    datastore_with_backgrounds,
+    radec_to_fov,
+)
 from bkgdb.simulate.compare import pulls, quadrant_counts
 
 pytestmark = pytest.mark.filterwarnings("ignore::astropy.utils.exceptions.AstropyWarning")
@@ -104,6 +111,23 @@ def test_tracking_runs_look_like_telescope_runs(simulated_field):
             assert np.mean(below) > 0.63  # 0.66 expected
         else:
             assert np.mean(events.dec.deg < dec) > 0.59 and np.mean(events.ra.deg < ra) > 0.57  # 0.62, 0.60 expected
+
+
+def test_symmetric_truth_in_tracking_runs(tmp_path):
+    """A radially symmetric truth drawn in the FoV of tracking runs keeps its offset profile and rate;
+    a FoV truth without tracking is refused."""
+    truth = BackgroundTruth(norm=3e-4, energy_range_tev=(0.3, 100.0))
+    DatastoreSimulator(truth=truth, pointings=[(100.0, -30.0)], hour_angles=[1.0], ontime_s=600.0,
+                       with_irfs=False).run(tmp_path)
+    events = Table.read(tmp_path / "data" / "run_001000.fits.gz", hdu="EVENTS")
+    offsets = SkyCoord(100.0, -30.0, unit="deg").separation(SkyCoord(events["RA"], events["DEC"])).deg
+    edges = [0.0, 1.0, 2.0, 3.0]
+    expected = truth.expected_counts([0.3, 100.0], edges, 600.0).ravel()
+    observed = np.histogram(offsets, edges)[0]
+    assert np.all(np.abs(observed - expected) < 4 * np.sqrt(expected)), (observed, expected)
+    assert offsets.max() <= truth.max_offset_deg + 1e-4
+    with pytest.raises(ValueError, match="needs tracking runs"):
+        DatastoreSimulator(truth=TRUTHS["ALTAZ"]).run(tmp_path / "refused")
 
 
 def test_true_model_predicts_the_simulated_counts(simulated_field, tmp_path):
