@@ -69,6 +69,25 @@ def truth_geometry(truth):
 # a. The simulation is right
 
 
+@pytest.mark.parametrize("alignment", ["ALTAZ", "RADEC"])
+def test_fov_draws_follow_the_expected_counts(alignment):
+    """Events drawn in the FoV (a thinned Poisson process) have the truth's expected counts per bin,
+    in a geometry whose first energy bin straddles the drawn range; the reversed gradient does not."""
+    truth = TRUTHS[alignment]
+    geometry = truth.geometry(np.geomspace(0.2, 30.0, 5), np.linspace(-3.0, 3.0, 13))
+    energy, lon, lat = truth.draw_fov(np.random.default_rng(2), 3000.0)
+    observed = geometry.histogram(energy, lon, lat)
+    expected = truth.expected_counts_on(geometry, 3000.0)
+    reversed_truth = dataclasses.replace(truth, lon_gradient=-truth.lon_gradient, lat_gradient=-truth.lat_gradient)
+    use = expected > 10
+    ndof = use.sum()
+    chi2 = np.sum((observed[use] - expected[use]) ** 2 / expected[use])
+    assert ndof > 200 and chi2 < ndof + 4 * np.sqrt(2 * ndof), (chi2, ndof)
+    assert observed.sum() == pytest.approx(expected.sum(), rel=4 / np.sqrt(expected.sum()))
+    wrong = reversed_truth.expected_counts_on(geometry, 3000.0)
+    assert np.sum((observed[use] - wrong[use]) ** 2 / wrong[use]) > 3 * ndof
+
+
 @pytest.fixture(scope="module", params=["ALTAZ", "RADEC"])
 def simulated_field(request, tmp_path_factory):
     alignment = request.param

@@ -253,6 +253,40 @@ class FoVBackgroundTruth(BackgroundTruth):
         energy = geometry.energy_centres[:, np.newaxis, np.newaxis]
         return self.fov_rate(energy, lon[np.newaxis], lat[np.newaxis], zenith_deg)
 
+    def expected_counts_on(self, geometry: PieceGeometry, ontime_s: float, zenith_deg: float = 0.0,
+                           steps: int = 8) -> np.ndarray:
+        """Expected counts per bin of a 3D geometry in ``ontime_s`` seconds, of ``geometry.shape``.
+
+        The rate is averaged over each bin (uniform in energy, over ``steps`` x ``steps`` positions
+        per pixel weighted by solid angle), as zero where no events are drawn (beyond
+        ``max_offset_deg`` or outside ``energy_range_tev``), and multiplied by ontime x solid angle x
+        energy width. Unlike `expected_counts` (the symmetric part only), it includes the gradient.
+        """
+        if not geometry.is_3d:
+            raise ValueError("a FoV truth is evaluated on a 3D geometry")
+        fractions = (np.arange(steps) + 0.5) / steps
+        # Each bin's overlap with the drawn energies, sampled log-spaced; dE = E dlnE: uniform in energy.
+        low, high = geometry.energy_edges[:-1], geometry.energy_edges[1:]
+        drawn_low, drawn_high = np.clip(low, *self.energy_range_tev), np.clip(high, *self.energy_range_tev)
+        overlap = np.where(drawn_high > drawn_low, (drawn_high - drawn_low) / (high - low), 0.0)
+        drawn_high = np.maximum(drawn_high, drawn_low * (1 + 1e-9))
+        energy = drawn_low[:, None] * (drawn_high / drawn_low)[:, None] ** fractions[None, :]
+        weight = energy / energy.sum(axis=1, keepdims=True) * overlap[:, None]
+        lon_edges, lat_edges = geometry.fov_lon_edges, geometry.fov_lat_edges
+        assert lon_edges is not None and lat_edges is not None
+        lon = lon_edges[:-1, None] + fractions[None, :] * np.diff(lon_edges)[:, None]  # (n_lon, steps)
+        lat = lat_edges[:-1, None] + fractions[None, :] * np.diff(lat_edges)[:, None]
+        lon_s, lat_s = lon[:, :, None, None], lat[None, None, :, :]  # (n_lon, steps, n_lat, steps)
+        area = np.broadcast_to(np.cos(np.radians(lat_s)), np.broadcast_shapes(lon_s.shape, lat_s.shape))
+        drawn = fov_offset_deg(lon_s, lat_s) <= self.max_offset_deg
+        average = np.zeros(geometry.shape)
+        for number in range(geometry.n_energy):
+            e = energy[number][:, None, None, None, None]
+            rate = self.fov_rate(e, lon_s[None], lat_s[None], zenith_deg) * drawn[None]
+            rate = np.sum(weight[number][:, None, None, None, None] * rate, axis=0)
+            average[number] = np.sum(rate * area, axis=(1, 3)) / np.sum(area, axis=(1, 3))
+        return average * geometry.denominator(np.full(geometry.spatial_shape, float(ontime_s)))
+
     def to_background3d(self, geometry: PieceGeometry, zenith_deg: float = 0.0,
                         alignment: str | None = None) -> Background3D:
         """This rate as a gammapy ``Background3D`` on ``geometry``'s bin centres.
