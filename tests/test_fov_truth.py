@@ -35,8 +35,6 @@ from bkgdb.simulate import (
 )
 from bkgdb.simulate.compare import pulls, quadrant_counts
 
-pytestmark = pytest.mark.filterwarnings("ignore::astropy.utils.exceptions.AstropyWarning")
-
 #: Truths with gradients of 25-35 % per deg: brighter toward the horizon (ALTAZ) or toward lower
 #: declination and west (RADEC). The ALTAZ one grows toward low energies.
 TRUTHS = {
