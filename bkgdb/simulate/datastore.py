@@ -98,7 +98,9 @@ class DatastoreSimulator:
     extra_columns: dict = field(default_factory=dict)
     #: Zenith angle of each run in deg (the truth's rate depends on it); default: random, 10-40 deg.
     zeniths: list | None = None
+    #: Tracking: hour angle (h) of each pointing at mid-run (see Parameters).
     hour_angles: list | None = None
+    #: Tracking: (zenith_deg, az_deg) of each run at mid-run, instead of ``pointings``.
     horizontal: list | None = None
 
     @property
@@ -130,19 +132,18 @@ class DatastoreSimulator:
             obs_id = self.first_obs_id + number
             if self.tracking:
                 ra, dec, tstart, horizontal = self._tracked_run(number)
+                header = self._run_header(obs_id, ra, dec, tstart, rng)
+                header.update(horizontal)
             else:
                 ra, dec = self.pointings[number]
                 tstart = 1.0e8 + number * 86400.0 / 3 + rng.uniform(0, 600)
-            header = self._run_header(obs_id, ra, dec, tstart, rng)
-            if self.zeniths is not None:
-                header.update({"ZEN_PNT": float(self.zeniths[number]), "ALT_PNT": 90.0 - float(self.zeniths[number])})
-            if self.tracking:
-                header.update(horizontal)
+                header = self._run_header(obs_id, ra, dec, tstart, rng)
+                if self.zeniths is not None:
+                    zenith = float(self.zeniths[number])
+                    header.update({"ZEN_PNT": zenith, "ALT_PNT": 90.0 - zenith})
             header.update({key: values[number] for key, values in self.extra_columns.items()})
-            if self.tracking:
-                events = self._tracked_events(rng, ra, dec, tstart, header["ZEN_PNT"])
-            else:
-                events = self._events(rng, ra, dec, tstart, header["ZEN_PNT"])
+            draw = self._tracked_events if self.tracking else self._events
+            events = draw(rng, ra, dec, tstart, header["ZEN_PNT"])
             file_name = f"run_{obs_id:06d}.fits.gz"
             self._write_run(path / "data" / file_name, header, events, irfs)
             obs_rows.append({**{key: header[key] for key in OBS_COLUMNS + list(self.extra_columns)},
