@@ -6,12 +6,13 @@ smooth on demand, and produce a gammapy `Background2D` or `Background3D` with it
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from bkgdb import __version__
-from bkgdb.makers.assembly import assemble_background, bin_average_to_centre, fill_empty_bins
+from bkgdb.makers.assembly import AssembledBackground, assemble_background, bin_average_to_centre, fill_empty_bins
 from bkgdb.store.backgrounds import (background_history, find_target, own_piece, record_background,
                                      record_if_writable, runs_by_id, selected_pieces)
 from bkgdb.store.condition_models import CONDITION_MODEL_MAX_RUNS, archive_condition_model
@@ -21,8 +22,9 @@ from bkgdb.makers.condition_model import RunConditions
 from bkgdb.errors import BkgdbError
 from bkgdb.gadf.hdu import background_hdu
 from bkgdb.geometry import PieceGeometry
-from bkgdb.makers.normalisation import NO_NORMALISATION
-from bkgdb.store.selection import RunSelector
+from bkgdb.makers.normalisation import NO_NORMALISATION, Normalisation
+from bkgdb.store.models import Run
+from bkgdb.store.selection import RunSelector, Selection
 from bkgdb.makers.smoothing import BackgroundSmoother
 
 __all__ = ["BackgroundBuilder", "BuiltBackground", "PieceInput", "background_history", "per_run_normalisation",
@@ -42,7 +44,7 @@ class PieceInput:
     run_id: int
     obs_id: int
     file_sha256: str | None
-    created_at: object
+    created_at: datetime | None
     #: The piece's weight in the sum; 1 for plain summation.
     weight: float = 1.0
 
@@ -56,9 +58,9 @@ class BuiltBackground:
     `gammapy.irf.Background3D`.
     """
 
-    target: object
-    selection: object
-    assembled: object
+    target: Run
+    selection: Selection
+    assembled: AssembledBackground
     smoothing: str
     rate: np.ndarray
     binning_hash: str
@@ -66,11 +68,11 @@ class BuiltBackground:
     binning_id: int | None = None
     exclusion_id: int | None = None
     #: Per-run scale applied to the model (`bkgdb.makers.normalisation.Normalisation`); factor 1 when none.
-    normalisation: object = NO_NORMALISATION
+    normalisation: Normalisation = NO_NORMALISATION
     #: Parameters of the condition model the pieces were moved with (None: plain sum).
     condition_model: dict | None = None
     #: The pieces summed, in selection order (`PieceInput`); recorded as the background's lineage.
-    inputs: list = field(default_factory=list)
+    inputs: list[PieceInput] = field(default_factory=list)
 
     @property
     def model(self):
@@ -168,7 +170,7 @@ class BackgroundBuilder:
         self._rows = None
         #: At most this many archive runs fit the condition model (`bkgdb.store.condition_models.archive_condition_model`).
         self.condition_model_max_runs = CONDITION_MODEL_MAX_RUNS
-        self._condition_memo = {}
+        self._condition_memo: dict = {}
 
     def _setting_rows(self, session):
         """(binning row, exclusion row) of the config, looked up once per builder."""

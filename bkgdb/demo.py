@@ -129,7 +129,7 @@ def run_demo(folder: str | Path = "bkgdb-demo", url: str | None = None, jobs: in
     model = observation.bkg
     built = BackgroundBuilder(catalogue, config).build(target)
     counts = built.assembled.counts
-    true_rate = truth.rate(*bin_centres(config.binning))
+    true_rate = truth.rate(*bin_centres(built.geometry))
     use = counts > 20
     # The model holds rates at bin centres (what gammapy reads); each bin's error is 1/sqrt(counts).
     ratio = float(np.sum(model.data[use] * counts[use] / true_rate[use]) / counts[use].sum())
@@ -144,7 +144,7 @@ def run_demo(folder: str | Path = "bkgdb-demo", url: str | None = None, jobs: in
     )
 
 
-def bin_centres(binning: Binning) -> tuple[np.ndarray, np.ndarray]:
+def bin_centres(binning: Binning | PieceGeometry) -> tuple[np.ndarray, np.ndarray]:
     """Energy (log) and offset centres of a 2D binning, as broadcastable (E, 1) and (1, offset) arrays."""
-    geometry = PieceGeometry.offset(binning.energy_edges, binning.offset_edges)
+    geometry = PieceGeometry.of(binning)
     return geometry.energy_centres[:, np.newaxis], geometry.offset_centres[np.newaxis, :]

@@ -15,6 +15,7 @@ altitude or declination.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +78,16 @@ class PieceGeometry:
             raise ValueError(f"FoV alignment must be one of {', '.join(FOV_ALIGNMENTS)}, got {alignment!r}")
         return cls(_edges(energy_edges, "energy"), fov_lon_edges=_edges(fov_lon_edges, "fov_lon"),
                    fov_lat_edges=_edges(fov_lat_edges, "fov_lat"), alignment=alignment)
+
+    @classmethod
+    def of(cls, binning: Any) -> PieceGeometry:
+        """The geometry of a config binning (its ``geometry``), or ``binning`` itself if it is one."""
+        if isinstance(binning, cls):
+            return binning
+        geometry = getattr(binning, "geometry", None)
+        if not isinstance(geometry, cls):
+            raise TypeError(f"{type(binning).__name__} has no piece geometry")
+        return geometry
 
     @property
     def is_3d(self) -> bool:

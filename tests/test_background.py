@@ -10,13 +10,13 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
 from gammapy.data import DataStore
-from gammapy.irf import Background2D, Background3D
+from gammapy.irf import Background2D
 from sqlalchemy.orm import Session
 
 from bkgdb.background import BackgroundBuilder
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.demo import bin_centres
-from bkgdb.errors import BkgdbError
+from bkgdb.errors import BkgdbError, ConfigError
 from bkgdb.fov_fit import fov_background_dataset, fov_background_norm
 from bkgdb.gadf.attach import UnsafeDestination, attach_backgrounds
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
@@ -104,8 +104,8 @@ def test_written_file_opens_in_gammapy_with_provenance(catalogue, fields, tmp_pa
     assert 119 not in runs["OBS_ID"]
     with pytest.raises(BkgdbError, match="exists"):
         builder.write(119, tmp_path / "bkg.fits")
-    builder.write(119, tmp_path / "bkg3d.fits", three_d=True)
-    assert Background3D.read(tmp_path / "bkg3d.fits").data.ndim == 3
+    with pytest.raises(ConfigError, match="no 3D binning"):
+        BackgroundBuilder(catalogue, config, three_d=True)
 
     with Session(catalogue.engine) as session:
         stored = session.scalars(sa.select(BackgroundRow).order_by(BackgroundRow.id)).first()

@@ -114,13 +114,23 @@ def test_three_d_writes_a_background_3d(demo, tmp_path):
     from gammapy.irf import Background3D
 
     datastore, config = demo
-    catalogue = bkgdb.Catalogue.open(f"sqlite:///{tmp_path / 'db.sqlite'}", config=config)
+    with pytest.raises(ConfigError, match="no 3D binning"):
+        bkgdb.Catalogue.open(f"sqlite:///{tmp_path / 'db.sqlite'}", config=config).build(TARGET, three_d=True)
+    # The demo's 2D binning and a RA/Dec-aligned 3D one (the demo's runs carry no event times).
+    settings = yaml.safe_load(config.read_text())
+    settings["binning"] = [settings["binning"], {"e_min": 0.1, "e_max": 100, "e_bins": 12, "fov_max": 2.5,
+                                                 "fov_bins": 10, "fov_alignment": "RADEC"}]
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump(settings))
+    catalogue = bkgdb.Catalogue.open(f"sqlite:///{tmp_path / 'db.sqlite'}", config=both)
     catalogue.index(datastore)
     catalogue.write_background(TARGET, tmp_path / "bkg3d.fits", three_d=True)
     catalogue.write_background(TARGET, tmp_path / "bkg2d.fits", three_d=False)
-    assert fits.getval(tmp_path / "bkg3d.fits", "HDUCLAS4", "BACKGROUND") == "BKG_3D"
+    header = fits.getheader(tmp_path / "bkg3d.fits", "BACKGROUND")
+    assert (header["HDUCLAS4"], header["FOVALIGN"], header["BKG_GEOM"]) == ("BKG_3D", "RADEC", "3D RADEC")
     assert fits.getval(tmp_path / "bkg2d.fits", "HDUCLAS4", "BACKGROUND") == "BKG_2D"
-    assert Background3D.read(tmp_path / "bkg3d.fits", hdu="BACKGROUND").data.ndim == 3
+    model = Background3D.read(tmp_path / "bkg3d.fits", hdu="BACKGROUND")
+    assert model.data.shape == (12, 10, 10) and model.fov_alignment.name == "RADEC"
 
 
 def test_mistakes_are_reported_before_any_work(demo, tmp_path):

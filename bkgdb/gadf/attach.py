@@ -345,7 +345,8 @@ def attach_backgrounds(builder, target_datastore, out_dir, progress=None, overwr
     hdu_table = source.hdu_table
     hdu_types = np.char.strip(np.char.lower(np.asarray(hdu_table["HDU_TYPE"]).astype(str)))
     runs = source.runs()
-    hdu_rows, written = [], []
+    hdu_rows: list[dict] = []
+    written: list[int] = []
     folders = _Folders()
     try:
         with Session(builder.catalogue.engine, expire_on_commit=False) as session:

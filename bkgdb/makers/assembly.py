@@ -17,27 +17,13 @@ from bkgdb.geometry import PieceGeometry
 
 __all__ = [
     "AssembledBackground", "assemble_background", "fill_empty_bins", "bin_average_to_centre",
-    "local_spectral_index", "as_geometry", "RATE_UNIT", "ASSEMBLY_METHODS",
+    "local_spectral_index", "RATE_UNIT", "ASSEMBLY_METHODS",
 ]
 
 #: ``background_selection.assembly``: move pieces to the target's conditions first, or sum them.
 ASSEMBLY_METHODS = ("condition", "sum")
 
 RATE_UNIT = "s-1 MeV-1 sr-1"
-
-
-def as_geometry(binning: Any) -> PieceGeometry:
-    """The `~bkgdb.geometry.PieceGeometry` of a geometry or of a config binning.
-
-    A config binning's ``geometry`` when it has one, else the 2D geometry of its energy and
-    offset edges (config binnings without ``geometry`` are 2D).
-    """
-    if isinstance(binning, PieceGeometry):
-        return binning
-    geometry = getattr(binning, "geometry", None)
-    if isinstance(geometry, PieceGeometry):
-        return geometry
-    return PieceGeometry.offset(binning.energy_edges, binning.offset_edges)
 
 
 def _per_energy(values: np.ndarray, geometry: PieceGeometry) -> np.ndarray:
@@ -77,7 +63,7 @@ class AssembledBackground:
     condition_model: Any = None
 
     def __post_init__(self) -> None:
-        self.geometry = as_geometry(self.geometry)
+        self.geometry = PieceGeometry.of(self.geometry)
         self.counts = np.asarray(self.counts)
         self.exposure_s = np.asarray(self.exposure_s, float)
         if self.counts.shape != self.geometry.shape or self.exposure_s.shape != self.geometry.spatial_shape:
@@ -215,7 +201,7 @@ def assemble_background(pieces: list, geometry: Any, conditions: list | None = N
     model : `~bkgdb.makers.condition_model.ConditionModel`, optional
         Default is None: plain summation.
     """
-    geometry = as_geometry(geometry)
+    geometry = PieceGeometry.of(geometry)
     if not pieces:
         raise BkgdbError("no pieces to assemble")
     for piece in pieces:

@@ -23,7 +23,6 @@ import numpy as np
 
 from bkgdb.errors import BkgdbError
 from bkgdb.geometry import PieceGeometry
-from bkgdb.makers.assembly import as_geometry
 
 __all__ = ["Normalisation", "NormalisationError", "NORMALISATION_METHODS", "ring_bins", "ring_mask",
            "control_ring_normalisation",
@@ -126,7 +125,7 @@ def control_ring_normalisation(rate: np.ndarray, geometry: Any, counts: np.ndarr
     NormalisationError
         No bin in the ring, or nothing counted or predicted there.
     """
-    geometry = as_geometry(geometry)
+    geometry = PieceGeometry.of(geometry)
     rate = np.asarray(rate, float)
     ring = ring_mask(geometry, offset_min, offset_max)
     if not ring.any():

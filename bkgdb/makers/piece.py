@@ -83,14 +83,6 @@ class BackgroundPiece:
         return int(self.counts.sum() + self.excluded_counts.sum())
 
 
-def _geometry(binning: Any) -> PieceGeometry:
-    """The binning's piece geometry: its ``geometry`` if it has one, else energy x offset rings."""
-    geometry = getattr(binning, "geometry", None)
-    if geometry is not None:
-        return geometry
-    return PieceGeometry.offset(binning.energy_edges, binning.offset_edges)
-
-
 #: Slack (deg) when choosing the events that can reach a FoV pixel.
 _FOV_MARGIN_DEG = 1e-6
 
@@ -100,9 +92,8 @@ class PieceMaker:
 
     Parameters
     ----------
-    binning : `~bkgdb.config.Binning` or any binning with a ``geometry``
-        The bins; its ``geometry`` (`~bkgdb.geometry.PieceGeometry`) if it has one, else energy
-        and offset rings from its ``energy_edges`` and ``offset_edges``.
+    binning : `~bkgdb.config.Binning`, `~bkgdb.config.FovBinning` or `~bkgdb.geometry.PieceGeometry`
+        The bins (a binning's ``geometry``).
     exclusion : `~bkgdb.config.ExclusionSettings`
         Regions and the exposure-correction method, one of ``available_methods``.
     finder : `~bkgdb.makers.exclusion.ExclusionFinder`, optional
@@ -116,7 +107,7 @@ class PieceMaker:
             raise ValueError(f"exposure method {exclusion.exposure_method!r} is not one of "
                              f"{', '.join(self.available_methods)}")
         self.binning = binning
-        self.geometry = _geometry(binning)
+        self.geometry = PieceGeometry.of(binning)
         self.exclusion = exclusion
         self.finder = finder or ExclusionFinder(exclusion)
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError
-from bkgdb.makers.assembly import as_geometry
+from bkgdb.geometry import PieceGeometry
 from bkgdb.makers.condition_model import (
     MODEL_KIND,
     ConditionModel,
@@ -74,7 +74,7 @@ def _fit_bins(geometry: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """Energy edges of the fit binning, and its pixels' solid angles when it is 3D."""
     if isinstance(geometry, np.ndarray | list | tuple):
         return np.asarray(geometry, float), None  # energy edges alone: pieces of one spatial axis
-    geometry = as_geometry(geometry)
+    geometry = PieceGeometry.of(geometry)
     return geometry.energy_edges, geometry.solid_angle_sr if geometry.is_3d else None
 
 

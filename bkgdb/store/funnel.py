@@ -86,7 +86,7 @@ def candidate_fates(session: Session, selector: RunSelector, target: Run, binnin
     """
     base, search_id = selector.candidates(session, target, binning_id, exclusion_id)
     steps, _ = selector.integrity_steps(session, target, binning_id, exclusion_id, search_id)
-    steps += selector.criteria(target, extra_keys)
+    steps += selector.criteria(target, list(extra_keys))
     # A condition that is NULL for a run (missing column value) removes it, as in the funnel.
     passes = [sa.case((condition, 1), else_=0).label(f"pass_{number}") for number, (_, condition) in enumerate(steps)]
     query = base.with_only_columns(Run.id, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.tstart_mjd, *passes)
