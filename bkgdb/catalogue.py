@@ -303,7 +303,7 @@ class Catalogue:
         if report_dir is not None:
             from bkgdb.plotting.report import write_validation_report
 
-            result.report_page = write_validation_report(report, report_dir, self._builder(None, (), three_d),
+            result.report_page = write_validation_report(report, report_dir, self._builder(None, (), False),
                                                          self.config_name)
         return result
 
@@ -329,7 +329,8 @@ class Catalogue:
         from bkgdb.plotting import plot_run_model
 
         check_figure_output(output)
-        _, built, has_reference = plot_run_model(self._builder(smooth, where), int(obs_id), output, datastore,
+        # Rate curves against offset: the 2D model (a 3D one is plotted from its file).
+        _, built, has_reference = plot_run_model(self._builder(smooth, where, three_d=False), int(obs_id), output, datastore,
                                                  with_reference=with_reference)
         return built, has_reference
 

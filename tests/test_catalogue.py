@@ -254,7 +254,7 @@ def test_run_columns_are_declared_once_in_the_model():
     """The facts a datastore reader returns, and the columns conditions may name, are the model's columns."""
     from dataclasses import fields
 
-    from bkgdb.gadf.datastore import RunFacts
+    from bkgdb.gadf.runfacts import RunFacts
     from bkgdb.store.conditions import SELECTABLE_COLUMNS, typed_column
     from bkgdb.store.models import RUN_FACT_COLUMNS, Run
 

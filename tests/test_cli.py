@@ -190,14 +190,16 @@ def test_background_3d_and_2d(db_url, simulated_datastore, tmp_path):
 
     config = tmp_path / "config.yaml"
     config.write_text("""
-binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}
+binning:
+  - {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}
+  - {e_min: 0.1, e_max: 100, e_bins: 8, fov_max: 2.5, fov_bins: 10, fov_alignment: RADEC}
 exclusion: {gammacat: none, hawc: none, star_cat: none}
 background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
 """)
     assert bkgdb("index", simulated_datastore, "--config", config, db=db_url).exit_code == 0
     three = bkgdb("background", "1002", "--config", config, "-o", tmp_path / "3d.fits", "--3d", db=db_url)
     assert three.exit_code == 0, three.output
-    assert Background3D.read(tmp_path / "3d.fits", hdu="BACKGROUND").data.ndim == 3
+    assert Background3D.read(tmp_path / "3d.fits", hdu="BACKGROUND").data.shape == (8, 10, 10)
     two = bkgdb("background", "1002", "--config", config, "-o", tmp_path / "2d.fits", "--2d", db=db_url)
     assert two.exit_code == 0, two.output
     assert Background2D.read(tmp_path / "2d.fits").data.shape == (8, 5)

@@ -66,7 +66,8 @@ def assert_pdf(path):
 
 def config_values(sim, **selection):
     return {
-        "binning": {"e_min": 0.3, "e_max": 100, "e_bins": 10, "off_min": 0, "off_max": 2.5, "off_bins": 10},
+        "binning": [{"e_min": 0.3, "e_max": 100, "e_bins": 10, "off_min": 0, "off_max": 2.5, "off_bins": 8},
+                    {"e_min": 0.3, "e_max": 100, "e_bins": 10, "fov_max": 2.5, "fov_bins": 12, "fov_alignment": "RADEC"}],
         "exclusion": {"gammacat": str(sim / "catalogue.fits"), "hawc": "none", "star_cat": "none",
                       "source_radius": 0.3},
         "background_selection": {"el_diff": 0.2, "az_diff": None, "gal_lat_min": 10, **selection},

@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -75,15 +75,14 @@ class ModelCurves:
 
 def model_curves(built: BuiltBackground) -> ModelCurves:
     """`ModelCurves` of a `~bkgdb.background.BuiltBackground`: its rate, counts and, when smoothed, the raw sum."""
-    # Any: `BuiltBackground` declares these fields as plain objects.
-    assembled: Any = built.assembled
-    selection: Any = built.selection
-    target: Any = built.target
-    binning = assembled.binning
+    assembled, selection, target = built.assembled, built.selection, built.target
+    geometry = assembled.geometry
+    if geometry.is_3d:
+        raise BkgdbError("rate curves need a 2D background: plot a 3D one from its file (bkgdb plot model FILE)")
     smoothed = built.smoothing not in (None, "none")
     label = (f"run {target.obs_id}: bkgdb model from {len(selection.obs_ids)} runs "
              f"({assembled.ontime_s / 3600:.1f} h), smoothing {built.smoothing}")
-    return ModelCurves(np.asarray(binning.energy_edges, float), np.asarray(binning.offset_edges, float),
+    return ModelCurves(np.asarray(geometry.energy_edges, float), np.asarray(geometry.offset_edges, float),
                        np.asarray(built.rate, float), np.asarray(assembled.counts, float),
                        np.asarray(assembled.rate, float) if smoothed else None, label)
 
