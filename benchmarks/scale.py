@@ -1,7 +1,7 @@
 """Benchmark: select + assemble from large synthetic catalogues (1,000 to 100,000 runs), SQLite and PostgreSQL.
 
 Usage: python benchmarks/scale.py [--runs 1000,10000,100000] [--db sqlite,postgresql] [--sizes 10,100,1000]
-       [--postgres URL] [--condition-runs N] [--modes plain,kl,condition]
+       [--postgres URL] [--condition-runs N] [--modes plain,kl,condition] [--3d]
        python benchmarks/scale.py --recompute 1000
 
 For each database and catalogue size, a fresh database is filled by bulk inserts (synthetic runs of
@@ -9,7 +9,8 @@ random zenith, azimuth, latitude, date and NSB, each with a 20 x 10 piece: no ev
 `BackgroundBuilder.build` is timed for 10 random targets with the default criteria (airmass 0.15,
 azimuth 45 deg, |b| > 10) and ``time_request`` set for 10, 100 and 1,000 runs of 0.5 h: plain,
 ranked by KL divergence, and with the condition model (its one-off fit timed apart). PostgreSQL
-databases are created and dropped by the script.
+databases are created and dropped by the script. With ``--3d`` the pieces are 3D (20 energies x
+24 x 24 FoV pixels) and the backgrounds are built on them.
 
 With ``--recompute N``: N + 1 simulated runs (`bkgdb.simulate`) are indexed, the background of the
 first is built from the other N, and the same model is recomputed from their event files (read,
@@ -31,32 +32,35 @@ from sqlalchemy.orm import Session
 
 from bkgdb.background import BackgroundBuilder
 from bkgdb.store.catalogue import RunCatalogue
-from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, SelectionSettings
+from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, FovBinning, SelectionSettings
 from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
 from bkgdb.makers.piece import encode_array
 
 BINNING = Binning(e_bins=20, off_bins=10)
+FOV_BINNING = FovBinning(e_bins=20, fov_max=2.5, fov_bins=24)
 EXCLUSION = ExclusionSettings(gammacat=None, hawc=None, star_cat=None)
 ONTIME_S = 1800.0
 BATCH = 10_000
 
 
-def fill(engine, n_runs, seed=1):
-    """Bulk-insert ``n_runs`` synthetic runs and their pieces; seconds taken."""
+def fill(engine, n_runs, seed=1, binning=BINNING):
+    """Bulk-insert ``n_runs`` synthetic runs and their pieces (of ``binning``); seconds taken."""
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     with Session(engine) as session:
         store = Datastore(path="/synthetic/archive", obs_index_meta={})
-        binning_row = BinningRow(hash=BINNING.hash, params=BINNING.params)
+        binning_row = BinningRow(hash=binning.hash, params=binning.params)
         exclusion_row = ExclusionRow(hash=EXCLUSION.hash, params=EXCLUSION.params)
         session.add_all([store, binning_row, exclusion_row])
         session.commit()
         ids = (store.id, binning_row.id, exclusion_row.id)
-    exposure = encode_array(np.full(BINNING.off_bins, ONTIME_S * 0.95), "<f8")
-    no_counts = encode_array(np.zeros(BINNING.shape, dtype=np.int64), "<i4")
+    geometry = binning.geometry
+    exposure = encode_array(np.full(geometry.spatial_shape, ONTIME_S * 0.95), "<f8")
+    no_counts = encode_array(np.zeros(geometry.shape, dtype=np.int64), "<i4")
     # Pieces of the same shape whose norm varies with zenith: KL ranking and the condition model have
-    # something to find, at Poisson noise.
-    shape = np.outer(np.geomspace(1, 1e-2, BINNING.e_bins), np.linspace(1.0, 0.5, BINNING.off_bins))
+    # something to find, at Poisson noise (the same counts per run whatever the geometry).
+    radial = np.linspace(1.0, 0.5, geometry.spatial_offset_deg.size) * 10 / geometry.spatial_offset_deg.size
+    shape = np.outer(np.geomspace(1, 1e-2, geometry.n_energy), radial).reshape(geometry.shape)
     with engine.begin() as connection:
         for first in range(0, n_runs, BATCH):
             n = min(BATCH, n_runs - first)
@@ -69,8 +73,8 @@ def fill(engine, n_runs, seed=1):
                          nsb_level=float(rng.uniform(3, 9)), muon_eff=float(rng.uniform(0.6, 0.9)), extra={})
                     for i in range(n)]
             connection.execute(sa.insert(Run), runs)
-            counts = rng.poisson(200 * shape * np.cos(np.radians(zenith))[:, None, None])
-            pieces = [dict(run_id=first + i + 1, binning_id=ids[1], exclusion_id=ids[2], shape=list(BINNING.shape),
+            counts = rng.poisson(200 * shape * np.cos(np.radians(zenith)).reshape((-1,) + (1,) * shape.ndim))
+            pieces = [dict(run_id=first + i + 1, binning_id=ids[1], exclusion_id=ids[2], shape=list(geometry.shape),
                            counts_dtype="<i4", exposure_dtype="<f8",
                            counts=encode_array(counts[i], "<i4"), excluded_counts=no_counts, exposure_s=exposure,
                            ontime_s=ONTIME_S, livetime_s=ONTIME_S * 0.9, n_kept=int(counts[i].sum()), n_excluded=0,
@@ -115,12 +119,12 @@ def new_database(kind, folder, postgres):
 MODES = {"plain": {}, "kl": {"KL_DIV": True}, "condition": {"assembly": "condition"}}
 
 
-def bench(kind, n_runs, sizes, folder, postgres, condition_runs, modes):
+def bench(kind, n_runs, sizes, folder, postgres, condition_runs, modes, binning=BINNING):
     url, drop = new_database(kind, folder, postgres)
     try:
         catalogue = RunCatalogue.open(url)
-        seconds = fill(catalogue.engine, n_runs)
-        print(f"\n{kind}, {n_runs} runs with pieces written in {seconds:.1f} s")
+        seconds = fill(catalogue.engine, n_runs, binning=binning)
+        print(f"\n{kind}, {n_runs} runs with {binning.geometry.describe()} pieces written in {seconds:.1f} s")
         print("| runs summed (requested) | " + " | ".join(f"{mode} ms" for mode in modes) + " |")
         print("|---" * (len(modes) + 1) + "|")
         targets = np.random.default_rng(2).choice(n_runs, 10, replace=False)
@@ -128,8 +132,8 @@ def bench(kind, n_runs, sizes, folder, postgres, condition_runs, modes):
             cells, summed = [], None
             for extra in [MODES[mode] for mode in modes]:
                 settings = SelectionSettings(time_request=size * ONTIME_S / 3600.0, **extra)
-                config = BkgdbConfig(binnings=[BINNING], exclusion=EXCLUSION, selection=settings)
-                builder = BackgroundBuilder(catalogue, config)
+                config = BkgdbConfig(binnings=[binning], exclusion=EXCLUSION, selection=settings)
+                builder = BackgroundBuilder(catalogue, config, three_d=binning.geometry.is_3d)
                 if extra.get("assembly"):
                     builder.condition_model_max_runs = condition_runs
                     start = time.perf_counter()
@@ -208,6 +212,7 @@ def main():
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--condition-runs", type=int, default=300)
     parser.add_argument("--modes", default="plain,kl,condition")
+    parser.add_argument("--3d", dest="three_d", action="store_true", help="3D pieces (20 x 24 x 24)")
     parser.add_argument("--recompute", type=int, default=0,
                         help="also compare with recomputation from N simulated event files")
     args = parser.parse_args()
@@ -219,7 +224,7 @@ def main():
         for kind in args.db.split(","):
             for n_runs in (int(value) for value in args.runs.split(",")):
                 bench(kind, n_runs, sizes, folder, args.postgres, args.condition_runs,
-                      args.modes.split(","))
+                      args.modes.split(","), FOV_BINNING if args.three_d else BINNING)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def reports_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import DBAPIError
+        from bkgdb.store.database import DRIVER_ERROR
 
         try:
             with sigterm_raises_interrupt(), warnings.catch_warnings():
@@ -113,7 +113,7 @@ def reports_errors(command: F) -> F:
         except BkgdbError as exc:
             _print_error(str(exc))
             raise typer.Exit(2) from None
-        except DBAPIError as exc:  # OperationalError, ProgrammingError, ...: never an SQL dump
+        except DRIVER_ERROR as exc:  # OperationalError, ProgrammingError, ...: never an SQL dump
             _print_error(_database_error_message(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:

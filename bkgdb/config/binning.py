@@ -64,8 +64,29 @@ def _energy_edges(e_min: float, e_max: float, e_bins: int) -> np.ndarray:
     return np.geomspace(e_min, e_max, e_bins + 1)
 
 
+class _HashedEnergyBins:
+    """What both binnings share: the hash of their parameters and log-spaced energy edges."""
+
+    e_min: float
+    e_max: float
+    e_bins: int
+
+    @property
+    def params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.params)
+
+    @property
+    def energy_edges(self) -> np.ndarray:
+        """Energy bin edges in TeV."""
+        return _energy_edges(self.e_min, self.e_max, self.e_bins)
+
+
 @dataclass(frozen=True)
-class Binning:
+class Binning(_HashedEnergyBins):
     """Energy (log-spaced, TeV) times FoV offset (linear, deg) bins of a 2D background piece."""
 
     e_min: float = 0.1
@@ -127,14 +148,6 @@ class Binning:
         """The parameters that identify the binning (unchanged since the first catalogues: no kind marker)."""
         return {key: getattr(self, key) for key in self.KEYS}
 
-    @property
-    def hash(self) -> str:
-        return content_hash(self.params)
-
-    @property
-    def energy_edges(self) -> np.ndarray:
-        """Energy bin edges in TeV."""
-        return _energy_edges(self.e_min, self.e_max, self.e_bins)
 
     @property
     def offset_edges(self) -> np.ndarray:
@@ -152,7 +165,7 @@ class Binning:
 
 
 @dataclass(frozen=True)
-class FovBinning:
+class FovBinning(_HashedEnergyBins):
     """Energy (log-spaced, TeV) times square FoV pixels (linear in fov_lon and fov_lat, deg) of a 3D piece.
 
     The FoV spans -fov_max to fov_max in both FoV coordinates, in ``fov_bins`` pixels per axis, in
@@ -224,14 +237,6 @@ class FovBinning:
         """The parameters that identify the binning, marked as 3D so no 2D binning can share its hash."""
         return {"kind": self.kind, **{key: getattr(self, key) for key in self.KEYS}}
 
-    @property
-    def hash(self) -> str:
-        return content_hash(self.params)
-
-    @property
-    def energy_edges(self) -> np.ndarray:
-        """Energy bin edges in TeV."""
-        return _energy_edges(self.e_min, self.e_max, self.e_bins)
 
     @property
     def fov_edges(self) -> np.ndarray:

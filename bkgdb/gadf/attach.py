@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from bkgdb import __version__
 from bkgdb.background import BKG_HDU, PROVENANCE_HDU
@@ -145,17 +143,15 @@ def _protected_by_target(source):
 
 def _protected_by_catalogue(catalogue, names):
     """{resolved path: why} of catalogued run files named as in ``names``, and every catalogued index file."""
-    from bkgdb.store.models import Datastore, Run
+    from bkgdb.store.targets import catalogued_files
 
     protected = {}
-    with Session(catalogue.engine) as session:
-        for folder in session.scalars(sa.select(Datastore.path)):
+    with catalogue.session() as session:
+        folders, rows = catalogued_files(session)
+        for folder in folders:
             for name in INDEX_NAMES:
                 protected.setdefault(_resolved(Path(folder) / name),
                                      f"it is an index file of the catalogued datastore {folder}")
-        rows = session.execute(sa.select(Run.file_path, Run.obs_id, Datastore.path)
-                               .join(Datastore, Datastore.id == Run.datastore_id)
-                               .where(Run.file_path.is_not(None)))
         for file_path, obs_id, folder in rows:
             if Path(file_path).name in names:  # resolve only what could collide: catalogues are large
                 protected.setdefault(_resolved(file_path),
@@ -349,7 +345,7 @@ def attach_backgrounds(builder, target_datastore, out_dir, progress=None, overwr
     written: list[int] = []
     folders = _Folders()
     try:
-        with Session(builder.catalogue.engine, expire_on_commit=False) as session:
+        with builder.catalogue.session() as session:
             for done, run in enumerate(runs, start=1):
                 try:
                     if run.events_path is None:

@@ -30,6 +30,7 @@ by more than 0.6 % (3.4 sigma, as for the unsmoothed rate), and one draw's scatt
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -291,14 +292,21 @@ class BackgroundSmoother:
         if background.geometry.is_3d:
             return self.make_gauss_fov(background, rate)
         offset, width, reflect = _offset_centres(background.geometry)
+
+        def ratio(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+            return local_quadratic_weights(offset, weights, self.sigma, width, reflect) @ counts
+
+        return self._smooth_ratio(background, rate, ratio)
+
+    def _smooth_ratio(self, background: Any, rate: np.ndarray,
+                      ratio: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+        """Each energy slice with counts: the reference profile times ``ratio(counts, denominator x profile)``."""
         profile = self.profile(background)
         denominator = background.denominator
         smoothed = np.zeros(rate.shape)
         for index in range(rate.shape[0]):
-            if background.counts[index].sum() == 0:
-                continue
-            weights = local_quadratic_weights(offset, denominator[index] * profile, self.sigma, width, reflect)
-            smoothed[index] = profile * (weights @ background.counts[index])
+            if background.counts[index].sum() > 0:
+                smoothed[index] = profile * ratio(background.counts[index], denominator[index] * profile)
         return smoothed
 
     def make_gauss_fov(self, background: Any, rate: np.ndarray) -> np.ndarray:
@@ -310,15 +318,8 @@ class BackgroundSmoother:
         FoV coordinates (a gradient toward the horizon), up to the FoV's edges and around
         excluded pixels; the radial profile takes the curvature that a linear fit would flatten.
         """
-        profile = self.profile(background)
-        denominator = background.denominator
-        smoothed = np.zeros(rate.shape)
-        for index in range(rate.shape[0]):
-            if background.counts[index].sum() == 0:
-                continue
-            ratio = local_linear_fov(background.counts[index], denominator[index] * profile, self.sigma)
-            smoothed[index] = profile * ratio
-        return smoothed
+        return self._smooth_ratio(background, rate,
+                                  lambda counts, weights: local_linear_fov(counts, weights, self.sigma))
 
     def make_gauss_seed(self, background: Any, rate: np.ndarray) -> np.ndarray:
         from scipy.ndimage import gaussian_filter

@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote, unquote_plus
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from bkgdb.errors import DatabaseError, DatabaseNotReadyError
@@ -25,7 +25,12 @@ from bkgdb.errors import DatabaseError, DatabaseNotReadyError
 if TYPE_CHECKING:
     from alembic.config import Config
 
+#: Any error the database driver raised (connection lost, permission denied, ...), for callers that
+#: report them without importing SQLAlchemy.
+DRIVER_ERROR = DBAPIError
+
 __all__ = [
+    "DRIVER_ERROR",
     "DEFAULT_SQLITE_FILE",
     "SCHEMA_HEAD",
     "resolve_url",

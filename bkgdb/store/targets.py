@@ -78,3 +78,14 @@ def run_start_times(catalogue: RunCatalogue, datastore: str | Path, obs_ids: Ite
         rows = session.execute(sa.select(Run.obs_id, Run.tstart_mjd).join(Datastore, Datastore.id == Run.datastore_id)
                                .where(Datastore.at(datastore))).all()
     return {obs_id: start for obs_id, start in rows if obs_id in wanted and start is not None}
+
+
+def catalogued_files(session: Session) -> tuple[list[str], Iterable[tuple[str, int, str]]]:
+    """Folders of every catalogued datastore, and (file path, OBS_ID, folder) of every run with a file.
+
+    What `bkgdb attach` must never overwrite; the rows are streamed (catalogues are large).
+    """
+    folders = list(session.scalars(sa.select(Datastore.path)))
+    rows = session.execute(sa.select(Run.file_path, Run.obs_id, Datastore.path)
+                           .join(Datastore, Datastore.id == Run.datastore_id).where(Run.file_path.is_not(None)))
+    return folders, ((str(path), int(obs_id), str(folder)) for path, obs_id, folder in rows)
