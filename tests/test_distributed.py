@@ -69,7 +69,8 @@ def content(url):
                                                            for v in values))
     finally:
         engine.dispose()
-    return {"runs": runs, "pieces": pieces}
+    # A run's pieces (one per binning) in a fixed order: the order rows were written in is no content.
+    return {"runs": runs, "pieces": {obs_id: sorted(rows, key=repr) for obs_id, rows in pieces.items()}}
 
 
 def local_reference(tmp_path, datastore, config):
