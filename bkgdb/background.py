@@ -12,23 +12,37 @@ from pathlib import Path
 import numpy as np
 
 from bkgdb import __version__
-from bkgdb.makers.assembly import AssembledBackground, assemble_background, bin_average_to_centre, fill_empty_bins
-from bkgdb.store.backgrounds import (background_history, find_target, own_piece, record_background,
-                                     record_if_writable, runs_by_id, selected_pieces)
-from bkgdb.store.condition_models import CONDITION_MODEL_MAX_RUNS, archive_condition_model
-from bkgdb.store.pieces import row_to_piece
-from bkgdb.store.settings import setting_rows
-from bkgdb.makers.condition_model import RunConditions
 from bkgdb.errors import BkgdbError
 from bkgdb.gadf.hdu import background_hdu
 from bkgdb.geometry import PieceGeometry
+from bkgdb.makers.assembly import AssembledBackground, assemble_background, bin_average_to_centre, fill_empty_bins
+from bkgdb.makers.condition_model import RunConditions
 from bkgdb.makers.normalisation import NO_NORMALISATION, Normalisation
-from bkgdb.store.models import Run
-from bkgdb.store.selection import RunSelector, Selection
 from bkgdb.makers.smoothing import BackgroundSmoother
+from bkgdb.store.backgrounds import (
+    background_history,
+    find_target,
+    own_piece,
+    record_background,
+    record_if_writable,
+    runs_by_id,
+    selected_pieces,
+)
+from bkgdb.store.condition_models import CONDITION_MODEL_MAX_RUNS, archive_condition_model
+from bkgdb.store.models import Run
+from bkgdb.store.pieces import row_to_piece
+from bkgdb.store.selection import RunSelector, Selection
+from bkgdb.store.settings import setting_rows
 
-__all__ = ["BackgroundBuilder", "BuiltBackground", "PieceInput", "background_history", "per_run_normalisation",
-           "PROVENANCE_HDU", "BKG_HDU"]
+__all__ = [
+    "BackgroundBuilder",
+    "BuiltBackground",
+    "PieceInput",
+    "background_history",
+    "per_run_normalisation",
+    "PROVENANCE_HDU",
+    "BKG_HDU",
+]
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +147,12 @@ class BuiltBackground:
         from astropy.io import fits
         from astropy.table import Table
 
-        table = Table({"OBS_ID": np.asarray(self.selection.obs_ids, dtype=np.int64),
-                       "DATASTORE": np.asarray(self.selection.datastores, dtype=str)})
+        table = Table(
+            {
+                "OBS_ID": np.asarray(self.selection.obs_ids, dtype=np.int64),
+                "DATASTORE": np.asarray(self.selection.datastores, dtype=str),
+            }
+        )
         table.meta["BKG_TGT"] = int(self.target.obs_id)
         hdu = fits.table_to_hdu(table)
         hdu.name = PROVENANCE_HDU
@@ -163,12 +181,12 @@ class BackgroundBuilder:
         #: The binning backgrounds are assembled on.
         self.binning = config.binning_for(self.three_d)
         s = config.selection
-        self.smoother = BackgroundSmoother(smooth or s.smooth_method, s.smooth_sigma, s.poly_degree,
-                                           s.spline_smoothing)
+        self.smoother = BackgroundSmoother(smooth or s.smooth_method, s.smooth_sigma, s.poly_degree, s.spline_smoothing)
         self.selector = RunSelector(s, from_run=config.io.from_run, search_datastore=config.io.search_datastore)
         self._extra_keys = None
         self._rows = None
-        #: At most this many archive runs fit the condition model (`bkgdb.store.condition_models.archive_condition_model`).
+        #: At most this many archive runs fit the condition model
+        #: (`bkgdb.store.condition_models.archive_condition_model`).
         self.condition_model_max_runs = CONDITION_MODEL_MAX_RUNS
         self._condition_memo: dict = {}
 
@@ -187,8 +205,7 @@ class BackgroundBuilder:
         """
         binning_row, _ = self._setting_rows(session)
         two_d = self.config.binning
-        if (self.three_d and two_d is not None
-                and np.array_equal(two_d.energy_edges, self.binning.energy_edges)):
+        if self.three_d and two_d is not None and np.array_equal(two_d.energy_edges, self.binning.energy_edges):
             try:
                 row, _ = setting_rows(session, two_d, self.config.exclusion)
             except BkgdbError:  # the 2D binning was never indexed
@@ -240,26 +257,50 @@ class BackgroundBuilder:
             if self.config.selection.assembly == "condition" and not self.config.io.from_run:
                 fit_binning, fit_id = self._condition_fit_binning(session)
                 model, model_record = archive_condition_model(
-                    session, fit_id, exclusion_row.id, fit_binning.geometry, self.config.selection,
-                    max_runs=self.condition_model_max_runs, memo=self._condition_memo)
+                    session,
+                    fit_id,
+                    exclusion_row.id,
+                    fit_binning.geometry,
+                    self.config.selection,
+                    max_runs=self.condition_model_max_runs,
+                    memo=self._condition_memo,
+                )
             assembled = assemble_background(
-                pieces, self.binning.geometry, [RunConditions(*row[3:]) for row in rows],
-                RunConditions(target.zenith_deg, target.az_deg, target.muon_eff), model)
+                pieces,
+                self.binning.geometry,
+                [RunConditions(*row[3:]) for row in rows],
+                RunConditions(target.zenith_deg, target.az_deg, target.muon_eff),
+                model,
+            )
             weights = assembled.weights if assembled.weights is not None else [1.0] * len(rows)
-            inputs = [PieceInput(piece.id, piece.run_id, run_obs_id, piece.file_sha256, piece.created_at, float(weight))
-                      for (piece, _, run_obs_id, *_), weight in zip(rows, weights)]
+            inputs = [
+                PieceInput(piece.id, piece.run_id, run_obs_id, piece.file_sha256, piece.created_at, float(weight))
+                for (piece, _, run_obs_id, *_), weight in zip(rows, weights, strict=True)
+            ]
             rate = self.smoother.run(assembled)
             # Per-run normalisation (bkgdb.makers.normalisation): after smoothing, before empty bins are filled.
-            normalisation = per_run_normalisation(session, self.config.selection, target, selection, rate, assembled,
-                                                  binning_row.id, exclusion_row.id)
+            normalisation = per_run_normalisation(
+                session, self.config.selection, target, selection, rate, assembled, binning_row.id, exclusion_row.id
+            )
             rate = rate * normalisation.factor
             if self.config.selection.fill_empty_bins:
                 rate = fill_empty_bins(rate, assembled)
             if self.config.selection.bin_centre_correction:
                 rate = bin_average_to_centre(rate, assembled)
-            return BuiltBackground(target, selection, assembled, self.smoother.method, rate,
-                                   binning_row.hash, exclusion_row.hash, binning_row.id, exclusion_row.id,
-                                   condition_model=model_record, normalisation=normalisation, inputs=inputs)
+            return BuiltBackground(
+                target,
+                selection,
+                assembled,
+                self.smoother.method,
+                rate,
+                binning_row.hash,
+                exclusion_row.hash,
+                binning_row.id,
+                exclusion_row.id,
+                condition_model=model_record,
+                normalisation=normalisation,
+                inputs=inputs,
+            )
         finally:
             if own_session:
                 session.close()
@@ -298,12 +339,14 @@ class BackgroundBuilder:
         with self.catalogue.session() as session:
             built = self.build(obs_id, datastore, session=session)
             try:
-                fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND"), built.provenance_hdu()]
-                             ).writeto(path, overwrite=overwrite)
+                fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND"), built.provenance_hdu()]).writeto(
+                    path, overwrite=overwrite
+                )
             except OSError as exc:
                 raise BkgdbError(f"cannot write {path}: {exc.strerror or exc}") from None
-            if not record_if_writable(session, built, self.config.selection.params, self.config.io.from_run,
-                                      path.resolve()):
+            if not record_if_writable(
+                session, built, self.config.selection.params, self.config.io.from_run, path.resolve()
+            ):
                 warnings.warn("history not recorded: the database is read-only", ReadOnlyWarning, stacklevel=2)
         return built
 
@@ -320,18 +363,25 @@ def per_run_normalisation(session, settings, target, selection, rate, assembled,
     ``control-ring`` compares the target's own piece (exclusions applied) with the model in the
     ring; ``monitor`` compares a catalogue column of the target with the runs used.
     """
-    from bkgdb.store.conditions import typed_column
     from bkgdb.makers.normalisation import control_ring_normalisation, monitor_normalisation
+    from bkgdb.store.conditions import typed_column
 
     if settings.normalisation == "control-ring":
         piece = own_piece(session, target, binning_id, exclusion_id)
         if piece is None:
-            raise BkgdbError(f"control-ring normalisation needs run {target.obs_id}'s own piece: "
-                             "index its datastore with --config")
-        return control_ring_normalisation(rate, assembled.geometry, piece.counts,
-                                          piece.exposure_s, *settings.normalisation_ring, model_counts=assembled.counts,
-                                          energy_range_tev=settings.normalisation_energy,
-                                          model_scatter=settings.normalisation_model_scatter)
+            raise BkgdbError(
+                f"control-ring normalisation needs run {target.obs_id}'s own piece: index its datastore with --config"
+            )
+        return control_ring_normalisation(
+            rate,
+            assembled.geometry,
+            piece.counts,
+            piece.exposure_s,
+            *settings.normalisation_ring,
+            model_counts=assembled.counts,
+            energy_range_tev=settings.normalisation_energy,
+            model_scatter=settings.normalisation_model_scatter,
+        )
     if settings.normalisation == "monitor":
         name = settings.normalisation_column
         column = typed_column(name)

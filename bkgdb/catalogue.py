@@ -31,8 +31,16 @@ if TYPE_CHECKING:
     from bkgdb.store.funnel import FunnelPicture
     from bkgdb.validation import ValidationReport
 
-__all__ = ["Catalogue", "Rows", "Attached", "Validated", "ReadOnly", "Progress", "check_figure_output",
-           "check_energy_range"]
+__all__ = [
+    "Catalogue",
+    "Rows",
+    "Attached",
+    "Validated",
+    "ReadOnly",
+    "Progress",
+    "check_figure_output",
+    "check_energy_range",
+]
 
 #: ``progress(done, total)``, called as work advances.
 Progress = Callable[[int, int], None]
@@ -70,8 +78,9 @@ class Validated:
 class Catalogue:
     """A bkgdb catalogue: runs, their background pieces, and the backgrounds built from them (see `open`)."""
 
-    def __init__(self, url: str | None = None, readonly: ReadOnly = False,
-                 config: BkgdbConfig | str | Path | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, readonly: ReadOnly = False, config: BkgdbConfig | str | Path | None = None
+    ) -> None:
         self.url = url
         self.readonly = readonly
         self.config_name = ""
@@ -86,8 +95,9 @@ class Catalogue:
         self._store: RunCatalogue | None = None
 
     @classmethod
-    def open(cls, url: str | None = None, readonly: ReadOnly = False,
-             config: BkgdbConfig | str | Path | None = None) -> Catalogue:
+    def open(
+        cls, url: str | None = None, readonly: ReadOnly = False, config: BkgdbConfig | str | Path | None = None
+    ) -> Catalogue:
         """The catalogue at ``url``; methods that build backgrounds need a ``config``.
 
         Parameters
@@ -142,8 +152,9 @@ class Catalogue:
         """Database (password hidden), schema revision, datastores with their run counts, runs and failed runs."""
         return self.store.info()
 
-    def index(self, path: str | Path, jobs: int | None = None, scheduler: str | None = None,
-              progress: Progress | None = None) -> IndexReport:
+    def index(
+        self, path: str | Path, jobs: int | None = None, scheduler: str | None = None, progress: Progress | None = None
+    ) -> IndexReport:
         """Index DL3 datastore folder ``path`` (changed runs only); with a config, compute its pieces too.
 
         ``jobs`` worker processes (default: the config's ``njobs``, else 1), or the workers of the
@@ -154,11 +165,15 @@ class Catalogue:
             from bkgdb.parallel.cluster import DaskExecutor
 
             executor = DaskExecutor(scheduler)
-        return self.store.index(path, config=self.config, jobs=self._jobs(jobs), executor=executor,
-                                progress=progress)
+        return self.store.index(path, config=self.config, jobs=self._jobs(jobs), executor=executor, progress=progress)
 
-    def runs(self, where: Iterable[str] = (), failed: bool = False, datastore: str | Path | None = None,
-             columns: Sequence[str] | None = None) -> Rows:
+    def runs(
+        self,
+        where: Iterable[str] = (),
+        failed: bool = False,
+        datastore: str | Path | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> Rows:
         """Catalogued runs matching every ``where`` condition (e.g. ``"zenith<30"``), by datastore and OBS_ID.
 
         ``failed``: the runs that could not be read, with the reason. ``columns``: catalogue or
@@ -183,8 +198,10 @@ class Catalogue:
         """Stored pieces per binning and exclusion setting, with their bytes."""
         from bkgdb.store.pieces import PieceCache
 
-        return Rows(PieceCache(self.store.engine).summary(),
-                    ["binning", "kind", "geometry", "exclusion", "method", "pieces", "bytes", "bytes_per_piece"])
+        return Rows(
+            PieceCache(self.store.engine).summary(),
+            ["binning", "kind", "geometry", "exclusion", "method", "pieces", "bytes", "bytes_per_piece"],
+        )
 
     def drop_pieces(self, exclusion: str | None = None, binning: str | None = None) -> int:
         """Delete the pieces of an exclusion setting and/or a binning (hash prefixes); return how many."""
@@ -192,8 +209,9 @@ class Catalogue:
 
         return PieceCache(self.store.engine).drop(exclusion=exclusion, binning=binning)
 
-    def flag(self, obs_id: int, flag: Literal["bad", "good"], reason: str | None = None,
-             author: str | None = None) -> dict[str, Any]:
+    def flag(
+        self, obs_id: int, flag: Literal["bad", "good"], reason: str | None = None, author: str | None = None
+    ) -> dict[str, Any]:
         """Flag run ``obs_id`` (every copy) bad, so it is never selected, or good again; return the entry."""
         from bkgdb.store.flags import flag_run
 
@@ -214,20 +232,29 @@ class Catalogue:
             return Rows(rows, ["id", "target", "output", "created_at", "reason"])
         from bkgdb.background import background_history
 
-        return Rows(background_history(self.store.engine, obs_id),
-                    ["id", "target", "runs", "obs_ids", "ontime_h", "smoothing", "ranking", "output", "created_at"])
+        return Rows(
+            background_history(self.store.engine, obs_id),
+            ["id", "target", "runs", "obs_ids", "ontime_h", "smoothing", "ranking", "output", "created_at"],
+        )
 
     def lineage(self, obs_id: int) -> Rows:
         """Every background and attached file built from run ``obs_id``'s pieces."""
         from bkgdb.store.lineage import background_lineage
 
-        return Rows(background_lineage(self.store.engine, obs_id),
-                    ["id", "target", "from_datastore", "output", "created_at"])
+        return Rows(
+            background_lineage(self.store.engine, obs_id), ["id", "target", "from_datastore", "output", "created_at"]
+        )
 
     # -- backgrounds --------------------------------------------------------------------------
 
-    def build(self, obs_id: int, datastore: str | Path | None = None, smooth: str | None = None,
-              where: Iterable[str] = (), three_d: bool | None = None) -> BuiltBackground:
+    def build(
+        self,
+        obs_id: int,
+        datastore: str | Path | None = None,
+        smooth: str | None = None,
+        where: Iterable[str] = (),
+        three_d: bool | None = None,
+    ) -> BuiltBackground:
         """The background of run ``obs_id`` from similar runs' pieces (nothing written or recorded).
 
         ``datastore``: the target's, when its OBS_ID is in several; ``smooth``: a smoothing method
@@ -236,19 +263,34 @@ class Catalogue:
         """
         return self._builder(smooth, where, three_d).build(obs_id, datastore)
 
-    def write_background(self, obs_id: int, output: str | Path, datastore: str | Path | None = None,
-                         smooth: str | None = None, where: Iterable[str] = (), three_d: bool | None = None,
-                         overwrite: bool = False) -> BuiltBackground:
+    def write_background(
+        self,
+        obs_id: int,
+        output: str | Path,
+        datastore: str | Path | None = None,
+        smooth: str | None = None,
+        where: Iterable[str] = (),
+        three_d: bool | None = None,
+        overwrite: bool = False,
+    ) -> BuiltBackground:
         """`build`, write the model as a FITS file gammapy reads, and record it (unless the database is read-only).
 
         An ``output`` that exists (without ``overwrite``) or cannot be written is an error, before any work.
         """
         return self._builder(smooth, where, three_d).write(obs_id, output, datastore=datastore, overwrite=overwrite)
 
-    def attach(self, target: str | Path | None = None, out_dir: str | Path | None = None, jobs: int | None = None,
-               scheduler: str | None = None, where: Iterable[str] = (), three_d: bool | None = None,
-               overwrite: bool = False, progress: Progress | None = None,
-               index_progress: Progress | None = None) -> Attached:
+    def attach(
+        self,
+        target: str | Path | None = None,
+        out_dir: str | Path | None = None,
+        jobs: int | None = None,
+        scheduler: str | None = None,
+        where: Iterable[str] = (),
+        three_d: bool | None = None,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+        index_progress: Progress | None = None,
+    ) -> Attached:
         """Write a copy of datastore ``target`` into ``out_dir`` whose runs carry bkgdb backgrounds.
 
         ``out_dir`` is checked first (no user file is ever replaced), then the target is indexed
@@ -269,10 +311,19 @@ class Catalogue:
         written = attach_backgrounds(builder, target, out_dir, overwrite=overwrite, progress=progress)
         return Attached(indexed, written)
 
-    def validate(self, datastore: str | Path, where: Iterable[str] = (), jobs: int | None = None,
-                 scheduler: str | None = None, three_d: bool | None = None, rows_file: str | Path | None = None,
-                 rows_format: str | None = None, report_dir: str | Path | None = None,
-                 progress: Progress | None = None, index_progress: Progress | None = None) -> Validated:
+    def validate(
+        self,
+        datastore: str | Path,
+        where: Iterable[str] = (),
+        jobs: int | None = None,
+        scheduler: str | None = None,
+        three_d: bool | None = None,
+        rows_file: str | Path | None = None,
+        rows_format: str | None = None,
+        report_dir: str | Path | None = None,
+        progress: Progress | None = None,
+        index_progress: Progress | None = None,
+    ) -> Validated:
         """Judge the config: each run of ``datastore`` gets its background from the others, fitted with gammapy.
 
         ``datastore`` is indexed first (incremental); its runs passing ``where`` and the config's
@@ -295,16 +346,18 @@ class Catalogue:
             parse_condition(condition)
         three_d = self._three_d(three_d)
         indexed = self.index(datastore, jobs=jobs, scheduler=scheduler, progress=index_progress)
-        report = validate_runs(self.store, config, datastore, where=conditions, jobs=self._jobs(jobs),
-                               progress=progress, three_d=three_d)
+        report = validate_runs(
+            self.store, config, datastore, where=conditions, jobs=self._jobs(jobs), progress=progress, three_d=three_d
+        )
         result = Validated(indexed, report)
         if rows_file is not None:
             result.rows_file = report_rows_to_file(report, rows_file, rows_format)
         if report_dir is not None:
             from bkgdb.plotting.report import write_validation_report
 
-            result.report_page = write_validation_report(report, report_dir, self._builder(None, (), False),
-                                                         self.config_name)
+            result.report_page = write_validation_report(
+                report, report_dir, self._builder(None, (), False), self.config_name
+            )
         return result
 
     # -- figures ------------------------------------------------------------------------------
@@ -322,20 +375,28 @@ class Catalogue:
         title = f"{Path(path).name}" + (f": run {header['BKG_TGT']}" if "BKG_TGT" in header else "")
         plot_model_3d(model_or_curves, path=output, title=title, alignment=header.get("FOVALIGN"))
 
-    def plot_model(self, obs_id: int, output: str | Path, datastore: str | Path | None = None,
-                   smooth: str | None = None, where: Iterable[str] = (),
-                   with_reference: bool = True) -> tuple[BuiltBackground, bool]:
+    def plot_model(
+        self,
+        obs_id: int,
+        output: str | Path,
+        datastore: str | Path | None = None,
+        smooth: str | None = None,
+        where: Iterable[str] = (),
+        with_reference: bool = True,
+    ) -> tuple[BuiltBackground, bool]:
         """Plot run ``obs_id``'s background beside its file's own model; return it and whether that was drawn."""
         from bkgdb.plotting import plot_run_model
 
         check_figure_output(output)
         # Rate curves against offset: the 2D model (a 3D one is plotted from its file).
-        _, built, has_reference = plot_run_model(self._builder(smooth, where, three_d=False), int(obs_id), output, datastore,
-                                                 with_reference=with_reference)
+        _, built, has_reference = plot_run_model(
+            self._builder(smooth, where, three_d=False), int(obs_id), output, datastore, with_reference=with_reference
+        )
         return built, has_reference
 
-    def plot_selection(self, obs_id: int, output: str | Path, datastore: str | Path | None = None,
-                       where: Iterable[str] = ()) -> FunnelPicture:
+    def plot_selection(
+        self, obs_id: int, output: str | Path, datastore: str | Path | None = None, where: Iterable[str] = ()
+    ) -> FunnelPicture:
         """Plot every candidate run of ``obs_id``'s selection, coloured by what removed it."""
         from bkgdb.plotting import plot_selection
         from bkgdb.store.funnel import funnel_picture
@@ -345,8 +406,9 @@ class Catalogue:
         plot_selection(picture, path=output)
         return picture
 
-    def plot_validation(self, table: str | Path, output: str | Path,
-                        datastore: str | Path | None = None) -> list[dict[str, Any]]:
+    def plot_validation(
+        self, table: str | Path, output: str | Path, datastore: str | Path | None = None
+    ) -> list[dict[str, Any]]:
         """Plot a table of `validate` (CSV or JSON); with the validated ``datastore``, norms against time.
 
         Without ``datastore`` the database is not opened. Return the table's rows.
@@ -359,26 +421,41 @@ class Catalogue:
         if datastore is not None:
             times = run_start_times(self.store, datastore, [row["obs_id"] for row in rows])
             if not times:
-                warnings.warn(f"no run of {datastore} in the catalogue: norms are shown against OBS_ID",
-                              BkgdbWarning, stacklevel=2)
+                warnings.warn(
+                    f"no run of {datastore} in the catalogue: norms are shown against OBS_ID",
+                    BkgdbWarning,
+                    stacklevel=2,
+                )
         plot_validation(rows, path=output, start_mjd=times or None)
         return rows
 
-    def plot_significance(self, obs_id: int, output: str | Path, datastore: str | Path | None = None,
-                          energy_range_tev: tuple[float, float] = (0.5, 10.0), correlation_radius_deg: float = 0.1,
-                          where: Iterable[str] = ()) -> SignificanceMaps:
+    def plot_significance(
+        self,
+        obs_id: int,
+        output: str | Path,
+        datastore: str | Path | None = None,
+        energy_range_tev: tuple[float, float] = (0.5, 10.0),
+        correlation_radius_deg: float = 0.1,
+        where: Iterable[str] = (),
+    ) -> SignificanceMaps:
         """Plot run ``obs_id``'s counts against its bkgdb prediction and the Li & Ma significance per pixel."""
         from bkgdb.plotting import plot_significance, run_significance_maps
 
         check_figure_output(output)
         check_energy_range(*energy_range_tev)
-        maps = run_significance_maps(self._builder(None, where), obs_id, datastore, energy_range_tev=energy_range_tev,
-                                     correlation_radius_deg=correlation_radius_deg)
+        maps = run_significance_maps(
+            self._builder(None, where),
+            obs_id,
+            datastore,
+            energy_range_tev=energy_range_tev,
+            correlation_radius_deg=correlation_radius_deg,
+        )
         plot_significance(maps, path=output)
         return maps
 
-    def demo(self, folder: str | Path = "bkgdb-demo", jobs: int = 2,
-             progress: Callable[[str], None] | None = None) -> DemoReport:
+    def demo(
+        self, folder: str | Path = "bkgdb-demo", jobs: int = 2, progress: Callable[[str], None] | None = None
+    ) -> DemoReport:
         """Simulate a datastore from a known background, index it, attach backgrounds, compare with the truth.
 
         The demo's database is this catalogue's URL if one was given, else an SQLite file in ``folder``.
@@ -416,8 +493,9 @@ class Catalogue:
         selection = dataclasses.replace(config.selection, where=tuple(config.selection.where) + conditions)
         return dataclasses.replace(config, selection=selection)
 
-    def _builder(self, smooth: str | None = None, where: Iterable[str] = (),
-                 three_d: bool | None = None) -> BackgroundBuilder:
+    def _builder(
+        self, smooth: str | None = None, where: Iterable[str] = (), three_d: bool | None = None
+    ) -> BackgroundBuilder:
         """The one place backgrounds are built from: a builder on this catalogue's store."""
         from bkgdb.background import BackgroundBuilder
 

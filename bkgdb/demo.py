@@ -74,8 +74,12 @@ def demo_config(catalogue: str | Path) -> dict[str, Any]:
     }
 
 
-def run_demo(folder: str | Path = "bkgdb-demo", url: str | None = None, jobs: int = 2,
-             progress: Callable[[str], None] | None = None) -> DemoReport:
+def run_demo(
+    folder: str | Path = "bkgdb-demo",
+    url: str | None = None,
+    jobs: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> DemoReport:
     """Simulate, index, attach and check; return a `DemoReport`.
 
     Parameters
@@ -104,11 +108,14 @@ def run_demo(folder: str | Path = "bkgdb-demo", url: str | None = None, jobs: in
     truth = BackgroundTruth()
     source = PointSource(SOURCE["ra_deg"], SOURCE["dec_deg"], rate_per_s=0.3, name=SOURCE["name"])
 
-    say(f"simulating {len(_pointings())} runs (background {truth.norm:g} s-1 MeV-1 sr-1 at 1 TeV, "
-        f"index {truth.index}) and a bright source ...")
+    say(
+        f"simulating {len(_pointings())} runs (background {truth.norm:g} s-1 MeV-1 sr-1 at 1 TeV, "
+        f"index {truth.index}) and a bright source ..."
+    )
     datastore = folder / "datastore"
-    obs_ids = DatastoreSimulator(truth=truth, pointings=_pointings(), source=source, ontime_s=1200.0,
-                                 seed=42, object_name="Demo field").run(datastore)
+    obs_ids = DatastoreSimulator(
+        truth=truth, pointings=_pointings(), source=source, ontime_s=1200.0, seed=42, object_name="Demo field"
+    ).run(datastore)
     catalogue_path = write_source_catalogue(folder / "catalogue.fits", [source])
     config_path = folder / "bkgdb-demo.yaml"
     config_path.write_text(yaml.safe_dump(demo_config(catalogue_path), sort_keys=False))
@@ -136,11 +143,22 @@ def run_demo(folder: str | Path = "bkgdb-demo", url: str | None = None, jobs: in
     chi2 = float(np.sum(counts[use] * (model.data[use] / true_rate[use] - 1) ** 2))
     norm = fov_background_norm(observation, [(source.ra_deg, source.dec_deg, 0.4)])
     return DemoReport(
-        folder=folder, datastore=datastore, database_url=catalogue.url, config=config_path, attached=attached,
-        n_runs=len(obs_ids), index_summary=index_report.summary(), attach_summary=attach_report.summary(),
-        target_obs_id=target, n_background_runs=len(built.selection.obs_ids), ratio=ratio,
-        ratio_error=float(1 / np.sqrt(counts[use].sum())), chi2=chi2, ndof=int(use.sum()),
-        fov_norm=float(norm.value), fov_norm_error=float(norm.error),
+        folder=folder,
+        datastore=datastore,
+        database_url=catalogue.url,
+        config=config_path,
+        attached=attached,
+        n_runs=len(obs_ids),
+        index_summary=index_report.summary(),
+        attach_summary=attach_report.summary(),
+        target_obs_id=target,
+        n_background_runs=len(built.selection.obs_ids),
+        ratio=ratio,
+        ratio_error=float(1 / np.sqrt(counts[use].sum())),
+        chi2=chi2,
+        ndof=int(use.sum()),
+        fov_norm=float(norm.value),
+        fov_norm_error=float(norm.error),
     )
 
 

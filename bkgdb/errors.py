@@ -3,8 +3,18 @@
 The library raises these; only the CLI turns them into a one-line message and an exit code.
 """
 
-__all__ = ["BkgdbError", "BkgdbWarning", "DatabaseError", "DatastoreError", "ConditionError", "ConfigError",
-           "DatabaseNotReadyError", "NoRunsSelected", "TooLittleStatistics", "ReadOnlyWarning"]
+__all__ = [
+    "BkgdbError",
+    "BkgdbWarning",
+    "DatabaseError",
+    "DatastoreError",
+    "ConditionError",
+    "ConfigError",
+    "DatabaseNotReadyError",
+    "NoRunsSelected",
+    "TooLittleStatistics",
+    "ReadOnlyWarning",
+]
 
 
 class BkgdbError(Exception):

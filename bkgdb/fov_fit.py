@@ -27,9 +27,17 @@ if TYPE_CHECKING:
     from gammapy.modeling import Parameter
     from regions import SkyRegion
 
-__all__ = ["fov_background_norm", "fov_background_dataset", "FitSettings", "FitJob", "FitResult", "fit_run",
-           "outside_circles", "open_datastore",
-           "Circle"]
+__all__ = [
+    "fov_background_norm",
+    "fov_background_dataset",
+    "FitSettings",
+    "FitJob",
+    "FitResult",
+    "fit_run",
+    "outside_circles",
+    "open_datastore",
+    "Circle",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +45,15 @@ log = logging.getLogger(__name__)
 Circle = tuple[float, float, float]
 
 
-def fov_background_norm(observation: Observation, excluded: Iterable[Circle],
-                        energy_range_tev: tuple[float, float] = (0.1, 10.0), n_energy: int = 8,
-                        offset_max_deg: float = 2.0, binsz_deg: float = 0.05,
-                        aeff_safe_mask: bool = False) -> Parameter:
+def fov_background_norm(
+    observation: Observation,
+    excluded: Iterable[Circle],
+    energy_range_tev: tuple[float, float] = (0.1, 10.0),
+    n_energy: int = 8,
+    offset_max_deg: float = 2.0,
+    binsz_deg: float = 0.05,
+    aeff_safe_mask: bool = False,
+) -> Parameter:
     """Norm of a `FoVBackgroundMaker` scale fit of one observation with its own background model.
 
     A norm of 1 means the model predicts the counts outside the excluded regions. The parameters
@@ -51,15 +64,21 @@ def fov_background_norm(observation: Observation, excluded: Iterable[Circle],
     norm : `gammapy.modeling.Parameter`
         Its ``value`` and ``error``.
     """
-    dataset = fov_background_dataset(observation, excluded, energy_range_tev, n_energy, offset_max_deg, binsz_deg,
-                                     aeff_safe_mask)
+    dataset = fov_background_dataset(
+        observation, excluded, energy_range_tev, n_energy, offset_max_deg, binsz_deg, aeff_safe_mask
+    )
     return dataset.background_model.spectral_model.norm
 
 
-def fov_background_dataset(observation: Observation, excluded: Iterable[Circle],
-                           energy_range_tev: tuple[float, float] = (0.1, 10.0), n_energy: int = 8,
-                           offset_max_deg: float = 2.0, binsz_deg: float = 0.05,
-                           aeff_safe_mask: bool = False) -> MapDataset:
+def fov_background_dataset(
+    observation: Observation,
+    excluded: Iterable[Circle],
+    energy_range_tev: tuple[float, float] = (0.1, 10.0),
+    n_energy: int = 8,
+    offset_max_deg: float = 2.0,
+    binsz_deg: float = 0.05,
+    aeff_safe_mask: bool = False,
+) -> MapDataset:
     """The `MapDataset` of one observation after a `FoVBackgroundMaker` scale fit of its background model.
 
     Its ``mask_fit`` is the pixels outside the excluded regions and ``mask_safe`` the safe ones, so
@@ -96,15 +115,21 @@ def fov_background_dataset(observation: Observation, excluded: Iterable[Circle],
     from regions import CircleSkyRegion
 
     energy = MapAxis.from_energy_bounds(*energy_range_tev, nbin=n_energy, unit="TeV")
-    geom = WcsGeom.create(skydir=observation.pointing.fixed_icrs, binsz=binsz_deg,
-                          width=(2 * offset_max_deg, 2 * offset_max_deg), frame="icrs", axes=[energy])
+    geom = WcsGeom.create(
+        skydir=observation.pointing.fixed_icrs,
+        binsz=binsz_deg,
+        width=(2 * offset_max_deg, 2 * offset_max_deg),
+        frame="icrs",
+        axes=[energy],
+    )
     selection, methods = ["counts", "background"], ["offset-max"]
     extra: dict[str, Any] = {}
     if aeff_safe_mask:
         selection.append("exposure")
         methods.append("aeff-default")
         extra["energy_axis_true"] = MapAxis.from_energy_bounds(
-            energy_range_tev[0] / 2, energy_range_tev[1] * 2, nbin=20, unit="TeV", name="energy_true")
+            energy_range_tev[0] / 2, energy_range_tev[1] * 2, nbin=20, unit="TeV", name="energy_true"
+        )
     dataset = MapDataset.create(geom, name=str(observation.obs_id), **extra)
     dataset = MapDatasetMaker(selection=selection).run(dataset, observation)
     dataset = SafeMaskMaker(methods=methods, offset_max=offset_max_deg * u.deg).run(dataset, observation)
@@ -113,7 +138,6 @@ def fov_background_dataset(observation: Observation, excluded: Iterable[Circle],
     dataset = FoVBackgroundMaker(method="scale", exclusion_mask=mask).run(dataset)
     dataset.mask_fit = mask
     return dataset
-
 
 
 @dataclass(frozen=True)
@@ -189,16 +213,24 @@ def _fit_run(job: FitJob) -> FitResult:
     observation = open_datastore(job.datastore).obs(job.obs_id, required_irf="all-optional")
     energy = MapAxis.from_energy_bounds(*settings.energy_range_tev, nbin=settings.n_energy, unit="TeV")
     width = 2 * settings.offset_max_deg
-    geom = WcsGeom.create(skydir=observation.pointing.fixed_icrs, binsz=settings.binsz_deg, width=(width, width),
-                          frame="icrs", axes=[energy])
+    geom = WcsGeom.create(
+        skydir=observation.pointing.fixed_icrs,
+        binsz=settings.binsz_deg,
+        width=(width, width),
+        frame="icrs",
+        axes=[energy],
+    )
     maker = MapDatasetMaker()
     counts = maker.make_counts(geom, observation)
     methods = ["offset-max"]
     aeff = observation.aeff
     if aeff is not None and aeff.meta.get("LO_THRES") is not None:
         methods.append("aeff-default")
-    safe = SafeMaskMaker(methods=methods, offset_max=settings.offset_max_deg * u.deg).run(
-        MapDataset(counts=counts, name=str(job.obs_id)), observation).mask_safe.data
+    safe = (
+        SafeMaskMaker(methods=methods, offset_max=settings.offset_max_deg * u.deg)
+        .run(MapDataset(counts=counts, name=str(job.obs_id)), observation)
+        .mask_safe.data
+    )
     exclusion = outside_circles(geom, job.excluded)
     if job.shapes:
         exclusion &= geom.region_mask(list(job.shapes), inside=False)
@@ -219,8 +251,12 @@ def _fit_run(job: FitJob) -> FitResult:
     if len(used):
         result.e_min_tev, result.e_max_tev = float(energies[used[0]]), float(energies[used[-1] + 1])
     for label, background in backgrounds.items():
-        dataset = MapDataset(counts=counts, background=background, name=str(job.obs_id),
-                             mask_safe=Map.from_geom(geom, data=mask, dtype=bool))
+        dataset = MapDataset(
+            counts=counts,
+            background=background,
+            name=str(job.obs_id),
+            mask_safe=Map.from_geom(geom, data=mask, dtype=bool),
+        )
         predicted = float(background.data[mask].sum())
         dataset = FoVBackgroundMaker(method="scale", exclusion_mask=exclusion).run(dataset)
         norm = dataset.background_model.spectral_model.norm

@@ -76,8 +76,12 @@ class PieceGeometry:
         """A 3D geometry: energy times FoV lon/lat pixels in the given alignment."""
         if alignment not in FOV_ALIGNMENTS:
             raise ValueError(f"FoV alignment must be one of {', '.join(FOV_ALIGNMENTS)}, got {alignment!r}")
-        return cls(_edges(energy_edges, "energy"), fov_lon_edges=_edges(fov_lon_edges, "fov_lon"),
-                   fov_lat_edges=_edges(fov_lat_edges, "fov_lat"), alignment=alignment)
+        return cls(
+            _edges(energy_edges, "energy"),
+            fov_lon_edges=_edges(fov_lon_edges, "fov_lon"),
+            fov_lat_edges=_edges(fov_lat_edges, "fov_lat"),
+            alignment=alignment,
+        )
 
     @classmethod
     def of(cls, binning: Any) -> PieceGeometry:
@@ -207,8 +211,9 @@ class PieceGeometry:
         if not self.is_3d:
             return MapAxes([energy, MapAxis.from_edges(self._offset * u.deg, name="offset")])
         lon, lat = self._lon_lat
-        return MapAxes([energy, MapAxis.from_edges(lon * u.deg, name="fov_lon"),
-                        MapAxis.from_edges(lat * u.deg, name="fov_lat")])
+        return MapAxes(
+            [energy, MapAxis.from_edges(lon * u.deg, name="fov_lon"), MapAxis.from_edges(lat * u.deg, name="fov_lat")]
+        )
 
     def to_irf(self, rate: np.ndarray):
         """A gammapy ``Background2D`` or ``Background3D`` of ``rate`` in s-1 MeV-1 sr-1."""
@@ -228,5 +233,7 @@ class PieceGeometry:
             offset = self._offset
             return f"{energy}, offset {offset[0]:g}-{offset[-1]:g} deg x {len(offset) - 1}"
         lon, lat = self._lon_lat
-        return (f"{energy}, FoV {self.alignment} lon {lon[0]:g}..{lon[-1]:g} x {len(lon) - 1}, "
-                f"lat {lat[0]:g}..{lat[-1]:g} x {len(lat) - 1} deg")
+        return (
+            f"{energy}, FoV {self.alignment} lon {lon[0]:g}..{lon[-1]:g} x {len(lon) - 1}, "
+            f"lat {lat[0]:g}..{lat[-1]:g} x {len(lat) - 1} deg"
+        )

@@ -30,9 +30,24 @@ if TYPE_CHECKING:
     from bkgdb.config import BkgdbConfig, ExclusionSettings, SelectionSettings
     from bkgdb.store.catalogue import RunCatalogue
 
-__all__ = ["fov_background_norm", "FitSettings", "FitJob", "FitResult", "ValidationReport", "validate_runs",
-           "fit_run", "target_runs", "summarise", "outside_circles", "rows_file_format", "report_rows_to_file",
-           "ZENITH_BANDS", "ROW_COLUMNS", "SUMMARY_COLUMNS", "Row"]
+__all__ = [
+    "fov_background_norm",
+    "FitSettings",
+    "FitJob",
+    "FitResult",
+    "ValidationReport",
+    "validate_runs",
+    "fit_run",
+    "target_runs",
+    "summarise",
+    "outside_circles",
+    "rows_file_format",
+    "report_rows_to_file",
+    "ZENITH_BANDS",
+    "ROW_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "Row",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +58,27 @@ Row = dict[str, Any]
 ZENITH_BANDS = ((0.0, 30.0, "<30"), (30.0, 45.0, "30-45"), (45.0, 90.0, ">=45"))
 #: Columns of a validation row, in output order.
 ROW_COLUMNS = [
-    "obs_id", "object", "zenith_deg", "az_deg", "status", "runs_used", "ontime_used_h", "normalisation",
-    "norm_factor", "norm_factor_error", "norm_region", "e_min_tev", "e_max_tev", "counts", "predicted", "norm",
-    "norm_error", "file_predicted", "file_norm", "file_norm_error", "reason",
+    "obs_id",
+    "object",
+    "zenith_deg",
+    "az_deg",
+    "status",
+    "runs_used",
+    "ontime_used_h",
+    "normalisation",
+    "norm_factor",
+    "norm_factor_error",
+    "norm_region",
+    "e_min_tev",
+    "e_max_tev",
+    "counts",
+    "predicted",
+    "norm",
+    "norm_error",
+    "file_predicted",
+    "file_norm",
+    "file_norm_error",
+    "reason",
 ]
 SUMMARY_COLUMNS = ["model", "zenith", "runs", "mean", "std", "median", "mean_error"]
 
@@ -70,10 +103,18 @@ def summarise(rows: list[Row]) -> list[dict[str, Any]]:
         if not len(_finite(row[key] for row in rows)):
             continue
         for low, high, label in bands:
-            norms = _finite(row[key] for row in rows
-                            if row["zenith_deg"] is not None and low <= row["zenith_deg"] < high)
-            entry: dict[str, Any] = {"model": model, "zenith": label, "runs": int(len(norms)), "mean": math.nan,
-                                     "std": math.nan, "median": math.nan, "mean_error": math.nan}
+            norms = _finite(
+                row[key] for row in rows if row["zenith_deg"] is not None and low <= row["zenith_deg"] < high
+            )
+            entry: dict[str, Any] = {
+                "model": model,
+                "zenith": label,
+                "runs": int(len(norms)),
+                "mean": math.nan,
+                "std": math.nan,
+                "median": math.nan,
+                "mean_error": math.nan,
+            }
             if len(norms):
                 entry.update(mean=float(norms.mean()), median=float(np.median(norms)))
             if len(norms) > 1:
@@ -105,8 +146,11 @@ def _normalisation_label(selection: SelectionSettings) -> str:
     if selection.normalisation == "control-ring":
         low, high = selection.normalisation_ring
         energy, scatter = selection.normalisation_energy, selection.normalisation_model_scatter
-        return (f"control-ring (offset {low:g}-{high:g} deg" + (f", {energy[0]:g}-{energy[1]:g} TeV" if energy else "")
-                + (f", combined with model scatter {scatter:g})" if scatter else ")"))
+        return (
+            f"control-ring (offset {low:g}-{high:g} deg"
+            + (f", {energy[0]:g}-{energy[1]:g} TeV" if energy else "")
+            + (f", combined with model scatter {scatter:g})" if scatter else ")")
+        )
     if selection.normalisation == "monitor":
         return f"monitor (column {selection.normalisation_column})"
     return "none"
@@ -122,9 +166,16 @@ def _shaped_regions(exclusion: ExclusionSettings) -> list:
     return shapes
 
 
-def validate_runs(catalogue: RunCatalogue, config: BkgdbConfig, datastore: str | Path, where: Iterable[str] = (),
-                  jobs: int = 1, progress: Callable[[int, int], None] | None = None,
-                  settings: FitSettings | None = None, three_d: bool | None = None) -> ValidationReport:
+def validate_runs(
+    catalogue: RunCatalogue,
+    config: BkgdbConfig,
+    datastore: str | Path,
+    where: Iterable[str] = (),
+    jobs: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    settings: FitSettings | None = None,
+    three_d: bool | None = None,
+) -> ValidationReport:
     """Build each target run's background from the other runs and fit its FoV norm with gammapy.
 
     Parameters
@@ -158,8 +209,10 @@ def validate_runs(catalogue: RunCatalogue, config: BkgdbConfig, datastore: str |
     folder = str(Path(datastore).expanduser().resolve())
     targets = target_runs(catalogue, config, folder, where)
     if not targets:
-        raise BkgdbError(f"no target runs in {folder}: check --where and the config's gal_lat_min, n_tels, "
-                         "el_min, el_max (and that the datastore is indexed)")
+        raise BkgdbError(
+            f"no target runs in {folder}: check --where and the config's gal_lat_min, n_tels, "
+            "el_min, el_max (and that the datastore is indexed)"
+        )
     builder = BackgroundBuilder(catalogue, config, three_d=three_d)
     shapes = _shaped_regions(config.exclusion)
     label = _normalisation_label(config.selection)
@@ -177,8 +230,13 @@ def validate_runs(catalogue: RunCatalogue, config: BkgdbConfig, datastore: str |
     with catalogue.session() as session:
         for run in targets:
             row: Row = {column: None for column in ROW_COLUMNS}
-            row.update(obs_id=int(run.obs_id), object=run.object_name, zenith_deg=run.zenith_deg, az_deg=run.az_deg,
-                       normalisation=label)
+            row.update(
+                obs_id=int(run.obs_id),
+                object=run.object_name,
+                zenith_deg=run.zenith_deg,
+                az_deg=run.az_deg,
+                normalisation=label,
+            )
             rows[run.obs_id] = row
             try:
                 built = builder.build(run.obs_id, folder, session=session)
@@ -187,22 +245,42 @@ def validate_runs(catalogue: RunCatalogue, config: BkgdbConfig, datastore: str |
                 advance()
                 continue
             normalisation = built.normalisation
-            row.update(runs_used=len(built.selection.obs_ids), ontime_used_h=built.assembled.ontime_s / 3600.0,
-                       norm_factor=normalisation.factor, norm_factor_error=normalisation.error,
-                       norm_region=normalisation.region or None)
+            row.update(
+                runs_used=len(built.selection.obs_ids),
+                ontime_used_h=built.assembled.ontime_s / 3600.0,
+                norm_factor=normalisation.factor,
+                norm_factor_error=normalisation.error,
+                norm_region=normalisation.region or None,
+            )
             excluded = _excluded_regions(session, run.id, built.binning_id, built.exclusion_id)
             if excluded is None:
-                row.update(status="no background", reason=f"run {run.obs_id} has no piece of its own, so its "
-                                                          "exclusion regions are unknown: index it with --config")
+                row.update(
+                    status="no background",
+                    reason=f"run {run.obs_id} has no piece of its own, so its "
+                    "exclusion regions are unknown: index it with --config",
+                )
                 advance()
                 continue
             jobs_to_fit.append(FitJob(int(run.obs_id), folder, built.model, excluded, shapes, settings))
 
     for result in _run_fits(jobs_to_fit, jobs):
         row = rows[result.obs_id]
-        row.update({key: getattr(result, key) for key in (
-            "counts", "predicted", "norm", "norm_error", "file_predicted", "file_norm", "file_norm_error",
-            "e_min_tev", "e_max_tev")})
+        row.update(
+            {
+                key: getattr(result, key)
+                for key in (
+                    "counts",
+                    "predicted",
+                    "norm",
+                    "norm_error",
+                    "file_predicted",
+                    "file_norm",
+                    "file_norm_error",
+                    "e_min_tev",
+                    "e_max_tev",
+                )
+            }
+        )
         row.update(status="ok" if result.error is None else "fit failed", reason=result.error)
         advance()
     ordered = [rows[run.obs_id] for run in targets]
@@ -246,8 +324,13 @@ def report_rows_to_file(report: ValidationReport, path: str | Path, fmt: str | N
     fmt = rows_file_format(path, fmt)
     if fmt == "json":
         # NaN is not JSON: missing values are null.
-        clean = [{key: (None if isinstance(value, float) and not math.isfinite(value) else value)
-                  for key, value in row.items()} for row in report.rows]
+        clean = [
+            {
+                key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+                for key, value in row.items()
+            }
+            for row in report.rows
+        ]
         path.write_text(json.dumps(clean, indent=1) + "\n")
     else:
         with path.open("w", newline="") as handle:

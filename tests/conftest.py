@@ -103,7 +103,14 @@ def sim(tmp_path_factory):
     centre = SkyCoord(PLOT_SOURCE.ra_deg * u.deg, PLOT_SOURCE.dec_deg * u.deg)
     wobble = centre.directional_offset_by(0 * u.deg, 0.7 * u.deg)
     pointings = [field] * 5 + [(float(wobble.ra.deg), float(wobble.dec.deg)), plane_field]
-    DatastoreSimulator(truth=PLOT_TRUTH, pointings=pointings, source=PLOT_SOURCE, ontime_s=1500.0, seed=11,
-                       first_obs_id=300, zeniths=zeniths).run(folder / "datastore")
+    DatastoreSimulator(
+        truth=PLOT_TRUTH,
+        pointings=pointings,
+        source=PLOT_SOURCE,
+        ontime_s=1500.0,
+        seed=11,
+        first_obs_id=300,
+        zeniths=zeniths,
+    ).run(folder / "datastore")
     write_source_catalogue(folder / "catalogue.fits", [PLOT_SOURCE])
     return folder

@@ -51,7 +51,7 @@ def test_unsmoothed_rate_recovers_the_truth():
     use = expected > 20
     pulls = (background.counts[use] - expected[use]) / np.sqrt(expected[use])
     assert abs(pulls.mean()) < 3 / np.sqrt(use.sum()) * 1.5
-    assert np.sum(pulls ** 2) < use.sum() + 5 * np.sqrt(2 * use.sum())
+    assert np.sum(pulls**2) < use.sum() + 5 * np.sqrt(2 * use.sum())
 
 
 @pytest.mark.parametrize("method", ["poly", "spline"])
@@ -107,8 +107,7 @@ def test_filled_models_stay_finite_in_gammapy():
     counts[0] = [3, 0, 0, 2, 5]
     counts[2] = [1, 0, 0, 0, 1]
     counts[3] = [0, 4, 0, 0, 0]
-    background = assemble_background([BackgroundPiece(counts, 0 * counts, np.full(5, 1800.0), 1800.0, 1600.0)],
-                                     binning)
+    background = assemble_background([BackgroundPiece(counts, 0 * counts, np.full(5, 1800.0), 1800.0, 1600.0)], binning)
     energy = np.geomspace(0.1, 100, 60)[:, np.newaxis] * u.TeV
     offset = np.linspace(0, 2.5, 40) * u.deg
     ceiling = background.rate.max()

@@ -16,13 +16,18 @@ from astropy.io import fits
 from astropy.table import Table
 from typer.testing import CliRunner
 
-from bkgdb.gadf.attach import (
-    PARTIAL_SUFFIX, NothingAttached, UnsafeDestination, attach_backgrounds, check_attach_destination, partial_path,
-    write_fits,
-)
 from bkgdb.background import BackgroundBuilder
 from bkgdb.cli.main import app
 from bkgdb.config import BkgdbConfig
+from bkgdb.gadf.attach import (
+    PARTIAL_SUFFIX,
+    NothingAttached,
+    UnsafeDestination,
+    attach_backgrounds,
+    check_attach_destination,
+    partial_path,
+    write_fits,
+)
 
 CONFIG = """
 binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}
@@ -51,8 +56,11 @@ def config(config_file):
 
 def snapshot(folder):
     """{relative path: sha256} of every file below ``folder``."""
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(Path(folder).rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(Path(folder).rglob("*"))
+        if path.is_file()
+    }
 
 
 def pointing_elsewhere(target, source, data_dir, base_dir=None):
@@ -79,11 +87,15 @@ def one_line_error(result):
 # -- where --out may be ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("where, message", [
-    (lambda target: target, "is the target datastore"),
-    (lambda target: target / "attached", "is inside the target datastore"),
-    (lambda target: target.parent, "contains the target datastore"),
-], ids=["target", "inside", "around"])
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        (lambda target: target, "is the target datastore"),
+        (lambda target: target / "attached", "is inside the target datastore"),
+        (lambda target: target.parent, "contains the target datastore"),
+    ],
+    ids=["target", "inside", "around"],
+)
 def test_out_is_never_the_target_inside_it_or_around_it(catalogue, datastore_copy, where, message):
     before = snapshot(datastore_copy)
     with pytest.raises(UnsafeDestination, match=message):
@@ -91,9 +103,12 @@ def test_out_is_never_the_target_inside_it_or_around_it(catalogue, datastore_cop
     assert snapshot(datastore_copy) == before and not (datastore_copy / "attached").exists()
 
 
-@pytest.mark.parametrize("base_dir", [None, "index-base"], ids=["absolute FILE_DIR", "relative FILE_DIR, BASE_DIR ignored"])
-def test_out_where_the_target_hdu_index_points_is_refused_before_indexing(db_url, datastore_copy, config_file,
-                                                                         tmp_path, base_dir):
+@pytest.mark.parametrize(
+    "base_dir", [None, "index-base"], ids=["absolute FILE_DIR", "relative FILE_DIR, BASE_DIR ignored"]
+)
+def test_out_where_the_target_hdu_index_points_is_refused_before_indexing(
+    db_url, datastore_copy, config_file, tmp_path, base_dir
+):
     """The tester's case: the target's run files live in folder X, and --out is X (here through a symlink)."""
     target = pointing_elsewhere(tmp_path / "indexes-only", datastore_copy, datastore_copy / "data", base_dir)
     if base_dir:
@@ -115,8 +130,11 @@ def test_a_data_folder_linked_into_the_target_is_refused(catalogue, datastore_co
     out = tmp_path / "out"
     out.mkdir()
     (out / "data").symlink_to(datastore_copy / "data")
-    with pytest.raises(UnsafeDestination, match=r"refusing to write .*/datastore/data/run_001000\.fits\.gz: "
-                                                r"the hdu-index of the target"):
+    with pytest.raises(
+        UnsafeDestination,
+        match=r"refusing to write .*/datastore/data/run_001000\.fits\.gz: "
+        r"the hdu-index of the target",
+    ):
         check_attach_destination(catalogue, datastore_copy, out, overwrite=True)
 
 
@@ -125,18 +143,26 @@ def test_an_existing_datastore_is_not_overwritten(db_url, simulated_datastore, d
     target = simulated_datastore
     before = snapshot(datastore_copy)
     line = one_line_error(bkgdb("attach", target, "--out", datastore_copy, "--config", config_file, db=db_url))
-    assert line == f"Error: --out {datastore_copy} is not empty: pass --overwrite to replace what an earlier " \
-                   "attach wrote there"
-    line = one_line_error(bkgdb("attach", target, "--out", datastore_copy, "--config", config_file, "--overwrite",
-                                db=db_url))
-    assert line == (f"Error: refusing to write into {datastore_copy}: {datastore_copy / 'obs-index.fits.gz'} "
-                    "belongs to a datastore bkgdb did not write (even with --overwrite)")
+    assert (
+        line == f"Error: --out {datastore_copy} is not empty: pass --overwrite to replace what an earlier "
+        "attach wrote there"
+    )
+    line = one_line_error(
+        bkgdb("attach", target, "--out", datastore_copy, "--config", config_file, "--overwrite", db=db_url)
+    )
+    assert line == (
+        f"Error: refusing to write into {datastore_copy}: {datastore_copy / 'obs-index.fits.gz'} "
+        "belongs to a datastore bkgdb did not write (even with --overwrite)"
+    )
     # Once catalogued, its files are protected as such.
     assert bkgdb("index", datastore_copy, db=db_url).exit_code == 0
-    line = one_line_error(bkgdb("attach", target, "--out", datastore_copy, "--config", config_file, "--overwrite",
-                                db=db_url))
-    assert line == (f"Error: refusing to write {datastore_copy / 'obs-index.fits.gz'}: it is an index file of the "
-                    f"catalogued datastore {datastore_copy}")
+    line = one_line_error(
+        bkgdb("attach", target, "--out", datastore_copy, "--config", config_file, "--overwrite", db=db_url)
+    )
+    assert line == (
+        f"Error: refusing to write {datastore_copy / 'obs-index.fits.gz'}: it is an index file of the "
+        f"catalogued datastore {datastore_copy}"
+    )
     assert snapshot(datastore_copy) == before
 
 
@@ -146,8 +172,11 @@ def test_run_files_of_catalogued_datastores_are_protected(catalogue, simulated_d
         (datastore_copy / name).unlink()
     elsewhere = pointing_elsewhere(tmp_path / "elsewhere", simulated_datastore, datastore_copy / "data")
     catalogue.index(elsewhere)
-    with pytest.raises(UnsafeDestination, match=r"refusing to write .*/data/run_001000\.fits\.gz: it is the file "
-                                                r"of run 1000 of the catalogued datastore .*/elsewhere$"):
+    with pytest.raises(
+        UnsafeDestination,
+        match=r"refusing to write .*/data/run_001000\.fits\.gz: it is the file "
+        r"of run 1000 of the catalogued datastore .*/elsewhere$",
+    ):
         check_attach_destination(catalogue, simulated_datastore, datastore_copy, overwrite=True)
 
 
@@ -211,8 +240,10 @@ def test_nothing_attached_is_an_error_and_creates_no_folder(db_url, simulated_da
     out = tmp_path / "new" / "out"
     result = bkgdb("attach", simulated_datastore, "--out", out, "--config", strict, db=db_url)
     line = one_line_error(result)
-    assert line.startswith(f"Error: no run of {simulated_datastore} got a background, nothing written (5 runs): "
-                           "run 1000: no runs selected for run 1000")
+    assert line.startswith(
+        f"Error: no run of {simulated_datastore} got a background, nothing written (5 runs): "
+        "run 1000: no runs selected for run 1000"
+    )
     assert "|b| > 89 deg removed 4 (0 left); run 1001: " in line and line.endswith("; and 3 more runs")
     assert not (tmp_path / "new").exists()
 
@@ -255,13 +286,27 @@ def test_killed_attach_then_rerun_with_overwrite(db_url, datastore_copy, config_
     catalogue.engine.dispose()
 
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "bkgdb.cli.main", "--db", db_url, "attach", str(datastore_copy), "--out", str(out),
-               "--config", str(config_file), "--jobs", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "bkgdb.cli.main",
+        "--db",
+        db_url,
+        "attach",
+        str(datastore_copy),
+        "--out",
+        str(out),
+        "--config",
+        str(config_file),
+        "--jobs",
+        "1",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not ((out / "data").is_dir() and any(not path.name.endswith(PARTIAL_SUFFIX)
-                                                   for path in (out / "data").iterdir())):
+        while not (
+            (out / "data").is_dir() and any(not path.name.endswith(PARTIAL_SUFFIX) for path in (out / "data").iterdir())
+        ):
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "attach wrote nothing in 120 s"
             time.sleep(0.001)
@@ -295,7 +340,7 @@ def test_killed_attach_then_rerun_with_overwrite(db_url, datastore_copy, config_
     assert list(ours) == list(theirs)
     for name, (hdus, bkg) in ours.items():
         assert hdus == theirs[name][0], name
-        assert len(bkg) == 5 and all(np.array_equal(a, b) for a, b in zip(bkg, theirs[name][1])), name
+        assert len(bkg) == 5 and all(np.array_equal(a, b) for a, b in zip(bkg, theirs[name][1], strict=True)), name
     assert list(Table.read(out / "obs-index.fits.gz")["OBS_ID"]) == [1000, 1001, 1002, 1003, 1004]
     from gammapy.data import DataStore
 

@@ -34,8 +34,9 @@ def fields(tmp_path_factory):
     centre = SkyCoord(SOURCE.ra_deg * u.deg, SOURCE.dec_deg * u.deg)
     wobbles = centre.directional_offset_by(np.arange(8) % 4 * 90 * u.deg, 0.7 * u.deg)
     pointings = [(180.0, 50.0)] * 6 + [(220.0, 30.0)] * 6 + list(zip(wobbles.ra.deg, wobbles.dec.deg, strict=True))
-    DatastoreSimulator(truth=TRUTH, pointings=pointings, source=SOURCE, ontime_s=1500.0, seed=11,
-                       first_obs_id=100).run(folder / "datastore")
+    DatastoreSimulator(truth=TRUTH, pointings=pointings, source=SOURCE, ontime_s=1500.0, seed=11, first_obs_id=100).run(
+        folder / "datastore"
+    )
     write_source_catalogue(folder / "catalogue.fits", [SOURCE])
     write_source_catalogue(folder / "empty-catalogue.fits", [{"name": "elsewhere", "ra_deg": 10.0, "dec_deg": -60.0}])
     return folder
@@ -47,7 +48,8 @@ def make_config(catalogue, **selection):
     return BkgdbConfig(
         binnings=[BINNING],
         exclusion=ExclusionSettings(gammacat=str(catalogue), hawc=None, star_cat=None),
-        selection=SelectionSettings(**settings), io=IOSettings(),
+        selection=SelectionSettings(**settings),
+        io=IOSettings(),
     )
 
 
@@ -63,10 +65,13 @@ def truth_comparison(built):
     return (ratio[use] - 1) * np.sqrt(counts[use]), ratio
 
 
-@pytest.mark.parametrize("which, exclude, target", [
-    ("empty fields only", True, 100),
-    ("source excluded", True, 119),
-])
+@pytest.mark.parametrize(
+    "which, exclude, target",
+    [
+        ("empty fields only", True, 100),
+        ("source excluded", True, 119),
+    ],
+)
 def test_model_recovers_the_truth(catalogue, fields, which, exclude, target):
     config = make_config(fields / "catalogue.fits")
     catalogue.index(fields / "datastore", config=config)
@@ -75,7 +80,7 @@ def test_model_recovers_the_truth(catalogue, fields, which, exclude, target):
     pulls, _ = truth_comparison(built)
     ndof = len(pulls)
     assert abs(pulls.mean()) < 4 / np.sqrt(ndof), which
-    assert np.sum(pulls ** 2) < ndof + 5 * np.sqrt(2 * ndof), which
+    assert np.sum(pulls**2) < ndof + 5 * np.sqrt(2 * ndof), which
 
 
 def test_source_not_excluded_biases_the_model(catalogue, fields):
@@ -109,8 +114,11 @@ def test_written_file_opens_in_gammapy_with_provenance(catalogue, fields, tmp_pa
 
     with Session(catalogue.engine) as session:
         stored = session.scalars(sa.select(BackgroundRow).order_by(BackgroundRow.id)).first()
-        used = session.scalars(sa.select(BackgroundInput.obs_id).where(BackgroundInput.background_id == stored.id)
-                               .order_by(BackgroundInput.id)).all()
+        used = session.scalars(
+            sa.select(BackgroundInput.obs_id)
+            .where(BackgroundInput.background_id == stored.id)
+            .order_by(BackgroundInput.id)
+        ).all()
         assert stored.target_obs_id == 119 and used == list(runs["OBS_ID"])
         assert stored.selection["settings"]["time_request"] == 2.0
         assert stored.output_path == str((tmp_path / "bkg.fits").resolve())
@@ -164,7 +172,7 @@ def test_gammapy_predicts_the_counts_with_the_ontime_time_base(catalogue, fields
     assert first.observation_live_time_duration < 0.95 * first.observation_time_duration
     excluded = [(SOURCE.ra_deg, SOURCE.dec_deg, 0.4)]
     norms = [fov_background_norm(store.obs(obs_id), excluded) for obs_id in store.obs_ids]
-    weights = np.array([1 / norm.error ** 2 for norm in norms])
+    weights = np.array([1 / norm.error**2 for norm in norms])
     mean = np.sum(weights * [norm.value for norm in norms]) / weights.sum()
     error = 1 / np.sqrt(weights.sum())
     assert abs(mean - 1) < 3 * error, (mean, error)
@@ -179,7 +187,8 @@ def test_attach_replaces_an_existing_background_hdu(catalogue, fields, tmp_path)
     # The attached datastore becomes the target: its BKG HDU is replaced by the new one.
     catalogue.index(out, config=config)
     report = BackgroundBuilder(catalogue, make_config(fields / "catalogue.fits", time_request=1.0)).attach(
-        out, tmp_path / "second")
+        out, tmp_path / "second"
+    )
     assert len(report.written) == 20
     with fits.open(tmp_path / "second" / "data" / "run_000100.fits.gz") as hdul:
         names = [hdu.name for hdu in hdul]

@@ -187,9 +187,16 @@ def test_instrument_columns_from_the_obs_index(catalogue, tmp_path):
     """VERITAS-style NSBLEVEL and H.E.S.S.-style MUONEFF become typed columns; others stay in extra."""
     from bkgdb.simulate import DatastoreSimulator
 
-    DatastoreSimulator(pointings=[(10.0, 20.0)] * 3, ontime_s=60.0, with_irfs=False, extra_columns={
-        "NSBLEVEL": [4.0, 6.5, 9.0], "MUONEFF": [0.8, 0.9, 1.0], "WEATHER": ["A", "B", "A"],
-    }).run(tmp_path / "veritas-like")
+    DatastoreSimulator(
+        pointings=[(10.0, 20.0)] * 3,
+        ontime_s=60.0,
+        with_irfs=False,
+        extra_columns={
+            "NSBLEVEL": [4.0, 6.5, 9.0],
+            "MUONEFF": [0.8, 0.9, 1.0],
+            "WEATHER": ["A", "B", "A"],
+        },
+    ).run(tmp_path / "veritas-like")
     catalogue.index(tmp_path / "veritas-like")
     runs = catalogue.select_runs()
     assert [run.nsb_level for run in runs] == [4.0, 6.5, 9.0]
@@ -198,8 +205,15 @@ def test_instrument_columns_from_the_obs_index(catalogue, tmp_path):
     assert [run.obs_id for run in catalogue.select_runs(["nsb>5", "muoneff>=0.95"])] == [1002]
 
 
-FOV_PARAMS = {"kind": "fov", "e_min": 0.1, "e_max": 100.0, "e_bins": 5, "fov_max": 2.5, "fov_bins": 4,
-              "fov_alignment": "RADEC"}
+FOV_PARAMS = {
+    "kind": "fov",
+    "e_min": 0.1,
+    "e_max": 100.0,
+    "e_bins": 5,
+    "fov_max": 2.5,
+    "fov_bins": 4,
+    "fov_alignment": "RADEC",
+}
 
 
 def test_geometry_from_stored_binning_params():
@@ -243,7 +257,9 @@ def test_cache_summary_describes_2d_and_3d_pieces(catalogue):
         session.commit()
     summary = PieceCache(catalogue.engine).summary()
     assert [(entry["binning"], entry["kind"], entry["pieces"]) for entry in summary] == [
-        ("2" * 12, "2d", 2), ("3" * 12, "3d", 2)]
+        ("2" * 12, "2d", 2),
+        ("3" * 12, "3d", 2),
+    ]
     assert summary[0]["geometry"] == "0.1-100 TeV x 5, offset 0-2.5 deg x 3"
     assert summary[1]["geometry"] == "0.1-100 TeV x 5, FoV RADEC lon -2.5..2.5 x 4, lat -2.5..2.5 x 4 deg"
     assert summary[1]["bytes_per_piece"] > summary[0]["bytes_per_piece"] > 0  # 80 bins against 15

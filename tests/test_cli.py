@@ -27,7 +27,8 @@ def _commands(group=app, prefix=()):
 def test_every_command_has_help_text():
     commands = dict(_commands())
     assert {"index", "background", "attach", "validate", "demo", "plot model", "plot significance"} <= {
-        " ".join(words) for words in commands}
+        " ".join(words) for words in commands
+    }
     for words, callback in commands.items():
         result = bkgdb(*words, "--help")
         assert result.exit_code == 0, result.output
@@ -48,8 +49,13 @@ def test_index_runs_info(db_url, simulated_datastore):
     assert [row["obs_id"] for row in listing] == [1003, 1004]
     assert listing[0]["object_name"] == "SIM FIELD"
 
-    rows = list(csv.DictReader(io.StringIO(
-        bkgdb("runs", "-w", "obs_id<1002", "-c", "obs_id,DEADC,datastore", "-f", "csv", db=db_url).output)))
+    rows = list(
+        csv.DictReader(
+            io.StringIO(
+                bkgdb("runs", "-w", "obs_id<1002", "-c", "obs_id,DEADC,datastore", "-f", "csv", db=db_url).output
+            )
+        )
+    )
     assert [row["obs_id"] for row in rows] == ["1000", "1001"]
     assert float(rows[0]["DEADC"]) == pytest.approx(0.9)
     assert rows[0]["datastore"] == str(simulated_datastore.resolve())
@@ -84,15 +90,18 @@ def test_password_is_hidden(db_url):
     assert "topsecret" not in result.output and "***" in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["index", "/no/such/datastore"], "datastore folder does not exist"),
-    (["index", "."], "no obs-index file"),
-    (["--db", "postgresql://postgres@127.0.0.1:1/x", "info"], "cannot connect"),
-    (["--db", "nonsense+what://", "info"], "unsupported database"),
-    (["--db", "postgresql://user@host:notaport/db", "info"], "malformed"),
-    (["runs", "--where", "zenith<<3"], "needs a number|cannot parse"),
-    (["runs", "--where", "nosuch=1"], "unknown column"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["index", "/no/such/datastore"], "datastore folder does not exist"),
+        (["index", "."], "no obs-index file"),
+        (["--db", "postgresql://postgres@127.0.0.1:1/x", "info"], "cannot connect"),
+        (["--db", "nonsense+what://", "info"], "unsupported database"),
+        (["--db", "postgresql://user@host:notaport/db", "info"], "malformed"),
+        (["runs", "--where", "zenith<<3"], "needs a number|cannot parse"),
+        (["runs", "--where", "nosuch=1"], "unknown column"),
+    ],
+)
 def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BKGDB_URL", raising=False)
@@ -107,8 +116,9 @@ def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path, monk
 def test_index_with_config_then_cache_and_exclusions(db_url, simulated_datastore, tmp_path):
     from bkgdb.simulate import write_source_catalogue
 
-    catalogue = write_source_catalogue(tmp_path / "cat.fits", [{"name": "Known source", "ra_deg": 151.0,
-                                                                 "dec_deg": 29.5}])
+    catalogue = write_source_catalogue(
+        tmp_path / "cat.fits", [{"name": "Known source", "ra_deg": 151.0, "dec_deg": 29.5}]
+    )
     config = tmp_path / "config.yaml"
     config.write_text(f"""
 binning: {{e_min: 0.1, e_max: 100, e_bins: 10, off_min: 0, off_max: 2.5, off_bins: 5, e_bin: 3}}
@@ -143,7 +153,8 @@ def test_config_errors_are_one_line(simulated_datastore, tmp_path):
     result = bkgdb("index", simulated_datastore, "--config", config, db=str(tmp_path / "db.sqlite"))
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "Error: exclusion.exposure_method must be one of geometric, counts-ratio, got 'guess'"]
+        "Error: exclusion.exposure_method must be one of geometric, counts-ratio, got 'guess'"
+    ]
 
 
 def test_background_and_attach_commands(db_url, simulated_datastore, tmp_path):
@@ -161,11 +172,23 @@ background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10, smooth: tr
     assert result.exit_code == 0, result.output
     assert "run 1002: background from 4 runs" in result.output and "smoothing gauss" in result.output
     assert Background2D.read(tmp_path / "bkg.fits").data.shape == (8, 5)
-    again = bkgdb("background", "1002", "--config", config, "-o", tmp_path / "bkg.fits", "--smooth", "none",
-                  db=db_url)
+    again = bkgdb("background", "1002", "--config", config, "-o", tmp_path / "bkg.fits", "--smooth", "none", db=db_url)
     assert again.exit_code == 2 and "exists" in again.output
-    assert bkgdb("background", "1002", "--config", config, "-o", tmp_path / "bkg.fits", "--smooth", "poly",
-                 "--overwrite", db=db_url).exit_code == 0
+    assert (
+        bkgdb(
+            "background",
+            "1002",
+            "--config",
+            config,
+            "-o",
+            tmp_path / "bkg.fits",
+            "--smooth",
+            "poly",
+            "--overwrite",
+            db=db_url,
+        ).exit_code
+        == 0
+    )
 
     attached = bkgdb("attach", simulated_datastore, "--out", tmp_path / "out", "--config", config, db=db_url)
     assert attached.exit_code == 0, attached.output
@@ -213,8 +236,9 @@ def test_demo(tmp_path, monkeypatch):
     assert "32 runs written to" in result.output
     ratio = float(re.search(r"model / truth at bin centres = ([0-9.]+)", result.output).group(1))
     assert abs(ratio - 1) < 0.02
-    norm, error = map(float, re.search(r"FoVBackgroundMaker norm of run \d+ with it: ([0-9.]+) \+- ([0-9.]+)",
-                                       result.output).groups())
+    norm, error = map(
+        float, re.search(r"FoVBackgroundMaker norm of run \d+ with it: ([0-9.]+) \+- ([0-9.]+)", result.output).groups()
+    )
     assert abs(norm - 1) < 3 * error
     assert (tmp_path / "demo" / "with-backgrounds" / "hdu-index.fits.gz").is_file()
 
@@ -227,13 +251,11 @@ exclusion: {gammacat: none, hawc: none, star_cat: none}
 background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
 """)
     assert bkgdb("index", simulated_datastore, "--config", config, db=db_url).exit_code == 0
-    result = bkgdb("background", "1000", "--config", config, "-o", tmp_path / "a.fits", "-w", "obs_id>=1003",
-                   db=db_url)
+    result = bkgdb("background", "1000", "--config", config, "-o", tmp_path / "a.fits", "-w", "obs_id>=1003", db=db_url)
     assert result.exit_code == 0, result.output
     assert "background from 2 runs" in result.output and "obs_id>=1003 removed 2 (2 left)" in result.output
     assert bkgdb("background", "1004", "--config", config, "-o", tmp_path / "b.fits", db=db_url).exit_code == 0
-    bad = bkgdb("background", "1000", "--config", config, "-o", tmp_path / "c.fits", "-w", "obs_id>>3",
-                db=db_url)
+    bad = bkgdb("background", "1000", "--config", config, "-o", tmp_path / "c.fits", "-w", "obs_id>>3", db=db_url)
     assert bad.exit_code == 2 and "Error:" in bad.output
 
     history = json.loads(bkgdb("history", "-f", "json", db=db_url).output)

@@ -31,8 +31,9 @@ ONTIME = 1200.0
 
 def poisson_archive(zeniths, seed=1, ontime=1800.0):
     rng = np.random.default_rng(seed)
-    counts = np.array([rng.poisson(TRUTH.expected_counts(BINNING.energy_edges, BINNING.offset_edges, ontime, z))
-                       for z in zeniths])
+    counts = np.array(
+        [rng.poisson(TRUTH.expected_counts(BINNING.energy_edges, BINNING.offset_edges, ontime, z)) for z in zeniths]
+    )
     conditions = [RunConditions(z, float(rng.uniform(0, 360))) for z in zeniths]
     return counts, np.full((len(zeniths), BINNING.off_bins), ontime), conditions
 
@@ -83,7 +84,7 @@ def test_model_moves_pieces_to_the_target_and_reports_weights():
     moved = assemble_background(pieces, BINNING, conditions, target, model)
     plain = assemble_background(pieces, BINNING)
     cos_ratio = np.cos(np.radians(TARGET_ZENITH)) / np.cos(np.radians([20.0, 50.0]))
-    np.testing.assert_allclose(moved.weights, cos_ratio ** TRUE_RATE_ZENITH)
+    np.testing.assert_allclose(moved.weights, cos_ratio**TRUE_RATE_ZENITH)
     np.testing.assert_array_equal(plain.weights, [1.0, 1.0])
     assert moved.condition_model is model and plain.condition_model is None
     np.testing.assert_allclose(moved.exposure_s, plain.exposure_s)
@@ -112,10 +113,18 @@ def zenith_archive(tmp_path_factory):
     """24 runs at zeniths 10-60 deg and one more run (added later) from TRUTH; an empty catalogue."""
     folder = tmp_path_factory.mktemp("zenith")
     pointings = [(30.0 + 7 * i, -30.0 + (i % 5)) for i in range(len(ZENITHS))]
-    DatastoreSimulator(truth=TRUTH, pointings=pointings, zeniths=ZENITHS, ontime_s=ONTIME, seed=5,
-                       first_obs_id=500, with_irfs=False).run(folder / "archive")
-    DatastoreSimulator(truth=TRUTH, pointings=[(120.0, -40.0)], zeniths=[33.0], ontime_s=ONTIME, seed=6,
-                       first_obs_id=900, with_irfs=False).run(folder / "later")
+    DatastoreSimulator(
+        truth=TRUTH, pointings=pointings, zeniths=ZENITHS, ontime_s=ONTIME, seed=5, first_obs_id=500, with_irfs=False
+    ).run(folder / "archive")
+    DatastoreSimulator(
+        truth=TRUTH,
+        pointings=[(120.0, -40.0)],
+        zeniths=[33.0],
+        ontime_s=ONTIME,
+        seed=6,
+        first_obs_id=900,
+        with_irfs=False,
+    ).run(folder / "later")
     write_source_catalogue(folder / "catalogue.fits", [{"name": "elsewhere", "ra_deg": 250.0, "dec_deg": 60.0}])
     return folder
 
@@ -124,7 +133,9 @@ def make_config(folder, assembly):
     return BkgdbConfig(
         binnings=[BINNING],
         exclusion=ExclusionSettings(gammacat=str(folder / "catalogue.fits"), hawc=None, star_cat=None),
-        selection=SelectionSettings(el_diff=None, az_diff=None, gal_lat_min=0, assembly=assembly), io=IOSettings())
+        selection=SelectionSettings(el_diff=None, az_diff=None, gal_lat_min=0, assembly=assembly),
+        io=IOSettings(),
+    )
 
 
 def target_truth(built):
@@ -166,7 +177,7 @@ def test_condition_assembly_recovers_the_truth_where_plain_summation_is_biased(c
     pulls = (aware.assembled.counts - expected)[good] / np.sqrt(variance[good])
     n = good.sum()
     assert np.all(np.abs(pulls) < 4.5)
-    assert np.sum(pulls ** 2) < n + 4 * np.sqrt(2 * n)
+    assert np.sum(pulls**2) < n + 4 * np.sqrt(2 * n)
     assert abs(pulls.mean()) < 4 / np.sqrt(n)
 
 
@@ -175,13 +186,14 @@ def selected_pieces(catalogue, built):
     from bkgdb.store.pieces import row_to_piece
 
     with Session(catalogue.engine) as session:
-        rows = session.execute(sa.select(PieceRow, Run.obs_id, Run.zenith_deg, Run.az_deg)
-                               .join(Run, Run.id == PieceRow.run_id)
-                               .where(Run.obs_id.in_(built.selection.obs_ids))).all()
+        rows = session.execute(
+            sa.select(PieceRow, Run.obs_id, Run.zenith_deg, Run.az_deg)
+            .join(Run, Run.id == PieceRow.run_id)
+            .where(Run.obs_id.in_(built.selection.obs_ids))
+        ).all()
     order = {obs_id: i for i, obs_id in enumerate(built.selection.obs_ids)}
     rows = sorted(rows, key=lambda row: order[row[1]])
-    return (np.array([row_to_piece(row[0]).counts for row in rows]),
-            [RunConditions(row[2], row[3]) for row in rows])
+    return (np.array([row_to_piece(row[0]).counts for row in rows]), [RunConditions(row[2], row[3]) for row in rows])
 
 
 def test_model_is_cached_recorded_and_refitted_when_a_run_is_added(catalogue, zenith_archive, tmp_path):
@@ -201,8 +213,11 @@ def test_model_is_cached_recorded_and_refitted_when_a_run_is_added(catalogue, ze
     with Session(catalogue.engine) as session:
         assert session.scalar(sa.select(sa.func.count(ConditionModelRow.id))) == 2
         recorded = session.scalars(sa.select(BackgroundRow).where(BackgroundRow.target_obs_id == 510)).one()
-        weights = session.scalars(sa.select(BackgroundInput.weight).where(BackgroundInput.background_id == recorded.id)
-                                  .order_by(BackgroundInput.id)).all()
+        weights = session.scalars(
+            sa.select(BackgroundInput.weight)
+            .where(BackgroundInput.background_id == recorded.id)
+            .order_by(BackgroundInput.id)
+        ).all()
     assert recorded.selection["condition_model"]["rate_zenith"] == pytest.approx(second.condition_model["rate_zenith"])
     # Each piece's weight is recorded with its lineage row, in the order summed.
     assert weights == pytest.approx(list(second.assembled.weights))
@@ -217,16 +232,21 @@ def test_model_is_cached_recorded_and_refitted_when_a_run_is_added(catalogue, ze
 def test_cli_background_prints_the_model(db_url, zenith_archive, tmp_path):
     from typer.testing import CliRunner
 
-    config = {"binning": {"e_min": 0.1, "e_max": 100, "e_bins": 20, "off_min": 0, "off_max": 2.5, "off_bins": 10},
-              "exclusion": {"gammacat": str(zenith_archive / "catalogue.fits"), "hawc": "none", "star_cat": "none"},
-              "background_selection": {"el_diff": None, "az_diff": None, "gal_lat_min": 0, "assembly": "condition"}}
+    config = {
+        "binning": {"e_min": 0.1, "e_max": 100, "e_bins": 20, "off_min": 0, "off_max": 2.5, "off_bins": 10},
+        "exclusion": {"gammacat": str(zenith_archive / "catalogue.fits"), "hawc": "none", "star_cat": "none"},
+        "background_selection": {"el_diff": None, "az_diff": None, "gal_lat_min": 0, "assembly": "condition"},
+    }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     runner = CliRunner()
-    assert runner.invoke(app, ["--db", db_url, "index", str(zenith_archive / "archive"), "--config", str(path)]
-                         ).exit_code == 0
-    result = runner.invoke(app, ["--db", db_url, "background", "505", "--config", str(path), "-o",
-                                 str(tmp_path / "bkg.fits")])
+    assert (
+        runner.invoke(app, ["--db", db_url, "index", str(zenith_archive / "archive"), "--config", str(path)]).exit_code
+        == 0
+    )
+    result = runner.invoke(
+        app, ["--db", db_url, "background", "505", "--config", str(path), "-o", str(tmp_path / "bkg.fits")]
+    )
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.startswith("condition model"))
     assert f"({len(ZENITHS)} archive runs, fitted)" in line and "energy x (cos z/cos z_t)^" in line

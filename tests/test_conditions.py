@@ -4,13 +4,16 @@ from bkgdb.errors import ConditionError
 from bkgdb.store.conditions import Condition, parse_condition
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("zenith<30", Condition("zenith", "<", "30")),
-    ("object=Crab Nebula", Condition("object", "=", "Crab Nebula")),
-    ("MUONEFF >= 0.8", Condition("MUONEFF", ">=", "0.8")),
-    ("DATE-OBS='2004-12-04'", Condition("DATE-OBS", "=", "2004-12-04")),
-    ("object~crab", Condition("object", "~", "crab")),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("zenith<30", Condition("zenith", "<", "30")),
+        ("object=Crab Nebula", Condition("object", "=", "Crab Nebula")),
+        ("MUONEFF >= 0.8", Condition("MUONEFF", ">=", "0.8")),
+        ("DATE-OBS='2004-12-04'", Condition("DATE-OBS", "=", "2004-12-04")),
+        ("object~crab", Condition("object", "~", "crab")),
+    ],
+)
 def test_parse_condition(text, expected):
     assert parse_condition(text) == expected
 
@@ -58,28 +61,34 @@ def test_user_text_is_a_value_not_sql(indexed):
     assert len(ids(indexed)) == 5  # and nothing was dropped
 
 
-@pytest.mark.parametrize("condition, message", [
-    ("nosuchcolumn=3", "unknown column 'nosuchcolumn'; known columns: .*MUONEFF|unknown column"),
-    ("zenith<low", "needs a number"),
-    ("date>yesterday", "needs a date"),
-    ("zenith~3", "needs a text column"),
-])
+@pytest.mark.parametrize(
+    "condition, message",
+    [
+        ("nosuchcolumn=3", "unknown column 'nosuchcolumn'; known columns: .*MUONEFF|unknown column"),
+        ("zenith<low", "needs a number"),
+        ("date>yesterday", "needs a date"),
+        ("zenith~3", "needs a text column"),
+    ],
+)
 def test_condition_errors(indexed, condition, message):
     with pytest.raises(ConditionError, match=message):
         indexed.select_runs([condition])
 
 
-@pytest.mark.parametrize("condition, message", [
-    ("zenith<inf", "zenith needs a finite number, got 'inf'"),
-    ("zenith>-Infinity", "zenith needs a finite number"),
-    ("ra<NaN", "ra needs a finite number"),
-    ("zenith<1e400", "zenith needs a finite number, got '1e400'"),
-    ("DEADC>1e400", "DEADC needs a finite number"),
-    ("object=SIM\x00FIELD", "holds a NUL character"),
-    ("TELLIST~\x00", "holds a NUL character"),
-    ("object=\ud800", "is not valid unicode text"),
-    ("date>2004-02-30", "date needs a date"),
-])
+@pytest.mark.parametrize(
+    "condition, message",
+    [
+        ("zenith<inf", "zenith needs a finite number, got 'inf'"),
+        ("zenith>-Infinity", "zenith needs a finite number"),
+        ("ra<NaN", "ra needs a finite number"),
+        ("zenith<1e400", "zenith needs a finite number, got '1e400'"),
+        ("DEADC>1e400", "DEADC needs a finite number"),
+        ("object=SIM\x00FIELD", "holds a NUL character"),
+        ("TELLIST~\x00", "holds a NUL character"),
+        ("object=\ud800", "is not valid unicode text"),
+        ("date>2004-02-30", "date needs a date"),
+    ],
+)
 def test_hostile_values_are_condition_errors_on_both_databases(indexed, condition, message):
     with pytest.raises(ConditionError, match=message):
         indexed.select_runs([condition])

@@ -52,20 +52,45 @@ NO_CATALOGUES = {"gammacat": "none", "hawc": "none", "star_cat": "none"}
 # Values of every YAML type, with the ones that broke things before: non-finite and huge numbers,
 # odd text, dates, nesting.
 numbers = st.one_of(
-    st.integers(), st.integers(min_value=-(10**30), max_value=10**30), st.floats(),
+    st.integers(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(),
     st.sampled_from([0, -1, 1, 2**31, 2**63, 10**400, 1e308, -1e308, 1e-320, math.inf, -math.inf, math.nan]),
 )
 texts = st.one_of(
     st.text(max_size=20),
-    st.sampled_from(["none", "", ".inf", "nan", "1e999", "-1", "0x10", "12 deg", "$GAMMAPY_DATA/x",
-                     "$NO_SUCH_VARIABLE/cat.fits", "~/x", "a\x00b", "/" * 5000, "x" * 300,
-                     "PKS 2155-304", "gauss", "geometric", "zenith<30", "zenith<<3", "ALTAZ", "radec"]),
+    st.sampled_from(
+        [
+            "none",
+            "",
+            ".inf",
+            "nan",
+            "1e999",
+            "-1",
+            "0x10",
+            "12 deg",
+            "$GAMMAPY_DATA/x",
+            "$NO_SUCH_VARIABLE/cat.fits",
+            "~/x",
+            "a\x00b",
+            "/" * 5000,
+            "x" * 300,
+            "PKS 2155-304",
+            "gauss",
+            "geometric",
+            "zenith<30",
+            "zenith<<3",
+            "ALTAZ",
+            "radec",
+        ]
+    ),
 )
 scalars = st.one_of(st.none(), st.booleans(), numbers, texts, st.dates(), st.datetimes())
 values = st.recursive(
     scalars,
-    lambda children: st.one_of(st.lists(children, max_size=4),
-                               st.dictionaries(st.one_of(texts, st.integers()), children, max_size=4)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.one_of(texts, st.integers()), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -94,13 +119,62 @@ def documents(draw):
     return document
 
 
-yaml_tokens = st.sampled_from([
-    "binning:", "exclusion:", "config:", "background_selection:", "io:", "  e_bins: ", "  e_max: ", "  njobs: ",
-    "  off_bins: ", "  source_radii: ", "  exclude_source_name: ", "  where: ", "  seasons: ", "  - ", "- ",
-    "{", "}", "[", "]", ",", ": ", "&a ", "*a", "<<: *a", "!!python/object:os.system ", "!!binary ", "? ",
-    "'", '"', "#", "\t", ".inf", ".nan", "-.inf", "1e999", "0o17", "0x1F", "~", "null", "yes", "2024-02-30",
-    "9" * 40, "\x00", "\ufeff", "---", "...", "%YAML 1.1", "|", ">", "\n", "\n  ", "\n    ",
-])
+yaml_tokens = st.sampled_from(
+    [
+        "binning:",
+        "exclusion:",
+        "config:",
+        "background_selection:",
+        "io:",
+        "  e_bins: ",
+        "  e_max: ",
+        "  njobs: ",
+        "  off_bins: ",
+        "  source_radii: ",
+        "  exclude_source_name: ",
+        "  where: ",
+        "  seasons: ",
+        "  - ",
+        "- ",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ": ",
+        "&a ",
+        "*a",
+        "<<: *a",
+        "!!python/object:os.system ",
+        "!!binary ",
+        "? ",
+        "'",
+        '"',
+        "#",
+        "\t",
+        ".inf",
+        ".nan",
+        "-.inf",
+        "1e999",
+        "0o17",
+        "0x1F",
+        "~",
+        "null",
+        "yes",
+        "2024-02-30",
+        "9" * 40,
+        "\x00",
+        "\ufeff",
+        "---",
+        "...",
+        "%YAML 1.1",
+        "|",
+        ">",
+        "\n",
+        "\n  ",
+        "\n    ",
+    ]
+)
 yaml_texts = st.one_of(
     st.lists(yaml_tokens, max_size=40).map("".join),
     st.text(max_size=200),
@@ -204,9 +278,12 @@ def test_random_binnings_are_usable_or_refused(binning):
 
 
 @settings(max_examples=200, deadline=None)
-@given(e_bins=st.integers(-2, 1100), fov_bins=st.integers(-2, 1100),
-       fov_max=st.one_of(st.floats(-1, 100), st.sampled_from([0, 90, 90.0001, math.inf, math.nan])),
-       alignment=st.sampled_from(["ALTAZ", "RADEC", "altaz", "radec", "AltAz", "galactic", ""]))
+@given(
+    e_bins=st.integers(-2, 1100),
+    fov_bins=st.integers(-2, 1100),
+    fov_max=st.one_of(st.floats(-1, 100), st.sampled_from([0, 90, 90.0001, math.inf, math.nan])),
+    alignment=st.sampled_from(["ALTAZ", "RADEC", "altaz", "radec", "AltAz", "galactic", ""]),
+)
 def test_random_fov_binnings_are_unambiguous_or_refused(e_bins, fov_bins, fov_max, alignment):
     """Every accepted 3D binning fits the limits and has axis lengths gammapy can tell apart."""
     values = {"e_bins": e_bins, "fov_bins": fov_bins, "fov_max": fov_max, "fov_alignment": alignment}
@@ -224,8 +301,24 @@ def test_random_fov_binnings_are_unambiguous_or_refused(e_bins, fov_bins, fov_ma
 # --where conditions: known names of every column type and random ones, every operator and
 # random ones, values that are numbers, dates or hostile text.
 condition_names = st.one_of(
-    st.sampled_from(["zenith", "obs_id", "n_tels", "event_count", "date", "object", "tellist", "DEADC",
-                     "TELLIST", "ZEN_PNT", "nosuch", "file_size_bytes", "tstart_mjd", "status"]),
+    st.sampled_from(
+        [
+            "zenith",
+            "obs_id",
+            "n_tels",
+            "event_count",
+            "date",
+            "object",
+            "tellist",
+            "DEADC",
+            "TELLIST",
+            "ZEN_PNT",
+            "nosuch",
+            "file_size_bytes",
+            "tstart_mjd",
+            "status",
+        ]
+    ),
     st.text(alphabet=string.ascii_letters + "_-0123456789", min_size=1, max_size=12),
     st.text(max_size=6),
 )
@@ -233,10 +326,37 @@ operators = st.one_of(st.sampled_from(["<", "<=", ">", ">=", "=", "==", "!=", "~
 condition_values = st.one_of(
     numbers.map(str),
     st.dates(min_value=date(1, 1, 1), max_value=date(9999, 12, 31)).map(date.isoformat),
-    st.sampled_from(["0001-01-01", "9999-12-31", "99999-01-01", "2004-02-30", "inf", "-Infinity", "NaN",
-                     "1" + "0" * 5000, "1e400", "-1e400", "9" * 25, "1.5", "'quoted'", '"', "%", "_",
-                     "a\x00b", "\x00", "\ud800", "x\udcff", "Crab Nebula", "1,2,3,4", "SIM FIELD' OR '1'='1",
-                     "é中𝔘\u200b", "1_000", "٣", "x" * 2000]),
+    st.sampled_from(
+        [
+            "0001-01-01",
+            "9999-12-31",
+            "99999-01-01",
+            "2004-02-30",
+            "inf",
+            "-Infinity",
+            "NaN",
+            "1" + "0" * 5000,
+            "1e400",
+            "-1e400",
+            "9" * 25,
+            "1.5",
+            "'quoted'",
+            '"',
+            "%",
+            "_",
+            "a\x00b",
+            "\x00",
+            "\ud800",
+            "x\udcff",
+            "Crab Nebula",
+            "1,2,3,4",
+            "SIM FIELD' OR '1'='1",
+            "é中𝔘\u200b",
+            "1_000",
+            "٣",
+            "x" * 2000,
+        ]
+    ),
     st.text(max_size=20),
 )
 conditions = st.one_of(
@@ -268,14 +388,17 @@ def test_random_conditions_parse_or_fail_with_a_condition_error(text):
     check_condition(text)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("zenith<inf", "zenith needs a finite number"),
-    ("zenith<1e400", "zenith needs a finite number"),
-    ("DEADC>nan1", None),  # not a number: compared as text
-    ("object=a\x00b", "NUL character"),
-    ("object~x\ud800", "not valid unicode"),
-    ("obs_id=" + "1" + "0" * 5000, "obs_id needs a finite number"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("zenith<inf", "zenith needs a finite number"),
+        ("zenith<1e400", "zenith needs a finite number"),
+        ("DEADC>nan1", None),  # not a number: compared as text
+        ("object=a\x00b", "NUL character"),
+        ("object~x\ud800", "not valid unicode"),
+        ("obs_id=" + "1" + "0" * 5000, "obs_id needs a finite number"),
+    ],
+)
 def test_hostile_conditions_are_refused_or_text(text, message):
     if message is None:
         assert check_condition(text)

@@ -31,13 +31,16 @@ def test_display_url_hides_password():
     assert "s3cret" not in str(error.value) and "***" in str(error.value)
 
 
-@pytest.mark.parametrize("url, message", [
-    ("postgresql://postgres@127.0.0.1:1/nothing", "cannot connect"),
-    ("postgresql+nodriver://x@y/z", "malformed"),
-    ("not a url://", "malformed"),
-    ("oracle://x@y/z", "unsupported database"),
-    ("sqlite:////no/such/folder/bkgdb.sqlite", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("postgresql://postgres@127.0.0.1:1/nothing", "cannot connect"),
+        ("postgresql+nodriver://x@y/z", "malformed"),
+        ("not a url://", "malformed"),
+        ("oracle://x@y/z", "unsupported database"),
+        ("sqlite:////no/such/folder/bkgdb.sqlite", "does not exist"),
+    ],
+)
 def test_bad_urls_raise_database_error(url, message):
     with pytest.raises(DatabaseError, match=message):
         create_engine(url)
@@ -150,12 +153,13 @@ def test_no_part_of_a_password_is_ever_shown(password, shape, via_environment, t
     assume(not (via_environment and "\x00" in url))  # an environment variable cannot hold a NUL byte
     if (shape, via_environment) not in _baselines:  # what is shown anyway, whatever the password
         _baselines[shape, via_environment] = everything_shown(
-            shape.format(raw=PLACEHOLDER, quoted=PLACEHOLDER), via_environment)
+            shape.format(raw=PLACEHOLDER, quoted=PLACEHOLDER), via_environment
+        )
     baseline = _baselines[shape, via_environment]
     shown = everything_shown(url, via_environment)
     spellings = {password, quote(password, safe="")}
     for spelling in spellings:
-        pieces = {spelling[start:start + 5] for start in range(len(spelling) - 4)}
+        pieces = {spelling[start : start + 5] for start in range(len(spelling) - 4)}
         for piece in pieces:
             if piece not in baseline and piece not in url.replace(spelling, ""):
                 assert piece not in shown, f"{piece!r} of the password shown for {shape}"
@@ -166,10 +170,11 @@ def test_unescaped_at_sign_in_a_password_is_an_error_that_hides_all_of_it():
         resolve_url("postgresql://user:p@ss@host/db")
     assert "p@ss" not in str(error.value) and "ss@" not in str(error.value)
     assert display_url("postgresql://user:p@ss@host/db") == "postgresql://user:***@host/db"
-    assert hide_secrets("failed for p@ss and p%40ss", "postgresql://user:p%40ss@host/db") == \
-        "failed for *** and ***"
-    assert display_url("postgresql://host/db?user=u&password=s%3Dcret&x=1") == \
-        "postgresql://host/db?user=u&password=***&x=1"
+    assert hide_secrets("failed for p@ss and p%40ss", "postgresql://user:p%40ss@host/db") == "failed for *** and ***"
+    assert (
+        display_url("postgresql://host/db?user=u&password=s%3Dcret&x=1")
+        == "postgresql://host/db?user=u&password=***&x=1"
+    )
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -197,8 +202,12 @@ RunCatalogue.open(sys.argv[1]).engine.dispose()
 
 def test_two_first_opens_of_an_empty_database_at_once(db_url):
     start_at = str(time.time() + 4.0)  # after both interpreters have imported bkgdb
-    processes = [subprocess.Popen([sys.executable, "-c", OPEN_AT, db_url, start_at],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_AT, db_url, start_at], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     for process in processes:
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr
@@ -212,6 +221,7 @@ def test_two_first_opens_of_an_empty_database_at_once(db_url):
 
 
 # -- unexpected database errors in a command ---------------------------------------------------
+
 
 def test_unexpected_database_error_is_one_line_naming_the_database(db_url):
     catalogue = RunCatalogue.open(db_url)

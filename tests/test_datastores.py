@@ -41,12 +41,14 @@ PUBLIC_DATASTORES = [
     pytest.param(("cta-1dc", "index", "gps"), 4, {}, id="cta-1dc-gps"),
 ]
 
+
 def events_location(observation):
     """The `HDULocation` an observation from `DataStore.obs` loads its events from."""
     from gammapy.utils.fits import HDULocation
 
-    (location,) = [value for value in vars(observation).values()
-                   if isinstance(value, HDULocation) and value.hdu_class == "events"]
+    (location,) = [
+        value for value in vars(observation).values() if isinstance(value, HDULocation) and value.hdu_class == "events"
+    ]
     return location
 
 
@@ -70,21 +72,29 @@ def gammapy_events(folder, obs_id, binning):
         table = observation.events.table
         header = observation.events.table.meta
         # Offsets from the pointing of the EVENTS header, computed with astropy (Vincenty).
-        offset = SkyCoord(table["RA"].quantity, table["DEC"].quantity).separation(
-            SkyCoord(float(header["RA_PNT"]) * u.deg, float(header["DEC_PNT"]) * u.deg)).deg
+        offset = (
+            SkyCoord(table["RA"].quantity, table["DEC"].quantity)
+            .separation(SkyCoord(float(header["RA_PNT"]) * u.deg, float(header["DEC_PNT"]) * u.deg))
+            .deg
+        )
         energy = observation.events.energy.to_value("TeV")
         energy_edges, offset_edges = binning.energy_edges, binning.offset_edges
         # Both ends inclusive: numpy's histograms count the upper edge in the last bin.
-        in_range = ((energy >= energy_edges[0]) & (energy <= energy_edges[-1])
-                    & (offset >= offset_edges[0]) & (offset <= offset_edges[-1]))
+        in_range = (
+            (energy >= energy_edges[0])
+            & (energy <= energy_edges[-1])
+            & (offset >= offset_edges[0])
+            & (offset <= offset_edges[-1])
+        )
         _gammapy_cache[key] = (path, len(table), int(in_range.sum()))
     return _gammapy_cache[key]
 
 
 def stored_pieces(catalogue, binning):
     with Session(catalogue.engine) as session:
-        rows = session.scalars(sa.select(PieceRow).join(Run).join(BinningRow)
-                               .where(BinningRow.hash == binning.hash)).all()
+        rows = session.scalars(
+            sa.select(PieceRow).join(Run).join(BinningRow).where(BinningRow.hash == binning.hash)
+        ).all()
         return {row.run.obs_id: row_to_piece(row) for row in rows}
 
 
@@ -186,8 +196,11 @@ def test_index_table_quirks_are_read_as_gammapy_reads_them(catalogue, datastore_
 
     report = catalogue.index(datastore_copy)
     assert (report.new, report.failed) == (4, 1)
-    assert re.fullmatch(r"the hdu-index gives this run's events HDU_TYPE 'EVENTS'; "
-                        r"gammapy reads only 'events' \(lower case\)", dict(report.failures)[1003])
+    assert re.fullmatch(
+        r"the hdu-index gives this run's events HDU_TYPE 'EVENTS'; "
+        r"gammapy reads only 'events' \(lower case\)",
+        dict(report.failures)[1003],
+    )
 
     store = DataStore.from_dir(datastore_copy)
     for run in catalogue.select_runs():
@@ -258,13 +271,16 @@ def damage_header(path):
     path.write_bytes(gzip.compress(bytes(raw)))
 
 
-@pytest.mark.parametrize(("damage", "reason"), [
-    (damage_truncated_gzip, "damaged or truncated gzip data"),
-    (damage_garbage, "No SIMPLE card found"),
-    (damage_empty, "the file is empty"),
-    (damage_truncated_fits, "File may have been truncated"),
-    (damage_header, "Header missing END card|no table HDU"),
-])
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (damage_truncated_gzip, "damaged or truncated gzip data"),
+        (damage_garbage, "No SIMPLE card found"),
+        (damage_empty, "the file is empty"),
+        (damage_truncated_fits, "File may have been truncated"),
+        (damage_header, "Header missing END card|no table HDU"),
+    ],
+)
 @pytest.mark.parametrize("index_name", ["obs-index", "hdu-index"])
 def test_damaged_index_file_is_a_one_line_error(datastore_copy, index_name, damage, reason):
     path = datastore_copy / f"{index_name}.fits.gz"
@@ -303,17 +319,27 @@ def rewrite_obs_ids(path, values, dtype=None):
     write_index(table, path)
 
 
-@pytest.mark.parametrize(("values", "dtype", "message"), [
-    ([1000, 1001, 2**63 + 5, 1003, 1004], np.uint64,
-     r"OBS_ID 9223372036854775813 in row 3 is outside 0 \.\.\. 2\*\*63 - 1"),
-    ([1000, 1001, 1002, -1003, 1004], np.int64, r"OBS_ID -1003 in row 4 is outside 0 \.\.\. 2\*\*63 - 1"),
-    ([1000.0, 1001.5, 1002.0, 1003.0, 1004.0], np.float64, r"OBS_ID 1001\.5 in row 2 is not an integer"),
-    ([1000.0, 1001.0, 1002.0, np.inf, 1004.0], np.float64, r"OBS_ID inf in row 4 is not an integer"),
-    ([1000.0, np.nan, 1002.0, 1003.0, 1004.0], np.float64, r"row 2 has no OBS_ID$"),  # NaN is read as masked
-    (["1000", "1001", "a", "1003", "1004"], None, r"OBS_ID must be integers, the column holds text values "
-                                                  r"\(row 1: '1000'\)"),
-    ([1000, 1001, 1002, 1001, 1001], np.int64, r"OBS_ID 1001 is listed 3 times \(rows 2, 4, 5\)"),
-])
+@pytest.mark.parametrize(
+    ("values", "dtype", "message"),
+    [
+        (
+            [1000, 1001, 2**63 + 5, 1003, 1004],
+            np.uint64,
+            r"OBS_ID 9223372036854775813 in row 3 is outside 0 \.\.\. 2\*\*63 - 1",
+        ),
+        ([1000, 1001, 1002, -1003, 1004], np.int64, r"OBS_ID -1003 in row 4 is outside 0 \.\.\. 2\*\*63 - 1"),
+        ([1000.0, 1001.5, 1002.0, 1003.0, 1004.0], np.float64, r"OBS_ID 1001\.5 in row 2 is not an integer"),
+        ([1000.0, 1001.0, 1002.0, np.inf, 1004.0], np.float64, r"OBS_ID inf in row 4 is not an integer"),
+        ([1000.0, np.nan, 1002.0, 1003.0, 1004.0], np.float64, r"row 2 has no OBS_ID$"),  # NaN is read as masked
+        (
+            ["1000", "1001", "a", "1003", "1004"],
+            None,
+            r"OBS_ID must be integers, the column holds text values "
+            r"\(row 1: '1000'\)",
+        ),
+        ([1000, 1001, 1002, 1001, 1001], np.int64, r"OBS_ID 1001 is listed 3 times \(rows 2, 4, 5\)"),
+    ],
+)
 def test_invalid_obs_ids_refuse_the_datastore(datastore_copy, values, dtype, message):
     """The OBS_ID is a run's key: a run with an invalid or ambiguous one cannot even be recorded as failed."""
     path = datastore_copy / "obs-index.fits.gz"

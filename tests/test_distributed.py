@@ -30,8 +30,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def cluster():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  silence_logs=40) as cluster:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+    ) as cluster:
         yield cluster
 
 
@@ -41,15 +42,17 @@ def sim_datastore(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dask_sim")
     source = PointSource(ra_deg=83.6, dec_deg=22.0, rate_per_s=0.2, name="Sim source")
     pointings = [(83.6 + 0.5 * (i % 4) - 0.75, 22.0 + 0.1 * (i // 4)) for i in range(N_RUNS)]
-    DatastoreSimulator(truth=BackgroundTruth(norm=3e-6), pointings=pointings, source=source, ontime_s=600.0,
-                       seed=3).run(folder / "datastore")
+    DatastoreSimulator(
+        truth=BackgroundTruth(norm=3e-6), pointings=pointings, source=source, ontime_s=600.0, seed=3
+    ).run(folder / "datastore")
     broken = folder / "datastore" / "data" / f"run_{BROKEN_OBS_ID:06d}.fits.gz"
     data = broken.read_bytes()
     broken.write_bytes(data[: len(data) // 2])
     catalogue_file = write_source_catalogue(folder / "sources.fits", [source])
     exclusion = ExclusionSettings(gammacat=str(catalogue_file), hawc=None, star_cat=None)
-    config = BkgdbConfig(binnings=[Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)],
-                         exclusion=exclusion)
+    config = BkgdbConfig(
+        binnings=[Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)], exclusion=exclusion
+    )
     return folder / "datastore", config
 
 
@@ -58,15 +61,21 @@ def content(url):
     engine = sa.create_engine(resolve_url(url))
     try:
         with engine.connect() as connection:
-            runs = {row["obs_id"]: {key: value for key, value in row.items() if key not in VOLATILE_RUN_COLUMNS}
-                    for row in connection.execute(sa.select(Run.__table__)).mappings()}
+            runs = {
+                row["obs_id"]: {key: value for key, value in row.items() if key not in VOLATILE_RUN_COLUMNS}
+                for row in connection.execute(sa.select(Run.__table__)).mappings()
+            }
             table = PieceRow.__table__
-            columns = [column for column in table.c
-                       if column.name not in ("id", "run_id", "binning_id", "exclusion_id", "created_at")]
+            columns = [
+                column
+                for column in table.c
+                if column.name not in ("id", "run_id", "binning_id", "exclusion_id", "created_at")
+            ]
             pieces = {}
             for obs_id, *values in connection.execute(sa.select(Run.obs_id, *columns).join(Run)):
-                pieces.setdefault(obs_id, []).append(tuple(bytes(v) if isinstance(v, memoryview) else v
-                                                           for v in values))
+                pieces.setdefault(obs_id, []).append(
+                    tuple(bytes(v) if isinstance(v, memoryview) else v for v in values)
+                )
     finally:
         engine.dispose()
     # A run's pieces (one per binning) in a fixed order: the order rows were written in is no content.
@@ -90,8 +99,9 @@ def test_dask_index_equals_local_index(db_url, tmp_path, cluster, sim_datastore)
 
     catalogue = RunCatalogue.open(db_url)
     try:
-        report = catalogue.index(datastore, config=config, executor=DaskExecutor(cluster.scheduler_address,
-                                                                                  commit_batch=7))
+        report = catalogue.index(
+            datastore, config=config, executor=DaskExecutor(cluster.scheduler_address, commit_batch=7)
+        )
         again = catalogue.index(datastore, config=config, executor=DaskExecutor(cluster.scheduler_address))
     finally:
         catalogue.engine.dispose()
@@ -126,8 +136,12 @@ def test_runs_of_a_killed_worker_are_not_lost(db_url, tmp_path, cluster, sim_dat
 
         catalogue = RunCatalogue.open(db_url)
         try:
-            report = catalogue.index(datastore, config=config, progress=kill_a_busy_worker,
-                                     executor=DaskExecutor(cluster.scheduler_address, commit_batch=1))
+            report = catalogue.index(
+                datastore,
+                config=config,
+                progress=kill_a_busy_worker,
+                executor=DaskExecutor(cluster.scheduler_address, commit_batch=1),
+            )
         finally:
             catalogue.engine.dispose()
         observer.wait_for_workers(2, timeout=60)  # the nanny restarts it for the next test
@@ -212,8 +226,12 @@ def test_interrupted_dask_index_keeps_commits_cancels_tasks_and_resumes(db_url, 
     catalogue = RunCatalogue.open(db_url)
     try:
         with pytest.raises(KeyboardInterrupt):
-            catalogue.index(datastore, config=config, progress=interrupt_after_five,
-                            executor=DaskExecutor(cluster.scheduler_address, commit_batch=2, commit_interval_s=600))
+            catalogue.index(
+                datastore,
+                config=config,
+                progress=interrupt_after_five,
+                executor=DaskExecutor(cluster.scheduler_address, commit_batch=2, commit_interval_s=600),
+            )
         kept = len(catalogue.select_runs(status=None))
         with distributed.Client(cluster.scheduler_address, set_as_default=False) as observer:
             deadline = time.monotonic() + 10  # the scheduler forgets cancelled tasks asynchronously

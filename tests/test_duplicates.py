@@ -20,7 +20,8 @@ RUN_ONTIME_S = 600.0  # of every run of the simulated datastore
 
 def make_config(**selection):
     return BkgdbConfig(
-        binnings=[BINNING], exclusion=ExclusionSettings(gammacat=None, hawc=None, star_cat=None),
+        binnings=[BINNING],
+        exclusion=ExclusionSettings(gammacat=None, hawc=None, star_cat=None),
         selection=SelectionSettings(**{"el_diff": None, "az_diff": None, "gal_lat_min": 10, **selection}),
         io=IOSettings(),
     )
@@ -106,8 +107,19 @@ def add_copies(catalogue, stores):
             store = Datastore(path=path, obs_index_meta={}, first_indexed_at=start + timedelta(minutes=number))
             session.add(store)
             for obs_id, tstart in observations:
-                run = Run(datastore=store, obs_id=obs_id, status="ok", zenith_deg=30.0, alt_deg=60.0, az_deg=180.0,
-                          glat_deg=45.0, tstart_mjd=tstart, ontime_s=1800.0, n_tels=4, extra={})
+                run = Run(
+                    datastore=store,
+                    obs_id=obs_id,
+                    status="ok",
+                    zenith_deg=30.0,
+                    alt_deg=60.0,
+                    az_deg=180.0,
+                    glat_deg=45.0,
+                    tstart_mjd=tstart,
+                    ontime_s=1800.0,
+                    n_tels=4,
+                    extra={},
+                )
                 counts = np.ones(BINNING.shape, dtype=np.int64)
                 piece = BackgroundPiece(counts, 0 * counts, np.full(BINNING.off_bins, 1800.0), 1800.0, 1620.0)
                 session.add_all([run, piece_row(piece, run, binning, exclusion, None)])
@@ -118,20 +130,24 @@ def add_copies(catalogue, stores):
 
 def test_preferred_copy_and_what_counts_as_one_run(catalogue):
     first, second, target_store, other = "/first", "/second", "/target", "/other"
-    runs, binning_id, exclusion_id = add_copies(catalogue, {
-        # Indexed first: runs 1-3 and a copy of the target 9 (start known to the second only).
-        first: [(1, 55000.1), (2, 55000.2), (3, 55000.3), (9, 55000.9 + 0.4 / 86400)],
-        # Copies of 1-3, and run 4.
-        second: [(1, 55000.1), (2, 55000.2), (3, 55000.3), (4, 55000.4)],
-        # The target's datastore: the target and its own copy of run 2.
-        target_store: [(9, 55000.9), (2, 55000.2)],
-        # An observation that reuses OBS_ID 3 at another time: another run.
-        other: [(3, 55100.3)],
-    })
+    runs, binning_id, exclusion_id = add_copies(
+        catalogue,
+        {
+            # Indexed first: runs 1-3 and a copy of the target 9 (start known to the second only).
+            first: [(1, 55000.1), (2, 55000.2), (3, 55000.3), (9, 55000.9 + 0.4 / 86400)],
+            # Copies of 1-3, and run 4.
+            second: [(1, 55000.1), (2, 55000.2), (3, 55000.3), (4, 55000.4)],
+            # The target's datastore: the target and its own copy of run 2.
+            target_store: [(9, 55000.9), (2, 55000.2)],
+            # An observation that reuses OBS_ID 3 at another time: another run.
+            other: [(3, 55100.3)],
+        },
+    )
     target = runs[(target_store, 9, 55000.9)]
     with Session(catalogue.engine) as session:
         selection = RunSelector(SelectionSettings(el_diff=None, az_diff=None, gal_lat_min=0)).run(
-            session, session.get(Run, target.id), binning_id, exclusion_id)
+            session, session.get(Run, target.id), binning_id, exclusion_id
+        )
     by_run = {}
     with Session(catalogue.engine) as session:
         for run_id in selection.run_ids:
@@ -139,7 +155,8 @@ def test_preferred_copy_and_what_counts_as_one_run(catalogue):
             by_run[(run.obs_id, run.tstart_mjd)] = run.datastore.path
     assert by_run == {
         (2, 55000.2): target_store,  # the target's datastore first
-        (1, 55000.1): first, (3, 55000.3): first,  # then the datastore indexed first
+        (1, 55000.1): first,
+        (3, 55000.3): first,  # then the datastore indexed first
         (4, 55000.4): second,  # the only copy
         (3, 55100.3): other,  # same OBS_ID, another observation start: another run
     }

@@ -48,23 +48,27 @@ def test_excluded_solid_angle_matches_the_spherical_cap():
 
 
 def test_sources_extended_sources_and_stars(tmp_path):
-    catalogue = write_source_catalogue(tmp_path / "cat.fits", [
-        {"name": "point", "ra_deg": 10.0, "dec_deg": 0.5},
-        {"name": "extended", "ra_deg": 11.0, "dec_deg": 0.0, "morph_sigma": 0.2},
-        {"name": "far away", "ra_deg": 20.0, "dec_deg": 0.0},
-    ])
+    catalogue = write_source_catalogue(
+        tmp_path / "cat.fits",
+        [
+            {"name": "point", "ra_deg": 10.0, "dec_deg": 0.5},
+            {"name": "extended", "ra_deg": 11.0, "dec_deg": 0.0, "morph_sigma": 0.2},
+            {"name": "far away", "ra_deg": 20.0, "dec_deg": 0.0},
+        ],
+    )
     stars = tmp_path / "stars.dat"
-    stars.write_text("#_RAJ2000\t_DEJ2000\tHIP\tVmag\tB-V\n"
-                     "10.5\t-0.5\t1\t5.0\t0.1\n"
-                     "9.5\t-0.5\t2\t9.0\t0.1\n")  # too faint for the default cut
+    stars.write_text(
+        "#_RAJ2000\t_DEJ2000\tHIP\tVmag\tB-V\n10.5\t-0.5\t1\t5.0\t0.1\n9.5\t-0.5\t2\t9.0\t0.1\n"
+    )  # too faint for the default cut
     settings = ExclusionSettings(gammacat=str(catalogue), hawc=None, star_cat=str(stars))
     regions = {region.name: region for region in ExclusionFinder(settings).regions(10.0, 0.0, 2.5)}
     assert set(regions) == {"point", "extended", "HIP 1"}
     assert regions["point"].radius == pytest.approx(0.35)
     assert regions["extended"].radius == pytest.approx(3 * 0.2)
     assert regions["HIP 1"].kind == "star"
-    bigger = ExclusionSettings(gammacat=str(catalogue), hawc=None, star_cat=str(stars),
-                               source_radius=0.5, extended_factor=2, star_mag_max=10)
+    bigger = ExclusionSettings(
+        gammacat=str(catalogue), hawc=None, star_cat=str(stars), source_radius=0.5, extended_factor=2, star_mag_max=10
+    )
     regions = {region.name: region for region in ExclusionFinder(bigger).regions(10.0, 0.0, 2.5)}
     assert regions["point"].radius == 0.5 and regions["extended"].radius == pytest.approx(0.4)
     assert "HIP 2" in regions
@@ -83,9 +87,7 @@ def test_catalogues_are_read_once_per_process(tmp_path):
 def test_region_files(tmp_path):
     region_file = tmp_path / "mine.reg"
     region_file.write_text(
-        "# Region file format: DS9\nicrs\n"
-        "circle(150.0,30.0,0.3) # text={my circle}\n"
-        "ellipse(151.0,30.0,0.4,0.1,0)\n"
+        "# Region file format: DS9\nicrs\ncircle(150.0,30.0,0.3) # text={my circle}\nellipse(151.0,30.0,0.4,0.1,0)\n"
     )
     settings = ExclusionSettings(**NO_CATALOGUES, region_files=(str(region_file),))
     finder = ExclusionFinder(settings)
@@ -110,8 +112,15 @@ def halo_field(tmp_path_factory):
     centre = SkyCoord(HALO_SOURCE.ra_deg * u.deg, HALO_SOURCE.dec_deg * u.deg)
     around = centre.directional_offset_by(np.arange(8) % 4 * 90.0 * u.deg, 1.2 * u.deg)
     truth = BackgroundTruth()
-    DatastoreSimulator(truth=truth, pointings=list(zip(around.ra.deg, around.dec.deg, strict=True)), source=HALO_SOURCE,
-                       ontime_s=1800.0, seed=11, object_name="Halo field", with_irfs=False).run(folder / "datastore")
+    DatastoreSimulator(
+        truth=truth,
+        pointings=list(zip(around.ra.deg, around.dec.deg, strict=True)),
+        source=HALO_SOURCE,
+        ontime_s=1800.0,
+        seed=11,
+        object_name="Halo field",
+        with_irfs=False,
+    ).run(folder / "datastore")
     catalogue = write_source_catalogue(folder / "catalogue.fits", [HALO_SOURCE])
     return folder / "datastore", catalogue, truth
 
@@ -131,8 +140,9 @@ def test_per_source_radius_removes_a_wide_halo(catalogue, halo_field):
     """With 0.35 deg the halo leaks into the background; the per-source radius removes it."""
     datastore, source_catalogue, truth = halo_field
     default = ExclusionSettings(gammacat=str(source_catalogue), hawc=None, star_cat=None)
-    wider = ExclusionSettings(gammacat=str(source_catalogue), hawc=None, star_cat=None,
-                              source_radii=(("halosource", 0.9),))  # another spelling of the name
+    wider = ExclusionSettings(
+        gammacat=str(source_catalogue), hawc=None, star_cat=None, source_radii=(("halosource", 0.9),)
+    )  # another spelling of the name
     assert default.hash != wider.hash
     catalogue.index(datastore, config=BkgdbConfig(binnings=[HALO_BINNING], exclusion=default))
     report = catalogue.index(datastore, config=BkgdbConfig(binnings=[HALO_BINNING], exclusion=wider))
@@ -142,15 +152,19 @@ def test_per_source_radius_removes_a_wide_halo(catalogue, halo_field):
     clean, pieces = offset_chi2(catalogue, wider.hash, truth)
     assert leaking > 60, (leaking, clean)  # the halo photons beyond 0.35 deg, counted as background
     assert clean < 30, (leaking, clean)  # chi2 for 10 bins: within statistics
-    assert all([(region["name"], region["radius"]) for region in piece.regions] == [("Halo Source", 0.9)]
-               for piece in pieces)
+    assert all(
+        [(region["name"], region["radius"]) for region in piece.regions] == [("Halo Source", 0.9)] for piece in pieces
+    )
 
 
 def test_source_excluded_by_name_is_one_circle_of_its_radius(tmp_path):
-    source_catalogue = write_source_catalogue(tmp_path / "cat.fits", [
-        {"name": "Halo Source", "ra_deg": 200.0, "dec_deg": -40.0},
-        {"name": "Other", "ra_deg": 201.0, "dec_deg": -40.0, "morph_sigma": 0.1},
-    ])
+    source_catalogue = write_source_catalogue(
+        tmp_path / "cat.fits",
+        [
+            {"name": "Halo Source", "ra_deg": 200.0, "dec_deg": -40.0},
+            {"name": "Other", "ra_deg": 201.0, "dec_deg": -40.0, "morph_sigma": 0.1},
+        ],
+    )
     common = dict(gammacat=str(source_catalogue), hawc=None, star_cat=None)
 
     def radii(**settings):
@@ -161,9 +175,13 @@ def test_source_excluded_by_name_is_one_circle_of_its_radius(tmp_path):
     assert radii(exclude_source_name=(("HALO SOURCE", 0.8),)) == [("Halo Source", 0.8), ("Other", pytest.approx(0.3))]
     # No radius in the entry: the source's configured radius, else source_radius.
     assert radii(exclude_source_name=(("halo source", None),), source_radius=0.5) == [
-        ("Halo Source", 0.5), ("Other", pytest.approx(0.3))]
+        ("Halo Source", 0.5),
+        ("Other", pytest.approx(0.3)),
+    ]
     assert radii(exclude_source_name=(("Halo Source", None),), source_radii=(("Halo Source", 0.7),)) == [
-        ("Halo Source", 0.7), ("Other", pytest.approx(0.3))]
+        ("Halo Source", 0.7),
+        ("Other", pytest.approx(0.3)),
+    ]
     # A per-source radius replaces an extended source's 3 x sigma too, smaller or larger.
     assert radii(source_radii=(("other", 0.2),)) == [("Halo Source", 0.35), ("Other", 0.2)]
     with pytest.raises(ConfigError, match=r"no source named 'Halo Sorce' in gamma-cat; did you mean 'Halo Source'\?"):

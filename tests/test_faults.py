@@ -37,8 +37,9 @@ def fault_datastore(tmp_path_factory):
     """N_RUNS short simulated runs and a config that makes one piece per run."""
     folder = tmp_path_factory.mktemp("faults")
     pointings = [(150.0 + 0.25 * i, 20.0 + 0.15 * i) for i in range(N_RUNS)]
-    DatastoreSimulator(truth=BackgroundTruth(norm=3e-6), pointings=pointings, ontime_s=300.0,
-                       with_irfs=False, seed=3).run(folder / "datastore")
+    DatastoreSimulator(
+        truth=BackgroundTruth(norm=3e-6), pointings=pointings, ontime_s=300.0, with_irfs=False, seed=3
+    ).run(folder / "datastore")
     (folder / "config.yaml").write_text(CONFIG)
     return folder / "datastore", folder / "config.yaml"
 
@@ -62,12 +63,22 @@ def content(url):
             runs = {}
             for row in connection.execute(sa.select(Run.__table__)).mappings():  # typed: dates, JSON
                 runs.setdefault(row["obs_id"], []).append(
-                    {key: value for key, value in row.items() if key not in VOLATILE_RUN_COLUMNS})
+                    {key: value for key, value in row.items() if key not in VOLATILE_RUN_COLUMNS}
+                )
             pieces = {}
             table = PieceRow.__table__
-            query = sa.select(Run.obs_id, table.c.counts, table.c.excluded_counts, table.c.exposure_s,
-                              table.c.ontime_s, table.c.livetime_s, table.c.n_kept, table.c.n_excluded,
-                              table.c.regions, table.c.file_sha256).join(Run, Run.id == table.c.run_id)
+            query = sa.select(
+                Run.obs_id,
+                table.c.counts,
+                table.c.excluded_counts,
+                table.c.exposure_s,
+                table.c.ontime_s,
+                table.c.livetime_s,
+                table.c.n_kept,
+                table.c.n_excluded,
+                table.c.regions,
+                table.c.file_sha256,
+            ).join(Run, Run.id == table.c.run_id)
             for obs_id, *values in connection.execute(query):
                 pieces.setdefault(obs_id, []).append(tuple(values))
             n_datastores = connection.execute(sa.select(sa.func.count()).select_from(Datastore)).scalar()
@@ -89,9 +100,24 @@ def start_index(url, fault_datastore, jobs):
     environment = {key: value for key, value in os.environ.items() if key != "BKGDB_URL"}
     # A session of its own: the indexer leads a process group that holds all its descendants.
     return subprocess.Popen(
-        [sys.executable, "-m", "bkgdb.cli.main", "--db", url, "index", str(datastore), "--config", str(config),
-         "--jobs", str(jobs)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "bkgdb.cli.main",
+            "--db",
+            url,
+            "index",
+            str(datastore),
+            "--config",
+            str(config),
+            "--jobs",
+            str(jobs),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        start_new_session=True,
     )
 
 
@@ -132,7 +158,7 @@ def live_processes_in_group(pgid):
                 text = stat.read()
         except OSError:
             continue
-        state, _ppid, group = text[text.rfind(")") + 2:].split()[:3]
+        state, _ppid, group = text[text.rfind(")") + 2 :].split()[:3]
         if int(group) == pgid and state != "Z":
             found.append(int(entry))
     return found
@@ -147,7 +173,7 @@ def children_of(pid):
                     text = stat.read()
             except OSError:
                 continue
-            if int(text[text.rfind(")") + 2:].split()[1]) == pid:
+            if int(text[text.rfind(")") + 2 :].split()[1]) == pid:
                 found.append(int(entry))
     return found
 

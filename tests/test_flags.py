@@ -25,8 +25,10 @@ background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
 
 def make_config():
     return BkgdbConfig(
-        binnings=[BINNING], exclusion=ExclusionSettings(gammacat=None, hawc=None, star_cat=None),
-        selection=SelectionSettings(el_diff=None, az_diff=None, gal_lat_min=10), io=IOSettings(),
+        binnings=[BINNING],
+        exclusion=ExclusionSettings(gammacat=None, hawc=None, star_cat=None),
+        selection=SelectionSettings(el_diff=None, az_diff=None, gal_lat_min=10),
+        io=IOSettings(),
     )
 
 
@@ -53,7 +55,9 @@ def test_flagged_bad_is_never_selected_and_good_again_is(catalogue, simulated_da
     assert sorted(builder.build(1000).selection.obs_ids) == [1001, 1002, 1003, 1004]
     history = run_flags(catalogue.engine, 1003)
     assert [(row["flag"], row["reason"], row["in_force"]) for row in history] == [
-        ("bad", "camera 2 off half the run", False), ("good", None, True)]
+        ("bad", "camera 2 off half the run", False),
+        ("good", None, True),
+    ]
     assert history[1]["author"] == default_author() != ""
 
 
@@ -73,8 +77,9 @@ def test_flag_survives_reindexing_a_changed_file(catalogue, datastore_copy):
     config = make_config()
     catalogue.index(datastore_copy, config=config)
     flag_run(catalogue.engine, 1002, "bad", "bad weather")
-    rewrite_events(datastore_copy / "data" / "run_001002.fits.gz",
-                   lambda hdu: hdu.header.set("COMMENT", "recalibrated"))
+    rewrite_events(
+        datastore_copy / "data" / "run_001002.fits.gz", lambda hdu: hdu.header.set("COMMENT", "recalibrated")
+    )
     report = catalogue.index(datastore_copy, config=config)
     assert (report.updated, report.unchanged) == (1, 4)
     selection = BackgroundBuilder(catalogue, config).build(1000).selection
@@ -113,7 +118,9 @@ def test_flag_command(db_url, simulated_datastore, tmp_path):
     assert bkgdb("flag", "1003", "--good", "realigned").exit_code == 0
     history = json.loads(bkgdb("flag", "1003", "-f", "json").output)
     assert [(row["flag"], row["author"], row["in_force"]) for row in history] == [
-        ("bad", "bob", False), ("good", default_author(), True)]
+        ("bad", "bob", False),
+        ("good", default_author(), True),
+    ]
 
     missing_reason = bkgdb("flag", "1003", "--bad")
     assert missing_reason.exit_code == 2 and "Error: say why run 1003 is bad" in missing_reason.output

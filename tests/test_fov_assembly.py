@@ -91,7 +91,7 @@ def test_pieces_sum_into_a_3d_rate_that_recovers_the_asymmetric_truth():
     use = expected > 5
     pulls = (background.counts - 20 * expected)[use] / np.sqrt(20 * expected[use])
     n = use.sum()
-    assert abs(pulls.mean()) < 4 / np.sqrt(n) and np.sum(pulls ** 2) < n + 5 * np.sqrt(2 * n)
+    assert abs(pulls.mean()) < 4 / np.sqrt(n) and np.sum(pulls**2) < n + 5 * np.sqrt(2 * n)
     # The gradient is in the rate: bins toward the horizon (low lat) are brighter than those above.
     rate = background.rate
     assert rate[:3, :, :5].sum() > 1.5 * rate[:3, :, -5:].sum()
@@ -109,7 +109,7 @@ def test_bin_centre_correction_and_filling_act_per_energy_slice_on_pixels():
     corrected = bin_average_to_centre(background.rate, background)
     centre = GEOMETRY.energy_centres
     lo, hi = ENERGY[:-1], ENERGY[1:]
-    factor = centre ** -INDEX * (hi - lo) * (1 - INDEX) / (hi ** (1 - INDEX) - lo ** (1 - INDEX))
+    factor = centre**-INDEX * (hi - lo) * (1 - INDEX) / (hi ** (1 - INDEX) - lo ** (1 - INDEX))
     counted = background.counts[:6] > 0
     assert counted.sum() > 0.9 * counted.size
     scaled = np.broadcast_to(factor[:6, None, None], counted.shape)
@@ -135,8 +135,9 @@ def test_local_linear_fit_is_exact_for_a_linear_ratio_at_edges_and_holes():
     # The negative control: a normalised Gaussian convolution is biased by the gradient at the edges.
     from scipy.ndimage import gaussian_filter
 
-    average = gaussian_filter(information * ratio, 1.5, mode="constant") / gaussian_filter(information, 1.5,
-                                                                                          mode="constant")
+    average = gaussian_filter(information * ratio, 1.5, mode="constant") / gaussian_filter(
+        information, 1.5, mode="constant"
+    )
     assert np.max(np.abs(average / ratio - 1)) > 0.05
 
 
@@ -181,7 +182,7 @@ def test_gauss_on_pixels_is_unbiased_at_low_statistics_and_reduces_noise():
     mean = ratios.mean(axis=0)[enough]
     error = ratios.std(axis=0)[enough] / np.sqrt(len(ratios))
     assert enough.sum() > 500 and np.all(np.abs(mean - 1) < 0.01 + 4 * error)
-    average_error = np.sqrt(np.sum(error ** 2)) / len(error)
+    average_error = np.sqrt(np.sum(error**2)) / len(error)
     assert abs(np.mean(mean) - 1) < 0.005 and abs(np.mean(mean) - 1) < 4 * average_error
     raw = np.array([draw.rate / rate for draw in draws[:20]])
     assert np.mean(np.std(ratios[:20], axis=0)[enough]) < 0.6 * np.mean(np.std(raw, axis=0)[enough])
@@ -212,8 +213,9 @@ def test_control_ring_on_pixels_matches_the_2d_ring_on_a_radially_symmetric_trut
         model = 1.25 * assembled(expected, exposure, geometry).rate  # a model 25 % too high
         exact = control_ring_normalisation(model, geometry, expected, exposure, 2.0, 2.5)
         assert exact.factor == pytest.approx(0.8, rel=1e-9)
-        results[geometry.kind] = control_ring_normalisation(model, geometry, rng.poisson(expected), exposure, 2.0,
-                                                            2.5, energy_range_tev=(0.3, 30.0))
+        results[geometry.kind] = control_ring_normalisation(
+            model, geometry, rng.poisson(expected), exposure, 2.0, 2.5, energy_range_tev=(0.3, 30.0)
+        )
     three, two = results["3d"], results["2d"]
     assert three.factor == pytest.approx(0.8, abs=4 * three.error)
     assert three.factor - two.factor == pytest.approx(0.0, abs=4 * np.hypot(three.error, two.error))
@@ -271,8 +273,9 @@ def test_3d_archive_is_fitted_collapsed_and_recovers_the_simulated_parameters():
         counts.append(rng.poisson(within * shape / shape.sum() * accepted))
     counts = np.array(counts)
     conditions = [RunConditions(float(z), float(rng.uniform(0, 360))) for z in zeniths]
-    fit = ConditionModelFitter(counts, exposure, geometry.energy_edges, conditions,
-                               solid_angle_sr=geometry.solid_angle_sr).run()
+    fit = ConditionModelFitter(
+        counts, exposure, geometry.energy_edges, conditions, solid_angle_sr=geometry.solid_angle_sr
+    ).run()
     assert fit.model.energy_zenith == pytest.approx(truth.threshold_zenith_index, abs=0.25)
     assert fit.model.rate_zenith == pytest.approx(1.0 + 2.5 * 1.7, abs=0.35)
     assert fit.model.energy_edges == tuple(geometry.energy_edges)
@@ -292,13 +295,16 @@ BINNING_2D = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, of
 def test_archive_model_fitted_on_the_2d_binning_moves_3d_pieces(catalogue, tmp_path):
     truth = BackgroundTruth(norm=1e-4, threshold_tev=0.3, threshold_zenith_index=2.5, rate_zenith_index=1.0)
     pointings = [(30.0 + 7 * i, -30.0 + (i % 5)) for i in range(len(ZENITHS))]
-    DatastoreSimulator(truth=truth, pointings=pointings, zeniths=ZENITHS, ontime_s=600.0, seed=5,
-                       with_irfs=False).run(tmp_path / "archive")
+    DatastoreSimulator(truth=truth, pointings=pointings, zeniths=ZENITHS, ontime_s=600.0, seed=5, with_irfs=False).run(
+        tmp_path / "archive"
+    )
     write_source_catalogue(tmp_path / "catalogue.fits", [{"name": "far", "ra_deg": 250.0, "dec_deg": 60.0}])
     exclusion = ExclusionSettings(gammacat=str(tmp_path / "catalogue.fits"), hawc=None, star_cat=None)
     settings = SelectionSettings(el_diff=None, az_diff=None, gal_lat_min=0, assembly="condition")
-    catalogue.index(tmp_path / "archive", BkgdbConfig(binnings=[BINNING_2D], exclusion=exclusion, selection=settings,
-                                                      io=IOSettings()))
+    catalogue.index(
+        tmp_path / "archive",
+        BkgdbConfig(binnings=[BINNING_2D], exclusion=exclusion, selection=settings, io=IOSettings()),
+    )
     with Session(catalogue.engine) as session:
         binning_id = session.scalar(sa.select(BinningRow.id).where(BinningRow.hash == BINNING_2D.hash))
         exclusion_id = session.scalar(sa.select(ExclusionRow.id).where(ExclusionRow.hash == exclusion.hash))
@@ -369,8 +375,9 @@ def test_palindromic_shapes_are_ambiguous_for_gammapy_whatever_the_layout(tmp_pa
     assert "Ambiguous axes order" in caplog.text
     caplog.clear()
     # Columns reversed: gammapy still reads energy x lon x lat, and still complains.
-    reordered = fits.BinTableHDU.from_columns([hdu.columns[name] for name in reversed(hdu.columns.names)],
-                                              header=hdu.header)
+    reordered = fits.BinTableHDU.from_columns(
+        [hdu.columns[name] for name in reversed(hdu.columns.names)], header=hdu.header
+    )
     with caplog.at_level(logging.ERROR, logger="gammapy"):
         read = Background3D.from_table(Table.read(reordered))
     assert "Ambiguous axes order in Background fits files!" in caplog.text

@@ -25,10 +25,15 @@ def fields(draw):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     n_events = draw(st.integers(0, 400))
     events = SkyCoord(ra * u.deg, dec * u.deg).directional_offset_by(
-        rng.uniform(0, 360, n_events) * u.deg, half_width * 1.6 * np.sqrt(rng.uniform(0, 1, n_events)) * u.deg)
+        rng.uniform(0, 360, n_events) * u.deg, half_width * 1.6 * np.sqrt(rng.uniform(0, 1, n_events)) * u.deg
+    )
     energy = np.exp(rng.uniform(np.log(0.05), np.log(200), n_events))
-    circles = [circle_at(ra, dec, draw(st.floats(0, 360)), draw(st.floats(0, half_width)), draw(st.floats(0.05, 0.5)),
-                         f"c{number}") for number in range(draw(st.integers(0, 2)))]
+    circles = [
+        circle_at(
+            ra, dec, draw(st.floats(0, 360)), draw(st.floats(0, half_width)), draw(st.floats(0.05, 0.5)), f"c{number}"
+        )
+        for number in range(draw(st.integers(0, 2)))
+    ]
     return ra, dec, half_width, n_pixels, events.ra.deg, events.dec.deg, energy, circles
 
 
@@ -46,8 +51,10 @@ def test_pixels_summed_over_a_ring_recover_the_ring_counts(field, alignment):
     piece_2d = maker_for(geometry_2d, circles).run(ev_ra, ev_dec, energy, ra, dec, 1000.0)
     # Pixels wholly inside the disc hold at most the ring's events; pixels touching it at least.
     inside, touching = disc_pixels(geometry_3d, half_width)
-    for counts_3d, counts_2d in ((piece_3d.counts, piece_2d.counts), (piece_3d.excluded_counts,
-                                                                      piece_2d.excluded_counts)):
+    for counts_3d, counts_2d in (
+        (piece_3d.counts, piece_2d.counts),
+        (piece_3d.excluded_counts, piece_2d.excluded_counts),
+    ):
         assert np.all(counts_3d[:, inside].sum(axis=1) <= counts_2d[:, 0])
         assert np.all(counts_2d[:, 0] <= counts_3d[:, touching].sum(axis=1))
     # All events of the disc lie in the square: kept + excluded add up in both.
@@ -72,7 +79,11 @@ def test_kept_and_excluded_pixels_are_the_events_gammapy_places_there(field):
     np.testing.assert_array_equal(piece.counts + piece.excluded_counts, expected)
     in_circle = np.zeros(len(energy), bool)
     for circle in circles:
-        in_circle |= SkyCoord(ev_ra * u.deg, ev_dec * u.deg).separation(
-            SkyCoord(circle.ra * u.deg, circle.dec * u.deg)).deg <= circle.radius
-    assert piece.excluded_counts.sum() == geometry.histogram(energy[in_circle], lon.deg[in_circle],
-                                                             lat.deg[in_circle]).sum()
+        in_circle |= (
+            SkyCoord(ev_ra * u.deg, ev_dec * u.deg).separation(SkyCoord(circle.ra * u.deg, circle.dec * u.deg)).deg
+            <= circle.radius
+        )
+    assert (
+        piece.excluded_counts.sum()
+        == geometry.histogram(energy[in_circle], lon.deg[in_circle], lat.deg[in_circle]).sum()
+    )

@@ -35,8 +35,9 @@ class GeometryBinning:
 
 
 def no_catalogues(circles=(), method="geometric"):
-    return ExclusionSettings(gammacat=None, hawc=None, star_cat=None, exclude_regions=tuple(circles),
-                             exposure_method=method)
+    return ExclusionSettings(
+        gammacat=None, hawc=None, star_cat=None, exclude_regions=tuple(circles), exposure_method=method
+    )
 
 
 def maker_for(geometry, circles=(), method="geometric"):
@@ -66,8 +67,9 @@ def test_radec_fov_lon_decreases_toward_east():
     ra0, dec0 = 83.63, 22.01
     east = SkyCoord(ra0 * u.deg, dec0 * u.deg).directional_offset_by(90 * u.deg, 1 * u.deg)  # larger RA
     north = SkyCoord(ra0 * u.deg, dec0 * u.deg).directional_offset_by(0 * u.deg, 1 * u.deg)
-    lon, lat = sky_to_fov(np.array([east.ra.deg, north.ra.deg]), np.array([east.dec.deg, north.dec.deg]),
-                          "RADEC", ra0, dec0)
+    lon, lat = sky_to_fov(
+        np.array([east.ra.deg, north.ra.deg]), np.array([east.dec.deg, north.dec.deg]), "RADEC", ra0, dec0
+    )
     assert east.ra.deg > ra0
     np.testing.assert_allclose(lon, [-1.0, 0.0], atol=1e-9)
     np.testing.assert_allclose(lat, [0.0, 1.0], atol=1e-9)
@@ -191,15 +193,25 @@ def test_shaped_region_fraction_matches_monte_carlo(alignment, tmp_path):
     region_file = tmp_path / "ellipse.reg"
     region_file.write_text(f"# Region file format: DS9\nicrs\nellipse({centre.ra.deg},{centre.dec.deg},0.6,0.2,30)\n")
     geometry = fov_geometry(alignment, n_pixels=8, half_width=2.0, n_energy=1)
-    maker = PieceMaker(GeometryBinning(geometry), ExclusionSettings(gammacat=None, hawc=None, star_cat=None,
-                                                                    region_files=(str(region_file),)))
+    maker = PieceMaker(
+        GeometryBinning(geometry),
+        ExclusionSettings(gammacat=None, hawc=None, star_cat=None, region_files=(str(region_file),)),
+    )
     assert maker.make_regions(ra0, dec0) == [] and len(maker.finder.shapes) == 1
     clock, duration = clock_around(TRANSIT, 1200.0), 1200.0
     fraction = fov_outside_fraction(geometry, ra0, dec0, [], maker.finder, clock, duration)
     # Monte Carlo: random points at random times, carried to the sky by astropy, tested by the shape.
     per_pixel = 200
-    expected = monte_carlo_fraction(geometry, ra0, dec0, lambda sky: maker.finder.excluded(
-        unit_vectors(sky.ra.deg, sky.dec.deg), [], ra0, dec0), clock, duration, per_pixel, seed=2)
+    expected = monte_carlo_fraction(
+        geometry,
+        ra0,
+        dec0,
+        lambda sky: maker.finder.excluded(unit_vectors(sky.ra.deg, sky.dec.deg), [], ra0, dec0),
+        clock,
+        duration,
+        per_pixel,
+        seed=2,
+    )
     error = np.sqrt(np.clip(expected * (1 - expected), 0.02, None) / per_pixel)
     assert np.all(np.abs(fraction - expected) < 4 * error + 0.02), np.round(fraction - expected, 3)
     assert fraction.min() < 0.8 and np.sum(fraction == 1.0) > 30
@@ -211,10 +223,19 @@ def test_no_regions_give_exactly_the_ontime():
     rng = np.random.default_rng(3)
     clock = clock_around(TRANSIT, 1500.0, event_time_s=None)
     times = clock.start_s + rng.uniform(0, 1500, 500)
-    events = SkyCoord(ra0 * u.deg, dec0 * u.deg).directional_offset_by(rng.uniform(0, 360, 500) * u.deg,
-                                                                          rng.uniform(0, 3, 500) * u.deg)
-    piece = maker_for(geometry).run(events.ra.deg, events.dec.deg, np.full(500, 1.0), ra0, dec0, 1500.0, 1400.0,
-                                    clock=RunClock(REFERENCE, clock.start_s, times, SITE))
+    events = SkyCoord(ra0 * u.deg, dec0 * u.deg).directional_offset_by(
+        rng.uniform(0, 360, 500) * u.deg, rng.uniform(0, 3, 500) * u.deg
+    )
+    piece = maker_for(geometry).run(
+        events.ra.deg,
+        events.dec.deg,
+        np.full(500, 1.0),
+        ra0,
+        dec0,
+        1500.0,
+        1400.0,
+        clock=RunClock(REFERENCE, clock.start_s, times, SITE),
+    )
     assert piece.exposure_s.shape == geometry.spatial_shape
     assert np.all(piece.exposure_s == 1500.0)
     assert piece.excluded_counts.sum() == 0 and piece.counts.shape == geometry.shape
@@ -260,8 +281,7 @@ def test_a_run_through_the_zenith_is_cut_finely_where_the_sky_turns_fast():
     shortest = seconds[np.argmin(weights)]
     assert abs(shortest - duration / 2) < 30 and weights.max() > 5 * weights.min()
     maker = maker_for(geometry, [circle_at(ra0, dec0, 0, 1.2, 0.3, "star")])
-    fraction = fov_outside_fraction(geometry, ra0, dec0, maker.make_regions(ra0, dec0), maker.finder, clock,
-                                    duration)
+    fraction = fov_outside_fraction(geometry, ra0, dec0, maker.make_regions(ra0, dec0), maker.finder, clock, duration)
     circle_area = 2 * np.pi * (1 - np.cos(np.radians(0.3)))
     assert np.sum((1 - fraction) * geometry.solid_angle_sr) == pytest.approx(circle_area, rel=0.03)
     assert np.sum(fraction < 1) > 20
@@ -306,11 +326,13 @@ def test_counts_ratio_method_works_per_pixel():
     ra0, dec0 = 83.6, 22.0
     geometry = fov_geometry("RADEC", n_pixels=4, half_width=2.0, n_energy=2)
     rng = np.random.default_rng(5)
-    events = SkyCoord(ra0 * u.deg, dec0 * u.deg).directional_offset_by(rng.uniform(0, 360, 4000) * u.deg,
-                                                                          2 * np.sqrt(rng.uniform(size=4000)) * u.deg)
+    events = SkyCoord(ra0 * u.deg, dec0 * u.deg).directional_offset_by(
+        rng.uniform(0, 360, 4000) * u.deg, 2 * np.sqrt(rng.uniform(size=4000)) * u.deg
+    )
     circle = circle_at(ra0, dec0, 45, 1.0, 0.4, "c")
-    piece = maker_for(geometry, [circle], "counts-ratio").run(events.ra.deg, events.dec.deg, np.ones(4000), ra0,
-                                                               dec0, 100.0)
+    piece = maker_for(geometry, [circle], "counts-ratio").run(
+        events.ra.deg, events.dec.deg, np.ones(4000), ra0, dec0, 100.0
+    )
     kept, every = piece.counts.sum(axis=0), (piece.counts + piece.excluded_counts).sum(axis=0)
     np.testing.assert_allclose(piece.fraction, (kept + 1e-9) / (every + 1e-9), rtol=1e-12)
     assert piece.fraction.min() < 0.8
@@ -329,8 +351,7 @@ def test_hess_crab_run_3d_altaz_piece(hess_dr1):
     from bkgdb.makers.run import run_clock
 
     catalogs = gammapy_data_path("catalogs")
-    exclusion = ExclusionSettings(gammacat=str(catalogs / "gammacat" / "gammacat.fits.gz"), hawc=None,
-                                  star_cat=None)
+    exclusion = ExclusionSettings(gammacat=str(catalogs / "gammacat" / "gammacat.fits.gz"), hawc=None, star_cat=None)
     store = DL3Datastore(hess_dr1)
     source = next(run for run in store.runs() if run.obs_id == 23523)
     events = read_events(source, source.events_path.read_bytes(), with_events=True)
@@ -347,16 +368,17 @@ def test_hess_crab_run_3d_altaz_piece(hess_dr1):
     observation = DataStore.from_dir(hess_dr1).obs(23523)
     table = observation.events
     fov = table.radec.transform_to(observation.get_fov_frame(table.time, FoVAlignment.ALTAZ))
-    expected = geometry.histogram(table.energy.to_value(u.TeV), fov.fov_lon.wrap_at(180 * u.deg).deg,
-                                  fov.fov_lat.deg)
+    expected = geometry.histogram(table.energy.to_value(u.TeV), fov.fov_lon.wrap_at(180 * u.deg).deg, fov.fov_lat.deg)
     difference = np.abs(piece_3d.counts + piece_3d.excluded_counts - expected)
     assert difference.sum() <= 2  # only events on a pixel edge (float32 positions) may move
 
     # Within the common FoV (the 2.5 deg disc inside the +-2.5 deg square) the totals agree.
     lon, lat = geometry.fov_centres
     inside, touching = disc_pixels(geometry, 2.5)
-    for counts_3d, counts_2d in ((piece_3d.counts, piece_2d.counts),
-                                 (piece_3d.excluded_counts, piece_2d.excluded_counts)):
+    for counts_3d, counts_2d in (
+        (piece_3d.counts, piece_2d.counts),
+        (piece_3d.excluded_counts, piece_2d.excluded_counts),
+    ):
         assert counts_3d[:, inside].sum() <= counts_2d.sum() <= counts_3d[:, touching].sum()
     assert piece_3d.counts[:, inside].sum() > 0.8 * piece_2d.counts.sum()
 
@@ -364,8 +386,9 @@ def test_hess_crab_run_3d_altaz_piece(hess_dr1):
     assert "Crab nebula" in {region["name"] for region in piece_3d.regions}
     crab = SkyCoord(83.633 * u.deg, 22.0145 * u.deg)
     middle = clock.start() + header.get("ONTIME") / 2 * u.s
-    crab_lon, crab_lat = sky_to_fov(np.array([crab.ra.deg]), np.array([crab.dec.deg]), "ALTAZ", *pointing, middle,
-                                    clock.observatory())
+    crab_lon, crab_lat = sky_to_fov(
+        np.array([crab.ra.deg]), np.array([crab.dec.deg]), "ALTAZ", *pointing, middle, clock.observatory()
+    )
     i = np.searchsorted(geometry.fov_lon_edges, crab_lon[0]) - 1
     j = np.searchsorted(geometry.fov_lat_edges, crab_lat[0]) - 1
     assert piece_3d.fraction[i, j] < 0.2
@@ -373,11 +396,16 @@ def test_hess_crab_run_3d_altaz_piece(hess_dr1):
     times = clock.start() + np.linspace(0, header.get("ONTIME"), 21)[:, None] * u.s
     regions = piece_3d.regions
     ra, dec = np.array([[r["ra"] for r in regions]]), np.array([[r["dec"] for r in regions]])
-    arc_lon, arc_lat = sky_to_fov(*np.broadcast_arrays(ra, dec, times.mjd)[:2], "ALTAZ", *pointing, times,
-                                  clock.observatory())
+    arc_lon, arc_lat = sky_to_fov(
+        *np.broadcast_arrays(ra, dec, times.mjd)[:2], "ALTAZ", *pointing, times, clock.observatory()
+    )
     radius = np.array([r["radius"] for r in regions])
-    distance = angular_separation(lon[..., None, None] * u.deg, lat[..., None, None] * u.deg, arc_lon * u.deg,
-                                  arc_lat * u.deg).to_value(u.deg) - radius
+    distance = (
+        angular_separation(
+            lon[..., None, None] * u.deg, lat[..., None, None] * u.deg, arc_lon * u.deg, arc_lat * u.deg
+        ).to_value(u.deg)
+        - radius
+    )
     far = distance.min(axis=(-2, -1)) > 0.2  # beyond a pixel's half-diagonal (0.15 deg) everywhere
     assert far.sum() > 200
     assert np.all(piece_3d.fraction[far] == 1.0)

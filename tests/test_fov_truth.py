@@ -38,10 +38,17 @@ from bkgdb.simulate.compare import pulls, quadrant_counts
 #: Truths with gradients of 25-35 % per deg: brighter toward the horizon (ALTAZ) or toward lower
 #: declination and west (RADEC). The ALTAZ one grows toward low energies.
 TRUTHS = {
-    "ALTAZ": FoVBackgroundTruth(norm=3e-4, index=2.4, energy_range_tev=(0.3, 100.0), alignment="ALTAZ",
-                                lat_gradient=-0.3, gradient_energy_index=0.15),
-    "RADEC": FoVBackgroundTruth(norm=3e-4, index=2.4, energy_range_tev=(0.3, 100.0), alignment="RADEC",
-                                lon_gradient=0.2, lat_gradient=-0.25),
+    "ALTAZ": FoVBackgroundTruth(
+        norm=3e-4,
+        index=2.4,
+        energy_range_tev=(0.3, 100.0),
+        alignment="ALTAZ",
+        lat_gradient=-0.3,
+        gradient_energy_index=0.15,
+    ),
+    "RADEC": FoVBackgroundTruth(
+        norm=3e-4, index=2.4, energy_range_tev=(0.3, 100.0), alignment="RADEC", lon_gradient=0.2, lat_gradient=-0.25
+    ),
 }
 OTHER = {"ALTAZ": "RADEC", "RADEC": "ALTAZ"}
 #: (RA, Dec, hour angle h) of part a's runs: the parallactic angle is 80 and 147 deg, so the two
@@ -91,8 +98,13 @@ def test_fov_draws_follow_the_expected_counts(alignment):
 def simulated_field(request, tmp_path_factory):
     alignment = request.param
     path = tmp_path_factory.mktemp(f"field-{alignment.lower()}") / "datastore"
-    simulator = DatastoreSimulator(truth=TRUTHS[alignment], pointings=[field[:2] for field in FIELDS],
-                                   hour_angles=[field[2] for field in FIELDS], ontime_s=ONTIME_S, seed=3)
+    simulator = DatastoreSimulator(
+        truth=TRUTHS[alignment],
+        pointings=[field[:2] for field in FIELDS],
+        hour_angles=[field[2] for field in FIELDS],
+        ontime_s=ONTIME_S,
+        seed=3,
+    )
     return alignment, path, simulator.run(path)
 
 
@@ -115,8 +127,15 @@ def test_tracking_runs_look_like_telescope_runs(simulated_field):
         assert altaz.az.deg == pytest.approx(header["AZ_PNT"], abs=1e-6)
         assert 20 < altaz.alt.deg < 90
         # A fixed sky position moves in the Alt/Az FoV between start and end: the frame rotates.
-        lon, lat = radec_to_fov([ra + 1.0] * 2, [dec] * 2, observation.tstart + [0, ONTIME_S] * u.s, ra, dec,
-                                observation.observatory_earth_location, "ALTAZ")
+        lon, lat = radec_to_fov(
+            [ra + 1.0] * 2,
+            [dec] * 2,
+            observation.tstart + [0, ONTIME_S] * u.s,
+            ra,
+            dec,
+            observation.observatory_earth_location,
+            "ALTAZ",
+        )
         turn = np.degrees(np.arctan2(lon, lat))
         assert 2.0 < abs(turn[1] - turn[0]) < 15.0
         # The gradient points the right way, judged without FoV frames: toward the horizon (events
@@ -135,8 +154,9 @@ def test_symmetric_truth_in_tracking_runs(tmp_path):
     """A radially symmetric truth drawn in the FoV of tracking runs keeps its offset profile and rate;
     a FoV truth without tracking is refused."""
     truth = BackgroundTruth(norm=3e-4, energy_range_tev=(0.3, 100.0))
-    DatastoreSimulator(truth=truth, pointings=[(100.0, -30.0)], hour_angles=[1.0], ontime_s=600.0,
-                       with_irfs=False).run(tmp_path)
+    DatastoreSimulator(truth=truth, pointings=[(100.0, -30.0)], hour_angles=[1.0], ontime_s=600.0, with_irfs=False).run(
+        tmp_path
+    )
     events = Table.read(tmp_path / "data" / "run_001000.fits.gz", hdu="EVENTS")
     offsets = SkyCoord(100.0, -30.0, unit="deg").separation(SkyCoord(events["RA"], events["DEC"])).deg
     edges = [0.0, 1.0, 2.0, 3.0]
@@ -155,8 +175,11 @@ def test_true_model_predicts_the_simulated_counts(simulated_field, tmp_path):
     truth = TRUTHS[alignment]
     geometry = truth_geometry(truth)
     reversed_truth = dataclasses.replace(truth, lon_gradient=-truth.lon_gradient, lat_gradient=-truth.lat_gradient)
-    models = {"truth": truth.to_background3d(geometry), "reversed": reversed_truth.to_background3d(geometry),
-              "other frame": truth.to_background3d(geometry, alignment=OTHER[alignment])}
+    models = {
+        "truth": truth.to_background3d(geometry),
+        "reversed": reversed_truth.to_background3d(geometry),
+        "other frame": truth.to_background3d(geometry, alignment=OTHER[alignment]),
+    }
     found = {}
     for name, model in models.items():
         store = datastore_with_backgrounds(path, tmp_path / name.replace(" ", "-"), dict.fromkeys(obs_ids, model))
@@ -178,8 +201,19 @@ def test_true_model_predicts_the_simulated_counts(simulated_field, tmp_path):
 
 #: (zenith, azimuth) of the archive runs at mid-run: all around the sky, so the parallactic angles
 #: (the turn between the two alignments) cover the circle. The first run is the target.
-ARCHIVE = [(30.0, 100.0), (25.0, 0.0), (35.0, 45.0), (30.0, 90.0), (40.0, 135.0), (25.0, 180.0),
-           (35.0, 225.0), (30.0, 270.0), (40.0, 315.0), (20.0, 160.0), (45.0, 60.0)]
+ARCHIVE = [
+    (30.0, 100.0),
+    (25.0, 0.0),
+    (35.0, 45.0),
+    (30.0, 90.0),
+    (40.0, 135.0),
+    (25.0, 180.0),
+    (35.0, 225.0),
+    (30.0, 270.0),
+    (40.0, 315.0),
+    (20.0, 160.0),
+    (45.0, 60.0),
+]
 ARCHIVE_ONTIME_S = 1800.0
 #: Twice the rate of part a: the target's own counts limit how well a wrong model is told apart.
 ARCHIVE_NORM = 6e-4
@@ -207,11 +241,18 @@ def write_config(path, alignment):
     """2D and 3D binnings (the 3D one in ``alignment``), every other run selected, plain sums."""
     energy = {"e_min": 0.3, "e_max": 30.0, "e_bins": 5}
     config = {
-        "binning": [{**energy, "off_min": 0.0, "off_max": 2.5, "off_bins": 10},
-                    {**energy, "fov_max": 2.5, "fov_bins": 24, "fov_alignment": alignment}],
+        "binning": [
+            {**energy, "off_min": 0.0, "off_max": 2.5, "off_bins": 10},
+            {**energy, "fov_max": 2.5, "fov_bins": 24, "fov_alignment": alignment},
+        ],
         "exclusion": {"gammacat": "none", "hawc": "none", "star_cat": "none", "exclude_regions": []},
-        "background_selection": {"el_diff": None, "az_diff": None, "gal_lat_min": 0, "assembly": "sum",
-                                 "smooth_method": "none"},
+        "background_selection": {
+            "el_diff": None,
+            "az_diff": None,
+            "gal_lat_min": 0,
+            "assembly": "sum",
+            "smooth_method": "none",
+        },
         "config": {"njobs": 1},
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -223,8 +264,9 @@ def archive(request, tmp_path_factory):
     alignment = request.param
     path = tmp_path_factory.mktemp(f"archive-{alignment.lower()}") / "datastore"
     truth = dataclasses.replace(TRUTHS[alignment], norm=ARCHIVE_NORM)
-    simulator = DatastoreSimulator(truth=truth, horizontal=ARCHIVE, ontime_s=ARCHIVE_ONTIME_S,
-                                   seed=8, first_obs_id=2000)
+    simulator = DatastoreSimulator(
+        truth=truth, horizontal=ARCHIVE, ontime_s=ARCHIVE_ONTIME_S, seed=8, first_obs_id=2000
+    )
     return alignment, path, simulator.run(path)
 
 
@@ -258,5 +300,5 @@ def test_bkgdb_recovers_the_asymmetric_background(archive, tmp_path, caplog):
     assert counts.sum() > 5000
     right, wrong = found[alignment], found[OTHER[alignment]]
     assert np.abs(right).max() < 4.0, right
-    assert np.sum(right ** 2) < 2.0 * right.size + 4.0, right
+    assert np.sum(right**2) < 2.0 * right.size + 4.0, right
     assert np.abs(wrong).max() > 6.0, wrong

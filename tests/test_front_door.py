@@ -31,16 +31,19 @@ def demo(tmp_path_factory):
     pointings = [field for field in EMPTY_FIELDS for _ in range(RUNS_PER_FIELD)]
     pointings += [(SOURCE["ra_deg"] + 0.7, SOURCE["dec_deg"])] * RUNS_PER_FIELD
     datastore = folder / "datastore"
-    DatastoreSimulator(truth=TRUTH, pointings=pointings, source=source, ontime_s=1200.0, seed=7,
-                       object_name="Demo field").run(datastore)
+    DatastoreSimulator(
+        truth=TRUTH, pointings=pointings, source=source, ontime_s=1200.0, seed=7, object_name="Demo field"
+    ).run(datastore)
     config = folder / "demo.yaml"
     config.write_text(yaml.safe_dump(demo_config(write_source_catalogue(folder / "sources.fits", [source]))))
     return datastore, config
 
 
 def test_import_is_light_and_exports_the_front_door():
-    code = ("import sys, bkgdb; heavy = [m for m in ('sqlalchemy', 'numpy', 'bkgdb.catalogue') if m in sys.modules]; "
-            "assert not heavy, heavy; from bkgdb import Catalogue; assert Catalogue.__module__ == 'bkgdb.catalogue'")
+    code = (
+        "import sys, bkgdb; heavy = [m for m in ('sqlalchemy', 'numpy', 'bkgdb.catalogue') if m in sys.modules]; "
+        "assert not heavy, heavy; from bkgdb import Catalogue; assert Catalogue.__module__ == 'bkgdb.catalogue'"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert bkgdb.Catalogue is bkgdb.catalogue.Catalogue
@@ -68,8 +71,10 @@ def test_index_build_write_attach(db_url, demo, tmp_path):
 
     # The target's background comes from the runs within 0.15 in airmass (the config's el_diff) ...
     built = catalogue.build(TARGET)
-    airmass = {row["obs_id"]: 1 / np.cos(np.radians(row["zenith_deg"]))
-               for row in catalogue.runs(columns=["obs_id", "zenith_deg"])}
+    airmass = {
+        row["obs_id"]: 1 / np.cos(np.radians(row["zenith_deg"]))
+        for row in catalogue.runs(columns=["obs_id", "zenith_deg"])
+    }
     similar = [obs_id for obs_id in airmass if obs_id != TARGET and abs(airmass[obs_id] - airmass[TARGET]) < 0.15]
     assert sorted(built.selection.obs_ids) == similar and 10 < len(similar) < 15
     # ... and recovers the simulated rate within statistics.
@@ -118,8 +123,10 @@ def test_three_d_writes_a_background_3d(demo, tmp_path):
         bkgdb.Catalogue.open(f"sqlite:///{tmp_path / 'db.sqlite'}", config=config).build(TARGET, three_d=True)
     # The demo's 2D binning and a RA/Dec-aligned 3D one (the demo's runs carry no event times).
     settings = yaml.safe_load(config.read_text())
-    settings["binning"] = [settings["binning"], {"e_min": 0.1, "e_max": 100, "e_bins": 12, "fov_max": 2.5,
-                                                 "fov_bins": 10, "fov_alignment": "RADEC"}]
+    settings["binning"] = [
+        settings["binning"],
+        {"e_min": 0.1, "e_max": 100, "e_bins": 12, "fov_max": 2.5, "fov_bins": 10, "fov_alignment": "RADEC"},
+    ]
     both = tmp_path / "both.yaml"
     both.write_text(yaml.safe_dump(settings))
     catalogue = bkgdb.Catalogue.open(f"sqlite:///{tmp_path / 'db.sqlite'}", config=both)

@@ -74,4 +74,5 @@ def test_invalid_geometries_are_refused():
     with pytest.raises(ValueError, match="alignment"):
         PieceGeometry.fov(ENERGY, [-1, 1], [-1, 1], "GALACTIC")
     assert PieceGeometry.fov(ENERGY, [-1, 1], [-2, 2]).max_offset_deg == pytest.approx(
-        np.degrees(np.arccos(np.cos(np.radians(1)) * np.cos(np.radians(2)))))
+        np.degrees(np.arccos(np.cos(np.radians(1)) * np.cos(np.radians(2))))
+    )

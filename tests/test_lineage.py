@@ -21,7 +21,8 @@ BINNING = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bi
 
 def make_config(**selection):
     return BkgdbConfig(
-        binnings=[BINNING], exclusion=ExclusionSettings(gammacat=None, hawc=None, star_cat=None),
+        binnings=[BINNING],
+        exclusion=ExclusionSettings(gammacat=None, hawc=None, star_cat=None),
         selection=SelectionSettings(**{"el_diff": None, "az_diff": None, "gal_lat_min": 10, **selection}),
         io=IOSettings(),
     )
@@ -40,8 +41,11 @@ def test_inputs_record_the_pieces_summed(catalogue, simulated_datastore, tmp_pat
     built = BackgroundBuilder(catalogue, config).write(1000, tmp_path / "bkg.fits")
     with Session(catalogue.engine) as session:
         background = session.scalars(sa.select(BackgroundRow)).one()
-        inputs = session.scalars(sa.select(BackgroundInput).where(BackgroundInput.background_id == background.id)
-                                 .order_by(BackgroundInput.obs_id)).all()
+        inputs = session.scalars(
+            sa.select(BackgroundInput)
+            .where(BackgroundInput.background_id == background.id)
+            .order_by(BackgroundInput.obs_id)
+        ).all()
         pieces = {piece.id: piece for piece in session.scalars(sa.select(PieceRow))}
         runs = {run.id: run for run in session.scalars(sa.select(Run))}
         assert [item.obs_id for item in inputs] == sorted(built.selection.obs_ids) == [1001, 1002, 1003, 1004]
@@ -62,8 +66,13 @@ def test_lineage_lists_backgrounds_and_attached_files_of_a_run(catalogue, simula
     found = background_lineage(catalogue.engine, 1002)
     outputs = sorted(row["output"].rsplit("/", 1)[-1] for row in found)
     # 1002 built 1000's file and attached run files of every run except itself.
-    assert outputs == ["bkg-1000.fits", "run_001000.fits.gz", "run_001001.fits.gz",
-                       "run_001003.fits.gz", "run_001004.fits.gz"]
+    assert outputs == [
+        "bkg-1000.fits",
+        "run_001000.fits.gz",
+        "run_001001.fits.gz",
+        "run_001003.fits.gz",
+        "run_001004.fits.gz",
+    ]
     assert {row["from_datastore"] for row in found} == {str(simulated_datastore.resolve())}
     assert [row["id"] for row in found] == sorted((row["id"] for row in found), reverse=True)
     assert background_lineage(catalogue.engine, 1003) == []  # obs_id<=1002 never used it
@@ -125,4 +134,3 @@ background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
     assert [(row["target"], row["reason"]) for row in stale] == [(1001, "event file changed: 1003")]
     table = bkgdb("history", "--stale")
     assert table.exit_code == 0 and "1 stale backgrounds" in table.output
-

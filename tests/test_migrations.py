@@ -62,7 +62,9 @@ def test_init_works_from_any_folder(tmp_path):
     """`bkgdb init` as installed, run away from the source tree."""
     result = subprocess.run(
         [sys.executable, "-m", "bkgdb.cli.main", "--db", "fresh.sqlite", "init"],
-        cwd=tmp_path, capture_output=True, text=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert "schema revision" in result.stdout
@@ -105,39 +107,69 @@ def fill_revision_0005(engine, datastore, made):
     assert {"n_energy", "n_offset"} <= set(tables.tables["pieces"].c.keys())
     now = datetime.now(UTC)
     with engine.begin() as connection:
+
         def insert(name, **values):
             return connection.execute(sa.insert(tables.tables[name]).values(**values)).inserted_primary_key[0]
 
-        store_id = insert("datastores", path=str(datastore.resolve()), obs_index_meta={}, first_indexed_at=now,
-                          last_indexed_at=now)
+        store_id = insert(
+            "datastores", path=str(datastore.resolve()), obs_index_meta={}, first_indexed_at=now, last_indexed_at=now
+        )
         binning_id = insert("binnings", hash=MIGRATED_BINNING.hash, params=MIGRATED_BINNING.params, created_at=now)
-        exclusion_id = insert("exclusion_settings", hash=MIGRATED_EXCLUSION.hash,
-                              params={"exposure_method": "geometric"},
-                              created_at=now)
+        exclusion_id = insert(
+            "exclusion_settings", hash=MIGRATED_EXCLUSION.hash, params={"exposure_method": "geometric"}, created_at=now
+        )
         run_ids, piece_ids = {}, {}
         for obs_id, result in made.items():
-            run_ids[obs_id] = insert("runs", datastore_id=store_id, obs_id=obs_id, status="ok", extra={},
-                                     indexed_at=now, file_sha256=result.sha256, zenith_deg=30.0)
+            run_ids[obs_id] = insert(
+                "runs",
+                datastore_id=store_id,
+                obs_id=obs_id,
+                status="ok",
+                extra={},
+                indexed_at=now,
+                file_sha256=result.sha256,
+                zenith_deg=30.0,
+            )
             *_, piece = result.pieces[0]
             values = piece_values(piece, run_ids[obs_id], binning_id, exclusion_id, result.sha256)
             n_energy, n_offset = values.pop("shape")
             piece_ids[obs_id] = insert("pieces", n_energy=n_energy, n_offset=n_offset, created_at=now, **values)
-        common = dict(target_run_id=run_ids[1000], target_obs_id=1000, binning_id=binning_id,
-                      exclusion_id=exclusion_id, selection={"ranking": "airmass_then_time"}, ontime_s=1200.0,
-                      smoothing="none", created_at=now)
+        common = dict(
+            target_run_id=run_ids[1000],
+            target_obs_id=1000,
+            binning_id=binning_id,
+            exclusion_id=exclusion_id,
+            selection={"ranking": "airmass_then_time"},
+            ontime_s=1200.0,
+            smoothing="none",
+            created_at=now,
+        )
         old = insert("backgrounds", obs_ids=[1003, 1001, 1002], n_runs=3, output_path="/old.fits", **common)
         recent = insert("backgrounds", obs_ids=[1004, 1001], n_runs=2, output_path="/recent.fits", **common)
         for obs_id in (1004, 1001):
-            insert("background_inputs", background_id=recent, piece_id=piece_ids[obs_id], run_id=run_ids[obs_id],
-                   obs_id=obs_id, file_sha256=made[obs_id].sha256, piece_created_at=now, weight=1.0)
+            insert(
+                "background_inputs",
+                background_id=recent,
+                piece_id=piece_ids[obs_id],
+                run_id=run_ids[obs_id],
+                obs_id=obs_id,
+                file_sha256=made[obs_id].sha256,
+                piece_created_at=now,
+                weight=1.0,
+            )
     return old, recent, piece_ids, run_ids
 
 
 def stored_inputs(engine, background_id):
     with Session(engine) as session:
-        return [(item.obs_id, item.run_id, item.piece_id, item.file_sha256) for item in session.scalars(
-            sa.select(BackgroundInput).where(BackgroundInput.background_id == background_id)
-            .order_by(BackgroundInput.id))]
+        return [
+            (item.obs_id, item.run_id, item.piece_id, item.file_sha256)
+            for item in session.scalars(
+                sa.select(BackgroundInput)
+                .where(BackgroundInput.background_id == background_id)
+                .order_by(BackgroundInput.id)
+            )
+        ]
 
 
 def assert_same_pieces(engine, made, piece_ids):
@@ -153,7 +185,10 @@ def assert_same_pieces(engine, made, piece_ids):
             np.testing.assert_array_equal(piece.excluded_counts, original.excluded_counts)
             np.testing.assert_array_equal(piece.exposure_s, original.exposure_s)
             assert (piece.ontime_s, piece.livetime_s, piece.regions) == (
-                original.ontime_s, original.livetime_s, original.regions)
+                original.ontime_s,
+                original.livetime_s,
+                original.regions,
+            )
 
 
 def test_0006_keeps_real_pieces_and_lineage_through_upgrade_and_downgrade(db_url, simulated_datastore):
@@ -170,8 +205,9 @@ def test_0006_keeps_real_pieces_and_lineage_through_upgrade_and_downgrade(db_url
     # Rebuilding the pieces and backgrounds tables (SQLite) must not touch the inputs that refer to them.
     assert stored_inputs(engine, recent) == recent_inputs
     # The old background got one input per OBS_ID of its list, in its order, with the run's piece.
-    assert stored_inputs(engine, old) == [(obs_id, run_ids[obs_id], piece_ids[obs_id], made[obs_id].sha256)
-                                          for obs_id in (1003, 1001, 1002)]
+    assert stored_inputs(engine, old) == [
+        (obs_id, run_ids[obs_id], piece_ids[obs_id], made[obs_id].sha256) for obs_id in (1003, 1001, 1002)
+    ]
     history = {row["id"]: row["obs_ids"] for row in background_history(engine)}
     assert history == {old: [1003, 1001, 1002], recent: [1004, 1001]}
     found = background_lineage(engine, 1002)
@@ -201,8 +237,9 @@ def test_0006_stores_3d_pieces_and_refuses_to_downgrade_them(db_url):
     piece = BackgroundPiece(counts, np.zeros_like(counts), exposure, 600.0, 540.0)
     with catalogue.session() as session:
         run = Run(datastore=Datastore(path="/synthetic", obs_index_meta={}), obs_id=1, status="ok")
-        session.add(piece_row(piece, run, BinningRow(hash="3" * 64, params={}),
-                              ExclusionRow(hash="e" * 64, params={}), None))
+        session.add(
+            piece_row(piece, run, BinningRow(hash="3" * 64, params={}), ExclusionRow(hash="e" * 64, params={}), None)
+        )
         session.commit()
     with catalogue.session() as session:
         row = session.scalars(sa.select(PieceRow)).one()

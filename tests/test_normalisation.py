@@ -40,7 +40,7 @@ def test_control_ring_recovers_a_known_scale(scale):
     exposure = np.full(len(OFFSET_EDGES) - 1, 1800.0)
     exposure[9] *= 0.7
     counts = rng.poisson(scale * expected_counts(rate, exposure))
-    counts[:, :8] = 10 ** 6  # inside the ring's inner edge: must not count
+    counts[:, :8] = 10**6  # inside the ring's inner edge: must not count
     result = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5)
     observed = counts[:, 8:].sum()
     assert result.method == "control-ring" and result.region == "offset 2.00-2.50 deg"
@@ -53,8 +53,7 @@ def test_control_ring_error_includes_the_model_counts():
     exposure = np.full(len(OFFSET_EDGES) - 1, 1800.0)
     counts = np.round(expected_counts(rate, exposure)).astype(int)
     alone = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5)
-    both = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5,
-                                      model_counts=counts)
+    both = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5, model_counts=counts)
     assert both.error == pytest.approx(alone.error * np.sqrt(2))
 
 
@@ -63,19 +62,16 @@ def test_control_ring_combined_with_the_model_scatter_by_inverse_variance():
     exposure = np.full(len(OFFSET_EDGES) - 1, 1800.0)
     counts = np.round(1.3 * expected_counts(rate, exposure)).astype(int)
     ring = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5)
-    combined = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5,
-                                          model_scatter=0.1)
-    weight_ring, weight_model = ring.error ** -2, 0.1 ** -2
+    combined = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5, model_scatter=0.1)
+    weight_ring, weight_model = ring.error**-2, 0.1**-2
     assert combined.factor == pytest.approx((weight_ring * ring.factor + weight_model) / (weight_ring + weight_model))
     assert combined.error == pytest.approx((weight_ring + weight_model) ** -0.5)
     assert 1 < combined.factor < ring.factor and combined.error < min(ring.error, 0.1)
     assert combined.region == "offset 2.00-2.50 deg, combined with model scatter 0.1"
     # A ring far more precise than the model's scatter decides; a model far more precise keeps its scale.
-    trusted = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5,
-                                         model_scatter=1e3)
+    trusted = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5, model_scatter=1e3)
     assert trusted.factor == pytest.approx(ring.factor, rel=1e-6)
-    kept = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5,
-                                      model_scatter=1e-6)
+    kept = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5, model_scatter=1e-6)
     assert kept.factor == pytest.approx(1.0, abs=1e-6)
 
 
@@ -96,13 +92,11 @@ def test_control_ring_energy_range():
     counts = expected_counts(rate, exposure)  # the expectation itself: no rounding at high energies
     counts[:4] *= 2  # below 1 TeV the target has twice the model's rate
     whole = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5)
-    above = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5,
-                                       energy_range_tev=(1.0, 100.0))
+    above = control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5, energy_range_tev=(1.0, 100.0))
     assert whole.factor > 1.5 and above.factor == pytest.approx(1.0)
     assert above.region == "offset 2.00-2.50 deg, 1-100 TeV"
     with pytest.raises(NormalisationError, match="no energy bin lies within the control ring's 1.1-1.2 TeV"):
-        control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5,
-                                   energy_range_tev=(1.1, 1.2))
+        control_ring_normalisation(rate, GEOMETRY, counts, exposure, 2.0, 2.5, energy_range_tev=(1.1, 1.2))
 
 
 def test_control_ring_without_bins_or_counts_is_an_error():
@@ -133,47 +127,70 @@ def write(tmp_path, text):
 
 
 def test_config_keys(tmp_path):
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
 background_selection:
   normalisation: {method: control-ring, offset_min: 2.0, offset_max: 2.5}
-"""))
+""",
+        )
+    )
     assert config.selection.normalisation == "control-ring"
     assert config.selection.normalisation_ring == (2.0, 2.5)
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
 background_selection:
   normalisation: {method: monitor, column: TRIGRATE}
-"""))
+""",
+        )
+    )
     assert (config.selection.normalisation, config.selection.normalisation_column) == ("monitor", "TRIGRATE")
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
 background_selection:
   normalisation: {method: control-ring, e_min: 0.5, e_max: 10}
-"""))
+""",
+        )
+    )
     assert config.selection.normalisation_energy == (0.5, 10.0)
     assert config.selection.normalisation_model_scatter is None
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
 background_selection:
   normalisation: {method: control-ring, e_min: 0.5, e_max: 10, model_scatter: 0.12}
-"""))
+""",
+        )
+    )
     assert config.selection.normalisation_model_scatter == 0.12
     assert load_config(write(tmp_path, "background_selection: {}\n")).selection.normalisation == "none"
     with pytest.warns(ConfigWarning, match="background_selection.normalisation.offset"):
         load_config(write(tmp_path, "background_selection: {normalisation: {method: none, offset: 2}}\n"))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{method: ring}", "method must be one of none, control-ring, monitor, got 'ring'"),
-    ("{method: control-ring, offset_min: .nan}", "offset_min must be a finite number"),
-    ("{method: control-ring, offset_min: 2.5, offset_max: 2.0}", "needs finite 0 <= offset_min < offset_max"),
-    ("{method: control-ring, offset_min: 2.0, offset_max: 3.0}", "must hold whole offset bins of the binning"),
-    ("{method: control-ring, offset_min: 2.1, offset_max: 2.2}", "must hold whole offset bins of the binning"),
-    ("{method: monitor}", "method monitor needs a column"),
-    ("{method: control-ring, e_min: 10, e_max: 1}", "needs finite 0 <= e_min < e_max"),
-    ("{method: control-ring, e_min: 1.1, e_max: 1.2}", "no energy bin of the binning lies within"),
-    ("[2.0, 2.5]", "must be a mapping of method"),
-    ("{method: control-ring, offset_max: two}", "offset_max must be a number"),
-    ("{method: control-ring, model_scatter: 0}", "model_scatter must be > 0"),
-    ("{method: control-ring, model_scatter: .inf}", "model_scatter must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{method: ring}", "method must be one of none, control-ring, monitor, got 'ring'"),
+        ("{method: control-ring, offset_min: .nan}", "offset_min must be a finite number"),
+        ("{method: control-ring, offset_min: 2.5, offset_max: 2.0}", "needs finite 0 <= offset_min < offset_max"),
+        ("{method: control-ring, offset_min: 2.0, offset_max: 3.0}", "must hold whole offset bins of the binning"),
+        ("{method: control-ring, offset_min: 2.1, offset_max: 2.2}", "must hold whole offset bins of the binning"),
+        ("{method: monitor}", "method monitor needs a column"),
+        ("{method: control-ring, e_min: 10, e_max: 1}", "needs finite 0 <= e_min < e_max"),
+        ("{method: control-ring, e_min: 1.1, e_max: 1.2}", "no energy bin of the binning lies within"),
+        ("[2.0, 2.5]", "must be a mapping of method"),
+        ("{method: control-ring, offset_max: two}", "offset_max must be a number"),
+        ("{method: control-ring, model_scatter: 0}", "model_scatter must be > 0"),
+        ("{method: control-ring, model_scatter: .inf}", "model_scatter must be a finite number"),
+    ],
+)
 def test_invalid_config_values(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
         load_config(write(tmp_path, f"background_selection:\n  normalisation: {text}\n"))

@@ -26,8 +26,14 @@ def binnings(draw):
     e_max = e_min * 10 ** draw(st.floats(0.05, 3))
     off_min = draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0]))
     off_max = off_min + draw(st.floats(0.2, 3.0))
-    return Binning(e_min=e_min, e_max=e_max, e_bins=draw(st.integers(1, 15)),
-                   off_min=off_min, off_max=off_max, off_bins=draw(st.integers(1, 10)))
+    return Binning(
+        e_min=e_min,
+        e_max=e_max,
+        e_bins=draw(st.integers(1, 15)),
+        off_min=off_min,
+        off_max=off_max,
+        off_bins=draw(st.integers(1, 10)),
+    )
 
 
 def offset_positions(ra_deg, dec_deg, offset_deg, angle_deg):
@@ -72,8 +78,7 @@ def fields(draw):
 
 
 def exclusion_with(circles, method="geometric"):
-    return ExclusionSettings(gammacat=None, hawc=None, star_cat=None, exclude_regions=circles,
-                             exposure_method=method)
+    return ExclusionSettings(gammacat=None, hawc=None, star_cat=None, exclude_regions=circles, exposure_method=method)
 
 
 @PROPERTY_SETTINGS
@@ -81,8 +86,7 @@ def exclusion_with(circles, method="geometric"):
 def test_pieces_of_several_runs_add_up_to_the_piece_of_all_their_events(field):
     binning, (ra, dec), circles, runs = field
     maker = PieceMaker(binning, exclusion_with(circles))
-    pieces = [maker.run(ev_ra, ev_dec, energy, ra, dec, ontime, 0.9 * ontime)
-              for ev_ra, ev_dec, energy, ontime in runs]
+    pieces = [maker.run(ev_ra, ev_dec, energy, ra, dec, ontime, 0.9 * ontime) for ev_ra, ev_dec, energy, ontime in runs]
     everything = [np.concatenate(values) for values in zip(*[run[:3] for run in runs], strict=True)]
     total_ontime = sum(run[3] for run in runs)
     whole = maker.run(*everything, ra, dec, total_ontime, 0.9 * total_ontime)
@@ -107,8 +111,12 @@ def test_kept_and_excluded_counts_are_the_events_in_range(field, method):
     for ev_ra, ev_dec, energy, ontime in runs:
         piece = maker.run(ev_ra, ev_dec, energy, ra, dec, ontime)
         offset = distance_deg(ra, dec, ev_ra, ev_dec)
-        in_range = ((energy >= binning.e_min) & (energy <= binning.e_max)
-                    & (offset >= binning.off_min) & (offset <= binning.off_max))
+        in_range = (
+            (energy >= binning.e_min)
+            & (energy <= binning.e_max)
+            & (offset >= binning.off_min)
+            & (offset <= binning.off_max)
+        )
         in_circle = np.zeros(len(energy), bool)
         for circle in circles:
             in_circle |= distance_deg(circle.ra, circle.dec, ev_ra, ev_dec) <= circle.radius

@@ -31,8 +31,14 @@ def source_field(tmp_path_factory):
     """Runs wobbling 0.7 deg around a bright point source listed in a small catalogue."""
     folder = tmp_path_factory.mktemp("source_field")
     truth = BackgroundTruth()
-    DatastoreSimulator(truth=truth, pointings=wobble_pointings(SOURCE), source=SOURCE, ontime_s=1800.0,
-                       seed=7, object_name="Bright source").run(folder / "datastore")
+    DatastoreSimulator(
+        truth=truth,
+        pointings=wobble_pointings(SOURCE),
+        source=SOURCE,
+        ontime_s=1800.0,
+        seed=7,
+        object_name="Bright source",
+    ).run(folder / "datastore")
     catalogue = write_source_catalogue(folder / "catalogue.fits", [SOURCE])
     return folder / "datastore", catalogue, truth
 
@@ -64,9 +70,12 @@ def test_geometric_correction_recovers_the_true_rate(catalogue, source_field, ca
     expected = truth.expected_counts(BINNING.energy_edges, BINNING.offset_edges, 1.0).sum(axis=0) * exposure
     pulls = (counts - expected) / np.sqrt(expected)
     with capsys.disabled():
-        print("\ngeometric: (estimate/truth - 1) per offset bin (%):",
-              np.round(100 * (counts / expected - 1), 1).tolist(), f"chi2 = {np.sum(pulls ** 2):.1f} / 10")
-    assert np.sum(pulls ** 2) < 30, pulls  # chi2 with 10 bins: p < 0.001 would fail
+        print(
+            "\ngeometric: (estimate/truth - 1) per offset bin (%):",
+            np.round(100 * (counts / expected - 1), 1).tolist(),
+            f"chi2 = {np.sum(pulls**2):.1f} / 10",
+        )
+    assert np.sum(pulls**2) < 30, pulls  # chi2 with 10 bins: p < 0.001 would fail
     # The source sits at 0.7 deg with a 0.35 deg circle: only bins within 0.35-1.05 deg lose exposure.
     fraction = exposure / (16 * 1800.0)
     assert np.all(fraction[1:5] < 1.0) and fraction[0] == 1.0 and np.all(fraction[5:] == 1.0)
@@ -84,8 +93,12 @@ def test_counts_ratio_bias_is_measured(catalogue, source_field, capsys):
     bias = counts / expected - 1
     error = 1 / np.sqrt(expected)
     with capsys.disabled():
-        print("\ncounts-ratio bias per offset bin (%):", np.round(100 * bias, 1).tolist(),
-              "+-", np.round(100 * error, 1).tolist())
+        print(
+            "\ncounts-ratio bias per offset bin (%):",
+            np.round(100 * bias, 1).tolist(),
+            "+-",
+            np.round(100 * error, 1).tolist(),
+        )
     # The bins holding most of the source circle (0.5-1.0 deg) are far too high.
     assert np.all(bias[2:4] > 0.2) and np.all(bias[2:4] > 10 * error[2:4])
     assert np.all(np.abs(bias[5:]) < 4 * error[5:])  # beyond the circle both methods agree
@@ -98,10 +111,17 @@ def test_kept_plus_excluded_is_every_event_in_range(catalogue, source_field):
         path = datastore / "data" / f"run_{obs_id:06d}.fits.gz"
         events = fits.getdata(path, "EVENTS")
         header = fits.getheader(path, "EVENTS")
-        offset = SkyCoord(events["RA"] * u.deg, events["DEC"] * u.deg).separation(
-            SkyCoord(header["RA_PNT"] * u.deg, header["DEC_PNT"] * u.deg)).deg
-        in_range = ((events["ENERGY"] >= BINNING.e_min) & (events["ENERGY"] <= BINNING.e_max)
-                    & (offset >= BINNING.off_min) & (offset <= BINNING.off_max))
+        offset = (
+            SkyCoord(events["RA"] * u.deg, events["DEC"] * u.deg)
+            .separation(SkyCoord(header["RA_PNT"] * u.deg, header["DEC_PNT"] * u.deg))
+            .deg
+        )
+        in_range = (
+            (events["ENERGY"] >= BINNING.e_min)
+            & (events["ENERGY"] <= BINNING.e_max)
+            & (offset >= BINNING.off_min)
+            & (offset <= BINNING.off_max)
+        )
         assert piece.n_events == in_range.sum()
         assert piece.excluded_counts.sum() > 0.8 * SOURCE.rate_per_s * 1800 * 0.9  # most source photons
         assert piece.counts.dtype == np.int64 and piece.ontime_s == 1800.0
@@ -189,9 +209,11 @@ def test_hess_dr1_pieces(catalogue, hess_dr1):
     from conftest import gammapy_data_path
 
     catalogs = gammapy_data_path("catalogs")
-    exclusion = ExclusionSettings(gammacat=str(catalogs / "gammacat" / "gammacat.fits.gz"),
-                                  hawc=str(catalogs / "3HWC.ecsv"),
-                                  star_cat=str(catalogs / "Hipparcos_MAG8_1997.dat"))
+    exclusion = ExclusionSettings(
+        gammacat=str(catalogs / "gammacat" / "gammacat.fits.gz"),
+        hawc=str(catalogs / "3HWC.ecsv"),
+        star_cat=str(catalogs / "Hipparcos_MAG8_1997.dat"),
+    )
     config = BkgdbConfig(binnings=[Binning()], exclusion=exclusion)
     report = catalogue.index(hess_dr1, config=config, jobs=2)
     assert (report.new, report.pieces, report.failed) == (105, 105, 0)
@@ -204,11 +226,18 @@ def test_hess_dr1_pieces(catalogue, hess_dr1):
         # in the file's own frame (FK5 for H.E.S.S.), for every run.
         events = fits.getdata(run.file_path, "EVENTS")
         header = fits.getheader(run.file_path, "EVENTS")
-        offset = SkyCoord(events["RA"] * u.deg, events["DEC"] * u.deg).separation(
-            SkyCoord(header["RA_PNT"] * u.deg, header["DEC_PNT"] * u.deg)).deg
+        offset = (
+            SkyCoord(events["RA"] * u.deg, events["DEC"] * u.deg)
+            .separation(SkyCoord(header["RA_PNT"] * u.deg, header["DEC_PNT"] * u.deg))
+            .deg
+        )
         energy = events["ENERGY"]
-        in_range = ((energy >= binning.e_min) & (energy <= binning.e_max)
-                    & (offset >= binning.off_min) & (offset <= binning.off_max))
+        in_range = (
+            (energy >= binning.e_min)
+            & (energy <= binning.e_max)
+            & (offset >= binning.off_min)
+            & (offset <= binning.off_max)
+        )
         assert pieces[run.obs_id].n_events == in_range.sum(), run.obs_id
 
     cache = PieceCache(catalogue.engine)

@@ -66,10 +66,16 @@ def assert_pdf(path):
 
 def config_values(sim, **selection):
     return {
-        "binning": [{"e_min": 0.3, "e_max": 100, "e_bins": 10, "off_min": 0, "off_max": 2.5, "off_bins": 8},
-                    {"e_min": 0.3, "e_max": 100, "e_bins": 10, "fov_max": 2.5, "fov_bins": 12, "fov_alignment": "RADEC"}],
-        "exclusion": {"gammacat": str(sim / "catalogue.fits"), "hawc": "none", "star_cat": "none",
-                      "source_radius": 0.3},
+        "binning": [
+            {"e_min": 0.3, "e_max": 100, "e_bins": 10, "off_min": 0, "off_max": 2.5, "off_bins": 8},
+            {"e_min": 0.3, "e_max": 100, "e_bins": 10, "fov_max": 2.5, "fov_bins": 12, "fov_alignment": "RADEC"},
+        ],
+        "exclusion": {
+            "gammacat": str(sim / "catalogue.fits"),
+            "hawc": "none",
+            "star_cat": "none",
+            "source_radius": 0.3,
+        },
         "background_selection": {"el_diff": 0.2, "az_diff": None, "gal_lat_min": 10, **selection},
     }
 
@@ -93,8 +99,14 @@ def test_funnel_names_the_first_criterion_that_removed_each_run(indexed):
     builder = BackgroundBuilder(catalogue, config)
     picture = funnel_picture(builder, 300)
     removed = {fate.obs_id: fate.removed_by for fate in picture.fates}
-    assert removed == {301: None, 302: None, 303: "flagged bad", 304: "airmass within 0.2", 305: None,
-                       306: "|b| > 10 deg"}
+    assert removed == {
+        301: None,
+        302: None,
+        303: "flagged bad",
+        304: "airmass within 0.2",
+        305: None,
+        306: "|b| > 10 deg",
+    }
     built = builder.build(300)
     assert picture.selected_run_ids == built.selection.run_ids
     assert sorted(fate.obs_id for fate in picture.fates if fate.run_id in picture.selected_run_ids) == [301, 302, 305]
@@ -113,8 +125,20 @@ def test_selection_plot_and_its_command(indexed, sim, tmp_path, db_url):
     picture = funnel_picture(BackgroundBuilder(catalogue, config), 302)
     assert_png(save_figure(plot_selection(picture), tmp_path / "selection.png"), (11, 5))
     config_file = write_config(tmp_path / "config.yaml", sim)
-    result = runner.invoke(app, ["--db", db_url, "plot", "selection", "302", "--config", str(config_file),
-                                 "-o", str(tmp_path / "selection.pdf")])
+    result = runner.invoke(
+        app,
+        [
+            "--db",
+            db_url,
+            "plot",
+            "selection",
+            "302",
+            "--config",
+            str(config_file),
+            "-o",
+            str(tmp_path / "selection.pdf"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "run 302: 4 of 6 candidates selected" in result.output
     assert_pdf(tmp_path / "selection.pdf")
@@ -157,14 +181,16 @@ def test_reference_3d_is_averaged_over_azimuth(indexed):
 def test_model_command_on_a_run_and_on_files(indexed, sim, tmp_path, db_url):
     """OBS_ID with --config, and the 2D and --3d files `bkgdb background` writes (3D: FoV images, alignment shown)."""
     config_file = write_config(tmp_path / "config.yaml", sim)
-    result = runner.invoke(app, ["--db", db_url, "plot", "model", "300", "--config", str(config_file),
-                                 "-o", str(tmp_path / "run.png")])
+    result = runner.invoke(
+        app, ["--db", db_url, "plot", "model", "300", "--config", str(config_file), "-o", str(tmp_path / "run.png")]
+    )
     assert result.exit_code == 0, result.output
     assert "run 300: model from 4 runs (the run file has no model of its own)" in result.output
     assert_png(tmp_path / "run.png", (10, 4.2))
     for name, extra in (("bkg2d.fits", []), ("bkg3d.fits", ["--3d"])):
-        result = runner.invoke(app, ["--db", db_url, "background", "300", "--config", str(config_file),
-                                     "-o", str(tmp_path / name), *extra])
+        result = runner.invoke(
+            app, ["--db", db_url, "background", "300", "--config", str(config_file), "-o", str(tmp_path / name), *extra]
+        )
         assert result.exit_code == 0, result.output
         figure_path = tmp_path / name.replace(".fits", ".png")
         result = runner.invoke(app, ["plot", "model", str(tmp_path / name), "-o", str(figure_path)])
@@ -188,11 +214,14 @@ def test_significance_of_a_known_source_and_of_empty_sky(indexed):
     mean, width = maps.distribution_fit()
     assert abs(mean) < 0.2 and abs(width - 1) < 0.15, (mean, width)
     assert abs(maps.norm - 1) < 0.1
-    column, row = (int(np.ravel(index)[0]) for index in
-                   maps.geom.coord_to_idx(SkyCoord(SOURCE.ra_deg * u.deg, SOURCE.dec_deg * u.deg)))
+    column, row = (
+        int(np.ravel(index)[0])
+        for index in maps.geom.coord_to_idx(SkyCoord(SOURCE.ra_deg * u.deg, SOURCE.dec_deg * u.deg))
+    )
     assert maps.significance[row, column] > 8, maps.significance[row, column]
     assert np.nanargmax(maps.significance) in np.ravel_multi_index(
-        np.mgrid[row - 3:row + 4, column - 3:column + 4].reshape(2, -1), maps.significance.shape)
+        np.mgrid[row - 3 : row + 4, column - 3 : column + 4].reshape(2, -1), maps.significance.shape
+    )
     assert not maps.usable[row, column]  # the source is in an exclusion region
 
 
@@ -207,21 +236,40 @@ def test_li_ma_known_background_limit():
 
 def test_significance_command(indexed, sim, tmp_path, db_url):
     config_file = write_config(tmp_path / "config.yaml", sim)
-    result = runner.invoke(app, ["--db", db_url, "plot", "significance", str(SOURCE_RUN), "--config", str(config_file),
-                                 "-o", str(tmp_path / "significance.png"), "--radius", "0.1"])
+    result = runner.invoke(
+        app,
+        [
+            "--db",
+            db_url,
+            "plot",
+            "significance",
+            str(SOURCE_RUN),
+            "--config",
+            str(config_file),
+            "-o",
+            str(tmp_path / "significance.png"),
+            "--radius",
+            "0.1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"run {SOURCE_RUN}: significance outside exclusions: mean" in result.output
     assert_png(tmp_path / "significance.png", (15, 4.0))
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["model", "300", "-o", "x.jpg"], "cannot tell the figure format of x.jpg: name it .png, .pdf or .svg"),
-    (["model", "missing.fits", "-o", "x.png"], "background file missing.fits does not exist"),
-    (["model", "300", "-o", "x.png"], "plot model OBS_ID needs --config"),
-    (["validation", "missing.csv", "-o", "x.png"], "validation table missing.csv does not exist"),
-    (["significance", "300", "--config", "c.yaml", "-o", "x.png", "--e-min", "5", "--e-max", "1"],
-     "--e-min must be below --e-max"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["model", "300", "-o", "x.jpg"], "cannot tell the figure format of x.jpg: name it .png, .pdf or .svg"),
+        (["model", "missing.fits", "-o", "x.png"], "background file missing.fits does not exist"),
+        (["model", "300", "-o", "x.png"], "plot model OBS_ID needs --config"),
+        (["validation", "missing.csv", "-o", "x.png"], "validation table missing.csv does not exist"),
+        (
+            ["significance", "300", "--config", "c.yaml", "-o", "x.png", "--e-min", "5", "--e-max", "1"],
+            "--e-min must be below --e-max",
+        ),
+    ],
+)
 def test_plot_errors_are_one_line(tmp_path, monkeypatch, arguments, message):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["--db", str(tmp_path / "db.sqlite"), "plot", *arguments])
@@ -240,8 +288,10 @@ def test_validation_table_that_is_not_one(tmp_path):
 
 def test_cli_import_stays_light():
     """`bkgdb --help` imports neither matplotlib nor gammapy."""
-    code = ("import sys, bkgdb.cli.main; heavy = [m for m in ('matplotlib', 'gammapy') if m in sys.modules]; "
-            "print(heavy); sys.exit(1 if heavy else 0)")
+    code = (
+        "import sys, bkgdb.cli.main; heavy = [m for m in ('matplotlib', 'gammapy') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

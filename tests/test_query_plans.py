@@ -8,15 +8,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bkgdb.makers.assembly import assemble_background
-from bkgdb.store.condition_models import archive_condition_model
 from bkgdb.background import BackgroundBuilder
-from bkgdb.store.pieces import row_to_piece
+from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, SelectionSettings
+from bkgdb.makers.assembly import assemble_background
 from bkgdb.makers.condition_model import ConditionModelFitter, RunConditions, representative_subset
-from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, SelectionSettings
-from bkgdb.store.models import BinningRow, ConditionModelRow, Datastore, ExclusionRow, PieceRow, Run
 from bkgdb.makers.piece import encode_array
 from bkgdb.simulate import BackgroundTruth
+from bkgdb.store.condition_models import archive_condition_model
+from bkgdb.store.models import BinningRow, ConditionModelRow, Datastore, ExclusionRow, PieceRow, Run
+from bkgdb.store.pieces import row_to_piece
 from bkgdb.store.ranking import AIRMASS_STEP, airmass, kl_divergence, kl_divergences, rate_shape
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=5)
@@ -37,22 +37,51 @@ def synthetic_catalogue(catalogue, n_runs, seed=3):
         ids = store.id, binning.id, exclusion.id
     zenith = rng.uniform(0, 60, n_runs)
     days = rng.integers(0, 3000, n_runs)
-    runs = [dict(id=i + 1, datastore_id=ids[0], obs_id=i, status="ok", zenith_deg=float(zenith[i]),
-                 alt_deg=float(90 - zenith[i]), az_deg=float(rng.uniform(0, 360)), glat_deg=float(rng.uniform(-90, 90)),
-                 tstart_mjd=55000.0 + float(days[i]), date_obs=date(2009, 6, 18) + timedelta(days=int(days[i])),
-                 ontime_s=ONTIME, n_tels=int(rng.integers(2, 5)), muon_eff=float(rng.uniform(0.6, 0.9)), extra={})
-            for i in range(n_runs)]
-    expected = {round(z): TRUTH.expected_counts(BINNING.energy_edges, BINNING.offset_edges, ONTIME, round(z))
-                for z in zenith}
+    runs = [
+        dict(
+            id=i + 1,
+            datastore_id=ids[0],
+            obs_id=i,
+            status="ok",
+            zenith_deg=float(zenith[i]),
+            alt_deg=float(90 - zenith[i]),
+            az_deg=float(rng.uniform(0, 360)),
+            glat_deg=float(rng.uniform(-90, 90)),
+            tstart_mjd=55000.0 + float(days[i]),
+            date_obs=date(2009, 6, 18) + timedelta(days=int(days[i])),
+            ontime_s=ONTIME,
+            n_tels=int(rng.integers(2, 5)),
+            muon_eff=float(rng.uniform(0.6, 0.9)),
+            extra={},
+        )
+        for i in range(n_runs)
+    ]
+    expected = {
+        round(z): TRUTH.expected_counts(BINNING.energy_edges, BINNING.offset_edges, ONTIME, round(z)) for z in zenith
+    }
     exposure = encode_array(np.full(BINNING.off_bins, ONTIME), "<f8")
     none = encode_array(np.zeros(BINNING.shape, dtype=np.int64), "<i4")
     pieces = []
     for i in range(n_runs):
         counts = rng.poisson(expected[round(zenith[i])])
-        pieces.append(dict(run_id=i + 1, binning_id=ids[1], exclusion_id=ids[2], shape=list(BINNING.shape),
-                           counts_dtype="<i4", exposure_dtype="<f8",
-                           counts=encode_array(counts, "<i4"), excluded_counts=none, exposure_s=exposure,
-                           ontime_s=ONTIME, livetime_s=ONTIME, n_kept=int(counts.sum()), n_excluded=0, regions=[]))
+        pieces.append(
+            dict(
+                run_id=i + 1,
+                binning_id=ids[1],
+                exclusion_id=ids[2],
+                shape=list(BINNING.shape),
+                counts_dtype="<i4",
+                exposure_dtype="<f8",
+                counts=encode_array(counts, "<i4"),
+                excluded_counts=none,
+                exposure_s=exposure,
+                ontime_s=ONTIME,
+                livetime_s=ONTIME,
+                n_kept=int(counts.sum()),
+                n_excluded=0,
+                regions=[],
+            )
+        )
     with catalogue.engine.begin() as connection:
         connection.execute(sa.insert(Run), runs)
         connection.execute(sa.insert(PieceRow), pieces)
@@ -86,8 +115,9 @@ def recorded_statements(engine, action):
 def plan(engine, statement, parameters):
     with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
-            return "\n".join(row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement,
-                                                                             parameters))
+            return "\n".join(
+                row[-1] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)
+            )
         return "\n".join(row[0] for row in connection.exec_driver_sql("EXPLAIN ANALYZE " + statement, parameters))
 
 
@@ -96,8 +126,11 @@ def test_zenith_range_is_searched_in_the_runs_index(catalogue):
     target = 7
     builder = BackgroundBuilder(catalogue, make_config(el_diff=0.01, az_diff=20, time_request=2))
     statements = recorded_statements(catalogue.engine, lambda: builder.build(target))
-    on_runs = [(sql, parameters) for sql, parameters in statements
-               if "FROM runs" in sql and "runs.zenith_deg >=" in sql and "pieces.counts" not in sql]
+    on_runs = [
+        (sql, parameters)
+        for sql, parameters in statements
+        if "FROM runs" in sql and "runs.zenith_deg >=" in sql and "pieces.counts" not in sql
+    ]
     assert on_runs, "the selection asked no zenith range"
     for sql, parameters in on_runs:
         text = plan(catalogue.engine, sql, parameters)
@@ -138,8 +171,9 @@ def reference_selection(catalogue, target, settings):
         if settings.KL_DIV:
             pieces = {piece.run_id: row_to_piece(piece) for piece in session.scalars(sa.select(PieceRow))}
             reference = rate_shape(pieces[me.id])
-            ordered = sorted(ordered, key=lambda run: (kl_divergence(reference, rate_shape(pieces[run.id])),
-                                                       run.obs_id))
+            ordered = sorted(
+                ordered, key=lambda run: (kl_divergence(reference, rate_shape(pieces[run.id])), run.obs_id)
+            )
         chosen, ontime = [], 0.0
         for run in ordered:
             if settings.time_request is not None and ontime >= settings.time_request * 3600:
@@ -161,8 +195,10 @@ def test_selection_and_rate_equal_ranking_every_candidate(catalogue, hours):
         assert built.selection.funnel[-1][1] == n_candidates
         # Same rate as summing the pieces, read one by one, in that order.
         with Session(catalogue.engine) as session:
-            pieces = [row_to_piece(session.scalars(sa.select(PieceRow).join(Run).where(Run.obs_id == obs_id)).one())
-                      for obs_id in expected]
+            pieces = [
+                row_to_piece(session.scalars(sa.select(PieceRow).join(Run).where(Run.obs_id == obs_id)).one())
+                for obs_id in expected
+            ]
         reference = assemble_background(pieces, BINNING)
         np.testing.assert_array_equal(built.assembled.counts, reference.counts)
         np.testing.assert_array_equal(built.assembled.rate, reference.rate)
@@ -181,8 +217,9 @@ def test_funnel_counts_equal_the_single_scan(catalogue):
     with Session(catalogue.engine) as session:
         selector = builder.selector
         target = session.scalars(sa.select(Run).where(Run.obs_id == 12)).one()
-        base = (sa.select(Run.id).join(PieceRow, PieceRow.run_id == Run.id)
-                .where(Run.status == "ok", Run.id != target.id))
+        base = (
+            sa.select(Run.id).join(PieceRow, PieceRow.run_id == Run.id).where(Run.status == "ok", Run.id != target.id)
+        )
         conditions = [Run.obs_id.not_in([5, 6])] + [condition for _, condition in selector.criteria(target)]
         counts = selector.funnel_counts(session, base, conditions)
     assert [left for _, left in built.selection.funnel] == counts
@@ -196,8 +233,10 @@ def test_kl_ranking_of_a_stack_equals_one_by_one():
     exposure = rng.uniform(0, 1000, size=(50, 4))
     exposure[3, 1] = 0.0
     reference = rate_shape(type("Piece", (), {"counts": counts[0], "exposure_s": exposure[0]}))
-    one_by_one = [kl_divergence(reference, rate_shape(type("Piece", (), {"counts": c, "exposure_s": e})))
-                  for c, e in zip(counts, exposure, strict=True)]
+    one_by_one = [
+        kl_divergence(reference, rate_shape(type("Piece", (), {"counts": c, "exposure_s": e})))
+        for c, e in zip(counts, exposure, strict=True)
+    ]
     assert list(kl_divergences(reference, counts, exposure)) == one_by_one
 
 
@@ -215,8 +254,12 @@ def test_kl_ranks_the_nearest_pool_as_every_candidate_when_it_holds_them(catalog
 
 def test_representative_subset_is_all_below_n_and_spread_above():
     rng = np.random.default_rng(5)
-    conditions = [RunConditions(float(z), float(a), float(m)) for z, a, m in
-                  zip(rng.uniform(0, 60, 1000), rng.uniform(0, 360, 1000), rng.uniform(0.6, 0.9, 1000), strict=True)]
+    conditions = [
+        RunConditions(float(z), float(a), float(m))
+        for z, a, m in zip(
+            rng.uniform(0, 60, 1000), rng.uniform(0, 360, 1000), rng.uniform(0.6, 0.9, 1000), strict=True
+        )
+    ]
     assert list(representative_subset(conditions[:40], 40)) == list(range(40))
     chosen = representative_subset(conditions, 100)
     assert list(chosen) == list(representative_subset(conditions, 100)) and len(chosen) == 100
@@ -234,27 +277,42 @@ def test_condition_model_fit_on_a_subset_is_deterministic_and_full_below_n(catal
     settings = SelectionSettings(gal_lat_min=0, assembly="condition")
     with Session(catalogue.engine) as session:
         binning_id, exclusion_id = session.scalar(sa.select(BinningRow.id)), session.scalar(sa.select(ExclusionRow.id))
-        full, record = archive_condition_model(session, binning_id, exclusion_id, BINNING.energy_edges, settings,
-                                               max_runs=300)
-        rows = session.execute(sa.select(PieceRow, Run.zenith_deg, Run.az_deg, Run.muon_eff)
-                               .join(Run, Run.id == PieceRow.run_id).order_by(PieceRow.id)).all()
+        full, record = archive_condition_model(
+            session, binning_id, exclusion_id, BINNING.energy_edges, settings, max_runs=300
+        )
+        rows = session.execute(
+            sa.select(PieceRow, Run.zenith_deg, Run.az_deg, Run.muon_eff)
+            .join(Run, Run.id == PieceRow.run_id)
+            .order_by(PieceRow.id)
+        ).all()
         pieces = [row_to_piece(row[0]) for row in rows]
-        direct = ConditionModelFitter(np.array([p.counts for p in pieces]), np.array([p.exposure_s for p in pieces]),
-                                      BINNING.energy_edges, [RunConditions(*row[1:]) for row in rows]).run()
+        direct = ConditionModelFitter(
+            np.array([p.counts for p in pieces]),
+            np.array([p.exposure_s for p in pieces]),
+            BINNING.energy_edges,
+            [RunConditions(*row[1:]) for row in rows],
+        ).run()
         assert record["n_runs"] == 12 and full.params == direct.model.params
 
-        subset, first = archive_condition_model(session, binning_id, exclusion_id, BINNING.energy_edges, settings,
-                                                max_runs=8)
+        subset, first = archive_condition_model(
+            session, binning_id, exclusion_id, BINNING.energy_edges, settings, max_runs=8
+        )
         assert first["n_runs"] == 8 and first["cached"] is False
         session.execute(sa.delete(ConditionModelRow))
         session.commit()
-        again, second = archive_condition_model(session, binning_id, exclusion_id, BINNING.energy_edges, settings,
-                                                max_runs=8)
+        again, second = archive_condition_model(
+            session, binning_id, exclusion_id, BINNING.energy_edges, settings, max_runs=8
+        )
         assert again.params == subset.params and second["archive_digest"] == first["archive_digest"]
         # Memoised: a second look-up asks the database nothing.
         memo = {}
-        archive_condition_model(session, binning_id, exclusion_id, BINNING.energy_edges, settings, max_runs=8,
-                                memo=memo)
-    statements = recorded_statements(catalogue.engine, lambda: archive_condition_model(
-        Session(catalogue.engine), binning_id, exclusion_id, BINNING.energy_edges, settings, max_runs=8, memo=memo))
+        archive_condition_model(
+            session, binning_id, exclusion_id, BINNING.energy_edges, settings, max_runs=8, memo=memo
+        )
+    statements = recorded_statements(
+        catalogue.engine,
+        lambda: archive_condition_model(
+            Session(catalogue.engine), binning_id, exclusion_id, BINNING.energy_edges, settings, max_runs=8, memo=memo
+        ),
+    )
     assert statements == []

@@ -13,11 +13,11 @@ import sqlalchemy as sa
 from astropy.io import fits
 from typer.testing import CliRunner
 
-from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.cli.main import app
 from bkgdb.config import load_config
-from bkgdb.store.database import SCHEMA_HEAD, downgrade_schema, resolve_url
 from bkgdb.errors import DatabaseNotReadyError
+from bkgdb.store.catalogue import RunCatalogue
+from bkgdb.store.database import SCHEMA_HEAD, downgrade_schema, resolve_url
 
 CONFIG = """\
 binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}
@@ -26,7 +26,11 @@ background_selection: {el_diff: 1.0, az_diff: null, gal_lat_min: 0}
 """
 TARGET = 1002
 READ_COMMANDS = [
-    ["runs", "-f", "csv"], ["info"], ["exclusions", str(TARGET)], ["cache"], ["history"],
+    ["runs", "-f", "csv"],
+    ["info"],
+    ["exclusions", str(TARGET)],
+    ["cache"],
+    ["history"],
 ]
 
 runner = CliRunner()
@@ -162,7 +166,9 @@ def test_readonly_open_of_an_old_schema_says_to_run_init(indexed):
     catalogue = RunCatalogue.open(indexed)
     downgrade_schema(catalogue.engine, "0003")
     catalogue.engine.dispose()
-    with pytest.raises(DatabaseNotReadyError, match=rf"schema revision 0003, this bkgdb needs {SCHEMA_HEAD}: run `bkgdb init`"):
+    with pytest.raises(
+        DatabaseNotReadyError, match=rf"schema revision 0003, this bkgdb needs {SCHEMA_HEAD}: run `bkgdb init`"
+    ):
         RunCatalogue.open(indexed, readonly=True)
     with readonly_access(indexed) as url:
         message = one_error_line(bkgdb(url, "runs"))
@@ -178,10 +184,13 @@ def test_readonly_open_of_a_missing_sqlite_file(tmp_path):
     assert not (tmp_path / "absent.sqlite").exists()
 
 
-@pytest.mark.parametrize("where, message", [
-    ("missing-folder/bkg.fits", "does not exist"),
-    ("existing-folder", "is a folder"),
-])
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("missing-folder/bkg.fits", "does not exist"),
+        ("existing-folder", "is a folder"),
+    ],
+)
 def test_background_output_is_checked_before_any_work(indexed, config_file, tmp_path, where, message):
     (tmp_path / "existing-folder").mkdir()
     # OBS_ID 99 is not in the catalogue: the output check must come first to be reported.
@@ -195,7 +204,9 @@ def test_piped_commands_print_no_progress_bar_or_blank_line(tmp_path, simulated_
     database = tmp_path / "piped.sqlite"
     result = subprocess.run(
         [sys.executable, "-m", "bkgdb.cli.main", "--db", str(database), "index", str(simulated_datastore)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""

@@ -39,8 +39,16 @@ def chromium():
 
 def run_chromium(browser, profile, *arguments):
     # As root Chromium needs --no-sandbox; a private profile keeps runs independent.
-    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={profile}",
-               "--allow-file-access-from-files", *arguments]
+    command = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--allow-file-access-from-files",
+        *arguments,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=90)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
@@ -66,8 +74,21 @@ def validated(catalogue, sim, tmp_path, db_url):
     """A validation of the simulated datastore written with --report, and its rows as JSON."""
     config_file = write_config(tmp_path / "config.yaml", sim)
     report_dir = tmp_path / "report"
-    result = runner.invoke(app, ["--db", db_url, "validate", str(sim / "datastore"), "--config", str(config_file),
-                                 "-o", str(tmp_path / "rows.json"), "--report", str(report_dir)])
+    result = runner.invoke(
+        app,
+        [
+            "--db",
+            db_url,
+            "validate",
+            str(sim / "datastore"),
+            "--config",
+            str(config_file),
+            "-o",
+            str(tmp_path / "rows.json"),
+            "--report",
+            str(report_dir),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"report written to {report_dir / 'index.html'}" in result.output
     return report_dir, json.loads((tmp_path / "rows.json").read_text())
@@ -82,8 +103,9 @@ def test_report_files_and_links(validated, tmp_path, db_url, sim):
     page = (report_dir / "index.html").read_text()
     links = Links()
     links.feed(page)
-    expected_figures = ["validation.png"] + [f"run-{row['obs_id']}-{kind}.png" for row in worst
-                                              for kind in ("model", "selection")]
+    expected_figures = ["validation.png"] + [
+        f"run-{row['obs_id']}-{kind}.png" for row in worst for kind in ("model", "selection")
+    ]
     assert links.images == expected_figures
     assert set(links.hrefs) == {"validation.csv", *expected_figures}
     for target in links.hrefs + links.images:
@@ -103,9 +125,25 @@ def test_report_files_and_links(validated, tmp_path, db_url, sim):
     assert result.exit_code == 0, result.output
     assert_pdf(tmp_path / "v.pdf")
     # As a module (python -m bkgdb.cli.main): --db reaches the plot command, which finds the start times there.
-    result = subprocess.run([sys.executable, "-m", "bkgdb.cli.main", "--db", db_url, "plot", "validation",
-                             str(report_dir / "validation.csv"), "--datastore", str(sim / "datastore"),
-                             "-o", str(tmp_path / "v.png")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bkgdb.cli.main",
+            "--db",
+            db_url,
+            "plot",
+            "validation",
+            str(report_dir / "validation.csv"),
+            "--datastore",
+            str(sim / "datastore"),
+            "-o",
+            str(tmp_path / "v.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr and f"6 runs of {report_dir / 'validation.csv'}" in result.stdout
     assert png_size(tmp_path / "v.png") == png_size(report_dir / "validation.png")
@@ -121,13 +159,18 @@ def test_report_in_a_browser(validated, tmp_path):
     # A copy with a load check beside the page, so relative links resolve as in the page itself.
     checked = report_dir / "browser-check.html"
     checked.write_text(page.replace("</body>", LOAD_CHECK + "</body>"))
-    dom = run_chromium(browser, tmp_path / "profile", "--virtual-time-budget=15000", "--dump-dom",
-                       checked.as_uri())
+    dom = run_chromium(browser, tmp_path / "profile", "--virtual-time-budget=15000", "--dump-dom", checked.as_uri())
     assert f"<title>IMAGES {n_images} OF {n_images} LOADED</title>" in dom, dom[:500]
 
     shot = tmp_path / "screenshot.png"
-    run_chromium(browser, tmp_path / "profile", "--virtual-time-budget=15000", "--window-size=1280,1600",
-                 f"--screenshot={shot}", (report_dir / "index.html").as_uri())
+    run_chromium(
+        browser,
+        tmp_path / "profile",
+        "--virtual-time-budget=15000",
+        "--window-size=1280,1600",
+        f"--screenshot={shot}",
+        (report_dir / "index.html").as_uri(),
+    )
     assert png_size(shot) == (1280, 1600)
     from matplotlib.image import imread
 
@@ -140,7 +183,20 @@ def test_report_in_a_browser(validated, tmp_path):
 def test_report_folder_that_is_a_file(catalogue, sim, tmp_path, db_url):
     config_file = write_config(tmp_path / "config.yaml", sim)
     (tmp_path / "taken").write_text("x")
-    result = runner.invoke(app, ["--db", db_url, "validate", str(sim / "datastore"), "--config", str(config_file),
-                                 "-w", "obs_id=300", "--report", str(tmp_path / "taken")])
+    result = runner.invoke(
+        app,
+        [
+            "--db",
+            db_url,
+            "validate",
+            str(sim / "datastore"),
+            "--config",
+            str(config_file),
+            "-w",
+            "obs_id=300",
+            "--report",
+            str(tmp_path / "taken"),
+        ],
+    )
     assert result.exit_code == 2
     assert f"Error: report folder {tmp_path / 'taken'} is a file" in result.output

@@ -27,14 +27,24 @@ def add_runs(catalogue, runs, counts=None):
         session.add_all([store, binning, exclusion])
         rows = []
         for values in runs:
-            defaults = dict(status="ok", zenith_deg=30.0, alt_deg=60.0, az_deg=180.0, glat_deg=45.0,
-                            tstart_mjd=55000.0, date_obs=date(2009, 6, 18), ontime_s=1800.0, n_tels=4,
-                            extra={"QUALITY": 0})
+            defaults = dict(
+                status="ok",
+                zenith_deg=30.0,
+                alt_deg=60.0,
+                az_deg=180.0,
+                glat_deg=45.0,
+                tstart_mjd=55000.0,
+                date_obs=date(2009, 6, 18),
+                ontime_s=1800.0,
+                n_tels=4,
+                extra={"QUALITY": 0},
+            )
             run = Run(datastore=store, **{**defaults, **values})
             run.alt_deg = 90.0 - run.zenith_deg
             kept = counts(values["obs_id"]) if counts else np.ones(BINNING.shape, dtype=np.int64)
-            piece = BackgroundPiece(kept, np.zeros_like(kept), np.full(kept.shape[1:], run.ontime_s), run.ontime_s,
-                                    run.ontime_s)
+            piece = BackgroundPiece(
+                kept, np.zeros_like(kept), np.full(kept.shape[1:], run.ontime_s), run.ontime_s, run.ontime_s
+            )
             session.add_all([run, piece_row(piece, run, binning, exclusion, None)])
             rows.append(run)
         session.commit()
@@ -59,8 +69,15 @@ def test_zenith_range_matches_airmass():
 
 
 def test_airmass_and_never_the_target(catalogue):
-    runs, *ids = add_runs(catalogue, [{"obs_id": 1, "zenith_deg": 45}, {"obs_id": 2, "zenith_deg": 47},
-                                      {"obs_id": 3, "zenith_deg": 55}, {"obs_id": 4, "zenith_deg": 20}])
+    runs, *ids = add_runs(
+        catalogue,
+        [
+            {"obs_id": 1, "zenith_deg": 45},
+            {"obs_id": 2, "zenith_deg": 47},
+            {"obs_id": 3, "zenith_deg": 55},
+            {"obs_id": 4, "zenith_deg": 20},
+        ],
+    )
     ids = tuple(ids)
     # airmass(45) = 1.414; 47 -> 1.466, 55 -> 1.743, 20 -> 1.064
     assert chosen(catalogue, runs, ids, 1, el_diff=0.15) == [2]
@@ -68,9 +85,16 @@ def test_airmass_and_never_the_target(catalogue):
 
 
 def test_azimuth_wraps_at_360(catalogue):
-    runs, *ids = add_runs(catalogue, [{"obs_id": 1, "az_deg": 355}, {"obs_id": 2, "az_deg": 5},
-                                      {"obs_id": 3, "az_deg": 340}, {"obs_id": 4, "az_deg": 20},
-                                      {"obs_id": 5, "az_deg": 180}])
+    runs, *ids = add_runs(
+        catalogue,
+        [
+            {"obs_id": 1, "az_deg": 355},
+            {"obs_id": 2, "az_deg": 5},
+            {"obs_id": 3, "az_deg": 340},
+            {"obs_id": 4, "az_deg": 20},
+            {"obs_id": 5, "az_deg": 180},
+        ],
+    )
     ids = tuple(ids)
     assert chosen(catalogue, runs, ids, 1, az_diff=11) == [2]  # 355 and 5 are 10 deg apart
     assert chosen(catalogue, runs, ids, 1, az_diff=26) == [2, 3, 4]
@@ -81,13 +105,22 @@ def test_azimuth_wraps_at_360(catalogue):
 
 
 def test_nsb_time_telescopes_elevation_latitude_and_where(catalogue):
-    runs, *ids = add_runs(catalogue, [
-        {"obs_id": 1, "nsb_level": 5.0, "tstart_mjd": 55000.0, "glat_deg": 40},
-        {"obs_id": 2, "nsb_level": 5.5, "tstart_mjd": 55010.0, "glat_deg": -40, "n_tels": 3},
-        {"obs_id": 3, "nsb_level": 8.0, "tstart_mjd": 55300.0, "glat_deg": 5, "zenith_deg": 10},
-        {"obs_id": 4, "nsb_level": None, "tstart_mjd": 54990.0, "glat_deg": 60, "object_name": "PKS 2155-304",
-         "extra": {"QUALITY": 1}},
-    ])
+    runs, *ids = add_runs(
+        catalogue,
+        [
+            {"obs_id": 1, "nsb_level": 5.0, "tstart_mjd": 55000.0, "glat_deg": 40},
+            {"obs_id": 2, "nsb_level": 5.5, "tstart_mjd": 55010.0, "glat_deg": -40, "n_tels": 3},
+            {"obs_id": 3, "nsb_level": 8.0, "tstart_mjd": 55300.0, "glat_deg": 5, "zenith_deg": 10},
+            {
+                "obs_id": 4,
+                "nsb_level": None,
+                "tstart_mjd": 54990.0,
+                "glat_deg": 60,
+                "object_name": "PKS 2155-304",
+                "extra": {"QUALITY": 1},
+            },
+        ],
+    )
     ids = tuple(ids)
     assert chosen(catalogue, runs, ids, 1, nsb_diff=1.0) == [2]  # no NSB value: not similar
     assert chosen(catalogue, runs, ids, 1, time_max=30) == [2, 4]
@@ -100,10 +133,15 @@ def test_nsb_time_telescopes_elevation_latitude_and_where(catalogue):
 
 
 def test_same_season(catalogue):
-    runs, *ids = add_runs(catalogue, [
-        {"obs_id": 1, "date_obs": date(2010, 1, 10)}, {"obs_id": 2, "date_obs": date(2010, 3, 1)},
-        {"obs_id": 3, "date_obs": date(2010, 9, 1)}, {"obs_id": 4, "date_obs": date(2009, 12, 31)},
-    ])
+    runs, *ids = add_runs(
+        catalogue,
+        [
+            {"obs_id": 1, "date_obs": date(2010, 1, 10)},
+            {"obs_id": 2, "date_obs": date(2010, 3, 1)},
+            {"obs_id": 3, "date_obs": date(2010, 9, 1)},
+            {"obs_id": 4, "date_obs": date(2009, 12, 31)},
+        ],
+    )
     seasons = (("2009-09-01", "2009-12-31"), ("2010-01-01", "2010-06-30"), ("2010-07-01", "2011-06-30"))
     assert chosen(catalogue, runs, tuple(ids), 1, same_szn=True, seasons=seasons) == [2]
     with pytest.raises(BkgdbError) as error:
@@ -113,13 +151,16 @@ def test_same_season(catalogue):
 
 
 def test_time_request_takes_most_similar_first(catalogue):
-    runs, *ids = add_runs(catalogue, [
-        {"obs_id": 1, "zenith_deg": 40.0, "tstart_mjd": 55000},
-        {"obs_id": 2, "zenith_deg": 40.1, "tstart_mjd": 55100},  # same airmass step, later
-        {"obs_id": 3, "zenith_deg": 40.1, "tstart_mjd": 55001},  # same step, closest in time
-        {"obs_id": 4, "zenith_deg": 44.0, "tstart_mjd": 55000},  # airmass further away
-        {"obs_id": 5, "zenith_deg": 42.0, "tstart_mjd": 55000},
-    ])
+    runs, *ids = add_runs(
+        catalogue,
+        [
+            {"obs_id": 1, "zenith_deg": 40.0, "tstart_mjd": 55000},
+            {"obs_id": 2, "zenith_deg": 40.1, "tstart_mjd": 55100},  # same airmass step, later
+            {"obs_id": 3, "zenith_deg": 40.1, "tstart_mjd": 55001},  # same step, closest in time
+            {"obs_id": 4, "zenith_deg": 44.0, "tstart_mjd": 55000},  # airmass further away
+            {"obs_id": 5, "zenith_deg": 42.0, "tstart_mjd": 55000},
+        ],
+    )
     selection = select(catalogue, runs, tuple(ids), 1, time_request=1.0)  # 1 h = two 30-min runs
     assert selection.obs_ids == [3, 2]
     assert selection.ontime_s == 3600.0 and selection.ranking == "airmass_then_time"
@@ -146,9 +187,11 @@ def test_kl_divergence_ranking_on_fov_pixels(catalogue):
     runs, *ids = add_runs(catalogue, [{"obs_id": i} for i in counts], counts=lambda obs_id: counts[obs_id])
     selection = select(catalogue, runs, tuple(ids), 1, KL_DIV=True)
     own = rate_shape(BackgroundPiece(shape, 0 * shape, np.full(shape.shape[1:], 1800.0), 1800.0, 1800.0))
-    divergence = {obs_id: kl_divergence(own, rate_shape(BackgroundPiece(c, 0 * c, np.full(c.shape[1:], 1800.0),
-                                                                         1800.0, 1800.0)))
-                  for obs_id, c in counts.items() if obs_id != 1}
+    divergence = {
+        obs_id: kl_divergence(own, rate_shape(BackgroundPiece(c, 0 * c, np.full(c.shape[1:], 1800.0), 1800.0, 1800.0)))
+        for obs_id, c in counts.items()
+        if obs_id != 1
+    }
     assert selection.ranking == "kl_divergence" and selection.obs_ids[0] == 3
     assert selection.obs_ids == sorted(divergence, key=divergence.get)
     assert divergence[4] > 0.05 > divergence[3]
@@ -156,6 +199,7 @@ def test_kl_divergence_ranking_on_fov_pixels(catalogue):
 
 def test_kl_divergence_compares_rates_not_holes():
     """A run with a star cutting half of one offset bin has the same rate shape."""
+
     def piece(counts, exposure):
         counts = np.asarray(counts, dtype=np.int64)
         return BackgroundPiece(counts, 0 * counts, np.asarray(exposure, float), 1800.0, 1600.0)
@@ -170,8 +214,7 @@ def test_kl_divergence_compares_rates_not_holes():
 
 
 def test_from_run_and_empty_selection_explained(catalogue):
-    runs, *ids = add_runs(catalogue, [{"obs_id": 1, "zenith_deg": 20}, {"obs_id": 2, "zenith_deg": 60,
-                                                                         "glat_deg": 2}])
+    runs, *ids = add_runs(catalogue, [{"obs_id": 1, "zenith_deg": 20}, {"obs_id": 2, "zenith_deg": 60, "glat_deg": 2}])
     ids = tuple(ids)
     with Session(catalogue.engine) as session:
         target = session.get(Run, runs[1].id)
@@ -180,8 +223,10 @@ def test_from_run_and_empty_selection_explained(catalogue):
         with pytest.raises(NoRunsSelected) as error:
             RunSelector(SelectionSettings(el_diff=0.15, az_diff=None, gal_lat_min=10)).run(session, target, *ids)
     assert type(error.value) is NoRunsSelected  # not TooLittleStatistics: nothing passed at all
-    assert str(error.value) == ("no runs selected for run 1: 1 candidate runs with pieces; "
-                                "airmass within 0.15 removed 1 (0 left); |b| > 10 deg removed 0 (0 left)")
+    assert str(error.value) == (
+        "no runs selected for run 1: 1 candidate runs with pieces; "
+        "airmass within 0.15 removed 1 (0 left); |b| > 10 deg removed 0 (0 left)"
+    )
 
 
 def test_too_little_statistics_warns_or_fails(catalogue, caplog):
@@ -213,8 +258,9 @@ def test_search_datastore_not_in_the_catalogue_is_named(catalogue, tmp_path):
     with Session(catalogue.engine) as session:
         with pytest.raises(BkgdbError) as error:
             selector.run(session, session.get(Run, runs[1].id), *ids)
-    assert str(error.value) == (f"io.search_datastore {tmp_path / 'elsewhere'} is not in the catalogue; "
-                                "indexed datastores: /synthetic")
+    assert str(error.value) == (
+        f"io.search_datastore {tmp_path / 'elsewhere'} is not in the catalogue; indexed datastores: /synthetic"
+    )
     selector = RunSelector(SelectionSettings(**OPEN), search_datastore="/synthetic")
     with Session(catalogue.engine) as session:
         assert selector.run(session, session.get(Run, runs[1].id), *ids).obs_ids == [2]
@@ -225,8 +271,12 @@ def test_a_failed_target_says_why(catalogue, datastore_copy):
     from bkgdb.config import BkgdbConfig, ExclusionSettings, IOSettings
 
     (datastore_copy / "data" / "run_001002.fits.gz").write_bytes(b"SIMPLE  =  not really fits")
-    config = BkgdbConfig(binnings=[BINNING], exclusion=ExclusionSettings(gammacat=None, hawc=None, star_cat=None),
-                         selection=SelectionSettings(**OPEN), io=IOSettings())
+    config = BkgdbConfig(
+        binnings=[BINNING],
+        exclusion=ExclusionSettings(gammacat=None, hawc=None, star_cat=None),
+        selection=SelectionSettings(**OPEN),
+        io=IOSettings(),
+    )
     catalogue.index(datastore_copy, config=config)
     with pytest.raises(BkgdbError, match=r"^run 1002 failed to index: \S"):
         BackgroundBuilder(catalogue, config).build(1002)
@@ -248,14 +298,16 @@ background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10, min_runs: 
     runner = CliRunner()
     indexed = runner.invoke(app, ["--db", db_url, "index", str(simulated_datastore), "--config", str(config)])
     assert indexed.exit_code == 0
-    result = runner.invoke(app, ["--db", db_url, "background", "1000", "--config", str(config),
-                                 "-o", str(tmp_path / "bkg.fits")])
+    result = runner.invoke(
+        app, ["--db", db_url, "background", "1000", "--config", str(config), "-o", str(tmp_path / "bkg.fits")]
+    )
     assert result.exit_code == 0, result.output
     warning = "Warning: run 1000: the background rests on 4 runs (0.67 h ontime), below min_runs 10"
     assert warning in result.output and result.output.count("the background rests on") == 1
     strict = tmp_path / "strict.yaml"
     strict.write_text(config.read_text().replace("min_runs: 10", "min_runs: 10, min_statistics: error"))
-    failed = runner.invoke(app, ["--db", db_url, "background", "1000", "--config", str(strict),
-                                 "-o", str(tmp_path / "strict.fits")])
+    failed = runner.invoke(
+        app, ["--db", db_url, "background", "1000", "--config", str(strict), "-o", str(tmp_path / "strict.fits")]
+    )
     assert failed.exit_code == 2 and "Error: run 1000: the background rests on 4 runs" in failed.output
     assert not (tmp_path / "strict.fits").exists()

@@ -32,8 +32,9 @@ def widening_truth_counts(ontime):
     edges = BINNING.energy_edges
     for k in range(BINNING.e_bins):
         width = 1.3 + 0.3 * np.log10(np.sqrt(edges[k] * edges[k + 1]))
-        rows.append(BackgroundTruth(offset_sigma_deg=width).expected_counts(edges[k:k + 2], BINNING.offset_edges,
-                                                                            ontime)[0])
+        rows.append(
+            BackgroundTruth(offset_sigma_deg=width).expected_counts(edges[k : k + 2], BINNING.offset_edges, ontime)[0]
+        )
     return np.array(rows)
 
 
@@ -84,13 +85,12 @@ def test_no_bias_from_poisson_weights_at_low_statistics(method):
     true_rate = assembled(expected, ontime=RUN_S).rate
     rng = np.random.default_rng(11)
     smoother = BackgroundSmoother(method)
-    ratios = np.array([smoother.run(assembled(rng.poisson(expected), ontime=RUN_S)) / true_rate
-                       for _ in range(200)])
+    ratios = np.array([smoother.run(assembled(rng.poisson(expected), ontime=RUN_S)) / true_rate for _ in range(200)])
     enough = expected >= 20
     mean = ratios.mean(axis=0)[enough]
     error = ratios.std(axis=0)[enough] / np.sqrt(len(ratios))
     assert enough.sum() > 30 and np.all(np.abs(mean - 1) < 0.01 + 4 * error)
-    average_error = np.sqrt(np.sum(error ** 2)) / len(error)
+    average_error = np.sqrt(np.sum(error**2)) / len(error)
     assert abs(np.mean(mean) - 1) < 0.005 and abs(np.mean(mean) - 1) < 4 * average_error
 
 
@@ -101,8 +101,11 @@ def test_a_wider_gaussian_smooths_more():
     draws = [assembled(rng.poisson(expected), ontime=4 * RUN_S) for _ in range(40)]
     core = expected >= 30
     scatter = {}
-    for label, smoother in [("none", BackgroundSmoother()), ("1", BackgroundSmoother("gauss", sigma=1)),
-                            ("2", BackgroundSmoother("gauss", sigma=2))]:
+    for label, smoother in [
+        ("none", BackgroundSmoother()),
+        ("1", BackgroundSmoother("gauss", sigma=1)),
+        ("2", BackgroundSmoother("gauss", sigma=2)),
+    ]:
         scatter[label] = np.mean([np.std(smoother.run(draw)[core] / true_rate[core]) for draw in draws])
     assert scatter["2"] < scatter["1"] < 0.85 * scatter["none"]
 
@@ -150,10 +153,10 @@ def test_exact_for_the_expected_counts_with_an_inner_edge(method):
 def test_local_quadratic_weights_reproduce_quadratics():
     offset = np.arange(10) * 0.25 + 0.125
     exposure = np.linspace(1.0, 19.0, 10)  # grows like an annulus' solid angle
-    rate = 3.0 - 0.4 * offset + 0.2 * offset ** 2
+    rate = 3.0 - 0.4 * offset + 0.2 * offset**2
     plain = local_quadratic_weights(offset, exposure, sigma=1.0, width=0.25, reflect=False)
     assert plain @ (exposure * rate) == pytest.approx(rate, rel=1e-9)
-    even = 3.0 - 0.3 * offset ** 2  # with reflection at 0, an even function
+    even = 3.0 - 0.3 * offset**2  # with reflection at 0, an even function
     mirrored = local_quadratic_weights(offset, exposure, sigma=1.0, width=0.25, reflect=True)
     assert mirrored @ (exposure * even) == pytest.approx(even, rel=1e-9)
     # A plain Gaussian average (normalised convolution) is biased by the curvature: the control.

@@ -18,8 +18,8 @@ from bkgdb.background import BackgroundBuilder
 from bkgdb.cli.main import app
 from bkgdb.config import BkgdbConfig
 from bkgdb.errors import BkgdbError
-from bkgdb.store.models import BackgroundRow
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+from bkgdb.store.models import BackgroundRow
 from bkgdb.validation import ROW_COLUMNS, target_runs, validate_runs
 
 runner = CliRunner()
@@ -40,13 +40,26 @@ def fields(tmp_path_factory):
     folder = tmp_path_factory.mktemp("validate")
     centre = SkyCoord(SOURCE.ra_deg * u.deg, SOURCE.dec_deg * u.deg)
     wobbles = centre.directional_offset_by(np.arange(4) * 90 * u.deg, 0.7 * u.deg)
-    pointings = [EMPTY_FIELDS[0]] * 4 + [EMPTY_FIELDS[1]] * 4 + list(zip(wobbles.ra.deg, wobbles.dec.deg))
+    pointings = [EMPTY_FIELDS[0]] * 4 + [EMPTY_FIELDS[1]] * 4 + list(zip(wobbles.ra.deg, wobbles.dec.deg, strict=True))
     pointings.append(PLANE_FIELD)
-    DatastoreSimulator(truth=TRUTH, pointings=pointings, source=SOURCE, ontime_s=2000.0, seed=5, first_obs_id=100,
-                       extra_columns={"TRIGRATE": [100.0] * len(pointings)}).run(folder / "normal")
+    DatastoreSimulator(
+        truth=TRUTH,
+        pointings=pointings,
+        source=SOURCE,
+        ontime_s=2000.0,
+        seed=5,
+        first_obs_id=100,
+        extra_columns={"TRIGRATE": [100.0] * len(pointings)},
+    ).run(folder / "normal")
     scaled = BackgroundTruth(norm=TRUTH.norm * SCALE, energy_range_tev=TRUTH.energy_range_tev)
-    DatastoreSimulator(truth=scaled, pointings=[EMPTY_FIELDS[1]] * 4, ontime_s=2000.0, seed=6, first_obs_id=200,
-                       extra_columns={"TRIGRATE": [100.0 * SCALE] * 4}).run(folder / "scaled")
+    DatastoreSimulator(
+        truth=scaled,
+        pointings=[EMPTY_FIELDS[1]] * 4,
+        ontime_s=2000.0,
+        seed=6,
+        first_obs_id=200,
+        extra_columns={"TRIGRATE": [100.0 * SCALE] * 4},
+    ).run(folder / "scaled")
     write_source_catalogue(folder / "catalogue.fits", [SOURCE])
     return folder
 
@@ -85,7 +98,7 @@ def test_mean_norm_is_one_within_statistics(catalogue, fields):
     # gammapy's scale method: norm = counts / predicted, error = sqrt(counts) / predicted.
     assert np.allclose(norms, counts / predicted) and np.allclose(errors, np.sqrt(counts) / predicted)
     assert np.all((errors > 0.01) & (errors < 0.06))
-    weights = 1 / errors ** 2
+    weights = 1 / errors**2
     mean, mean_error = np.sum(weights * norms) / weights.sum(), 1 / np.sqrt(weights.sum())
     assert abs(mean - 1) < 3 * mean_error, (mean, mean_error)
     # The model's own statistics (11 runs summed) add about 10 % to each run's variance.
@@ -138,7 +151,7 @@ def test_control_ring_recovers_a_known_rate_scale(catalogue, fields):
     assert all(row["norm_region"] == "offset 2.00-2.50 deg" for row in after)
     norms = np.array([row["norm"] for row in after])
     errors = np.hypot([row["norm_error"] for row in after], factor_errors)
-    assert abs(norms.mean() - 1) < 3 * np.sqrt(np.sum(errors ** 2)) / len(norms), norms
+    assert abs(norms.mean() - 1) < 3 * np.sqrt(np.sum(errors**2)) / len(norms), norms
     # Equal but for the few empty bins that fill_empty_bins fills from the plain sums.
     assert after[0]["norm"] == pytest.approx(before[0]["norm"] / after[0]["norm_factor"], rel=1e-4)
 
@@ -146,8 +159,7 @@ def test_control_ring_recovers_a_known_rate_scale(catalogue, fields):
 def test_monitor_normalisation_scales_by_the_column_ratio(catalogue, fields, tmp_path):
     catalogue.index(fields / "normal", config=make_config(fields))
     catalogue.index(fields / "scaled", config=make_config(fields))
-    config = make_config(fields, normalisation={"method": "monitor", "column": "TRIGRATE"},
-                         where=["obs_id<200"])
+    config = make_config(fields, normalisation={"method": "monitor", "column": "TRIGRATE"}, where=["obs_id<200"])
     builder = BackgroundBuilder(catalogue, config)
     built = builder.build(200)
     assert built.normalisation.factor == pytest.approx(SCALE)
@@ -161,12 +173,17 @@ def test_monitor_normalisation_scales_by_the_column_ratio(catalogue, fields, tmp
     assert header["BKG_NRMM"] == "monitor" and header["BKG_NRMF"] == pytest.approx(SCALE)
     with Session(catalogue.engine) as session:
         stored = session.scalars(sa.select(BackgroundRow)).one()
-        assert stored.selection["normalisation"] == {"method": "monitor", "factor": pytest.approx(SCALE),
-                                                     "error": 0.0, "region": "column TRIGRATE"}
+        assert stored.selection["normalisation"] == {
+            "method": "monitor",
+            "factor": pytest.approx(SCALE),
+            "error": 0.0,
+            "region": "column TRIGRATE",
+        }
         assert stored.selection["settings"]["normalisation_column"] == "TRIGRATE"
     with pytest.raises(BkgdbError, match="no value of column 'NOSUCH'"):
-        BackgroundBuilder(catalogue, make_config(fields, normalisation={"method": "monitor", "column": "NOSUCH"})
-                          ).build(200)
+        BackgroundBuilder(
+            catalogue, make_config(fields, normalisation={"method": "monitor", "column": "NOSUCH"})
+        ).build(200)
 
 
 def test_run_without_background_is_reported(catalogue, fields):
@@ -216,18 +233,22 @@ def test_cli_writes_csv_and_json_and_prints_the_summary(db_url, fields, tmp_path
 
 def test_cli_reports_runs_without_background_and_errors(db_url, fields, tmp_path):
     config = write_config(tmp_path / "config.yaml", fields, where=["obs_id<101"])
-    result = runner.invoke(app, ["--db", db_url, "validate", str(fields / "normal"), "--config", str(config),
-                                 "-w", "obs_id<102"])
+    result = runner.invoke(
+        app, ["--db", db_url, "validate", str(fields / "normal"), "--config", str(config), "-w", "obs_id<102"]
+    )
     assert result.exit_code == 0, result.output
     assert "no background: run 100: no runs selected for run 100" in result.stdout
     table = result.stdout.split("FoV background norms")[0]  # the default: a table, then the summary
     assert "2 runs of" in table and "+-" in table and "no background: no runs selected" in table
-    result = runner.invoke(app, ["--db", db_url, "validate", str(fields / "normal"), "--config", str(config),
-                                 "-o", str(tmp_path / "rows.txt")])
+    result = runner.invoke(
+        app,
+        ["--db", db_url, "validate", str(fields / "normal"), "--config", str(config), "-o", str(tmp_path / "rows.txt")],
+    )
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].startswith("Error: cannot tell the format of")
-    result = runner.invoke(app, ["--db", db_url, "validate", str(fields / "normal"), "--config", str(config),
-                                 "-w", "zenith<<3"])
+    result = runner.invoke(
+        app, ["--db", db_url, "validate", str(fields / "normal"), "--config", str(config), "-w", "zenith<<3"]
+    )
     assert result.exit_code == 2 and "Error:" in result.stderr
 
 
@@ -238,8 +259,8 @@ def test_hess_dr1_targets_and_norms(hess_dr1, tmp_path):
     """configs/hess-dr1.yaml is judged on the 61 extragalactic DR1 runs; a few are fitted with both models."""
     from conftest import gammapy_data_path
 
-    from bkgdb.store.catalogue import RunCatalogue
     from bkgdb.config import load_config
+    from bkgdb.store.catalogue import RunCatalogue
 
     gammapy_data_path("catalogs")
     config = load_config(Path(__file__).resolve().parent.parent / "configs" / "hess-dr1.yaml")

@@ -43,20 +43,33 @@ def background(
 
     catalogue = open_catalogue(readonly="auto", config=config)
     with printed_warnings("bkgdb.store.selection"):
-        built = catalogue.write_background(obs_id, output, datastore=datastore, smooth=smooth.value if smooth else None,
-                                           where=where or [], three_d=three_d, overwrite=overwrite)
+        built = catalogue.write_background(
+            obs_id,
+            output,
+            datastore=datastore,
+            smooth=smooth.value if smooth else None,
+            where=where or [],
+            three_d=three_d,
+            overwrite=overwrite,
+        )
     selection: Any = built.selection  # a bkgdb.store.selection.Selection
     out.print(f"selection: {describe_funnel(selection.funnel)}", highlight=False)
     requested = f" of {selection.requested_s / 3600:.2f} h requested" if selection.requested_s else ""
-    out.print(f"run {obs_id}: background from {len(selection.obs_ids)} runs ({selection.ontime_s / 3600:.2f} h "
-              f"ontime{requested}, ranked by {selection.ranking}), smoothing {built.smoothing} -> {output}",
-              highlight=False)
+    out.print(
+        f"run {obs_id}: background from {len(selection.obs_ids)} runs ({selection.ontime_s / 3600:.2f} h "
+        f"ontime{requested}, ranked by {selection.ranking}), smoothing {built.smoothing} -> {output}",
+        highlight=False,
+    )
     if built.condition_model:
         from bkgdb.makers.condition_model import ConditionModel
 
         record = built.condition_model
-        out.print(f"condition model ({record['n_runs']} archive runs, {'cached' if record['cached'] else 'fitted'}): "
-                  f"{ConditionModel.from_params(record).describe()}", highlight=False, markup=False)
+        out.print(
+            f"condition model ({record['n_runs']} archive runs, {'cached' if record['cached'] else 'fitted'}): "
+            f"{ConditionModel.from_params(record).describe()}",
+            highlight=False,
+            markup=False,
+        )
     else:
         out.print("assembly: plain sum", highlight=False)
 
@@ -70,16 +83,27 @@ def attach(
     scheduler: str = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
     where: list[str] = typer.Option(None, "--where", "-w", metavar="COND", help=WHERE_HELP),
     three_d: bool = typer.Option(None, "--3d/--2d", help=THREE_D_HELP),
-    overwrite: bool = typer.Option(False, "--overwrite",
-                                   help="Write into a non-empty --out, replacing an earlier attach's files. "
-                                        "Files of the target or of catalogued datastores are never replaced."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Write into a non-empty --out, replacing an earlier attach's files. "
+        "Files of the target or of catalogued datastores are never replaced.",
+    ),
 ) -> None:
     """Write a copy of a datastore whose runs carry bkgdb backgrounds (gammapy opens it as is)."""
     catalogue = open_catalogue(config=config)
     with warnings_once(), progress_steps() as step:
-        result = catalogue.attach(target, out_dir, jobs=jobs, scheduler=scheduler, where=where or [],
-                                  three_d=three_d, overwrite=overwrite, progress=step("attaching"),
-                                  index_progress=step("indexing"))
+        result = catalogue.attach(
+            target,
+            out_dir,
+            jobs=jobs,
+            scheduler=scheduler,
+            where=where or [],
+            three_d=three_d,
+            overwrite=overwrite,
+            progress=step("attaching"),
+            index_progress=step("indexing"),
+        )
     print_index_report(result.indexed)
     for obs_id, reason in result.attached.skipped:
         err.print(f"no background: run {obs_id}: {reason}", highlight=False, markup=False)
@@ -100,10 +124,14 @@ def _table_row(row: dict[str, Any]) -> dict[str, Any]:
     if row["norm_region"]:
         scale = f"x{row['norm_factor']:.3f} ({row['norm_region']})"
     return {
-        "obs_id": row["obs_id"], "zenith": _number_text(row["zenith_deg"], 1),
-        "az": _number_text(row["az_deg"], 1), "runs": row["runs_used"] or "",
-        "ontime_h": _number_text(row["ontime_used_h"], 2), "normalisation": scale,
-        "counts": _number_text(row["counts"], 0), "predicted": _number_text(row["predicted"], 1),
+        "obs_id": row["obs_id"],
+        "zenith": _number_text(row["zenith_deg"], 1),
+        "az": _number_text(row["az_deg"], 1),
+        "runs": row["runs_used"] or "",
+        "ontime_h": _number_text(row["ontime_used_h"], 2),
+        "normalisation": scale,
+        "counts": _number_text(row["counts"], 0),
+        "predicted": _number_text(row["predicted"], 1),
         "norm": _norm_text(row["norm"], row["norm_error"]),
         "file_predicted": _number_text(row["file_predicted"], 1),
         "file_norm": _norm_text(row["file_norm"], row["file_norm_error"]),
@@ -111,31 +139,57 @@ def _table_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-TABLE_COLUMNS = ["obs_id", "zenith", "az", "runs", "ontime_h", "normalisation", "counts", "predicted", "norm",
-                 "file_predicted", "file_norm", "status"]
+TABLE_COLUMNS = [
+    "obs_id",
+    "zenith",
+    "az",
+    "runs",
+    "ontime_h",
+    "normalisation",
+    "counts",
+    "predicted",
+    "norm",
+    "file_predicted",
+    "file_norm",
+    "status",
+]
 
 
 @reports_errors
 def validate(
-    datastore: Path = typer.Argument(..., help="DL3 datastore (indexed first if needed). Its runs passing --where "
-                                     "and the config's gal_lat_min, n_tels, el_min, el_max are the targets; each is "
-                                     "fitted at 0.5-10 TeV within its safe range, offsets below 2 deg, exclusion "
-                                     "regions cut, with bkgdb's model and the model in its file, if any."),
+    datastore: Path = typer.Argument(
+        ...,
+        help="DL3 datastore (indexed first if needed). Its runs passing --where "
+        "and the config's gal_lat_min, n_tels, el_min, el_max are the targets; each is "
+        "fitted at 0.5-10 TeV within its safe range, offsets below 2 deg, exclusion "
+        "regions cut, with bkgdb's model and the model in its file, if any.",
+    ),
     config: Path = typer.Option(..., "--config", help="YAML config to judge."),
-    where: list[str] = typer.Option(None, "--where", "-w", metavar="COND",
-                                    help="Condition on the target runs, e.g. 'zenith<40'; repeat to AND."),
-    jobs: int = typer.Option(None, "--jobs", "-j", min=1,
-                             help="Worker processes for the gammapy fits and indexing. Default: config.njobs."),
-    scheduler: str = typer.Option(None, "--scheduler", metavar="ADDRESS",
-                                  help="Index on a Dask cluster (the fits stay local): the scheduler's address, "
-                                       "e.g. tcp://host:8786 (needs the dask extra)."),
+    where: list[str] = typer.Option(
+        None, "--where", "-w", metavar="COND", help="Condition on the target runs, e.g. 'zenith<40'; repeat to AND."
+    ),
+    jobs: int = typer.Option(
+        None, "--jobs", "-j", min=1, help="Worker processes for the gammapy fits and indexing. Default: config.njobs."
+    ),
+    scheduler: str = typer.Option(
+        None,
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Index on a Dask cluster (the fits stay local): the scheduler's address, "
+        "e.g. tcp://host:8786 (needs the dask extra).",
+    ),
     three_d: bool = typer.Option(None, "--3d/--2d", help=THREE_D_HELP),
     output: Path = typer.Option(None, "--output", "-o", help="Write the per-run rows to this .csv or .json file."),
-    fmt: OutputFormat = typer.Option(None, "--format", "-f",
-                                     help="Format of the per-run rows (stdout: table by default; -o: by suffix)."),
-    report_dir: Path = typer.Option(None, "--report", metavar="DIR",
-                                    help="Also write DIR/index.html: summary, figures, the worst runs' model and "
-                                         "selection plots, and the rows as CSV."),
+    fmt: OutputFormat = typer.Option(
+        None, "--format", "-f", help="Format of the per-run rows (stdout: table by default; -o: by suffix)."
+    ),
+    report_dir: Path = typer.Option(
+        None,
+        "--report",
+        metavar="DIR",
+        help="Also write DIR/index.html: summary, figures, the worst runs' model and "
+        "selection plots, and the rows as CSV.",
+    ),
 ) -> None:
     """Judge a config: each target's background from the other runs, and its FoVBackgroundMaker norm (1 is right)."""
     from bkgdb.validation import ROW_COLUMNS, SUMMARY_COLUMNS
@@ -143,9 +197,17 @@ def validate(
     catalogue = open_catalogue(config=config)
     with progress_steps() as step:
         result = catalogue.validate(
-            datastore, where=where or [], jobs=jobs, scheduler=scheduler, three_d=three_d, rows_file=output,
-            rows_format=None if fmt in (None, OutputFormat.table) else fmt.value, report_dir=report_dir,
-            progress=step("validating"), index_progress=step("indexing"))
+            datastore,
+            where=where or [],
+            jobs=jobs,
+            scheduler=scheduler,
+            three_d=three_d,
+            rows_file=output,
+            rows_format=None if fmt in (None, OutputFormat.table) else fmt.value,
+            report_dir=report_dir,
+            progress=step("validating"),
+            index_progress=step("indexing"),
+        )
     for obs_id, reason in result.indexed.failures:
         err.print(f"failed: run {obs_id}: {reason}", highlight=False, markup=False)
     report = result.report
@@ -155,18 +217,33 @@ def validate(
     elif rows_as_data:
         render_rows(report.rows, ROW_COLUMNS, fmt, out)
     else:
-        render_rows([_table_row(row) for row in report.rows], TABLE_COLUMNS, OutputFormat.table, out,
-                    title=f"{len(report.rows)} runs of {report.datastore}")
+        render_rows(
+            [_table_row(row) for row in report.rows],
+            TABLE_COLUMNS,
+            OutputFormat.table,
+            out,
+            title=f"{len(report.rows)} runs of {report.datastore}",
+        )
     # The summary always; on stderr when stdout carries CSV or JSON rows, so they stay parseable.
     console = err if rows_as_data else out
-    summary = [{key: (_number_text(value) if isinstance(value, float) else value) for key, value in entry.items()}
-               for entry in report.summary]
-    render_rows(summary, SUMMARY_COLUMNS, OutputFormat.table, console,
-                title=f"FoV background norms (1: the model predicts the counts); normalisation: {report.normalisation}")
+    summary = [
+        {key: (_number_text(value) if isinstance(value, float) else value) for key, value in entry.items()}
+        for entry in report.summary
+    ]
+    render_rows(
+        summary,
+        SUMMARY_COLUMNS,
+        OutputFormat.table,
+        console,
+        title=f"FoV background norms (1: the model predicts the counts); normalisation: {report.normalisation}",
+    )
     fitted = sum(row["status"] == "ok" for row in report.rows)
-    console.print(f"{len(report.rows)} target runs, {fitted} fitted, {len(report.without_background)} without "
-                  f"background or fit; model 'file' is the background model in the run files", highlight=False,
-                  markup=False)
+    console.print(
+        f"{len(report.rows)} target runs, {fitted} fitted, {len(report.without_background)} without "
+        f"background or fit; model 'file' is the background model in the run files",
+        highlight=False,
+        markup=False,
+    )
     for obs_id, reason in report.without_background:
         console.print(f"no background: run {obs_id}: {reason}", highlight=False, markup=False)
     if result.report_page is not None:

@@ -14,8 +14,10 @@ from bkgdb.errors import BkgdbError
 __all__ = ["register", "JOBS_HELP", "SCHEDULER_HELP", "WHERE_HELP"]
 
 JOBS_HELP = "Worker processes. Default: config.njobs or 1."
-SCHEDULER_HELP = ("Index on a Dask cluster: the scheduler's address, e.g. tcp://host:8786 "
-                  "(needs the dask extra; workers read the files, this process writes).")
+SCHEDULER_HELP = (
+    "Index on a Dask cluster: the scheduler's address, e.g. tcp://host:8786 "
+    "(needs the dask extra; workers read the files, this process writes)."
+)
 WHERE_HELP = "Extra selection condition on catalogue columns; repeat to AND."
 FORMAT_HELP = "Output format."
 
@@ -30,8 +32,9 @@ def init() -> None:
 @reports_errors
 def index(
     datastore: Path = typer.Argument(..., help="DL3 datastore folder (obs-index and hdu-index files)."),
-    config: Path = typer.Option(None, "--config", help="YAML config: also compute background pieces "
-                                "for its binnings and exclusion settings."),
+    config: Path = typer.Option(
+        None, "--config", help="YAML config: also compute background pieces for its binnings and exclusion settings."
+    ),
     jobs: int = typer.Option(None, "--jobs", "-j", min=1, help=JOBS_HELP),
     scheduler: str = typer.Option(None, "--scheduler", metavar="ADDRESS", help=SCHEDULER_HELP),
 ) -> None:
@@ -45,9 +48,12 @@ def index(
 @reports_errors
 def runs(
     where: list[str] = typer.Option(
-        None, "--where", "-w", metavar="COND",
+        None,
+        "--where",
+        "-w",
+        metavar="COND",
         help="Condition such as 'zenith<30', 'object=Crab Nebula', 'MUONEFF>=0.8'; repeat to AND. "
-             "Operators: < <= > >= = != ~ (contains).",
+        "Operators: < <= > >= = != ~ (contains).",
     ),
     columns: str = typer.Option(None, "--columns", "-c", help="Comma-separated columns to show."),
     failed: bool = typer.Option(False, "--failed", help="List runs that could not be read, with reasons."),
@@ -86,8 +92,10 @@ def exclusions(
     columns = ["name", "kind", "ra", "dec", "radius"]
     for entry in found:
         rows = [{key: region.get(key) for key in columns} for region in entry["regions"]]
-        title = (f"run {obs_id} of {entry['datastore']}: exclusion {entry['exclusion']} "
-                 f"({entry['method']}), {len(rows)} regions")
+        title = (
+            f"run {obs_id} of {entry['datastore']}: exclusion {entry['exclusion']} "
+            f"({entry['method']}), {len(rows)} regions"
+        )
         if fmt is OutputFormat.table:
             render_rows(rows, columns, fmt, out, title=title)
         else:
@@ -97,10 +105,15 @@ def exclusions(
 
 @reports_errors
 def cache(
-    drop_exclusion: str = typer.Option(None, "--drop-exclusion", metavar="HASH",
-                                       help="Delete the pieces of the exclusion setting with this hash prefix."),
-    drop_binning: str = typer.Option(None, "--drop-binning", metavar="HASH",
-                                     help="Delete the pieces of the binning with this hash prefix."),
+    drop_exclusion: str = typer.Option(
+        None,
+        "--drop-exclusion",
+        metavar="HASH",
+        help="Delete the pieces of the exclusion setting with this hash prefix.",
+    ),
+    drop_binning: str = typer.Option(
+        None, "--drop-binning", metavar="HASH", help="Delete the pieces of the binning with this hash prefix."
+    ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help=FORMAT_HELP),
 ) -> None:
     """Show stored background pieces per binning and exclusion setting, or drop some."""
@@ -115,8 +128,11 @@ def cache(
 @reports_errors
 def history(
     obs_id: int = typer.Argument(None, help="Only backgrounds built for this OBS_ID."),
-    stale: bool = typer.Option(False, "--stale", help="Only backgrounds whose inputs changed since they were "
-                               "built (to rebuild), with the reason."),
+    stale: bool = typer.Option(
+        False,
+        "--stale",
+        help="Only backgrounds whose inputs changed since they were built (to rebuild), with the reason.",
+    ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help=FORMAT_HELP),
 ) -> None:
     """List the backgrounds built so far: target, runs summed, ontime, smoothing, output file."""
@@ -141,8 +157,12 @@ def flag(
         raise BkgdbError("give --bad or --good, not both")
     if bad or good:
         entry = open_catalogue().flag(obs_id, "bad" if bad else "good", reason, by)
-        out.print(f"run {obs_id} flagged {entry['flag']} by {entry['author']}"
-                  + (f": {entry['reason']}" if entry["reason"] else ""), highlight=False, markup=False)
+        out.print(
+            f"run {obs_id} flagged {entry['flag']} by {entry['author']}"
+            + (f": {entry['reason']}" if entry["reason"] else ""),
+            highlight=False,
+            markup=False,
+        )
         return
     if reason is not None:
         raise BkgdbError("a reason needs --bad or --good")

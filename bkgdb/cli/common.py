@@ -26,8 +26,19 @@ if TYPE_CHECKING:
     from bkgdb.catalogue import Catalogue, ReadOnly
     from bkgdb.store.catalogue import IndexReport
 
-__all__ = ["State", "out", "err", "reports_errors", "open_catalogue", "progress_bar", "printed_warnings",
-           "print_index_report", "progress_steps", "warnings_once", "Smoothing"]
+__all__ = [
+    "State",
+    "out",
+    "err",
+    "reports_errors",
+    "open_catalogue",
+    "progress_bar",
+    "printed_warnings",
+    "print_index_report",
+    "progress_steps",
+    "warnings_once",
+    "Smoothing",
+]
 
 # Piped output (files, CI logs) gets wide tables instead of 80-column folding.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
@@ -118,8 +129,11 @@ def reports_errors(command: F) -> F:
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", int(signal.SIGINT))
-            err.print(f"Interrupted by {signal.Signals(signum).name}: stopped; work committed so far is kept.",
-                      highlight=False, markup=False)
+            err.print(
+                f"Interrupted by {signal.Signals(signum).name}: stopped; work committed so far is kept.",
+                highlight=False,
+                markup=False,
+            )
             raise typer.Exit(128 + signum) from None
 
     return wrapper  # type: ignore[return-value]
@@ -130,8 +144,14 @@ def _is_own_warning(category: type[Warning]) -> bool:
     return category.__module__.split(".")[0] == "bkgdb"
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: Any = None, line: str | None = None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     """bkgdb's own warnings as one line ``Warning: ...`` on stderr; others as Python shows them."""
     if _is_own_warning(category):
         from bkgdb.store.database import hide_secrets
@@ -186,8 +206,15 @@ def progress_steps() -> Iterator[Callable[[str], Callable[[int, int], None]]]:
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True, disable=not err.is_terminal) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
 
         def step(label: str) -> Callable[[int, int], None]:
             task = None

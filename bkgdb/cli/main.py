@@ -26,9 +26,11 @@ app = typer.Typer(
 @app.callback()
 def main(
     db: str = typer.Option(
-        None, "--db", metavar="URL",
+        None,
+        "--db",
+        metavar="URL",
         help="Database URL (sqlite:///FILE, postgresql://USER@HOST/DB) or SQLite file. "
-             "Default: $BKGDB_URL, then ./bkgdb.sqlite.",
+        "Default: $BKGDB_URL, then ./bkgdb.sqlite.",
     ),
 ) -> None:
     State.db = db

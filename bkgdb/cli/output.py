@@ -26,8 +26,13 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: OutputFormat | str, console: Console,
-                title: str | None = None) -> None:
+def render_rows(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    fmt: OutputFormat | str,
+    console: Console,
+    title: str | None = None,
+) -> None:
     """Print ``rows`` (dicts) with the given ``columns`` in format ``fmt`` to a rich console."""
     fmt = OutputFormat(fmt)
     if fmt is OutputFormat.json:

@@ -15,8 +15,10 @@ from bkgdb.errors import BkgdbError
 
 __all__ = ["plot_app"]
 
-plot_app = typer.Typer(help="Figures (PNG, PDF or SVG by the output suffix): models, selections, validations, "
-                            "significance maps.", no_args_is_help=True)
+plot_app = typer.Typer(
+    help="Figures (PNG, PDF or SVG by the output suffix): models, selections, validations, significance maps.",
+    no_args_is_help=True,
+)
 
 OUTPUT_HELP = "Figure to write: .png, .pdf or .svg."
 DATASTORE_HELP = "The run's datastore, if its OBS_ID is in several."
@@ -25,8 +27,11 @@ DATASTORE_HELP = "The run's datastore, if its OBS_ID is in several."
 @plot_app.command("model")
 @reports_errors
 def model(
-    target: str = typer.Argument(..., metavar="OBS_ID|BKG.fits",
-                                 help="OBS_ID of an indexed run, or a background file written by `bkgdb background`."),
+    target: str = typer.Argument(
+        ...,
+        metavar="OBS_ID|BKG.fits",
+        help="OBS_ID of an indexed run, or a background file written by `bkgdb background`.",
+    ),
     output: Path = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
     config: Path = typer.Option(None, "--config", help="YAML config (needed with an OBS_ID)."),
     datastore: Path = typer.Option(None, "--datastore", help=DATASTORE_HELP),
@@ -45,12 +50,18 @@ def model(
     if config is None:
         raise BkgdbError("plot model OBS_ID needs --config (or give a background FITS file instead)")
     built, has_reference = open_catalogue(readonly="auto", config=config).plot_model(
-        int(target), output, datastore, smooth=smooth.value if smooth else None, where=where or [],
-        with_reference=not no_reference)
+        int(target),
+        output,
+        datastore,
+        smooth=smooth.value if smooth else None,
+        where=where or [],
+        with_reference=not no_reference,
+    )
     selected: Any = built.selection  # a bkgdb.store.selection.Selection
     beside = "beside the run file's model" if has_reference else "(the run file has no model of its own)"
-    out.print(f"run {target}: model from {len(selected.obs_ids)} runs {beside} -> {output}",
-              highlight=False, markup=False)
+    out.print(
+        f"run {target}: model from {len(selected.obs_ids)} runs {beside} -> {output}", highlight=False, markup=False
+    )
 
 
 @plot_app.command("selection")
@@ -66,8 +77,9 @@ def selection(
     from bkgdb.catalogue import check_figure_output
 
     check_figure_output(output)
-    picture = open_catalogue(readonly="auto", config=config).plot_selection(obs_id, output, datastore,
-                                                                            where=where or [])
+    picture = open_catalogue(readonly="auto", config=config).plot_selection(
+        obs_id, output, datastore, where=where or []
+    )
     out.print(f"{picture.title} -> {output}", highlight=False, markup=False)
 
 
@@ -76,8 +88,12 @@ def selection(
 def validation(
     table: Path = typer.Argument(..., help="CSV or JSON file written by `bkgdb validate -o`."),
     output: Path = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
-    datastore: Path = typer.Option(None, "--datastore", help="The validated datastore: run start times are read "
-                                   "from the catalogue (--db) for the norm-against-time panel; without it: OBS_ID."),
+    datastore: Path = typer.Option(
+        None,
+        "--datastore",
+        help="The validated datastore: run start times are read "
+        "from the catalogue (--db) for the norm-against-time panel; without it: OBS_ID.",
+    ),
 ) -> None:
     """Per-run FoV norms against zenith and time, and their histogram; bkgdb beside the file's model."""
     rows = open_catalogue(readonly=True).plot_validation(table, output, datastore)
@@ -102,7 +118,12 @@ def significance(
     check_figure_output(output)
     check_energy_range(e_min, e_max)
     maps = open_catalogue(readonly="auto", config=config).plot_significance(
-        obs_id, output, datastore, energy_range_tev=(e_min, e_max), correlation_radius_deg=radius, where=where or [])
+        obs_id, output, datastore, energy_range_tev=(e_min, e_max), correlation_radius_deg=radius, where=where or []
+    )
     mean, width = maps.distribution_fit()
-    out.print(f"run {obs_id}: significance outside exclusions: mean {mean:.3f}, width {width:.3f} "
-              f"(FoV norm {maps.norm:.3f}) -> {output}", highlight=False, markup=False)
+    out.print(
+        f"run {obs_id}: significance outside exclusions: mean {mean:.3f}, width {width:.3f} "
+        f"(FoV norm {maps.norm:.3f}) -> {output}",
+        highlight=False,
+        markup=False,
+    )

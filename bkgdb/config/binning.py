@@ -17,9 +17,21 @@ import numpy as np
 from bkgdb.config.values import ConfigError, ConfigWarning, check_keys, content_hash, number
 from bkgdb.geometry import FOV_ALIGNMENTS, PieceGeometry
 
-__all__ = ["Binning", "FovBinning", "AnyBinning", "binning_from_dict", "binning_from_params", "derive_fov_binning",
-           "MAX_ENERGY_BINS", "MAX_OFFSET_BINS", "MAX_FOV_BINS", "MAX_BINS_PER_PIECE", "MAX_BINS_PER_3D_PIECE",
-           "ENERGY_LIMITS_TEV", "MAX_FOV_DEG"]
+__all__ = [
+    "Binning",
+    "FovBinning",
+    "AnyBinning",
+    "binning_from_dict",
+    "binning_from_params",
+    "derive_fov_binning",
+    "MAX_ENERGY_BINS",
+    "MAX_OFFSET_BINS",
+    "MAX_FOV_BINS",
+    "MAX_BINS_PER_PIECE",
+    "MAX_BINS_PER_3D_PIECE",
+    "ENERGY_LIMITS_TEV",
+    "MAX_FOV_DEG",
+]
 
 #: Limits of a binning: bins per axis and per piece (a piece's arrays are stored per run), and the
 #: energy range in TeV that any IACT binning fits in.
@@ -43,8 +55,9 @@ FOV_KEYS = ("fov_max", "fov_bins", "fov_alignment")
 def _check_energy(e_min: float, e_max: float, e_bins: int) -> None:
     low, high = ENERGY_LIMITS_TEV
     if not low <= e_min < e_max <= high:
-        raise ConfigError(f"binning needs {low:g} <= e_min < e_max <= {high:g} (TeV), "
-                          f"got e_min={e_min:g}, e_max={e_max:g}")
+        raise ConfigError(
+            f"binning needs {low:g} <= e_min < e_max <= {high:g} (TeV), got e_min={e_min:g}, e_max={e_max:g}"
+        )
     if e_bins > MAX_ENERGY_BINS:
         raise ConfigError(f"binning.e_bins must be at most {MAX_ENERGY_BINS}, got {e_bins}")
 
@@ -57,7 +70,7 @@ def _labelled(section: str, make: Any, **values: Any) -> Any:
         message = str(exc)
         if section == "binning" or not message.startswith("binning"):
             raise
-        raise ConfigError(section + message[len("binning"):]) from None
+        raise ConfigError(section + message[len("binning") :]) from None
 
 
 def _energy_edges(e_min: float, e_max: float, e_bins: int) -> np.ndarray:
@@ -107,15 +120,18 @@ class Binning(_HashedEnergyBins):
             object.__setattr__(self, key, number("binning", key, getattr(self, key), kind))
         _check_energy(self.e_min, self.e_max, self.e_bins)
         if not 0 <= self.off_min < self.off_max <= 180:
-            raise ConfigError(f"binning needs 0 <= off_min < off_max <= 180 (deg), "
-                              f"got {self.off_min:g}, {self.off_max:g}")
+            raise ConfigError(
+                f"binning needs 0 <= off_min < off_max <= 180 (deg), got {self.off_min:g}, {self.off_max:g}"
+            )
         if self.e_bins < 1 or self.off_bins < 1:
             raise ConfigError("binning needs at least one energy and one offset bin")
         if self.off_bins > MAX_OFFSET_BINS:
             raise ConfigError(f"binning.off_bins must be at most {MAX_OFFSET_BINS}, got {self.off_bins}")
         if self.e_bins * self.off_bins > MAX_BINS_PER_PIECE:
-            raise ConfigError(f"binning has {self.e_bins} x {self.off_bins} = {self.e_bins * self.off_bins} bins; "
-                              f"at most {MAX_BINS_PER_PIECE} per piece")
+            raise ConfigError(
+                f"binning has {self.e_bins} x {self.off_bins} = {self.e_bins * self.off_bins} bins; "
+                f"at most {MAX_BINS_PER_PIECE} per piece"
+            )
 
     @classmethod
     def from_dict(cls, values: Any, section: str = "binning") -> Binning:
@@ -125,29 +141,35 @@ class Binning(_HashedEnergyBins):
         check_keys(section, values, cls.KEYS)
         defaults = cls()
         binning = _labelled(
-            section, cls,
+            section,
+            cls,
             e_min=number(section, "e_min", values.get("e_min", defaults.e_min), minimum=0, strictly=True),
             e_max=number(section, "e_max", values.get("e_max", defaults.e_max), minimum=0, strictly=True),
-            e_bins=number(section, "e_bins", values.get("e_bins", defaults.e_bins), int, minimum=1,
-                          maximum=MAX_ENERGY_BINS),
+            e_bins=number(
+                section, "e_bins", values.get("e_bins", defaults.e_bins), int, minimum=1, maximum=MAX_ENERGY_BINS
+            ),
             off_min=number(section, "off_min", values.get("off_min", defaults.off_min), minimum=0),
             off_max=number(section, "off_max", values.get("off_max", defaults.off_max), minimum=0, strictly=True),
-            off_bins=number(section, "off_bins", values.get("off_bins", defaults.off_bins), int, minimum=1,
-                            maximum=MAX_OFFSET_BINS),
+            off_bins=number(
+                section, "off_bins", values.get("off_bins", defaults.off_bins), int, minimum=1, maximum=MAX_OFFSET_BINS
+            ),
         )
         if binning.e_bins == binning.off_bins:
             # Kept (catalogues hold pieces of such binnings) but said: the files are right, the log is not.
-            warnings.warn(f"{section}: e_bins equals off_bins ({binning.e_bins}): gammapy logs 'Ambiguous axes "
-                          "order in Background fits files!' on every read of these models (bkgdb writes the axes in "
-                          "GADF order, so the models are read right); use off_bins "
-                          f"{binning.off_bins + 1} to avoid it", ConfigWarning, stacklevel=2)
+            warnings.warn(
+                f"{section}: e_bins equals off_bins ({binning.e_bins}): gammapy logs 'Ambiguous axes "
+                "order in Background fits files!' on every read of these models (bkgdb writes the axes in "
+                "GADF order, so the models are read right); use off_bins "
+                f"{binning.off_bins + 1} to avoid it",
+                ConfigWarning,
+                stacklevel=2,
+            )
         return binning
 
     @property
     def params(self) -> dict[str, Any]:
         """The parameters that identify the binning (unchanged since the first catalogues: no kind marker)."""
         return {key: getattr(self, key) for key in self.KEYS}
-
 
     @property
     def offset_edges(self) -> np.ndarray:
@@ -189,8 +211,9 @@ class FovBinning(_HashedEnergyBins):
             object.__setattr__(self, key, number("binning", key, getattr(self, key), kind))
         alignment = self.fov_alignment.upper() if isinstance(self.fov_alignment, str) else self.fov_alignment
         if alignment not in FOV_ALIGNMENTS:
-            raise ConfigError(f"binning.fov_alignment must be one of {', '.join(FOV_ALIGNMENTS)}, "
-                              f"got {self.fov_alignment!r}")
+            raise ConfigError(
+                f"binning.fov_alignment must be one of {', '.join(FOV_ALIGNMENTS)}, got {self.fov_alignment!r}"
+            )
         object.__setattr__(self, "fov_alignment", alignment)
         _check_energy(self.e_min, self.e_max, self.e_bins)
         if not 0 < self.fov_max <= MAX_FOV_DEG:
@@ -201,13 +224,17 @@ class FovBinning(_HashedEnergyBins):
             raise ConfigError(f"binning.fov_bins must be at most {MAX_FOV_BINS}, got {self.fov_bins}")
         size = self.e_bins * self.fov_bins**2
         if size > MAX_BINS_PER_3D_PIECE:
-            raise ConfigError(f"binning has {self.e_bins} x {self.fov_bins} x {self.fov_bins} = {size} bins; "
-                              f"at most {MAX_BINS_PER_3D_PIECE} per 3D piece (16 MB of counts per run)")
+            raise ConfigError(
+                f"binning has {self.e_bins} x {self.fov_bins} x {self.fov_bins} = {size} bins; "
+                f"at most {MAX_BINS_PER_3D_PIECE} per 3D piece (16 MB of counts per run)"
+            )
         if self.e_bins == self.fov_bins:
-            raise ConfigError(f"binning.fov_bins equals e_bins ({self.e_bins}): gammapy cannot tell the energy "
-                              "axis from fov_lat in a cube whose axis lengths read the same reversed and logs "
-                              "'Ambiguous axes order in Background fits files!' on every read; use fov_bins "
-                              f"{self.fov_bins + 1} or e_bins {self.e_bins + 1}")
+            raise ConfigError(
+                f"binning.fov_bins equals e_bins ({self.e_bins}): gammapy cannot tell the energy "
+                "axis from fov_lat in a cube whose axis lengths read the same reversed and logs "
+                "'Ambiguous axes order in Background fits files!' on every read; use fov_bins "
+                f"{self.fov_bins + 1} or e_bins {self.e_bins + 1}"
+            )
 
     @classmethod
     def from_dict(cls, values: Any, section: str = "binning") -> FovBinning:
@@ -220,15 +247,24 @@ class FovBinning(_HashedEnergyBins):
         if not isinstance(alignment, str):
             raise ConfigError(f"{section}.fov_alignment must be one of {', '.join(FOV_ALIGNMENTS)}, got {alignment!r}")
         return _labelled(
-            section, cls,
+            section,
+            cls,
             e_min=number(section, "e_min", values.get("e_min", defaults.e_min), minimum=0, strictly=True),
             e_max=number(section, "e_max", values.get("e_max", defaults.e_max), minimum=0, strictly=True),
-            e_bins=number(section, "e_bins", values.get("e_bins", defaults.e_bins), int, minimum=1,
-                          maximum=MAX_ENERGY_BINS),
-            fov_max=number(section, "fov_max", values.get("fov_max", defaults.fov_max), minimum=0, strictly=True,
-                           maximum=MAX_FOV_DEG),
-            fov_bins=number(section, "fov_bins", values.get("fov_bins", defaults.fov_bins), int, minimum=1,
-                            maximum=MAX_FOV_BINS),
+            e_bins=number(
+                section, "e_bins", values.get("e_bins", defaults.e_bins), int, minimum=1, maximum=MAX_ENERGY_BINS
+            ),
+            fov_max=number(
+                section,
+                "fov_max",
+                values.get("fov_max", defaults.fov_max),
+                minimum=0,
+                strictly=True,
+                maximum=MAX_FOV_DEG,
+            ),
+            fov_bins=number(
+                section, "fov_bins", values.get("fov_bins", defaults.fov_bins), int, minimum=1, maximum=MAX_FOV_BINS
+            ),
             fov_alignment=alignment,
         )
 
@@ -236,7 +272,6 @@ class FovBinning(_HashedEnergyBins):
     def params(self) -> dict[str, Any]:
         """The parameters that identify the binning, marked as 3D so no 2D binning can share its hash."""
         return {"kind": self.kind, **{key: getattr(self, key) for key in self.KEYS}}
-
 
     @property
     def fov_edges(self) -> np.ndarray:
@@ -265,16 +300,19 @@ def binning_from_dict(values: Any, section: str = "binning") -> AnyBinning:
         The mapping mixes offset and FoV keys, or holds an invalid value.
     """
     if not isinstance(values, dict):
-        raise ConfigError(f"{section} must be a mapping of {', '.join(Binning.KEYS)} "
-                          f"or of {', '.join(FovBinning.KEYS)}")
+        raise ConfigError(
+            f"{section} must be a mapping of {', '.join(Binning.KEYS)} or of {', '.join(FovBinning.KEYS)}"
+        )
     fov = [key for key in values if isinstance(key, str) and key.startswith("fov_")]
     if not fov:
         return Binning.from_dict(values, section)
     offset = [key for key in values if key in OFFSET_KEYS]
     if offset:
-        raise ConfigError(f"{section} mixes 2D keys ({', '.join(offset)}) with 3D keys ({', '.join(fov)}): a binning "
-                          f"is energy x offset ({', '.join(OFFSET_KEYS)}) or energy x FoV pixels "
-                          f"({', '.join(FOV_KEYS)}); give each its own entry of a binning list")
+        raise ConfigError(
+            f"{section} mixes 2D keys ({', '.join(offset)}) with 3D keys ({', '.join(fov)}): a binning "
+            f"is energy x offset ({', '.join(OFFSET_KEYS)}) or energy x FoV pixels "
+            f"({', '.join(FOV_KEYS)}); give each its own entry of a binning list"
+        )
     return FovBinning.from_dict(values, section)
 
 
@@ -293,5 +331,11 @@ def derive_fov_binning(binning: Binning) -> FovBinning:
     fov_bins = 2 * binning.off_bins
     if fov_bins == binning.e_bins:
         fov_bins += 1
-    return FovBinning(e_min=binning.e_min, e_max=binning.e_max, e_bins=binning.e_bins, fov_max=binning.off_max,
-                      fov_bins=fov_bins, fov_alignment="ALTAZ")
+    return FovBinning(
+        e_min=binning.e_min,
+        e_max=binning.e_max,
+        e_bins=binning.e_bins,
+        fov_max=binning.off_max,
+        fov_bins=fov_bins,
+        fov_alignment="ALTAZ",
+    )

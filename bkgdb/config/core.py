@@ -29,8 +29,15 @@ log = logging.getLogger(__name__)
 #: Most worker processes a config may ask for.
 MAX_JOBS = 256
 #: Sections of gammapy-tools configs that bkgdb reads none of.
-FOREIGN_SECTIONS = {"run_selection", "spectrum", "lightcurve", "sky_map", "analysis_selection",
-                    "results_file", "plot_names"}
+FOREIGN_SECTIONS = {
+    "run_selection",
+    "spectrum",
+    "lightcurve",
+    "sky_map",
+    "analysis_selection",
+    "results_file",
+    "plot_names",
+}
 #: Tolerance of ring and energy limits against bin edges (floating-point spelling of the same number).
 RELATIVE_TOLERANCE = 1e-9
 
@@ -68,10 +75,15 @@ class BkgdbConfig:
         try:
             derived = derive_fov_binning(binning)
         except ConfigError as exc:
-            raise ConfigError(f"io.3d_bkg: cannot derive a 3D binning from the 2D one ({exc}): "
-                              "add a 3D binning (fov_max, fov_bins) to `binning:`") from None
-        log.info("io.3d_bkg is true and no 3D binning is configured: using %s (%s)",
-                 derived.geometry.describe(), ", ".join(f"{k}={v}" for k, v in derived.params.items()))
+            raise ConfigError(
+                f"io.3d_bkg: cannot derive a 3D binning from the 2D one ({exc}): "
+                "add a 3D binning (fov_max, fov_bins) to `binning:`"
+            ) from None
+        log.info(
+            "io.3d_bkg is true and no 3D binning is configured: using %s (%s)",
+            derived.geometry.describe(),
+            ", ".join(f"{k}={v}" for k, v in derived.params.items()),
+        )
         return derived
 
     def _check_energy(self, binning: AnyBinning) -> None:
@@ -79,17 +91,21 @@ class BkgdbConfig:
         low, high = (1 - RELATIVE_TOLERANCE, 1 + RELATIVE_TOLERANCE)
         if energy and not np.any((edges[:-1] >= energy[0] * low) & (edges[1:] <= energy[1] * high)):
             which = "3D binning" if binning.is_3d else "binning"
-            raise ConfigError(f"background_selection.normalisation: no energy bin of the {which} lies within "
-                              f"e_min {energy[0]:g} and e_max {energy[1]:g} TeV")
+            raise ConfigError(
+                f"background_selection.normalisation: no energy bin of the {which} lies within "
+                f"e_min {energy[0]:g} and e_max {energy[1]:g} TeV"
+            )
 
     def _check_ring_2d(self, binning: Binning) -> None:
         from bkgdb.makers.normalisation import ring_bins
 
         low, high = self.selection.normalisation_ring
         if low < binning.off_min or high > binning.off_max or not ring_bins(binning.offset_edges, low, high).any():
-            raise ConfigError(f"background_selection.normalisation: the control ring {low:g}-{high:g} deg must "
-                              f"hold whole offset bins of the binning ({binning.off_min:g}-{binning.off_max:g} "
-                              f"deg in {binning.off_bins} bins)")
+            raise ConfigError(
+                f"background_selection.normalisation: the control ring {low:g}-{high:g} deg must "
+                f"hold whole offset bins of the binning ({binning.off_min:g}-{binning.off_max:g} "
+                f"deg in {binning.off_bins} bins)"
+            )
         self._check_energy(binning)
 
     def _check_ring_3d(self, binning: FovBinning) -> None:
@@ -97,9 +113,11 @@ class BkgdbConfig:
         low, high = self.selection.normalisation_ring
         offset = binning.geometry.spatial_offset_deg
         if not np.any((offset >= low) & (offset < high)):
-            raise ConfigError(f"background_selection.normalisation: no pixel centre of the 3D binning "
-                              f"(-{binning.fov_max:g}..{binning.fov_max:g} deg in {binning.fov_bins} pixels per axis) "
-                              f"lies in the control ring {low:g}-{high:g} deg")
+            raise ConfigError(
+                f"background_selection.normalisation: no pixel centre of the 3D binning "
+                f"(-{binning.fov_max:g}..{binning.fov_max:g} deg in {binning.fov_bins} pixels per axis) "
+                f"lies in the control ring {low:g}-{high:g} deg"
+            )
         self._check_energy(binning)
 
     @property
@@ -132,8 +150,10 @@ class BkgdbConfig:
         if values is None:
             values = {}
         if not isinstance(values, dict):
-            raise ConfigError(f"a config must be a mapping of sections (binning, exclusion, ...), "
-                              f"got {type(values).__name__} {shown(values)}")
+            raise ConfigError(
+                f"a config must be a mapping of sections (binning, exclusion, ...), "
+                f"got {type(values).__name__} {shown(values)}"
+            )
         known = {"binning", "exclusion", "config", "background_selection", "io"}
         for key in values:
             if key not in known and key not in FOREIGN_SECTIONS:
@@ -150,8 +170,14 @@ class BkgdbConfig:
         njobs = number("config", "njobs", settings.get("njobs", 1), int, maximum=MAX_JOBS)
         if njobs < 1:
             # gammapy-tools' -1 ("all cores") would silently load a shared machine fully.
-            raise ConfigError(f"config.njobs must be a number of worker processes from 1 to {MAX_JOBS}, got {njobs} "
-                              f"(this machine has {os.cpu_count() or 1} cores)")
-        return cls(binnings=binnings, exclusion=ExclusionSettings.from_dict(values.get("exclusion")),
-                   selection=SelectionSettings.from_dict(values.get("background_selection")),
-                   io=IOSettings.from_dict(values.get("io")), njobs=njobs)
+            raise ConfigError(
+                f"config.njobs must be a number of worker processes from 1 to {MAX_JOBS}, got {njobs} "
+                f"(this machine has {os.cpu_count() or 1} cores)"
+            )
+        return cls(
+            binnings=binnings,
+            exclusion=ExclusionSettings.from_dict(values.get("exclusion")),
+            selection=SelectionSettings.from_dict(values.get("background_selection")),
+            io=IOSettings.from_dict(values.get("io")),
+            njobs=njobs,
+        )

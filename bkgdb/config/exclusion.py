@@ -39,8 +39,12 @@ def default_catalogue_path(relative: str) -> str | None:
     """``$GAMMAPY_DATA/catalogs/<relative>``, or None (with a warning) when GAMMAPY_DATA is not set."""
     root = os.environ.get("GAMMAPY_DATA")
     if not root:
-        warnings.warn(f"GAMMAPY_DATA is not set and no path is configured for {relative}: "
-                      "that catalogue is not used for exclusion", ConfigWarning, stacklevel=2)
+        warnings.warn(
+            f"GAMMAPY_DATA is not set and no path is configured for {relative}: "
+            "that catalogue is not used for exclusion",
+            ConfigWarning,
+            stacklevel=2,
+        )
         return None
     return str(Path(root, "catalogs", relative))
 
@@ -89,18 +93,37 @@ class ExclusionSettings:
     #: `source_radii` value, else `source_radius`.
     exclude_source_name: tuple[tuple[str, float | None], ...] = ()
 
-    KEYS = ("gammacat", "hawc", "star_cat", "search_radius", "source_radius", "extended_factor",
-            "star_mag_max", "star_radius", "exclude_regions", "region_files", "exposure_method",
-            "source_radii", "exclude_source_name")
+    KEYS = (
+        "gammacat",
+        "hawc",
+        "star_cat",
+        "search_radius",
+        "source_radius",
+        "extended_factor",
+        "star_mag_max",
+        "star_radius",
+        "exclude_regions",
+        "region_files",
+        "exposure_method",
+        "source_radii",
+        "exclude_source_name",
+    )
     #: Keys left out of `params` while they are empty, so settings without them keep their hash.
     OPTIONAL_KEYS = ("source_radii", "exclude_source_name")
 
     def __post_init__(self) -> None:
         if self.exposure_method not in EXPOSURE_METHODS:
-            raise ConfigError(f"exclusion.exposure_method must be one of {', '.join(EXPOSURE_METHODS)}, "
-                              f"got {shown(self.exposure_method)}")
-        for key, maximum in (("search_radius", MAX_RADIUS_DEG), ("source_radius", MAX_RADIUS_DEG),
-                             ("star_radius", MAX_RADIUS_DEG), ("extended_factor", None), ("star_mag_max", None)):
+            raise ConfigError(
+                f"exclusion.exposure_method must be one of {', '.join(EXPOSURE_METHODS)}, "
+                f"got {shown(self.exposure_method)}"
+            )
+        for key, maximum in (
+            ("search_radius", MAX_RADIUS_DEG),
+            ("source_radius", MAX_RADIUS_DEG),
+            ("star_radius", MAX_RADIUS_DEG),
+            ("extended_factor", None),
+            ("star_mag_max", None),
+        ):
             minimum = None if key == "star_mag_max" else 0
             number("exclusion", key, getattr(self, key), minimum=minimum, maximum=maximum)
         for name in CATALOGUE_KEYS:
@@ -174,6 +197,7 @@ class ExclusionSettings:
     def hash(self) -> str:
         """Hash of the parameters and file contents, not file paths: the same catalogues in another
         folder (another machine's $GAMMAPY_DATA) share pieces."""
+
         def without_paths(value: Any) -> Any:
             if isinstance(value, dict):
                 return {key: without_paths(item) for key, item in value.items() if key != "path"}
@@ -218,8 +242,10 @@ def _source_radii(section: str, values: Any) -> tuple[tuple[str, float], ...]:
         key = normalise_source_name(name)
         if key in pairs:
             raise ConfigError(f"{section}.source_radii names {pairs[key][0]!r} and {name!r}: the same source twice")
-        pairs[key] = (name, number(f"{section}.source_radii", repr(name), radius, minimum=0, strictly=True,
-                                    maximum=MAX_RADIUS_DEG))
+        pairs[key] = (
+            name,
+            number(f"{section}.source_radii", repr(name), radius, minimum=0, strictly=True, maximum=MAX_RADIUS_DEG),
+        )
     return tuple(pairs[key] for key in sorted(pairs))
 
 

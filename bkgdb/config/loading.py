@@ -27,8 +27,11 @@ def _yaml_loader() -> type:
                     continue  # an unhashable key: the base class reports it
                 if first is not key_node:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {shown(key)} (first given on line {first.start_mark.line + 1})",
-                        key_node.start_mark)
+                        None,
+                        None,
+                        f"duplicate key {shown(key)} (first given on line {first.start_mark.line + 1})",
+                        key_node.start_mark,
+                    )
             return super().construct_mapping(node, deep)
 
     return UniqueKeyLoader
@@ -80,6 +83,7 @@ def load_config(path: str | os.PathLike) -> BkgdbConfig:
     if values is None:
         raise ConfigError(f"{path} is empty: a config needs at least one section (binning, exclusion, ...)")
     if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (binning, exclusion, ...), "
-                          f"got a {type(values).__name__}")
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (binning, exclusion, ...), got a {type(values).__name__}"
+        )
     return BkgdbConfig.from_dict(values)

@@ -38,8 +38,9 @@ def _conditions(section: str, value: Any) -> tuple[str, ...]:
         from bkgdb.store.conditions import condition_expression, parse_condition, typed_column
     for index, condition in enumerate(conditions):
         if not isinstance(condition, str):
-            raise ConfigError(f"{section}.where[{index}] must be a condition such as 'zenith<30', "
-                              f"got {shown(condition)}")
+            raise ConfigError(
+                f"{section}.where[{index}] must be a condition such as 'zenith<30', got {shown(condition)}"
+            )
         try:
             parsed = parse_condition(condition)
             if typed_column(parsed.name) is not None:  # obs-index columns are known once a catalogue is open
@@ -101,10 +102,34 @@ class SelectionSettings:
     min_ontime: float | None = None
     min_statistics: str = "warn"
 
-    KEYS = ("el_diff", "az_diff", "nsb_diff", "time_max", "same_szn", "seasons", "n_tels", "n_tel", "el_min",
-            "el_max", "gal_lat_min", "where", "time_request", "KL_DIV", "smooth", "smooth_method",
-            "smooth_sigma", "poly_degree", "spline_smoothing", "fill_empty_bins", "bin_centre_correction",
-            "normalisation", "assembly", "min_runs", "min_ontime", "min_statistics")
+    KEYS = (
+        "el_diff",
+        "az_diff",
+        "nsb_diff",
+        "time_max",
+        "same_szn",
+        "seasons",
+        "n_tels",
+        "n_tel",
+        "el_min",
+        "el_max",
+        "gal_lat_min",
+        "where",
+        "time_request",
+        "KL_DIV",
+        "smooth",
+        "smooth_method",
+        "smooth_sigma",
+        "poly_degree",
+        "spline_smoothing",
+        "fill_empty_bins",
+        "bin_centre_correction",
+        "normalisation",
+        "assembly",
+        "min_runs",
+        "min_ontime",
+        "min_statistics",
+    )
     #: gammapy-tools keys that bkgdb reads but does not use.
     UNUSED = ("store_KL", "bkg_runlist")
 
@@ -112,13 +137,17 @@ class SelectionSettings:
         from bkgdb.makers.assembly import ASSEMBLY_METHODS
 
         if self.assembly not in ASSEMBLY_METHODS:
-            raise ConfigError(f"background_selection.assembly must be one of {', '.join(ASSEMBLY_METHODS)}, "
-                              f"got {self.assembly!r}")
+            raise ConfigError(
+                f"background_selection.assembly must be one of {', '.join(ASSEMBLY_METHODS)}, got {self.assembly!r}"
+            )
         if self.smooth_method not in SMOOTHING_METHODS:
-            raise ConfigError(f"background_selection.smooth_method must be one of {', '.join(SMOOTHING_METHODS)}, "
-                              f"got {self.smooth_method!r}")
-        _check_normalisation(self.normalisation, self.normalisation_ring, self.normalisation_column,
-                             self.normalisation_energy)
+            raise ConfigError(
+                f"background_selection.smooth_method must be one of {', '.join(SMOOTHING_METHODS)}, "
+                f"got {self.smooth_method!r}"
+            )
+        _check_normalisation(
+            self.normalisation, self.normalisation_ring, self.normalisation_column, self.normalisation_energy
+        )
 
     @classmethod
     def from_dict(cls, values: Any, section: str = "background_selection") -> SelectionSettings:
@@ -126,8 +155,16 @@ class SelectionSettings:
         values = mapping(section, values)
         check_keys(section, values, cls.KEYS + cls.UNUSED)
         kwargs: dict[str, Any] = {}
-        for key in ("el_diff", "az_diff", "nsb_diff", "time_max", "el_min", "el_max", "time_request",
-                    "spline_smoothing"):
+        for key in (
+            "el_diff",
+            "az_diff",
+            "nsb_diff",
+            "time_max",
+            "el_min",
+            "el_max",
+            "time_request",
+            "spline_smoothing",
+        ):
             if key in values:
                 kwargs[key] = optional(section, values, key, minimum=0)
         if "gal_lat_min" in values:
@@ -169,8 +206,10 @@ class SelectionSettings:
             kwargs["min_ontime"] = optional(section, values, "min_ontime", minimum=0)
         if "min_statistics" in values:
             if values["min_statistics"] not in MIN_STATISTICS_ACTIONS:
-                raise ConfigError(f"{section}.min_statistics must be one of {', '.join(MIN_STATISTICS_ACTIONS)}, "
-                                  f"got {values['min_statistics']!r}")
+                raise ConfigError(
+                    f"{section}.min_statistics must be one of {', '.join(MIN_STATISTICS_ACTIONS)}, "
+                    f"got {values['min_statistics']!r}"
+                )
             kwargs["min_statistics"] = values["min_statistics"]
         return cls(**kwargs)
 
@@ -188,23 +227,32 @@ def _normalisation_from_dict(section: str, values: Any) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"{section} must be a mapping of method, offset_min, offset_max, column")
     check_keys(section, values, ("method", "offset_min", "offset_max", "column", "e_min", "e_max", "model_scatter"))
-    ring = tuple(number(section, key, values.get(key, default), minimum=0)
-                 for key, default in (("offset_min", 2.0), ("offset_max", 2.5)))
+    ring = tuple(
+        number(section, key, values.get(key, default), minimum=0)
+        for key, default in (("offset_min", 2.0), ("offset_max", 2.5))
+    )
     energy: tuple[float, float] | None = None
     if values.get("e_min") is not None or values.get("e_max") is not None:
-        energy = (number(section, "e_min", values.get("e_min", 0.0), minimum=0),
-                  number(section, "e_max", values.get("e_max", 1e9), minimum=0))
+        energy = (
+            number(section, "e_min", values.get("e_min", 0.0), minimum=0),
+            number(section, "e_max", values.get("e_max", 1e9), minimum=0),
+        )
     column = values.get("column")
     scatter = values.get("model_scatter")
     if scatter is not None:
         scatter = number(section, "model_scatter", scatter, minimum=0, strictly=True)
-    return {"normalisation": str(values.get("method") or "none"), "normalisation_ring": ring,
-            "normalisation_column": None if column is None else str(column), "normalisation_energy": energy,
-            "normalisation_model_scatter": scatter}
+    return {
+        "normalisation": str(values.get("method") or "none"),
+        "normalisation_ring": ring,
+        "normalisation_column": None if column is None else str(column),
+        "normalisation_energy": energy,
+        "normalisation_model_scatter": scatter,
+    }
 
 
-def _check_normalisation(method: str, ring: tuple[float, float], column: str | None,
-                         energy: tuple[float, float] | None = None) -> None:
+def _check_normalisation(
+    method: str, ring: tuple[float, float], column: str | None, energy: tuple[float, float] | None = None
+) -> None:
     from bkgdb.makers.normalisation import NORMALISATION_METHODS
 
     section = "background_selection.normalisation"

@@ -48,11 +48,18 @@ def shown(value: Any, limit: int = 60) -> str:
         text = repr(value)
     except ValueError:  # an integer too long to print
         return "a number too large to show"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def number(section: str, key: str, value: Any, kind: type = float, minimum: float | None = None,
-           strictly: bool = False, maximum: float | None = None) -> Any:
+def number(
+    section: str,
+    key: str,
+    value: Any,
+    kind: type = float,
+    minimum: float | None = None,
+    strictly: bool = False,
+    maximum: float | None = None,
+) -> Any:
     """A finite number from a config value, with optional bounds; a `ConfigError` naming the key otherwise.
 
     Non-finite values (``.inf``, ``.nan``, ``1e999``) and whole numbers beyond `MAX_CONFIG_INT`
@@ -92,8 +99,7 @@ def mapping(section: str, values: Any) -> dict:
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{section} must be a mapping of keys to values, "
-                          f"got {type(values).__name__} {shown(values)}")
+        raise ConfigError(f"{section} must be a mapping of keys to values, got {type(values).__name__} {shown(values)}")
     return dict(values)
 
 
@@ -140,12 +146,15 @@ def is_file(path: str | os.PathLike) -> bool:
 
 def missing_file_message(label: str, what: str, path: str | os.PathLike) -> str:
     """Why a configured file is missing, telling the user to set an unset variable the path names."""
-    unset = sorted({name for name in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", str(path))
-                    if name not in os.environ})
+    unset = sorted({name for name in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", str(path)) if name not in os.environ})
     if unset:
         variables = ", ".join(unset)
-        hint = ("set GAMMAPY_DATA to gammapy's data folder (the one holding catalogs/)"
-                if unset == ["GAMMAPY_DATA"] else f"set {variables}")
-        return (f"{label}: {what} {path} not found because {variables} is not set: {hint}, "
-                "or give an explicit path" + (", or none to use no such catalogue" if what == "catalogue file" else ""))
+        hint = (
+            "set GAMMAPY_DATA to gammapy's data folder (the one holding catalogs/)"
+            if unset == ["GAMMAPY_DATA"]
+            else f"set {variables}"
+        )
+        return f"{label}: {what} {path} not found because {variables} is not set: {hint}, or give an explicit path" + (
+            ", or none to use no such catalogue" if what == "catalogue file" else ""
+        )
     return f"{label}: {what} not found: {path}"

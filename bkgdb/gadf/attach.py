@@ -24,8 +24,14 @@ from bkgdb.background import BKG_HDU, PROVENANCE_HDU
 from bkgdb.errors import BkgdbError
 
 __all__ = [
-    "AttachReport", "NothingAttached", "UnsafeDestination", "attach_backgrounds", "check_attach_destination",
-    "partial_path", "write_fits", "PARTIAL_SUFFIX",
+    "AttachReport",
+    "NothingAttached",
+    "UnsafeDestination",
+    "attach_backgrounds",
+    "check_attach_destination",
+    "partial_path",
+    "write_fits",
+    "PARTIAL_SUFFIX",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,8 +96,9 @@ def write_fits(hdulist, path):
                 buffer = io.BytesIO()
                 hdulist.writeto(buffer)
                 # The final name and no time stamp in the gzip header: the same HDUs give the same bytes.
-                with gzip.GzipFile(filename=path.name[:-3], mode="wb", compresslevel=1, fileobj=handle,
-                                   mtime=0) as compressed:
+                with gzip.GzipFile(
+                    filename=path.name[:-3], mode="wb", compresslevel=1, fileobj=handle, mtime=0
+                ) as compressed:
                     compressed.write(buffer.getvalue())
             else:
                 hdulist.writeto(handle)
@@ -123,7 +130,8 @@ def _planned_outputs(source, out_dir):
         if output in by_name:
             raise UnsafeDestination(
                 f"runs {by_name[output]} and {run.obs_id} of {source.path} have event files of the same name "
-                f"{output.name}: attach writes one file per name into {output.parent}")
+                f"{output.name}: attach writes one file per name into {output.parent}"
+            )
         by_name[output] = run.obs_id
         finals.append(output)
     return finals + [partial_path(path) for path in finals]
@@ -136,8 +144,11 @@ def _protected_by_target(source):
     for row in source.hdu_table:
         file_dir = str(row["FILE_DIR"]).strip() if "FILE_DIR" in row.colnames else ""
         path = _resolved(source.path / base / file_dir / str(row["FILE_NAME"]).strip())
-        protected.setdefault(path, f"the hdu-index of the target {source.path} points to it "
-                                   f"(run {int(row['OBS_ID'])}, {str(row['HDU_TYPE']).strip()})")
+        protected.setdefault(
+            path,
+            f"the hdu-index of the target {source.path} points to it "
+            f"(run {int(row['OBS_ID'])}, {str(row['HDU_TYPE']).strip()})",
+        )
     return protected
 
 
@@ -150,12 +161,14 @@ def _protected_by_catalogue(catalogue, names):
         folders, rows = catalogued_files(session)
         for folder in folders:
             for name in INDEX_NAMES:
-                protected.setdefault(_resolved(Path(folder) / name),
-                                     f"it is an index file of the catalogued datastore {folder}")
+                protected.setdefault(
+                    _resolved(Path(folder) / name), f"it is an index file of the catalogued datastore {folder}"
+                )
         for file_path, obs_id, folder in rows:
             if Path(file_path).name in names:  # resolve only what could collide: catalogues are large
-                protected.setdefault(_resolved(file_path),
-                                     f"it is the file of run {obs_id} of the catalogued datastore {folder}")
+                protected.setdefault(
+                    _resolved(file_path), f"it is the file of run {obs_id} of the catalogued datastore {folder}"
+                )
     return protected
 
 
@@ -179,14 +192,17 @@ def _is_bkgdb_output(folder):
 def _check_destination(catalogue, source, out_dir, overwrite):
     target = source.path
     if out_dir == target:
-        raise UnsafeDestination(f"--out {out_dir} is the target datastore: attach never writes into the "
-                                "datastore it reads")
+        raise UnsafeDestination(
+            f"--out {out_dir} is the target datastore: attach never writes into the datastore it reads"
+        )
     if out_dir.is_relative_to(target):
-        raise UnsafeDestination(f"--out {out_dir} is inside the target datastore {target}: attach never writes "
-                                "into the datastore it reads")
+        raise UnsafeDestination(
+            f"--out {out_dir} is inside the target datastore {target}: attach never writes into the datastore it reads"
+        )
     if target.is_relative_to(out_dir):
-        raise UnsafeDestination(f"--out {out_dir} contains the target datastore {target}: attach never writes "
-                                "into the datastore it reads")
+        raise UnsafeDestination(
+            f"--out {out_dir} contains the target datastore {target}: attach never writes into the datastore it reads"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise UnsafeDestination(f"--out {out_dir} exists and is not a folder")
 
@@ -202,12 +218,15 @@ def _check_destination(catalogue, source, out_dir, overwrite):
 
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
-            raise UnsafeDestination(f"--out {out_dir} is not empty: pass --overwrite to replace what an earlier "
-                                    "attach wrote there")
+            raise UnsafeDestination(
+                f"--out {out_dir} is not empty: pass --overwrite to replace what an earlier attach wrote there"
+            )
         ours, index_file = _is_bkgdb_output(out_dir)
         if not ours:
-            raise UnsafeDestination(f"refusing to write into {out_dir}: {index_file} belongs to a datastore "
-                                    "bkgdb did not write (even with --overwrite)")
+            raise UnsafeDestination(
+                f"refusing to write into {out_dir}: {index_file} belongs to a datastore "
+                "bkgdb did not write (even with --overwrite)"
+            )
 
 
 def check_attach_destination(catalogue, target, out_dir, overwrite: bool = False) -> Path:
@@ -287,8 +306,9 @@ def _nothing_attached(source, skipped):
         return NothingAttached(f"the target datastore {source.path} lists no runs: nothing written")
     shown = "; ".join(f"run {obs_id}: {' '.join(str(reason).split())}" for obs_id, reason in skipped[:2])
     more = f"; and {len(skipped) - 2} more runs" if len(skipped) > 2 else ""
-    return NothingAttached(f"no run of {source.path} got a background, nothing written ({len(skipped)} runs): "
-                           f"{shown}{more}", skipped)
+    return NothingAttached(
+        f"no run of {source.path} got a background, nothing written ({len(skipped)} runs): {shown}{more}", skipped
+    )
 
 
 def attach_backgrounds(builder, target_datastore, out_dir, progress=None, overwrite: bool = False):
@@ -360,15 +380,21 @@ def attach_backgrounds(builder, target_datastore, out_dir, progress=None, overwr
                         for name in INDEX_NAMES:  # an interrupted rerun must not look complete
                             (out_dir / name).unlink(missing_ok=True)
                     target_file = _run_output(out_dir, run)
-                    own = (hdu_table["OBS_ID"] == run.obs_id)
+                    own = hdu_table["OBS_ID"] == run.obs_id
                     old_bkg = {str(name).strip() for name in hdu_table["HDU_NAME"][own & (hdu_types == "bkg")]}
                     dropped = {name.upper() for name in old_bkg} | {BKG_HDU, PROVENANCE_HDU}
                     with fits.open(run.events_path, memmap=False) as hdul:
                         kept = [hdu for hdu in hdul if hdu.name not in dropped]
-                        write_fits(fits.HDUList(kept + [built.model_hdu(BKG_HDU), built.provenance_hdu()]),
-                                   target_file)
-                    hdu_rows.extend(_hdu_rows(source, hdu_table[own & (hdu_types != "bkg")], run, target_file,
-                                              "bkg_3d" if built.geometry.is_3d else "bkg_2d"))
+                        write_fits(fits.HDUList(kept + [built.model_hdu(BKG_HDU), built.provenance_hdu()]), target_file)
+                    hdu_rows.extend(
+                        _hdu_rows(
+                            source,
+                            hdu_table[own & (hdu_types != "bkg")],
+                            run,
+                            target_file,
+                            "bkg_3d" if built.geometry.is_3d else "bkg_2d",
+                        )
+                    )
                     written.append(run.obs_id)
                     builder.record(session, built, target_file)
                     session.commit()
@@ -380,8 +406,9 @@ def attach_backgrounds(builder, target_datastore, out_dir, progress=None, overwr
 
         obs_table = source.obs_table[np.isin(source.obs_table["OBS_ID"], written)]
         obs_table.meta["CREATOR"] = f"{CREATOR_PREFIX}{__version__}"
-        new_hdu_table = Table(rows=[[row[name] for name in hdu_table.colnames] for row in hdu_rows],
-                              names=hdu_table.colnames)
+        new_hdu_table = Table(
+            rows=[[row[name] for name in hdu_table.colnames] for row in hdu_rows], names=hdu_table.colnames
+        )
         new_hdu_table.meta = {key: value for key, value in hdu_table.meta.items() if key != "BASE_DIR"}
         new_hdu_table.meta["CREATOR"] = f"{CREATOR_PREFIX}{__version__}"
         for table, name in ((obs_table, OBS_INDEX), (new_hdu_table, HDU_INDEX)):
@@ -409,8 +436,15 @@ def _hdu_rows(source, rows, run, target_file, bkg_class):
             values["FILE_DIR"], values["FILE_NAME"] = str(original.parent), original.name
         result.append(values)
     bkg = dict(result[0])
-    bkg.update({"HDU_TYPE": "bkg", "HDU_CLASS": bkg_class, "FILE_DIR": DATA_DIR, "FILE_NAME": target_file.name,
-                "HDU_NAME": BKG_HDU})
+    bkg.update(
+        {
+            "HDU_TYPE": "bkg",
+            "HDU_CLASS": bkg_class,
+            "FILE_DIR": DATA_DIR,
+            "FILE_NAME": target_file.name,
+            "HDU_NAME": BKG_HDU,
+        }
+    )
     if "SIZE" in bkg:
         bkg["SIZE"] = 0
     result.append(bkg)

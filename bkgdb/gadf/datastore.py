@@ -41,8 +41,16 @@ from astropy.table import Table
 
 from bkgdb.errors import DatastoreError
 
-__all__ = ["DL3Datastore", "RunSource", "read_index_table", "checked_obs_ids", "json_safe", "finite_number", "one_line",
-           "NO_EVENTS_HDU"]
+__all__ = [
+    "DL3Datastore",
+    "RunSource",
+    "read_index_table",
+    "checked_obs_ids",
+    "json_safe",
+    "finite_number",
+    "one_line",
+    "NO_EVENTS_HDU",
+]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +130,7 @@ def read_index_table(path: Path, what: str) -> Table:
     DatastoreError
         The file cannot be read, is truncated or holds no FITS table.
     """
+
     def refuse(reason):
         return DatastoreError(f"cannot read the {what} {path}: {one_line(reason)}")
 
@@ -174,27 +183,29 @@ def checked_obs_ids(table: Table, what: str, path: Path, unique: bool) -> np.nda
     if kind not in "iuf":
         sample = json_safe(values[0]) if len(values) else ""
         held = {"S": "text", "U": "text", "b": "boolean"}.get(kind, str(values.dtype))
-        raise DatastoreError(f"{prefix} OBS_ID must be integers, the column holds {held} values "
-                             f"(row 1: {sample!r})")
+        raise DatastoreError(f"{prefix} OBS_ID must be integers, the column holds {held} values (row 1: {sample!r})")
     if kind == "f":
         bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
         if len(bad):
             raise DatastoreError(f"{prefix} OBS_ID {float(values[bad[0]])!r} in row {bad[0] + 1} is not an integer")
     # Compared as Python integers: uint64 values above 2**63 and int64 values below 0 both fail.
-    out_of_range = [row for row, value in enumerate(values.tolist())
-                    if not 0 <= int(value) < OBS_ID_LIMIT]
+    out_of_range = [row for row, value in enumerate(values.tolist()) if not 0 <= int(value) < OBS_ID_LIMIT]
     if out_of_range:
         row = out_of_range[0]
-        raise DatastoreError(f"{prefix} OBS_ID {int(values[row])} in row {row + 1} is outside 0 ... 2**63 - 1 "
-                             "(OBS_IDs are stored as 64-bit signed integers)")
+        raise DatastoreError(
+            f"{prefix} OBS_ID {int(values[row])} in row {row + 1} is outside 0 ... 2**63 - 1 "
+            "(OBS_IDs are stored as 64-bit signed integers)"
+        )
     obs_ids = values.astype(np.int64)
     if unique and len(obs_ids):
         found, counts = np.unique(obs_ids, return_counts=True)
         if (counts > 1).any():
             duplicate = found[counts > 1][0]
             rows = np.flatnonzero(obs_ids == duplicate) + 1
-            raise DatastoreError(f"{prefix} OBS_ID {duplicate} is listed {len(rows)} times (rows "
-                                 f"{', '.join(map(str, rows[:5]))}): which row describes the run?")
+            raise DatastoreError(
+                f"{prefix} OBS_ID {duplicate} is listed {len(rows)} times (rows "
+                f"{', '.join(map(str, rows[:5]))}): which row describes the run?"
+            )
     return obs_ids
 
 
@@ -269,8 +280,10 @@ class DL3Datastore:
             raise DatastoreError(f"obs-index {self.obs_index_path} has no OBS_ID column")
         absent = [name for name in HDU_INDEX_COLUMNS if name not in hdu_table.colnames]
         if absent:
-            raise DatastoreError(f"hdu-index {self.hdu_index_path} has no {', '.join(absent)} column"
-                                 f"{'s' if len(absent) > 1 else ''} (it needs {', '.join(HDU_INDEX_COLUMNS)})")
+            raise DatastoreError(
+                f"hdu-index {self.hdu_index_path} has no {', '.join(absent)} column"
+                f"{'s' if len(absent) > 1 else ''} (it needs {', '.join(HDU_INDEX_COLUMNS)})"
+            )
         self.obs_ids = checked_obs_ids(self.obs_table, "obs-index", self.obs_index_path, unique=True)
         self._hdu_obs_ids = checked_obs_ids(hdu_table, "hdu-index", self.hdu_index_path, unique=False)
         self._resolved_folders: dict[Path, Path] = {}
@@ -287,8 +300,11 @@ class DL3Datastore:
     @property
     def meta(self) -> dict:
         """The obs-index header (MJDREF, TIMESYS, GEOLON, ...), JSON-safe."""
-        return {key: json_safe(value) for key, value in self.obs_table.meta.items()
-                if key not in ("comments", "history", "COMMENT", "HISTORY")}
+        return {
+            key: json_safe(value)
+            for key, value in self.obs_table.meta.items()
+            if key not in ("comments", "history", "COMMENT", "HISTORY")
+        }
 
     def _events_locations(self, hdu_table):
         """{obs_id: (path, hdu_name, problem)} from the hdu-index rows of HDU type ``events``."""
@@ -306,8 +322,11 @@ class DL3Datastore:
                 other_case.setdefault(obs_id, hdu_type)
                 continue
             if obs_id in locations:
-                log.warning("hdu-index %s lists several events HDUs for OBS_ID %s: the first one is used, "
-                            "as gammapy does", self.hdu_index_path, obs_id)
+                log.warning(
+                    "hdu-index %s lists several events HDUs for OBS_ID %s: the first one is used, as gammapy does",
+                    self.hdu_index_path,
+                    obs_id,
+                )
                 continue
             row = hdu_table[index]
             file_dir = _text(row["FILE_DIR"]) or ""
@@ -319,8 +338,12 @@ class DL3Datastore:
             locations[obs_id] = (self._resolved(self.path / file_dir / file_name), hdu_name, None)
         for obs_id, hdu_type in other_case.items():
             if obs_id not in locations:
-                locations[obs_id] = (None, None, f"the hdu-index gives this run's events HDU_TYPE {hdu_type!r}; "
-                                                 "gammapy reads only 'events' (lower case)")
+                locations[obs_id] = (
+                    None,
+                    None,
+                    f"the hdu-index gives this run's events HDU_TYPE {hdu_type!r}; "
+                    "gammapy reads only 'events' (lower case)",
+                )
         return locations
 
     def _resolved(self, path):

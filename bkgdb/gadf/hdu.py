@@ -77,11 +77,17 @@ def background_hdu(geometry: PieceGeometry, rate: np.ndarray, name: str = "BACKG
     dim = "(" + ",".join(str(n) for n in rate.shape) + ")"
     columns.append(fits.Column("BKG", f"{rate.size}D", unit=RATE_UNIT_FITS, dim=dim, array=rate.T[np.newaxis]))
     hdu = fits.BinTableHDU.from_columns(columns, name=name)
-    hdu.header.update({
-        "HDUCLASS": "GADF", "HDUDOC": "https://github.com/open-gamma-ray-astro/gamma-astro-data-formats",
-        "HDUVERS": "0.2", "HDUCLAS1": "RESPONSE", "HDUCLAS2": "BKG", "HDUCLAS3": "FULL-ENCLOSURE",
-        "HDUCLAS4": f"BKG_{geometry.kind.upper()}",
-    })
+    hdu.header.update(
+        {
+            "HDUCLASS": "GADF",
+            "HDUDOC": "https://github.com/open-gamma-ray-astro/gamma-astro-data-formats",
+            "HDUVERS": "0.2",
+            "HDUCLAS1": "RESPONSE",
+            "HDUCLAS2": "BKG",
+            "HDUCLAS3": "FULL-ENCLOSURE",
+            "HDUCLAS4": f"BKG_{geometry.kind.upper()}",
+        }
+    )
     if geometry.is_3d:
         hdu.header["FOVALIGN"] = (geometry.alignment, "FoV lon/lat aligned with ALTAZ or RADEC")
     return hdu

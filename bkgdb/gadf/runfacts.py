@@ -93,9 +93,7 @@ def _fill_pointing(facts: RunFacts, lookup: _Lookup) -> None:
 
     facts.ra_deg, facts.dec_deg = lookup.number("RA_PNT"), lookup.number("DEC_PNT")
     facts.glon_deg, facts.glat_deg = lookup.number("GLON_PNT"), lookup.number("GLAT_PNT")
-    if facts.ra_deg is not None and facts.dec_deg is not None and (
-        facts.glon_deg is None or facts.glat_deg is None
-    ):
+    if facts.ra_deg is not None and facts.dec_deg is not None and (facts.glon_deg is None or facts.glat_deg is None):
         galactic = SkyCoord(facts.ra_deg * u.deg, facts.dec_deg * u.deg, frame="icrs").galactic
         facts.glon_deg, facts.glat_deg = float(galactic.l.deg), float(galactic.b.deg)
 
@@ -141,7 +139,6 @@ def _fill_instrument(facts: RunFacts, lookup: _Lookup) -> None:
     facts.object_name = str(name) if name is not None else None
     facts.nsb_level = lookup.number("NSBLEVEL")
     facts.muon_eff = lookup.number("MUONEFF")
-
 
 
 def read_run_facts(source: RunSource, meta: dict, header: Values | None = None) -> RunFacts:

@@ -16,8 +16,13 @@ from bkgdb.errors import BkgdbError
 from bkgdb.geometry import PieceGeometry
 
 __all__ = [
-    "AssembledBackground", "assemble_background", "fill_empty_bins", "bin_average_to_centre",
-    "local_spectral_index", "RATE_UNIT", "ASSEMBLY_METHODS",
+    "AssembledBackground",
+    "assemble_background",
+    "fill_empty_bins",
+    "bin_average_to_centre",
+    "local_spectral_index",
+    "RATE_UNIT",
+    "ASSEMBLY_METHODS",
 ]
 
 #: ``background_selection.assembly``: move pieces to the target's conditions first, or sum them.
@@ -67,8 +72,10 @@ class AssembledBackground:
         self.counts = np.asarray(self.counts)
         self.exposure_s = np.asarray(self.exposure_s, float)
         if self.counts.shape != self.geometry.shape or self.exposure_s.shape != self.geometry.spatial_shape:
-            raise BkgdbError(f"counts {self.counts.shape} and exposure {self.exposure_s.shape} do not fit the "
-                             f"geometry's {self.geometry.shape} and {self.geometry.spatial_shape}")
+            raise BkgdbError(
+                f"counts {self.counts.shape} and exposure {self.exposure_s.shape} do not fit the "
+                f"geometry's {self.geometry.shape} and {self.geometry.spatial_shape}"
+            )
 
     @property
     def solid_angle_sr(self) -> np.ndarray:
@@ -108,8 +115,10 @@ class AssembledBackground:
 def _energy_totals(background: AssembledBackground) -> tuple[np.ndarray, np.ndarray]:
     """Counts and denominator of each energy slice, summed over the spatial bins."""
     n_energy = background.geometry.n_energy
-    return (background.counts.reshape(n_energy, -1).sum(axis=1),
-            background.denominator.reshape(n_energy, -1).sum(axis=1))
+    return (
+        background.counts.reshape(n_energy, -1).sum(axis=1),
+        background.denominator.reshape(n_energy, -1).sum(axis=1),
+    )
 
 
 def local_spectral_index(background: AssembledBackground) -> np.ndarray:
@@ -177,8 +186,9 @@ def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.nda
     return rate
 
 
-def assemble_background(pieces: list, geometry: Any, conditions: list | None = None,
-                        target_conditions: Any = None, model: Any = None) -> AssembledBackground:
+def assemble_background(
+    pieces: list, geometry: Any, conditions: list | None = None, target_conditions: Any = None, model: Any = None
+) -> AssembledBackground:
     """Sum pieces of one geometry into an `AssembledBackground`.
 
     Without a model the counts and exposures are summed exactly. With a
@@ -220,6 +230,7 @@ def assemble_background(pieces: list, geometry: Any, conditions: list | None = N
         raise BkgdbError("condition-aware assembly needs the conditions of every piece and of the target")
     if any(c.zenith_deg is None for c in conditions) or target_conditions.zenith_deg is None:
         raise BkgdbError("condition-aware assembly needs the zenith angle of every run and of the target")
-    moved, weights = model.apply(np.array([p.counts for p in pieces]), geometry.energy_edges, conditions,
-                                 target_conditions)
+    moved, weights = model.apply(
+        np.array([p.counts for p in pieces]), geometry.energy_edges, conditions, target_conditions
+    )
     return AssembledBackground(geometry, moved.sum(axis=0), exposure, ontime, len(pieces), weights, model)

@@ -30,8 +30,16 @@ import numpy as np
 
 from bkgdb.errors import BkgdbError
 
-__all__ = ["RunConditions", "ConditionModel", "ConditionModelFitter", "ConditionFit", "shift_energy",
-           "MODEL_KIND", "collapse_pixels", "representative_subset"]
+__all__ = [
+    "RunConditions",
+    "ConditionModel",
+    "ConditionModelFitter",
+    "ConditionFit",
+    "shift_energy",
+    "MODEL_KIND",
+    "collapse_pixels",
+    "representative_subset",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +101,10 @@ def shift_energy(counts: np.ndarray, energy_edges: np.ndarray, log_factor: float
     log_edges = np.log(np.asarray(energy_edges, dtype=float))
     n_energy = len(log_edges) - 1
     # Events above each edge: shape (..., n_energy + 1, n_offset).
-    above = np.concatenate([np.cumsum(counts[..., ::-1, :], axis=-2)[..., ::-1, :],
-                            np.zeros(counts.shape[:-2] + (1, counts.shape[-1]))], axis=-2)
+    above = np.concatenate(
+        [np.cumsum(counts[..., ::-1, :], axis=-2)[..., ::-1, :], np.zeros(counts.shape[:-2] + (1, counts.shape[-1]))],
+        axis=-2,
+    )
     log_factor = np.broadcast_to(np.asarray(log_factor, dtype=float), counts.shape[:-2])
     # Above edge e after the shift = above e / factor before it.
     query = log_edges[np.newaxis, :] - log_factor.reshape(-1, 1)  # (runs, edges)
@@ -165,9 +175,11 @@ class ConditionModel:
 
     def describe(self) -> str:
         """One line: the five numbers."""
-        return (f"energy x (cos z/cos z_t)^{self.energy_zenith:.3f} (muon_eff/muon_eff_t)^{self.energy_muon:.3f} "
-                f"exp({self.energy_azimuth:.3f} dN), rate x (cos z_t/cos z)^{self.rate_zenith:.3f} "
-                f"exp({self.rate_azimuth:.3f} dN); N = sin z cos az")
+        return (
+            f"energy x (cos z/cos z_t)^{self.energy_zenith:.3f} (muon_eff/muon_eff_t)^{self.energy_muon:.3f} "
+            f"exp({self.energy_azimuth:.3f} dN), rate x (cos z_t/cos z)^{self.rate_zenith:.3f} "
+            f"exp({self.rate_azimuth:.3f} dN); N = sin z cos az"
+        )
 
     def log_energy_factors(self, conditions: list[RunConditions], target: RunConditions) -> np.ndarray:
         """Natural log of the energy factor of each run moved to ``target``."""
@@ -185,8 +197,9 @@ class ConditionModel:
         log_rate += self.rate_azimuth * (_north([target])[0] - _north(conditions))
         return np.exp(log_rate)
 
-    def apply(self, counts: np.ndarray, energy_edges: np.ndarray, conditions: list[RunConditions],
-              target: RunConditions) -> tuple[np.ndarray, np.ndarray]:
+    def apply(
+        self, counts: np.ndarray, energy_edges: np.ndarray, conditions: list[RunConditions], target: RunConditions
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Counts of pieces moved to the target's conditions, and the rate factor used for each.
 
         Parameters
@@ -211,10 +224,12 @@ class ConditionModel:
         if counts.ndim < 3 or counts.shape[1] != len(edges) - 1:
             raise BkgdbError(f"pieces of shape {counts.shape[1:]} do not have the {len(edges) - 1} energy bins given")
         if self.energy_edges is not None and not _same_edges(np.asarray(self.energy_edges), edges):
-            raise BkgdbError(f"the condition model was fitted on {len(self.energy_edges) - 1} energy bins "
-                             f"{self.energy_edges[0]:g}-{self.energy_edges[-1]:g} TeV; the pieces have "
-                             f"{len(edges) - 1} bins {edges[0]:g}-{edges[-1]:g} TeV: it moves pieces only "
-                             "with the energy bins it was fitted on")
+            raise BkgdbError(
+                f"the condition model was fitted on {len(self.energy_edges) - 1} energy bins "
+                f"{self.energy_edges[0]:g}-{self.energy_edges[-1]:g} TeV; the pieces have "
+                f"{len(edges) - 1} bins {edges[0]:g}-{edges[-1]:g} TeV: it moves pieces only "
+                "with the energy bins it was fitted on"
+            )
         if len(conditions) != counts.shape[0]:
             raise BkgdbError(f"{counts.shape[0]} pieces but {len(conditions)} run conditions")
         factors = self.rate_factors(conditions, target)
@@ -236,12 +251,19 @@ class ConditionFit:
     fit_muon: bool
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.model.params, "n_runs": self.n_runs, "deviance": self.deviance,
-                "deviance_plain": self.deviance_plain, "n_bins": self.n_bins, "fit_muon": self.fit_muon}
+        return {
+            **self.model.params,
+            "n_runs": self.n_runs,
+            "deviance": self.deviance,
+            "deviance_plain": self.deviance_plain,
+            "n_bins": self.n_bins,
+            "fit_muon": self.fit_muon,
+        }
 
 
-def collapse_pixels(counts: np.ndarray, exposure_s: np.ndarray,
-                    solid_angle_sr: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def collapse_pixels(
+    counts: np.ndarray, exposure_s: np.ndarray, solid_angle_sr: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Pieces of FoV pixels as pieces of one spatial bin: counts summed, exposure the solid-angle weighted mean.
 
     ``counts`` (runs, n_energy, n_lon, n_lat) and ``exposure_s`` (runs, n_lon, n_lat) become
@@ -286,19 +308,30 @@ class ConditionModelFitter:
         Solid angle of the FoV pixels (3D), weighting their exposure in `collapse_pixels`.
     """
 
-    def __init__(self, counts: np.ndarray, exposure_s: np.ndarray, energy_edges: np.ndarray,
-                 conditions: list[RunConditions], fit_muon: bool | None = None,
-                 solid_angle_sr: np.ndarray | None = None):
+    def __init__(
+        self,
+        counts: np.ndarray,
+        exposure_s: np.ndarray,
+        energy_edges: np.ndarray,
+        conditions: list[RunConditions],
+        fit_muon: bool | None = None,
+        solid_angle_sr: np.ndarray | None = None,
+    ):
         self.counts = np.asarray(counts, dtype=float)
         self.exposure = np.asarray(exposure_s, dtype=float)
         self.energy_edges = np.asarray(energy_edges, dtype=float)
         self.conditions = list(conditions)
-        if (self.counts.ndim not in (3, 4) or len(self.conditions) != self.counts.shape[0]
-                or self.exposure.shape != self.counts.shape[:1] + self.counts.shape[2:]
-                or self.counts.shape[1] != len(self.energy_edges) - 1):
-            raise BkgdbError("condition model fit needs counts of shape (runs, energy, offset) or (runs, energy, "
-                             "lon, lat) with the energy bins given, exposures of the spatial shape and one "
-                             "condition per run")
+        if (
+            self.counts.ndim not in (3, 4)
+            or len(self.conditions) != self.counts.shape[0]
+            or self.exposure.shape != self.counts.shape[:1] + self.counts.shape[2:]
+            or self.counts.shape[1] != len(self.energy_edges) - 1
+        ):
+            raise BkgdbError(
+                "condition model fit needs counts of shape (runs, energy, offset) or (runs, energy, "
+                "lon, lat) with the energy bins given, exposures of the spatial shape and one "
+                "condition per run"
+            )
         if self.counts.ndim == 4:
             self.counts, self.exposure = collapse_pixels(self.counts, self.exposure, solid_angle_sr)
         if len(self.conditions) < 3:
@@ -317,8 +350,12 @@ class ConditionModelFitter:
         exposure_total = self.exposure.sum(axis=0)
         others = total[np.newaxis] - to_reference
         others_exposure = exposure_total[np.newaxis] - self.exposure
-        rate = np.divide(others, others_exposure[:, np.newaxis, :], out=np.zeros_like(others),
-                         where=others_exposure[:, np.newaxis, :] > 0)
+        rate = np.divide(
+            others,
+            others_exposure[:, np.newaxis, :],
+            out=np.zeros_like(others),
+            where=others_exposure[:, np.newaxis, :] > 0,
+        )
         expected_reference = np.maximum(rate, 0.0) * self.exposure[:, np.newaxis, :]
         expected, _ = self._move(model, counts=expected_reference)
         n = self.counts
@@ -345,8 +382,14 @@ class ConditionModelFitter:
         model = _minimise_deviance(self, ConditionModel(), names)
         model = replace(model, energy_edges=tuple(float(e) for e in self.energy_edges))
         deviance, n_bins = self.deviance(model)
-        log.info("condition model from %d runs: %s (deviance %.1f, plain %.1f, %d bins)",
-                 len(self.conditions), model.describe(), deviance, plain, n_bins)
+        log.info(
+            "condition model from %d runs: %s (deviance %.1f, plain %.1f, %d bins)",
+            len(self.conditions),
+            model.describe(),
+            deviance,
+            plain,
+            n_bins,
+        )
         return ConditionFit(model, len(self.conditions), deviance, plain, n_bins, self.fit_muon)
 
 
@@ -366,8 +409,12 @@ def _minimise_deviance(fitter, start, names):
 
     x = np.array([getattr(start, name) for name in names], dtype=float)
     x = minimize(deviance, x, method="Powell", options={"xtol": 1e-3, "ftol": 1e-6}).x
-    x = minimize(deviance, x, method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-4, "maxiter": 4000,
-                                                            "initial_simplex": _simplex(x, 0.05)}).x
+    x = minimize(
+        deviance,
+        x,
+        method="Nelder-Mead",
+        options={"xatol": 1e-4, "fatol": 1e-4, "maxiter": 4000, "initial_simplex": _simplex(x, 0.05)},
+    ).x
     return model_of(x)
 
 

@@ -26,9 +26,21 @@ from bkgdb.makers.sources import (
 from bkgdb.makers.sphere import angular_distance_deg, unit_vectors
 
 # The catalogue and name look-ups live in `bkgdb.makers.sources`; they stay importable from here.
-__all__ = ["ExclusionRegion", "ShapedRegion", "ExclusionFinder", "annulus_grid", "load_region_file", "rotation_to",
-           "unit_vectors", "angular_distance_deg", "load_catalogue", "NamedSource", "normalise_source_name",
-           "find_named_sources", "load_source_names"]
+__all__ = [
+    "ExclusionRegion",
+    "ShapedRegion",
+    "ExclusionFinder",
+    "annulus_grid",
+    "load_region_file",
+    "rotation_to",
+    "unit_vectors",
+    "angular_distance_deg",
+    "load_catalogue",
+    "NamedSource",
+    "normalise_source_name",
+    "find_named_sources",
+    "load_source_names",
+]
 
 log = logging.getLogger(__name__)
 #: Pointings whose accepted fractions an `ExclusionFinder` keeps.
@@ -74,8 +86,11 @@ def load_region_file(path: str) -> tuple[tuple[ExclusionRegion, ...], tuple[Shap
         name = region.meta.get("text") or f"{path.rsplit('/', 1)[-1]}[{number}]"
         if isinstance(region, CircleSkyRegion):
             centre = region.center.icrs
-            circles.append(ExclusionRegion(name, "custom", float(centre.ra.deg), float(centre.dec.deg),
-                                           float(region.radius.to_value("deg"))))
+            circles.append(
+                ExclusionRegion(
+                    name, "custom", float(centre.ra.deg), float(centre.dec.deg), float(region.radius.to_value("deg"))
+                )
+            )
         elif isinstance(region, SkyRegion):
             shapes.append(ShapedRegion(name, region))
         else:
@@ -108,12 +123,15 @@ def _annulus_grid(offset_lo, offset_hi, n_theta, n_phi):
     cos_edges = np.linspace(np.cos(np.radians(offset_lo)), np.cos(np.radians(offset_hi)), n_theta + 1)
     cos_theta = 0.5 * (cos_edges[1:] + cos_edges[:-1])
     phi = (np.arange(n_phi) + 0.5) * 2 * np.pi / n_phi
-    sin_theta = np.sqrt(1 - cos_theta ** 2)
-    return np.stack([
-        np.outer(sin_theta, np.cos(phi)).ravel(),
-        np.outer(sin_theta, np.sin(phi)).ravel(),
-        np.repeat(cos_theta, n_phi),
-    ], axis=-1)
+    sin_theta = np.sqrt(1 - cos_theta**2)
+    return np.stack(
+        [
+            np.outer(sin_theta, np.cos(phi)).ravel(),
+            np.outer(sin_theta, np.sin(phi)).ravel(),
+            np.repeat(cos_theta, n_phi),
+        ],
+        axis=-1,
+    )
 
 
 def rotation_to(ra_deg: float, dec_deg: float) -> np.ndarray:
@@ -138,8 +156,11 @@ class ExclusionFinder:
         self.settings = settings
         s = settings
         self.catalogues: list[Catalogue] = []
-        sources = {kind: load_catalogue(kind, getattr(s, kind), s.source_radius, s.extended_factor)
-                   for kind in SOURCE_CATALOGUES if getattr(s, kind)}
+        sources = {
+            kind: load_catalogue(kind, getattr(s, kind), s.source_radius, s.extended_factor)
+            for kind in SOURCE_CATALOGUES
+            if getattr(s, kind)
+        }
         # Per-source radii replace the radius a source's catalogue entry would get.
         for name, radius in s.source_radii:
             for source in find_named_sources(s, name, "exclusion.source_radii"):
@@ -149,16 +170,24 @@ class ExclusionFinder:
                 sources[source.catalogue] = replace(catalogue, radius=radii)
         self.catalogues.extend(sources.values())
         if s.star_cat:
-            self.catalogues.append(load_catalogue("stars", s.star_cat, star_radius=s.star_radius,
-                                                  star_mag_max=s.star_mag_max))
+            self.catalogues.append(
+                load_catalogue("stars", s.star_cat, star_radius=s.star_radius, star_mag_max=s.star_mag_max)
+            )
         self.custom = [ExclusionRegion(r.name, "custom", r.ra, r.dec, r.radius) for r in s.exclude_regions]
         # Sources excluded by name: the entry's radius, else the source's configured radius.
         for name, radius in s.exclude_source_name:
             if radius is None:
                 radius = s.radius_for_name(name)
             for source in find_named_sources(s, name, "exclusion.exclude_source_name"):
-                self.custom.append(ExclusionRegion(source.name, "source", source.ra, source.dec,
-                                                   float(radius if radius is not None else s.source_radius)))
+                self.custom.append(
+                    ExclusionRegion(
+                        source.name,
+                        "source",
+                        source.ra,
+                        source.dec,
+                        float(radius if radius is not None else s.source_radius),
+                    )
+                )
         #: Accepted fractions per (pointing, edges, regions): runs on one pointing share them.
         self._fractions: dict[tuple, np.ndarray] = {}
         self.shapes: list[ShapedRegion] = []
@@ -179,9 +208,18 @@ class ExclusionFinder:
         for catalogue in self.catalogues:
             distance = angular_distance_deg(catalogue.vectors, pointing)
             for index in np.flatnonzero(distance - catalogue.radius < search_radius):
-                found.append((distance[index], ExclusionRegion(
-                    str(catalogue.names[index]), catalogue.kind, float(catalogue.ra[index]),
-                    float(catalogue.dec[index]), float(catalogue.radius[index]))))
+                found.append(
+                    (
+                        distance[index],
+                        ExclusionRegion(
+                            str(catalogue.names[index]),
+                            catalogue.kind,
+                            float(catalogue.ra[index]),
+                            float(catalogue.dec[index]),
+                            float(catalogue.radius[index]),
+                        ),
+                    )
+                )
         for region in self.custom:
             distance = angular_distance_deg(unit_vectors(region.ra, region.dec), pointing)
             if distance - region.radius < search_radius:
@@ -195,8 +233,13 @@ class ExclusionFinder:
                 largest[key] = region
         return [region for _, region in found if largest[(region.kind, region.name, region.ra, region.dec)] is region]
 
-    def excluded(self, vectors: np.ndarray, regions: Sequence[ExclusionRegion], ra_deg: float | None = None,
-                 dec_deg: float | None = None) -> np.ndarray:
+    def excluded(
+        self,
+        vectors: np.ndarray,
+        regions: Sequence[ExclusionRegion],
+        ra_deg: float | None = None,
+        dec_deg: float | None = None,
+    ) -> np.ndarray:
         """Which of the unit vectors (n, 3) lie in any region (and in any shaped custom region)."""
         mask = np.zeros(len(vectors), dtype=bool)
         for region in regions:
@@ -228,8 +271,15 @@ class ExclusionFinder:
             mask |= np.asarray(shape.region.contains(coords, wcs), dtype=np.bool_)
         return mask
 
-    def outside_fraction(self, ra_deg: float, dec_deg: float, offset_edges: np.ndarray,
-                         regions: Sequence[ExclusionRegion], n_theta: int = 24, n_phi: int = 720) -> np.ndarray:
+    def outside_fraction(
+        self,
+        ra_deg: float,
+        dec_deg: float,
+        offset_edges: np.ndarray,
+        regions: Sequence[ExclusionRegion],
+        n_theta: int = 24,
+        n_phi: int = 720,
+    ) -> np.ndarray:
         """Fraction of each offset annulus' solid angle that lies outside all regions.
 
         Parameters
@@ -255,13 +305,22 @@ class ExclusionFinder:
         pointing = unit_vectors(ra_deg, dec_deg)
         # A circle at distance d from the pointing covers offsets d - r ... d + r only; the
         # others cannot touch an annulus and are not tested against its grid.
-        reach = np.array([[angular_distance_deg(_circle_test(r.ra, r.dec, r.radius)[0], pointing) - r.radius,
-                           angular_distance_deg(_circle_test(r.ra, r.dec, r.radius)[0], pointing) + r.radius]
-                          for r in regions]).reshape(-1, 2)
+        reach = np.array(
+            [
+                [
+                    angular_distance_deg(_circle_test(r.ra, r.dec, r.radius)[0], pointing) - r.radius,
+                    angular_distance_deg(_circle_test(r.ra, r.dec, r.radius)[0], pointing) + r.radius,
+                ]
+                for r in regions
+            ]
+        ).reshape(-1, 2)
         values: list[float] = []
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-            near = [region for region, (closest, farthest) in zip(regions, reach, strict=True)
-                    if closest < hi + _REACH_MARGIN_DEG and farthest > lo - _REACH_MARGIN_DEG]
+            near = [
+                region
+                for region, (closest, farthest) in zip(regions, reach, strict=True)
+                if closest < hi + _REACH_MARGIN_DEG and farthest > lo - _REACH_MARGIN_DEG
+            ]
             if not near and not self.shapes:
                 values.append(1.0)
                 continue

@@ -41,8 +41,18 @@ if TYPE_CHECKING:
     from bkgdb.geometry import PieceGeometry
     from bkgdb.makers.exclusion import ExclusionFinder, ExclusionRegion
 
-__all__ = ["FovError", "RunClock", "fov_frame", "sky_to_fov", "fov_to_sky", "max_rotation_deg", "rotation_steps",
-           "fov_outside_fraction", "pixel_samples", "SAMPLES_PER_AXIS"]
+__all__ = [
+    "FovError",
+    "RunClock",
+    "fov_frame",
+    "sky_to_fov",
+    "fov_to_sky",
+    "max_rotation_deg",
+    "rotation_steps",
+    "fov_outside_fraction",
+    "pixel_samples",
+    "SAMPLES_PER_AXIS",
+]
 
 #: Sub-pixel sample points per pixel axis for exclusion fractions (equal-area: 64 per pixel).
 SAMPLES_PER_AXIS = 8
@@ -88,8 +98,7 @@ class RunClock:
 
     def observatory(self) -> EarthLocation:
         """The location, or a `FovError` saying the run has none."""
-        return self._need("the observatory location (GEOLON, GEOLAT in the EVENTS or obs-index header)",
-                          self.location)
+        return self._need("the observatory location (GEOLON, GEOLAT in the EVENTS or obs-index header)", self.location)
 
     def start(self) -> Time:
         """The run's start time."""
@@ -119,8 +128,13 @@ def _astrometry() -> Iterator[None]:
         yield
 
 
-def fov_frame(alignment: str, pointing_ra_deg: float, pointing_dec_deg: float, times: Time | None = None,
-              location: EarthLocation | None = None) -> Any:
+def fov_frame(
+    alignment: str,
+    pointing_ra_deg: float,
+    pointing_dec_deg: float,
+    times: Time | None = None,
+    location: EarthLocation | None = None,
+) -> Any:
     """gammapy's FoV frame of a pointing, as ``make_map_background_irf`` builds it.
 
     Parameters
@@ -153,9 +167,15 @@ def fov_frame(alignment: str, pointing_ra_deg: float, pointing_dec_deg: float, t
     return FoVAltAzFrame(origin=origin, location=location, obstime=times)
 
 
-def sky_to_fov(ra_deg: np.ndarray, dec_deg: np.ndarray, alignment: str, pointing_ra_deg: float,
-               pointing_dec_deg: float, times: Time | None = None,
-               location: EarthLocation | None = None) -> tuple[np.ndarray, np.ndarray]:
+def sky_to_fov(
+    ra_deg: np.ndarray,
+    dec_deg: np.ndarray,
+    alignment: str,
+    pointing_ra_deg: float,
+    pointing_dec_deg: float,
+    times: Time | None = None,
+    location: EarthLocation | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """FoV lon and lat (deg, lon in -180...180) of ICRS directions, each at its time (ALTAZ).
 
     ``times`` (ALTAZ) has the shape of the directions or broadcasts with them.
@@ -167,8 +187,9 @@ def sky_to_fov(ra_deg: np.ndarray, dec_deg: np.ndarray, alignment: str, pointing
         return np.zeros(np.shape(ra_deg)), np.zeros(np.shape(ra_deg))
     with _astrometry():
         frame = fov_frame(alignment, pointing_ra_deg, pointing_dec_deg, times, location)
-        fov = SkyCoord(np.asarray(ra_deg, float) * u.deg, np.asarray(dec_deg, float) * u.deg,
-                       frame="icrs").transform_to(frame)
+        fov = SkyCoord(
+            np.asarray(ra_deg, float) * u.deg, np.asarray(dec_deg, float) * u.deg, frame="icrs"
+        ).transform_to(frame)
     return fov.fov_lon.wrap_at(180 * u.deg).deg, fov.fov_lat.deg
 
 
@@ -178,8 +199,7 @@ def fov_to_sky(lon_deg: np.ndarray, lat_deg: np.ndarray, frame: Any) -> tuple[np
     from astropy.coordinates import SkyCoord
 
     with _astrometry():
-        sky = SkyCoord(fov_lon=np.asarray(lon_deg) * u.deg, fov_lat=np.asarray(lat_deg) * u.deg,
-                       frame=frame).icrs
+        sky = SkyCoord(fov_lon=np.asarray(lon_deg) * u.deg, fov_lat=np.asarray(lat_deg) * u.deg, frame=frame).icrs
     return sky.ra.deg, sky.dec.deg
 
 
@@ -202,9 +222,15 @@ def max_rotation_deg(geometry: PieceGeometry) -> float:
     return math.degrees(0.5 * pixel / geometry.max_offset_deg)
 
 
-def rotation_steps(clock: RunClock, duration_s: float, pointing_ra_deg: float, pointing_dec_deg: float,
-                   max_turn_deg: float, ra_deg: Sequence[float] = (),
-                   dec_deg: Sequence[float] = ()) -> tuple[Time, np.ndarray, np.ndarray, np.ndarray]:
+def rotation_steps(
+    clock: RunClock,
+    duration_s: float,
+    pointing_ra_deg: float,
+    pointing_dec_deg: float,
+    max_turn_deg: float,
+    ra_deg: Sequence[float] = (),
+    dec_deg: Sequence[float] = (),
+) -> tuple[Time, np.ndarray, np.ndarray, np.ndarray]:
     """Cut a run into steps over which the sky turns by at most ``max_turn_deg`` in the ALTAZ FoV.
 
     The turn is measured with astropy: the FoV position angle of a sky point 1 deg north of the
@@ -233,8 +259,15 @@ def rotation_steps(clock: RunClock, duration_s: float, pointing_ra_deg: float, p
     while True:
         seconds = np.linspace(0.0, duration_s, max(2, math.ceil(duration_s / spacing) + 1))
         shape = (len(seconds), len(ra))
-        lon, lat = sky_to_fov(np.broadcast_to(ra, shape), np.broadcast_to(dec, shape), "ALTAZ", pointing_ra_deg,
-                              pointing_dec_deg, (start + seconds * u.s)[:, None], location)
+        lon, lat = sky_to_fov(
+            np.broadcast_to(ra, shape),
+            np.broadcast_to(dec, shape),
+            "ALTAZ",
+            pointing_ra_deg,
+            pointing_dec_deg,
+            (start + seconds * u.s)[:, None],
+            location,
+        )
         turn = np.degrees(np.abs(np.diff(np.unwrap(np.arctan2(lat[:, 0], lon[:, 0])))))
         # Samples close enough that the nearest one to a step's middle lies well within the step.
         if turn.max(initial=0.0) <= max_turn_deg / 4 or 4 * len(seconds) > MAX_TURN_SAMPLES:
@@ -252,8 +285,9 @@ def rotation_steps(clock: RunClock, duration_s: float, pointing_ra_deg: float, p
 
 
 @lru_cache(maxsize=32)
-def _pixel_samples(lon_edges: tuple[float, ...], lat_edges: tuple[float, ...],
-                   per_axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _pixel_samples(
+    lon_edges: tuple[float, ...], lat_edges: tuple[float, ...], per_axis: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     lon_edges_a, lat_edges_a = np.array(lon_edges), np.array(lat_edges)
     part = (np.arange(per_axis) + 0.5) / per_axis
     # Equal-area points: uniform in lon and in sin(lat) within each pixel.
@@ -261,23 +295,32 @@ def _pixel_samples(lon_edges: tuple[float, ...], lat_edges: tuple[float, ...],
     sin_lo, sin_hi = np.sin(np.radians(lat_edges_a[:-1])), np.sin(np.radians(lat_edges_a[1:]))
     lat_grid = np.degrees(np.arcsin(sin_lo[:, None] + (sin_hi - sin_lo)[:, None] * part)).reshape(1, -1, 1, per_axis)
     n_pixels = (len(lon_edges) - 1) * (len(lat_edges) - 1)
-    lon, lat = (values.reshape(n_pixels, per_axis ** 2) for values in np.broadcast_arrays(lon_grid, lat_grid))
-    centre_lon, centre_lat = np.meshgrid(0.5 * (lon_edges_a[:-1] + lon_edges_a[1:]),
-                                         0.5 * (lat_edges_a[:-1] + lat_edges_a[1:]), indexing="ij")
+    lon, lat = (values.reshape(n_pixels, per_axis**2) for values in np.broadcast_arrays(lon_grid, lat_grid))
+    centre_lon, centre_lat = np.meshgrid(
+        0.5 * (lon_edges_a[:-1] + lon_edges_a[1:]), 0.5 * (lat_edges_a[:-1] + lat_edges_a[1:]), indexing="ij"
+    )
     centres = unit_vectors(centre_lon.ravel(), centre_lat.ravel())
-    corners = [unit_vectors(*np.meshgrid(lon_edges_a[i:len(lon_edges_a) - 1 + i],
-                                         lat_edges_a[j:len(lat_edges_a) - 1 + j], indexing="ij")).reshape(-1, 3)
-               for i in (0, 1) for j in (0, 1)]
-    reach = np.max([np.degrees(np.arccos(np.clip(np.sum(corner * centres, axis=1), -1, 1))) for corner in corners],
-                   axis=0)
+    corners = [
+        unit_vectors(
+            *np.meshgrid(
+                lon_edges_a[i : len(lon_edges_a) - 1 + i], lat_edges_a[j : len(lat_edges_a) - 1 + j], indexing="ij"
+            )
+        ).reshape(-1, 3)
+        for i in (0, 1)
+        for j in (0, 1)
+    ]
+    reach = np.max(
+        [np.degrees(np.arccos(np.clip(np.sum(corner * centres, axis=1), -1, 1))) for corner in corners], axis=0
+    )
     arrays = (unit_vectors(lon, lat), np.stack([lon, lat]), centres, reach)
     for array in arrays:
         array.flags.writeable = False
     return arrays
 
 
-def pixel_samples(geometry: PieceGeometry,
-                  per_axis: int = SAMPLES_PER_AXIS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def pixel_samples(
+    geometry: PieceGeometry, per_axis: int = SAMPLES_PER_AXIS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Equal-area sample points of every FoV pixel, made once per geometry and process.
 
     Returns
@@ -296,10 +339,16 @@ def pixel_samples(geometry: PieceGeometry,
     return _pixel_samples(tuple(map(float, lon_edges)), tuple(map(float, lat_edges)), per_axis)
 
 
-def fov_outside_fraction(geometry: PieceGeometry, pointing_ra_deg: float, pointing_dec_deg: float,
-                         regions: Sequence[ExclusionRegion], finder: ExclusionFinder | None = None,
-                         clock: RunClock | None = None, duration_s: float | None = None,
-                         per_axis: int = SAMPLES_PER_AXIS) -> np.ndarray:
+def fov_outside_fraction(
+    geometry: PieceGeometry,
+    pointing_ra_deg: float,
+    pointing_dec_deg: float,
+    regions: Sequence[ExclusionRegion],
+    finder: ExclusionFinder | None = None,
+    clock: RunClock | None = None,
+    duration_s: float | None = None,
+    per_axis: int = SAMPLES_PER_AXIS,
+) -> np.ndarray:
     """Fraction of each FoV pixel outside the exclusion regions, averaged over the run.
 
     Parameters
@@ -335,13 +384,16 @@ def fov_outside_fraction(geometry: PieceGeometry, pointing_ra_deg: float, pointi
     if alignment == "ALTAZ":
         if clock is None or duration_s is None:
             raise FovError("an ALTAZ 3D piece needs the run's times and location")
-        times, weights, lon, lat = rotation_steps(clock, duration_s, pointing_ra_deg, pointing_dec_deg,
-                                                  max_rotation_deg(geometry), ra, dec)
+        times, weights, lon, lat = rotation_steps(
+            clock, duration_s, pointing_ra_deg, pointing_dec_deg, max_rotation_deg(geometry), ra, dec
+        )
         location = clock.observatory()
     else:
         times, weights, location = None, np.ones(1), None
-        lon, lat = (values[None, :] for values in sky_to_fov(np.array(ra), np.array(dec), alignment,
-                                                              pointing_ra_deg, pointing_dec_deg))
+        lon, lat = (
+            values[None, :]
+            for values in sky_to_fov(np.array(ra), np.array(dec), alignment, pointing_ra_deg, pointing_dec_deg)
+        )
     region_vectors = unit_vectors(lon, lat)
     radius = np.array([region.radius for region in regions], dtype=float)
     cos_radius = np.cos(np.radians(radius))
@@ -356,11 +408,13 @@ def fov_outside_fraction(geometry: PieceGeometry, pointing_ra_deg: float, pointi
             inside = np.einsum("psk,pk->ps", samples[pixel], region_vectors[step][circle]) >= cos_radius[circle, None]
             np.logical_or.at(excluded, pixel, inside)
         if shapes and finder is not None:
-            frame = fov_frame(alignment, pointing_ra_deg, pointing_dec_deg,
-                              None if times is None else times[step], location)
+            frame = fov_frame(
+                alignment, pointing_ra_deg, pointing_dec_deg, None if times is None else times[step], location
+            )
             ra_s, dec_s = fov_to_sky(lonlat[0], lonlat[1], frame)
-            excluded |= finder.in_shapes(unit_vectors(ra_s, dec_s).reshape(-1, 3), pointing_ra_deg,
-                                         pointing_dec_deg).reshape(excluded.shape)
+            excluded |= finder.in_shapes(
+                unit_vectors(ra_s, dec_s).reshape(-1, 3), pointing_ra_deg, pointing_dec_deg
+            ).reshape(excluded.shape)
         # Accumulate what is lost, so pixels no region reaches stay exactly 1.
         excluded_share += weights[step] * excluded.mean(axis=1)
     return np.clip(1.0 - excluded_share, 0.0, 1.0).reshape(geometry.spatial_shape)

@@ -24,9 +24,16 @@ import numpy as np
 from bkgdb.errors import BkgdbError
 from bkgdb.geometry import PieceGeometry
 
-__all__ = ["Normalisation", "NormalisationError", "NORMALISATION_METHODS", "ring_bins", "ring_mask",
-           "control_ring_normalisation",
-           "monitor_normalisation", "NO_NORMALISATION"]
+__all__ = [
+    "Normalisation",
+    "NormalisationError",
+    "NORMALISATION_METHODS",
+    "ring_bins",
+    "ring_mask",
+    "control_ring_normalisation",
+    "monitor_normalisation",
+    "NO_NORMALISATION",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +92,17 @@ def _ring_region(geometry: PieceGeometry, ring: np.ndarray) -> str:
     return f"offset {offset.min():.2f}-{offset.max():.2f} deg ({int(ring.sum())} pixel centres)"
 
 
-def control_ring_normalisation(rate: np.ndarray, geometry: Any, counts: np.ndarray, exposure_s: np.ndarray,
-                               offset_min: float, offset_max: float, model_counts: np.ndarray | None = None,
-                               energy_range_tev: tuple[float, float] | None = None,
-                               model_scatter: float | None = None) -> Normalisation:
+def control_ring_normalisation(
+    rate: np.ndarray,
+    geometry: Any,
+    counts: np.ndarray,
+    exposure_s: np.ndarray,
+    offset_min: float,
+    offset_max: float,
+    model_counts: np.ndarray | None = None,
+    energy_range_tev: tuple[float, float] | None = None,
+    model_scatter: float | None = None,
+) -> Normalisation:
     """Scale of a model from the target's own counts in an outer offset ring.
 
     Parameters
@@ -129,8 +143,10 @@ def control_ring_normalisation(rate: np.ndarray, geometry: Any, counts: np.ndarr
     rate = np.asarray(rate, float)
     ring = ring_mask(geometry, offset_min, offset_max)
     if not ring.any():
-        raise NormalisationError(f"no {'pixel centre' if geometry.is_3d else 'offset bin'} lies within the "
-                                 f"control ring {offset_min:g}-{offset_max:g} deg")
+        raise NormalisationError(
+            f"no {'pixel centre' if geometry.is_3d else 'offset bin'} lies within the "
+            f"control ring {offset_min:g}-{offset_max:g} deg"
+        )
     predicted_per_bin = rate * geometry.denominator(exposure_s)
     use = (rate > 0) & ring[np.newaxis]
     energy_edges = geometry.energy_edges
@@ -155,7 +171,7 @@ def control_ring_normalisation(rate: np.ndarray, geometry: Any, counts: np.ndarr
     error = factor * np.sqrt(relative)
     if model_scatter is not None:
         # A noisy ring alone would replace the model's scatter with its own Poisson noise.
-        weight_ring, weight_model = error ** -2, model_scatter ** -2
+        weight_ring, weight_model = error**-2, model_scatter**-2
         factor = (weight_ring * factor + weight_model) / (weight_ring + weight_model)
         error = (weight_ring + weight_model) ** -0.5
         region += f", combined with model scatter {model_scatter:g}"

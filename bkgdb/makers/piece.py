@@ -24,8 +24,16 @@ from bkgdb.makers.exclusion import ExclusionFinder, ExclusionRegion
 from bkgdb.makers.fov import RunClock, fov_outside_fraction, sky_to_fov
 from bkgdb.makers.sphere import unit_vectors
 
-__all__ = ["BackgroundPiece", "PieceMaker", "RunClock", "encode_array", "decode_array", "COUNTS_DTYPE",
-           "EXPOSURE_DTYPE", "EXPOSURE_METHODS"]
+__all__ = [
+    "BackgroundPiece",
+    "PieceMaker",
+    "RunClock",
+    "encode_array",
+    "decode_array",
+    "COUNTS_DTYPE",
+    "EXPOSURE_DTYPE",
+    "EXPOSURE_METHODS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +112,25 @@ class PieceMaker:
 
     def __init__(self, binning: Any, exclusion: Any, finder: ExclusionFinder | None = None) -> None:
         if exclusion.exposure_method not in self.available_methods:
-            raise ValueError(f"exposure method {exclusion.exposure_method!r} is not one of "
-                             f"{', '.join(self.available_methods)}")
+            raise ValueError(
+                f"exposure method {exclusion.exposure_method!r} is not one of {', '.join(self.available_methods)}"
+            )
         self.binning = binning
         self.geometry = PieceGeometry.of(binning)
         self.exclusion = exclusion
         self.finder = finder or ExclusionFinder(exclusion)
 
-    def run(self, ra_deg: np.ndarray, dec_deg: np.ndarray, energy_tev: np.ndarray, pointing_ra_deg: float,
-            pointing_dec_deg: float, ontime_s: float, livetime_s: float | None = None,
-            clock: RunClock | None = None) -> BackgroundPiece:
+    def run(
+        self,
+        ra_deg: np.ndarray,
+        dec_deg: np.ndarray,
+        energy_tev: np.ndarray,
+        pointing_ra_deg: float,
+        pointing_dec_deg: float,
+        ontime_s: float,
+        livetime_s: float | None = None,
+        clock: RunClock | None = None,
+    ) -> BackgroundPiece:
         """The piece of one run.
 
         Parameters
@@ -146,17 +163,22 @@ class PieceMaker:
             # Only events that can land in a pixel are carried into the FoV frame.
             reach = offset <= self.geometry.max_offset_deg + _FOV_MARGIN_DEG
             spatial: tuple[np.ndarray, ...] = self.make_fov_coordinates(
-                np.asarray(ra_deg, float), np.asarray(dec_deg, float), reach, pointing_ra_deg, pointing_dec_deg, clock)
+                np.asarray(ra_deg, float), np.asarray(dec_deg, float), reach, pointing_ra_deg, pointing_dec_deg, clock
+            )
             energy, excluded = energy[reach], excluded[reach]
         else:
             spatial = (offset,)
         kept_counts = self.geometry.histogram(energy[~excluded], *(values[~excluded] for values in spatial))
         excluded_counts = self.geometry.histogram(energy[excluded], *(values[excluded] for values in spatial))
-        fraction = self.make_fraction(pointing_ra_deg, pointing_dec_deg, regions, spatial, excluded,
-                                      clock=clock, ontime_s=float(ontime_s))
+        fraction = self.make_fraction(
+            pointing_ra_deg, pointing_dec_deg, regions, spatial, excluded, clock=clock, ontime_s=float(ontime_s)
+        )
         return BackgroundPiece(
-            counts=kept_counts, excluded_counts=excluded_counts, exposure_s=float(ontime_s) * fraction,
-            ontime_s=float(ontime_s), livetime_s=None if livetime_s is None else float(livetime_s),
+            counts=kept_counts,
+            excluded_counts=excluded_counts,
+            exposure_s=float(ontime_s) * fraction,
+            ontime_s=float(ontime_s),
+            livetime_s=None if livetime_s is None else float(livetime_s),
             regions=[region.as_dict() for region in regions] + [shape.as_dict() for shape in self.finder.shapes],
         )
 
@@ -164,23 +186,43 @@ class PieceMaker:
         """The circles that reach the geometry around a pointing."""
         return self.finder.regions(ra_deg, dec_deg, max(self.exclusion.search_radius, self.geometry.max_offset_deg))
 
-    def make_fov_coordinates(self, ra_deg: np.ndarray, dec_deg: np.ndarray, select: np.ndarray,
-                             pointing_ra_deg: float, pointing_dec_deg: float,
-                             clock: RunClock | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def make_fov_coordinates(
+        self,
+        ra_deg: np.ndarray,
+        dec_deg: np.ndarray,
+        select: np.ndarray,
+        pointing_ra_deg: float,
+        pointing_dec_deg: float,
+        clock: RunClock | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """FoV lon, lat (deg) of the selected events in the geometry's frame, each at its own time (ALTAZ)."""
         if self.geometry.alignment != "ALTAZ":
             return sky_to_fov(ra_deg[select], dec_deg[select], "RADEC", pointing_ra_deg, pointing_dec_deg)
         clock = clock or RunClock()
-        return sky_to_fov(ra_deg[select], dec_deg[select], "ALTAZ", pointing_ra_deg, pointing_dec_deg,
-                          clock.event_times(select), clock.observatory())
+        return sky_to_fov(
+            ra_deg[select],
+            dec_deg[select],
+            "ALTAZ",
+            pointing_ra_deg,
+            pointing_dec_deg,
+            clock.event_times(select),
+            clock.observatory(),
+        )
 
     def make_counts(self, energy_tev: np.ndarray, *spatial_deg: np.ndarray) -> np.ndarray:
         """Events per bin of the geometry: offsets (2D) or FoV lon, lat (3D) in deg."""
         return self.geometry.histogram(energy_tev, *spatial_deg)
 
-    def make_fraction(self, ra_deg: float, dec_deg: float, regions: list[ExclusionRegion],
-                      spatial_deg: tuple[np.ndarray, ...], excluded: np.ndarray, clock: RunClock | None = None,
-                      ontime_s: float | None = None) -> np.ndarray:
+    def make_fraction(
+        self,
+        ra_deg: float,
+        dec_deg: float,
+        regions: list[ExclusionRegion],
+        spatial_deg: tuple[np.ndarray, ...],
+        excluded: np.ndarray,
+        clock: RunClock | None = None,
+        ontime_s: float | None = None,
+    ) -> np.ndarray:
         """Accepted fraction per spatial bin, by the configured method."""
         edges = self.geometry.spatial_edges
         if self.exclusion.exposure_method == "counts-ratio":

@@ -76,9 +76,12 @@ def run_clock(events: EventList, source: RunSource, meta: dict) -> RunClock:
     start = header.get("TSTART")
     if start is None:
         start = source.row.get("TSTART")
-    return RunClock(reference=time_reference(header) or time_reference(meta),
-                    start_s=None if start is None else float(start), event_time_s=events.time_s,
-                    location=observatory_location(header, meta))
+    return RunClock(
+        reference=time_reference(header) or time_reference(meta),
+        start_s=None if start is None else float(start),
+        event_time_s=events.time_s,
+        location=observatory_location(header, meta),
+    )
 
 
 def process_run(job: RunJob) -> RunResult:
@@ -112,9 +115,15 @@ def process_run(job: RunJob) -> RunResult:
     # Pieces take the geometry and times of the event file itself, at full precision, as gammapy
     # does (obs-index columns are often float32); the catalogue row describes the run for selection.
     header = events.header
-    values = {key: header.get(key, value) for key, value in (
-        ("RA_PNT", result.facts.ra_deg), ("DEC_PNT", result.facts.dec_deg),
-        ("ONTIME", result.facts.ontime_s), ("LIVETIME", result.facts.livetime_s))}
+    values = {
+        key: header.get(key, value)
+        for key, value in (
+            ("RA_PNT", result.facts.ra_deg),
+            ("DEC_PNT", result.facts.dec_deg),
+            ("ONTIME", result.facts.ontime_s),
+            ("LIVETIME", result.facts.livetime_s),
+        )
+    }
     if specs and (values["RA_PNT"] is None or values["DEC_PNT"] is None or not values["ONTIME"]):
         result.error = "no pointing or ontime: cannot make background pieces"
         return result
@@ -128,8 +137,14 @@ def process_run(job: RunJob) -> RunResult:
     for binning, exclusion in specs:
         try:
             piece = piece_maker(binning, exclusion).run(
-                ra, dec, energy, float(values["RA_PNT"]), float(values["DEC_PNT"]), float(values["ONTIME"]),
-                livetime, clock=clock,
+                ra,
+                dec,
+                energy,
+                float(values["RA_PNT"]),
+                float(values["DEC_PNT"]),
+                float(values["ONTIME"]),
+                livetime,
+                clock=clock,
             )
         except FovError as exc:
             # The run cannot have every piece asked for: it fails as a whole, saying why.

@@ -38,8 +38,14 @@ import numpy as np
 from bkgdb.errors import BkgdbError
 from bkgdb.geometry import PieceGeometry
 
-__all__ = ["BackgroundSmoother", "SMOOTHING_METHODS", "SMOOTHING_METHODS_3D", "reference_profile",
-           "local_quadratic_weights", "local_linear_fov"]
+__all__ = [
+    "BackgroundSmoother",
+    "SMOOTHING_METHODS",
+    "SMOOTHING_METHODS_3D",
+    "reference_profile",
+    "local_quadratic_weights",
+    "local_linear_fov",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +64,9 @@ def _offset_centres(geometry: PieceGeometry) -> tuple[np.ndarray, float, bool]:
     return geometry.offset_centres, float(np.mean(np.diff(edges))), bool(edges[0] == 0)
 
 
-def reference_profile(counts: np.ndarray, exposure: np.ndarray, offset: np.ndarray, terms: int = 3,
-                      iterations: int = 50) -> np.ndarray:
+def reference_profile(
+    counts: np.ndarray, exposure: np.ndarray, offset: np.ndarray, terms: int = 3, iterations: int = 50
+) -> np.ndarray:
     """A smooth, positive radial shape fitted to counts by Poisson likelihood.
 
     ``log P = a + b r + c r**2`` (``terms`` coefficients) with ``exposure`` (s MeV sr, or any
@@ -87,8 +94,7 @@ def reference_profile(counts: np.ndarray, exposure: np.ndarray, offset: np.ndarr
             linear = np.clip(design @ coefficients, -700, 700)
             expected = exposure * np.exp(linear)
             weights = np.where(used, expected, 0.0)
-            working = linear + np.divide(counts - expected, expected, out=np.zeros_like(expected),
-                                         where=expected > 0)
+            working = linear + np.divide(counts - expected, expected, out=np.zeros_like(expected), where=expected > 0)
             matrix = design.T @ (weights[:, np.newaxis] * design)
             try:
                 update = np.linalg.solve(matrix, design.T @ (weights * working))
@@ -105,8 +111,9 @@ def reference_profile(counts: np.ndarray, exposure: np.ndarray, offset: np.ndarr
     return np.ones(len(offset))
 
 
-def local_quadratic_weights(offset: np.ndarray, exposure: np.ndarray, sigma: float, width: float,
-                            reflect: bool) -> np.ndarray:
+def local_quadratic_weights(
+    offset: np.ndarray, exposure: np.ndarray, sigma: float, width: float, reflect: bool
+) -> np.ndarray:
     """Linear weights ``W`` such that ``W @ counts`` is the Gaussian-weighted local quadratic fit.
 
     At each offset ``r_i`` the rate ``counts / exposure`` is fitted with ``a + b (r - r_i) +
@@ -141,7 +148,7 @@ def local_quadratic_weights(offset: np.ndarray, exposure: np.ndarray, sigma: flo
     fold[np.arange(len(positions)), index] = 1.0
     distance = (positions[np.newaxis, :] - np.asarray(offset, float)[:, np.newaxis]) / width  # in bins
     scaled = distance / sigma
-    kernel = np.where(np.abs(scaled) <= KERNEL_CUTOFF_SIGMA, np.exp(-0.5 * scaled ** 2), 0.0)
+    kernel = np.where(np.abs(scaled) <= KERNEL_CUTOFF_SIGMA, np.exp(-0.5 * scaled**2), 0.0)
     fit_weight = kernel * information[np.newaxis, :]
     weights = np.zeros((n_bins, n_bins))
     todo = np.ones(n_bins, dtype=bool)
@@ -187,8 +194,8 @@ def local_linear_fov(counts: np.ndarray, information: np.ndarray, sigma: float) 
     counts, information = np.asarray(counts, float), np.asarray(information, float)
     radius = max(1, int(np.ceil(KERNEL_CUTOFF_SIGMA * sigma)))
     du, dv = np.meshgrid(np.arange(-radius, radius + 1.0), np.arange(-radius, radius + 1.0), indexing="ij")
-    kernel = np.exp(-0.5 * (du ** 2 + dv ** 2) / sigma ** 2)
-    kernel[du ** 2 + dv ** 2 > (KERNEL_CUTOFF_SIGMA * sigma) ** 2] = 0.0
+    kernel = np.exp(-0.5 * (du**2 + dv**2) / sigma**2)
+    kernel[du**2 + dv**2 > (KERNEL_CUTOFF_SIGMA * sigma) ** 2] = 0.0
     moments = [np.ones_like(du), du, dv]
 
     def window(image: np.ndarray, moment: np.ndarray) -> np.ndarray:
@@ -247,8 +254,9 @@ class BackgroundSmoother:
 
     available_methods = SMOOTHING_METHODS
 
-    def __init__(self, method: str = "none", sigma: float = 1.0, degree: int = 3,
-                 spline_smoothing: float | None = None):
+    def __init__(
+        self, method: str = "none", sigma: float = 1.0, degree: int = 3, spline_smoothing: float | None = None
+    ):
         if method not in self.available_methods:
             raise ValueError(f"smoothing method {method!r} is not one of {', '.join(self.available_methods)}")
         self.method = method
@@ -266,10 +274,16 @@ class BackgroundSmoother:
         if self.method == "none":
             return rate
         if background.geometry.is_3d and self.method not in SMOOTHING_METHODS_3D:
-            raise BkgdbError(f"smoothing {self.method} works on 2D (offset) backgrounds only; 3D backgrounds are "
-                             f"smoothed with {' or '.join(SMOOTHING_METHODS_3D)}")
-        make = {"gauss": self.make_gauss, "gauss-seed": self.make_gauss_seed, "poly": self.make_poly,
-                "spline": self.make_spline}[self.method]
+            raise BkgdbError(
+                f"smoothing {self.method} works on 2D (offset) backgrounds only; 3D backgrounds are "
+                f"smoothed with {' or '.join(SMOOTHING_METHODS_3D)}"
+            )
+        make = {
+            "gauss": self.make_gauss,
+            "gauss-seed": self.make_gauss_seed,
+            "poly": self.make_poly,
+            "spline": self.make_spline,
+        }[self.method]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             smoothed = make(background, rate)
         return np.clip(np.nan_to_num(smoothed, nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
@@ -298,8 +312,9 @@ class BackgroundSmoother:
 
         return self._smooth_ratio(background, rate, ratio)
 
-    def _smooth_ratio(self, background: Any, rate: np.ndarray,
-                      ratio: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    def _smooth_ratio(
+        self, background: Any, rate: np.ndarray, ratio: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    ) -> np.ndarray:
         """Each energy slice with counts: the reference profile times ``ratio(counts, denominator x profile)``."""
         profile = self.profile(background)
         denominator = background.denominator
@@ -318,8 +333,9 @@ class BackgroundSmoother:
         FoV coordinates (a gradient toward the horizon), up to the FoV's edges and around
         excluded pixels; the radial profile takes the curvature that a linear fit would flatten.
         """
-        return self._smooth_ratio(background, rate,
-                                  lambda counts, weights: local_linear_fov(counts, weights, self.sigma))
+        return self._smooth_ratio(
+            background, rate, lambda counts, weights: local_linear_fov(counts, weights, self.sigma)
+        )
 
     def make_gauss_seed(self, background: Any, rate: np.ndarray) -> np.ndarray:
         from scipy.ndimage import gaussian_filter
@@ -367,8 +383,9 @@ class BackgroundSmoother:
             observed = counts[exposed] / exposure[exposed]
             for _ in range(4):  # Poisson likelihood by reweighting: information = exposure / expected
                 information = exposure[exposed] / np.maximum(ratio[exposed], 0.05 * mean)
-                coefficients, *_ = np.linalg.lstsq(design * np.sqrt(information)[:, np.newaxis],
-                                                   observed * np.sqrt(information), rcond=None)
+                coefficients, *_ = np.linalg.lstsq(
+                    design * np.sqrt(information)[:, np.newaxis], observed * np.sqrt(information), rcond=None
+                )
                 ratio = np.vander(offset, degree + 1, increasing=True) @ coefficients
             smoothed[index] = profile * ratio
         return smoothed

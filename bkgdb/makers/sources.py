@@ -16,8 +16,16 @@ import numpy as np
 from bkgdb.errors import ConfigError
 from bkgdb.makers.sphere import unit_vectors
 
-__all__ = ["Catalogue", "NamedSource", "SOURCE_CATALOGUES", "load_catalogue", "load_source_names",
-           "normalise_source_name", "find_named_sources", "read_source_table"]
+__all__ = [
+    "Catalogue",
+    "NamedSource",
+    "SOURCE_CATALOGUES",
+    "load_catalogue",
+    "load_source_names",
+    "normalise_source_name",
+    "find_named_sources",
+    "read_source_table",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +56,14 @@ def read_source_table(kind: str, path: str) -> Any:
 
 
 @cache
-def load_catalogue(kind: str, path: str, source_radius: float = 0.35, extended_factor: float = 3.0,
-                   star_radius: float = 0.35, star_mag_max: float = 8.0) -> "Catalogue":
+def load_catalogue(
+    kind: str,
+    path: str,
+    source_radius: float = 0.35,
+    extended_factor: float = 3.0,
+    star_radius: float = 0.35,
+    star_mag_max: float = 8.0,
+) -> "Catalogue":
     """Read a gamma-cat, 3HWC or Hipparcos file once per process and give each entry its radius."""
     try:
         if kind == "gammacat":
@@ -183,16 +197,19 @@ def find_named_sources(settings: Any, name: str, label: str = "exclusion") -> li
     """
     paths = _source_catalogue_paths(settings)
     if not paths:
-        raise ConfigError(f"{label}: cannot look up {name!r}: no source catalogue is configured "
-                          "(exclusion.gammacat, exclusion.hawc)")
+        raise ConfigError(
+            f"{label}: cannot look up {name!r}: no source catalogue is configured (exclusion.gammacat, exclusion.hawc)"
+        )
     key = normalise_source_name(name)
     found = []
     for kind, path in paths:
         rows, _ = load_source_names(kind, path).get(key, ((), None))
         if rows:
             catalogue = load_catalogue(kind, path)
-            found += [NamedSource(kind, row, str(catalogue.names[row]), float(catalogue.ra[row]),
-                                  float(catalogue.dec[row])) for row in rows]
+            found += [
+                NamedSource(kind, row, str(catalogue.names[row]), float(catalogue.ra[row]), float(catalogue.dec[row]))
+                for row in rows
+            ]
     if not found:
         known, entry_of = {}, {}
         for kind, path in paths:

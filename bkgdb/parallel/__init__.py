@@ -1,2 +1,1 @@
-"""Running per-run work in parallel: local worker processes or a Dask cluster.
-"""
+"""Running per-run work in parallel: local worker processes or a Dask cluster."""

@@ -23,8 +23,7 @@ from typing import Any, Literal, TypeVar
 from bkgdb.errors import BkgdbError
 from bkgdb.parallel.processes import WorkerError
 
-__all__ = ["DaskExecutor", "DEFAULT_RETRIES", "DEFAULT_COMMIT_BATCH", "DEFAULT_COMMIT_INTERVAL_S",
-           "CONNECT_TIMEOUT_S"]
+__all__ = ["DaskExecutor", "DEFAULT_RETRIES", "DEFAULT_COMMIT_BATCH", "DEFAULT_COMMIT_INTERVAL_S", "CONNECT_TIMEOUT_S"]
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,9 @@ def _import_distributed() -> ModuleType:
     try:
         import distributed
     except ImportError:
-        raise BkgdbError('--scheduler needs dask.distributed, which is not installed: pip install "bkgdb[dask]"') \
-            from None
+        raise BkgdbError(
+            '--scheduler needs dask.distributed, which is not installed: pip install "bkgdb[dask]"'
+        ) from None
     return distributed
 
 
@@ -81,8 +81,14 @@ class DaskExecutor:
     ...         store(result)
     """
 
-    def __init__(self, address: Any, retries: int = DEFAULT_RETRIES, commit_batch: int = DEFAULT_COMMIT_BATCH,
-                 commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        address: Any,
+        retries: int = DEFAULT_RETRIES,
+        commit_batch: int = DEFAULT_COMMIT_BATCH,
+        commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S,
+        timeout_s: float | None = None,
+    ) -> None:
         self.address = address
         self.retries = int(retries)
         self.commit_batch = max(1, int(commit_batch))
@@ -112,15 +118,17 @@ class DaskExecutor:
             log.warning("the Dask scheduler %s has no workers yet: runs wait until workers join", self.address)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> Literal[False]:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> Literal[False]:
         if self._owns_client and self.client is not None:
             self.client.close()
         self.client = None
         return False
 
-    def imap_unordered(self, function: Callable[[T], R], items: Iterable[T],
-                       name: Callable[[T], str] | None = None) -> Iterator[R]:
+    def imap_unordered(
+        self, function: Callable[[T], R], items: Iterable[T], name: Callable[[T], str] | None = None
+    ) -> Iterator[R]:
         """``function(item)`` for every item on the cluster, in completion order.
 
         Parameters
@@ -147,8 +155,10 @@ class DaskExecutor:
         # Named keys tell which run a task is (in errors and on the dashboard); one map call
         # submits tens of thousands of tasks in one message.
         keys = [f"bkgdb-{token}-{number}" for number in range(len(items))]
-        label = {key: name(item) if name is not None else f"item {number}"
-                 for number, (key, item) in enumerate(zip(keys, items, strict=True))}
+        label = {
+            key: name(item) if name is not None else f"item {number}"
+            for number, (key, item) in enumerate(zip(keys, items, strict=True))
+        }
         pending: set[Any] = set()
         try:
             pending.update(self.client.map(function, items, key=keys, retries=self.retries, pure=False))
@@ -159,11 +169,13 @@ class DaskExecutor:
                 except KilledWorker:
                     raise WorkerError(
                         f"{label[future.key]} killed Dask workers repeatedly (out of memory, or a crash reading its "
-                        "file?) and was given up; the runs stored so far are kept") from None
+                        "file?) and was given up; the runs stored so far are kept"
+                    ) from None
                 except (ImportError, AttributeError) as exc:  # a worker without this bkgdb
                     raise WorkerError(
                         f"{label[future.key]} failed on a Dask worker: {type(exc).__name__}: {exc} (do the workers "
-                        "run the same bkgdb in the same environment?)") from exc
+                        "run the same bkgdb in the same environment?)"
+                    ) from exc
                 future.release()
                 yield result
         finally:

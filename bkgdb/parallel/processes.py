@@ -30,8 +30,14 @@ from typing import Literal, TypeVar
 
 from bkgdb.errors import BkgdbError
 
-__all__ = ["WorkerPool", "WorkerError", "Terminated", "sigterm_raises_interrupt", "die_with_parent",
-           "PARENT_POLL_INTERVAL_S"]
+__all__ = [
+    "WorkerPool",
+    "WorkerError",
+    "Terminated",
+    "sigterm_raises_interrupt",
+    "die_with_parent",
+    "PARENT_POLL_INTERVAL_S",
+]
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +137,16 @@ class WorkerPool:
     def __enter__(self) -> WorkerPool:
         # spawn: workers never inherit the parent's database connections or threads.
         self._executor = ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_initialise_worker, initargs=(os.getpid(),),
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_initialise_worker,
+            initargs=(os.getpid(),),
         )
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> Literal[False]:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> Literal[False]:
         if exc_type is None:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
@@ -164,8 +173,10 @@ class WorkerPool:
                 for future in done:
                     yield future.result()
         except BrokenProcessPool:
-            raise WorkerError("a worker process died unexpectedly (killed, or out of memory?); "
-                              "the runs stored so far are kept: run the command again") from None
+            raise WorkerError(
+                "a worker process died unexpectedly (killed, or out of memory?); "
+                "the runs stored so far are kept: run the command again"
+            ) from None
         finally:
             if pending:  # left early: nothing queued may start any more
                 for future in pending:

@@ -7,12 +7,12 @@ figure is made.
 """
 
 from bkgdb.plotting.models import (
-                                   ModelCurves,
-                                   model_curves,
-                                   model_curves_from_file,
-                                   plot_model,
-                                   plot_model_3d,
-                                   reference_rate,
+    ModelCurves,
+    model_curves,
+    model_curves_from_file,
+    plot_model,
+    plot_model_3d,
+    reference_rate,
 )
 from bkgdb.plotting.runs import plot_run_model, plot_run_selection, run_significance_maps, run_start_times
 from bkgdb.plotting.selection import plot_selection
@@ -20,7 +20,25 @@ from bkgdb.plotting.significance import SignificanceMaps, li_ma_known_background
 from bkgdb.plotting.style import FIGURE_SUFFIXES, RATE_LABEL, save_figure
 from bkgdb.plotting.validation import plot_validation, read_validation_table
 
-__all__ = ["ModelCurves", "model_curves", "model_curves_from_file", "reference_rate", "plot_model",
-           "plot_model_3d", "plot_selection", "plot_validation", "read_validation_table", "significance_maps",
-           "SignificanceMaps", "plot_significance", "li_ma_known_background", "plot_run_model", "plot_run_selection",
-           "run_significance_maps", "run_start_times", "save_figure", "FIGURE_SUFFIXES", "RATE_LABEL"]
+__all__ = [
+    "ModelCurves",
+    "model_curves",
+    "model_curves_from_file",
+    "reference_rate",
+    "plot_model",
+    "plot_model_3d",
+    "plot_selection",
+    "plot_validation",
+    "read_validation_table",
+    "significance_maps",
+    "SignificanceMaps",
+    "plot_significance",
+    "li_ma_known_background",
+    "plot_run_model",
+    "plot_run_selection",
+    "run_significance_maps",
+    "run_start_times",
+    "save_figure",
+    "FIGURE_SUFFIXES",
+    "RATE_LABEL",
+]

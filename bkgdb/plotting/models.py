@@ -80,11 +80,18 @@ def model_curves(built: BuiltBackground) -> ModelCurves:
     if geometry.is_3d:
         raise BkgdbError("rate curves need a 2D background: plot a 3D one from its file (bkgdb plot model FILE)")
     smoothed = built.smoothing not in (None, "none")
-    label = (f"run {target.obs_id}: bkgdb model from {len(selection.obs_ids)} runs "
-             f"({assembled.ontime_s / 3600:.1f} h), smoothing {built.smoothing}")
-    return ModelCurves(np.asarray(geometry.energy_edges, float), np.asarray(geometry.offset_edges, float),
-                       np.asarray(built.rate, float), np.asarray(assembled.counts, float),
-                       np.asarray(assembled.rate, float) if smoothed else None, label)
+    label = (
+        f"run {target.obs_id}: bkgdb model from {len(selection.obs_ids)} runs "
+        f"({assembled.ontime_s / 3600:.1f} h), smoothing {built.smoothing}"
+    )
+    return ModelCurves(
+        np.asarray(geometry.energy_edges, float),
+        np.asarray(geometry.offset_edges, float),
+        np.asarray(built.rate, float),
+        np.asarray(assembled.counts, float),
+        np.asarray(assembled.rate, float) if smoothed else None,
+        label,
+    )
 
 
 def _read_background(path: str | Path) -> tuple[Background2D | Background3D, Header]:
@@ -126,13 +133,19 @@ def model_curves_from_file(path: str | Path) -> tuple[ModelCurves | Background3D
     offset = model.axes["offset"].edges.to_value("deg")
     label = f"{Path(path).name}"
     if "BKG_TGT" in header:
-        label = (f"run {header['BKG_TGT']}: bkgdb model from {header.get('BKG_NRUN', '?')} runs "
-                 f"({header.get('BKG_ONT', 0) / 3600:.1f} h), smoothing {header.get('BKG_SMTH', '?')}")
+        label = (
+            f"run {header['BKG_TGT']}: bkgdb model from {header.get('BKG_NRUN', '?')} runs "
+            f"({header.get('BKG_ONT', 0) / 3600:.1f} h), smoothing {header.get('BKG_SMTH', '?')}"
+        )
     return ModelCurves(energy, offset, model.quantity.to_value(RATE_UNIT), label=label), header
 
 
-def reference_rate(background: Background2D | Background3D, energy_tev: Sequence[float] | np.ndarray,
-                   offset_deg: Sequence[float] | np.ndarray, n_azimuth: int = 36) -> np.ndarray:
+def reference_rate(
+    background: Background2D | Background3D,
+    energy_tev: Sequence[float] | np.ndarray,
+    offset_deg: Sequence[float] | np.ndarray,
+    n_azimuth: int = 36,
+) -> np.ndarray:
     """A gammapy background model's rate (s-1 MeV-1 sr-1) at energies x offsets, shape (energy, offset).
 
     A `Background3D` is averaged over FoV azimuth on a circle of each offset.
@@ -152,9 +165,13 @@ def reference_rate(background: Background2D | Background3D, energy_tev: Sequence
 
 
 @styled
-def plot_model(curves: ModelCurves, reference: Background2D | Background3D | None = None,
-               reference_label: str = "model in the run file", path: str | Path | None = None,
-               n_curves: int = 4) -> Figure:
+def plot_model(
+    curves: ModelCurves,
+    reference: Background2D | Background3D | None = None,
+    reference_label: str = "model in the run file",
+    path: str | Path | None = None,
+    n_curves: int = 4,
+) -> Figure:
     """Rate against offset for a few energies and against energy for a few offsets.
 
     Parameters
@@ -182,8 +199,9 @@ def plot_model(curves: ModelCurves, reference: Background2D | Background3D | Non
         # Energies with real statistics: filled-in bins below threshold or above the last events say little.
         counts = np.asarray(curves.counts, float)
         totals, covered = counts.sum(axis=1), (counts > 0).mean(axis=1)
-        filled_e = [i for i in filled_e if totals[i] >= max(10.0, 1e-3 * totals.max()) and covered[i] >= 0.75] \
-            or filled_e
+        filled_e = [
+            i for i in filled_e if totals[i] >= max(10.0, 1e-3 * totals.max()) and covered[i] >= 0.75
+        ] or filled_e
     filled_o = [j for j in range(len(offsets)) if (rate[:, j] > 0).sum() >= 2]
     if not filled_e or not filled_o:
         raise BkgdbError("the model has no bins with a rate to plot")
@@ -200,8 +218,14 @@ def plot_model(curves: ModelCurves, reference: Background2D | Background3D | Non
             if relative is not None:
                 r = relative[index] if along == "offset" else relative[:, index]
                 # Floored at a tenth of the value: a log axis cannot show a band down to 0.
-                axes.fill_between(x[shown], (y * np.clip(1 - r, 0.1, None))[shown], (y * (1 + r))[shown],
-                                  color=colour, alpha=0.2, lw=0)
+                axes.fill_between(
+                    x[shown],
+                    (y * np.clip(1 - r, 0.1, None))[shown],
+                    (y * (1 + r))[shown],
+                    color=colour,
+                    alpha=0.2,
+                    lw=0,
+                )
             if curves.unsmoothed is not None:
                 raw = curves.unsmoothed[index] if along == "offset" else curves.unsmoothed[:, index]
                 axes.plot(x[raw > 0], raw[raw > 0], "o", color=colour, ms=3.5, mfc="none")
@@ -226,8 +250,11 @@ def plot_model(curves: ModelCurves, reference: Background2D | Background3D | Non
     # Line styles explained once, below the colour legends.
     from matplotlib.lines import Line2D
 
-    style = [Line2D([], [], color="k", lw=1.5,
-                    label="bkgdb" + (" (band: 1$\\sigma$ counts)" if relative is not None else ""))]
+    style = [
+        Line2D(
+            [], [], color="k", lw=1.5, label="bkgdb" + (" (band: 1$\\sigma$ counts)" if relative is not None else "")
+        )
+    ]
     if curves.unsmoothed is not None:
         style.append(Line2D([], [], color="k", marker="o", ls="none", mfc="none", ms=3.5, label="bkgdb unsmoothed"))
     if ref is not None:
@@ -247,8 +274,13 @@ def plot_model(curves: ModelCurves, reference: Background2D | Background3D | Non
 
 
 @styled
-def plot_model_3d(background: Background3D, path: str | Path | None = None, title: str = "",
-                  alignment: str | None = None, n_bands: int = 6) -> Figure:
+def plot_model_3d(
+    background: Background3D,
+    path: str | Path | None = None,
+    title: str = "",
+    alignment: str | None = None,
+    n_bands: int = 6,
+) -> Figure:
     """One FoV image per energy band of a `gammapy.irf.Background3D`, with the FoV alignment written on it."""
     from matplotlib.colors import LogNorm
 
@@ -266,21 +298,31 @@ def plot_model_3d(background: Background3D, path: str | Path | None = None, titl
     grid = figure.subplots(rows, columns, squeeze=False)
     alignment = alignment or getattr(getattr(background, "fov_alignment", None), "value", None) or "unknown"
     edges = energy_axis.edges.to_value("TeV")
-    for axes in grid.flat[len(picks):]:
+    for axes in grid.flat[len(picks) :]:
         axes.set_visible(False)
     for axes, index in zip(grid.flat, picks, strict=False):
         image = data[index]
         positive = image[image > 0]
         norm = LogNorm(positive.min(), positive.max()) if positive.size and positive.max() > positive.min() else None
-        shown = axes.pcolormesh(lon, lat, np.ma.masked_less_equal(image.T, 0), norm=norm, cmap="viridis",
-                                shading="flat")
+        shown = axes.pcolormesh(
+            lon, lat, np.ma.masked_less_equal(image.T, 0), norm=norm, cmap="viridis", shading="flat"
+        )
         figure.colorbar(shown, ax=axes, label=r"rate (s$^{-1}$ MeV$^{-1}$ sr$^{-1}$)", fraction=0.046, pad=0.03)
         axes.set_aspect("equal")
         axes.set_title(f"{edges[index]:.3g}-{edges[index + 1]:.3g} TeV")
         axes.set_xlabel("FoV lon (deg)")
         axes.set_ylabel("FoV lat (deg)")
-        axes.text(0.03, 0.97, f"FoV alignment: {alignment}", transform=axes.transAxes, va="top", ha="left",
-                  fontsize=8, color="white", bbox={"facecolor": "black", "alpha": 0.5, "lw": 0})
+        axes.text(
+            0.03,
+            0.97,
+            f"FoV alignment: {alignment}",
+            transform=axes.transAxes,
+            va="top",
+            ha="left",
+            fontsize=8,
+            color="white",
+            bbox={"facecolor": "black", "alpha": 0.5, "lw": 0},
+        )
     figure.suptitle(title or "Background3D")
     figure.tight_layout()
     return finish(figure, path)

@@ -69,15 +69,18 @@ def _norm(value: Any, error: Any) -> str:
 def _table(header: Sequence[str], rows: Iterable[Sequence[str]], text_columns: Sequence[int] = ()) -> str:
     lines = ["<table>", "<tr>" + "".join(f"<th>{html.escape(name)}</th>" for name in header) + "</tr>"]
     for row in rows:
-        cells = [f'<td class="text">{cell}</td>' if number in text_columns else f"<td>{cell}</td>"
-                 for number, cell in enumerate(row)]
+        cells = [
+            f'<td class="text">{cell}</td>' if number in text_columns else f"<td>{cell}</td>"
+            for number, cell in enumerate(row)
+        ]
         lines.append("<tr>" + "".join(cells) + "</tr>")
     lines.append("</table>")
     return "\n".join(lines)
 
 
-def write_validation_report(report: ValidationReport, folder: str | Path, builder: BackgroundBuilder,
-                            config_name: str = "", n_worst: int = 3) -> Path:
+def write_validation_report(
+    report: ValidationReport, folder: str | Path, builder: BackgroundBuilder, config_name: str = "", n_worst: int = 3
+) -> Path:
     """Write ``folder/index.html`` with the validation's summary, figures and worst runs.
 
     Parameters
@@ -115,8 +118,12 @@ def write_validation_report(report: ValidationReport, folder: str | Path, builde
     worst: list[dict[str, Any]] = []
     for row in worst_runs(report.rows, n_worst):
         obs_id = row["obs_id"]
-        entry: dict[str, Any] = {"row": row, "model": f"run-{obs_id}-model.png",
-                                 "selection": f"run-{obs_id}-selection.png", "problem": None}
+        entry: dict[str, Any] = {
+            "row": row,
+            "model": f"run-{obs_id}-model.png",
+            "selection": f"run-{obs_id}-selection.png",
+            "problem": None,
+        }
         try:
             plot_run_model(builder, obs_id, folder / entry["model"], report.datastore)
             plot_run_selection(builder, obs_id, folder / entry["selection"], report.datastore)
@@ -132,16 +139,23 @@ def write_validation_report(report: ValidationReport, folder: str | Path, builde
     return path
 
 
-def _page(report: ValidationReport, config_name: str, validation_figure: str | None,
-          worst: list[dict[str, Any]]) -> str:
+def _page(
+    report: ValidationReport, config_name: str, validation_figure: str | None, worst: list[dict[str, Any]]
+) -> str:
     rows = report.rows
     n_ok = sum(row["status"] == "ok" for row in rows)
     title = f"bkgdb validation of {config_name or 'a config'}"
     parts = [
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>", f"<style>{STYLE}</style>", "</head>", "<body>",
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{STYLE}</style>",
+        "</head>",
+        "<body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p>Datastore <code>{html.escape(report.datastore)}</code>: {len(rows)} target runs, {n_ok} fitted, '
+        f"<p>Datastore <code>{html.escape(report.datastore)}</code>: {len(rows)} target runs, {n_ok} fitted, "
         f"{len(rows) - n_ok} without background or fit. Per-run normalisation: {html.escape(report.normalisation)}. "
         f'Rows: <a href="{REPORT_TABLE}">{REPORT_TABLE}</a>.</p>',
         '<p class="note">FoV background norm: gammapy <code>FoVBackgroundMaker</code> scale fit of each run with '
@@ -149,43 +163,86 @@ def _page(report: ValidationReport, config_name: str, validation_figure: str | N
         "&ldquo;file&rdquo; is the model in the run file, fitted on the same pixels.</p>",
         "<h2>Summary</h2>",
     ]
-    summary = [[html.escape(entry["model"]), html.escape(entry["zenith"]), entry["runs"], _text(entry["mean"]),
-                _text(entry["std"]), _text(entry["median"]), _text(entry["mean_error"])] for entry in report.summary]
-    parts.append(_table(["model", "zenith (deg)", "runs", "mean", "std", "median", "error of mean"], summary, (0, 1))
-                 if summary else "<p>No run was fitted.</p>")
+    summary = [
+        [
+            html.escape(entry["model"]),
+            html.escape(entry["zenith"]),
+            entry["runs"],
+            _text(entry["mean"]),
+            _text(entry["std"]),
+            _text(entry["median"]),
+            _text(entry["mean_error"]),
+        ]
+        for entry in report.summary
+    ]
+    parts.append(
+        _table(["model", "zenith (deg)", "runs", "mean", "std", "median", "error of mean"], summary, (0, 1))
+        if summary
+        else "<p>No run was fitted.</p>"
+    )
     if validation_figure:
-        parts += ["<h2>Norms</h2>", f'<p><a href="{validation_figure}"><img src="{validation_figure}" '
-                                    'alt="FoV background norms against zenith and time, and their histogram"></a></p>']
+        parts += [
+            "<h2>Norms</h2>",
+            f'<p><a href="{validation_figure}"><img src="{validation_figure}" '
+            'alt="FoV background norms against zenith and time, and their histogram"></a></p>',
+        ]
     parts.append("<h2>Worst runs (largest |norm &minus; 1|)</h2>")
     if not worst:
         parts.append("<p>None.</p>")
     for entry in worst:
         row = entry["row"]
         parts.append(f'<h3 id="run-{row["obs_id"]}">Run {row["obs_id"]} ({_text(row["object"])})</h3>')
-        parts.append(f"<p>zenith {_text(row['zenith_deg'], 1)} deg, azimuth {_text(row['az_deg'], 1)} deg; "
-                     f"background from {row['runs_used']} runs ({_text(row['ontime_used_h'], 2)} h); "
-                     f"norm {_norm(row['norm'], row['norm_error'])}"
-                     + (f", file's model {_norm(row['file_norm'], row['file_norm_error'])}"
-                        if _finite(row.get("file_norm")) else "") + "</p>")
+        parts.append(
+            f"<p>zenith {_text(row['zenith_deg'], 1)} deg, azimuth {_text(row['az_deg'], 1)} deg; "
+            f"background from {row['runs_used']} runs ({_text(row['ontime_used_h'], 2)} h); "
+            f"norm {_norm(row['norm'], row['norm_error'])}"
+            + (
+                f", file's model {_norm(row['file_norm'], row['file_norm_error'])}"
+                if _finite(row.get("file_norm"))
+                else ""
+            )
+            + "</p>"
+        )
         if entry["problem"]:
             parts.append(f"<p>No figures: {html.escape(entry['problem'])}</p>")
             continue
-        parts.append(f'<p class="runs"><a href="{entry["model"]}"><img src="{entry["model"]}" '
-                     f'alt="background model of run {row["obs_id"]}"></a> '
-                     f'<a href="{entry["selection"]}"><img src="{entry["selection"]}" '
-                     f'alt="run selection of run {row["obs_id"]}"></a></p>')
+        parts.append(
+            f'<p class="runs"><a href="{entry["model"]}"><img src="{entry["model"]}" '
+            f'alt="background model of run {row["obs_id"]}"></a> '
+            f'<a href="{entry["selection"]}"><img src="{entry["selection"]}" '
+            f'alt="run selection of run {row["obs_id"]}"></a></p>'
+        )
     failed = [row for row in rows if row["status"] != "ok"]
     if failed:
         parts.append("<h2>Runs without background or fit</h2>")
-        parts.append(_table(["OBS_ID", "status", "reason"],
-                            [[row["obs_id"], html.escape(row["status"]), html.escape(row["reason"] or "")]
-                             for row in failed], (1, 2)))
+        parts.append(
+            _table(
+                ["OBS_ID", "status", "reason"],
+                [[row["obs_id"], html.escape(row["status"]), html.escape(row["reason"] or "")] for row in failed],
+                (1, 2),
+            )
+        )
     parts.append("<h2>All runs</h2>")
-    parts.append(_table(
-        ["OBS_ID", "object", "zenith (deg)", "azimuth (deg)", "runs", "ontime (h)", "norm", "file norm", "status"],
-        [[row["obs_id"], _text(row["object"]), _text(row["zenith_deg"], 1), _text(row["az_deg"], 1),
-          row["runs_used"] or "", _text(row["ontime_used_h"], 2), _norm(row["norm"], row["norm_error"]),
-          _norm(row["file_norm"], row["file_norm_error"]), html.escape(row["status"])] for row in rows], (1, 8)))
+    parts.append(
+        _table(
+            ["OBS_ID", "object", "zenith (deg)", "azimuth (deg)", "runs", "ontime (h)", "norm", "file norm", "status"],
+            [
+                [
+                    row["obs_id"],
+                    _text(row["object"]),
+                    _text(row["zenith_deg"], 1),
+                    _text(row["az_deg"], 1),
+                    row["runs_used"] or "",
+                    _text(row["ontime_used_h"], 2),
+                    _norm(row["norm"], row["norm_error"]),
+                    _norm(row["file_norm"], row["file_norm_error"]),
+                    html.escape(row["status"]),
+                ]
+                for row in rows
+            ],
+            (1, 8),
+        )
+    )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts += [f'<p class="note">Written by bkgdb {html.escape(__version__)} on {stamp}.</p>', "</body>", "</html>"]
     return "\n".join(parts) + "\n"

@@ -49,9 +49,13 @@ def _observation(datastore: str | Path, obs_id: int) -> Observation:
         raise BkgdbError(f"gammapy cannot open run {obs_id} of {datastore}: {type(exc).__name__}: {exc}") from None
 
 
-def plot_run_model(builder: BackgroundBuilder, obs_id: int, path: str | Path | None = None,
-                   datastore: str | Path | None = None,
-                   with_reference: bool = True) -> tuple[Figure, BuiltBackground, bool]:
+def plot_run_model(
+    builder: BackgroundBuilder,
+    obs_id: int,
+    path: str | Path | None = None,
+    datastore: str | Path | None = None,
+    with_reference: bool = True,
+) -> tuple[Figure, BuiltBackground, bool]:
     """Build run ``obs_id``'s background and plot it beside the model in its own file, if any.
 
     Returns
@@ -73,16 +77,18 @@ def plot_run_model(builder: BackgroundBuilder, obs_id: int, path: str | Path | N
     return figure, built, reference is not None
 
 
-def plot_run_selection(builder: BackgroundBuilder, obs_id: int, path: str | Path | None = None,
-                       datastore: str | Path | None = None) -> Figure:
+def plot_run_selection(
+    builder: BackgroundBuilder, obs_id: int, path: str | Path | None = None, datastore: str | Path | None = None
+) -> Figure:
     """The selection funnel of run ``obs_id``, candidate by candidate (`bkgdb.store.funnel`)."""
     from bkgdb.store.funnel import funnel_picture
 
     return plot_selection(funnel_picture(builder, obs_id, datastore), path=path)
 
 
-def run_significance_maps(builder: BackgroundBuilder, obs_id: int, datastore: str | Path | None = None,
-                          **kwargs: Any) -> SignificanceMaps:
+def run_significance_maps(
+    builder: BackgroundBuilder, obs_id: int, datastore: str | Path | None = None, **kwargs: Any
+) -> SignificanceMaps:
     """`significance_maps` of run ``obs_id`` with its bkgdb background, its pieces' exclusion regions masked."""
     from bkgdb.store.targets import piece_regions
 
@@ -90,8 +96,10 @@ def run_significance_maps(builder: BackgroundBuilder, obs_id: int, datastore: st
     with builder.catalogue.session() as session:
         excluded = piece_regions(session, built.target.id, built.binning_id, built.exclusion_id)
     if excluded is None:
-        raise BkgdbError(f"run {obs_id} has no piece of its own, so its exclusion regions are unknown: "
-                         "index its datastore with --config")
+        raise BkgdbError(
+            f"run {obs_id} has no piece of its own, so its exclusion regions are unknown: "
+            "index its datastore with --config"
+        )
     observation = _observation(_target_datastore(builder.catalogue, built.target), obs_id)
     observation.bkg = built.model
     return significance_maps(observation, excluded, **kwargs)

@@ -47,24 +47,46 @@ def plot_selection(picture: FunnelPicture, path: str | Path | None = None) -> Fi
     for name, fates in groups:
         selected = name == picture.SELECTED
         # Runs without a pointing or a start time are counted in the legend but not drawn.
-        pointing = np.array([(f.az_deg, f.zenith_deg) for f in fates
-                             if f.zenith_deg is not None and f.az_deg is not None], float).reshape(-1, 2)
-        timed = np.array([(f.tstart_mjd, f.zenith_deg) for f in fates
-                          if f.tstart_mjd is not None and f.zenith_deg is not None], float).reshape(-1, 2)
+        pointing = np.array(
+            [(f.az_deg, f.zenith_deg) for f in fates if f.zenith_deg is not None and f.az_deg is not None], float
+        ).reshape(-1, 2)
+        timed = np.array(
+            [(f.tstart_mjd, f.zenith_deg) for f in fates if f.tstart_mjd is not None and f.zenith_deg is not None],
+            float,
+        ).reshape(-1, 2)
         style: dict[str, Any] = (
-            {"color": "C2", "marker": "o", "s": 26, "edgecolor": "k", "linewidths": 0.5, "zorder": 3} if selected
-            else {"color": colours[name], "marker": "o", "s": 12, "alpha": 0.8, "zorder": 2})
+            {"color": "C2", "marker": "o", "s": 26, "edgecolor": "k", "linewidths": 0.5, "zorder": 3}
+            if selected
+            else {"color": colours[name], "marker": "o", "s": 12, "alpha": 0.8, "zorder": 2}
+        )
         sky.scatter(np.radians(pointing[:, 0]), pointing[:, 1], label=f"{name} ({len(fates)})", **style)
         zenith_max = max([zenith_max, *pointing[:, 1]])
         timeline.scatter(mjd_dates(timed[:, 0]), timed[:, 1], **style)
     target = picture.target
     if target.zenith_deg is not None and target.az_deg is not None:
-        sky.scatter([math.radians(target.az_deg)], [target.zenith_deg], marker="*", s=220, color="gold",
-                    edgecolor="k", linewidths=0.8, zorder=4, label=f"target {target.obs_id}")
+        sky.scatter(
+            [math.radians(target.az_deg)],
+            [target.zenith_deg],
+            marker="*",
+            s=220,
+            color="gold",
+            edgecolor="k",
+            linewidths=0.8,
+            zorder=4,
+            label=f"target {target.obs_id}",
+        )
         zenith_max = max(zenith_max, target.zenith_deg)
     if target.tstart_mjd is not None and target.zenith_deg is not None:
-        timeline.scatter(mjd_dates([target.tstart_mjd]), [target.zenith_deg], marker="*", s=220, color="gold",
-                         edgecolor="k", linewidths=0.8, zorder=4)
+        timeline.scatter(
+            mjd_dates([target.tstart_mjd]),
+            [target.zenith_deg],
+            marker="*",
+            s=220,
+            color="gold",
+            edgecolor="k",
+            linewidths=0.8,
+            zorder=4,
+        )
     sky.set_rlim(0, min(90.0, math.ceil(zenith_max / 10.0 + 0.2) * 10.0))
     sky.set_xlabel("azimuth (deg, N up, E right); radius: zenith angle (deg)")
     sky.set_title("zenith and azimuth", pad=14)
@@ -79,8 +101,13 @@ def plot_selection(picture: FunnelPicture, path: str | Path | None = None) -> Fi
     timeline.xaxis.set_major_locator(locator)
     timeline.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     timeline.tick_params(axis="x", labelrotation=30)  # dates of a single night are long
-    figure.legend(*sky.get_legend_handles_labels(), loc="lower center", ncol=min(4, len(groups) + 1), frameon=False,
-                  title="first criterion that removed the run")
+    figure.legend(
+        *sky.get_legend_handles_labels(),
+        loc="lower center",
+        ncol=min(4, len(groups) + 1),
+        frameon=False,
+        title="first criterion that removed the run",
+    )
     figure.suptitle(picture.title)
     figure.tight_layout(rect=(0, 0.06 + 0.05 * math.ceil((len(groups) + 1) / 4), 1, 1))
     return finish(figure, path)

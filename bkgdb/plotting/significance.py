@@ -78,9 +78,14 @@ def li_ma_known_background(n_on: np.ndarray | Iterable[float], mu: np.ndarray | 
     return significance
 
 
-def significance_maps(observation: Observation, excluded: Iterable[tuple[float, float, float]],
-                      energy_range_tev: tuple[float, float] = (0.5, 10.0), binsz_deg: float = 0.02,
-                      offset_max_deg: float = 2.0, correlation_radius_deg: float = 0.1) -> SignificanceMaps:
+def significance_maps(
+    observation: Observation,
+    excluded: Iterable[tuple[float, float, float]],
+    energy_range_tev: tuple[float, float] = (0.5, 10.0),
+    binsz_deg: float = 0.02,
+    offset_max_deg: float = 2.0,
+    correlation_radius_deg: float = 0.1,
+) -> SignificanceMaps:
     """Counts against the background prediction of an observation, and the Li & Ma significance per pixel.
 
     The maps are made with gammapy's `MapDatasetMaker` (the observation's own ``bkg``, e.g. bkgdb's
@@ -99,10 +104,12 @@ def significance_maps(observation: Observation, excluded: Iterable[tuple[float, 
 
     energy = MapAxis.from_energy_bounds(*energy_range_tev, nbin=8, unit="TeV")
     width = 2 * offset_max_deg + 2 * correlation_radius_deg
-    geom = WcsGeom.create(skydir=observation.pointing.fixed_icrs, binsz=binsz_deg, width=(width, width), frame="icrs",
-                          axes=[energy])
+    geom = WcsGeom.create(
+        skydir=observation.pointing.fixed_icrs, binsz=binsz_deg, width=(width, width), frame="icrs", axes=[energy]
+    )
     dataset = MapDatasetMaker(selection=["counts", "background"]).run(
-        MapDataset.create(geom, name=str(observation.obs_id)), observation)
+        MapDataset.create(geom, name=str(observation.obs_id)), observation
+    )
     # As `bkgdb validate`: below the effective area's safe threshold, where the IRF gives one, nothing counts.
     methods = ["offset-max"]
     if observation.aeff is not None and observation.aeff.meta.get("LO_THRES") is not None:
@@ -115,15 +122,24 @@ def significance_maps(observation: Observation, excluded: Iterable[tuple[float, 
     counts = (dataset.counts.data * dataset.mask_safe.data).sum(axis=0).astype(float)
     background = (dataset.background.data * dataset.mask_safe.data).sum(axis=0) * norm
     pixels = int(math.ceil(correlation_radius_deg / binsz_deg))
-    y, x = np.mgrid[-pixels:pixels + 1, -pixels:pixels + 1]
-    disk = ((x ** 2 + y ** 2) * binsz_deg ** 2 <= correlation_radius_deg ** 2).astype(float)
+    y, x = np.mgrid[-pixels : pixels + 1, -pixels : pixels + 1]
+    disk = ((x**2 + y**2) * binsz_deg**2 <= correlation_radius_deg**2).astype(float)
     n_on = np.rint(fftconvolve(counts, disk, mode="same"))
     mu = fftconvolve(background, disk, mode="same")
     significance = li_ma_known_background(n_on, mu)
     significance[~safe] = np.nan
     usable = safe & outside.data[0]
-    return SignificanceMaps(geom.to_image(), n_on, mu, significance, usable, norm, correlation_radius_deg,
-                            (float(energy_range_tev[0]), float(energy_range_tev[1])), int(observation.obs_id))
+    return SignificanceMaps(
+        geom.to_image(),
+        n_on,
+        mu,
+        significance,
+        usable,
+        norm,
+        correlation_radius_deg,
+        (float(energy_range_tev[0]), float(energy_range_tev[1])),
+        int(observation.obs_id),
+    )
 
 
 @styled
@@ -142,19 +158,26 @@ def plot_significance(maps: SignificanceMaps, path: str | Path | None = None, ti
     usable_counts = maps.counts[maps.usable & safe]
     high = max(float(np.percentile(usable_counts, 99.5)) if usable_counts.size else 0.0, float(background.max()), 1.0)
     radius = f"{maps.correlation_radius_deg:g}" + r"$^\circ$"
-    for axes, image, label in ((panels[0], counts, f"counts within {radius}"),
-                               (panels[1], background, f"predicted background within {radius}")):
+    for axes, image, label in (
+        (panels[0], counts, f"counts within {radius}"),
+        (panels[1], background, f"predicted background within {radius}"),
+    ):
         shown = axes.imshow(image, origin="lower", cmap="magma", vmin=0, vmax=high)
         figure.colorbar(shown, ax=axes, label=label, fraction=0.046, pad=0.03)
     limit = max(5.0, float(np.nanmax(np.abs(maps.significance))) if safe.any() else 5.0)
-    shown = panels[2].imshow(np.ma.masked_where(~safe, maps.significance), origin="lower", cmap="RdBu_r",
-                             norm=TwoSlopeNorm(0.0, -limit, limit))
+    shown = panels[2].imshow(
+        np.ma.masked_where(~safe, maps.significance),
+        origin="lower",
+        cmap="RdBu_r",
+        norm=TwoSlopeNorm(0.0, -limit, limit),
+    )
     figure.colorbar(shown, ax=panels[2], label=r"Li & Ma significance ($\sigma$)", fraction=0.046, pad=0.03)
     excluded = safe & ~maps.usable
     if excluded.any():
         panels[2].contour(excluded.astype(float), levels=[0.5], colors="k", linewidths=0.7)
-    for axes, name in zip(panels, ("counts", "background (bkgdb, x FoV norm)", "significance (exclusions outlined)"),
-                          strict=True):
+    for axes, name in zip(
+        panels, ("counts", "background (bkgdb, x FoV norm)", "significance (exclusions outlined)"), strict=True
+    ):
         axes.set_title(name)
         axes.coords[0].set_format_unit("deg", decimal=True)
         axes.coords[0].set_axislabel("RA (deg)")
@@ -162,14 +185,21 @@ def plot_significance(maps: SignificanceMaps, path: str | Path | None = None, ti
     values = maps.significance[maps.usable & safe]
     mean, width = maps.distribution_fit()
     bins = np.linspace(min(-5.0, values.min()), max(5.0, values.max()), 60).tolist()
-    filled, _, _ = histogram.hist(values, bins=bins, histtype="stepfilled", color="0.75",
-                                  label=f"pixels outside exclusions ({values.size})")
-    histogram.hist(maps.significance[excluded], bins=bins, histtype="step", color="C3",
-                   label=f"excluded pixels ({int(excluded.sum())})")
+    filled, _, _ = histogram.hist(
+        values, bins=bins, histtype="stepfilled", color="0.75", label=f"pixels outside exclusions ({values.size})"
+    )
+    histogram.hist(
+        maps.significance[excluded],
+        bins=bins,
+        histtype="step",
+        color="C3",
+        label=f"excluded pixels ({int(excluded.sum())})",
+    )
     grid = np.linspace(bins[0], bins[-1], 300)
     scale = values.size * (bins[1] - bins[0])
-    histogram.plot(grid, scale * gaussian.pdf(grid, mean, width), "C0-",
-                   label=f"Gaussian fit: mean {mean:.2f}, width {width:.2f}")
+    histogram.plot(
+        grid, scale * gaussian.pdf(grid, mean, width), "C0-", label=f"Gaussian fit: mean {mean:.2f}, width {width:.2f}"
+    )
     histogram.plot(grid, scale * gaussian.pdf(grid), "k--", lw=1, label="N(0, 1)")
     histogram.set_yscale("log")
     histogram.set_ylim(0.5, max(float(np.max(filled)), 1.0) * 300)  # room for the legend above the peak
@@ -178,7 +208,12 @@ def plot_significance(maps: SignificanceMaps, path: str | Path | None = None, ti
     histogram.legend(frameon=False, fontsize=7, loc="upper left")
     histogram.set_title(f"mean {mean:.2f}, width {width:.2f}")
     low, high = maps.energy_range_tev
-    figure.suptitle(title or (f"run {maps.obs_id}: {low:g}-{high:g} TeV, correlation radius "
-                              f"{maps.correlation_radius_deg:g} deg, FoV norm {maps.norm:.3f}"))
+    figure.suptitle(
+        title
+        or (
+            f"run {maps.obs_id}: {low:g}-{high:g} TeV, correlation radius "
+            f"{maps.correlation_radius_deg:g} deg, FoV norm {maps.norm:.3f}"
+        )
+    )
     figure.tight_layout()
     return finish(figure, path)

@@ -20,15 +20,31 @@ from bkgdb.errors import BkgdbError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["FIGURE_SUFFIXES", "RATE_LABEL", "RATE_UNIT", "STYLE", "new_figure", "styled", "save_figure", "finish",
-           "spread_picks", "mjd_dates"]
+__all__ = [
+    "FIGURE_SUFFIXES",
+    "RATE_LABEL",
+    "RATE_UNIT",
+    "STYLE",
+    "new_figure",
+    "styled",
+    "save_figure",
+    "finish",
+    "spread_picks",
+    "mjd_dates",
+]
 
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 RATE_LABEL = r"background rate (s$^{-1}$ MeV$^{-1}$ sr$^{-1}$)"
 RATE_UNIT = "s-1 MeV-1 sr-1"
 # Readable at a journal's column width once the figure is scaled down.
-STYLE: dict[Any, Any] = {"font.size": 10, "axes.labelsize": 10, "axes.titlesize": 10, "legend.fontsize": 8,
-         "xtick.labelsize": 9, "ytick.labelsize": 9}
+STYLE: dict[Any, Any] = {
+    "font.size": 10,
+    "axes.labelsize": 10,
+    "axes.titlesize": 10,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+}
 MJD_EPOCH = datetime(1858, 11, 17)
 
 P = ParamSpec("P")

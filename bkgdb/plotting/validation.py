@@ -64,8 +64,12 @@ def read_validation_table(path: str | Path) -> list[dict[str, Any]]:
 
 
 @styled
-def plot_validation(rows: Sequence[Mapping[str, Any]], path: str | Path | None = None,
-                    start_mjd: Mapping[int, float] | None = None, title: str | None = None) -> Figure:
+def plot_validation(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path | None = None,
+    start_mjd: Mapping[int, float] | None = None,
+    title: str | None = None,
+) -> Figure:
     """Per-run FoV norms against zenith and time, and their histogram; bkgdb beside the file's model.
 
     Parameters
@@ -75,6 +79,7 @@ def plot_validation(rows: Sequence[Mapping[str, Any]], path: str | Path | None =
     start_mjd : dict, optional
         OBS_ID -> run start (MJD); without it the middle panel shows the norms in OBS_ID order.
     """
+
     def column(key, subset):
         return np.array([_number(row.get(key)) for row in subset], float)
 
@@ -99,18 +104,41 @@ def plot_validation(rows: Sequence[Mapping[str, Any]], path: str | Path | None =
         norm, error = column(key, fitted), column(error_key, fitted)
         good = np.isfinite(norm)
         shift = 0.4 * (number - (len(series) - 1) / 2)  # side by side, not on top of each other
-        by_zenith.errorbar(zenith[good] + shift, norm[good], yerr=np.nan_to_num(error[good]), fmt=marker, ms=3.5,
-                           color=colour, elinewidth=0.8, capsize=0, label=label)
+        by_zenith.errorbar(
+            zenith[good] + shift,
+            norm[good],
+            yerr=np.nan_to_num(error[good]),
+            fmt=marker,
+            ms=3.5,
+            color=colour,
+            elinewidth=0.8,
+            capsize=0,
+            label=label,
+        )
         use = good & time_ok
-        by_time.errorbar(x_time[use], norm[use], yerr=np.nan_to_num(error[use]), fmt=marker, ms=3.5, color=colour,
-                         elinewidth=0.8, capsize=0)
+        by_time.errorbar(
+            x_time[use],
+            norm[use],
+            yerr=np.nan_to_num(error[use]),
+            fmt=marker,
+            ms=3.5,
+            color=colour,
+            elinewidth=0.8,
+            capsize=0,
+        )
         values = norm[good]
         if bins is None:
             low, high = min(values.min(), 0.8), max(values.max(), 1.2)
             bins = np.linspace(low - 0.02, high + 0.02, max(8, min(30, len(values) // 2)))
         spread = f"{values.mean():.3f}, std {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values.mean():.3f}"
-        histogram.hist(values, bins=bins, histtype="step", lw=1.5, color=colour,
-                       label=f"{label}: {len(values)} runs,\nmean {spread}")
+        histogram.hist(
+            values,
+            bins=bins,
+            histtype="step",
+            lw=1.5,
+            color=colour,
+            label=f"{label}: {len(values)} runs,\nmean {spread}",
+        )
     for axes in (by_zenith, by_time):
         axes.axhline(1.0, color="k", lw=0.8, ls=":")
         axes.set_ylabel("FoV background norm")
@@ -132,7 +160,10 @@ def plot_validation(rows: Sequence[Mapping[str, Any]], path: str | Path | None =
     histogram.set_ylabel("runs")
     histogram.legend(frameon=False, loc="upper left", fontsize=7)
     n_missing = len(rows) - len(fitted)
-    figure.suptitle(title or f"FoV background norms of {len(fitted)} runs (1: the model predicts the counts)"
-                    + (f"; {n_missing} without background or fit" if n_missing else ""))
+    figure.suptitle(
+        title
+        or f"FoV background norms of {len(fitted)} runs (1: the model predicts the counts)"
+        + (f"; {n_missing} without background or fit" if n_missing else "")
+    )
     figure.tight_layout()
     return finish(figure, path)

@@ -15,6 +15,20 @@ from bkgdb.simulate.observing import MJDREF, fov_to_radec, radec_to_fov, site_lo
 from bkgdb.simulate.sources import PointSource, write_source_catalogue
 from bkgdb.simulate.truth import BackgroundTruth, FoVBackgroundTruth, fov_offset_deg
 
-__all__ = ["BackgroundTruth", "FoVBackgroundTruth", "PointSource", "DatastoreSimulator", "write_source_catalogue",
-           "simple_irf_hdus", "background_hdu", "datastore_with_backgrounds", "OBS_COLUMNS", "MJDREF",
-           "fov_to_radec", "radec_to_fov", "site_location", "time_reference", "fov_offset_deg"]
+__all__ = [
+    "BackgroundTruth",
+    "FoVBackgroundTruth",
+    "PointSource",
+    "DatastoreSimulator",
+    "write_source_catalogue",
+    "simple_irf_hdus",
+    "background_hdu",
+    "datastore_with_backgrounds",
+    "OBS_COLUMNS",
+    "MJDREF",
+    "fov_to_radec",
+    "radec_to_fov",
+    "site_location",
+    "time_reference",
+    "fov_offset_deg",
+]

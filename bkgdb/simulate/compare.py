@@ -24,9 +24,15 @@ __all__ = ["quadrant_counts", "pulls", "QUADRANTS"]
 QUADRANTS = ("+lon +lat", "-lon +lat", "+lon -lat", "-lon -lat")
 
 
-def quadrant_counts(datastore: str | Path, obs_ids: Iterable[int], alignment: str, energy_edges_tev: Sequence[float],
-                    radius_deg: float = 2.4, fov_rotation_step_deg: float = 0.5,
-                    pixel_deg: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def quadrant_counts(
+    datastore: str | Path,
+    obs_ids: Iterable[int],
+    alignment: str,
+    energy_edges_tev: Sequence[float],
+    radius_deg: float = 2.4,
+    fov_rotation_step_deg: float = 0.5,
+    pixel_deg: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
     """Counts and predicted background counts per (quadrant, energy band), summed over runs.
 
     Parameters
@@ -64,12 +70,20 @@ def quadrant_counts(datastore: str | Path, obs_ids: Iterable[int], alignment: st
     for obs_id in obs_ids:
         observation = store.obs(obs_id, required_irf=["aeff", "bkg"])
         pointing = observation.pointing.fixed_icrs
-        geom = WcsGeom.create(skydir=pointing, width=2 * radius_deg + 2 * pixel_deg, binsz=pixel_deg, frame="icrs",
-                              axes=[energy])
+        geom = WcsGeom.create(
+            skydir=pointing, width=2 * radius_deg + 2 * pixel_deg, binsz=pixel_deg, frame="icrs", axes=[energy]
+        )
         dataset = maker.run(MapDataset.create(geom, name=str(obs_id)), observation)
         sky = geom.to_image().get_coord().skycoord
-        lon, lat = radec_to_fov(sky.ra.deg, sky.dec.deg, observation.tmid, pointing.ra.deg, pointing.dec.deg,
-                                observation.observatory_earth_location, alignment)
+        lon, lat = radec_to_fov(
+            sky.ra.deg,
+            sky.dec.deg,
+            observation.tmid,
+            pointing.ra.deg,
+            pointing.dec.deg,
+            observation.observatory_earth_location,
+            alignment,
+        )
         inside = fov_offset_deg(lon, lat) < radius_deg
         regions = [(lon > 0) & (lat > 0), (lon <= 0) & (lat > 0), (lon > 0) & (lat <= 0), (lon <= 0) & (lat <= 0)]
         predicted = dataset.npred_background().data
@@ -84,4 +98,4 @@ def pulls(counts: np.ndarray, npred: np.ndarray, model_variance: float | np.ndar
     """``(counts - npred) / sigma`` with the Poisson variance ``npred`` plus ``model_variance * npred**2``
     (the model's own relative variance)."""
     counts, npred = np.asarray(counts, float), np.asarray(npred, float)
-    return (counts - npred) / np.sqrt(npred + model_variance * npred ** 2)
+    return (counts - npred) / np.sqrt(npred + model_variance * npred**2)

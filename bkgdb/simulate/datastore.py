@@ -44,8 +44,24 @@ __all__ = ["DatastoreSimulator", "OBS_COLUMNS"]
 
 log = logging.getLogger(__name__)
 
-OBS_COLUMNS = ["OBS_ID", "RA_PNT", "DEC_PNT", "GLON_PNT", "GLAT_PNT", "ALT_PNT", "ZEN_PNT", "AZ_PNT",
-               "ONTIME", "LIVETIME", "DEADC", "TSTART", "TSTOP", "N_TELS", "TELLIST", "OBJECT"]
+OBS_COLUMNS = [
+    "OBS_ID",
+    "RA_PNT",
+    "DEC_PNT",
+    "GLON_PNT",
+    "GLAT_PNT",
+    "ALT_PNT",
+    "ZEN_PNT",
+    "AZ_PNT",
+    "ONTIME",
+    "LIVETIME",
+    "DEADC",
+    "TSTART",
+    "TSTOP",
+    "N_TELS",
+    "TELLIST",
+    "OBJECT",
+]
 #: Seconds after MJDREF of the first simulated night (March 2004, within astropy's bundled Earth
 #: orientation tables).
 FIRST_NIGHT_S = 1.0e8
@@ -146,13 +162,22 @@ class DatastoreSimulator:
             events = draw(rng, ra, dec, tstart, header["ZEN_PNT"])
             file_name = f"run_{obs_id:06d}.fits.gz"
             self._write_run(path / "data" / file_name, header, events, irfs)
-            obs_rows.append({**{key: header[key] for key in OBS_COLUMNS + list(self.extra_columns)},
-                             "EVENT_COUNT": len(events)})
+            obs_rows.append(
+                {**{key: header[key] for key in OBS_COLUMNS + list(self.extra_columns)}, "EVENT_COUNT": len(events)}
+            )
             hdus = [("events", "events", "EVENTS"), ("gti", "gti", "GTI")]
             hdus += [(hdu_type, hdu_class, hdu.name) for hdu_type, hdu_class, hdu in irfs]
             for hdu_type, hdu_class, hdu_name in hdus:
-                hdu_rows.append({"OBS_ID": obs_id, "HDU_TYPE": hdu_type, "HDU_CLASS": hdu_class,
-                                 "FILE_DIR": "data", "FILE_NAME": file_name, "HDU_NAME": hdu_name})
+                hdu_rows.append(
+                    {
+                        "OBS_ID": obs_id,
+                        "HDU_TYPE": hdu_type,
+                        "HDU_CLASS": hdu_class,
+                        "FILE_DIR": "data",
+                        "FILE_NAME": file_name,
+                        "HDU_NAME": hdu_name,
+                    }
+                )
             obs_ids.append(obs_id)
         self._write_indexes(path, obs_rows, hdu_rows)
         log.info("simulated %d runs in %s", len(obs_ids), path)
@@ -181,11 +206,21 @@ class DatastoreSimulator:
         alt = float(rng.uniform(50, 80))
         livetime = self.ontime_s * self.deadc
         return {
-            "OBS_ID": obs_id, "RA_PNT": ra, "DEC_PNT": dec,
-            "GLON_PNT": float(pointing.galactic.l.deg), "GLAT_PNT": float(pointing.galactic.b.deg),
-            "ALT_PNT": alt, "ZEN_PNT": 90.0 - alt, "AZ_PNT": float(rng.uniform(0, 360)),
-            "ONTIME": self.ontime_s, "LIVETIME": livetime, "DEADC": self.deadc,
-            "TSTART": tstart, "TSTOP": tstart + self.ontime_s, "N_TELS": 4, "TELLIST": "1,2,3,4",
+            "OBS_ID": obs_id,
+            "RA_PNT": ra,
+            "DEC_PNT": dec,
+            "GLON_PNT": float(pointing.galactic.l.deg),
+            "GLAT_PNT": float(pointing.galactic.b.deg),
+            "ALT_PNT": alt,
+            "ZEN_PNT": 90.0 - alt,
+            "AZ_PNT": float(rng.uniform(0, 360)),
+            "ONTIME": self.ontime_s,
+            "LIVETIME": livetime,
+            "DEADC": self.deadc,
+            "TSTART": tstart,
+            "TSTOP": tstart + self.ontime_s,
+            "N_TELS": 4,
+            "TELLIST": "1,2,3,4",
             "OBJECT": self.object_name,
         }
 
@@ -203,35 +238,41 @@ class DatastoreSimulator:
             energy = np.concatenate([energy, src_energy])
         time = np.sort(tstart + rng.uniform(0, self.ontime_s, size=len(energy)))
         order = rng.permutation(len(energy))
-        return Table({
-            "EVENT_ID": np.arange(1, len(energy) + 1, dtype=np.int64),
-            "TIME": time * u.s,
-            "RA": ra_ev[order].astype(np.float32) * u.deg,
-            "DEC": dec_ev[order].astype(np.float32) * u.deg,
-            "ENERGY": energy[order].astype(np.float32) * u.TeV,
-        })
+        return Table(
+            {
+                "EVENT_ID": np.arange(1, len(energy) + 1, dtype=np.int64),
+                "TIME": time * u.s,
+                "RA": ra_ev[order].astype(np.float32) * u.deg,
+                "DEC": dec_ev[order].astype(np.float32) * u.deg,
+                "ENERGY": energy[order].astype(np.float32) * u.TeV,
+            }
+        )
 
-    def _tracked_events(self, rng: np.random.Generator, ra: float, dec: float, tstart: float,
-                        zenith_deg: float) -> Table:
+    def _tracked_events(
+        self, rng: np.random.Generator, ra: float, dec: float, tstart: float, zenith_deg: float
+    ) -> Table:
         """Events drawn in the FoV at their times and carried to RA/Dec through gammapy's frames."""
         energy, lon, lat = self.truth.draw_fov(rng, self.ontime_s, zenith_deg)
         time = tstart + rng.uniform(0, self.ontime_s, size=len(energy))
         alignment = getattr(self.truth, "alignment", "RADEC")  # a symmetric truth holds in any frame
-        ra_ev, dec_ev = fov_to_radec(lon, lat, time_reference() + time * u.s, ra, dec,
-                                     site_location(self.site), alignment)
+        ra_ev, dec_ev = fov_to_radec(
+            lon, lat, time_reference() + time * u.s, ra, dec, site_location(self.site), alignment
+        )
         if self.source is not None:
             src_ra, src_dec, src_energy = self._source_events(rng, SkyCoord(ra * u.deg, dec * u.deg))
             ra_ev, dec_ev = np.concatenate([ra_ev, src_ra]), np.concatenate([dec_ev, src_dec])
             energy = np.concatenate([energy, src_energy])
             time = np.concatenate([time, tstart + rng.uniform(0, self.ontime_s, size=len(src_energy))])
         order = np.argsort(time)
-        return Table({
-            "EVENT_ID": np.arange(1, len(energy) + 1, dtype=np.int64),
-            "TIME": time[order] * u.s,
-            "RA": ra_ev[order].astype(np.float32) * u.deg,
-            "DEC": dec_ev[order].astype(np.float32) * u.deg,
-            "ENERGY": energy[order].astype(np.float32) * u.TeV,
-        })
+        return Table(
+            {
+                "EVENT_ID": np.arange(1, len(energy) + 1, dtype=np.int64),
+                "TIME": time[order] * u.s,
+                "RA": ra_ev[order].astype(np.float32) * u.deg,
+                "DEC": dec_ev[order].astype(np.float32) * u.deg,
+                "ENERGY": energy[order].astype(np.float32) * u.TeV,
+            }
+        )
 
     def _source_events(self, rng: np.random.Generator, pointing: SkyCoord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """RA, Dec and energy of the source's events within the drawing radius."""
@@ -244,19 +285,38 @@ class DatastoreSimulator:
         src = centre.directional_offset_by(rng.uniform(0, 360, n_src) * u.deg, radius * u.deg)
         lo, hi = self.truth.energy_range_tev
         p = 1.0 - source.index
-        e_src = (lo ** p + rng.uniform(size=n_src) * (hi ** p - lo ** p)) ** (1.0 / p)
+        e_src = (lo**p + rng.uniform(size=n_src) * (hi**p - lo**p)) ** (1.0 / p)
         keep = pointing.separation(src).deg <= self.truth.max_offset_deg
         return src.ra.deg[keep], src.dec.deg[keep], e_src[keep]
 
     def _write_run(self, filename, header, events, irfs=()):
-        gadf = {"HDUCLASS": "GADF", "HDUDOC": "https://github.com/open-gamma-ray-astro/gamma-astro-data-formats",
-                "HDUVERS": "0.3"}
-        time_ref = {"MJDREFI": int(MJDREF), "MJDREFF": MJDREF % 1, "TIMEUNIT": "s", "TIMESYS": TIMESYS,
-                    "TIMEREF": "local"}
+        gadf = {
+            "HDUCLASS": "GADF",
+            "HDUDOC": "https://github.com/open-gamma-ray-astro/gamma-astro-data-formats",
+            "HDUVERS": "0.3",
+        }
+        time_ref = {
+            "MJDREFI": int(MJDREF),
+            "MJDREFF": MJDREF % 1,
+            "TIMEUNIT": "s",
+            "TIMESYS": TIMESYS,
+            "TIMEREF": "local",
+        }
         events_hdu = fits.BinTableHDU(events, name="EVENTS")
-        events_hdu.header.update({**gadf, "HDUCLAS1": "EVENTS", "TELESCOP": "SIM", "INSTRUME": "bkgdb simulation",
-                                  **time_ref, **header, "RADECSYS": "ICRS", "EQUINOX": 2000.0,
-                                  "OBS_MODE": "POINTING", **self.site})
+        events_hdu.header.update(
+            {
+                **gadf,
+                "HDUCLAS1": "EVENTS",
+                "TELESCOP": "SIM",
+                "INSTRUME": "bkgdb simulation",
+                **time_ref,
+                **header,
+                "RADECSYS": "ICRS",
+                "EQUINOX": 2000.0,
+                "OBS_MODE": "POINTING",
+                **self.site,
+            }
+        )
         gti = Table({"START": [header["TSTART"]] * u.s, "STOP": [header["TSTOP"]] * u.s})
         gti_hdu = fits.BinTableHDU(gti, name="GTI")
         gti_hdu.header.update({**gadf, "HDUCLAS1": "GTI", **time_ref})
@@ -272,9 +332,18 @@ class DatastoreSimulator:
             obs_table[name].unit = "deg"
         for name in ("ONTIME", "LIVETIME", "TSTART", "TSTOP"):
             obs_table[name].unit = "s"
-        obs_table.meta.update({"HDUCLASS": "GADF", "HDUCLAS1": "INDEX", "HDUCLAS2": "OBS",
-                               "MJDREFI": int(MJDREF), "MJDREFF": MJDREF % 1, "TIMESYS": "tt",
-                               "TIMEUNIT": "s", **self.site})
+        obs_table.meta.update(
+            {
+                "HDUCLASS": "GADF",
+                "HDUCLAS1": "INDEX",
+                "HDUCLAS2": "OBS",
+                "MJDREFI": int(MJDREF),
+                "MJDREFF": MJDREF % 1,
+                "TIMESYS": "tt",
+                "TIMEUNIT": "s",
+                **self.site,
+            }
+        )
         obs_table.write(path / "obs-index.fits.gz", format="fits", overwrite=True)
         hdu_table = Table(rows=hdu_rows, names=list(hdu_rows[0]))
         hdu_table.meta.update({"HDUCLASS": "GADF", "HDUCLAS1": "INDEX", "HDUCLAS2": "HDU"})

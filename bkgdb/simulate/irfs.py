@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 __all__ = ["simple_irf_hdus", "background_hdu", "datastore_with_backgrounds"]
 
 
-def simple_irf_hdus(psf_sigma_deg: float = 0.1,
-                    energy_resolution: float = 0.1) -> list[tuple[str, str, fits.BinTableHDU]]:
+def simple_irf_hdus(
+    psf_sigma_deg: float = 0.1, energy_resolution: float = 0.1
+) -> list[tuple[str, str, fits.BinTableHDU]]:
     """Effective area (H.E.S.S. parametrisation, flat in offset), Gaussian energy dispersion and a
     Gaussian PSF table: (HDU_TYPE, HDU_CLASS, HDU) triples. Enough for gammapy's makers; not a real
     instrument."""
@@ -30,20 +31,24 @@ def simple_irf_hdus(psf_sigma_deg: float = 0.1,
     energy = MapAxis.from_energy_bounds(0.05, 200, nbin=24, unit="TeV", name="energy_true")
     offset = MapAxis.from_edges(np.arange(5) * u.deg, name="offset")
     flat = EffectiveAreaTable2D.from_parametrization(energy, "HESS")
-    aeff = EffectiveAreaTable2D(axes=[energy, offset], data=np.repeat(flat.data, offset.nbin, axis=1),
-                                unit=flat.unit)
+    aeff = EffectiveAreaTable2D(axes=[energy, offset], data=np.repeat(flat.data, offset.nbin, axis=1), unit=flat.unit)
     migra = MapAxis.from_edges(np.linspace(0.2, 5, 49), name="migra")
-    edisp = EnergyDispersion2D.from_gauss(energy_axis_true=energy, migra_axis=migra, offset_axis=offset,
-                                          bias=0, sigma=energy_resolution)
+    edisp = EnergyDispersion2D.from_gauss(
+        energy_axis_true=energy, migra_axis=migra, offset_axis=offset, bias=0, sigma=energy_resolution
+    )
     rad = MapAxis.from_edges(np.linspace(0, 1, 51) * u.deg, name="rad")
     sigma = np.radians(psf_sigma_deg)
-    profile = np.exp(-rad.center.to_value("rad") ** 2 / (2 * sigma ** 2)) / (2 * np.pi * sigma ** 2)
-    psf = PSF3D(axes=[energy, offset, rad], unit="sr-1",
-                data=np.broadcast_to(profile, (energy.nbin, offset.nbin, rad.nbin)).copy())
-    return [("aeff", "aeff_2d", aeff.to_table_hdu()), ("edisp", "edisp_2d", edisp.to_table_hdu()),
-            ("psf", "psf_table", psf.to_table_hdu())]
-
-
+    profile = np.exp(-(rad.center.to_value("rad") ** 2) / (2 * sigma**2)) / (2 * np.pi * sigma**2)
+    psf = PSF3D(
+        axes=[energy, offset, rad],
+        unit="sr-1",
+        data=np.broadcast_to(profile, (energy.nbin, offset.nbin, rad.nbin)).copy(),
+    )
+    return [
+        ("aeff", "aeff_2d", aeff.to_table_hdu()),
+        ("edisp", "edisp_2d", edisp.to_table_hdu()),
+        ("psf", "psf_table", psf.to_table_hdu()),
+    ]
 
 
 def background_hdu(irf: BackgroundIRF) -> fits.BinTableHDU:
@@ -58,8 +63,9 @@ def background_hdu(irf: BackgroundIRF) -> fits.BinTableHDU:
     return hdu
 
 
-def datastore_with_backgrounds(datastore: str | Path, out: str | Path,
-                               backgrounds: Mapping[int, BackgroundIRF]) -> Path:
+def datastore_with_backgrounds(
+    datastore: str | Path, out: str | Path, backgrounds: Mapping[int, BackgroundIRF]
+) -> Path:
     """A datastore in ``out`` whose runs are those of ``datastore`` (its files read in place) and whose
     background IRFs are ``backgrounds`` (OBS_ID -> gammapy background IRF), written under ``out/bkg``.
 
@@ -79,8 +85,16 @@ def datastore_with_backgrounds(datastore: str | Path, out: str | Path,
         file_name = f"bkg_{int(obs_id):06d}.fits"
         fits.HDUList([fits.PrimaryHDU(), background_hdu(irf)]).writeto(out / "bkg" / file_name, overwrite=True)
         hdu_class = "bkg_2d" if irf.has_offset_axis else "bkg_3d"
-        rows.append({"OBS_ID": int(obs_id), "HDU_TYPE": "bkg", "HDU_CLASS": hdu_class, "FILE_DIR": "bkg",
-                     "FILE_NAME": file_name, "HDU_NAME": "BKG"})
+        rows.append(
+            {
+                "OBS_ID": int(obs_id),
+                "HDU_TYPE": "bkg",
+                "HDU_CLASS": hdu_class,
+                "FILE_DIR": "bkg",
+                "FILE_NAME": file_name,
+                "HDU_NAME": "BKG",
+            }
+        )
     new_hdu_table = Table(rows=rows, names=hdu_table.colnames)
     new_hdu_table.meta.update(hdu_table.meta)
     new_hdu_table.write(out / "hdu-index.fits.gz", format="fits", overwrite=True)

@@ -23,8 +23,19 @@ from numpy.typing import ArrayLike
 
 iers.conf.auto_download = False
 
-__all__ = ["MJDREF", "TIMESYS", "time_reference", "site_location", "offline_astrometry", "time_of_hour_angle",
-           "radec_of_horizontal", "pointing_altaz", "fov_frame", "fov_to_radec", "radec_to_fov"]
+__all__ = [
+    "MJDREF",
+    "TIMESYS",
+    "time_reference",
+    "site_location",
+    "offline_astrometry",
+    "time_of_hour_angle",
+    "radec_of_horizontal",
+    "pointing_altaz",
+    "fov_frame",
+    "fov_to_radec",
+    "radec_to_fov",
+]
 
 MJDREF = 51910.0  # 2001-01-01, as in H.E.S.S. and CTAO files
 TIMESYS = "tt"
@@ -93,18 +104,27 @@ def fov_frame(alignment: str, ra_deg: float, dec_deg: float, times: Time, locati
     return FoVAltAzFrame(origin=origin, location=location, obstime=times)
 
 
-def fov_to_radec(fov_lon_deg: ArrayLike, fov_lat_deg: ArrayLike, times: Time, ra_deg: float, dec_deg: float,
-                 location: EarthLocation, alignment: str) -> tuple[np.ndarray, np.ndarray]:
+def fov_to_radec(
+    fov_lon_deg: ArrayLike,
+    fov_lat_deg: ArrayLike,
+    times: Time,
+    ra_deg: float,
+    dec_deg: float,
+    location: EarthLocation,
+    alignment: str,
+) -> tuple[np.ndarray, np.ndarray]:
     """RA and Dec (deg) of FoV coordinates seen at ``times`` (one per coordinate) from the pointing."""
     frame = fov_frame(alignment, ra_deg, dec_deg, times, location)
     with offline_astrometry():
-        icrs = SkyCoord(fov_lon=np.asarray(fov_lon_deg) * u.deg, fov_lat=np.asarray(fov_lat_deg) * u.deg,
-                        frame=frame).icrs
+        icrs = SkyCoord(
+            fov_lon=np.asarray(fov_lon_deg) * u.deg, fov_lat=np.asarray(fov_lat_deg) * u.deg, frame=frame
+        ).icrs
     return icrs.ra.deg, icrs.dec.deg
 
 
-def radec_to_fov(ra: ArrayLike, dec: ArrayLike, times: Time, ra_deg: float, dec_deg: float,
-                 location: EarthLocation, alignment: str) -> tuple[np.ndarray, np.ndarray]:
+def radec_to_fov(
+    ra: ArrayLike, dec: ArrayLike, times: Time, ra_deg: float, dec_deg: float, location: EarthLocation, alignment: str
+) -> tuple[np.ndarray, np.ndarray]:
     """FoV lon and lat (deg) of sky positions ``ra``, ``dec`` (deg) seen at ``times`` from the pointing.
 
     ``times`` is one time (every position then) or one per position.

@@ -38,13 +38,26 @@ def write_source_catalogue(path: str | Path, sources: Iterable[PointSource | Map
     """
     rows = []
     for item in sources:
-        source: Mapping[str, Any] = ({"name": item.name, "ra_deg": item.ra_deg, "dec_deg": item.dec_deg}
-                  if isinstance(item, PointSource) else item)
+        source: Mapping[str, Any] = (
+            {"name": item.name, "ra_deg": item.ra_deg, "dec_deg": item.dec_deg}
+            if isinstance(item, PointSource)
+            else item
+        )
         sigma = source.get("morph_sigma")  # absent for point sources
-        rows.append((source["name"], source["ra_deg"], source["dec_deg"],
-                     "gauss" if sigma else "point", float(sigma) if sigma else np.nan))
-    table = Table(rows=rows, names=["common_name", "ra", "dec", "morph_type", "morph_sigma"],
-                  dtype=[str, float, float, str, float])
+        rows.append(
+            (
+                source["name"],
+                source["ra_deg"],
+                source["dec_deg"],
+                "gauss" if sigma else "point",
+                float(sigma) if sigma else np.nan,
+            )
+        )
+    table = Table(
+        rows=rows,
+        names=["common_name", "ra", "dec", "morph_type", "morph_sigma"],
+        dtype=[str, float, float, str, float],
+    )
     table["ra"].unit = table["dec"].unit = table["morph_sigma"].unit = "deg"
     table.meta["ORIGIN"] = "bkgdb simulation"
     table.write(path, overwrite=True)

@@ -94,14 +94,18 @@ class BackgroundTruth:
         if self.threshold_tev is None:
             return np.ones_like(np.asarray(energy_tev, float))
         threshold = self.threshold_tev * np.cos(np.radians(zenith_deg)) ** -self.threshold_zenith_index
-        turn_on = 1.0 - np.exp(-(np.asarray(energy_tev, float) / threshold) ** self.threshold_sharpness)
+        turn_on = 1.0 - np.exp(-((np.asarray(energy_tev, float) / threshold) ** self.threshold_sharpness))
         return turn_on * np.cos(np.radians(zenith_deg)) ** self.rate_zenith_index
 
     def rate(self, energy_tev: ArrayLike, offset_deg: ArrayLike, zenith_deg: float = 0.0) -> np.ndarray:
         """The rate at the given energies and offsets, in s-1 MeV-1 sr-1."""
         energy_tev, offset_deg = np.asarray(energy_tev, float), np.asarray(offset_deg, float)
-        return (self.norm * energy_tev ** -self.index * np.exp(-0.5 * (offset_deg / self.offset_sigma_deg) ** 2)
-                * self._energy_factor(energy_tev, zenith_deg))
+        return (
+            self.norm
+            * energy_tev**-self.index
+            * np.exp(-0.5 * (offset_deg / self.offset_sigma_deg) ** 2)
+            * self._energy_factor(energy_tev, zenith_deg)
+        )
 
     def _energy_integral_mev(self, lo_tev: ArrayLike, hi_tev: ArrayLike, zenith_deg: float = 0.0) -> np.ndarray:
         """Integral of (E / 1 TeV)**-index (times the turn-on) over [lo, hi], with dE in MeV."""
@@ -111,7 +115,7 @@ class BackgroundTruth:
         result = []
         for lo, hi in zip(np.atleast_1d(lo_tev), np.atleast_1d(hi_tev), strict=True):
             energy = np.geomspace(lo, hi, 400)
-            result.append(np.trapezoid(energy ** -self.index * self._energy_factor(energy, zenith_deg), energy))
+            result.append(np.trapezoid(energy**-self.index * self._energy_factor(energy, zenith_deg), energy))
         return 1e6 * np.array(result)
 
     def _offset_integral_sr(self, lo_deg: ArrayLike, hi_deg: ArrayLike, steps: int = 2000) -> np.ndarray:
@@ -124,8 +128,9 @@ class BackgroundTruth:
             result.append(np.trapezoid(profile, np.radians(theta)))
         return np.array(result)
 
-    def expected_counts(self, energy_edges_tev: ArrayLike, offset_edges_deg: ArrayLike, ontime_s: float,
-                        zenith_deg: float = 0.0) -> np.ndarray:
+    def expected_counts(
+        self, energy_edges_tev: ArrayLike, offset_edges_deg: ArrayLike, ontime_s: float, zenith_deg: float = 0.0
+    ) -> np.ndarray:
         """Expected counts per (energy, offset) bin for one run of ``ontime_s`` seconds."""
         energy_edges_tev, offset_edges_deg = np.asarray(energy_edges_tev), np.asarray(offset_edges_deg)
         energy = self._energy_integral_mev(energy_edges_tev[:-1], energy_edges_tev[1:], zenith_deg)
@@ -139,7 +144,7 @@ class BackgroundTruth:
     def _draw_power_law(self, rng: np.random.Generator, n_events: int) -> np.ndarray:
         lo, hi = self.energy_range_tev
         p = 1.0 - self.index
-        return (lo ** p + rng.uniform(size=n_events) * (hi ** p - lo ** p)) ** (1.0 / p)
+        return (lo**p + rng.uniform(size=n_events) * (hi**p - lo**p)) ** (1.0 / p)
 
     def draw(self, rng: np.random.Generator, n_events: int, zenith_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Draw energies (TeV) and offsets (deg) of ``n_events`` background events."""
@@ -150,7 +155,7 @@ class BackgroundTruth:
             threshold = self.threshold_tev * np.cos(np.radians(zenith_deg)) ** -self.threshold_zenith_index
             while sum(len(k) for k in kept) < n_events:
                 trial = self._draw_power_law(rng, max(n_events, 1000))
-                turn_on = 1.0 - np.exp(-(trial / threshold) ** self.threshold_sharpness)
+                turn_on = 1.0 - np.exp(-((trial / threshold) ** self.threshold_sharpness))
                 kept.append(trial[rng.uniform(size=len(trial)) < turn_on])
             energy = np.concatenate(kept)[:n_events]
 
@@ -160,8 +165,9 @@ class BackgroundTruth:
         offset = np.interp(rng.uniform(size=n_events) * cdf[-1], cdf, grid)
         return energy, offset
 
-    def draw_fov(self, rng: np.random.Generator, duration_s: float,
-                 zenith_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def draw_fov(
+        self, rng: np.random.Generator, duration_s: float, zenith_deg: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Draw the events of ``duration_s`` seconds of ontime: energies (TeV), fov_lon and fov_lat (deg).
 
         The number of events is Poisson. A radially symmetric truth has no preferred direction, so
@@ -214,8 +220,9 @@ class FoVBackgroundTruth(BackgroundTruth):
         slope = self.lon_gradient * np.asarray(fov_lon_deg, float) + self.lat_gradient * np.asarray(fov_lat_deg, float)
         return np.exp(self.gradient_scale(energy_tev) * slope)
 
-    def fov_rate(self, energy_tev: ArrayLike, fov_lon_deg: ArrayLike, fov_lat_deg: ArrayLike,
-                 zenith_deg: float = 0.0) -> np.ndarray:
+    def fov_rate(
+        self, energy_tev: ArrayLike, fov_lon_deg: ArrayLike, fov_lat_deg: ArrayLike, zenith_deg: float = 0.0
+    ) -> np.ndarray:
         """The rate at the given energies and FoV coordinates (deg), in s-1 MeV-1 sr-1."""
         offset = fov_offset_deg(fov_lon_deg, fov_lat_deg)
         return self.rate(energy_tev, offset, zenith_deg) * self.asymmetry(energy_tev, fov_lon_deg, fov_lat_deg)
@@ -225,8 +232,9 @@ class FoVBackgroundTruth(BackgroundTruth):
         scale = float(self.gradient_scale(np.asarray(self.energy_range_tev)).max())
         return float(np.exp(scale * (abs(self.lon_gradient) + abs(self.lat_gradient)) * self.max_offset_deg))
 
-    def draw_fov(self, rng: np.random.Generator, duration_s: float,
-                 zenith_deg: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def draw_fov(
+        self, rng: np.random.Generator, duration_s: float, zenith_deg: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Draw the events of ``duration_s`` seconds: energies (TeV), fov_lon and fov_lat (deg) in ``alignment``.
 
         A Poisson process of the symmetric rate times the largest asymmetry, thinned by the asymmetry
@@ -239,8 +247,9 @@ class FoVBackgroundTruth(BackgroundTruth):
         keep = rng.uniform(size=n_trial) * bound < self.asymmetry(energy, lon, lat)
         return energy[keep], lon[keep], lat[keep]
 
-    def geometry(self, energy_edges_tev: ArrayLike, fov_edges_deg: ArrayLike,
-                 fov_lat_edges_deg: ArrayLike | None = None) -> PieceGeometry:
+    def geometry(
+        self, energy_edges_tev: ArrayLike, fov_edges_deg: ArrayLike, fov_lat_edges_deg: ArrayLike | None = None
+    ) -> PieceGeometry:
         """A 3D `~bkgdb.geometry.PieceGeometry` in this truth's alignment."""
         lat_edges = fov_edges_deg if fov_lat_edges_deg is None else fov_lat_edges_deg
         return PieceGeometry.fov(energy_edges_tev, fov_edges_deg, lat_edges, alignment=self.alignment)
@@ -253,8 +262,9 @@ class FoVBackgroundTruth(BackgroundTruth):
         energy = geometry.energy_centres[:, np.newaxis, np.newaxis]
         return self.fov_rate(energy, lon[np.newaxis], lat[np.newaxis], zenith_deg)
 
-    def expected_counts_on(self, geometry: PieceGeometry, ontime_s: float, zenith_deg: float = 0.0,
-                           steps: int = 8) -> np.ndarray:
+    def expected_counts_on(
+        self, geometry: PieceGeometry, ontime_s: float, zenith_deg: float = 0.0, steps: int = 8
+    ) -> np.ndarray:
         """Expected counts per bin of a 3D geometry in ``ontime_s`` seconds, of ``geometry.shape``.
 
         The rate is averaged over each bin (uniform in energy, over ``steps`` x ``steps`` positions
@@ -287,8 +297,9 @@ class FoVBackgroundTruth(BackgroundTruth):
             average[number] = np.sum(rate * area, axis=(1, 3)) / np.sum(area, axis=(1, 3))
         return average * geometry.denominator(np.full(geometry.spatial_shape, float(ontime_s)))
 
-    def to_background3d(self, geometry: PieceGeometry, zenith_deg: float = 0.0,
-                        alignment: str | None = None) -> Background3D:
+    def to_background3d(
+        self, geometry: PieceGeometry, zenith_deg: float = 0.0, alignment: str | None = None
+    ) -> Background3D:
         """This rate as a gammapy ``Background3D`` on ``geometry``'s bin centres.
 
         ``alignment`` labels the model with another FoV alignment than the truth's own (a wrong model,
@@ -296,6 +307,7 @@ class FoVBackgroundTruth(BackgroundTruth):
         """
         label = alignment or self.alignment
         if geometry.alignment != label:
-            geometry = PieceGeometry.fov(geometry.energy_edges, geometry.fov_lon_edges, geometry.fov_lat_edges,
-                                         alignment=label)
+            geometry = PieceGeometry.fov(
+                geometry.energy_edges, geometry.fov_lon_edges, geometry.fov_lat_edges, alignment=label
+            )
         return geometry.to_irf(self.rate_on(geometry, zenith_deg))

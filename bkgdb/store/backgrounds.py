@@ -31,16 +31,36 @@ from bkgdb.store.models import (
 )
 from bkgdb.store.pieces import row_to_piece
 
-__all__ = ["background_history", "find_target", "selected_pieces", "own_piece", "runs_by_id", "record_background",
-           "record_if_writable", "ID_CHUNK"]
+__all__ = [
+    "background_history",
+    "find_target",
+    "selected_pieces",
+    "own_piece",
+    "runs_by_id",
+    "record_background",
+    "record_if_writable",
+    "ID_CHUNK",
+]
 
 #: Run ids bound in one query: one round trip up to this many selected runs (SQLite binds 32766).
 ID_CHUNK = 30000
 
 #: The piece columns a `~bkgdb.makers.piece.BackgroundPiece` and its lineage record need.
-PIECE_COLUMNS = (PieceRow.id, PieceRow.run_id, PieceRow.shape, PieceRow.counts_dtype, PieceRow.exposure_dtype,
-                 PieceRow.counts, PieceRow.excluded_counts, PieceRow.exposure_s, PieceRow.ontime_s,
-                 PieceRow.livetime_s, PieceRow.regions, PieceRow.file_sha256, PieceRow.created_at)
+PIECE_COLUMNS = (
+    PieceRow.id,
+    PieceRow.run_id,
+    PieceRow.shape,
+    PieceRow.counts_dtype,
+    PieceRow.exposure_dtype,
+    PieceRow.counts,
+    PieceRow.excluded_counts,
+    PieceRow.exposure_s,
+    PieceRow.ontime_s,
+    PieceRow.livetime_s,
+    PieceRow.regions,
+    PieceRow.file_sha256,
+    PieceRow.created_at,
+)
 
 
 def background_history(engine: sa.engine.Engine, obs_id: int | None = None) -> list[dict]:
@@ -58,19 +78,29 @@ def background_history(engine: sa.engine.Engine, obs_id: int | None = None) -> l
     with session_scope(engine) as session:
         rows = session.scalars(query).all()
         inputs = sa.select(BackgroundInput.background_id, BackgroundInput.obs_id).order_by(
-            BackgroundInput.background_id, BackgroundInput.id)
+            BackgroundInput.background_id, BackgroundInput.id
+        )
         if obs_id is not None:
             inputs = inputs.join(BackgroundRow, BackgroundRow.id == BackgroundInput.background_id).where(
-                BackgroundRow.target_obs_id == obs_id)
+                BackgroundRow.target_obs_id == obs_id
+            )
         obs_ids = defaultdict(list)
         for background_id, input_obs_id in session.execute(inputs):
             obs_ids[background_id].append(input_obs_id)
-    return [{
-        "id": row.id, "target": row.target_obs_id, "runs": row.n_runs, "ontime_h": row.ontime_s / 3600.0,
-        "smoothing": row.smoothing, "ranking": (row.selection or {}).get("ranking"),
-        "obs_ids": obs_ids.get(row.id, []), "output": row.output_path,
-        "created_at": row.created_at.isoformat() if row.created_at else None,
-    } for row in rows]
+    return [
+        {
+            "id": row.id,
+            "target": row.target_obs_id,
+            "runs": row.n_runs,
+            "ontime_h": row.ontime_s / 3600.0,
+            "smoothing": row.smoothing,
+            "ranking": (row.selection or {}).get("ranking"),
+            "obs_ids": obs_ids.get(row.id, []),
+            "output": row.output_path,
+            "created_at": row.created_at.isoformat() if row.created_at else None,
+        }
+        for row in rows
+    ]
 
 
 def find_target(session: Session, obs_id: int, datastore: str | Path | None = None) -> Run:
@@ -88,11 +118,16 @@ def find_target(session: Session, obs_id: int, datastore: str | Path | None = No
     runs = [run for run in found if run.status == RUN_STATUS_OK]
     failed = [run for run in found if run.status == RUN_STATUS_FAILED]
     if not runs and failed:
-        raise BkgdbError(f"run {obs_id} failed to index: {failed[0].error}"
-                         + (f" ({failed[0].datastore.path})" if len(found) > 1 or datastore else ""))
+        raise BkgdbError(
+            f"run {obs_id} failed to index: {failed[0].error}"
+            + (f" ({failed[0].datastore.path})" if len(found) > 1 or datastore else "")
+        )
     if not runs:
-        raise BkgdbError(f"run {obs_id} is not in the catalogue" + (f" for datastore {datastore}" if datastore else "")
-                         + ": index its datastore first")
+        raise BkgdbError(
+            f"run {obs_id} is not in the catalogue"
+            + (f" for datastore {datastore}" if datastore else "")
+            + ": index its datastore first"
+        )
     if len(runs) > 1:
         paths = ", ".join(run.datastore.path for run in runs)
         raise BkgdbError(f"run {obs_id} is in several datastores ({paths}): give --datastore")
@@ -114,17 +149,25 @@ def selected_pieces(session: Session, run_ids: list[int], binning_id: int, exclu
             sa.select(*PIECE_COLUMNS, Datastore.path, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.muon_eff)
             .join(Run, Run.id == PieceRow.run_id)
             .join(Datastore, Datastore.id == Run.datastore_id)
-            .where(PieceRow.run_id.in_(run_ids[start:start + ID_CHUNK]),
-                   PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id)).all()
-        rows += [(SimpleNamespace(**dict(zip((c.key for c in PIECE_COLUMNS), row[:n], strict=True))), *row[n:])
-                 for row in found]
+            .where(
+                PieceRow.run_id.in_(run_ids[start : start + ID_CHUNK]),
+                PieceRow.binning_id == binning_id,
+                PieceRow.exclusion_id == exclusion_id,
+            )
+        ).all()
+        rows += [
+            (SimpleNamespace(**dict(zip((c.key for c in PIECE_COLUMNS), row[:n], strict=True))), *row[n:])
+            for row in found
+        ]
     return rows
 
 
 def own_piece(session: Session, target: Run, binning_id: int, exclusion_id: int) -> BackgroundPiece | None:
     """The target run's own piece of the setting, or None."""
-    row = session.scalars(sa.select(PieceRow).where(
-        PieceRow.run_id == target.id, PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id)
+    row = session.scalars(
+        sa.select(PieceRow).where(
+            PieceRow.run_id == target.id, PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id
+        )
     ).one_or_none()
     return None if row is None else row_to_piece(row)
 
@@ -133,12 +176,13 @@ def runs_by_id(session: Session, run_ids: list[int]) -> list[Run]:
     """The catalogue rows of ``run_ids`` (in no particular order)."""
     runs: list[Run] = []
     for start in range(0, len(run_ids), ID_CHUNK):
-        runs += session.scalars(sa.select(Run).where(Run.id.in_(run_ids[start:start + ID_CHUNK]))).all()
+        runs += session.scalars(sa.select(Run).where(Run.id.in_(run_ids[start : start + ID_CHUNK]))).all()
     return runs
 
 
-def record_background(session: Session, built: Any, selection_settings: dict, from_run: bool,
-                      output_path: str | Path | None = None) -> BackgroundRow:
+def record_background(
+    session: Session, built: Any, selection_settings: dict, from_run: bool, output_path: str | Path | None = None
+) -> BackgroundRow:
     """Store the provenance of a built background, with one input row per piece it summed.
 
     Parameters
@@ -156,26 +200,44 @@ def record_background(session: Session, built: Any, selection_settings: dict, fr
         The file it was written to. Default is None.
     """
     row = BackgroundRow(
-        target_run_id=built.target.id, target_obs_id=built.target.obs_id, binning_id=built.binning_id,
+        target_run_id=built.target.id,
+        target_obs_id=built.target.obs_id,
+        binning_id=built.binning_id,
         exclusion_id=built.exclusion_id,
-        selection={"settings": selection_settings, "from_run": from_run,
-                   **built.selection.as_dict(), "normalisation": built.normalisation.as_dict(),
-                   "condition_model": built.condition_model},
-        n_runs=len(built.selection.obs_ids), ontime_s=built.assembled.ontime_s, smoothing=built.smoothing,
+        selection={
+            "settings": selection_settings,
+            "from_run": from_run,
+            **built.selection.as_dict(),
+            "normalisation": built.normalisation.as_dict(),
+            "condition_model": built.condition_model,
+        },
+        n_runs=len(built.selection.obs_ids),
+        ontime_s=built.assembled.ontime_s,
+        smoothing=built.smoothing,
         output_path=None if output_path is None else str(output_path),
     )
     session.add(row)
     session.flush()
-    session.add_all([BackgroundInput(
-        background_id=row.id, piece_id=item.piece_id, run_id=item.run_id, obs_id=item.obs_id,
-        file_sha256=item.file_sha256, piece_created_at=item.created_at,
-        weight=1.0 if item.weight is None else float(item.weight),
-    ) for item in built.inputs])
+    session.add_all(
+        [
+            BackgroundInput(
+                background_id=row.id,
+                piece_id=item.piece_id,
+                run_id=item.run_id,
+                obs_id=item.obs_id,
+                file_sha256=item.file_sha256,
+                piece_created_at=item.created_at,
+                weight=1.0 if item.weight is None else float(item.weight),
+            )
+            for item in built.inputs
+        ]
+    )
     return row
 
 
-def record_if_writable(session: Session, built: Any, selection_settings: dict, from_run: bool,
-                       output_path: str | Path | None = None) -> bool:
+def record_if_writable(
+    session: Session, built: Any, selection_settings: dict, from_run: bool, output_path: str | Path | None = None
+) -> bool:
     """`record_background` and commit; False (rolled back) when the database is read-only.
 
     Raises

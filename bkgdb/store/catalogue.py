@@ -36,8 +36,19 @@ log = logging.getLogger(__name__)
 
 #: Columns `bkgdb runs` shows unless told otherwise.
 DEFAULT_RUN_COLUMNS = [
-    "obs_id", "object_name", "ra_deg", "dec_deg", "zenith_deg", "az_deg", "date_obs",
-    "ontime_s", "livetime_s", "n_tels", "muon_eff", "nsb_level", "event_count",
+    "obs_id",
+    "object_name",
+    "ra_deg",
+    "dec_deg",
+    "zenith_deg",
+    "az_deg",
+    "date_obs",
+    "ontime_s",
+    "livetime_s",
+    "n_tels",
+    "muon_eff",
+    "nsb_level",
+    "event_count",
 ]
 
 
@@ -134,8 +145,14 @@ class RunCatalogue:
 
     # -- indexing -----------------------------------------------------------------------------
 
-    def index(self, path: str | Path, config: Any = None, jobs: int = 1,
-              progress: Callable[[int, int], None] | None = None, executor: Any = None) -> IndexReport:
+    def index(
+        self,
+        path: str | Path,
+        config: Any = None,
+        jobs: int = 1,
+        progress: Callable[[int, int], None] | None = None,
+        executor: Any = None,
+    ) -> IndexReport:
         """Index a DL3 datastore: add new runs, update changed ones, skip unchanged ones.
 
         A run is unchanged when its event file has the same size and modification time (or,
@@ -187,8 +204,12 @@ class RunCatalogue:
             rows = session.scalars(sa.select(Run.extra).where(Run.id.in_(first_runs))).all()
         return sorted({key for extra in rows for key in (extra or {})})
 
-    def select_runs(self, where: Iterable[str | Condition] = (), status: str | None = RUN_STATUS_OK,
-                    datastore: str | Path | None = None) -> list[Run]:
+    def select_runs(
+        self,
+        where: Iterable[str | Condition] = (),
+        status: str | None = RUN_STATUS_OK,
+        datastore: str | Path | None = None,
+    ) -> list[Run]:
         """Runs matching all conditions, ordered by datastore and OBS_ID.
 
         Parameters
@@ -260,8 +281,14 @@ class RunCatalogue:
                 .order_by(Datastore.path)
             ).all()
         datastores = [
-            {"path": path, "last_indexed_at": last.isoformat() if last else None, "runs": ok,
-             "failed_runs": failed, "ontime_h": float(ontime or 0.0) / 3600.0, "events": int(events or 0)}
+            {
+                "path": path,
+                "last_indexed_at": last.isoformat() if last else None,
+                "runs": ok,
+                "failed_runs": failed,
+                "ontime_h": float(ontime or 0.0) / 3600.0,
+                "events": int(events or 0),
+            }
             for path, last, ok, failed, ontime, events in counts
         ]
         return {

@@ -43,10 +43,16 @@ _ID_CHUNK = 30000
 def _archive_query(binning_id: int, exclusion_id: int, settings: Any) -> sa.Select:
     """Pieces a condition model is fitted on: every good run with a zenith angle, a piece of this
     binning and exclusion setting, and the selection's fixed criteria (|b|, telescopes)."""
-    query = (sa.select(PieceRow.id, PieceRow.file_sha256, Run.zenith_deg, Run.az_deg, Run.muon_eff)
-             .join(Run, Run.id == PieceRow.run_id)
-             .where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
-                    Run.status == RUN_STATUS_OK, Run.zenith_deg.is_not(None)))
+    query = (
+        sa.select(PieceRow.id, PieceRow.file_sha256, Run.zenith_deg, Run.az_deg, Run.muon_eff)
+        .join(Run, Run.id == PieceRow.run_id)
+        .where(
+            PieceRow.binning_id == binning_id,
+            PieceRow.exclusion_id == exclusion_id,
+            Run.status == RUN_STATUS_OK,
+            Run.zenith_deg.is_not(None),
+        )
+    )
     if settings.gal_lat_min:
         query = query.where(sa.or_(Run.glat_deg > settings.gal_lat_min, Run.glat_deg < -settings.gal_lat_min))
     if settings.n_tels is not None:
@@ -54,17 +60,24 @@ def _archive_query(binning_id: int, exclusion_id: int, settings: Any) -> sa.Sele
     return query.order_by(PieceRow.id)
 
 
-def archive_digest(session: Session, binning_id: int, exclusion_id: int, settings: Any,
-                   max_runs: int | None) -> str:
+def archive_digest(session: Session, binning_id: int, exclusion_id: int, settings: Any, max_runs: int | None) -> str:
     """SHA-256 identifying the archive a condition model is fitted on, from one aggregate query.
 
     Pieces are replaced (new id, new time) when their run is re-indexed, and runs get a new
     ``indexed_at``: the number of archive pieces, the sum and maximum of their ids and the newest
     piece and run times change whenever a run is added, removed or re-indexed.
     """
-    archive = _archive_query(binning_id, exclusion_id, settings).order_by(None).with_only_columns(
-        sa.func.count(PieceRow.id), sa.func.sum(PieceRow.id), sa.func.max(PieceRow.id),
-        sa.func.max(PieceRow.created_at), sa.func.max(Run.indexed_at))
+    archive = (
+        _archive_query(binning_id, exclusion_id, settings)
+        .order_by(None)
+        .with_only_columns(
+            sa.func.count(PieceRow.id),
+            sa.func.sum(PieceRow.id),
+            sa.func.max(PieceRow.id),
+            sa.func.max(PieceRow.created_at),
+            sa.func.max(Run.indexed_at),
+        )
+    )
     values = session.execute(archive).one()
     text = ";".join(str(value) for value in values)
     return hashlib.sha256(f"{MODEL_KIND};max_runs={max_runs};{text}".encode()).hexdigest()
@@ -78,9 +91,15 @@ def _fit_bins(geometry: Any) -> tuple[np.ndarray, np.ndarray | None]:
     return geometry.energy_edges, geometry.solid_angle_sr if geometry.is_3d else None
 
 
-def archive_condition_model(session: Session, binning_id: int, exclusion_id: int, geometry: Any, settings: Any,
-                            max_runs: int | None = CONDITION_MODEL_MAX_RUNS,
-                            memo: dict | None = None) -> tuple[ConditionModel, dict]:
+def archive_condition_model(
+    session: Session,
+    binning_id: int,
+    exclusion_id: int,
+    geometry: Any,
+    settings: Any,
+    max_runs: int | None = CONDITION_MODEL_MAX_RUNS,
+    memo: dict | None = None,
+) -> tuple[ConditionModel, dict]:
     """The archive's `~bkgdb.makers.condition_model.ConditionModel`, from table ``condition_models`` or fitted.
 
     The archive is every piece of the binning and exclusion setting whose run passes the fixed
@@ -118,20 +137,29 @@ def archive_condition_model(session: Session, binning_id: int, exclusion_id: int
         model, record = memo[key]
         return model, {**record, "cached": True}
     digest = archive_digest(session, binning_id, exclusion_id, settings, max_runs)
-    cached = session.scalars(sa.select(ConditionModelRow).where(
-        ConditionModelRow.binning_id == binning_id, ConditionModelRow.exclusion_id == exclusion_id,
-        ConditionModelRow.kind == MODEL_KIND, ConditionModelRow.archive_digest == digest)).one_or_none()
+    cached = session.scalars(
+        sa.select(ConditionModelRow).where(
+            ConditionModelRow.binning_id == binning_id,
+            ConditionModelRow.exclusion_id == exclusion_id,
+            ConditionModelRow.kind == MODEL_KIND,
+            ConditionModelRow.archive_digest == digest,
+        )
+    ).one_or_none()
     if cached is not None:
         params = dict(cached.params)
-        found = (ConditionModel.from_params(params, energy_edges),
-                 {**params, "kind": MODEL_KIND, "archive_digest": digest, "n_runs": cached.n_runs, "cached": True})
+        found = (
+            ConditionModel.from_params(params, energy_edges),
+            {**params, "kind": MODEL_KIND, "archive_digest": digest, "n_runs": cached.n_runs, "cached": True},
+        )
         if memo is not None:
             memo[key] = found
         return found
     rows = session.execute(_archive_query(binning_id, exclusion_id, settings)).all()
     if len(rows) < 3:
-        raise BkgdbError(f"condition-aware assembly needs at least 3 archive runs with pieces, found {len(rows)}: "
-                         "index more runs or set background_selection.assembly: sum")
+        raise BkgdbError(
+            f"condition-aware assembly needs at least 3 archive runs with pieces, found {len(rows)}: "
+            "index more runs or set background_selection.assembly: sum"
+        )
     conditions = [RunConditions(row.zenith_deg, row.az_deg, row.muon_eff) for row in rows]
     chosen = representative_subset(conditions, max_runs)
     if len(chosen) < len(rows):
@@ -140,22 +168,34 @@ def archive_condition_model(session: Session, binning_id: int, exclusion_id: int
     ids = [row.id for row in rows]
     piece_rows: list[PieceRow] = []
     for start in range(0, len(ids), _ID_CHUNK):
-        piece_rows += session.scalars(sa.select(PieceRow).where(PieceRow.id.in_(ids[start:start + _ID_CHUNK]))
-                                      .order_by(PieceRow.id)).all()
+        piece_rows += session.scalars(
+            sa.select(PieceRow).where(PieceRow.id.in_(ids[start : start + _ID_CHUNK])).order_by(PieceRow.id)
+        ).all()
     pieces = [row_to_piece(piece) for piece in piece_rows]
     counts = np.array([p.counts for p in pieces])
     if counts.shape[1] != len(energy_edges) - 1:
-        raise BkgdbError(f"the pieces of binning {binning_id} have {counts.shape[1]} energy bins, the geometry "
-                         f"given {len(energy_edges) - 1}: give the geometry of the binning fitted on")
-    fit = ConditionModelFitter(counts, np.array([p.exposure_s for p in pieces]), energy_edges, conditions,
-                               solid_angle_sr=solid_angle).run()
+        raise BkgdbError(
+            f"the pieces of binning {binning_id} have {counts.shape[1]} energy bins, the geometry "
+            f"given {len(energy_edges) - 1}: give the geometry of the binning fitted on"
+        )
+    fit = ConditionModelFitter(
+        counts, np.array([p.exposure_s for p in pieces]), energy_edges, conditions, solid_angle_sr=solid_angle
+    ).run()
     params = fit.as_dict()
     # Stored at once in its own transaction, so every later build reuses it; a concurrent
     # builder storing the same fit first is fine.
     with Session(session.get_bind()) as store:
         try:
-            store.add(ConditionModelRow(binning_id=binning_id, exclusion_id=exclusion_id, kind=MODEL_KIND,
-                                        archive_digest=digest, n_runs=len(rows), params=params))
+            store.add(
+                ConditionModelRow(
+                    binning_id=binning_id,
+                    exclusion_id=exclusion_id,
+                    kind=MODEL_KIND,
+                    archive_digest=digest,
+                    n_runs=len(rows),
+                    params=params,
+                )
+            )
             store.commit()
         except IntegrityError:
             store.rollback()

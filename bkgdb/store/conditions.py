@@ -21,8 +21,13 @@ from bkgdb.errors import ConditionError
 from bkgdb.store.models import RUN_SELECTABLE_COLUMNS, Run
 
 __all__ = [
-    "Condition", "parse_condition", "COLUMN_ALIASES", "SELECTABLE_COLUMNS", "typed_column",
-    "condition_expression", "conditions_expression",
+    "Condition",
+    "parse_condition",
+    "COLUMN_ALIASES",
+    "SELECTABLE_COLUMNS",
+    "typed_column",
+    "condition_expression",
+    "conditions_expression",
 ]
 
 log = logging.getLogger(__name__)
@@ -42,21 +47,36 @@ CONDITION_PATTERN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_\-]*)\s*(<=|>=|!=|==|=
 #: Other names accepted for typed columns (case-insensitive): obs-index names and short forms.
 COLUMN_ALIASES = {
     "obs_id": "obs_id",
-    "ra": "ra_deg", "ra_pnt": "ra_deg",
-    "dec": "dec_deg", "dec_pnt": "dec_deg",
-    "glon": "glon_deg", "glon_pnt": "glon_deg",
-    "glat": "glat_deg", "glat_pnt": "glat_deg",
-    "alt": "alt_deg", "alt_pnt": "alt_deg", "elevation": "alt_deg",
-    "zenith": "zenith_deg", "zen": "zenith_deg", "zen_pnt": "zenith_deg",
-    "az": "az_deg", "azimuth": "az_deg", "az_pnt": "az_deg",
+    "ra": "ra_deg",
+    "ra_pnt": "ra_deg",
+    "dec": "dec_deg",
+    "dec_pnt": "dec_deg",
+    "glon": "glon_deg",
+    "glon_pnt": "glon_deg",
+    "glat": "glat_deg",
+    "glat_pnt": "glat_deg",
+    "alt": "alt_deg",
+    "alt_pnt": "alt_deg",
+    "elevation": "alt_deg",
+    "zenith": "zenith_deg",
+    "zen": "zenith_deg",
+    "zen_pnt": "zenith_deg",
+    "az": "az_deg",
+    "azimuth": "az_deg",
+    "az_pnt": "az_deg",
     "date": "date_obs",
-    "ontime": "ontime_s", "livetime": "livetime_s",
+    "ontime": "ontime_s",
+    "livetime": "livetime_s",
     "deadtime": "deadtime_fraction",
-    "n_tels": "n_tels", "tellist": "tellist",
-    "object": "object_name", "target": "object_name",
-    "nsblevel": "nsb_level", "nsb": "nsb_level",
+    "n_tels": "n_tels",
+    "tellist": "tellist",
+    "object": "object_name",
+    "target": "object_name",
+    "nsblevel": "nsb_level",
+    "nsb": "nsb_level",
     "muoneff": "muon_eff",
-    "event_count": "event_count", "events": "event_count",
+    "event_count": "event_count",
+    "events": "event_count",
 }
 #: Typed columns a condition may name: the model declares them (`~bkgdb.store.models.RUN_SELECTABLE_COLUMNS`).
 SELECTABLE_COLUMNS = list(RUN_SELECTABLE_COLUMNS)
@@ -72,7 +92,7 @@ NON_FINITE_WORD = re.compile(r"[+-]?(nan|inf|infinity)", re.IGNORECASE)
 def _shown(text, limit=60):
     """User text as quoted in an error message: on one line and shortened."""
     text = repr(text)
-    return text if len(text) <= limit else text[:limit - 4] + "...'"
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def _check_text(text):
@@ -231,7 +251,8 @@ def condition_expression(condition: Condition | str, extra_keys: Collection[str]
     return OPERATORS[condition.op](json_number(Run.extra, sa.literal(key)), value)
 
 
-def conditions_expression(conditions: Iterable[Condition | str],
-                          extra_keys: Collection[str] = ()) -> sa.ColumnElement[bool]:
+def conditions_expression(
+    conditions: Iterable[Condition | str], extra_keys: Collection[str] = ()
+) -> sa.ColumnElement[bool]:
     """All conditions joined with AND (true when there are none)."""
     return sa.and_(sa.true(), *[condition_expression(c, extra_keys) for c in conditions])

@@ -85,8 +85,9 @@ def resolve_url(url: str | None = None) -> str:
             raise DatabaseError(f"bad SQLite file name {display_url(url)!r}: {hide_secrets(exc, url)}") from None
     userinfo = _userinfo(url)
     if userinfo is not None and ":" in userinfo and "@" in userinfo:
-        raise DatabaseError(f"malformed database URL {display_url(url)}: an '@' in the password must be "
-                            "percent-encoded as %40")
+        raise DatabaseError(
+            f"malformed database URL {display_url(url)}: an '@' in the password must be percent-encoded as %40"
+        )
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:
@@ -100,7 +101,7 @@ def resolve_url(url: str | None = None) -> str:
 def _userinfo(url):
     """What stands between ``://`` and the last ``@`` of a URL (``user:password``), or None."""
     rest = url.split("://", 1)[1] if "://" in url else url
-    return rest[:rest.rfind("@")] if "@" in rest else None
+    return rest[: rest.rfind("@")] if "@" in rest else None
 
 
 #: Query parameters that carry a password (libpq's ``password``, and common spellings).
@@ -129,8 +130,9 @@ def url_secrets(url: str) -> set[str]:
             found.add(str(parsed_password))
     spellings = set()
     for secret in found:
-        spellings.update({secret, unquote(secret), unquote_plus(secret), quote(secret, safe=""),
-                          quote(unquote(secret), safe="")})
+        spellings.update(
+            {secret, unquote(secret), unquote_plus(secret), quote(secret, safe=""), quote(unquote(secret), safe="")}
+        )
     return {secret for secret in spellings if secret}
 
 
@@ -151,7 +153,7 @@ def display_url(url: str) -> str:
     if userinfo is not None and ":" in userinfo:
         scheme, rest = shown.split("://", 1) if "://" in shown else ("", shown)
         user = userinfo.split(":", 1)[0]
-        shown = (f"{scheme}://" if scheme or "://" in url else "") + f"{user}:***" + rest[len(userinfo):]
+        shown = (f"{scheme}://" if scheme or "://" in url else "") + f"{user}:***" + rest[len(userinfo) :]
     return hide_secrets(shown, url)
 
 
@@ -220,12 +222,14 @@ def create_engine(url: str | None = None, readonly: bool = False) -> Engine:
             database = parsed.database or ""
             in_memory = not database or database == ":memory:" or parsed.query.get("mode") == "memory"
             if not in_memory and not database.startswith("file:") and not Path(database).parent.is_dir():
-                raise DatabaseError("folder of SQLite database does not exist: "
-                                    f"{hide_secrets(Path(database).parent, url)}")
+                raise DatabaseError(
+                    f"folder of SQLite database does not exist: {hide_secrets(Path(database).parent, url)}"
+                )
             if readonly and not in_memory and not database.startswith("file:"):
                 if not Path(database).is_file():
-                    raise DatabaseNotReadyError(f"no database at {hide_secrets(database, url)}: create it with "
-                                                "`bkgdb init` or `bkgdb index`")
+                    raise DatabaseNotReadyError(
+                        f"no database at {hide_secrets(database, url)}: create it with `bkgdb init` or `bkgdb index`"
+                    )
                 engine = _connected(_sqlite_readonly_engine(_sqlite_readonly_url(database)), url, fail=False)
                 if engine is None:  # WAL needs a -shm file that a read-only folder cannot hold
                     engine = _sqlite_readonly_engine(_sqlite_readonly_url(database, immutable=True))
@@ -276,8 +280,10 @@ def _connected(engine, url, fail=True):
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         database = make_url(url).database
         if engine.dialect.name == "sqlite" and database and Path(database).is_file() and "unable to open" in reason:
-            reason += (" (the file or its folder is read-only? Writing needs both: SQLite keeps -wal and -shm "
-                       "files beside the database)")
+            reason += (
+                " (the file or its folder is read-only? Writing needs both: SQLite keeps -wal and -shm "
+                "files beside the database)"
+            )
         raise DatabaseError(f"cannot connect to {display_url(url)}: {hide_secrets(reason, url)}") from None
     return engine
 

@@ -36,11 +36,16 @@ def default_author() -> str:
 def flags_in_force() -> Subquery:
     """Subquery of the flag in force per OBS_ID: its newest row (``obs_id``, ``flag``, ``created_at``)."""
     newest = sa.func.row_number().over(
-        partition_by=RunFlag.obs_id, order_by=(RunFlag.created_at.desc(), RunFlag.id.desc()))
-    ranked = sa.select(RunFlag.obs_id, RunFlag.flag, RunFlag.reason, RunFlag.created_at,
-                       newest.label("newest")).subquery("ranked_flags")
-    return (sa.select(ranked.c.obs_id, ranked.c.flag, ranked.c.reason, ranked.c.created_at)
-            .where(ranked.c.newest == 1).subquery("flags_in_force"))
+        partition_by=RunFlag.obs_id, order_by=(RunFlag.created_at.desc(), RunFlag.id.desc())
+    )
+    ranked = sa.select(
+        RunFlag.obs_id, RunFlag.flag, RunFlag.reason, RunFlag.created_at, newest.label("newest")
+    ).subquery("ranked_flags")
+    return (
+        sa.select(ranked.c.obs_id, ranked.c.flag, ranked.c.reason, ranked.c.created_at)
+        .where(ranked.c.newest == 1)
+        .subquery("flags_in_force")
+    )
 
 
 def bad_obs_ids() -> Select:
@@ -49,8 +54,9 @@ def bad_obs_ids() -> Select:
     return sa.select(in_force.c.obs_id).where(in_force.c.flag == FLAG_BAD)
 
 
-def flag_run(engine: Engine, obs_id: int, flag: str, reason: str | None = None,
-             author: str | None = None) -> dict[str, Any]:
+def flag_run(
+    engine: Engine, obs_id: int, flag: str, reason: str | None = None, author: str | None = None
+) -> dict[str, Any]:
     """Flag run ``obs_id`` bad or good; the new flag is in force from now on.
 
     Parameters
@@ -95,8 +101,9 @@ def run_flags(engine: Engine, obs_id: int) -> list[dict[str, Any]]:
         obs_id, flag, reason, author, created_at (ISO) and in_force of every flag set.
     """
     with Session(engine) as session:
-        rows = session.scalars(sa.select(RunFlag).where(RunFlag.obs_id == obs_id)
-                               .order_by(RunFlag.created_at, RunFlag.id)).all()
+        rows = session.scalars(
+            sa.select(RunFlag).where(RunFlag.obs_id == obs_id).order_by(RunFlag.created_at, RunFlag.id)
+        ).all()
         entries = [_as_dict(row) for row in rows]
     for number, entry in enumerate(entries):
         entry["in_force"] = number == len(entries) - 1
@@ -105,5 +112,10 @@ def run_flags(engine: Engine, obs_id: int) -> list[dict[str, Any]]:
 
 def _as_dict(row: Any) -> dict[str, Any]:
     created = row.created_at
-    return {"obs_id": row.obs_id, "flag": row.flag, "reason": row.reason, "author": row.author,
-            "created_at": created.isoformat() if isinstance(created, datetime) else created}
+    return {
+        "obs_id": row.obs_id,
+        "flag": row.flag,
+        "reason": row.reason,
+        "author": row.author,
+        "created_at": created.isoformat() if isinstance(created, datetime) else created,
+    }

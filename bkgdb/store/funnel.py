@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bkgdb.store.models import Run
 from bkgdb.errors import NoRunsSelected
+from bkgdb.store.models import Run
 from bkgdb.store.selection import RunSelector
 
 if TYPE_CHECKING:
@@ -70,8 +70,14 @@ class FunnelPicture:
         return [(name, fates) for name, fates in grouped.items() if fates]
 
 
-def candidate_fates(session: Session, selector: RunSelector, target: Run, binning_id: int, exclusion_id: int,
-                    extra_keys: Iterable[str] = ()) -> tuple[list[CandidateFate], list[str]]:
+def candidate_fates(
+    session: Session,
+    selector: RunSelector,
+    target: Run,
+    binning_id: int,
+    exclusion_id: int,
+    extra_keys: Iterable[str] = (),
+) -> tuple[list[CandidateFate], list[str]]:
     """Every candidate run of ``target``'s selection and the first step that excluded it.
 
     Candidates are those of `RunSelector.run`: ok runs with a piece of the binning and exclusion
@@ -114,8 +120,10 @@ def funnel_picture(builder: BackgroundBuilder, obs_id: int, datastore: str | Pat
         try:
             selection = selector.run(session, target, binning_row.id, exclusion_row.id, extra_keys)
             chosen = list(selection.run_ids)
-            summary = (f"{len(chosen)} of {len(fates)} candidates selected "
-                       f"({selection.ontime_s / 3600:.1f} h, ranked by {selection.ranking})")
+            summary = (
+                f"{len(chosen)} of {len(fates)} candidates selected "
+                f"({selection.ontime_s / 3600:.1f} h, ranked by {selection.ranking})"
+            )
         except NoRunsSelected:
             chosen, summary = [], f"none of {len(fates)} candidates selected"
         session.expunge(target)

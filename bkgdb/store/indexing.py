@@ -56,9 +56,12 @@ class IndexReport:
     failures: list = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, "
-                f"{self.failed} failed" + (f", {self.removed} removed" if self.removed else "")
-                + (f"; {self.pieces} pieces computed" if self.pieces else ""))
+        return (
+            f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.failed} failed"
+            + (f", {self.removed} removed" if self.removed else "")
+            + (f"; {self.pieces} pieces computed" if self.pieces else "")
+        )
 
     @property
     def changed(self) -> bool:
@@ -89,23 +92,36 @@ def run_jobs(jobs: list[RunJob], workers: Any) -> Generator[RunResult, None, Non
         yield from pool.imap_unordered(process_run, jobs)
 
 
-def piece_values(piece: BackgroundPiece, run_id: int | None, binning_id: int | None, exclusion_id: int | None,
-                 file_sha256: str | None) -> dict:
+def piece_values(
+    piece: BackgroundPiece,
+    run_id: int | None,
+    binning_id: int | None,
+    exclusion_id: int | None,
+    file_sha256: str | None,
+) -> dict:
     """The column values of a `~bkgdb.makers.piece.BackgroundPiece`'s database row, of any geometry."""
     return dict(
-        run_id=run_id, binning_id=binning_id, exclusion_id=exclusion_id, shape=list(piece.counts.shape),
-        counts_dtype=COUNTS_DTYPE, exposure_dtype=EXPOSURE_DTYPE,
+        run_id=run_id,
+        binning_id=binning_id,
+        exclusion_id=exclusion_id,
+        shape=list(piece.counts.shape),
+        counts_dtype=COUNTS_DTYPE,
+        exposure_dtype=EXPOSURE_DTYPE,
         counts=encode_array(piece.counts, COUNTS_DTYPE),
         excluded_counts=encode_array(piece.excluded_counts, COUNTS_DTYPE),
         exposure_s=encode_array(piece.exposure_s, EXPOSURE_DTYPE),
-        ontime_s=piece.ontime_s, livetime_s=piece.livetime_s,
-        n_kept=int(piece.counts.sum()), n_excluded=int(piece.excluded_counts.sum()),
-        regions=piece.regions, file_sha256=file_sha256,
+        ontime_s=piece.ontime_s,
+        livetime_s=piece.livetime_s,
+        n_kept=int(piece.counts.sum()),
+        n_excluded=int(piece.excluded_counts.sum()),
+        regions=piece.regions,
+        file_sha256=file_sha256,
     )
 
 
-def piece_row(piece: BackgroundPiece, run: Run, binning_row: BinningRow, exclusion_row: ExclusionRow,
-              file_sha256: str | None) -> PieceRow:
+def piece_row(
+    piece: BackgroundPiece, run: Run, binning_row: BinningRow, exclusion_row: ExclusionRow, file_sha256: str | None
+) -> PieceRow:
     """The database row of a `~bkgdb.makers.piece.BackgroundPiece`."""
     values = piece_values(piece, None, None, None, file_sha256)
     del values["run_id"], values["binning_id"], values["exclusion_id"]
@@ -141,8 +157,14 @@ class DatastoreIndexer:
     def __init__(self, engine: sa.engine.Engine) -> None:
         self.engine = engine
 
-    def run(self, path: Any, config: Any = None, jobs: int = 1, progress: Callable[[int, int], None] | None = None,
-            executor: Any = None) -> IndexReport:
+    def run(
+        self,
+        path: Any,
+        config: Any = None,
+        jobs: int = 1,
+        progress: Callable[[int, int], None] | None = None,
+        executor: Any = None,
+    ) -> IndexReport:
         """Index the datastore at ``path``; the arguments are those of `RunCatalogue.index
         <bkgdb.store.catalogue.RunCatalogue.index>`."""
         store = DL3Datastore(path)
@@ -183,8 +205,9 @@ class DatastoreIndexer:
             uncommitted, last_commit = 0, time.monotonic()
             with closing(run_jobs(jobs_to_run, jobs if executor is None else executor)) as results:
                 for done, result in enumerate(results, start=len(sources) - len(jobs_to_run) + 1):
-                    outcome, run = self._store_result(session, existing[result.obs_id], by_obs_id[result.obs_id],
-                                                      result, specs)
+                    outcome, run = self._store_result(
+                        session, existing[result.obs_id], by_obs_id[result.obs_id], result, specs
+                    )
                     existing[result.obs_id] = run
                     setattr(report, outcome, getattr(report, outcome) + 1)
                     report.pieces += len(result.pieces)
@@ -200,12 +223,12 @@ class DatastoreIndexer:
             listed = {source.obs_id for source in sources}
             removed = [run.id for obs_id, run in existing.items() if obs_id not in listed and run.id is not None]
             if removed:  # a DELETE that may find nothing: another indexer may have removed them already
-                session.execute(sa.delete(Run).where(Run.id.in_(removed)),
-                                execution_options={"synchronize_session": False})
+                session.execute(
+                    sa.delete(Run).where(Run.id.in_(removed)), execution_options={"synchronize_session": False}
+                )
                 report.removed += len(removed)
             session.commit()
         return report
-
 
     @staticmethod
     def _piece_specs(session, config):
@@ -226,7 +249,8 @@ class DatastoreIndexer:
     def _existing_pieces(session, datastore):
         rows = session.execute(
             sa.select(PieceRow.run_id, PieceRow.binning_id, PieceRow.exclusion_id)
-            .join(Run, Run.id == PieceRow.run_id).where(Run.datastore_id == datastore.id)
+            .join(Run, Run.id == PieceRow.run_id)
+            .where(Run.datastore_id == datastore.id)
         ).all()
         return set(map(tuple, rows))
 
@@ -237,11 +261,22 @@ class DatastoreIndexer:
         path = source.events_path
         stat = path.stat() if path is not None and path.is_file() else None
         up_to_date = run.status == RUN_STATUS_OK and run.row_sha256 == source.row_sha256
-        if (up_to_date and stat is not None and run.file_path == str(path)
-                and run.file_size_bytes == stat.st_size and run.file_mtime == stat.st_mtime and not missing):
+        if (
+            up_to_date
+            and stat is not None
+            and run.file_path == str(path)
+            and run.file_size_bytes == stat.st_size
+            and run.file_mtime == stat.st_mtime
+            and not missing
+        ):
             return None
-        return RunJob(source=source, meta=meta, known_sha256=run.file_sha256 if up_to_date else None,
-                      specs=[(b, e) for b, e, _, _ in specs], missing_specs=missing)
+        return RunJob(
+            source=source,
+            meta=meta,
+            known_sha256=run.file_sha256 if up_to_date else None,
+            specs=[(b, e) for b, e, _, _ in specs],
+            missing_specs=missing,
+        )
 
     def _store_result(self, session, run, source, result, specs):
         """Write a worker's result into the run's row and its pieces; return the outcome and the row.
@@ -277,9 +312,12 @@ class DatastoreIndexer:
             binning_row, exclusion_row = rows[(binning, exclusion)]
             values = piece_values(piece, run.id, binning_row.id, exclusion_row.id, result.sha256)
             statement = upsert_insert(session, PieceRow.__table__).values(**values)
-            session.execute(statement.on_conflict_do_update(
-                index_elements=key_columns,
-                set_={name: statement.excluded[name] for name in values if name not in key_columns}))
+            session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=key_columns,
+                    set_={name: statement.excluded[name] for name in values if name not in key_columns},
+                )
+            )
         return outcome, run
 
     @staticmethod

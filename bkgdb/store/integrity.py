@@ -15,8 +15,17 @@ from sqlalchemy.orm import Session, aliased
 from bkgdb.store.flags import bad_obs_ids
 from bkgdb.store.models import RUN_STATUS_OK, Datastore, PieceRow, Run
 
-__all__ = ["observation_second", "has_events", "is_ok", "short_list", "not_in_list", "repeated_obs_ids",
-           "one_copy_condition", "integrity_steps", "OBS_ID_LIST_MAX"]
+__all__ = [
+    "observation_second",
+    "has_events",
+    "is_ok",
+    "short_list",
+    "not_in_list",
+    "repeated_obs_ids",
+    "one_copy_condition",
+    "integrity_steps",
+    "OBS_ID_LIST_MAX",
+]
 
 #: Up to this many run ids or OBS_IDs (empty, flagged, repeated) are passed to the database as a
 #: list of values, more as a subquery.
@@ -55,6 +64,7 @@ def short_list(session: Session, query: Any) -> list | None:
     values = session.scalars(query.limit(OBS_ID_LIST_MAX + 1)).all()
     return None if len(values) > OBS_ID_LIST_MAX else list(values)
 
+
 def not_in_list(column: Any, query: Any, values: list | None) -> Any:
     """SQL condition ``column NOT IN (values of query)``, with the ``values`` when they were listed.
 
@@ -64,6 +74,7 @@ def not_in_list(column: Any, query: Any, values: list | None) -> Any:
     if values is None:
         return column.not_in(query)
     return column.not_in(values) if values else sa.true()
+
 
 def repeated_obs_ids(session: Session) -> list | None:
     """OBS_IDs catalogued more than once (at most `OBS_ID_LIST_MAX`, else None).
@@ -78,8 +89,14 @@ def repeated_obs_ids(session: Session) -> list | None:
     return short_list(session, repeated)
 
 
-def one_copy_condition(session: Session, target: Run, binning_id: int, exclusion_id: int,
-                       datastore_id: int | None = None, repeated_obs_ids: list | None = None) -> Any:
+def one_copy_condition(
+    session: Session,
+    target: Run,
+    binning_id: int,
+    exclusion_id: int,
+    datastore_id: int | None = None,
+    repeated_obs_ids: list | None = None,
+) -> Any:
     """SQL condition: the run is the preferred copy of its observation, and no copy of the target.
 
     An observation is its OBS_ID and start second (`observation_second`). Of several copies
@@ -100,12 +117,21 @@ def one_copy_condition(session: Session, target: Run, binning_id: int, exclusion
     if not repeated_obs_ids:
         return not_target_copy
     preferred_copy = (
-        sa.select(other.id).join(other_piece, other_piece.run_id == other.id)
-        .where(other.obs_id == Run.obs_id, other.id != Run.id, observation_second(other) == observation_second(),
-               other.status == RUN_STATUS_OK, other_piece.binning_id == binning_id,
-               other_piece.exclusion_id == exclusion_id, has_events(other_piece),
-               sa.or_(other.datastore_id == target.datastore_id,
-                      sa.and_(Run.datastore_id != target.datastore_id, other.datastore_id < Run.datastore_id)))
+        sa.select(other.id)
+        .join(other_piece, other_piece.run_id == other.id)
+        .where(
+            other.obs_id == Run.obs_id,
+            other.id != Run.id,
+            observation_second(other) == observation_second(),
+            other.status == RUN_STATUS_OK,
+            other_piece.binning_id == binning_id,
+            other_piece.exclusion_id == exclusion_id,
+            has_events(other_piece),
+            sa.or_(
+                other.datastore_id == target.datastore_id,
+                sa.and_(Run.datastore_id != target.datastore_id, other.datastore_id < Run.datastore_id),
+            ),
+        )
     )
     if datastore_id is not None:
         preferred_copy = preferred_copy.where(other.datastore_id == datastore_id)
@@ -113,20 +139,23 @@ def one_copy_condition(session: Session, target: Run, binning_id: int, exclusion
     return sa.and_(not_target_copy, sa.or_(single, ~preferred_copy.exists()))
 
 
-def integrity_steps(session: Session, target: Run, binning_id: int, exclusion_id: int,
-                    search_id: int | None = None) -> tuple[list, tuple]:
+def integrity_steps(
+    session: Session, target: Run, binning_id: int, exclusion_id: int, search_id: int | None = None
+) -> tuple[list, tuple]:
     """(name, condition) of the runs that must never build a background: empty, flagged bad,
     other copies of a run; and the short lists of ids they used (None where too long to list).
 
     Each list (empty, flagged, repeated OBS_IDs) is asked for once and passed as values.
     """
     empty_pieces = sa.select(PieceRow.run_id).where(
-        PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events()))
+        PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events())
+    )
     empty_ids = short_list(session, empty_pieces)
     bad_ids = short_list(session, bad_obs_ids())
     repeated_ids = repeated_obs_ids(session)
-    steps = [("empty runs", not_in_list(Run.id, empty_pieces, empty_ids)),
-             ("flagged bad", not_in_list(Run.obs_id, bad_obs_ids(), bad_ids)),
-             ("duplicate copies", one_copy_condition(session, target, binning_id, exclusion_id,
-                                                          search_id, repeated_ids))]
+    steps = [
+        ("empty runs", not_in_list(Run.id, empty_pieces, empty_ids)),
+        ("flagged bad", not_in_list(Run.obs_id, bad_obs_ids(), bad_ids)),
+        ("duplicate copies", one_copy_condition(session, target, binning_id, exclusion_id, search_id, repeated_ids)),
+    ]
     return steps, (empty_ids, bad_ids, repeated_ids)

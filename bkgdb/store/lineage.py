@@ -36,11 +36,17 @@ def background_lineage(engine: Engine, obs_id: int) -> list[dict[str, Any]]:
     -------
     rows : list of dict
         background id, target OBS_ID, the datastore of the copy that was used (None when that
-        run is no longer catalogued), the output file (a FITS file, or the run file of an attached datastore) and when it was built.
+        run is no longer catalogued), the output file (a FITS file, or the run file of an attached
+        datastore) and when it was built.
     """
     query = (
-        sa.select(BackgroundRow.id, BackgroundRow.target_obs_id, BackgroundRow.output_path,
-                  BackgroundRow.created_at, Datastore.path)
+        sa.select(
+            BackgroundRow.id,
+            BackgroundRow.target_obs_id,
+            BackgroundRow.output_path,
+            BackgroundRow.created_at,
+            Datastore.path,
+        )
         .join(BackgroundInput, BackgroundInput.background_id == BackgroundRow.id)
         .outerjoin(Run, Run.id == BackgroundInput.run_id)
         .outerjoin(Datastore, Datastore.id == Run.datastore_id)
@@ -50,8 +56,16 @@ def background_lineage(engine: Engine, obs_id: int) -> list[dict[str, Any]]:
     # Backgrounds recorded before inputs were kept got their inputs in migration 0006.
     with Session(engine) as session:
         rows = session.execute(query).all()
-    return [{"id": row.id, "target": row.target_obs_id, "from_datastore": row.path, "output": row.output_path,
-             "created_at": _iso(row.created_at)} for row in rows]
+    return [
+        {
+            "id": row.id,
+            "target": row.target_obs_id,
+            "from_datastore": row.path,
+            "output": row.output_path,
+            "created_at": _iso(row.created_at),
+        }
+        for row in rows
+    ]
 
 
 def stale_backgrounds(engine: Engine) -> list[dict[str, Any]]:
@@ -71,8 +85,11 @@ def stale_backgrounds(engine: Engine) -> list[dict[str, Any]]:
     piece_gone = BackgroundInput.piece_id.is_(None)
     piece_replaced = sa.and_(
         ~piece_gone,
-        sa.or_(PieceRow.created_at != BackgroundInput.piece_created_at,
-               PieceRow.file_sha256.is_distinct_from(BackgroundInput.file_sha256)))
+        sa.or_(
+            PieceRow.created_at != BackgroundInput.piece_created_at,
+            PieceRow.file_sha256.is_distinct_from(BackgroundInput.file_sha256),
+        ),
+    )
     run_gone = BackgroundInput.run_id.is_(None)
     file_changed = sa.and_(~run_gone, Run.file_sha256.is_distinct_from(BackgroundInput.file_sha256))
     flagged_later = sa.and_(in_force.c.flag == FLAG_BAD, in_force.c.created_at > BackgroundRow.created_at)
@@ -84,10 +101,17 @@ def stale_backgrounds(engine: Engine) -> list[dict[str, Any]]:
         ("flagged bad since", flagged_later),
     ]
     query = (
-        sa.select(BackgroundRow.id, BackgroundRow.target_obs_id, BackgroundRow.output_path,
-                  BackgroundRow.created_at, BackgroundInput.obs_id,
-                  *[sa.case((condition, 1), else_=0).label(f"cause_{number}")
-                    for number, (_, condition) in enumerate(causes)])
+        sa.select(
+            BackgroundRow.id,
+            BackgroundRow.target_obs_id,
+            BackgroundRow.output_path,
+            BackgroundRow.created_at,
+            BackgroundInput.obs_id,
+            *[
+                sa.case((condition, 1), else_=0).label(f"cause_{number}")
+                for number, (_, condition) in enumerate(causes)
+            ],
+        )
         .join(BackgroundInput, BackgroundInput.background_id == BackgroundRow.id)
         .outerjoin(PieceRow, PieceRow.id == BackgroundInput.piece_id)
         .outerjoin(Run, Run.id == BackgroundInput.run_id)
@@ -99,9 +123,16 @@ def stale_backgrounds(engine: Engine) -> list[dict[str, Any]]:
         rows = session.execute(query).all()
     stale: dict[int, dict[str, Any]] = {}
     for row in rows:
-        entry = stale.setdefault(row.id, {
-            "id": row.id, "target": row.target_obs_id, "output": row.output_path,
-            "created_at": _iso(row.created_at), "causes": defaultdict(list)})
+        entry = stale.setdefault(
+            row.id,
+            {
+                "id": row.id,
+                "target": row.target_obs_id,
+                "output": row.output_path,
+                "created_at": _iso(row.created_at),
+                "causes": defaultdict(list),
+            },
+        )
         for number, (name, _) in enumerate(causes):
             # A run removed or re-indexed loses its pieces too: name only the first cause.
             if getattr(row, f"cause_{number}"):
@@ -110,8 +141,9 @@ def stale_backgrounds(engine: Engine) -> list[dict[str, Any]]:
     result = []
     for entry in stale.values():
         causes_found = entry.pop("causes")
-        entry["reason"] = "; ".join(f"{name}: {_obs_id_list(causes_found[name])}"
-                                    for name, _ in causes if name in causes_found)
+        entry["reason"] = "; ".join(
+            f"{name}: {_obs_id_list(causes_found[name])}" for name, _ in causes if name in causes_found
+        )
         result.append(entry)
     return result
 

@@ -12,9 +12,22 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
-    "Base", "Datastore", "Run", "BinningRow", "ExclusionRow", "PieceRow", "BackgroundRow", "BackgroundInput",
-    "RunFlag", "ConditionModelRow", "RUN_FACT_COLUMNS", "RUN_SELECTABLE_COLUMNS", "RUN_STATUS_OK", "RUN_STATUS_FAILED",
-    "FLAG_BAD", "FLAG_GOOD",
+    "Base",
+    "Datastore",
+    "Run",
+    "BinningRow",
+    "ExclusionRow",
+    "PieceRow",
+    "BackgroundRow",
+    "BackgroundInput",
+    "RunFlag",
+    "ConditionModelRow",
+    "RUN_FACT_COLUMNS",
+    "RUN_SELECTABLE_COLUMNS",
+    "RUN_STATUS_OK",
+    "RUN_STATUS_FAILED",
+    "FLAG_BAD",
+    "FLAG_GOOD",
 ]
 
 RUN_STATUS_OK = "ok"
@@ -86,14 +99,21 @@ class Run(Base):
         sa.UniqueConstraint("datastore_id", "obs_id"),
         # Selection criteria read from the index alone: the zenith range is scanned and the other
         # criteria are tested on index entries, so only passing runs' rows are read.
-        sa.Index("ix_runs_selection", "zenith_deg", "az_deg", "glat_deg", "n_tels", "tstart_mjd", "status", "obs_id",
-                 "ontime_s"),
+        sa.Index(
+            "ix_runs_selection",
+            "zenith_deg",
+            "az_deg",
+            "glat_deg",
+            "n_tels",
+            "tstart_mjd",
+            "status",
+            "obs_id",
+            "ontime_s",
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    datastore_id: Mapped[int] = mapped_column(
-        sa.ForeignKey("datastores.id", ondelete="CASCADE"), index=True
-    )
+    datastore_id: Mapped[int] = mapped_column(sa.ForeignKey("datastores.id", ondelete="CASCADE"), index=True)
     obs_id: Mapped[int] = mapped_column(sa.BigInteger, index=True)
     status: Mapped[str] = mapped_column(sa.String(16), index=True)
     error: Mapped[str | None] = mapped_column(sa.Text)
@@ -133,15 +153,28 @@ class Run(Base):
 
 
 #: Columns of `Run` that record how and when it was indexed rather than the observation itself.
-_RUN_BOOKKEEPING = ("id", "datastore_id", "obs_id", "status", "error", "file_path", "file_size_bytes", "file_mtime",
-                    "file_sha256", "row_sha256", "indexed_at")
+_RUN_BOOKKEEPING = (
+    "id",
+    "datastore_id",
+    "obs_id",
+    "status",
+    "error",
+    "file_path",
+    "file_size_bytes",
+    "file_mtime",
+    "file_sha256",
+    "row_sha256",
+    "indexed_at",
+)
 #: The facts about a run read from its obs-index row and events header (`bkgdb.gadf.datastore.RunFacts`
 #: has these fields), in column order: the model is where run columns are declared.
 RUN_FACT_COLUMNS = tuple(column.key for column in Run.__table__.columns if column.key not in _RUN_BOOKKEEPING)
 #: Columns a ``--where`` condition or ``bkgdb runs --columns`` may name directly.
-RUN_SELECTABLE_COLUMNS = tuple(column.key for column in Run.__table__.columns
-                               if column.key not in ("id", "datastore_id", "file_mtime", "row_sha256", "extra",
-                                                     "indexed_at"))
+RUN_SELECTABLE_COLUMNS = tuple(
+    column.key
+    for column in Run.__table__.columns
+    if column.key not in ("id", "datastore_id", "file_mtime", "row_sha256", "extra", "indexed_at")
+)
 
 
 class HashedSettings:
@@ -178,16 +211,15 @@ class PieceRow(Base):
         sa.UniqueConstraint("run_id", "binning_id", "exclusion_id"),
         # A setting's pieces counted and checked for events (`bkgdb.store.integrity.has_events`) without
         # reading the rows and their arrays.
-        sa.Index("ix_pieces_setting_events", "binning_id", "exclusion_id", "ontime_s", "n_kept", "n_excluded",
-                 "run_id"),
+        sa.Index(
+            "ix_pieces_setting_events", "binning_id", "exclusion_id", "ontime_s", "n_kept", "n_excluded", "run_id"
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     binning_id: Mapped[int] = mapped_column(sa.ForeignKey("binnings.id", ondelete="CASCADE"), index=True)
-    exclusion_id: Mapped[int] = mapped_column(
-        sa.ForeignKey("exclusion_settings.id", ondelete="CASCADE"), index=True
-    )
+    exclusion_id: Mapped[int] = mapped_column(sa.ForeignKey("exclusion_settings.id", ondelete="CASCADE"), index=True)
     #: Shape of the counts arrays, energy first: ``[n_energy, n_offset]`` or ``[n_energy, n_lon, n_lat]``;
     #: the exposure has ``shape[1:]``.
     shape: Mapped[list] = mapped_column(JSONType)

@@ -39,8 +39,12 @@ def row_to_piece(row: Any) -> BackgroundPiece:
     counts, excluded_counts, exposure = piece_arrays(row)
     assert excluded_counts is not None
     return BackgroundPiece(
-        counts=counts.astype(np.int64), excluded_counts=excluded_counts.astype(np.int64),
-        exposure_s=exposure.copy(), ontime_s=row.ontime_s, livetime_s=row.livetime_s, regions=row.regions or [],
+        counts=counts.astype(np.int64),
+        excluded_counts=excluded_counts.astype(np.int64),
+        exposure_s=exposure.copy(),
+        ontime_s=row.ontime_s,
+        livetime_s=row.livetime_s,
+        regions=row.regions or [],
     )
 
 
@@ -63,16 +67,33 @@ class PieceCache:
         ``geometry`` (`~bkgdb.geometry.PieceGeometry.describe`), ``method``, ``pieces``, ``bytes`` and
         ``bytes_per_piece``.
         """
-        size = (sa.func.coalesce(sa.func.sum(
-            sa.func.length(PieceRow.counts) + sa.func.length(PieceRow.excluded_counts)
-            + sa.func.length(PieceRow.exposure_s)), 0))
+        size = sa.func.coalesce(
+            sa.func.sum(
+                sa.func.length(PieceRow.counts)
+                + sa.func.length(PieceRow.excluded_counts)
+                + sa.func.length(PieceRow.exposure_s)
+            ),
+            0,
+        )
         query = (
-            sa.select(BinningRow.hash, BinningRow.params, ExclusionRow.hash, ExclusionRow.params,
-                      sa.func.count(PieceRow.id), size)
+            sa.select(
+                BinningRow.hash,
+                BinningRow.params,
+                ExclusionRow.hash,
+                ExclusionRow.params,
+                sa.func.count(PieceRow.id),
+                size,
+            )
             .join(BinningRow, BinningRow.id == PieceRow.binning_id)
             .join(ExclusionRow, ExclusionRow.id == PieceRow.exclusion_id)
-            .group_by(BinningRow.id, BinningRow.hash, BinningRow.params, ExclusionRow.id,
-                      ExclusionRow.hash, ExclusionRow.params)
+            .group_by(
+                BinningRow.id,
+                BinningRow.hash,
+                BinningRow.params,
+                ExclusionRow.id,
+                ExclusionRow.hash,
+                ExclusionRow.params,
+            )
             .order_by(BinningRow.id, ExclusionRow.id)
         )
         with session_scope(self.engine) as session:
@@ -80,16 +101,18 @@ class PieceCache:
         summary = []
         for b_hash, b_params, e_hash, e_params, n_pieces, n_bytes in rows:
             geometry = geometry_from_params(b_params)
-            summary.append({
-                "binning": b_hash[:12],
-                "kind": geometry.kind,
-                "geometry": geometry.describe(),
-                "exclusion": e_hash[:12],
-                "method": e_params.get("exposure_method"),
-                "pieces": int(n_pieces),
-                "bytes": int(n_bytes),
-                "bytes_per_piece": round(int(n_bytes) / n_pieces, 1) if n_pieces else 0,
-            })
+            summary.append(
+                {
+                    "binning": b_hash[:12],
+                    "kind": geometry.kind,
+                    "geometry": geometry.describe(),
+                    "exclusion": e_hash[:12],
+                    "method": e_params.get("exposure_method"),
+                    "pieces": int(n_pieces),
+                    "bytes": int(n_bytes),
+                    "bytes_per_piece": round(int(n_bytes) / n_pieces, 1) if n_pieces else 0,
+                }
+            )
         return summary
 
     def drop(self, exclusion: str | None = None, binning: str | None = None) -> int:
@@ -105,11 +128,13 @@ class PieceCache:
         with session_scope(self.engine) as session:
             query = sa.delete(PieceRow)
             if exclusion:
-                query = query.where(PieceRow.exclusion_id == setting_by_prefix(session, ExclusionRow, exclusion,
-                                                                               "exclusion setting").id)
+                query = query.where(
+                    PieceRow.exclusion_id == setting_by_prefix(session, ExclusionRow, exclusion, "exclusion setting").id
+                )
             if binning:
-                query = query.where(PieceRow.binning_id == setting_by_prefix(session, BinningRow, binning,
-                                                                             "binning").id)
+                query = query.where(
+                    PieceRow.binning_id == setting_by_prefix(session, BinningRow, binning, "binning").id
+                )
             deleted = cast(sa.CursorResult, session.execute(query)).rowcount
             # Settings without pieces are forgotten too; they come back when used again.
             for model, column in ((ExclusionRow, PieceRow.exclusion_id), (BinningRow, PieceRow.binning_id)):
@@ -127,7 +152,8 @@ class PieceCache:
         """
         query = (
             sa.select(Datastore.path, ExclusionRow.hash, ExclusionRow.params, PieceRow.regions)
-            .join(Run, Run.id == PieceRow.run_id).join(Datastore, Datastore.id == Run.datastore_id)
+            .join(Run, Run.id == PieceRow.run_id)
+            .join(Datastore, Datastore.id == Run.datastore_id)
             .join(ExclusionRow, ExclusionRow.id == PieceRow.exclusion_id)
             .where(Run.obs_id == obs_id)
             .order_by(Datastore.path, ExclusionRow.id)
@@ -142,6 +168,12 @@ class PieceCache:
             if key in seen:
                 continue  # binnings of one setting mostly share their regions
             seen.add(key)
-            result.append({"datastore": path, "exclusion": e_hash[:12],
-                           "method": e_params.get("exposure_method"), "regions": regions or []})
+            result.append(
+                {
+                    "datastore": path,
+                    "exclusion": e_hash[:12],
+                    "method": e_params.get("exposure_method"),
+                    "regions": regions or [],
+                }
+            )
         return result

@@ -17,8 +17,15 @@ from bkgdb.errors import BkgdbError
 from bkgdb.store.models import PieceRow
 from bkgdb.store.pieces import piece_arrays
 
-__all__ = ["AIRMASS_STEP", "airmass", "rate_shape", "kl_divergence", "kl_divergences", "airmass_then_time",
-           "kl_ranking"]
+__all__ = [
+    "AIRMASS_STEP",
+    "airmass",
+    "rate_shape",
+    "kl_divergence",
+    "kl_divergences",
+    "airmass_then_time",
+    "kl_ranking",
+]
 
 #: Airmass step of the similarity ranking: within a step, the run closest in time comes first.
 AIRMASS_STEP = 0.01
@@ -59,8 +66,9 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[use] * np.log(p[use] / np.maximum(q[use], 1e-300))))
 
 
-def kl_divergences(reference: np.ndarray, counts: np.ndarray, exposure_s: np.ndarray,
-                   pseudo: float = 0.5) -> np.ndarray:
+def kl_divergences(
+    reference: np.ndarray, counts: np.ndarray, exposure_s: np.ndarray, pseudo: float = 0.5
+) -> np.ndarray:
     """`kl_divergence` of the reference shape from each piece's `rate_shape`, for a stack of pieces.
 
     Parameters
@@ -103,8 +111,9 @@ def airmass_then_time(target: Any, rows: list) -> list:
     return [rows[index] for index in np.lexsort((obs_ids, days, step))]
 
 
-def kl_ranking(session: Session, target: Any, rows: list, binning_id: int, exclusion_id: int,
-               candidates: Any = None) -> list:
+def kl_ranking(
+    session: Session, target: Any, rows: list, binning_id: int, exclusion_id: int, candidates: Any = None
+) -> list:
     """``rows`` (with ``id`` and ``obs_id``) ordered by the KL divergence of their pieces from the target's.
 
     Only the candidates' counts and exposure are read (with the target's): in one query joined to
@@ -119,10 +128,19 @@ def kl_ranking(session: Session, target: Any, rows: list, binning_id: int, exclu
         return []
     wanted = [row.id for row in rows] if candidates is None else candidates.scalar_subquery()
     found = session.execute(
-        sa.select(PieceRow.run_id, PieceRow.shape, PieceRow.counts_dtype, PieceRow.exposure_dtype,
-                  PieceRow.counts, PieceRow.exposure_s)
-        .where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id,
-               sa.or_(PieceRow.run_id == target.id, PieceRow.run_id.in_(wanted)))).all()
+        sa.select(
+            PieceRow.run_id,
+            PieceRow.shape,
+            PieceRow.counts_dtype,
+            PieceRow.exposure_dtype,
+            PieceRow.counts,
+            PieceRow.exposure_s,
+        ).where(
+            PieceRow.binning_id == binning_id,
+            PieceRow.exclusion_id == exclusion_id,
+            sa.or_(PieceRow.run_id == target.id, PieceRow.run_id.in_(wanted)),
+        )
+    ).all()
     arrays = {}
     for row in found:
         counts, _, exposure = piece_arrays(row, excluded=False)

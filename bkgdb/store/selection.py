@@ -86,9 +86,15 @@ class Selection:
     warnings: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"target_obs_id": self.target_obs_id, "obs_ids": self.obs_ids, "ontime_s": self.ontime_s,
-                "funnel": self.funnel, "ranking": self.ranking, "requested_s": self.requested_s,
-                "warnings": self.warnings}
+        return {
+            "target_obs_id": self.target_obs_id,
+            "obs_ids": self.obs_ids,
+            "ontime_s": self.ontime_s,
+            "funnel": self.funnel,
+            "ranking": self.ranking,
+            "requested_s": self.requested_s,
+            "warnings": self.warnings,
+        }
 
 
 class RunSelector:
@@ -117,16 +123,27 @@ class RunSelector:
             low, high = zenith_range(target.zenith_deg, s.el_diff)
             criteria.append((f"airmass within {s.el_diff:g}", sa.and_(Run.zenith_deg >= low, Run.zenith_deg <= high)))
         if s.az_diff is not None and target.az_deg is not None:
-            criteria.append((f"azimuth within {s.az_diff:g} deg",
-                             azimuth_condition(Run.az_deg, target.az_deg, s.az_diff)))
+            criteria.append(
+                (f"azimuth within {s.az_diff:g} deg", azimuth_condition(Run.az_deg, target.az_deg, s.az_diff))
+            )
         if s.nsb_diff is not None and target.nsb_level is not None:
-            criteria.append((f"NSB within {s.nsb_diff:g}",
-                             sa.and_(Run.nsb_level > target.nsb_level - s.nsb_diff,
-                                     Run.nsb_level < target.nsb_level + s.nsb_diff)))
+            criteria.append(
+                (
+                    f"NSB within {s.nsb_diff:g}",
+                    sa.and_(
+                        Run.nsb_level > target.nsb_level - s.nsb_diff, Run.nsb_level < target.nsb_level + s.nsb_diff
+                    ),
+                )
+            )
         if s.time_max is not None and target.tstart_mjd is not None:
-            criteria.append((f"within {s.time_max:g} days",
-                             sa.and_(Run.tstart_mjd > target.tstart_mjd - s.time_max,
-                                     Run.tstart_mjd < target.tstart_mjd + s.time_max)))
+            criteria.append(
+                (
+                    f"within {s.time_max:g} days",
+                    sa.and_(
+                        Run.tstart_mjd > target.tstart_mjd - s.time_max, Run.tstart_mjd < target.tstart_mjd + s.time_max
+                    ),
+                )
+            )
         if s.same_szn:
             start, end = self.season_of(target)
             criteria.append((f"season {start} to {end}", Run.date_obs.between(start, end)))
@@ -137,8 +154,9 @@ class RunSelector:
         if s.el_max is not None:
             criteria.append((f"elevation <= {s.el_max:g}", Run.alt_deg <= s.el_max))
         if s.gal_lat_min:
-            criteria.append((f"|b| > {s.gal_lat_min:g} deg",
-                             sa.or_(Run.glat_deg > s.gal_lat_min, Run.glat_deg < -s.gal_lat_min)))
+            criteria.append(
+                (f"|b| > {s.gal_lat_min:g} deg", sa.or_(Run.glat_deg > s.gal_lat_min, Run.glat_deg < -s.gal_lat_min))
+            )
         for condition in s.where:
             criteria.append((condition, conditions_expression([condition], extra_keys)))
         return criteria
@@ -153,8 +171,9 @@ class RunSelector:
                 return date.fromisoformat(start), date.fromisoformat(end)
         raise BkgdbError(f"run {target.obs_id} ({day}) is in none of the configured seasons")
 
-    def run(self, session: Session, target: Run, binning_id: int, exclusion_id: int,
-            extra_keys: Sequence[str] = ()) -> Selection:
+    def run(
+        self, session: Session, target: Run, binning_id: int, exclusion_id: int, extra_keys: Sequence[str] = ()
+    ) -> Selection:
         """Select the runs for ``target``.
 
         Candidates are the ok runs with a piece (of ``io.search_datastore`` if set), other than
@@ -173,27 +192,48 @@ class RunSelector:
             Fewer runs or hours than ``min_runs`` / ``min_ontime`` with ``min_statistics: error``.
         """
         if self.from_run:
-            has_piece = session.scalar(sa.select(sa.func.count(PieceRow.id)).where(
-                PieceRow.run_id == target.id, PieceRow.binning_id == binning_id,
-                PieceRow.exclusion_id == exclusion_id))
+            has_piece = session.scalar(
+                sa.select(sa.func.count(PieceRow.id)).where(
+                    PieceRow.run_id == target.id,
+                    PieceRow.binning_id == binning_id,
+                    PieceRow.exclusion_id == exclusion_id,
+                )
+            )
             if not has_piece:
-                raise NoRunsSelected(f"from_run: run {target.obs_id} has no piece for this binning and exclusion "
-                                     "setting; index its datastore with --config first")
-            return Selection(target.obs_id, [target.id], [target.obs_id], target.ontime_s or 0.0,
-                             [("from_run", 1)], ranking="from_run")
+                raise NoRunsSelected(
+                    f"from_run: run {target.obs_id} has no piece for this binning and exclusion "
+                    "setting; index its datastore with --config first"
+                )
+            return Selection(
+                target.obs_id,
+                [target.id],
+                [target.obs_id],
+                target.ontime_s or 0.0,
+                [("from_run", 1)],
+                ranking="from_run",
+            )
 
         base, search_id = self.candidates(session, target, binning_id, exclusion_id)
-        integrity, (empty_ids, bad_ids, repeated_ids) = self.integrity_steps(session, target, binning_id, exclusion_id,
-                                                                              search_id)
+        integrity, (empty_ids, bad_ids, repeated_ids) = self.integrity_steps(
+            session, target, binning_id, exclusion_id, search_id
+        )
         criteria = self.criteria(target, extra_keys)
         steps = integrity + criteria
         if any(values is None for values in (empty_ids, bad_ids, repeated_ids)):
             counts = self.funnel_counts(session, base, [condition for _, condition in steps])
         else:
-            counts = self.indexed_funnel_counts(session, base, target, binning_id, exclusion_id, search_id,
-                                                [condition for _, condition in integrity],
-                                                [condition for _, condition in criteria],
-                                                empty_ids, list(bad_ids) + list(repeated_ids) + [target.obs_id])
+            counts = self.indexed_funnel_counts(
+                session,
+                base,
+                target,
+                binning_id,
+                exclusion_id,
+                search_id,
+                [condition for _, condition in integrity],
+                [condition for _, condition in criteria],
+                empty_ids,
+                list(bad_ids) + list(repeated_ids) + [target.obs_id],
+            )
         funnel = [("candidate runs with pieces", counts[0])]
         for number, (name, _) in enumerate(steps):
             left = counts[number + 1]
@@ -214,22 +254,34 @@ class RunSelector:
             ontime += row.ontime_s or 0.0
         warnings = []
         if requested is not None and ontime < requested:
-            warnings.append(f"run {target.obs_id}: {ontime / 3600:.1f} h of the {requested / 3600:.1f} h "
-                            "requested are available")
+            warnings.append(
+                f"run {target.obs_id}: {ontime / 3600:.1f} h of the {requested / 3600:.1f} h requested are available"
+            )
         shortfall = self.statistics_shortfall(len(chosen), ontime)
         if shortfall:
-            message = (f"run {target.obs_id}: the background rests on {len(chosen)} "
-                       f"run{'s' if len(chosen) != 1 else ''} ({ontime / 3600:.2f} h ontime), {shortfall}")
+            message = (
+                f"run {target.obs_id}: the background rests on {len(chosen)} "
+                f"run{'s' if len(chosen) != 1 else ''} ({ontime / 3600:.2f} h ontime), {shortfall}"
+            )
             if self.settings.min_statistics == "error":
                 raise TooLittleStatistics(f"{message} ({describe_funnel(funnel)})")
             warnings.append(message)
         for message in warnings:
             log.warning("%s", message)
-        return Selection(target.obs_id, [row.id for row in chosen], [row.obs_id for row in chosen], ontime,
-                         funnel, ranking=ranking, requested_s=requested, warnings=warnings)
+        return Selection(
+            target.obs_id,
+            [row.id for row in chosen],
+            [row.obs_id for row in chosen],
+            ontime,
+            funnel,
+            ranking=ranking,
+            requested_s=requested,
+            warnings=warnings,
+        )
 
-    def nearest_candidates(self, session: Session, query: Any, target: Run,
-                           requested: float | None) -> tuple[list, Any]:
+    def nearest_candidates(
+        self, session: Session, query: Any, target: Run, requested: float | None
+    ) -> tuple[list, Any]:
         """The candidates that can be chosen, read in airmass shells around the target, and their query.
 
         Runs are ranked by airmass step first (`rank`), so with ``time_request`` only the runs in
@@ -258,7 +310,7 @@ class RunSelector:
                     if s.KL_DIV:  # the pool: the nearest runs (airmass, then time) holding ``wanted``
                         rows = airmass_then_time(target, rows)
                         held = np.cumsum([row.ontime_s or 0.0 for row in rows])
-                        rows = rows[:int(np.searchsorted(held, wanted)) + 1]
+                        rows = rows[: int(np.searchsorted(held, wanted)) + 1]
                     return rows, None
                 steps *= 4
         return list(session.execute(query.with_only_columns(*columns)).all()), query
@@ -282,8 +334,10 @@ class RunSelector:
 
         assert self.search_datastore is not None  # only asked for when one is configured
         indexed = session.scalars(sa.select(Datastore.path).order_by(Datastore.path)).all()
-        raise BkgdbError(f"io.search_datastore {Path(self.search_datastore).expanduser().resolve()} is not in the "
-                         f"catalogue; indexed datastores: {', '.join(indexed) or 'none'}")
+        raise BkgdbError(
+            f"io.search_datastore {Path(self.search_datastore).expanduser().resolve()} is not in the "
+            f"catalogue; indexed datastores: {', '.join(indexed) or 'none'}"
+        )
 
     @staticmethod
     def funnel_counts(session: Session, candidates: Any, conditions: list) -> list[int]:
@@ -293,9 +347,9 @@ class RunSelector:
         """
         if not conditions:
             return [session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery())) or 0]
-        passes = candidates.with_only_columns(*[
-            sa.case((condition, 1), else_=0).label(f"pass_{number}")
-            for number, condition in enumerate(conditions)]).subquery("passes")
+        passes = candidates.with_only_columns(
+            *[sa.case((condition, 1), else_=0).label(f"pass_{number}") for number, condition in enumerate(conditions)]
+        ).subquery("passes")
         columns: list[Any] = [sa.func.count()]
         kept = []
         for number in range(len(conditions)):
@@ -303,9 +357,19 @@ class RunSelector:
             columns.append(sa.func.coalesce(sa.func.sum(sa.case((sa.and_(*kept), 1), else_=0)), 0))
         return [int(value) for value in session.execute(sa.select(*columns).select_from(passes)).one()]
 
-    def indexed_funnel_counts(self, session: Session, candidates: Any, target: Run, binning_id: int,
-                              exclusion_id: int, search_id: int | None, integrity: list, criteria: list,
-                              suspect_run_ids: list, suspect_obs_ids: list) -> list[int]:
+    def indexed_funnel_counts(
+        self,
+        session: Session,
+        candidates: Any,
+        target: Run,
+        binning_id: int,
+        exclusion_id: int,
+        search_id: int | None,
+        integrity: list,
+        criteria: list,
+        suspect_run_ids: list,
+        suspect_obs_ids: list,
+    ) -> list[int]:
         """The counts of `funnel_counts`, from queries that each read an index range, not the catalogue.
 
         - all candidates: the setting's pieces (an index count) less those of runs not ok and the
@@ -318,20 +382,27 @@ class RunSelector:
         if search_id is None:
             of_setting = sa.and_(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id)
             with_runs = sa.select(sa.func.count()).select_from(PieceRow).join(Run, Run.id == PieceRow.run_id)
-            total, not_ok, n_runs = session.execute(sa.select(
-                sa.select(sa.func.count()).select_from(PieceRow).where(of_setting).scalar_subquery(),
-                sa.select(sa.func.count(Run.id)).where(Run.status != RUN_STATUS_OK).scalar_subquery(),
-                sa.select(sa.func.count(Run.id)).scalar_subquery())).one()
+            total, not_ok, n_runs = session.execute(
+                sa.select(
+                    sa.select(sa.func.count()).select_from(PieceRow).where(of_setting).scalar_subquery(),
+                    sa.select(sa.func.count(Run.id)).where(Run.status != RUN_STATUS_OK).scalar_subquery(),
+                    sa.select(sa.func.count(Run.id)).scalar_subquery(),
+                )
+            ).one()
             other_ok_runs = n_runs - not_ok - 1  # the target is ok
             if not_ok:  # runs that failed to index rarely have pieces: joined only when there are some
                 total -= session.scalar(with_runs.where(of_setting, Run.status != RUN_STATUS_OK))
             total -= session.scalar(with_runs.where(of_setting, Run.status == RUN_STATUS_OK, Run.id == target.id))
         else:
             total = session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery()))
-            other_ok_runs = session.scalar(sa.select(sa.func.count(Run.id)).where(
-                Run.datastore_id == search_id, Run.status == RUN_STATUS_OK, Run.id != target.id))
-        suspects = set(suspect_run_ids) | set(session.scalars(
-            sa.select(Run.id).where(Run.obs_id.in_(sorted(set(suspect_obs_ids))))))
+            other_ok_runs = session.scalar(
+                sa.select(sa.func.count(Run.id)).where(
+                    Run.datastore_id == search_id, Run.status == RUN_STATUS_OK, Run.id != target.id
+                )
+            )
+        suspects = set(suspect_run_ids) | set(
+            session.scalars(sa.select(Run.id).where(Run.obs_id.in_(sorted(set(suspect_obs_ids)))))
+        )
         suspect_counts = self.funnel_counts(session, candidates.where(Run.id.in_(sorted(suspects))), integrity)
         counts = [total] + [total - (suspect_counts[0] - left) for left in suspect_counts[1:]]
         if criteria:
@@ -344,16 +415,20 @@ class RunSelector:
             counts += self.funnel_counts(session, candidates.where(*integrity, criteria[0]), criteria[1:])
         return counts
 
-    def candidates(self, session: Session, target: Run, binning_id: int,
-                   exclusion_id: int) -> tuple[Any, int | None]:
+    def candidates(self, session: Session, target: Run, binning_id: int, exclusion_id: int) -> tuple[Any, int | None]:
         """The query of candidate run ids (ok, with a piece of the setting, not the target) and the
         id of the search datastore (None: every datastore)."""
         # The setting's pieces are tested as ``binning_id + 0 = ?``: looked up per run (by the
         # (run, binning, exclusion) key), never scanned as a whole, even where SQLite has no statistics.
         base = (
-            sa.select(Run.id).join(PieceRow, PieceRow.run_id == Run.id)
-            .where((PieceRow.binning_id + 0) == binning_id, (PieceRow.exclusion_id + 0) == exclusion_id,
-                   is_ok(), Run.id != target.id)
+            sa.select(Run.id)
+            .join(PieceRow, PieceRow.run_id == Run.id)
+            .where(
+                (PieceRow.binning_id + 0) == binning_id,
+                (PieceRow.exclusion_id + 0) == exclusion_id,
+                is_ok(),
+                Run.id != target.id,
+            )
         )
         search_id = None
         if self.search_datastore:
@@ -361,8 +436,9 @@ class RunSelector:
             base = base.where(Run.datastore_id == search_id)
         return base, search_id
 
-    def rank(self, session: Session, target: Run, rows: list, binning_id: int, exclusion_id: int,
-             candidates: Any) -> tuple[str, list]:
+    def rank(
+        self, session: Session, target: Run, rows: list, binning_id: int, exclusion_id: int, candidates: Any
+    ) -> tuple[str, list]:
         """Order candidates, most similar first: by KL divergence, or by airmass then time.
 
         KL ranking reads only the candidates' counts and exposure (with the target's, in one query
@@ -375,7 +451,8 @@ class RunSelector:
             return "kl_divergence", kl_ranking(session, target, rows, binning_id, exclusion_id, candidates)
         return "airmass_then_time", airmass_then_time(target, rows)
 
-    def integrity_steps(self, session: Session, target: Run, binning_id: int, exclusion_id: int,
-                        search_id: int | None = None) -> tuple[list, tuple]:
+    def integrity_steps(
+        self, session: Session, target: Run, binning_id: int, exclusion_id: int, search_id: int | None = None
+    ) -> tuple[list, tuple]:
         """The integrity steps of `~bkgdb.store.integrity.integrity_steps` (empty, flagged bad, copies)."""
         return integrity_steps(session, target, binning_id, exclusion_id, search_id)

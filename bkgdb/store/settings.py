@@ -19,8 +19,14 @@ from bkgdb.geometry import PieceGeometry
 from bkgdb.store.models import BinningRow, ExclusionRow, HashedSettings
 from bkgdb.store.upsert import insert_if_missing
 
-__all__ = ["SettingRow", "setting_rows", "stored_setting", "get_or_create_setting", "setting_by_prefix",
-           "geometry_from_params"]
+__all__ = [
+    "SettingRow",
+    "setting_rows",
+    "stored_setting",
+    "get_or_create_setting",
+    "setting_by_prefix",
+    "geometry_from_params",
+]
 
 
 class HashedSetting(Protocol):
@@ -63,8 +69,10 @@ def setting_rows(session: Session, binning: HashedSetting, exclusion: HashedSett
     binning_row = stored_setting(session, BinningRow, binning.hash)
     exclusion_row = stored_setting(session, ExclusionRow, exclusion.hash)
     if binning_row is None or exclusion_row is None:
-        raise BkgdbError("the catalogue has no pieces for this config's binning and exclusion setting: "
-                         "run `bkgdb index DATASTORE --config FILE` first")
+        raise BkgdbError(
+            "the catalogue has no pieces for this config's binning and exclusion setting: "
+            "run `bkgdb index DATASTORE --config FILE` first"
+        )
     return binning_row, exclusion_row
 
 

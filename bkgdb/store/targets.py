@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["target_runs", "piece_regions", "datastore_folder", "run_start_times"]
 
 
-def target_runs(catalogue: RunCatalogue, config: BkgdbConfig, datastore: str | Path,
-                where: Iterable[str] = ()) -> list[Run]:
+def target_runs(
+    catalogue: RunCatalogue, config: BkgdbConfig, datastore: str | Path, where: Iterable[str] = ()
+) -> list[Run]:
     """The runs of ``datastore`` a config is validated on: ``where`` conditions and the config's
     absolute criteria (|b| > ``gal_lat_min``, ``n_tels``, ``el_min``, ``el_max``).
 
@@ -34,8 +35,12 @@ def target_runs(catalogue: RunCatalogue, config: BkgdbConfig, datastore: str | P
         Ordered by OBS_ID.
     """
     s = config.selection
-    query = (sa.select(Run).join(Datastore, Datastore.id == Run.datastore_id)
-             .where(Datastore.at(datastore), Run.status == RUN_STATUS_OK).order_by(Run.obs_id))
+    query = (
+        sa.select(Run)
+        .join(Datastore, Datastore.id == Run.datastore_id)
+        .where(Datastore.at(datastore), Run.status == RUN_STATUS_OK)
+        .order_by(Run.obs_id)
+    )
     conditions = list(where or [])
     if conditions:
         query = query.where(conditions_expression(conditions, catalogue.extra_keys()))
@@ -51,18 +56,25 @@ def target_runs(catalogue: RunCatalogue, config: BkgdbConfig, datastore: str | P
         return list(session.scalars(query).all())
 
 
-def piece_regions(session: Session, run_id: int, binning_id: int,
-                  exclusion_id: int) -> list[tuple[float, float, float]] | None:
+def piece_regions(
+    session: Session, run_id: int, binning_id: int, exclusion_id: int
+) -> list[tuple[float, float, float]] | None:
     """Circles (ra, dec, radius), deg, stored with a run's own piece, or None when it has no piece.
 
     Regions stored by name only (non-circular shapes of region files) are left out.
     """
-    regions = session.scalar(sa.select(PieceRow.regions).where(
-        PieceRow.run_id == run_id, PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id))
+    regions = session.scalar(
+        sa.select(PieceRow.regions).where(
+            PieceRow.run_id == run_id, PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id
+        )
+    )
     if regions is None:
         return None
-    return [(region["ra"], region["dec"], region["radius"]) for region in regions
-            if all(key in region for key in ("ra", "dec", "radius"))]
+    return [
+        (region["ra"], region["dec"], region["radius"])
+        for region in regions
+        if all(key in region for key in ("ra", "dec", "radius"))
+    ]
 
 
 def datastore_folder(catalogue: RunCatalogue, datastore_id: int) -> str | None:
@@ -75,8 +87,11 @@ def run_start_times(catalogue: RunCatalogue, datastore: str | Path, obs_ids: Ite
     """OBS_ID -> run start (MJD) of the runs of ``datastore`` in the catalogue."""
     wanted = {int(obs_id) for obs_id in obs_ids if obs_id is not None}
     with catalogue.session() as session:
-        rows = session.execute(sa.select(Run.obs_id, Run.tstart_mjd).join(Datastore, Datastore.id == Run.datastore_id)
-                               .where(Datastore.at(datastore))).all()
+        rows = session.execute(
+            sa.select(Run.obs_id, Run.tstart_mjd)
+            .join(Datastore, Datastore.id == Run.datastore_id)
+            .where(Datastore.at(datastore))
+        ).all()
     return {obs_id: start for obs_id, start in rows if obs_id in wanted and start is not None}
 
 
@@ -86,6 +101,9 @@ def catalogued_files(session: Session) -> tuple[list[str], Iterable[tuple[str, i
     What `bkgdb attach` must never overwrite; the rows are streamed (catalogues are large).
     """
     folders = list(session.scalars(sa.select(Datastore.path)))
-    rows = session.execute(sa.select(Run.file_path, Run.obs_id, Datastore.path)
-                           .join(Datastore, Datastore.id == Run.datastore_id).where(Run.file_path.is_not(None)))
+    rows = session.execute(
+        sa.select(Run.file_path, Run.obs_id, Datastore.path)
+        .join(Datastore, Datastore.id == Run.datastore_id)
+        .where(Run.file_path.is_not(None))
+    )
     return folders, ((str(path), int(obs_id), str(folder)) for path, obs_id, folder in rows)
