@@ -12,10 +12,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select, Subquery
 
 from bkgdb.errors import BkgdbError
+from bkgdb.store.database import session_scope
 from bkgdb.store.models import FLAG_BAD, FLAG_GOOD, Run, RunFlag
 
 __all__ = ["flag_run", "run_flags", "flags_in_force", "bad_obs_ids", "default_author"]
@@ -80,7 +80,7 @@ def flag_run(
     reason = (reason or "").strip() or None
     if flag == FLAG_BAD and reason is None:
         raise BkgdbError(f"say why run {obs_id} is bad: a reason is required")
-    with Session(engine) as session:
+    with session_scope(engine) as session:
         known = session.scalar(sa.select(sa.func.count(Run.id)).where(Run.obs_id == obs_id))
         if not known:
             raise BkgdbError(f"run {obs_id} is not in the catalogue: index its datastore first")
@@ -100,7 +100,7 @@ def run_flags(engine: Engine, obs_id: int) -> list[dict[str, Any]]:
     rows : list of dict
         obs_id, flag, reason, author, created_at (ISO) and in_force of every flag set.
     """
-    with Session(engine) as session:
+    with session_scope(engine) as session:
         rows = session.scalars(
             sa.select(RunFlag).where(RunFlag.obs_id == obs_id).order_by(RunFlag.created_at, RunFlag.id)
         ).all()

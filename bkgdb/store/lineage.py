@@ -15,8 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
+from bkgdb.store.database import session_scope
 from bkgdb.store.flags import flags_in_force
 from bkgdb.store.models import FLAG_BAD, BackgroundInput, BackgroundRow, Datastore, PieceRow, Run
 
@@ -54,7 +54,7 @@ def background_lineage(engine: Engine, obs_id: int) -> list[dict[str, Any]]:
         .order_by(BackgroundRow.id.desc())
     )
     # Backgrounds recorded before inputs were kept got their inputs in migration 0006.
-    with Session(engine) as session:
+    with session_scope(engine) as session:
         rows = session.execute(query).all()
     return [
         {
@@ -119,7 +119,7 @@ def stale_backgrounds(engine: Engine) -> list[dict[str, Any]]:
         .where(sa.or_(*[condition for _, condition in causes]))
         .order_by(BackgroundRow.id.desc(), BackgroundInput.obs_id)
     )
-    with Session(engine) as session:
+    with session_scope(engine) as session:
         rows = session.execute(query).all()
     stale: dict[int, dict[str, Any]] = {}
     for row in rows:
