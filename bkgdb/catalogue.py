@@ -13,22 +13,20 @@ The database is opened (and created or migrated) when a method first needs it, b
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from bkgdb.errors import BkgdbError, BkgdbWarning, DatabaseError, DatabaseNotReadyError
+from bkgdb.errors import BkgdbError, DatabaseError, DatabaseNotReadyError
+from bkgdb.figures import CatalogueFigures
 
 if TYPE_CHECKING:
     from bkgdb.background import BackgroundBuilder, BuiltBackground
     from bkgdb.config import BkgdbConfig
     from bkgdb.demo import DemoReport
     from bkgdb.gadf.attach import AttachReport
-    from bkgdb.plotting import SignificanceMaps
     from bkgdb.store.catalogue import IndexReport, RunCatalogue
-    from bkgdb.store.funnel import FunnelPicture
     from bkgdb.validation import ValidationReport
 
 __all__ = [
@@ -38,8 +36,6 @@ __all__ = [
     "Validated",
     "ReadOnly",
     "Progress",
-    "check_figure_output",
-    "check_energy_range",
 ]
 
 #: ``progress(done, total)``, called as work advances.
@@ -75,7 +71,7 @@ class Validated:
     report_page: Path | None = None
 
 
-class Catalogue:
+class Catalogue(CatalogueFigures):
     """A bkgdb catalogue: runs, their background pieces, and the backgrounds built from them (see `open`)."""
 
     def __init__(
@@ -360,99 +356,6 @@ class Catalogue:
             )
         return result
 
-    # -- figures ------------------------------------------------------------------------------
-
-    @staticmethod
-    def plot_model_file(path: str | Path, output: str | Path) -> None:
-        """Plot a background file written by `write_background`: rate curves (2D) or FoV images (3D)."""
-        from bkgdb.plotting import ModelCurves, model_curves_from_file, plot_model, plot_model_3d
-
-        check_figure_output(output)
-        model_or_curves, header = model_curves_from_file(path)
-        if isinstance(model_or_curves, ModelCurves):
-            plot_model(model_or_curves, path=output)
-            return
-        title = f"{Path(path).name}" + (f": run {header['BKG_TGT']}" if "BKG_TGT" in header else "")
-        plot_model_3d(model_or_curves, path=output, title=title, alignment=header.get("FOVALIGN"))
-
-    def plot_model(
-        self,
-        obs_id: int,
-        output: str | Path,
-        datastore: str | Path | None = None,
-        smooth: str | None = None,
-        where: Iterable[str] = (),
-        with_reference: bool = True,
-    ) -> tuple[BuiltBackground, bool]:
-        """Plot run ``obs_id``'s background beside its file's own model; return it and whether that was drawn."""
-        from bkgdb.plotting import plot_run_model
-
-        check_figure_output(output)
-        # Rate curves against offset: the 2D model (a 3D one is plotted from its file).
-        _, built, has_reference = plot_run_model(
-            self._builder(smooth, where, three_d=False), int(obs_id), output, datastore, with_reference=with_reference
-        )
-        return built, has_reference
-
-    def plot_selection(
-        self, obs_id: int, output: str | Path, datastore: str | Path | None = None, where: Iterable[str] = ()
-    ) -> FunnelPicture:
-        """Plot every candidate run of ``obs_id``'s selection, coloured by what removed it."""
-        from bkgdb.plotting import plot_selection
-        from bkgdb.store.funnel import funnel_picture
-
-        check_figure_output(output)
-        picture = funnel_picture(self._builder(None, where), obs_id, datastore)
-        plot_selection(picture, path=output)
-        return picture
-
-    def plot_validation(
-        self, table: str | Path, output: str | Path, datastore: str | Path | None = None
-    ) -> list[dict[str, Any]]:
-        """Plot a table of `validate` (CSV or JSON); with the validated ``datastore``, norms against time.
-
-        Without ``datastore`` the database is not opened. Return the table's rows.
-        """
-        from bkgdb.plotting import plot_validation, read_validation_table, run_start_times
-
-        check_figure_output(output)
-        rows = read_validation_table(table)
-        times = None
-        if datastore is not None:
-            times = run_start_times(self.store, datastore, [row["obs_id"] for row in rows])
-            if not times:
-                warnings.warn(
-                    f"no run of {datastore} in the catalogue: norms are shown against OBS_ID",
-                    BkgdbWarning,
-                    stacklevel=2,
-                )
-        plot_validation(rows, path=output, start_mjd=times or None)
-        return rows
-
-    def plot_significance(
-        self,
-        obs_id: int,
-        output: str | Path,
-        datastore: str | Path | None = None,
-        energy_range_tev: tuple[float, float] = (0.5, 10.0),
-        correlation_radius_deg: float = 0.1,
-        where: Iterable[str] = (),
-    ) -> SignificanceMaps:
-        """Plot run ``obs_id``'s counts against its bkgdb prediction and the Li & Ma significance per pixel."""
-        from bkgdb.plotting import plot_significance, run_significance_maps
-
-        check_figure_output(output)
-        check_energy_range(*energy_range_tev)
-        maps = run_significance_maps(
-            self._builder(None, where),
-            obs_id,
-            datastore,
-            energy_range_tev=energy_range_tev,
-            correlation_radius_deg=correlation_radius_deg,
-        )
-        plot_significance(maps, path=output)
-        return maps
-
     def demo(
         self, folder: str | Path = "bkgdb-demo", jobs: int = 2, progress: Callable[[str], None] | None = None
     ) -> DemoReport:
@@ -501,17 +404,3 @@ class Catalogue:
 
         config = self._selection_config(where)
         return BackgroundBuilder(self.store, config, smooth=smooth, three_d=self._three_d(three_d))
-
-
-def check_figure_output(output: str | Path) -> None:
-    """Refuse an output suffix that is no figure format (called before any work)."""
-    from bkgdb.plotting import FIGURE_SUFFIXES
-
-    if Path(output).suffix.lower() not in FIGURE_SUFFIXES:
-        raise BkgdbError(f"cannot tell the figure format of {output}: name it .png, .pdf or .svg")
-
-
-def check_energy_range(e_min: float, e_max: float) -> None:
-    """Refuse an energy range (TeV) whose ends are the wrong way round (called before any work)."""
-    if not e_min < e_max:
-        raise BkgdbError(f"--e-min must be below --e-max, got {e_min:g} and {e_max:g}")

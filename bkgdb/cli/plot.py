@@ -40,7 +40,8 @@ def model(
     no_reference: bool = typer.Option(False, "--no-reference", help="Leave out the model in the run file."),
 ) -> None:
     """Rate against offset and energy with statistical bands, beside the run file's own model; 3D: FoV images."""
-    from bkgdb.catalogue import Catalogue, check_figure_output
+    from bkgdb.catalogue import Catalogue
+    from bkgdb.figures import check_figure_output
 
     check_figure_output(output)  # option mistakes first, before the config is read
     if not target.strip().lstrip("-").isdigit():
@@ -74,7 +75,7 @@ def selection(
     where: list[str] = typer.Option(None, "--where", "-w", metavar="COND", help=WHERE_HELP),
 ) -> None:
     """Every candidate run in zenith/azimuth and time, coloured by the first criterion that removed it."""
-    from bkgdb.catalogue import check_figure_output
+    from bkgdb.figures import check_figure_output
 
     check_figure_output(output)
     picture = open_catalogue(readonly="auto", config=config).plot_selection(
@@ -113,7 +114,7 @@ def significance(
     where: list[str] = typer.Option(None, "--where", "-w", metavar="COND", help=WHERE_HELP),
 ) -> None:
     """Counts against bkgdb's prediction, Li & Ma significance per pixel and its distribution beside N(0, 1)."""
-    from bkgdb.catalogue import check_energy_range, check_figure_output
+    from bkgdb.figures import check_energy_range, check_figure_output
 
     check_figure_output(output)
     check_energy_range(e_min, e_max)
