@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError, NoRunsSelected, TooLittleStatistics
 from bkgdb.store.conditions import conditions_expression
+from bkgdb.store.funnel_counts import funnel_counts, indexed_funnel_counts
 from bkgdb.store.integrity import integrity_steps, is_ok
-from bkgdb.store.models import RUN_STATUS_OK, Datastore, PieceRow, Run
+from bkgdb.store.models import Datastore, PieceRow, Run
 from bkgdb.store.ranking import AIRMASS_STEP, airmass, airmass_then_time, kl_ranking
 
 __all__ = ["RunSelector", "Selection", "zenith_range", "azimuth_condition", "describe_funnel", "KL_POOL_FACTOR"]
@@ -220,9 +221,9 @@ class RunSelector:
         criteria = self.criteria(target, extra_keys)
         steps = integrity + criteria
         if any(values is None for values in (empty_ids, bad_ids, repeated_ids)):
-            counts = self.funnel_counts(session, base, [condition for _, condition in steps])
+            counts = funnel_counts(session, base, [condition for _, condition in steps])
         else:
-            counts = self.indexed_funnel_counts(
+            counts = indexed_funnel_counts(
                 session,
                 base,
                 target,
@@ -338,82 +339,6 @@ class RunSelector:
             f"io.search_datastore {Path(self.search_datastore).expanduser().resolve()} is not in the "
             f"catalogue; indexed datastores: {', '.join(indexed) or 'none'}"
         )
-
-    @staticmethod
-    def funnel_counts(session: Session, candidates: Any, conditions: list) -> list[int]:
-        """[candidates, left after the 1st condition, after the 1st and 2nd, ...] in one query.
-
-        Each condition is evaluated once per candidate (an inner 0/1 column), then summed.
-        """
-        if not conditions:
-            return [session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery())) or 0]
-        passes = candidates.with_only_columns(
-            *[sa.case((condition, 1), else_=0).label(f"pass_{number}") for number, condition in enumerate(conditions)]
-        ).subquery("passes")
-        columns: list[Any] = [sa.func.count()]
-        kept = []
-        for number in range(len(conditions)):
-            kept.append(passes.c[f"pass_{number}"] == 1)
-            columns.append(sa.func.coalesce(sa.func.sum(sa.case((sa.and_(*kept), 1), else_=0)), 0))
-        return [int(value) for value in session.execute(sa.select(*columns).select_from(passes)).one()]
-
-    def indexed_funnel_counts(
-        self,
-        session: Session,
-        candidates: Any,
-        target: Run,
-        binning_id: int,
-        exclusion_id: int,
-        search_id: int | None,
-        integrity: list,
-        criteria: list,
-        suspect_run_ids: list,
-        suspect_obs_ids: list,
-    ) -> list[int]:
-        """The counts of `funnel_counts`, from queries that each read an index range, not the catalogue.
-
-        - all candidates: the setting's pieces (an index count) less those of runs not ok and the
-          target's own;
-        - after each integrity step: only suspects (candidates with an id or OBS_ID on one of the
-          short lists) can fail one, so they alone are looked up (by primary key) and subtracted;
-        - after each criterion: conditional counts over the runs passing the integrity steps and the
-          first criterion (an index range scan, usually of zenith angles).
-        """
-        if search_id is None:
-            of_setting = sa.and_(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id)
-            with_runs = sa.select(sa.func.count()).select_from(PieceRow).join(Run, Run.id == PieceRow.run_id)
-            total, not_ok, n_runs = session.execute(
-                sa.select(
-                    sa.select(sa.func.count()).select_from(PieceRow).where(of_setting).scalar_subquery(),
-                    sa.select(sa.func.count(Run.id)).where(Run.status != RUN_STATUS_OK).scalar_subquery(),
-                    sa.select(sa.func.count(Run.id)).scalar_subquery(),
-                )
-            ).one()
-            other_ok_runs = n_runs - not_ok - 1  # the target is ok
-            if not_ok:  # runs that failed to index rarely have pieces: joined only when there are some
-                total -= session.scalar(with_runs.where(of_setting, Run.status != RUN_STATUS_OK))
-            total -= session.scalar(with_runs.where(of_setting, Run.status == RUN_STATUS_OK, Run.id == target.id))
-        else:
-            total = session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery()))
-            other_ok_runs = session.scalar(
-                sa.select(sa.func.count(Run.id)).where(
-                    Run.datastore_id == search_id, Run.status == RUN_STATUS_OK, Run.id != target.id
-                )
-            )
-        suspects = set(suspect_run_ids) | set(
-            session.scalars(sa.select(Run.id).where(Run.obs_id.in_(sorted(set(suspect_obs_ids)))))
-        )
-        suspect_counts = self.funnel_counts(session, candidates.where(Run.id.in_(sorted(suspects))), integrity)
-        counts = [total] + [total - (suspect_counts[0] - left) for left in suspect_counts[1:]]
-        if criteria:
-            # When every such run has a piece (the usual case) the pieces need not be joined and the
-            # counts are read from the runs' selection index alone.
-            if other_ok_runs == total:
-                candidates = sa.select(Run.id).where(is_ok(), Run.id != target.id)
-                if search_id is not None:
-                    candidates = candidates.where(Run.datastore_id == search_id)
-            counts += self.funnel_counts(session, candidates.where(*integrity, criteria[0]), criteria[1:])
-        return counts
 
     def candidates(self, session: Session, target: Run, binning_id: int, exclusion_id: int) -> tuple[Any, int | None]:
         """The query of candidate run ids (ok, with a piece of the setting, not the target) and the
