@@ -295,7 +295,7 @@ def _migrations_dir():
         path = None
     if path is None or not Path(str(path), "env.py").is_file():
         # Running from a source checkout without installing: migrations/ beside bkgdb/.
-        path = Path(__file__).resolve().parent.parent / "migrations"
+        path = Path(__file__).resolve().parents[2] / "migrations"
     return Path(str(path))
 
 
