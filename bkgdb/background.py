@@ -4,10 +4,14 @@
 smooth on demand, and produce a gammapy `Background2D` or `Background3D` with its provenance.
 """
 
+from __future__ import annotations
+
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -33,6 +37,21 @@ from bkgdb.store.models import Run
 from bkgdb.store.pieces import row_to_piece
 from bkgdb.store.selection import RunSelector, Selection
 from bkgdb.store.settings import setting_rows
+
+if TYPE_CHECKING:
+    from astropy.io import fits
+    from gammapy.irf import Background2D, Background3D
+    from sqlalchemy.orm import Session
+
+    from bkgdb.config import AnyBinning, BkgdbConfig, SelectionSettings
+    from bkgdb.gadf.attach import AttachReport
+    from bkgdb.makers.condition_model import ConditionModel
+    from bkgdb.store.catalogue import RunCatalogue
+    from bkgdb.store.models import BackgroundRow
+    from bkgdb.store.settings import SettingRow
+
+    #: A FITS header value, or a (value, comment) pair.
+    HeaderCard = str | tuple[str | int | float, str]
 
 __all__ = [
     "BackgroundBuilder",
@@ -89,7 +108,7 @@ class BuiltBackground:
     inputs: list[PieceInput] = field(default_factory=list)
 
     @property
-    def model(self):
+    def model(self) -> Background2D | Background3D:
         return self.assembled.to_irf(self.rate)
 
     @property
@@ -102,7 +121,7 @@ class BuiltBackground:
         geometry = self.geometry
         return f"3D {geometry.alignment}" if geometry.is_3d else "2D"
 
-    def header_cards(self):
+    def header_cards(self) -> dict[str, HeaderCard]:
         """FITS keywords recording the provenance (the full run list is a table HDU)."""
         return {
             "CREATOR": f"bkgdb {__version__}",
@@ -122,7 +141,7 @@ class BuiltBackground:
             **self._condition_cards(),
         }
 
-    def _condition_cards(self):
+    def _condition_cards(self) -> dict[str, HeaderCard]:
         if not self.condition_model:
             return {}
         params = self.condition_model
@@ -136,14 +155,14 @@ class BuiltBackground:
             "BKG_CMD": (params["archive_digest"][:16], "condition model archive digest"),
         }
 
-    def model_hdu(self, name: str = BKG_HDU):
+    def model_hdu(self, name: str = BKG_HDU) -> fits.BinTableHDU:
         """The model as a ``BKG_2D`` or ``BKG_3D`` table HDU with the provenance keywords."""
         hdu = background_hdu(self.geometry, self.rate, name)
         for key, value in self.header_cards().items():
             hdu.header[key] = value
         return hdu
 
-    def provenance_hdu(self):
+    def provenance_hdu(self) -> fits.BinTableHDU:
         from astropy.io import fits
         from astropy.table import Table
 
@@ -174,7 +193,9 @@ class BackgroundBuilder:
         Default is the config's ``io.3d_bkg``.
     """
 
-    def __init__(self, catalogue, config, smooth: str | None = None, three_d: bool | None = None):
+    def __init__(
+        self, catalogue: RunCatalogue, config: BkgdbConfig, smooth: str | None = None, three_d: bool | None = None
+    ) -> None:
         self.catalogue = catalogue
         self.config = config
         self.three_d = bool(config.io.three_d if three_d is None else three_d)
@@ -183,20 +204,20 @@ class BackgroundBuilder:
         s = config.selection
         self.smoother = BackgroundSmoother(smooth or s.smooth_method, s.smooth_sigma, s.poly_degree, s.spline_smoothing)
         self.selector = RunSelector(s, from_run=config.io.from_run, search_datastore=config.io.search_datastore)
-        self._extra_keys = None
-        self._rows = None
+        self._extra_keys: list[str] | None = None
+        self._rows: tuple[SettingRow, SettingRow] | None = None
         #: At most this many archive runs fit the condition model
         #: (`bkgdb.store.condition_models.archive_condition_model`).
         self.condition_model_max_runs = CONDITION_MODEL_MAX_RUNS
         self._condition_memo: dict = {}
 
-    def _setting_rows(self, session):
+    def _setting_rows(self, session: Session) -> tuple[SettingRow, SettingRow]:
         """(binning row, exclusion row) of the config, looked up once per builder."""
         if self._rows is None:
             self._rows = setting_rows(session, self.binning, self.config.exclusion)
         return self._rows
 
-    def _condition_fit_binning(self, session):
+    def _condition_fit_binning(self, session: Session) -> tuple[AnyBinning, int]:
         """(binning, row id) the condition model is fitted on.
 
         Its parameters are global (an energy shift and a rate factor per run), so a 3D build uses
@@ -217,11 +238,13 @@ class BackgroundBuilder:
     selected_pieces = staticmethod(selected_pieces)
 
     @staticmethod
-    def find_target(session, obs_id, datastore=None):
+    def find_target(session: Session, obs_id: int, datastore: str | Path | None = None) -> Run:
         """The catalogue row of run ``obs_id`` (of ``datastore``); see `~bkgdb.store.backgrounds.find_target`."""
         return find_target(session, obs_id, datastore)
 
-    def build(self, obs_id, datastore=None, session=None):
+    def build(
+        self, obs_id: int, datastore: str | Path | None = None, session: Session | None = None
+    ) -> BuiltBackground:
         """The background of run ``obs_id``.
 
         Parameters
@@ -253,6 +276,8 @@ class BackgroundBuilder:
             rows = sorted(rows, key=lambda row: order[row[0].run_id])
             selection.datastores = [row[1] for row in rows]
             pieces = [row_to_piece(row[0]) for row in rows]
+            model: ConditionModel | None
+            model_record: dict | None
             model, model_record = None, None
             if self.config.selection.assembly == "condition" and not self.config.io.from_run:
                 fit_binning, fit_id = self._condition_fit_binning(session)
@@ -269,7 +294,8 @@ class BackgroundBuilder:
                 pieces,
                 self.binning.geometry,
                 [RunConditions(*row[3:]) for row in rows],
-                RunConditions(target.zenith_deg, target.az_deg, target.muon_eff),
+                # Run.zenith_deg is nullable: a target without one gets NaN condition factors (RunConditions takes it).
+                RunConditions(target.zenith_deg, target.az_deg, target.muon_eff),  # type: ignore[arg-type]
                 model,
             )
             weights = assembled.weights if assembled.weights is not None else [1.0] * len(rows)
@@ -305,11 +331,13 @@ class BackgroundBuilder:
             if own_session:
                 session.close()
 
-    def record(self, session, built, output_path=None):
+    def record(self, session: Session, built: BuiltBackground, output_path: str | Path | None = None) -> BackgroundRow:
         """Store the provenance of a built background in the database, with the pieces it used."""
         return record_background(session, built, self.config.selection.params, self.config.io.from_run, output_path)
 
-    def write(self, obs_id, path, datastore=None, overwrite: bool = False):
+    def write(
+        self, obs_id: int, path: str | Path, datastore: str | Path | None = None, overwrite: bool = False
+    ) -> BuiltBackground:
         """Build the background of ``obs_id`` and write it as a FITS file gammapy reads.
 
         The file holds the model in HDU ``BACKGROUND`` (`Background2D`, or `Background3D` when the
@@ -350,14 +378,29 @@ class BackgroundBuilder:
                 warnings.warn("history not recorded: the database is read-only", ReadOnlyWarning, stacklevel=2)
         return built
 
-    def attach(self, target_datastore, out_dir, progress=None, overwrite=False):
+    def attach(
+        self,
+        target_datastore: str | Path,
+        out_dir: str | Path,
+        progress: Callable[[int, int], None] | None = None,
+        overwrite: bool = False,
+    ) -> AttachReport:
         """Write a copy of a datastore whose runs carry backgrounds; see `~bkgdb.gadf.attach.attach_backgrounds`."""
         from bkgdb.gadf.attach import attach_backgrounds
 
         return attach_backgrounds(self, target_datastore, out_dir, progress=progress, overwrite=overwrite)
 
 
-def per_run_normalisation(session, settings, target, selection, rate, assembled, binning_id, exclusion_id):
+def per_run_normalisation(
+    session: Session,
+    settings: SelectionSettings,
+    target: Run,
+    selection: Selection,
+    rate: np.ndarray,
+    assembled: AssembledBackground,
+    binning_id: int,
+    exclusion_id: int,
+) -> Normalisation:
     """The configured per-run `~bkgdb.makers.normalisation.Normalisation` of a target's model.
 
     ``control-ring`` compares the target's own piece (exclusions applied) with the model in the
@@ -383,10 +426,11 @@ def per_run_normalisation(session, settings, target, selection, rate, assembled,
             model_scatter=settings.normalisation_model_scatter,
         )
     if settings.normalisation == "monitor":
-        name = settings.normalisation_column
+        # The config refuses method monitor without a column.
+        name = cast(str, settings.normalisation_column)
         column = typed_column(name)
 
-        def value(run):
+        def value(run: Run) -> object:
             if column is not None:
                 return getattr(run, column.key)
             return {key.lower(): item for key, item in (run.extra or {}).items()}.get(name.lower())

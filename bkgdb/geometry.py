@@ -15,9 +15,14 @@ altitude or declination.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from gammapy.irf import Background2D, Background3D
+    from gammapy.maps import MapAxes
+    from numpy.typing import ArrayLike
 
 __all__ = ["PieceGeometry", "FOV_ALIGNMENTS", "log_centres"]
 
@@ -31,7 +36,7 @@ def log_centres(edges: np.ndarray) -> np.ndarray:
     return np.sqrt(edges[:-1] * edges[1:])
 
 
-def _edges(values, name: str) -> np.ndarray:
+def _edges(values: ArrayLike, name: str) -> np.ndarray:
     edges = np.asarray(values, dtype=float)
     if edges.ndim != 1 or len(edges) < 2 or not np.all(np.diff(edges) > 0) or not np.all(np.isfinite(edges)):
         raise ValueError(f"{name} edges must be at least two increasing finite numbers")
@@ -64,7 +69,7 @@ class PieceGeometry:
     alignment: str | None = None
 
     @classmethod
-    def offset(cls, energy_edges, offset_edges) -> PieceGeometry:
+    def offset(cls, energy_edges: ArrayLike, offset_edges: ArrayLike) -> PieceGeometry:
         """A 2D geometry: energy times rings of FoV offset."""
         offset = _edges(offset_edges, "offset")
         if offset[0] < 0:
@@ -72,7 +77,9 @@ class PieceGeometry:
         return cls(_edges(energy_edges, "energy"), offset_edges=offset)
 
     @classmethod
-    def fov(cls, energy_edges, fov_lon_edges, fov_lat_edges, alignment: str = "ALTAZ") -> PieceGeometry:
+    def fov(
+        cls, energy_edges: ArrayLike, fov_lon_edges: ArrayLike, fov_lat_edges: ArrayLike, alignment: str = "ALTAZ"
+    ) -> PieceGeometry:
         """A 3D geometry: energy times FoV lon/lat pixels in the given alignment."""
         if alignment not in FOV_ALIGNMENTS:
             raise ValueError(f"FoV alignment must be one of {', '.join(FOV_ALIGNMENTS)}, got {alignment!r}")
@@ -202,7 +209,7 @@ class PieceGeometry:
         lon, lat = (np.radians(np.abs(edges).max()) for edges in self._lon_lat)
         return float(np.degrees(np.arccos(np.cos(lon) * np.cos(lat))))
 
-    def axes(self):
+    def axes(self) -> MapAxes:
         """The gammapy `~gammapy.maps.MapAxes` of a background IRF on this geometry."""
         from astropy import units as u
         from gammapy.maps import MapAxes, MapAxis
@@ -215,7 +222,7 @@ class PieceGeometry:
             [energy, MapAxis.from_edges(lon * u.deg, name="fov_lon"), MapAxis.from_edges(lat * u.deg, name="fov_lat")]
         )
 
-    def to_irf(self, rate: np.ndarray):
+    def to_irf(self, rate: np.ndarray) -> Background2D | Background3D:
         """A gammapy ``Background2D`` or ``Background3D`` of ``rate`` in s-1 MeV-1 sr-1."""
         from gammapy.irf import Background2D, Background3D
 

@@ -12,16 +12,28 @@ its folder and then renamed, the index files last, so a killed attach leaves no 
 under a final name and no index files that describe a half-written datastore.
 """
 
+from __future__ import annotations
+
 import logging
 import os
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from bkgdb import __version__
 from bkgdb.background import BKG_HDU, PROVENANCE_HDU
 from bkgdb.errors import BkgdbError
+
+if TYPE_CHECKING:
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from bkgdb.background import BackgroundBuilder
+    from bkgdb.gadf.datastore import DL3Datastore, RunSource
+    from bkgdb.store.catalogue import RunCatalogue
 
 __all__ = [
     "AttachReport",
@@ -54,7 +66,7 @@ class UnsafeDestination(BkgdbError):
 class NothingAttached(BkgdbError):
     """No run of the target got a background, so nothing was written."""
 
-    def __init__(self, message, skipped=()):
+    def __init__(self, message: str, skipped: Iterable[tuple[int, str]] = ()) -> None:
         super().__init__(message)
         #: (obs_id, reason) of every run of the target.
         self.skipped = list(skipped)
@@ -69,17 +81,17 @@ class AttachReport:
     #: (obs_id, reason) of runs that got no background and were left out.
     skipped: list = field(default_factory=list)
 
-    def summary(self):
+    def summary(self) -> str:
         return f"{len(self.written)} runs written to {self.out_dir}, {len(self.skipped)} without background"
 
 
-def partial_path(path):
+def partial_path(path: str | Path) -> Path:
     """The temporary name ``path`` is written under before it is renamed into place."""
     path = Path(path)
     return path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
 
 
-def write_fits(hdulist, path):
+def write_fits(hdulist: fits.HDUList, path: str | Path) -> None:
     """Write an HDU list under a temporary name, then rename it to ``path``.
 
     A ``.gz`` name is gzip-compressed at level 1 (astropy's level 9 is 5x slower). The data reach
@@ -110,19 +122,20 @@ def write_fits(hdulist, path):
         raise
 
 
-def _resolved(path):
+def _resolved(path: str | Path) -> Path:
     """Absolute path with every symlink of its existing part resolved."""
     return Path(os.path.realpath(Path(path).expanduser()))
 
 
-def _run_output(out_dir, run):
-    return out_dir / DATA_DIR / run.events_path.name
+def _run_output(out_dir: Path, run: RunSource) -> Path:
+    # Called only for runs whose events file is known.
+    return out_dir / DATA_DIR / cast(Path, run.events_path).name
 
 
-def _planned_outputs(source, out_dir):
+def _planned_outputs(source: DL3Datastore, out_dir: Path) -> list[Path]:
     """Every path an attach of ``source`` into ``out_dir`` may write: run files, index files, temporaries."""
     finals = [out_dir / name for name in (OBS_INDEX, HDU_INDEX)]
-    by_name = {}
+    by_name: dict[Path, int] = {}
     for run in source.runs():
         if run.events_path is None:
             continue
@@ -137,10 +150,10 @@ def _planned_outputs(source, out_dir):
     return finals + [partial_path(path) for path in finals]
 
 
-def _protected_by_target(source):
+def _protected_by_target(source: DL3Datastore) -> dict[Path, str]:
     """{resolved path: why} of every file the target's hdu-index points to."""
     base = str(source.hdu_table.meta.get("BASE_DIR", "")).strip()
-    protected = {}
+    protected: dict[Path, str] = {}
     for row in source.hdu_table:
         file_dir = str(row["FILE_DIR"]).strip() if "FILE_DIR" in row.colnames else ""
         path = _resolved(source.path / base / file_dir / str(row["FILE_NAME"]).strip())
@@ -152,11 +165,11 @@ def _protected_by_target(source):
     return protected
 
 
-def _protected_by_catalogue(catalogue, names):
+def _protected_by_catalogue(catalogue: RunCatalogue, names: Collection[str]) -> dict[Path, str]:
     """{resolved path: why} of catalogued run files named as in ``names``, and every catalogued index file."""
     from bkgdb.store.targets import catalogued_files
 
-    protected = {}
+    protected: dict[Path, str] = {}
     with catalogue.session() as session:
         folders, rows = catalogued_files(session)
         for folder in folders:
@@ -172,7 +185,7 @@ def _protected_by_catalogue(catalogue, names):
     return protected
 
 
-def _is_bkgdb_output(folder):
+def _is_bkgdb_output(folder: Path) -> tuple[bool, Path | None]:
     """Whether the index files in ``folder`` (if any) were written by an attach. Returns (ok, file)."""
     from astropy.io import fits
 
@@ -189,7 +202,7 @@ def _is_bkgdb_output(folder):
     return True, None
 
 
-def _check_destination(catalogue, source, out_dir, overwrite):
+def _check_destination(catalogue: RunCatalogue, source: DL3Datastore, out_dir: Path, overwrite: bool) -> None:
     target = source.path
     if out_dir == target:
         raise UnsafeDestination(
@@ -229,7 +242,9 @@ def _check_destination(catalogue, source, out_dir, overwrite):
             )
 
 
-def check_attach_destination(catalogue, target, out_dir, overwrite: bool = False) -> Path:
+def check_attach_destination(
+    catalogue: RunCatalogue, target: str | Path, out_dir: str | Path, overwrite: bool = False
+) -> Path:
     """Refuse an attach output folder that would put a user's files at risk; return it resolved.
 
     Call it before any indexing work; `attach_backgrounds` calls it too. The checks read only the
@@ -271,10 +286,10 @@ def check_attach_destination(catalogue, target, out_dir, overwrite: bool = False
 class _Folders:
     """Creates folders on demand and removes, on failure, the (empty) ones it created."""
 
-    def __init__(self):
-        self.created = []
+    def __init__(self) -> None:
+        self.created: list[Path] = []
 
-    def make(self, folder):
+    def make(self, folder: Path) -> None:
         missing = []
         while not folder.exists():
             missing.append(folder)
@@ -283,7 +298,7 @@ class _Folders:
             path.mkdir()
             self.created.append(path)
 
-    def remove_created(self):
+    def remove_created(self) -> None:
         for path in reversed(self.created):
             try:
                 path.rmdir()
@@ -291,7 +306,7 @@ class _Folders:
                 pass
 
 
-def _remove_leftovers(out_dir):
+def _remove_leftovers(out_dir: Path) -> None:
     """Delete temporary files a killed attach left in ``out_dir`` and its data folder."""
     for folder in (out_dir, out_dir / DATA_DIR):
         if folder.is_dir():
@@ -301,7 +316,7 @@ def _remove_leftovers(out_dir):
                     path.unlink()
 
 
-def _nothing_attached(source, skipped):
+def _nothing_attached(source: DL3Datastore, skipped: list[tuple[int, str]]) -> NothingAttached:
     if not skipped:
         return NothingAttached(f"the target datastore {source.path} lists no runs: nothing written")
     shown = "; ".join(f"run {obs_id}: {' '.join(str(reason).split())}" for obs_id, reason in skipped[:2])
@@ -311,7 +326,13 @@ def _nothing_attached(source, skipped):
     )
 
 
-def attach_backgrounds(builder, target_datastore, out_dir, progress=None, overwrite: bool = False):
+def attach_backgrounds(
+    builder: BackgroundBuilder,
+    target_datastore: str | Path,
+    out_dir: str | Path,
+    progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
+) -> AttachReport:
     """Write a copy of a datastore whose runs carry backgrounds built by bkgdb.
 
     Every run of ``target_datastore`` (which must be indexed with the builder's config) gets
@@ -420,7 +441,9 @@ def attach_backgrounds(builder, target_datastore, out_dir, progress=None, overwr
     return report
 
 
-def _hdu_rows(source, rows, run, target_file, bkg_class):
+def _hdu_rows(
+    source: DL3Datastore, rows: Table, run: RunSource, target_file: Path, bkg_class: str
+) -> list[dict[str, Any]]:
     """hdu-index rows (dicts) of one attached run: its HDUs in the new file, others where they were,
     and the background (HDU class ``bkg_class``, ``bkg_2d`` or ``bkg_3d``)."""
     from bkgdb.gadf.datastore import json_safe

@@ -23,6 +23,8 @@ A run's event file is read by `bkgdb.gadf.events`; the facts the catalogue keeps
 `bkgdb.gadf.runfacts`.
 """
 
+from __future__ import annotations
+
 import gzip
 import hashlib
 import io
@@ -103,7 +105,7 @@ def one_line(text: object, limit: int = REASON_LENGTH) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _find_index_file(folder, names, what):
+def _find_index_file(folder: Path, names: tuple[str, ...], what: str) -> Path:
     for name in names:
         if (folder / name).is_file():
             return folder / name
@@ -131,7 +133,7 @@ def read_index_table(path: Path, what: str) -> Table:
         The file cannot be read, is truncated or holds no FITS table.
     """
 
-    def refuse(reason):
+    def refuse(reason: object) -> DatastoreError:
         return DatastoreError(f"cannot read the {what} {path}: {one_line(reason)}")
 
     try:
@@ -209,7 +211,7 @@ def checked_obs_ids(table: Table, what: str, path: Path, unique: bool) -> np.nda
     return obs_ids
 
 
-def _text(value):
+def _text(value: Any) -> str | None:
     """A string cell stripped of blanks, or None when it is masked or empty."""
     if value is np.ma.masked:
         return None
@@ -306,10 +308,10 @@ class DL3Datastore:
             if key not in ("comments", "history", "COMMENT", "HISTORY")
         }
 
-    def _events_locations(self, hdu_table):
+    def _events_locations(self, hdu_table: Table) -> dict[int, tuple[Path | None, str | None, str | None]]:
         """{obs_id: (path, hdu_name, problem)} from the hdu-index rows of HDU type ``events``."""
-        locations = {}
-        other_case = {}
+        locations: dict[int, tuple[Path | None, str | None, str | None]] = {}
+        other_case: dict[int, str] = {}
         obs_ids = self._hdu_obs_ids.tolist()
         # Column by column: row access in astropy costs microseconds a cell, and archives have
         # hundreds of thousands of hdu-index rows.
@@ -346,7 +348,7 @@ class DL3Datastore:
                 )
         return locations
 
-    def _resolved(self, path):
+    def _resolved(self, path: Path) -> Path:
         """``path.resolve()``, resolving each folder once (a run's file is usually among thousands)."""
         folder = self._resolved_folders.get(path.parent)
         if folder is None:

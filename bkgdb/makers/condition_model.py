@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -56,11 +57,11 @@ class RunConditions:
     muon_eff: float | None = None
 
 
-def _cos_zenith(conditions):
+def _cos_zenith(conditions: Sequence[RunConditions]) -> np.ndarray:
     return np.cos(np.radians(np.array([c.zenith_deg for c in conditions], dtype=float)))
 
 
-def _north(conditions):
+def _north(conditions: Sequence[RunConditions]) -> np.ndarray:
     """Northward component of the pointing direction, sin(z) cos(az): azimuth matters less near the
     zenith (the geomagnetic field's angle to the showers changes less). cos wraps at 360 deg by
     itself; an unknown azimuth counts as 0."""
@@ -69,7 +70,7 @@ def _north(conditions):
     return cos_az * np.sin(np.radians(np.array([c.zenith_deg for c in conditions], dtype=float)))
 
 
-def _log_muon(conditions):
+def _log_muon(conditions: Sequence[RunConditions]) -> np.ndarray:
     values = np.array([np.nan if c.muon_eff is None else c.muon_eff for c in conditions], dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(np.isfinite(values) & (values > 0), np.log(values), np.nan)
@@ -365,7 +366,9 @@ class ConditionModelFitter:
         deviance = 2.0 * np.sum((expected - n + term)[use])
         return float(deviance), int(use.sum())
 
-    def _move(self, model, counts=None, inverse=False):
+    def _move(
+        self, model: ConditionModel, counts: np.ndarray | None = None, inverse: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Move every run's counts to the reference (``inverse``) or the reference's to every run."""
         counts = self.counts if counts is None else counts
         log_energy = model.log_energy_factors(self.conditions, self.reference)
@@ -393,7 +396,7 @@ class ConditionModelFitter:
         return ConditionFit(model, len(self.conditions), deviance, plain, n_bins, self.fit_muon)
 
 
-def _minimise_deviance(fitter, start, names):
+def _minimise_deviance(fitter: ConditionModelFitter, start: ConditionModel, names: list[str]) -> ConditionModel:
     """The model minimising ``fitter``'s deviance over parameters ``names``, from model ``start``.
 
     Powell's method finds the valley in a few hundred deviances; Nelder-Mead from there polishes
@@ -401,10 +404,12 @@ def _minimise_deviance(fitter, start, names):
     """
     from scipy.optimize import minimize
 
-    def model_of(x):
-        return replace(start, **dict(zip(names, (float(v) for v in np.clip(x, -10, 10)), strict=True)))
+    def model_of(x: np.ndarray) -> ConditionModel:
+        # Any: the dataclass plugin checks ** keywords against every field, energy_edges included.
+        values: dict[str, Any] = dict(zip(names, (float(v) for v in np.clip(x, -10, 10)), strict=True))
+        return replace(start, **values)
 
-    def deviance(x):
+    def deviance(x: np.ndarray) -> float:
         return fitter.deviance(model_of(x))[0]
 
     x = np.array([getattr(start, name) for name in names], dtype=float)
@@ -418,7 +423,7 @@ def _minimise_deviance(fitter, start, names):
     return model_of(x)
 
 
-def _simplex(start, step):
+def _simplex(start: np.ndarray, step: float) -> np.ndarray:
     return np.vstack([start, start + step * np.eye(len(start))])
 
 

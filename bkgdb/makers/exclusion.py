@@ -110,7 +110,7 @@ def annulus_grid(offset_lo: float, offset_hi: float, n_theta: int = 24, n_phi: i
 
 
 @lru_cache(maxsize=4096)
-def _circle_test(ra_deg, dec_deg, radius_deg):
+def _circle_test(ra_deg: float, dec_deg: float, radius_deg: float) -> tuple[np.ndarray, np.floating]:
     """The centre's unit vector and the cosine of the radius of a circle, made once per process."""
     return unit_vectors(ra_deg, dec_deg), np.cos(np.radians(radius_deg))
 
@@ -119,7 +119,7 @@ def _circle_test(ra_deg, dec_deg, radius_deg):
 _REACH_MARGIN_DEG = 1e-6
 
 
-def _annulus_grid(offset_lo, offset_hi, n_theta, n_phi):
+def _annulus_grid(offset_lo: float, offset_hi: float, n_theta: int, n_phi: int) -> np.ndarray:
     cos_edges = np.linspace(np.cos(np.radians(offset_lo)), np.cos(np.radians(offset_hi)), n_theta + 1)
     cos_theta = 0.5 * (cos_edges[1:] + cos_edges[:-1])
     phi = (np.arange(n_phi) + 0.5) * 2 * np.pi / n_phi

@@ -213,7 +213,7 @@ def monitor_normalisation(target_value: Any, values: Any, ontimes_s: Any, column
     return Normalisation("monitor", target_value / mean, 0.0, f"column {column}")
 
 
-def _as_float(value):
+def _as_float(value: Any) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):

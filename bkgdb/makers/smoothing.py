@@ -30,13 +30,16 @@ by more than 0.6 % (3.4 sigma, as for the unsmoothed rate), and one draw's scatt
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bkgdb.errors import BkgdbError
 from bkgdb.geometry import PieceGeometry
+
+if TYPE_CHECKING:
+    from bkgdb.makers.assembly import AssembledBackground
 
 __all__ = [
     "BackgroundSmoother",
@@ -353,7 +356,9 @@ class BackgroundSmoother:
         cube.data = data
         return cube.to_2d().data
 
-    def _slices(self, background):
+    def _slices(
+        self, background: AssembledBackground
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Energy slices worth fitting: (index, counts, exposure x profile, exposed mask)."""
         profile = self.profile(background)
         denominator = background.denominator
@@ -364,7 +369,7 @@ class BackgroundSmoother:
             yield index, background.counts[index].astype(float), denominator[index] * profile, exposed, profile
 
     @staticmethod
-    def _flat_ratio(counts, exposure, exposed):
+    def _flat_ratio(counts: np.ndarray, exposure: np.ndarray, exposed: np.ndarray) -> np.ndarray:
         """First guess of ``rate / profile`` for the fit weights: the slice's mean ratio.
 
         The ratio to the profile is nearly flat, and a constant does not follow the counts of

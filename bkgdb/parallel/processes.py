@@ -82,7 +82,7 @@ def die_with_parent(parent_pid: int, interval_s: float = PARENT_POLL_INTERVAL_S)
     if os.getppid() != parent_pid:  # the parent died before the death signal was armed
         os._exit(1)
 
-    def watch():
+    def watch() -> None:
         while True:
             time.sleep(interval_s)
             if os.getppid() != parent_pid:
@@ -92,7 +92,7 @@ def die_with_parent(parent_pid: int, interval_s: float = PARENT_POLL_INTERVAL_S)
 
 
 @contextlib.contextmanager
-def _sigint_ignored_by_new_workers():
+def _sigint_ignored_by_new_workers() -> Iterator[None]:
     """Ignore SIGINT while workers are spawned: they inherit it and stay quiet while importing.
 
     The initializer ignores SIGINT too, but only once a worker has imported everything; a Ctrl-C
@@ -108,7 +108,7 @@ def _sigint_ignored_by_new_workers():
         signal.signal(signal.SIGINT, previous)
 
 
-def _initialise_worker(parent_pid):
+def _initialise_worker(parent_pid: int) -> None:
     # Ctrl-C reaches the whole process group: the parent alone decides how to stop, and the
     # workers print no KeyboardInterrupt tracebacks of their own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

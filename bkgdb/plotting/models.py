@@ -8,7 +8,7 @@ gammapy model (e.g. the run file's own) at the same bin centres, so the two can 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +21,7 @@ from bkgdb.plotting.style import RATE_LABEL, RATE_UNIT, finish, new_figure, spre
 if TYPE_CHECKING:
     from astropy.io.fits import Header
     from gammapy.irf import Background2D, Background3D
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from bkgdb.background import BuiltBackground
@@ -210,7 +211,7 @@ def plot_model(
     relative = curves.relative_error
     colours = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8"]
 
-    def draw(axes, x, rows, label_of, along):
+    def draw(axes: Axes, x: np.ndarray, rows: Sequence[int], label_of: Callable[[int], str], along: str) -> None:
         for colour, index in zip(colours, rows, strict=False):
             y = rate[index] if along == "offset" else rate[:, index]
             shown = y > 0

@@ -80,7 +80,7 @@ def plot_validation(
         OBS_ID -> run start (MJD); without it the middle panel shows the norms in OBS_ID order.
     """
 
-    def column(key, subset):
+    def column(key: str, subset: Sequence[Mapping[str, Any]]) -> np.ndarray:
         return np.array([_number(row.get(key)) for row in subset], float)
 
     fitted = [row for row in rows if np.isfinite(_number(row.get("norm")))]

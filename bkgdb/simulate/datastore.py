@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,7 +290,13 @@ class DatastoreSimulator:
         keep = pointing.separation(src).deg <= self.truth.max_offset_deg
         return src.ra.deg[keep], src.dec.deg[keep], e_src[keep]
 
-    def _write_run(self, filename, header, events, irfs=()):
+    def _write_run(
+        self,
+        filename: str | Path,
+        header: dict,
+        events: Table,
+        irfs: Sequence[tuple[str, str, fits.BinTableHDU]] = (),
+    ) -> None:
         gadf = {
             "HDUCLASS": "GADF",
             "HDUDOC": "https://github.com/open-gamma-ray-astro/gamma-astro-data-formats",
@@ -326,7 +333,7 @@ class DatastoreSimulator:
         hdus.writeto(buffer)
         Path(filename).write_bytes(gzip.compress(buffer.getvalue(), compresslevel=1, mtime=0))
 
-    def _write_indexes(self, path, obs_rows, hdu_rows):
+    def _write_indexes(self, path: Path, obs_rows: list[dict], hdu_rows: list[dict]) -> None:
         obs_table = Table(rows=obs_rows, names=list(obs_rows[0]))
         for name in ("RA_PNT", "DEC_PNT", "GLON_PNT", "GLAT_PNT", "ALT_PNT", "ZEN_PNT", "AZ_PNT"):
             obs_table[name].unit = "deg"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy import units as u
@@ -102,7 +102,7 @@ def datastore_with_backgrounds(
     return out
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     """A table cell as a plain Python value (strings stripped of FITS padding)."""
     if isinstance(value, (bytes, np.bytes_)):
         return value.decode().strip()

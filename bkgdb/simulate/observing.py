@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy import units as u
@@ -20,6 +21,9 @@ from astropy.coordinates.erfa_astrom import ErfaAstromInterpolator, erfa_astrom
 from astropy.time import Time
 from astropy.utils import iers
 from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from gammapy.utils.coordinates import FoVAltAzFrame, FoVICRSFrame
 
 iers.conf.auto_download = False
 
@@ -92,7 +96,9 @@ def pointing_altaz(ra_deg: float, dec_deg: float, times: Time, location: EarthLo
         return FixedPointingInfo(fixed_icrs=SkyCoord(ra_deg * u.deg, dec_deg * u.deg)).get_altaz(times, location)
 
 
-def fov_frame(alignment: str, ra_deg: float, dec_deg: float, times: Time, location: EarthLocation):
+def fov_frame(
+    alignment: str, ra_deg: float, dec_deg: float, times: Time, location: EarthLocation
+) -> FoVAltAzFrame | FoVICRSFrame:
     """gammapy's FoV frame of a pointing at ``times``: `FoVAltAzFrame` (ALTAZ) or `FoVICRSFrame` (RADEC)."""
     from gammapy.utils.coordinates import FoVAltAzFrame, FoVICRSFrame
 

@@ -307,7 +307,11 @@ class FoVBackgroundTruth(BackgroundTruth):
         """
         label = alignment or self.alignment
         if geometry.alignment != label:
+            # A geometry with an alignment is 3D: its lon/lat edges are set (Optional only in the type).
             geometry = PieceGeometry.fov(
-                geometry.energy_edges, geometry.fov_lon_edges, geometry.fov_lat_edges, alignment=label
+                geometry.energy_edges,
+                geometry.fov_lon_edges,  # type: ignore[arg-type]
+                geometry.fov_lat_edges,  # type: ignore[arg-type]
+                alignment=label,
             )
         return geometry.to_irf(self.rate_on(geometry, zenith_deg))

@@ -5,13 +5,15 @@ becomes a bound parameter, never SQL. A name is a typed catalogue column (by its
 obs-index name or a short alias), otherwise a column of the obs-index kept in ``Run.extra``.
 """
 
+from __future__ import annotations
+
 import logging
 import math
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
@@ -19,6 +21,10 @@ from sqlalchemy.sql.expression import FunctionElement
 
 from bkgdb.errors import ConditionError
 from bkgdb.store.models import RUN_SELECTABLE_COLUMNS, Run
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import InstrumentedAttribute
+    from sqlalchemy.sql.compiler import SQLCompiler
 
 __all__ = [
     "Condition",
@@ -89,13 +95,13 @@ INTEGER_RANGES = {sa.BigInteger: 2**63 - 1, sa.SmallInteger: 2**15 - 1, sa.Integ
 NON_FINITE_WORD = re.compile(r"[+-]?(nan|inf|infinity)", re.IGNORECASE)
 
 
-def _shown(text, limit=60):
+def _shown(text: object, limit: int = 60) -> str:
     """User text as quoted in an error message: on one line and shortened."""
     text = repr(text)
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
-def _check_text(text):
+def _check_text(text: str) -> None:
     """Refuse text no database stores: NUL characters (PostgreSQL) and unpaired surrogates (UTF-8)."""
     if "\x00" in text:
         raise ConditionError(f"condition {_shown(text)} holds a NUL character")
@@ -150,7 +156,7 @@ class json_number(FunctionElement):
 
 
 @compiles(json_number, "postgresql")
-def _json_number_postgresql(element, compiler, **kw):
+def _json_number_postgresql(element: json_number, compiler: SQLCompiler, **kw: Any) -> str:
     column, key = list(element.clauses)
     is_number = sa.func.jsonb_typeof(column.op("->")(key)) == "number"
     value = sa.cast(column.op("->>")(key), sa.Float)
@@ -158,7 +164,7 @@ def _json_number_postgresql(element, compiler, **kw):
 
 
 @compiles(json_number)
-def _json_number_sqlite(element, compiler, **kw):
+def _json_number_sqlite(element: json_number, compiler: SQLCompiler, **kw: Any) -> str:
     column, key = list(element.clauses)
     path = sa.literal('$."') + key + sa.literal('"')
     is_number = sa.func.json_type(column, path).in_(["integer", "real"])
@@ -172,10 +178,11 @@ def typed_column(name: str) -> Any:
     return getattr(Run, key) if key in SELECTABLE_COLUMNS else None
 
 
-def _number(condition, integer_limit=None):
+def _number(condition: Condition, integer_limit: int | None = None) -> int | float:
     """The condition's value as a finite number: an int when it is a whole number within
     ``integer_limit`` (an integer column's range), a float otherwise."""
     text = condition.value.strip()
+    number: int | float | None
     try:
         number = int(text)
     except ValueError:  # not a whole number, or more digits than Python converts
@@ -194,7 +201,7 @@ def _number(condition, integer_limit=None):
     return number
 
 
-def _convert(condition, column):
+def _convert(condition: Condition, column: InstrumentedAttribute[Any]) -> date | int | float | str:
     python_type = column.type.python_type
     if python_type is date:
         try:

@@ -12,7 +12,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import quote, unquote, unquote_plus
 
 import sqlalchemy as sa
@@ -24,6 +24,8 @@ from bkgdb.errors import DatabaseError, DatabaseNotReadyError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.pool import ConnectionPoolEntry
 
 #: Any error the database driver raised (connection lost, permission denied, ...), for callers that
 #: report them without importing SQLAlchemy.
@@ -98,7 +100,7 @@ def resolve_url(url: str | None = None) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _userinfo(url):
+def _userinfo(url: str) -> str | None:
     """What stands between ``://`` and the last ``@`` of a URL (``user:password``), or None."""
     rest = url.split("://", 1)[1] if "://" in url else url
     return rest[: rest.rfind("@")] if "@" in rest else None
@@ -170,7 +172,7 @@ def is_readonly_error(exc: BaseException) -> bool:
     return "readonly database" in message or "read-only" in message or "permission denied" in message
 
 
-def _sqlite_on_connect(dbapi_connection, connection_record):
+def _sqlite_on_connect(dbapi_connection: DBAPIConnection, connection_record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers (`bkgdb runs`) work while an `index` writes. Switching needs write access;
     # a file that is already WAL (the usual case) or cannot be written is left as it is.
@@ -185,13 +187,13 @@ def _sqlite_on_connect(dbapi_connection, connection_record):
     cursor.close()
 
 
-def _sqlite_readonly_on_connect(dbapi_connection, connection_record):
+def _sqlite_readonly_on_connect(dbapi_connection: DBAPIConnection, connection_record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
-def _sqlite_readonly_url(database, immutable=False):
+def _sqlite_readonly_url(database: str, immutable: bool = False) -> str:
     """A ``file:`` URI that SQLite opens read-only (``immutable``: not even a lock or -shm file)."""
     path = quote(str(Path(database).resolve()), safe="/")
     return f"sqlite:///file:{path}?mode=ro" + ("&immutable=1" if immutable else "") + "&uri=true"
@@ -261,13 +263,21 @@ def session_scope(engine: sa.engine.Engine) -> Session:
     return Session(engine, expire_on_commit=False)
 
 
-def _sqlite_readonly_engine(uri):
+def _sqlite_readonly_engine(uri: str) -> Engine:
     engine = sa.create_engine(uri)
     sa.event.listen(engine, "connect", _sqlite_readonly_on_connect)
     return engine
 
 
-def _connected(engine, url, fail=True):
+@overload
+def _connected(engine: Engine, url: str, fail: Literal[True] = ...) -> Engine: ...
+
+
+@overload
+def _connected(engine: Engine, url: str, fail: bool) -> Engine | None: ...
+
+
+def _connected(engine: Engine, url: str, fail: bool = True) -> Engine | None:
     """``engine`` once a first query succeeded; else a `DatabaseError` (or None if not ``fail``)."""
     try:
         with engine.connect() as connection:
@@ -288,7 +298,7 @@ def _connected(engine, url, fail=True):
     return engine
 
 
-def _migrations_dir():
+def _migrations_dir() -> Path:
     try:
         path = resources.files("bkgdb.migrations")
     except ModuleNotFoundError:

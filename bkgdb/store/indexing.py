@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 
@@ -34,6 +34,16 @@ from bkgdb.store.models import (
 )
 from bkgdb.store.settings import get_or_create_setting
 from bkgdb.store.upsert import insert_if_missing, upsert_insert
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from bkgdb.config import AnyBinning, BkgdbConfig, ExclusionSettings
+    from bkgdb.gadf.datastore import RunSource
+    from bkgdb.gadf.runfacts import RunFacts
+
+    #: A configured (binning, exclusion) pair and their setting rows.
+    PieceSpec = tuple[AnyBinning, ExclusionSettings, BinningRow, ExclusionRow]
 
 __all__ = ["DatastoreIndexer", "IndexReport", "run_jobs", "piece_row", "piece_values", "refresh_statistics"]
 
@@ -231,7 +241,7 @@ class DatastoreIndexer:
         return report
 
     @staticmethod
-    def _piece_specs(session, config):
+    def _piece_specs(session: Session, config: BkgdbConfig | None) -> list[PieceSpec]:
         """(binning, exclusion, binning_id, exclusion_id) of every configured pair, rows made as needed."""
         if config is None:
             return []
@@ -246,7 +256,7 @@ class DatastoreIndexer:
         return specs
 
     @staticmethod
-    def _existing_pieces(session, datastore):
+    def _existing_pieces(session: Session, datastore: Datastore) -> set[tuple[int, ...]]:
         rows = session.execute(
             sa.select(PieceRow.run_id, PieceRow.binning_id, PieceRow.exclusion_id)
             .join(Run, Run.id == PieceRow.run_id)
@@ -255,7 +265,9 @@ class DatastoreIndexer:
         return set(map(tuple, rows))
 
     @staticmethod
-    def _plan_run(run, source, meta, specs, have):
+    def _plan_run(
+        run: Run, source: RunSource, meta: dict, specs: list[PieceSpec], have: set[tuple[int, ...]]
+    ) -> RunJob | None:
         """The work one run needs, or None when it is up to date."""
         missing = [(b, e) for b, e, b_row, e_row in specs if (run.id, b_row.id, e_row.id) not in have]
         path = source.events_path
@@ -278,7 +290,9 @@ class DatastoreIndexer:
             missing_specs=missing,
         )
 
-    def _store_result(self, session, run, source, result, specs):
+    def _store_result(
+        self, session: Session, run: Run, source: RunSource, result: RunResult, specs: list[PieceSpec]
+    ) -> tuple[str, Run]:
         """Write a worker's result into the run's row and its pieces; return the outcome and the row.
 
         Safe against another indexer of the same datastore: a new run's row is inserted unless
@@ -311,7 +325,7 @@ class DatastoreIndexer:
         for binning, exclusion, piece in result.pieces:
             binning_row, exclusion_row = rows[(binning, exclusion)]
             values = piece_values(piece, run.id, binning_row.id, exclusion_row.id, result.sha256)
-            statement = upsert_insert(session, PieceRow.__table__).values(**values)
+            statement = upsert_insert(session, cast(sa.Table, PieceRow.__table__)).values(**values)
             session.execute(
                 statement.on_conflict_do_update(
                     index_elements=key_columns,
@@ -321,7 +335,7 @@ class DatastoreIndexer:
         return outcome, run
 
     @staticmethod
-    def _store_facts(run, source, facts):
+    def _store_facts(run: Run, source: RunSource, facts: RunFacts | None) -> None:
         # The model lists the facts a run row holds; a fact it does not know is a programming error.
         unknown = set(vars(facts)) - set(RUN_FACT_COLUMNS)
         if unknown:

@@ -57,7 +57,7 @@ def target_runs(
 
 
 def piece_regions(
-    session: Session, run_id: int, binning_id: int, exclusion_id: int
+    session: Session, run_id: int, binning_id: int | None, exclusion_id: int | None
 ) -> list[tuple[float, float, float]] | None:
     """Circles (ra, dec, radius), deg, stored with a run's own piece, or None when it has no piece.
 
