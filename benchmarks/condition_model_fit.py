@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from bkgdb.makers.condition_model import ConditionModelFitter, RunConditions
+from bkgdb.makers.condition_fit import ConditionModelFitter
+from bkgdb.makers.condition_model import RunConditions
 from bkgdb.config import Binning
 from bkgdb.simulate import BackgroundTruth
 

@@ -22,7 +22,8 @@ from bkgdb.errors import BkgdbError, DatabaseError, DatabaseNotReadyError
 from bkgdb.figures import CatalogueFigures
 
 if TYPE_CHECKING:
-    from bkgdb.background import BackgroundBuilder, BuiltBackground
+    from bkgdb.background import BackgroundBuilder
+    from bkgdb.built import BuiltBackground
     from bkgdb.config import BkgdbConfig
     from bkgdb.demo import DemoReport
     from bkgdb.gadf.attach import AttachReport

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from bkgdb.errors import BkgdbError, BkgdbWarning
 
 if TYPE_CHECKING:
-    from bkgdb.background import BackgroundBuilder, BuiltBackground
+    from bkgdb.background import BackgroundBuilder
+    from bkgdb.built import BuiltBackground
     from bkgdb.plotting import SignificanceMaps
     from bkgdb.store.catalogue import RunCatalogue
     from bkgdb.store.funnel import FunnelPicture

@@ -14,7 +14,8 @@ from bkgdb.cli.main import app
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings, load_config
 from bkgdb.errors import BkgdbError, ConfigError
 from bkgdb.makers.assembly import assemble_background
-from bkgdb.makers.condition_model import ConditionModel, ConditionModelFitter, RunConditions, shift_energy
+from bkgdb.makers.condition_fit import ConditionModelFitter
+from bkgdb.makers.condition_model import ConditionModel, RunConditions, shift_energy
 from bkgdb.makers.piece import BackgroundPiece
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, write_source_catalogue
 from bkgdb.store.models import BackgroundInput, BackgroundRow, ConditionModelRow

@@ -24,7 +24,8 @@ from bkgdb.makers.assembly import (
     fill_empty_bins,
     local_spectral_index,
 )
-from bkgdb.makers.condition_model import ConditionModel, ConditionModelFitter, RunConditions, collapse_pixels
+from bkgdb.makers.condition_fit import ConditionModelFitter, collapse_pixels
+from bkgdb.makers.condition_model import ConditionModel, RunConditions
 from bkgdb.makers.normalisation import NormalisationError, control_ring_normalisation, ring_mask
 from bkgdb.makers.piece import BackgroundPiece
 from bkgdb.makers.smoothing import SMOOTHING_METHODS, BackgroundSmoother, local_linear_fov

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from bkgdb.background import BackgroundBuilder
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, SelectionSettings
 from bkgdb.makers.assembly import assemble_background
-from bkgdb.makers.condition_model import ConditionModelFitter, RunConditions, representative_subset
+from bkgdb.makers.condition_fit import ConditionModelFitter, representative_subset
+from bkgdb.makers.condition_model import RunConditions
 from bkgdb.makers.piece import encode_array
 from bkgdb.simulate import BackgroundTruth
 from bkgdb.store.condition_models import archive_condition_model

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from bkgdb.background import BuiltBackground
+    from bkgdb.built import BuiltBackground
 
 __all__ = ["ModelCurves", "model_curves", "model_curves_from_file", "reference_rate", "plot_model", "plot_model_3d"]
 

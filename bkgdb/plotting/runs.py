@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from gammapy.data import Observation
     from matplotlib.figure import Figure
 
-    from bkgdb.background import BackgroundBuilder, BuiltBackground
+    from bkgdb.background import BackgroundBuilder
+    from bkgdb.built import BuiltBackground
     from bkgdb.store.catalogue import RunCatalogue
     from bkgdb.store.models import Run
 

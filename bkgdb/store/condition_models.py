@@ -20,13 +20,8 @@ from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError
 from bkgdb.geometry import PieceGeometry
-from bkgdb.makers.condition_model import (
-    MODEL_KIND,
-    ConditionModel,
-    ConditionModelFitter,
-    RunConditions,
-    representative_subset,
-)
+from bkgdb.makers.condition_fit import ConditionModelFitter, representative_subset
+from bkgdb.makers.condition_model import MODEL_KIND, ConditionModel, RunConditions
 from bkgdb.store.models import RUN_STATUS_OK, ConditionModelRow, PieceRow, Run
 from bkgdb.store.pieces import row_to_piece
 
@@ -104,7 +99,7 @@ def archive_condition_model(
 
     The archive is every piece of the binning and exclusion setting whose run passes the fixed
     selection criteria (``gal_lat_min``, ``n_tels``). The model is fitted on all of it up to
-    ``max_runs`` runs, else on a `~bkgdb.makers.condition_model.representative_subset` of
+    ``max_runs`` runs, else on a `~bkgdb.makers.condition_fit.representative_subset` of
     ``max_runs`` (the fit's cost grows faster than the number of runs). Its digest
     (`archive_digest`, one aggregate query) identifies a cached fit: a new, changed or removed run
     gives a new digest and a new fit, otherwise the stored parameters are reused. With a ``memo``
