@@ -10,6 +10,7 @@ the database and stay in the main process; the gammapy part runs in worker proce
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -265,22 +266,8 @@ def validate_runs(
 
     for result in _run_fits(jobs_to_fit, jobs):
         row = rows[result.obs_id]
-        row.update(
-            {
-                key: getattr(result, key)
-                for key in (
-                    "counts",
-                    "predicted",
-                    "norm",
-                    "norm_error",
-                    "file_predicted",
-                    "file_norm",
-                    "file_norm_error",
-                    "e_min_tev",
-                    "e_max_tev",
-                )
-            }
-        )
+        # The fit's numbers (counts, predictions, norms, energy range) are row columns by name.
+        row.update({key: value for key, value in dataclasses.asdict(result).items() if key in ROW_COLUMNS})
         row.update(status="ok" if result.error is None else "fit failed", reason=result.error)
         advance()
     ordered = [rows[run.obs_id] for run in targets]
