@@ -15,7 +15,7 @@ import numpy as np
 
 from bkgdb.built import BuiltBackground, PieceInput
 from bkgdb.errors import BkgdbError
-from bkgdb.makers.assembly import AssembledBackground, assemble_background, bin_average_to_centre, fill_empty_bins
+from bkgdb.makers.assembly import AssembledBackground, assemble_stacked, bin_average_to_centre, fill_empty_bins
 from bkgdb.makers.condition_model import RunConditions
 from bkgdb.makers.normalisation import NO_NORMALISATION, Normalisation
 from bkgdb.makers.smoothing import BackgroundSmoother
@@ -30,7 +30,7 @@ from bkgdb.store.backgrounds import (
 )
 from bkgdb.store.condition_models import CONDITION_MODEL_MAX_RUNS, archive_condition_model
 from bkgdb.store.models import Run
-from bkgdb.store.pieces import row_to_piece
+from bkgdb.store.pieces import stacked_pieces
 from bkgdb.store.selection import RunSelector, Selection
 from bkgdb.store.settings import setting_rows
 
@@ -147,9 +147,10 @@ class BackgroundBuilder:
             selection = self.selector.run(session, target, binning_row.id, exclusion_row.id, self._extra_keys)
             rows = self.selected_pieces(session, selection.run_ids, binning_row.id, exclusion_row.id)
             order = {run_id: index for index, run_id in enumerate(selection.run_ids)}
-            rows = sorted(rows, key=lambda row: order[row[0].run_id])
-            selection.datastores = [row[1] for row in rows]
-            pieces = [row_to_piece(row[0]) for row in rows]
+            rows = sorted(rows, key=lambda row: order[row.run_id])
+            selection.datastores = [row.path for row in rows]
+            # Decoded together (one buffer per array), not as one BackgroundPiece per run.
+            counts, exposure = stacked_pieces(rows)
             model: ConditionModel | None
             model_record: dict | None
             model, model_record = None, None
@@ -164,18 +165,22 @@ class BackgroundBuilder:
                     max_runs=self.condition_model_max_runs,
                     memo=self._condition_memo,
                 )
-            assembled = assemble_background(
-                pieces,
+            assembled = assemble_stacked(
+                counts,
+                exposure,
+                [row.ontime_s for row in rows],
                 self.binning.geometry,
-                [RunConditions(*row[3:]) for row in rows],
+                # Only the condition model reads the runs' conditions: not made per run without it.
+                None if model is None else [RunConditions(row.zenith_deg, row.az_deg, row.muon_eff) for row in rows],
                 # Run.zenith_deg is nullable: a target without one gets NaN condition factors (RunConditions takes it).
                 RunConditions(target.zenith_deg, target.az_deg, target.muon_eff),  # type: ignore[arg-type]
                 model,
             )
             weights = assembled.weights if assembled.weights is not None else [1.0] * len(rows)
+            # The same Python floats as float() of each weight, converted in one call.
             inputs = [
-                PieceInput(piece.id, piece.run_id, run_obs_id, piece.file_sha256, piece.created_at, float(weight))
-                for (piece, _, run_obs_id, *_), weight in zip(rows, weights, strict=True)
+                PieceInput(row.id, row.run_id, row.obs_id, row.file_sha256, row.created_at, weight)
+                for row, weight in zip(rows, np.asarray(weights, dtype=float).tolist(), strict=True)
             ]
             rate = self.smoother.run(assembled)
             # Per-run normalisation (bkgdb.makers.normalisation): after smoothing, before empty bins are filled.

@@ -18,6 +18,7 @@ from bkgdb.geometry import PieceGeometry
 __all__ = [
     "AssembledBackground",
     "assemble_background",
+    "assemble_stacked",
     "fill_empty_bins",
     "bin_average_to_centre",
     "local_spectral_index",
@@ -217,20 +218,48 @@ def assemble_background(
     for piece in pieces:
         if piece.counts.shape != geometry.shape:
             raise BkgdbError(f"piece of shape {piece.counts.shape} does not fit the geometry's {geometry.shape}")
+    return assemble_stacked(
+        np.array([p.counts for p in pieces]),
+        np.array([p.exposure_s for p in pieces]),
+        [p.ontime_s for p in pieces],
+        geometry,
+        conditions,
+        target_conditions,
+        model,
+    )
+
+
+def assemble_stacked(
+    counts: np.ndarray,
+    exposure_s: np.ndarray,
+    ontimes_s: list,
+    geometry: Any,
+    conditions: list | None = None,
+    target_conditions: Any = None,
+    model: Any = None,
+) -> AssembledBackground:
+    """`assemble_background` of pieces given as stacked arrays: counts (n, *shape), exposure (n, *spatial).
+
+    What a build reads from the catalogue comes stacked (`~bkgdb.store.pieces.stacked_array`):
+    no per-piece objects are made to be summed.
+    """
+    geometry = PieceGeometry.of(geometry)
+    if not len(counts):
+        raise BkgdbError("no pieces to assemble")
+    if counts.shape[1:] != geometry.shape:
+        raise BkgdbError(f"piece of shape {counts.shape[1:]} does not fit the geometry's {geometry.shape}")
     exposure = np.zeros(geometry.spatial_shape)
-    for piece in pieces:
-        exposure += piece.exposure_s
-    ontime = float(sum(p.ontime_s for p in pieces))
+    # Added one piece after the other as before, so that the float sum is the same to the last bit.
+    for piece_exposure in exposure_s:
+        exposure += piece_exposure
+    ontime = float(sum(ontimes_s))
+    n = len(counts)
     if model is None:
-        counts = np.zeros(geometry.shape, dtype=np.int64)
-        for piece in pieces:
-            counts += piece.counts
-        return AssembledBackground(geometry, counts, exposure, ontime, len(pieces), np.ones(len(pieces)))
+        # Integers: the stacked sum is exact, whatever its order.
+        return AssembledBackground(geometry, counts.sum(axis=0, dtype=np.int64), exposure, ontime, n, np.ones(n))
     if conditions is None or target_conditions is None:
         raise BkgdbError("condition-aware assembly needs the conditions of every piece and of the target")
     if any(c.zenith_deg is None for c in conditions) or target_conditions.zenith_deg is None:
         raise BkgdbError("condition-aware assembly needs the zenith angle of every run and of the target")
-    moved, weights = model.apply(
-        np.array([p.counts for p in pieces]), geometry.energy_edges, conditions, target_conditions
-    )
-    return AssembledBackground(geometry, moved.sum(axis=0), exposure, ontime, len(pieces), weights, model)
+    moved, weights = model.apply(counts, geometry.energy_edges, conditions, target_conditions)
+    return AssembledBackground(geometry, moved.sum(axis=0), exposure, ontime, n, weights, model)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError
 from bkgdb.makers.piece import BackgroundPiece
-from bkgdb.store.database import is_readonly_error, session_scope
+from bkgdb.store.database import id_in, is_readonly_error, session_scope
 from bkgdb.store.models import (
     RUN_STATUS_FAILED,
     RUN_STATUS_OK,
@@ -45,19 +44,18 @@ __all__ = [
 #: Run ids bound in one query: one round trip up to this many selected runs (SQLite binds 32766).
 ID_CHUNK = 30000
 
-#: The piece columns a `~bkgdb.makers.piece.BackgroundPiece` and its lineage record need.
+#: The piece columns a build needs: its two summed arrays (decoded together by
+#: `~bkgdb.store.pieces.stacked_pieces`) and its lineage record. The shape comes as JSON text,
+#: parsed once per build rather than per row; excluded counts and regions are not summed, so not read.
 PIECE_COLUMNS = (
     PieceRow.id,
     PieceRow.run_id,
-    PieceRow.shape,
+    sa.cast(PieceRow.shape, sa.Text).label("shape"),
     PieceRow.counts_dtype,
     PieceRow.exposure_dtype,
     PieceRow.counts,
-    PieceRow.excluded_counts,
     PieceRow.exposure_s,
     PieceRow.ontime_s,
-    PieceRow.livetime_s,
-    PieceRow.regions,
     PieceRow.file_sha256,
     PieceRow.created_at,
 )
@@ -134,31 +132,29 @@ def find_target(session: Session, obs_id: int, datastore: str | Path | None = No
     return runs[0]
 
 
-def selected_pieces(session: Session, run_ids: list[int], binning_id: int, exclusion_id: int) -> list[tuple]:
-    """(piece columns, datastore path, obs_id, zenith, azimuth, muon_eff) of the selected runs' pieces.
+def selected_pieces(session: Session, run_ids: list[int], binning_id: int, exclusion_id: int) -> list[Any]:
+    """The selected runs' pieces: rows of `PIECE_COLUMNS` and ``path`` (datastore), ``obs_id``,
+    ``zenith_deg``, ``az_deg``, ``muon_eff``.
 
-    One query (the ids as one list; split only beyond what SQLite binds at once), reading the
-    piece columns a `~bkgdb.makers.piece.BackgroundPiece` needs (`PIECE_COLUMNS`, as attributes of
-    a namespace that `~bkgdb.store.pieces.row_to_piece` decodes), not ORM objects. Rows come in
-    no particular order.
+    One query (the ids as one list; split only beyond what SQLite binds at once). The rows are the
+    query's own (no object per row); `~bkgdb.store.pieces.stacked_pieces` decodes their arrays.
+    Rows come in no particular order.
     """
-    rows = []
-    n = len(PIECE_COLUMNS)
+    rows: list[Any] = []
+    # Through the session's connection: plain rows, without the ORM's per-row result processing
+    # (the session was flushed by the build's earlier queries; nothing is pending).
+    connection = session.connection()
     for start in range(0, len(run_ids), ID_CHUNK):
-        found = session.execute(
+        rows += connection.execute(
             sa.select(*PIECE_COLUMNS, Datastore.path, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.muon_eff)
             .join(Run, Run.id == PieceRow.run_id)
             .join(Datastore, Datastore.id == Run.datastore_id)
             .where(
-                PieceRow.run_id.in_(run_ids[start : start + ID_CHUNK]),
+                id_in(session, PieceRow.run_id, run_ids[start : start + ID_CHUNK]),
                 PieceRow.binning_id == binning_id,
                 PieceRow.exclusion_id == exclusion_id,
             )
         ).all()
-        rows += [
-            (SimpleNamespace(**dict(zip((c.key for c in PIECE_COLUMNS), row[:n], strict=True))), *row[n:])
-            for row in found
-        ]
     return rows
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 DRIVER_ERROR = DBAPIError
 
 __all__ = [
+    "id_in",
     "DRIVER_ERROR",
     "DEFAULT_SQLITE_FILE",
     "SCHEMA_HEAD",
@@ -385,3 +387,16 @@ def head_revision(engine: Engine) -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+
+
+def id_in(session: Session, column: Any, ids: Sequence[int]) -> Any:
+    """``column IN (ids)``; on PostgreSQL ``column = ANY(:ids)``, one bound integer array.
+
+    An IN list binds (and SQLAlchemy renders, with a cast each) one parameter per id: for the
+    thousands of runs a build reads, that cost more than the index lookups themselves.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == sa.any_(sa.bindparam(None, list(ids), type_=ARRAY(sa.Integer)))
+    return column.in_(ids)

@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError
+from bkgdb.store.database import id_in
 from bkgdb.store.models import PieceRow
-from bkgdb.store.pieces import piece_arrays
+from bkgdb.store.pieces import parsed_shape, stacked_array
 
 __all__ = [
     "AIRMASS_STEP",
@@ -126,30 +127,45 @@ def kl_ranking(
     """
     if not rows:
         return []
-    wanted = [row.id for row in rows] if candidates is None else candidates.scalar_subquery()
-    found = session.execute(
-        sa.select(
-            PieceRow.run_id,
-            PieceRow.shape,
-            PieceRow.counts_dtype,
-            PieceRow.exposure_dtype,
-            PieceRow.counts,
-            PieceRow.exposure_s,
-        ).where(
-            PieceRow.binning_id == binning_id,
-            PieceRow.exclusion_id == exclusion_id,
-            sa.or_(PieceRow.run_id == target.id, PieceRow.run_id.in_(wanted)),
+    wanted = (
+        id_in(session, PieceRow.run_id, [row.id for row in rows])
+        if candidates is None
+        else PieceRow.run_id.in_(candidates.scalar_subquery())
+    )
+    # Plain rows through the session's connection, without the ORM's per-row result processing.
+    found = (
+        session.connection()
+        .execute(
+            sa.select(
+                PieceRow.run_id,
+                # As text, parsed once per distinct shape (`parsed_shape`), not as JSON per row.
+                sa.cast(PieceRow.shape, sa.Text),
+                PieceRow.counts_dtype,
+                PieceRow.exposure_dtype,
+                PieceRow.counts,
+                PieceRow.exposure_s,
+            ).where(
+                PieceRow.binning_id == binning_id,
+                PieceRow.exclusion_id == exclusion_id,
+                sa.or_(PieceRow.run_id == target.id, wanted),
+            )
         )
-    ).all()
-    arrays = {}
-    for row in found:
-        counts, _, exposure = piece_arrays(row, excluded=False)
-        arrays[row.run_id] = (counts, exposure)
-    if target.id not in arrays:
+        .all()
+    )
+    by_run = {row[0]: row for row in found}
+    if target.id not in by_run:
         raise BkgdbError(f"KL_DIV needs run {target.obs_id}'s own piece: index its datastore with --config")
-    counts = np.stack([arrays[row.id][0] for row in rows])
-    exposure = np.stack([arrays[row.id][1] for row in rows])
-    own_counts, own_exposure = arrays[target.id]
+    # The rows' pieces (then the target's) decoded at once per array: one buffer each, no per-piece arrays.
+    ordered = [by_run[row.id] for row in rows] + [by_run[target.id]]
+    memo: dict[str, tuple[int, ...]] = {}
+    shapes = {parsed_shape(row[1], memo) for row in ordered}
+    if len(shapes) != 1:
+        raise BkgdbError(f"pieces of several shapes {sorted(shapes)} in one setting")
+    shape = shapes.pop()
+    all_counts = stacked_array([row[4] for row in ordered], [row[2] for row in ordered], shape)
+    all_exposure = stacked_array([row[5] for row in ordered], [row[3] for row in ordered], shape[1:])
+    counts, exposure = all_counts[:-1], all_exposure[:-1]
+    own_counts, own_exposure = all_counts[-1], all_exposure[-1]
     reference = rate_shape(_Arrays(own_counts, own_exposure))
     scores = kl_divergences(reference, counts, exposure)
     obs_ids = np.array([row.obs_id for row in rows], dtype=np.int64)

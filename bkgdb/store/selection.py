@@ -301,7 +301,8 @@ class RunSelector:
                 # A hair wider than the steps, so that no run of them is missed by rounding.
                 low, high = zenith_range(target.zenith_deg, steps * AIRMASS_STEP + 1e-9)
                 shell = query.where(Run.zenith_deg >= low, Run.zenith_deg <= high)
-                rows = session.execute(shell.with_only_columns(*columns)).all()
+                # Plain rows through the session's connection: no ORM processing of thousands of rows.
+                rows = session.connection().execute(shell.with_only_columns(*columns)).all()
                 zenith = np.array([row.zenith_deg for row in rows], dtype=float)
                 inside = np.floor(np.abs(airmass(zenith) - target_airmass) / AIRMASS_STEP) < steps
                 rows = [row for row, keep in zip(rows, inside, strict=True) if keep]
