@@ -189,8 +189,9 @@ def recompute(n_runs, folder):
         source = sources[obs_id]
         events = read_events(source, source.events_path.read_bytes(), with_events=True)
         header = events.header
-        pieces.append(maker.run(events.ra_deg, events.dec_deg, events.energy_tev, header["RA_PNT"], header["DEC_PNT"],
-                                header["ONTIME"], header["LIVETIME"]))
+        # The header is read key by key (get only), not as a dict.
+        pieces.append(maker.run(events.ra_deg, events.dec_deg, events.energy_tev, header.get("RA_PNT"),
+                                header.get("DEC_PNT"), header.get("ONTIME"), header.get("LIVETIME")))
     assembled = assemble_background(pieces, config.binning)
     from_files = time.perf_counter() - begin
     identical = (np.array_equal(assembled.counts, built.assembled.counts)
