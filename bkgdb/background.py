@@ -172,7 +172,7 @@ class BackgroundBuilder:
                 self.binning.geometry,
                 # Only the condition model reads the runs' conditions: not made per run without it.
                 None if model is None else [RunConditions(row.zenith_deg, row.az_deg, row.muon_eff) for row in rows],
-                # Run.zenith_deg is nullable: a target without one gets NaN condition factors (RunConditions takes it).
+                # Run.zenith_deg is nullable: condition-aware assembly refuses a target without one, saying so.
                 RunConditions(target.zenith_deg, target.az_deg, target.muon_eff),  # type: ignore[arg-type]
                 model,
             )
