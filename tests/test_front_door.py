@@ -139,6 +139,29 @@ def test_three_d_writes_a_background_3d(demo, tmp_path):
     model = Background3D.read(tmp_path / "bkg3d.fits", hdu="BACKGROUND")
     assert model.data.shape == (12, 10, 10) and model.fov_alignment.name == "RADEC"
 
+    # attach --3d: bkg_3d rows that gammapy opens, predicting the counts as the 2D attach does.
+    from astropy.table import Table
+    from gammapy.data import DataStore
+    from gammapy.makers import MapDatasetMaker
+    from gammapy.maps import MapAxis, WcsGeom
+
+    catalogue.attach(datastore, tmp_path / "with-3d", three_d=True)
+    catalogue.attach(datastore, tmp_path / "with-2d", three_d=False)
+    hdus = Table.read(tmp_path / "with-3d" / "hdu-index.fits.gz")
+    classes = {str(row["HDU_CLASS"]).strip() for row in hdus if str(row["HDU_TYPE"]).strip() == "bkg"}
+    assert classes == {"bkg_3d"}
+    predicted = {}
+    for kind in ("2d", "3d"):
+        observation = DataStore.from_dir(tmp_path / f"with-{kind}").obs(TARGET)
+        energy = MapAxis.from_energy_bounds(0.5, 10, nbin=4, unit="TeV")
+        geom = WcsGeom.create(skydir=observation.pointing.fixed_icrs, binsz=0.1, width=4, frame="icrs", axes=[energy])
+        predicted[kind] = MapDatasetMaker().make_background(geom, observation).data.sum()
+        if kind == "3d":
+            assert observation.bkg.fov_alignment.name == "RADEC"
+            assert np.allclose(observation.bkg.data, model.data)
+    assert predicted["3d"] == pytest.approx(predicted["2d"], rel=0.05)
+    assert predicted["2d"] > 100  # a real prediction, not two empty maps
+
 
 def test_mistakes_are_reported_before_any_work(demo, tmp_path):
     datastore, config = demo
