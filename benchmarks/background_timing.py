@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from bkgdb.makers.assembly import assemble_background
 from bkgdb.background import BackgroundBuilder
-from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.config import BkgdbConfig, SelectionSettings, load_config
 from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.gadf.events import read_events
+from bkgdb.makers.assembly import assemble_background
 from bkgdb.makers.piece import PieceMaker
+from bkgdb.store.catalogue import RunCatalogue
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 23523

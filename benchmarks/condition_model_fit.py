@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
+from bkgdb.config import Binning
 from bkgdb.makers.condition_fit import ConditionModelFitter
 from bkgdb.makers.condition_model import RunConditions
-from bkgdb.config import Binning
 from bkgdb.simulate import BackgroundTruth
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=20, off_min=0, off_max=2.5, off_bins=10)

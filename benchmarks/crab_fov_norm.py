@@ -11,7 +11,7 @@ import sys
 
 from gammapy.data import DataStore
 
-from bkgdb.validation import fov_background_norm
+from bkgdb.fov_fit import fov_background_norm
 
 CRAB = (83.633, 22.014, 0.4)
 

@@ -10,13 +10,12 @@ Usage: python benchmarks/fov_pieces.py [--config FILE] [--repeat N]   (needs $GA
 """
 
 import argparse
+import dataclasses
 import os
 import statistics
 import tempfile
 import time
-import dataclasses
 from pathlib import Path
-
 
 from bkgdb.config import FovBinning, load_config
 from bkgdb.gadf.datastore import DL3Datastore

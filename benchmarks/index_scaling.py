@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.config import load_config
 from bkgdb.gadf.datastore import DL3Datastore
+from bkgdb.store.catalogue import RunCatalogue
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -31,10 +31,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bkgdb.background import BackgroundBuilder
-from bkgdb.store.catalogue import RunCatalogue
-from bkgdb.config import BkgdbConfig, Binning, ExclusionSettings, FovBinning, SelectionSettings
-from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, FovBinning, SelectionSettings
 from bkgdb.makers.piece import encode_array
+from bkgdb.store.catalogue import RunCatalogue
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
 
 BINNING = Binning(e_bins=20, off_bins=10)
 FOV_BINNING = FovBinning(e_bins=20, fov_max=2.5, fov_bins=24)
@@ -153,9 +153,9 @@ def bench(kind, n_runs, sizes, folder, postgres, condition_runs, modes, binning=
 
 def recompute(n_runs, folder):
     """Select + assemble of ``n_runs`` simulated runs against recomputing the same model from their event files."""
-    from bkgdb.makers.assembly import assemble_background
     from bkgdb.gadf.datastore import DL3Datastore
     from bkgdb.gadf.events import read_events
+    from bkgdb.makers.assembly import assemble_background
     from bkgdb.makers.piece import PieceMaker
     from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
 

@@ -20,7 +20,8 @@ import numpy as np
 from astropy.io import fits
 
 from bkgdb.config import load_config
-from bkgdb.makers.exclusion import ExclusionFinder, angular_distance_deg, annulus_grid, rotation_to, unit_vectors
+from bkgdb.makers.exclusion import ExclusionFinder, annulus_grid, rotation_to
+from bkgdb.makers.sphere import angular_distance_deg, unit_vectors
 
 SOURCE = "PKS 2155-304"
 EPOCHS = {"2006 flare": range(33787, 33802), "2008": (47802, 47803, 47804, 47827, 47828, 47829)}

@@ -109,13 +109,6 @@ class BackgroundBuilder:
                 return two_d, row.id
         return self.binning, binning_row.id
 
-    selected_pieces = staticmethod(selected_pieces)
-
-    @staticmethod
-    def find_target(session: Session, obs_id: int, datastore: str | Path | None = None) -> Run:
-        """The catalogue row of run ``obs_id`` (of ``datastore``); see `~bkgdb.store.backgrounds.find_target`."""
-        return find_target(session, obs_id, datastore)
-
     def build(
         self, obs_id: int, datastore: str | Path | None = None, session: Session | None = None
     ) -> BuiltBackground:
@@ -141,11 +134,11 @@ class BackgroundBuilder:
         session = session or self.catalogue.session()
         try:
             binning_row, exclusion_row = self._setting_rows(session)
-            target = self.find_target(session, obs_id, datastore)
+            target = find_target(session, obs_id, datastore)
             if self._extra_keys is None:
                 self._extra_keys = self.catalogue.extra_keys()
             selection = self.selector.run(session, target, binning_row.id, exclusion_row.id, self._extra_keys)
-            rows = self.selected_pieces(session, selection.run_ids, binning_row.id, exclusion_row.id)
+            rows = selected_pieces(session, selection.run_ids, binning_row.id, exclusion_row.id)
             order = {run_id: index for index, run_id in enumerate(selection.run_ids)}
             rows = sorted(rows, key=lambda row: order[row.run_id])
             selection.datastores = [row.path for row in rows]

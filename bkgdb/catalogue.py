@@ -295,7 +295,8 @@ class Catalogue(CatalogueFigures):
         ``out_dir`` default to the config's ``io.in_dir`` and ``io.out_dir``; ``jobs`` and
         ``scheduler`` are for the indexing (see `index`), the rest as in `write_background`.
         """
-        from bkgdb.gadf.attach import attach_backgrounds, check_attach_destination
+        from bkgdb.gadf.attach import attach_backgrounds
+        from bkgdb.gadf.destination import check_attach_destination
 
         config = self._config("attach")
         target = target or config.io.in_dir

@@ -278,7 +278,7 @@ def outside_circles(geom: WcsGeom, circles: Iterable[Circle]) -> Map:
     """
     from gammapy.maps import Map
 
-    from bkgdb.makers.exclusion import unit_vectors
+    from bkgdb.makers.sphere import unit_vectors
 
     image = geom.to_image()
     coords = image.get_coord(frame="icrs")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bkgdb.errors import BkgdbError
-from bkgdb.fov_fit import FitJob, FitResult, FitSettings, fit_run, fov_background_norm, outside_circles
+from bkgdb.fov_fit import FitJob, FitResult, FitSettings, fit_run
 
 # The module-level name is what `validate_runs` calls (tests replace it to drop the regions).
 from bkgdb.store.targets import piece_regions as _excluded_regions
@@ -32,16 +32,9 @@ if TYPE_CHECKING:
     from bkgdb.store.catalogue import RunCatalogue
 
 __all__ = [
-    "fov_background_norm",
-    "FitSettings",
-    "FitJob",
-    "FitResult",
     "ValidationReport",
     "validate_runs",
-    "fit_run",
-    "target_runs",
     "summarise",
-    "outside_circles",
     "rows_file_format",
     "report_rows_to_file",
     "ZENITH_BANDS",

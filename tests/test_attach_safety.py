@@ -19,15 +19,8 @@ from typer.testing import CliRunner
 from bkgdb.background import BackgroundBuilder
 from bkgdb.cli.main import app
 from bkgdb.config import BkgdbConfig
-from bkgdb.gadf.attach import (
-    PARTIAL_SUFFIX,
-    NothingAttached,
-    UnsafeDestination,
-    attach_backgrounds,
-    check_attach_destination,
-    partial_path,
-    write_fits,
-)
+from bkgdb.gadf.attach import NothingAttached, attach_backgrounds, write_fits
+from bkgdb.gadf.destination import PARTIAL_SUFFIX, UnsafeDestination, check_attach_destination, partial_path
 
 CONFIG = """
 binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}

@@ -18,7 +18,8 @@ from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, Se
 from bkgdb.demo import bin_centres
 from bkgdb.errors import BkgdbError, ConfigError
 from bkgdb.fov_fit import fov_background_dataset, fov_background_norm
-from bkgdb.gadf.attach import UnsafeDestination, attach_backgrounds
+from bkgdb.gadf.attach import attach_backgrounds
+from bkgdb.gadf.destination import UnsafeDestination
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.models import BackgroundInput, BackgroundRow
 

@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session
 
 from bkgdb.config import Binning, BkgdbConfig, CircleRegion, ExclusionSettings
 from bkgdb.errors import ConfigError
-from bkgdb.makers.exclusion import ExclusionFinder, ExclusionRegion, find_named_sources, load_catalogue, unit_vectors
+from bkgdb.makers.exclusion import ExclusionFinder, ExclusionRegion
+from bkgdb.makers.sources import find_named_sources, load_catalogue
+from bkgdb.makers.sphere import unit_vectors
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.models import ExclusionRow, PieceRow
 from bkgdb.store.pieces import row_to_piece

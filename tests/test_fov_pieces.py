@@ -186,7 +186,7 @@ def test_exclusion_fraction_matches_monte_carlo(alignment):
 @pytest.mark.parametrize("alignment", ["RADEC", "ALTAZ"])
 def test_shaped_region_fraction_matches_monte_carlo(alignment, tmp_path):
     """An ellipse from a region file: sample points are carried to the sky at each step."""
-    from bkgdb.makers.exclusion import unit_vectors
+    from bkgdb.makers.sphere import unit_vectors
 
     ra0, dec0 = transiting_pointing()
     centre = SkyCoord(ra0 * u.deg, dec0 * u.deg).directional_offset_by(60 * u.deg, 1.2 * u.deg)

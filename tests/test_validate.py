@@ -20,7 +20,8 @@ from bkgdb.config import BkgdbConfig
 from bkgdb.errors import BkgdbError
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.models import BackgroundRow
-from bkgdb.validation import ROW_COLUMNS, target_runs, validate_runs
+from bkgdb.store.targets import target_runs
+from bkgdb.validation import ROW_COLUMNS, validate_runs
 
 runner = CliRunner()
 # Events from 0.3 TeV only: fewer to simulate, as many in the fit's 0.5-10 TeV.

@@ -134,7 +134,7 @@ class ExclusionSettings:
             if not is_file(path):
                 raise ConfigError(missing_file_message("exclusion.region_files", "region file", path))
         if self.source_radii or self.exclude_source_name:
-            from bkgdb.makers.exclusion import find_named_sources
+            from bkgdb.makers.sources import find_named_sources
 
             for key in self.OPTIONAL_KEYS:
                 for name, _ in getattr(self, key):
@@ -214,7 +214,7 @@ class ExclusionSettings:
 
     def radius_for_name(self, name: str) -> float | None:
         """The radius `source_radii` gives a source name (any spelling), or None."""
-        from bkgdb.makers.exclusion import normalise_source_name
+        from bkgdb.makers.sources import normalise_source_name
 
         key = normalise_source_name(name)
         for configured, radius in self.source_radii:
@@ -234,7 +234,7 @@ def _source_name(label: str, value: Any) -> str:
 
 def _source_radii(section: str, values: Any) -> tuple[tuple[str, float], ...]:
     """``source_radii: {name: radius}`` as sorted (name, radius) pairs, one per source."""
-    from bkgdb.makers.exclusion import normalise_source_name
+    from bkgdb.makers.sources import normalise_source_name
 
     pairs: dict[str, tuple[str, float]] = {}
     for name, radius in mapping(f"{section}.source_radii", values).items():

@@ -33,8 +33,6 @@ from bkgdb.gadf.destination import (
     INDEX_NAMES,
     OBS_INDEX,
     PARTIAL_SUFFIX,
-    UnsafeDestination,
-    check_attach_destination,
     check_destination,
     partial_path,
     resolved,
@@ -48,16 +46,7 @@ if TYPE_CHECKING:
     from bkgdb.background import BackgroundBuilder
     from bkgdb.gadf.datastore import DL3Datastore, RunSource
 
-__all__ = [
-    "AttachReport",
-    "NothingAttached",
-    "UnsafeDestination",
-    "attach_backgrounds",
-    "check_attach_destination",
-    "partial_path",
-    "write_fits",
-    "PARTIAL_SUFFIX",
-]
+__all__ = ["AttachReport", "NothingAttached", "attach_backgrounds", "write_fits"]
 
 log = logging.getLogger(__name__)
 

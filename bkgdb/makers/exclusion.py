@@ -14,33 +14,10 @@ from typing import Any
 import numpy as np
 
 from bkgdb.errors import ConfigError
-from bkgdb.makers.sources import (
-    SOURCE_CATALOGUES,
-    Catalogue,
-    NamedSource,
-    find_named_sources,
-    load_catalogue,
-    load_source_names,
-    normalise_source_name,
-)
+from bkgdb.makers.sources import SOURCE_CATALOGUES, Catalogue, find_named_sources, load_catalogue
 from bkgdb.makers.sphere import angular_distance_deg, unit_vectors
 
-# The catalogue and name look-ups live in `bkgdb.makers.sources`; they stay importable from here.
-__all__ = [
-    "ExclusionRegion",
-    "ShapedRegion",
-    "ExclusionFinder",
-    "annulus_grid",
-    "load_region_file",
-    "rotation_to",
-    "unit_vectors",
-    "angular_distance_deg",
-    "load_catalogue",
-    "NamedSource",
-    "normalise_source_name",
-    "find_named_sources",
-    "load_source_names",
-]
+__all__ = ["ExclusionRegion", "ShapedRegion", "ExclusionFinder", "annulus_grid", "load_region_file", "rotation_to"]
 
 log = logging.getLogger(__name__)
 #: Pointings whose accepted fractions an `ExclusionFinder` keeps.

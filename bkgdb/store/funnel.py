@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bkgdb.errors import NoRunsSelected
+from bkgdb.store.backgrounds import find_target
 from bkgdb.store.models import Run
 from bkgdb.store.selection import RunSelector
 
@@ -111,7 +112,7 @@ def funnel_picture(builder: BackgroundBuilder, obs_id: int, datastore: str | Pat
     """
     with builder.catalogue.session() as session:
         binning_row, exclusion_row = builder._setting_rows(session)
-        target = builder.find_target(session, obs_id, datastore)
+        target = find_target(session, obs_id, datastore)
         extra_keys = builder.catalogue.extra_keys()
         selector = builder.selector
         if selector.from_run:
