@@ -82,6 +82,7 @@ def test_condition_errors(indexed, condition, message):
         ("zenith>-Infinity", "zenith needs a finite number"),
         ("ra<NaN", "ra needs a finite number"),
         ("zenith<1e400", "zenith needs a finite number, got '1e400'"),
+        ("zenith<1" + "0" * 400, "zenith needs a finite number, got"),
         ("DEADC>1e400", "DEADC needs a finite number"),
         ("object=SIM\x00FIELD", "holds a NUL character"),
         ("TELLIST~\x00", "holds a NUL character"),

@@ -197,7 +197,10 @@ def _number(condition: Condition, integer_limit: int | None = None) -> int | flo
         if integer_limit is not None and number.is_integer() and abs(number) <= integer_limit:
             number = int(number)
     elif integer_limit is None:
-        number = float(number)
+        try:
+            number = float(number)
+        except OverflowError:  # a whole number beyond any float: as infinite as `1e999`
+            raise ConditionError(f"{condition.name} needs a finite number, got {_shown(condition.value)}") from None
     return number
 
 
