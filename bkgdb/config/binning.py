@@ -98,6 +98,20 @@ class _HashedEnergyBins:
         return _energy_edges(self.e_min, self.e_max, self.e_bins)
 
 
+def _energy_values(cls: type[AnyBinning], values: Any, section: str, defaults: AnyBinning) -> dict[str, Any]:
+    """The energy keys of a binning's config mapping, checked; the mapping itself checked first."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{section} must be a mapping of {', '.join(cls.KEYS)}")
+    check_keys(section, values, cls.KEYS)
+    return {
+        "e_min": number(section, "e_min", values.get("e_min", defaults.e_min), minimum=0, strictly=True),
+        "e_max": number(section, "e_max", values.get("e_max", defaults.e_max), minimum=0, strictly=True),
+        "e_bins": number(
+            section, "e_bins", values.get("e_bins", defaults.e_bins), int, minimum=1, maximum=MAX_ENERGY_BINS
+        ),
+    }
+
+
 @dataclass(frozen=True)
 class Binning(_HashedEnergyBins):
     """Energy (log-spaced, TeV) times FoV offset (linear, deg) bins of a 2D background piece."""
@@ -136,18 +150,11 @@ class Binning(_HashedEnergyBins):
     @classmethod
     def from_dict(cls, values: Any, section: str = "binning") -> Binning:
         """A 2D binning from a config mapping; missing keys take the defaults."""
-        if not isinstance(values, dict):
-            raise ConfigError(f"{section} must be a mapping of {', '.join(cls.KEYS)}")
-        check_keys(section, values, cls.KEYS)
         defaults = cls()
         binning = _labelled(
             section,
             cls,
-            e_min=number(section, "e_min", values.get("e_min", defaults.e_min), minimum=0, strictly=True),
-            e_max=number(section, "e_max", values.get("e_max", defaults.e_max), minimum=0, strictly=True),
-            e_bins=number(
-                section, "e_bins", values.get("e_bins", defaults.e_bins), int, minimum=1, maximum=MAX_ENERGY_BINS
-            ),
+            **_energy_values(cls, values, section, defaults),
             off_min=number(section, "off_min", values.get("off_min", defaults.off_min), minimum=0),
             off_max=number(section, "off_max", values.get("off_max", defaults.off_max), minimum=0, strictly=True),
             off_bins=number(
@@ -239,21 +246,15 @@ class FovBinning(_HashedEnergyBins):
     @classmethod
     def from_dict(cls, values: Any, section: str = "binning") -> FovBinning:
         """A 3D binning from a config mapping; missing keys take the defaults."""
-        if not isinstance(values, dict):
-            raise ConfigError(f"{section} must be a mapping of {', '.join(cls.KEYS)}")
-        check_keys(section, values, cls.KEYS)
         defaults = cls()
+        energy = _energy_values(cls, values, section, defaults)
         alignment = values.get("fov_alignment", defaults.fov_alignment)
         if not isinstance(alignment, str):
             raise ConfigError(f"{section}.fov_alignment must be one of {', '.join(FOV_ALIGNMENTS)}, got {alignment!r}")
         return _labelled(
             section,
             cls,
-            e_min=number(section, "e_min", values.get("e_min", defaults.e_min), minimum=0, strictly=True),
-            e_max=number(section, "e_max", values.get("e_max", defaults.e_max), minimum=0, strictly=True),
-            e_bins=number(
-                section, "e_bins", values.get("e_bins", defaults.e_bins), int, minimum=1, maximum=MAX_ENERGY_BINS
-            ),
+            **energy,
             fov_max=number(
                 section,
                 "fov_max",

@@ -63,30 +63,12 @@ def plot_selection(picture: FunnelPicture, path: str | Path | None = None) -> Fi
         zenith_max = max([zenith_max, *pointing[:, 1]])
         timeline.scatter(mjd_dates(timed[:, 0]), timed[:, 1], **style)
     target = picture.target
+    star: dict[str, Any] = {"marker": "*", "s": 220, "color": "gold", "edgecolor": "k", "linewidths": 0.8, "zorder": 4}
     if target.zenith_deg is not None and target.az_deg is not None:
-        sky.scatter(
-            [math.radians(target.az_deg)],
-            [target.zenith_deg],
-            marker="*",
-            s=220,
-            color="gold",
-            edgecolor="k",
-            linewidths=0.8,
-            zorder=4,
-            label=f"target {target.obs_id}",
-        )
+        sky.scatter([math.radians(target.az_deg)], [target.zenith_deg], label=f"target {target.obs_id}", **star)
         zenith_max = max(zenith_max, target.zenith_deg)
     if target.tstart_mjd is not None and target.zenith_deg is not None:
-        timeline.scatter(
-            mjd_dates([target.tstart_mjd]),
-            [target.zenith_deg],
-            marker="*",
-            s=220,
-            color="gold",
-            edgecolor="k",
-            linewidths=0.8,
-            zorder=4,
-        )
+        timeline.scatter(mjd_dates([target.tstart_mjd]), [target.zenith_deg], **star)
     sky.set_rlim(0, min(90.0, math.ceil(zenith_max / 10.0 + 0.2) * 10.0))
     sky.set_xlabel("azimuth (deg, N up, E right); radius: zenith angle (deg)")
     sky.set_title("zenith and azimuth", pad=14)

@@ -104,28 +104,10 @@ def plot_validation(
         norm, error = column(key, fitted), column(error_key, fitted)
         good = np.isfinite(norm)
         shift = 0.4 * (number - (len(series) - 1) / 2)  # side by side, not on top of each other
-        by_zenith.errorbar(
-            zenith[good] + shift,
-            norm[good],
-            yerr=np.nan_to_num(error[good]),
-            fmt=marker,
-            ms=3.5,
-            color=colour,
-            elinewidth=0.8,
-            capsize=0,
-            label=label,
-        )
+        style: dict[str, Any] = {"fmt": marker, "ms": 3.5, "color": colour, "elinewidth": 0.8, "capsize": 0}
+        by_zenith.errorbar(zenith[good] + shift, norm[good], yerr=np.nan_to_num(error[good]), label=label, **style)
         use = good & time_ok
-        by_time.errorbar(
-            x_time[use],
-            norm[use],
-            yerr=np.nan_to_num(error[use]),
-            fmt=marker,
-            ms=3.5,
-            color=colour,
-            elinewidth=0.8,
-            capsize=0,
-        )
+        by_time.errorbar(x_time[use], norm[use], yerr=np.nan_to_num(error[use]), **style)
         values = norm[good]
         if bins is None:
             low, high = min(values.min(), 0.8), max(values.max(), 1.2)
