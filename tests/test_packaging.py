@@ -11,9 +11,3 @@ def test_every_subpackage_is_listed_for_setuptools():
     found = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "bkgdb").rglob("__init__.py")}
     assert found - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"
 
-
-def test_the_installed_package_has_them_too():
-    import bkgdb.simulate
-    import bkgdb.store
-
-    assert Path(bkgdb.simulate.__file__).name == "__init__.py" and Path(bkgdb.store.__file__).parent.name == "store"
