@@ -45,29 +45,18 @@ log = logging.getLogger(__name__)
 Circle = tuple[float, float, float]
 
 
-def fov_background_norm(
-    observation: Observation,
-    excluded: Iterable[Circle],
-    energy_range_tev: tuple[float, float] = (0.1, 10.0),
-    n_energy: int = 8,
-    offset_max_deg: float = 2.0,
-    binsz_deg: float = 0.05,
-    aeff_safe_mask: bool = False,
-) -> Parameter:
+def fov_background_norm(observation: Observation, excluded: Iterable[Circle], **options: Any) -> Parameter:
     """Norm of a `FoVBackgroundMaker` scale fit of one observation with its own background model.
 
-    A norm of 1 means the model predicts the counts outside the excluded regions. The parameters
-    are those of `fov_background_dataset`.
+    A norm of 1 means the model predicts the counts outside the excluded regions. ``options`` are
+    the keyword parameters of `fov_background_dataset`.
 
     Returns
     -------
     norm : `gammapy.modeling.Parameter`
         Its ``value`` and ``error``.
     """
-    dataset = fov_background_dataset(
-        observation, excluded, energy_range_tev, n_energy, offset_max_deg, binsz_deg, aeff_safe_mask
-    )
-    return dataset.background_model.spectral_model.norm
+    return fov_background_dataset(observation, excluded, **options).background_model.spectral_model.norm
 
 
 def fov_background_dataset(
