@@ -609,31 +609,34 @@ def fov_outside_fraction(
     samples, lonlat, centres, reach = pixel_samples(geometry, per_axis)
     alignment = _alignment(geometry)
     radec = fov_matrix(pointing_ra_deg, pointing_dec_deg)
+    radius = np.array([region.radius for region in regions], dtype=float)
     ra = np.array([region.ra for region in regions], dtype=float)
     dec = np.array([region.dec for region in regions], dtype=float)
     circles = unit_vectors(ra, dec).reshape(-1, 3) @ radec.T
-    # Every circle's centre at every step: (n_steps, n_regions, 3) FoV vectors.
-    step_times: Time | None = None
+    # The FoV turns about its centre: a circle too far from it never touches a pixel.
+    touch = circles[:, 0] >= np.cos(np.radians(np.minimum(geometry.max_offset_deg + radius + _REACH_MARGIN_DEG, 180)))
+    circles, radius = circles[touch], radius[touch]
+    # Every circle's centre at every step: (n_steps, n_circles, 3) FoV vectors.
+    middles = None
     if alignment == "ALTAZ":
-        from astropy import units as u
-
         if clock is None or duration_s is None:
             raise FovError("an ALTAZ 3D piece needs the run's times and location")
         if track is None:
             track = altaz_track(clock, pointing_ra_deg, pointing_dec_deg, 0.0, duration_s, geometry.max_offset_deg)
         middles, weights = _turn_steps(track, duration_s, max_rotation_deg(geometry))
         circles = track.to_altaz(circles[None, :, :], middles[:, None])
-        step_times = clock.start() + middles * u.s
     else:
         weights, circles = np.ones(1), circles[None]
-    radius = np.array([region.radius for region in regions], dtype=float)
     excluded = _in_circles(samples, centres, reach, circles, radius)
     if shapes and finder is not None:
         for step in range(len(weights)):
-            if step_times is None or clock is None:
+            if middles is None or clock is None:
                 sky = samples @ radec
             else:
-                frame = fov_frame(alignment, pointing_ra_deg, pointing_dec_deg, step_times[step], clock.observatory())
+                from astropy import units as u
+
+                time = clock.start() + middles[step] * u.s
+                frame = fov_frame(alignment, pointing_ra_deg, pointing_dec_deg, time, clock.observatory())
                 sky = unit_vectors(*fov_to_sky(lonlat[0], lonlat[1], frame))
             inside = finder.in_shapes(sky.reshape(-1, 3), pointing_ra_deg, pointing_dec_deg)
             excluded[step] |= inside.reshape(excluded.shape[1:])
