@@ -14,12 +14,14 @@ changes pixel; the bounds below leave a margin of 15 (position) and state the pi
 import numpy as np
 import pytest
 from astropy import units as u
-from astropy.coordinates import AltAz, SkyCoord, angular_separation
+from astropy.coordinates import AltAz, EarthLocation, SkyCoord, angular_separation
 from astropy.coordinates.erfa_astrom import ErfaAstromInterpolator, erfa_astrom
+from astropy.time import Time
 from gammapy.utils.coordinates import FoVAltAzFrame, FoVICRSFrame
 from test_fov_pieces import REFERENCE, SITE, TRANSIT, GeometryBinning, clock_around, fov_geometry, transiting_pointing
 
 from bkgdb.config import ExclusionSettings
+from bkgdb.geometry import PieceGeometry
 from bkgdb.makers.fov import (
     RunClock,
     altaz_track,
@@ -38,7 +40,15 @@ MAX_TRACK_ERROR_ARCSEC = 0.01
 MAX_PIXEL_CHANGES = 1e-4
 
 
-def astropy_fov(ra_deg, dec_deg, alignment, ra0, dec0, times=None, location=None):
+def astropy_fov(
+    ra_deg: np.ndarray,
+    dec_deg: np.ndarray,
+    alignment: str,
+    ra0: float,
+    dec0: float,
+    times: Time | None = None,
+    location: EarthLocation | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """FoV lon, lat (deg) by astropy frame transforms into gammapy's frames, event by event."""
     pointing = SkyCoord(ra0 * u.deg, dec0 * u.deg)
     with erfa_astrom.set(ErfaAstromInterpolator(300 * u.s)):
@@ -51,16 +61,16 @@ def astropy_fov(ra_deg, dec_deg, alignment, ra0, dec0, times=None, location=None
     return fov.fov_lon.wrap_at(180 * u.deg).deg, fov.fov_lat.deg
 
 
-def separation_arcsec(lon_a, lat_a, lon_b, lat_b):
+def separation_arcsec(lon_a: np.ndarray, lat_a: np.ndarray, lon_b: np.ndarray, lat_b: np.ndarray) -> np.ndarray:
     return angular_separation(lon_a * u.deg, lat_a * u.deg, lon_b * u.deg, lat_b * u.deg).to_value(u.arcsec)
 
 
-def pixel_of(lon, lat, edges):
+def pixel_of(lon: np.ndarray, lat: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.searchsorted(edges, lon), np.searchsorted(edges, lat)
 
 
 @pytest.fixture(scope="module")
-def dr1_runs():
+def dr1_runs() -> list[tuple]:
     """Events, pointing and clock of 15 DR1 runs: the 4 lowest, the 4 highest (2.5 deg from the zenith), 7 others."""
     from conftest import gammapy_data_path
 
@@ -69,10 +79,11 @@ def dr1_runs():
     from bkgdb.makers.run import run_clock
 
     store = DL3Datastore(gammapy_data_path("hess-dl3-dr1"))
-    by_altitude = sorted(store.runs(), key=lambda source: float(source.row.get("ALT_PNT")))
+    by_altitude = sorted(store.runs(), key=lambda source: float(source.row["ALT_PNT"]))
     chosen = by_altitude[:4] + by_altitude[-4:] + by_altitude[10:-10:14]
     runs = []
     for source in chosen:
+        assert source.events_path is not None
         events = read_events(source, source.events_path.read_bytes(), with_events=True)
         header = events.header
         runs.append(
@@ -88,14 +99,14 @@ def dr1_runs():
     return runs
 
 
-def test_radec_fov_coordinates_are_astropys_on_dr1_events(dr1_runs):
+def test_radec_fov_coordinates_are_astropys_on_dr1_events(dr1_runs: list[tuple]) -> None:
     for _, events, ra0, dec0, _, _ in dr1_runs:
         lon, lat = sky_to_fov(events.ra_deg, events.dec_deg, "RADEC", ra0, dec0)
         lon_a, lat_a = astropy_fov(events.ra_deg, events.dec_deg, "RADEC", ra0, dec0)
         assert np.abs(lon - lon_a).max() < 1e-9 and np.abs(lat - lat_a).max() < 1e-9
 
 
-def test_altaz_track_is_astropys_event_by_event_transform_on_dr1(dr1_runs):
+def test_altaz_track_is_astropys_event_by_event_transform_on_dr1(dr1_runs: list[tuple]) -> None:
     geometry = fov_geometry("ALTAZ")
     edges = geometry.fov_lon_edges
     n_events = n_changed = 0
@@ -121,7 +132,7 @@ def test_altaz_track_is_astropys_event_by_event_transform_on_dr1(dr1_runs):
 
 
 @pytest.mark.parametrize("from_zenith_deg", [5.0, 0.05])
-def test_altaz_track_follows_a_run_through_the_zenith(from_zenith_deg):
+def test_altaz_track_follows_a_run_through_the_zenith(from_zenith_deg: float) -> None:
     """Near the zenith the sky turns by 180 deg within minutes; the parallactic angle carries the track."""
     ra0, dec0 = transiting_pointing(from_zenith_deg)
     rng = np.random.default_rng(4)
@@ -141,7 +152,7 @@ def test_altaz_track_follows_a_run_through_the_zenith(from_zenith_deg):
     assert separation_arcsec(lon, lat, lon_a, lat_a).max() < MAX_TRACK_ERROR_ARCSEC
 
 
-def dr1_maker(alignment):
+def dr1_maker(alignment: str) -> PieceMaker:
     from conftest import gammapy_data_path
 
     catalogs = gammapy_data_path("catalogs")
@@ -155,7 +166,9 @@ def dr1_maker(alignment):
     return PieceMaker(GeometryBinning(fov_geometry(alignment)), exclusion)
 
 
-def brute_force_excluded(geometry, regions, circle_lon, circle_lat):
+def brute_force_excluded(
+    geometry: PieceGeometry, regions: list, circle_lon: np.ndarray, circle_lat: np.ndarray
+) -> np.ndarray:
     """Which sample points of every pixel lie in any circle, the circles' centres in FoV lon, lat."""
     samples = pixel_samples(geometry)[0].reshape(-1, 3)
     centres = unit_vectors(circle_lon, circle_lat)
@@ -163,7 +176,7 @@ def brute_force_excluded(geometry, regions, circle_lon, circle_lat):
     return (samples @ centres.T >= cos_radius).any(axis=1).reshape(len(pixel_samples(geometry)[0]), -1)
 
 
-def test_radec_fraction_is_the_brute_force_fraction_and_shared_by_runs_on_a_pointing(dr1_runs):
+def test_radec_fraction_is_the_brute_force_fraction_and_shared_by_runs_on_a_pointing(dr1_runs: list[tuple]) -> None:
     maker = dr1_maker("RADEC")
     geometry = maker.geometry
     _, events, ra0, dec0, ontime, _ = dr1_runs[0]
@@ -182,7 +195,7 @@ def test_radec_fraction_is_the_brute_force_fraction_and_shared_by_runs_on_a_poin
     np.testing.assert_array_equal(maker.make_fraction(ra0, dec0, regions, (), np.zeros(0, bool)), expected)
 
 
-def test_altaz_fraction_is_the_brute_force_fraction_over_the_steps(dr1_runs):
+def test_altaz_fraction_is_the_brute_force_fraction_over_the_steps(dr1_runs: list[tuple]) -> None:
     maker = dr1_maker("ALTAZ")
     geometry = maker.geometry
     _, _, ra0, dec0, ontime, clock = dr1_runs[-1]  # 2.5 deg from the zenith: the sky turns fast
@@ -202,7 +215,7 @@ def test_altaz_fraction_is_the_brute_force_fraction_over_the_steps(dr1_runs):
     assert fraction.min() < 0.9
 
 
-def test_bins_are_numpy_histogramdd_bins_including_edges():
+def test_bins_are_numpy_histogramdd_bins_including_edges() -> None:
     edges = [np.array([0.1, 1.0, 10.0]), np.array([-2.0, 0.0, 2.0, 4.0])]
     energy = np.array([0.1, 1.0, 10.0, 0.05, 11.0, 5.0, np.nan, 0.5, 0.5, 0.5])
     lon = np.array([-2.0, 0.0, 4.0, 1.0, 1.0, 4.0000001, 1.0, np.nan, -2.0000001, 3.999999])
