@@ -34,18 +34,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def per_run_seconds(store, specs, repeat):
-    """Seconds of `process_run` per run, the best of ``repeat`` (other processes only add), and the results."""
-    seconds, results = [], []
+    """Wall and CPU seconds of `process_run` per run, each the best of ``repeat`` (other processes only add)."""
+    wall, cpu, results = [], [], []
     for source in store.runs():
-        best = float("inf")
+        best_wall = best_cpu = float("inf")
         for _ in range(repeat):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             result = process_run(RunJob(source, store.meta, specs=specs))
-            best = min(best, time.perf_counter() - start)
+            best_wall = min(best_wall, time.perf_counter() - start)
+            best_cpu = min(best_cpu, time.process_time() - start_cpu)
         assert result.error is None, (source.obs_id, result.error)
-        seconds.append(best)
+        wall.append(best_wall)
+        cpu.append(best_cpu)
         results.append(result)
-    return seconds, results
+    return wall, cpu, results
 
 
 def piece_bytes(piece):
@@ -117,8 +119,8 @@ def main():
     rows, sizes = [], {}
     for label, binnings in specs_of.items():
         specs = [(b, exclusion) for b in binnings]
-        seconds, results = per_run_seconds(store, specs, args.repeat)
-        rows.append((label, seconds))
+        seconds, cpu, results = per_run_seconds(store, specs, args.repeat)
+        rows.append((label, seconds, cpu))
         if len(specs) == 2:
             sizes[label] = [piece_bytes(result.pieces[1][2]) for result in results]
     indexes = []
@@ -134,11 +136,12 @@ def main():
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     print(f"H.E.S.S. DL3 DR1 ({len(rows[0][1])} runs), {args.config}, 1 process, {os.cpu_count()} CPUs, "
           f"load {load}")
-    print(f"| {'pieces per run':16s} | {'all runs s':>10s} | {'median per run ms':>17s} | {'max ms':>7s} |")
-    print(f"|{'-' * 18}|{'-' * 11}:|{'-' * 18}:|{'-' * 8}:|")
-    for label, seconds in rows:
+    print(f"| {'pieces per run':16s} | {'all runs s':>10s} | {'median per run ms':>17s} | {'max ms':>7s} | "
+          f"{'CPU all runs s':>14s} | {'CPU median ms':>13s} |")
+    print(f"|{'-' * 18}|{'-' * 11}:|{'-' * 18}:|{'-' * 8}:|{'-' * 15}:|{'-' * 14}:|")
+    for label, seconds, cpu in rows:
         print(f"| {label:16s} | {sum(seconds):10.2f} | {1e3 * statistics.median(seconds):17.1f} | "
-              f"{1e3 * max(seconds):7.1f} |")
+              f"{1e3 * max(seconds):7.1f} | {sum(cpu):14.2f} | {1e3 * statistics.median(cpu):13.1f} |")
     for label, jobs, seconds, summary in indexes:
         print(f"whole index into a new SQLite file, {label}, --jobs {jobs}: {seconds:.2f} s ({summary})")
     for label, values in sizes.items():
