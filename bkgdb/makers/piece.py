@@ -21,8 +21,8 @@ import numpy as np
 
 from bkgdb.geometry import PieceGeometry
 from bkgdb.makers.exclusion import ExclusionFinder, ExclusionRegion
-from bkgdb.makers.fov import RunClock, fov_outside_fraction, sky_to_fov
-from bkgdb.makers.sphere import unit_vectors
+from bkgdb.makers.fov import AltAzTrack, RunClock, altaz_track, fov_outside_fraction
+from bkgdb.makers.sphere import fov_matrix, lon_lat_deg, unit_vectors
 
 __all__ = [
     "BackgroundPiece",
@@ -93,6 +93,33 @@ class BackgroundPiece:
 
 #: Slack (deg) when choosing the events that can reach a FoV pixel.
 _FOV_MARGIN_DEG = 1e-6
+#: Pointings whose regions and RADEC fractions a `PieceMaker` keeps.
+_POINTING_CACHE_SIZE = 256
+
+
+def _remember(cache: dict, key: Any, value: Any) -> Any:
+    """Keep ``value`` under ``key``, forgetting the oldest entry of a full cache."""
+    if len(cache) >= _POINTING_CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+    return value
+
+
+def _bin_index(edges: list[np.ndarray], values: list[np.ndarray]) -> np.ndarray:
+    """Flat bin index (C order) of each sample, -1 outside: the bins of `numpy.histogramdd`.
+
+    Each bin holds its lower edge; the last also holds the upper edge.
+    """
+    index = np.zeros(len(values[0]), dtype=np.int64)
+    outside = np.zeros(len(values[0]), dtype=bool)
+    for axis_edges, axis_values in zip(edges, values, strict=True):
+        n_bins = len(axis_edges) - 1
+        axis_index = np.searchsorted(axis_edges, axis_values, side="right") - 1
+        axis_index[axis_values == axis_edges[-1]] = n_bins - 1
+        outside |= (axis_index < 0) | (axis_index >= n_bins)
+        index = index * n_bins + axis_index
+    index[outside] = -1
+    return index
 
 
 class PieceMaker:
@@ -119,6 +146,9 @@ class PieceMaker:
         self.geometry = PieceGeometry.of(binning)
         self.exclusion = exclusion
         self.finder = finder or ExclusionFinder(exclusion)
+        self._regions: dict[tuple[float, float], tuple[ExclusionRegion, ...]] = {}
+        self._region_dicts: dict[tuple[float, float], list[dict]] = {}
+        self._radec_fractions: dict[tuple, np.ndarray] = {}
 
     def run(
         self,
@@ -155,23 +185,38 @@ class PieceMaker:
         """
         regions = self.make_regions(pointing_ra_deg, pointing_dec_deg)
         vectors = unit_vectors(ra_deg, dec_deg)
-        pointing = unit_vectors(pointing_ra_deg, pointing_dec_deg)
-        offset = np.degrees(np.arccos(np.clip(vectors @ pointing, -1.0, 1.0)))
         excluded = self.finder.excluded(vectors, regions, pointing_ra_deg, pointing_dec_deg)
         energy = np.asarray(energy_tev, float)
+        track = None
         if self.geometry.is_3d:
-            # Only events that can land in a pixel are carried into the FoV frame.
-            reach = offset <= self.geometry.max_offset_deg + _FOV_MARGIN_DEG
-            spatial: tuple[np.ndarray, ...] = self.make_fov_coordinates(
-                np.asarray(ra_deg, float), np.asarray(dec_deg, float), reach, pointing_ra_deg, pointing_dec_deg, clock
-            )
-            energy, excluded = energy[reach], excluded[reach]
+            fov = vectors @ fov_matrix(pointing_ra_deg, pointing_dec_deg).T
+            # Only events that can land in a pixel are carried into the FoV frame (x: cos of the offset).
+            reach = fov[:, 0] >= np.cos(np.radians(self.geometry.max_offset_deg + _FOV_MARGIN_DEG))
+            fov, energy, excluded = fov[reach], energy[reach], excluded[reach]
+            if self.geometry.alignment == "ALTAZ":
+                clock = clock or RunClock()
+                seconds = clock.event_seconds(reach)
+                track = self.make_track(clock, pointing_ra_deg, pointing_dec_deg, float(ontime_s), seconds)
+                fov = track.to_altaz(fov, seconds)
+            spatial: tuple[np.ndarray, ...] = lon_lat_deg(fov)
         else:
-            spatial = (offset,)
-        kept_counts = self.geometry.histogram(energy[~excluded], *(values[~excluded] for values in spatial))
-        excluded_counts = self.geometry.histogram(energy[excluded], *(values[excluded] for values in spatial))
+            pointing = unit_vectors(pointing_ra_deg, pointing_dec_deg)
+            spatial = (np.degrees(np.arccos(np.clip(vectors @ pointing, -1.0, 1.0))),)
+        index = _bin_index([self.geometry.energy_edges, *self.geometry.spatial_edges], [energy, *spatial])
+        n_bins = int(np.prod(self.geometry.shape))
+        kept_counts, excluded_counts = (
+            np.bincount(index[(index >= 0) & (excluded == side)], minlength=n_bins).reshape(self.geometry.shape)
+            for side in (False, True)
+        )
         fraction = self.make_fraction(
-            pointing_ra_deg, pointing_dec_deg, regions, spatial, excluded, clock=clock, ontime_s=float(ontime_s)
+            pointing_ra_deg,
+            pointing_dec_deg,
+            regions,
+            spatial,
+            excluded,
+            clock=clock,
+            ontime_s=float(ontime_s),
+            track=track,
         )
         return BackgroundPiece(
             counts=kept_counts,
@@ -179,35 +224,35 @@ class PieceMaker:
             exposure_s=float(ontime_s) * fraction,
             ontime_s=float(ontime_s),
             livetime_s=None if livetime_s is None else float(livetime_s),
-            regions=[region.as_dict() for region in regions] + [shape.as_dict() for shape in self.finder.shapes],
+            regions=self.region_dicts(pointing_ra_deg, pointing_dec_deg),
         )
 
     def make_regions(self, ra_deg: float, dec_deg: float) -> list[ExclusionRegion]:
-        """The circles that reach the geometry around a pointing."""
-        return self.finder.regions(ra_deg, dec_deg, max(self.exclusion.search_radius, self.geometry.max_offset_deg))
+        """The circles that reach the geometry around a pointing (found once per pointing)."""
+        key = (float(ra_deg), float(dec_deg))
+        regions = self._regions.get(key)
+        if regions is None:
+            search_radius = max(self.exclusion.search_radius, self.geometry.max_offset_deg)
+            regions = _remember(self._regions, key, tuple(self.finder.regions(ra_deg, dec_deg, search_radius)))
+        return list(regions)
 
-    def make_fov_coordinates(
-        self,
-        ra_deg: np.ndarray,
-        dec_deg: np.ndarray,
-        select: np.ndarray,
-        pointing_ra_deg: float,
-        pointing_dec_deg: float,
-        clock: RunClock | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """FoV lon, lat (deg) of the selected events in the geometry's frame, each at its own time (ALTAZ)."""
-        if self.geometry.alignment != "ALTAZ":
-            return sky_to_fov(ra_deg[select], dec_deg[select], "RADEC", pointing_ra_deg, pointing_dec_deg)
-        clock = clock or RunClock()
-        return sky_to_fov(
-            ra_deg[select],
-            dec_deg[select],
-            "ALTAZ",
-            pointing_ra_deg,
-            pointing_dec_deg,
-            clock.event_times(select),
-            clock.observatory(),
-        )
+    def region_dicts(self, ra_deg: float, dec_deg: float) -> list[dict]:
+        """The regions of a pointing as a piece lists them: its circles, then the shaped regions."""
+        key = (float(ra_deg), float(dec_deg))
+        dicts = self._region_dicts.get(key)
+        if dicts is None:
+            regions = self.make_regions(ra_deg, dec_deg)
+            listed = [region.as_dict() for region in regions] + [shape.as_dict() for shape in self.finder.shapes]
+            dicts = _remember(self._region_dicts, key, listed)
+        return [dict(entry) for entry in dicts]
+
+    def make_track(
+        self, clock: RunClock, ra_deg: float, dec_deg: float, ontime_s: float, seconds: np.ndarray
+    ) -> AltAzTrack:
+        """The `~bkgdb.makers.fov.AltAzTrack` of a run over its ontime and its events' times (s after the start)."""
+        first = min(0.0, float(seconds.min(initial=0.0)))
+        last = max(ontime_s, float(seconds.max(initial=0.0)))
+        return altaz_track(clock, ra_deg, dec_deg, first, last, self.geometry.max_offset_deg + _FOV_MARGIN_DEG)
 
     def make_counts(self, energy_tev: np.ndarray, *spatial_deg: np.ndarray) -> np.ndarray:
         """Events per bin of the geometry: offsets (2D) or FoV lon, lat (3D) in deg."""
@@ -222,8 +267,12 @@ class PieceMaker:
         excluded: np.ndarray,
         clock: RunClock | None = None,
         ontime_s: float | None = None,
+        track: AltAzTrack | None = None,
     ) -> np.ndarray:
-        """Accepted fraction per spatial bin, by the configured method."""
+        """Accepted fraction per spatial bin, by the configured method.
+
+        RADEC fractions depend on the pointing alone: runs on one pointing share them.
+        """
         edges = self.geometry.spatial_edges
         if self.exclusion.exposure_method == "counts-ratio":
             # The seed tool's estimate: kept / all events per spatial bin, events of any energy.
@@ -237,6 +286,16 @@ class PieceMaker:
             return kept / every
         if not regions and not self.finder.shapes:
             return np.ones(self.geometry.spatial_shape)
+        if self.geometry.alignment == "RADEC":
+            key = (float(ra_deg), float(dec_deg), tuple(regions))
+            fraction = self._radec_fractions.get(key)
+            if fraction is None:
+                fraction = fov_outside_fraction(self.geometry, ra_deg, dec_deg, regions, self.finder)
+                fraction.flags.writeable = False
+                _remember(self._radec_fractions, key, fraction)
+            return fraction.copy()
         if self.geometry.is_3d:
-            return fov_outside_fraction(self.geometry, ra_deg, dec_deg, regions, self.finder, clock, ontime_s)
+            return fov_outside_fraction(
+                self.geometry, ra_deg, dec_deg, regions, self.finder, clock, ontime_s, track=track
+            )
         return self.finder.outside_fraction(ra_deg, dec_deg, edges[0], regions)
