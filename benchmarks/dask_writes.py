@@ -11,11 +11,14 @@ with the library's own storing code (`store_results`, the one place coupled to i
 For each database (SQLite file, new PostgreSQL database) and each case, a new database is indexed
 on a fresh `distributed.LocalCluster` of 2 workers of 1 thread; before the clock starts the workers
 have imported bkgdb and read the exclusion catalogues, so the times compare the writing, not cold
-starts. Printed: wall time of the index (best of ``--repeat``), commits and database connections
-opened in all processes (SQLAlchemy events, counted in the client and in every task), and the
-seconds tasks spent writing (which includes waiting for SQLite's single writer lock). The
+starts. Printed: wall time of the index (best and median of ``--repeat``, the cases taking turns),
+commits and database connections opened in all processes (SQLAlchemy events, counted in the
+client and in every task), and the seconds tasks spent writing (which includes waiting for
+SQLite's single writer lock). The
 catalogues of (a) and (b) are then compared row by row: every run's and piece's values, ids and
-timestamps aside.
+timestamps aside. Last, in this process: the time to make one run's result (a worker's share)
+against the time to write it (the client's share, serial), whose ratio is how many workers one
+writing client keeps busy.
 
 Usage: python benchmarks/dask_writes.py [--db sqlite,postgresql] [--postgres URL] [--batches 10,50]
        [--repeat N]   (needs $GAMMAPY_DATA)
@@ -23,6 +26,7 @@ Usage: python benchmarks/dask_writes.py [--db sqlite,postgresql] [--postgres URL
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -122,6 +126,12 @@ def warm(exclusion: ExclusionSettings) -> None:
     exclusion_finder(exclusion)
 
 
+def new_run_jobs(store: DL3Datastore, config: BkgdbConfig) -> list[RunJob]:
+    """The jobs of every run of ``store`` for a new catalogue: every piece of every run to make."""
+    specs = [(binning, config.exclusion) for binning in config.binnings]
+    return [RunJob(source, store.meta, None, specs, specs) for source in store.runs()]
+
+
 def client_writes(url: str, datastore: Path, config: BkgdbConfig, address: str, batch: int) -> dict[str, Any]:
     """Case (a): the library's own Dask index; the client writes ``batch`` results per commit."""
     with counting() as tally:
@@ -142,8 +152,7 @@ def workers_write(url: str, datastore: Path, config: BkgdbConfig, address: str, 
         path, meta = str(store.path), store.meta
         # The datastore's and the settings' rows once, before the tasks: they would otherwise all upsert them at once.
         store_results(catalogue.engine, path, meta, config, [])
-        specs = [(binning, config.exclusion) for binning in config.binnings]
-        jobs = [RunJob(source, meta, None, specs, specs) for source in store.runs()]
+        jobs = new_run_jobs(store, config)
         with Client(address, set_as_default=False) as client:
             futures = [
                 client.submit(index_batch, url, path, meta, config, jobs[first : first + batch], pure=False)
@@ -156,6 +165,32 @@ def workers_write(url: str, datastore: Path, config: BkgdbConfig, address: str, 
     for key in ("commits", "connections"):
         totals[key] += tally[key]
     return dict(totals, tasks=len(tasks), **{key: sum(task[key] for task in tasks) for key in ("write_s", "wait_s")})
+
+
+def one_writer(
+    kind: str, folder: str, postgres: str | None, store: DL3Datastore, config: BkgdbConfig, batch: int, repeat: int
+) -> tuple[float, float]:
+    """Seconds per run to make a run's result and to write it, in this process, ``batch`` runs per commit.
+
+    Writing is the serial part of client writes: one client keeps about (make / write) workers busy.
+    """
+    jobs = new_run_jobs(store, config)
+    start = time.perf_counter()
+    results = [process_run(job) for job in jobs]
+    make = (time.perf_counter() - start) / len(jobs)
+    done = [(job.source, result) for job, result in zip(jobs, results, strict=True)]
+    times = []
+    for _ in range(repeat):
+        url = new_database(folder, postgres if kind == "postgresql" else None)
+        catalogue = RunCatalogue.open(url)
+        store_results(catalogue.engine, str(store.path), store.meta, config, [])
+        start = time.perf_counter()
+        for first in range(0, len(done), batch):
+            store_results(catalogue.engine, str(store.path), store.meta, config, done[first : first + batch])
+        times.append((time.perf_counter() - start) / len(done))
+        catalogue.engine.dispose()
+        drop_database(url, postgres if kind == "postgresql" else None)
+    return make, min(times)
 
 
 def catalogue_rows(url: str) -> tuple[dict, dict]:
@@ -227,33 +262,39 @@ def main() -> None:
         f"best of {args.repeat}; load average before: {os.getloadavg()[0]:.2f}"
     )
     print(
-        "| database | writes by | runs per commit | tasks | wall s | commits | connections opened | runs | pieces "
-        "| s writing in tasks | of which waiting to write |"
+        "| database | writes by | runs per commit | tasks | wall s best (median) | commits | connections opened "
+        "| runs | pieces | s writing in tasks | of which waiting to write |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ceilings = []
     with tempfile.TemporaryDirectory() as folder:
         for kind in args.db.split(","):
             postgres = args.postgres if kind == "postgresql" else None
             kept: dict[str, str] = {}
             for batch in batches:
-                for case in CASES:
-                    best: tuple[float, dict[str, Any]] | None = None
-                    for _ in range(args.repeat):
+                runs: dict[str, list[tuple[float, dict[str, Any]]]] = {case: [] for case in CASES}
+                # The cases take turns, so that a change in the machine's load falls on both.
+                for _ in range(args.repeat):
+                    for case in CASES:
                         seconds, counts, url = measure(kind, case, batch, folder, postgres, datastore, config)
                         if case not in kept:
                             kept[case] = url  # compared below
                         else:
                             drop_database(url, postgres)
-                        if best is None or seconds < best[0]:
-                            best = (seconds, counts)
-                    assert best is not None
-                    seconds, counts = best
+                        runs[case].append((seconds, counts))
+                for case, measured in runs.items():
+                    seconds, counts = min(measured, key=lambda item: item[0])
+                    median = statistics.median(item[0] for item in measured)
                     writing = [f"{counts[key]:.2f}" if key in counts else "" for key in ("write_s", "wait_s")]
                     print(
-                        f"| {kind} | {case} | {batch} | {counts['tasks']} | {seconds:.2f} | {counts['commits']} | "
-                        f"{counts['connections']} | {counts['runs']} | {counts['pieces']} | {' | '.join(writing)} |",
+                        f"| {kind} | {case} | {batch} | {counts['tasks']} | {seconds:.2f} ({median:.2f}) | "
+                        f"{counts['commits']} | {counts['connections']} | {counts['runs']} | {counts['pieces']} | "
+                        f"{' | '.join(writing)} |",
                         flush=True,
                     )
+            for batch in batches:
+                make, write = one_writer(kind, folder, postgres, DL3Datastore(datastore), config, batch, args.repeat)
+                ceilings.append(f"| {kind} | {batch} | {1e3 * make:.1f} | {1e3 * write:.1f} | {make / write:.1f} |")
             rows = [catalogue_rows(kept[case]) for case in CASES]
             same_runs, same_pieces = rows[0][0] == rows[1][0], rows[0][1] == rows[1][1]
             print(
@@ -262,6 +303,10 @@ def main() -> None:
             )
             for url in kept.values():
                 drop_database(url, postgres)
+    print("\nOne process: making a run's result (what a worker does) against writing it (what the client does)")
+    print("| database | runs per commit | make ms per run | write ms per run | workers one writer keeps busy |")
+    print("|---|---:|---:|---:|---:|")
+    print("\n".join(ceilings))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
