@@ -8,6 +8,10 @@ holds the one database connection and commits them in batches.
 results through an engine of its own (opened for the task, closed after it), one commit per batch,
 with the library's own storing code (`store_results`, the one place coupled to it).
 
+(c) *client writes, batched tasks*: the tasks of (b) return their results and the client writes
+each batch, one commit per task: what (b) gains from fewer, larger tasks, apart from what it gains
+from writing on the workers.
+
 For each database (SQLite file, new PostgreSQL database) and each case, a new database is indexed
 on a fresh `distributed.LocalCluster` of 2 workers of 1 thread; before the clock starts the workers
 have imported bkgdb and read the exclusion catalogues, so the times compare the writing, not cold
@@ -15,7 +19,7 @@ starts. Printed: wall time of the index (best and median of ``--repeat``, the ca
 commits and database connections opened in all processes (SQLAlchemy events, counted in the
 client and in every task), and the seconds tasks spent writing (which includes waiting for
 SQLite's single writer lock). The
-catalogues of (a) and (b) are then compared row by row: every run's and piece's values, ids and
+catalogues of the three cases are then compared row by row: every run's and piece's values, ids and
 timestamps aside. Last, in this process: the time to make one run's result (a worker's share)
 against the time to write it (the client's share, serial), whose ratio is how many workers one
 writing client keeps busy.
@@ -25,6 +29,7 @@ Usage: python benchmarks/dask_writes.py [--db sqlite,postgresql] [--postgres URL
 """
 
 import argparse
+import logging
 import os
 import statistics
 import tempfile
@@ -142,17 +147,22 @@ def client_writes(url: str, datastore: Path, config: BkgdbConfig, address: str, 
     return dict(tally, runs=report.new, pieces=report.pieces, failed=report.failed, tasks=report.new + report.failed)
 
 
+def prepared(url: str, datastore: Path, config: BkgdbConfig) -> tuple[RunCatalogue, str, dict, list[RunJob]]:
+    """The catalogue, datastore path, obs-index header and run jobs of cases (b) and (c)."""
+    catalogue = RunCatalogue.open(url, upgrade=False)
+    store = DL3Datastore(datastore)
+    path, meta = str(store.path), store.meta
+    # The datastore's and the settings' rows once, before the tasks: they would otherwise all upsert them at once.
+    store_results(catalogue.engine, path, meta, config, [])
+    return catalogue, path, meta, new_run_jobs(store, config)
+
+
 def workers_write(url: str, datastore: Path, config: BkgdbConfig, address: str, batch: int) -> dict[str, Any]:
     """Case (b): tasks of ``batch`` runs, each writing its results itself."""
     from distributed import Client
 
     with counting() as tally:
-        catalogue = RunCatalogue.open(url, upgrade=False)
-        store = DL3Datastore(datastore)
-        path, meta = str(store.path), store.meta
-        # The datastore's and the settings' rows once, before the tasks: they would otherwise all upsert them at once.
-        store_results(catalogue.engine, path, meta, config, [])
-        jobs = new_run_jobs(store, config)
+        catalogue, path, meta, jobs = prepared(url, datastore, config)
         with Client(address, set_as_default=False) as client:
             futures = [
                 client.submit(index_batch, url, path, meta, config, jobs[first : first + batch], pure=False)
@@ -165,6 +175,46 @@ def workers_write(url: str, datastore: Path, config: BkgdbConfig, address: str, 
     for key in ("commits", "connections"):
         totals[key] += tally[key]
     return dict(totals, tasks=len(tasks), **{key: sum(task[key] for task in tasks) for key in ("write_s", "wait_s")})
+
+
+def process_batch(jobs: list[RunJob]) -> list[RunResult]:
+    """A task of case (c): the results of a batch of runs, returned to the client."""
+    return [process_run(job) for job in jobs]
+
+
+def client_writes_batches(url: str, datastore: Path, config: BkgdbConfig, address: str, batch: int) -> dict[str, Any]:
+    """Case (c): the tasks of (b), whose results the client writes, one commit per task.
+
+    Tells apart what (b) gains from fewer, larger tasks and what it gains from writing on the workers.
+    """
+    from distributed import Client, as_completed
+
+    with counting() as tally:
+        catalogue, path, meta, jobs = prepared(url, datastore, config)
+        sources = {job.source.obs_id: job.source for job in jobs}
+        results: list[RunResult] = []
+        writing = 0.0
+        with Client(address, set_as_default=False) as client:
+            futures = [
+                client.submit(process_batch, jobs[first : first + batch], pure=False)
+                for first in range(0, len(jobs), batch)
+            ]
+            for future in as_completed(futures, loop=client.loop):
+                done = future.result()
+                start = time.perf_counter()
+                store_results(catalogue.engine, path, meta, config, [(sources[r.obs_id], r) for r in done])
+                writing += time.perf_counter() - start
+                results.extend(done)
+        catalogue.refresh_statistics()
+        catalogue.engine.dispose()
+    return dict(
+        tally,
+        runs=len(results),
+        pieces=sum(len(result.pieces) for result in results),
+        failed=sum(result.error is not None for result in results),
+        tasks=len(futures),
+        write_s=writing,
+    )
 
 
 def one_writer(
@@ -225,7 +275,11 @@ def catalogue_rows(url: str) -> tuple[dict, dict]:
         engine.dispose()
 
 
-CASES = {"client writes": client_writes, "workers write": workers_write}
+CASES = {
+    "client writes": client_writes,
+    "workers write": workers_write,
+    "client writes, batched tasks": client_writes_batches,
+}
 
 
 def measure(
@@ -236,8 +290,9 @@ def measure(
 
     url = new_database(folder, postgres if kind == "postgresql" else None)
     RunCatalogue.open(url).engine.dispose()  # the schema, made before the clock starts
+    # Critical messages only: a worker whose last heartbeat meets the closed scheduler logs a harmless error.
     with LocalCluster(
-        n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+        n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.CRITICAL
     ) as cluster:
         with Client(cluster.scheduler_address, set_as_default=False) as client:
             client.run(warm, config.exclusion)
@@ -263,7 +318,7 @@ def main() -> None:
     )
     print(
         "| database | writes by | runs per commit | tasks | wall s best (median) | commits | connections opened "
-        "| runs | pieces | s writing in tasks | of which waiting to write |"
+        "| runs | pieces | s writing (tasks, or client) | of which waiting to write |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ceilings = []
@@ -272,7 +327,7 @@ def main() -> None:
             postgres = args.postgres if kind == "postgresql" else None
             kept: dict[str, str] = {}
             for batch in batches:
-                runs: dict[str, list[tuple[float, dict[str, Any]]]] = {case: [] for case in CASES}
+                timings: dict[str, list[tuple[float, dict[str, Any]]]] = {case: [] for case in CASES}
                 # The cases take turns, so that a change in the machine's load falls on both.
                 for _ in range(args.repeat):
                     for case in CASES:
@@ -281,8 +336,8 @@ def main() -> None:
                             kept[case] = url  # compared below
                         else:
                             drop_database(url, postgres)
-                        runs[case].append((seconds, counts))
-                for case, measured in runs.items():
+                        timings[case].append((seconds, counts))
+                for case, measured in timings.items():
                     seconds, counts = min(measured, key=lambda item: item[0])
                     median = statistics.median(item[0] for item in measured)
                     writing = [f"{counts[key]:.2f}" if key in counts else "" for key in ("write_s", "wait_s")]
@@ -296,10 +351,12 @@ def main() -> None:
                 make, write = one_writer(kind, folder, postgres, DL3Datastore(datastore), config, batch, args.repeat)
                 ceilings.append(f"| {kind} | {batch} | {1e3 * make:.1f} | {1e3 * write:.1f} | {make / write:.1f} |")
             rows = [catalogue_rows(kept[case]) for case in CASES]
-            same_runs, same_pieces = rows[0][0] == rows[1][0], rows[0][1] == rows[1][1]
+            same_runs = all(runs == rows[0][0] for runs, _ in rows)
+            same_pieces = all(pieces == rows[0][1] for _, pieces in rows)
             print(
-                f"{kind}: catalogues of the two cases identical: runs {same_runs} ({len(rows[0][0])} and "
-                f"{len(rows[1][0])}), pieces {same_pieces} ({len(rows[0][1])} and {len(rows[1][1])})"
+                f"{kind}: catalogues of the {len(CASES)} cases identical: runs {same_runs} "
+                f"({', '.join(str(len(runs)) for runs, _ in rows)}), pieces {same_pieces} "
+                f"({', '.join(str(len(pieces)) for _, pieces in rows)})"
             )
             for url in kept.values():
                 drop_database(url, postgres)
