@@ -17,12 +17,41 @@ on a fresh `distributed.LocalCluster` of 2 workers of 1 thread; before the clock
 have imported bkgdb and read the exclusion catalogues, so the times compare the writing, not cold
 starts. Printed: wall time of the index (best and median of ``--repeat``, the cases taking turns),
 commits and database connections opened in all processes (SQLAlchemy events, counted in the
-client and in every task), and the seconds tasks spent writing (which includes waiting for
-SQLite's single writer lock). The
-catalogues of the three cases are then compared row by row: every run's and piece's values, ids and
-timestamps aside. Last, in this process: the time to make one run's result (a worker's share)
-against the time to write it (the client's share, serial), whose ratio is how many workers one
-writing client keeps busy.
+client and in every task), and the seconds spent writing (by the tasks in (b), which includes
+waiting for SQLite's single writer lock; by the client in (c)). The catalogues of the three cases
+are then compared row by row: every run's and piece's values, ids and timestamps aside. Last, in
+this process: the time to make one run's result (a worker's share) against the time to write it
+(the client's share, serial), whose ratio is how many workers one writing client keeps busy.
+
+Findings (2026-11-26, 2 cores shared with other jobs, load average 5.5-7.4; 2D + 3D pieces of
+configs/hess-dr1.yaml; best of 4, median in brackets, seconds):
+
+=================  =====  ============  ============  =============  ============
+database           batch  (a) client    (b) workers   (c) client,    connections
+                                                      batched tasks  (a) / (b)
+=================  =====  ============  ============  =============  ============
+SQLite             10     5.92 (8.11)   6.37 (7.48)   5.48 (7.37)    1 / 12
+SQLite             50     5.65 (9.20)   4.99 (8.53)   4.65 (6.41)    1 / 4
+PostgreSQL         10     9.37 (10.07)  6.19 (9.23)   6.38 (9.80)    1 / 12
+PostgreSQL         50     4.91 (7.25)   3.54 (5.26)   4.19 (5.93)    1 / 4
+=================  =====  ============  ============  =============  ============
+
+The three catalogues were identical, run by run and piece by piece. Commits are the same in (a),
+(b) and (c) (one per batch); connections are one in all for (a) and (c), one per task plus the
+client's for (b). The wall times differ by less than the machine's noise; (c) is within 0.7 s of
+(b) everywhere, so what (b) may gain over (a) comes from fewer, larger tasks, not from writing on
+the workers. One
+process writes a run's result (a 2D and a 3D piece) in 6.5-13.5 ms and makes it in 33-53 ms, so
+one writing client keeps 3-7 workers of this config busy; more workers wait for it.
+
+The library keeps (a), the client writing: only the client needs the writer role and a route to
+the database (workers on a batch cluster often have neither, and analysers stay read-only);
+PostgreSQL sees one connection however many workers run, where (b) opens one per task and holds
+up to one per worker at once (hundreds of workers would exhaust ``max_connections`` without a
+pooler); and SQLite works as it is, where in (b) the writers queue for its single lock
+(0.02-0.34 s waited here, more with more workers) and its WAL cannot be shared by workers on other
+hosts. If the client becomes the limit (more than about 5 workers), batching runs per task as in
+(c) and writing several runs per statement are the next steps, not moving the writes.
 
 Usage: python benchmarks/dask_writes.py [--db sqlite,postgresql] [--postgres URL] [--batches 10,50]
        [--repeat N]   (needs $GAMMAPY_DATA)
