@@ -7,6 +7,7 @@ passed to the database as values; long ones stay subqueries.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,12 +25,16 @@ __all__ = [
     "repeated_obs_ids",
     "one_copy_condition",
     "integrity_steps",
+    "integrity_lists",
     "OBS_ID_LIST_MAX",
 ]
 
 #: Up to this many run ids or OBS_IDs (empty, flagged, repeated) are passed to the database as a
 #: list of values, more as a subquery.
 OBS_ID_LIST_MAX = 2000
+
+# Made once: an alias made per build is adapted anew (column by column) in every statement using it.
+_OTHER, _OTHER_PIECE = aliased(Run, name="other_runs"), aliased(PieceRow, name="other_pieces")
 
 
 def observation_second(run: Any = Run) -> Any:
@@ -76,6 +81,11 @@ def not_in_list(column: Any, query: Any, values: list | None) -> Any:
     return column.not_in(values) if values else sa.true()
 
 
+def _repeated() -> Any:
+    """Query of the OBS_IDs catalogued more than once."""
+    return sa.select(_OTHER.obs_id).group_by(_OTHER.obs_id).having(sa.func.count(_OTHER.id) > 1)
+
+
 def repeated_obs_ids(session: Session) -> list | None:
     """OBS_IDs catalogued more than once (at most `OBS_ID_LIST_MAX`, else None).
 
@@ -84,9 +94,51 @@ def repeated_obs_ids(session: Session) -> list | None:
     """
     if (session.scalar(sa.select(sa.func.count(Datastore.id))) or 0) <= 1:
         return []
-    other = aliased(Run)
-    repeated = sa.select(other.obs_id).group_by(other.obs_id).having(sa.func.count(other.id) > 1)
-    return short_list(session, repeated)
+    return short_list(session, _repeated())
+
+
+@functools.cache
+def _lists_statement() -> Any:
+    """One query for what the integrity steps ask before a selection (see `integrity_lists`):
+    rows (kind, value) of the empty pieces' run ids (0), the OBS_IDs flagged bad (1), the number of
+    datastores (2) and the target's `observation_second` (3). Made once, with bound parameters."""
+
+    def listed(kind: int, query: Any) -> Any:
+        values = query.limit(OBS_ID_LIST_MAX + 1).subquery()
+        return sa.select(sa.literal_column(str(kind)).label("kind"), list(values.c)[0].label("value"))
+
+    empty = sa.select(PieceRow.run_id).where(
+        PieceRow.binning_id == sa.bindparam("binning_id"),
+        PieceRow.exclusion_id == sa.bindparam("exclusion_id"),
+        sa.not_(has_events()),
+    )
+    return sa.union_all(
+        listed(0, empty),
+        listed(1, bad_obs_ids()),
+        sa.select(sa.literal_column("2"), sa.func.count(Datastore.id)),
+        # As an integer (a whole number), so that every row's value is of one integer type.
+        sa.select(sa.literal_column("3"), sa.cast(observation_second(), sa.BigInteger)).where(
+            Run.id == sa.bindparam("target_id")
+        ),
+    )
+
+
+def integrity_lists(
+    session: Session, target: Run, binning_id: int, exclusion_id: int
+) -> tuple[list | None, list | None, list | None, float]:
+    """(empty pieces' run ids, OBS_IDs flagged bad, repeated OBS_IDs, the target's `observation_second`).
+
+    Each list is None when longer than `OBS_ID_LIST_MAX`. One round trip (two with several
+    datastores, whose repeated OBS_IDs are then asked for).
+    """
+    lists: dict[int, list] = {0: [], 1: [], 2: [], 3: []}
+    parameters = {"binning_id": binning_id, "exclusion_id": exclusion_id, "target_id": target.id}
+    for kind, value in session.connection().execute(_lists_statement(), parameters):
+        lists[kind].append(value)
+    empty_ids, bad_ids = (None if len(lists[kind]) > OBS_ID_LIST_MAX else lists[kind] for kind in (0, 1))
+    repeated = [] if lists[2][0] <= 1 else short_list(session, _repeated())
+    # A float, as the database computes it: the cast above only changed its type.
+    return empty_ids, bad_ids, repeated, float(lists[3][0])
 
 
 def one_copy_condition(
@@ -96,6 +148,7 @@ def one_copy_condition(
     exclusion_id: int,
     datastore_id: int | None = None,
     repeated_obs_ids: list | None = None,
+    target_second: float | None = None,
 ) -> Any:
     """SQL condition: the run is the preferred copy of its observation, and no copy of the target.
 
@@ -105,12 +158,12 @@ def one_copy_condition(
     whose OBS_ID is catalogued more than once are looked up (a correlated NOT EXISTS on the
     OBS_ID index), so an archive without copies pays almost nothing.
     """
-    target_run = aliased(Run)
     # Asked once, compared as a value: a scalar subquery would keep the scan from the index.
-    target_second = session.scalar(sa.select(observation_second(target_run)).where(target_run.id == target.id))
+    if target_second is None:
+        target_second = session.scalar(sa.select(observation_second(_OTHER)).where(_OTHER.id == target.id))
     not_target_copy = sa.not_(sa.and_(Run.obs_id == target.obs_id, observation_second() == target_second))
-    other, other_piece = aliased(Run), aliased(PieceRow)
-    repeated = sa.select(other.obs_id).group_by(other.obs_id).having(sa.func.count(other.id) > 1)
+    other, other_piece = _OTHER, _OTHER_PIECE
+    repeated = _repeated()
     # Asked once (`repeated_obs_ids`): inside the funnel's scan SQLite would evaluate it for every run.
     if repeated_obs_ids is None:
         repeated_obs_ids = list(session.scalars(repeated.limit(OBS_ID_LIST_MAX + 1)).all())
@@ -145,17 +198,19 @@ def integrity_steps(
     """(name, condition) of the runs that must never build a background: empty, flagged bad,
     other copies of a run; and the short lists of ids they used (None where too long to list).
 
-    Each list (empty, flagged, repeated OBS_IDs) is asked for once and passed as values.
+    Each list (empty, flagged, repeated OBS_IDs) is asked for once (`integrity_lists`) and passed as values.
     """
-    empty_pieces = sa.select(PieceRow.run_id).where(
-        PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events())
-    )
-    empty_ids = short_list(session, empty_pieces)
-    bad_ids = short_list(session, bad_obs_ids())
-    repeated_ids = repeated_obs_ids(session)
+    empty_ids, bad_ids, repeated_ids, target_second = integrity_lists(session, target, binning_id, exclusion_id)
+    # The subqueries are made only when a list is too long to pass.
+    empty_pieces = None
+    if empty_ids is None:
+        empty_pieces = sa.select(PieceRow.run_id).where(
+            PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events())
+        )
+    copies = one_copy_condition(session, target, binning_id, exclusion_id, search_id, repeated_ids, target_second)
     steps = [
         ("empty runs", not_in_list(Run.id, empty_pieces, empty_ids)),
-        ("flagged bad", not_in_list(Run.obs_id, bad_obs_ids(), bad_ids)),
-        ("duplicate copies", one_copy_condition(session, target, binning_id, exclusion_id, search_id, repeated_ids)),
+        ("flagged bad", not_in_list(Run.obs_id, bad_obs_ids() if bad_ids is None else None, bad_ids)),
+        ("duplicate copies", copies),
     ]
     return steps, (empty_ids, bad_ids, repeated_ids)
