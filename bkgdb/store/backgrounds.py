@@ -136,14 +136,21 @@ def find_target(session: Session, obs_id: int, datastore: str | Path | None = No
 @functools.cache
 def _pieces_statement(dialect: str) -> sa.Select:
     """The query of `selected_pieces`, made once per dialect: its compiled form is then found in
-    SQLAlchemy's cache without building and hashing a new statement per build."""
+    SQLAlchemy's cache without building and hashing a new statement per build.
+
+    The run ids are one text parameter (``1,2,3``) that the database splits: bound one by one (SQLite)
+    or as an integer array (PostgreSQL), the driver and SQLAlchemy handle each id apart, which cost
+    more than the lookups for a thousand runs.
+    """
+    ids = sa.bindparam("run_ids", type_=sa.Text)
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import ARRAY
 
-        # One bound integer array (see `~bkgdb.store.database.id_in`).
-        wanted = PieceRow.run_id == sa.any_(sa.bindparam("run_ids", type_=ARRAY(sa.Integer)))
-    else:
-        wanted = PieceRow.run_id.in_(sa.bindparam("run_ids", expanding=True))
+        split = sa.func.string_to_array(ids, sa.literal_column("','"))
+        wanted = PieceRow.run_id == sa.any_(sa.cast(split, ARRAY(sa.Integer)))
+    else:  # read as a JSON array
+        listed = sa.func.json_each(sa.literal_column("'['") + ids + sa.literal_column("']'")).table_valued("value")
+        wanted = PieceRow.run_id.in_(sa.select(listed.c.value))
     return (
         sa.select(*PIECE_COLUMNS, Datastore.path, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.muon_eff)
         .join(Run, Run.id == PieceRow.run_id)
@@ -160,23 +167,16 @@ def selected_pieces(session: Session, run_ids: list[int], binning_id: int, exclu
     """The selected runs' pieces: rows of `PIECE_COLUMNS` and ``path`` (datastore), ``obs_id``,
     ``zenith_deg``, ``az_deg``, ``muon_eff``, in the order of ``run_ids``.
 
-    One query (the ids as one list; split only beyond what SQLite binds at once). The rows are the
-    query's own (no object per row); `~bkgdb.store.pieces.stacked_pieces` decodes their arrays.
+    One query. The rows are the query's own (no object per row); `~bkgdb.store.pieces.stacked_pieces`
+    decodes their arrays.
     """
-    rows: list[Any] = []
     # Through the session's connection: plain rows, without the ORM's per-row result processing
     # (the session was flushed by the build's earlier queries; nothing is pending).
     connection = session.connection()
-    statement = _pieces_statement(connection.dialect.name)
-    for start in range(0, len(run_ids), ID_CHUNK):
-        rows += connection.execute(
-            statement,
-            {
-                "run_ids": list(run_ids[start : start + ID_CHUNK]),
-                "binning_id": binning_id,
-                "exclusion_id": exclusion_id,
-            },
-        ).all()
+    rows = connection.execute(
+        _pieces_statement(connection.dialect.name),
+        {"run_ids": ",".join(map(str, map(int, run_ids))), "binning_id": binning_id, "exclusion_id": exclusion_id},
+    ).all()
     # Placed by the position of their run (one piece per run and setting), not sorted by a key.
     position = {run_id: index for index, run_id in enumerate(run_ids)}
     ordered: list[Any] = [None] * len(run_ids)

@@ -22,6 +22,7 @@ __all__ = [
     "is_ok",
     "short_list",
     "not_in_list",
+    "list_state",
     "repeated_obs_ids",
     "one_copy_condition",
     "integrity_steps",
@@ -70,15 +71,25 @@ def short_list(session: Session, query: Any) -> list | None:
     return None if len(values) > OBS_ID_LIST_MAX else list(values)
 
 
-def not_in_list(column: Any, query: Any, values: list | None) -> Any:
+def not_in_list(column: Any, query: Any, values: list | None, name: str | None = None) -> Any:
     """SQL condition ``column NOT IN (values of query)``, with the ``values`` when they were listed.
 
     Short lists (usually none: few runs are empty or flagged) are passed as values, so the
-    funnel and selection queries do not evaluate the subquery again for every candidate.
+    funnel and selection queries do not evaluate the subquery again for every candidate. With a
+    ``name`` they are the bound parameter of that name (see `integrity_steps`).
     """
     if values is None:
         return column.not_in(query)
-    return column.not_in(values) if values else sa.true()
+    if not values:
+        return sa.true()
+    if name is None:
+        return column.not_in(values)
+    return column.not_in(sa.bindparam(name, list(values), type_=column.type, expanding=True))
+
+
+def list_state(values: list | None) -> int:
+    """How a list of `not_in_list` shapes its condition: -1 a subquery, 0 none, 1 a bound list."""
+    return -1 if values is None else int(bool(values))
 
 
 def _repeated() -> Any:
@@ -161,7 +172,13 @@ def one_copy_condition(
     # Asked once, compared as a value: a scalar subquery would keep the scan from the index.
     if target_second is None:
         target_second = session.scalar(sa.select(observation_second(_OTHER)).where(_OTHER.id == target.id))
-    not_target_copy = sa.not_(sa.and_(Run.obs_id == target.obs_id, observation_second() == target_second))
+    # Named parameters: a statement made with them is run again for other targets (`integrity_steps`).
+    not_target_copy = sa.not_(
+        sa.and_(
+            Run.obs_id == sa.bindparam("target_obs_id", target.obs_id, type_=Run.obs_id.type),
+            observation_second() == sa.bindparam("target_second", target_second, type_=sa.Float),
+        )
+    )
     other, other_piece = _OTHER, _OTHER_PIECE
     repeated = _repeated()
     # Asked once (`repeated_obs_ids`): inside the funnel's scan SQLite would evaluate it for every run.
@@ -169,6 +186,7 @@ def one_copy_condition(
         repeated_obs_ids = list(session.scalars(repeated.limit(OBS_ID_LIST_MAX + 1)).all())
     if not repeated_obs_ids:
         return not_target_copy
+    target_store = sa.bindparam("target_datastore_id", target.datastore_id, type_=Run.datastore_id.type)
     preferred_copy = (
         sa.select(other.id)
         .join(other_piece, other_piece.run_id == other.id)
@@ -181,14 +199,19 @@ def one_copy_condition(
             other_piece.exclusion_id == exclusion_id,
             has_events(other_piece),
             sa.or_(
-                other.datastore_id == target.datastore_id,
-                sa.and_(Run.datastore_id != target.datastore_id, other.datastore_id < Run.datastore_id),
+                other.datastore_id == target_store,
+                sa.and_(Run.datastore_id != target_store, other.datastore_id < Run.datastore_id),
             ),
         )
     )
     if datastore_id is not None:
         preferred_copy = preferred_copy.where(other.datastore_id == datastore_id)
-    single = Run.obs_id.not_in(repeated if len(repeated_obs_ids) > OBS_ID_LIST_MAX else list(repeated_obs_ids))
+    if len(repeated_obs_ids) > OBS_ID_LIST_MAX:
+        single = Run.obs_id.not_in(repeated)
+    else:
+        single = Run.obs_id.not_in(
+            sa.bindparam("repeated_obs_ids", list(repeated_obs_ids), type_=Run.obs_id.type, expanding=True)
+        )
     return sa.and_(not_target_copy, sa.or_(single, ~preferred_copy.exists()))
 
 
@@ -196,9 +219,13 @@ def integrity_steps(
     session: Session, target: Run, binning_id: int, exclusion_id: int, search_id: int | None = None
 ) -> tuple[list, tuple]:
     """(name, condition) of the runs that must never build a background: empty, flagged bad,
-    other copies of a run; and the short lists of ids they used (None where too long to list).
+    other copies of a run; and (empty ids, flagged OBS_IDs, repeated OBS_IDs, parameters).
 
-    Each list (empty, flagged, repeated OBS_IDs) is asked for once (`integrity_lists`) and passed as values.
+    Each list (empty, flagged, repeated OBS_IDs) is asked for once (`integrity_lists`) and passed as
+    values, None where too long to list. The values that depend on the target and the lists are
+    bound parameters with names, given in ``parameters``: a statement made of these conditions
+    runs for another target of the same setting with that target's parameters, as long as the
+    lists are of the same `list_state`.
     """
     empty_ids, bad_ids, repeated_ids, target_second = integrity_lists(session, target, binning_id, exclusion_id)
     # The subqueries are made only when a list is too long to pass.
@@ -209,8 +236,17 @@ def integrity_steps(
         )
     copies = one_copy_condition(session, target, binning_id, exclusion_id, search_id, repeated_ids, target_second)
     steps = [
-        ("empty runs", not_in_list(Run.id, empty_pieces, empty_ids)),
-        ("flagged bad", not_in_list(Run.obs_id, bad_obs_ids() if bad_ids is None else None, bad_ids)),
+        ("empty runs", not_in_list(Run.id, empty_pieces, empty_ids, "empty_ids")),
+        ("flagged bad", not_in_list(Run.obs_id, bad_obs_ids() if bad_ids is None else None, bad_ids, "bad_obs_ids")),
         ("duplicate copies", copies),
     ]
-    return steps, (empty_ids, bad_ids, repeated_ids)
+    parameters = {
+        "target_id": target.id,
+        "target_obs_id": target.obs_id,
+        "target_second": target_second,
+        "target_datastore_id": target.datastore_id,
+        "empty_ids": empty_ids,
+        "bad_obs_ids": bad_ids,
+        "repeated_obs_ids": repeated_ids,
+    }
+    return steps, (empty_ids, bad_ids, repeated_ids, parameters)

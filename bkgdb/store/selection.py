@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from bkgdb.errors import BkgdbError, NoRunsSelected, TooLittleStatistics
 from bkgdb.store.conditions import conditions_expression
 from bkgdb.store.funnel_counts import funnel_counts, indexed_funnel_counts
-from bkgdb.store.integrity import integrity_steps, is_ok
+from bkgdb.store.integrity import integrity_steps, is_ok, list_state
 from bkgdb.store.models import Datastore, PieceRow, Run
 from bkgdb.store.ranking import AIRMASS_STEP, airmass, airmass_then_time, kl_ranking, row_column
 
@@ -116,6 +116,8 @@ class RunSelector:
         self.settings = settings
         self.from_run = from_run
         self.search_datastore = search_datastore
+        #: Statements kept for the next targets (`~bkgdb.store.funnel_counts.indexed_funnel_counts`).
+        self._statements: dict = {}
 
     def criteria(self, target: Run, extra_keys: Sequence[str] = ()) -> list[tuple[str, Any]]:
         """(name, SQL condition) pairs for a target `~bkgdb.store.models.Run`."""
@@ -216,7 +218,7 @@ class RunSelector:
             )
 
         base, search_id = self.candidates(session, target, binning_id, exclusion_id)
-        integrity, (empty_ids, bad_ids, repeated_ids) = self.integrity_steps(
+        integrity, (empty_ids, bad_ids, repeated_ids, parameters) = self.integrity_steps(
             session, target, binning_id, exclusion_id, search_id
         )
         criteria = self.criteria(target, extra_keys)
@@ -235,6 +237,10 @@ class RunSelector:
                 [condition for _, condition in criteria],
                 empty_ids,
                 list(bad_ids) + list(repeated_ids) + [target.obs_id],
+                # Its integrity query is made once per setting and shape of the lists.
+                memo=self._statements,
+                key=(binning_id, exclusion_id, search_id, *map(list_state, (empty_ids, bad_ids, repeated_ids))),
+                parameters=parameters,
             )
         funnel = [("candidate runs with pieces", counts[0])]
         for number, (name, _) in enumerate(steps):
@@ -356,7 +362,8 @@ class RunSelector:
                 (PieceRow.binning_id + 0) == binning_id,
                 (PieceRow.exclusion_id + 0) == exclusion_id,
                 is_ok(),
-                Run.id != target.id,
+                # Named: the integrity funnel's query is run again for other targets (`integrity_steps`).
+                Run.id != sa.bindparam("target_id", target.id, type_=Run.id.type),
             )
         )
         search_id = None
