@@ -180,10 +180,9 @@ def one_copy_condition(
         )
     )
     other, other_piece = _OTHER, _OTHER_PIECE
-    repeated = _repeated()
     # Asked once (`repeated_obs_ids`): inside the funnel's scan SQLite would evaluate it for every run.
     if repeated_obs_ids is None:
-        repeated_obs_ids = list(session.scalars(repeated.limit(OBS_ID_LIST_MAX + 1)).all())
+        repeated_obs_ids = list(session.scalars(_repeated().limit(OBS_ID_LIST_MAX + 1)).all())
     if not repeated_obs_ids:
         return not_target_copy
     target_store = sa.bindparam("target_datastore_id", target.datastore_id, type_=Run.datastore_id.type)
@@ -207,7 +206,7 @@ def one_copy_condition(
     if datastore_id is not None:
         preferred_copy = preferred_copy.where(other.datastore_id == datastore_id)
     if len(repeated_obs_ids) > OBS_ID_LIST_MAX:
-        single = Run.obs_id.not_in(repeated)
+        single = Run.obs_id.not_in(_repeated())
     else:
         single = Run.obs_id.not_in(
             sa.bindparam("repeated_obs_ids", list(repeated_obs_ids), type_=Run.obs_id.type, expanding=True)
