@@ -30,7 +30,7 @@ from bkgdb.store.backgrounds import (
 )
 from bkgdb.store.condition_models import CONDITION_MODEL_MAX_RUNS, archive_condition_model
 from bkgdb.store.models import Run
-from bkgdb.store.pieces import stacked_pieces
+from bkgdb.store.pieces import row_columns, stacked_pieces
 from bkgdb.store.selection import RunSelector, Selection
 from bkgdb.store.settings import setting_rows
 
@@ -139,11 +139,10 @@ class BackgroundBuilder:
                 self._extra_keys = self.catalogue.extra_keys()
             selection = self.selector.run(session, target, binning_row.id, exclusion_row.id, self._extra_keys)
             rows = selected_pieces(session, selection.run_ids, binning_row.id, exclusion_row.id)
-            order = {run_id: index for index, run_id in enumerate(selection.run_ids)}
-            rows = sorted(rows, key=lambda row: order[row.run_id])
-            selection.datastores = [row.path for row in rows]
+            columns = row_columns(rows)
+            selection.datastores = list(columns.get("path", ()))
             # Decoded together (one buffer per array), not as one BackgroundPiece per run.
-            counts, exposure = stacked_pieces(rows)
+            counts, exposure = stacked_pieces(columns)
             model: ConditionModel | None
             model_record: dict | None
             model, model_record = None, None
@@ -161,20 +160,29 @@ class BackgroundBuilder:
             assembled = assemble_stacked(
                 counts,
                 exposure,
-                [row.ontime_s for row in rows],
+                list(columns["ontime_s"]),
                 self.binning.geometry,
                 # Only the condition model reads the runs' conditions: not made per run without it.
-                None if model is None else [RunConditions(row.zenith_deg, row.az_deg, row.muon_eff) for row in rows],
+                None
+                if model is None
+                else list(map(RunConditions, columns["zenith_deg"], columns["az_deg"], columns["muon_eff"])),
                 # Run.zenith_deg is nullable: condition-aware assembly refuses a target without one, saying so.
                 RunConditions(target.zenith_deg, target.az_deg, target.muon_eff),  # type: ignore[arg-type]
                 model,
             )
             weights = assembled.weights if assembled.weights is not None else [1.0] * len(rows)
             # The same Python floats as float() of each weight, converted in one call.
-            inputs = [
-                PieceInput(row.id, row.run_id, row.obs_id, row.file_sha256, row.created_at, weight)
-                for row, weight in zip(rows, np.asarray(weights, dtype=float).tolist(), strict=True)
-            ]
+            inputs = list(
+                map(
+                    PieceInput,
+                    columns["id"],
+                    columns["run_id"],
+                    columns["obs_id"],
+                    columns["file_sha256"],
+                    columns["created_at"],
+                    np.asarray(weights, dtype=float).tolist(),
+                )
+            )
             rate = self.smoother.run(assembled)
             # Per-run normalisation (bkgdb.makers.normalisation): after smoothing, before empty bins are filled.
             normalisation = per_run_normalisation(

@@ -240,6 +240,8 @@ def assemble_stacked(
 ) -> AssembledBackground:
     """`assemble_background` of pieces given as stacked arrays: counts (n, *shape), exposure (n, *spatial).
 
+    The counts may be of any integer dtype (as stored): they are summed, or moved, as int64.
+
     What a build reads from the catalogue comes stacked (`~bkgdb.store.pieces.stacked_array`):
     no per-piece objects are made to be summed.
     """
@@ -261,5 +263,5 @@ def assemble_stacked(
         raise BkgdbError("condition-aware assembly needs the conditions of every piece and of the target")
     if any(c.zenith_deg is None for c in conditions) or target_conditions.zenith_deg is None:
         raise BkgdbError("condition-aware assembly needs the zenith angle of every run and of the target")
-    moved, weights = model.apply(counts, geometry.energy_edges, conditions, target_conditions)
+    moved, weights = model.apply(counts.astype(np.int64), geometry.energy_edges, conditions, target_conditions)
     return AssembledBackground(geometry, moved.sum(axis=0), exposure, ontime, n, weights, model)

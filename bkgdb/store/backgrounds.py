@@ -9,6 +9,7 @@ the selected runs' pieces (`selected_pieces`), the target's own piece and the se
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError
 from bkgdb.makers.piece import BackgroundPiece
-from bkgdb.store.database import id_in, is_readonly_error, session_scope
+from bkgdb.store.database import is_readonly_error, session_scope
 from bkgdb.store.models import (
     RUN_STATUS_FAILED,
     RUN_STATUS_OK,
@@ -132,30 +133,56 @@ def find_target(session: Session, obs_id: int, datastore: str | Path | None = No
     return runs[0]
 
 
+@functools.cache
+def _pieces_statement(dialect: str) -> sa.Select:
+    """The query of `selected_pieces`, made once per dialect: its compiled form is then found in
+    SQLAlchemy's cache without building and hashing a new statement per build.
+
+    The run ids are one text parameter (``1,2,3``) that the database splits: bound one by one (SQLite)
+    or as an integer array (PostgreSQL), the driver and SQLAlchemy handle each id apart, which cost
+    more than the lookups for a thousand runs.
+    """
+    ids = sa.bindparam("run_ids", type_=sa.Text)
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        split = sa.func.string_to_array(ids, sa.literal_column("','"))
+        wanted = PieceRow.run_id == sa.any_(sa.cast(split, ARRAY(sa.Integer)))
+    else:  # read as a JSON array
+        listed = sa.func.json_each(sa.literal_column("'['") + ids + sa.literal_column("']'")).table_valued("value")
+        wanted = PieceRow.run_id.in_(sa.select(listed.c.value))
+    return (
+        sa.select(*PIECE_COLUMNS, Datastore.path, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.muon_eff)
+        .join(Run, Run.id == PieceRow.run_id)
+        .join(Datastore, Datastore.id == Run.datastore_id)
+        .where(
+            wanted,
+            PieceRow.binning_id == sa.bindparam("binning_id"),
+            PieceRow.exclusion_id == sa.bindparam("exclusion_id"),
+        )
+    )
+
+
 def selected_pieces(session: Session, run_ids: list[int], binning_id: int, exclusion_id: int) -> list[Any]:
     """The selected runs' pieces: rows of `PIECE_COLUMNS` and ``path`` (datastore), ``obs_id``,
-    ``zenith_deg``, ``az_deg``, ``muon_eff``.
+    ``zenith_deg``, ``az_deg``, ``muon_eff``, in the order of ``run_ids``.
 
-    One query (the ids as one list; split only beyond what SQLite binds at once). The rows are the
-    query's own (no object per row); `~bkgdb.store.pieces.stacked_pieces` decodes their arrays.
-    Rows come in no particular order.
+    One query. The rows are the query's own (no object per row); `~bkgdb.store.pieces.stacked_pieces`
+    decodes their arrays.
     """
-    rows: list[Any] = []
     # Through the session's connection: plain rows, without the ORM's per-row result processing
     # (the session was flushed by the build's earlier queries; nothing is pending).
     connection = session.connection()
-    for start in range(0, len(run_ids), ID_CHUNK):
-        rows += connection.execute(
-            sa.select(*PIECE_COLUMNS, Datastore.path, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.muon_eff)
-            .join(Run, Run.id == PieceRow.run_id)
-            .join(Datastore, Datastore.id == Run.datastore_id)
-            .where(
-                id_in(session, PieceRow.run_id, run_ids[start : start + ID_CHUNK]),
-                PieceRow.binning_id == binning_id,
-                PieceRow.exclusion_id == exclusion_id,
-            )
-        ).all()
-    return rows
+    rows = connection.execute(
+        _pieces_statement(connection.dialect.name),
+        {"run_ids": ",".join(map(str, map(int, run_ids))), "binning_id": binning_id, "exclusion_id": exclusion_id},
+    ).all()
+    # Placed by the position of their run (one piece per run and setting), not sorted by a key.
+    position = {run_id: index for index, run_id in enumerate(run_ids)}
+    ordered: list[Any] = [None] * len(run_ids)
+    for row in rows:
+        ordered[position[row[1]]] = row
+    return [row for row in ordered if row is not None]
 
 
 def own_piece(session: Session, target: Run, binning_id: int, exclusion_id: int) -> BackgroundPiece | None:

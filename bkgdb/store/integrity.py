@@ -7,6 +7,7 @@ passed to the database as values; long ones stay subqueries.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,15 +22,20 @@ __all__ = [
     "is_ok",
     "short_list",
     "not_in_list",
+    "list_state",
     "repeated_obs_ids",
     "one_copy_condition",
     "integrity_steps",
+    "integrity_lists",
     "OBS_ID_LIST_MAX",
 ]
 
 #: Up to this many run ids or OBS_IDs (empty, flagged, repeated) are passed to the database as a
 #: list of values, more as a subquery.
 OBS_ID_LIST_MAX = 2000
+
+# Made once: an alias made per build is adapted anew (column by column) in every statement using it.
+_OTHER, _OTHER_PIECE = aliased(Run, name="other_runs"), aliased(PieceRow, name="other_pieces")
 
 
 def observation_second(run: Any = Run) -> Any:
@@ -65,15 +71,30 @@ def short_list(session: Session, query: Any) -> list | None:
     return None if len(values) > OBS_ID_LIST_MAX else list(values)
 
 
-def not_in_list(column: Any, query: Any, values: list | None) -> Any:
+def not_in_list(column: Any, query: Any, values: list | None, name: str | None = None) -> Any:
     """SQL condition ``column NOT IN (values of query)``, with the ``values`` when they were listed.
 
     Short lists (usually none: few runs are empty or flagged) are passed as values, so the
-    funnel and selection queries do not evaluate the subquery again for every candidate.
+    funnel and selection queries do not evaluate the subquery again for every candidate. With a
+    ``name`` they are the bound parameter of that name (see `integrity_steps`).
     """
     if values is None:
         return column.not_in(query)
-    return column.not_in(values) if values else sa.true()
+    if not values:
+        return sa.true()
+    if name is None:
+        return column.not_in(values)
+    return column.not_in(sa.bindparam(name, list(values), type_=column.type, expanding=True))
+
+
+def list_state(values: list | None) -> int:
+    """How a list of `not_in_list` shapes its condition: -1 a subquery, 0 none, 1 a bound list."""
+    return -1 if values is None else int(bool(values))
+
+
+def _repeated() -> Any:
+    """Query of the OBS_IDs catalogued more than once."""
+    return sa.select(_OTHER.obs_id).group_by(_OTHER.obs_id).having(sa.func.count(_OTHER.id) > 1)
 
 
 def repeated_obs_ids(session: Session) -> list | None:
@@ -84,9 +105,51 @@ def repeated_obs_ids(session: Session) -> list | None:
     """
     if (session.scalar(sa.select(sa.func.count(Datastore.id))) or 0) <= 1:
         return []
-    other = aliased(Run)
-    repeated = sa.select(other.obs_id).group_by(other.obs_id).having(sa.func.count(other.id) > 1)
-    return short_list(session, repeated)
+    return short_list(session, _repeated())
+
+
+@functools.cache
+def _lists_statement() -> Any:
+    """One query for what the integrity steps ask before a selection (see `integrity_lists`):
+    rows (kind, value) of the empty pieces' run ids (0), the OBS_IDs flagged bad (1), the number of
+    datastores (2) and the target's `observation_second` (3). Made once, with bound parameters."""
+
+    def listed(kind: int, query: Any) -> Any:
+        values = query.limit(OBS_ID_LIST_MAX + 1).subquery()
+        return sa.select(sa.literal_column(str(kind)).label("kind"), list(values.c)[0].label("value"))
+
+    empty = sa.select(PieceRow.run_id).where(
+        PieceRow.binning_id == sa.bindparam("binning_id"),
+        PieceRow.exclusion_id == sa.bindparam("exclusion_id"),
+        sa.not_(has_events()),
+    )
+    return sa.union_all(
+        listed(0, empty),
+        listed(1, bad_obs_ids()),
+        sa.select(sa.literal_column("2"), sa.func.count(Datastore.id)),
+        # As an integer (a whole number), so that every row's value is of one integer type.
+        sa.select(sa.literal_column("3"), sa.cast(observation_second(), sa.BigInteger)).where(
+            Run.id == sa.bindparam("target_id")
+        ),
+    )
+
+
+def integrity_lists(
+    session: Session, target: Run, binning_id: int, exclusion_id: int
+) -> tuple[list | None, list | None, list | None, float]:
+    """(empty pieces' run ids, OBS_IDs flagged bad, repeated OBS_IDs, the target's `observation_second`).
+
+    Each list is None when longer than `OBS_ID_LIST_MAX`. One round trip (two with several
+    datastores, whose repeated OBS_IDs are then asked for).
+    """
+    lists: dict[int, list] = {0: [], 1: [], 2: [], 3: []}
+    parameters = {"binning_id": binning_id, "exclusion_id": exclusion_id, "target_id": target.id}
+    for kind, value in session.connection().execute(_lists_statement(), parameters):
+        lists[kind].append(value)
+    empty_ids, bad_ids = (None if len(lists[kind]) > OBS_ID_LIST_MAX else lists[kind] for kind in (0, 1))
+    repeated = [] if lists[2][0] <= 1 else short_list(session, _repeated())
+    # A float, as the database computes it: the cast above only changed its type.
+    return empty_ids, bad_ids, repeated, float(lists[3][0])
 
 
 def one_copy_condition(
@@ -96,6 +159,7 @@ def one_copy_condition(
     exclusion_id: int,
     datastore_id: int | None = None,
     repeated_obs_ids: list | None = None,
+    target_second: float | None = None,
 ) -> Any:
     """SQL condition: the run is the preferred copy of its observation, and no copy of the target.
 
@@ -105,17 +169,23 @@ def one_copy_condition(
     whose OBS_ID is catalogued more than once are looked up (a correlated NOT EXISTS on the
     OBS_ID index), so an archive without copies pays almost nothing.
     """
-    target_run = aliased(Run)
     # Asked once, compared as a value: a scalar subquery would keep the scan from the index.
-    target_second = session.scalar(sa.select(observation_second(target_run)).where(target_run.id == target.id))
-    not_target_copy = sa.not_(sa.and_(Run.obs_id == target.obs_id, observation_second() == target_second))
-    other, other_piece = aliased(Run), aliased(PieceRow)
-    repeated = sa.select(other.obs_id).group_by(other.obs_id).having(sa.func.count(other.id) > 1)
+    if target_second is None:
+        target_second = session.scalar(sa.select(observation_second(_OTHER)).where(_OTHER.id == target.id))
+    # Named parameters: a statement made with them is run again for other targets (`integrity_steps`).
+    not_target_copy = sa.not_(
+        sa.and_(
+            Run.obs_id == sa.bindparam("target_obs_id", target.obs_id, type_=Run.obs_id.type),
+            observation_second() == sa.bindparam("target_second", target_second, type_=sa.Float),
+        )
+    )
+    other, other_piece = _OTHER, _OTHER_PIECE
     # Asked once (`repeated_obs_ids`): inside the funnel's scan SQLite would evaluate it for every run.
     if repeated_obs_ids is None:
-        repeated_obs_ids = list(session.scalars(repeated.limit(OBS_ID_LIST_MAX + 1)).all())
+        repeated_obs_ids = list(session.scalars(_repeated().limit(OBS_ID_LIST_MAX + 1)).all())
     if not repeated_obs_ids:
         return not_target_copy
+    target_store = sa.bindparam("target_datastore_id", target.datastore_id, type_=Run.datastore_id.type)
     preferred_copy = (
         sa.select(other.id)
         .join(other_piece, other_piece.run_id == other.id)
@@ -128,14 +198,19 @@ def one_copy_condition(
             other_piece.exclusion_id == exclusion_id,
             has_events(other_piece),
             sa.or_(
-                other.datastore_id == target.datastore_id,
-                sa.and_(Run.datastore_id != target.datastore_id, other.datastore_id < Run.datastore_id),
+                other.datastore_id == target_store,
+                sa.and_(Run.datastore_id != target_store, other.datastore_id < Run.datastore_id),
             ),
         )
     )
     if datastore_id is not None:
         preferred_copy = preferred_copy.where(other.datastore_id == datastore_id)
-    single = Run.obs_id.not_in(repeated if len(repeated_obs_ids) > OBS_ID_LIST_MAX else list(repeated_obs_ids))
+    if len(repeated_obs_ids) > OBS_ID_LIST_MAX:
+        single = Run.obs_id.not_in(_repeated())
+    else:
+        single = Run.obs_id.not_in(
+            sa.bindparam("repeated_obs_ids", list(repeated_obs_ids), type_=Run.obs_id.type, expanding=True)
+        )
     return sa.and_(not_target_copy, sa.or_(single, ~preferred_copy.exists()))
 
 
@@ -143,19 +218,34 @@ def integrity_steps(
     session: Session, target: Run, binning_id: int, exclusion_id: int, search_id: int | None = None
 ) -> tuple[list, tuple]:
     """(name, condition) of the runs that must never build a background: empty, flagged bad,
-    other copies of a run; and the short lists of ids they used (None where too long to list).
+    other copies of a run; and (empty ids, flagged OBS_IDs, repeated OBS_IDs, parameters).
 
-    Each list (empty, flagged, repeated OBS_IDs) is asked for once and passed as values.
+    Each list (empty, flagged, repeated OBS_IDs) is asked for once (`integrity_lists`) and passed as
+    values, None where too long to list. The values that depend on the target and the lists are
+    bound parameters with names, given in ``parameters``: a statement made of these conditions
+    runs for another target of the same setting with that target's parameters, as long as the
+    lists are of the same `list_state`.
     """
-    empty_pieces = sa.select(PieceRow.run_id).where(
-        PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events())
-    )
-    empty_ids = short_list(session, empty_pieces)
-    bad_ids = short_list(session, bad_obs_ids())
-    repeated_ids = repeated_obs_ids(session)
+    empty_ids, bad_ids, repeated_ids, target_second = integrity_lists(session, target, binning_id, exclusion_id)
+    # The subqueries are made only when a list is too long to pass.
+    empty_pieces = None
+    if empty_ids is None:
+        empty_pieces = sa.select(PieceRow.run_id).where(
+            PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events())
+        )
+    copies = one_copy_condition(session, target, binning_id, exclusion_id, search_id, repeated_ids, target_second)
     steps = [
-        ("empty runs", not_in_list(Run.id, empty_pieces, empty_ids)),
-        ("flagged bad", not_in_list(Run.obs_id, bad_obs_ids(), bad_ids)),
-        ("duplicate copies", one_copy_condition(session, target, binning_id, exclusion_id, search_id, repeated_ids)),
+        ("empty runs", not_in_list(Run.id, empty_pieces, empty_ids, "empty_ids")),
+        ("flagged bad", not_in_list(Run.obs_id, bad_obs_ids() if bad_ids is None else None, bad_ids, "bad_obs_ids")),
+        ("duplicate copies", copies),
     ]
-    return steps, (empty_ids, bad_ids, repeated_ids)
+    parameters = {
+        "target_id": target.id,
+        "target_obs_id": target.obs_id,
+        "target_second": target_second,
+        "target_datastore_id": target.datastore_id,
+        "empty_ids": empty_ids,
+        "bad_obs_ids": bad_ids,
+        "repeated_obs_ids": repeated_ids,
+    }
+    return steps, (empty_ids, bad_ids, repeated_ids, parameters)

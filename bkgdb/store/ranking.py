@@ -26,6 +26,7 @@ __all__ = [
     "kl_divergences",
     "airmass_then_time",
     "kl_ranking",
+    "row_column",
 ]
 
 #: Airmass step of the similarity ranking: within a step, the run closest in time comes first.
@@ -94,22 +95,33 @@ def kl_divergences(
     return np.sum(p[use] * np.log(p[use] / np.maximum(q, 1e-300)), axis=1)
 
 
+def row_column(rows: list, name: str) -> list:
+    """Column ``name`` of ``rows``: by position for result rows (a tenth of the cost of an attribute
+    lookup per row), else by attribute."""
+    fields = getattr(rows[0], "_fields", None) if rows else None
+    if fields is not None and name in fields:
+        index = fields.index(name)
+        return [row[index] for row in rows]
+    return [getattr(row, name) for row in rows]
+
+
 def airmass_then_time(target: Any, rows: list) -> list:
     """Rows (``zenith_deg``, ``tstart_mjd``, ``obs_id``) ordered by airmass step from the target's
     (`AIRMASS_STEP`; 0 where a zenith is unknown), then by days from it, then by OBS_ID."""
     if not rows:
         return []
-    obs_ids = np.array([row.obs_id for row in rows], dtype=np.int64)
-    zenith = np.array([np.nan if row.zenith_deg is None else row.zenith_deg for row in rows], dtype=float)
+    obs_ids = np.array(row_column(rows, "obs_id"), dtype=np.int64)
+    # None becomes NaN in a float array.
+    zenith = np.array(row_column(rows, "zenith_deg"), dtype=float)
     if target.zenith_deg is None:
         step = np.zeros(len(rows))
     else:
         with np.errstate(invalid="ignore"):
             step = np.floor(np.abs(airmass(zenith) - airmass(target.zenith_deg)) / AIRMASS_STEP)
         step[np.isnan(zenith)] = 0
-    start = np.array([row.tstart_mjd or 0.0 for row in rows], dtype=float)
+    start = np.array([value or 0.0 for value in row_column(rows, "tstart_mjd")], dtype=float)
     days = np.abs(start - (target.tstart_mjd or 0.0))
-    return [rows[index] for index in np.lexsort((obs_ids, days, step))]
+    return [rows[index] for index in np.lexsort((obs_ids, days, step)).tolist()]
 
 
 def kl_ranking(
@@ -128,7 +140,7 @@ def kl_ranking(
     if not rows:
         return []
     wanted = (
-        id_in(session, PieceRow.run_id, [row.id for row in rows])
+        id_in(session, PieceRow.run_id, row_column(rows, "id"))
         if candidates is None
         else PieceRow.run_id.in_(candidates.scalar_subquery())
     )
@@ -156,7 +168,7 @@ def kl_ranking(
     if target.id not in by_run:
         raise BkgdbError(f"KL_DIV needs run {target.obs_id}'s own piece: index its datastore with --config")
     # The rows' pieces (then the target's) decoded at once per array: one buffer each, no per-piece arrays.
-    ordered = [by_run[row.id] for row in rows] + [by_run[target.id]]
+    ordered = [by_run[run_id] for run_id in row_column(rows, "id")] + [by_run[target.id]]
     memo: dict[str, tuple[int, ...]] = {}
     shapes = {parsed_shape(row[1], memo) for row in ordered}
     if len(shapes) != 1:
@@ -168,8 +180,8 @@ def kl_ranking(
     own_counts, own_exposure = all_counts[-1], all_exposure[-1]
     reference = rate_shape(_Arrays(own_counts, own_exposure))
     scores = kl_divergences(reference, counts, exposure)
-    obs_ids = np.array([row.obs_id for row in rows], dtype=np.int64)
-    return [rows[index] for index in np.lexsort((obs_ids, scores))]
+    obs_ids = np.array(row_column(rows, "obs_id"), dtype=np.int64)
+    return [rows[index] for index in np.lexsort((obs_ids, scores)).tolist()]
 
 
 class _Arrays:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,9 @@ from sqlalchemy.orm import Session
 from bkgdb.errors import BkgdbError, NoRunsSelected, TooLittleStatistics
 from bkgdb.store.conditions import conditions_expression
 from bkgdb.store.funnel_counts import funnel_counts, indexed_funnel_counts
-from bkgdb.store.integrity import integrity_steps, is_ok
+from bkgdb.store.integrity import integrity_steps, is_ok, list_state
 from bkgdb.store.models import Datastore, PieceRow, Run
-from bkgdb.store.ranking import AIRMASS_STEP, airmass, airmass_then_time, kl_ranking
+from bkgdb.store.ranking import AIRMASS_STEP, airmass, airmass_then_time, kl_ranking, row_column
 
 __all__ = ["RunSelector", "Selection", "zenith_range", "azimuth_condition", "describe_funnel", "KL_POOL_FACTOR"]
 
@@ -115,6 +116,8 @@ class RunSelector:
         self.settings = settings
         self.from_run = from_run
         self.search_datastore = search_datastore
+        #: Statements kept for the next targets (`~bkgdb.store.funnel_counts.indexed_funnel_counts`).
+        self._statements: dict = {}
 
     def criteria(self, target: Run, extra_keys: Sequence[str] = ()) -> list[tuple[str, Any]]:
         """(name, SQL condition) pairs for a target `~bkgdb.store.models.Run`."""
@@ -215,7 +218,7 @@ class RunSelector:
             )
 
         base, search_id = self.candidates(session, target, binning_id, exclusion_id)
-        integrity, (empty_ids, bad_ids, repeated_ids) = self.integrity_steps(
+        integrity, (empty_ids, bad_ids, repeated_ids, parameters) = self.integrity_steps(
             session, target, binning_id, exclusion_id, search_id
         )
         criteria = self.criteria(target, extra_keys)
@@ -234,6 +237,10 @@ class RunSelector:
                 [condition for _, condition in criteria],
                 empty_ids,
                 list(bad_ids) + list(repeated_ids) + [target.obs_id],
+                # Its integrity query is made once per setting and shape of the lists.
+                memo=self._statements,
+                key=(binning_id, exclusion_id, search_id, *map(list_state, (empty_ids, bad_ids, repeated_ids))),
+                parameters=parameters,
             )
         funnel = [("candidate runs with pieces", counts[0])]
         for number, (name, _) in enumerate(steps):
@@ -247,12 +254,14 @@ class RunSelector:
         requested = None if self.settings.time_request is None else self.settings.time_request * 3600.0
         rows, query = self.nearest_candidates(session, query, target, requested)
         ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
-        chosen, ontime = [], 0.0
-        for row in rows:
-            if requested is not None and ontime >= requested:
-                break
-            chosen.append(row)
-            ontime += row.ontime_s or 0.0
+        # The ontime before each run, summed in order as one float after the other (cumsum is sequential):
+        # runs are taken while it is short of the request.
+        held = np.cumsum([0.0] + [value or 0.0 for value in row_column(rows, "ontime_s")])
+        n_chosen = len(rows)
+        if requested is not None:
+            reached = np.flatnonzero(held[:-1] >= requested)
+            n_chosen = int(reached[0]) if reached.size else len(rows)
+        chosen, ontime = rows[:n_chosen], float(held[n_chosen])
         warnings = []
         if requested is not None and ontime < requested:
             warnings.append(
@@ -271,8 +280,8 @@ class RunSelector:
             log.warning("%s", message)
         return Selection(
             target.obs_id,
-            [row.id for row in chosen],
-            [row.obs_id for row in chosen],
+            row_column(chosen, "id"),
+            row_column(chosen, "obs_id"),
             ontime,
             funnel,
             ranking=ranking,
@@ -302,20 +311,20 @@ class RunSelector:
                 low, high = zenith_range(target.zenith_deg, steps * AIRMASS_STEP + 1e-9)
                 shell = query.where(Run.zenith_deg >= low, Run.zenith_deg <= high)
                 # Plain rows through the session's connection: no ORM processing of thousands of rows.
-                rows = session.connection().execute(shell.with_only_columns(*columns)).all()
-                zenith = np.array([row.zenith_deg for row in rows], dtype=float)
+                rows = list(session.connection().execute(shell.with_only_columns(*columns)).all())
+                zenith = np.array(row_column(rows, "zenith_deg"), dtype=np.float64)
                 inside = np.floor(np.abs(airmass(zenith) - target_airmass) / AIRMASS_STEP) < steps
-                rows = [row for row, keep in zip(rows, inside, strict=True) if keep]
+                rows = list(compress(rows, inside.tolist()))
                 if len(rows) > SHELL_ROWS_MAX:  # as many as the whole window: read it with its query
                     break
-                if sum(row.ontime_s or 0.0 for row in rows) >= wanted:
+                if sum([value or 0.0 for value in row_column(rows, "ontime_s")]) >= wanted:
                     if s.KL_DIV:  # the pool: the nearest runs (airmass, then time) holding ``wanted``
                         rows = airmass_then_time(target, rows)
-                        held = np.cumsum([row.ontime_s or 0.0 for row in rows])
+                        held = np.cumsum([value or 0.0 for value in row_column(rows, "ontime_s")])
                         rows = rows[: int(np.searchsorted(held, wanted)) + 1]
                     return rows, None
                 steps *= 4
-        return list(session.execute(query.with_only_columns(*columns)).all()), query
+        return list(session.connection().execute(query.with_only_columns(*columns)).all()), query
 
     def statistics_shortfall(self, n_runs: int, ontime_s: float) -> str:
         """'below min_runs 3 and min_ontime 2 h' when the selection rests on too little, else ''."""
@@ -353,7 +362,8 @@ class RunSelector:
                 (PieceRow.binning_id + 0) == binning_id,
                 (PieceRow.exclusion_id + 0) == exclusion_id,
                 is_ok(),
-                Run.id != target.id,
+                # Named: the integrity funnel's query is run again for other targets (`integrity_steps`).
+                Run.id != sa.bindparam("target_id", target.id, type_=Run.id.type),
             )
         )
         search_id = None
