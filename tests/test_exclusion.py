@@ -1,5 +1,7 @@
 """Exclusion regions are circles on the sphere, found once per process."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -210,3 +212,8 @@ def test_names_resolve_in_gammacat_and_3hwc():
 def test_names_need_a_source_catalogue():
     with pytest.raises(ConfigError, match="no source catalogue is configured"):
         ExclusionSettings(**NO_CATALOGUES, source_radii=(("PKS 2155-304", 0.6),))
+
+
+def test_region_as_dict_has_every_field():
+    region = ExclusionRegion("Crab", "source", 83.63, 22.01, 0.35)
+    assert region.as_dict() == dataclasses.asdict(region)

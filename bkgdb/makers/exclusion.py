@@ -7,7 +7,7 @@ radius. Catalogues (`bkgdb.makers.sources`) are read once per process.
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from typing import Any
 
@@ -35,7 +35,8 @@ class ExclusionRegion:
     radius: float
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        # Written for every region of every piece: plain fields, no dataclasses.asdict recursion.
+        return {"name": self.name, "kind": self.kind, "ra": self.ra, "dec": self.dec, "radius": self.radius}
 
 
 @dataclass(frozen=True)
