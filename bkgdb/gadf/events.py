@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from astropy.io import fits
 
 from bkgdb.gadf.datastore import RunSource, finite_number, json_safe
 
 if TYPE_CHECKING:
     from astropy.coordinates import EarthLocation
+    from astropy.io import fits
     from astropy.time import Time
 
 __all__ = ["EventList", "RunReadError", "read_events", "time_reference", "observatory_location"]
@@ -127,6 +127,8 @@ def _card_value(image: str) -> Any:
             return int(body)
         if _REAL.fullmatch(body):
             return float(body.replace("D", "E"))
+    from astropy.io import fits
+
     return fits.Card.fromstring(image).value
 
 
@@ -291,9 +293,9 @@ class EventList:
 
 
 def _in_unit(values: np.ndarray, column_unit: str | None, unit: str) -> np.ndarray:
-    from astropy import units as u
+    if column_unit and column_unit != unit:  # the same unit: astropy would return the values as they are
+        from astropy import units as u
 
-    if column_unit:
         values = (values * u.Unit(column_unit)).to_value(unit)
     return values
 
@@ -352,6 +354,8 @@ def read_events(source: RunSource, content: bytes, with_events: bool = False) ->
         plain = None if table is None else _read_plain(table, content, with_events)
         if plain is not None:
             return plain
+        from astropy.io import fits
+
         with fits.open(io.BytesIO(content), memmap=False) as hdul:
             try:
                 hdu = hdul[source.events_hdu]

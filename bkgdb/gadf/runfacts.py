@@ -88,12 +88,13 @@ def _fill_times(facts: RunFacts, lookup: _Lookup) -> None:
 
 
 def _fill_pointing(facts: RunFacts, lookup: _Lookup) -> None:
-    from astropy import units as u
-    from astropy.coordinates import SkyCoord
-
     facts.ra_deg, facts.dec_deg = lookup.number("RA_PNT"), lookup.number("DEC_PNT")
     facts.glon_deg, facts.glat_deg = lookup.number("GLON_PNT"), lookup.number("GLAT_PNT")
     if facts.ra_deg is not None and facts.dec_deg is not None and (facts.glon_deg is None or facts.glat_deg is None):
+        # Imported only here: astropy.coordinates costs a worker process more than a run.
+        from astropy import units as u
+        from astropy.coordinates import SkyCoord
+
         galactic = SkyCoord(facts.ra_deg * u.deg, facts.dec_deg * u.deg, frame="icrs").galactic
         facts.glon_deg, facts.glat_deg = float(galactic.l.deg), float(galactic.b.deg)
 

@@ -19,7 +19,7 @@ from bkgdb.makers.exclusion import ExclusionFinder
 from bkgdb.makers.fov import FovError, RunClock
 from bkgdb.makers.piece import PieceMaker
 
-__all__ = ["RunJob", "RunResult", "process_run", "exclusion_finder", "piece_maker"]
+__all__ = ["RunJob", "RunResult", "process_run", "exclusion_finder", "share_exclusion_finders", "piece_maker"]
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,26 @@ class RunResult:
     error: str | None = None
 
 
-@cache
+#: The `ExclusionFinder` of each exclusion setting, made or received once per process.
+_finders: dict[Any, ExclusionFinder] = {}
+
+
 def exclusion_finder(exclusion: Any) -> ExclusionFinder:
     """One `ExclusionFinder` per exclusion setting and process."""
-    return ExclusionFinder(exclusion)
+    finder = _finders.get(exclusion)
+    if finder is None:
+        finder = _finders[exclusion] = ExclusionFinder(exclusion)
+    return finder
+
+
+def share_exclusion_finders(finders: list[ExclusionFinder]) -> None:
+    """Use finders made in another process (catalogues read and parsed there) in this one.
+
+    A spawned worker would otherwise read and parse every catalogue again before its first run,
+    which costs more than many runs.
+    """
+    for finder in finders:
+        _finders.setdefault(finder.settings, finder)
 
 
 @cache

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.makers.piece import COUNTS_DTYPE, EXPOSURE_DTYPE, BackgroundPiece, encode_array
-from bkgdb.makers.run import RunJob, RunResult, exclusion_finder, process_run
+from bkgdb.makers.run import RunJob, RunResult, exclusion_finder, process_run, share_exclusion_finders
 from bkgdb.parallel.processes import WorkerPool
 from bkgdb.store.database import session_scope
 from bkgdb.store.models import (
@@ -98,7 +98,10 @@ def run_jobs(jobs: list[RunJob], workers: Any) -> Generator[RunResult, None, Non
         for job in jobs:
             yield process_run(job)
         return
-    with WorkerPool(min(workers, len(jobs))) as pool:
+    # The workers get the catalogues this process has read (`DatastoreIndexer` reads them first).
+    exclusions = {exclusion for job in jobs for _, exclusion in job.specs + job.missing_specs}
+    finders = [exclusion_finder(exclusion) for exclusion in exclusions]
+    with WorkerPool(min(workers, len(jobs)), share_exclusion_finders, (finders,)) as pool:
         yield from pool.imap_unordered(process_run, jobs)
 
 
