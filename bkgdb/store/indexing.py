@@ -185,6 +185,7 @@ class DatastoreIndexer:
         report = IndexReport(datastore=str(store.path))
         meta = store.meta
         with session_scope(self.engine) as session:
+            _commit_without_waiting_for_disk(session)
             # Upserts and re-reads, not "select, then add": another indexer may be adding the same rows.
             insert_if_missing(session, Datastore, ["path"], {"path": str(store.path), "obs_index_meta": meta})
             datastore = session.scalars(sa.select(Datastore).where(Datastore.path == str(store.path))).one()
@@ -306,6 +307,23 @@ class DatastoreIndexer:
             report.pieces += len(result.pieces)
             if outcome == "failed":
                 report.failures.append((result.obs_id, run.error))
+
+
+def _commit_without_waiting_for_disk(session: Session) -> None:
+    """On PostgreSQL, let the session's commits return before the server has flushed them to disk.
+
+    An index commits every run; waiting for each flush costs more than writing the run. A
+    crash of the database server (not of the indexer) within a fraction of a second of a commit
+    may lose that commit, never half of it; the next index redoes those runs. SQLite connections
+    make the same trade-off (``synchronous=NORMAL``) when they are opened.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+
+    def asynchronous(session: Session, transaction: Any, connection: sa.Connection) -> None:
+        connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+    sa.event.listen(session, "after_begin", asynchronous)
 
 
 def _store_facts(run: Run, source: RunSource, facts: RunFacts | None) -> None:
