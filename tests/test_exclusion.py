@@ -217,3 +217,14 @@ def test_names_need_a_source_catalogue():
 def test_region_as_dict_has_every_field():
     region = ExclusionRegion("Crab", "source", 83.63, 22.01, 0.35)
     assert region.as_dict() == dataclasses.asdict(region)
+
+
+def test_regions_of_a_pointing_found_again_are_the_same():
+    circles = [CircleRegion(name=f"c{i}", ra=150.0 + 0.4 * i, dec=30.0, radius=0.2) for i in range(6)]
+    finder = ExclusionFinder(ExclusionSettings(**NO_CATALOGUES, exclude_regions=tuple(circles)))
+    first = finder.regions(150.5, 30.0, 1.0)
+    first.pop()  # a caller's list is its own
+    again = finder.regions(150.5, 30.0, 1.0)
+    assert [region.name for region in again] == ["c1", "c2", "c0", "c3", "c4"]
+    assert again == ExclusionFinder(finder.settings).regions(150.5, 30.0, 1.0)
+    assert [region.name for region in finder.regions(150.5, 30.0, 0.4)] == ["c1", "c2", "c0"]
