@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from bkgdb.gadf.datastore import RunSource
@@ -19,7 +21,15 @@ from bkgdb.makers.exclusion import ExclusionFinder
 from bkgdb.makers.fov import FovError, RunClock
 from bkgdb.makers.piece import PieceMaker
 
-__all__ = ["RunJob", "RunResult", "process_run", "exclusion_finder", "share_exclusion_finders", "piece_maker"]
+__all__ = [
+    "RunJob",
+    "RunResult",
+    "process_run",
+    "exclusion_finder",
+    "save_exclusion_finders",
+    "load_exclusion_finders",
+    "piece_maker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +75,23 @@ def exclusion_finder(exclusion: Any) -> ExclusionFinder:
     return finder
 
 
-def share_exclusion_finders(finders: list[ExclusionFinder]) -> None:
+def save_exclusion_finders(exclusions: Any, path: Path) -> None:
+    """Write this process's finders of the exclusion settings to ``path``, for `load_exclusion_finders`."""
+    path.write_bytes(pickle.dumps([exclusion_finder(exclusion) for exclusion in exclusions]))
+
+
+def load_exclusion_finders(path: str) -> None:
     """Use finders made in another process (catalogues read and parsed there) in this one.
 
     A spawned worker would otherwise read and parse every catalogue again before its first run,
     which costs more than many runs.
+
+    Parameters
+    ----------
+    path : str
+        A file written by `save_exclusion_finders`.
     """
-    for finder in finders:
+    for finder in pickle.loads(Path(path).read_bytes()):
         _finders.setdefault(finder.settings, finder)
 
 

@@ -122,7 +122,9 @@ class WorkerPool:
     """A pool of ``workers`` spawned processes that die with their parent.
 
     ``initializer(*initargs)``, if given, runs in each worker before its first item (e.g. to hand
-    it state the parent has already made).
+    it state the parent has already made). Keep ``initargs`` small (a file name rather than what
+    the file holds): the parent writes them into a pipe that a new worker reads only once it has
+    imported the parent's main module, and waits for that while they do not fit in the pipe.
 
     Use it as a context manager. Leaving the block normally waits for the workers to exit;
     leaving it by an exception (including `KeyboardInterrupt` and `Terminated`) or by closing the

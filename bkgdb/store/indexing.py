@@ -8,18 +8,27 @@ their results (run facts and pieces of any geometry) in the main process; `RunCa
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Generator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 
 from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.makers.piece import COUNTS_DTYPE, EXPOSURE_DTYPE, BackgroundPiece, encode_array
-from bkgdb.makers.run import RunJob, RunResult, exclusion_finder, process_run, share_exclusion_finders
+from bkgdb.makers.run import (
+    RunJob,
+    RunResult,
+    exclusion_finder,
+    load_exclusion_finders,
+    process_run,
+    save_exclusion_finders,
+)
 from bkgdb.parallel.processes import WorkerPool
 from bkgdb.store.database import session_scope
 from bkgdb.store.models import (
@@ -100,9 +109,11 @@ def run_jobs(jobs: list[RunJob], workers: Any) -> Generator[RunResult, None, Non
         return
     # The workers get the catalogues this process has read (`DatastoreIndexer` reads them first).
     exclusions = {exclusion for job in jobs for _, exclusion in job.specs + job.missing_specs}
-    finders = [exclusion_finder(exclusion) for exclusion in exclusions]
-    with WorkerPool(min(workers, len(jobs)), share_exclusion_finders, (finders,)) as pool:
-        yield from pool.imap_unordered(process_run, jobs)
+    with tempfile.TemporaryDirectory(prefix="bkgdb-index-") as folder:
+        finders = Path(folder, "exclusion-finders.pickle")
+        save_exclusion_finders(exclusions, finders)
+        with WorkerPool(min(workers, len(jobs)), load_exclusion_finders, (str(finders),)) as pool:
+            yield from pool.imap_unordered(process_run, jobs)
 
 
 def piece_values(
