@@ -4,10 +4,12 @@ import os
 from pathlib import Path
 
 import pytest
+from astropy.io import fits
 
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings
-from bkgdb.gadf.datastore import DL3Datastore
-from bkgdb.makers.run import RunJob, exclusion_finder
+from bkgdb.gadf.datastore import DL3Datastore, json_safe
+from bkgdb.gadf.runfacts import read_run_facts
+from bkgdb.makers.run import RunJob, exclusion_finder, process_run, run_facts
 from bkgdb.parallel.processes import WorkerPool
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.indexing import run_jobs
@@ -60,3 +62,17 @@ def test_local_workers_use_the_catalogues_read_before_they_start(field: tuple[Pa
     assert all(result.error is None and len(result.pieces) == 1 for result in results)
     # Every pointing is 0.5 deg from the source: every piece excludes it.
     assert all(result.pieces[0][2].regions[0]["name"] == SOURCE.name for result in results)
+
+
+def test_workers_leave_the_run_dates_to_the_indexing_process(field: tuple[Path, BkgdbConfig]) -> None:
+    datastore, config = field
+    store = DL3Datastore(datastore)
+    for source in store.runs():
+        result = process_run(RunJob(source=source, meta=store.meta, specs=[(config.binnings[0], config.exclusion)]))
+        assert result.facts is None and result.header is not None and result.pieces
+        facts = run_facts(result, source, store.meta)
+        assert source.events_path is not None
+        with fits.open(source.events_path) as hdul:
+            header = {key: json_safe(value) for key, value in hdul["EVENTS"].header.items()}
+        assert facts == read_run_facts(source, store.meta, header)
+        assert facts.tstart_mjd is not None and facts.date_obs is not None and facts.ontime_s

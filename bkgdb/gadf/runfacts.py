@@ -60,7 +60,7 @@ class _Lookup:
         return finite_number(self.get(*names))
 
 
-def _fill_times(facts: RunFacts, lookup: _Lookup) -> None:
+def _fill_dates(facts: RunFacts, lookup: _Lookup) -> None:
     from astropy import units as u
     from astropy.time import Time
 
@@ -76,6 +76,10 @@ def _fill_times(facts: RunFacts, lookup: _Lookup) -> None:
         start = Time(str(lookup.get("DATE-OBS"))[:10], scale="utc")
         facts.tstart_mjd = float(start.mjd)
         facts.date_obs = start.datetime.date()
+
+
+def _fill_durations(facts: RunFacts, lookup: _Lookup) -> None:
+    tstart, tstop = lookup.number("TSTART"), lookup.number("TSTOP")
     facts.ontime_s = lookup.number("ONTIME")
     if facts.ontime_s is None and tstart is not None and tstop is not None:
         facts.ontime_s = tstop - tstart
@@ -142,7 +146,7 @@ def _fill_instrument(facts: RunFacts, lookup: _Lookup) -> None:
     facts.muon_eff = lookup.number("MUONEFF")
 
 
-def read_run_facts(source: RunSource, meta: dict, header: Values | None = None) -> RunFacts:
+def read_run_facts(source: RunSource, meta: dict, header: Values | None = None, dates: bool = True) -> RunFacts:
     """The catalogue columns of one run, from its obs-index row and (if given) its EVENTS header.
 
     Parameters
@@ -153,6 +157,10 @@ def read_run_facts(source: RunSource, meta: dict, header: Values | None = None) 
         The obs-index header (time reference, site location).
     header : dict, optional
         The EVENTS header, when the file could be read. Default is None.
+    dates : bool, optional
+        Also the start and stop (UTC MJD), the date and, where the index lacks them, the
+        horizontal coordinates at mid-run. Default is True. Without them no astropy time scale
+        is loaded, which costs a fresh process more than a run.
 
     Returns
     -------
@@ -160,7 +168,9 @@ def read_run_facts(source: RunSource, meta: dict, header: Values | None = None) 
     """
     lookup = _Lookup({**meta, **source.row}, header)
     facts = RunFacts(extra=dict(source.row))
-    _fill_times(facts, lookup)
+    if dates:
+        _fill_dates(facts, lookup)
+    _fill_durations(facts, lookup)
     _fill_pointing(facts, lookup)
     _fill_instrument(facts, lookup)
     if header is not None:

@@ -27,6 +27,7 @@ from bkgdb.makers.run import (
     exclusion_finder,
     load_exclusion_finders,
     process_run,
+    run_facts,
     save_exclusion_finders,
 )
 from bkgdb.parallel.processes import WorkerPool
@@ -221,7 +222,7 @@ class DatastoreIndexer:
                 progress(len(sources) - len(jobs_to_run), len(sources))
 
             by_obs_id = {source.obs_id: source for source in sources}
-            writer = _ResultWriter(session, datastore.id, specs)
+            writer = _ResultWriter(session, datastore.id, meta, specs)
             # closing(): an exception here (Ctrl-C, SIGTERM) stops the workers at once; every run
             # committed so far stays committed.
             # Local: one commit per run. An executor may ask for batches (a commit per round trip
@@ -361,9 +362,9 @@ class _ResultWriter:
     many parameter sets), made once per index.
     """
 
-    def __init__(self, session: Session, datastore_id: int, specs: list[PieceSpec]) -> None:
+    def __init__(self, session: Session, datastore_id: int, meta: dict, specs: list[PieceSpec]) -> None:
         self.session = session
-        self.datastore_id = datastore_id
+        self.datastore_id, self.meta = datastore_id, meta
         self.setting_ids = {(b, e): (b_row.id, e_row.id) for b, e, b_row, e_row in specs}
         runs = cast(sa.Table, Run.__table__)
         # Status is set in the same transaction; the placeholder is never committed.
@@ -392,7 +393,7 @@ class _ResultWriter:
         for number, (result, run) in enumerate(zip(results, runs, strict=True)):
             source = by_obs_id[result.obs_id]
             if result.error is not None and not result.pieces:
-                _store_facts(run, source, result.facts)
+                _store_facts(run, source, run_facts(result, source, self.meta))
                 run.status, run.error = RUN_STATUS_FAILED, result.error
                 run.file_size_bytes = run.file_mtime = run.file_sha256 = None
                 renewed.append(run.id)
@@ -402,7 +403,7 @@ class _ResultWriter:
                 outcomes[number] = "unchanged"
                 run.file_mtime, run.file_path = result.mtime, str(source.events_path)  # touched, not changed
             else:
-                _store_facts(run, source, result.facts)
+                _store_facts(run, source, run_facts(result, source, self.meta))
                 run.status, run.error = RUN_STATUS_OK, None
                 run.file_size_bytes, run.file_mtime, run.file_sha256 = result.size, result.mtime, result.sha256
                 renewed.append(run.id)
