@@ -67,11 +67,12 @@ def _fill_dates(facts: RunFacts, lookup: _Lookup) -> None:
     tstart, tstop = lookup.number("TSTART"), lookup.number("TSTOP")
     reference = time_reference(lookup)
     if reference is not None and tstart is not None:
-        start = (reference + tstart * u.s).utc
-        facts.tstart_mjd = float(start.mjd)
-        facts.date_obs = start.datetime.date()
+        # Start and stop in one conversion: each costs more than the arithmetic it converts.
+        times = (reference + [tstart, tstart if tstop is None else tstop] * u.s).utc
+        facts.tstart_mjd = float(times[0].mjd)
+        facts.date_obs = times[0].datetime.date()
         if tstop is not None:
-            facts.tstop_mjd = float((reference + tstop * u.s).utc.mjd)
+            facts.tstop_mjd = float(times[1].mjd)
     elif lookup.get("DATE-OBS"):
         start = Time(str(lookup.get("DATE-OBS"))[:10], scale="utc")
         facts.tstart_mjd = float(start.mjd)
