@@ -1,5 +1,7 @@
 """Exclusion regions are circles on the sphere, found once per process."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -210,3 +212,19 @@ def test_names_resolve_in_gammacat_and_3hwc():
 def test_names_need_a_source_catalogue():
     with pytest.raises(ConfigError, match="no source catalogue is configured"):
         ExclusionSettings(**NO_CATALOGUES, source_radii=(("PKS 2155-304", 0.6),))
+
+
+def test_region_as_dict_has_every_field() -> None:
+    region = ExclusionRegion("Crab", "source", 83.63, 22.01, 0.35)
+    assert region.as_dict() == dataclasses.asdict(region)
+
+
+def test_regions_of_a_pointing_found_again_are_the_same() -> None:
+    circles = [CircleRegion(name=f"c{i}", ra=150.0 + 0.4 * i, dec=30.0, radius=0.2) for i in range(6)]
+    finder = ExclusionFinder(ExclusionSettings(gammacat=None, hawc=None, star_cat=None, exclude_regions=tuple(circles)))
+    first = finder.regions(150.5, 30.0, 1.0)
+    first.pop()  # a caller's list is its own
+    again = finder.regions(150.5, 30.0, 1.0)
+    assert [region.name for region in again] == ["c1", "c2", "c0", "c3", "c4"]
+    assert again == ExclusionFinder(finder.settings).regions(150.5, 30.0, 1.0)
+    assert [region.name for region in finder.regions(150.5, 30.0, 0.4)] == ["c1", "c2", "c0"]

@@ -36,12 +36,14 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.table import Table
 
 from bkgdb.errors import DatastoreError
+
+if TYPE_CHECKING:  # imported where used: index workers, which never read tables, skip it
+    from astropy.table import Table
 
 __all__ = [
     "DL3Datastore",
@@ -132,6 +134,8 @@ def read_index_table(path: Path, what: str) -> Table:
     DatastoreError
         The file cannot be read, is truncated or holds no FITS table.
     """
+
+    from astropy.table import Table
 
     def refuse(reason: object) -> DatastoreError:
         return DatastoreError(f"cannot read the {what} {path}: {one_line(reason)}")

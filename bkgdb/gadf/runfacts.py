@@ -60,22 +60,27 @@ class _Lookup:
         return finite_number(self.get(*names))
 
 
-def _fill_times(facts: RunFacts, lookup: _Lookup) -> None:
+def _fill_dates(facts: RunFacts, lookup: _Lookup) -> None:
     from astropy import units as u
     from astropy.time import Time
 
     tstart, tstop = lookup.number("TSTART"), lookup.number("TSTOP")
     reference = time_reference(lookup)
     if reference is not None and tstart is not None:
-        start = (reference + tstart * u.s).utc
-        facts.tstart_mjd = float(start.mjd)
-        facts.date_obs = start.datetime.date()
+        # Start and stop in one conversion: each costs more than the arithmetic it converts.
+        times = (reference + [tstart, tstart if tstop is None else tstop] * u.s).utc
+        facts.tstart_mjd = float(times[0].mjd)
+        facts.date_obs = times[0].datetime.date()
         if tstop is not None:
-            facts.tstop_mjd = float((reference + tstop * u.s).utc.mjd)
+            facts.tstop_mjd = float(times[1].mjd)
     elif lookup.get("DATE-OBS"):
         start = Time(str(lookup.get("DATE-OBS"))[:10], scale="utc")
         facts.tstart_mjd = float(start.mjd)
         facts.date_obs = start.datetime.date()
+
+
+def _fill_durations(facts: RunFacts, lookup: _Lookup) -> None:
+    tstart, tstop = lookup.number("TSTART"), lookup.number("TSTOP")
     facts.ontime_s = lookup.number("ONTIME")
     if facts.ontime_s is None and tstart is not None and tstop is not None:
         facts.ontime_s = tstop - tstart
@@ -88,12 +93,13 @@ def _fill_times(facts: RunFacts, lookup: _Lookup) -> None:
 
 
 def _fill_pointing(facts: RunFacts, lookup: _Lookup) -> None:
-    from astropy import units as u
-    from astropy.coordinates import SkyCoord
-
     facts.ra_deg, facts.dec_deg = lookup.number("RA_PNT"), lookup.number("DEC_PNT")
     facts.glon_deg, facts.glat_deg = lookup.number("GLON_PNT"), lookup.number("GLAT_PNT")
     if facts.ra_deg is not None and facts.dec_deg is not None and (facts.glon_deg is None or facts.glat_deg is None):
+        # Imported only here: astropy.coordinates costs a worker process more than a run.
+        from astropy import units as u
+        from astropy.coordinates import SkyCoord
+
         galactic = SkyCoord(facts.ra_deg * u.deg, facts.dec_deg * u.deg, frame="icrs").galactic
         facts.glon_deg, facts.glat_deg = float(galactic.l.deg), float(galactic.b.deg)
 
@@ -141,7 +147,7 @@ def _fill_instrument(facts: RunFacts, lookup: _Lookup) -> None:
     facts.muon_eff = lookup.number("MUONEFF")
 
 
-def read_run_facts(source: RunSource, meta: dict, header: Values | None = None) -> RunFacts:
+def read_run_facts(source: RunSource, meta: dict, header: Values | None = None, dates: bool = True) -> RunFacts:
     """The catalogue columns of one run, from its obs-index row and (if given) its EVENTS header.
 
     Parameters
@@ -152,6 +158,10 @@ def read_run_facts(source: RunSource, meta: dict, header: Values | None = None) 
         The obs-index header (time reference, site location).
     header : dict, optional
         The EVENTS header, when the file could be read. Default is None.
+    dates : bool, optional
+        Also the start and stop (UTC MJD), the date and, where the index lacks them, the
+        horizontal coordinates at mid-run. Default is True. Without them no astropy time scale
+        is loaded, which costs a fresh process more than a run.
 
     Returns
     -------
@@ -159,7 +169,9 @@ def read_run_facts(source: RunSource, meta: dict, header: Values | None = None) 
     """
     lookup = _Lookup({**meta, **source.row}, header)
     facts = RunFacts(extra=dict(source.row))
-    _fill_times(facts, lookup)
+    if dates:
+        _fill_dates(facts, lookup)
+    _fill_durations(facts, lookup)
     _fill_pointing(facts, lookup)
     _fill_instrument(facts, lookup)
     if header is not None:

@@ -7,7 +7,7 @@ radius. Catalogues (`bkgdb.makers.sources`) are read once per process.
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from typing import Any
 
@@ -20,8 +20,8 @@ from bkgdb.makers.sphere import angular_distance_deg, unit_vectors
 __all__ = ["ExclusionRegion", "ShapedRegion", "ExclusionFinder", "annulus_grid", "load_region_file", "rotation_to"]
 
 log = logging.getLogger(__name__)
-#: Pointings whose accepted fractions an `ExclusionFinder` keeps.
-_FRACTION_CACHE_SIZE = 256
+#: Pointings whose regions and accepted fractions an `ExclusionFinder` keeps.
+_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class ExclusionRegion:
     radius: float
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        # Written for every region of every piece: plain fields, no dataclasses.asdict recursion.
+        return {"name": self.name, "kind": self.kind, "ra": self.ra, "dec": self.dec, "radius": self.radius}
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,8 @@ class ExclusionFinder:
                 )
         #: Accepted fractions per (pointing, edges, regions): runs on one pointing share them.
         self._fractions: dict[tuple, np.ndarray] = {}
+        #: Regions per (pointing, search radius).
+        self._regions: dict[tuple, tuple[ExclusionRegion, ...]] = {}
         self.shapes: list[ShapedRegion] = []
         for path in s.region_files:
             circles, shapes = load_region_file(path)
@@ -180,6 +183,15 @@ class ExclusionFinder:
         -------
         regions : list of `ExclusionRegion`
         """
+        key = (float(ra_deg), float(dec_deg), float(search_radius))
+        cached = self._regions.get(key)
+        if cached is None:  # runs on one pointing (wobble positions repeat) and binnings share them
+            cached = self._regions[key] = self._find_regions(*key)
+            if len(self._regions) > _CACHE_SIZE:
+                self._regions.pop(next(iter(self._regions)))
+        return list(cached)
+
+    def _find_regions(self, ra_deg: float, dec_deg: float, search_radius: float) -> tuple[ExclusionRegion, ...]:
         pointing = unit_vectors(ra_deg, dec_deg)
         found = []
         for catalogue in self.catalogues:
@@ -208,7 +220,9 @@ class ExclusionFinder:
             key = (region.kind, region.name, region.ra, region.dec)
             if key not in largest or region.radius > largest[key].radius:
                 largest[key] = region
-        return [region for _, region in found if largest[(region.kind, region.name, region.ra, region.dec)] is region]
+        return tuple(
+            region for _, region in found if largest[(region.kind, region.name, region.ra, region.dec)] is region
+        )
 
     def excluded(
         self,
@@ -304,7 +318,7 @@ class ExclusionFinder:
             vectors = annulus_grid(lo, hi, n_theta, n_phi) @ rotation.T
             values.append(1.0 - self.excluded(vectors, near, ra_deg, dec_deg).mean())
         fractions = np.array(values)
-        if len(self._fractions) >= _FRACTION_CACHE_SIZE:
+        if len(self._fractions) >= _CACHE_SIZE:
             self._fractions.pop(next(iter(self._fractions)))
         self._fractions[key] = fractions
         return fractions.copy()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from bkgdb.gadf.datastore import RunSource
@@ -19,7 +21,16 @@ from bkgdb.makers.exclusion import ExclusionFinder
 from bkgdb.makers.fov import FovError, RunClock
 from bkgdb.makers.piece import PieceMaker
 
-__all__ = ["RunJob", "RunResult", "process_run", "exclusion_finder", "piece_maker"]
+__all__ = [
+    "RunJob",
+    "RunResult",
+    "process_run",
+    "run_facts",
+    "exclusion_finder",
+    "save_exclusion_finders",
+    "load_exclusion_finders",
+    "piece_maker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +58,46 @@ class RunResult:
     size: int | None = None
     mtime: float | None = None
     changed: bool = True
+    #: What the catalogue records of the run; None when the indexing process makes them from
+    #: ``header`` (`run_facts`).
     facts: RunFacts | None = None
+    #: The EVENTS header's values, when the file was read.
+    header: Any = None
     #: (binning, exclusion, BackgroundPiece) triples.
     pieces: list = field(default_factory=list)
     error: str | None = None
 
 
-@cache
+#: The `ExclusionFinder` of each exclusion setting, made or received once per process.
+_finders: dict[Any, ExclusionFinder] = {}
+
+
 def exclusion_finder(exclusion: Any) -> ExclusionFinder:
     """One `ExclusionFinder` per exclusion setting and process."""
-    return ExclusionFinder(exclusion)
+    finder = _finders.get(exclusion)
+    if finder is None:
+        finder = _finders[exclusion] = ExclusionFinder(exclusion)
+    return finder
+
+
+def save_exclusion_finders(exclusions: Any, path: Path) -> None:
+    """Write this process's finders of the exclusion settings to ``path``, for `load_exclusion_finders`."""
+    path.write_bytes(pickle.dumps([exclusion_finder(exclusion) for exclusion in exclusions]))
+
+
+def load_exclusion_finders(path: str) -> None:
+    """Use finders made in another process (catalogues read and parsed there) in this one.
+
+    A spawned worker would otherwise read and parse every catalogue again before its first run,
+    which costs more than many runs.
+
+    Parameters
+    ----------
+    path : str
+        A file written by `save_exclusion_finders`.
+    """
+    for finder in pickle.loads(Path(path).read_bytes()):
+        _finders.setdefault(finder.settings, finder)
 
 
 @cache
@@ -84,8 +125,13 @@ def run_clock(events: EventList, source: RunSource, meta: dict) -> RunClock:
     )
 
 
+def run_facts(result: RunResult, source: RunSource, meta: dict) -> RunFacts:
+    """What the catalogue records of a run `process_run` has read (or failed to read)."""
+    return result.facts or read_run_facts(source, meta, result.header)
+
+
 def process_run(job: RunJob) -> RunResult:
-    """Read one run's file once; return its facts and pieces, or why it could not be read."""
+    """Read one run's file once; return its header and pieces, or why it could not be read."""
     source = job.source
     result = RunResult(source.obs_id)
     path = source.events_path
@@ -108,20 +154,21 @@ def process_run(job: RunJob) -> RunResult:
         events = read_events(source, content, with_events=bool(specs))
     except RunReadError as exc:
         result.error = str(exc)
-        result.facts = read_run_facts(source, job.meta, None)
         return result
 
-    result.facts = read_run_facts(source, job.meta, events.header)
+    # The facts' dates are made by the indexing process (`run_facts`): the time scales they need
+    # cost a worker process more to load than a run.
+    result.header = header = events.header
+    facts = read_run_facts(source, job.meta, header, dates=False)
     # Pieces take the geometry and times of the event file itself, at full precision, as gammapy
     # does (obs-index columns are often float32); the catalogue row describes the run for selection.
-    header = events.header
     values = {
         key: header.get(key, value)
         for key, value in (
-            ("RA_PNT", result.facts.ra_deg),
-            ("DEC_PNT", result.facts.dec_deg),
-            ("ONTIME", result.facts.ontime_s),
-            ("LIVETIME", result.facts.livetime_s),
+            ("RA_PNT", facts.ra_deg),
+            ("DEC_PNT", facts.dec_deg),
+            ("ONTIME", facts.ontime_s),
+            ("LIVETIME", facts.livetime_s),
         )
     }
     if specs and (values["RA_PNT"] is None or values["DEC_PNT"] is None or not values["ONTIME"]):

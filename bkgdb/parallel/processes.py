@@ -108,16 +108,23 @@ def _sigint_ignored_by_new_workers() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _initialise_worker(parent_pid: int) -> None:
+def _initialise_worker(parent_pid: int, initializer: Callable[..., object] | None, initargs: tuple) -> None:
     # Ctrl-C reaches the whole process group: the parent alone decides how to stop, and the
     # workers print no KeyboardInterrupt tracebacks of their own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(parent_pid)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 class WorkerPool:
     """A pool of ``workers`` spawned processes that die with their parent.
+
+    ``initializer(*initargs)``, if given, runs in each worker before its first item (e.g. to hand
+    it state the parent has already made). Keep ``initargs`` small (a file name rather than what
+    the file holds): the parent writes them into a pipe that a new worker reads only once it has
+    imported the parent's main module, and waits for that while they do not fit in the pipe.
 
     Use it as a context manager. Leaving the block normally waits for the workers to exit;
     leaving it by an exception (including `KeyboardInterrupt` and `Terminated`) or by closing the
@@ -130,8 +137,9 @@ class WorkerPool:
     ...         store(result)
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, initializer: Callable[..., object] | None = None, initargs: tuple = ()) -> None:
         self.workers = int(workers)
+        self.initializer, self.initargs = initializer, initargs
         self._executor: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> WorkerPool:
@@ -140,7 +148,7 @@ class WorkerPool:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_initialise_worker,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), self.initializer, self.initargs),
         )
         return self
 

@@ -8,18 +8,28 @@ their results (run facts and pieces of any geometry) in the main process; `RunCa
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Generator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 
 from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.makers.piece import COUNTS_DTYPE, EXPOSURE_DTYPE, BackgroundPiece, encode_array
-from bkgdb.makers.run import RunJob, RunResult, exclusion_finder, process_run
+from bkgdb.makers.run import (
+    RunJob,
+    RunResult,
+    exclusion_finder,
+    load_exclusion_finders,
+    process_run,
+    run_facts,
+    save_exclusion_finders,
+)
 from bkgdb.parallel.processes import WorkerPool
 from bkgdb.store.database import session_scope
 from bkgdb.store.models import (
@@ -98,8 +108,13 @@ def run_jobs(jobs: list[RunJob], workers: Any) -> Generator[RunResult, None, Non
         for job in jobs:
             yield process_run(job)
         return
-    with WorkerPool(min(workers, len(jobs))) as pool:
-        yield from pool.imap_unordered(process_run, jobs)
+    # The workers get the catalogues this process has read (`DatastoreIndexer` reads them first).
+    exclusions = {exclusion for job in jobs for _, exclusion in job.specs + job.missing_specs}
+    with tempfile.TemporaryDirectory(prefix="bkgdb-index-") as folder:
+        finders = Path(folder, "exclusion-finders.pickle")
+        save_exclusion_finders(exclusions, finders)
+        with WorkerPool(min(workers, len(jobs)), load_exclusion_finders, (str(finders),)) as pool:
+            yield from pool.imap_unordered(process_run, jobs)
 
 
 def piece_values(
@@ -182,6 +197,7 @@ class DatastoreIndexer:
         report = IndexReport(datastore=str(store.path))
         meta = store.meta
         with session_scope(self.engine) as session:
+            _commit_without_waiting_for_disk(session)
             # Upserts and re-reads, not "select, then add": another indexer may be adding the same rows.
             insert_if_missing(session, Datastore, ["path"], {"path": str(store.path), "obs_index_meta": meta})
             datastore = session.scalars(sa.select(Datastore).where(Datastore.path == str(store.path))).one()
@@ -206,29 +222,27 @@ class DatastoreIndexer:
                 progress(len(sources) - len(jobs_to_run), len(sources))
 
             by_obs_id = {source.obs_id: source for source in sources}
+            writer = _ResultWriter(session, datastore.id, meta, specs)
             # closing(): an exception here (Ctrl-C, SIGTERM) stops the workers at once; every run
             # committed so far stays committed.
             # Local: one commit per run. An executor may ask for batches (a commit per round trip
-            # to a remote database costs more than a run) and for a longest wait between commits.
+            # to a remote database costs more than a run) and for a longest wait between commits;
+            # a batch is written with one statement per table.
             commit_batch = getattr(executor, "commit_batch", 1)
             commit_interval_s = getattr(executor, "commit_interval_s", 0.0)
-            uncommitted, last_commit = 0, time.monotonic()
+            batch: list[RunResult] = []
+            last_commit = time.monotonic()
             with closing(run_jobs(jobs_to_run, jobs if executor is None else executor)) as results:
                 for done, result in enumerate(results, start=len(sources) - len(jobs_to_run) + 1):
-                    outcome, run = self._store_result(
-                        session, existing[result.obs_id], by_obs_id[result.obs_id], result, specs
-                    )
-                    existing[result.obs_id] = run
-                    setattr(report, outcome, getattr(report, outcome) + 1)
-                    report.pieces += len(result.pieces)
-                    if outcome == "failed":
-                        report.failures.append((result.obs_id, run.error))
-                    uncommitted += 1
-                    if uncommitted >= commit_batch or time.monotonic() - last_commit >= commit_interval_s:
+                    batch.append(result)
+                    if len(batch) >= commit_batch or time.monotonic() - last_commit >= commit_interval_s:
+                        self._write(writer, batch, existing, by_obs_id, report)
                         session.commit()
-                        uncommitted, last_commit = 0, time.monotonic()
+                        batch, last_commit = [], time.monotonic()
                     if progress is not None:
                         progress(done, len(sources))
+            if batch:
+                self._write(writer, batch, existing, by_obs_id, report)
 
             listed = {source.obs_id for source in sources}
             removed = [run.id for obs_id, run in existing.items() if obs_id not in listed and run.id is not None]
@@ -290,58 +304,119 @@ class DatastoreIndexer:
             missing_specs=missing,
         )
 
-    def _store_result(
-        self, session: Session, run: Run, source: RunSource, result: RunResult, specs: list[PieceSpec]
-    ) -> tuple[str, Run]:
-        """Write a worker's result into the run's row and its pieces; return the outcome and the row.
-
-        Safe against another indexer of the same datastore: a new run's row is inserted unless
-        present (then updated), pieces are upserted.
-        """
-        rows = {(b, e): (b_row, e_row) for b, e, b_row, e_row in specs}
-        outcome = "new" if run.status is None else "updated"
-        if run.id is None:
-            key = {"datastore_id": run.datastore_id, "obs_id": run.obs_id}
-            # Status is set below in this transaction; the placeholder is never committed.
-            insert_if_missing(session, Run, ["datastore_id", "obs_id"], {**key, "status": RUN_STATUS_FAILED})
-            run = session.scalars(sa.select(Run).filter_by(**key)).one()
-        if result.error is not None and not result.pieces:
-            self._store_facts(run, source, result.facts)
-            run.status, run.error = RUN_STATUS_FAILED, result.error
-            run.file_size_bytes = run.file_mtime = run.file_sha256 = None
-            session.execute(sa.delete(PieceRow).where(PieceRow.run_id == run.id))
-            return "failed", run
-        if not result.changed:
-            outcome = "unchanged"
-            run.file_mtime, run.file_path = result.mtime, str(source.events_path)  # touched, not changed
-        else:
-            self._store_facts(run, source, result.facts)
-            run.status, run.error = RUN_STATUS_OK, None
-            run.file_size_bytes, run.file_mtime, run.file_sha256 = result.size, result.mtime, result.sha256
-            if run.id is not None:
-                session.execute(sa.delete(PieceRow).where(PieceRow.run_id == run.id))
-        session.flush()
-        key_columns = ["run_id", "binning_id", "exclusion_id"]
-        for binning, exclusion, piece in result.pieces:
-            binning_row, exclusion_row = rows[(binning, exclusion)]
-            values = piece_values(piece, run.id, binning_row.id, exclusion_row.id, result.sha256)
-            statement = upsert_insert(session, cast(sa.Table, PieceRow.__table__)).values(**values)
-            session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=key_columns,
-                    set_={name: statement.excluded[name] for name in values if name not in key_columns},
-                )
-            )
-        return outcome, run
-
     @staticmethod
-    def _store_facts(run: Run, source: RunSource, facts: RunFacts | None) -> None:
-        # The model lists the facts a run row holds; a fact it does not know is a programming error.
-        unknown = set(vars(facts)) - set(RUN_FACT_COLUMNS)
-        if unknown:
-            raise TypeError(f"run facts without a Run column: {', '.join(sorted(unknown))}")
-        for name in RUN_FACT_COLUMNS:
-            setattr(run, name, getattr(facts, name, None))
-        run.file_path = str(source.events_path) if source.events_path else None
-        run.row_sha256 = source.row_sha256
-        run.indexed_at = datetime.now(UTC)
+    def _write(
+        writer: _ResultWriter,
+        batch: list[RunResult],
+        existing: dict[int, Run],
+        by_obs_id: dict[int, RunSource],
+        report: IndexReport,
+    ) -> None:
+        """Write a batch of results and count their outcomes in ``report``."""
+        for result, (outcome, run) in zip(batch, writer.write(batch, existing, by_obs_id), strict=True):
+            existing[result.obs_id] = run
+            setattr(report, outcome, getattr(report, outcome) + 1)
+            report.pieces += len(result.pieces)
+            if outcome == "failed":
+                report.failures.append((result.obs_id, run.error))
+
+
+def _commit_without_waiting_for_disk(session: Session) -> None:
+    """On PostgreSQL, let the session's commits return before the server has flushed them to disk.
+
+    An index commits every run; waiting for each flush costs more than writing the run. A
+    crash of the database server (not of the indexer) within a fraction of a second of a commit
+    may lose that commit, never half of it; the next index redoes those runs. SQLite connections
+    make the same trade-off (``synchronous=NORMAL``) when they are opened.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+
+    def asynchronous(session: Session, transaction: Any, connection: sa.Connection) -> None:
+        connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+    sa.event.listen(session, "after_begin", asynchronous)
+
+
+def _store_facts(run: Run, source: RunSource, facts: RunFacts | None) -> None:
+    # The model lists the facts a run row holds; a fact it does not know is a programming error.
+    unknown = set(vars(facts)) - set(RUN_FACT_COLUMNS)
+    if unknown:
+        raise TypeError(f"run facts without a Run column: {', '.join(sorted(unknown))}")
+    for name in RUN_FACT_COLUMNS:
+        setattr(run, name, getattr(facts, name, None))
+    run.file_path = str(source.events_path) if source.events_path else None
+    run.row_sha256 = source.row_sha256
+    run.indexed_at = datetime.now(UTC)
+
+
+#: The key of a piece row; the other columns are replaced when the key is present.
+_PIECE_KEY = ["run_id", "binning_id", "exclusion_id"]
+
+
+class _ResultWriter:
+    """Writes workers' results into one datastore's rows, a batch of runs at a time.
+
+    Safe against another indexer of the same datastore: new runs' rows are inserted unless
+    present (then updated), pieces are upserted. Each table gets one statement per batch (with
+    many parameter sets), made once per index.
+    """
+
+    def __init__(self, session: Session, datastore_id: int, meta: dict, specs: list[PieceSpec]) -> None:
+        self.session = session
+        self.datastore_id, self.meta = datastore_id, meta
+        self.setting_ids = {(b, e): (b_row.id, e_row.id) for b, e, b_row, e_row in specs}
+        runs = cast(sa.Table, Run.__table__)
+        # Status is set in the same transaction; the placeholder is never committed.
+        self.new_runs = upsert_insert(session, runs).on_conflict_do_nothing(index_elements=["datastore_id", "obs_id"])
+        self.upsert_pieces: Any = None
+
+    def write(
+        self, results: list[RunResult], existing: dict[int, Run], by_obs_id: dict[int, RunSource]
+    ) -> list[tuple[str, Run]]:
+        """Write the results into their runs' rows and pieces; the outcome and row of each run."""
+        session = self.session
+        runs = [existing[result.obs_id] for result in results]
+        outcomes = ["new" if run.status is None else "updated" for run in runs]
+        new = [run.obs_id for run in runs if run.id is None]
+        if new:
+            session.execute(
+                self.new_runs,
+                [{"datastore_id": self.datastore_id, "obs_id": obs_id, "status": RUN_STATUS_FAILED} for obs_id in new],
+            )
+            rows = session.scalars(
+                sa.select(Run).where(Run.datastore_id == self.datastore_id, Run.obs_id.in_(new))
+            ).all()
+            by_new_obs_id = {row.obs_id: row for row in rows}
+            runs = [by_new_obs_id[run.obs_id] if run.id is None else run for run in runs]
+        renewed, pieces = [], []
+        for number, (result, run) in enumerate(zip(results, runs, strict=True)):
+            source = by_obs_id[result.obs_id]
+            if result.error is not None and not result.pieces:
+                _store_facts(run, source, run_facts(result, source, self.meta))
+                run.status, run.error = RUN_STATUS_FAILED, result.error
+                run.file_size_bytes = run.file_mtime = run.file_sha256 = None
+                renewed.append(run.id)
+                outcomes[number] = "failed"
+                continue
+            if not result.changed:
+                outcomes[number] = "unchanged"
+                run.file_mtime, run.file_path = result.mtime, str(source.events_path)  # touched, not changed
+            else:
+                _store_facts(run, source, run_facts(result, source, self.meta))
+                run.status, run.error = RUN_STATUS_OK, None
+                run.file_size_bytes, run.file_mtime, run.file_sha256 = result.size, result.mtime, result.sha256
+                renewed.append(run.id)
+            for binning, exclusion, piece in result.pieces:
+                binning_id, exclusion_id = self.setting_ids[(binning, exclusion)]
+                pieces.append(piece_values(piece, run.id, binning_id, exclusion_id, result.sha256))
+        if renewed:  # a failed or changed run keeps no piece of its former file
+            session.execute(sa.delete(PieceRow).where(PieceRow.run_id.in_(renewed)))
+        session.flush()
+        if pieces:
+            if self.upsert_pieces is None:  # the columns are those piece_values gives
+                upsert = upsert_insert(session, cast(sa.Table, PieceRow.__table__))
+                replaced = {name: upsert.excluded[name] for name in pieces[0] if name not in _PIECE_KEY}
+                self.upsert_pieces = upsert.on_conflict_do_update(index_elements=_PIECE_KEY, set_=replaced)
+            session.execute(self.upsert_pieces, pieces)
+        return list(zip(outcomes, runs, strict=True))

@@ -1,0 +1,78 @@
+"""Local index workers start from what the indexing process already has: its parsed catalogues."""
+
+import os
+from pathlib import Path
+
+import pytest
+from astropy.io import fits
+
+from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings
+from bkgdb.gadf.datastore import DL3Datastore, json_safe
+from bkgdb.gadf.runfacts import read_run_facts
+from bkgdb.makers.run import RunJob, exclusion_finder, process_run, run_facts
+from bkgdb.parallel.processes import WorkerPool
+from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+from bkgdb.store.indexing import run_jobs
+
+SOURCE = PointSource(ra_deg=120.0, dec_deg=-30.0, rate_per_s=0.01, name="Worker test source")
+
+#: Set in each worker by `remember`.
+_received: tuple = ()
+
+
+def remember(*values: object) -> None:
+    global _received
+    _received = (os.getpid(), *values)
+
+
+def received(_: object) -> tuple:
+    return _received
+
+
+def test_pool_initializer_runs_in_every_worker() -> None:
+    with WorkerPool(2, remember, ("state", 3)) as pool:
+        answers = list(pool.imap_unordered(received, range(8)))
+    assert {answer[1:] for answer in answers} == {("state", 3)}
+    assert os.getpid() not in {answer[0] for answer in answers}
+
+
+@pytest.fixture
+def field(tmp_path: Path) -> tuple[Path, BkgdbConfig]:
+    pointings = [(120.5, -30.0), (119.5, -30.0), (120.0, -29.5)]
+    DatastoreSimulator(
+        truth=BackgroundTruth(norm=3e-6), pointings=pointings, ontime_s=300.0, with_irfs=False, seed=5
+    ).run(tmp_path / "datastore")
+    catalogue = write_source_catalogue(tmp_path / "sources.fits", [SOURCE])
+    exclusion = ExclusionSettings(gammacat=str(catalogue), hawc=None, star_cat=None)
+    binning = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=5)
+    return tmp_path / "datastore", BkgdbConfig(binnings=[binning], exclusion=exclusion)
+
+
+def test_local_workers_use_the_catalogues_read_before_they_start(field: tuple[Path, BkgdbConfig]) -> None:
+    datastore, config = field
+    exclusion = config.exclusion
+    exclusion_finder(exclusion)  # as the indexer does before starting workers
+    assert exclusion.gammacat is not None
+    Path(exclusion.gammacat).unlink()  # a worker reading it again would fail
+    store = DL3Datastore(datastore)
+    specs = [(config.binnings[0], exclusion)]
+    jobs = [RunJob(source=source, meta=store.meta, specs=specs) for source in store.runs()]
+    results = list(run_jobs(jobs, 2))
+    assert sorted(result.obs_id for result in results) == sorted(job.source.obs_id for job in jobs)
+    assert all(result.error is None and len(result.pieces) == 1 for result in results)
+    # Every pointing is 0.5 deg from the source: every piece excludes it.
+    assert all(result.pieces[0][2].regions[0]["name"] == SOURCE.name for result in results)
+
+
+def test_workers_leave_the_run_dates_to_the_indexing_process(field: tuple[Path, BkgdbConfig]) -> None:
+    datastore, config = field
+    store = DL3Datastore(datastore)
+    for source in store.runs():
+        result = process_run(RunJob(source=source, meta=store.meta, specs=[(config.binnings[0], config.exclusion)]))
+        assert result.facts is None and result.header is not None and result.pieces
+        facts = run_facts(result, source, store.meta)
+        assert source.events_path is not None
+        with fits.open(source.events_path) as hdul:
+            header = {key: json_safe(value) for key, value in hdul["EVENTS"].header.items()}
+        assert facts == read_run_facts(source, store.meta, header)
+        assert facts.tstart_mjd is not None and facts.date_obs is not None and facts.ontime_s
