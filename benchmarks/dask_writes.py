@@ -77,7 +77,7 @@ from bkgdb.makers.run import RunJob, RunResult, exclusion_finder, process_run
 from bkgdb.parallel.cluster import DaskExecutor
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.database import create_engine, session_scope
-from bkgdb.store.indexing import DatastoreIndexer
+from bkgdb.store.indexing import DatastoreIndexer, _ResultWriter
 from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
 from bkgdb.store.upsert import insert_if_missing
 
@@ -113,20 +113,19 @@ def store_results(
 
     The benchmark's one coupling to the library's storing code: the datastore's row is upserted,
     then the setting rows and every result go through `~bkgdb.store.indexing.DatastoreIndexer`'s
-    own methods. They are private because the library writes only in the process that runs
+    own writer. They are private because the library writes only in the process that runs
     `RunCatalogue.index`; a library version of this prototype would make them public.
     """
-    indexer = DatastoreIndexer(engine)
     with session_scope(engine) as session:
         start = time.perf_counter()
         # The transaction's first write: where SQLite waits for its single writer lock.
         insert_if_missing(session, Datastore, ["path"], {"path": path, "obs_index_meta": meta})
         waited = time.perf_counter() - start
         datastore_id = session.scalars(sa.select(Datastore.id).where(Datastore.path == path)).one()
-        specs = indexer._piece_specs(session, config)
-        for source, result in done:
-            run = Run(datastore_id=datastore_id, obs_id=source.obs_id)
-            indexer._store_result(session, run, source, result, specs)
+        if done:
+            writer = _ResultWriter(session, datastore_id, meta, DatastoreIndexer._piece_specs(session, config))
+            existing = {source.obs_id: Run(datastore_id=datastore_id, obs_id=source.obs_id) for source, _ in done}
+            writer.write([result for _, result in done], existing, {source.obs_id: source for source, _ in done})
         session.commit()
     return waited
 
