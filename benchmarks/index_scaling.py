@@ -5,6 +5,10 @@ columns (RA, DEC, ENERGY): what no indexer can avoid. Each index goes into a new
 Dask cases use a `distributed.LocalCluster` started beforehand (its workers import bkgdb and read
 the catalogues within the timed index, as workers on a cluster do).
 
+Local workers are spawned: each imports the main module of the process that starts them. This
+script imports what it needs inside its functions, so its workers import what those of `bkgdb
+index` import (the command's module is light), not this script's tools.
+
 Besides wall-clock seconds, each line gives the CPU seconds of this process and every process it
 started (local workers, the Dask cluster's) in the best case: on a machine shared with other work,
 they tell what the indexer costs where wall-clock time tells mostly what the others did.
@@ -19,19 +23,13 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-import psutil
-from astropy.io import fits
-
-from bkgdb.config import load_config
-from bkgdb.gadf.datastore import DL3Datastore
-from bkgdb.store.catalogue import RunCatalogue
-
 REPO = Path(__file__).resolve().parent.parent
 
 
 def cpu_seconds():
     """CPU seconds so far of this process, its finished children and its running descendants."""
+    import psutil
+
     process = psutil.Process()
     times = process.cpu_times()
     total = times.user + times.system + times.children_user + times.children_system
@@ -46,6 +44,11 @@ def cpu_seconds():
 
 def read_floor(datastore):
     """Seconds (wall, CPU) to open every event file and read its event columns; the events read."""
+    import numpy as np
+    from astropy.io import fits
+
+    from bkgdb.gadf.datastore import DL3Datastore
+
     start, cpu = time.perf_counter(), cpu_seconds()
     events = 0
     for source in DL3Datastore(datastore).runs():
@@ -85,6 +88,8 @@ def drop_database(url, postgres):
 
 
 def timed_index(folder, postgres, datastore, config, jobs=1, executor=None):
+    from bkgdb.store.catalogue import RunCatalogue
+
     url = new_database(folder, postgres)
     catalogue = RunCatalogue.open(url)
     try:
@@ -104,7 +109,6 @@ def main():
     parser.add_argument("--repeat", type=int, default=1, help="best of N for every line")
     args = parser.parse_args()
     datastore = Path(os.environ["GAMMAPY_DATA"], "hess-dl3-dr1")
-    config = load_config(args.config)
 
     from distributed import LocalCluster
 
@@ -113,6 +117,18 @@ def main():
     rows = []
     floor, floor_cpu, events = min((read_floor(datastore) for _ in range(args.repeat)), key=lambda item: item[0])
     rows.append(("read floor (open + read event columns)", floor, floor_cpu, f"{events:,} events"))
+    from bkgdb.config import load_config
+
+    # Once per process, whatever the archive's size: measured apart, so the first index line is not
+    # the only one to pay it (local workers receive the catalogues from this process; Dask workers
+    # read them themselves, within their first task).
+    from bkgdb.makers.run import exclusion_finder
+
+    start, cpu = time.perf_counter(), cpu_seconds()
+    config = load_config(args.config)  # resolves the config's source names in the catalogues
+    exclusion_finder(config.exclusion)
+    rows.append(("config, source and star catalogues (once)", time.perf_counter() - start, cpu_seconds() - cpu,
+                 "gamma-cat, 3HWC, Hipparcos"))
     with tempfile.TemporaryDirectory() as folder:
         for jobs in (1, 2):
             best, cpu, report = min((timed_index(folder, args.postgres, datastore, config, jobs=jobs)

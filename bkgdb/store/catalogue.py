@@ -160,9 +160,10 @@ class RunCatalogue:
         cannot be read is stored with status ``failed`` and its reason; the others are indexed.
         With a ``config``, the background pieces of every configured binning are computed in the
         same pass that reads each file; a run whose file changed gets new pieces, an unchanged run
-        that has all its pieces is not read. Each run is committed on its own, so an interrupted
-        index keeps what it did (with an ``executor``: one commit per ``executor.commit_batch`` runs or
-        ``executor.commit_interval_s`` seconds, whichever comes first).
+        that has all its pieces is not read. Results are committed at least every 0.5 s (50 runs at most
+        per commit), so an interrupted index keeps what it did up to then (with an ``executor``: one
+        commit per ``executor.commit_batch`` runs or ``executor.commit_interval_s`` seconds, whichever
+        comes first).
 
         Parameters
         ----------

@@ -60,6 +60,12 @@ __all__ = ["DatastoreIndexer", "IndexReport", "run_jobs", "piece_row", "piece_va
 log = logging.getLogger(__name__)
 
 
+#: Most results written per commit by a local index.
+LOCAL_COMMIT_BATCH = 50
+#: Longest wait between a local index's commits: what an interrupted index may have to redo.
+LOCAL_COMMIT_INTERVAL_S = 0.5
+
+
 @dataclass
 class IndexReport:
     """What one `RunCatalogue.index <bkgdb.store.catalogue.RunCatalogue.index>` call did."""
@@ -225,11 +231,12 @@ class DatastoreIndexer:
             writer = _ResultWriter(session, datastore.id, meta, specs)
             # closing(): an exception here (Ctrl-C, SIGTERM) stops the workers at once; every run
             # committed so far stays committed.
-            # Local: one commit per run. An executor may ask for batches (a commit per round trip
-            # to a remote database costs more than a run) and for a longest wait between commits;
-            # a batch is written with one statement per table.
-            commit_batch = getattr(executor, "commit_batch", 1)
-            commit_interval_s = getattr(executor, "commit_interval_s", 0.0)
+            # Results are written in batches, one statement per table (a run's statements cost as
+            # much as making its pieces), and committed at least every LOCAL_COMMIT_INTERVAL_S: an
+            # interrupted index loses at most that much work. An executor may ask for other limits
+            # (a commit per round trip to a remote database costs more).
+            commit_batch = getattr(executor, "commit_batch", LOCAL_COMMIT_BATCH)
+            commit_interval_s = getattr(executor, "commit_interval_s", LOCAL_COMMIT_INTERVAL_S)
             batch: list[RunResult] = []
             last_commit = time.monotonic()
             with closing(run_jobs(jobs_to_run, jobs if executor is None else executor)) as results:
@@ -324,10 +331,10 @@ class DatastoreIndexer:
 def _commit_without_waiting_for_disk(session: Session) -> None:
     """On PostgreSQL, let the session's commits return before the server has flushed them to disk.
 
-    An index commits every run; waiting for each flush costs more than writing the run. A
-    crash of the database server (not of the indexer) within a fraction of a second of a commit
-    may lose that commit, never half of it; the next index redoes those runs. SQLite connections
-    make the same trade-off (``synchronous=NORMAL``) when they are opened.
+    An index commits often (at least every ``LOCAL_COMMIT_INTERVAL_S``); waiting for each flush
+    costs more than writing. A crash of the database server (not of the indexer) within a
+    fraction of a second of a commit may lose that commit, never half of it; the next index redoes
+    those runs. SQLite connections make the same trade-off (``synchronous=NORMAL``) when they are opened.
     """
     if session.get_bind().dialect.name != "postgresql":
         return
