@@ -23,35 +23,34 @@ are then compared row by row: every run's and piece's values, ids and timestamps
 this process: the time to make one run's result (a worker's share) against the time to write it
 (the client's share, serial), whose ratio is how many workers one writing client keeps busy.
 
-Findings (2026-11-26, 2 cores shared with other jobs, load average 5.5-7.4; 2D + 3D pieces of
-configs/hess-dr1.yaml; best of 4, median in brackets, seconds):
+Findings (2026-11-26, 2 cores, load average 0.8 before the run; 2D + 3D pieces of
+configs/hess-dr1.yaml; best of 3, median in brackets, seconds):
 
 =================  =====  ============  ============  =============  ============
 database           batch  (a) client    (b) workers   (c) client,    connections
                                                       batched tasks  (a) / (b)
 =================  =====  ============  ============  =============  ============
-SQLite             10     5.92 (8.11)   6.37 (7.48)   5.48 (7.37)    1 / 12
-SQLite             50     5.65 (9.20)   4.99 (8.53)   4.65 (6.41)    1 / 4
-PostgreSQL         10     9.37 (10.07)  6.19 (9.23)   6.38 (9.80)    1 / 12
-PostgreSQL         50     4.91 (7.25)   3.54 (5.26)   4.19 (5.93)    1 / 4
+SQLite             10     1.42 (1.48)   1.20 (1.21)   1.23 (1.25)    1 / 12
+SQLite             50     1.46 (1.48)   1.25 (1.28)   1.18 (1.25)    1 / 4
+PostgreSQL         10     1.47 (1.52)   1.28 (1.29)   1.36 (1.40)    1 / 12
+PostgreSQL         50     1.48 (1.48)   1.22 (1.36)   1.23 (1.24)    1 / 4
 =================  =====  ============  ============  =============  ============
 
 The three catalogues were identical, run by run and piece by piece. Commits are the same in (a),
 (b) and (c) (one per batch); connections are one in all for (a) and (c), one per task plus the
-client's for (b). The wall times differ by less than the machine's noise; (c) is within 0.7 s of
-(b) everywhere, so what (b) may gain over (a) comes from fewer, larger tasks, not from writing on
-the workers. One
-process writes a run's result (a 2D and a 3D piece) in 6.5-13.5 ms and makes it in 33-53 ms, so
-one writing client keeps 3-7 workers of this config busy; more workers wait for it.
+client's for (b). (c) is within 0.13 s of (b) everywhere (and faster in half the cases), so what (b) may gain over (a) comes from fewer, larger tasks, not from writing on
+the workers. One process writes a run's result (a 2D and a 3D piece) in 2.3-3.2 ms and makes it in
+7.6-10.2 ms, so one writing client keeps 2.4-4 workers of this config busy; more workers wait for it.
 
 The library keeps (a), the client writing: only the client needs the writer role and a route to
 the database (workers on a batch cluster often have neither, and analysers stay read-only);
 PostgreSQL sees one connection however many workers run, where (b) opens one per task and holds
 up to one per worker at once (hundreds of workers would exhaust ``max_connections`` without a
 pooler); and SQLite works as it is, where in (b) the writers queue for its single lock
-(0.02-0.34 s waited here, more with more workers) and its WAL cannot be shared by workers on other
-hosts. If the client becomes the limit (more than about 5 workers), batching runs per task as in
-(c) and writing several runs per statement are the next steps, not moving the writes.
+(0.01-0.13 s waited here, more with more workers) and its WAL cannot be shared by workers on other
+hosts. The client already writes several runs per statement; if it becomes the limit (more than
+about 3-4 workers of this config), batching runs per task as in (c) is the next step, not moving
+the writes.
 
 Usage: python benchmarks/dask_writes.py [--db sqlite,postgresql] [--postgres URL] [--batches 10,50]
        [--repeat N]   (needs $GAMMAPY_DATA)
