@@ -38,9 +38,10 @@ PostgreSQL         50     1.48 (1.48)   1.22 (1.36)   1.23 (1.24)    1 / 4
 
 The three catalogues were identical, run by run and piece by piece. Commits are the same in (a),
 (b) and (c) (one per batch); connections are one in all for (a) and (c), one per task plus the
-client's for (b). (c) is within 0.13 s of (b) everywhere (and faster in half the cases), so what (b) may gain over (a) comes from fewer, larger tasks, not from writing on
-the workers. One process writes a run's result (a 2D and a 3D piece) in 2.3-3.2 ms and makes it in
-7.6-10.2 ms, so one writing client keeps 2.4-4 workers of this config busy; more workers wait for it.
+client's for (b). (c) is within 0.13 s of (b) everywhere (and faster in half the cases), so what
+(b) may gain over (a) comes from fewer, larger tasks, not from writing on the workers. One process
+writes a run's result (a 2D and a 3D piece) in 2.3-3.2 ms and makes it in 7.6-10.2 ms, so one
+writing client keeps 2.4-4 workers of this config busy; more workers wait for it.
 
 The library keeps (a), the client writing: only the client needs the writer role and a route to
 the database (workers on a batch cluster often have neither, and analysers stay read-only);
