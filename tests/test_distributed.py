@@ -140,7 +140,9 @@ def test_runs_of_a_killed_worker_are_not_lost(db_url, tmp_path, cluster, sim_dat
                 datastore,
                 config=config,
                 progress=kill_a_busy_worker,
-                executor=DaskExecutor(cluster.scheduler_address, commit_batch=1),
+                # A run per task: these runs take milliseconds, and tasks of several would all be
+                # done before a busy worker could be found to kill.
+                executor=DaskExecutor(cluster.scheduler_address, commit_batch=1, task_size=1),
             )
         finally:
             catalogue.engine.dispose()
@@ -158,6 +160,21 @@ def test_a_run_that_keeps_killing_workers_is_a_clear_error(cluster):
         executor.client.wait_for_workers(2, timeout=60)  # both back from an earlier test's kill
         with pytest.raises(WorkerError, match=r"run 5 killed Dask workers repeatedly"):
             list(executor.imap_unordered(os._exit, [5], name=lambda item: f"run {item}"))
+        executor.client.wait_for_workers(2, timeout=60)
+
+
+def test_items_travel_a_few_per_task_and_a_killer_among_them_is_named(cluster):
+    from bkgdb.parallel.cluster import DaskExecutor
+    from bkgdb.parallel.processes import WorkerError
+
+    with DaskExecutor(cluster.scheduler_address, task_size=4) as executor:
+        executor.client.wait_for_workers(2, timeout=60)
+        # 40 items on 2 workers: tasks of 4, all results back, each once.
+        assert sorted(executor.imap_unordered(abs, [-n for n in range(40)])) == list(range(40))
+        # Item 13 kills every worker that runs it: its task of 4 is split and item 13 alone named.
+        killer = lambda n: os._exit(3) if n == 13 else n  # noqa: E731 - sent to the workers by value
+        with pytest.raises(WorkerError, match=r"^run 13 killed Dask workers repeatedly"):
+            list(executor.imap_unordered(killer, list(range(40)), name=lambda n: f"run {n}"))
         executor.client.wait_for_workers(2, timeout=60)
 
 

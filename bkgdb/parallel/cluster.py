@@ -5,8 +5,11 @@
 cluster exactly as it sends it to local processes. Workers only read files and return a
 `~bkgdb.makers.run.RunResult`; the client, the only process that holds a database connection,
 writes the results (one commit per batch of runs, at least every few seconds). A run whose file
-cannot be read comes back as a result with its reason, as locally. The runs of a worker that dies are given to other
-workers by the scheduler; a run that keeps killing workers is an error naming it.
+cannot be read comes back as a result with its reason, as locally. Runs travel a few per task
+(`DEFAULT_TASK_SIZE`): a task costs the scheduler, the worker and the client about as much as a run.
+The runs of a worker that dies are given to other workers by the scheduler; a task that keeps
+killing workers is split into one task per run, and a run that keeps killing workers is an error
+naming it.
 
 dask is an optional dependency (``pip install "bkgdb[dask]"``) imported only here, and only
 when a scheduler address is given, so ``bkgdb --help`` stays fast.
@@ -23,7 +26,14 @@ from typing import Any, Literal, TypeVar
 from bkgdb.errors import BkgdbError
 from bkgdb.parallel.processes import WorkerError
 
-__all__ = ["DaskExecutor", "DEFAULT_RETRIES", "DEFAULT_COMMIT_BATCH", "DEFAULT_COMMIT_INTERVAL_S", "CONNECT_TIMEOUT_S"]
+__all__ = [
+    "DaskExecutor",
+    "DEFAULT_RETRIES",
+    "DEFAULT_COMMIT_BATCH",
+    "DEFAULT_COMMIT_INTERVAL_S",
+    "DEFAULT_TASK_SIZE",
+    "CONNECT_TIMEOUT_S",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +46,16 @@ DEFAULT_RETRIES = 2
 DEFAULT_COMMIT_BATCH = 50
 #: Longest wait between commits: an interrupted index loses at most this much work.
 DEFAULT_COMMIT_INTERVAL_S = 2.0
+#: Most items per task. Scheduling and moving a task costs about 7 ms of CPU, as much as indexing a
+#: run; tasks are made smaller when there are few items, so that every worker gets several.
+DEFAULT_TASK_SIZE = 8
 #: Seconds to wait for the scheduler before giving up.
 CONNECT_TIMEOUT_S = 20.0
+
+
+def apply_to_each(function: Callable[[T], R], items: list[T]) -> list[R]:
+    """``[function(item) for item in items]``: the body of a task that carries several items."""
+    return [function(item) for item in items]
 
 
 def _import_distributed() -> ModuleType:
@@ -73,6 +91,8 @@ class DaskExecutor:
         `DEFAULT_COMMIT_INTERVAL_S`.
     timeout_s : float, optional
         Seconds to wait for the scheduler. Default is `CONNECT_TIMEOUT_S`.
+    task_size : int, optional
+        Most items per task. Default is `DEFAULT_TASK_SIZE`.
 
     Examples
     --------
@@ -88,12 +108,14 @@ class DaskExecutor:
         commit_batch: int = DEFAULT_COMMIT_BATCH,
         commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S,
         timeout_s: float | None = None,
+        task_size: int = DEFAULT_TASK_SIZE,
     ) -> None:
         self.address = address
         self.retries = int(retries)
         self.commit_batch = max(1, int(commit_batch))
         self.commit_interval_s = float(commit_interval_s)
         self.timeout_s = float(CONNECT_TIMEOUT_S if timeout_s is None else timeout_s)
+        self.task_size = max(1, int(task_size))
         #: The ``distributed.Client`` while the executor is entered.
         self.client: Any = None
         self._owns_client = False
@@ -136,14 +158,14 @@ class DaskExecutor:
         function : callable
             Importable by the workers (they run the same bkgdb).
         items : iterable
-            Picklable arguments, one task each.
+            Picklable arguments, up to ``task_size`` per task.
         name : callable, optional
             ``name(item)``: how an item is named in errors (e.g. ``run 23523``).
 
         Raises
         ------
         WorkerError
-            An item killed ``allowed-failures`` workers in a row (its task is given up).
+            An item killed ``allowed-failures`` workers in a row, alone in its task (which is given up).
         """
         from distributed import as_completed
         from distributed.scheduler import KilledWorker
@@ -152,32 +174,58 @@ class DaskExecutor:
         if self.client is None:
             raise RuntimeError("DaskExecutor.imap_unordered needs the executor entered (with DaskExecutor(...) as ...)")
         token = uuid.uuid4().hex[:8]
-        # Named keys tell which run a task is (in errors and on the dashboard); one map call
-        # submits tens of thousands of tasks in one message.
-        keys = [f"bkgdb-{token}-{number}" for number in range(len(items))]
-        label = {
-            key: name(item) if name is not None else f"item {number}"
-            for number, (key, item) in enumerate(zip(keys, items, strict=True))
-        }
+        n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+        size = max(1, min(self.task_size, len(items) // (4 * n_workers)))
+        labels: dict[str, str] = {}
+        chunks: dict[str, list[int]] = {}  # positions in ``items``
+
+        def task(positions: list[int]) -> tuple[str, list[T]]:
+            """A task's key, naming the runs it holds (in errors and on the dashboard), and its items."""
+            key = f"bkgdb-{token}-{len(chunks)}"
+            chunks[key] = positions
+            first = name(items[positions[0]]) if name is not None else f"item {positions[0]}"
+            labels[key] = first if len(positions) == 1 else f"{first} (and {len(positions) - 1} more in its task)"
+            return key, [items[position] for position in positions]
+
+        tasks = [task(list(range(at, min(at + size, len(items))))) for at in range(0, len(items), size)]
         pending: set[Any] = set()
         try:
-            pending.update(self.client.map(function, items, key=keys, retries=self.retries, pure=False))
-            for future in as_completed(list(pending), loop=self.client.loop):
+            if tasks:  # one map call submits tens of thousands of tasks in one message
+                work = [chunk for _, chunk in tasks]
+                keys = [key for key, _ in tasks]
+                pending.update(
+                    self.client.map(
+                        apply_to_each, [function] * len(work), work, key=keys, retries=self.retries, pure=False
+                    )
+                )
+            finished = as_completed(list(pending), loop=self.client.loop)
+            for future in finished:
                 pending.discard(future)
                 try:
-                    result = future.result()
+                    results = future.result()
                 except KilledWorker:
+                    positions = chunks[future.key]
+                    if len(positions) > 1:  # find the run that kills workers: one task per run
+                        log.warning("%s killed Dask workers repeatedly: sent again one by one", labels[future.key])
+                        for position in positions:
+                            key, chunk = task([position])
+                            single = self.client.submit(
+                                apply_to_each, function, chunk, key=key, retries=self.retries, pure=False
+                            )
+                            pending.add(single)
+                            finished.add(single)
+                        continue
                     raise WorkerError(
-                        f"{label[future.key]} killed Dask workers repeatedly (out of memory, or a crash reading its "
+                        f"{labels[future.key]} killed Dask workers repeatedly (out of memory, or a crash reading its "
                         "file?) and was given up; the runs stored so far are kept"
                     ) from None
                 except (ImportError, AttributeError) as exc:  # a worker without this bkgdb
                     raise WorkerError(
-                        f"{label[future.key]} failed on a Dask worker: {type(exc).__name__}: {exc} (do the workers "
+                        f"{labels[future.key]} failed on a Dask worker: {type(exc).__name__}: {exc} (do the workers "
                         "run the same bkgdb in the same environment?)"
                     ) from exc
                 future.release()
-                yield result
+                yield from results
         finally:
             if pending:  # left early: nothing queued may start any more
                 self.client.cancel(list(pending))
