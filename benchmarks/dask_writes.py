@@ -1,8 +1,9 @@
 """Benchmark: indexing H.E.S.S. DR1 on Dask workers, results written by the client or by the workers.
 
 (a) *client writes*: `RunCatalogue.index` with a `~bkgdb.parallel.cluster.DaskExecutor`, as the
-library does: workers only read files and return `~bkgdb.makers.run.RunResult` objects, the client
-holds the one database connection and commits them in batches.
+library does: workers only read files and return `~bkgdb.makers.run.RunResult` objects (up to
+``DEFAULT_TASK_SIZE`` runs per task), the client holds the one database connection and commits them
+in batches.
 
 (b) *workers write*: a prototype in which each task reads a batch of runs, then writes their
 results through an engine of its own (opened for the task, closed after it), one commit per batch,
@@ -23,35 +24,36 @@ are then compared row by row: every run's and piece's values, ids and timestamps
 this process: the time to make one run's result (a worker's share) against the time to write it
 (the client's share, serial), whose ratio is how many workers one writing client keeps busy.
 
-Findings (2026-11-26, 2 cores, load average 0.8 before the run; 2D + 3D pieces of
+Findings (2026-11-26, 2 cores, load average 1.5 before the run, 2.0 after; 2D + 3D pieces of
 configs/hess-dr1.yaml; best of 3, median in brackets, seconds):
 
 =================  =====  ============  ============  =============  ============
 database           batch  (a) client    (b) workers   (c) client,    connections
                                                       batched tasks  (a) / (b)
 =================  =====  ============  ============  =============  ============
-SQLite             10     1.42 (1.48)   1.20 (1.21)   1.23 (1.25)    1 / 12
-SQLite             50     1.46 (1.48)   1.25 (1.28)   1.18 (1.25)    1 / 4
-PostgreSQL         10     1.47 (1.52)   1.28 (1.29)   1.36 (1.40)    1 / 12
-PostgreSQL         50     1.48 (1.48)   1.22 (1.36)   1.23 (1.24)    1 / 4
+SQLite             10     1.10 (1.13)   1.14 (1.16)   1.18 (1.25)    1 / 12
+SQLite             50     1.12 (1.19)   1.17 (1.17)   1.16 (1.17)    1 / 4
+PostgreSQL         10     1.21 (1.24)   1.34 (1.34)   1.27 (1.30)    1 / 12
+PostgreSQL         50     1.20 (1.24)   1.24 (1.39)   1.24 (1.27)    1 / 4
 =================  =====  ============  ============  =============  ============
 
 The three catalogues were identical, run by run and piece by piece. Commits are the same in (a),
 (b) and (c) (one per batch); connections are one in all for (a) and (c), one per task plus the
-client's for (b). (c) is within 0.13 s of (b) everywhere (and faster in half the cases), so what
-(b) may gain over (a) comes from fewer, larger tasks, not from writing on the workers. One process
-writes a run's result (a 2D and a 3D piece) in 2.3-3.2 ms and makes it in 7.6-10.2 ms, so one
-writing client keeps 2.4-4 workers of this config busy; more workers wait for it.
+client's for (b). Writing on the workers gains nothing: (b) is never faster than (a) or (c). With
+one task per run, (a) took 1.42-1.48 s on the same machine earlier the same day: what (b) had seemed
+to gain came from fewer, larger tasks, which the library now sends. One process writes a run's result
+(a 2D and a 3D piece) in 2.3-3.5 ms and makes it in 7.7-10.3 ms, so one writing client keeps 2.2-4
+workers of this config busy; more workers wait for it.
 
 The library keeps (a), the client writing: only the client needs the writer role and a route to
 the database (workers on a batch cluster often have neither, and analysers stay read-only);
 PostgreSQL sees one connection however many workers run, where (b) opens one per task and holds
 up to one per worker at once (hundreds of workers would exhaust ``max_connections`` without a
 pooler); and SQLite works as it is, where in (b) the writers queue for its single lock
-(0.01-0.13 s waited here, more with more workers) and its WAL cannot be shared by workers on other
-hosts. The client already writes several runs per statement; if it becomes the limit (more than
-about 3-4 workers of this config), batching runs per task as in (c) is the next step, not moving
-the writes.
+(0.01-0.15 s waited here, more with more workers) and its WAL cannot be shared by workers on other
+hosts. The client already writes several runs per statement and receives several runs per task; if
+it becomes the limit (more than about 3-4 workers of this config), several writing clients, each
+with its share of the runs, are the next step, not moving the writes into the workers.
 
 Usage: python benchmarks/dask_writes.py [--db sqlite,postgresql] [--postgres URL] [--batches 10,50]
        [--repeat N]   (needs $GAMMAPY_DATA)
@@ -74,7 +76,7 @@ from index_scaling import drop_database, new_database
 from bkgdb.config import BkgdbConfig, ExclusionSettings, load_config
 from bkgdb.gadf.datastore import DL3Datastore, RunSource
 from bkgdb.makers.run import RunJob, RunResult, exclusion_finder, process_run
-from bkgdb.parallel.cluster import DaskExecutor
+from bkgdb.parallel.cluster import DEFAULT_TASK_SIZE, DaskExecutor
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.database import create_engine, session_scope
 from bkgdb.store.indexing import DatastoreIndexer, _ResultWriter
@@ -130,6 +132,15 @@ def store_results(
     return waited
 
 
+def result_counts(results: list[RunResult]) -> dict[str, int]:
+    """Runs, pieces and failed runs among ``results``."""
+    return dict(
+        runs=len(results),
+        pieces=sum(len(result.pieces) for result in results),
+        failed=sum(result.error is not None for result in results),
+    )
+
+
 def index_batch(url: str, path: str, meta: dict, config: BkgdbConfig, jobs: list[RunJob]) -> dict[str, Any]:
     """A task of the prototype: process a batch of runs, then write them through a connection of its own."""
     start = time.perf_counter()
@@ -145,9 +156,7 @@ def index_batch(url: str, path: str, meta: dict, config: BkgdbConfig, jobs: list
             catalogue.engine.dispose()
     return dict(
         tally,
-        runs=len(results),
-        pieces=sum(len(result.pieces) for result in results),
-        failed=sum(result.error is not None for result in results),
+        **result_counts(results),
         write_s=time.perf_counter() - processed,
         wait_s=waited,
         process_s=processed - start,
@@ -171,8 +180,10 @@ def client_writes(url: str, datastore: Path, config: BkgdbConfig, address: str, 
         catalogue = RunCatalogue.open(url, upgrade=False)
         report = catalogue.index(datastore, config=config, executor=DaskExecutor(address, commit_batch=batch))
         catalogue.engine.dispose()
-    # One task per run.
-    return dict(tally, runs=report.new, pieces=report.pieces, failed=report.failed, tasks=report.new + report.failed)
+    runs = report.new + report.failed
+    # As DaskExecutor groups them: up to DEFAULT_TASK_SIZE runs a task, at least 4 tasks per worker.
+    size = max(1, min(DEFAULT_TASK_SIZE, runs // (4 * WORKERS)))
+    return dict(tally, runs=report.new, pieces=report.pieces, failed=report.failed, tasks=-(-runs // size))
 
 
 def prepared(url: str, datastore: Path, config: BkgdbConfig) -> tuple[RunCatalogue, str, dict, list[RunJob]]:
@@ -237,9 +248,7 @@ def client_writes_batches(url: str, datastore: Path, config: BkgdbConfig, addres
         catalogue.engine.dispose()
     return dict(
         tally,
-        runs=len(results),
-        pieces=sum(len(result.pieces) for result in results),
-        failed=sum(result.error is not None for result in results),
+        **result_counts(results),
         tasks=len(futures),
         write_s=writing,
     )
