@@ -171,10 +171,14 @@ def test_items_travel_a_few_per_task_and_a_killer_among_them_is_named(cluster):
         executor.client.wait_for_workers(2, timeout=60)
         # 40 items on 2 workers: tasks of 4, all results back, each once.
         assert sorted(executor.imap_unordered(abs, [-n for n in range(40)])) == list(range(40))
-        # Item 13 kills every worker that runs it: its task of 4 is split and item 13 alone named.
+        # Item 13 kills every worker that runs it. The tasks its workers held are blamed too; run
+        # again alone at the end, every other item comes back and item 13 alone is named.
         killer = lambda n: os._exit(3) if n == 13 else n  # noqa: E731 - sent to the workers by value
+        got = []
         with pytest.raises(WorkerError, match=r"^run 13 killed Dask workers repeatedly"):
-            list(executor.imap_unordered(killer, list(range(40)), name=lambda n: f"run {n}"))
+            for value in executor.imap_unordered(killer, list(range(40)), name=lambda n: f"run {n}"):
+                got.append(value)
+        assert sorted(got) == [n for n in range(40) if n != 13]
         executor.client.wait_for_workers(2, timeout=60)
 
 

@@ -1,18 +1,24 @@
 """Local index workers start from what the indexing process already has: its parsed catalogues."""
 
+import multiprocessing
 import os
+import signal
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from astropy.io import fits
 
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings
 from bkgdb.gadf.datastore import DL3Datastore, json_safe
 from bkgdb.gadf.runfacts import read_run_facts
 from bkgdb.makers.run import RunJob, exclusion_finder, process_run, run_facts
-from bkgdb.parallel.processes import WorkerPool
+from bkgdb.parallel.processes import WorkerError, WorkerPool
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+from bkgdb.store.catalogue import RunCatalogue
+from bkgdb.store.database import session_scope
 from bkgdb.store.indexing import run_jobs
+from bkgdb.store.models import RUN_STATUS_OK, PieceRow, Run
 
 SOURCE = PointSource(ra_deg=120.0, dec_deg=-30.0, rate_per_s=0.01, name="Worker test source")
 
@@ -76,3 +82,31 @@ def test_workers_leave_the_run_dates_to_the_indexing_process(field: tuple[Path, 
             header = {key: json_safe(value) for key, value in hdul["EVENTS"].header.items()}
         assert facts == read_run_facts(source, store.meta, header)
         assert facts.tstart_mjd is not None and facts.date_obs is not None and facts.ontime_s
+
+
+def test_a_dead_local_worker_stops_the_index_and_keeps_the_results_back(tmp_path: Path, db_url: str) -> None:
+    pointings = [(120.0 + 0.3 * number, -30.0) for number in range(8)]
+    DatastoreSimulator(
+        truth=BackgroundTruth(norm=3e-6), pointings=pointings, ontime_s=300.0, with_irfs=False, seed=6
+    ).run(tmp_path / "datastore")
+    binning = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=5)
+    config = BkgdbConfig(binnings=[binning], exclusion=ExclusionSettings(gammacat=None, hawc=None, star_cat=None))
+    seen: list[int] = []
+
+    def kill_the_workers(done: int, total: int) -> None:
+        seen.append(done)
+        if done == 2:
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+
+    catalogue = RunCatalogue.open(db_url)
+    try:
+        with pytest.raises(WorkerError, match="a worker process died"):
+            catalogue.index(tmp_path / "datastore", config=config, jobs=2, progress=kill_the_workers)
+        with session_scope(catalogue.engine) as session:
+            stored = session.scalar(sa.select(sa.func.count()).select_from(Run).where(Run.status == RUN_STATUS_OK))
+            pieces = session.scalar(sa.select(sa.func.count()).select_from(PieceRow))
+    finally:
+        catalogue.engine.dispose()
+    # Every result that came back before the error is written, with its piece; none other.
+    assert stored == pieces == max(seen) >= 2

@@ -7,9 +7,9 @@ cluster exactly as it sends it to local processes. Workers only read files and r
 writes the results (one commit per batch of runs, at least every few seconds). A run whose file
 cannot be read comes back as a result with its reason, as locally. Runs travel a few per task
 (`DEFAULT_TASK_SIZE`): a task costs the scheduler, the worker and the client about as much as a run.
-The runs of a worker that dies are given to other workers by the scheduler; a task that keeps
-killing workers is split into one task per run, and a run that keeps killing workers is an error
-naming it.
+The runs of a worker that dies are given to other workers by the scheduler. The runs of a task
+that keeps killing workers are run again one at a time after the others (a dying worker takes the
+blame for every task it held); a run that still kills workers alone is an error naming it.
 
 dask is an optional dependency (``pip install "bkgdb[dask]"``) imported only here, and only
 when a scheduler address is given, so ``bkgdb --help`` stays fast.
@@ -148,6 +148,21 @@ class DaskExecutor:
         self.client = None
         return False
 
+    @staticmethod
+    def _results(future: Any, label: str) -> list | None:
+        """The results of a finished task, or None if it killed workers repeatedly."""
+        from distributed.scheduler import KilledWorker
+
+        try:
+            return list(future.result())
+        except KilledWorker:
+            return None
+        except (ImportError, AttributeError) as exc:  # a worker without this bkgdb
+            raise WorkerError(
+                f"{label} failed on a Dask worker: {type(exc).__name__}: {exc} (do the workers "
+                "run the same bkgdb in the same environment?)"
+            ) from exc
+
     def imap_unordered(
         self, function: Callable[[T], R], items: Iterable[T], name: Callable[[T], str] | None = None
     ) -> Iterator[R]:
@@ -165,10 +180,9 @@ class DaskExecutor:
         Raises
         ------
         WorkerError
-            An item killed ``allowed-failures`` workers in a row, alone in its task (which is given up).
+            An item killed ``allowed-failures`` workers in a row when run alone (after all the others).
         """
         from distributed import as_completed
-        from distributed.scheduler import KilledWorker
 
         items = list(items)
         if self.client is None:
@@ -199,33 +213,36 @@ class DaskExecutor:
                     )
                 )
             finished = as_completed(list(pending), loop=self.client.loop)
+            # Runs of tasks that killed workers. A dying worker takes the blame for every task it
+            # held, so they are run again one at a time once the others are done: alone on the
+            # cluster, a run that still kills workers is the one that does.
+            isolated: list[int] = []
             for future in finished:
                 pending.discard(future)
-                try:
-                    results = future.result()
-                except KilledWorker:
-                    positions = chunks[future.key]
-                    if len(positions) > 1:  # find the run that kills workers: one task per run
-                        log.warning("%s killed Dask workers repeatedly: sent again one by one", labels[future.key])
-                        for position in positions:
-                            key, chunk = task([position])
-                            single = self.client.submit(
-                                apply_to_each, function, chunk, key=key, retries=self.retries, pure=False
-                            )
-                            pending.add(single)
-                            finished.add(single)
-                        continue
-                    raise WorkerError(
-                        f"{labels[future.key]} killed Dask workers repeatedly (out of memory, or a crash reading its "
-                        "file?) and was given up; the runs stored so far are kept"
-                    ) from None
-                except (ImportError, AttributeError) as exc:  # a worker without this bkgdb
-                    raise WorkerError(
-                        f"{labels[future.key]} failed on a Dask worker: {type(exc).__name__}: {exc} (do the workers "
-                        "run the same bkgdb in the same environment?)"
-                    ) from exc
+                results = self._results(future, labels[future.key])
+                if results is None:
+                    log.warning("%s killed Dask workers: run again alone at the end", labels[future.key])
+                    isolated += chunks[future.key]
+                    continue
                 future.release()
                 yield from results
+            killers = []
+            for position in isolated:
+                key, chunk = task([position])
+                single = self.client.submit(apply_to_each, function, chunk, key=key, retries=self.retries, pure=False)
+                pending.add(single)
+                results = self._results(single, labels[key])
+                pending.discard(single)
+                if results is None:
+                    killers.append(labels[key])
+                    continue
+                single.release()
+                yield from results
+            if killers:
+                raise WorkerError(
+                    f"{', '.join(killers)} killed Dask workers repeatedly (out of memory, or a crash reading "
+                    "the file?) and was given up; the other runs are done"
+                )
         finally:
             if pending:  # left early: nothing queued may start any more
                 self.client.cancel(list(pending))

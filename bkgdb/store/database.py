@@ -184,7 +184,7 @@ def _sqlite_on_connect(dbapi_connection: DBAPIConnection, connection_record: Con
         except Exception as exc:  # noqa: BLE001 - sqlite3.OperationalError: a read-only file
             log.debug("cannot switch SQLite to WAL mode: %s", exc)
     if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
-        # WAL without an fsync per commit (an index commits every run): a killed process loses
+        # WAL without an fsync per commit (an index commits often): a killed process loses
         # nothing committed, a power cut at most the last commits, and the file stays consistent.
         cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")

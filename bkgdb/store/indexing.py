@@ -30,7 +30,7 @@ from bkgdb.makers.run import (
     run_facts,
     save_exclusion_finders,
 )
-from bkgdb.parallel.processes import WorkerPool
+from bkgdb.parallel.processes import WorkerError, WorkerPool
 from bkgdb.store.database import session_scope
 from bkgdb.store.models import (
     RUN_FACT_COLUMNS,
@@ -240,14 +240,20 @@ class DatastoreIndexer:
             batch: list[RunResult] = []
             last_commit = time.monotonic()
             with closing(run_jobs(jobs_to_run, jobs if executor is None else executor)) as results:
-                for done, result in enumerate(results, start=len(sources) - len(jobs_to_run) + 1):
-                    batch.append(result)
-                    if len(batch) >= commit_batch or time.monotonic() - last_commit >= commit_interval_s:
-                        self._write(writer, batch, existing, by_obs_id, report)
-                        session.commit()
-                        batch, last_commit = [], time.monotonic()
-                    if progress is not None:
-                        progress(done, len(sources))
+                try:
+                    for done, result in enumerate(results, start=len(sources) - len(jobs_to_run) + 1):
+                        batch.append(result)
+                        if len(batch) >= commit_batch or time.monotonic() - last_commit >= commit_interval_s:
+                            self._write(writer, batch, existing, by_obs_id, report)
+                            session.commit()
+                            batch, last_commit = [], time.monotonic()
+                        if progress is not None:
+                            progress(done, len(sources))
+                except WorkerError:
+                    # A worker died on some run: the results already back are sound, keep them.
+                    self._write(writer, batch, existing, by_obs_id, report)
+                    session.commit()
+                    raise
             if batch:
                 self._write(writer, batch, existing, by_obs_id, report)
 
