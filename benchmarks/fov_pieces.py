@@ -28,7 +28,6 @@ from bkgdb.config import FovBinning, load_config
 from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.makers.piece import COUNTS_DTYPE, EXPOSURE_DTYPE, encode_array
 from bkgdb.makers.run import RunJob, process_run
-from bkgdb.store.catalogue import RunCatalogue
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -123,6 +122,9 @@ def main():
         rows.append((label, seconds, cpu))
         if len(specs) == 2:
             sizes[label] = [piece_bytes(result.pieces[1][2]) for result in results]
+    # Imported here: spawned index workers import this script as their main module.
+    from bkgdb.store.catalogue import RunCatalogue
+
     indexes = []
     for label, binnings in specs_of.items() if not args.no_index else ():
         for jobs in (1, 2):
