@@ -10,7 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -19,6 +21,7 @@ from bkgdb.config import load_config
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.database import resolve_url
+from bkgdb.store.indexing import WORKER_FOLDER_PREFIX
 from bkgdb.store.models import Datastore, PieceRow, Run
 
 N_RUNS = 60
@@ -212,9 +215,12 @@ def test_sigkill_leaves_no_processes_and_a_rerun_completes_the_work(db_url, faul
     partial = content(db_url)
     assert set(partial["pieces"]) == set(partial["runs"])  # a run and its piece are committed together
 
+    left = list(Path(tempfile.gettempdir()).glob(f"{WORKER_FOLDER_PREFIX}{process.pid}-*"))
+    assert len(left) == 1  # its folder of catalogues for the workers: removed by the next index
     report = finish_index(db_url, fault_datastore)
     assert report.new == N_RUNS - kept and report.unchanged == kept and report.failed == 0
     assert content(db_url) == reference
+    assert not left[0].exists()
 
 
 def test_sigterm_stops_cleanly_keeps_the_work_and_a_rerun_completes_it(db_url, fault_datastore, reference):

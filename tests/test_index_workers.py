@@ -3,6 +3,9 @@
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from bkgdb.parallel.processes import WorkerError, WorkerPool
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.database import session_scope
-from bkgdb.store.indexing import run_jobs
+from bkgdb.store.indexing import WORKER_FOLDER_PREFIX, remove_stale_worker_folders, run_jobs
 from bkgdb.store.models import RUN_STATUS_OK, PieceRow, Run
 
 SOURCE = PointSource(ra_deg=120.0, dec_deg=-30.0, rate_per_s=0.01, name="Worker test source")
@@ -110,3 +113,31 @@ def test_a_dead_local_worker_stops_the_index_and_keeps_the_results_back(tmp_path
         catalogue.engine.dispose()
     # Every result that came back before the error is written, with its piece; none other.
     assert stored == pieces == max(seen) >= 2
+
+
+def test_folders_left_by_killed_indexes_are_removed_by_the_next(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid that is gone once it has ended
+    gone.wait()
+    stale = tmp_path / f"{WORKER_FOLDER_PREFIX}{gone.pid}-x1"
+    live = tmp_path / f"{WORKER_FOLDER_PREFIX}{os.getpid()}-x2"
+    other = tmp_path / f"{WORKER_FOLDER_PREFIX}notapid-x3"
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "exclusion-finders.pickle").write_bytes(b"x" * 100)
+    assert remove_stale_worker_folders(str(tmp_path)) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_local_index_names_its_folder_by_its_pid_and_removes_it(field: tuple[Path, BkgdbConfig]) -> None:
+    datastore, config = field
+    store = DL3Datastore(datastore)
+    jobs = [
+        RunJob(source=source, meta=store.meta, specs=[(config.binnings[0], config.exclusion)])
+        for source in store.runs()
+    ]
+    mine = f"{WORKER_FOLDER_PREFIX}{os.getpid()}-*"
+    during = []
+    for _ in run_jobs(jobs, 2):
+        during.append(len(list(Path(tempfile.gettempdir()).glob(mine))))
+    assert during and all(count == 1 for count in during)
+    assert not list(Path(tempfile.gettempdir()).glob(mine))

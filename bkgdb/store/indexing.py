@@ -8,6 +8,8 @@ their results (run facts and pieces of any geometry) in the main process; `RunCa
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Generator
@@ -95,6 +97,33 @@ class IndexReport:
         return bool(self.new or self.updated or self.removed or self.pieces)
 
 
+#: Temporary folders of local indexes (the catalogues handed to workers) are named by this and the pid.
+WORKER_FOLDER_PREFIX = "bkgdb-index-"
+
+
+def remove_stale_worker_folders(parent: str | None = None) -> list[Path]:
+    """Remove the temporary folders that killed indexes left behind; the folders removed.
+
+    An index removes its folder when it ends, unless it is killed (``kill -9``). A folder is stale
+    when it is this user's and the process named in it is gone.
+    """
+    removed: list[Path] = []
+    if not hasattr(os, "getuid"):  # no owners to compare (Windows)
+        return removed
+    for folder in Path(parent or tempfile.gettempdir()).glob(f"{WORKER_FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(WORKER_FOLDER_PREFIX) :].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        except OSError:  # gone meanwhile, or another user's process
+            continue
+    return removed
+
+
 def run_jobs(jobs: list[RunJob], workers: Any) -> Generator[RunResult, None, None]:
     """Results of `process_run` for each job, in completion order.
 
@@ -110,13 +139,14 @@ def run_jobs(jobs: list[RunJob], workers: Any) -> Generator[RunResult, None, Non
         with workers as executor:
             yield from executor.imap_unordered(process_run, jobs, name=lambda job: f"run {job.source.obs_id}")
         return
+    remove_stale_worker_folders()
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             yield process_run(job)
         return
     # The workers get the catalogues this process has read (`DatastoreIndexer` reads them first).
     exclusions = {exclusion for job in jobs for _, exclusion in job.specs + job.missing_specs}
-    with tempfile.TemporaryDirectory(prefix="bkgdb-index-") as folder:
+    with tempfile.TemporaryDirectory(prefix=f"{WORKER_FOLDER_PREFIX}{os.getpid()}-") as folder:
         finders = Path(folder, "exclusion-finders.pickle")
         save_exclusion_finders(exclusions, finders)
         with WorkerPool(min(workers, len(jobs)), load_exclusion_finders, (str(finders),)) as pool:
