@@ -69,26 +69,17 @@ class Links(HTMLParser):
             self.images.append(attributes["src"])
 
 
+def validate(db_url, sim, tmp_path, *options):
+    """``bkgdb validate`` of the simulated datastore with its config and ``options``."""
+    config = str(write_config(tmp_path / "config.yaml", sim))
+    return runner.invoke(app, ["--db", db_url, "validate", str(sim / "datastore"), "--config", config, *options])
+
+
 @pytest.fixture
 def validated(catalogue, sim, tmp_path, db_url):
     """A validation of the simulated datastore written with --report, and its rows as JSON."""
-    config_file = write_config(tmp_path / "config.yaml", sim)
     report_dir = tmp_path / "report"
-    result = runner.invoke(
-        app,
-        [
-            "--db",
-            db_url,
-            "validate",
-            str(sim / "datastore"),
-            "--config",
-            str(config_file),
-            "-o",
-            str(tmp_path / "rows.json"),
-            "--report",
-            str(report_dir),
-        ],
-    )
+    result = validate(db_url, sim, tmp_path, "-o", str(tmp_path / "rows.json"), "--report", str(report_dir))
     assert result.exit_code == 0, result.output
     assert f"report written to {report_dir / 'index.html'}" in result.output
     return report_dir, json.loads((tmp_path / "rows.json").read_text())
@@ -181,22 +172,7 @@ def test_report_in_a_browser(validated, tmp_path):
 
 
 def test_report_folder_that_is_a_file(catalogue, sim, tmp_path, db_url):
-    config_file = write_config(tmp_path / "config.yaml", sim)
     (tmp_path / "taken").write_text("x")
-    result = runner.invoke(
-        app,
-        [
-            "--db",
-            db_url,
-            "validate",
-            str(sim / "datastore"),
-            "--config",
-            str(config_file),
-            "-w",
-            "obs_id=300",
-            "--report",
-            str(tmp_path / "taken"),
-        ],
-    )
+    result = validate(db_url, sim, tmp_path, "-w", "obs_id=300", "--report", str(tmp_path / "taken"))
     assert result.exit_code == 2
     assert f"Error: report folder {tmp_path / 'taken'} is a file" in result.output
