@@ -100,14 +100,6 @@ class AssembledBackground:
         np.divide(self.counts, denominator, out=rate, where=(denominator > 0) & (self.counts > 0))
         return rate
 
-    @property
-    def rate_error(self) -> np.ndarray:
-        """Poisson error of the rate (from max(counts, 1), so empty bins get an upper scale)."""
-        denominator = self.denominator
-        error = np.zeros(self.counts.shape)
-        np.divide(np.sqrt(np.maximum(self.counts, 1)), denominator, out=error, where=denominator > 0)
-        return error
-
     def to_irf(self, rate: np.ndarray | None = None) -> Any:
         """A gammapy ``Background2D`` or ``Background3D`` of ``rate`` (default: the unsmoothed rate)."""
         return self.geometry.to_irf(self.rate if rate is None else rate)
