@@ -54,6 +54,26 @@ def test_every_background_uses_each_run_once_and_never_the_target(catalogue, two
             assert built.selection.funnel[:2] == [("candidate runs with pieces", 9), ("duplicate copies", 4)]
 
 
+def test_too_many_listed_values_give_the_same_selection(catalogue, two_copies, monkeypatch):
+    # Beyond OBS_ID_LIST_MAX the repeated OBS_IDs (and empty or flagged runs) are asked for in the
+    # query itself instead of as a list: the same runs and funnel.
+    from bkgdb.store import integrity
+
+    original, copy = two_copies
+    expected = {target: BackgroundBuilder(catalogue, make_config()).build(target, copy) for target in (1000, 1003)}
+    monkeypatch.setattr(integrity, "OBS_ID_LIST_MAX", 0)
+    integrity._lists_statement.cache_clear()
+    try:
+        builder = BackgroundBuilder(catalogue, make_config())
+        for target, before in expected.items():
+            built = builder.build(target, copy)
+            assert built.selection.obs_ids == before.selection.obs_ids
+            assert built.selection.datastores == before.selection.datastores == [str(copy)] * 4
+            assert built.selection.funnel == before.selection.funnel
+    finally:
+        integrity._lists_statement.cache_clear()
+
+
 def test_same_model_as_from_one_datastore(catalogue, two_copies, tmp_path):
     from bkgdb.store.catalogue import RunCatalogue
 

@@ -23,7 +23,6 @@ __all__ = [
     "short_list",
     "not_in_list",
     "list_state",
-    "repeated_obs_ids",
     "one_copy_condition",
     "integrity_steps",
     "integrity_lists",
@@ -97,17 +96,6 @@ def _repeated() -> Any:
     return sa.select(_OTHER.obs_id).group_by(_OTHER.obs_id).having(sa.func.count(_OTHER.id) > 1)
 
 
-def repeated_obs_ids(session: Session) -> list | None:
-    """OBS_IDs catalogued more than once (at most `OBS_ID_LIST_MAX`, else None).
-
-    One datastore holds an OBS_ID once (a unique constraint), so a catalogue of one
-    datastore has none and is not scanned.
-    """
-    if (session.scalar(sa.select(sa.func.count(Datastore.id))) or 0) <= 1:
-        return []
-    return short_list(session, _repeated())
-
-
 @functools.cache
 def _lists_statement() -> Any:
     """One query for what the integrity steps ask before a selection (see `integrity_lists`):
@@ -153,25 +141,22 @@ def integrity_lists(
 
 
 def one_copy_condition(
-    session: Session,
     target: Run,
     binning_id: int,
     exclusion_id: int,
-    datastore_id: int | None = None,
-    repeated_obs_ids: list | None = None,
-    target_second: float | None = None,
+    datastore_id: int | None,
+    repeated_obs_ids: list | None,
+    target_second: float,
 ) -> Any:
     """SQL condition: the run is the preferred copy of its observation, and no copy of the target.
 
-    An observation is its OBS_ID and start second (`observation_second`). Of several copies
-    that are candidates (ok, with a non-empty piece), the one in the target's datastore is
-    kept, else the one of the datastore indexed first (the lowest datastore id). Only runs
-    whose OBS_ID is catalogued more than once are looked up (a correlated NOT EXISTS on the
-    OBS_ID index), so an archive without copies pays almost nothing.
+    An observation is its OBS_ID and start second (`observation_second`; the target's is
+    ``target_second``). Of several copies that are candidates (ok, with a non-empty piece), the
+    one in the target's datastore is kept, else the one of the datastore indexed first (the lowest
+    datastore id). Only runs whose OBS_ID is catalogued more than once (``repeated_obs_ids``, None
+    when too many to list) are looked up (a correlated NOT EXISTS on the OBS_ID index), so an
+    archive without copies pays almost nothing.
     """
-    # Asked once, compared as a value: a scalar subquery would keep the scan from the index.
-    if target_second is None:
-        target_second = session.scalar(sa.select(observation_second(_OTHER)).where(_OTHER.id == target.id))
     # Named parameters: a statement made with them is run again for other targets (`integrity_steps`).
     not_target_copy = sa.not_(
         sa.and_(
@@ -180,10 +165,7 @@ def one_copy_condition(
         )
     )
     other, other_piece = _OTHER, _OTHER_PIECE
-    # Asked once (`repeated_obs_ids`): inside the funnel's scan SQLite would evaluate it for every run.
-    if repeated_obs_ids is None:
-        repeated_obs_ids = list(session.scalars(_repeated().limit(OBS_ID_LIST_MAX + 1)).all())
-    if not repeated_obs_ids:
+    if repeated_obs_ids == []:
         return not_target_copy
     target_store = sa.bindparam("target_datastore_id", target.datastore_id, type_=Run.datastore_id.type)
     preferred_copy = (
@@ -205,12 +187,13 @@ def one_copy_condition(
     )
     if datastore_id is not None:
         preferred_copy = preferred_copy.where(other.datastore_id == datastore_id)
-    if len(repeated_obs_ids) > OBS_ID_LIST_MAX:
-        single = Run.obs_id.not_in(_repeated())
-    else:
-        single = Run.obs_id.not_in(
-            sa.bindparam("repeated_obs_ids", list(repeated_obs_ids), type_=Run.obs_id.type, expanding=True)
-        )
+    # Listed once (`integrity_lists`): inside the funnel's scan SQLite would evaluate the subquery
+    # for every run.
+    single = Run.obs_id.not_in(
+        _repeated()
+        if repeated_obs_ids is None
+        else sa.bindparam("repeated_obs_ids", list(repeated_obs_ids), type_=Run.obs_id.type, expanding=True)
+    )
     return sa.and_(not_target_copy, sa.or_(single, ~preferred_copy.exists()))
 
 
@@ -233,7 +216,7 @@ def integrity_steps(
         empty_pieces = sa.select(PieceRow.run_id).where(
             PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events())
         )
-    copies = one_copy_condition(session, target, binning_id, exclusion_id, search_id, repeated_ids, target_second)
+    copies = one_copy_condition(target, binning_id, exclusion_id, search_id, repeated_ids, target_second)
     steps = [
         ("empty runs", not_in_list(Run.id, empty_pieces, empty_ids, "empty_ids")),
         ("flagged bad", not_in_list(Run.obs_id, bad_obs_ids() if bad_ids is None else None, bad_ids, "bad_obs_ids")),
