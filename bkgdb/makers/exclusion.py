@@ -17,11 +17,27 @@ from bkgdb.errors import ConfigError
 from bkgdb.makers.sources import SOURCE_CATALOGUES, Catalogue, find_named_sources, load_catalogue
 from bkgdb.makers.sphere import angular_distance_deg, unit_vectors
 
-__all__ = ["ExclusionRegion", "ShapedRegion", "ExclusionFinder", "annulus_grid", "load_region_file", "rotation_to"]
+__all__ = [
+    "ExclusionRegion",
+    "ShapedRegion",
+    "ExclusionFinder",
+    "annulus_grid",
+    "load_region_file",
+    "rotation_to",
+    "remember",
+]
 
 log = logging.getLogger(__name__)
-#: Pointings whose regions and accepted fractions an `ExclusionFinder` keeps.
-_CACHE_SIZE = 256
+#: Pointings whose regions and accepted fractions an `ExclusionFinder` (and a `PieceMaker`) keeps.
+POINTING_CACHE_SIZE = 256
+
+
+def remember(cache: dict, key: Any, value: Any) -> Any:
+    """Keep ``value`` under ``key`` in a per-pointing cache, forgetting the oldest entry of a full one."""
+    if len(cache) >= POINTING_CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+    return value
 
 
 @dataclass(frozen=True)
@@ -186,9 +202,7 @@ class ExclusionFinder:
         key = (float(ra_deg), float(dec_deg), float(search_radius))
         cached = self._regions.get(key)
         if cached is None:  # runs on one pointing (wobble positions repeat) and binnings share them
-            cached = self._regions[key] = self._find_regions(*key)
-            if len(self._regions) > _CACHE_SIZE:
-                self._regions.pop(next(iter(self._regions)))
+            cached = remember(self._regions, key, self._find_regions(*key))
         return list(cached)
 
     def _find_regions(self, ra_deg: float, dec_deg: float, search_radius: float) -> tuple[ExclusionRegion, ...]:
@@ -317,8 +331,4 @@ class ExclusionFinder:
                 continue
             vectors = annulus_grid(lo, hi, n_theta, n_phi) @ rotation.T
             values.append(1.0 - self.excluded(vectors, near, ra_deg, dec_deg).mean())
-        fractions = np.array(values)
-        if len(self._fractions) >= _CACHE_SIZE:
-            self._fractions.pop(next(iter(self._fractions)))
-        self._fractions[key] = fractions
-        return fractions.copy()
+        return remember(self._fractions, key, np.array(values)).copy()

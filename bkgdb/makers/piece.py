@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bkgdb.geometry import PieceGeometry
-from bkgdb.makers.exclusion import ExclusionFinder, ExclusionRegion
+from bkgdb.makers.exclusion import ExclusionFinder, ExclusionRegion, remember
 from bkgdb.makers.fov import AltAzTrack, RunClock, altaz_track, fov_outside_fraction
 from bkgdb.makers.sphere import fov_matrix, lon_lat_deg, unit_vectors
 
@@ -103,16 +103,6 @@ class BackgroundPiece:
 
 #: Slack (deg) when choosing the events that can reach a FoV pixel.
 _FOV_MARGIN_DEG = 1e-6
-#: Pointings whose regions and RADEC fractions a `PieceMaker` keeps.
-_POINTING_CACHE_SIZE = 256
-
-
-def _remember(cache: dict, key: Any, value: Any) -> Any:
-    """Keep ``value`` under ``key``, forgetting the oldest entry of a full cache."""
-    if len(cache) >= _POINTING_CACHE_SIZE:
-        cache.pop(next(iter(cache)))
-    cache[key] = value
-    return value
 
 
 def _bin_index(edges: list[np.ndarray], values: list[np.ndarray]) -> np.ndarray:
@@ -156,7 +146,6 @@ class PieceMaker:
         self.geometry = PieceGeometry.of(binning)
         self.exclusion = exclusion
         self.finder = finder or ExclusionFinder(exclusion)
-        self._regions: dict[tuple[float, float], tuple[ExclusionRegion, ...]] = {}
         self._region_dicts: dict[tuple[float, float], list[dict]] = {}
         self._radec_fractions: dict[tuple, np.ndarray] = {}
 
@@ -238,13 +227,8 @@ class PieceMaker:
         )
 
     def make_regions(self, ra_deg: float, dec_deg: float) -> list[ExclusionRegion]:
-        """The circles that reach the geometry around a pointing (found once per pointing)."""
-        key = (float(ra_deg), float(dec_deg))
-        regions = self._regions.get(key)
-        if regions is None:
-            search_radius = max(self.exclusion.search_radius, self.geometry.max_offset_deg)
-            regions = _remember(self._regions, key, tuple(self.finder.regions(ra_deg, dec_deg, search_radius)))
-        return list(regions)
+        """The circles that reach the geometry around a pointing (the finder keeps them per pointing)."""
+        return self.finder.regions(ra_deg, dec_deg, max(self.exclusion.search_radius, self.geometry.max_offset_deg))
 
     def region_dicts(self, ra_deg: float, dec_deg: float) -> list[dict]:
         """The regions of a pointing as a piece lists them: its circles, then the shaped regions."""
@@ -253,7 +237,7 @@ class PieceMaker:
         if dicts is None:
             regions = self.make_regions(ra_deg, dec_deg)
             listed = [region.as_dict() for region in regions] + [shape.as_dict() for shape in self.finder.shapes]
-            dicts = _remember(self._region_dicts, key, listed)
+            dicts = remember(self._region_dicts, key, listed)
         return [dict(entry) for entry in dicts]
 
     def make_track(
@@ -302,7 +286,7 @@ class PieceMaker:
             if fraction is None:
                 fraction = fov_outside_fraction(self.geometry, ra_deg, dec_deg, regions, self.finder)
                 fraction.flags.writeable = False
-                _remember(self._radec_fractions, key, fraction)
+                remember(self._radec_fractions, key, fraction)
             return fraction.copy()
         if self.geometry.is_3d:
             return fov_outside_fraction(

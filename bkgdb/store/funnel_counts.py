@@ -25,7 +25,7 @@ def funnel_counts(session: Session, candidates: Any, conditions: list) -> list[i
     """
     if not conditions:
         return [session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery())) or 0]
-    return _funnel_and_scalars(session, candidates, conditions, [])
+    return [int(value) for value in session.execute(_funnel_statement(candidates, conditions, [])).one()]
 
 
 def _funnel_statement(candidates: Any, conditions: list, scalars: list) -> Any:
@@ -40,12 +40,6 @@ def _funnel_statement(candidates: Any, conditions: list, scalars: list) -> Any:
         kept.append(passes.c[f"pass_{number}"] == 1)
         columns.append(sa.func.coalesce(sa.func.sum(sa.case((sa.and_(*kept), 1), else_=0)), 0))
     return sa.select(*columns, *scalars).select_from(passes)
-
-
-def _funnel_and_scalars(session: Session, candidates: Any, conditions: list, scalars: list) -> list[int]:
-    """The values of `_funnel_statement`."""
-    row = session.execute(_funnel_statement(candidates, conditions, scalars)).one()
-    return [int(value) for value in row]
 
 
 def indexed_funnel_counts(
