@@ -11,9 +11,10 @@ from astropy.io import fits
 from sqlalchemy.orm import Session
 
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings
+from bkgdb.makers.piece import counts_dtype, decode_array, encode_array
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.models import PieceRow, Run
-from bkgdb.store.pieces import PieceCache, row_to_piece
+from bkgdb.store.pieces import PieceCache, row_to_piece, stacked_array
 
 SOURCE = PointSource(ra_deg=120.0, dec_deg=-20.0, rate_per_s=0.6, psf_sigma_deg=0.08, name="Bright source")
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)
@@ -200,6 +201,31 @@ def test_exclusions_and_cache_drop(catalogue, source_field):
     assert row["pieces"] == len(blobs) == 16
     assert row["bytes"] == sum(len(counts) + len(excluded) + len(exposure) for counts, excluded, exposure in blobs)
     assert row["bytes_per_piece"] == pytest.approx(row["bytes"] / 16, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("high", "dtype"), [(0, "<u1"), (255, "<u1"), (256, "<u2"), (65535, "<u2"), (65536, "<i4"), (2**31, "<i8")]
+)
+def test_counts_are_stored_in_the_smallest_integer_type_that_holds_them(high, dtype):
+    counts = np.array([[0, high], [3, 1]], dtype=np.int64)
+    assert counts_dtype(counts, np.zeros_like(counts)) == dtype
+    # The excluded counts are stored with the same dtype: they count too.
+    assert counts_dtype(np.zeros_like(counts), counts) == dtype
+    np.testing.assert_array_equal(decode_array(encode_array(counts, dtype), dtype, counts.shape), counts)
+
+
+def test_pieces_of_several_dtypes_stack_to_the_same_values():
+    rng = np.random.default_rng(3)
+    arrays = [rng.poisson(scale, size=(4, 3)) for scale in (2, 300, 5, 90000, 1, 700)]
+    dtypes = [counts_dtype(array) for array in arrays]
+    assert set(dtypes) == {"<u1", "<u2", "<i4"}
+    stacked = stacked_array(
+        [encode_array(array, dtype) for array, dtype in zip(arrays, dtypes, strict=True)], dtypes, (4, 3)
+    )
+    assert stacked.dtype == np.int32
+    np.testing.assert_array_equal(stacked, np.stack(arrays))
+    alike = stacked_array([encode_array(array, "<u2") for array in arrays[:3:2]], ["<u2"] * 2, (4, 3))
+    np.testing.assert_array_equal(alike, np.stack(arrays[:3:2]))
 
 
 # -- real data -----------------------------------------------------------------------------------

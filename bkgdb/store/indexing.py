@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import sqlalchemy as sa
 
 from bkgdb.gadf.datastore import DL3Datastore
-from bkgdb.makers.piece import COUNTS_DTYPE, EXPOSURE_DTYPE, BackgroundPiece, encode_array
+from bkgdb.makers.piece import EXPOSURE_DTYPE, BackgroundPiece, counts_dtype, encode_array
 from bkgdb.makers.run import (
     RunJob,
     RunResult,
@@ -161,15 +161,16 @@ def piece_values(
     file_sha256: str | None,
 ) -> dict:
     """The column values of a `~bkgdb.makers.piece.BackgroundPiece`'s database row, of any geometry."""
+    dtype = counts_dtype(piece.counts, piece.excluded_counts)
     return dict(
         run_id=run_id,
         binning_id=binning_id,
         exclusion_id=exclusion_id,
         shape=list(piece.counts.shape),
-        counts_dtype=COUNTS_DTYPE,
+        counts_dtype=dtype,
         exposure_dtype=EXPOSURE_DTYPE,
-        counts=encode_array(piece.counts, COUNTS_DTYPE),
-        excluded_counts=encode_array(piece.excluded_counts, COUNTS_DTYPE),
+        counts=encode_array(piece.counts, dtype),
+        excluded_counts=encode_array(piece.excluded_counts, dtype),
         exposure_s=encode_array(piece.exposure_s, EXPOSURE_DTYPE),
         ontime_s=piece.ontime_s,
         livetime_s=piece.livetime_s,

@@ -59,14 +59,21 @@ def parsed_shape(text: str, memo: dict[str, tuple[int, ...]]) -> tuple[int, ...]
 def stacked_array(blobs: Sequence[bytes], dtypes: Sequence[str], shape: tuple[int, ...]) -> np.ndarray:
     """Arrays of one ``shape`` stored as `~bkgdb.makers.piece.encode_array` blobs, stacked: (len(blobs), *shape).
 
-    One `numpy.frombuffer` over the joined decompressed bytes instead of an array, a reshape and a
-    copy per piece. Mixed dtypes are decoded one by one and stacked (to their common dtype, exactly).
+    One `numpy.frombuffer` per dtype over the joined decompressed bytes instead of an array, a
+    reshape and a copy per piece. Pieces stored with different dtypes (counts are stored in the
+    smallest integer type that holds them) come in their common dtype, exactly.
     """
     if not blobs:
         return np.zeros((0, *shape))
-    if len(set(dtypes)) == 1:
+    kinds = set(dtypes)
+    if len(kinds) == 1:
         return np.frombuffer(b"".join(map(zlib.decompress, blobs)), dtype=dtypes[0]).reshape((len(blobs), *shape))
-    return np.stack([decode_array(blob, dtype, shape) for blob, dtype in zip(blobs, dtypes, strict=True)])
+    stacked = np.empty((len(blobs), *shape), dtype=np.result_type(*kinds))
+    for kind in kinds:
+        chosen = [index for index, dtype in enumerate(dtypes) if dtype == kind]
+        joined = b"".join(zlib.decompress(blobs[index]) for index in chosen)
+        stacked[chosen] = np.frombuffer(joined, dtype=kind).reshape((len(chosen), *shape))
+    return stacked
 
 
 def row_columns(rows: Sequence[Any]) -> dict[str, tuple]:
