@@ -37,7 +37,7 @@ from bkgdb.background import BackgroundBuilder
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, FovBinning, SelectionSettings
 from bkgdb.makers.piece import encode_array
 from bkgdb.store.catalogue import RunCatalogue
-from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, RegionSet, Run
 
 BINNING = Binning(e_bins=20, off_bins=10)
 FOV_BINNING = FovBinning(e_bins=20, fov_max=2.5, fov_bins=24)
@@ -81,7 +81,7 @@ def fill(engine, n_runs, seed=1, binning=BINNING):
                            counts_dtype="<i4", exposure_dtype="<f8",
                            counts=encode_array(counts[i], "<i4"), excluded_counts=no_counts, exposure_s=exposure,
                            ontime_s=ONTIME_S, livetime_s=ONTIME_S * 0.9, n_kept=int(counts[i].sum()), n_excluded=0,
-                           regions=[], file_sha256=None)
+                           file_sha256=None)
                       for i in range(n)]
             connection.execute(sa.insert(PieceRow), pieces)
         if engine.dialect.name == "postgresql":
@@ -261,7 +261,8 @@ def recompute(n_runs: int, folder: str, source: str = "simulated") -> None:
             built = builder.build(target, session=session)
             times.append(time.perf_counter() - begin)
         stored_regions = dict(session.execute(
-            sa.select(Run.obs_id, PieceRow.regions).join(PieceRow, PieceRow.run_id == Run.id)
+            sa.select(Run.obs_id, RegionSet.regions).select_from(Run).join(PieceRow, PieceRow.run_id == Run.id)
+            .outerjoin(RegionSet, RegionSet.id == PieceRow.region_set_id)
             .where(PieceRow.binning_id == built.binning_id, PieceRow.exclusion_id == built.exclusion_id)).all())
     library = statistics.median(times)
 
@@ -284,7 +285,7 @@ def recompute(n_runs: int, folder: str, source: str = "simulated") -> None:
         "counts": np.array_equal(assembled.counts, built.assembled.counts),
         "exposure": np.array_equal(assembled.exposure_s, built.assembled.exposure_s),
         "rate": np.array_equal(assembled.rate, built.assembled.rate) and np.array_equal(rate, built.rate),
-        "regions": all(piece.regions == stored_regions[obs_id]
+        "regions": all(piece.regions == (stored_regions[obs_id] or [])
                        for obs_id, piece in zip(built.selection.obs_ids, pieces, strict=True)),
     }
     n = len(built.selection.obs_ids)

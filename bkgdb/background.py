@@ -21,10 +21,12 @@ from bkgdb.makers.normalisation import NO_NORMALISATION, Normalisation
 from bkgdb.makers.smoothing import BackgroundSmoother
 from bkgdb.store.backgrounds import (
     background_history,
+    datastore_paths,
     find_target,
     own_piece,
     record_background,
     record_if_writable,
+    run_conditions,
     runs_by_id,
     selected_pieces,
 )
@@ -140,7 +142,7 @@ class BackgroundBuilder:
             selection = self.selector.run(session, target, binning_row.id, exclusion_row.id, self._extra_keys)
             rows = selected_pieces(session, selection.run_ids, binning_row.id, exclusion_row.id)
             columns = row_columns(rows)
-            selection.datastores = list(columns.get("path", ()))
+            selection.datastores = datastore_paths(session, selection.datastore_ids)
             # Decoded together (one buffer per array), not as one BackgroundPiece per run.
             counts, exposure = stacked_pieces(columns)
             model: ConditionModel | None
@@ -165,7 +167,7 @@ class BackgroundBuilder:
                 # Only the condition model reads the runs' conditions: not made per run without it.
                 None
                 if model is None
-                else list(map(RunConditions, columns["zenith_deg"], columns["az_deg"], columns["muon_eff"])),
+                else [RunConditions(*values) for values in run_conditions(session, selection.run_ids)],
                 # Run.zenith_deg is nullable: condition-aware assembly refuses a target without one, saying so.
                 RunConditions(target.zenith_deg, target.az_deg, target.muon_eff),  # type: ignore[arg-type]
                 model,
@@ -177,7 +179,7 @@ class BackgroundBuilder:
                     PieceInput,
                     columns["id"],
                     columns["run_id"],
-                    columns["obs_id"],
+                    selection.obs_ids,
                     columns["file_sha256"],
                     columns["created_at"],
                     np.asarray(weights, dtype=float).tolist(),

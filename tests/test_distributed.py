@@ -17,7 +17,7 @@ from bkgdb.errors import BkgdbError
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.database import resolve_url
-from bkgdb.store.models import PieceRow, Run
+from bkgdb.store.models import PieceRow, RegionSet, Run
 
 distributed = pytest.importorskip("distributed")
 
@@ -66,13 +66,19 @@ def content(url):
                 for row in connection.execute(sa.select(Run.__table__)).mappings()
             }
             table = PieceRow.__table__
+            # The regions themselves: the ids of their sets depend on the order runs were written in.
             columns = [
                 column
                 for column in table.c
-                if column.name not in ("id", "run_id", "binning_id", "exclusion_id", "created_at")
-            ]
+                if column.name not in ("id", "run_id", "binning_id", "exclusion_id", "created_at", "region_set_id")
+            ] + [RegionSet.regions]
             pieces = {}
-            for obs_id, *values in connection.execute(sa.select(Run.obs_id, *columns).join(Run)):
+            query = (
+                sa.select(Run.obs_id, *columns)
+                .join(Run, Run.id == table.c.run_id)
+                .outerjoin(RegionSet, RegionSet.id == table.c.region_set_id)
+            )
+            for obs_id, *values in connection.execute(query):
                 pieces.setdefault(obs_id, []).append(
                     tuple(bytes(v) if isinstance(v, memoryview) else v for v in values)
                 )

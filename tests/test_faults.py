@@ -22,7 +22,7 @@ from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.database import resolve_url
 from bkgdb.store.indexing import WORKER_FOLDER_PREFIX
-from bkgdb.store.models import Datastore, PieceRow, Run
+from bkgdb.store.models import Datastore, PieceRow, RegionSet, Run
 
 N_RUNS = 60
 #: Runs committed before the indexer is stopped: enough to show work is kept, far from all of them.
@@ -70,18 +70,22 @@ def content(url):
                 )
             pieces = {}
             table = PieceRow.__table__
-            query = sa.select(
-                Run.obs_id,
-                table.c.counts,
-                table.c.excluded_counts,
-                table.c.exposure_s,
-                table.c.ontime_s,
-                table.c.livetime_s,
-                table.c.n_kept,
-                table.c.n_excluded,
-                table.c.regions,
-                table.c.file_sha256,
-            ).join(Run, Run.id == table.c.run_id)
+            query = (
+                sa.select(
+                    Run.obs_id,
+                    table.c.counts,
+                    table.c.excluded_counts,
+                    table.c.exposure_s,
+                    table.c.ontime_s,
+                    table.c.livetime_s,
+                    table.c.n_kept,
+                    table.c.n_excluded,
+                    RegionSet.regions,
+                    table.c.file_sha256,
+                )
+                .join(Run, Run.id == table.c.run_id)
+                .outerjoin(RegionSet, RegionSet.id == table.c.region_set_id)
+            )
             for obs_id, *values in connection.execute(query):
                 pieces.setdefault(obs_id, []).append(tuple(values))
             n_datastores = connection.execute(sa.select(sa.func.count()).select_from(Datastore)).scalar()

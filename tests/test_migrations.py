@@ -29,7 +29,7 @@ from bkgdb.store.database import (
 from bkgdb.store.indexing import piece_row, piece_values
 from bkgdb.store.lineage import background_lineage, stale_backgrounds
 from bkgdb.store.models import BackgroundInput, Base, BinningRow, Datastore, ExclusionRow, PieceRow, Run
-from bkgdb.store.pieces import row_to_piece
+from bkgdb.store.pieces import PieceCache, row_to_piece
 
 
 def test_models_and_migrations_agree(db_url):
@@ -132,6 +132,8 @@ def fill_revision_0005(engine, datastore, made):
             )
             *_, piece = result.pieces[0]
             values = piece_values(piece, run_ids[obs_id], binning_id, exclusion_id, result.sha256)
+            del values["region_set_id"]
+            values["regions"] = piece.regions
             n_energy, n_offset = values.pop("shape")
             piece_ids[obs_id] = insert("pieces", n_energy=n_energy, n_offset=n_offset, created_at=now, **values)
         common = dict(
@@ -172,7 +174,8 @@ def stored_inputs(engine, background_id):
         ]
 
 
-def assert_same_pieces(engine, made, piece_ids):
+def assert_same_pieces(engine, made, piece_ids, regions=None):
+    """The pieces as made (``regions``: the regions of some runs' pieces as changed since)."""
     with Session(engine) as session:
         rows = {row.id: row for row in session.scalars(sa.select(PieceRow))}
         assert len(rows) == len(made)
@@ -187,7 +190,7 @@ def assert_same_pieces(engine, made, piece_ids):
             assert (piece.ontime_s, piece.livetime_s, piece.regions) == (
                 original.ontime_s,
                 original.livetime_s,
-                original.regions,
+                (regions or {}).get(obs_id, original.regions),
             )
 
 
@@ -200,7 +203,7 @@ def test_0006_keeps_real_pieces_and_lineage_through_upgrade_and_downgrade(db_url
     recent_inputs = stored_inputs(engine, recent)
 
     RunCatalogue.open(db_url).engine.dispose()  # migrates to the head on first use
-    assert current_revision(engine) == SCHEMA_HEAD == "0006"
+    assert current_revision(engine) == SCHEMA_HEAD
     assert_same_pieces(engine, made, piece_ids)
     # Rebuilding the pieces and backgrounds tables (SQLite) must not touch the inputs that refer to them.
     assert stored_inputs(engine, recent) == recent_inputs
@@ -249,5 +252,59 @@ def test_0006_stores_3d_pieces_and_refuses_to_downgrade_them(db_url):
     np.testing.assert_array_equal(stored.exposure_s, exposure)
     with pytest.raises(RuntimeError, match=r"1 pieces are 3D \(FoV pixels\), which older schemas cannot hold"):
         downgrade_schema(catalogue.engine, "0005")
-    assert current_revision(catalogue.engine) == "0006"
+    # Stopped at 0006 (or, where the whole downgrade is one transaction, not begun).
+    assert current_revision(catalogue.engine) in ("0006", SCHEMA_HEAD)
     catalogue.engine.dispose()
+
+
+# -- 0007: exclusion regions stored once per distinct list -------------------------------------
+
+FIELD = [
+    {"name": "Crab nebula", "kind": "source", "ra": 83.63308333333334, "dec": 22.0145, "radius": 0.35},
+    {"name": "HIP 26451", "kind": "star", "ra": 84.41118, "dec": 21.14255, "radius": 0.35},
+]
+OTHER_FIELD = [{"name": "region file", "kind": "region", "ra": 10.0, "dec": -71.5, "radius": 1.0 / 3.0}]
+
+
+def test_0007_stores_each_list_of_regions_once_and_keeps_pieces_and_lineage(db_url, simulated_datastore):
+    made = real_pieces(simulated_datastore)
+    engine = create_engine(db_url)
+    upgrade_schema(engine, "0005")
+    _, recent, piece_ids, _ = fill_revision_0005(engine, simulated_datastore, made)
+    upgrade_schema(engine, "0006")
+    # Runs 1000 and 1001 share a field, 1002 sees another, the others exclude nothing.
+    given = {1000: FIELD, 1001: FIELD, 1002: OTHER_FIELD}
+    with engine.begin() as connection:
+        for obs_id, regions in given.items():
+            connection.execute(
+                sa.text("UPDATE pieces SET regions = :regions WHERE id = :id"),
+                {"regions": json.dumps(regions), "id": piece_ids[obs_id]},
+            )
+    recent_inputs = stored_inputs(engine, recent)
+
+    upgrade_schema(engine, "0007")
+    with engine.connect() as connection:
+        stored = connection.execute(sa.text("SELECT id, sha256 FROM region_sets")).all()
+    assert len(stored) == 2
+    with Session(engine) as session:
+        rows = {row.id: row for row in session.scalars(sa.select(PieceRow))}
+    for obs_id, piece_id in piece_ids.items():
+        assert rows[piece_id].regions == given.get(obs_id, [])  # floats to the last digit
+        assert (rows[piece_id].region_set_id is None) == (obs_id not in given)
+    assert rows[piece_ids[1000]].region_set_id == rows[piece_ids[1001]].region_set_id
+    assert stored_inputs(engine, recent) == recent_inputs
+    assert [(row["name"], row["ra"]) for row in PieceCache(engine).exclusions(1000)[0]["regions"]] == [
+        ("Crab nebula", 83.63308333333334),
+        ("HIP 26451", 84.41118),
+    ]
+
+    downgrade_schema(engine, "0006")
+    assert "region_sets" not in sa.inspect(engine).get_table_names()
+    with engine.connect() as connection:
+        back = dict(connection.execute(sa.text("SELECT id, regions FROM pieces")).all())
+    back = {key: json.loads(value) if isinstance(value, str) else value for key, value in back.items()}
+    assert back == {piece_id: given.get(obs_id, []) for obs_id, piece_id in piece_ids.items()}
+    assert stored_inputs(engine, recent) == recent_inputs
+    upgrade_schema(engine)
+    assert_same_pieces(engine, made, piece_ids, given)
+    engine.dispose()

@@ -35,6 +35,8 @@ __all__ = [
     "background_history",
     "find_target",
     "selected_pieces",
+    "datastore_paths",
+    "run_conditions",
     "own_piece",
     "runs_by_id",
     "record_background",
@@ -140,7 +142,8 @@ def _pieces_statement(dialect: str) -> sa.Select:
 
     The run ids are one text parameter (``1,2,3``) that the database splits: bound one by one (SQLite)
     or as an integer array (PostgreSQL), the driver and SQLAlchemy handle each id apart, which cost
-    more than the lookups for a thousand runs.
+    more than the lookups for a thousand runs. The pieces table alone: what the build needs of the
+    runs (OBS_ID, datastore) came with the selection, and a join costs a row lookup per run.
     """
     ids = sa.bindparam("run_ids", type_=sa.Text)
     if dialect == "postgresql":
@@ -151,24 +154,23 @@ def _pieces_statement(dialect: str) -> sa.Select:
     else:  # read as a JSON array
         listed = sa.func.json_each(sa.literal_column("'['") + ids + sa.literal_column("']'")).table_valued("value")
         wanted = PieceRow.run_id.in_(sa.select(listed.c.value))
-    return (
-        sa.select(*PIECE_COLUMNS, Datastore.path, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.muon_eff)
-        .join(Run, Run.id == PieceRow.run_id)
-        .join(Datastore, Datastore.id == Run.datastore_id)
-        .where(
-            wanted,
-            PieceRow.binning_id == sa.bindparam("binning_id"),
-            PieceRow.exclusion_id == sa.bindparam("exclusion_id"),
-        )
+    return sa.select(*PIECE_COLUMNS).where(
+        wanted,
+        PieceRow.binning_id == sa.bindparam("binning_id"),
+        PieceRow.exclusion_id == sa.bindparam("exclusion_id"),
     )
 
 
 def selected_pieces(session: Session, run_ids: list[int], binning_id: int, exclusion_id: int) -> list[Any]:
-    """The selected runs' pieces: rows of `PIECE_COLUMNS` and ``path`` (datastore), ``obs_id``,
-    ``zenith_deg``, ``az_deg``, ``muon_eff``, in the order of ``run_ids``.
+    """The selected runs' pieces: rows of `PIECE_COLUMNS` in the order of ``run_ids``.
 
     One query. The rows are the query's own (no object per row); `~bkgdb.store.pieces.stacked_pieces`
     decodes their arrays.
+
+    Raises
+    ------
+    BkgdbError
+        A selected run has no piece any more (indexed again meanwhile).
     """
     # Through the session's connection: plain rows, without the ORM's per-row result processing
     # (the session was flushed by the build's earlier queries; nothing is pending).
@@ -177,12 +179,33 @@ def selected_pieces(session: Session, run_ids: list[int], binning_id: int, exclu
         _pieces_statement(connection.dialect.name),
         {"run_ids": ",".join(map(str, map(int, run_ids))), "binning_id": binning_id, "exclusion_id": exclusion_id},
     ).all()
+    if len(rows) != len(run_ids):
+        raise BkgdbError(
+            f"{len(run_ids) - len(rows)} of the {len(run_ids)} selected runs lost their piece while the "
+            "background was built (indexed again meanwhile?): build it again"
+        )
     # Placed by the position of their run (one piece per run and setting), not sorted by a key.
     position = {run_id: index for index, run_id in enumerate(run_ids)}
     ordered: list[Any] = [None] * len(run_ids)
     for row in rows:
         ordered[position[row[1]]] = row
-    return [row for row in ordered if row is not None]
+    return ordered
+
+
+def datastore_paths(session: Session, datastore_ids: list[int]) -> list[str]:
+    """The path of each of ``datastore_ids`` (repeated as often as they are), from one small query."""
+    paths = dict(session.connection().execute(sa.select(Datastore.id, Datastore.path)).all())
+    return [paths[datastore_id] for datastore_id in datastore_ids]
+
+
+def run_conditions(session: Session, run_ids: list[int]) -> list[tuple]:
+    """(zenith, azimuth, muon efficiency) of each of ``run_ids``, in their order."""
+    found: dict[int, tuple] = {}
+    for start in range(0, len(run_ids), ID_CHUNK):
+        chunk = run_ids[start : start + ID_CHUNK]
+        query = sa.select(Run.id, Run.zenith_deg, Run.az_deg, Run.muon_eff).where(Run.id.in_(chunk))
+        found.update((row[0], tuple(row[1:])) for row in session.connection().execute(query))
+    return [found[run_id] for run_id in run_ids]
 
 
 def own_piece(session: Session, target: Run, binning_id: int, exclusion_id: int) -> BackgroundPiece | None:

@@ -42,8 +42,11 @@ from bkgdb.store.models import (
     Datastore,
     ExclusionRow,
     PieceRow,
+    RegionSet,
     Run,
+    canonical_regions,
 )
+from bkgdb.store.regions import region_set_ids
 from bkgdb.store.settings import get_or_create_setting
 from bkgdb.store.upsert import insert_if_missing, upsert_insert
 
@@ -159,8 +162,12 @@ def piece_values(
     binning_id: int | None,
     exclusion_id: int | None,
     file_sha256: str | None,
+    region_set_id: int | None = None,
 ) -> dict:
-    """The column values of a `~bkgdb.makers.piece.BackgroundPiece`'s database row, of any geometry."""
+    """The column values of a `~bkgdb.makers.piece.BackgroundPiece`'s database row, of any geometry.
+
+    ``region_set_id`` refers to the piece's regions as stored (`~bkgdb.store.regions.region_set_ids`).
+    """
     dtype = counts_dtype(piece.counts, piece.excluded_counts)
     return dict(
         run_id=run_id,
@@ -176,7 +183,7 @@ def piece_values(
         livetime_s=piece.livetime_s,
         n_kept=int(piece.counts.sum()),
         n_excluded=int(piece.excluded_counts.sum()),
-        regions=piece.regions,
+        region_set_id=region_set_id,
         file_sha256=file_sha256,
     )
 
@@ -184,10 +191,18 @@ def piece_values(
 def piece_row(
     piece: BackgroundPiece, run: Run, binning_row: BinningRow, exclusion_row: ExclusionRow, file_sha256: str | None
 ) -> PieceRow:
-    """The database row of a `~bkgdb.makers.piece.BackgroundPiece`."""
+    """The database row of a `~bkgdb.makers.piece.BackgroundPiece`, for a catalogue being made.
+
+    Its regions, if any, come as a new `~bkgdb.store.models.RegionSet`: a list already stored is
+    not looked up (the index shares them, `~bkgdb.store.regions.region_set_ids`).
+    """
     values = piece_values(piece, None, None, None, file_sha256)
-    del values["run_id"], values["binning_id"], values["exclusion_id"]
-    return PieceRow(run=run, binning=binning_row, exclusion=exclusion_row, **values)
+    del values["run_id"], values["binning_id"], values["exclusion_id"], values["region_set_id"]
+    region_set = None
+    if piece.regions:
+        digest, _ = canonical_regions(piece.regions)
+        region_set = RegionSet(sha256=digest, regions=piece.regions)
+    return PieceRow(run=run, binning=binning_row, exclusion=exclusion_row, region_set=region_set, **values)
 
 
 def refresh_statistics(engine: sa.engine.Engine) -> None:
@@ -414,6 +429,8 @@ class _ResultWriter:
         # Status is set in the same transaction; the placeholder is never committed.
         self.new_runs = upsert_insert(session, runs).on_conflict_do_nothing(index_elements=["datastore_id", "obs_id"])
         self.upsert_pieces: Any = None
+        #: Region set ids by SHA-256, looked up once per index (`region_set_ids`).
+        self.region_sets: dict[str, int] = {}
 
     def write(
         self, results: list[RunResult], existing: dict[int, Run], by_obs_id: dict[int, RunSource]
@@ -433,7 +450,7 @@ class _ResultWriter:
             ).all()
             by_new_obs_id = {row.obs_id: row for row in rows}
             runs = [by_new_obs_id[run.obs_id] if run.id is None else run for run in runs]
-        renewed, pieces = [], []
+        renewed, made = [], []
         for number, (result, run) in enumerate(zip(results, runs, strict=True)):
             source = by_obs_id[result.obs_id]
             if result.error is not None and not result.pieces:
@@ -452,11 +469,12 @@ class _ResultWriter:
                 run.file_size_bytes, run.file_mtime, run.file_sha256 = result.size, result.mtime, result.sha256
                 renewed.append(run.id)
             for binning, exclusion, piece in result.pieces:
-                binning_id, exclusion_id = self.setting_ids[(binning, exclusion)]
-                pieces.append(piece_values(piece, run.id, binning_id, exclusion_id, result.sha256))
+                made.append((piece, run.id, *self.setting_ids[(binning, exclusion)], result.sha256))
         if renewed:  # a failed or changed run keeps no piece of its former file
             session.execute(sa.delete(PieceRow).where(PieceRow.run_id.in_(renewed)))
         session.flush()
+        set_ids = region_set_ids(session, [piece.regions for piece, *_ in made], self.region_sets)
+        pieces = [piece_values(*values, set_id) for values, set_id in zip(made, set_ids, strict=True)]
         if pieces:
             if self.upsert_pieces is None:  # the columns are those piece_values gives
                 upsert = upsert_insert(session, cast(sa.Table, PieceRow.__table__))

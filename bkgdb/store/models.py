@@ -4,6 +4,8 @@ The schema is created and changed only by the alembic migrations in ``migrations
 ``tests/test_migrations.py`` checks that these models and the migrations agree.
 """
 
+import hashlib
+import json
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -18,6 +20,8 @@ __all__ = [
     "BinningRow",
     "ExclusionRow",
     "PieceRow",
+    "RegionSet",
+    "canonical_regions",
     "BackgroundRow",
     "BackgroundInput",
     "RunFlag",
@@ -98,7 +102,8 @@ class Run(Base):
     __table_args__ = (
         sa.UniqueConstraint("datastore_id", "obs_id"),
         # Selection criteria read from the index alone: the zenith range is scanned and the other
-        # criteria are tested on index entries, so only passing runs' rows are read.
+        # criteria are tested on index entries, so only passing runs' rows are read; what the
+        # selection returns of a run (id, OBS_ID, datastore, zenith, start, ontime) is in it too.
         sa.Index(
             "ix_runs_selection",
             "zenith_deg",
@@ -109,6 +114,7 @@ class Run(Base):
             "status",
             "obs_id",
             "ontime_s",
+            "datastore_id",
         ),
     )
 
@@ -198,6 +204,30 @@ class ExclusionRow(HashedSettings, Base):
     __tablename__ = "exclusion_settings"
 
 
+def canonical_regions(regions: list) -> tuple[str, str]:
+    """(SHA-256, JSON text) of a list of exclusion regions: the key of its `RegionSet`.
+
+    Keys sorted and no spaces, so equal lists give equal text; the list's order is kept.
+    """
+    text = json.dumps(regions, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest(), text
+
+
+class RegionSet(Base):
+    """A list of exclusion regions applied to pieces, stored once however many pieces share it.
+
+    The runs of one field share their regions (every binning of one exclusion setting too): kept
+    in each piece, the regions were most of a 2D piece's bytes and made every piece row span a
+    database page, which a build reads a thousand of. ``sha256`` is `canonical_regions`'s.
+    """
+
+    __tablename__ = "region_sets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    regions: Mapped[list] = mapped_column(JSONType)
+
+
 class PieceRow(Base):
     """One run's background piece for one binning and one exclusion setting.
 
@@ -232,13 +262,21 @@ class PieceRow(Base):
     livetime_s: Mapped[float | None]
     n_kept: Mapped[int] = mapped_column(sa.BigInteger)
     n_excluded: Mapped[int] = mapped_column(sa.BigInteger)
-    regions: Mapped[list] = mapped_column(JSONType, default=list)
+    #: The exclusion regions applied (`regions`); None when there were none.
+    region_set_id: Mapped[int | None] = mapped_column(sa.ForeignKey("region_sets.id"), index=True)
     file_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     run: Mapped[Run] = relationship()
     binning: Mapped[BinningRow] = relationship()
     exclusion: Mapped[ExclusionRow] = relationship()
+    # Loaded with the piece: pieces read as objects are few (a build reads its arrays as plain rows).
+    region_set: Mapped[RegionSet | None] = relationship(lazy="joined")
+
+    @property
+    def regions(self) -> list:
+        """The exclusion regions applied to this piece (name, kind, ra, dec, radius)."""
+        return [] if self.region_set is None else list(self.region_set.regions)
 
 
 class BackgroundRow(Base):

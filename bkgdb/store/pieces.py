@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from bkgdb.errors import BkgdbError
 from bkgdb.makers.piece import BackgroundPiece, decode_array
 from bkgdb.store.database import session_scope
-from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, RegionSet, Run
+from bkgdb.store.regions import remove_unused_region_sets
 from bkgdb.store.settings import geometry_from_params, setting_by_prefix
 
 __all__ = [
@@ -116,7 +117,7 @@ def row_to_piece(row: Any) -> BackgroundPiece:
         exposure_s=exposure.copy(),
         ontime_s=row.ontime_s,
         livetime_s=row.livetime_s,
-        regions=row.regions or [],
+        regions=row.regions,
     )
 
 
@@ -211,6 +212,9 @@ class PieceCache:
             # Settings without pieces are forgotten too; they come back when used again.
             for model, column in ((ExclusionRow, PieceRow.exclusion_id), (BinningRow, PieceRow.binning_id)):
                 session.execute(sa.delete(model).where(~model.id.in_(sa.select(column).distinct())))
+            # And region lists no piece uses any more (not done while indexing, where another indexer
+            # may be about to use a list this one no longer does).
+            remove_unused_region_sets(session)
             session.commit()
         return deleted
 
@@ -223,7 +227,9 @@ class PieceCache:
             One entry per (datastore, exclusion setting) with the list of regions.
         """
         query = (
-            sa.select(Datastore.path, ExclusionRow.hash, ExclusionRow.params, PieceRow.regions)
+            sa.select(Datastore.path, ExclusionRow.hash, ExclusionRow.params, RegionSet.regions)
+            .select_from(PieceRow)
+            .outerjoin(RegionSet, RegionSet.id == PieceRow.region_set_id)
             .join(Run, Run.id == PieceRow.run_id)
             .join(Datastore, Datastore.id == Run.datastore_id)
             .join(ExclusionRow, ExclusionRow.id == PieceRow.exclusion_id)

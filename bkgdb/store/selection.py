@@ -82,6 +82,8 @@ class Selection:
     funnel: list = field(default_factory=list)
     ranking: str = "none"
     requested_s: float | None = None
+    #: Datastore id of each selected run.
+    datastore_ids: list = field(default_factory=list)
     #: Datastore path of each selected run, filled when the pieces are loaded.
     datastores: list = field(default_factory=list)
     #: Warnings about the selection (too little statistics, requested ontime not reached).
@@ -215,6 +217,7 @@ class RunSelector:
                 target.ontime_s or 0.0,
                 [("from_run", 1)],
                 ranking="from_run",
+                datastore_ids=[target.datastore_id],
             )
 
         base, search_id = self.candidates(session, target, binning_id, exclusion_id)
@@ -287,6 +290,7 @@ class RunSelector:
             ranking=ranking,
             requested_s=requested,
             warnings=warnings,
+            datastore_ids=row_column(chosen, "datastore_id"),
         )
 
     def nearest_candidates(
@@ -300,7 +304,7 @@ class RunSelector:
         window. The result is the same as ranking every candidate. With ``KL_DIV`` the shells must
         hold `KL_POOL_FACTOR` times the requested ontime: the KL ranking orders that pool.
         """
-        columns = (Run.id, Run.obs_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)
+        columns = (Run.id, Run.obs_id, Run.datastore_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)
         s = self.settings
         if requested is not None and s.el_diff is not None and target.zenith_deg is not None:
             wanted = requested * (KL_POOL_FACTOR if s.KL_DIV else 1.0)

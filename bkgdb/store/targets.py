@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bkgdb.store.conditions import conditions_expression
-from bkgdb.store.models import RUN_STATUS_OK, Datastore, PieceRow, Run
+from bkgdb.store.models import RUN_STATUS_OK, Datastore, PieceRow, RegionSet, Run
 
 if TYPE_CHECKING:
     from bkgdb.config import BkgdbConfig
@@ -63,13 +63,15 @@ def piece_regions(
 
     Regions stored by name only (non-circular shapes of region files) are left out.
     """
-    regions = session.scalar(
-        sa.select(PieceRow.regions).where(
-            PieceRow.run_id == run_id, PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id
-        )
-    )
-    if regions is None:
+    found = session.execute(
+        sa.select(PieceRow.id, RegionSet.regions)
+        .select_from(PieceRow)
+        .outerjoin(RegionSet, RegionSet.id == PieceRow.region_set_id)
+        .where(PieceRow.run_id == run_id, PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id)
+    ).first()
+    if found is None:
         return None
+    regions = found.regions or []
     return [
         (region["ra"], region["dec"], region["radius"])
         for region in regions

@@ -1,0 +1,56 @@
+"""Exclusion regions stored once per distinct list (`~bkgdb.store.models.RegionSet`), shared by pieces."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from bkgdb.store.models import PieceRow, RegionSet, canonical_regions
+from bkgdb.store.upsert import upsert_insert
+
+__all__ = ["region_set_ids", "remove_unused_region_sets"]
+
+
+def region_set_ids(session: Session, region_lists: Sequence[list], known: dict[str, int] | None = None) -> list[Any]:
+    """The `RegionSet` id of each list of regions (None for an empty list), stored first when new.
+
+    Safe against another writer storing the same list at the same moment (an insert that ignores
+    a set already there, then one look-up of the ids).
+
+    Parameters
+    ----------
+    session : `~sqlalchemy.orm.Session`
+        Written in; the caller commits.
+    region_lists : sequence of list
+        Each piece's regions.
+    known : dict, optional
+        Ids already looked up (by SHA-256), kept across calls by the caller and extended here.
+    """
+    known = {} if known is None else known
+    digests: list[str | None] = []
+    new: dict[str, list] = {}
+    for regions in region_lists:
+        if not regions:
+            digests.append(None)
+            continue
+        digest, _ = canonical_regions(regions)
+        digests.append(digest)
+        if digest not in known:
+            new[digest] = regions
+    if new:
+        insert = upsert_insert(session, cast(sa.Table, RegionSet.__table__)).on_conflict_do_nothing(
+            index_elements=["sha256"]
+        )
+        session.execute(insert, [{"sha256": digest, "regions": regions} for digest, regions in new.items()])
+        query = sa.select(RegionSet.sha256, RegionSet.id).where(RegionSet.sha256.in_(list(new)))
+        known.update(session.execute(query).tuples().all())
+    return [None if digest is None else known[digest] for digest in digests]
+
+
+def remove_unused_region_sets(session: Session) -> int:
+    """Delete the region sets no piece refers to; how many. The caller commits."""
+    unused = sa.delete(RegionSet).where(~sa.exists().where(PieceRow.region_set_id == RegionSet.id))
+    return cast(sa.CursorResult, session.execute(unused)).rowcount
