@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings
 from bkgdb.makers.piece import counts_dtype, decode_array, encode_array
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
-from bkgdb.store.models import PieceRow, Run
+from bkgdb.store.models import PieceRow, RegionSet, Run
 from bkgdb.store.pieces import PieceCache, row_to_piece, stacked_array
 
 SOURCE = PointSource(ra_deg=120.0, dec_deg=-20.0, rate_per_s=0.6, psf_sigma_deg=0.08, name="Bright source")
@@ -201,6 +201,13 @@ def test_exclusions_and_cache_drop(catalogue, source_field):
     assert row["pieces"] == len(blobs) == 16
     assert row["bytes"] == sum(len(counts) + len(excluded) + len(exposure) for counts, excluded, exposure in blobs)
     assert row["bytes_per_piece"] == pytest.approx(row["bytes"] / 16, abs=0.05)
+    # The 32 pieces shared one list of regions (one source in every field); dropping the last pieces
+    # that use it removes it.
+    with Session(catalogue.engine) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(RegionSet)) == 1
+    assert cache.drop(exclusion=row["exclusion"]) == 16
+    with Session(catalogue.engine) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(RegionSet)) == 0
 
 
 @pytest.mark.parametrize(
