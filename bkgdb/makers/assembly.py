@@ -242,10 +242,9 @@ def assemble_stacked(
         raise BkgdbError("no pieces to assemble")
     if counts.shape[1:] != geometry.shape:
         raise BkgdbError(f"piece of shape {counts.shape[1:]} does not fit the geometry's {geometry.shape}")
-    exposure = np.zeros(geometry.spatial_shape)
-    # Added one piece after the other as before, so that the float sum is the same to the last bit.
-    for piece_exposure in exposure_s:
-        exposure += piece_exposure
+    # Added one piece after the other, so that the float sum is the same to the last bit whatever
+    # the number of pieces: an accumulation is sequential where a sum is pairwise.
+    exposure = np.add.accumulate(np.asarray(exposure_s, dtype=np.float64), axis=0)[-1]
     ontime = float(sum(ontimes_s))
     n = len(counts)
     if model is None:
