@@ -4,13 +4,15 @@ from datetime import date
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bkgdb.config import Binning, SelectionSettings
 from bkgdb.errors import BkgdbError, ConfigError, NoRunsSelected, TooLittleStatistics
 from bkgdb.makers.piece import BackgroundPiece
+from bkgdb.store.backgrounds import selected_pieces
 from bkgdb.store.indexing import piece_row
-from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, Run
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
 from bkgdb.store.ranking import airmass, kl_divergence, rate_shape
 from bkgdb.store.selection import RunSelector, zenith_range
 
@@ -311,3 +313,15 @@ background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10, min_runs: 
     )
     assert failed.exit_code == 2 and "Error: run 1000: the background rests on 4 runs" in failed.output
     assert not (tmp_path / "strict.fits").exists()
+
+
+def test_a_piece_gone_between_selection_and_loading_is_an_error(catalogue):
+    runs, binning_id, exclusion_id = add_runs(catalogue, [{"obs_id": 1}, {"obs_id": 2}, {"obs_id": 3}])
+    selection = select(catalogue, runs, (binning_id, exclusion_id), 1)
+    assert selection.datastore_ids == [runs[2].datastore_id] * 2
+    with Session(catalogue.engine) as session:
+        assert len(selected_pieces(session, selection.run_ids, binning_id, exclusion_id)) == 2
+        # Run 3 indexed again meanwhile, its new piece not yet written.
+        session.execute(sa.delete(PieceRow).where(PieceRow.run_id == runs[3].id))
+        with pytest.raises(BkgdbError, match="1 of the 2 selected runs lost their piece"):
+            selected_pieces(session, selection.run_ids, binning_id, exclusion_id)
