@@ -150,6 +150,22 @@ def test_zenith_range_is_searched_in_the_runs_index(catalogue):
             assert not {"SCAN runs", "SCAN pieces"} & set(lines), (sql, lines)
 
 
+def test_empty_pieces_are_found_in_their_own_index(catalogue):
+    """Every build asks for the setting's empty pieces: found in the partial index that holds only
+    them, not by going through every piece of the setting."""
+    synthetic_catalogue(catalogue, 3000)
+    with catalogue.engine.begin() as connection:  # two empty pieces: the index holds exactly them
+        connection.execute(sa.update(PieceRow).where(PieceRow.run_id.in_([5, 9])).values(n_kept=0))
+    builder = BackgroundBuilder(catalogue, make_config(el_diff=0.01, az_diff=20, time_request=2))
+    statements = recorded_statements(catalogue.engine, lambda: builder.build(7))
+    (sql, parameters), *_ = [(sql, p) for sql, p in statements if "NOT (pieces.ontime_s > 0" in sql]
+    text = plan(catalogue.engine, sql, parameters)
+    assert "ix_pieces_empty" in text and "ix_pieces_setting_events" not in text, text
+    with catalogue.engine.connect() as connection:
+        rows = connection.exec_driver_sql(sql, parameters).all()
+    assert sorted(value for kind, value in rows if kind == 0) == [5, 9]  # by run id
+
+
 def reference_selection(catalogue, target, settings):
     """The runs chosen for ``target`` as before index scans: every candidate ranked in Python."""
     with Session(catalogue.engine) as session:

@@ -204,6 +204,10 @@ class ExclusionRow(HashedSettings, Base):
     __tablename__ = "exclusion_settings"
 
 
+#: SQL of a piece without ontime or events in range (`bkgdb.store.integrity.has_events` negated).
+EMPTY_PIECE = "NOT (ontime_s > 0 AND n_kept + n_excluded > 0)"
+
+
 def canonical_regions(regions: list) -> tuple[str, str]:
     """(SHA-256, JSON text) of a list of exclusion regions: the key of its `RegionSet`.
 
@@ -243,6 +247,16 @@ class PieceRow(Base):
         # reading the rows and their arrays.
         sa.Index(
             "ix_pieces_setting_events", "binning_id", "exclusion_id", "ontime_s", "n_kept", "n_excluded", "run_id"
+        ),
+        # The few empty pieces of a setting found without going through the others (a setting of
+        # 100,000 pieces took 7 ms per build to search for none); the condition is `has_events`'s.
+        sa.Index(
+            "ix_pieces_empty",
+            "binning_id",
+            "exclusion_id",
+            "run_id",
+            sqlite_where=sa.text(EMPTY_PIECE),
+            postgresql_where=sa.text(EMPTY_PIECE),
         ),
     )
 

@@ -1,10 +1,11 @@
-"""Exclusion regions stored once per distinct list (``region_sets``); the runs index covers the datastore.
+"""Exclusion regions stored once per distinct list (``region_sets``); indexes for large catalogues.
 
 ``pieces.regions`` (a JSON list per piece) moves to ``region_sets`` (one row per distinct list,
 keyed by the SHA-256 of its canonical JSON) and ``pieces.region_set_id`` refers to it; a piece
 without regions refers to none. The runs of a field share their regions, which were most of a 2D
 piece's bytes. ``ix_runs_selection`` gains ``datastore_id``, so the selection reads what it
-returns of a run from the index alone.
+returns of a run from the index alone, and ``ix_pieces_empty`` (partial) holds the empty pieces,
+which every selection excludes.
 
 On SQLite the pieces table is rebuilt (batch mode); ``background_inputs`` is kept aside around the
 rebuilds, as in revision 0006, so that dropping the old table does not clear its piece ids.
@@ -30,6 +31,7 @@ JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 KEPT = "_bkgdb_0007_inputs"
 #: Pieces read per round trip while their regions are moved.
 CHUNK = 2000
+EMPTY_PIECE = "NOT (ontime_s > 0 AND n_kept + n_excluded > 0)"
 SELECTION_COLUMNS = ["zenith_deg", "az_deg", "glat_deg", "n_tels", "tstart_mjd", "status", "obs_id", "ontime_s"]
 
 
@@ -104,9 +106,12 @@ def upgrade():
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_index("ix_runs_selection")
         batch_op.create_index("ix_runs_selection", [*SELECTION_COLUMNS, "datastore_id"], unique=False)
+    op.create_index("ix_pieces_empty", "pieces", ["binning_id", "exclusion_id", "run_id"], unique=False,
+                    sqlite_where=sa.text(EMPTY_PIECE), postgresql_where=sa.text(EMPTY_PIECE))
 
 
 def downgrade():
+    op.drop_index("ix_pieces_empty", table_name="pieces")
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_index("ix_runs_selection")
         batch_op.create_index("ix_runs_selection", SELECTION_COLUMNS, unique=False)
