@@ -54,7 +54,7 @@ def has_events(piece: Any = PieceRow) -> Any:
     """
     # Zeros as literals, as in the condition of the empty pieces' partial index (`EMPTY_PIECE`), so
     # that every database sees the query's condition is the index's.
-    zero = sa.literal_column("0")
+    zero: Any = sa.literal_column("0")
     return sa.and_(piece.ontime_s > zero, piece.n_kept + piece.n_excluded > zero)
 
 
