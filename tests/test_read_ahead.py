@@ -7,6 +7,9 @@ thread reading.
 """
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -255,6 +258,61 @@ def test_an_exception_while_reading_propagates_at_its_run(
             got.append(result.obs_id)
     assert got == [job.source.obs_id for job in jobs[:3]]
     assert reader_threads() == []
+
+
+#: Consumes `run_jobs` in one process as the indexer does, printing a line per result, until a signal.
+SIGNALLED_READER = """
+import sys, threading, time
+from contextlib import closing
+from bkgdb.gadf.datastore import DL3Datastore
+from bkgdb.makers import run
+from bkgdb.makers.run import RunJob
+from bkgdb.parallel.processes import sigterm_raises_interrupt
+from bkgdb.store.indexing import run_jobs
+
+datastore, phase = sys.argv[1:]
+read_run_file = run.read_run_file
+def slow_read(job):
+    time.sleep(0.3)
+    return read_run_file(job)
+if phase == "reading":  # the signal comes while the main thread waits for a file
+    run.read_run_file = slow_read
+store = DL3Datastore(datastore)
+jobs = [RunJob(source, store.meta) for source in store.runs()] * 50
+try:
+    with sigterm_raises_interrupt(), closing(run_jobs(jobs, 1)) as results:
+        for result in results:
+            print("result", flush=True)
+            if phase == "writing":  # the signal comes while the caller handles a result
+                time.sleep(0.3)
+except KeyboardInterrupt as exc:
+    readers = [thread.name for thread in threading.enumerate() if thread.name.startswith("bkgdb-read-ahead")]
+    print(type(exc).__name__, readers, flush=True)
+"""
+
+
+@pytest.mark.parametrize("phase", ["reading", "writing"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_reading_ahead_at_once(simulated_datastore: Path, signum: int, phase: str) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", SIGNALLED_READER, str(simulated_datastore), phase],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "result\n"
+        os.kill(process.pid, signum)
+        signalled = time.monotonic()
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    name = "Terminated" if signum == signal.SIGTERM else "KeyboardInterrupt"
+    assert stdout.splitlines()[-1] == f"{name} []"
+    assert time.monotonic() - signalled < 2.0  # at most the one read under way is waited for
 
 
 def index_content(tmp_path: Path, name: str, datastore: Path, config: Any) -> tuple[dict, Any]:
