@@ -24,7 +24,14 @@ if TYPE_CHECKING:
     from astropy.io import fits
     from astropy.time import Time
 
-__all__ = ["EventList", "RunReadError", "read_events", "time_reference", "observatory_location"]
+__all__ = [
+    "EventList",
+    "RunReadError",
+    "decompress_events",
+    "read_events",
+    "time_reference",
+    "observatory_location",
+]
 
 
 class RunReadError(Exception):
@@ -322,7 +329,35 @@ def _read_plain(table: _Table, content: bytes, with_events: bool) -> EventList |
     return events
 
 
-def read_events(source: RunSource, content: bytes, with_events: bool = False) -> EventList:
+def _file_name(source: RunSource) -> str:
+    """How a run's event file is named in messages."""
+    return source.events_path.name if source.events_path is not None else str(source.obs_id)
+
+
+def _unreadable(source: RunSource, exc: Exception) -> RunReadError:
+    return RunReadError(f"cannot read {_file_name(source)}: {type(exc).__name__}: {exc}")
+
+
+def decompress_events(source: RunSource, content: bytes) -> bytes:
+    """A run's event file as FITS bytes: ``content`` itself, or decompressed if it is gzip.
+
+    Apart from `read_events` so that the decompression (which releases the GIL) can run in
+    another thread than the parsing.
+
+    Raises
+    ------
+    RunReadError
+        The gzip stream is damaged or truncated (the message `read_events` gives).
+    """
+    if content[:2] != b"\x1f\x8b":
+        return content
+    try:
+        return gzip.decompress(content)
+    except Exception as exc:  # BadGzipFile, EOFError, zlib.error...: all mean "unreadable"
+        raise _unreadable(source, exc) from None
+
+
+def read_events(source: RunSource, content: bytes, with_events: bool = False, decompressed: bool = False) -> EventList:
     """Parse a run's event file from its bytes and check its EVENTS table is complete.
 
     Parameters
@@ -330,10 +365,13 @@ def read_events(source: RunSource, content: bytes, with_events: bool = False) ->
     source : `~bkgdb.gadf.datastore.RunSource`
         The run (for the HDU name and messages).
     content : bytes
-        The file's bytes (gzip-compressed or not), read once by the caller.
+        The file's bytes (gzip-compressed or not), read once by the caller; or, with
+        ``decompressed``, what `decompress_events` made of them.
     with_events : bool, optional
         Also return RA, Dec (deg), energy (TeV) and, when the table has it, TIME (s) of every
         event. Default is False.
+    decompressed : bool, optional
+        ``content`` has been through `decompress_events` already. Default is False.
 
     Returns
     -------
@@ -344,10 +382,10 @@ def read_events(source: RunSource, content: bytes, with_events: bool = False) ->
     RunReadError
         The file is damaged, truncated, or has no events table.
     """
-    name = source.events_path.name if source.events_path is not None else str(source.obs_id)
+    name = _file_name(source)
     try:
-        if content[:2] == b"\x1f\x8b":
-            content = gzip.decompress(content)
+        if not decompressed:
+            content = decompress_events(source, content)
         # Most event files are plain binary tables, read here without astropy's table machinery
         # (which costs more than the reading); anything else, or anything wrong, goes to astropy.
         table = _find_table(content, source.events_hdu)
@@ -376,5 +414,5 @@ def read_events(source: RunSource, content: bytes, with_events: bool = False) ->
             return events
     except RunReadError:
         raise
-    except Exception as exc:  # gzip, OSError, astropy's VerifyError...: all mean "unreadable"
-        raise RunReadError(f"cannot read {name}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # OSError, astropy's VerifyError...: all mean "unreadable"
+        raise _unreadable(source, exc) from None

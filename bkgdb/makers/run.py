@@ -2,6 +2,8 @@
 
 `process_run` runs in worker processes (``--jobs N``) and touches no database: it returns a
 `RunResult` that `~bkgdb.store.catalogue.RunCatalogue.index` writes in the main process.
+`process_runs` does the same for many runs in one process (``--jobs 1``, a Dask task), reading
+the next run's file in a thread meanwhile.
 """
 
 from __future__ import annotations
@@ -9,13 +11,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from bkgdb.gadf.datastore import RunSource
-from bkgdb.gadf.events import EventList, RunReadError, observatory_location, read_events, time_reference
+from bkgdb.gadf.events import (
+    EventList,
+    RunReadError,
+    decompress_events,
+    observatory_location,
+    read_events,
+    time_reference,
+)
 from bkgdb.gadf.runfacts import RunFacts, read_run_facts
 from bkgdb.makers.exclusion import ExclusionFinder
 from bkgdb.makers.fov import FovError, RunClock
@@ -24,7 +36,11 @@ from bkgdb.makers.piece import PieceMaker
 __all__ = [
     "RunJob",
     "RunResult",
+    "RunFile",
+    "read_run_file",
     "process_run",
+    "process_run_file",
+    "process_runs",
     "run_facts",
     "exclusion_finder",
     "save_exclusion_finders",
@@ -130,11 +146,29 @@ def run_facts(result: RunResult, source: RunSource, meta: dict) -> RunFacts:
     return result.facts or read_run_facts(source, meta, result.header)
 
 
-def process_run(job: RunJob) -> RunResult:
-    """Read one run's file once; return its header and pieces, or why it could not be read."""
+@dataclass
+class RunFile:
+    """What `read_run_file` read of a run's event file, or why it could not read it."""
+
+    size: int | None = None
+    mtime: float | None = None
+    sha256: str | None = None
+    #: The FITS bytes (decompressed), when the run needs them: None when the file is unchanged
+    #: and no pieces are missing, or could not be read.
+    content: bytes | None = None
+    #: Why the file could not be read (missing, unreadable, a damaged gzip stream): the run's error.
+    error: str | None = None
+
+
+def read_run_file(job: RunJob) -> RunFile:
+    """Stat, read, hash and (if gzip, and the run needs it) decompress one run's event file.
+
+    The part of `process_run` that mostly waits for the disk and zlib, which release the GIL:
+    `process_runs` does it in a thread for the next run while this one is parsed.
+    """
     source = job.source
-    result = RunResult(source.obs_id)
     path = source.events_path
+    run_file = RunFile()
     try:
         if path is None:
             raise RunReadError(source.missing_events_reason)
@@ -145,13 +179,30 @@ def process_run(job: RunJob) -> RunResult:
             raise RunReadError(f"event file not found: {path}") from None
         except OSError as exc:
             raise RunReadError(f"cannot read {path}: {exc}") from None
-        result.size, result.mtime = stat.st_size, stat.st_mtime
-        result.sha256 = hashlib.sha256(content).hexdigest()
-        result.changed = result.sha256 != job.known_sha256
-        specs = job.specs if result.changed else job.missing_specs
-        if not result.changed and not specs:
-            return result
-        events = read_events(source, content, with_events=bool(specs))
+        run_file.size, run_file.mtime = stat.st_size, stat.st_mtime
+        run_file.sha256 = hashlib.sha256(content).hexdigest()
+        if run_file.sha256 != job.known_sha256 or job.missing_specs:
+            run_file.content = decompress_events(source, content)
+    except RunReadError as exc:
+        run_file.error = str(exc)
+    return run_file
+
+
+def process_run_file(job: RunJob, run_file: RunFile) -> RunResult:
+    """A run's header and pieces from its file as `read_run_file` read it, or why it has none."""
+    source = job.source
+    result = RunResult(source.obs_id, sha256=run_file.sha256, size=run_file.size, mtime=run_file.mtime)
+    if run_file.sha256 is not None:
+        result.changed = run_file.sha256 != job.known_sha256
+    specs = job.specs if result.changed else job.missing_specs
+    if run_file.error is not None:
+        result.error = run_file.error
+        return result
+    if not result.changed and not specs:
+        return result
+    assert run_file.content is not None  # read_run_file keeps it for a changed run or missing specs
+    try:
+        events = read_events(source, run_file.content, with_events=bool(specs), decompressed=True)
     except RunReadError as exc:
         result.error = str(exc)
         return result
@@ -199,3 +250,40 @@ def process_run(job: RunJob) -> RunResult:
             return result
         result.pieces.append((binning, exclusion, piece))
     return result
+
+
+def process_run(job: RunJob) -> RunResult:
+    """Read one run's file once; return its header and pieces, or why it could not be read."""
+    return process_run_file(job, read_run_file(job))
+
+
+def process_runs(jobs: Iterable[RunJob], ahead: int = 1) -> Iterator[RunResult]:
+    """`process_run` of each job, in order, reading the next files while a run is processed.
+
+    One thread reads (`read_run_file`) up to ``ahead`` files beyond the run being processed
+    (and the caller's work with its result), so that reading and decompressing, which release
+    the GIL, overlap with parsing, pieces and database writes, which hold it. At most
+    ``ahead + 1`` files are in memory. An exception other than a read error raises when its run
+    is reached, as with `process_run`. Closing the generator early (or an exception, Ctrl-C)
+    cancels the reads not started and waits for the one under way (a single file).
+
+    Parameters
+    ----------
+    jobs : iterable of `RunJob`
+        The runs, in the order of the results.
+    ahead : int, optional
+        Files read ahead. Default is 1.
+    """
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bkgdb-read-ahead")
+    reads: deque[tuple[RunJob, Future[RunFile]]] = deque()
+    try:
+        for job in jobs:
+            reads.append((job, reader.submit(read_run_file, job)))
+            if len(reads) > max(0, ahead):
+                job_read, run_file = reads.popleft()
+                yield process_run_file(job_read, run_file.result())
+        while reads:
+            job_read, run_file = reads.popleft()
+            yield process_run_file(job_read, run_file.result())
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)

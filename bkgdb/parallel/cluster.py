@@ -1,8 +1,9 @@
 """Indexing on a Dask cluster: the per-run work runs on ``dask.distributed`` workers.
 
 `DaskExecutor` has the interface of `~bkgdb.parallel.processes.WorkerPool` (a context manager with
-``imap_unordered``), so `~bkgdb.store.indexing.run_jobs` sends `~bkgdb.makers.run.process_run` to a
-cluster exactly as it sends it to local processes. Workers only read files and return a
+``imap_unordered``), so `~bkgdb.store.indexing.run_jobs` sends the per-run work to a cluster as it
+sends it to local processes; a task's runs go through `~bkgdb.makers.run.process_runs` (``batched``),
+which reads each run's file while the one before is processed. Workers only read files and return a
 `~bkgdb.makers.run.RunResult`; the client, the only process that holds a database connection,
 writes the results (one commit per batch of runs, at least every few seconds). A run whose file
 cannot be read comes back as a result with its reason, as locally. Runs travel a few per task
@@ -56,6 +57,11 @@ CONNECT_TIMEOUT_S = 20.0
 def apply_to_each(function: Callable[[T], R], items: list[T]) -> list[R]:
     """``[function(item) for item in items]``: the body of a task that carries several items."""
     return [function(item) for item in items]
+
+
+def apply_to_batch(function: Callable[[list[T]], Iterable[R]], items: list[T]) -> list[R]:
+    """``list(function(items))``: the body of a task whose function takes all its items at once."""
+    return list(function(items))
 
 
 def _import_distributed() -> ModuleType:
@@ -164,7 +170,11 @@ class DaskExecutor:
             ) from exc
 
     def imap_unordered(
-        self, function: Callable[[T], R], items: Iterable[T], name: Callable[[T], str] | None = None
+        self,
+        function: Callable[[T], R] | Callable[[list[T]], Iterable[R]],
+        items: Iterable[T],
+        name: Callable[[T], str] | None = None,
+        batched: bool = False,
     ) -> Iterator[R]:
         """``function(item)`` for every item on the cluster, in completion order.
 
@@ -176,6 +186,10 @@ class DaskExecutor:
             Picklable arguments, up to ``task_size`` per task.
         name : callable, optional
             ``name(item)``: how an item is named in errors (e.g. ``run 23523``).
+        batched : bool, optional
+            ``function`` takes a task's list of items and returns their results in the same order
+            (so that it can, say, read the next item's file while processing one), instead of one
+            item. A task that kills workers is still run again one item at a time. Default is False.
 
         Raises
         ------
@@ -201,6 +215,7 @@ class DaskExecutor:
             labels[key] = first if len(positions) == 1 else f"{first} (and {len(positions) - 1} more in its task)"
             return key, [items[position] for position in positions]
 
+        body: Callable[[Any, list[T]], list[R]] = apply_to_batch if batched else apply_to_each
         tasks = [task(list(range(at, min(at + size, len(items))))) for at in range(0, len(items), size)]
         pending: set[Any] = set()
         try:
@@ -208,9 +223,7 @@ class DaskExecutor:
                 work = [chunk for _, chunk in tasks]
                 keys = [key for key, _ in tasks]
                 pending.update(
-                    self.client.map(
-                        apply_to_each, [function] * len(work), work, key=keys, retries=self.retries, pure=False
-                    )
+                    self.client.map(body, [function] * len(work), work, key=keys, retries=self.retries, pure=False)
                 )
             finished = as_completed(list(pending), loop=self.client.loop)
             # Runs of tasks that killed workers. A dying worker takes the blame for every task it
@@ -229,7 +242,7 @@ class DaskExecutor:
             killers = []
             for position in isolated:
                 key, chunk = task([position])
-                single = self.client.submit(apply_to_each, function, chunk, key=key, retries=self.retries, pure=False)
+                single = self.client.submit(body, function, chunk, key=key, retries=self.retries, pure=False)
                 pending.add(single)
                 results = self._results(single, labels[key])
                 pending.discard(single)

@@ -130,22 +130,26 @@ def remove_stale_worker_folders(parent: str | None = None) -> list[Path]:
 def run_jobs(jobs: list[RunJob], workers: Any) -> Generator[RunResult, None, None]:
     """Results of `process_run` for each job, in completion order.
 
-    ``workers`` is a number of local processes (1: this process), or an executor with the
-    interface of `~bkgdb.parallel.processes.WorkerPool` (a context manager with ``imap_unordered``), such as
-    `bkgdb.parallel.cluster.DaskExecutor`. Local workers die with this process (see
-    `~bkgdb.parallel.processes.WorkerPool`). Close the generator (``contextlib.closing``) when leaving early,
-    so that queued jobs are cancelled at once.
+    ``workers`` is a number of local processes (1: this process), or an executor such as
+    `bkgdb.parallel.cluster.DaskExecutor` (a context manager whose ``imap_unordered`` takes ``name``
+    and ``batched``). In this process and in each of the executor's tasks, the runs go through
+    `process_runs`, which reads the next file in a thread while a run is processed. Local workers
+    die with this process (see `~bkgdb.parallel.processes.WorkerPool`). Close the generator
+    (``contextlib.closing``) when leaving early, so that queued jobs are cancelled at once.
     """
+    from bkgdb.makers.run import process_runs
+
     if not isinstance(workers, int):
         if not jobs:
             return
         with workers as executor:
-            yield from executor.imap_unordered(process_run, jobs, name=lambda job: f"run {job.source.obs_id}")
+            yield from executor.imap_unordered(
+                process_runs, jobs, name=lambda job: f"run {job.source.obs_id}", batched=True
+            )
         return
     remove_stale_worker_folders()
     if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield process_run(job)
+        yield from process_runs(jobs)
         return
     # The workers get the catalogues this process has read (`DatastoreIndexer` reads them first).
     exclusions = {exclusion for job in jobs for _, exclusion in job.specs + job.missing_specs}
