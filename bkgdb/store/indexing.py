@@ -29,6 +29,7 @@ from bkgdb.makers.run import (
     exclusion_finder,
     load_exclusion_finders,
     process_run,
+    process_runs,
     run_facts,
     save_exclusion_finders,
 )
@@ -137,8 +138,6 @@ def run_jobs(jobs: list[RunJob], workers: Any) -> Generator[RunResult, None, Non
     die with this process (see `~bkgdb.parallel.processes.WorkerPool`). Close the generator
     (``contextlib.closing``) when leaving early, so that queued jobs are cancelled at once.
     """
-    from bkgdb.makers.run import process_runs
-
     if not isinstance(workers, int):
         if not jobs:
             return
