@@ -80,7 +80,7 @@ from bkgdb.parallel.cluster import DEFAULT_TASK_SIZE, DaskExecutor
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.database import create_engine, session_scope
 from bkgdb.store.indexing import DatastoreIndexer, _ResultWriter
-from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, RegionSet, Run
 from bkgdb.store.upsert import insert_if_missing
 
 REPO = Path(__file__).resolve().parent.parent
@@ -288,7 +288,8 @@ def catalogue_rows(url: str) -> tuple[dict, dict]:
     piece_columns = [
         column
         for column in PieceRow.__table__.columns
-        if column.name not in ("id", "run_id", "binning_id", "exclusion_id", "created_at")
+        # The regions themselves, not the ids of their sets (given in the order runs were written).
+        if column.name not in ("id", "run_id", "binning_id", "exclusion_id", "created_at", "region_set_id")
     ]
     engine = create_engine(url)
     try:
@@ -297,7 +298,10 @@ def catalogue_rows(url: str) -> tuple[dict, dict]:
                 sa.select(Datastore.path, *run_columns).join(Datastore, Run.datastore_id == Datastore.id)
             )
             pieces = connection.execute(
-                sa.select(Datastore.path, Run.obs_id, BinningRow.hash, ExclusionRow.hash, *piece_columns)
+                sa.select(Datastore.path, Run.obs_id, BinningRow.hash, ExclusionRow.hash, *piece_columns,
+                          RegionSet.regions)
+                .select_from(PieceRow)
+                .outerjoin(RegionSet, RegionSet.id == PieceRow.region_set_id)
                 .join(Run, PieceRow.run_id == Run.id)
                 .join(Datastore, Run.datastore_id == Datastore.id)
                 .join(BinningRow, PieceRow.binning_id == BinningRow.id)

@@ -1,6 +1,7 @@
 """Background pieces: exact sums, the exposure correction against a known truth, and the cache."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -11,8 +12,9 @@ from astropy.io import fits
 from sqlalchemy.orm import Session
 
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings
-from bkgdb.makers.piece import counts_dtype, decode_array, encode_array
+from bkgdb.makers.piece import BackgroundPiece, EncodedPiece, counts_dtype, decode_array, encode_array
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+from bkgdb.store.indexing import piece_values
 from bkgdb.store.models import PieceRow, RegionSet, Run
 from bkgdb.store.pieces import PieceCache, row_to_piece, stacked_array
 
@@ -233,6 +235,20 @@ def test_pieces_of_several_dtypes_stack_to_the_same_values():
     np.testing.assert_array_equal(stacked, np.stack(arrays))
     alike = stacked_array([encode_array(array, "<u2") for array in arrays[:3:2]], ["<u2"] * 2, (4, 3))
     np.testing.assert_array_equal(alike, np.stack(arrays[:3:2]))
+
+
+def test_a_piece_travels_encoded_and_decodes_to_itself():
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(3.0, size=(20, 24, 24))  # a 3D piece
+    piece = BackgroundPiece(counts, rng.poisson(0.2, size=counts.shape), rng.uniform(0, 1800, (24, 24)), 1800.0, 1700.0)
+    piece.regions.append({"name": "a star", "kind": "star", "ra": 1.0, "dec": 2.0, "radius": 0.35})
+    encoded = EncodedPiece.of(piece)
+    assert encoded.counts_dtype == "<u1" and (encoded.n_kept, encoded.ontime_s) == (counts.sum(), 1800.0)
+    for name in ("counts", "excluded_counts", "exposure_s"):
+        np.testing.assert_array_equal(getattr(encoded, name), getattr(piece, name))
+    # What a worker sends the writing process: a few kB instead of the arrays.
+    assert len(pickle.dumps(encoded)) < len(pickle.dumps(piece)) / 10
+    assert piece_values(encoded, 1, 2, 3, None) == piece_values(piece, 1, 2, 3, None)
 
 
 # -- real data -----------------------------------------------------------------------------------

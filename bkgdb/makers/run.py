@@ -31,7 +31,7 @@ from bkgdb.gadf.events import (
 from bkgdb.gadf.runfacts import RunFacts, read_run_facts
 from bkgdb.makers.exclusion import ExclusionFinder
 from bkgdb.makers.fov import FovError, RunClock
-from bkgdb.makers.piece import PieceMaker
+from bkgdb.makers.piece import EncodedPiece, PieceMaker
 
 __all__ = [
     "RunJob",
@@ -79,7 +79,7 @@ class RunResult:
     facts: RunFacts | None = None
     #: The EVENTS header's values, when the file was read.
     header: Any = None
-    #: (binning, exclusion, BackgroundPiece) triples.
+    #: (binning, exclusion, `~bkgdb.makers.piece.EncodedPiece`) triples: encoded here, in the worker.
     pieces: list = field(default_factory=list)
     error: str | None = None
 
@@ -248,7 +248,7 @@ def process_run_file(job: RunJob, run_file: RunFile) -> RunResult:
             # The run cannot have every piece asked for: it fails as a whole, saying why.
             result.pieces, result.error = [], f"cannot make 3D pieces: {exc}"
             return result
-        result.pieces.append((binning, exclusion, piece))
+        result.pieces.append((binning, exclusion, EncodedPiece.of(piece)))
     return result
 
 

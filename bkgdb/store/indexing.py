@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import sqlalchemy as sa
 
 from bkgdb.gadf.datastore import DL3Datastore
-from bkgdb.makers.piece import EXPOSURE_DTYPE, BackgroundPiece, counts_dtype, encode_array
+from bkgdb.makers.piece import BackgroundPiece, EncodedPiece
 from bkgdb.makers.run import (
     RunJob,
     RunResult,
@@ -160,32 +160,32 @@ def run_jobs(jobs: list[RunJob], workers: Any) -> Generator[RunResult, None, Non
 
 
 def piece_values(
-    piece: BackgroundPiece,
+    piece: BackgroundPiece | EncodedPiece,
     run_id: int | None,
     binning_id: int | None,
     exclusion_id: int | None,
     file_sha256: str | None,
     region_set_id: int | None = None,
 ) -> dict:
-    """The column values of a `~bkgdb.makers.piece.BackgroundPiece`'s database row, of any geometry.
+    """The column values of a piece's database row, of any geometry (encoded here if it is not yet).
 
     ``region_set_id`` refers to the piece's regions as stored (`~bkgdb.store.regions.region_set_ids`).
     """
-    dtype = counts_dtype(piece.counts, piece.excluded_counts)
+    encoded = piece if isinstance(piece, EncodedPiece) else EncodedPiece.of(piece)
     return dict(
         run_id=run_id,
         binning_id=binning_id,
         exclusion_id=exclusion_id,
-        shape=list(piece.counts.shape),
-        counts_dtype=dtype,
-        exposure_dtype=EXPOSURE_DTYPE,
-        counts=encode_array(piece.counts, dtype),
-        excluded_counts=encode_array(piece.excluded_counts, dtype),
-        exposure_s=encode_array(piece.exposure_s, EXPOSURE_DTYPE),
-        ontime_s=piece.ontime_s,
-        livetime_s=piece.livetime_s,
-        n_kept=int(piece.counts.sum()),
-        n_excluded=int(piece.excluded_counts.sum()),
+        shape=list(encoded.shape),
+        counts_dtype=encoded.counts_dtype,
+        exposure_dtype=encoded.exposure_dtype,
+        counts=encoded.encoded_counts,
+        excluded_counts=encoded.encoded_excluded_counts,
+        exposure_s=encoded.encoded_exposure,
+        ontime_s=encoded.ontime_s,
+        livetime_s=encoded.livetime_s,
+        n_kept=encoded.n_kept,
+        n_excluded=encoded.n_excluded,
         region_set_id=region_set_id,
         file_sha256=file_sha256,
     )
