@@ -41,9 +41,13 @@ The three catalogues were identical, run by run and piece by piece. Commits are 
 (b) and (c) (one per batch); connections are one in all for (a) and (c), one per task plus the
 client's for (b). Writing on the workers gains nothing: (b) is never faster than (a) or (c). With
 one task per run, (a) took 1.42-1.48 s on the same machine earlier the same day: what (b) had seemed
-to gain came from fewer, larger tasks, which the library now sends. One process writes a run's result
-(a 2D and a 3D piece) in 2.3-3.5 ms and makes it in 7.7-10.3 ms, so one writing client keeps 2.2-4
-workers of this config busy; more workers wait for it.
+to gain came from fewer, larger tasks, which the library now sends. One process then wrote a run's
+result (a 2D and a 3D piece) in 2.3-3.5 ms and made it in 7.7-10.3 ms, so one writing client kept
+2.2-4 workers of this config busy. Since the workers encode the pieces (`EncodedPiece`; a result
+travels as 20 kB instead of 224 kB), writing takes 0.9-1.1 ms per run on SQLite and 1.2-1.8 ms on
+PostgreSQL against 7.2-9.4 ms to make it: one client keeps 4-8 workers busy (2026-11-26, load 1.2-2.2;
+the three cases' times were within their noise of each other, 1.03-1.29 s on SQLite, 1.09-1.37 s
+on PostgreSQL, and the catalogues again identical).
 
 The library keeps (a), the client writing: only the client needs the writer role and a route to
 the database (workers on a batch cluster often have neither, and analysers stay read-only);
@@ -52,7 +56,7 @@ up to one per worker at once (hundreds of workers would exhaust ``max_connection
 pooler); and SQLite works as it is, where in (b) the writers queue for its single lock
 (0.01-0.15 s waited here, more with more workers) and its WAL cannot be shared by workers on other
 hosts. The client already writes several runs per statement and receives several runs per task; if
-it becomes the limit (more than about 3-4 workers of this config), several writing clients, each
+it becomes the limit (more than about 4-8 workers of this config), several writing clients, each
 with its share of the runs, are the next step, not moving the writes into the workers.
 
 Usage: python benchmarks/dask_writes.py [--db sqlite,postgresql] [--postgres URL] [--batches 10,50]
