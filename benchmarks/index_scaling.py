@@ -9,6 +9,10 @@ Local workers are spawned: each imports the main module of the process that star
 script imports what it needs inside its functions, so its workers import what those of `bkgdb
 index` import (the command's module is light), not this script's tools.
 
+The Dask lines are timed twice: with the workers' environment as `distributed` sets it, and with
+its ``MALLOC_TRIM_THRESHOLD_`` unset (``distributed.nanny.pre-spawn-environ``), which the README
+recommends for indexing workers.
+
 Besides wall-clock seconds, each line gives the CPU seconds of this process and every process it
 started (local workers, the Dask cluster's) in the best case: on a machine shared with other work,
 they tell what the indexer costs where wall-clock time tells mostly what the others did.
@@ -110,6 +114,7 @@ def main():
     args = parser.parse_args()
     datastore = Path(os.environ["GAMMAPY_DATA"], "hess-dl3-dr1")
 
+    import dask
     from distributed import LocalCluster
 
     from bkgdb.parallel.cluster import DaskExecutor
@@ -134,20 +139,28 @@ def main():
             best, cpu, report = min((timed_index(folder, args.postgres, datastore, config, jobs=jobs)
                                      for _ in range(args.repeat)), key=lambda item: item[0])
             rows.append((f"index, {jobs} local process{'es' if jobs > 1 else ''}", best, cpu, report.summary()))
-        for workers in (1, 2):
-            with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                              silence_logs=40) as cluster:
-                best, cpu, report = min((timed_index(folder, args.postgres, datastore, config,
-                                                     executor=DaskExecutor(cluster.scheduler_address))
-                                         for _ in range(args.repeat)), key=lambda item: item[0])
-            rows.append((f"index, {workers} Dask worker{'s' if workers > 1 else ''}", best, cpu, report.summary()))
+        # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc map and
+        # unmap every large numpy temporary: timed as it comes, and with that variable unset (README).
+        for untrimmed in (False, True):
+            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), "MALLOC_TRIM_THRESHOLD_": None}
+            settings = {"distributed.nanny.pre-spawn-environ": environ} if untrimmed else {}
+            if untrimmed:  # a LocalCluster's nannies leave their variables in this process's environment
+                os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+            for workers in (1, 2):
+                with dask.config.set(settings), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                             dashboard_address=None, silence_logs=40) as cluster:
+                    best, cpu, report = min((timed_index(folder, args.postgres, datastore, config,
+                                                         executor=DaskExecutor(cluster.scheduler_address))
+                                             for _ in range(args.repeat)), key=lambda item: item[0])
+                label = f"index, {workers} Dask worker{'s' if workers > 1 else ''}"
+                rows.append((label + (", no malloc trim" if untrimmed else ""), best, cpu, report.summary()))
 
     database = "PostgreSQL" if args.postgres else "SQLite"
     print(f"H.E.S.S. DL3 DR1, {args.config}, {database}, {os.cpu_count()} CPUs, best of {args.repeat}")
-    print(f"| {'what':40s} | {'wall s':>7s} | {'x floor':>7s} | {'CPU s':>7s} | result |")
-    print(f"|{'-' * 42}|{'-' * 8}:|{'-' * 8}:|{'-' * 8}:|--------|")
+    print(f"| {'what':48s} | {'wall s':>7s} | {'x floor':>7s} | {'CPU s':>7s} | result |")
+    print(f"|{'-' * 50}|{'-' * 8}:|{'-' * 8}:|{'-' * 8}:|--------|")
     for label, seconds, cpu, note in rows:
-        print(f"| {label:40s} | {seconds:7.2f} | {seconds / floor:7.2f} | {cpu:7.2f} | {note} |")
+        print(f"| {label:48s} | {seconds:7.2f} | {seconds / floor:7.2f} | {cpu:7.2f} | {note} |")
 
 
 if __name__ == "__main__":
