@@ -35,8 +35,9 @@ from sqlalchemy.orm import Session
 
 from bkgdb.background import BackgroundBuilder
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, FovBinning, SelectionSettings
-from bkgdb.makers.piece import encode_array
+from bkgdb.makers.piece import BackgroundPiece
 from bkgdb.store.catalogue import RunCatalogue
+from bkgdb.store.indexing import piece_values
 from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, RegionSet, Run
 
 BINNING = Binning(e_bins=20, off_bins=10)
@@ -58,8 +59,8 @@ def fill(engine, n_runs, seed=1, binning=BINNING):
         session.commit()
         ids = (store.id, binning_row.id, exclusion_row.id)
     geometry = binning.geometry
-    exposure = encode_array(np.full(geometry.spatial_shape, ONTIME_S * 0.95), "<f8")
-    no_counts = encode_array(np.zeros(geometry.shape, dtype=np.int64), "<i4")
+    exposure = np.full(geometry.spatial_shape, ONTIME_S * 0.95)
+    no_counts = np.zeros(geometry.shape, dtype=np.int64)
     # Pieces of the same shape whose norm varies with zenith: KL ranking and the condition model have
     # something to find, at Poisson noise (the same counts per run whatever the geometry).
     radial = np.linspace(1.0, 0.5, geometry.spatial_offset_deg.size) * 10 / geometry.spatial_offset_deg.size
@@ -77,11 +78,9 @@ def fill(engine, n_runs, seed=1, binning=BINNING):
                     for i in range(n)]
             connection.execute(sa.insert(Run), runs)
             counts = rng.poisson(200 * shape * np.cos(np.radians(zenith)).reshape((-1,) + (1,) * shape.ndim))
-            pieces = [dict(run_id=first + i + 1, binning_id=ids[1], exclusion_id=ids[2], shape=list(geometry.shape),
-                           counts_dtype="<i4", exposure_dtype="<f8",
-                           counts=encode_array(counts[i], "<i4"), excluded_counts=no_counts, exposure_s=exposure,
-                           ontime_s=ONTIME_S, livetime_s=ONTIME_S * 0.9, n_kept=int(counts[i].sum()), n_excluded=0,
-                           file_sha256=None)
+            # Encoded as the index encodes them (counts in the smallest integer type that holds them).
+            pieces = [piece_values(BackgroundPiece(counts[i], no_counts, exposure, ONTIME_S, ONTIME_S * 0.9),
+                                   first + i + 1, ids[1], ids[2], None)
                       for i in range(n)]
             connection.execute(sa.insert(PieceRow), pieces)
         if engine.dialect.name == "postgresql":

@@ -45,9 +45,8 @@ from bkgdb.store.models import (
     PieceRow,
     RegionSet,
     Run,
-    canonical_regions,
 )
-from bkgdb.store.regions import region_set_ids
+from bkgdb.store.regions import region_set_ids, regions_digest
 from bkgdb.store.settings import get_or_create_setting
 from bkgdb.store.upsert import insert_if_missing, upsert_insert
 
@@ -201,10 +200,7 @@ def piece_row(
     """
     values = piece_values(piece, None, None, None, file_sha256)
     del values["run_id"], values["binning_id"], values["exclusion_id"], values["region_set_id"]
-    region_set = None
-    if piece.regions:
-        digest, _ = canonical_regions(piece.regions)
-        region_set = RegionSet(sha256=digest, regions=piece.regions)
+    region_set = RegionSet(sha256=regions_digest(piece.regions), regions=piece.regions) if piece.regions else None
     return PieceRow(run=run, binning=binning_row, exclusion=exclusion_row, region_set=region_set, **values)
 
 

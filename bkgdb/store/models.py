@@ -4,8 +4,6 @@ The schema is created and changed only by the alembic migrations in ``migrations
 ``tests/test_migrations.py`` checks that these models and the migrations agree.
 """
 
-import hashlib
-import json
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -21,7 +19,6 @@ __all__ = [
     "ExclusionRow",
     "PieceRow",
     "RegionSet",
-    "canonical_regions",
     "BackgroundRow",
     "BackgroundInput",
     "RunFlag",
@@ -208,21 +205,13 @@ class ExclusionRow(HashedSettings, Base):
 EMPTY_PIECE = "NOT (ontime_s > 0 AND n_kept + n_excluded > 0)"
 
 
-def canonical_regions(regions: list) -> tuple[str, str]:
-    """(SHA-256, JSON text) of a list of exclusion regions: the key of its `RegionSet`.
-
-    Keys sorted and no spaces, so equal lists give equal text; the list's order is kept.
-    """
-    text = json.dumps(regions, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest(), text
-
-
 class RegionSet(Base):
     """A list of exclusion regions applied to pieces, stored once however many pieces share it.
 
     The runs of one field share their regions (every binning of one exclusion setting too): kept
     in each piece, the regions were most of a 2D piece's bytes and made every piece row span a
-    database page, which a build reads a thousand of. ``sha256`` is `canonical_regions`'s.
+    database page, which a build reads a thousand of. ``sha256`` is
+    `~bkgdb.store.regions.regions_digest`'s.
     """
 
     __tablename__ = "region_sets"

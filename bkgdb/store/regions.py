@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bkgdb.store.models import PieceRow, RegionSet, canonical_regions
+from bkgdb.store.models import PieceRow, RegionSet
 from bkgdb.store.upsert import upsert_insert
 
-__all__ = ["region_set_ids", "remove_unused_region_sets"]
+__all__ = ["regions_digest", "region_set_ids", "remove_unused_region_sets"]
+
+
+def regions_digest(regions: list) -> str:
+    """SHA-256 of a list of exclusion regions as JSON, keys sorted (its order kept): its `RegionSet`'s key."""
+    return hashlib.sha256(json.dumps(regions, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def region_set_ids(session: Session, region_lists: Sequence[list], known: dict[str, int] | None = None) -> list[Any]:
@@ -36,7 +43,7 @@ def region_set_ids(session: Session, region_lists: Sequence[list], known: dict[s
         if not regions:
             digests.append(None)
             continue
-        digest, _ = canonical_regions(regions)
+        digest = regions_digest(regions)
         digests.append(digest)
         if digest not in known:
             new[digest] = regions

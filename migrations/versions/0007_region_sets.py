@@ -69,7 +69,7 @@ def _move_regions_to_sets() -> None:
         for piece_id, regions in rows:
             if not regions:
                 continue
-            # As bkgdb.store.models.canonical_regions (not imported: a migration keeps its own code).
+            # As bkgdb.store.regions.regions_digest (not imported: a migration keeps its own code).
             digest = hashlib.sha256(json.dumps(regions, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
             if digest not in set_ids:
                 set_ids[digest] = connection.execute(
