@@ -18,6 +18,8 @@ from astropy.coordinates import SkyCoord
 
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.catalogue import RunCatalogue
+from bkgdb.store.database import resolve_url
+from bkgdb.store.models import PieceRow, RegionSet, Run
 
 POSTGRES_URL = os.environ.get("BKGDB_TEST_POSTGRES_URL")
 GAMMAPY_DATA = os.environ.get("GAMMAPY_DATA")
@@ -25,6 +27,43 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 #: The known background and source of the `sim` datastore (figures and the validation report).
 PLOT_TRUTH = BackgroundTruth(norm=1e-4, energy_range_tev=(0.3, 100.0))
 PLOT_SOURCE = PointSource(ra_deg=200.0, dec_deg=40.0, rate_per_s=0.5, psf_sigma_deg=0.06, name="Bright source")
+
+
+#: Run columns that differ between two indexes of the same files.
+VOLATILE_RUN_COLUMNS = {"id", "datastore_id", "indexed_at"}
+
+
+def catalogue_content(url):
+    """Runs by OBS_ID (without ids and timestamps) and the values and bytes of their pieces: what
+    two indexes of the same files must agree on, whatever order they wrote the runs in."""
+    engine = sa.create_engine(resolve_url(url))
+    try:
+        with engine.connect() as connection:
+            runs = {
+                row["obs_id"]: {key: value for key, value in row.items() if key not in VOLATILE_RUN_COLUMNS}
+                for row in connection.execute(sa.select(Run.__table__)).mappings()
+            }
+            table = PieceRow.__table__
+            # The regions themselves: the ids of their sets depend on the order runs were written in.
+            columns = [
+                column
+                for column in table.c
+                if column.name not in ("id", "run_id", "binning_id", "exclusion_id", "created_at", "region_set_id")
+            ] + [RegionSet.regions]
+            pieces = {}
+            query = (
+                sa.select(Run.obs_id, *columns)
+                .join(Run, Run.id == table.c.run_id)
+                .outerjoin(RegionSet, RegionSet.id == table.c.region_set_id)
+            )
+            for obs_id, *values in connection.execute(query):
+                pieces.setdefault(obs_id, []).append(
+                    tuple(bytes(v) if isinstance(v, memoryview) else v for v in values)
+                )
+    finally:
+        engine.dispose()
+    # A run's pieces (one per binning) in a fixed order: the order rows were written in is no content.
+    return {"runs": runs, "pieces": {obs_id: sorted(rows, key=repr) for obs_id, rows in pieces.items()}}
 
 
 def gammapy_data_path(*parts):

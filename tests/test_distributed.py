@@ -9,22 +9,18 @@ import signal
 import time
 
 import pytest
-import sqlalchemy as sa
+from conftest import catalogue_content
 from typer.testing import CliRunner
 
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, load_config
 from bkgdb.errors import BkgdbError
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.catalogue import RunCatalogue
-from bkgdb.store.database import resolve_url
-from bkgdb.store.models import PieceRow, RegionSet, Run
 
 distributed = pytest.importorskip("distributed")
 
 N_RUNS = 20
 BROKEN_OBS_ID = 1007
-#: Run columns that differ between two indexes of the same files.
-VOLATILE_RUN_COLUMNS = {"id", "datastore_id", "indexed_at"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -56,38 +52,6 @@ def sim_datastore(tmp_path_factory):
     return folder / "datastore", config
 
 
-def content(url):
-    """Runs by OBS_ID (without ids and timestamps) and the values and bytes of their pieces."""
-    engine = sa.create_engine(resolve_url(url))
-    try:
-        with engine.connect() as connection:
-            runs = {
-                row["obs_id"]: {key: value for key, value in row.items() if key not in VOLATILE_RUN_COLUMNS}
-                for row in connection.execute(sa.select(Run.__table__)).mappings()
-            }
-            table = PieceRow.__table__
-            # The regions themselves: the ids of their sets depend on the order runs were written in.
-            columns = [
-                column
-                for column in table.c
-                if column.name not in ("id", "run_id", "binning_id", "exclusion_id", "created_at", "region_set_id")
-            ] + [RegionSet.regions]
-            pieces = {}
-            query = (
-                sa.select(Run.obs_id, *columns)
-                .join(Run, Run.id == table.c.run_id)
-                .outerjoin(RegionSet, RegionSet.id == table.c.region_set_id)
-            )
-            for obs_id, *values in connection.execute(query):
-                pieces.setdefault(obs_id, []).append(
-                    tuple(bytes(v) if isinstance(v, memoryview) else v for v in values)
-                )
-    finally:
-        engine.dispose()
-    # A run's pieces (one per binning) in a fixed order: the order rows were written in is no content.
-    return {"runs": runs, "pieces": {obs_id: sorted(rows, key=repr) for obs_id, rows in pieces.items()}}
-
-
 def local_reference(tmp_path, datastore, config):
     url = f"sqlite:///{tmp_path / 'local.sqlite'}"
     catalogue = RunCatalogue.open(url)
@@ -117,7 +81,7 @@ def test_dask_index_equals_local_index(db_url, tmp_path, cluster, sim_datastore)
     # Only the failed run is tried again, and fails the same way.
     assert (again.new, again.unchanged, again.failed) == (0, N_RUNS - 1, 1)
 
-    got, expected = content(db_url), content(reference_url)
+    got, expected = catalogue_content(db_url), catalogue_content(reference_url)
     assert got["runs"][BROKEN_OBS_ID]["status"] == "failed"
     assert got["runs"][BROKEN_OBS_ID]["error"] == expected["runs"][BROKEN_OBS_ID]["error"]
     assert got == expected
@@ -155,7 +119,7 @@ def test_runs_of_a_killed_worker_are_not_lost(db_url, tmp_path, cluster, sim_dat
         observer.wait_for_workers(2, timeout=60)  # the nanny restarts it for the next test
     assert killed, "no worker was busy to be killed"
     assert (report.new, report.failed) == (N_RUNS - 1, 1)
-    assert content(db_url) == content(reference_url)
+    assert catalogue_content(db_url) == catalogue_content(reference_url)
 
 
 def test_a_run_that_keeps_killing_workers_is_a_clear_error(cluster):
@@ -234,7 +198,7 @@ def test_hess_dr1_on_dask_equals_local(db_url, tmp_path, cluster, hess_dr1):
     finally:
         catalogue.engine.dispose()
     assert (report.new, report.failed, report.pieces) == (reference.new, 0, reference.pieces) == (105, 0, 210)
-    assert content(db_url) == content(reference_url)
+    assert catalogue_content(db_url) == catalogue_content(reference_url)
 
 
 def bkgdb_tasks(dask_scheduler):
@@ -271,4 +235,4 @@ def test_interrupted_dask_index_keeps_commits_cancels_tasks_and_resumes(db_url, 
     assert kept == 4  # two batches of two; the fifth run was not committed
     assert left == []
     assert (report.new + report.updated + report.failed, report.unchanged) == (N_RUNS - kept_ok, kept_ok)
-    assert content(db_url) == content(reference_url)
+    assert catalogue_content(db_url) == catalogue_content(reference_url)

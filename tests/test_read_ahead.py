@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
+from conftest import catalogue_content
 
 from bkgdb.config import Binning, ExclusionSettings, load_config
 from bkgdb.gadf.datastore import DL3Datastore, RunSource
@@ -34,14 +34,11 @@ from bkgdb.makers.run import (
     run_facts,
 )
 from bkgdb.store.catalogue import RunCatalogue
-from bkgdb.store.database import resolve_url
 from bkgdb.store.indexing import piece_values, run_jobs
-from bkgdb.store.models import PieceRow, Run
 
 REPO = Path(__file__).resolve().parent.parent
 READER_PREFIX = "bkgdb-read-ahead"
 #: Run columns that differ between two indexes of the same files.
-VOLATILE_RUN_COLUMNS = {"id", "datastore_id", "indexed_at"}
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=5)
 NO_CATALOGUES = ExclusionSettings(gammacat=None, hawc=None, star_cat=None)
 
@@ -66,30 +63,6 @@ def assert_same_as_one_by_one(jobs: list[RunJob], meta: dict, ahead: int = 1) ->
     assert [outcome(result, job.source, meta) for result, job in zip(results, jobs, strict=True)] == expected
     assert reader_threads() == []
     return results
-
-
-def content(url: str) -> dict:
-    """Runs by OBS_ID (without ids and timestamps) and the values and bytes of their pieces."""
-    engine = sa.create_engine(resolve_url(url))
-    try:
-        with engine.connect() as connection:
-            runs = {
-                row["obs_id"]: {key: value for key, value in row.items() if key not in VOLATILE_RUN_COLUMNS}
-                for row in connection.execute(sa.select(Run.__table__)).mappings()
-            }
-            columns = [
-                column
-                for column in PieceRow.__table__.c
-                if column.name not in ("id", "run_id", "binning_id", "exclusion_id", "created_at")
-            ]
-            pieces: dict[int, list] = {}
-            for obs_id, *values in connection.execute(sa.select(Run.obs_id, *columns).join(Run)):
-                pieces.setdefault(obs_id, []).append(
-                    tuple(bytes(v) if isinstance(v, memoryview) else v for v in values)
-                )
-    finally:
-        engine.dispose()
-    return {"runs": runs, "pieces": {obs_id: sorted(rows, key=repr) for obs_id, rows in pieces.items()}}
 
 
 def one_by_one(jobs: list[RunJob], ahead: int = 1) -> Iterator[RunResult]:
@@ -322,7 +295,7 @@ def index_content(tmp_path: Path, name: str, datastore: Path, config: Any) -> tu
         report = catalogue.index(datastore, config=config, jobs=1)
     finally:
         catalogue.engine.dispose()
-    return content(url), report
+    return catalogue_content(url), report
 
 
 def test_hess_dr1_results_and_catalogue_equal_those_read_one_by_one(
