@@ -353,8 +353,9 @@ class Catalogue(CatalogueFigures):
         if report_dir is not None:
             from bkgdb.plotting.report import write_validation_report
 
+            # The worst runs' figures show the models that were validated, 2D or 3D.
             result.report_page = write_validation_report(
-                report, report_dir, self._builder(None, (), False), self.config_name
+                report, report_dir, self._builder(None, (), three_d), self.config_name
             )
         return result
 

@@ -56,14 +56,17 @@ class CatalogueFigures:
         smooth: str | None = None,
         where: Iterable[str] = (),
         with_reference: bool = True,
+        three_d: bool = False,
     ) -> tuple[BuiltBackground, bool]:
-        """Plot run ``obs_id``'s background beside its file's own model; return it and whether that was drawn."""
+        """Plot run ``obs_id``'s background beside its file's own model; return it and whether that was drawn.
+
+        With ``three_d``, its 3D background as FoV images per energy band (the file's model is not drawn).
+        """
         from bkgdb.plotting import plot_run_model
 
         check_figure_output(output)
-        # Rate curves against offset: the 2D model (a 3D one is plotted from its file).
         _, built, has_reference = plot_run_model(
-            self._builder(smooth, where, three_d=False), int(obs_id), output, datastore, with_reference=with_reference
+            self._builder(smooth, where, three_d=three_d), int(obs_id), output, datastore, with_reference=with_reference
         )
         return built, has_reference
 

@@ -22,6 +22,7 @@ from bkgdb.plotting import (
     model_curves,
     plot_model,
     plot_model_3d,
+    plot_run_model,
     plot_selection,
     reference_rate,
     run_significance_maps,
@@ -205,6 +206,23 @@ def test_model_command_on_a_run_and_on_files(indexed, sim, tmp_path, db_url):
     assert texts and all(text == f"FoV alignment: {background.fov_alignment.value}" for text in texts)
     width, height = png_size(tmp_path / "bkg3d.png")
     assert (width, height) == png_size(tmp_path / "again.png")
+
+
+def test_model_command_on_a_run_in_3d(indexed, sim, tmp_path, db_url):
+    """plot model OBS_ID --3d draws the run's 3D background as FoV images, as the file of `background --3d`."""
+    config_file = write_config(tmp_path / "config.yaml", sim)
+    arguments = ["plot", "model", "300", "--config", str(config_file), "--3d", "-o", str(tmp_path / "a.png")]
+    result = runner.invoke(app, ["--db", db_url, *arguments])
+    assert result.exit_code == 0, result.output
+    assert "run 300: model from 4 runs as FoV images" in result.output
+    catalogue, config = indexed
+    builder = BackgroundBuilder(catalogue, config, three_d=True)
+    figure, built, has_reference = plot_run_model(builder, 300, tmp_path / "b.png")
+    assert built.assembled.geometry.is_3d and not has_reference
+    assert {axes.get_xlabel() for axes in figure.axes if axes.get_visible() and axes.get_title()} == {"FoV lon (deg)"}
+    texts = [text.get_text() for axes in figure.axes for text in axes.texts]
+    assert texts and set(texts) == {"FoV alignment: RADEC"}
+    assert png_size(tmp_path / "a.png") == png_size(tmp_path / "b.png")
 
 
 def test_significance_of_a_known_source_and_of_empty_sky(indexed):

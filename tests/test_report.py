@@ -176,3 +176,20 @@ def test_report_folder_that_is_a_file(catalogue, sim, tmp_path, db_url):
     result = validate(db_url, sim, tmp_path, "-w", "obs_id=300", "--report", str(tmp_path / "taken"))
     assert result.exit_code == 2
     assert f"Error: report folder {tmp_path / 'taken'} is a file" in result.output
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_report_of_a_3d_validation_draws_the_3d_models(catalogue, sim, tmp_path, db_url):
+    """With --3d the worst runs' model figures are the 3D models that were validated (FoV images)."""
+    report_dir = tmp_path / "report"
+    result = validate(db_url, sim, tmp_path, "--3d", "-w", "obs_id<=301", "--report", str(report_dir))
+    assert result.exit_code == 0, result.output
+    models = sorted(report_dir.glob("run-*-model.png"))
+    assert [path.name for path in models] == ["run-300-model.png", "run-301-model.png"]
+    # The same picture as `bkgdb plot model OBS_ID --3d`, not the 2D rate curves.
+    config = str(tmp_path / "config.yaml")
+    for name, extra in (("3d.png", ["--3d"]), ("2d.png", [])):
+        arguments = ["plot", "model", "300", "--config", config, *extra, "-o", str(tmp_path / name)]
+        result = runner.invoke(app, ["--db", db_url, *arguments])
+        assert result.exit_code == 0, result.output
+    assert png_size(models[0]) == png_size(tmp_path / "3d.png") != png_size(tmp_path / "2d.png")

@@ -38,6 +38,9 @@ def model(
     smooth: Smoothing = typer.Option(None, "--smooth", help="Smoothing method; default: the config's."),
     where: list[str] = typer.Option(None, "--where", "-w", metavar="COND", help=WHERE_HELP),
     no_reference: bool = typer.Option(False, "--no-reference", help="Leave out the model in the run file."),
+    three_d: bool = typer.Option(
+        False, "--3d", help="With an OBS_ID: its 3D background (the config's 3D binning) as FoV images per energy band."
+    ),
 ) -> None:
     """Rate against offset and energy with statistical bands, beside the run file's own model; 3D: FoV images."""
     from bkgdb.catalogue import Catalogue
@@ -57,9 +60,12 @@ def model(
         smooth=smooth.value if smooth else None,
         where=where or [],
         with_reference=not no_reference,
+        three_d=three_d,
     )
     selected: Any = built.selection  # a bkgdb.store.selection.Selection
     beside = "beside the run file's model" if has_reference else "(the run file has no model of its own)"
+    if three_d:
+        beside = "as FoV images"
     out.print(
         f"run {target}: model from {len(selected.obs_ids)} runs {beside} -> {output}", highlight=False, markup=False
     )

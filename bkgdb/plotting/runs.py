@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bkgdb.errors import BkgdbError
-from bkgdb.plotting.models import model_curves, plot_model
+from bkgdb.plotting.models import model_curves, plot_model, plot_model_3d
 from bkgdb.plotting.selection import plot_selection
 from bkgdb.plotting.significance import SignificanceMaps, significance_maps
 from bkgdb.store.targets import run_start_times
@@ -59,6 +59,8 @@ def plot_run_model(
 ) -> tuple[Figure, BuiltBackground, bool]:
     """Build run ``obs_id``'s background and plot it beside the model in its own file, if any.
 
+    A 3D background (the builder's ``three_d``) is drawn as FoV images per energy band, alone.
+
     Returns
     -------
     figure : `matplotlib.figure.Figure`
@@ -67,6 +69,14 @@ def plot_run_model(
         Whether the run file's own model was drawn.
     """
     built = builder.build(obs_id, datastore)
+    geometry = built.assembled.geometry
+    if geometry.is_3d:
+        selection, assembled = built.selection, built.assembled
+        title = (
+            f"run {obs_id}: bkgdb model from {len(selection.obs_ids)} runs ({assembled.ontime_s / 3600:.1f} h), "
+            f"smoothing {built.smoothing}"
+        )
+        return plot_model_3d(built.model, path=path, title=title, alignment=geometry.alignment), built, False
     reference = None
     if with_reference:
         folder = _target_datastore(builder.catalogue, built.target)

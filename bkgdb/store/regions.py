@@ -53,7 +53,7 @@ def region_set_ids(session: Session, region_lists: Sequence[list], known: dict[s
         )
         session.execute(insert, [{"sha256": digest, "regions": regions} for digest, regions in new.items()])
         query = sa.select(RegionSet.sha256, RegionSet.id).where(RegionSet.sha256.in_(list(new)))
-        known.update(session.execute(query).tuples().all())
+        known.update((digest, set_id) for digest, set_id in session.execute(query))
     return [None if digest is None else known[digest] for digest in digests]
 
 
