@@ -38,7 +38,6 @@ from bkgdb.store.indexing import piece_values, run_jobs
 
 REPO = Path(__file__).resolve().parent.parent
 READER_PREFIX = "bkgdb-read-ahead"
-#: Run columns that differ between two indexes of the same files.
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=5)
 NO_CATALOGUES = ExclusionSettings(gammacat=None, hawc=None, star_cat=None)
 
