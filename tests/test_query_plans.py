@@ -150,6 +150,19 @@ def test_zenith_range_is_searched_in_the_runs_index(catalogue):
             assert not {"SCAN runs", "SCAN pieces"} & set(lines), (sql, lines)
 
 
+def test_airmass_shells_are_read_with_their_own_range_alone(catalogue):
+    """SQLite scans the first range a query gives on an indexed column, not the narrowest: a shell
+    read with the airmass window as well scanned the whole window (6 ms instead of 0.6 at 100,000 runs)."""
+    synthetic_catalogue(catalogue, 3000)
+    builder = BackgroundBuilder(catalogue, make_config(el_diff=0.15, az_diff=20, time_request=2))
+    statements = recorded_statements(catalogue.engine, lambda: builder.build(7))
+    shells = [sql for sql, _ in statements if "runs.tstart_mjd, runs.ontime_s" in sql and "FROM runs" in sql]
+    assert shells, "no airmass shell was read"
+    for sql in shells:
+        assert sql.count("runs.zenith_deg >=") == sql.count("runs.zenith_deg <=") == 1, sql
+    assert builder.build(7).selection.obs_ids == reference_selection(catalogue, 7, builder.config.selection)[0]
+
+
 def test_empty_pieces_are_found_in_their_own_index(catalogue):
     """Every build asks for the setting's empty pieces: found in the partial index that holds only
     them, not by going through every piece of the setting."""

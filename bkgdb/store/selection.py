@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: With KL_DIV and time_request, KL ranks the runs nearest in airmass holding this many times the
 #: requested ontime (`RunSelector.nearest_candidates`).
 KL_POOL_FACTOR = 2.0
+#: How the airmass window is named in the funnel (the first criterion when there is one).
+AIRMASS_CRITERION = "airmass within"
 #: Airmass shells holding more candidates than this are not read one by one (their ids would be
 #: too many to bind in one query).
 SHELL_ROWS_MAX = 20000
@@ -127,7 +129,9 @@ class RunSelector:
         criteria = []
         if s.el_diff is not None and target.zenith_deg is not None:
             low, high = zenith_range(target.zenith_deg, s.el_diff)
-            criteria.append((f"airmass within {s.el_diff:g}", sa.and_(Run.zenith_deg >= low, Run.zenith_deg <= high)))
+            criteria.append(
+                (f"{AIRMASS_CRITERION} {s.el_diff:g}", sa.and_(Run.zenith_deg >= low, Run.zenith_deg <= high))
+            )
         if s.az_diff is not None and target.az_deg is not None:
             criteria.append(
                 (f"azimuth within {s.az_diff:g} deg", azimuth_condition(Run.az_deg, target.az_deg, s.az_diff))
@@ -253,9 +257,13 @@ class RunSelector:
         if funnel[-1][1] == 0:
             raise NoRunsSelected(f"no runs selected for run {target.obs_id}: {describe_funnel(funnel)}")
         query = base.where(*[condition for _, condition in steps])
+        # The same without the airmass window (the first criterion, when there is one), for the
+        # airmass shells, which lie inside it: `nearest_candidates`.
+        in_window = bool(criteria) and criteria[0][0].startswith(AIRMASS_CRITERION)
+        around = base.where(*[condition for _, condition in integrity + criteria[1:]]) if in_window else None
 
         requested = None if self.settings.time_request is None else self.settings.time_request * 3600.0
-        rows, query = self.nearest_candidates(session, query, target, requested)
+        rows, query = self.nearest_candidates(session, query, target, requested, around)
         ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
         # The ontime before each run, summed in order as one float after the other (cumsum is sequential):
         # runs are taken while it is short of the request.
@@ -294,7 +302,7 @@ class RunSelector:
         )
 
     def nearest_candidates(
-        self, session: Session, query: Any, target: Run, requested: float | None
+        self, session: Session, query: Any, target: Run, requested: float | None, around: Any = None
     ) -> tuple[list, Any]:
         """The candidates that can be chosen, read in airmass shells around the target, and their query.
 
@@ -303,17 +311,23 @@ class RunSelector:
         steps are read (index range scans) until they hold it, instead of the whole airmass
         window. The result is the same as ranking every candidate. With ``KL_DIV`` the shells must
         hold `KL_POOL_FACTOR` times the requested ontime: the KL ranking orders that pool.
+
+        ``around`` is ``query`` without the airmass window: a shell is read with its own zenith range
+        (within the window's) as the only one, since SQLite scans the first range a query puts on an
+        indexed column, not the narrowest (at 100,000 runs a shell then took 6 ms instead of 0.6).
         """
         columns = (Run.id, Run.obs_id, Run.datastore_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)
         s = self.settings
         if requested is not None and s.el_diff is not None and target.zenith_deg is not None:
             wanted = requested * (KL_POOL_FACTOR if s.KL_DIV else 1.0)
             target_airmass = airmass(target.zenith_deg)
+            window_low, window_high = zenith_range(target.zenith_deg, s.el_diff)
             steps = 1
             while steps * AIRMASS_STEP < s.el_diff:
-                # A hair wider than the steps, so that no run of them is missed by rounding.
+                # A hair wider than the steps, so that no run of them is missed by rounding; within the window.
                 low, high = zenith_range(target.zenith_deg, steps * AIRMASS_STEP + 1e-9)
-                shell = query.where(Run.zenith_deg >= low, Run.zenith_deg <= high)
+                within = (Run.zenith_deg >= max(low, window_low), Run.zenith_deg <= min(high, window_high))
+                shell = (query if around is None else around).where(*within)
                 # Plain rows through the session's connection: no ORM processing of thousands of rows.
                 rows = list(session.connection().execute(shell.with_only_columns(*columns)).all())
                 zenith = np.array(row_column(rows, "zenith_deg"), dtype=np.float64)
