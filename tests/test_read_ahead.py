@@ -33,6 +33,7 @@ from bkgdb.makers.run import (
     read_run_file,
     run_facts,
 )
+from bkgdb.store import indexing
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.indexing import piece_values, run_jobs
 
@@ -308,8 +309,16 @@ def test_hess_dr1_results_and_catalogue_equal_those_read_one_by_one(
     assert len(results) == 105 and all(result.error is None and len(result.pieces) == 2 for result in results)
 
     read_ahead, report = index_content(tmp_path, "read-ahead.sqlite", hess_dr1, config)
-    monkeypatch.setattr(run_module, "process_runs", one_by_one)
+    # Where `run_jobs` finds it: the index it makes reads each file when its run comes.
+    calls: list[int] = []
+
+    def counted(jobs: list[RunJob], ahead: int = 1) -> Iterator[RunResult]:
+        calls.append(len(jobs))
+        return one_by_one(jobs, ahead)
+
+    monkeypatch.setattr(indexing, "process_runs", counted)
     expected, expected_report = index_content(tmp_path, "one-by-one.sqlite", hess_dr1, config)
+    assert calls == [105]
     assert (
         (report.new, report.failed, report.pieces) == (expected_report.new, 0, expected_report.pieces) == (105, 0, 210)
     )

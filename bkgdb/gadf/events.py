@@ -357,7 +357,7 @@ def decompress_events(source: RunSource, content: bytes) -> bytes:
         raise _unreadable(source, exc) from None
 
 
-def read_events(source: RunSource, content: bytes, with_events: bool = False, decompressed: bool = False) -> EventList:
+def read_events(source: RunSource, content: bytes, with_events: bool = False) -> EventList:
     """Parse a run's event file from its bytes and check its EVENTS table is complete.
 
     Parameters
@@ -365,13 +365,11 @@ def read_events(source: RunSource, content: bytes, with_events: bool = False, de
     source : `~bkgdb.gadf.datastore.RunSource`
         The run (for the HDU name and messages).
     content : bytes
-        The file's bytes (gzip-compressed or not), read once by the caller; or, with
-        ``decompressed``, what `decompress_events` made of them.
+        The file's bytes, gzip-compressed or not (`decompress_events` may have been applied:
+        FITS bytes never look like gzip), read once by the caller.
     with_events : bool, optional
         Also return RA, Dec (deg), energy (TeV) and, when the table has it, TIME (s) of every
         event. Default is False.
-    decompressed : bool, optional
-        ``content`` has been through `decompress_events` already. Default is False.
 
     Returns
     -------
@@ -384,8 +382,7 @@ def read_events(source: RunSource, content: bytes, with_events: bool = False, de
     """
     name = _file_name(source)
     try:
-        if not decompressed:
-            content = decompress_events(source, content)
+        content = decompress_events(source, content)
         # Most event files are plain binary tables, read here without astropy's table machinery
         # (which costs more than the reading); anything else, or anything wrong, goes to astropy.
         table = _find_table(content, source.events_hdu)

@@ -13,7 +13,7 @@ from typing import Any
 from bkgdb.gadf.datastore import RunSource, finite_number
 from bkgdb.gadf.events import Values, observatory_location, time_reference
 
-__all__ = ["RunFacts", "read_run_facts"]
+__all__ = ["RunFacts", "read_run_facts", "pointing_and_durations"]
 
 
 @dataclass
@@ -147,7 +147,7 @@ def _fill_instrument(facts: RunFacts, lookup: _Lookup) -> None:
     facts.muon_eff = lookup.number("MUONEFF")
 
 
-def read_run_facts(source: RunSource, meta: dict, header: Values | None = None, dates: bool = True) -> RunFacts:
+def read_run_facts(source: RunSource, meta: dict, header: Values | None = None) -> RunFacts:
     """The catalogue columns of one run, from its obs-index row and (if given) its EVENTS header.
 
     Parameters
@@ -158,10 +158,6 @@ def read_run_facts(source: RunSource, meta: dict, header: Values | None = None, 
         The obs-index header (time reference, site location).
     header : dict, optional
         The EVENTS header, when the file could be read. Default is None.
-    dates : bool, optional
-        Also the start and stop (UTC MJD), the date and, where the index lacks them, the
-        horizontal coordinates at mid-run. Default is True. Without them no astropy time scale
-        is loaded, which costs a fresh process more than a run.
 
     Returns
     -------
@@ -169,8 +165,7 @@ def read_run_facts(source: RunSource, meta: dict, header: Values | None = None, 
     """
     lookup = _Lookup({**meta, **source.row}, header)
     facts = RunFacts(extra=dict(source.row))
-    if dates:
-        _fill_dates(facts, lookup)
+    _fill_dates(facts, lookup)
     _fill_durations(facts, lookup)
     _fill_pointing(facts, lookup)
     _fill_instrument(facts, lookup)
@@ -180,3 +175,18 @@ def read_run_facts(source: RunSource, meta: dict, header: Values | None = None, 
         count = lookup.number("EVENT_COUNT")
         facts.event_count = None if count is None else int(count)
     return facts
+
+
+def pointing_and_durations(
+    source: RunSource, meta: dict, header: Values | None = None
+) -> tuple[float | None, float | None, float | None, float | None]:
+    """(RA, Dec of the pointing in deg, ontime, livetime in s) as `read_run_facts` finds them.
+
+    All a worker needs to make pieces: none of the dates and coordinates that load astropy's time
+    scales and frames, which cost a fresh process more than a run (the indexing process reads the
+    run's facts from the header the worker returns).
+    """
+    lookup = _Lookup({**meta, **source.row}, header)
+    facts = RunFacts()
+    _fill_durations(facts, lookup)
+    return lookup.number("RA_PNT"), lookup.number("DEC_PNT"), facts.ontime_s, facts.livetime_s

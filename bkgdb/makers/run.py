@@ -28,7 +28,7 @@ from bkgdb.gadf.events import (
     read_events,
     time_reference,
 )
-from bkgdb.gadf.runfacts import RunFacts, read_run_facts
+from bkgdb.gadf.runfacts import RunFacts, pointing_and_durations, read_run_facts
 from bkgdb.makers.exclusion import ExclusionFinder
 from bkgdb.makers.fov import FovError, RunClock
 from bkgdb.makers.piece import EncodedPiece, PieceMaker
@@ -74,10 +74,8 @@ class RunResult:
     size: int | None = None
     mtime: float | None = None
     changed: bool = True
-    #: What the catalogue records of the run; None when the indexing process makes them from
-    #: ``header`` (`run_facts`).
-    facts: RunFacts | None = None
-    #: The EVENTS header's values, when the file was read.
+    #: The EVENTS header's values, when the file was read: the indexing process makes the run's
+    #: catalogue facts from them (`run_facts`).
     header: Any = None
     #: (binning, exclusion, `~bkgdb.makers.piece.EncodedPiece`) triples: encoded here, in the worker.
     pieces: list = field(default_factory=list)
@@ -143,7 +141,7 @@ def run_clock(events: EventList, source: RunSource, meta: dict) -> RunClock:
 
 def run_facts(result: RunResult, source: RunSource, meta: dict) -> RunFacts:
     """What the catalogue records of a run `process_run` has read (or failed to read)."""
-    return result.facts or read_run_facts(source, meta, result.header)
+    return read_run_facts(source, meta, result.header)
 
 
 @dataclass
@@ -202,26 +200,17 @@ def process_run_file(job: RunJob, run_file: RunFile) -> RunResult:
         return result
     assert run_file.content is not None  # read_run_file keeps it for a changed run or missing specs
     try:
-        events = read_events(source, run_file.content, with_events=bool(specs), decompressed=True)
+        events = read_events(source, run_file.content, with_events=bool(specs))
     except RunReadError as exc:
         result.error = str(exc)
         return result
 
-    # The facts' dates are made by the indexing process (`run_facts`): the time scales they need
-    # cost a worker process more to load than a run.
     result.header = header = events.header
-    facts = read_run_facts(source, job.meta, header, dates=False)
     # Pieces take the geometry and times of the event file itself, at full precision, as gammapy
     # does (obs-index columns are often float32); the catalogue row describes the run for selection.
-    values = {
-        key: header.get(key, value)
-        for key, value in (
-            ("RA_PNT", facts.ra_deg),
-            ("DEC_PNT", facts.dec_deg),
-            ("ONTIME", facts.ontime_s),
-            ("LIVETIME", facts.livetime_s),
-        )
-    }
+    keys = ("RA_PNT", "DEC_PNT", "ONTIME", "LIVETIME")
+    found = pointing_and_durations(source, job.meta, header)
+    values = {key: header.get(key, value) for key, value in zip(keys, found, strict=True)}
     if specs and (values["RA_PNT"] is None or values["DEC_PNT"] is None or not values["ONTIME"]):
         result.error = "no pointing or ontime: cannot make background pieces"
         return result
