@@ -13,10 +13,11 @@ from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, SelectionSetti
 from bkgdb.makers.assembly import assemble_background
 from bkgdb.makers.condition_fit import ConditionModelFitter, representative_subset
 from bkgdb.makers.condition_model import RunConditions
-from bkgdb.makers.piece import encode_array
+from bkgdb.makers.piece import BackgroundPiece
 from bkgdb.simulate import BackgroundTruth
 from bkgdb.store.condition_models import archive_condition_model
 from bkgdb.store.funnel_counts import funnel_counts
+from bkgdb.store.indexing import piece_values
 from bkgdb.store.models import BinningRow, ConditionModelRow, Datastore, ExclusionRow, PieceRow, Run
 from bkgdb.store.pieces import row_to_piece
 from bkgdb.store.ranking import AIRMASS_STEP, airmass, kl_divergence, kl_divergences, rate_shape
@@ -61,28 +62,19 @@ def synthetic_catalogue(catalogue, n_runs, seed=3):
     expected = {
         round(z): TRUTH.expected_counts(BINNING.energy_edges, BINNING.offset_edges, ONTIME, round(z)) for z in zenith
     }
-    exposure = encode_array(np.full(BINNING.off_bins, ONTIME), "<f8")
-    none = encode_array(np.zeros(BINNING.shape, dtype=np.int64), "<i4")
-    pieces = []
-    for i in range(n_runs):
-        counts = rng.poisson(expected[round(zenith[i])])
-        pieces.append(
-            dict(
-                run_id=i + 1,
-                binning_id=ids[1],
-                exclusion_id=ids[2],
-                shape=list(BINNING.shape),
-                counts_dtype="<i4",
-                exposure_dtype="<f8",
-                counts=encode_array(counts, "<i4"),
-                excluded_counts=none,
-                exposure_s=exposure,
-                ontime_s=ONTIME,
-                livetime_s=ONTIME,
-                n_kept=int(counts.sum()),
-                n_excluded=0,
-            )
+    exposure, none = np.full(BINNING.off_bins, ONTIME), np.zeros(BINNING.shape, dtype=np.int64)
+    # Encoded as the index encodes them: counts in the smallest integer type that holds them, so
+    # the build decodes pieces of several dtypes together.
+    pieces = [
+        piece_values(
+            BackgroundPiece(rng.poisson(expected[round(zenith[i])]), none, exposure, ONTIME, ONTIME),
+            i + 1,
+            ids[1],
+            ids[2],
+            None,
         )
+        for i in range(n_runs)
+    ]
     with catalogue.engine.begin() as connection:
         connection.execute(sa.insert(Run), runs)
         connection.execute(sa.insert(PieceRow), pieces)
