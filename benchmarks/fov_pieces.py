@@ -26,7 +26,6 @@ import numpy as np
 
 from bkgdb.config import FovBinning, load_config
 from bkgdb.gadf.datastore import DL3Datastore
-from bkgdb.makers.piece import EXPOSURE_DTYPE, counts_dtype, encode_array
 from bkgdb.makers.run import RunJob, process_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,9 +49,8 @@ def per_run_seconds(store, specs, repeat):
 
 
 def piece_bytes(piece):
-    dtype = counts_dtype(piece.counts, piece.excluded_counts)
-    return (len(encode_array(piece.counts, dtype)) + len(encode_array(piece.excluded_counts, dtype))
-            + len(encode_array(piece.exposure_s, EXPOSURE_DTYPE)))
+    """Bytes of an `EncodedPiece`'s arrays, as the catalogue stores them."""
+    return len(piece.encoded_counts) + len(piece.encoded_excluded_counts) + len(piece.encoded_exposure)
 
 
 def track_accuracy(store, geometry):

@@ -68,7 +68,7 @@ def complicate(catalogue, rng):
     catalogue.refresh_statistics()
 
 
-def reference_build(session, target, settings, selected_datastore=None):
+def reference_build(session, target, settings):
     """(funnel, chosen runs) for ``target`` (a Run), each integrity step and criterion applied in Python."""
     runs = session.scalars(sa.select(Run)).all()
     pieces = {piece.run_id: piece for piece in session.scalars(sa.select(PieceRow))}

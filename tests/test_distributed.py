@@ -7,6 +7,7 @@ PostgreSQL (``db_url``), the reference is a local index into an SQLite file.
 import os
 import signal
 import time
+from collections import Counter
 
 import pytest
 from conftest import catalogue_content
@@ -141,6 +142,8 @@ def test_items_travel_a_few_per_task_and_a_killer_among_them_is_named(cluster):
         executor.client.wait_for_workers(2, timeout=60)
         # 40 items on 2 workers: tasks of 4, all results back, each once.
         assert sorted(executor.imap_unordered(abs, [-n for n in range(40)])) == list(range(40))
+        task_of = lambda _: distributed.get_worker().get_current_task()  # noqa: E731 - sent by value
+        assert sorted(Counter(executor.imap_unordered(task_of, list(range(40)))).values()) == [4] * 10
         # Item 13 kills every worker that runs it. The tasks its workers held are blamed too; run
         # again alone at the end, every other item comes back and item 13 alone is named.
         killer = lambda n: os._exit(3) if n == 13 else n  # noqa: E731 - sent to the workers by value

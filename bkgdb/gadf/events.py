@@ -140,7 +140,8 @@ def _card_value(image: str) -> Any:
 
 
 class _CardValues:
-    """The values of a header's cards as `json_safe` gives them, each parsed when first asked for.
+    """The values of a header's cards as `json_safe` gives them, each parsed when asked for (not
+    kept: a run's header is read for a few keys).
 
     For headers of plain ``KEYWORD= value`` cards (and commentary), which EVENTS headers are; a
     header with long strings (CONTINUE), HIERARCH or odd cards is read by astropy.
