@@ -44,10 +44,11 @@ one task per run, (a) took 1.42-1.48 s on the same machine earlier the same day:
 to gain came from fewer, larger tasks, which the library now sends. One process then wrote a run's
 result (a 2D and a 3D piece) in 2.3-3.5 ms and made it in 7.7-10.3 ms, so one writing client kept
 2.2-4 workers of this config busy. Since the workers encode the pieces (`EncodedPiece`; a result
-travels as 20 kB instead of 224 kB), writing takes 0.9-1.1 ms per run on SQLite and 1.2-1.8 ms on
-PostgreSQL against 7.2-9.4 ms to make it: one client keeps 4-8 workers busy (2026-11-26, load 1.2-2.2;
-the three cases' times were within their noise of each other, 1.03-1.29 s on SQLite, 1.09-1.37 s
-on PostgreSQL, and the catalogues again identical).
+travels as 20 kB instead of 224 kB), and with the client's writes timed through one session and
+one writer as the library makes them (not one per batch), writing takes 0.8-0.9 ms per run on
+SQLite and 1.0-1.3 ms on PostgreSQL against 7.1-9.2 ms to make it: one client keeps 5-10 workers
+busy (2026-11-26 07:50, load 1.9 after; (a) 1.07-1.08 s, (b) 1.06-1.17 s, (c) 0.92-1.02 s on SQLite,
+1.10-1.15, 1.17-1.25, 0.97-1.06 s on PostgreSQL, and the catalogues again identical).
 
 The library keeps (a), the client writing: only the client needs the writer role and a route to
 the database (workers on a batch cluster often have neither, and analysers stay read-only);
@@ -56,7 +57,7 @@ up to one per worker at once (hundreds of workers would exhaust ``max_connection
 pooler); and SQLite works as it is, where in (b) the writers queue for its single lock
 (0.01-0.15 s waited here, more with more workers) and its WAL cannot be shared by workers on other
 hosts. The client already writes several runs per statement and receives several runs per task; if
-it becomes the limit (more than about 4-8 workers of this config), several writing clients, each
+it becomes the limit (more than about 5-10 workers of this config), several writing clients, each
 with its share of the runs, are the next step, not moving the writes into the workers.
 
 Usage: python benchmarks/dask_writes.py [--db sqlite,postgresql] [--postgres URL] [--batches 10,50]
@@ -80,7 +81,7 @@ from index_scaling import drop_database, new_database
 from bkgdb.config import BkgdbConfig, ExclusionSettings, load_config
 from bkgdb.gadf.datastore import DL3Datastore, RunSource
 from bkgdb.makers.run import RunJob, RunResult, exclusion_finder, process_run
-from bkgdb.parallel.cluster import DEFAULT_TASK_SIZE, DaskExecutor
+from bkgdb.parallel.cluster import DaskExecutor, items_per_task
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.database import create_engine, session_scope
 from bkgdb.store.indexing import DatastoreIndexer, _ResultWriter
@@ -136,6 +137,24 @@ def store_results(
     return waited
 
 
+@contextmanager
+def one_writer_session(engine: sa.engine.Engine, path: str, meta: dict, config: BkgdbConfig) -> Iterator[Any]:
+    """``write(done)``: results written and committed as `RunCatalogue.index` writes them, through one
+    session and one writer made once (as the library makes them once per index, not per batch)."""
+    with session_scope(engine) as session:
+        insert_if_missing(session, Datastore, ["path"], {"path": path, "obs_index_meta": meta})
+        datastore_id = session.scalars(sa.select(Datastore.id).where(Datastore.path == path)).one()
+        writer = _ResultWriter(session, datastore_id, meta, DatastoreIndexer._piece_specs(session, config))
+        session.commit()
+
+        def write(done: list[tuple[RunSource, RunResult]]) -> None:
+            existing = {source.obs_id: Run(datastore_id=datastore_id, obs_id=source.obs_id) for source, _ in done}
+            writer.write([result for _, result in done], existing, {source.obs_id: source for source, _ in done})
+            session.commit()
+
+        yield write
+
+
 def result_counts(results: list[RunResult]) -> dict[str, int]:
     """Runs, pieces and failed runs among ``results``."""
     return dict(
@@ -185,8 +204,7 @@ def client_writes(url: str, datastore: Path, config: BkgdbConfig, address: str, 
         report = catalogue.index(datastore, config=config, executor=DaskExecutor(address, commit_batch=batch))
         catalogue.engine.dispose()
     runs = report.new + report.failed
-    # As DaskExecutor groups them: up to DEFAULT_TASK_SIZE runs a task, at least 4 tasks per worker.
-    size = max(1, min(DEFAULT_TASK_SIZE, runs // (4 * WORKERS)))
+    size = items_per_task(runs, WORKERS)  # as DaskExecutor groups them
     return dict(tally, runs=report.new, pieces=report.pieces, failed=report.failed, tasks=-(-runs // size))
 
 
@@ -242,12 +260,13 @@ def client_writes_batches(url: str, datastore: Path, config: BkgdbConfig, addres
                 client.submit(process_batch, jobs[first : first + batch], pure=False)
                 for first in range(0, len(jobs), batch)
             ]
-            for future in as_completed(futures, loop=client.loop):
-                done = future.result()
-                start = time.perf_counter()
-                store_results(catalogue.engine, path, meta, config, [(sources[r.obs_id], r) for r in done])
-                writing += time.perf_counter() - start
-                results.extend(done)
+            with one_writer_session(catalogue.engine, path, meta, config) as write:
+                for future in as_completed(futures, loop=client.loop):
+                    done = future.result()
+                    start = time.perf_counter()
+                    write([(sources[r.obs_id], r) for r in done])
+                    writing += time.perf_counter() - start
+                    results.extend(done)
         catalogue.refresh_statistics()
         catalogue.engine.dispose()
     return dict(
@@ -275,10 +294,11 @@ def one_writer(
         url = new_database(folder, postgres if kind == "postgresql" else None)
         catalogue = RunCatalogue.open(url)
         store_results(catalogue.engine, str(store.path), store.meta, config, [])
-        start = time.perf_counter()
-        for first in range(0, len(done), batch):
-            store_results(catalogue.engine, str(store.path), store.meta, config, done[first : first + batch])
-        times.append((time.perf_counter() - start) / len(done))
+        with one_writer_session(catalogue.engine, str(store.path), store.meta, config) as write:
+            start = time.perf_counter()
+            for first in range(0, len(done), batch):
+                write(done[first : first + batch])
+            times.append((time.perf_counter() - start) / len(done))
         catalogue.engine.dispose()
         drop_database(url, postgres if kind == "postgresql" else None)
     return make, min(times)

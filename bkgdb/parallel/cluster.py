@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_COMMIT_BATCH",
     "DEFAULT_COMMIT_INTERVAL_S",
     "DEFAULT_TASK_SIZE",
+    "items_per_task",
     "CONNECT_TIMEOUT_S",
 ]
 
@@ -52,6 +53,11 @@ DEFAULT_COMMIT_INTERVAL_S = 2.0
 DEFAULT_TASK_SIZE = 8
 #: Seconds to wait for the scheduler before giving up.
 CONNECT_TIMEOUT_S = 20.0
+
+
+def items_per_task(n_items: int, n_workers: int, most: int = DEFAULT_TASK_SIZE) -> int:
+    """Items per task: at most ``most``, fewer when there are few items, so that each worker gets four tasks."""
+    return max(1, min(most, n_items // (4 * max(1, n_workers))))
 
 
 def apply_to_each(function: Callable[[T], R], items: list[T]) -> list[R]:
@@ -203,7 +209,7 @@ class DaskExecutor:
             raise RuntimeError("DaskExecutor.imap_unordered needs the executor entered (with DaskExecutor(...) as ...)")
         token = uuid.uuid4().hex[:8]
         n_workers = max(1, len(self.client.scheduler_info().get("workers", {})))
-        size = max(1, min(self.task_size, len(items) // (4 * n_workers)))
+        size = items_per_task(len(items), n_workers, self.task_size)
         labels: dict[str, str] = {}
         chunks: dict[str, list[int]] = {}  # positions in ``items``
 
