@@ -5,13 +5,15 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bkgdb.background import BackgroundBuilder
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.makers.piece import BackgroundPiece
+from bkgdb.store.flags import flag_run
 from bkgdb.store.indexing import piece_row
-from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, Run
+from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
 from bkgdb.store.selection import RunSelector
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=4)
@@ -60,7 +62,16 @@ def test_too_many_listed_values_give_the_same_selection(catalogue, two_copies, m
     from bkgdb.store import integrity
 
     original, copy = two_copies
+    # Something on each list: run 1002 flagged bad, the original copy of run 1004 empty.
+    flag_run(catalogue.engine, 1002, "bad", "test")
+    with catalogue.engine.begin() as connection:
+        in_original = sa.select(Run.id).join(Datastore).where(Run.obs_id == 1004, Datastore.path == str(original))
+        connection.execute(sa.update(PieceRow).where(PieceRow.run_id.in_(in_original)).values(n_kept=0, n_excluded=0))
     expected = {target: BackgroundBuilder(catalogue, make_config()).build(target, copy) for target in (1000, 1003)}
+    assert {name for before in expected.values() for name, _ in before.selection.funnel} >= {
+        "flagged bad",
+        "empty runs",
+    }
     monkeypatch.setattr(integrity, "OBS_ID_LIST_MAX", 0)
     integrity._lists_statement.cache_clear()
     try:
@@ -68,7 +79,7 @@ def test_too_many_listed_values_give_the_same_selection(catalogue, two_copies, m
         for target, before in expected.items():
             built = builder.build(target, copy)
             assert built.selection.obs_ids == before.selection.obs_ids
-            assert built.selection.datastores == before.selection.datastores == [str(copy)] * 4
+            assert built.selection.datastores == before.selection.datastores == [str(copy)] * 3
             assert built.selection.funnel == before.selection.funnel
     finally:
         integrity._lists_statement.cache_clear()
