@@ -318,10 +318,6 @@ class PieceMaker:
         last = max(ontime_s, float(seconds.max(initial=0.0)))
         return altaz_track(clock, ra_deg, dec_deg, first, last, self.geometry.max_offset_deg + _FOV_MARGIN_DEG)
 
-    def make_counts(self, energy_tev: np.ndarray, *spatial_deg: np.ndarray) -> np.ndarray:
-        """Events per bin of the geometry: offsets (2D) or FoV lon, lat (3D) in deg."""
-        return self.geometry.histogram(energy_tev, *spatial_deg)
-
     def make_fraction(
         self,
         ra_deg: float,
