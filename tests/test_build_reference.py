@@ -6,6 +6,7 @@ itself: the build's SQL (funnel counts, index range scans, airmass shells) and i
 decoding must give the same selection, funnel, lineage and arrays, bit for bit.
 """
 
+import gc
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -188,3 +189,58 @@ def test_piece_times_are_read_as_stored(catalogue):
         connection.execute(sa.update(PieceRow).values(created_at=when + timedelta(seconds=1)))
     built = BackgroundBuilder(catalogue, make_config(el_diff=None, az_diff=None, gal_lat_min=0)).build(3)
     assert {item.created_at.astimezone(UTC) for item in built.inputs} == {when + timedelta(seconds=1)}
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_no_garbage_collection_runs_during_a_build_and_it_is_left_as_it_was(catalogue, collecting):
+    synthetic_catalogue(catalogue, 300)
+    builder = BackgroundBuilder(catalogue, make_config(el_diff=None, az_diff=None, gal_lat_min=0))
+    builder.build(3)
+    collections = []
+
+    def watch(phase, info):
+        collections.append(info["generation"])
+
+    (gc.enable if collecting else gc.disable)()
+    gc.callbacks.append(watch)
+    try:
+        built = builder.build(3)
+        assert collections == [] and gc.isenabled() is collecting
+        with pytest.raises(NoRunsSelected):  # a build that fails leaves it as it was too
+            BackgroundBuilder(catalogue, make_config(n_tels=9)).build(3)
+        assert gc.isenabled() is collecting
+        gc.collect()
+        assert collections  # the watch works
+    finally:
+        gc.callbacks.remove(watch)
+        gc.enable()
+    assert len(built.selection.run_ids) == 299
+
+
+def test_runs_of_a_datastore_indexed_after_the_first_build_carry_its_path(catalogue):
+    synthetic_catalogue(catalogue, 30)
+    builder = BackgroundBuilder(catalogue, make_config(el_diff=None, az_diff=None, gal_lat_min=0))
+    assert set(builder.build(3).selection.datastores) == {"/synthetic"}
+    # A second datastore, of five more runs (new OBS_IDs: other observations).
+    with Session(catalogue.engine) as session:
+        store = Datastore(path="/synthetic/more", obs_index_meta={})
+        session.add(store)
+        session.commit()
+        store_id = store.id
+    with catalogue.engine.begin() as connection:
+        runs = connection.execute(sa.select(Run.__table__).where(Run.id <= 5)).mappings().all()
+        pieces = connection.execute(sa.select(PieceRow.__table__).where(PieceRow.run_id <= 5)).mappings().all()
+        connection.execute(
+            sa.insert(Run),
+            [dict(run, id=run["id"] + 100, obs_id=run["obs_id"] + 100, datastore_id=store_id) for run in runs],
+        )
+        connection.execute(
+            sa.insert(PieceRow),
+            [{**{k: v for k, v in piece.items() if k != "id"}, "run_id": piece["run_id"] + 100} for piece in pieces],
+        )
+    # Its runs carry their own path, though the builder had read the datastores before.
+    built = builder.build(3)
+    assert set(built.selection.datastores) == {"/synthetic", "/synthetic/more"}
+    with Session(catalogue.engine) as session:
+        paths = dict(session.execute(sa.select(Run.id, Datastore.path).join(Datastore)).all())
+    assert built.selection.datastores == [paths[run_id] for run_id in built.selection.run_ids]

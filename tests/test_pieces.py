@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import zlib
 
 import numpy as np
 import pytest
@@ -12,7 +13,15 @@ from astropy.io import fits
 from sqlalchemy.orm import Session
 
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings
-from bkgdb.makers.piece import BackgroundPiece, EncodedPiece, counts_dtype, decode_array, encode_array
+from bkgdb.errors import BkgdbError
+from bkgdb.makers.piece import (
+    STORED_MAX_BYTES,
+    BackgroundPiece,
+    EncodedPiece,
+    counts_dtype,
+    decode_array,
+    encode_array,
+)
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.indexing import piece_values
 from bkgdb.store.models import PieceRow, RegionSet, Run
@@ -235,6 +244,35 @@ def test_pieces_of_several_dtypes_stack_to_the_same_values():
     np.testing.assert_array_equal(stacked, np.stack(arrays))
     alike = stacked_array([encode_array(array, "<u2") for array in arrays[:3:2]], ["<u2"] * 2, (4, 3))
     np.testing.assert_array_equal(alike, np.stack(arrays[:3:2]))
+
+
+def test_the_small_arrays_a_build_sums_are_kept_uncompressed_in_their_zlib_stream():
+    rng = np.random.default_rng(7)
+    counts = rng.poisson(400.0, size=(20, 10))  # a 2D piece's counts: 400 bytes as <u2
+    piece = BackgroundPiece(counts, rng.poisson(0.5, counts.shape), rng.uniform(0, 1800, 10), 1800.0, 1700.0)
+    encoded = EncodedPiece.of(piece)
+    assert encoded.counts_dtype == "<u2"
+    summed = ((encoded.encoded_counts, counts, "<u2"), (encoded.encoded_exposure, piece.exposure_s, "<f8"))
+    for blob, array, dtype in summed:
+        raw = np.ascontiguousarray(array, dtype=dtype).tobytes()
+        # One stored block: zlib's 2-byte header, 5 bytes of block header, the bytes, the checksum;
+        # any zlib decoder reads it.
+        assert blob[7:-4] == raw and zlib.decompress(blob) == raw
+    # The excluded counts, which builds do not read, are compressed; so are arrays above the limit.
+    assert len(encoded.encoded_excluded_counts) < counts.size
+    big = rng.poisson(3.0, size=(20, 24, 24))
+    assert big.size > STORED_MAX_BYTES
+    assert len(encode_array(big, "<u1", store_small=True)) < big.size / 2
+    # Pieces of older catalogues (compressed) and new ones (stored) stack together.
+    older = [encode_array(array, "<u2") for array in (counts, counts + 1)]
+    stacked = stacked_array([*older, encoded.encoded_counts], ["<u2"] * 3, counts.shape)
+    np.testing.assert_array_equal(stacked, np.stack([counts, counts + 1, counts]))
+
+
+def test_arrays_of_another_shape_are_not_stacked():
+    blobs = [encode_array(np.ones((4, 3)), "<u1", store_small=True)] * 2
+    with pytest.raises(BkgdbError, match=r"another shape than \(4, 2\)"):
+        stacked_array(blobs, ["<u1"] * 2, (4, 2))
 
 
 def test_a_piece_travels_encoded_and_decodes_to_itself():

@@ -51,11 +51,21 @@ COUNTS_RATIO_EPSILON = 1e-9
 #: bytes of a 2D piece, building the dynamic code dominates decompression, and a build of 1,000 runs
 #: decompresses twice as fast for 16 % more bytes. Larger (3D) arrays gain nothing from it.
 FIXED_CODE_MAX_BYTES = 4096
+#: The arrays every build reads (counts and exposure) are not compressed up to this many bytes: the
+#: zlib stream holds them as they are (one stored block, with its checksum), which decodes four
+#: times faster than the fixed Huffman code (0.34 against 1.35 us for a 2D piece's 400 bytes of
+#: counts) for about twice the bytes. Excluded counts, read for plots and checks, stay compressed.
+STORED_MAX_BYTES = 2048
 
 
-def encode_array(array: np.ndarray, dtype: str) -> bytes:
-    """Little-endian bytes of ``array`` as ``dtype``, zlib-compressed (any zlib decoder reads them)."""
+def encode_array(array: np.ndarray, dtype: str, store_small: bool = False) -> bytes:
+    """Little-endian bytes of ``array`` as ``dtype`` in a zlib stream (any zlib decoder reads them).
+
+    Compressed, or, with ``store_small``, stored as they are up to `STORED_MAX_BYTES`.
+    """
     raw = np.ascontiguousarray(array, dtype=dtype).tobytes()
+    if store_small and len(raw) <= STORED_MAX_BYTES:
+        return zlib.compress(raw, 0)
     if len(raw) > FIXED_CODE_MAX_BYTES:
         return zlib.compress(raw, 6)
     compressor = zlib.compressobj(6, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_FIXED)
@@ -147,10 +157,10 @@ class EncodedPiece:
         return cls(
             shape=tuple(int(n) for n in piece.counts.shape),
             counts_dtype=dtype,
-            encoded_counts=encode_array(piece.counts, dtype),
+            encoded_counts=encode_array(piece.counts, dtype, store_small=True),
             encoded_excluded_counts=encode_array(piece.excluded_counts, dtype),
             exposure_dtype=EXPOSURE_DTYPE,
-            encoded_exposure=encode_array(piece.exposure_s, EXPOSURE_DTYPE),
+            encoded_exposure=encode_array(piece.exposure_s, EXPOSURE_DTYPE, store_small=True),
             ontime_s=piece.ontime_s,
             livetime_s=piece.livetime_s,
             n_kept=int(piece.counts.sum()),

@@ -63,16 +63,25 @@ def stacked_array(blobs: Sequence[bytes], dtypes: Sequence[str], shape: tuple[in
     One `numpy.frombuffer` per dtype over the joined decompressed bytes instead of an array, a
     reshape and a copy per piece. Pieces stored with different dtypes (counts are stored in the
     smallest integer type that holds them) come in their common dtype, exactly.
+
+    Raises
+    ------
+    BkgdbError
+        The arrays do not have ``shape``.
     """
     if not blobs:
         return np.zeros((0, *shape))
+    decoded = list(map(zlib.decompress, blobs))
     kinds = set(dtypes)
+    size = int(np.prod(shape))
+    if sum(map(len, decoded)) != sum(size * np.dtype(kind).itemsize * dtypes.count(kind) for kind in kinds):
+        raise BkgdbError(f"stored arrays of another shape than {shape} (not pieces of this binning?)")
     if len(kinds) == 1:
-        return np.frombuffer(b"".join(map(zlib.decompress, blobs)), dtype=dtypes[0]).reshape((len(blobs), *shape))
+        return np.frombuffer(b"".join(decoded), dtype=dtypes[0]).reshape((len(blobs), *shape))
     stacked = np.empty((len(blobs), *shape), dtype=np.result_type(*kinds))
     for kind in kinds:
         chosen = [index for index, dtype in enumerate(dtypes) if dtype == kind]
-        joined = b"".join(zlib.decompress(blobs[index]) for index in chosen)
+        joined = b"".join([decoded[index] for index in chosen])
         stacked[chosen] = np.frombuffer(joined, dtype=kind).reshape((len(chosen), *shape))
     return stacked
 
@@ -88,20 +97,15 @@ def row_columns(rows: Sequence[Any]) -> dict[str, tuple]:
     return dict(zip(rows[0]._fields, zip(*rows, strict=True), strict=True))
 
 
-def stacked_pieces(columns: Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, np.ndarray]:
+def stacked_pieces(columns: Mapping[str, Sequence[Any]], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(counts as stored, exposure) of pieces given by column, stacked in their order: (n, *shape), (n, *spatial).
 
-    ``columns`` (`row_columns` of piece rows) has ``shape`` as JSON text and ``counts_dtype``,
-    ``exposure_dtype``, ``counts``, ``exposure_s`` (`~bkgdb.store.backgrounds.PIECE_COLUMNS`), all of
-    one shape. The same values as `row_to_piece` gives piece by piece (there the counts are int64).
+    ``columns`` (`row_columns` of piece rows) has ``counts_dtype``, ``exposure_dtype``, ``counts``
+    and ``exposure_s`` (`~bkgdb.store.backgrounds.PIECE_COLUMNS`) of pieces of ``shape`` (their
+    binning's). The same values as `row_to_piece` gives piece by piece (there the counts are int64).
     """
     if not columns or not columns["counts"]:
         raise BkgdbError("no pieces to assemble")
-    memo: dict[str, tuple[int, ...]] = {}
-    shapes = {parsed_shape(text, memo) for text in set(columns["shape"])}
-    if len(shapes) != 1:
-        raise BkgdbError(f"pieces of several shapes {sorted(shapes)} in one setting")
-    shape = shapes.pop()
     counts = stacked_array(columns["counts"], columns["counts_dtype"], shape)
     exposure = stacked_array(columns["exposure_s"], columns["exposure_dtype"], shape[1:])
     return counts, exposure
