@@ -6,10 +6,8 @@ smooth on demand, and produce a gammapy `Background2D` or `Background3D` with it
 
 from __future__ import annotations
 
-import gc
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -55,23 +53,6 @@ if TYPE_CHECKING:
 __all__ = ["BackgroundBuilder", "background_history", "per_run_normalisation"]
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _collection_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector held off while a build reads its rows.
-
-    A build makes thousands of short-lived rows and tuples, none in a reference cycle; every 700
-    of them started a collection that walks the young objects: 0.7-0.9 ms of a 9.5 ms build of
-    1,000 runs. Collection resumes (if it was on) when the block ends, however it ends.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class BackgroundBuilder:
@@ -157,88 +138,83 @@ class BackgroundBuilder:
         own_session = session is None
         session = session or self.catalogue.session()
         try:
-            with _collection_paused():
-                return self._build(session, obs_id, datastore)
+            binning_row, exclusion_row = self._setting_rows(session)
+            target = find_target(session, obs_id, datastore)
+            if self._extra_keys is None:
+                self._extra_keys = self.catalogue.extra_keys()
+            selection = self.selector.run(session, target, binning_row.id, exclusion_row.id, self._extra_keys)
+            rows = selected_pieces(session, selection.run_ids, binning_row.id, exclusion_row.id)
+            columns = row_columns(rows)
+            selection.datastores = datastore_paths(session, selection.datastore_ids, self._datastore_paths)
+            # Decoded together (one buffer per array), not as one BackgroundPiece per run.
+            counts, exposure = stacked_pieces(columns, self.binning.geometry.shape)
+            model: ConditionModel | None
+            model_record: dict | None
+            model, model_record = None, None
+            if self.config.selection.assembly == "condition" and not self.config.io.from_run:
+                fit_binning, fit_id = self._condition_fit_binning(session)
+                model, model_record = archive_condition_model(
+                    session,
+                    fit_id,
+                    exclusion_row.id,
+                    fit_binning.geometry,
+                    self.config.selection,
+                    max_runs=self.condition_model_max_runs,
+                    memo=self._condition_memo,
+                )
+            assembled = assemble_stacked(
+                counts,
+                exposure,
+                list(columns["ontime_s"]),
+                self.binning.geometry,
+                # Only the condition model reads the runs' conditions: not made per run without it.
+                None
+                if model is None
+                else [RunConditions(*values) for values in run_conditions(session, selection.run_ids)],
+                # Run.zenith_deg is nullable: condition-aware assembly refuses a target without one, saying so.
+                RunConditions(target.zenith_deg, target.az_deg, target.muon_eff),  # type: ignore[arg-type]
+                model,
+            )
+            weights = assembled.weights if assembled.weights is not None else [1.0] * len(rows)
+            # The same Python floats as float() of each weight, converted in one call.
+            inputs = list(
+                map(
+                    PieceInput,
+                    columns["id"],
+                    columns["run_id"],
+                    selection.obs_ids,
+                    columns["file_sha256"],
+                    stored_datetimes(columns["created_at"]),
+                    np.asarray(weights, dtype=float).tolist(),
+                )
+            )
+            rate = self.smoother.run(assembled)
+            # Per-run normalisation (bkgdb.makers.normalisation): after smoothing, before empty bins are filled.
+            normalisation = per_run_normalisation(
+                session, self.config.selection, target, selection, rate, assembled, binning_row.id, exclusion_row.id
+            )
+            rate = rate * normalisation.factor
+            if self.config.selection.fill_empty_bins:
+                rate = fill_empty_bins(rate, assembled)
+            if self.config.selection.bin_centre_correction:
+                rate = bin_average_to_centre(rate, assembled)
+            return BuiltBackground(
+                target,
+                selection,
+                assembled,
+                self.smoother.method,
+                rate,
+                binning_row.hash,
+                exclusion_row.hash,
+                binning_row.id,
+                exclusion_row.id,
+                condition_model=model_record,
+                normalisation=normalisation,
+                inputs=inputs,
+            )
         finally:
             if own_session:
                 session.close()
-
-    def _build(self, session: Session, obs_id: int, datastore: str | Path | None) -> BuiltBackground:
-        """`build` in ``session``."""
-        binning_row, exclusion_row = self._setting_rows(session)
-        target = find_target(session, obs_id, datastore)
-        if self._extra_keys is None:
-            self._extra_keys = self.catalogue.extra_keys()
-        selection = self.selector.run(session, target, binning_row.id, exclusion_row.id, self._extra_keys)
-        rows = selected_pieces(session, selection.run_ids, binning_row.id, exclusion_row.id)
-        columns = row_columns(rows)
-        selection.datastores = datastore_paths(session, selection.datastore_ids, self._datastore_paths)
-        # Decoded together (one buffer per array), not as one BackgroundPiece per run.
-        counts, exposure = stacked_pieces(columns, self.binning.geometry.shape)
-        model: ConditionModel | None
-        model_record: dict | None
-        model, model_record = None, None
-        if self.config.selection.assembly == "condition" and not self.config.io.from_run:
-            fit_binning, fit_id = self._condition_fit_binning(session)
-            model, model_record = archive_condition_model(
-                session,
-                fit_id,
-                exclusion_row.id,
-                fit_binning.geometry,
-                self.config.selection,
-                max_runs=self.condition_model_max_runs,
-                memo=self._condition_memo,
-            )
-        assembled = assemble_stacked(
-            counts,
-            exposure,
-            list(columns["ontime_s"]),
-            self.binning.geometry,
-            # Only the condition model reads the runs' conditions: not made per run without it.
-            None
-            if model is None
-            else [RunConditions(*values) for values in run_conditions(session, selection.run_ids)],
-            # Run.zenith_deg is nullable: condition-aware assembly refuses a target without one, saying so.
-            RunConditions(target.zenith_deg, target.az_deg, target.muon_eff),  # type: ignore[arg-type]
-            model,
-        )
-        weights = assembled.weights if assembled.weights is not None else [1.0] * len(rows)
-        # The same Python floats as float() of each weight, converted in one call.
-        inputs = list(
-            map(
-                PieceInput,
-                columns["id"],
-                columns["run_id"],
-                selection.obs_ids,
-                columns["file_sha256"],
-                stored_datetimes(columns["created_at"]),
-                np.asarray(weights, dtype=float).tolist(),
-            )
-        )
-        rate = self.smoother.run(assembled)
-        # Per-run normalisation (bkgdb.makers.normalisation): after smoothing, before empty bins are filled.
-        normalisation = per_run_normalisation(
-            session, self.config.selection, target, selection, rate, assembled, binning_row.id, exclusion_row.id
-        )
-        rate = rate * normalisation.factor
-        if self.config.selection.fill_empty_bins:
-            rate = fill_empty_bins(rate, assembled)
-        if self.config.selection.bin_centre_correction:
-            rate = bin_average_to_centre(rate, assembled)
-        return BuiltBackground(
-            target,
-            selection,
-            assembled,
-            self.smoother.method,
-            rate,
-            binning_row.hash,
-            exclusion_row.hash,
-            binning_row.id,
-            exclusion_row.id,
-            condition_model=model_record,
-            normalisation=normalisation,
-            inputs=inputs,
-        )
 
     def record(self, session: Session, built: BuiltBackground, output_path: str | Path | None = None) -> BackgroundRow:
         """Store the provenance of a built background in the database, with the pieces it used."""

@@ -6,7 +6,6 @@ itself: the build's SQL (funnel counts, index range scans, airmass shells) and i
 decoding must give the same selection, funnel, lineage and arrays, bit for bit.
 """
 
-import gc
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -189,32 +188,6 @@ def test_piece_times_are_read_as_stored(catalogue):
         connection.execute(sa.update(PieceRow).values(created_at=when + timedelta(seconds=1)))
     built = BackgroundBuilder(catalogue, make_config(el_diff=None, az_diff=None, gal_lat_min=0)).build(3)
     assert {item.created_at.astimezone(UTC) for item in built.inputs} == {when + timedelta(seconds=1)}
-
-
-@pytest.mark.parametrize("collecting", [True, False])
-def test_no_garbage_collection_runs_during_a_build_and_it_is_left_as_it_was(catalogue, collecting):
-    synthetic_catalogue(catalogue, 300)
-    builder = BackgroundBuilder(catalogue, make_config(el_diff=None, az_diff=None, gal_lat_min=0))
-    builder.build(3)
-    collections = []
-
-    def watch(phase, info):
-        collections.append(info["generation"])
-
-    (gc.enable if collecting else gc.disable)()
-    gc.callbacks.append(watch)
-    try:
-        built = builder.build(3)
-        assert collections == [] and gc.isenabled() is collecting
-        with pytest.raises(NoRunsSelected):  # a build that fails leaves it as it was too
-            BackgroundBuilder(catalogue, make_config(n_tels=9)).build(3)
-        assert gc.isenabled() is collecting
-        gc.collect()
-        assert collections  # the watch works
-    finally:
-        gc.callbacks.remove(watch)
-        gc.enable()
-    assert len(built.selection.run_ids) == 299
 
 
 def test_runs_of_a_datastore_indexed_after_the_first_build_carry_its_path(catalogue):
