@@ -9,9 +9,13 @@ Local workers are spawned: each imports the main module of the process that star
 script imports what it needs inside its functions, so its workers import what those of `bkgdb
 index` import (the command's module is light), not this script's tools.
 
-The Dask lines are timed twice: with the workers' environment as `distributed` sets it, and with
-its ``MALLOC_TRIM_THRESHOLD_`` unset (``distributed.nanny.pre-spawn-environ``), which the README
-recommends for indexing workers.
+The Dask lines are timed three times: with the workers' environment as `distributed` sets it
+(``MALLOC_TRIM_THRESHOLD_=65536``, which bkgdb's tasks answer by setting glibc's malloc
+thresholds, `bkgdb.parallel.memory`); with ``MALLOC_MMAP_THRESHOLD_=131072`` added, glibc's
+initial value, with which bkgdb leaves malloc alone: the workers as they were before bkgdb did
+this; and with ``MALLOC_TRIM_THRESHOLD_`` unset (``distributed.nanny.pre-spawn-environ``), glibc's
+adaptive thresholds. For these lines, "worker RSS" is each worker's resident memory after each
+index (the largest worker's, in MiB), to show that it does not grow from one index to the next.
 
 Besides wall-clock seconds, each line gives the CPU seconds of this process and every process it
 started (local workers, the Dask cluster's) in the best case: on a machine shared with other work,
@@ -105,6 +109,13 @@ def timed_index(folder, postgres, datastore, config, jobs=1, executor=None):
         drop_database(url, postgres)
 
 
+def resident_mib():
+    """This process's resident memory in MiB (run on each Dask worker)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "hess-dr1.yaml"))
@@ -115,13 +126,13 @@ def main():
     datastore = Path(os.environ["GAMMAPY_DATA"], "hess-dl3-dr1")
 
     import dask
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
 
     from bkgdb.parallel.cluster import DaskExecutor
 
-    rows = []
+    rows = []  # (label, wall s, CPU s, result, worker RSS)
     floor, floor_cpu, events = min((read_floor(datastore) for _ in range(args.repeat)), key=lambda item: item[0])
-    rows.append(("read floor (open + read event columns)", floor, floor_cpu, f"{events:,} events"))
+    rows.append(("read floor (open + read event columns)", floor, floor_cpu, f"{events:,} events", ""))
     from bkgdb.config import load_config
 
     # Once per process, whatever the archive's size: measured apart, so the first index line is not
@@ -133,34 +144,48 @@ def main():
     config = load_config(args.config)  # resolves the config's source names in the catalogues
     exclusion_finder(config.exclusion)
     rows.append(("config, source and star catalogues (once)", time.perf_counter() - start, cpu_seconds() - cpu,
-                 "gamma-cat, 3HWC, Hipparcos"))
+                 "gamma-cat, 3HWC, Hipparcos", ""))
     with tempfile.TemporaryDirectory() as folder:
         for jobs in (1, 2):
             best, cpu, report = min((timed_index(folder, args.postgres, datastore, config, jobs=jobs)
                                      for _ in range(args.repeat)), key=lambda item: item[0])
-            rows.append((f"index, {jobs} local process{'es' if jobs > 1 else ''}", best, cpu, report.summary()))
-        # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc map and
-        # unmap every large numpy temporary: timed as it comes, and with that variable unset (README).
-        for untrimmed in (False, True):
-            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), "MALLOC_TRIM_THRESHOLD_": None}
-            settings = {"distributed.nanny.pre-spawn-environ": environ} if untrimmed else {}
-            if untrimmed:  # a LocalCluster's nannies leave their variables in this process's environment
-                os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+            rows.append((f"index, {jobs} local process{'es' if jobs > 1 else ''}", best, cpu, report.summary(), ""))
+        # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which alone makes glibc map and
+        # unmap every large numpy temporary; bkgdb's tasks then set malloc's thresholds themselves.
+        # Timed as it comes; with MALLOC_MMAP_THRESHOLD_ at glibc's initial value, which makes bkgdb
+        # leave malloc alone (the workers as before bkgdb did this); and with the variable unset.
+        nanny_environ = dask.config.get("distributed.nanny.pre-spawn-environ")
+        cases = (
+            ("", {}),
+            (", malloc left alone", {**nanny_environ, "MALLOC_MMAP_THRESHOLD_": 131072}),
+            (", no malloc trim", {**nanny_environ, "MALLOC_TRIM_THRESHOLD_": None}),
+        )
+        for suffix, environ in cases:
+            settings = {"distributed.nanny.pre-spawn-environ": environ} if environ else {}
+            # A LocalCluster's nannies leave their variables in this process's environment, whence
+            # the next cluster's workers would inherit them.
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
             for workers in (1, 2):
                 with dask.config.set(settings), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                                              dashboard_address=None, silence_logs=40) as cluster:
-                    best, cpu, report = min((timed_index(folder, args.postgres, datastore, config,
-                                                         executor=DaskExecutor(cluster.scheduler_address))
-                                             for _ in range(args.repeat)), key=lambda item: item[0])
+                    client = Client(cluster, set_as_default=False)  # asks the workers their memory
+                    timings, resident = [], []
+                    for _ in range(args.repeat):
+                        timings.append(timed_index(folder, args.postgres, datastore, config,
+                                                   executor=DaskExecutor(cluster.scheduler_address)))
+                        resident.append(max(client.run(resident_mib).values()))
+                    client.close()
+                best, cpu, report = min(timings, key=lambda item: item[0])
                 label = f"index, {workers} Dask worker{'s' if workers > 1 else ''}"
-                rows.append((label + (", no malloc trim" if untrimmed else ""), best, cpu, report.summary()))
+                rows.append((label + suffix, best, cpu, report.summary(), ", ".join(f"{m:.0f}" for m in resident)))
 
     database = "PostgreSQL" if args.postgres else "SQLite"
     print(f"H.E.S.S. DL3 DR1, {args.config}, {database}, {os.cpu_count()} CPUs, best of {args.repeat}")
-    print(f"| {'what':48s} | {'wall s':>7s} | {'x floor':>7s} | {'CPU s':>7s} | result |")
-    print(f"|{'-' * 50}|{'-' * 8}:|{'-' * 8}:|{'-' * 8}:|--------|")
-    for label, seconds, cpu, note in rows:
-        print(f"| {label:48s} | {seconds:7.2f} | {seconds / floor:7.2f} | {cpu:7.2f} | {note} |")
+    print(f"| {'what':48s} | {'wall s':>7s} | {'x floor':>7s} | {'CPU s':>7s} | {'worker RSS MiB':14s} | result |")
+    print(f"|{'-' * 50}|{'-' * 8}:|{'-' * 8}:|{'-' * 8}:|{'-' * 15}:|--------|")
+    for label, seconds, cpu, note, resident in rows:
+        print(f"| {label:48s} | {seconds:7.2f} | {seconds / floor:7.2f} | {cpu:7.2f} | {resident:>14s} | {note} |")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ cannot be read comes back as a result with its reason, as locally. Runs travel a
 The runs of a worker that dies are given to other workers by the scheduler. The runs of a task
 that keeps killing workers are run again one at a time after the others (a dying worker takes the
 blame for every task it held); a run that still kills workers alone is an error naming it.
+A task's first act in a worker process is `~bkgdb.parallel.memory.tune_worker_malloc`: the
+nanny's ``MALLOC_TRIM_THRESHOLD_`` would otherwise make glibc map every large numpy temporary.
 
 dask is an optional dependency (``pip install "bkgdb[dask]"``) imported only here, and only
 when a scheduler address is given, so ``bkgdb --help`` stays fast.
@@ -25,6 +27,7 @@ from types import ModuleType, TracebackType
 from typing import Any, Literal, TypeVar
 
 from bkgdb.errors import BkgdbError
+from bkgdb.parallel.memory import tune_worker_malloc
 from bkgdb.parallel.processes import WorkerError
 
 __all__ = [
@@ -62,11 +65,13 @@ def items_per_task(n_items: int, n_workers: int, most: int = DEFAULT_TASK_SIZE) 
 
 def apply_to_each(function: Callable[[T], R], items: list[T]) -> list[R]:
     """``[function(item) for item in items]``: the body of a task that carries several items."""
+    tune_worker_malloc()
     return [function(item) for item in items]
 
 
 def apply_to_batch(function: Callable[[list[T]], Iterable[R]], items: list[T]) -> list[R]:
     """``list(function(items))``: the body of a task whose function takes all its items at once."""
+    tune_worker_malloc()
     return list(function(items))
 
 
