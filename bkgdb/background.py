@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from bkgdb.built import BuiltBackground, PieceInput
+from bkgdb.built import BuiltBackground
 from bkgdb.errors import BkgdbError
 from bkgdb.makers.assembly import AssembledBackground, assemble_stacked, bin_average_to_centre, fill_empty_bins
 from bkgdb.makers.condition_model import RunConditions
@@ -29,7 +29,6 @@ from bkgdb.store.backgrounds import (
     run_conditions,
     runs_by_id,
     selected_pieces,
-    stored_datetimes,
 )
 from bkgdb.store.condition_models import CONDITION_MODEL_MAX_RUNS, archive_condition_model
 from bkgdb.store.models import Run
@@ -176,18 +175,6 @@ class BackgroundBuilder:
                 model,
             )
             weights = assembled.weights if assembled.weights is not None else [1.0] * len(rows)
-            # The same Python floats as float() of each weight, converted in one call.
-            inputs = list(
-                map(
-                    PieceInput,
-                    columns["id"],
-                    columns["run_id"],
-                    selection.obs_ids,
-                    columns["file_sha256"],
-                    stored_datetimes(columns["created_at"]),
-                    np.asarray(weights, dtype=float).tolist(),
-                )
-            )
             rate = self.smoother.run(assembled)
             # Per-run normalisation (bkgdb.makers.normalisation): after smoothing, before empty bins are filled.
             normalisation = per_run_normalisation(
@@ -210,7 +197,14 @@ class BackgroundBuilder:
                 exclusion_row.id,
                 condition_model=model_record,
                 normalisation=normalisation,
-                inputs=inputs,
+                input_columns=(
+                    columns["id"],
+                    columns["run_id"],
+                    selection.obs_ids,
+                    columns["file_sha256"],
+                    columns["created_at"],
+                    weights,
+                ),
             )
         finally:
             if own_session:

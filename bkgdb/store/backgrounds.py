@@ -265,7 +265,7 @@ def record_background(
         Added and flushed here; the caller commits.
     built : `~bkgdb.background.BuiltBackground`
         The background: its target, selection, assembly, smoothing, normalisation, condition
-        model and inputs (`~bkgdb.background.PieceInput`).
+        model and inputs (`~bkgdb.built.PieceInput`).
     selection_settings : dict
         The ``background_selection`` parameters it was built with.
     from_run : bool
