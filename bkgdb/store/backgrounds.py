@@ -124,9 +124,9 @@ def find_target(session: Session, obs_id: int, datastore: str | Path | None = No
     BkgdbError
         The run is not catalogued, failed to index, or is in several datastores and none was given.
     """
-    query = sa.select(Run).join(Datastore).where(Run.obs_id == obs_id)
+    query = sa.select(Run).where(Run.obs_id == obs_id)
     if datastore is not None:
-        query = query.where(Datastore.at(datastore))
+        query = query.join(Datastore).where(Datastore.at(datastore))
     found = session.scalars(query).all()
     runs = [run for run in found if run.status == RUN_STATUS_OK]
     failed = [run for run in found if run.status == RUN_STATUS_FAILED]
@@ -183,7 +183,7 @@ def _pieces_statement(dialect: str) -> sa.Select:
     )
 
 
-def selected_pieces(session: Session, run_ids: list[int], binning_id: int, exclusion_id: int) -> list[Any]:
+def selected_pieces(session: Session, run_ids: list[int], binning_id: int, exclusion_id: int) -> Sequence[Any]:
     """The selected runs' pieces: rows of `PIECE_COLUMNS` in the order of ``run_ids``.
 
     One query. The rows are the query's own (no object per row); `~bkgdb.store.pieces.stacked_pieces`
@@ -206,7 +206,10 @@ def selected_pieces(session: Session, run_ids: list[int], binning_id: int, exclu
             f"{len(run_ids) - len(rows)} of the {len(run_ids)} selected runs lost their piece while the "
             "background was built (indexed again meanwhile?): build it again"
         )
-    # Placed by the position of their run (one piece per run and setting), not sorted by a key.
+    # SQLite gives them in the order of the ids it was given (one lookup per id); a database that
+    # does not has them placed by the position of their run (one piece per run and setting).
+    if [row[1] for row in rows] == run_ids:
+        return rows
     position = {run_id: index for index, run_id in enumerate(run_ids)}
     ordered: list[Any] = [None] * len(run_ids)
     for row in rows:

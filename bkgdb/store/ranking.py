@@ -7,6 +7,7 @@ on pieces of any geometry (the arrays are flattened).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "airmass_then_time",
     "kl_ranking",
     "row_column",
+    "row_arrays",
 ]
 
 #: Airmass step of the similarity ranking: within a step, the run closest in time comes first.
@@ -110,18 +112,25 @@ def airmass_then_time(target: Any, rows: list) -> list:
     (`AIRMASS_STEP`; 0 where a zenith is unknown), then by days from it, then by OBS_ID."""
     if not rows:
         return []
-    obs_ids = np.array(row_column(rows, "obs_id"), dtype=np.int64)
-    # None becomes NaN in a float array.
-    zenith = np.array(row_column(rows, "zenith_deg"), dtype=float)
+    obs_ids, zenith, start = row_arrays(rows, ("obs_id", "zenith_deg", "tstart_mjd"))
     if target.zenith_deg is None:
         step = np.zeros(len(rows))
     else:
         with np.errstate(invalid="ignore"):
             step = np.floor(np.abs(airmass(zenith) - airmass(target.zenith_deg)) / AIRMASS_STEP)
         step[np.isnan(zenith)] = 0
-    start = np.array([value or 0.0 for value in row_column(rows, "tstart_mjd")], dtype=float)
+    start[np.isnan(start)] = 0.0
     days = np.abs(start - (target.tstart_mjd or 0.0))
-    return [rows[index] for index in np.lexsort((obs_ids, days, step)).tolist()]
+    return list(map(rows.__getitem__, np.lexsort((obs_ids.astype(np.int64), days, step)).tolist()))
+
+
+def row_arrays(rows: list, names: Sequence[str]) -> list[np.ndarray]:
+    """Columns ``names`` of ``rows`` as float arrays (None becomes NaN), the rows transposed once."""
+    fields = getattr(rows[0], "_fields", None) if rows else None
+    if fields is not None and all(name in fields for name in names):
+        transposed = list(zip(*rows, strict=True))
+        return [np.array(transposed[fields.index(name)], dtype=float) for name in names]
+    return [np.array([getattr(row, name) for row in rows], dtype=float) for name in names]
 
 
 def kl_ranking(

@@ -25,6 +25,7 @@ from bkgdb.store.conditions import conditions_expression
 from bkgdb.store.funnel_counts import funnel_counts, indexed_funnel_counts
 from bkgdb.store.integrity import integrity_steps, is_ok, list_state
 from bkgdb.store.models import Datastore, PieceRow, Run
+from bkgdb.store.pieces import row_columns
 from bkgdb.store.ranking import AIRMASS_STEP, airmass, airmass_then_time, kl_ranking, row_column
 
 __all__ = ["RunSelector", "Selection", "zenith_range", "azimuth_condition", "describe_funnel", "KL_POOL_FACTOR"]
@@ -267,7 +268,10 @@ class RunSelector:
         ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
         # The ontime before each run, summed in order as one float after the other (cumsum is sequential):
         # runs are taken while it is short of the request.
-        held = np.cumsum([0.0] + [value or 0.0 for value in row_column(rows, "ontime_s")])
+        columns = row_columns(rows)
+        ontimes = np.array(columns.get("ontime_s", ()), dtype=float)
+        ontimes[np.isnan(ontimes)] = 0.0
+        held = np.cumsum(np.concatenate([[0.0], ontimes]))
         n_chosen = len(rows)
         if requested is not None:
             reached = np.flatnonzero(held[:-1] >= requested)
@@ -291,14 +295,14 @@ class RunSelector:
             log.warning("%s", message)
         return Selection(
             target.obs_id,
-            row_column(chosen, "id"),
-            row_column(chosen, "obs_id"),
+            list(columns.get("id", ())[:n_chosen]),
+            list(columns.get("obs_id", ())[:n_chosen]),
             ontime,
             funnel,
             ranking=ranking,
             requested_s=requested,
             warnings=warnings,
-            datastore_ids=row_column(chosen, "datastore_id"),
+            datastore_ids=list(columns.get("datastore_id", ())[:n_chosen]),
         )
 
     def nearest_candidates(
