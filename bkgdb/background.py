@@ -197,13 +197,14 @@ class BackgroundBuilder:
                 exclusion_row.id,
                 condition_model=model_record,
                 normalisation=normalisation,
+                # Copies of what may change later (the selection's list, the weights): a snapshot.
                 input_columns=(
                     columns["id"],
                     columns["run_id"],
-                    selection.obs_ids,
+                    tuple(selection.obs_ids),
                     columns["file_sha256"],
                     columns["created_at"],
-                    weights,
+                    np.array(weights, dtype=float),
                 ),
             )
         finally:

@@ -72,8 +72,9 @@ class BuiltBackground:
     normalisation: Normalisation = NO_NORMALISATION
     #: Parameters of the condition model the pieces were moved with (None: plain sum).
     condition_model: dict | None = None
-    #: The pieces summed, as columns: piece ids, run ids, OBS_IDs, file hashes, creation times as
-    #: the database driver gives them, weights. `inputs` makes the records of them when asked for.
+    #: The pieces summed, as read at build time, by column: piece ids, run ids, OBS_IDs, file hashes,
+    #: creation times as the database driver gives them, weights. `inputs` makes the records of them
+    #: when first asked for.
     input_columns: tuple = ()
 
     @cached_property

@@ -187,7 +187,11 @@ def test_piece_times_are_read_as_stored(catalogue):
     with catalogue.engine.begin() as connection:
         connection.execute(sa.update(PieceRow).values(created_at=when + timedelta(seconds=1)))
     built = BackgroundBuilder(catalogue, make_config(el_diff=None, az_diff=None, gal_lat_min=0)).build(3)
-    assert {item.created_at.astimezone(UTC) for item in built.inputs} == {when + timedelta(seconds=1)}
+    # Naive datetimes are UTC (as SQLAlchemy stores them in SQLite), whatever the local time zone.
+    as_utc = {
+        item.created_at if item.created_at.tzinfo else item.created_at.replace(tzinfo=UTC) for item in built.inputs
+    }
+    assert {moment.astimezone(UTC) for moment in as_utc} == {when + timedelta(seconds=1)}
 
 
 def test_runs_of_a_datastore_indexed_after_the_first_build_carry_its_path(catalogue):
@@ -217,3 +221,32 @@ def test_runs_of_a_datastore_indexed_after_the_first_build_carry_its_path(catalo
     with Session(catalogue.engine) as session:
         paths = dict(session.execute(sa.select(Run.id, Datastore.path).join(Datastore)).all())
     assert built.selection.datastores == [paths[run_id] for run_id in built.selection.run_ids]
+
+
+def test_pieces_the_database_returns_in_another_order_are_placed_by_their_run(catalogue, monkeypatch):
+    from bkgdb.store import backgrounds
+
+    synthetic_catalogue(catalogue, 40)
+    config = make_config(el_diff=None, az_diff=None, gal_lat_min=0)
+    expected = BackgroundBuilder(catalogue, config).build(3)
+    original = backgrounds._pieces_statement
+    monkeypatch.setattr(
+        backgrounds, "_pieces_statement", lambda dialect: original(dialect).order_by(PieceRow.run_id.desc())
+    )
+    run_ids = expected.selection.run_ids
+    with Session(catalogue.engine) as session:
+        rows = backgrounds.selected_pieces(session, run_ids, expected.binning_id, expected.exclusion_id)
+        returned = session.execute(
+            backgrounds._pieces_statement(catalogue.engine.dialect.name),
+            {
+                "run_ids": ",".join(map(str, run_ids)),
+                "binning_id": expected.binning_id,
+                "exclusion_id": expected.exclusion_id,
+            },
+        ).all()
+    assert [row.run_id for row in returned] != run_ids  # the database's order is not the selection's
+    assert [row.run_id for row in rows] == run_ids
+    built = BackgroundBuilder(catalogue, config).build(3)
+    assert [item.piece_id for item in built.inputs] == [item.piece_id for item in expected.inputs]
+    np.testing.assert_array_equal(built.assembled.counts, expected.assembled.counts)
+    assert built.assembled.exposure_s.tobytes() == expected.assembled.exposure_s.tobytes()

@@ -269,9 +269,9 @@ def test_the_small_arrays_a_build_sums_are_kept_uncompressed_in_their_zlib_strea
     np.testing.assert_array_equal(stacked, np.stack([counts, counts + 1, counts]))
 
 
-def test_arrays_of_another_shape_are_not_stacked():
+def test_arrays_of_another_size_are_not_stacked():
     blobs = [encode_array(np.ones((4, 3)), "<u1", store_small=True)] * 2
-    with pytest.raises(BkgdbError, match=r"another shape than \(4, 2\)"):
+    with pytest.raises(BkgdbError, match=r"another size than \(4, 2\)"):
         stacked_array(blobs, ["<u1"] * 2, (4, 2))
 
 

@@ -1,5 +1,7 @@
 """Run selection: each criterion in SQL, relative to the target run."""
 
+import math
+from collections import namedtuple
 from datetime import date
 
 import numpy as np
@@ -13,7 +15,7 @@ from bkgdb.makers.piece import BackgroundPiece
 from bkgdb.store.backgrounds import selected_pieces
 from bkgdb.store.indexing import piece_row
 from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, Run
-from bkgdb.store.ranking import airmass, kl_divergence, rate_shape
+from bkgdb.store.ranking import AIRMASS_STEP, airmass, airmass_then_time, kl_divergence, known_or_zero, rate_shape
 from bkgdb.store.selection import RunSelector, zenith_range
 
 BINNING = Binning(e_bins=4, off_bins=3)
@@ -325,3 +327,28 @@ def test_a_piece_gone_between_selection_and_loading_is_an_error(catalogue):
         session.execute(sa.delete(PieceRow).where(PieceRow.run_id == runs[3].id))
         with pytest.raises(BkgdbError, match="1 of the 2 selected runs lost their piece"):
             selected_pieces(session, selection.run_ids, binning_id, exclusion_id)
+
+
+def test_ranking_counts_an_unknown_zenith_as_the_nearest_step_and_an_unknown_start_as_day_0():
+    Candidate = namedtuple("Candidate", "id obs_id zenith_deg tstart_mjd")
+    rng = np.random.default_rng(4)
+    unknown = [None, math.nan]
+    rows = [
+        Candidate(
+            i,
+            1000 - i,
+            unknown[i % 2] if i % 7 == 0 else float(rng.uniform(10, 50)),
+            unknown[i % 2] if i % 5 == 0 else float(rng.uniform(55000, 56000)),
+        )
+        for i in range(300)
+    ]
+    target = Candidate(-1, 5, 30.0, 55500.0)
+
+    def key(row):  # the rule, run by run
+        known = row.zenith_deg is not None and not math.isnan(row.zenith_deg)
+        step = math.floor(abs(airmass(row.zenith_deg) - airmass(30.0)) / AIRMASS_STEP) if known else 0
+        start = row.tstart_mjd if row.tstart_mjd is not None and not math.isnan(row.tstart_mjd) else 0.0
+        return step, abs(start - 55500.0), row.obs_id
+
+    assert airmass_then_time(target, rows) == sorted(rows, key=key)
+    np.testing.assert_array_equal(known_or_zero([1.5, None, math.nan, 0.0]), [1.5, 0.0, 0.0, 0.0])

@@ -6,13 +6,12 @@ raises it. A real `distributed.LocalCluster` worker is probed before and after o
 """
 
 import ctypes
+import os
 import sys
 
 import pytest
 
 from bkgdb.parallel import memory
-
-distributed = pytest.importorskip("distributed")
 
 MiB = 2**20
 
@@ -52,17 +51,28 @@ def nanny_cluster():
     If a future `distributed` no longer sets ``MALLOC_TRIM_THRESHOLD_``, it is set here as it
     used to be, so that the case stays tested.
     """
+    distributed = pytest.importorskip("distributed")
     import dask
 
-    environ = {"MALLOC_TRIM_THRESHOLD_": 65536, **dask.config.get("distributed.nanny.pre-spawn-environ")}
-    with (
-        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as client,
-    ):
-        yield client
+    # The nanny's setting wins over a user's dask config, and nothing in this process's environment
+    # (a nanny copies its variables into it, and they would override the config) decides for it.
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), "MALLOC_TRIM_THRESHOLD_": 65536}
+    environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+    saved = dict(os.environ)
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
+        os.environ.pop(name, None)
+    try:
+        with (
+            dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
+            distributed.LocalCluster(
+                n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+            ) as cluster,
+            distributed.Client(cluster, set_as_default=False) as client,
+        ):
+            yield client
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not glibc(), reason="glibc's malloc only")

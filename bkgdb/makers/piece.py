@@ -47,9 +47,10 @@ EXPOSURE_DTYPE = "<f8"
 COUNTS_RATIO_EPSILON = 1e-9
 
 
-#: Arrays up to this many bytes are compressed with zlib's fixed Huffman code: for the few hundred
-#: bytes of a 2D piece, building the dynamic code dominates decompression, and a build of 1,000 runs
-#: decompresses twice as fast for 16 % more bytes. Larger (3D) arrays gain nothing from it.
+#: Arrays up to this many bytes that are compressed (excluded counts, and counts or exposure from
+#: `STORED_MAX_BYTES` up) use zlib's fixed Huffman code: for a few hundred bytes, building the
+#: dynamic code dominates decompression (twice as fast for 16 % more bytes). Larger (3D) arrays
+#: gain nothing from it.
 FIXED_CODE_MAX_BYTES = 4096
 #: The arrays every build reads (counts and exposure) are not compressed up to this many bytes: the
 #: zlib stream holds them as they are (one stored block, with its checksum), which decodes four
@@ -75,9 +76,10 @@ def encode_array(array: np.ndarray, dtype: str, store_small: bool = False) -> by
 def counts_dtype(*arrays: np.ndarray) -> str:
     """The smallest of `COUNTS_DTYPES` that holds every value of ``arrays`` (counts: integers).
 
-    A 2D piece's counts as 16-bit integers decompress in half the time of 32-bit ones, and a 3D
-    piece's mostly fit in 8 bits; the dtype is stored with each piece, so pieces of one setting may
-    differ (`~bkgdb.store.pieces.stacked_array` reads them together).
+    A 2D piece's counts mostly fit in 16 bits and a 3D piece's in 8: half or a quarter of the bytes
+    to store and read, and compressed 3D counts decompress four times faster than as 32-bit ones.
+    The dtype is stored with each piece, so pieces of one setting may differ
+    (`~bkgdb.store.pieces.stacked_array` reads them together).
     """
     low = min((int(array.min()) for array in arrays if array.size), default=0)
     high = max((int(array.max()) for array in arrays if array.size), default=0)

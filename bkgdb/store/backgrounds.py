@@ -71,7 +71,8 @@ PIECE_COLUMNS = (
 def stored_datetimes(values: Sequence[Any]) -> list[datetime]:
     """The values of a DateTime column read as the driver gives them (`PIECE_COLUMNS`), as datetimes.
 
-    SQLite stores them as ISO text, parsed here in one pass; PostgreSQL's driver gives datetimes.
+    SQLite stores them as ISO text (``2026-11-26 08:15:01.123456``, as SQLAlchemy writes them:
+    naive, UTC), parsed here in one pass; PostgreSQL's driver gives datetimes.
     """
     return [datetime.fromisoformat(value) if isinstance(value, str) else value for value in values]
 

@@ -67,7 +67,7 @@ def stacked_array(blobs: Sequence[bytes], dtypes: Sequence[str], shape: tuple[in
     Raises
     ------
     BkgdbError
-        The arrays do not have ``shape``.
+        The arrays do not hold as many values as ``shape`` (pieces of another binning).
     """
     if not blobs:
         return np.zeros((0, *shape))
@@ -75,7 +75,7 @@ def stacked_array(blobs: Sequence[bytes], dtypes: Sequence[str], shape: tuple[in
     kinds = set(dtypes)
     size = int(np.prod(shape))
     if sum(map(len, decoded)) != sum(size * np.dtype(kind).itemsize * dtypes.count(kind) for kind in kinds):
-        raise BkgdbError(f"stored arrays of another shape than {shape} (not pieces of this binning?)")
+        raise BkgdbError(f"stored arrays of another size than {shape} (not pieces of this binning?)")
     if len(kinds) == 1:
         return np.frombuffer(b"".join(decoded), dtype=dtypes[0]).reshape((len(blobs), *shape))
     stacked = np.empty((len(blobs), *shape), dtype=np.result_type(*kinds))

@@ -29,6 +29,7 @@ __all__ = [
     "kl_ranking",
     "row_column",
     "row_arrays",
+    "known_or_zero",
 ]
 
 #: Airmass step of the similarity ranking: within a step, the run closest in time comes first.
@@ -109,7 +110,8 @@ def row_column(rows: list, name: str) -> list:
 
 def airmass_then_time(target: Any, rows: list) -> list:
     """Rows (``zenith_deg``, ``tstart_mjd``, ``obs_id``) ordered by airmass step from the target's
-    (`AIRMASS_STEP`; 0 where a zenith is unknown), then by days from it, then by OBS_ID."""
+    (`AIRMASS_STEP`; 0 where a zenith is unknown), then by days from it (an unknown start counts
+    as 0), then by OBS_ID."""
     if not rows:
         return []
     obs_ids, zenith, start = row_arrays(rows, ("obs_id", "zenith_deg", "tstart_mjd"))
@@ -119,9 +121,15 @@ def airmass_then_time(target: Any, rows: list) -> list:
         with np.errstate(invalid="ignore"):
             step = np.floor(np.abs(airmass(zenith) - airmass(target.zenith_deg)) / AIRMASS_STEP)
         step[np.isnan(zenith)] = 0
-    start[np.isnan(start)] = 0.0
-    days = np.abs(start - (target.tstart_mjd or 0.0))
+    days = np.abs(known_or_zero(start) - (target.tstart_mjd or 0.0))
     return list(map(rows.__getitem__, np.lexsort((obs_ids.astype(np.int64), days, step)).tolist()))
+
+
+def known_or_zero(values: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """``values`` (ontimes, start times) as floats, the unknown ones (None, NaN) as 0."""
+    array = np.array(values, dtype=float)
+    array[np.isnan(array)] = 0.0
+    return array
 
 
 def row_arrays(rows: list, names: Sequence[str]) -> list[np.ndarray]:

@@ -26,7 +26,14 @@ from bkgdb.store.funnel_counts import funnel_counts, indexed_funnel_counts
 from bkgdb.store.integrity import integrity_steps, is_ok, list_state
 from bkgdb.store.models import Datastore, PieceRow, Run
 from bkgdb.store.pieces import row_columns
-from bkgdb.store.ranking import AIRMASS_STEP, airmass, airmass_then_time, kl_ranking, row_column
+from bkgdb.store.ranking import (
+    AIRMASS_STEP,
+    airmass,
+    airmass_then_time,
+    kl_ranking,
+    known_or_zero,
+    row_column,
+)
 
 __all__ = ["RunSelector", "Selection", "zenith_range", "azimuth_condition", "describe_funnel", "KL_POOL_FACTOR"]
 
@@ -268,10 +275,8 @@ class RunSelector:
         ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
         # The ontime before each run, summed in order as one float after the other (cumsum is sequential):
         # runs are taken while it is short of the request.
-        columns = row_columns(rows)
-        ontimes = np.array(columns.get("ontime_s", ()), dtype=float)
-        ontimes[np.isnan(ontimes)] = 0.0
-        held = np.cumsum(np.concatenate([[0.0], ontimes]))
+        columns = row_columns(rows) if rows else dict.fromkeys(("id", "obs_id", "datastore_id", "ontime_s"), ())
+        held = np.cumsum(np.concatenate([[0.0], known_or_zero(columns["ontime_s"])]))
         n_chosen = len(rows)
         if requested is not None:
             reached = np.flatnonzero(held[:-1] >= requested)
@@ -295,14 +300,14 @@ class RunSelector:
             log.warning("%s", message)
         return Selection(
             target.obs_id,
-            list(columns.get("id", ())[:n_chosen]),
-            list(columns.get("obs_id", ())[:n_chosen]),
+            list(columns["id"][:n_chosen]),
+            list(columns["obs_id"][:n_chosen]),
             ontime,
             funnel,
             ranking=ranking,
             requested_s=requested,
             warnings=warnings,
-            datastore_ids=list(columns.get("datastore_id", ())[:n_chosen]),
+            datastore_ids=list(columns["datastore_id"][:n_chosen]),
         )
 
     def nearest_candidates(
@@ -339,10 +344,10 @@ class RunSelector:
                 rows = list(compress(rows, inside.tolist()))
                 if len(rows) > SHELL_ROWS_MAX:  # as many as the whole window: read it with its query
                     break
-                if sum([value or 0.0 for value in row_column(rows, "ontime_s")]) >= wanted:
+                if sum(known_or_zero(row_column(rows, "ontime_s")).tolist()) >= wanted:
                     if s.KL_DIV:  # the pool: the nearest runs (airmass, then time) holding ``wanted``
                         rows = airmass_then_time(target, rows)
-                        held = np.cumsum([value or 0.0 for value in row_column(rows, "ontime_s")])
+                        held = np.cumsum(known_or_zero(row_column(rows, "ontime_s")))
                         rows = rows[: int(np.searchsorted(held, wanted)) + 1]
                     return rows, None
                 steps *= 4
