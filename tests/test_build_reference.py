@@ -24,14 +24,19 @@ from bkgdb.store.pieces import row_to_piece
 from bkgdb.store.ranking import AIRMASS_STEP, airmass
 
 
+def new_datastore(catalogue, path):
+    """The id of a new, empty datastore row of ``path``."""
+    with Session(catalogue.engine) as session:
+        store = Datastore(path=path, obs_index_meta={})
+        session.add(store)
+        session.commit()
+        return store.id
+
+
 def complicate(catalogue, rng):
     """A second datastore with copies of 40 runs (some another observation, some failed, some
     without or with an empty piece), empty pieces and failed runs in the first, runs flagged."""
-    with Session(catalogue.engine) as session:
-        copy_store = Datastore(path="/synthetic/copy", obs_index_meta={})
-        session.add(copy_store)
-        session.commit()
-        copy_id = copy_store.id
+    copy_id = new_datastore(catalogue, "/synthetic/copy")
     with catalogue.engine.begin() as connection:
         runs = connection.execute(sa.select(Run.__table__).order_by(Run.id)).mappings().all()
         pieces = {row["run_id"]: row for row in connection.execute(sa.select(PieceRow.__table__)).mappings()}
@@ -199,11 +204,7 @@ def test_runs_of_a_datastore_indexed_after_the_first_build_carry_its_path(catalo
     builder = BackgroundBuilder(catalogue, make_config(el_diff=None, az_diff=None, gal_lat_min=0))
     assert set(builder.build(3).selection.datastores) == {"/synthetic"}
     # A second datastore, of five more runs (new OBS_IDs: other observations).
-    with Session(catalogue.engine) as session:
-        store = Datastore(path="/synthetic/more", obs_index_meta={})
-        session.add(store)
-        session.commit()
-        store_id = store.id
+    store_id = new_datastore(catalogue, "/synthetic/more")
     with catalogue.engine.begin() as connection:
         runs = connection.execute(sa.select(Run.__table__).where(Run.id <= 5)).mappings().all()
         pieces = connection.execute(sa.select(PieceRow.__table__).where(PieceRow.run_id <= 5)).mappings().all()
