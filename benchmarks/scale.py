@@ -17,7 +17,7 @@ N, and the same model is recomputed from their event files (read, exclude, histo
 compared bin by bin. The runs are simulated (`bkgdb.simulate`: about 6,000 events each, nothing to
 exclude) or, with ``--recompute-source hess-dr1``, copies of the H.E.S.S. DR1 runs under new OBS_IDs
 (about 10,000 events each, the sources and stars of configs/hess-dr1.yaml excluded) in a temporary
-datastore.
+datastore. It then prints where a build's time goes (`build_breakdown`).
 """
 
 import argparse
@@ -219,6 +219,68 @@ def simulated_store(folder: Path, n_runs: int) -> Path:
     return store
 
 
+def build_breakdown(builder, target, session, repeats=20):
+    """Median ms of each step of ``builder.build(target)`` and of its statements through the driver alone.
+
+    The steps are timed by wrapping the functions the build calls (a few microseconds each); the
+    statements a build sends are recorded, then run again on the driver's connection with their
+    parameters and fetched: what the database and its driver take before any SQLAlchemy row.
+    """
+    import functools
+
+    import bkgdb.background as background
+
+    steps = {name: [] for name in ("find_target", "selected_pieces", "stacked_pieces", "datastore_paths")}
+    steps["selection"] = []
+    originals = {name: getattr(background, name) for name in steps if name != "selection"}
+    original_run = builder.selector.run
+
+    def timed(name, function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            begin = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                steps[name].append(time.perf_counter() - begin)
+
+        return wrapper
+
+    statements = []
+
+    def record(connection, cursor, statement, parameters, context, executemany):
+        statements.append((statement, parameters))
+
+    totals = []
+    try:
+        for name, function in originals.items():
+            setattr(background, name, timed(name, function))
+        builder.selector.run = timed("selection", original_run)
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            builder.build(target, session=session)
+            totals.append(time.perf_counter() - begin)
+        sa.event.listen(builder.catalogue.engine, "before_cursor_execute", record)
+        builder.build(target, session=session)
+    finally:
+        sa.event.remove(builder.catalogue.engine, "before_cursor_execute", record)
+        for name, function in originals.items():
+            setattr(background, name, function)
+        builder.selector.run = original_run
+    result = {name: 1e3 * statistics.median(times) for name, times in steps.items()}
+    result["whole build"] = 1e3 * statistics.median(totals)
+    result["rest"] = result["whole build"] - sum(value for name, value in result.items() if name != "whole build")
+    driver = session.connection().connection.dbapi_connection
+    for number, (statement, parameters) in enumerate(statements):
+        times = []
+        for _ in range(repeats):
+            begin = time.perf_counter()
+            driver.execute(statement, parameters).fetchall()
+            times.append(time.perf_counter() - begin)
+        result[f"statement {number + 1} alone: {' '.join(statement.split())[:60]}..."] = 1e3 * statistics.median(times)
+    return result
+
+
 def recompute(n_runs: int, folder: str, source: str = "simulated") -> None:
     """Select + assemble of ``n_runs`` runs against recomputing the same model from their event files.
 
@@ -263,6 +325,7 @@ def recompute(n_runs: int, folder: str, source: str = "simulated") -> None:
             sa.select(Run.obs_id, RegionSet.regions).select_from(Run).join(PieceRow, PieceRow.run_id == Run.id)
             .outerjoin(RegionSet, RegionSet.id == PieceRow.region_set_id)
             .where(PieceRow.binning_id == built.binning_id, PieceRow.exclusion_id == built.exclusion_id)).all())
+        breakdown = build_breakdown(builder, target, session)
     library = statistics.median(times)
 
     # Made before the clock starts: its source and star catalogues are those the index read in this process.
@@ -298,6 +361,10 @@ def recompute(n_runs: int, folder: str, source: str = "simulated") -> None:
     print("|---|---|---|---|---|---|")
     print(f"| {n} | {1e3 * library:.1f} ms | {from_files:.1f} s | {1e3 * from_files / n:.1f} ms | "
           f"{from_files / library:.0f}x | {', '.join(f'{name} {ok}' for name, ok in checks.items())} |")
+    print("\nWhere a build's time goes (median ms; the steps timed in place, the statements again through "
+          "the SQLite driver alone):")
+    for name, ms in breakdown.items():
+        print(f"  {name}: {ms:.2f}")
     catalogue.engine.dispose()
 
 
