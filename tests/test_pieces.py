@@ -210,6 +210,11 @@ def test_exclusions_and_cache_drop(catalogue, source_field):
         blobs = session.execute(sa.select(PieceRow.counts, PieceRow.excluded_counts, PieceRow.exposure_s)).all()
     (row,) = remaining
     assert row["pieces"] == len(blobs) == 16
+    # As indexed: the counts and exposure a build sums are stored blocks (their bytes plus zlib's 11),
+    # the excluded counts compressed.
+    for counts, excluded, exposure in blobs:
+        assert len(counts) == len(zlib.decompress(counts)) + 11 and len(exposure) == len(zlib.decompress(exposure)) + 11
+        assert len(excluded) < len(zlib.decompress(excluded))
     assert row["bytes"] == sum(len(counts) + len(excluded) + len(exposure) for counts, excluded, exposure in blobs)
     assert row["bytes_per_piece"] == pytest.approx(row["bytes"] / 16, abs=0.05)
     # The 32 pieces shared one list of regions (one source in every field); dropping the last pieces
