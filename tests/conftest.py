@@ -33,6 +33,17 @@ PLOT_SOURCE = PointSource(ra_deg=200.0, dec_deg=40.0, rate_per_s=0.5, psf_sigma_
 VOLATILE_RUN_COLUMNS = {"id", "datastore_id", "indexed_at"}
 
 
+def index_into_sqlite(path, datastore, config, jobs=1):
+    """(URL, report) of an index of ``datastore`` with ``config`` into a new SQLite file at ``path``."""
+    url = f"sqlite:///{path}"
+    catalogue = RunCatalogue.open(url)
+    try:
+        report = catalogue.index(datastore, config=config, jobs=jobs)
+    finally:
+        catalogue.engine.dispose()
+    return url, report
+
+
 def catalogue_content(url):
     """Runs by OBS_ID (without ids and timestamps) and the values and bytes of their pieces: what
     two indexes of the same files must agree on, whatever order they wrote the runs in."""

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import catalogue_content
+from conftest import catalogue_content, index_into_sqlite
 from typer.testing import CliRunner
 
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, load_config
@@ -54,13 +54,7 @@ def sim_datastore(tmp_path_factory):
 
 
 def local_reference(tmp_path, datastore, config):
-    url = f"sqlite:///{tmp_path / 'local.sqlite'}"
-    catalogue = RunCatalogue.open(url)
-    try:
-        report = catalogue.index(datastore, config=config, jobs=1)
-    finally:
-        catalogue.engine.dispose()
-    return url, report
+    return index_into_sqlite(tmp_path / "local.sqlite", datastore, config)
 
 
 def test_dask_index_equals_local_index(db_url, tmp_path, cluster, sim_datastore):

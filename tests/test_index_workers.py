@@ -16,7 +16,7 @@ from astropy.io import fits
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings
 from bkgdb.gadf.datastore import DL3Datastore, json_safe
 from bkgdb.gadf.runfacts import read_run_facts
-from bkgdb.makers.run import RunJob, exclusion_finder, process_run, run_facts
+from bkgdb.makers.run import RunJob, exclusion_finder, process_run
 from bkgdb.parallel.processes import WorkerError, WorkerPool
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.catalogue import RunCatalogue
@@ -82,7 +82,7 @@ def test_workers_leave_the_run_dates_to_the_indexing_process(field: tuple[Path, 
     for source in store.runs():
         result = process_run(RunJob(source=source, meta=store.meta, specs=[(config.binnings[0], config.exclusion)]))
         assert result.header is not None and result.pieces
-        facts = run_facts(result, source, store.meta)
+        facts = read_run_facts(source, store.meta, result.header)
         assert source.events_path is not None
         with fits.open(source.events_path) as hdul:
             header = {key: json_safe(value) for key, value in hdul["EVENTS"].header.items()}

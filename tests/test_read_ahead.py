@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import catalogue_content
+from conftest import catalogue_content, index_into_sqlite
 
 from bkgdb.config import Binning, ExclusionSettings, load_config
 from bkgdb.gadf.datastore import DL3Datastore, RunSource
+from bkgdb.gadf.runfacts import read_run_facts
 from bkgdb.makers import run as run_module
 from bkgdb.makers.run import (
     RunFile,
@@ -31,10 +32,8 @@ from bkgdb.makers.run import (
     process_run_file,
     process_runs,
     read_run_file,
-    run_facts,
 )
 from bkgdb.store import indexing
-from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.indexing import piece_values, run_jobs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,7 +52,7 @@ def outcome(result: RunResult, source: RunSource, meta: dict) -> tuple:
         (binning, exclusion, piece_values(piece, None, None, None, result.sha256))
         for binning, exclusion, piece in result.pieces
     ]
-    facts = repr(run_facts(result, source, meta))
+    facts = repr(read_run_facts(source, meta, result.header))
     return (result.obs_id, result.sha256, result.size, result.mtime, result.changed, result.error, facts, pieces)
 
 
@@ -289,12 +288,7 @@ def test_a_signal_stops_reading_ahead_at_once(simulated_datastore: Path, signum:
 
 
 def index_content(tmp_path: Path, name: str, datastore: Path, config: Any) -> tuple[dict, Any]:
-    url = f"sqlite:///{tmp_path / name}"
-    catalogue = RunCatalogue.open(url)
-    try:
-        report = catalogue.index(datastore, config=config, jobs=1)
-    finally:
-        catalogue.engine.dispose()
+    url, report = index_into_sqlite(tmp_path / name, datastore, config)
     return catalogue_content(url), report
 
 

@@ -28,7 +28,7 @@ from bkgdb.gadf.events import (
     read_events,
     time_reference,
 )
-from bkgdb.gadf.runfacts import RunFacts, pointing_and_durations, read_run_facts
+from bkgdb.gadf.runfacts import pointing_and_durations
 from bkgdb.makers.exclusion import ExclusionFinder
 from bkgdb.makers.fov import FovError, RunClock
 from bkgdb.makers.piece import EncodedPiece, PieceMaker
@@ -41,7 +41,6 @@ __all__ = [
     "process_run",
     "process_run_file",
     "process_runs",
-    "run_facts",
     "exclusion_finder",
     "save_exclusion_finders",
     "load_exclusion_finders",
@@ -75,7 +74,7 @@ class RunResult:
     mtime: float | None = None
     changed: bool = True
     #: The EVENTS header's values, when the file was read: the indexing process makes the run's
-    #: catalogue facts from them (`run_facts`).
+    #: catalogue facts from them (`~bkgdb.gadf.runfacts.read_run_facts`).
     header: Any = None
     #: (binning, exclusion, `~bkgdb.makers.piece.EncodedPiece`) triples: encoded here, in the worker.
     pieces: list = field(default_factory=list)
@@ -137,11 +136,6 @@ def run_clock(events: EventList, source: RunSource, meta: dict) -> RunClock:
         event_time_s=events.time_s,
         location=observatory_location(header, meta),
     )
-
-
-def run_facts(result: RunResult, source: RunSource, meta: dict) -> RunFacts:
-    """What the catalogue records of a run `process_run` has read (or failed to read)."""
-    return read_run_facts(source, meta, result.header)
 
 
 @dataclass

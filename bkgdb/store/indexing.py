@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 import sqlalchemy as sa
 
 from bkgdb.gadf.datastore import DL3Datastore
+from bkgdb.gadf.runfacts import read_run_facts
 from bkgdb.makers.piece import BackgroundPiece, EncodedPiece
 from bkgdb.makers.run import (
     RunJob,
@@ -30,7 +31,6 @@ from bkgdb.makers.run import (
     load_exclusion_finders,
     process_run,
     process_runs,
-    run_facts,
     save_exclusion_finders,
 )
 from bkgdb.parallel.processes import WorkerError, WorkerPool
@@ -453,7 +453,7 @@ class _ResultWriter:
         for number, (result, run) in enumerate(zip(results, runs, strict=True)):
             source = by_obs_id[result.obs_id]
             if result.error is not None and not result.pieces:
-                _store_facts(run, source, run_facts(result, source, self.meta))
+                _store_facts(run, source, read_run_facts(source, self.meta, result.header))
                 run.status, run.error = RUN_STATUS_FAILED, result.error
                 run.file_size_bytes = run.file_mtime = run.file_sha256 = None
                 renewed.append(run.id)
@@ -463,7 +463,7 @@ class _ResultWriter:
                 outcomes[number] = "unchanged"
                 run.file_mtime, run.file_path = result.mtime, str(source.events_path)  # touched, not changed
             else:
-                _store_facts(run, source, run_facts(result, source, self.meta))
+                _store_facts(run, source, read_run_facts(source, self.meta, result.header))
                 run.status, run.error = RUN_STATUS_OK, None
                 run.file_size_bytes, run.file_mtime, run.file_sha256 = result.size, result.mtime, result.sha256
                 renewed.append(run.id)

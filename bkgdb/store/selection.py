@@ -281,17 +281,17 @@ class RunSelector:
         if requested is not None:
             reached = np.flatnonzero(held[:-1] >= requested)
             n_chosen = int(reached[0]) if reached.size else len(rows)
-        chosen, ontime = rows[:n_chosen], float(held[n_chosen])
+        ontime = float(held[n_chosen])
         warnings = []
         if requested is not None and ontime < requested:
             warnings.append(
                 f"run {target.obs_id}: {ontime / 3600:.1f} h of the {requested / 3600:.1f} h requested are available"
             )
-        shortfall = self.statistics_shortfall(len(chosen), ontime)
+        shortfall = self.statistics_shortfall(n_chosen, ontime)
         if shortfall:
             message = (
-                f"run {target.obs_id}: the background rests on {len(chosen)} "
-                f"run{'s' if len(chosen) != 1 else ''} ({ontime / 3600:.2f} h ontime), {shortfall}"
+                f"run {target.obs_id}: the background rests on {n_chosen} "
+                f"run{'s' if n_chosen != 1 else ''} ({ontime / 3600:.2f} h ontime), {shortfall}"
             )
             if self.settings.min_statistics == "error":
                 raise TooLittleStatistics(f"{message} ({describe_funnel(funnel)})")
