@@ -32,7 +32,7 @@ from bkgdb.store.backgrounds import (
 )
 from bkgdb.store.condition_models import CONDITION_MODEL_MAX_RUNS, archive_condition_model
 from bkgdb.store.models import Run
-from bkgdb.store.pieces import row_columns, stacked_pieces
+from bkgdb.store.pieces import stacked_pieces
 from bkgdb.store.selection import RunSelector, Selection
 from bkgdb.store.settings import setting_rows
 
@@ -142,8 +142,7 @@ class BackgroundBuilder:
             if self._extra_keys is None:
                 self._extra_keys = self.catalogue.extra_keys()
             selection = self.selector.run(session, target, binning_row.id, exclusion_row.id, self._extra_keys)
-            rows = selected_pieces(session, selection.run_ids, binning_row.id, exclusion_row.id)
-            columns = row_columns(rows)
+            columns = selected_pieces(session, selection.piece_ids)
             selection.datastores = datastore_paths(session, selection.datastore_ids, self._datastore_paths)
             # Decoded together (one buffer per array), not as one BackgroundPiece per run.
             counts, exposure = stacked_pieces(columns, self.binning.geometry.shape)
@@ -174,7 +173,7 @@ class BackgroundBuilder:
                 RunConditions(target.zenith_deg, target.az_deg, target.muon_eff),  # type: ignore[arg-type]
                 model,
             )
-            weights = assembled.weights if assembled.weights is not None else [1.0] * len(rows)
+            weights = assembled.weights if assembled.weights is not None else [1.0] * len(selection.piece_ids)
             rate = self.smoother.run(assembled)
             # Per-run normalisation (bkgdb.makers.normalisation): after smoothing, before empty bins are filled.
             normalisation = per_run_normalisation(
@@ -200,7 +199,7 @@ class BackgroundBuilder:
                 # Copies of what may change later (the selection's list, the weights): a snapshot.
                 input_columns=(
                     columns["id"],
-                    columns["run_id"],
+                    tuple(selection.run_ids),
                     tuple(selection.obs_ids),
                     columns["file_sha256"],
                     columns["created_at"],

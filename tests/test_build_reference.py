@@ -224,7 +224,7 @@ def test_runs_of_a_datastore_indexed_after_the_first_build_carry_its_path(catalo
     assert built.selection.datastores == [paths[run_id] for run_id in built.selection.run_ids]
 
 
-def test_pieces_the_database_returns_in_another_order_are_placed_by_their_run(catalogue, monkeypatch):
+def test_pieces_the_database_returns_in_another_order_are_placed_by_their_id(catalogue, monkeypatch):
     from bkgdb.store import backgrounds
 
     synthetic_catalogue(catalogue, 40)
@@ -232,21 +232,16 @@ def test_pieces_the_database_returns_in_another_order_are_placed_by_their_run(ca
     expected = BackgroundBuilder(catalogue, config).build(3)
     original = backgrounds._pieces_statement
     monkeypatch.setattr(
-        backgrounds, "_pieces_statement", lambda dialect: original(dialect).order_by(PieceRow.run_id.desc())
+        backgrounds, "_pieces_statement", lambda dialect: original(dialect).order_by(PieceRow.id.desc())
     )
-    run_ids = expected.selection.run_ids
+    piece_ids = expected.selection.piece_ids
     with Session(catalogue.engine) as session:
-        rows = backgrounds.selected_pieces(session, run_ids, expected.binning_id, expected.exclusion_id)
+        columns = backgrounds.selected_pieces(session, piece_ids)
         returned = session.execute(
-            backgrounds._pieces_statement(catalogue.engine.dialect.name),
-            {
-                "run_ids": ",".join(map(str, run_ids)),
-                "binning_id": expected.binning_id,
-                "exclusion_id": expected.exclusion_id,
-            },
+            backgrounds._pieces_statement(catalogue.engine.dialect.name), {"piece_ids": ",".join(map(str, piece_ids))}
         ).all()
-    assert [row.run_id for row in returned] != run_ids  # the database's order is not the selection's
-    assert [row.run_id for row in rows] == run_ids
+    assert [row.id for row in returned] != piece_ids  # the database's order is not the selection's
+    assert list(columns["id"]) == piece_ids
     built = BackgroundBuilder(catalogue, config).build(3)
     assert [item.piece_id for item in built.inputs] == [item.piece_id for item in expected.inputs]
     np.testing.assert_array_equal(built.assembled.counts, expected.assembled.counts)

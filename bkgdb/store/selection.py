@@ -49,6 +49,20 @@ AIRMASS_CRITERION = "airmass within"
 SHELL_ROWS_MAX = 20000
 
 
+#: What is read of each candidate: its run (ids, OBS_ID, what the ranking orders by) and the id of its
+#: piece of the setting (from the candidates' join; the build reads the pieces by it).
+CANDIDATE_COLUMNS = (
+    Run.id,
+    Run.obs_id,
+    Run.datastore_id,
+    Run.zenith_deg,
+    Run.tstart_mjd,
+    Run.ontime_s,
+    PieceRow.id.label("piece_id"),
+)
+CANDIDATE_COLUMN_NAMES = tuple(column.name for column in CANDIDATE_COLUMNS)
+
+
 def zenith_range(zenith_deg: float, el_diff: float) -> tuple[float, float]:
     """Zenith angles (deg) whose airmass lies within ``el_diff`` of the target's."""
     target = airmass(zenith_deg)
@@ -94,6 +108,8 @@ class Selection:
     requested_s: float | None = None
     #: Datastore id of each selected run.
     datastore_ids: list = field(default_factory=list)
+    #: Id of each selected run's piece of the binning and exclusion setting: what the build sums.
+    piece_ids: list = field(default_factory=list)
     #: Datastore path of each selected run, filled when the pieces are loaded.
     datastores: list = field(default_factory=list)
     #: Warnings about the selection (too little statistics, requested ontime not reached).
@@ -210,14 +226,14 @@ class RunSelector:
             Fewer runs or hours than ``min_runs`` / ``min_ontime`` with ``min_statistics: error``.
         """
         if self.from_run:
-            has_piece = session.scalar(
-                sa.select(sa.func.count(PieceRow.id)).where(
+            own_piece = session.scalar(
+                sa.select(PieceRow.id).where(
                     PieceRow.run_id == target.id,
                     PieceRow.binning_id == binning_id,
                     PieceRow.exclusion_id == exclusion_id,
                 )
             )
-            if not has_piece:
+            if own_piece is None:
                 raise NoRunsSelected(
                     f"from_run: run {target.obs_id} has no piece for this binning and exclusion "
                     "setting; index its datastore with --config first"
@@ -230,6 +246,7 @@ class RunSelector:
                 [("from_run", 1)],
                 ranking="from_run",
                 datastore_ids=[target.datastore_id],
+                piece_ids=[own_piece],
             )
 
         base, search_id = self.candidates(session, target, binning_id, exclusion_id)
@@ -275,7 +292,7 @@ class RunSelector:
         ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
         # The ontime before each run, summed in order as one float after the other (cumsum is sequential):
         # runs are taken while it is short of the request.
-        columns = row_columns(rows) if rows else dict.fromkeys(("id", "obs_id", "datastore_id", "ontime_s"), ())
+        columns = row_columns(rows) if rows else dict.fromkeys(CANDIDATE_COLUMN_NAMES, ())
         held = np.cumsum(np.concatenate([[0.0], known_or_zero(columns["ontime_s"])]))
         n_chosen = len(rows)
         if requested is not None:
@@ -308,6 +325,7 @@ class RunSelector:
             requested_s=requested,
             warnings=warnings,
             datastore_ids=list(columns["datastore_id"][:n_chosen]),
+            piece_ids=list(columns["piece_id"][:n_chosen]),
         )
 
     def nearest_candidates(
@@ -325,7 +343,7 @@ class RunSelector:
         (within the window's) as the only one, since SQLite scans the first range a query puts on an
         indexed column, not the narrowest (at 100,000 runs a shell then took 6 ms instead of 0.6).
         """
-        columns = (Run.id, Run.obs_id, Run.datastore_id, Run.zenith_deg, Run.tstart_mjd, Run.ontime_s)
+        columns = CANDIDATE_COLUMNS
         s = self.settings
         if requested is not None and s.el_diff is not None and target.zenith_deg is not None:
             wanted = requested * (KL_POOL_FACTOR if s.KL_DIV else 1.0)
