@@ -141,8 +141,14 @@ class BackgroundBuilder:
             target = find_target(session, obs_id, datastore)
             if self._extra_keys is None:
                 self._extra_keys = self.catalogue.extra_keys()
-            selection = self.selector.run(session, target, binning_row.id, exclusion_row.id, self._extra_keys)
-            columns = selected_pieces(session, selection.piece_ids)
+            selection = self.selector.run(
+                session, target, binning_row.id, exclusion_row.id, self._extra_keys, with_pieces=True
+            )
+            # Read with the candidates when every candidate was chosen, else now.
+            columns = (
+                selection.pieces if selection.pieces is not None else selected_pieces(session, selection.piece_ids)
+            )
+            selection.pieces = None  # not kept with the result: the arrays are summed
             selection.datastores = datastore_paths(session, selection.datastore_ids, self._datastore_paths)
             # Decoded together (one buffer per array), not as one BackgroundPiece per run.
             counts, exposure = stacked_pieces(columns, self.binning.geometry.shape)
@@ -163,7 +169,7 @@ class BackgroundBuilder:
             assembled = assemble_stacked(
                 counts,
                 exposure,
-                list(columns["ontime_s"]),
+                list(columns["piece_ontime_s"]),
                 self.binning.geometry,
                 # Only the condition model reads the runs' conditions: not made per run without it.
                 None
@@ -198,7 +204,7 @@ class BackgroundBuilder:
                 normalisation=normalisation,
                 # Copies of what may change later (the selection's list, the weights): a snapshot.
                 input_columns=(
-                    columns["id"],
+                    columns["piece_id"],
                     tuple(selection.run_ids),
                     tuple(selection.obs_ids),
                     columns["file_sha256"],

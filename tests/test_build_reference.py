@@ -18,6 +18,7 @@ from test_query_plans import ONTIME, make_config, synthetic_catalogue
 from bkgdb.background import BackgroundBuilder
 from bkgdb.errors import NoRunsSelected
 from bkgdb.makers.assembly import assemble_background
+from bkgdb.store import backgrounds
 from bkgdb.store.flags import flag_run
 from bkgdb.store.models import Datastore, PieceRow, Run, RunFlag
 from bkgdb.store.pieces import row_to_piece
@@ -224,6 +225,26 @@ def test_runs_of_a_datastore_indexed_after_the_first_build_carry_its_path(catalo
     assert built.selection.datastores == [paths[run_id] for run_id in built.selection.run_ids]
 
 
+def test_pieces_read_with_the_candidates_build_what_pieces_read_after_them_build(catalogue):
+    synthetic_catalogue(catalogue, 40)
+    builder = BackgroundBuilder(catalogue, make_config(el_diff=None, az_diff=None, gal_lat_min=0))
+    with Session(catalogue.engine) as session:
+        target = session.scalar(sa.select(Run).where(Run.obs_id == 3))
+        binning_row, exclusion_row = builder._setting_rows(session)
+        ids = (session, target, binning_row.id, exclusion_row.id)
+        together, alone = builder.selector.run(*ids, with_pieces=True), builder.selector.run(*ids)
+        assert alone.pieces is None and together.pieces is not None
+        assert together.obs_ids == alone.obs_ids and together.piece_ids == alone.piece_ids
+        after = backgrounds.selected_pieces(session, alone.piece_ids)
+        assert after == {name: tuple(values) for name, values in together.pieces.items()}
+        # With a requested ontime not every candidate is chosen: the pieces are read after the choice.
+        requested = BackgroundBuilder(catalogue, make_config(el_diff=None, az_diff=None, gal_lat_min=0, time_request=2))
+        assert requested.selector.run(*ids, with_pieces=True).pieces is None
+    built = builder.build(3)
+    assert built.selection.pieces is None  # the arrays are summed, not kept
+    assert [item.piece_id for item in built.inputs] == alone.piece_ids[: len(built.inputs)]
+
+
 def test_pieces_the_database_returns_in_another_order_are_placed_by_their_id(catalogue, monkeypatch):
     from bkgdb.store import backgrounds
 
@@ -240,8 +261,8 @@ def test_pieces_the_database_returns_in_another_order_are_placed_by_their_id(cat
         returned = session.execute(
             backgrounds._pieces_statement(catalogue.engine.dialect.name), {"piece_ids": ",".join(map(str, piece_ids))}
         ).all()
-    assert [row.id for row in returned] != piece_ids  # the database's order is not the selection's
-    assert list(columns["id"]) == piece_ids
+    assert [row.piece_id for row in returned] != piece_ids  # the database's order is not the selection's
+    assert list(columns["piece_id"]) == piece_ids
     built = BackgroundBuilder(catalogue, config).build(3)
     assert [item.piece_id for item in built.inputs] == [item.piece_id for item in expected.inputs]
     np.testing.assert_array_equal(built.assembled.counts, expected.assembled.counts)

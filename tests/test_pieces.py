@@ -21,6 +21,7 @@ from bkgdb.makers.piece import (
     counts_dtype,
     decode_array,
     encode_array,
+    stored_payloads,
 )
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.indexing import piece_values
@@ -272,6 +273,31 @@ def test_the_small_arrays_a_build_sums_are_kept_uncompressed_in_their_zlib_strea
     older = [encode_array(array, "<u2") for array in (counts, counts + 1)]
     stacked = stacked_array([*older, encoded.encoded_counts], ["<u2"] * 3, counts.shape)
     np.testing.assert_array_equal(stacked, np.stack([counts, counts + 1, counts]))
+
+
+def test_stored_arrays_are_read_at_once_with_their_checksums_verified():
+    rng = np.random.default_rng(11)
+    arrays = [rng.uniform(0, 1800, 10) for _ in range(50)]
+    blobs = [encode_array(array, "<f8", store_small=True) for array in arrays]
+    payloads = stored_payloads(blobs)
+    assert payloads is not None and payloads.shape == (50, 80)
+    assert payloads.tobytes() == b"".join(map(zlib.decompress, blobs))
+    # Not all stored blocks of one length: left to zlib, one by one.
+    assert stored_payloads([*blobs, encode_array(np.zeros(10), "<f8")]) is None
+    assert stored_payloads([*blobs, encode_array(arrays[0][:9], "<f8", store_small=True)]) is None
+    assert stored_payloads([]) is None
+    # A flipped bit in the data: the checksum does not match; zlib then says which stream is broken.
+    broken = bytearray(blobs[17])
+    broken[30] ^= 4
+    blobs[17] = bytes(broken)
+    assert stored_payloads(blobs) is None
+    with pytest.raises(zlib.error, match="incorrect data check"):
+        stacked_array(blobs, ["<f8"] * 50, (10,))
+    # Every length a stored block can have, an empty array's included.
+    for size in (0, 1, 255, 256, STORED_MAX_BYTES):
+        raw = rng.integers(0, 256, size, dtype=np.uint8)
+        found = stored_payloads([encode_array(raw, "<u1", store_small=True)] * 3)
+        assert found is not None and found.tobytes() == raw.tobytes() * 3
 
 
 def test_arrays_of_another_size_are_not_stacked():

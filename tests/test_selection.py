@@ -322,7 +322,7 @@ def test_a_piece_gone_between_selection_and_loading_is_an_error(catalogue):
     selection = select(catalogue, runs, (binning_id, exclusion_id), 1)
     assert selection.datastore_ids == [runs[2].datastore_id] * 2
     with Session(catalogue.engine) as session:
-        assert len(selected_pieces(session, selection.piece_ids)["id"]) == 2
+        assert len(selected_pieces(session, selection.piece_ids)["piece_id"]) == 2
         # Run 3 indexed again meanwhile, its new piece not yet written.
         session.execute(sa.delete(PieceRow).where(PieceRow.run_id == runs[3].id))
         with pytest.raises(BkgdbError, match="1 of the 2 selected runs lost their piece"):

@@ -31,7 +31,7 @@ from bkgdb.store.models import (
     PieceRow,
     Run,
 )
-from bkgdb.store.pieces import row_to_piece
+from bkgdb.store.pieces import PIECE_COLUMN_NAMES, PIECE_COLUMNS, row_to_piece
 
 __all__ = [
     "background_history",
@@ -50,28 +50,9 @@ __all__ = [
 #: Run ids bound in one query: one round trip up to this many selected runs (SQLite binds 32766).
 ID_CHUNK = 30000
 
-#: The piece columns a build needs: its two summed arrays (decoded together by
-#: `~bkgdb.store.pieces.stacked_pieces`) and its lineage record. Not the shape: the binning's
-#: geometry has it. Not the run: the selection has it, and the piece's id (chosen with its run) names
-#: the piece. ``created_at`` comes as the driver gives it (`stored_datetimes`): SQLAlchemy's
-#: conversion of SQLite's text, row by row, cost a sixth of reading the rows. Excluded counts and
-#: regions are not summed, so not read.
-PIECE_COLUMNS = (
-    PieceRow.id,
-    PieceRow.counts_dtype,
-    PieceRow.exposure_dtype,
-    PieceRow.counts,
-    PieceRow.exposure_s,
-    PieceRow.ontime_s,
-    PieceRow.file_sha256,
-    sa.type_coerce(PieceRow.created_at, sa.Text).label("created_at"),
-)
-#: The names of `PIECE_COLUMNS`: the keys of what `selected_pieces` returns.
-PIECE_COLUMN_NAMES = tuple(column.name for column in PIECE_COLUMNS)
-
 
 def stored_datetimes(values: Sequence[Any]) -> list[datetime]:
-    """The values of a DateTime column read as the driver gives them (`PIECE_COLUMNS`), as datetimes.
+    """A DateTime column's values read as the driver gives them (`~bkgdb.store.pieces.PIECE_COLUMNS`), as datetimes.
 
     SQLite stores them as ISO text (``2026-11-26 08:15:01.123456``, as SQLAlchemy writes them:
     naive, UTC), parsed here in one pass; PostgreSQL's driver gives datetimes.
@@ -173,7 +154,8 @@ def _pieces_statement(dialect: str) -> sa.Select:
 
 
 def selected_pieces(session: Session, piece_ids: Sequence[int]) -> dict[str, tuple]:
-    """The selected runs' pieces (``Selection.piece_ids``): `PIECE_COLUMNS` by name, in the order of ``piece_ids``.
+    """The selected runs' pieces (``Selection.piece_ids``): `~bkgdb.store.pieces.PIECE_COLUMNS` by name, in the
+    order of ``piece_ids``.
 
     One query. Its rows are taken from the driver as they come (tuples, transposed once): a
     SQLAlchemy row per piece cost a tenth of reading them, and nothing here needs SQLAlchemy's

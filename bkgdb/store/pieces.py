@@ -13,7 +13,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from bkgdb.errors import BkgdbError
-from bkgdb.makers.piece import BackgroundPiece, decode_array
+from bkgdb.makers.piece import BackgroundPiece, decode_array, stored_payloads
 from bkgdb.store.database import session_scope
 from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, RegionSet, Run
 from bkgdb.store.regions import remove_unused_region_sets
@@ -27,9 +27,31 @@ __all__ = [
     "stacked_pieces",
     "row_columns",
     "parsed_shape",
+    "PIECE_COLUMNS",
+    "PIECE_COLUMN_NAMES",
 ]
 
 log = logging.getLogger(__name__)
+
+#: The piece columns a build needs: its two summed arrays (decoded together by `stacked_pieces`)
+#: and its lineage record. Not the shape: the binning's geometry has it. Not the run: the selection
+#: has it, and the piece's id (chosen with its run) names the piece. Named so that they can be read
+#: with the candidate runs' columns (`~bkgdb.store.selection.CANDIDATE_COLUMNS`, which hold the piece
+#: id). ``created_at`` comes as the driver gives it (`~bkgdb.store.backgrounds.stored_datetimes`):
+#: SQLAlchemy's conversion of SQLite's text, row by row, cost a sixth of reading the rows. Excluded
+#: counts and regions are not summed, so not read.
+PIECE_COLUMNS = (
+    PieceRow.id.label("piece_id"),
+    PieceRow.counts_dtype,
+    PieceRow.exposure_dtype,
+    PieceRow.counts,
+    PieceRow.exposure_s,
+    PieceRow.ontime_s.label("piece_ontime_s"),
+    PieceRow.file_sha256,
+    sa.type_coerce(PieceRow.created_at, sa.Text).label("created_at"),
+)
+#: The names of `PIECE_COLUMNS`: the keys of what a build sums (`stacked_pieces`).
+PIECE_COLUMN_NAMES = tuple(column.name for column in PIECE_COLUMNS)
 
 
 def piece_arrays(row: Any, excluded: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -60,9 +82,11 @@ def parsed_shape(text: str, memo: dict[str, tuple[int, ...]]) -> tuple[int, ...]
 def stacked_array(blobs: Sequence[bytes], dtypes: Sequence[str], shape: tuple[int, ...]) -> np.ndarray:
     """Arrays of one ``shape`` stored as `~bkgdb.makers.piece.encode_array` blobs, stacked: (len(blobs), *shape).
 
-    One `numpy.frombuffer` per dtype over the joined decompressed bytes instead of an array, a
-    reshape and a copy per piece. Pieces stored with different dtypes (counts are stored in the
-    smallest integer type that holds them) come in their common dtype, exactly.
+    One `numpy.frombuffer` per dtype over the joined data instead of an array, a reshape and a
+    copy per piece; arrays stored as they are are read all at once
+    (`~bkgdb.makers.piece.stored_payloads`), compressed ones decompressed one by one. Pieces stored
+    with different dtypes (counts are stored in the smallest integer type that holds them) come in
+    their common dtype, exactly.
 
     Raises
     ------
@@ -71,19 +95,25 @@ def stacked_array(blobs: Sequence[bytes], dtypes: Sequence[str], shape: tuple[in
     """
     if not blobs:
         return np.zeros((0, *shape))
-    decoded = list(map(zlib.decompress, blobs))
     kinds = set(dtypes)
-    size = int(np.prod(shape))
-    if sum(map(len, decoded)) != sum(size * np.dtype(kind).itemsize * dtypes.count(kind) for kind in kinds):
-        raise BkgdbError(f"stored arrays of another size than {shape} (not pieces of this binning?)")
     if len(kinds) == 1:
-        return np.frombuffer(b"".join(decoded), dtype=dtypes[0]).reshape((len(blobs), *shape))
+        return _same_dtype(blobs, dtypes[0], shape)
     stacked = np.empty((len(blobs), *shape), dtype=np.result_type(*kinds))
     for kind in kinds:
         chosen = [index for index, dtype in enumerate(dtypes) if dtype == kind]
-        joined = b"".join([decoded[index] for index in chosen])
-        stacked[chosen] = np.frombuffer(joined, dtype=kind).reshape((len(chosen), *shape))
+        stacked[chosen] = _same_dtype([blobs[index] for index in chosen], kind, shape)
     return stacked
+
+
+def _same_dtype(blobs: Sequence[bytes], dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """`stacked_array` of blobs of one dtype."""
+    payloads = stored_payloads(blobs)
+    data = b"".join(map(zlib.decompress, blobs)) if payloads is None else payloads
+    if (len(data) if payloads is None else payloads.size) != len(blobs) * np.dtype(dtype).itemsize * int(
+        np.prod(shape)
+    ):
+        raise BkgdbError(f"stored arrays of another size than {shape} (not pieces of this binning?)")
+    return np.frombuffer(data, dtype=dtype).reshape((len(blobs), *shape))
 
 
 def row_columns(rows: Sequence[Any]) -> dict[str, tuple]:
@@ -101,7 +131,7 @@ def stacked_pieces(columns: Mapping[str, Sequence[Any]], shape: tuple[int, ...])
     """(counts as stored, exposure) of pieces given by column, stacked in their order: (n, *shape), (n, *spatial).
 
     ``columns`` (`row_columns` of piece rows) has ``counts_dtype``, ``exposure_dtype``, ``counts``
-    and ``exposure_s`` (`~bkgdb.store.backgrounds.PIECE_COLUMNS`) of pieces of ``shape`` (their
+    and ``exposure_s`` (`PIECE_COLUMNS`) of pieces of ``shape`` (their
     binning's). The same values as `row_to_piece` gives piece by piece (there the counts are int64).
     """
     if not columns or not columns["counts"]:

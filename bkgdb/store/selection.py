@@ -25,7 +25,7 @@ from bkgdb.store.conditions import conditions_expression
 from bkgdb.store.funnel_counts import funnel_counts, indexed_funnel_counts
 from bkgdb.store.integrity import integrity_steps, is_ok, list_state
 from bkgdb.store.models import Datastore, PieceRow, Run
-from bkgdb.store.pieces import row_columns
+from bkgdb.store.pieces import PIECE_COLUMN_NAMES, PIECE_COLUMNS, row_columns
 from bkgdb.store.ranking import (
     AIRMASS_STEP,
     airmass,
@@ -110,6 +110,9 @@ class Selection:
     datastore_ids: list = field(default_factory=list)
     #: Id of each selected run's piece of the binning and exclusion setting: what the build sums.
     piece_ids: list = field(default_factory=list)
+    #: The selected runs' pieces (`~bkgdb.store.pieces.PIECE_COLUMNS` by name) when they were read with
+    #: the candidates (``RunSelector.run(..., with_pieces=True)``), else None.
+    pieces: dict | None = field(default=None, repr=False, compare=False)
     #: Datastore path of each selected run, filled when the pieces are loaded.
     datastores: list = field(default_factory=list)
     #: Warnings about the selection (too little statistics, requested ontime not reached).
@@ -206,13 +209,23 @@ class RunSelector:
         raise BkgdbError(f"run {target.obs_id} ({day}) is in none of the configured seasons")
 
     def run(
-        self, session: Session, target: Run, binning_id: int, exclusion_id: int, extra_keys: Sequence[str] = ()
+        self,
+        session: Session,
+        target: Run,
+        binning_id: int,
+        exclusion_id: int,
+        extra_keys: Sequence[str] = (),
+        with_pieces: bool = False,
     ) -> Selection:
         """Select the runs for ``target``.
 
         Candidates are the ok runs with a piece (of ``io.search_datastore`` if set), other than
         the target; empty runs, runs flagged bad and duplicate copies are removed, then the
         criteria apply. The funnel records what each step left.
+
+        With ``with_pieces``, when every candidate is chosen (no ``time_request``), their pieces
+        are read with them, in the same statement, into ``Selection.pieces``: a build then needs no
+        second read.
 
         Returns
         -------
@@ -288,7 +301,8 @@ class RunSelector:
         around = base.where(*[condition for _, condition in integrity + criteria[1:]]) if in_window else None
 
         requested = None if self.settings.time_request is None else self.settings.time_request * 3600.0
-        rows, query = self.nearest_candidates(session, query, target, requested, around)
+        with_pieces = with_pieces and requested is None
+        rows, query = self.nearest_candidates(session, query, target, requested, around, with_pieces)
         ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
         # The ontime before each run, summed in order as one float after the other (cumsum is sequential):
         # runs are taken while it is short of the request.
@@ -326,10 +340,17 @@ class RunSelector:
             warnings=warnings,
             datastore_ids=list(columns["datastore_id"][:n_chosen]),
             piece_ids=list(columns["piece_id"][:n_chosen]),
+            pieces={name: columns[name] for name in PIECE_COLUMN_NAMES} if with_pieces else None,
         )
 
     def nearest_candidates(
-        self, session: Session, query: Any, target: Run, requested: float | None, around: Any = None
+        self,
+        session: Session,
+        query: Any,
+        target: Run,
+        requested: float | None,
+        around: Any = None,
+        with_pieces: bool = False,
     ) -> tuple[list, Any]:
         """The candidates that can be chosen, read in airmass shells around the target, and their query.
 
@@ -342,8 +363,9 @@ class RunSelector:
         ``around`` is ``query`` without the airmass window: a shell is read with its own zenith range
         (within the window's) as the only one, since SQLite scans the first range a query puts on an
         indexed column, not the narrowest (at 100,000 runs a shell then took 6 ms instead of 0.6).
+        With ``with_pieces`` (and no ``requested``) the rows also hold `~bkgdb.store.pieces.PIECE_COLUMNS`.
         """
-        columns = CANDIDATE_COLUMNS
+        columns: tuple[Any, ...] = CANDIDATE_COLUMNS
         s = self.settings
         if requested is not None and s.el_diff is not None and target.zenith_deg is not None:
             wanted = requested * (KL_POOL_FACTOR if s.KL_DIV else 1.0)
@@ -369,6 +391,8 @@ class RunSelector:
                         rows = rows[: int(np.searchsorted(held, wanted)) + 1]
                     return rows, None
                 steps *= 4
+        if with_pieces:
+            columns += PIECE_COLUMNS[1:]  # the piece id is a candidate column
         return list(session.connection().execute(query.with_only_columns(*columns)).all()), query
 
     def statistics_shortfall(self, n_runs: int, ontime_s: float) -> str:
