@@ -145,9 +145,11 @@ class BackgroundBuilder:
                 session, target, binning_row.id, exclusion_row.id, self._extra_keys, with_pieces=True
             )
             # Read with the candidates when every candidate was chosen, else now.
-            columns = (
-                selection.pieces if selection.pieces is not None else selected_pieces(session, selection.piece_ids)
-            )
+            columns = selection.pieces
+            if columns is None:
+                columns = selected_pieces(
+                    session, selection.piece_ids, selection.run_ids, binning_row.id, exclusion_row.id
+                )
             selection.pieces = None  # not kept with the result: the arrays are summed
             selection.datastores = datastore_paths(session, selection.datastore_ids, self._datastore_paths)
             # Decoded together (one buffer per array), not as one BackgroundPiece per run.

@@ -225,9 +225,16 @@ def test_runs_of_a_datastore_indexed_after_the_first_build_carry_its_path(catalo
     assert built.selection.datastores == [paths[run_id] for run_id in built.selection.run_ids]
 
 
+#: A requested ontime no catalogue here holds: every candidate is chosen, after the ranking, so the
+#: pieces are read after the choice (`~bkgdb.store.backgrounds.selected_pieces`).
+EVERY_RUN_REQUESTED_H = 1e6
+
+
 def test_pieces_read_with_the_candidates_build_what_pieces_read_after_them_build(catalogue):
     synthetic_catalogue(catalogue, 40)
-    builder = BackgroundBuilder(catalogue, make_config(el_diff=None, az_diff=None, gal_lat_min=0))
+    open_selection = dict(el_diff=None, az_diff=None, gal_lat_min=0)
+    builder = BackgroundBuilder(catalogue, make_config(**open_selection))
+    after = BackgroundBuilder(catalogue, make_config(**open_selection, time_request=EVERY_RUN_REQUESTED_H))
     with Session(catalogue.engine) as session:
         target = session.scalar(sa.select(Run).where(Run.obs_id == 3))
         binning_row, exclusion_row = builder._setting_rows(session)
@@ -235,35 +242,39 @@ def test_pieces_read_with_the_candidates_build_what_pieces_read_after_them_build
         together, alone = builder.selector.run(*ids, with_pieces=True), builder.selector.run(*ids)
         assert alone.pieces is None and together.pieces is not None
         assert together.obs_ids == alone.obs_ids and together.piece_ids == alone.piece_ids
-        after = backgrounds.selected_pieces(session, alone.piece_ids)
-        assert after == {name: tuple(values) for name, values in together.pieces.items()}
-        # With a requested ontime not every candidate is chosen: the pieces are read after the choice.
-        requested = BackgroundBuilder(catalogue, make_config(el_diff=None, az_diff=None, gal_lat_min=0, time_request=2))
-        assert requested.selector.run(*ids, with_pieces=True).pieces is None
-    built = builder.build(3)
+        read_after = backgrounds.selected_pieces(
+            session, alone.piece_ids, alone.run_ids, binning_row.id, exclusion_row.id
+        )
+        assert read_after == {name: tuple(values) for name, values in together.pieces.items()}
+        assert after.selector.run(*ids, with_pieces=True).pieces is None
+    expected, built = after.build(3), builder.build(3)
     assert built.selection.pieces is None  # the arrays are summed, not kept
-    assert [item.piece_id for item in built.inputs] == alone.piece_ids[: len(built.inputs)]
+    assert built.selection.obs_ids == expected.selection.obs_ids and len(built.inputs) == 39
+    assert built.inputs == expected.inputs
+    np.testing.assert_array_equal(built.assembled.counts, expected.assembled.counts)
+    assert built.assembled.exposure_s.tobytes() == expected.assembled.exposure_s.tobytes()
 
 
 def test_pieces_the_database_returns_in_another_order_are_placed_by_their_id(catalogue, monkeypatch):
-    from bkgdb.store import backgrounds
-
     synthetic_catalogue(catalogue, 40)
-    config = make_config(el_diff=None, az_diff=None, gal_lat_min=0)
+    config = make_config(el_diff=None, az_diff=None, gal_lat_min=0, time_request=EVERY_RUN_REQUESTED_H)
     expected = BackgroundBuilder(catalogue, config).build(3)
     original = backgrounds._pieces_statement
     monkeypatch.setattr(
         backgrounds, "_pieces_statement", lambda dialect: original(dialect).order_by(PieceRow.id.desc())
     )
-    piece_ids = expected.selection.piece_ids
+    selection = expected.selection
+    arguments = (selection.piece_ids, selection.run_ids, expected.binning_id, expected.exclusion_id)
     with Session(catalogue.engine) as session:
-        columns = backgrounds.selected_pieces(session, piece_ids)
+        columns = backgrounds.selected_pieces(session, *arguments)
         returned = session.execute(
-            backgrounds._pieces_statement(catalogue.engine.dialect.name), {"piece_ids": ",".join(map(str, piece_ids))}
+            backgrounds._pieces_statement(catalogue.engine.dialect.name),
+            {"piece_ids": ",".join(map(str, arguments[0])), "binning_id": arguments[2], "exclusion_id": arguments[3]},
         ).all()
-    assert [row.piece_id for row in returned] != piece_ids  # the database's order is not the selection's
-    assert list(columns["piece_id"]) == piece_ids
+    assert [row.piece_id for row in returned] != selection.piece_ids  # the database's order is not the selection's
+    assert list(columns["piece_id"]) == selection.piece_ids
+    # A build reads them in that order too, and sums the same.
     built = BackgroundBuilder(catalogue, config).build(3)
-    assert [item.piece_id for item in built.inputs] == [item.piece_id for item in expected.inputs]
+    assert built.inputs == expected.inputs
     np.testing.assert_array_equal(built.assembled.counts, expected.assembled.counts)
     assert built.assembled.exposure_s.tobytes() == expected.assembled.exposure_s.tobytes()

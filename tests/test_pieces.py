@@ -24,6 +24,7 @@ from bkgdb.makers.piece import (
     stored_payloads,
 )
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+from bkgdb.store import pieces as pieces_module
 from bkgdb.store.indexing import piece_values
 from bkgdb.store.models import PieceRow, RegionSet, Run
 from bkgdb.store.pieces import PieceCache, row_to_piece, stacked_array
@@ -293,11 +294,32 @@ def test_stored_arrays_are_read_at_once_with_their_checksums_verified():
     assert stored_payloads(blobs) is None
     with pytest.raises(zlib.error, match="incorrect data check"):
         stacked_array(blobs, ["<f8"] * 50, (10,))
-    # Every length a stored block can have, an empty array's included.
-    for size in (0, 1, 255, 256, STORED_MAX_BYTES):
-        raw = rng.integers(0, 256, size, dtype=np.uint8)
-        found = stored_payloads([encode_array(raw, "<u1", store_small=True)] * 3)
+    # A broken frame: zlib's header, the block's length and its complement.
+    for position in (0, 1, 2, 3, 5):
+        broken = bytearray(blobs[3])
+        broken[position] ^= 1
+        assert stored_payloads([*blobs[:3], bytes(broken)]) is None
+    # Lengths up to about the largest zlib stores in one block, an empty array's included; all bytes 255 give
+    # the largest sums of the checksum.
+    for size in (0, 1, 255, 256, STORED_MAX_BYTES, 65000):
+        raw = rng.integers(0, 256, size, dtype=np.uint8) if size < 65000 else np.full(size, 255, np.uint8)
+        found = stored_payloads([zlib.compress(raw.tobytes(), 0)] * 3)
         assert found is not None and found.tobytes() == raw.tobytes() * 3
+
+
+def test_the_arrays_a_build_sums_are_decoded_without_a_zlib_call_each(monkeypatch):
+    rng = np.random.default_rng(12)
+    arrays = [rng.poisson(30.0, size=(4, 3)) for _ in range(20)]
+    dtypes = ["<u1" if index % 3 else "<u2" for index in range(20)]
+    blobs = [encode_array(array, dtype, store_small=True) for array, dtype in zip(arrays, dtypes, strict=True)]
+
+    def refused(blob, *args):
+        raise AssertionError("inflated one by one")
+
+    monkeypatch.setattr(pieces_module.zlib, "decompress", refused)
+    stacked = stacked_array(blobs, dtypes, (4, 3))
+    assert stacked.dtype == np.uint16
+    np.testing.assert_array_equal(stacked, np.stack(arrays))
 
 
 def test_arrays_of_another_size_are_not_stacked():

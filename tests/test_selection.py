@@ -321,12 +321,28 @@ def test_a_piece_gone_between_selection_and_loading_is_an_error(catalogue):
     runs, binning_id, exclusion_id = add_runs(catalogue, [{"obs_id": 1}, {"obs_id": 2}, {"obs_id": 3}])
     selection = select(catalogue, runs, (binning_id, exclusion_id), 1)
     assert selection.datastore_ids == [runs[2].datastore_id] * 2
+    arguments = (selection.piece_ids, selection.run_ids, binning_id, exclusion_id)
     with Session(catalogue.engine) as session:
-        assert len(selected_pieces(session, selection.piece_ids)["piece_id"]) == 2
+        assert selected_pieces(session, *arguments)["piece_id"] == tuple(selection.piece_ids)
         # Run 3 indexed again meanwhile, its new piece not yet written.
         session.execute(sa.delete(PieceRow).where(PieceRow.run_id == runs[3].id))
         with pytest.raises(BkgdbError, match="1 of the 2 selected runs lost their piece"):
-            selected_pieces(session, selection.piece_ids)
+            selected_pieces(session, *arguments)
+
+
+def test_a_piece_id_given_to_another_run_meanwhile_is_not_summed_for_the_selected_one(catalogue):
+    runs, binning_id, exclusion_id = add_runs(catalogue, [{"obs_id": 1}, {"obs_id": 2}, {"obs_id": 3}])
+    selection = select(catalogue, runs, (binning_id, exclusion_id), 1)
+    pieces = PieceRow.__table__
+    with Session(catalogue.engine) as session:
+        # Runs 1 and 3 indexed again meanwhile; run 1's new piece got the id run 3's had (SQLite
+        # gives a deleted highest id again).
+        freed = session.execute(sa.select(pieces).where(pieces.c.run_id == runs[3].id)).mappings().one()
+        session.execute(sa.delete(pieces).where(pieces.c.run_id.in_([runs[1].id, runs[3].id])))
+        session.execute(sa.insert(pieces).values({**freed, "run_id": runs[1].id}))
+        assert freed["id"] in selection.piece_ids
+        with pytest.raises(BkgdbError, match="1 of the 2 selected runs lost their piece"):
+            selected_pieces(session, selection.piece_ids, selection.run_ids, binning_id, exclusion_id)
 
 
 def test_ranking_counts_an_unknown_zenith_as_the_nearest_step_and_an_unknown_start_as_day_0():

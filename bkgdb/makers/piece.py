@@ -130,7 +130,7 @@ def stored_payloads(blobs: Sequence[bytes]) -> np.ndarray | None:
     )
     if not (streams[:, : len(frame)] == np.frombuffer(frame, np.uint8)).all():
         return None
-    data = np.ascontiguousarray(streams[:, len(frame) : len(frame) + length])
+    data = streams[:, len(frame) : len(frame) + length].copy()
     # Adler-32: A = 1 + sum of the bytes, B = sum of the A after each byte = length + sum of
     # (length - i) * byte i; both mod ADLER_MODULUS. Sums of bytes are exact in float64 below 2**53.
     weights = np.stack([np.ones(length), np.arange(length, 0, -1, dtype=np.float64)], axis=1)

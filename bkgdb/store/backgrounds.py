@@ -140,53 +140,61 @@ def _pieces_statement(dialect: str) -> sa.Select:
     or as an integer array (PostgreSQL), the driver and SQLAlchemy handle each id apart, which cost
     more than the lookups for a thousand runs. Each piece is then found by its primary key: a third
     faster on SQLite than by the (run, binning, exclusion) key, which needs a lookup in that index
-    and one in the table.
+    and one in the table. Its setting is a condition and its run is read: an id freed by a deletion
+    can be given to a new piece, of another run or setting.
     """
     ids = sa.bindparam("piece_ids", type_=sa.Text)
+    columns = (*PIECE_COLUMNS, PieceRow.run_id)
+    setting = (PieceRow.binning_id == sa.bindparam("binning_id"), PieceRow.exclusion_id == sa.bindparam("exclusion_id"))
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import ARRAY
 
         split = sa.func.string_to_array(ids, sa.literal_column("','"))
-        return sa.select(*PIECE_COLUMNS).where(PieceRow.id == sa.any_(sa.cast(split, ARRAY(sa.Integer))))
+        return sa.select(*columns).where(PieceRow.id == sa.any_(sa.cast(split, ARRAY(sa.Integer))), *setting)
     # Read as a JSON array, each id then looked up in the table.
     listed = sa.func.json_each(sa.literal_column("'['") + ids + sa.literal_column("']'")).table_valued("value")
-    return sa.select(*PIECE_COLUMNS).select_from(listed).join(PieceRow, PieceRow.id == listed.c.value)
+    return sa.select(*columns).select_from(listed).join(PieceRow, PieceRow.id == listed.c.value).where(*setting)
 
 
-def selected_pieces(session: Session, piece_ids: Sequence[int]) -> dict[str, tuple]:
-    """The selected runs' pieces (``Selection.piece_ids``): `~bkgdb.store.pieces.PIECE_COLUMNS` by name, in the
-    order of ``piece_ids``.
+def selected_pieces(
+    session: Session, piece_ids: Sequence[int], run_ids: Sequence[int], binning_id: int, exclusion_id: int
+) -> dict[str, tuple]:
+    """The selected runs' pieces: `~bkgdb.store.pieces.PIECE_COLUMNS` by name, in the order of ``piece_ids``.
 
-    One query. Its rows are taken from the driver as they come (tuples, transposed once): a
-    SQLAlchemy row per piece cost a tenth of reading them, and nothing here needs SQLAlchemy's
-    processing of results (ids, text, bytes, floats; ``created_at`` see `stored_datetimes`).
+    ``piece_ids`` and ``run_ids`` are the selection's (``Selection.piece_ids``, ``Selection.run_ids``),
+    of the binning and exclusion setting ``binning_id``, ``exclusion_id``. One query. Its rows are
+    taken from the driver as they come (tuples, transposed once): a SQLAlchemy row per piece cost a
+    tenth of reading them, and nothing here needs SQLAlchemy's processing of results (ids, text,
+    bytes, floats; ``created_at`` see `stored_datetimes`).
 
     Raises
     ------
     BkgdbError
-        A selected run has no piece any more (indexed again meanwhile: its piece is a new row).
+        A selected run's piece is gone, or is now another run's (indexed again meanwhile).
     """
     connection = session.connection()
-    result = connection.execute(
-        _pieces_statement(connection.dialect.name), {"piece_ids": ",".join(map(str, piece_ids))}
-    )
+    parameters = {"piece_ids": ",".join(map(str, piece_ids)), "binning_id": binning_id, "exclusion_id": exclusion_id}
+    result = connection.execute(_pieces_statement(connection.dialect.name), parameters)
     try:
         rows = result.cursor.fetchall()
     finally:
         result.close()
-    if len(rows) != len(piece_ids):
-        raise BkgdbError(
-            f"{len(piece_ids) - len(rows)} of the {len(piece_ids)} selected runs lost their piece while the "
-            "background was built (indexed again meanwhile?): build it again"
-        )
     # SQLite gives them in the order of the ids it was given (one lookup per id); a database that
     # does not has them placed by their id's position.
     if [row[0] for row in rows] != list(piece_ids):
         position = {piece_id: index for index, piece_id in enumerate(piece_ids)}
         rows = sorted(rows, key=lambda row: position[row[0]])
+    if len(rows) != len(piece_ids) or [row[-1] for row in rows] != list(run_ids):
+        found = {row[0]: row[-1] for row in rows}
+        lost = sum(found.get(piece_id) != run_id for piece_id, run_id in zip(piece_ids, run_ids, strict=True))
+        raise BkgdbError(
+            f"{lost} of the {len(piece_ids)} selected runs lost their piece while the background was built "
+            "(indexed again meanwhile?): build it again"
+        )
     if not rows:
         return dict.fromkeys(PIECE_COLUMN_NAMES, ())
-    return dict(zip(PIECE_COLUMN_NAMES, zip(*rows, strict=True), strict=True))
+    *columns, _ = zip(*rows, strict=True)  # the run id, read last, is left out
+    return dict(zip(PIECE_COLUMN_NAMES, columns, strict=True))
 
 
 def datastore_paths(session: Session, datastore_ids: list[int], known: dict[int, str] | None = None) -> list[str]:

@@ -130,9 +130,10 @@ def row_columns(rows: Sequence[Any]) -> dict[str, tuple]:
 def stacked_pieces(columns: Mapping[str, Sequence[Any]], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(counts as stored, exposure) of pieces given by column, stacked in their order: (n, *shape), (n, *spatial).
 
-    ``columns`` (`row_columns` of piece rows) has ``counts_dtype``, ``exposure_dtype``, ``counts``
-    and ``exposure_s`` (`PIECE_COLUMNS`) of pieces of ``shape`` (their
-    binning's). The same values as `row_to_piece` gives piece by piece (there the counts are int64).
+    ``columns`` (`PIECE_COLUMNS` by name, as a build reads them: `~bkgdb.store.backgrounds.selected_pieces`
+    or with the candidates) has ``counts_dtype``, ``exposure_dtype``, ``counts`` and ``exposure_s``
+    of pieces of ``shape`` (their binning's). The same values as `row_to_piece` gives piece by piece
+    (there the counts are int64).
     """
     if not columns or not columns["counts"]:
         raise BkgdbError("no pieces to assemble")

@@ -306,7 +306,7 @@ class RunSelector:
         ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
         # The ontime before each run, summed in order as one float after the other (cumsum is sequential):
         # runs are taken while it is short of the request.
-        columns = row_columns(rows) if rows else dict.fromkeys(CANDIDATE_COLUMN_NAMES, ())
+        columns = row_columns(rows) if rows else dict.fromkeys(CANDIDATE_COLUMN_NAMES + PIECE_COLUMN_NAMES[1:], ())
         held = np.cumsum(np.concatenate([[0.0], known_or_zero(columns["ontime_s"])]))
         n_chosen = len(rows)
         if requested is not None:
