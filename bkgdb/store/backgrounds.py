@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError
 from bkgdb.makers.piece import BackgroundPiece
-from bkgdb.store.database import is_readonly_error, session_scope
+from bkgdb.store.database import driver_rows, is_readonly_error, session_scope
 from bkgdb.store.models import (
     RUN_STATUS_FAILED,
     RUN_STATUS_OK,
@@ -162,23 +162,17 @@ def selected_pieces(
     """The selected runs' pieces: `~bkgdb.store.pieces.PIECE_COLUMNS` by name, in the order of ``piece_ids``.
 
     ``piece_ids`` and ``run_ids`` are the selection's (``Selection.piece_ids``, ``Selection.run_ids``),
-    of the binning and exclusion setting ``binning_id``, ``exclusion_id``. One query. Its rows are
-    taken from the driver as they come (tuples, transposed once): a SQLAlchemy row per piece cost a
-    tenth of reading them, and nothing here needs SQLAlchemy's processing of results (ids, text,
-    bytes, floats; ``created_at`` see `stored_datetimes`).
+    of the binning and exclusion setting ``binning_id``, ``exclusion_id``. One query; its rows are
+    the driver's (`~bkgdb.store.database.driver_rows`; ``created_at`` see `stored_datetimes`),
+    transposed once.
 
     Raises
     ------
     BkgdbError
         A selected run's piece is gone, or is now another run's (indexed again meanwhile).
     """
-    connection = session.connection()
     parameters = {"piece_ids": ",".join(map(str, piece_ids)), "binning_id": binning_id, "exclusion_id": exclusion_id}
-    result = connection.execute(_pieces_statement(connection.dialect.name), parameters)
-    try:
-        rows = result.cursor.fetchall()
-    finally:
-        result.close()
+    rows = driver_rows(session, _pieces_statement(session.get_bind().dialect.name), parameters)
     # SQLite gives them in the order of the ids it was given (one lookup per id); a database that
     # does not has them placed by their id's position.
     if [row[0] for row in rows] != list(piece_ids):

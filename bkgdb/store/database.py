@@ -34,6 +34,7 @@ DRIVER_ERROR = DBAPIError
 
 __all__ = [
     "id_in",
+    "driver_rows",
     "DRIVER_ERROR",
     "DEFAULT_SQLITE_FILE",
     "SCHEMA_HEAD",
@@ -404,3 +405,16 @@ def id_in(session: Session, column: Any, ids: Sequence[int]) -> Any:
 
         return column == sa.any_(sa.bindparam(None, list(ids), type_=ARRAY(sa.Integer)))
     return column.in_(ids)
+
+
+def driver_rows(session: Session, statement: Any, parameters: dict | None = None) -> list[tuple]:
+    """The rows of ``statement`` (run on the session's connection) as the database driver gives them: tuples.
+
+    For the thousands of rows of a build whose columns need none of SQLAlchemy's processing of
+    results (numbers, text, bytes): a SQLAlchemy row each cost a tenth of reading them.
+    """
+    result = session.connection().execute(statement, parameters)
+    try:
+        return list(result.cursor.fetchall())
+    finally:
+        result.close()

@@ -25,7 +25,6 @@ __all__ = [
     "piece_arrays",
     "stacked_array",
     "stacked_pieces",
-    "row_columns",
     "parsed_shape",
     "PIECE_COLUMNS",
     "PIECE_COLUMN_NAMES",
@@ -114,17 +113,6 @@ def _same_dtype(blobs: Sequence[bytes], dtype: str, shape: tuple[int, ...]) -> n
     ):
         raise BkgdbError(f"stored arrays of another size than {shape} (not pieces of this binning?)")
     return np.frombuffer(data, dtype=dtype).reshape((len(blobs), *shape))
-
-
-def row_columns(rows: Sequence[Any]) -> dict[str, tuple]:
-    """The columns of result rows (SQLAlchemy ``Row`` objects), by name.
-
-    One transposition in C: reading a column by attribute costs a lookup per row, about ten
-    times as much as the whole transposition for the thousand rows of a build.
-    """
-    if not rows:
-        return {}
-    return dict(zip(rows[0]._fields, zip(*rows, strict=True), strict=True))
 
 
 def stacked_pieces(columns: Mapping[str, Sequence[Any]], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ on pieces of any geometry (the arrays are flattened).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -98,23 +99,29 @@ def kl_divergences(
     return np.sum(p[use] * np.log(p[use] / np.maximum(q, 1e-300)), axis=1)
 
 
-def row_column(rows: list, name: str) -> list:
-    """Column ``name`` of ``rows``: by position for result rows (a tenth of the cost of an attribute
-    lookup per row), else by attribute."""
-    fields = getattr(rows[0], "_fields", None) if rows else None
+def _fields(rows: list, fields: Sequence[str] | None) -> Sequence[str] | None:
+    """The names of the rows' positions: ``fields``, else those of result rows (``_fields``), else None."""
+    if fields is not None:
+        return fields
+    return getattr(rows[0], "_fields", None) if rows else None
+
+
+def row_column(rows: list, name: str, fields: Sequence[str] | None = None) -> list:
+    """Column ``name`` of ``rows``: by position for tuples whose ``fields`` are given and for result
+    rows (a tenth of the cost of an attribute lookup per row), else by attribute."""
+    fields = _fields(rows, fields)
     if fields is not None and name in fields:
-        index = fields.index(name)
-        return [row[index] for row in rows]
+        return list(map(itemgetter(fields.index(name)), rows))
     return [getattr(row, name) for row in rows]
 
 
-def airmass_then_time(target: Any, rows: list) -> list:
-    """Rows (``zenith_deg``, ``tstart_mjd``, ``obs_id``) ordered by airmass step from the target's
-    (`AIRMASS_STEP`; 0 where a zenith is unknown), then by days from it (an unknown start counts
-    as 0), then by OBS_ID."""
+def airmass_then_time(target: Any, rows: list, fields: Sequence[str] | None = None) -> list:
+    """Rows (``zenith_deg``, ``tstart_mjd``, ``obs_id``; tuples of ``fields``) ordered by airmass step
+    from the target's (`AIRMASS_STEP`; 0 where a zenith is unknown), then by days from it (an
+    unknown start counts as 0), then by OBS_ID."""
     if not rows:
         return []
-    obs_ids, zenith, start = row_arrays(rows, ("obs_id", "zenith_deg", "tstart_mjd"))
+    obs_ids, zenith, start = row_arrays(rows, ("obs_id", "zenith_deg", "tstart_mjd"), fields)
     if target.zenith_deg is None:
         step = np.zeros(len(rows))
     else:
@@ -132,19 +139,22 @@ def known_or_zero(values: Sequence[Any] | np.ndarray) -> np.ndarray:
     return array
 
 
-def row_arrays(rows: list, names: Sequence[str]) -> list[np.ndarray]:
-    """Columns ``names`` of ``rows`` as float arrays (None becomes NaN), the rows transposed once."""
-    fields = getattr(rows[0], "_fields", None) if rows else None
-    if fields is not None and all(name in fields for name in names):
-        transposed = list(zip(*rows, strict=True))
-        return [np.array(transposed[fields.index(name)], dtype=float) for name in names]
-    return [np.array([getattr(row, name) for row in rows], dtype=float) for name in names]
+def row_arrays(rows: list, names: Sequence[str], fields: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Columns ``names`` of ``rows`` (see `row_column`) as float arrays (None becomes NaN)."""
+    return [np.array(row_column(rows, name, fields), dtype=float) for name in names]
 
 
 def kl_ranking(
-    session: Session, target: Any, rows: list, binning_id: int, exclusion_id: int, candidates: Any = None
+    session: Session,
+    target: Any,
+    rows: list,
+    binning_id: int,
+    exclusion_id: int,
+    candidates: Any = None,
+    fields: Sequence[str] | None = None,
 ) -> list:
-    """``rows`` (with ``id`` and ``obs_id``) ordered by the KL divergence of their pieces from the target's.
+    """``rows`` (with ``id`` and ``obs_id``; tuples of ``fields``) ordered by the KL divergence of their
+    pieces from the target's.
 
     Only the candidates' counts and exposure are read (with the target's): in one query joined to
     the selection ``candidates`` (a query of run ids), or by the rows' ids when it is None.
@@ -157,7 +167,7 @@ def kl_ranking(
     if not rows:
         return []
     wanted = (
-        id_in(session, PieceRow.run_id, row_column(rows, "id"))
+        id_in(session, PieceRow.run_id, row_column(rows, "id", fields))
         if candidates is None
         else PieceRow.run_id.in_(candidates.scalar_subquery())
     )
@@ -185,7 +195,7 @@ def kl_ranking(
     if target.id not in by_run:
         raise BkgdbError(f"KL_DIV needs run {target.obs_id}'s own piece: index its datastore with --config")
     # The rows' pieces (then the target's) decoded at once per array: one buffer each, no per-piece arrays.
-    ordered = [by_run[run_id] for run_id in row_column(rows, "id")] + [by_run[target.id]]
+    ordered = [by_run[run_id] for run_id in row_column(rows, "id", fields)] + [by_run[target.id]]
     memo: dict[str, tuple[int, ...]] = {}
     shapes = {parsed_shape(row[1], memo) for row in ordered}
     if len(shapes) != 1:
@@ -197,7 +207,7 @@ def kl_ranking(
     own_counts, own_exposure = all_counts[-1], all_exposure[-1]
     reference = rate_shape(_Arrays(own_counts, own_exposure))
     scores = kl_divergences(reference, counts, exposure)
-    obs_ids = np.array(row_column(rows, "obs_id"), dtype=np.int64)
+    obs_ids = np.array(row_column(rows, "obs_id", fields), dtype=np.int64)
     return [rows[index] for index in np.lexsort((obs_ids, scores)).tolist()]
 
 

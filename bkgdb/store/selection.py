@@ -22,10 +22,11 @@ from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError, NoRunsSelected, TooLittleStatistics
 from bkgdb.store.conditions import conditions_expression
+from bkgdb.store.database import driver_rows
 from bkgdb.store.funnel_counts import funnel_counts, indexed_funnel_counts
 from bkgdb.store.integrity import integrity_steps, is_ok, list_state
 from bkgdb.store.models import Datastore, PieceRow, Run
-from bkgdb.store.pieces import PIECE_COLUMN_NAMES, PIECE_COLUMNS, row_columns
+from bkgdb.store.pieces import PIECE_COLUMN_NAMES, PIECE_COLUMNS
 from bkgdb.store.ranking import (
     AIRMASS_STEP,
     airmass,
@@ -302,11 +303,12 @@ class RunSelector:
 
         requested = None if self.settings.time_request is None else self.settings.time_request * 3600.0
         with_pieces = with_pieces and requested is None
+        fields = CANDIDATE_COLUMN_NAMES + (PIECE_COLUMN_NAMES[1:] if with_pieces else ())
         rows, query = self.nearest_candidates(session, query, target, requested, around, with_pieces)
-        ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query)
+        ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query, fields)
         # The ontime before each run, summed in order as one float after the other (cumsum is sequential):
         # runs are taken while it is short of the request.
-        columns = row_columns(rows) if rows else dict.fromkeys(CANDIDATE_COLUMN_NAMES + PIECE_COLUMN_NAMES[1:], ())
+        columns = dict(zip(fields, zip(*rows, strict=True), strict=True)) if rows else dict.fromkeys(fields, ())
         held = np.cumsum(np.concatenate([[0.0], known_or_zero(columns["ontime_s"])]))
         n_chosen = len(rows)
         if requested is not None:
@@ -352,7 +354,8 @@ class RunSelector:
         around: Any = None,
         with_pieces: bool = False,
     ) -> tuple[list, Any]:
-        """The candidates that can be chosen, read in airmass shells around the target, and their query.
+        """The candidates that can be chosen (driver rows of `CANDIDATE_COLUMNS`), read in airmass shells
+        around the target, and their query.
 
         Runs are ranked by airmass step first (`rank`), so with ``time_request`` only the runs in
         the nearest steps holding the requested ontime can be chosen: shells of 1, 4, 16, ...
@@ -377,23 +380,22 @@ class RunSelector:
                 low, high = zenith_range(target.zenith_deg, steps * AIRMASS_STEP + 1e-9)
                 within = (Run.zenith_deg >= max(low, window_low), Run.zenith_deg <= min(high, window_high))
                 shell = (query if around is None else around).where(*within)
-                # Plain rows through the session's connection: no ORM processing of thousands of rows.
-                rows = list(session.connection().execute(shell.with_only_columns(*columns)).all())
-                zenith = np.array(row_column(rows, "zenith_deg"), dtype=np.float64)
+                rows = driver_rows(session, shell.with_only_columns(*columns))
+                zenith = np.array(row_column(rows, "zenith_deg", CANDIDATE_COLUMN_NAMES), dtype=np.float64)
                 inside = np.floor(np.abs(airmass(zenith) - target_airmass) / AIRMASS_STEP) < steps
                 rows = list(compress(rows, inside.tolist()))
                 if len(rows) > SHELL_ROWS_MAX:  # as many as the whole window: read it with its query
                     break
-                if sum(known_or_zero(row_column(rows, "ontime_s")).tolist()) >= wanted:
+                if sum(known_or_zero(row_column(rows, "ontime_s", CANDIDATE_COLUMN_NAMES)).tolist()) >= wanted:
                     if s.KL_DIV:  # the pool: the nearest runs (airmass, then time) holding ``wanted``
-                        rows = airmass_then_time(target, rows)
-                        held = np.cumsum(known_or_zero(row_column(rows, "ontime_s")))
+                        rows = airmass_then_time(target, rows, CANDIDATE_COLUMN_NAMES)
+                        held = np.cumsum(known_or_zero(row_column(rows, "ontime_s", CANDIDATE_COLUMN_NAMES)))
                         rows = rows[: int(np.searchsorted(held, wanted)) + 1]
                     return rows, None
                 steps *= 4
         if with_pieces:
             columns += PIECE_COLUMNS[1:]  # the piece id is a candidate column
-        return list(session.connection().execute(query.with_only_columns(*columns)).all()), query
+        return driver_rows(session, query.with_only_columns(*columns)), query
 
     def statistics_shortfall(self, n_runs: int, ontime_s: float) -> str:
         """'below min_runs 3 and min_ontime 2 h' when the selection rests on too little, else ''."""
@@ -442,9 +444,17 @@ class RunSelector:
         return base, search_id
 
     def rank(
-        self, session: Session, target: Run, rows: list, binning_id: int, exclusion_id: int, candidates: Any
+        self,
+        session: Session,
+        target: Run,
+        rows: list,
+        binning_id: int,
+        exclusion_id: int,
+        candidates: Any,
+        fields: Sequence[str] = CANDIDATE_COLUMN_NAMES,
     ) -> tuple[str, list]:
-        """Order candidates, most similar first: by KL divergence, or by airmass then time.
+        """Order candidates (tuples of ``fields``), most similar first: by KL divergence, or by airmass
+        then time.
 
         KL ranking reads only the candidates' counts and exposure (with the target's, in one query
         joined to the selection, or by the rows' ids when ``candidates`` is None) and scores them
@@ -453,8 +463,8 @@ class RunSelector:
         if not rows:
             return ("kl_divergence" if self.settings.KL_DIV else "airmass_then_time"), []
         if self.settings.KL_DIV:
-            return "kl_divergence", kl_ranking(session, target, rows, binning_id, exclusion_id, candidates)
-        return "airmass_then_time", airmass_then_time(target, rows)
+            return "kl_divergence", kl_ranking(session, target, rows, binning_id, exclusion_id, candidates, fields)
+        return "airmass_then_time", airmass_then_time(target, rows, fields)
 
     def integrity_steps(
         self, session: Session, target: Run, binning_id: int, exclusion_id: int, search_id: int | None = None
