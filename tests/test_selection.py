@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from test_query_plans import recorded_statements
 
 from bkgdb.config import Binning, SelectionSettings
 from bkgdb.errors import BkgdbError, ConfigError, NoRunsSelected, TooLittleStatistics
@@ -180,6 +181,25 @@ def test_kl_divergence_ranking(catalogue):
     selection = select(catalogue, runs, tuple(ids), 1, KL_DIV=True)
     assert selection.obs_ids == [3, 2, 4]  # same shape with twice the statistics first
     assert selection.ranking == "kl_divergence"
+
+
+def test_kl_ranking_of_candidates_read_with_their_pieces_reads_the_targets_piece_alone(catalogue):
+    shape = np.outer([100, 50, 20, 5], [1, 2, 3])
+    counts = {1: shape, 2: np.full(BINNING.shape, 30), 3: shape * 2, 4: shape[::-1]}
+    runs, *ids = add_runs(catalogue, [{"obs_id": i} for i in counts], counts=lambda obs_id: counts[obs_id])
+    selector = RunSelector(SelectionSettings(**{**OPEN, "KL_DIV": True}))
+    with Session(catalogue.engine) as session:
+        target = session.get(Run, runs[1].id)
+        alone = selector.run(session, target, *ids)
+        together = []
+        statements = recorded_statements(
+            catalogue.engine, lambda: together.append(selector.run(session, target, *ids, with_pieces=True))
+        )
+    assert together[0].obs_ids == alone.obs_ids == [3, 2, 4]
+    assert together[0].pieces["piece_id"] == tuple(alone.piece_ids)
+    # The ranking's own read of pieces asks for the target's alone: no list or query of candidates.
+    (ranking_read,) = [sql for sql, _ in statements if "CAST(pieces.shape AS" in sql]
+    assert " IN " not in ranking_read.upper() and "ANY" not in ranking_read.upper() and "runs" not in ranking_read
 
 
 def test_kl_divergence_ranking_on_fov_pixels(catalogue):

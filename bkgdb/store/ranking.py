@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError
-from bkgdb.store.database import id_in
+from bkgdb.store.database import driver_rows, id_in
 from bkgdb.store.models import PieceRow
 from bkgdb.store.pieces import parsed_shape, stacked_array
 
@@ -157,7 +157,9 @@ def kl_ranking(
     pieces from the target's.
 
     Only the candidates' counts and exposure are read (with the target's): in one query joined to
-    the selection ``candidates`` (a query of run ids), or by the rows' ids when it is None.
+    the selection ``candidates`` (a query of run ids), or by the rows' ids when it is None. Rows that
+    hold their pieces (`~bkgdb.store.pieces.PIECE_COLUMNS` among ``fields``, read with the
+    candidates) are not read again: only the target's piece is.
 
     Raises
     ------
@@ -166,43 +168,48 @@ def kl_ranking(
     """
     if not rows:
         return []
-    wanted = (
-        id_in(session, PieceRow.run_id, row_column(rows, "id", fields))
-        if candidates is None
-        else PieceRow.run_id.in_(candidates.scalar_subquery())
-    )
-    # Plain rows through the session's connection, without the ORM's per-row result processing.
-    found = (
-        session.connection()
-        .execute(
-            sa.select(
-                PieceRow.run_id,
-                # As text, parsed once per distinct shape (`parsed_shape`), not as JSON per row.
-                sa.cast(PieceRow.shape, sa.Text),
-                PieceRow.counts_dtype,
-                PieceRow.exposure_dtype,
-                PieceRow.counts,
-                PieceRow.exposure_s,
-            ).where(
-                PieceRow.binning_id == binning_id,
-                PieceRow.exclusion_id == exclusion_id,
-                sa.or_(PieceRow.run_id == target.id, wanted),
-            )
+    carried = fields is not None and "counts" in fields
+    if carried:
+        wanted = PieceRow.run_id == target.id
+    else:
+        others = (
+            id_in(session, PieceRow.run_id, row_column(rows, "id", fields))
+            if candidates is None
+            else PieceRow.run_id.in_(candidates.scalar_subquery())
         )
-        .all()
+        wanted = sa.or_(PieceRow.run_id == target.id, others)
+    found = driver_rows(
+        session,
+        sa.select(
+            PieceRow.run_id,
+            # As text, parsed once per distinct shape (`parsed_shape`), not as JSON per row.
+            sa.cast(PieceRow.shape, sa.Text),
+            PieceRow.counts_dtype,
+            PieceRow.exposure_dtype,
+            PieceRow.counts,
+            PieceRow.exposure_s,
+        ).where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, wanted),
     )
     by_run = {row[0]: row for row in found}
     if target.id not in by_run:
         raise BkgdbError(f"KL_DIV needs run {target.obs_id}'s own piece: index its datastore with --config")
     # The rows' pieces (then the target's) decoded at once per array: one buffer each, no per-piece arrays.
-    ordered = [by_run[run_id] for run_id in row_column(rows, "id", fields)] + [by_run[target.id]]
+    names = ("counts_dtype", "exposure_dtype", "counts", "exposure_s")
     memo: dict[str, tuple[int, ...]] = {}
-    shapes = {parsed_shape(row[1], memo) for row in ordered}
+    own = by_run[target.id]
+    if carried:  # their shape is their binning's: `stacked_array` refuses arrays of another size
+        shapes = {parsed_shape(own[1], memo)}
+        columns = [row_column(rows, name, fields) + [own[2 + number]] for number, name in enumerate(names)]
+    else:
+        ordered = [by_run[run_id] for run_id in row_column(rows, "id", fields)] + [own]
+        shapes = {parsed_shape(row[1], memo) for row in ordered}
+        columns = [[row[2 + number] for row in ordered] for number in range(len(names))]
     if len(shapes) != 1:
         raise BkgdbError(f"pieces of several shapes {sorted(shapes)} in one setting")
     shape = shapes.pop()
-    all_counts = stacked_array([row[4] for row in ordered], [row[2] for row in ordered], shape)
-    all_exposure = stacked_array([row[5] for row in ordered], [row[3] for row in ordered], shape[1:])
+    counts_dtypes, exposure_dtypes, counts_blobs, exposure_blobs = columns
+    all_counts = stacked_array(counts_blobs, counts_dtypes, shape)
+    all_exposure = stacked_array(exposure_blobs, exposure_dtypes, shape[1:])
     counts, exposure = all_counts[:-1], all_exposure[:-1]
     own_counts, own_exposure = all_counts[-1], all_exposure[-1]
     reference = rate_shape(_Arrays(own_counts, own_exposure))
