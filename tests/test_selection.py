@@ -200,6 +200,11 @@ def test_kl_ranking_of_candidates_read_with_their_pieces_reads_the_targets_piece
     # The ranking's own read of pieces asks for the target's alone: no list or query of candidates.
     (ranking_read,) = [sql for sql, _ in statements if "CAST(pieces.shape AS" in sql]
     assert " IN " not in ranking_read.upper() and "ANY" not in ranking_read.upper() and "runs" not in ranking_read
+    # Without the target's own piece there is nothing to rank by.
+    with Session(catalogue.engine) as session:
+        session.execute(sa.delete(PieceRow).where(PieceRow.run_id == runs[1].id))
+        with pytest.raises(BkgdbError, match="KL_DIV needs run 1's own piece"):
+            selector.run(session, session.get(Run, runs[1].id), *ids, with_pieces=True)
 
 
 def test_kl_divergence_ranking_on_fov_pixels(catalogue):

@@ -109,9 +109,11 @@ def _fields(rows: list, fields: Sequence[str] | None) -> Sequence[str] | None:
 def row_column(rows: list, name: str, fields: Sequence[str] | None = None) -> list:
     """Column ``name`` of ``rows``: by position for tuples whose ``fields`` are given and for result
     rows (a tenth of the cost of an attribute lookup per row), else by attribute."""
-    fields = _fields(rows, fields)
-    if fields is not None and name in fields:
-        return list(map(itemgetter(fields.index(name)), rows))
+    known = _fields(rows, fields)
+    if known is not None and name in known:
+        return list(map(itemgetter(known.index(name)), rows))
+    if fields is not None:
+        raise KeyError(f"no column {name!r} among {tuple(fields)}")
     return [getattr(row, name) for row in rows]
 
 
@@ -197,16 +199,18 @@ def kl_ranking(
     names = ("counts_dtype", "exposure_dtype", "counts", "exposure_s")
     memo: dict[str, tuple[int, ...]] = {}
     own = by_run[target.id]
-    if carried:  # their shape is their binning's: `stacked_array` refuses arrays of another size
-        shapes = {parsed_shape(own[1], memo)}
+    if carried:
+        # Their shape is not read: the pieces of one setting have its binning's (as a build assumes),
+        # and `stacked_array` refuses arrays of another size.
+        shape = parsed_shape(own[1], memo)
         columns = [row_column(rows, name, fields) + [own[2 + number]] for number, name in enumerate(names)]
     else:
         ordered = [by_run[run_id] for run_id in row_column(rows, "id", fields)] + [own]
         shapes = {parsed_shape(row[1], memo) for row in ordered}
+        if len(shapes) != 1:
+            raise BkgdbError(f"pieces of several shapes {sorted(shapes)} in one setting")
+        shape = shapes.pop()
         columns = [[row[2 + number] for row in ordered] for number in range(len(names))]
-    if len(shapes) != 1:
-        raise BkgdbError(f"pieces of several shapes {sorted(shapes)} in one setting")
-    shape = shapes.pop()
     counts_dtypes, exposure_dtypes, counts_blobs, exposure_blobs = columns
     all_counts = stacked_array(counts_blobs, counts_dtypes, shape)
     all_exposure = stacked_array(exposure_blobs, exposure_dtypes, shape[1:])

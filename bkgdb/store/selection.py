@@ -369,6 +369,7 @@ class RunSelector:
         With ``with_pieces`` (and no ``requested``) the rows also hold `~bkgdb.store.pieces.PIECE_COLUMNS`.
         """
         columns: tuple[Any, ...] = CANDIDATE_COLUMNS
+        with_pieces = with_pieces and requested is None  # rows of one layout, whatever the shells hold
         s = self.settings
         if requested is not None and s.el_diff is not None and target.zenith_deg is not None:
             wanted = requested * (KL_POOL_FACTOR if s.KL_DIV else 1.0)
