@@ -19,6 +19,7 @@ from bkgdb.background import BackgroundBuilder
 from bkgdb.errors import NoRunsSelected
 from bkgdb.makers.assembly import assemble_background
 from bkgdb.store import backgrounds
+from bkgdb.store.database import driver_rows
 from bkgdb.store.flags import flag_run
 from bkgdb.store.models import Datastore, PieceRow, Run, RunFlag
 from bkgdb.store.pieces import row_to_piece
@@ -253,6 +254,32 @@ def test_pieces_read_with_the_candidates_build_what_pieces_read_after_them_build
     assert built.inputs == expected.inputs
     np.testing.assert_array_equal(built.assembled.counts, expected.assembled.counts)
     assert built.assembled.exposure_s.tobytes() == expected.assembled.exposure_s.tobytes()
+
+
+def test_a_builds_rows_are_the_drivers_own_and_come_in_binary_from_postgresql(catalogue):
+    synthetic_catalogue(catalogue, 5)
+    statement = sa.select(
+        PieceRow.id,
+        PieceRow.counts,
+        PieceRow.ontime_s,
+        PieceRow.counts_dtype,
+        sa.type_coerce(PieceRow.created_at, sa.Text),
+    ).order_by(PieceRow.id)
+    formats = []
+
+    def record(connection, cursor, statement, parameters, context, executemany):
+        result = getattr(cursor, "pgresult", None)  # psycopg's
+        if result is not None:
+            formats.append({result.fformat(column) for column in range(result.nfields)})
+
+    sa.event.listen(catalogue.engine, "after_cursor_execute", record)
+    with Session(catalogue.engine) as session:
+        rows = driver_rows(session, statement)
+        expected = [tuple(row) for row in session.execute(statement).all()]
+    assert rows == expected and len(rows) == 5
+    assert {type(value) for value in rows[0][1:3]} == {bytes, float}
+    if catalogue.engine.dialect.name == "postgresql":
+        assert formats == [{1}, {0}]  # binary for the driver's rows, text for SQLAlchemy's
 
 
 def test_pieces_the_database_returns_in_another_order_are_placed_by_their_id(catalogue, monkeypatch):
