@@ -18,14 +18,15 @@ from bkgdb.store.models import RUN_STATUS_OK, PieceRow, Run
 __all__ = ["funnel_counts", "indexed_funnel_counts"]
 
 
-def funnel_counts(session: Session, candidates: Any, conditions: list) -> list[int]:
+def funnel_counts(session: Session, candidates: Any, conditions: list, parameters: dict | None = None) -> list[int]:
     """[candidates, left after the 1st condition, after the 1st and 2nd, ...] in one query.
 
-    Each condition is evaluated once per candidate (an inner 0/1 column), then summed.
+    Each condition is evaluated once per candidate (an inner 0/1 column), then summed. The query
+    runs with the named ``parameters`` of the candidates and conditions.
     """
     if not conditions:
-        return [session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery())) or 0]
-    return [int(value) for value in session.execute(_funnel_statement(candidates, conditions, [])).one()]
+        return [session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery()), parameters) or 0]
+    return [int(value) for value in session.execute(_funnel_statement(candidates, conditions, []), parameters).one()]
 
 
 def _funnel_statement(candidates: Any, conditions: list, scalars: list) -> Any:
@@ -101,7 +102,7 @@ def indexed_funnel_counts(
             candidates = sa.select(Run.id).where(is_ok(), Run.id != target_id)
             if search_id is not None:
                 candidates = candidates.where(Run.datastore_id == search_id)
-        counts += funnel_counts(session, candidates.where(*integrity, criteria[0]), criteria[1:])
+        counts += funnel_counts(session, candidates.where(*integrity, criteria[0]), criteria[1:], named)
     return counts
 
 

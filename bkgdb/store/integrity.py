@@ -78,7 +78,8 @@ def not_in_list(column: Any, query: Any, values: list | None, name: str | None =
 
     Short lists (usually none: few runs are empty or flagged) are passed as values, so the
     funnel and selection queries do not evaluate the subquery again for every candidate. With a
-    ``name`` they are the bound parameter of that name (see `integrity_steps`).
+    ``name`` they are the bound parameter of that name, without a value: given when the statement
+    runs (see `integrity_steps`).
     """
     if values is None:
         return column.not_in(query)
@@ -86,7 +87,7 @@ def not_in_list(column: Any, query: Any, values: list | None, name: str | None =
         return sa.true()
     if name is None:
         return column.not_in(values)
-    return column.not_in(sa.bindparam(name, list(values), type_=column.type, expanding=True))
+    return column.not_in(sa.bindparam(name, type_=column.type, expanding=True))
 
 
 def list_state(values: list | None) -> int:
@@ -144,33 +145,31 @@ def integrity_lists(
 
 
 def one_copy_condition(
-    target: Run,
-    binning_id: int,
-    exclusion_id: int,
-    datastore_id: int | None,
-    repeated_obs_ids: list | None,
-    target_second: float,
+    binning_id: int, exclusion_id: int, datastore_id: int | None, repeated_obs_ids: list | None
 ) -> Any:
     """SQL condition: the run is the preferred copy of its observation, and no copy of the target.
 
-    An observation is its OBS_ID and start second (`observation_second`; the target's is
-    ``target_second``). Of several copies that are candidates (ok, with a non-empty piece), the
-    one in the target's datastore is kept, else the one of the datastore indexed first (the lowest
-    datastore id). Only runs whose OBS_ID is catalogued more than once (``repeated_obs_ids``, None
-    when too many to list) are looked up (a correlated NOT EXISTS on the OBS_ID index), so an
-    archive without copies pays almost nothing.
+    An observation is its OBS_ID and start second (`observation_second`; the target's is the
+    parameter ``target_second``). Of several copies that are candidates (ok, with a non-empty
+    piece), the one in the target's datastore is kept, else the one of the datastore indexed first
+    (the lowest datastore id). Only runs whose OBS_ID is catalogued more than once
+    (``repeated_obs_ids``, None when too many to list) are looked up (a correlated NOT EXISTS on
+    the OBS_ID index), so an archive without copies pays almost nothing.
+
+    The target's values (``target_obs_id``, ``target_second``, ``target_datastore_id``) and the
+    repeated OBS_IDs (``repeated_obs_ids``) are named parameters without values: given when the
+    statement runs (`integrity_steps`).
     """
-    # Named parameters: a statement made with them is run again for other targets (`integrity_steps`).
     not_target_copy = sa.not_(
         sa.and_(
-            Run.obs_id == sa.bindparam("target_obs_id", target.obs_id, type_=Run.obs_id.type),
-            observation_second() == sa.bindparam("target_second", target_second, type_=sa.Float),
+            Run.obs_id == sa.bindparam("target_obs_id", type_=Run.obs_id.type),
+            observation_second() == sa.bindparam("target_second", type_=sa.Float),
         )
     )
     other, other_piece = _OTHER, _OTHER_PIECE
     if repeated_obs_ids == []:
         return not_target_copy
-    target_store = sa.bindparam("target_datastore_id", target.datastore_id, type_=Run.datastore_id.type)
+    target_store = sa.bindparam("target_datastore_id", type_=Run.datastore_id.type)
     preferred_copy = (
         sa.select(other.id)
         .join(other_piece, other_piece.run_id == other.id)
@@ -195,36 +194,48 @@ def one_copy_condition(
     single = Run.obs_id.not_in(
         _repeated()
         if repeated_obs_ids is None
-        else sa.bindparam("repeated_obs_ids", list(repeated_obs_ids), type_=Run.obs_id.type, expanding=True)
+        else sa.bindparam("repeated_obs_ids", type_=Run.obs_id.type, expanding=True)
     )
     return sa.and_(not_target_copy, sa.or_(single, ~preferred_copy.exists()))
 
 
 def integrity_steps(
-    session: Session, target: Run, binning_id: int, exclusion_id: int, search_id: int | None = None
+    session: Session,
+    target: Run,
+    binning_id: int,
+    exclusion_id: int,
+    search_id: int | None = None,
+    memo: dict | None = None,
 ) -> tuple[list, tuple]:
     """(name, condition) of the runs that must never build a background: empty, flagged bad,
     other copies of a run; and (empty ids, flagged OBS_IDs, repeated OBS_IDs, parameters).
 
     Each list (empty, flagged, repeated OBS_IDs) is asked for once (`integrity_lists`) and passed as
     values, None where too long to list. The values that depend on the target and the lists are
-    bound parameters with names, given in ``parameters``: a statement made of these conditions
-    runs for another target of the same setting with that target's parameters, as long as the
-    lists are of the same `list_state`.
+    bound parameters with names and without values: a statement with these conditions runs with
+    ``parameters``. So the conditions serve every target of the setting whose lists are of the same
+    `list_state`: made once per such key in ``memo``.
     """
     empty_ids, bad_ids, repeated_ids, target_second = integrity_lists(session, target, binning_id, exclusion_id)
-    # The subqueries are made only when a list is too long to pass.
-    empty_pieces = None
-    if empty_ids is None:
-        empty_pieces = sa.select(PieceRow.run_id).where(
-            PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events())
-        )
-    copies = one_copy_condition(target, binning_id, exclusion_id, search_id, repeated_ids, target_second)
-    steps = [
-        ("empty runs", not_in_list(Run.id, empty_pieces, empty_ids, "empty_ids")),
-        ("flagged bad", not_in_list(Run.obs_id, bad_obs_ids() if bad_ids is None else None, bad_ids, "bad_obs_ids")),
-        ("duplicate copies", copies),
-    ]
+    key = (binning_id, exclusion_id, search_id, *map(list_state, (empty_ids, bad_ids, repeated_ids)))
+    steps = None if memo is None else memo.get(key)
+    if steps is None:
+        # The subqueries are made only when a list is too long to pass.
+        empty_pieces = None
+        if empty_ids is None:
+            empty_pieces = sa.select(PieceRow.run_id).where(
+                PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, sa.not_(has_events())
+            )
+        steps = [
+            ("empty runs", not_in_list(Run.id, empty_pieces, empty_ids, "empty_ids")),
+            (
+                "flagged bad",
+                not_in_list(Run.obs_id, bad_obs_ids() if bad_ids is None else None, bad_ids, "bad_obs_ids"),
+            ),
+            ("duplicate copies", one_copy_condition(binning_id, exclusion_id, search_id, repeated_ids)),
+        ]
+        if memo is not None:
+            memo[key] = steps
     parameters = {
         "target_id": target.id,
         "target_obs_id": target.obs_id,
@@ -234,4 +245,4 @@ def integrity_steps(
         "bad_obs_ids": bad_ids,
         "repeated_obs_ids": repeated_ids,
     }
-    return steps, (empty_ids, bad_ids, repeated_ids, parameters)
+    return list(steps), (empty_ids, bad_ids, repeated_ids, parameters)

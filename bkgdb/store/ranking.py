@@ -154,12 +154,14 @@ def kl_ranking(
     exclusion_id: int,
     candidates: Any = None,
     fields: Sequence[str] | None = None,
+    parameters: dict | None = None,
 ) -> list:
     """``rows`` (with ``id`` and ``obs_id``; tuples of ``fields``) ordered by the KL divergence of their
     pieces from the target's.
 
     Only the candidates' counts and exposure are read (with the target's): in one query joined to
-    the selection ``candidates`` (a query of run ids), or by the rows' ids when it is None. Rows that
+    the selection ``candidates`` (a query of run ids, run with its named ``parameters``), or by the
+    rows' ids when it is None. Rows that
     hold their pieces (`~bkgdb.store.pieces.PIECE_COLUMNS` among ``fields``, read with the
     candidates) are not read again: only the target's piece is.
 
@@ -191,6 +193,7 @@ def kl_ranking(
             PieceRow.counts,
             PieceRow.exposure_s,
         ).where(PieceRow.binning_id == binning_id, PieceRow.exclusion_id == exclusion_id, wanted),
+        parameters,
     )
     by_run = {row[0]: row for row in found}
     if target.id not in by_run:

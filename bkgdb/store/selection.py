@@ -148,8 +148,12 @@ class RunSelector:
         self.settings = settings
         self.from_run = from_run
         self.search_datastore = search_datastore
-        #: Statements kept for the next targets (`~bkgdb.store.funnel_counts.indexed_funnel_counts`).
+        #: Statements and conditions kept for the next targets: the integrity funnel's
+        #: (`~bkgdb.store.funnel_counts.indexed_funnel_counts`), the candidates' query (`candidates`)
+        #: and the integrity conditions (`~bkgdb.store.integrity.integrity_steps`), each by its key.
         self._statements: dict = {}
+        self._bases: dict = {}
+        self._integrity: dict = {}
 
     def criteria(self, target: Run, extra_keys: Sequence[str] = ()) -> list[tuple[str, Any]]:
         """(name, SQL condition) pairs for a target `~bkgdb.store.models.Run`."""
@@ -270,7 +274,7 @@ class RunSelector:
         criteria = self.criteria(target, extra_keys)
         steps = integrity + criteria
         if any(values is None for values in (empty_ids, bad_ids, repeated_ids)):
-            counts = funnel_counts(session, base, [condition for _, condition in steps])
+            counts = funnel_counts(session, base, [condition for _, condition in steps], parameters)
         else:
             counts = indexed_funnel_counts(
                 session,
@@ -304,8 +308,8 @@ class RunSelector:
         requested = None if self.settings.time_request is None else self.settings.time_request * 3600.0
         with_pieces = with_pieces and requested is None
         fields = CANDIDATE_COLUMN_NAMES + (PIECE_COLUMN_NAMES[1:] if with_pieces else ())
-        rows, query = self.nearest_candidates(session, query, target, requested, around, with_pieces)
-        ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query, fields)
+        rows, query = self.nearest_candidates(session, query, target, requested, around, with_pieces, parameters)
+        ranking, rows = self.rank(session, target, rows, binning_id, exclusion_id, query, fields, parameters)
         # The ontime before each run, summed in order as one float after the other (cumsum is sequential):
         # runs are taken while it is short of the request.
         columns = dict(zip(fields, zip(*rows, strict=True), strict=True)) if rows else dict.fromkeys(fields, ())
@@ -353,6 +357,7 @@ class RunSelector:
         requested: float | None,
         around: Any = None,
         with_pieces: bool = False,
+        parameters: dict | None = None,
     ) -> tuple[list, Any]:
         """The candidates that can be chosen (driver rows of `CANDIDATE_COLUMNS`), read in airmass shells
         around the target, and their query.
@@ -367,6 +372,7 @@ class RunSelector:
         (within the window's) as the only one, since SQLite scans the first range a query puts on an
         indexed column, not the narrowest (at 100,000 runs a shell then took 6 ms instead of 0.6).
         With ``with_pieces`` (and no ``requested``) the rows also hold `~bkgdb.store.pieces.PIECE_COLUMNS`.
+        The queries run with ``parameters`` (`integrity_steps`).
         """
         columns: tuple[Any, ...] = CANDIDATE_COLUMNS
         with_pieces = with_pieces and requested is None  # rows of one layout, whatever the shells hold
@@ -381,7 +387,7 @@ class RunSelector:
                 low, high = zenith_range(target.zenith_deg, steps * AIRMASS_STEP + 1e-9)
                 within = (Run.zenith_deg >= max(low, window_low), Run.zenith_deg <= min(high, window_high))
                 shell = (query if around is None else around).where(*within)
-                rows = driver_rows(session, shell.with_only_columns(*columns))
+                rows = driver_rows(session, shell.with_only_columns(*columns), parameters)
                 zenith = np.array(row_column(rows, "zenith_deg", CANDIDATE_COLUMN_NAMES), dtype=np.float64)
                 inside = np.floor(np.abs(airmass(zenith) - target_airmass) / AIRMASS_STEP) < steps
                 rows = list(compress(rows, inside.tolist()))
@@ -396,7 +402,7 @@ class RunSelector:
                 steps *= 4
         if with_pieces:
             columns += PIECE_COLUMNS[1:]  # the piece id is a candidate column
-        return driver_rows(session, query.with_only_columns(*columns)), query
+        return driver_rows(session, query.with_only_columns(*columns), parameters), query
 
     def statistics_shortfall(self, n_runs: int, ontime_s: float) -> str:
         """'below min_runs 3 and min_ontime 2 h' when the selection rests on too little, else ''."""
@@ -424,24 +430,30 @@ class RunSelector:
 
     def candidates(self, session: Session, target: Run, binning_id: int, exclusion_id: int) -> tuple[Any, int | None]:
         """The query of candidate run ids (ok, with a piece of the setting, not the target) and the
-        id of the search datastore (None: every datastore)."""
-        # The setting's pieces are tested as ``binning_id + 0 = ?``: looked up per run (by the
-        # (run, binning, exclusion) key), never scanned as a whole, even where SQLite has no statistics.
-        base = (
-            sa.select(Run.id)
-            .join(PieceRow, PieceRow.run_id == Run.id)
-            .where(
-                (PieceRow.binning_id + 0) == binning_id,
-                (PieceRow.exclusion_id + 0) == exclusion_id,
-                is_ok(),
-                # Named: the integrity funnel's query is run again for other targets (`integrity_steps`).
-                Run.id != sa.bindparam("target_id", target.id, type_=Run.id.type),
+        id of the search datastore (None: every datastore).
+
+        The target's id is the parameter ``target_id``, without a value: the query is made once per
+        setting and runs with the target's (`integrity_steps`' parameters).
+        """
+        search_id = self.search_datastore_id(session) if self.search_datastore else None
+        key = (binning_id, exclusion_id, search_id)
+        base = self._bases.get(key)
+        if base is None:
+            # The setting's pieces are tested as ``binning_id + 0 = ?``: looked up per run (by the
+            # (run, binning, exclusion) key), never scanned as a whole, even where SQLite has no statistics.
+            base = (
+                sa.select(Run.id)
+                .join(PieceRow, PieceRow.run_id == Run.id)
+                .where(
+                    (PieceRow.binning_id + 0) == binning_id,
+                    (PieceRow.exclusion_id + 0) == exclusion_id,
+                    is_ok(),
+                    Run.id != sa.bindparam("target_id", type_=Run.id.type),
+                )
             )
-        )
-        search_id = None
-        if self.search_datastore:
-            search_id = self.search_datastore_id(session)
-            base = base.where(Run.datastore_id == search_id)
+            if search_id is not None:
+                base = base.where(Run.datastore_id == search_id)
+            self._bases[key] = base
         return base, search_id
 
     def rank(
@@ -453,6 +465,7 @@ class RunSelector:
         exclusion_id: int,
         candidates: Any,
         fields: Sequence[str] = CANDIDATE_COLUMN_NAMES,
+        parameters: dict | None = None,
     ) -> tuple[str, list]:
         """Order candidates (tuples of ``fields``), most similar first: by KL divergence, or by airmass
         then time.
@@ -464,11 +477,13 @@ class RunSelector:
         if not rows:
             return ("kl_divergence" if self.settings.KL_DIV else "airmass_then_time"), []
         if self.settings.KL_DIV:
-            return "kl_divergence", kl_ranking(session, target, rows, binning_id, exclusion_id, candidates, fields)
+            return "kl_divergence", kl_ranking(
+                session, target, rows, binning_id, exclusion_id, candidates, fields, parameters
+            )
         return "airmass_then_time", airmass_then_time(target, rows, fields)
 
     def integrity_steps(
         self, session: Session, target: Run, binning_id: int, exclusion_id: int, search_id: int | None = None
     ) -> tuple[list, tuple]:
         """The integrity steps of `~bkgdb.store.integrity.integrity_steps` (empty, flagged bad, copies)."""
-        return integrity_steps(session, target, binning_id, exclusion_id, search_id)
+        return integrity_steps(session, target, binning_id, exclusion_id, search_id, memo=self._integrity)
