@@ -143,16 +143,18 @@ def bin_average_to_centre(rate: np.ndarray, background: AssembledBackground) -> 
     index g of `local_spectral_index`, which is exact for a power law.
     """
     geometry = background.geometry
-    lo, hi, centre = geometry.energy_edges[:-1], geometry.energy_edges[1:], geometry.energy_centres
-    index = np.clip(local_spectral_index(background), -10, 10)
-    factor = np.ones(len(index))
-    for i, g in enumerate(index):
+    edges, centres = geometry.energy_edges.tolist(), geometry.energy_centres.tolist()
+    index = np.clip(local_spectral_index(background), -10, 10).tolist()
+    factor = []
+    # In Python floats, a bin at a time: the same operations (C's pow) as on numpy's scalars, a
+    # tenth of the time.
+    for lo, hi, centre, g in zip(edges[:-1], edges[1:], centres, index, strict=True):
         if abs(g - 1) < 1e-6:
-            integral = centre[i] * np.log(hi[i] / lo[i])  # integral of (E / E_c)**-1
+            integral = centre * float(np.log(hi / lo))  # integral of (E / E_c)**-1
         else:
-            integral = (hi[i] ** (1 - g) - lo[i] ** (1 - g)) / (1 - g) * centre[i] ** g
-        factor[i] = (hi[i] - lo[i]) / integral
-    return np.asarray(rate, float) * _per_energy(factor, geometry)
+            integral = (hi ** (1 - g) - lo ** (1 - g)) / (1 - g) * centre**g
+        factor.append((hi - lo) / integral)
+    return np.asarray(rate, float) * _per_energy(np.array(factor), geometry)
 
 
 def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.ndarray:
@@ -167,11 +169,12 @@ def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.nda
     """
     rate = np.array(rate, dtype=float)
     totals, denominator = _energy_totals(background)
-    for index in range(rate.shape[0]):
-        energy_slice = rate[index]  # a view: filling it fills ``rate``
-        empty = energy_slice <= 0
-        if totals[index] > 0 and denominator[index] > 0 and empty.any():
-            energy_slice[empty] = totals[index] / denominator[index]
+    counted = (totals > 0) & (denominator > 0)
+    mean = np.zeros(len(totals))
+    np.divide(totals, denominator, out=mean, where=counted)
+    slices = rate.reshape(len(totals), -1)  # a view: filling it fills ``rate``
+    empty = (slices <= 0) & counted[:, np.newaxis]
+    slices[empty] = np.broadcast_to(mean[:, np.newaxis], slices.shape)[empty]
     if rate.shape[0] > 1:
         for outer, inner in ((0, 1), (-1, -2)):
             if rate[outer].any() and not rate[inner].any():

@@ -100,6 +100,10 @@ def background_history(engine: sa.engine.Engine, obs_id: int | None = None) -> l
     ]
 
 
+#: The runs of an OBS_ID (parameter ``obs_id``), made once.
+_TARGET_QUERY = sa.select(Run).where(Run.obs_id == sa.bindparam("obs_id", type_=Run.obs_id.type))
+
+
 def find_target(session: Session, obs_id: int, datastore: str | Path | None = None) -> Run:
     """The catalogue row of run ``obs_id`` (of ``datastore``); a run that failed to index says why.
 
@@ -108,10 +112,10 @@ def find_target(session: Session, obs_id: int, datastore: str | Path | None = No
     BkgdbError
         The run is not catalogued, failed to index, or is in several datastores and none was given.
     """
-    query = sa.select(Run).where(Run.obs_id == obs_id)
+    query = _TARGET_QUERY
     if datastore is not None:
         query = query.join(Datastore).where(Datastore.at(datastore))
-    found = session.scalars(query).all()
+    found = session.scalars(query, {"obs_id": obs_id}).all()
     runs = [run for run in found if run.status == RUN_STATUS_OK]
     failed = [run for run in found if run.status == RUN_STATUS_FAILED]
     if not runs and failed:

@@ -86,7 +86,8 @@ def indexed_funnel_counts(
         )
         if memo is not None:
             memo[key] = statement
-    values = [int(value) for value in session.execute(statement, named).one()]
+    # Through the session's connection: one row, no ORM statement handling.
+    values = [int(value) for value in session.connection().execute(statement, named).one()]
     suspect_counts, found = values[: len(integrity) + 1], values[len(integrity) + 1 :]
     if search_id is None:
         total, not_ok_pieces, own_piece, not_ok, n_runs = found
