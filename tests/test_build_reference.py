@@ -231,6 +231,30 @@ def test_runs_of_a_datastore_indexed_after_the_first_build_carry_its_path(catalo
 EVERY_RUN_REQUESTED_H = 1e6
 
 
+@pytest.mark.parametrize(
+    "selection",
+    [
+        dict(el_diff=0.3, az_diff=None, gal_lat_min=0),
+        dict(el_diff=0.3, az_diff=None, gal_lat_min=0, time_request=3.0),
+        dict(el_diff=0.3, az_diff=None, gal_lat_min=0, time_request=3.0, KL_DIV=True),
+    ],
+    ids=["window", "requested", "kl"],
+)
+def test_one_builder_selects_for_each_target_what_a_new_one_selects(catalogue, selection):
+    """The selection's statements are made once per builder: each target's values still reach them."""
+    synthetic_catalogue(catalogue, 40)
+    config = make_config(**selection)
+    shared = BackgroundBuilder(catalogue, config)
+    seen = []
+    for obs_id in (3, 7, 12, 3):
+        built, fresh = shared.build(obs_id), BackgroundBuilder(catalogue, config).build(obs_id)
+        assert obs_id not in built.selection.obs_ids
+        assert (built.selection.obs_ids, built.selection.funnel) == (fresh.selection.obs_ids, fresh.selection.funnel)
+        np.testing.assert_array_equal(built.assembled.counts, fresh.assembled.counts)
+        seen.append(tuple(built.selection.obs_ids))
+    assert len(set(seen[:3])) == 3 and seen[3] == seen[0]
+
+
 def test_pieces_read_with_the_candidates_build_what_pieces_read_after_them_build(catalogue):
     synthetic_catalogue(catalogue, 40)
     open_selection = dict(el_diff=None, az_diff=None, gal_lat_min=0)
