@@ -92,13 +92,14 @@ def candidate_fates(
         The step names in the order applied.
     """
     base, search_id = selector.candidates(session, target, binning_id, exclusion_id)
-    steps, _ = selector.integrity_steps(session, target, binning_id, exclusion_id, search_id)
+    steps, (*_, parameters) = selector.integrity_steps(session, target, binning_id, exclusion_id, search_id)
     steps += selector.criteria(target, list(extra_keys))
     # A condition that is NULL for a run (missing column value) removes it, as in the funnel.
     passes = [sa.case((condition, 1), else_=0).label(f"pass_{number}") for number, (_, condition) in enumerate(steps)]
     query = base.with_only_columns(Run.id, Run.obs_id, Run.zenith_deg, Run.az_deg, Run.tstart_mjd, *passes)
     fates: list[CandidateFate] = []
-    for row in session.execute(query.order_by(Run.obs_id, Run.id)).all():
+    # The target's values are named parameters of the candidates' query and conditions.
+    for row in session.execute(query.order_by(Run.obs_id, Run.id), parameters).all():
         failed = next((name for number, (name, _) in enumerate(steps) if not row[5 + number]), None)
         fates.append(CandidateFate(row[0], row[1], row[2], row[3], row[4], failed))
     return fates, [name for name, _ in steps]
