@@ -316,8 +316,8 @@ def recompute(n_runs: int, folder: str, source: str = "simulated") -> None:
     sources = {run.obs_id: run for run in DL3Datastore(store).runs()}
     target = min(sources)
     builder = BackgroundBuilder(catalogue, config)
-    # The copies just written (hundreds of MB) are flushed to disk before anything is timed: while the
-    # kernel writes them back, builds took 15.6 ms instead of 8.8.
+    # The copies just written (hundreds of MB) are flushed to disk before anything is timed, so that
+    # the kernel's writing them back does not run during the timing.
     os.sync()
     time.sleep(1.0)
 
