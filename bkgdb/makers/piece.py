@@ -117,8 +117,11 @@ def stored_payloads(blobs: Sequence[bytes]) -> np.ndarray | None:
         the streams differ in length (decode those with zlib, which reports what is wrong) or a
         checksum does not match.
     """
+    # A final stored block's header byte is 1: compressed streams are left before being joined.
+    if not blobs or blobs[0][2:3] != b"\x01":
+        return None
     joined = b"".join(blobs)
-    if not blobs or len(joined) % len(blobs):
+    if len(joined) % len(blobs):
         return None
     length = len(joined) // len(blobs) - STORED_FRAME_BYTES
     if not 0 <= length <= 0xFFFF:

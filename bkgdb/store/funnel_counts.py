@@ -72,7 +72,8 @@ def indexed_funnel_counts(
     named parameters of the integrity conditions, `~bkgdb.store.integrity.integrity_steps`): the
     key must tell every other difference of the conditions (setting, lists' states, search datastore).
     """
-    target_id = sa.bindparam("target_id", target.id, type_=Run.id.type)
+    # Without a value, as in the candidates' query: every statement here runs with ``named``.
+    target_id = sa.bindparam("target_id", type_=Run.id.type)
     named = {
         **(parameters or {}),
         "target_id": target.id,

@@ -23,6 +23,7 @@ __all__ = [
     "short_list",
     "not_in_list",
     "list_state",
+    "integrity_key",
     "one_copy_condition",
     "integrity_steps",
     "integrity_lists",
@@ -93,6 +94,13 @@ def not_in_list(column: Any, query: Any, values: list | None, name: str | None =
 def list_state(values: list | None) -> int:
     """How a list of `not_in_list` shapes its condition: -1 a subquery, 0 none, 1 a bound list."""
     return -1 if values is None else int(bool(values))
+
+
+def integrity_key(binning_id: int, exclusion_id: int, search_id: int | None, *lists: list | None) -> tuple:
+    """What the integrity conditions of a selection are made of, besides their parameters: the
+    setting, the search datastore and the `list_state` of each integrity list. Statements made of
+    the conditions are kept under it (`integrity_steps`, the funnel's counts)."""
+    return (binning_id, exclusion_id, search_id, *map(list_state, lists))
 
 
 def _repeated() -> Any:
@@ -217,7 +225,7 @@ def integrity_steps(
     `list_state`: made once per such key in ``memo``.
     """
     empty_ids, bad_ids, repeated_ids, target_second = integrity_lists(session, target, binning_id, exclusion_id)
-    key = (binning_id, exclusion_id, search_id, *map(list_state, (empty_ids, bad_ids, repeated_ids)))
+    key = integrity_key(binning_id, exclusion_id, search_id, empty_ids, bad_ids, repeated_ids)
     steps = None if memo is None else memo.get(key)
     if steps is None:
         # The subqueries are made only when a list is too long to pass.

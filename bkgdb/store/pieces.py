@@ -107,12 +107,10 @@ def stacked_array(blobs: Sequence[bytes], dtypes: Sequence[str], shape: tuple[in
 def _same_dtype(blobs: Sequence[bytes], dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     """`stacked_array` of blobs of one dtype."""
     payloads = stored_payloads(blobs)
-    data = b"".join(map(zlib.decompress, blobs)) if payloads is None else payloads
-    if (len(data) if payloads is None else payloads.size) != len(blobs) * np.dtype(dtype).itemsize * int(
-        np.prod(shape)
-    ):
+    data = np.frombuffer(b"".join(map(zlib.decompress, blobs)), np.uint8) if payloads is None else payloads.ravel()
+    if data.size != len(blobs) * np.dtype(dtype).itemsize * int(np.prod(shape)):
         raise BkgdbError(f"stored arrays of another size than {shape} (not pieces of this binning?)")
-    return np.frombuffer(data, dtype=dtype).reshape((len(blobs), *shape))
+    return data.view(dtype).reshape((len(blobs), *shape))
 
 
 def stacked_pieces(columns: Mapping[str, Sequence[Any]], shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -161,9 +161,8 @@ def kl_ranking(
 
     Only the candidates' counts and exposure are read (with the target's): in one query joined to
     the selection ``candidates`` (a query of run ids, run with its named ``parameters``), or by the
-    rows' ids when it is None. Rows that
-    hold their pieces (`~bkgdb.store.pieces.PIECE_COLUMNS` among ``fields``, read with the
-    candidates) are not read again: only the target's piece is.
+    rows' ids when it is None. Rows that hold their pieces (`~bkgdb.store.pieces.PIECE_COLUMNS`
+    among ``fields``, read with the candidates) are not read again: only the target's piece is.
 
     Raises
     ------

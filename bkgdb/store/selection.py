@@ -24,7 +24,7 @@ from bkgdb.errors import BkgdbError, NoRunsSelected, TooLittleStatistics
 from bkgdb.store.conditions import conditions_expression
 from bkgdb.store.database import driver_rows
 from bkgdb.store.funnel_counts import funnel_counts, indexed_funnel_counts
-from bkgdb.store.integrity import integrity_steps, is_ok, list_state
+from bkgdb.store.integrity import integrity_key, integrity_steps, is_ok
 from bkgdb.store.models import Datastore, PieceRow, Run
 from bkgdb.store.pieces import PIECE_COLUMN_NAMES, PIECE_COLUMNS
 from bkgdb.store.ranking import (
@@ -289,7 +289,7 @@ class RunSelector:
                 list(bad_ids) + list(repeated_ids) + [target.obs_id],
                 # Its integrity query is made once per setting and shape of the lists.
                 memo=self._statements,
-                key=(binning_id, exclusion_id, search_id, *map(list_state, (empty_ids, bad_ids, repeated_ids))),
+                key=integrity_key(binning_id, exclusion_id, search_id, empty_ids, bad_ids, repeated_ids),
                 parameters=parameters,
             )
         funnel = [("candidate runs with pieces", counts[0])]
