@@ -2,6 +2,8 @@
 
 import json
 import pickle
+import threading
+import time
 import zlib
 
 import numpy as np
@@ -24,10 +26,12 @@ from bkgdb.makers.piece import (
     stored_payloads,
 )
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
+from bkgdb.store import indexing
 from bkgdb.store import pieces as pieces_module
 from bkgdb.store.indexing import piece_values
-from bkgdb.store.models import PieceRow, RegionSet, Run
+from bkgdb.store.models import BinningRow, PieceRow, RegionSet, Run
 from bkgdb.store.pieces import PieceCache, row_to_piece, stacked_array
+from bkgdb.store.settings import get_or_create_setting
 
 SOURCE = PointSource(ra_deg=120.0, dec_deg=-20.0, rate_per_s=0.6, psf_sigma_deg=0.08, name="Bright source")
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=12, off_min=0, off_max=2.5, off_bins=10)
@@ -226,6 +230,83 @@ def test_exclusions_and_cache_drop(catalogue, source_field):
     assert cache.drop(exclusion=row["exclusion"]) == 16
     with Session(catalogue.engine) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(RegionSet)) == 0
+
+
+OTHER_BINNING = Binning(e_min=0.1, e_max=100, e_bins=8, off_min=0, off_max=2.5, off_bins=5)
+
+
+def pieces_of(catalogue, binning):
+    """(pieces of ``binning``, those whose region set is stored, region sets) in the catalogue."""
+    with Session(catalogue.engine) as session:
+        of_binning = sa.select(sa.func.count()).select_from(PieceRow).join(BinningRow)
+        of_binning = of_binning.where(BinningRow.hash == binning.hash)
+        with_regions = of_binning.join(RegionSet, RegionSet.id == PieceRow.region_set_id)
+        return (
+            session.scalar(of_binning),
+            session.scalar(with_regions),
+            session.scalar(sa.select(sa.func.count()).select_from(RegionSet)),
+        )
+
+
+def test_a_drop_waits_for_the_batch_an_index_is_writing(catalogue, source_field, monkeypatch):
+    # The index of one binning writes pieces that refer to the region sets of another's, which is
+    # dropped meanwhile: the drop must neither delete those sets (on PostgreSQL it failed, once the
+    # batch had committed) nor the index's pieces.
+    datastore, source_catalogue, _ = source_field
+    catalogue.index(datastore, config=config_for(source_catalogue))
+    assert pieces_of(catalogue, BINNING) == (16, 16, 1)
+    dropped: list = []
+
+    def drop() -> None:
+        try:
+            dropped.append(PieceCache(catalogue.engine).drop(binning=BINNING.hash[:12]))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            dropped.append(exc)
+
+    dropper = threading.Thread(target=drop)
+    write = indexing._ResultWriter.write
+
+    def write_while_dropped(self, *args):
+        outcomes = write(self, *args)  # the batch's pieces are written, not yet committed
+        dropper.start()
+        time.sleep(0.5)  # for the drop to reach the database while the batch is open
+        return outcomes
+
+    monkeypatch.setattr(indexing._ResultWriter, "write", write_while_dropped)
+    report = catalogue.index(datastore, config=config_for(source_catalogue, binnings=(OTHER_BINNING,)))
+    dropper.join(timeout=60)
+    assert dropped == [16] and report.pieces == 16
+    assert pieces_of(catalogue, BINNING) == (0, 0, 1)
+    assert pieces_of(catalogue, OTHER_BINNING) == (16, 16, 1)
+    assert [row["binning"] for row in PieceCache(catalogue.engine).summary()] == [OTHER_BINNING.hash[:12]]
+
+
+def test_an_index_goes_on_when_its_setting_is_dropped_before_its_first_batch(catalogue, source_field):
+    # The setting exists, without pieces, from the start of the index; dropped then, it is made
+    # again by the batch, which would otherwise refer to a deleted row.
+    datastore, source_catalogue, _ = source_field
+    cache = PieceCache(catalogue.engine)
+    calls = []
+
+    def progress(done: int, total: int) -> None:
+        if not calls:
+            assert cache.drop(binning=BINNING.hash[:12]) == 0
+        calls.append(done)
+
+    report = catalogue.index(datastore, config=config_for(source_catalogue), progress=progress)
+    assert report.pieces == 16 and report.failed == 0
+    assert pieces_of(catalogue, BINNING) == (16, 16, 1)
+
+
+def test_a_drop_forgets_only_the_settings_it_drops(catalogue, source_field):
+    datastore, source_catalogue, _ = source_field
+    catalogue.index(datastore, config=config_for(source_catalogue))
+    with Session(catalogue.engine) as session:  # a setting an index has just made: no pieces yet
+        get_or_create_setting(session, BinningRow, OTHER_BINNING.hash, OTHER_BINNING.params)
+        session.commit()
+    assert PieceCache(catalogue.engine).drop(binning=BINNING.hash[:12]) == 16
+    with Session(catalogue.engine) as session:
+        assert session.scalars(sa.select(BinningRow.hash)).all() == [OTHER_BINNING.hash]
 
 
 @pytest.mark.parametrize(

@@ -347,6 +347,27 @@ def alembic_config(engine: Engine) -> Config:
 
 #: Key of the PostgreSQL advisory lock that serialises schema migrations ("bkgdb" in ASCII).
 MIGRATION_LOCK_KEY = 0x626B676462
+#: Key of the PostgreSQL advisory lock between writing pieces and deleting what pieces refer to
+#: (`lock_piece_references`; "bkgdb" and 1).
+PIECE_REFERENCES_LOCK_KEY = 0x626B67646201
+
+
+def lock_piece_references(session: Session, exclusive: bool = False) -> None:
+    """Lock, until the session's transaction ends, the settings and region sets that pieces refer to.
+
+    An index writes pieces that refer to a binning, an exclusion setting and a region set, rows it
+    found or made; `bkgdb cache --drop` deletes such rows once no piece refers to them, and their
+    deletion cascades to the pieces. Without this lock a drop could delete a row an index is about
+    to refer to, and on PostgreSQL, after waiting for the index's transaction, also the pieces that
+    transaction just committed. A writer of pieces takes it shared, so that indexes run side by side;
+    a deleter takes it ``exclusive``: it waits for the writes under way, then sees all their pieces.
+
+    On PostgreSQL this is a transaction-level advisory lock. SQLite needs none: its write
+    transactions run one at a time and each sees everything committed before it.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        session.execute(sa.select(getattr(sa.func, function)(PIECE_REFERENCES_LOCK_KEY)))
 
 
 def migrate_to_head(engine: Engine) -> bool:

@@ -34,7 +34,7 @@ from bkgdb.makers.run import (
     save_exclusion_finders,
 )
 from bkgdb.parallel.processes import WorkerError, WorkerPool
-from bkgdb.store.database import session_scope
+from bkgdb.store.database import lock_piece_references, session_scope
 from bkgdb.store.models import (
     RUN_FACT_COLUMNS,
     RUN_STATUS_FAILED,
@@ -423,19 +423,39 @@ class _ResultWriter:
     def __init__(self, session: Session, datastore_id: int, meta: dict, specs: list[PieceSpec]) -> None:
         self.session = session
         self.datastore_id, self.meta = datastore_id, meta
-        self.setting_ids = {(b, e): (b_row.id, e_row.id) for b, e, b_row, e_row in specs}
+        self.settings = [(binning, exclusion) for binning, exclusion, *_ in specs]
         runs = cast(sa.Table, Run.__table__)
         # Status is set in the same transaction; the placeholder is never committed.
         self.new_runs = upsert_insert(session, runs).on_conflict_do_nothing(index_elements=["datastore_id", "obs_id"])
         self.upsert_pieces: Any = None
-        #: Region set ids by SHA-256, looked up once per index (`region_set_ids`).
-        self.region_sets: dict[str, int] = {}
+
+    def setting_ids(self) -> dict[tuple, tuple[int, int]]:
+        """(binning id, exclusion id) of each (binning, exclusion) of the index, made again if gone.
+
+        Looked up in each batch's transaction, under `~bkgdb.store.database.lock_piece_references`:
+        a ``cache --drop`` between two batches may have deleted a setting that had no piece yet.
+        """
+        session = self.session
+        return {
+            (binning, exclusion): (
+                get_or_create_setting(session, BinningRow, binning.hash, binning.params).id,
+                get_or_create_setting(session, ExclusionRow, exclusion.hash, exclusion.params).id,
+            )
+            for binning, exclusion in self.settings
+        }
 
     def write(
         self, results: list[RunResult], existing: dict[int, Run], by_obs_id: dict[int, RunSource]
     ) -> list[tuple[str, Run]]:
-        """Write the results into their runs' rows and pieces; the outcome and row of each run."""
+        """Write the results into their runs' rows and pieces; the outcome and row of each run.
+
+        What the pieces refer to (settings, region sets) is looked up in this transaction, under a
+        lock no drop of pieces takes while it lasts: a batch never refers to a row deleted meanwhile,
+        and a drop never deletes what a batch just wrote.
+        """
         session = self.session
+        lock_piece_references(session)
+        setting_ids = self.setting_ids() if results else {}
         runs = [existing[result.obs_id] for result in results]
         outcomes = ["new" if run.status is None else "updated" for run in runs]
         new = [run.obs_id for run in runs if run.id is None]
@@ -468,11 +488,11 @@ class _ResultWriter:
                 run.file_size_bytes, run.file_mtime, run.file_sha256 = result.size, result.mtime, result.sha256
                 renewed.append(run.id)
             for binning, exclusion, piece in result.pieces:
-                made.append((piece, run.id, *self.setting_ids[(binning, exclusion)], result.sha256))
+                made.append((piece, run.id, *setting_ids[(binning, exclusion)], result.sha256))
         if renewed:  # a failed or changed run keeps no piece of its former file
             session.execute(sa.delete(PieceRow).where(PieceRow.run_id.in_(renewed)))
         session.flush()
-        set_ids = region_set_ids(session, [piece.regions for piece, *_ in made], self.region_sets)
+        set_ids = region_set_ids(session, [piece.regions for piece, *_ in made])
         pieces = [piece_values(*values, set_id) for values, set_id in zip(made, set_ids, strict=True)]
         if pieces:
             if self.upsert_pieces is None:  # the columns are those piece_values gives

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from bkgdb.errors import BkgdbError
 from bkgdb.makers.piece import BackgroundPiece, decode_array, stored_payloads
-from bkgdb.store.database import session_scope
+from bkgdb.store.database import lock_piece_references, session_scope
 from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, RegionSet, Run
 from bkgdb.store.regions import remove_unused_region_sets
 from bkgdb.store.settings import geometry_from_params, setting_by_prefix
@@ -212,6 +212,11 @@ class PieceCache:
     def drop(self, exclusion: str | None = None, binning: str | None = None) -> int:
         """Delete the pieces of one exclusion setting and/or one binning (by hash prefix).
 
+        Safe while indexes run (`~bkgdb.store.database.lock_piece_references`): it waits for the
+        batches they are writing, and deletes no setting or region set that a piece still refers to,
+        nor a setting it was not asked to drop. An index of the dropped setting itself goes on and
+        stores the pieces of the runs it has not yet written.
+
         Returns
         -------
         n : int
@@ -220,21 +225,25 @@ class PieceCache:
         if not exclusion and not binning:
             raise BkgdbError("say which pieces to drop: an exclusion and/or a binning hash prefix")
         with session_scope(self.engine) as session:
+            lock_piece_references(session, exclusive=True)
             query = sa.delete(PieceRow)
+            dropped: list[tuple[Any, Any, int]] = []
             if exclusion:
-                query = query.where(
-                    PieceRow.exclusion_id == setting_by_prefix(session, ExclusionRow, exclusion, "exclusion setting").id
-                )
+                row = setting_by_prefix(session, ExclusionRow, exclusion, "exclusion setting")
+                query = query.where(PieceRow.exclusion_id == row.id)
+                dropped.append((ExclusionRow, PieceRow.exclusion_id, row.id))
             if binning:
-                query = query.where(
-                    PieceRow.binning_id == setting_by_prefix(session, BinningRow, binning, "binning").id
-                )
+                row = setting_by_prefix(session, BinningRow, binning, "binning")
+                query = query.where(PieceRow.binning_id == row.id)
+                dropped.append((BinningRow, PieceRow.binning_id, row.id))
             deleted = cast(sa.CursorResult, session.execute(query)).rowcount
-            # Settings without pieces are forgotten too; they come back when used again.
-            for model, column in ((ExclusionRow, PieceRow.exclusion_id), (BinningRow, PieceRow.binning_id)):
-                session.execute(sa.delete(model).where(~model.id.in_(sa.select(column).distinct())))
-            # And region lists no piece uses any more (not done while indexing, where another indexer
-            # may be about to use a list this one no longer does).
+            # The dropped settings are forgotten once no piece uses them (they come back when used
+            # again); others without pieces are not: an index may have just made them.
+            for model, column, setting_id in dropped:
+                unused = ~sa.exists().where(column == setting_id)
+                session.execute(sa.delete(model).where(model.id == setting_id, unused))
+            # And region lists no piece uses any more (never while indexing: a batch may be about
+            # to use a list no stored piece does).
             remove_unused_region_sets(session)
             session.commit()
         return deleted

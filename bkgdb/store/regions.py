@@ -21,11 +21,13 @@ def regions_digest(regions: list) -> str:
     return hashlib.sha256(json.dumps(regions, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def region_set_ids(session: Session, region_lists: Sequence[list], known: dict[str, int] | None = None) -> list[Any]:
+def region_set_ids(session: Session, region_lists: Sequence[list]) -> list[Any]:
     """The `RegionSet` id of each list of regions (None for an empty list), stored first when new.
 
     Safe against another writer storing the same list at the same moment (an insert that ignores
-    a set already there, then one look-up of the ids).
+    a set already there, then one look-up of the ids). The ids are valid in the session's
+    transaction only: a ``cache --drop`` deletes sets no piece refers to, so a writer looks them up
+    again in each transaction, under `~bkgdb.store.database.lock_piece_references`.
 
     Parameters
     ----------
@@ -33,27 +35,27 @@ def region_set_ids(session: Session, region_lists: Sequence[list], known: dict[s
         Written in; the caller commits.
     region_lists : sequence of list
         Each piece's regions.
-    known : dict, optional
-        Ids already looked up (by SHA-256), kept across calls by the caller and extended here.
     """
-    known = {} if known is None else known
-    digests: list[str | None] = []
-    new: dict[str, list] = {}
-    for regions in region_lists:
-        if not regions:
-            digests.append(None)
-            continue
-        digest = regions_digest(regions)
-        digests.append(digest)
-        if digest not in known:
-            new[digest] = regions
+    digests = [regions_digest(regions) if regions else None for regions in region_lists]
+    lists: dict[str, list] = {
+        digest: regions for digest, regions in zip(digests, region_lists, strict=True) if digest is not None
+    }
+    if not lists:
+        return list(digests)
+
+    def stored(wanted: list[str]) -> dict[str, int]:
+        query = sa.select(RegionSet.sha256, RegionSet.id).where(RegionSet.sha256.in_(wanted))
+        return {digest: set_id for digest, set_id in session.execute(query)}
+
+    # Most lists are stored already (the fields of an archive repeat): only the others are sent.
+    known = stored(list(lists))
+    new = [digest for digest in lists if digest not in known]
     if new:
         insert = upsert_insert(session, cast(sa.Table, RegionSet.__table__)).on_conflict_do_nothing(
             index_elements=["sha256"]
         )
-        session.execute(insert, [{"sha256": digest, "regions": regions} for digest, regions in new.items()])
-        query = sa.select(RegionSet.sha256, RegionSet.id).where(RegionSet.sha256.in_(list(new)))
-        known.update((digest, set_id) for digest, set_id in session.execute(query))
+        session.execute(insert, [{"sha256": digest, "regions": lists[digest]} for digest in new])
+        known.update(stored(new))
     return [None if digest is None else known[digest] for digest in digests]
 
 
