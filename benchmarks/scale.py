@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/scale.py [--runs 1000,10000,100000] [--db sqlite,postgresql] [--sizes 10,100,1000]
        [--postgres URL] [--condition-runs N] [--modes plain,kl,condition] [--3d]
-       python benchmarks/scale.py --recompute 1000 [--recompute-source simulated|hess-dr1]
+       python benchmarks/scale.py --recompute 1000 [--recompute-source simulated|hess-dr1] [--rounds 3]
 
 For each database and catalogue size, a fresh database is filled by bulk inserts (synthetic runs of
 random zenith, azimuth, latitude, date and NSB, each with a 20 x 10 piece: no event files), then
@@ -17,7 +17,10 @@ N, and the same model is recomputed from their event files (read, exclude, histo
 compared bin by bin. The runs are simulated (`bkgdb.simulate`: about 6,000 events each, nothing to
 exclude) or, with ``--recompute-source hess-dr1``, copies of the H.E.S.S. DR1 runs under new OBS_IDs
 (about 10,000 events each, the sources and stars of configs/hess-dr1.yaml excluded) in a temporary
-datastore. It then prints where a build's time goes (`build_breakdown`).
+datastore. Each of ``--rounds`` rounds times builds, recomputes and times builds again; the speed-up
+of a round is the recomputation over the mean build time around it, and the median over rounds is
+the figure (one round on a machine whose speed drifts is a lottery). It then prints where a build's
+time goes (`build_breakdown`).
 """
 
 import argparse
@@ -283,14 +286,15 @@ def build_breakdown(builder, target, session, repeats=20):
     return result
 
 
-def recompute(n_runs: int, folder: str, source: str = "simulated") -> None:
+def recompute(n_runs: int, folder: str, source: str = "simulated", rounds: int = 3) -> None:
     """Select + assemble of ``n_runs`` runs against recomputing the same model from their event files.
 
     ``source`` is ``simulated`` (`simulated_store`, no exclusion) or ``hess-dr1`` (`hess_copies`,
     indexed with the exclusion settings and 2D binning of configs/hess-dr1.yaml). No selection
     criteria: the first run's background sums the other ``n_runs``. The recomputation reads each
     file, excludes, histograms and computes the exposure with the maker the index uses, in this
-    process, and sums; its exclusion catalogues are already in memory.
+    process, and sums; its exclusion catalogues are already in memory. ``rounds`` recomputations,
+    each between two batches of timed builds.
     """
     from bkgdb.config import load_config
     from bkgdb.gadf.datastore import DL3Datastore
@@ -321,42 +325,49 @@ def recompute(n_runs: int, folder: str, source: str = "simulated") -> None:
     os.sync()
     time.sleep(1.0)
 
-    def build_times(session):
-        times = []
-        for _ in range(10):
-            begin = time.perf_counter()
-            built = builder.build(target, session=session)
-            times.append(time.perf_counter() - begin)
+    def build_times():
+        """Median of 10 builds in a new session, after one untimed build; and the last result."""
+        with Session(catalogue.engine) as session:
+            builder.build(target, session=session)
+            times = []
+            for _ in range(10):
+                begin = time.perf_counter()
+                built = builder.build(target, session=session)
+                times.append(time.perf_counter() - begin)
         return statistics.median(times), built
 
+    # Made before the clock starts: its source and star catalogues are those the index read in this process.
+    maker = PieceMaker(config.binning, config.exclusion)
+
+    def recomputed(obs_ids):
+        """The pieces recomputed from the event files of ``obs_ids``, their sum, and the time taken."""
+        begin = time.perf_counter()
+        pieces = []
+        for obs_id in obs_ids:
+            run = sources[obs_id]
+            events = read_events(run, run.events_path.read_bytes(), with_events=True)
+            header = events.header
+            # The header is read key by key (get only), not as a dict.
+            pieces.append(maker.run(events.ra_deg, events.dec_deg, events.energy_tev, header.get("RA_PNT"),
+                                    header.get("DEC_PNT"), header.get("ONTIME"), header.get("LIVETIME")))
+        assembled = assemble_background(pieces, config.binning)
+        return pieces, assembled, time.perf_counter() - begin
+
+    # Each round times builds, recomputes, and times builds again: the speed-up of a round is the
+    # recomputation over the mean of the two build medians. This machine's speed drifts over
+    # minutes, so a ratio of two times taken far apart drifts with it, and one round is a lottery.
+    timings = []
+    for _ in range(rounds):
+        before, built = build_times()
+        pieces, assembled, from_files = recomputed(built.selection.obs_ids)
+        after, _ = build_times()
+        timings.append((before, from_files, after))
     with Session(catalogue.engine) as session:
-        builder.build(target, session=session)
-        before, built = build_times(session)
         stored_regions = dict(session.execute(
             sa.select(Run.obs_id, RegionSet.regions).select_from(Run).join(PieceRow, PieceRow.run_id == Run.id)
             .outerjoin(RegionSet, RegionSet.id == PieceRow.region_set_id)
             .where(PieceRow.binning_id == built.binning_id, PieceRow.exclusion_id == built.exclusion_id)).all())
         breakdown = build_breakdown(builder, target, session)
-
-    # Made before the clock starts: its source and star catalogues are those the index read in this process.
-    maker = PieceMaker(config.binning, config.exclusion)
-    begin = time.perf_counter()
-    pieces = []
-    for obs_id in built.selection.obs_ids:
-        run = sources[obs_id]
-        events = read_events(run, run.events_path.read_bytes(), with_events=True)
-        header = events.header
-        # The header is read key by key (get only), not as a dict.
-        pieces.append(maker.run(events.ra_deg, events.dec_deg, events.energy_tev, header.get("RA_PNT"),
-                                header.get("DEC_PNT"), header.get("ONTIME"), header.get("LIVETIME")))
-    assembled = assemble_background(pieces, config.binning)
-    from_files = time.perf_counter() - begin
-    # Timed again right after the recomputation, and the two medians averaged: this machine's speed
-    # drifts over minutes, and a ratio of two times taken far apart drifts with it.
-    with Session(catalogue.engine) as session:
-        builder.build(target, session=session)
-        after, _ = build_times(session)
-    library = (before + after) / 2
 
     rate = bin_average_to_centre(fill_empty_bins(assembled.rate, assembled), assembled)
     checks = {
@@ -372,12 +383,15 @@ def recompute(n_runs: int, folder: str, source: str = "simulated") -> None:
     print(f"\n{n} {source} runs summed, {n_events:,} events in range ({excluded:,} excluded), "
           f"{sum(len(piece.regions) for piece in pieces):,} exclusion regions; datastore made in {made:.0f} s, "
           f"indexed in {indexed:.0f} s (2 processes)")
-    print(f"builds: {1e3 * before:.1f} ms before the recomputation, {1e3 * after:.1f} ms after")
-    print("| runs | select + assemble (library, median of 10, mean of before and after) | recomputed from event files | per run | speed-up "
-          "| identical |")
-    print("|---|---|---|---|---|---|")
-    print(f"| {n} | {1e3 * library:.1f} ms | {from_files:.1f} s | {1e3 * from_files / n:.1f} ms | "
-          f"{from_files / library:.0f}x | {', '.join(f'{name} {ok}' for name, ok in checks.items())} |")
+    speedups = [from_files / ((before + after) / 2) for before, from_files, after in timings]
+    print("| round | builds before / after (median of 10) | recomputed from event files | per run | speed-up |")
+    print("|---|---|---|---|---|")
+    for number, ((before, from_files, after), speedup) in enumerate(zip(timings, speedups, strict=True), start=1):
+        print(f"| {number} | {1e3 * before:.1f} / {1e3 * after:.1f} ms | {from_files:.1f} s | "
+              f"{1e3 * from_files / n:.1f} ms | {speedup:.0f}x |")
+    print(f"\n{n} runs: median speed-up {statistics.median(speedups):.0f}x over {rounds} rounds "
+          f"({min(speedups):.0f}-{max(speedups):.0f}x); identical: "
+          f"{', '.join(f'{name} {ok}' for name, ok in checks.items())}")
     print("\nWhere a build's time goes (median ms; the steps timed in place, the statements again through "
           "the SQLite driver alone):")
     for name, ms in breakdown.items():
@@ -399,11 +413,13 @@ def main():
                         help="instead compare with recomputation from the event files of N runs")
     parser.add_argument("--recompute-source", choices=("simulated", "hess-dr1"), default="simulated",
                         help="the runs of --recompute: simulated, or copies of H.E.S.S. DR1 ($GAMMAPY_DATA)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --recompute: recomputations, each between two batches of timed builds")
     args = parser.parse_args()
     sizes = [int(value) for value in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         if args.recompute:
-            recompute(args.recompute, folder, args.recompute_source)
+            recompute(args.recompute, folder, args.recompute_source, args.rounds)
             return
         for kind in args.db.split(","):
             for n_runs in (int(value) for value in args.runs.split(",")):

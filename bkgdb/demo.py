@@ -16,16 +16,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from bkgdb.errors import BkgdbError
 from bkgdb.geometry import PieceGeometry
 
 if TYPE_CHECKING:
     from bkgdb.config import Binning
 
-__all__ = ["run_demo", "DemoReport"]
+__all__ = ["run_demo", "DemoReport", "claim_demo_folder", "DEMO_MARKER"]
 
 log = logging.getLogger(__name__)
 
 SOURCE: dict[str, Any] = {"name": "Demo source", "ra_deg": 150.0, "dec_deg": 45.0}
+#: The file that marks a folder as the demo's: a rerun replaces the demo's own files there.
+DEMO_MARKER = ".bkgdb-demo"
+#: What the demo writes in its folder (with the database's -wal and -shm files).
+DEMO_FILES = ("datastore", "catalogue.fits", "bkgdb-demo.yaml", "bkgdb-demo.sqlite", "with-backgrounds")
 EMPTY_FIELDS = [(160.0, 40.0), (175.0, 50.0), (190.0, 35.0)]
 
 
@@ -74,6 +79,40 @@ def demo_config(catalogue: str | Path) -> dict[str, Any]:
     }
 
 
+def claim_demo_folder(folder: Path) -> None:
+    """Make ``folder`` the demo's, or refuse: the demo never writes over files that are not its own.
+
+    A new or empty folder is taken (and marked with `DEMO_MARKER`), and so is a folder an earlier
+    demo made: marked, or (demos before the mark) holding only what the demo writes, with the
+    demo's config. Anything else, a user's analysis folder say, is refused before anything is written.
+
+    Raises
+    ------
+    BkgdbError
+        ``folder`` is a file, or a folder with files the demo did not write.
+    """
+    marker = folder / DEMO_MARKER
+    if folder.exists() and not folder.is_dir():
+        raise BkgdbError(f"{folder} is a file: give a folder for the demo (new or empty)")
+    if folder.is_dir() and not marker.is_file() and any(folder.iterdir()):
+        names = {path.name.removesuffix("-wal").removesuffix("-shm") for path in folder.iterdir()}
+        config = folder / "bkgdb-demo.yaml"
+        earlier_demo = names <= set(DEMO_FILES) and config.is_file()
+        if earlier_demo:
+            try:
+                written = yaml.safe_load(config.read_text())
+            except (yaml.YAMLError, UnicodeDecodeError):
+                written = None
+            earlier_demo = written == demo_config(folder / "catalogue.fits")
+        if not earlier_demo:
+            raise BkgdbError(
+                f"{folder} is not empty and was not made by `bkgdb demo`: give a new or empty folder "
+                f"(the demo writes {', '.join(DEMO_FILES)} there)"
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text("Made by `bkgdb demo`: running it again here replaces the demo's own files.\n")
+
+
 def run_demo(
     folder: str | Path = "bkgdb-demo",
     url: str | None = None,
@@ -85,7 +124,8 @@ def run_demo(
     Parameters
     ----------
     folder : str or `~pathlib.Path`
-        Where everything is written. Default is ``./bkgdb-demo``.
+        Where everything is written: a new or empty folder, or an earlier demo's (`claim_demo_folder`).
+        Default is ``./bkgdb-demo``.
     url : str, optional
         Database URL. Default is an SQLite file in ``folder``.
     jobs : int
@@ -104,7 +144,7 @@ def run_demo(
 
     say = progress or (lambda text: None)
     folder = Path(folder).expanduser().resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    claim_demo_folder(folder)
     truth = BackgroundTruth()
     source = PointSource(SOURCE["ra_deg"], SOURCE["dec_deg"], rate_per_s=0.3, name=SOURCE["name"])
 

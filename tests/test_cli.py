@@ -4,9 +4,12 @@ import json
 import re
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from bkgdb.cli.main import app
+from bkgdb.demo import DEMO_MARKER, claim_demo_folder, demo_config
+from bkgdb.errors import BkgdbError
 
 runner = CliRunner()
 
@@ -241,6 +244,57 @@ def test_demo(tmp_path, monkeypatch):
     )
     assert abs(norm - 1) < 3 * error
     assert (tmp_path / "demo" / "with-backgrounds" / "hdu-index.fits.gz").is_file()
+    # Run again, it replaces its own output.
+    again = bkgdb("demo", tmp_path / "demo")
+    assert again.exit_code == 0, again.output
+    assert "0 new, 0 updated, 32 unchanged, 0 failed" in again.output
+
+
+def test_demo_never_writes_into_a_folder_it_did_not_make(tmp_path):
+    folder = tmp_path / "analysis"
+    (folder / "datastore").mkdir(parents=True)
+    (folder / "catalogue.fits").write_bytes(b"my own catalogue")
+    (folder / "datastore" / "obs-index.fits.gz").write_bytes(b"my own index")
+    result = bkgdb("demo", folder)
+    assert result.exit_code == 2
+    assert "is not empty and was not made by `bkgdb demo`" in " ".join(result.output.split())
+    assert sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")) == [
+        "catalogue.fits",
+        "datastore",
+        "datastore/obs-index.fits.gz",
+    ]
+    assert (folder / "catalogue.fits").read_bytes() == b"my own catalogue"
+    assert (folder / "datastore" / "obs-index.fits.gz").read_bytes() == b"my own index"
+
+
+def test_the_demo_takes_new_empty_and_earlier_demo_folders_only(tmp_path):
+    new = tmp_path / "new"
+    claim_demo_folder(new)
+    assert (new / DEMO_MARKER).is_file()
+    claim_demo_folder(new)  # its own, marked
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    claim_demo_folder(empty)
+    # A demo of an earlier version left no mark: recognised by its files and its config.
+    earlier = tmp_path / "earlier"
+    (earlier / "datastore").mkdir(parents=True)
+    (earlier / "bkgdb-demo.sqlite-wal").write_bytes(b"")
+    (earlier / "bkgdb-demo.yaml").write_text(yaml.safe_dump(demo_config(earlier / "catalogue.fits")))
+    claim_demo_folder(earlier)
+    assert (earlier / DEMO_MARKER).is_file()
+    other_config = tmp_path / "other-config"
+    other_config.mkdir()
+    (other_config / "bkgdb-demo.yaml").write_text("binning: {e_bins: 3}\n")
+    other_files = tmp_path / "other-files"
+    (other_files / "datastore").mkdir(parents=True)
+    (other_files / "bkgdb-demo.yaml").write_text(yaml.safe_dump(demo_config(other_files / "catalogue.fits")))
+    (other_files / "notes.txt").write_text("mine")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    for refused in (other_config, other_files, a_file):
+        with pytest.raises(BkgdbError):
+            claim_demo_folder(refused)
+    assert not (other_config / DEMO_MARKER).exists() and not (other_files / DEMO_MARKER).exists()
 
 
 def test_where_on_the_command_line_and_history(db_url, simulated_datastore, tmp_path):
