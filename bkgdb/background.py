@@ -19,6 +19,7 @@ from bkgdb.makers.assembly import AssembledBackground, assemble_stacked, bin_ave
 from bkgdb.makers.condition_model import RunConditions
 from bkgdb.makers.normalisation import NO_NORMALISATION, Normalisation
 from bkgdb.makers.smoothing import BackgroundSmoother
+from bkgdb.outputs import check_new_file
 from bkgdb.store.backgrounds import (
     background_history,
     datastore_paths,
@@ -249,8 +250,7 @@ class BackgroundBuilder:
             raise BkgdbError(f"{path} is a folder: give the FITS file to write, e.g. {path / f'bkg-{obs_id}.fits'}")
         if not path.parent.is_dir():
             raise BkgdbError(f"folder {path.parent} does not exist: create it first")
-        if path.exists() and not overwrite:
-            raise BkgdbError(f"{path} exists: remove it or pass --overwrite")
+        check_new_file(path, overwrite)
         with self.catalogue.session() as session:
             built = self.build(obs_id, datastore, session=session)
             try:

@@ -321,6 +321,7 @@ class Catalogue(CatalogueFigures):
         report_dir: str | Path | None = None,
         progress: Progress | None = None,
         index_progress: Progress | None = None,
+        overwrite: bool = False,
     ) -> Validated:
         """Judge the config: each run of ``datastore`` gets its background from the others, fitted with gammapy.
 
@@ -328,8 +329,10 @@ class Catalogue(CatalogueFigures):
         target criteria are the targets. ``jobs``: processes for the fits and the indexing,
         ``scheduler``: a Dask scheduler for the indexing. Also writes the per-run rows to
         ``rows_file`` (``rows_format`` csv or json, default by suffix) and an HTML report with
-        figures to ``report_dir``, if given.
+        figures to ``report_dir``, if given: a new or empty folder, or with ``overwrite`` an earlier
+        report's. An existing ``rows_file`` is replaced only with ``overwrite``.
         """
+        from bkgdb.outputs import check_new_file, check_report_folder
         from bkgdb.store.conditions import parse_condition
         from bkgdb.validation import report_rows_to_file, rows_file_format, validate_runs
 
@@ -337,8 +340,9 @@ class Catalogue(CatalogueFigures):
         # Every user mistake fails here, before any work.
         if rows_file is not None:
             rows_format = rows_file_format(rows_file, rows_format)
-        if report_dir is not None and Path(report_dir).exists() and not Path(report_dir).is_dir():
-            raise BkgdbError(f"report folder {report_dir} is a file")
+            check_new_file(rows_file, overwrite)
+        if report_dir is not None:
+            check_report_folder(report_dir, overwrite)
         conditions = [str(condition) for condition in where]
         for condition in conditions:
             parse_condition(condition)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bkgdb.errors import BkgdbError, BkgdbWarning
+from bkgdb.outputs import check_new_file
 
 if TYPE_CHECKING:
     from bkgdb.background import BackgroundBuilder
@@ -36,11 +37,11 @@ class CatalogueFigures:
         raise NotImplementedError
 
     @staticmethod
-    def plot_model_file(path: str | Path, output: str | Path) -> None:
+    def plot_model_file(path: str | Path, output: str | Path, overwrite: bool = False) -> None:
         """Plot a background file written by `write_background`: rate curves (2D) or FoV images (3D)."""
         from bkgdb.plotting import ModelCurves, model_curves_from_file, plot_model, plot_model_3d
 
-        check_figure_output(output)
+        check_figure_output(output, overwrite)
         model_or_curves, header = model_curves_from_file(path)
         if isinstance(model_or_curves, ModelCurves):
             plot_model(model_or_curves, path=output)
@@ -57,6 +58,7 @@ class CatalogueFigures:
         where: Iterable[str] = (),
         with_reference: bool = True,
         three_d: bool = False,
+        overwrite: bool = False,
     ) -> tuple[BuiltBackground, bool]:
         """Plot run ``obs_id``'s background beside its file's own model; return it and whether that was drawn.
 
@@ -64,26 +66,31 @@ class CatalogueFigures:
         """
         from bkgdb.plotting import plot_run_model
 
-        check_figure_output(output)
+        check_figure_output(output, overwrite)
         _, built, has_reference = plot_run_model(
             self._builder(smooth, where, three_d=three_d), int(obs_id), output, datastore, with_reference=with_reference
         )
         return built, has_reference
 
     def plot_selection(
-        self, obs_id: int, output: str | Path, datastore: str | Path | None = None, where: Iterable[str] = ()
+        self,
+        obs_id: int,
+        output: str | Path,
+        datastore: str | Path | None = None,
+        where: Iterable[str] = (),
+        overwrite: bool = False,
     ) -> FunnelPicture:
         """Plot every candidate run of ``obs_id``'s selection, coloured by what removed it."""
         from bkgdb.plotting import plot_selection
         from bkgdb.store.funnel import funnel_picture
 
-        check_figure_output(output)
+        check_figure_output(output, overwrite)
         picture = funnel_picture(self._builder(None, where), obs_id, datastore)
         plot_selection(picture, path=output)
         return picture
 
     def plot_validation(
-        self, table: str | Path, output: str | Path, datastore: str | Path | None = None
+        self, table: str | Path, output: str | Path, datastore: str | Path | None = None, overwrite: bool = False
     ) -> list[dict[str, Any]]:
         """Plot a table of `validate` (CSV or JSON); with the validated ``datastore``, norms against time.
 
@@ -91,7 +98,7 @@ class CatalogueFigures:
         """
         from bkgdb.plotting import plot_validation, read_validation_table, run_start_times
 
-        check_figure_output(output)
+        check_figure_output(output, overwrite)
         rows = read_validation_table(table)
         times = None
         if datastore is not None:
@@ -113,11 +120,12 @@ class CatalogueFigures:
         energy_range_tev: tuple[float, float] = (0.5, 10.0),
         correlation_radius_deg: float = 0.1,
         where: Iterable[str] = (),
+        overwrite: bool = False,
     ) -> SignificanceMaps:
         """Plot run ``obs_id``'s counts against its bkgdb prediction and the Li & Ma significance per pixel."""
         from bkgdb.plotting import plot_significance, run_significance_maps
 
-        check_figure_output(output)
+        check_figure_output(output, overwrite)
         check_energy_range(*energy_range_tev)
         maps = run_significance_maps(
             self._builder(None, where),
@@ -130,12 +138,14 @@ class CatalogueFigures:
         return maps
 
 
-def check_figure_output(output: str | Path) -> None:
-    """Refuse an output suffix that is no figure format (called before any work)."""
+def check_figure_output(output: str | Path, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output suffix that is no figure format, and an existing file
+    unless ``overwrite`` (`~bkgdb.outputs.check_new_file`)."""
     from bkgdb.plotting import FIGURE_SUFFIXES
 
     if Path(output).suffix.lower() not in FIGURE_SUFFIXES:
         raise BkgdbError(f"cannot tell the figure format of {output}: name it .png, .pdf or .svg")
+    check_new_file(output, overwrite)
 
 
 def check_energy_range(e_min: float, e_max: float) -> None:

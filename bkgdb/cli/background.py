@@ -190,6 +190,9 @@ def validate(
         help="Also write DIR/index.html: summary, figures, the worst runs' model and "
         "selection plots, and the rows as CSV.",
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing -o file, and an earlier report in --report DIR."
+    ),
 ) -> None:
     """Judge a config: each target's background from the other runs, and its FoVBackgroundMaker norm (1 is right)."""
     from bkgdb.validation import ROW_COLUMNS, SUMMARY_COLUMNS
@@ -207,6 +210,7 @@ def validate(
             report_dir=report_dir,
             progress=step("validating"),
             index_progress=step("indexing"),
+            overwrite=overwrite,
         )
     for obs_id, reason in result.indexed.failures:
         err.print(f"failed: run {obs_id}: {reason}", highlight=False, markup=False)

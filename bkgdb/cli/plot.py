@@ -21,6 +21,7 @@ plot_app = typer.Typer(
 )
 
 OUTPUT_HELP = "Figure to write: .png, .pdf or .svg."
+OVERWRITE_HELP = "Replace an existing output file."
 DATASTORE_HELP = "The run's datastore, if its OBS_ID is in several."
 
 
@@ -41,14 +42,15 @@ def model(
     three_d: bool = typer.Option(
         False, "--3d", help="With an OBS_ID: its 3D background (the config's 3D binning) as FoV images per energy band."
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Rate against offset and energy with statistical bands, beside the run file's own model; 3D: FoV images."""
     from bkgdb.catalogue import Catalogue
     from bkgdb.figures import check_figure_output
 
-    check_figure_output(output)  # option mistakes first, before the config is read
+    check_figure_output(output, overwrite)  # option mistakes first, before the config is read
     if not target.strip().lstrip("-").isdigit():
-        Catalogue.plot_model_file(target, output)
+        Catalogue.plot_model_file(target, output, overwrite)
         out.print(f"{target} -> {output}", highlight=False, markup=False)
         return
     if config is None:
@@ -61,6 +63,7 @@ def model(
         where=where or [],
         with_reference=not no_reference,
         three_d=three_d,
+        overwrite=overwrite,
     )
     selected: Any = built.selection  # a bkgdb.store.selection.Selection
     beside = "beside the run file's model" if has_reference else "(the run file has no model of its own)"
@@ -79,13 +82,14 @@ def selection(
     output: Path = typer.Option(..., "--output", "-o", help=OUTPUT_HELP),
     datastore: Path = typer.Option(None, "--datastore", help=DATASTORE_HELP),
     where: list[str] = typer.Option(None, "--where", "-w", metavar="COND", help=WHERE_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Every candidate run in zenith/azimuth and time, coloured by the first criterion that removed it."""
     from bkgdb.figures import check_figure_output
 
-    check_figure_output(output)
+    check_figure_output(output, overwrite)
     picture = open_catalogue(readonly="auto", config=config).plot_selection(
-        obs_id, output, datastore, where=where or []
+        obs_id, output, datastore, where=where or [], overwrite=overwrite
     )
     out.print(f"{picture.title} -> {output}", highlight=False, markup=False)
 
@@ -101,9 +105,10 @@ def validation(
         help="The validated datastore: run start times are read "
         "from the catalogue (--db) for the norm-against-time panel; without it: OBS_ID.",
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Per-run FoV norms against zenith and time, and their histogram; bkgdb beside the file's model."""
-    rows = open_catalogue(readonly=True).plot_validation(table, output, datastore)
+    rows = open_catalogue(readonly=True).plot_validation(table, output, datastore, overwrite=overwrite)
     out.print(f"{len(rows)} runs of {table} -> {output}", highlight=False, markup=False)
 
 
@@ -118,14 +123,21 @@ def significance(
     e_max: float = typer.Option(10.0, "--e-max", max=1e4, help="Highest reconstructed energy, TeV."),
     radius: float = typer.Option(0.1, "--radius", min=0.005, max=1.0, help="Correlation radius, deg."),
     where: list[str] = typer.Option(None, "--where", "-w", metavar="COND", help=WHERE_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Counts against bkgdb's prediction, Li & Ma significance per pixel and its distribution beside N(0, 1)."""
     from bkgdb.figures import check_energy_range, check_figure_output
 
-    check_figure_output(output)
+    check_figure_output(output, overwrite)
     check_energy_range(e_min, e_max)
     maps = open_catalogue(readonly="auto", config=config).plot_significance(
-        obs_id, output, datastore, energy_range_tev=(e_min, e_max), correlation_radius_deg=radius, where=where or []
+        obs_id,
+        output,
+        datastore,
+        energy_range_tev=(e_min, e_max),
+        correlation_radius_deg=radius,
+        where=where or [],
+        overwrite=overwrite,
     )
     mean, width = maps.distribution_fit()
     out.print(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from bkgdb import __version__
 from bkgdb.errors import BkgdbError
+from bkgdb.outputs import REPORT_FIGURE, REPORT_INDEX, REPORT_TABLE
 
 if TYPE_CHECKING:
     from bkgdb.background import BackgroundBuilder
@@ -25,10 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["write_validation_report", "worst_runs", "REPORT_INDEX", "REPORT_TABLE", "REPORT_FIGURE"]
 
 log = logging.getLogger(__name__)
-
-REPORT_INDEX = "index.html"
-REPORT_TABLE = "validation.csv"
-REPORT_FIGURE = "validation.png"
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em auto; max-width: 1300px; color: #222; }
@@ -144,13 +141,13 @@ def _page(
 ) -> str:
     rows = report.rows
     n_ok = sum(row["status"] == "ok" for row in rows)
-    title = f"bkgdb validation of {config_name or 'a config'}"
+    title = f"bkgdb validation of {config_name or 'a config'}"  # REPORT_TITLE tells a report's folder
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
         "<head>",
         '<meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
+        f"<title>{html.escape(title)}</title>",  # starts with REPORT_TITLE
         f"<style>{STYLE}</style>",
         "</head>",
         "<body>",
