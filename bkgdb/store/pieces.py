@@ -242,8 +242,8 @@ class PieceCache:
             for model, column, setting_id in dropped:
                 unused = ~sa.exists().where(column == setting_id)
                 session.execute(sa.delete(model).where(model.id == setting_id, unused))
-            # And region lists no piece uses any more (never while indexing: a batch may be about
-            # to use a list no stored piece does).
+            # And region lists no piece uses any more: under the lock no batch is being written, and a
+            # batch looks its lists up again (indexing itself never deletes one).
             remove_unused_region_sets(session)
             session.commit()
         return deleted
