@@ -7,7 +7,7 @@ smooth on demand, and produce a gammapy `Background2D` or `Background3D` with it
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -19,7 +19,7 @@ from bkgdb.makers.assembly import AssembledBackground, assemble_stacked, bin_ave
 from bkgdb.makers.condition_model import RunConditions
 from bkgdb.makers.normalisation import NO_NORMALISATION, Normalisation
 from bkgdb.makers.smoothing import BackgroundSmoother
-from bkgdb.outputs import check_new_file
+from bkgdb.outputs import check_new_file, write_output
 from bkgdb.store.backgrounds import (
     background_history,
     datastore_paths,
@@ -224,7 +224,12 @@ class BackgroundBuilder:
         return record_background(session, built, self.config.selection.params, self.config.io.from_run, output_path)
 
     def write(
-        self, obs_id: int, path: str | Path, datastore: str | Path | None = None, overwrite: bool = False
+        self,
+        obs_id: int,
+        path: str | Path,
+        datastore: str | Path | None = None,
+        overwrite: bool = False,
+        protected: Iterable[Path] = (),
     ) -> BuiltBackground:
         """Build the background of ``obs_id`` and write it as a FITS file gammapy reads.
 
@@ -237,7 +242,12 @@ class BackgroundBuilder:
         ------
         BkgdbError
             ``path`` is a folder, its folder does not exist, or it exists and ``overwrite`` is
-            False (all checked before any work).
+            False (all checked before any work, and the last once more when the file is put in
+            place), or it is the catalogue's database or in a catalogued datastore, or one of
+            ``protected`` (`~bkgdb.outputs.check_new_file`), which are never replaced.
+
+        The file is written beside ``path`` and then moved into place (`~bkgdb.outputs.write_output`):
+        a failed write leaves an earlier file as it was.
         """
         import warnings
 
@@ -250,13 +260,12 @@ class BackgroundBuilder:
             raise BkgdbError(f"{path} is a folder: give the FITS file to write, e.g. {path / f'bkg-{obs_id}.fits'}")
         if not path.parent.is_dir():
             raise BkgdbError(f"folder {path.parent} does not exist: create it first")
-        check_new_file(path, overwrite)
+        check_new_file(path, overwrite, [*self.catalogue.protected_paths(), *protected])
         with self.catalogue.session() as session:
             built = self.build(obs_id, datastore, session=session)
+            hdus = fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND"), built.provenance_hdu()])
             try:
-                fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND"), built.provenance_hdu()]).writeto(
-                    path, overwrite=overwrite
-                )
+                write_output(path, hdus.writeto, overwrite)
             except OSError as exc:
                 raise BkgdbError(f"cannot write {path}: {exc.strerror or exc}") from None
             if not record_if_writable(

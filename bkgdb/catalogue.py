@@ -82,11 +82,14 @@ class Catalogue(CatalogueFigures):
         self.readonly = readonly
         self.config_name = ""
         self.config: BkgdbConfig | None
+        #: The config file read, if any: outputs never replace it.
+        self.config_path: Path | None = None
         if isinstance(config, (str, Path)):
             from bkgdb.config import load_config
 
             self.config_name = Path(config).name
             self.config = load_config(config)
+            self.config_path = Path(config)
         else:
             self.config = config
         self._store: RunCatalogue | None = None
@@ -272,9 +275,13 @@ class Catalogue(CatalogueFigures):
     ) -> BuiltBackground:
         """`build`, write the model as a FITS file gammapy reads, and record it (unless the database is read-only).
 
-        An ``output`` that exists (without ``overwrite``) or cannot be written is an error, before any work.
+        An ``output`` that exists (without ``overwrite``) or cannot be written is an error, before any
+        work; the catalogue's database, files of catalogued datastores and the config file are never
+        replaced.
         """
-        return self._builder(smooth, where, three_d).write(obs_id, output, datastore=datastore, overwrite=overwrite)
+        return self._builder(smooth, where, three_d).write(
+            obs_id, output, datastore=datastore, overwrite=overwrite, protected=self._config_files()
+        )
 
     def attach(
         self,
@@ -340,7 +347,7 @@ class Catalogue(CatalogueFigures):
         # Every user mistake fails here, before any work.
         if rows_file is not None:
             rows_format = rows_file_format(rows_file, rows_format)
-            check_new_file(rows_file, overwrite)
+            check_new_file(rows_file, overwrite, self._protected())
         if report_dir is not None:
             check_report_folder(report_dir, overwrite)
         conditions = [str(condition) for condition in where]
@@ -353,7 +360,7 @@ class Catalogue(CatalogueFigures):
         )
         result = Validated(indexed, report)
         if rows_file is not None:
-            result.rows_file = report_rows_to_file(report, rows_file, rows_format)
+            result.rows_file = report_rows_to_file(report, rows_file, rows_format, overwrite)
         if report_dir is not None:
             from bkgdb.plotting.report import write_validation_report
 
@@ -375,6 +382,13 @@ class Catalogue(CatalogueFigures):
         return run_demo(folder, url=self.url, jobs=jobs, progress=progress)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _config_files(self) -> list[Path]:
+        """The config file, if one was read: an output never replaces it."""
+        return [] if self.config_path is None else [self.config_path]
+
+    def _protected(self) -> list[Path]:
+        return [*self.store.protected_paths(), *self._config_files()]
 
     def _config(self, what: str) -> BkgdbConfig:
         if self.config is None:

@@ -36,6 +36,10 @@ class CatalogueFigures:
     ) -> BackgroundBuilder:
         raise NotImplementedError
 
+    def _protected(self) -> list[Path]:
+        """What an output never replaces (the database, catalogued datastores, the config file)."""
+        raise NotImplementedError
+
     @staticmethod
     def plot_model_file(path: str | Path, output: str | Path, overwrite: bool = False) -> None:
         """Plot a background file written by `write_background`: rate curves (2D) or FoV images (3D)."""
@@ -66,7 +70,7 @@ class CatalogueFigures:
         """
         from bkgdb.plotting import plot_run_model
 
-        check_figure_output(output, overwrite)
+        check_figure_output(output, overwrite, self._protected())
         _, built, has_reference = plot_run_model(
             self._builder(smooth, where, three_d=three_d), int(obs_id), output, datastore, with_reference=with_reference
         )
@@ -84,7 +88,7 @@ class CatalogueFigures:
         from bkgdb.plotting import plot_selection
         from bkgdb.store.funnel import funnel_picture
 
-        check_figure_output(output, overwrite)
+        check_figure_output(output, overwrite, self._protected())
         picture = funnel_picture(self._builder(None, where), obs_id, datastore)
         plot_selection(picture, path=output)
         return picture
@@ -125,7 +129,7 @@ class CatalogueFigures:
         """Plot run ``obs_id``'s counts against its bkgdb prediction and the Li & Ma significance per pixel."""
         from bkgdb.plotting import plot_significance, run_significance_maps
 
-        check_figure_output(output, overwrite)
+        check_figure_output(output, overwrite, self._protected())
         check_energy_range(*energy_range_tev)
         maps = run_significance_maps(
             self._builder(None, where),
@@ -138,14 +142,14 @@ class CatalogueFigures:
         return maps
 
 
-def check_figure_output(output: str | Path, overwrite: bool = False) -> None:
+def check_figure_output(output: str | Path, overwrite: bool = False, protected: Iterable[Path] = ()) -> None:
     """Refuse, before any work, an output suffix that is no figure format, and an existing file
-    unless ``overwrite`` (`~bkgdb.outputs.check_new_file`)."""
+    unless ``overwrite``, never one of ``protected`` (`~bkgdb.outputs.check_new_file`)."""
     from bkgdb.plotting import FIGURE_SUFFIXES
 
     if Path(output).suffix.lower() not in FIGURE_SUFFIXES:
         raise BkgdbError(f"cannot tell the figure format of {output}: name it .png, .pdf or .svg")
-    check_new_file(output, overwrite)
+    check_new_file(output, overwrite, protected)
 
 
 def check_energy_range(e_min: float, e_max: float) -> None:

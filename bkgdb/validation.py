@@ -295,26 +295,37 @@ def rows_file_format(path: str | Path, fmt: str | None = None) -> str:
     return fmt
 
 
-def report_rows_to_file(report: ValidationReport, path: str | Path, fmt: str | None = None) -> Path:
-    """Write the per-run rows as CSV or JSON (by ``fmt``, else by the file's suffix)."""
+def report_rows_to_file(
+    report: ValidationReport, path: str | Path, fmt: str | None = None, overwrite: bool = True
+) -> Path:
+    """Write the per-run rows as CSV or JSON (by ``fmt``, else by the file's suffix).
+
+    The file is put in place when complete (`~bkgdb.outputs.write_output`); without ``overwrite``
+    only if none of that name exists by then.
+    """
     import csv
     import json
 
+    from bkgdb.outputs import write_output
+
     path = Path(path)
     fmt = rows_file_format(path, fmt)
-    if fmt == "json":
-        # NaN is not JSON: missing values are null.
-        clean = [
-            {
-                key: (None if isinstance(value, float) and not math.isfinite(value) else value)
-                for key, value in row.items()
-            }
-            for row in report.rows
-        ]
-        path.write_text(json.dumps(clean, indent=1) + "\n")
-    else:
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=ROW_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(report.rows)
-    return path
+
+    def write(temporary: Path) -> None:
+        if fmt == "json":
+            # NaN is not JSON: missing values are null.
+            clean = [
+                {
+                    key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+                    for key, value in row.items()
+                }
+                for row in report.rows
+            ]
+            temporary.write_text(json.dumps(clean, indent=1) + "\n")
+        else:
+            with temporary.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=ROW_COLUMNS, lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(report.rows)
+
+    return write_output(path, write, overwrite)

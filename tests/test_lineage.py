@@ -13,7 +13,7 @@ from bkgdb.cli.main import app
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings
 from bkgdb.store.flags import flag_run
 from bkgdb.store.lineage import background_lineage, stale_backgrounds
-from bkgdb.store.models import BackgroundInput, BackgroundRow, PieceRow, Run
+from bkgdb.store.models import BackgroundInput, BackgroundRow, BinningRow, ExclusionRow, PieceRow, Run
 from bkgdb.store.pieces import PieceCache
 
 BINNING = Binning(e_min=0.1, e_max=100, e_bins=6, off_min=0, off_max=2.5, off_bins=4)
@@ -55,6 +55,40 @@ def test_inputs_record_the_pieces_summed(catalogue, simulated_datastore, tmp_pat
             assert item.file_sha256 == piece.file_sha256 == runs[item.run_id].file_sha256
             assert item.piece_created_at is not None and item.weight == 1.0
     assert sorted(Table.read(tmp_path / "bkg.fits", hdu="BKGDB_RUNS")["OBS_ID"]) == [1001, 1002, 1003, 1004]
+
+
+def test_a_drop_keeps_the_settings_recorded_backgrounds_were_built_on(catalogue, simulated_datastore, tmp_path):
+    config = make_config()
+    catalogue.index(simulated_datastore, config=config)
+    BackgroundBuilder(catalogue, config).write(1000, tmp_path / "bkg.fits")
+    assert PieceCache(catalogue.engine).drop(binning=BINNING.hash[:12]) == 5
+    with Session(catalogue.engine) as session:
+        background = session.scalars(sa.select(BackgroundRow)).one()
+        assert session.get(BinningRow, background.binning_id).hash == BINNING.hash
+        assert session.get(ExclusionRow, background.exclusion_id) is not None
+        assert session.scalar(sa.select(sa.func.count()).select_from(PieceRow)) == 0
+
+
+def test_a_background_is_recorded_when_its_pieces_were_dropped_while_it_was_built(
+    catalogue, simulated_datastore, tmp_path
+):
+    config = make_config()
+    catalogue.index(simulated_datastore, config=config)
+    builder = BackgroundBuilder(catalogue, config)
+    built = builder.build(1000)
+    PieceCache(catalogue.engine).drop(binning=BINNING.hash[:12])
+    with Session(catalogue.engine) as session:
+        builder.record(session, built, tmp_path / "bkg.fits")
+        session.commit()
+        background = session.scalars(sa.select(BackgroundRow)).one()
+        inputs = session.scalars(sa.select(BackgroundInput).order_by(BackgroundInput.obs_id)).all()
+        # What the history holds itself is kept; the pieces are gone, and so is the binning
+        # (no recorded background named it when it was dropped).
+        assert [item.obs_id for item in inputs] == [1001, 1002, 1003, 1004]
+        assert all(item.piece_id is None and item.run_id is not None and item.file_sha256 for item in inputs)
+        assert background.binning_id is None and background.target_run_id is not None
+    reasons = {row["reason"] for row in stale_backgrounds(catalogue.engine)}
+    assert reasons == {"piece deleted: 1001, 1002, 1003, 1004"}
 
 
 def test_lineage_lists_backgrounds_and_attached_files_of_a_run(catalogue, simulated_datastore, tmp_path):

@@ -1,11 +1,15 @@
 """Files written for the user (figures, models, tables, reports) never replace a file unless asked."""
 
+import hashlib
+
 import pytest
+from astropy.io import fits
 from typer.testing import CliRunner
 
+import bkgdb
 from bkgdb.cli.main import app
 from bkgdb.errors import BkgdbError
-from bkgdb.outputs import check_report_folder
+from bkgdb.outputs import check_report_folder, write_output
 
 runner = CliRunner()
 
@@ -95,3 +99,65 @@ def test_validate_refuses_a_report_folder_before_any_work(tmp_path):
     assert result.exit_code == 2
     assert "holds files that are not a bkgdb report's (index.html)" in " ".join(result.output.split())
     assert (folder / "index.html").read_text() == "the user's page"
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def indexed(datastore_copy, tmp_path):
+    """A catalogue (SQLite) of a copy of the simulated datastore, its config file and the copy."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG + "background_selection: {el_diff: null, az_diff: null, gal_lat_min: 0}\n")
+    catalogue = bkgdb.Catalogue.open(f"sqlite:///{tmp_path / 'catalogue.sqlite'}", config=config)
+    catalogue.index(datastore_copy)
+    return catalogue, config, datastore_copy
+
+
+def test_overwrite_never_replaces_the_catalogue_its_datastores_or_the_config(indexed, tmp_path):
+    catalogue, config, datastore = indexed
+    run_file = sorted((datastore / "data").iterdir())[0]
+    kept = [run_file, datastore / "obs-index.fits.gz", tmp_path / "catalogue.sqlite", config]
+    before = [digest(path) for path in kept]
+    for path in kept:
+        with pytest.raises(BkgdbError, match="bkgdb never replaces it, even with --overwrite"):
+            catalogue.write_background(1001, path, overwrite=True)
+    assert [digest(path) for path in kept] == before
+    # Anywhere else, --overwrite replaces the file.
+    (tmp_path / "bkg.fits").write_bytes(b"an older model")
+    catalogue.write_background(1001, tmp_path / "bkg.fits", overwrite=True)
+    assert fits.getheader(tmp_path / "bkg.fits", "BACKGROUND")["HDUCLAS4"] == "BKG_2D"
+
+
+def test_a_failed_write_leaves_the_earlier_file_whole(indexed, tmp_path, monkeypatch):
+    catalogue, _, _ = indexed
+    output = tmp_path / "bkg.fits"
+    catalogue.write_background(1001, output)
+    before = digest(output)
+
+    def full_disk(self, path, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"SIMPLE  =   half a file")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fits.HDUList, "writeto", full_disk)
+    with pytest.raises(BkgdbError, match="cannot write .*No space left on device"):
+        catalogue.write_background(1001, output, overwrite=True)
+    assert digest(output) == before
+    assert sorted(path.name for path in tmp_path.iterdir() if "bkg" in path.name) == ["bkg.fits"]
+
+
+def test_a_file_made_while_the_work_ran_is_not_replaced(tmp_path):
+    output = tmp_path / "rows.csv"
+
+    def write_while_another_job_makes_it(temporary):
+        temporary.write_text("ours")
+        output.write_text("another job's")
+
+    with pytest.raises(BkgdbError, match="rows.csv exists"):
+        write_output(output, write_while_another_job_makes_it)
+    assert output.read_text() == "another job's"
+    assert [path.name for path in tmp_path.iterdir()] == ["rows.csv"]
+    write_output(output, lambda temporary: temporary.write_text("ours"), overwrite=True)
+    assert output.read_text() == "ours"

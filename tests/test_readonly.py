@@ -122,6 +122,18 @@ def test_every_read_command_and_background_work_read_only(indexed, config_file, 
     assert "1 backgrounds" in bkgdb(indexed, "history").output
 
 
+def test_a_condition_aware_background_is_built_read_only(indexed, tmp_path):
+    # The condition model it fits is not cached in the database then, and nothing fails.
+    config = tmp_path / "condition.yaml"
+    config.write_text(CONFIG.replace("gal_lat_min: 0}", "gal_lat_min: 0, assembly: condition}"))
+    with readonly_access(indexed) as url:
+        result = bkgdb(url, "background", TARGET, "--config", config, "-o", tmp_path / "bkg.fits")
+        assert result.exit_code == 0, result.output
+        assert "Warning: history not recorded: the database is read-only" in result.output
+    with fits.open(tmp_path / "bkg.fits") as hdus:
+        assert hdus["BACKGROUND"].header["BKG_TGT"] == TARGET
+
+
 def test_writers_on_a_read_only_database_fail_in_one_line(indexed, simulated_datastore, config_file):
     with readonly_access(indexed) as url:
         message = one_error_line(bkgdb(url, "index", simulated_datastore, "--config", config_file))

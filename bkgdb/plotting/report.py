@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from bkgdb import __version__
 from bkgdb.errors import BkgdbError
-from bkgdb.outputs import REPORT_FIGURE, REPORT_INDEX, REPORT_TABLE
+from bkgdb.outputs import REPORT_FIGURE, REPORT_INDEX, REPORT_TABLE, write_output
 
 if TYPE_CHECKING:
     from bkgdb.background import BackgroundBuilder
@@ -130,8 +130,7 @@ def write_validation_report(
         worst.append(entry)
 
     page = _page(report, config_name, validation_figure, worst)
-    path = folder / REPORT_INDEX
-    path.write_text(page, encoding="utf-8")
+    path = write_output(folder / REPORT_INDEX, lambda temporary: temporary.write_text(page, encoding="utf-8"), True)
     log.info("validation report written to %s", path)
     return path
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import numpy as np
 
 from bkgdb.errors import BkgdbError
+from bkgdb.outputs import write_output
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -89,8 +90,8 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
         raise BkgdbError(f"cannot tell the figure format of {path}: name it .png, .pdf or .svg")
     path.parent.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {"pil_kwargs": {"optimize": True}} if path.suffix.lower() == ".png" else {}
-    figure.savefig(path, dpi=dpi, bbox_inches="tight", **extra)
-    return path
+    # Drawn beside the file, then put in its place: a failed drawing leaves an earlier figure whole.
+    return write_output(path, lambda temporary: figure.savefig(temporary, dpi=dpi, bbox_inches="tight", **extra), True)
 
 
 def finish(figure: Figure, path: str | Path | None) -> Figure:

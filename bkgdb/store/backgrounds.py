@@ -21,13 +21,15 @@ from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError
 from bkgdb.makers.piece import BackgroundPiece
-from bkgdb.store.database import driver_rows, is_readonly_error, session_scope
+from bkgdb.store.database import driver_rows, is_readonly_error, lock_piece_references, session_scope
 from bkgdb.store.models import (
     RUN_STATUS_FAILED,
     RUN_STATUS_OK,
     BackgroundInput,
     BackgroundRow,
+    BinningRow,
     Datastore,
+    ExclusionRow,
     PieceRow,
     Run,
 )
@@ -253,12 +255,23 @@ def record_background(
         Whether it was built from the target's own piece.
     output_path : str or `~pathlib.Path`, optional
         The file it was written to. Default is None.
+
+    Rows the build read may be gone by now (pieces or settings dropped, runs removed by a new
+    index): the record then refers only to those still there, and keeps of the others what it
+    holds itself (OBS_IDs, file hashes, creation times). Under
+    `~bkgdb.store.database.lock_piece_references` no drop deletes them before the caller commits.
     """
+    lock_piece_references(session)
+    inputs = list(built.inputs)
+    pieces = present_ids(session, PieceRow, [item.piece_id for item in inputs])
+    runs = present_ids(session, Run, [built.target.id] + [item.run_id for item in inputs])
+    binnings = present_ids(session, BinningRow, [built.binning_id])
+    exclusions = present_ids(session, ExclusionRow, [built.exclusion_id])
     row = BackgroundRow(
-        target_run_id=built.target.id,
+        target_run_id=built.target.id if built.target.id in runs else None,
         target_obs_id=built.target.obs_id,
-        binning_id=built.binning_id,
-        exclusion_id=built.exclusion_id,
+        binning_id=built.binning_id if built.binning_id in binnings else None,
+        exclusion_id=built.exclusion_id if built.exclusion_id in exclusions else None,
         selection={
             "settings": selection_settings,
             "from_run": from_run,
@@ -277,17 +290,26 @@ def record_background(
         [
             BackgroundInput(
                 background_id=row.id,
-                piece_id=item.piece_id,
-                run_id=item.run_id,
+                piece_id=item.piece_id if item.piece_id in pieces else None,
+                run_id=item.run_id if item.run_id in runs else None,
                 obs_id=item.obs_id,
                 file_sha256=item.file_sha256,
                 piece_created_at=item.created_at,
                 weight=1.0 if item.weight is None else float(item.weight),
             )
-            for item in built.inputs
+            for item in inputs
         ]
     )
     return row
+
+
+def present_ids(session: Session, model: Any, ids: Sequence[int | None]) -> set[int]:
+    """Which of ``ids`` (None ignored) have a row of ``model``."""
+    wanted = sorted({value for value in ids if value is not None})
+    found: set[int] = set()
+    for start in range(0, len(wanted), ID_CHUNK):
+        found.update(session.scalars(sa.select(model.id).where(model.id.in_(wanted[start : start + ID_CHUNK]))))
+    return found
 
 
 def record_if_writable(

@@ -198,6 +198,15 @@ class RunCatalogue:
 
     # -- queries ------------------------------------------------------------------------------
 
+    def protected_paths(self) -> list[Path]:
+        """Files and folders an output of bkgdb never replaces: the database's file(s) and the
+        catalogued datastores (`~bkgdb.outputs.catalogue_paths`)."""
+        from bkgdb.outputs import catalogue_paths
+
+        with self.session() as session:
+            datastores = session.scalars(sa.select(Datastore.path)).all()
+        return catalogue_paths(self.engine, datastores)
+
     def extra_keys(self) -> list[str]:
         """The obs-index column names kept in ``Run.extra`` across all datastores."""
         first_runs = sa.select(sa.func.min(Run.id)).group_by(Run.datastore_id)

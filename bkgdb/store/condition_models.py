@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from bkgdb.errors import BkgdbError
 from bkgdb.geometry import PieceGeometry
 from bkgdb.makers.condition_fit import ConditionModelFitter, representative_subset
 from bkgdb.makers.condition_model import MODEL_KIND, ConditionModel, RunConditions
+from bkgdb.store.database import is_readonly_error
 from bkgdb.store.models import RUN_STATUS_OK, ConditionModelRow, PieceRow, Run
 from bkgdb.store.pieces import row_to_piece
 
@@ -194,6 +195,11 @@ def archive_condition_model(
             store.commit()
         except IntegrityError:
             store.rollback()
+        except DBAPIError as exc:  # a read-only catalogue: the fit serves this process only
+            store.rollback()
+            if not is_readonly_error(exc):
+                raise
+            log.debug("condition model not cached: the database is read-only")
     record = {**params, "kind": MODEL_KIND, "archive_digest": digest, "n_runs": len(rows), "cached": False}
     if memo is not None:
         memo[key] = (fit.model, record)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from bkgdb.errors import BkgdbError
 from bkgdb.makers.piece import BackgroundPiece, decode_array, stored_payloads
 from bkgdb.store.database import lock_piece_references, session_scope
-from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, RegionSet, Run
+from bkgdb.store.models import BackgroundRow, BinningRow, Datastore, ExclusionRow, PieceRow, RegionSet, Run
 from bkgdb.store.regions import remove_unused_region_sets
 from bkgdb.store.settings import geometry_from_params, setting_by_prefix
 
@@ -238,9 +238,11 @@ class PieceCache:
                 dropped.append((BinningRow, PieceRow.binning_id, row.id))
             deleted = cast(sa.CursorResult, session.execute(query)).rowcount
             # The dropped settings are forgotten once no piece uses them (they come back when used
-            # again); others without pieces are not: an index may have just made them.
+            # again), unless a recorded background names them: its history keeps what it was built
+            # on. Others without pieces are kept too: an index may have just made them.
             for model, column, setting_id in dropped:
-                unused = ~sa.exists().where(column == setting_id)
+                in_history = getattr(BackgroundRow, column.key)
+                unused = ~sa.exists().where(column == setting_id) & ~sa.exists().where(in_history == setting_id)
                 session.execute(sa.delete(model).where(model.id == setting_id, unused))
             # And region lists no piece uses any more: under the lock no batch is being written, and a
             # batch looks its lists up again (indexing itself never deletes one).
