@@ -20,7 +20,13 @@ from bkgdb.background import BackgroundBuilder
 from bkgdb.cli.main import app
 from bkgdb.config import BkgdbConfig
 from bkgdb.gadf.attach import NothingAttached, attach_backgrounds, write_fits
-from bkgdb.gadf.destination import PARTIAL_SUFFIX, UnsafeDestination, check_attach_destination, partial_path
+from bkgdb.gadf.destination import (
+    ATTACH_MARKER,
+    PARTIAL_SUFFIX,
+    UnsafeDestination,
+    check_attach_destination,
+    partial_path,
+)
 
 CONFIG = """
 binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}
@@ -135,18 +141,15 @@ def test_an_existing_datastore_is_not_overwritten(db_url, simulated_datastore, d
     """--out into a copy of a datastore: refused without --overwrite, and with it too (bkgdb did not write it)."""
     target = simulated_datastore
     before = snapshot(datastore_copy)
-    line = one_line_error(bkgdb("attach", target, "--out", datastore_copy, "--config", config_file, db=db_url))
-    assert (
-        line == f"Error: --out {datastore_copy} is not empty: pass --overwrite to replace what an earlier "
-        "attach wrote there"
-    )
-    line = one_line_error(
-        bkgdb("attach", target, "--out", datastore_copy, "--config", config_file, "--overwrite", db=db_url)
-    )
-    assert line == (
-        f"Error: refusing to write into {datastore_copy}: {datastore_copy / 'obs-index.fits.gz'} "
-        "belongs to a datastore bkgdb did not write (even with --overwrite)"
-    )
+    for extra in ([], ["--overwrite"]):
+        line = one_line_error(
+            bkgdb("attach", target, "--out", datastore_copy, "--config", config_file, *extra, db=db_url)
+        )
+        assert line == (
+            f"Error: refusing to write into {datastore_copy}: it holds files bkgdb did not write "
+            "(data/run_001000.fits.gz, data/run_001001.fits.gz, data/run_001002.fits.gz and 4 more); "
+            "give a new or empty folder (--overwrite replaces only what an earlier attach wrote)"
+        )
     # Once catalogued, its files are protected as such.
     assert bkgdb("index", datastore_copy, db=db_url).exit_code == 0
     line = one_line_error(
@@ -173,6 +176,23 @@ def test_run_files_of_catalogued_datastores_are_protected(catalogue, simulated_d
         check_attach_destination(catalogue, simulated_datastore, datastore_copy, overwrite=True)
 
 
+def test_a_folder_of_a_users_files_is_refused_even_with_overwrite(db_url, simulated_datastore, config_file, tmp_path):
+    """The reviewer's case: --out holds a copy of a run file and a README of the user's, no index files."""
+    mine = tmp_path / "mine"
+    (mine / "data").mkdir(parents=True)
+    shutil.copy(simulated_datastore / "data" / "run_001002.fits.gz", mine / "data")
+    (mine / "README").write_text("my notes on run 1002\n")
+    before = snapshot(mine)
+    for extra in ([], ["--overwrite"]):
+        result = bkgdb("attach", simulated_datastore, "--out", mine, "--config", config_file, *extra, db=db_url)
+        assert one_line_error(result) == (
+            f"Error: refusing to write into {mine}: it holds files bkgdb did not write (README, "
+            "data/run_001002.fits.gz); give a new or empty folder (--overwrite replaces only what an earlier "
+            "attach wrote)"
+        )
+    assert snapshot(mine) == before
+
+
 def test_overwrite_replaces_an_earlier_attach_and_clears_leftovers(catalogue, datastore_copy, config, tmp_path):
     catalogue.index(datastore_copy, config=config)
     builder = BackgroundBuilder(catalogue, config)
@@ -180,16 +200,87 @@ def test_overwrite_replaces_an_earlier_attach_and_clears_leftovers(catalogue, da
     first = attach_backgrounds(builder, datastore_copy, out)
     assert first.written == [1000, 1001, 1002, 1003, 1004]
     reference = snapshot(out)
-    # What a killed attach leaves: temporary files; a file of the user's stays.
+    # What a killed attach leaves: temporary files.
     leftovers = [partial_path(out / "data" / "run_001002.fits.gz"), partial_path(out / "hdu-index.fits.gz")]
     for path in leftovers:
         path.write_bytes(b"half a file")
-    (out / "notes.txt").write_text("mine")
     with pytest.raises(UnsafeDestination, match="is not empty: pass --overwrite"):
         attach_backgrounds(builder, datastore_copy, out)
+    # A file of the user's there makes the folder no longer bkgdb's alone: refused, even with --overwrite.
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    with pytest.raises(UnsafeDestination, match=r"it holds files bkgdb did not write \(notes\.txt\)"):
+        attach_backgrounds(builder, datastore_copy, out, overwrite=True)
+    assert snapshot(out) == before
+    (out / "notes.txt").unlink()
     assert attach_backgrounds(builder, datastore_copy, out, overwrite=True).written == first.written
     assert not any(path.exists() for path in leftovers)
-    assert snapshot(out) == {**reference, "notes.txt": hashlib.sha256(b"mine").hexdigest()}  # same bytes again
+    assert snapshot(out) == reference  # same bytes again
+
+
+def test_an_interrupted_attach_is_known_by_its_marker(catalogue, datastore_copy, config, tmp_path):
+    """Ctrl-C during a first attach leaves no index files; the marker it wrote before its first run file
+    names the run files, so --overwrite takes the folder. Without the marker nothing tells it from a user's."""
+    catalogue.index(datastore_copy, config=config)
+    builder = BackgroundBuilder(catalogue, config)
+    out = tmp_path / "out"
+
+    def interrupt(done, total):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        attach_backgrounds(builder, datastore_copy, out, progress=interrupt)
+    assert sorted(path.name for path in out.iterdir()) == [ATTACH_MARKER, "data"]
+    assert (out / ATTACH_MARKER).read_text().splitlines()[1:] == ["data/run_001000.fits.gz", "data/run_001001.fits.gz"]
+
+    unmarked = tmp_path / "unmarked"
+    shutil.copytree(out, unmarked)
+    (unmarked / ATTACH_MARKER).unlink()
+    before = snapshot(unmarked)
+    with pytest.raises(
+        UnsafeDestination, match=r"holds files bkgdb did not write \(data/run_001000\.fits\.gz, data/run_001001"
+    ):
+        attach_backgrounds(builder, datastore_copy, unmarked, overwrite=True)
+    assert snapshot(unmarked) == before
+
+    with pytest.raises(UnsafeDestination, match="is not empty: pass --overwrite"):
+        attach_backgrounds(builder, datastore_copy, out)
+    assert attach_backgrounds(builder, datastore_copy, out, overwrite=True).written == [1000, 1001, 1002, 1003, 1004]
+    assert sorted(path.name for path in out.iterdir()) == [
+        ATTACH_MARKER,
+        "data",
+        "hdu-index.fits.gz",
+        "obs-index.fits.gz",
+    ]
+
+
+def test_an_earlier_versions_output_is_known_by_its_index_files(catalogue, datastore_copy, config, tmp_path):
+    """bkgdb before the marker left its index files (CREATOR bkgdb) and the run files they list: --overwrite
+    takes them, not a file beside them; and the folder stays known as bkgdb's through an interrupted rerun."""
+    catalogue.index(datastore_copy, config=config)
+    builder = BackgroundBuilder(catalogue, config)
+    out = tmp_path / "out"
+    attach_backgrounds(builder, datastore_copy, out)
+    (out / ATTACH_MARKER).unlink()  # as an earlier bkgdb wrote it
+    reference = snapshot(out)
+
+    shutil.copy(datastore_copy / "data" / "run_001000.fits.gz", out / "data" / "my-copy.fits.gz")
+    before = snapshot(out)
+    with pytest.raises(UnsafeDestination, match=r"holds files bkgdb did not write \(data/my-copy\.fits\.gz\)"):
+        attach_backgrounds(builder, datastore_copy, out, overwrite=True)
+    assert snapshot(out) == before
+    (out / "data" / "my-copy.fits.gz").unlink()
+
+    def interrupt(done, total):
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        attach_backgrounds(builder, datastore_copy, out, progress=interrupt, overwrite=True)
+    assert sorted(path.name for path in out.iterdir()) == [ATTACH_MARKER, "data"]  # the index files are gone
+    assert attach_backgrounds(builder, datastore_copy, out, overwrite=True).written == [1000, 1001, 1002, 1003, 1004]
+    assert {name: digest for name, digest in snapshot(out).items() if name != ATTACH_MARKER} == reference
 
 
 def test_an_interrupted_overwrite_leaves_no_index_files(catalogue, datastore_copy, config, tmp_path):
@@ -205,7 +296,7 @@ def test_an_interrupted_overwrite_leaves_no_index_files(catalogue, datastore_cop
 
     with pytest.raises(KeyboardInterrupt):
         attach_backgrounds(builder, datastore_copy, out, progress=interrupt, overwrite=True)
-    assert sorted(path.name for path in out.iterdir()) == ["data"]
+    assert sorted(path.name for path in out.iterdir()) == [ATTACH_MARKER, "data"]  # the marker keeps it bkgdb's
     assert len(list((out / "data").iterdir())) == 5  # two replaced, three from before; all complete
     for path in (out / "data").iterdir():
         with fits.open(path) as hdul:

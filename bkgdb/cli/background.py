@@ -86,8 +86,8 @@ def attach(
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
-        help="Write into a non-empty --out, replacing an earlier attach's files. "
-        "Files of the target or of catalogued datastores are never replaced.",
+        help="Write into an earlier attach's --out, replacing its files. A --out holding any other "
+        "file, and files of the target or of catalogued datastores, are never written to.",
     ),
 ) -> None:
     """Write a copy of a datastore whose runs carry bkgdb backgrounds (gammapy opens it as is)."""

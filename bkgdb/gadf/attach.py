@@ -6,10 +6,13 @@ and writes a copy of the run files with the model in a ``BKG`` HDU, plus new ind
 
 It never modifies a user's data: `check_attach_destination` refuses, before any work, an output
 folder that is, holds or lies inside the target datastore, any output path that a file of the
-target (through its hdu-index) or of a catalogued datastore resolves to, and a non-empty folder
-without ``overwrite``. Every file is written under a temporary name (``.NAME.bkgdb-partial``) in
-its folder and then renamed, the index files last, so a killed attach leaves no half-written file
-under a final name and no index files that describe a half-written datastore.
+target (through its hdu-index) or of a catalogued datastore resolves to, a folder holding any file
+bkgdb did not write, and an earlier attach's folder without ``overwrite``. Before its first run
+file an attach writes a marker file (`~bkgdb.gadf.destination.ATTACH_MARKER`) naming the run files
+it writes, so that its folder stays recognisably bkgdb's when it is interrupted. Every file is
+written under a temporary name (``.NAME.bkgdb-partial``) in its folder and then renamed, the index
+files last, so a killed attach leaves no half-written file under a final name and no index files
+that describe a half-written datastore.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from bkgdb import __version__
 from bkgdb.built import BKG_HDU, PROVENANCE_HDU
 from bkgdb.errors import BkgdbError
 from bkgdb.gadf.destination import (
+    ATTACH_MARKER,
     CREATOR_PREFIX,
     DATA_DIR,
     HDU_INDEX,
     INDEX_NAMES,
+    MARKER_HEADER,
     OBS_INDEX,
     PARTIAL_SUFFIX,
     check_destination,
@@ -104,6 +109,41 @@ def write_fits(hdulist: fits.HDUList, path: str | Path) -> None:
         raise
 
 
+def _write_atomically(data: bytes, path: Path) -> None:
+    """Write ``data`` under a temporary name, then rename it to ``path``."""
+    partial = partial_path(path)
+    try:
+        with open(partial, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+class _Marker:
+    """The marker file of an attach's folder: written before the first run file, it then names each
+    run file before that file is written, so that every file an attach may have left is named."""
+
+    def __init__(self, out_dir: Path, taken_over: Iterable[str]) -> None:
+        self.path = out_dir / ATTACH_MARKER
+        self.created = not self.path.exists()
+        # Files of an earlier attach stay named: those of an earlier bkgdb were named only by the
+        # index files about to be removed.
+        self.named = set(taken_over)
+        _write_atomically((MARKER_HEADER + "".join(f"{name}\n" for name in sorted(self.named))).encode(), self.path)
+
+    def name(self, path: Path) -> None:
+        entry = f"{DATA_DIR}/{path.name}"
+        if entry not in self.named:
+            # Not fsynced: should a crash lose the line, the file is refused later, never replaced.
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(f"{entry}\n")
+            self.named.add(entry)
+
+
 class _Folders:
     """Creates folders on demand and removes, on failure, the (empty) ones it created."""
 
@@ -163,10 +203,13 @@ def attach_backgrounds(
     are left out and reported.
 
     The destination is checked first (`check_attach_destination`): no user file is ever written
-    to. Each file is written under a temporary name and renamed into place, the index files last;
-    temporary files left by a killed attach are removed, and an earlier attach's index files are
-    removed before the first run file is replaced, so index files are there only when complete.
-    Folders are created when the first file is written.
+    to, and ``out_dir`` must be new, empty, or hold only what an earlier attach wrote
+    (`~bkgdb.gadf.destination.bkgdb_files`). Before the first run file, the marker file is written
+    (naming the earlier attach's run files, then each run file before it is written) and an earlier
+    attach's index files are removed, so index files are there only when complete and an
+    interrupted attach's folder is still known as bkgdb's. Each file is written under a temporary
+    name and renamed into place, the index files last; temporary files left by a killed attach are
+    removed. Folders are created when the first file is written.
 
     Parameters
     ----------
@@ -177,7 +220,7 @@ def attach_backgrounds(
     progress : callable, optional
         Called as ``progress(done, total)`` after each run. Default is None.
     overwrite : bool, optional
-        Allow a non-empty ``out_dir``, replacing what an earlier attach wrote there. Default is False.
+        Allow an earlier attach's ``out_dir``, replacing what it wrote there. Default is False.
 
     Returns
     -------
@@ -197,7 +240,7 @@ def attach_backgrounds(
 
     source = DL3Datastore(target_datastore)
     out_dir = resolved(out_dir)
-    check_destination(builder.catalogue, source, out_dir, overwrite)
+    earlier_files = check_destination(builder.catalogue, source, out_dir, overwrite)
     _remove_leftovers(out_dir)
     report = AttachReport(str(out_dir))
     hdu_table = source.hdu_table
@@ -206,6 +249,7 @@ def attach_backgrounds(
     hdu_rows: list[dict] = []
     written: list[int] = []
     folders = _Folders()
+    marker: _Marker | None = None
     try:
         with builder.catalogue.session() as session:
             for done, run in enumerate(runs, start=1):
@@ -217,11 +261,13 @@ def attach_backgrounds(
                     report.skipped.append((run.obs_id, str(exc)))
                     log.info("run %s: no background: %s", run.obs_id, exc)  # the report lists it
                 else:
-                    if not written:
+                    if marker is None:
                         folders.make(out_dir / DATA_DIR)
+                        marker = _Marker(out_dir, earlier_files)  # before the index files go: the folder stays ours
                         for name in INDEX_NAMES:  # an interrupted rerun must not look complete
                             (out_dir / name).unlink(missing_ok=True)
                     target_file = run_output(out_dir, run)
+                    marker.name(target_file)
                     own = hdu_table["OBS_ID"] == run.obs_id
                     old_bkg = {str(name).strip() for name in hdu_table["HDU_NAME"][own & (hdu_types == "bkg")]}
                     dropped = {name.upper() for name in old_bkg} | {BKG_HDU, PROVENANCE_HDU}
@@ -257,6 +303,8 @@ def attach_backgrounds(
             write_fits(fits.HDUList([fits.PrimaryHDU(), fits.table_to_hdu(table)]), out_dir / name)
     except BaseException:
         if not written:
+            if marker is not None and marker.created and not any((out_dir / DATA_DIR).iterdir()):
+                marker.path.unlink()  # it marks no file: leave the folder as it was
             folders.remove_created()
         raise
     return report
