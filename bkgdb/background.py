@@ -50,9 +50,25 @@ if TYPE_CHECKING:
     #: A FITS header value, or a (value, comment) pair.
     HeaderCard = str | tuple[str | int | float, str]
 
-__all__ = ["BackgroundBuilder", "background_history", "per_run_normalisation"]
+__all__ = ["BackgroundBuilder", "background_history", "check_background_output", "per_run_normalisation"]
 
 log = logging.getLogger(__name__)
+
+
+def check_background_output(path: str | Path, obs_id: int, overwrite: bool = False) -> Path:
+    """``path`` as the FITS file of run ``obs_id``'s background (`BackgroundBuilder.write`).
+
+    Raises
+    ------
+    BkgdbError
+        ``path`` is a folder, its folder does not exist, or it exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise BkgdbError(f"{path} is a folder: give the FITS file to write, e.g. {path / f'bkg-{obs_id}.fits'}")
+    if not path.parent.is_dir():
+        raise BkgdbError(f"folder {path.parent} does not exist: create it first")
+    return check_new_file(path, overwrite)
 
 
 class BackgroundBuilder:
@@ -245,12 +261,7 @@ class BackgroundBuilder:
 
         from bkgdb.errors import ReadOnlyWarning
 
-        path = Path(path)
-        if path.is_dir():
-            raise BkgdbError(f"{path} is a folder: give the FITS file to write, e.g. {path / f'bkg-{obs_id}.fits'}")
-        if not path.parent.is_dir():
-            raise BkgdbError(f"folder {path.parent} does not exist: create it first")
-        check_new_file(path, overwrite)
+        path = check_background_output(path, obs_id, overwrite)
         with self.catalogue.session() as session:
             built = self.build(obs_id, datastore, session=session)
             try:
