@@ -50,9 +50,28 @@ if TYPE_CHECKING:
     #: A FITS header value, or a (value, comment) pair.
     HeaderCard = str | tuple[str | int | float, str]
 
-__all__ = ["BackgroundBuilder", "background_history", "per_run_normalisation"]
+__all__ = ["BackgroundBuilder", "background_history", "check_background_output", "per_run_normalisation"]
 
 log = logging.getLogger(__name__)
+
+
+def check_background_output(
+    path: str | Path, obs_id: int, overwrite: bool = False, protected: Iterable[Path] = ()
+) -> Path:
+    """``path`` as the FITS file of run ``obs_id``'s background (`BackgroundBuilder.write`).
+
+    Raises
+    ------
+    BkgdbError
+        ``path`` is a folder, its folder does not exist, or it exists and ``overwrite`` is False,
+        or it is one of ``protected`` (`~bkgdb.outputs.check_new_file`).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise BkgdbError(f"{path} is a folder: give the FITS file to write, e.g. {path / f'bkg-{obs_id}.fits'}")
+    if not path.parent.is_dir():
+        raise BkgdbError(f"folder {path.parent} does not exist: create it first")
+    return check_new_file(path, overwrite, protected)
 
 
 class BackgroundBuilder:
@@ -255,12 +274,7 @@ class BackgroundBuilder:
 
         from bkgdb.errors import ReadOnlyWarning
 
-        path = Path(path)
-        if path.is_dir():
-            raise BkgdbError(f"{path} is a folder: give the FITS file to write, e.g. {path / f'bkg-{obs_id}.fits'}")
-        if not path.parent.is_dir():
-            raise BkgdbError(f"folder {path.parent} does not exist: create it first")
-        check_new_file(path, overwrite, [*self.catalogue.protected_paths(), *protected])
+        path = check_background_output(path, obs_id, overwrite, [*self.catalogue.protected_paths(), *protected])
         with self.catalogue.session() as session:
             built = self.build(obs_id, datastore, session=session)
             hdus = fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND"), built.provenance_hdu()])

@@ -6,7 +6,7 @@
 >>> built = catalogue.build(23523)  # doctest: +SKIP
 >>> catalogue.attach("$GAMMAPY_DATA/hess-dl3-dr1", "hess-dr1-bkgdb")  # doctest: +SKIP
 
-The database is opened (and created or migrated) when a method first needs it, by the store
+The database is opened (read-write: created or migrated) when a method first needs it, by the store
 (`bkgdb.store.catalogue.RunCatalogue`); heavy modules are imported by the methods that use them.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from bkgdb.errors import BkgdbError, DatabaseError, DatabaseNotReadyError
+from bkgdb.errors import BkgdbError
 from bkgdb.figures import CatalogueFigures
 
 if TYPE_CHECKING:
@@ -41,8 +41,9 @@ __all__ = [
 
 #: ``progress(done, total)``, called as work advances.
 Progress = Callable[[int, int], None]
-#: False: read and write; True: read only (a database not created or migrated yet is, when
-#: writing is allowed, as on any first use); ``"auto"``: read-write when allowed, else read-only.
+#: False: read and write (an empty database is created, an older catalogue migrated); True: read
+#: only, a database not created or migrated yet is an error; ``"auto"``: as True, then read-write
+#: when allowed. A database holding other tables is refused by all three.
 ReadOnly = bool | Literal["auto"]
 
 
@@ -130,16 +131,7 @@ class Catalogue(CatalogueFigures):
         if self._store is None:
             from bkgdb.store.catalogue import RunCatalogue
 
-            if self.readonly is True:
-                try:
-                    self._store = RunCatalogue.open(self.url, readonly=True)
-                except DatabaseNotReadyError as not_ready:
-                    try:  # created or migrated as on any first use, when writing is allowed
-                        self._store = RunCatalogue.open(self.url)
-                    except DatabaseError:
-                        raise not_ready from None
-            else:
-                self._store = RunCatalogue.open(self.url, readonly=self.readonly)
+            self._store = RunCatalogue.open(self.url, readonly=self.readonly)
         return self._store
 
     # -- the catalogue ------------------------------------------------------------------------
@@ -279,6 +271,9 @@ class Catalogue(CatalogueFigures):
         work; the catalogue's database, files of catalogued datastores and the config file are never
         replaced.
         """
+        from bkgdb.background import check_background_output
+
+        check_background_output(output, obs_id, overwrite, self._config_files())  # before the database is opened
         return self._builder(smooth, where, three_d).write(
             obs_id, output, datastore=datastore, overwrite=overwrite, protected=self._config_files()
         )

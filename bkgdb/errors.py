@@ -11,6 +11,7 @@ __all__ = [
     "ConditionError",
     "ConfigError",
     "DatabaseNotReadyError",
+    "ForeignDatabaseError",
     "NoRunsSelected",
     "TooLittleStatistics",
     "ReadOnlyWarning",
@@ -27,6 +28,10 @@ class DatabaseError(BkgdbError):
 
 class DatabaseNotReadyError(DatabaseError):
     """Opened read-only, the database does not exist yet or its schema is not this bkgdb's."""
+
+
+class ForeignDatabaseError(DatabaseError):
+    """The database is not empty and not a bkgdb catalogue: bkgdb neither reads nor changes it."""
 
 
 class DatastoreError(BkgdbError):

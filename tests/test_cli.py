@@ -88,9 +88,10 @@ def test_failed_runs_are_listed_with_reasons(db_url, datastore_copy):
 def test_password_is_hidden(db_url):
     # The test server trusts local connections, so any password is accepted and must not be shown.
     with_password = db_url.replace("://postgres@", "://postgres:topsecret@")
-    result = bkgdb("info", db=with_password)
-    assert result.exit_code == 0, result.output
-    assert "topsecret" not in result.output and "***" in result.output
+    for command in ("init", "info"):
+        result = bkgdb(command, db=with_password)
+        assert result.exit_code == 0, result.output
+        assert "topsecret" not in result.output and "***" in result.output
 
 
 @pytest.mark.parametrize(
@@ -108,6 +109,8 @@ def test_password_is_hidden(db_url):
 def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BKGDB_URL", raising=False)
+    if args[0] == "runs":  # reading commands need a catalogue
+        assert runner.invoke(app, ["init"]).exit_code == 0
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()

@@ -14,7 +14,7 @@ from astropy.io import fits
 
 import bkgdb
 from bkgdb.demo import EMPTY_FIELDS, SOURCE, bin_centres, demo_config
-from bkgdb.errors import BkgdbError, ConditionError, ConfigError
+from bkgdb.errors import BkgdbError, ConditionError, ConfigError, DatabaseNotReadyError
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 
 TRUTH = BackgroundTruth()
@@ -182,7 +182,12 @@ def test_mistakes_are_reported_before_any_work(demo, tmp_path):
 
 
 def test_the_database_is_opened_when_first_needed(tmp_path):
-    catalogue = bkgdb.Catalogue.open(f"sqlite:///{tmp_path / 'db.sqlite'}", readonly=True)
-    assert not (tmp_path / "db.sqlite").exists()
-    assert catalogue.info()["runs"] == 0  # read-only, but a new database is created as on any first use
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    reader = bkgdb.Catalogue.open(url, readonly=True)
+    with pytest.raises(DatabaseNotReadyError, match="no database at"):
+        reader.info()  # reading only creates nothing
+    catalogue = bkgdb.Catalogue.open(url)
+    assert not (tmp_path / "db.sqlite").exists()  # nor does opening
+    assert catalogue.info()["runs"] == 0
     assert (tmp_path / "db.sqlite").exists()
+    assert reader.info()["runs"] == 0

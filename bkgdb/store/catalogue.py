@@ -20,11 +20,13 @@ from bkgdb.errors import ConditionError, DatabaseError, DatabaseNotReadyError
 from bkgdb.store.conditions import Condition, conditions_expression, typed_column
 from bkgdb.store.database import (
     SCHEMA_HEAD,
+    catalogue_revision,
     create_engine,
     current_revision,
     display_url,
     hide_secrets,
     migrate_to_head,
+    resolve_url,
     session_scope,
 )
 from bkgdb.store.indexing import DatastoreIndexer, IndexReport, refresh_statistics
@@ -79,37 +81,50 @@ class RunCatalogue:
     def open(cls, url: str | None = None, upgrade: bool = True, readonly: bool | str = False) -> RunCatalogue:
         """Open the catalogue at ``url`` (see `~bkgdb.store.database.resolve_url`) and apply pending migrations.
 
+        A database that holds tables and is not a bkgdb catalogue is refused, whatever ``readonly``
+        says, and left as it is.
+
         Parameters
         ----------
         url : str, optional
             Database URL or SQLite file path. Default is ``$BKGDB_URL``, then ``./bkgdb.sqlite``.
         upgrade : bool, optional
-            Apply pending schema migrations. Default is True.
+            Create the schema of an empty database, or apply pending schema migrations (never
+            when reading only). Default is True.
         readonly : bool or "auto", optional
-            True: open for reading only and migrate nothing (an SQLite file one may not write, a
-            PostgreSQL role with SELECT only); a schema that is not current is an error.
-            ``"auto"``: read-write when the database allows it, else read-only (for commands whose
-            writes are optional). Default is False.
+            True: open for reading only, creating and migrating nothing (an SQLite file one may not
+            write, a PostgreSQL role with SELECT only); a database that does not exist or whose
+            schema is not current is an error. ``"auto"``: the same checks, then read-write when the
+            database allows it, else read-only (for commands whose writes are optional). Default
+            is False.
 
         Raises
         ------
+        ForeignDatabaseError
+            The database holds other tables.
         DatabaseError
             The database cannot be reached or migrated.
         DatabaseNotReadyError
-            Read-only: the database does not exist or its schema is not current.
+            Read-only or ``"auto"``: the database does not exist or its schema is not current.
         """
         if readonly == "auto":
+            # Checked read-only first: a read-write engine would create a missing SQLite file.
+            reader = cls.open(url, readonly=True)
             try:
-                return cls.open(url, upgrade=upgrade, readonly=False)
-            except DatabaseError as first_error:
-                try:
-                    return cls.open(url, upgrade=upgrade, readonly=True)
-                except DatabaseError:
-                    raise first_error from None
+                writer = create_engine(url)
+            except DatabaseError:
+                return reader
+            reader.engine.dispose()
+            return cls(writer)
         engine = create_engine(url, readonly=bool(readonly))
-        shown = display_url(engine.url.render_as_string(hide_password=False))
+        # The URL as given: a read-only SQLite engine's is a ``file:`` URI.
+        shown = display_url(resolve_url(url))
+        try:
+            revision = catalogue_revision(engine, shown)
+        except BaseException:
+            engine.dispose()
+            raise
         if readonly:
-            revision = current_revision(engine)
             if revision != SCHEMA_HEAD:
                 engine.dispose()
                 raise DatabaseNotReadyError(
@@ -117,7 +132,7 @@ class RunCatalogue:
                     f"needs {SCHEMA_HEAD}: run `bkgdb init` once with write access"
                 )
             return cls(engine)
-        if upgrade and current_revision(engine) != SCHEMA_HEAD:
+        if upgrade and revision != SCHEMA_HEAD:
             try:
                 migrate_to_head(engine)
             except sa.exc.DBAPIError as exc:
@@ -125,8 +140,8 @@ class RunCatalogue:
                 reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
                 raise DatabaseError(f"cannot migrate {shown}: {hide_secrets(reason, str(url or ''))}") from None
             except Exception as exc:
+                engine.dispose()
                 if exc.__class__.__module__.startswith("alembic"):
-                    engine.dispose()
                     raise DatabaseError(
                         f"cannot migrate {shown}: {hide_secrets(exc, str(url or ''))} "
                         "(was it written by a newer bkgdb?)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from bkgdb.errors import DatabaseError, DatabaseNotReadyError
+from bkgdb.errors import DatabaseError, DatabaseNotReadyError, ForeignDatabaseError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -48,6 +48,8 @@ __all__ = [
     "upgrade_schema",
     "downgrade_schema",
     "current_revision",
+    "catalogue_revision",
+    "foreign_tables",
     "head_revision",
     "alembic_config",
     "session_scope",
@@ -178,8 +180,11 @@ def is_readonly_error(exc: BaseException) -> bool:
 def _sqlite_on_connect(dbapi_connection: DBAPIConnection, connection_record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers (`bkgdb runs`) work while an `index` writes. Switching needs write access;
-    # a file that is already WAL (the usual case) or cannot be written is left as it is.
-    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+    # a file that is already WAL (the usual case) or cannot be written is left as it is, and so is
+    # another program's file: the switch is a change to it, made before bkgdb refuses it.
+    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal" and not _foreign_tables(
+        "sqlite", lambda sql: cursor.execute(sql).fetchall()
+    ):
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
         except Exception as exc:  # noqa: BLE001 - sqlite3.OperationalError: a read-only file
@@ -381,6 +386,11 @@ def migrate_to_head(engine: Engine) -> bool:
     -------
     migrated : bool
         Whether this call changed the schema.
+
+    Raises
+    ------
+    ForeignDatabaseError
+        The database holds tables and is not a bkgdb catalogue; nothing was changed.
     """
     from alembic import command
 
@@ -392,6 +402,7 @@ def migrate_to_head(engine: Engine) -> bool:
         if _revision(connection) == SCHEMA_HEAD:
             connection.rollback()
             return False
+        _refuse_foreign(connection)  # under the lock: what another process did first counts
         config = alembic_config(engine)
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
@@ -417,6 +428,79 @@ def current_revision(engine: Engine) -> str | None:
     """The schema revision the database is at, or None for an empty database."""
     with engine.connect() as connection:
         return _revision(connection)
+
+
+#: bkgdb's revisions (``0001``, ...; a newer bkgdb's too): an ``alembic_version`` holding another
+#: is another program's.
+_CATALOGUE_REVISION = re.compile(r"\d{4}")
+#: Tables and views (True) and sequences (False) in the schema bkgdb uses: SQLite's only one,
+#: PostgreSQL's current one (normally ``public``).
+_SCHEMA_CONTENT = {
+    "sqlite": (
+        "SELECT name, 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"
+    ),
+    "postgresql": (
+        "SELECT c.relname, c.relkind <> 'S' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
+    ),
+}
+
+
+def _foreign_tables(dialect: str, query: Callable[[str], Sequence[Sequence[Any]]]) -> list[str]:
+    """`foreign_tables` through ``query(sql) -> rows``, which may be a DB-API cursor's (no engine yet)."""
+    content = query(_SCHEMA_CONTENT[dialect])
+    names = sorted(name for name, is_table in content if is_table) or sorted(name for name, _ in content)
+    if "alembic_version" not in names:
+        return names
+    try:
+        revisions = [row[0] for row in query("SELECT version_num FROM alembic_version")]
+    except Exception:  # noqa: BLE001 - a table of that name without bkgdb's column
+        return names
+    if len(revisions) == 1 and _CATALOGUE_REVISION.fullmatch(str(revisions[0])):
+        return []
+    if not revisions:  # a catalogue downgraded to nothing keeps its empty alembic_version
+        names.remove("alembic_version")
+    return names
+
+
+def foreign_tables(connection: Connection) -> list[str]:
+    """The tables of a database that is neither empty nor a bkgdb catalogue, sorted; else none.
+
+    Only a database holding bkgdb's ``alembic_version`` is a catalogue. On PostgreSQL only the
+    schema bkgdb uses counts (the current one, normally ``public``).
+    """
+    return _foreign_tables(connection.dialect.name, lambda sql: connection.exec_driver_sql(sql).all())
+
+
+def catalogue_revision(engine: Engine, shown: str | None = None) -> str | None:
+    """The schema revision of a bkgdb catalogue, or None for an empty database.
+
+    Parameters
+    ----------
+    engine : `~sqlalchemy.engine.Engine`
+    shown : str, optional
+        The database as the error names it. Default is the engine's URL, password hidden.
+
+    Raises
+    ------
+    ForeignDatabaseError
+        The database holds tables and is not a bkgdb catalogue; nothing was changed.
+    """
+    with engine.connect() as connection:
+        _refuse_foreign(connection, shown)
+        return _revision(connection)
+
+
+def _refuse_foreign(connection: Connection, shown: str | None = None) -> None:
+    found = foreign_tables(connection)
+    if not found:
+        return
+    shown = shown or display_url(connection.engine.url.render_as_string(hide_password=False))
+    named = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    raise ForeignDatabaseError(
+        f"{shown} is not a bkgdb catalogue: it holds other tables ({named}); "
+        "give an empty database or an existing bkgdb catalogue"
+    )
 
 
 def _revision(connection: Connection) -> str | None:
