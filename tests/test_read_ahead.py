@@ -287,6 +287,74 @@ def test_a_signal_stops_reading_ahead_at_once(simulated_datastore: Path, signum:
     assert time.monotonic() - signalled < 2.0  # at most the one read under way is waited for
 
 
+#: Raises KeyboardInterrupt before each bytecode in turn of the main thread's hand-off of a run
+#: (every point where a signal may be handled, and more), in a thread given 2 s; prints the
+#: bytecodes after which the generator hung, left a reader or raised something else.
+INTERRUPTED_HAND_OFF = """
+import os, sys, threading, time
+from bkgdb.makers import run
+from bkgdb.makers.run import RunFile, RunResult
+
+def slow_read(job):
+    time.sleep(0.002)  # the main thread waits for the file, as when Ctrl-C came
+    return RunFile()
+run.read_run_file = slow_read
+run.process_run_file = lambda job, run_file: RunResult(job)
+
+def second_run(interrupt_at):
+    executed = 0
+    def trace(frame, event, arg):
+        nonlocal executed
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            executed += 1
+            if executed == interrupt_at:
+                raise KeyboardInterrupt
+        return trace
+    results = run.process_runs(range(4))
+    next(results)
+    sys.settrace(trace)
+    try:
+        next(results)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.settrace(None)
+        results.close()
+    return executed
+
+bytecodes = second_run(None)
+failed = []
+for interrupt_at in range(1, bytecodes + 1):
+    errors = []
+    def attempt():
+        try:
+            second_run(interrupt_at)
+        except BaseException as exc:
+            errors.append(exc)
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(2)
+    if thread.is_alive():
+        print(bytecodes, failed + [(interrupt_at, "hung")], flush=True)
+        os._exit(0)  # not waiting for threads that wait forever
+    if any(thread.name.startswith("bkgdb-read-ahead") for thread in threading.enumerate()):
+        failed.append((interrupt_at, "reader left"))
+    failed += [(interrupt_at, repr(error)) for error in errors]
+print(bytecodes, failed, flush=True)
+"""
+
+
+def test_an_interrupt_at_any_bytecode_of_a_hand_off_stops_reading_ahead() -> None:
+    # A Ctrl-C handled just after a lock was taken in Python (`threading.Condition.__enter__`, in
+    # `Future.result` or `ThreadPoolExecutor.submit`) kept it taken: the reader waited for it forever.
+    process = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_HAND_OFF], capture_output=True, text=True, timeout=30, check=True
+    )
+    bytecodes, failed = process.stdout.split(" ", 1)
+    assert int(bytecodes) > 20 and failed.strip() == "[]", process.stdout + process.stderr
+
+
 def index_content(tmp_path: Path, name: str, datastore: Path, config: Any) -> tuple[dict, Any]:
     url, report = index_into_sqlite(tmp_path / name, datastore, config)
     return catalogue_content(url), report

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 from bkgdb.gadf.datastore import RunSource
@@ -240,6 +241,28 @@ def process_run(job: RunJob) -> RunResult:
     return process_run_file(job, read_run_file(job))
 
 
+def _read_ahead(
+    todo: SimpleQueue[RunJob | None], done: SimpleQueue[RunFile | BaseException], stop: threading.Event
+) -> None:
+    """The reader thread of `process_runs`: `read_run_file` of each job from ``todo`` into ``done``.
+
+    It ends at None, or at the next job once ``stop`` is set (the reads not started are cancelled).
+    """
+    while (job := todo.get()) is not None and not stop.is_set():
+        try:
+            done.put(read_run_file(job))
+        except BaseException as exc:  # raised in the caller's thread, when its run is reached
+            done.put(exc)
+
+
+def _next_read(done: SimpleQueue[RunFile | BaseException]) -> RunFile:
+    """The next file the reader thread of `process_runs` read; raise what reading it raised."""
+    run_file = done.get()
+    if isinstance(run_file, BaseException):
+        raise run_file
+    return run_file
+
+
 def process_runs(jobs: Iterable[RunJob], ahead: int = 1) -> Iterator[RunResult]:
     """`process_run` of each job, in order, reading the next files while a run is processed.
 
@@ -250,6 +273,13 @@ def process_runs(jobs: Iterable[RunJob], ahead: int = 1) -> Iterator[RunResult]:
     is reached, as with `process_run`. Closing the generator early (or an exception, Ctrl-C)
     cancels the reads not started and waits for the one under way (a single file).
 
+    Jobs and files pass between the threads through `queue.SimpleQueue`, written in C, and the
+    reader takes no lock that this thread takes: a KeyboardInterrupt (Ctrl-C, or SIGTERM's
+    `~bkgdb.parallel.processes.Terminated`) raised here at any bytecode once the reader runs cannot
+    make the wait for it endless. With a ``ThreadPoolExecutor`` it could: a signal handled right after
+    ``Future.result`` or ``submit`` took a lock in ``threading.Condition.__enter__`` (Python code),
+    before the ``with`` block began, left it taken, and the reader waited for it forever.
+
     Parameters
     ----------
     jobs : iterable of `RunJob`
@@ -257,16 +287,25 @@ def process_runs(jobs: Iterable[RunJob], ahead: int = 1) -> Iterator[RunResult]:
     ahead : int, optional
         Files read ahead. Default is 1.
     """
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bkgdb-read-ahead")
-    reads: deque[tuple[RunJob, Future[RunFile]]] = deque()
+    todo: SimpleQueue[RunJob | None] = SimpleQueue()
+    done: SimpleQueue[RunFile | BaseException] = SimpleQueue()
+    stop = threading.Event()
+    # A daemon, so that a reader left waiting cannot keep the process alive: one whose start a
+    # signal interrupts (`Thread.start` waits on an Event, whose lock is taken in Python).
+    reader = threading.Thread(target=_read_ahead, args=(todo, done, stop), name="bkgdb-read-ahead", daemon=True)
+    reading: deque[RunJob] = deque()
     try:
+        reader.start()
         for job in jobs:
-            reads.append((job, reader.submit(read_run_file, job)))
-            if len(reads) > max(0, ahead):
-                job_read, run_file = reads.popleft()
-                yield process_run_file(job_read, run_file.result())
-        while reads:
-            job_read, run_file = reads.popleft()
-            yield process_run_file(job_read, run_file.result())
+            todo.put(job)
+            reading.append(job)
+            if len(reading) > max(0, ahead):
+                yield process_run_file(reading.popleft(), _next_read(done))
+        while reading:
+            yield process_run_file(reading.popleft(), _next_read(done))
     finally:
-        reader.shutdown(wait=True, cancel_futures=True)
+        # First what alone ends the reader (after the reads queued), then cancel those reads.
+        todo.put(None)
+        stop.set()
+        if reader.is_alive():  # not if its start was interrupted
+            reader.join()
