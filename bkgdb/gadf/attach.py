@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -88,33 +88,26 @@ def write_fits(hdulist: fits.HDUList, path: str | Path) -> None:
     import io
 
     path = Path(path)
+
+    def write(handle: BinaryIO) -> None:
+        if path.suffix == ".gz":
+            buffer = io.BytesIO()
+            hdulist.writeto(buffer)
+            # The final name and no time stamp in the gzip header: the same HDUs give the same bytes.
+            with gzip.GzipFile(filename=path.name[:-3], mode="wb", compresslevel=1, fileobj=handle, mtime=0) as packed:
+                packed.write(buffer.getvalue())
+        else:
+            hdulist.writeto(handle)
+
+    _write_then_rename(path, write)
+
+
+def _write_then_rename(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(handle)`` into ``path``'s temporary name, to disk, then rename it to ``path``."""
     partial = partial_path(path)
     try:
         with open(partial, "wb") as handle:
-            if path.suffix == ".gz":
-                buffer = io.BytesIO()
-                hdulist.writeto(buffer)
-                # The final name and no time stamp in the gzip header: the same HDUs give the same bytes.
-                with gzip.GzipFile(
-                    filename=path.name[:-3], mode="wb", compresslevel=1, fileobj=handle, mtime=0
-                ) as compressed:
-                    compressed.write(buffer.getvalue())
-            else:
-                hdulist.writeto(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-
-
-def _write_atomically(data: bytes, path: Path) -> None:
-    """Write ``data`` under a temporary name, then rename it to ``path``."""
-    partial = partial_path(path)
-    try:
-        with open(partial, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, path)
@@ -133,7 +126,8 @@ class _Marker:
         # Files of an earlier attach stay named: those of an earlier bkgdb were named only by the
         # index files about to be removed.
         self.named = set(taken_over)
-        _write_atomically((MARKER_HEADER + "".join(f"{name}\n" for name in sorted(self.named))).encode(), self.path)
+        text = MARKER_HEADER + "".join(f"{name}\n" for name in sorted(self.named))
+        _write_then_rename(self.path, lambda handle: handle.write(text.encode()))
 
     def name(self, path: Path) -> None:
         entry = f"{DATA_DIR}/{path.name}"
