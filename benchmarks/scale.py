@@ -416,6 +416,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3,
                         help="with --recompute: recomputations, each between two batches of timed builds")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     sizes = [int(value) for value in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as folder:
         if args.recompute:

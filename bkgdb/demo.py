@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 SOURCE: dict[str, Any] = {"name": "Demo source", "ra_deg": 150.0, "dec_deg": 45.0}
 #: The file that marks a folder as the demo's: a rerun replaces the demo's own files there.
 DEMO_MARKER = ".bkgdb-demo"
-#: What the demo writes in its folder (with the database's -wal and -shm files).
+#: What the demo writes in its folder (with the database's -wal, -shm or -journal files).
 DEMO_FILES = ("datastore", "catalogue.fits", "bkgdb-demo.yaml", "bkgdb-demo.sqlite", "with-backgrounds")
 EMPTY_FIELDS = [(160.0, 40.0), (175.0, 50.0), (190.0, 35.0)]
 
@@ -95,7 +95,9 @@ def claim_demo_folder(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise BkgdbError(f"{folder} is a file: give a folder for the demo (new or empty)")
     if folder.is_dir() and not marker.is_file() and any(folder.iterdir()):
-        names = {path.name.removesuffix("-wal").removesuffix("-shm") for path in folder.iterdir()}
+        names = {
+            path.name.removesuffix("-wal").removesuffix("-shm").removesuffix("-journal") for path in folder.iterdir()
+        }
         config = folder / "bkgdb-demo.yaml"
         earlier_demo = names <= set(DEMO_FILES) and config.is_file()
         if earlier_demo:

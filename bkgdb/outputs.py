@@ -12,13 +12,8 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
 from bkgdb.errors import BkgdbError
-
-if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
 
 __all__ = [
     "check_new_file",
@@ -49,12 +44,14 @@ def check_new_file(path: str | Path, overwrite: bool = False, protected: Iterabl
     Raises
     ------
     BkgdbError
-        Says what to do instead (another name, or ``--overwrite``).
+        Says what to do instead (create the folder, another name, or ``--overwrite``).
     """
     path = Path(path)
     if path.is_dir():
         raise BkgdbError(f"{path} is a folder: give the file to write")
-    if path.exists():
+    if not path.parent.is_dir():
+        raise BkgdbError(f"folder {path.parent} does not exist: create it first")
+    if path.exists() or path.is_symlink():  # a dangling link too: the file would be put in its place
         if not overwrite:
             raise BkgdbError(f"{path} exists: remove it, give another name or pass --overwrite")
         resolved = path.resolve()
@@ -69,15 +66,12 @@ def _what(path: Path) -> str:
     return "in the catalogued datastore" if path.is_dir() else "the file"
 
 
-def catalogue_paths(engine: Engine, datastores: Iterable[str] = ()) -> list[Path]:
-    """What an output must never replace: an SQLite catalogue's file (with its -wal, -shm and
-    -journal files) and the folders of the catalogued ``datastores``."""
+def catalogue_paths(database_file: str | None, datastores: Iterable[str] = ()) -> list[Path]:
+    """What an output must never replace: an SQLite catalogue's ``database_file`` (with its -wal,
+    -shm and -journal files; None for a server database) and the folders of the catalogued ``datastores``."""
     paths = [Path(folder) for folder in datastores]
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
-    if database and database != ":memory:":
-        # A read-only catalogue's URL is a file: URI with query parameters.
-        database = unquote(database.removeprefix("file:").split("?", 1)[0])
-        paths += [Path(database + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    if database_file:
+        paths += [Path(database_file + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
     return paths
 
 
@@ -109,7 +103,11 @@ def write_output(path: str | Path, write: Callable[[Path], object], overwrite: b
                     raise
                 except OSError:  # a file system without hard links: created only if absent, then filled
                     with temporary.open("rb") as source, path.open("xb") as target:
-                        shutil.copyfileobj(source, target)
+                        try:
+                            shutil.copyfileobj(source, target)
+                        except BaseException:
+                            path.unlink(missing_ok=True)  # made just now, exclusively: ours to remove
+                            raise
             except FileExistsError:
                 raise BkgdbError(f"{path} exists: remove it, give another name or pass --overwrite") from None
     finally:
@@ -120,8 +118,8 @@ def write_output(path: str | Path, write: Callable[[Path], object], overwrite: b
 def check_report_folder(folder: str | Path, overwrite: bool = False) -> Path:
     """``folder`` as a report's: new or empty; or, with ``overwrite``, an earlier report's.
 
-    An earlier report's folder holds `REPORT_FILES` only, its ``index.html`` titled as a bkgdb
-    report page is (`REPORT_TITLE`).
+    An earlier report's folder holds only `REPORT_FILES` (and temporary files of an interrupted
+    report), among them its ``index.html``, whose title is a bkgdb report page's (`REPORT_TITLE`).
 
     Raises
     ------
@@ -135,13 +133,19 @@ def check_report_folder(folder: str | Path, overwrite: bool = False) -> Path:
     names = [path.name for path in folder.iterdir()] if folder.is_dir() else []
     if not names:
         return folder
-    others = [name for name in names if not any(fnmatch.fnmatchcase(name, pattern) for pattern in REPORT_FILES)]
-    page = folder / REPORT_INDEX
-    if not others and not (page.is_file() and REPORT_TITLE in page.read_text(encoding="utf-8", errors="replace")):
-        others = [REPORT_INDEX]
+    patterns = (*REPORT_FILES, ".*.partial.*")
+    others = [name for name in names if not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)]
     if others:
         raise BkgdbError(
             f"report folder {folder} holds files that are not a bkgdb report's ({', '.join(sorted(others)[:3])}): "
+            "give a new or empty folder"
+        )
+    page = folder / REPORT_INDEX
+    if not (page.is_file() and REPORT_TITLE in page.read_text(encoding="utf-8", errors="replace")):
+        # Report names without a report's page (a user's index.html, or a report interrupted before
+        # its page): nothing shows that bkgdb wrote them.
+        raise BkgdbError(
+            f"report folder {folder} holds no bkgdb report page ({REPORT_INDEX}) beside report files: "
             "give a new or empty folder"
         )
     if not overwrite:

@@ -178,6 +178,39 @@ def test_an_alembic_version_of_another_program_is_not_a_catalogue(db_url):
     engine.dispose()
 
 
+@pytest.mark.parametrize("revision", ["ae1027a6acf", "0003"])
+def test_an_alembic_database_of_another_program_is_not_a_catalogue(db_url, revision):
+    # Its revisions may look like bkgdb's (0001, 0002, ...): without bkgdb's tables it is not one.
+    make_foreign(db_url, ["notes"])
+    engine = sa.create_engine(resolve_url(db_url))
+    with engine.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        connection.execute(sa.text(f"INSERT INTO alembic_version VALUES ('{revision}')"))
+    engine.dispose()
+    before = snapshot(db_url)
+    for command in (["runs"], ["init"]):
+        line = one_error_line(bkgdb_cli(db_url, *command))
+        assert "notes" in line and REFUSED in line
+    assert snapshot(db_url) == before
+
+
+def test_the_database_systems_own_tables_are_not_foreign(db_url):
+    # A PostgreSQL database made from a template with an extension in its schema, an SQLite file
+    # with statistics tables: empty for bkgdb.
+    engine = sa.create_engine(resolve_url(db_url))
+    with engine.begin() as connection:
+        if sqlite_path(db_url) is None:
+            connection.execute(sa.text("CREATE EXTENSION pg_buffercache"))
+        else:
+            connection.execute(sa.text("CREATE TABLE scratch (id INTEGER PRIMARY KEY AUTOINCREMENT)"))
+            connection.execute(sa.text("INSERT INTO scratch DEFAULT VALUES"))
+            connection.execute(sa.text("ANALYZE"))
+            connection.execute(sa.text("DROP TABLE scratch"))  # sqlite_sequence and sqlite_stat1 stay
+    engine.dispose()
+    assert bkgdb_cli(db_url, "init").exit_code == 0
+    assert bkgdb_cli(db_url, "runs").exit_code == 0
+
+
 def test_reading_commands_never_create_a_database(db_url, tmp_path):
     before = snapshot(db_url) if sqlite_path(db_url) is None else None
     for command in (["runs"], ["info"], ["history"]):

@@ -1,6 +1,8 @@
 """Lineage: each background records the pieces it summed; what was built from a run; what is stale."""
 
 import json
+import threading
+import time
 
 import sqlalchemy as sa
 from astropy.io import fits
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 from bkgdb.background import BackgroundBuilder
 from bkgdb.cli.main import app
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings
+from bkgdb.store import backgrounds
 from bkgdb.store.flags import flag_run
 from bkgdb.store.lineage import background_lineage, stale_backgrounds
 from bkgdb.store.models import BackgroundInput, BackgroundRow, BinningRow, ExclusionRow, PieceRow, Run
@@ -89,6 +92,39 @@ def test_a_background_is_recorded_when_its_pieces_were_dropped_while_it_was_buil
         assert background.binning_id is None and background.target_run_id is not None
     reasons = {row["reason"] for row in stale_backgrounds(catalogue.engine)}
     assert reasons == {"piece deleted: 1001, 1002, 1003, 1004"}
+
+
+def test_a_drop_waits_for_a_background_being_recorded(catalogue, simulated_datastore, monkeypatch):
+    config = make_config()
+    catalogue.index(simulated_datastore, config=config)
+    builder = BackgroundBuilder(catalogue, config)
+    built = builder.build(1000)
+    dropped: list = []
+    dropper = threading.Thread(
+        target=lambda: dropped.append(PieceCache(catalogue.engine).drop(binning=BINNING.hash[:12]))
+    )
+    present_ids = backgrounds.present_ids
+
+    def present_then_drop(session, model, ids):
+        found = present_ids(session, model, ids)
+        if model is ExclusionRow:  # the last look-up, before the rows are written
+            dropper.start()
+            time.sleep(0.5)  # for the drop to reach the database before the record does
+        return found
+
+    monkeypatch.setattr(backgrounds, "present_ids", present_then_drop)
+    with Session(catalogue.engine) as session:
+        builder.record(session, built)
+        session.commit()
+    dropper.join(timeout=60)
+    assert dropped == [5]
+    with Session(catalogue.engine) as session:
+        background = session.scalars(sa.select(BackgroundRow)).one()
+        inputs = session.scalars(sa.select(BackgroundInput)).all()
+        # Recorded whole, then the drop: the pieces are gone from it, the binning it names is kept.
+        assert sorted(item.obs_id for item in inputs) == [1001, 1002, 1003, 1004]
+        assert all(item.piece_id is None for item in inputs)
+        assert session.get(BinningRow, background.binning_id).hash == BINNING.hash
 
 
 def test_lineage_lists_backgrounds_and_attached_files_of_a_run(catalogue, simulated_datastore, tmp_path):

@@ -76,7 +76,7 @@ def test_a_report_goes_into_a_new_or_empty_folder_or_replaces_an_earlier_report(
     (analysis / "index.html").write_text("<html><head><title>My analysis</title>")
     (analysis / "validation.csv").write_text("mine")
     for overwrite in (False, True):
-        with pytest.raises(BkgdbError, match=r"holds files that are not a bkgdb report's \(index.html\)"):
+        with pytest.raises(BkgdbError, match=r"holds no bkgdb report page \(index.html\)"):
             check_report_folder(analysis, overwrite=overwrite)
     (analysis / "notes.txt").write_text("mine")
     with pytest.raises(BkgdbError, match=r"not a bkgdb report's \(notes.txt\)"):
@@ -84,6 +84,27 @@ def test_a_report_goes_into_a_new_or_empty_folder_or_replaces_an_earlier_report(
     (tmp_path / "a-file").write_text("mine")
     with pytest.raises(BkgdbError, match="is a file"):
         check_report_folder(tmp_path / "a-file")
+    # A report interrupted before its page: nothing shows bkgdb wrote the rest.
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
+    (interrupted / "validation.csv").write_text("obs_id\n")
+    with pytest.raises(BkgdbError, match="holds no bkgdb report page"):
+        check_report_folder(interrupted, overwrite=True)
+    # A temporary file of an interrupted write beside an earlier report is the report's.
+    (earlier / ".run-23523-model.0123456789ab.partial.png").write_bytes(b"")
+    check_report_folder(earlier, overwrite=True)
+
+
+def test_an_output_needs_its_folder_and_a_dangling_link_is_a_file(tmp_path):
+    table = tmp_path / "rows.csv"
+    table.write_text(TABLE)
+    result = runner.invoke(app, ["plot", "validation", str(table), "-o", str(tmp_path / "missing" / "figure.png")])
+    assert result.exit_code == 2 and "does not exist: create it first" in " ".join(result.output.split())
+    link = tmp_path / "figure.png"
+    link.symlink_to(tmp_path / "nowhere.png")
+    result = runner.invoke(app, ["plot", "validation", str(table), "-o", str(link)])
+    assert result.exit_code == 2 and "exists: remove it" in " ".join(result.output.split())
+    assert link.is_symlink() and not (tmp_path / "nowhere.png").exists()
 
 
 def test_validate_refuses_a_report_folder_before_any_work(tmp_path):
@@ -97,7 +118,7 @@ def test_validate_refuses_a_report_folder_before_any_work(tmp_path):
         + ["--report", str(folder), "--overwrite"],
     )
     assert result.exit_code == 2
-    assert "holds files that are not a bkgdb report's (index.html)" in " ".join(result.output.split())
+    assert "holds no bkgdb report page (index.html)" in " ".join(result.output.split())
     assert (folder / "index.html").read_text() == "the user's page"
 
 

@@ -127,9 +127,15 @@ class RunCatalogue:
         if readonly:
             if revision != SCHEMA_HEAD:
                 engine.dispose()
+                # Revisions are numbered: a higher one is a newer bkgdb's, which init cannot undo.
+                remedy = (
+                    "it was written by a newer bkgdb: upgrade bkgdb"
+                    if revision is not None and revision > SCHEMA_HEAD
+                    else "run `bkgdb init` once with write access"
+                )
                 raise DatabaseNotReadyError(
                     f"{shown} is at schema revision {revision or 'none (an empty database)'}, this bkgdb "
-                    f"needs {SCHEMA_HEAD}: run `bkgdb init` once with write access"
+                    f"needs {SCHEMA_HEAD}: {remedy}"
                 )
             return cls(engine)
         if upgrade and revision != SCHEMA_HEAD:
@@ -218,9 +224,15 @@ class RunCatalogue:
         catalogued datastores (`~bkgdb.outputs.catalogue_paths`)."""
         from bkgdb.outputs import catalogue_paths
 
+        database_file = None
         with self.session() as session:
             datastores = session.scalars(sa.select(Datastore.path)).all()
-        return catalogue_paths(self.engine, datastores)
+            if self.engine.dialect.name == "sqlite":
+                # The file SQLite opened, whatever the form of the URL (a read-only one is a file: URI).
+                database_file = next(
+                    row[2] for row in session.execute(sa.text("PRAGMA database_list")) if row[1] == "main"
+                )
+        return catalogue_paths(database_file, datastores)
 
     def extra_keys(self) -> list[str]:
         """The obs-index column names kept in ``Run.extra`` across all datastores."""

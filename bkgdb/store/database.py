@@ -367,12 +367,19 @@ def lock_piece_references(session: Session, exclusive: bool = False) -> None:
     transaction just committed. A writer of pieces takes it shared, so that indexes run side by side;
     a deleter takes it ``exclusive``: it waits for the writes under way, then sees all their pieces.
 
-    On PostgreSQL this is a transaction-level advisory lock. SQLite needs none: its write
-    transactions run one at a time and each sees everything committed before it.
+    On PostgreSQL this is a transaction-level advisory lock. On SQLite it is the write lock, taken
+    now (``BEGIN IMMEDIATE``) unless the transaction already holds it: the driver would begin the
+    transaction only at its first write, and what was read before that could be deleted by then.
+    Write transactions run one at a time, so the lock is exclusive whatever ``exclusive`` says.
     """
-    if session.get_bind().dialect.name == "postgresql":
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
         function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-        session.execute(sa.select(getattr(sa.func, function)(PIECE_REFERENCES_LOCK_KEY)))
+        connection.execute(sa.select(getattr(sa.func, function)(PIECE_REFERENCES_LOCK_KEY)))
+    elif connection.dialect.name == "sqlite":
+        # The driver begins a transaction only before a write, so one under way holds the lock.
+        if not getattr(connection.connection.dbapi_connection, "in_transaction", True):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def migrate_to_head(engine: Engine) -> bool:
@@ -439,11 +446,17 @@ _SCHEMA_CONTENT = {
     "sqlite": (
         "SELECT name, 1 FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"
     ),
+    # Not those of extensions (pg_stat_statements, PostGIS's spatial_ref_sys): a database made
+    # from a template that has some is still empty for bkgdb.
     "postgresql": (
         "SELECT c.relname, c.relkind <> 'S' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')"
+        "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND NOT EXISTS "
+        "(SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')"
     ),
 }
+#: Tables every bkgdb catalogue has had since its first revision: with bkgdb's ``alembic_version``,
+#: what tells a catalogue from another program's alembic database with revisions of the same form.
+_CATALOGUE_TABLES = {"datastores", "runs"}
 
 
 def _foreign_tables(dialect: str, query: Callable[[str], Sequence[Sequence[Any]]]) -> list[str]:
@@ -456,7 +469,7 @@ def _foreign_tables(dialect: str, query: Callable[[str], Sequence[Sequence[Any]]
         revisions = [row[0] for row in query("SELECT version_num FROM alembic_version")]
     except Exception:  # noqa: BLE001 - a table of that name without bkgdb's column
         return names
-    if len(revisions) == 1 and _CATALOGUE_REVISION.fullmatch(str(revisions[0])):
+    if len(revisions) == 1 and _CATALOGUE_REVISION.fullmatch(str(revisions[0])) and _CATALOGUE_TABLES <= set(names):
         return []
     if not revisions:  # a catalogue downgraded to nothing keeps its empty alembic_version
         names.remove("alembic_version")
