@@ -256,3 +256,14 @@ def test_reading_commands_never_migrate_a_catalogue(db_url):
     assert current_revision(engine) == SCHEMA_HEAD
     assert bkgdb_cli(db_url, "runs").exit_code == 0
     engine.dispose()
+
+
+def test_a_catalogue_of_a_newer_bkgdb_asks_for_an_upgrade_of_bkgdb(db_url):
+    engine = create_engine(db_url)
+    upgrade_schema(engine)
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+    line = one_error_line(bkgdb_cli(db_url, "runs"))
+    assert "schema revision 9999" in line and "written by a newer bkgdb: upgrade bkgdb" in line
+    assert "bkgdb init" not in line
+    engine.dispose()
