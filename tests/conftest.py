@@ -44,6 +44,16 @@ def index_into_sqlite(path, datastore, config, jobs=1):
     return url, report
 
 
+def one_error_line(result):
+    """The one line ``Error: ...`` of a CLI result that failed as a user error should (exit code 2),
+    with no traceback and no SQL."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output and "SELECT" not in result.output and "INSERT" not in result.output
+    return lines[0]
+
+
 def catalogue_content(url):
     """Runs by OBS_ID (without ids and timestamps) and the values and bytes of their pieces: what
     two indexes of the same files must agree on, whatever order they wrote the runs in."""

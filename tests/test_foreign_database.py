@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import one_error_line
 from typer.testing import CliRunner
 
 import bkgdb
@@ -25,13 +26,6 @@ REFUSED = "give an empty database or an existing bkgdb catalogue"
 
 def bkgdb_cli(url, *args):
     return runner.invoke(app, ["--db", url, *[str(arg) for arg in args]])
-
-
-def one_error_line(result):
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 CONFIG = """\

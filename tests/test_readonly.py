@@ -11,6 +11,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 from astropy.io import fits
+from conftest import one_error_line
 from typer.testing import CliRunner
 
 from bkgdb.cli.main import app
@@ -38,14 +39,6 @@ runner = CliRunner()
 
 def bkgdb(url, *args):
     return runner.invoke(app, ["--db", url, *[str(arg) for arg in args]])
-
-
-def one_error_line(result):
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output and "SELECT" not in result.output and "INSERT" not in result.output
-    return lines[0]
 
 
 @pytest.fixture
