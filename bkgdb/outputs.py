@@ -97,22 +97,28 @@ def write_output(path: str | Path, write: Callable[[Path], object], overwrite: b
             os.replace(temporary, path)
         else:
             try:
-                try:
-                    os.link(temporary, path)  # fails, whatever the timing, if ``path`` exists
-                except FileExistsError:
-                    raise
-                except OSError:  # a file system without hard links: created only if absent, then filled
-                    with temporary.open("rb") as source, path.open("xb") as target:
-                        try:
-                            shutil.copyfileobj(source, target)
-                        except BaseException:
-                            path.unlink(missing_ok=True)  # made just now, exclusively: ours to remove
-                            raise
+                os.link(temporary, path)  # fails, whatever the timing, if ``path`` exists
             except FileExistsError:
                 raise BkgdbError(f"{path} exists: remove it, give another name or pass --overwrite") from None
+            except OSError:  # a file system without hard links
+                _copy_if_absent(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def _copy_if_absent(source: Path, path: Path) -> None:
+    """Copy ``source`` to a ``path`` created for it (refused if it exists); a failed copy leaves no ``path``."""
+    try:
+        target = path.open("xb")
+    except FileExistsError:
+        raise BkgdbError(f"{path} exists: remove it, give another name or pass --overwrite") from None
+    with target, source.open("rb") as data:
+        try:
+            shutil.copyfileobj(data, target)
+        except BaseException:
+            path.unlink(missing_ok=True)  # made just now, exclusively: ours to remove
+            raise
 
 
 def check_report_folder(folder: str | Path, overwrite: bool = False) -> Path:

@@ -182,3 +182,27 @@ def test_a_file_made_while_the_work_ran_is_not_replaced(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["rows.csv"]
     write_output(output, lambda temporary: temporary.write_text("ours"), overwrite=True)
     assert output.read_text() == "ours"
+
+
+def test_without_hard_links_a_file_is_still_never_replaced_nor_left_half_written(tmp_path, monkeypatch):
+    import errno
+    import os
+    import shutil
+
+    def no_links(source, target):
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    write_output(tmp_path / "rows.csv", lambda temporary: temporary.write_text("ours"))
+    with pytest.raises(BkgdbError, match="exists"):
+        write_output(tmp_path / "rows.csv", lambda temporary: temporary.write_text("again"))
+    assert (tmp_path / "rows.csv").read_text() == "ours"
+
+    def full_disk(source, target):
+        target.write(b"hal")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_output(tmp_path / "other.csv", lambda temporary: temporary.write_text("half"))
+    assert [path.name for path in tmp_path.iterdir()] == ["rows.csv"]

@@ -479,8 +479,8 @@ def _foreign_tables(dialect: str, query: Callable[[str], Sequence[Sequence[Any]]
 def foreign_tables(connection: Connection) -> list[str]:
     """The tables of a database that is neither empty nor a bkgdb catalogue, sorted; else none.
 
-    Only a database holding bkgdb's ``alembic_version`` is a catalogue. On PostgreSQL only the
-    schema bkgdb uses counts (the current one, normally ``public``).
+    Only a database holding bkgdb's ``alembic_version`` and tables is a catalogue. On PostgreSQL only
+    the schema bkgdb uses counts (the current one, normally ``public``), without extensions' tables.
     """
     return _foreign_tables(connection.dialect.name, lambda sql: connection.exec_driver_sql(sql).all())
 
