@@ -43,15 +43,16 @@ class CatalogueFigures:
     @staticmethod
     def plot_model_file(path: str | Path, output: str | Path, overwrite: bool = False) -> None:
         """Plot a background file written by `write_background`: rate curves (2D) or FoV images (3D)."""
-        from bkgdb.plotting import ModelCurves, model_curves_from_file, plot_model, plot_model_3d
+        from bkgdb.plotting import ModelCurves, model_curves_from_file, plot_model, plot_model_3d, save_figure
 
         check_figure_output(output, overwrite)
         model_or_curves, header = model_curves_from_file(path)
         if isinstance(model_or_curves, ModelCurves):
-            plot_model(model_or_curves, path=output)
+            save_figure(plot_model(model_or_curves), output, overwrite=overwrite)
             return
         title = f"{Path(path).name}" + (f": run {header['BKG_TGT']}" if "BKG_TGT" in header else "")
-        plot_model_3d(model_or_curves, path=output, title=title, alignment=header.get("FOVALIGN"))
+        figure = plot_model_3d(model_or_curves, title=title, alignment=header.get("FOVALIGN"))
+        save_figure(figure, output, overwrite=overwrite)
 
     def plot_model(
         self,
@@ -68,12 +69,13 @@ class CatalogueFigures:
 
         With ``three_d``, its 3D background as FoV images per energy band (the file's model is not drawn).
         """
-        from bkgdb.plotting import plot_run_model
+        from bkgdb.plotting import plot_run_model, save_figure
 
         check_figure_output(output, overwrite, self._protected())
-        _, built, has_reference = plot_run_model(
-            self._builder(smooth, where, three_d=three_d), int(obs_id), output, datastore, with_reference=with_reference
+        figure, built, has_reference = plot_run_model(
+            self._builder(smooth, where, three_d=three_d), int(obs_id), None, datastore, with_reference=with_reference
         )
+        save_figure(figure, output, overwrite=overwrite)
         return built, has_reference
 
     def plot_selection(
@@ -85,12 +87,12 @@ class CatalogueFigures:
         overwrite: bool = False,
     ) -> FunnelPicture:
         """Plot every candidate run of ``obs_id``'s selection, coloured by what removed it."""
-        from bkgdb.plotting import plot_selection
+        from bkgdb.plotting import plot_selection, save_figure
         from bkgdb.store.funnel import funnel_picture
 
         check_figure_output(output, overwrite, self._protected())
         picture = funnel_picture(self._builder(None, where), obs_id, datastore)
-        plot_selection(picture, path=output)
+        save_figure(plot_selection(picture), output, overwrite=overwrite)
         return picture
 
     def plot_validation(
@@ -100,7 +102,7 @@ class CatalogueFigures:
 
         Without ``datastore`` the database is not opened. Return the table's rows.
         """
-        from bkgdb.plotting import plot_validation, read_validation_table, run_start_times
+        from bkgdb.plotting import plot_validation, read_validation_table, run_start_times, save_figure
 
         check_figure_output(output, overwrite)
         rows = read_validation_table(table)
@@ -113,7 +115,7 @@ class CatalogueFigures:
                     BkgdbWarning,
                     stacklevel=2,
                 )
-        plot_validation(rows, path=output, start_mjd=times or None)
+        save_figure(plot_validation(rows, start_mjd=times or None), output, overwrite=overwrite)
         return rows
 
     def plot_significance(
@@ -127,7 +129,7 @@ class CatalogueFigures:
         overwrite: bool = False,
     ) -> SignificanceMaps:
         """Plot run ``obs_id``'s counts against its bkgdb prediction and the Li & Ma significance per pixel."""
-        from bkgdb.plotting import plot_significance, run_significance_maps
+        from bkgdb.plotting import plot_significance, run_significance_maps, save_figure
 
         check_figure_output(output, overwrite, self._protected())
         check_energy_range(*energy_range_tev)
@@ -138,7 +140,7 @@ class CatalogueFigures:
             energy_range_tev=energy_range_tev,
             correlation_radius_deg=correlation_radius_deg,
         )
-        plot_significance(maps, path=output)
+        save_figure(plot_significance(maps), output, overwrite=overwrite)
         return maps
 
 

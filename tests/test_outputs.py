@@ -206,3 +206,21 @@ def test_without_hard_links_a_file_is_still_never_replaced_nor_left_half_written
     with pytest.raises(OSError, match="No space left"):
         write_output(tmp_path / "other.csv", lambda temporary: temporary.write_text("half"))
     assert [path.name for path in tmp_path.iterdir()] == ["rows.csv"]
+
+
+def test_a_figure_that_appears_while_it_is_drawn_is_not_replaced(tmp_path, monkeypatch):
+    import bkgdb.plotting
+
+    table, figure = tmp_path / "rows.csv", tmp_path / "figure.png"
+    table.write_text(TABLE)
+    draw = bkgdb.plotting.plot_validation
+
+    def draw_while_another_job_writes(*args, **kwargs):
+        figure.write_bytes(b"another job's figure")
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(bkgdb.plotting, "plot_validation", draw_while_another_job_writes)
+    with pytest.raises(BkgdbError, match="figure.png exists"):
+        bkgdb.Catalogue(f"sqlite:///{tmp_path / 'unused.sqlite'}").plot_validation(table, figure)
+    assert figure.read_bytes() == b"another job's figure"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["figure.png", "rows.csv"]

@@ -77,8 +77,11 @@ def styled(function: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
+def save_figure(figure: Figure, path: str | Path, dpi: int = 100, overwrite: bool = True) -> Path:
     """Save ``figure`` to ``path``: PNG, PDF or SVG by its suffix.
+
+    Drawn beside ``path`` and then put in its place (`~bkgdb.outputs.write_output`): a failed drawing
+    leaves an earlier figure whole, and without ``overwrite`` no file that exists by then is replaced.
 
     Raises
     ------
@@ -90,8 +93,9 @@ def save_figure(figure: Figure, path: str | Path, dpi: int = 100) -> Path:
         raise BkgdbError(f"cannot tell the figure format of {path}: name it .png, .pdf or .svg")
     path.parent.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {"pil_kwargs": {"optimize": True}} if path.suffix.lower() == ".png" else {}
-    # Drawn beside the file, then put in its place: a failed drawing leaves an earlier figure whole.
-    return write_output(path, lambda temporary: figure.savefig(temporary, dpi=dpi, bbox_inches="tight", **extra), True)
+    return write_output(
+        path, lambda temporary: figure.savefig(temporary, dpi=dpi, bbox_inches="tight", **extra), overwrite
+    )
 
 
 def finish(figure: Figure, path: str | Path | None) -> Figure:
