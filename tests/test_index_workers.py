@@ -91,7 +91,9 @@ def test_workers_leave_the_run_dates_to_the_indexing_process(field: tuple[Path, 
 
 
 def test_a_dead_local_worker_stops_the_index_and_keeps_the_results_back(tmp_path: Path, db_url: str) -> None:
-    pointings = [(120.0 + 0.3 * number, -30.0) for number in range(8)]
+    # Enough runs that the workers are still busy when the second result is handled: with 8, they
+    # had once finished them all by then (PostgreSQL, a slow first write), and nothing died.
+    pointings = [(120.0 + 0.3 * number, -30.0) for number in range(32)]
     DatastoreSimulator(
         truth=BackgroundTruth(norm=3e-6), pointings=pointings, ontime_s=300.0, with_irfs=False, seed=6
     ).run(tmp_path / "datastore")
