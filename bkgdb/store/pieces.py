@@ -227,22 +227,22 @@ class PieceCache:
         with session_scope(self.engine) as session:
             lock_piece_references(session, exclusive=True)
             query = sa.delete(PieceRow)
-            dropped: list[tuple[Any, Any, int]] = []
+            # Each dropped setting: its table, and the columns of pieces and of backgrounds naming it.
+            dropped: list[tuple[Any, Any, Any, int]] = []
             if exclusion:
                 row = setting_by_prefix(session, ExclusionRow, exclusion, "exclusion setting")
                 query = query.where(PieceRow.exclusion_id == row.id)
-                dropped.append((ExclusionRow, PieceRow.exclusion_id, row.id))
+                dropped.append((ExclusionRow, PieceRow.exclusion_id, BackgroundRow.exclusion_id, row.id))
             if binning:
                 row = setting_by_prefix(session, BinningRow, binning, "binning")
                 query = query.where(PieceRow.binning_id == row.id)
-                dropped.append((BinningRow, PieceRow.binning_id, row.id))
+                dropped.append((BinningRow, PieceRow.binning_id, BackgroundRow.binning_id, row.id))
             deleted = cast(sa.CursorResult, session.execute(query)).rowcount
             # The dropped settings are forgotten once no piece uses them (they come back when used
             # again), unless a recorded background names them: its history keeps what it was built
             # on. Others without pieces are kept too: an index may have just made them.
-            for model, column, setting_id in dropped:
-                in_history = getattr(BackgroundRow, column.key)
-                unused = ~sa.exists().where(column == setting_id) & ~sa.exists().where(in_history == setting_id)
+            for model, in_pieces, in_history, setting_id in dropped:
+                unused = ~sa.exists().where(in_pieces == setting_id) & ~sa.exists().where(in_history == setting_id)
                 session.execute(sa.delete(model).where(model.id == setting_id, unused))
             # And region lists no piece uses any more: under the lock no batch is being written, and a
             # batch looks its lists up again (indexing itself never deletes one).

@@ -154,6 +154,7 @@ class RunSelector:
         self._statements: dict = {}
         self._bases: dict = {}
         self._integrity: dict = {}
+        self._search_id: int | None = None
 
     def criteria(self, target: Run, extra_keys: Sequence[str] = ()) -> list[tuple[str, Any]]:
         """(name, SQL condition) pairs for a target `~bkgdb.store.models.Run`."""
@@ -415,9 +416,15 @@ class RunSelector:
         return f"below {' and '.join(short)}" if short else ""
 
     def search_datastore_id(self, session: Session) -> int:
-        """Id of the ``io.search_datastore``; fails with the indexed datastores when it is not one of them."""
+        """Id of the ``io.search_datastore``; fails with the indexed datastores when it is not one of them.
+
+        Looked up once per selector: a datastore's row keeps its id (datastores are never deleted).
+        """
+        if self._search_id is not None:
+            return self._search_id
         found = session.scalar(sa.select(Datastore.id).where(Datastore.at(self.search_datastore)))
         if found is not None:
+            self._search_id = found
             return found
         from pathlib import Path
 
