@@ -19,6 +19,21 @@ def test_environment_variable_then_explicit_url(tmp_path, monkeypatch):
     assert resolve_url(str(tmp_path / "given.sqlite")) == f"sqlite:///{tmp_path / 'given.sqlite'}"
 
 
+@pytest.mark.parametrize("name", ["runs%20old.sqlite", "runs?2024.sqlite", "runs#2.sqlite", "my runs.sqlite"])
+def test_an_sqlite_file_name_is_taken_as_it_is_written(tmp_path, name):
+    # A %, ? or # once made another file (runs old.sqlite, runs) or could not be read back read-only.
+    from bkgdb.store.catalogue import RunCatalogue
+
+    path = tmp_path / name
+    RunCatalogue.open(str(path)).engine.dispose()
+    assert [entry.name for entry in tmp_path.iterdir() if not entry.name.endswith(("-wal", "-shm"))] == [name]
+    for readonly in (True, False, "auto"):
+        catalogue = RunCatalogue.open(str(path), readonly=readonly)
+        assert catalogue.protected_paths()[0] == path
+        assert sa.engine.make_url(catalogue.url).database == str(path)
+        catalogue.engine.dispose()
+
+
 def test_postgresql_urls_use_psycopg3():
     assert resolve_url("postgresql://me@host/db").startswith("postgresql+psycopg://me@host/db")
 

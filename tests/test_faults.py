@@ -24,7 +24,7 @@ from bkgdb.store.database import resolve_url
 from bkgdb.store.indexing import WORKER_FOLDER_PREFIX
 from bkgdb.store.models import Datastore, PieceRow, RegionSet, Run
 
-N_RUNS = 60
+N_RUNS = 120
 #: Runs committed before the indexer is stopped: enough to show work is kept, far from all of them.
 COMMITTED_BEFORE_STOP = 3
 CONFIG = """\
@@ -142,15 +142,37 @@ def wait_for_commits(process, url, count, timeout_s=120.0):
         engine.dispose()
 
 
+def freeze_midway(process, url):
+    """Wait for `COMMITTED_BEFORE_STOP` commits, then stop the indexer's process group (SIGSTOP) while
+    runs are left: a signal sent now meets it at work, however fast it would have finished (one commit
+    can hold 50 runs, and the last one came a few tenths of a second after the first). Resume it with
+    `resume`; return the runs committed when it was stopped."""
+    wait_for_commits(process, url, COMMITTED_BEFORE_STOP)
+    os.killpg(process.pid, signal.SIGSTOP)
+    engine = sa.create_engine(resolve_url(url))
+    try:
+        committed = committed_runs(engine)
+    finally:
+        engine.dispose()
+    assert committed < N_RUNS, "the indexer had finished before it was stopped: give it more runs"
+    return committed
+
+
+def resume(process):
+    os.killpg(process.pid, signal.SIGCONT)
+
+
 @contextlib.contextmanager
 def killed_on_exit(*processes):
-    """The indexer processes, killed on leaving the block if they still run (a failed assertion)."""
+    """The indexer processes, killed with their workers on leaving the block if they still run (a
+    failed assertion; stopped ones too)."""
     try:
         yield processes
     finally:
         for process in processes:
             if process.poll() is None:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.communicate()
 
 
@@ -204,10 +226,11 @@ def finish_index(url, fault_datastore):
 def test_sigkill_leaves_no_processes_and_a_rerun_completes_the_work(db_url, fault_datastore, reference):
     RunCatalogue.open(db_url).engine.dispose()  # the schema exists before the indexer starts
     with killed_on_exit(start_index(db_url, fault_datastore, jobs=2)) as (process,):
-        committed = wait_for_commits(process, db_url, COMMITTED_BEFORE_STOP)
+        committed = freeze_midway(process, db_url)
         workers = children_of(process.pid)
         assert len(workers) >= 2  # two workers (and multiprocessing's resource tracker)
         os.kill(process.pid, signal.SIGKILL)
+        resume(process)  # the workers, which then see their parent gone
         process.communicate(timeout=30)
     assert process.returncode == -signal.SIGKILL
     assert wait_until_gone(process.pid) == []  # workers and resource tracker exited with their parent
@@ -230,8 +253,9 @@ def test_sigkill_leaves_no_processes_and_a_rerun_completes_the_work(db_url, faul
 def test_sigterm_stops_cleanly_keeps_the_work_and_a_rerun_completes_it(db_url, fault_datastore, reference):
     RunCatalogue.open(db_url).engine.dispose()
     with killed_on_exit(start_index(db_url, fault_datastore, jobs=2)) as (process,):
-        committed = wait_for_commits(process, db_url, COMMITTED_BEFORE_STOP)
+        committed = freeze_midway(process, db_url)
         os.kill(process.pid, signal.SIGTERM)
+        resume(process)
         stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 128 + signal.SIGTERM
     assert stderr.strip().splitlines() == ["Interrupted by SIGTERM: stopped; work committed so far is kept."]
@@ -265,8 +289,9 @@ def test_ctrl_c_to_the_process_group_stops_cleanly(db_url, fault_datastore):
     # A terminal's Ctrl-C reaches every process of the group: the workers ignore it, the parent stops.
     RunCatalogue.open(db_url).engine.dispose()
     with killed_on_exit(start_index(db_url, fault_datastore, jobs=2)) as (process,):
-        wait_for_commits(process, db_url, COMMITTED_BEFORE_STOP)
+        freeze_midway(process, db_url)
         os.killpg(process.pid, signal.SIGINT)
+        resume(process)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 128 + signal.SIGINT
     assert stderr.strip().splitlines() == ["Interrupted by SIGINT: stopped; work committed so far is kept."]

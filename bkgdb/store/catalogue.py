@@ -74,8 +74,9 @@ class RunCatalogue:
     >>> runs = catalogue.select_runs(["zenith<30"])  # doctest: +SKIP
     """
 
-    def __init__(self, engine: sa.engine.Engine) -> None:
+    def __init__(self, engine: sa.engine.Engine, url: str | None = None) -> None:
         self.engine = engine
+        self._url = url
 
     @classmethod
     def open(cls, url: str | None = None, upgrade: bool = True, readonly: bool | str = False) -> RunCatalogue:
@@ -115,7 +116,7 @@ class RunCatalogue:
             except DatabaseError:
                 return reader
             reader.engine.dispose()
-            return cls(writer)
+            return cls(writer, reader._url)
         engine = create_engine(url, readonly=bool(readonly))
         # The URL as given: a read-only SQLite engine's is a ``file:`` URI.
         shown = display_url(resolve_url(url))
@@ -137,7 +138,7 @@ class RunCatalogue:
                     f"{shown} is at schema revision {revision or 'none (an empty database)'}, this bkgdb "
                     f"needs {SCHEMA_HEAD}: {remedy}"
                 )
-            return cls(engine)
+            return cls(engine, shown)
         if upgrade and revision != SCHEMA_HEAD:
             try:
                 migrate_to_head(engine)
@@ -153,12 +154,12 @@ class RunCatalogue:
                         "(was it written by a newer bkgdb?)"
                     ) from None
                 raise
-        return cls(engine)
+        return cls(engine, shown)
 
     @property
     def url(self) -> str:
-        """The database URL with any password hidden."""
-        return display_url(self.engine.url.render_as_string(hide_password=False))
+        """The database URL as opened, with any password hidden (not a read-only SQLite engine's ``file:`` URI)."""
+        return self._url or display_url(self.engine.url.render_as_string(hide_password=False))
 
     def session(self) -> Session:
         """A new session on the catalogue (`~bkgdb.store.database.session_scope`); use it as a context manager."""

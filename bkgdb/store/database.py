@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import quote, unquote, unquote_plus
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
@@ -87,7 +87,10 @@ def resolve_url(url: str | None = None) -> str:
     url = url or os.environ.get(URL_ENV_VAR) or DEFAULT_SQLITE_FILE
     if "://" not in url:
         try:
-            return f"sqlite:///{Path(url).expanduser().resolve()}"
+            path = str(Path(url).expanduser().resolve())
+            # A % or ? in a file name is the name's: escaped, or the URL's parser would decode
+            # "%20" or end the name at "?" and another file would be opened.
+            return "sqlite:///" + path.replace("%", "%25").replace("?", "%3F")
         except (ValueError, OSError) as exc:  # a NUL byte, a name too long
             raise DatabaseError(f"bad SQLite file name {display_url(url)!r}: {hide_secrets(exc, url)}") from None
     userinfo = _userinfo(url)
@@ -222,8 +225,10 @@ def _psycopg_binary_results(cursor: Any, statement: str, parameters: Any, contex
 
 def _sqlite_readonly_url(database: str, immutable: bool = False) -> str:
     """A ``file:`` URI that SQLite opens read-only (``immutable``: not even a lock or -shm file)."""
-    path = quote(str(Path(database).resolve()), safe="/")
-    return f"sqlite:///file:{path}?mode=ro" + ("&immutable=1" if immutable else "") + "&uri=true"
+    # The path is quoted twice: once for SQLite's URI, once for the URL that carries it.
+    query = {"mode": "ro", **({"immutable": "1"} if immutable else {}), "uri": "true"}
+    uri = URL.create("sqlite", database="file:" + quote(str(Path(database).resolve()), safe="/"), query=query)
+    return uri.render_as_string()
 
 
 def create_engine(url: str | None = None, readonly: bool = False) -> Engine:
