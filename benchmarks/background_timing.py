@@ -81,8 +81,8 @@ def main():
                 source = sources[obs_id]
                 events = read_events(source, source.events_path.read_bytes(), with_events=True)
                 header = events.header
-                pieces.append(maker.run(events.ra_deg, events.dec_deg, events.energy_tev, header["RA_PNT"],
-                                        header["DEC_PNT"], header["ONTIME"], header["LIVETIME"]))
+                pieces.append(maker.run(events.ra_deg, events.dec_deg, events.energy_tev, header.get("RA_PNT"),
+                                        header.get("DEC_PNT"), header.get("ONTIME"), header.get("LIVETIME")))
             return assemble_background(pieces, config.binning)
 
         recompute, assembled = timed(from_event_files, 3)

@@ -143,6 +143,8 @@ exclusion:
 
     listing = json.loads(bkgdb("exclusions", "1001", "-f", "json", db=db_url).output)
     assert {row["name"] for row in listing} == {"Known source", "my region"}
+    binning = json.loads(bkgdb("cache", "-f", "json", db=db_url).output)[0]["binning"]
+    assert {row["binnings"] for row in listing} == {f"{binning} 2d"}  # which pieces carry the regions
 
     summary = json.loads(bkgdb("cache", "-f", "json", db=db_url).output)
     assert [row["pieces"] for row in summary] == [5]
@@ -155,7 +157,8 @@ exclusion:
 
 def test_config_errors_are_one_line(simulated_datastore, tmp_path):
     config = tmp_path / "bad.yaml"
-    config.write_text("exclusion: {exposure_method: guess}\n")
+    # No catalogues: without GAMMAPY_DATA the defaults would add warnings about them.
+    config.write_text("exclusion: {exposure_method: guess, gammacat: none, hawc: none, star_cat: none}\n")
     result = bkgdb("index", simulated_datastore, "--config", config, db=str(tmp_path / "db.sqlite"))
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [

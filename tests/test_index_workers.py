@@ -109,8 +109,9 @@ def test_a_dead_local_worker_stops_the_index_and_keeps_the_results_back(tmp_path
 
     catalogue = RunCatalogue.open(db_url)
     try:
-        with pytest.raises(WorkerError, match="a worker process died"):
+        with pytest.raises(WorkerError, match="a worker process died") as error:
             catalogue.index(tmp_path / "datastore", config=config, jobs=2, progress=kill_the_workers)
+        assert "__main__" not in str(error.value)  # results came back: no script without a guard
         with session_scope(catalogue.engine) as session:
             stored = session.scalar(sa.select(sa.func.count()).select_from(Run).where(Run.status == RUN_STATUS_OK))
             pieces = session.scalar(sa.select(sa.func.count()).select_from(PieceRow))
@@ -118,6 +119,23 @@ def test_a_dead_local_worker_stops_the_index_and_keeps_the_results_back(tmp_path
         catalogue.engine.dispose()
     # Every result that came back before the error is written, with its piece; none other.
     assert stored == pieces == max(seen) >= 2
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(simulated_datastore: Path, tmp_path: Path) -> None:
+    # Each spawned worker imports the script again, starts an index itself and dies of it.
+    script = tmp_path / "index_runs.py"
+    script.write_text(
+        "import bkgdb\n"
+        f"catalogue = bkgdb.Catalogue.open({str(tmp_path / 'db.sqlite')!r})\n"
+        f"catalogue.index({str(simulated_datastore)!r}, jobs=2)\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith('from a Python script, start the work under `if __name__ == "__main__":` (workers import the script)')
+    )
 
 
 def test_folders_left_by_killed_indexes_are_removed_by_the_next(tmp_path: Path) -> None:

@@ -197,6 +197,13 @@ def test_model_command_on_a_run_and_on_files(indexed, sim, tmp_path, db_url):
         result = runner.invoke(app, ["plot", "model", str(tmp_path / name), "-o", str(figure_path)])
         assert result.exit_code == 0, result.output
         assert figure_path.exists()
+    # A file is drawn as it is: options of a run's build are refused, not ignored.
+    result = runner.invoke(app, ["plot", "model", str(tmp_path / "bkg2d.fits"), "--3d", "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "Error: --3d applies to an OBS_ID: a background file is drawn as it is (2D: rate curves, 3D: FoV images)"
+    )
+    assert not (tmp_path / "x.png").exists()
     assert_png(tmp_path / "bkg2d.png", (10, 4.2))
     from gammapy.irf import Background3D
 

@@ -92,14 +92,16 @@ def exclusions(
     columns = ["name", "kind", "ra", "dec", "radius"]
     for entry in found:
         rows = [{key: region.get(key) for key in columns} for region in entry["regions"]]
+        binnings = ", ".join(entry["binnings"])
         title = (
             f"run {obs_id} of {entry['datastore']}: exclusion {entry['exclusion']} "
-            f"({entry['method']}), {len(rows)} regions"
+            f"({entry['method']}), binning {binnings}: {len(rows)} regions"
         )
         if fmt is OutputFormat.table:
             render_rows(rows, columns, fmt, out, title=title)
         else:
             setting = {key: entry[key] for key in ("datastore", "exclusion", "method")}
+            setting["binnings"] = binnings
             render_rows([{**setting, **row} for row in rows], [*setting, *columns], fmt, out)
 
 

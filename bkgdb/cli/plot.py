@@ -50,6 +50,20 @@ def model(
 
     check_figure_output(output, overwrite)  # option mistakes first, before the config is read
     if not target.strip().lstrip("-").isdigit():
+        given = {
+            "--config": config is not None,
+            "--datastore": datastore is not None,
+            "--smooth": smooth is not None,
+            "--where": bool(where),
+            "--no-reference": no_reference,
+            "--3d": three_d,
+        }
+        ignored = [name for name, used in given.items() if used]
+        if ignored:
+            raise BkgdbError(
+                f"{', '.join(ignored)} {'applies' if len(ignored) == 1 else 'apply'} to an OBS_ID: a background "
+                "file is drawn as it is (2D: rate curves, 3D: FoV images)"
+            )
         Catalogue.plot_model_file(target, output, overwrite)
         out.print(f"{target} -> {output}", highlight=False, markup=False)
         return

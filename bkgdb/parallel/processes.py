@@ -175,15 +175,23 @@ class WorkerPool:
             raise RuntimeError("WorkerPool.imap_unordered needs the pool entered (with WorkerPool(n) as pool: ...)")
         with _sigint_ignored_by_new_workers():
             pending = {executor.submit(function, item) for item in items}
+        returned = 0
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield future.result()
+                    returned += 1
         except BrokenProcessPool:
+            # Workers import the main script again: one that starts work at import (no main guard)
+            # kills every worker before its first result.
+            guard = '`if __name__ == "__main__":`'
+            hint = (
+                "" if returned else f"; from a Python script, start the work under {guard} (workers import the script)"
+            )
             raise WorkerError(
                 "a worker process died unexpectedly (killed, or out of memory?); "
-                "the runs stored so far are kept: run the command again"
+                f"the runs stored so far are kept: run the command again{hint}"
             ) from None
         finally:
             if pending:  # left early: nothing queued may start any more

@@ -16,13 +16,15 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from bkgdb.errors import BkgdbError
 from bkgdb.geometry import PieceGeometry
 from bkgdb.makers.condition_fit import ConditionModelFitter, representative_subset
 from bkgdb.makers.condition_model import MODEL_KIND, ConditionModel, RunConditions
 from bkgdb.store.database import is_readonly_error
+from bkgdb.store.flags import bad_obs_ids
+from bkgdb.store.integrity import has_events, observation_second
 from bkgdb.store.models import RUN_STATUS_OK, ConditionModelRow, PieceRow, Run
 from bkgdb.store.pieces import row_to_piece
 
@@ -34,11 +36,33 @@ log = logging.getLogger(__name__)
 CONDITION_MODEL_MAX_RUNS = 300
 #: SQLite binds at most 32766 values in one statement.
 _ID_CHUNK = 30000
+# Made once, as the selection's aliases (`bkgdb.store.integrity`): the archive's other copies of a run.
+_OTHER_COPY, _OTHER_COPY_PIECE = aliased(Run, name="copies"), aliased(PieceRow, name="copy_pieces")
 
 
 def _archive_query(binning_id: int, exclusion_id: int, settings: Any) -> sa.Select:
     """Pieces a condition model is fitted on: every good run with a zenith angle, a piece of this
-    binning and exclusion setting, and the selection's fixed criteria (|b|, telescopes)."""
+    binning and exclusion setting with events, and the selection's fixed criteria (|b|, telescopes).
+
+    As in a selection, runs flagged bad are left out, and an observation catalogued in several
+    datastores counts once (the copy of the datastore indexed first): a copy would weigh its run
+    twice in the fit.
+    """
+    other, other_piece = _OTHER_COPY, _OTHER_COPY_PIECE
+    earlier_copy = (
+        sa.select(other.id)
+        .join(other_piece, other_piece.run_id == other.id)
+        .where(
+            other.obs_id == Run.obs_id,
+            other.datastore_id < Run.datastore_id,
+            observation_second(other) == observation_second(),
+            other.status == RUN_STATUS_OK,
+            other_piece.binning_id == binning_id,
+            other_piece.exclusion_id == exclusion_id,
+            has_events(other_piece),
+        )
+        .exists()
+    )
     query = (
         sa.select(PieceRow.id, PieceRow.file_sha256, Run.zenith_deg, Run.az_deg, Run.muon_eff)
         .join(Run, Run.id == PieceRow.run_id)
@@ -47,6 +71,9 @@ def _archive_query(binning_id: int, exclusion_id: int, settings: Any) -> sa.Sele
             PieceRow.exclusion_id == exclusion_id,
             Run.status == RUN_STATUS_OK,
             Run.zenith_deg.is_not(None),
+            has_events(),
+            Run.obs_id.not_in(bad_obs_ids()),
+            sa.not_(earlier_copy),
         )
     )
     if settings.gal_lat_min:
@@ -61,7 +88,8 @@ def archive_digest(session: Session, binning_id: int, exclusion_id: int, setting
 
     Pieces are replaced (new id, new time) when their run is re-indexed, and runs get a new
     ``indexed_at``: the number of archive pieces, the sum and maximum of their ids and the newest
-    piece and run times change whenever a run is added, removed or re-indexed.
+    piece and run times change whenever a run is added, removed, re-indexed, or flagged bad or
+    good again (which takes it out of the archive or puts it back).
     """
     archive = (
         _archive_query(binning_id, exclusion_id, settings)

@@ -251,39 +251,50 @@ class PieceCache:
         return deleted
 
     def exclusions(self, obs_id: int, datastore: str | Path | None = None) -> list[dict]:
-        """The exclusion regions applied to a run's pieces, per exclusion setting.
+        """The exclusion regions applied to a run's pieces, per exclusion setting and set of regions.
+
+        The binnings of one setting differ in their field of view, so in the stars and sources that
+        fall in it: each entry names the binnings whose pieces have its regions.
 
         Returns
         -------
         regions : list of dict
-            One entry per (datastore, exclusion setting) with the list of regions.
+            One entry per (datastore, exclusion setting, regions): ``datastore``, ``exclusion`` (hash
+            prefix), ``method``, ``binnings`` (hash prefix and kind of each, e.g. ``1a2b3c4d5e6f 2d``)
+            and the list of ``regions``.
         """
         query = (
-            sa.select(Datastore.path, ExclusionRow.hash, ExclusionRow.params, RegionSet.regions)
+            sa.select(
+                Datastore.path,
+                ExclusionRow.hash,
+                ExclusionRow.params,
+                BinningRow.hash,
+                BinningRow.params,
+                RegionSet.regions,
+            )
             .select_from(PieceRow)
             .outerjoin(RegionSet, RegionSet.id == PieceRow.region_set_id)
             .join(Run, Run.id == PieceRow.run_id)
             .join(Datastore, Datastore.id == Run.datastore_id)
             .join(ExclusionRow, ExclusionRow.id == PieceRow.exclusion_id)
+            .join(BinningRow, BinningRow.id == PieceRow.binning_id)
             .where(Run.obs_id == obs_id)
-            .order_by(Datastore.path, ExclusionRow.id)
+            .order_by(Datastore.path, ExclusionRow.id, BinningRow.id)
         )
         if datastore is not None:
             query = query.where(Datastore.at(datastore))
         with session_scope(self.engine) as session:
             rows = session.execute(query).all()
-        seen, result = set(), []
-        for path, e_hash, e_params, regions in rows:
+        entries: dict[tuple, dict] = {}
+        for path, e_hash, e_params, b_hash, b_params, regions in rows:
             key = (path, e_hash, json.dumps(regions, sort_keys=True))
-            if key in seen:
-                continue  # binnings of one setting mostly share their regions
-            seen.add(key)
-            result.append(
-                {
+            if key not in entries:
+                entries[key] = {
                     "datastore": path,
                     "exclusion": e_hash[:12],
                     "method": e_params.get("exposure_method"),
+                    "binnings": [],
                     "regions": regions or [],
                 }
-            )
-        return result
+            entries[key]["binnings"].append(f"{b_hash[:12]} {geometry_from_params(b_params).kind}")
+        return list(entries.values())
