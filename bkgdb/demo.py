@@ -21,16 +21,19 @@ from bkgdb.geometry import PieceGeometry
 
 if TYPE_CHECKING:
     from bkgdb.config import Binning
+    from bkgdb.store.catalogue import RunCatalogue
 
-__all__ = ["run_demo", "DemoReport", "claim_demo_folder", "DEMO_MARKER"]
+__all__ = ["run_demo", "DemoReport", "claim_demo_folder", "claim_demo_database", "DEMO_MARKER"]
 
 log = logging.getLogger(__name__)
 
 SOURCE: dict[str, Any] = {"name": "Demo source", "ra_deg": 150.0, "dec_deg": 45.0}
 #: The file that marks a folder as the demo's: a rerun replaces the demo's own files there.
 DEMO_MARKER = ".bkgdb-demo"
+#: The demo's own database in its folder (unless given another).
+DEMO_DATABASE = "bkgdb-demo.sqlite"
 #: What the demo writes in its folder (with the database's -wal, -shm or -journal files).
-DEMO_FILES = ("datastore", "catalogue.fits", "bkgdb-demo.yaml", "bkgdb-demo.sqlite", "with-backgrounds")
+DEMO_FILES = ("datastore", "catalogue.fits", "bkgdb-demo.yaml", DEMO_DATABASE, "with-backgrounds")
 EMPTY_FIELDS = [(160.0, 40.0), (175.0, 50.0), (190.0, 35.0)]
 
 
@@ -115,6 +118,31 @@ def claim_demo_folder(folder: Path) -> None:
     marker.write_text("Made by `bkgdb demo`: running it again here replaces the demo's own files.\n")
 
 
+def claim_demo_database(catalogue: RunCatalogue, datastore: Path) -> RunCatalogue:
+    """``catalogue`` for the demo's simulated ``datastore``, or refused (and closed) if it catalogues
+    any other datastore: the simulated runs would join a user's real ones.
+
+    Raises
+    ------
+    BkgdbError
+        The database catalogues another datastore.
+    """
+    import sqlalchemy as sa
+
+    from bkgdb.store.models import Datastore
+
+    with catalogue.session() as session:
+        others = [path for path in session.scalars(sa.select(Datastore.path)) if Path(path) != datastore]
+    if others:
+        catalogue.engine.dispose()
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise BkgdbError(
+            f"{catalogue.url} catalogues {others[0]}{more}: the demo's simulated runs would join them; "
+            f"give a new database, or no --db (the demo then keeps its own in {datastore.parent})"
+        )
+    return catalogue
+
+
 def run_demo(
     folder: str | Path = "bkgdb-demo",
     url: str | None = None,
@@ -146,6 +174,9 @@ def run_demo(
 
     say = progress or (lambda text: None)
     folder = Path(folder).expanduser().resolve()
+    datastore = folder / "datastore"
+    # A database given is checked before anything is written: the demo's runs go into no catalogue but its own.
+    catalogue = None if url is None else claim_demo_database(RunCatalogue.open(url), datastore)
     claim_demo_folder(folder)
     truth = BackgroundTruth()
     source = PointSource(SOURCE["ra_deg"], SOURCE["dec_deg"], rate_per_s=0.3, name=SOURCE["name"])
@@ -154,7 +185,6 @@ def run_demo(
         f"simulating {len(_pointings())} runs (background {truth.norm:g} s-1 MeV-1 sr-1 at 1 TeV, "
         f"index {truth.index}) and a bright source ..."
     )
-    datastore = folder / "datastore"
     obs_ids = DatastoreSimulator(
         truth=truth, pointings=_pointings(), source=source, ontime_s=1200.0, seed=42, object_name="Demo field"
     ).run(datastore)
@@ -163,8 +193,8 @@ def run_demo(
     config_path.write_text(yaml.safe_dump(demo_config(catalogue_path), sort_keys=False))
     config = BkgdbConfig.from_dict(yaml.safe_load(config_path.read_text()))
 
-    url = url or f"sqlite:///{folder / 'bkgdb-demo.sqlite'}"
-    catalogue = RunCatalogue.open(url)
+    if catalogue is None:
+        catalogue = RunCatalogue.open(str(folder / DEMO_DATABASE))
     say("indexing with background pieces ...")
     index_report = catalogue.index(datastore, config=config, jobs=jobs)
     say("building and attaching backgrounds ...")

@@ -273,6 +273,20 @@ def test_demo_never_writes_into_a_folder_it_did_not_make(tmp_path):
     assert (folder / "datastore" / "obs-index.fits.gz").read_bytes() == b"my own index"
 
 
+def test_the_demo_never_adds_its_runs_to_a_real_catalogue(simulated_datastore, tmp_path):
+    real = tmp_path / "real.sqlite"
+    assert bkgdb("index", simulated_datastore, db=str(real)).exit_code == 0
+    before = json.loads(bkgdb("runs", "-f", "json", db=str(real)).output)
+    result = bkgdb("demo", tmp_path / "demo", db=str(real))
+    assert result.exit_code == 2
+    assert " ".join(result.output.split()) == (
+        f"Error: sqlite:///{real} catalogues {simulated_datastore}: the demo's simulated "
+        f"runs would join them; give a new database, or no --db (the demo then keeps its own in {tmp_path / 'demo'})"
+    )
+    assert not (tmp_path / "demo").exists()  # refused before anything was written
+    assert json.loads(bkgdb("runs", "-f", "json", db=str(real)).output) == before
+
+
 def test_the_demo_takes_new_empty_and_earlier_demo_folders_only(tmp_path):
     new = tmp_path / "new"
     claim_demo_folder(new)
