@@ -379,8 +379,10 @@ class Catalogue(CatalogueFigures):
     # -- helpers ------------------------------------------------------------------------------
 
     def _config_files(self) -> list[Path]:
-        """The config file, if one was read: an output never replaces it."""
-        return [] if self.config_path is None else [self.config_path]
+        """The config file, if one was read, and the catalogues and region files of its exclusion
+        setting: an output never replaces them."""
+        files = [] if self.config_path is None else [self.config_path]
+        return files + ([] if self.config is None else self.config.exclusion.files)
 
     def _protected(self) -> list[Path]:
         return [*self.store.protected_paths(), *self._config_files()]

@@ -94,9 +94,12 @@ def claim_demo_folder(folder: Path) -> None:
     BkgdbError
         ``folder`` is a file, or a folder with files the demo did not write.
     """
+    from bkgdb.outputs import check_writable_folder
+
     marker = folder / DEMO_MARKER
     if folder.exists() and not folder.is_dir():
         raise BkgdbError(f"{folder} is a file: give a folder for the demo (new or empty)")
+    check_writable_folder(folder)
     if folder.is_dir() and not marker.is_file() and any(folder.iterdir()):
         names = {
             path.name.removesuffix("-wal").removesuffix("-shm").removesuffix("-journal") for path in folder.iterdir()

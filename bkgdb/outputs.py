@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,6 +18,7 @@ from bkgdb.errors import BkgdbError
 
 __all__ = [
     "check_new_file",
+    "check_writable_folder",
     "write_output",
     "catalogue_paths",
     "check_report_folder",
@@ -36,10 +38,13 @@ REPORT_FILES = (REPORT_INDEX, REPORT_TABLE, REPORT_FIGURE, "run-*-model.png", "r
 
 
 def check_new_file(path: str | Path, overwrite: bool = False, protected: Iterable[Path] = ()) -> Path:
-    """``path`` as a file to write: refused when it is a folder, or exists and ``overwrite`` is False.
+    """``path`` as a file to write: refused when it is a folder, its folder cannot be written, or it
+    exists and ``overwrite`` is False.
 
     ``protected`` are files and folders whose files are never replaced, even with ``overwrite``: the
-    catalogue's database and datastores (`catalogue_paths`), a config file.
+    catalogue's database and datastores (`catalogue_paths`), a config file and what it reads. A
+    protected file is refused even where it does not exist yet: an SQLite database's ``-journal``
+    file, made by a bkgdb output, would be taken for the database's (and deleted or replayed).
 
     Raises
     ------
@@ -51,15 +56,34 @@ def check_new_file(path: str | Path, overwrite: bool = False, protected: Iterabl
         raise BkgdbError(f"{path} is a folder: give the file to write")
     if not path.parent.is_dir():
         raise BkgdbError(f"folder {path.parent} does not exist: create it first")
-    if path.exists() or path.is_symlink():  # a dangling link too: the file would be put in its place
-        if not overwrite:
-            raise BkgdbError(f"{path} exists: remove it, give another name or pass --overwrite")
-        resolved = path.resolve()
-        for kept in protected:
-            kept = kept.resolve()
-            if resolved == kept or kept in resolved.parents:
-                raise BkgdbError(f"{path} is {_what(kept)} {kept}: bkgdb never replaces it, even with --overwrite")
+    exists = path.exists() or path.is_symlink()  # a dangling link too: the file would be put in its place
+    resolved = path.resolve()
+    for kept in protected:
+        kept = kept.resolve()
+        if resolved == kept or (exists and kept in resolved.parents):
+            raise BkgdbError(f"{path} is {_what(kept)} {kept}: bkgdb never writes it, even with --overwrite")
+    if exists and not overwrite:
+        raise BkgdbError(f"{path} exists: remove it, give another name or pass --overwrite")
+    check_writable_folder(path.parent)
     return path
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Refuse, before any work, a folder in which no file can be made (read-only, immutable, full).
+
+    A folder yet to be made is judged by the nearest one that exists, where it would be made. Tried
+    by making and removing a file: permission bits do not tell for root, nor for immutable folders
+    or read-only mounts.
+    """
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        handle, name = tempfile.mkstemp(prefix=".bkgdb-", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise BkgdbError(f"cannot write in folder {folder}: {exc.strerror or exc}") from None
+    os.close(handle)
+    os.unlink(name)
 
 
 def _what(path: Path) -> str:
@@ -102,8 +126,13 @@ def write_output(path: str | Path, write: Callable[[Path], object], overwrite: b
                 raise BkgdbError(f"{path} exists: remove it, give another name or pass --overwrite") from None
             except OSError:  # a file system without hard links
                 _copy_if_absent(temporary, path)
+    except OSError as exc:  # the folder became unwritable, the disk full: said in a line, as any user error
+        raise BkgdbError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
-        temporary.unlink(missing_ok=True)
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass  # an unwritable folder holds no temporary either
     return path
 
 
@@ -137,6 +166,7 @@ def check_report_folder(folder: str | Path, overwrite: bool = False) -> Path:
     if folder.exists() and not folder.is_dir():
         raise BkgdbError(f"report folder {folder} is a file")
     names = [path.name for path in folder.iterdir()] if folder.is_dir() else []
+    check_writable_folder(folder)
     if not names:
         return folder
     patterns = (*REPORT_FILES, ".*.partial.*")

@@ -48,6 +48,70 @@ def test_no_command_replaces_an_existing_file_without_overwrite(tmp_path, number
     assert output.read_bytes() == before
 
 
+@pytest.fixture
+def frozen_folder(tmp_path):
+    """A folder in which nothing can be made, even by root (immutable; undone after the test)."""
+    import subprocess
+
+    folder = tmp_path / "frozen"
+    folder.mkdir()
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here: an unwritable folder cannot be made for root")
+    yield folder
+    subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_every_command_refuses_a_folder_it_cannot_write_in_before_any_work(
+    tmp_path, frozen_folder, simulated_datastore
+):
+    config, table = tmp_path / "config.yaml", tmp_path / "rows.csv"
+    config.write_text(CONFIG)
+    table.write_text(TABLE)
+    figure = frozen_folder / "figure.png"
+    db = ["--db", str(tmp_path / "db.sqlite")]
+    attempts = [
+        (db + ["plot", "model", "1000", "--config", config, "-o", figure], frozen_folder),
+        (["plot", "validation", table, "-o", figure], frozen_folder),
+        (db + ["plot", "selection", "1000", "--config", config, "-o", figure], frozen_folder),
+        (db + ["background", "1000", "--config", config, "-o", frozen_folder / "bkg.fits"], frozen_folder),
+        (db + ["validate", tmp_path / "datastore", "--config", config, "-o", frozen_folder / "v.csv"], frozen_folder),
+        (db + ["validate", tmp_path / "datastore", "--config", config, "--report", frozen_folder / "r"], frozen_folder),
+        (db + ["attach", simulated_datastore, "--config", config, "--out", frozen_folder / "a"], frozen_folder),
+        (["demo", frozen_folder / "demo"], frozen_folder),
+    ]
+    for arguments, folder in attempts:
+        result = runner.invoke(app, list(map(str, arguments)))
+        assert result.exit_code == 2, (arguments, result.output)
+        shown = " ".join(result.output.split())
+        assert shown.startswith(f"Error: cannot write in folder {folder}: Operation not permitted"), (arguments, shown)
+    assert list(frozen_folder.iterdir()) == []
+
+
+def test_an_output_never_takes_a_name_of_the_database_even_one_not_made_yet(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    catalogue = bkgdb.Catalogue.open(str(tmp_path / "catalogue.sqlite"), config=config)
+    journal = tmp_path / "catalogue.sqlite-journal"
+    # SQLite would take a file of that name for the database's journal, and delete or replay it.
+    with pytest.raises(BkgdbError, match="catalogue.sqlite-journal is the file .* bkgdb never writes it"):
+        catalogue.write_background(1001, journal)
+    assert not journal.exists()
+
+
+def test_overwrite_never_replaces_what_the_config_reads(indexed, tmp_path):
+    catalogue, config, _ = indexed
+    sources = tmp_path / "sources.fits"
+    from bkgdb.simulate import write_source_catalogue
+
+    write_source_catalogue(sources, [{"name": "elsewhere", "ra_deg": 10.0, "dec_deg": -60.0}])
+    config.write_text(CONFIG.replace("gammacat: none", f"gammacat: {sources}"))
+    before = digest(sources)
+    reader = bkgdb.Catalogue.open(str(tmp_path / "catalogue.sqlite"), config=config)
+    with pytest.raises(BkgdbError, match="sources.fits is the file .* bkgdb never writes it, even with --overwrite"):
+        reader.write_background(1001, sources, overwrite=True)
+    assert digest(sources) == before
+
+
 def test_overwrite_replaces_a_figure(tmp_path):
     (table, figure) = (tmp_path / "rows.csv", tmp_path / "figure.png")
     table.write_text(TABLE)
@@ -142,7 +206,7 @@ def test_overwrite_never_replaces_the_catalogue_its_datastores_or_the_config(ind
     kept = [run_file, datastore / "obs-index.fits.gz", tmp_path / "catalogue.sqlite", config]
     before = [digest(path) for path in kept]
     for path in kept:
-        with pytest.raises(BkgdbError, match="bkgdb never replaces it, even with --overwrite"):
+        with pytest.raises(BkgdbError, match="bkgdb never writes it, even with --overwrite"):
             catalogue.write_background(1001, path, overwrite=True)
     assert [digest(path) for path in kept] == before
     # Anywhere else, --overwrite replaces the file.
@@ -203,7 +267,7 @@ def test_without_hard_links_a_file_is_still_never_replaced_nor_left_half_written
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(shutil, "copyfileobj", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(BkgdbError, match="cannot write .*other.csv: No space left"):
         write_output(tmp_path / "other.csv", lambda temporary: temporary.write_text("half"))
     assert [path.name for path in tmp_path.iterdir()] == ["rows.csv"]
 

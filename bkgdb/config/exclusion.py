@@ -177,6 +177,12 @@ class ExclusionSettings:
         kwargs["exclude_source_name"] = _named_sources(section, values.get("exclude_source_name"))
         return cls(**kwargs)
 
+    @property
+    def files(self) -> list[Path]:
+        """The catalogue and region files this setting reads (outputs never replace them)."""
+        paths = [getattr(self, key) for key in CATALOGUE_KEYS]
+        return [Path(path) for path in [*paths, *self.region_files] if path is not None]
+
     @cached_property
     def params(self) -> dict[str, Any]:
         """Everything that changes which events are kept, with each file's path and SHA-256."""

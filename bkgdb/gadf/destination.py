@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from bkgdb.errors import BkgdbError
+from bkgdb.outputs import check_writable_folder
 
 if TYPE_CHECKING:
     from bkgdb.gadf.datastore import DL3Datastore, RunSource
@@ -248,6 +249,7 @@ def check_destination(catalogue: RunCatalogue, source: DL3Datastore, out_dir: Pa
         if path.is_relative_to(target):
             raise UnsafeDestination(f"refusing to write {path}: it is inside the target datastore {target}")
 
+    check_writable_folder(out_dir)
     if not out_dir.is_dir():
         return set()
     ours, others = bkgdb_files(out_dir)
