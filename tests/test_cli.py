@@ -7,6 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from bkgdb.catalogue import Catalogue
 from bkgdb.cli.main import app
 from bkgdb.demo import DEMO_MARKER, claim_demo_folder, demo_config
 from bkgdb.errors import BkgdbError
@@ -117,6 +118,27 @@ def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path, monk
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
     assert "Traceback" not in result.output
     assert re.search(message, lines[0])
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true"])
+def test_an_in_memory_database_is_refused_as_it_would_keep_nothing(url, simulated_datastore, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for command in (["init"], ["index", simulated_datastore], ["runs"]):
+        result = bkgdb(*command, db=url)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (
+            f"Error: {url} is an in-memory SQLite database, gone when the command exits: "
+            "give an SQLite file (--db FILE.sqlite) or a PostgreSQL URL"
+        )
+    monkeypatch.setenv("BKGDB_URL", url)
+    assert bkgdb("init").exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_library_opens_an_in_memory_database():
+    # A script's or a test's scratch catalogue: only the commands refuse one.
+    with Catalogue.open("sqlite://") as catalogue:
+        assert catalogue.init()["runs"] == 0
 
 
 def test_index_with_config_then_cache_and_exclusions(db_url, simulated_datastore, tmp_path):

@@ -43,6 +43,7 @@ __all__ = [
     "url_secrets",
     "hide_secrets",
     "create_engine",
+    "is_in_memory_sqlite",
     "is_readonly_error",
     "migrate_to_head",
     "upgrade_schema",
@@ -167,6 +168,22 @@ def display_url(url: str) -> str:
     return hide_secrets(shown, url)
 
 
+def is_in_memory_sqlite(url: str | None) -> bool:
+    """Whether the resolved ``url`` is an SQLite database that lives only as long as its connections.
+
+    In memory (``sqlite://``, ``sqlite:///:memory:``, ``file:NAME?mode=memory``, ``file::memory:``)
+    or SQLite's temporary file of an empty URI name (``file:?uri=true``). The library opens them
+    (tests, a scratch catalogue in a script); a command would lose all it wrote when it exits.
+    """
+    parsed = make_url(resolve_url(url))
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    if parsed.query.get("uri") == "true":  # a file: URI; without it "file:..." is a file's name
+        return database in ("file:", "") or database.startswith("file::memory:") or parsed.query.get("mode") == "memory"
+    return database in ("", ":memory:")
+
+
 def is_readonly_error(exc: BaseException) -> bool:
     """Whether a database error says that this connection may not write.
 
@@ -255,7 +272,7 @@ def create_engine(url: str | None = None, readonly: bool = False) -> Engine:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
             database = parsed.database or ""
-            in_memory = not database or database == ":memory:" or parsed.query.get("mode") == "memory"
+            in_memory = is_in_memory_sqlite(url)
             if not in_memory and not database.startswith("file:") and not Path(database).parent.is_dir():
                 raise DatabaseError(
                     f"folder of SQLite database does not exist: {hide_secrets(Path(database).parent, url)}"
