@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bkgdb.errors import BkgdbError
 from bkgdb.figures import CatalogueFigures
+from bkgdb.obs_id import check_obs_id
 
 if TYPE_CHECKING:
     from bkgdb.background import BackgroundBuilder
@@ -181,6 +182,7 @@ class Catalogue(CatalogueFigures):
         """The exclusion regions applied to a run's pieces, per datastore and exclusion setting (none: an error)."""
         from bkgdb.store.pieces import PieceCache
 
+        check_obs_id(obs_id)
         found = PieceCache(self.store.engine).exclusions(obs_id, datastore)
         if not found:
             raise BkgdbError(f"run {obs_id} has no background pieces: index it with --config first")
@@ -207,16 +209,20 @@ class Catalogue(CatalogueFigures):
         """Flag run ``obs_id`` (every copy) bad, so it is never selected, or good again; return the entry."""
         from bkgdb.store.flags import flag_run
 
+        check_obs_id(obs_id)
         return flag_run(self.store.engine, obs_id, flag, reason, author)
 
     def flags(self, obs_id: int) -> Rows:
         """The flag history of run ``obs_id``, newest first."""
         from bkgdb.store.flags import run_flags
 
+        check_obs_id(obs_id)
         return Rows(run_flags(self.store.engine, obs_id), ["flag", "reason", "author", "created_at", "in_force"])
 
     def history(self, obs_id: int | None = None, stale: bool = False) -> Rows:
         """Backgrounds built so far, newest first (of target ``obs_id``); ``stale``: those whose inputs changed."""
+        if obs_id is not None:
+            check_obs_id(obs_id)
         if stale:
             from bkgdb.store.lineage import stale_backgrounds
 
@@ -233,6 +239,7 @@ class Catalogue(CatalogueFigures):
         """Every background and attached file built from run ``obs_id``'s pieces."""
         from bkgdb.store.lineage import background_lineage
 
+        check_obs_id(obs_id)
         return Rows(
             background_lineage(self.store.engine, obs_id), ["id", "target", "from_datastore", "output", "created_at"]
         )
@@ -253,6 +260,7 @@ class Catalogue(CatalogueFigures):
         instead of the config's; ``where``: conditions added to the config's selection for this
         call; ``three_d``: a 3D (FoV) background, or 2D (default: the config's ``io.3d_bkg``).
         """
+        check_obs_id(obs_id)
         return self._builder(smooth, where, three_d).build(obs_id, datastore)
 
     def write_background(
@@ -273,6 +281,7 @@ class Catalogue(CatalogueFigures):
         """
         from bkgdb.background import check_background_output
 
+        check_obs_id(obs_id)
         check_background_output(output, obs_id, overwrite, self._config_files())  # before the database is opened
         return self._builder(smooth, where, three_d).write(
             obs_id, output, datastore=datastore, overwrite=overwrite, protected=self._config_files()

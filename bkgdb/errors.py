@@ -31,7 +31,8 @@ class DatabaseNotReadyError(DatabaseError):
 
 
 class ForeignDatabaseError(DatabaseError):
-    """The database is not empty and not a bkgdb catalogue: bkgdb neither reads nor changes it."""
+    """The database is not a bkgdb catalogue and not empty (it holds tables, or is an SQLite file whose
+    ``application_id`` or ``user_version`` another program set): bkgdb neither reads nor changes it."""
 
 
 class DatastoreError(BkgdbError):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bkgdb.errors import BkgdbError, BkgdbWarning
+from bkgdb.obs_id import check_obs_id
 from bkgdb.outputs import check_new_file
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class CatalogueFigures:
         """
         from bkgdb.plotting import plot_run_model, save_figure
 
+        check_obs_id(obs_id)
         check_figure_output(output, overwrite, self._protected())
         figure, built, has_reference = plot_run_model(
             self._builder(smooth, where, three_d=three_d), int(obs_id), None, datastore, with_reference=with_reference
@@ -90,6 +92,7 @@ class CatalogueFigures:
         from bkgdb.plotting import plot_selection, save_figure
         from bkgdb.store.funnel import funnel_picture
 
+        check_obs_id(obs_id)
         check_figure_output(output, overwrite, self._protected())
         picture = funnel_picture(self._builder(None, where), obs_id, datastore)
         save_figure(plot_selection(picture), output, overwrite=overwrite)
@@ -131,6 +134,7 @@ class CatalogueFigures:
         """Plot run ``obs_id``'s counts against its bkgdb prediction and the Li & Ma significance per pixel."""
         from bkgdb.plotting import plot_significance, run_significance_maps, save_figure
 
+        check_obs_id(obs_id)
         check_figure_output(output, overwrite, self._protected())
         check_energy_range(*energy_range_tev)
         maps = run_significance_maps(

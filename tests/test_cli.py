@@ -7,6 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from bkgdb.catalogue import Catalogue
 from bkgdb.cli.main import app
 from bkgdb.demo import DEMO_MARKER, claim_demo_folder, demo_config
 from bkgdb.errors import BkgdbError
@@ -117,6 +118,58 @@ def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path, monk
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
     assert "Traceback" not in result.output
     assert re.search(message, lines[0])
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true"])
+def test_an_in_memory_database_is_refused_as_it_would_keep_nothing(url, simulated_datastore, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for command in (["init"], ["index", simulated_datastore], ["runs"]):
+        result = bkgdb(*command, db=url)
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (
+            f"Error: {url} is an in-memory SQLite database, gone when the command exits: "
+            "give an SQLite file (--db FILE.sqlite) or a PostgreSQL URL"
+        )
+    monkeypatch.setenv("BKGDB_URL", url)
+    assert bkgdb("init").exit_code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_library_opens_an_in_memory_database():
+    # A script's or a test's scratch catalogue: only the commands refuse one.
+    with Catalogue.open("sqlite://") as catalogue:
+        assert catalogue.init()["runs"] == 0
+
+
+@pytest.mark.parametrize("obs_id", [2**63, 10**20, -1])
+def test_an_obs_id_outside_64_bit_is_one_error_line(db_url, obs_id, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}\n"
+        "exclusion: {gammacat: none, hawc: none, star_cat: none}\n"
+    )
+    assert bkgdb("init", db=db_url).exit_code == 0
+    figure = ["--config", config, "-o", tmp_path / "figure.png"]
+    for command in (
+        ["exclusions"],
+        ["history"],
+        ["lineage"],
+        ["flag"],
+        ["flag", "--bad", "--", obs_id, "broken"],
+        ["background", "--config", config, "-o", tmp_path / "bkg.fits"],
+        ["plot", "model", *figure],
+        ["plot", "selection", *figure],
+        ["plot", "significance", *figure],
+    ):
+        # The OBS_ID after "--" (if not given yet): a negative one is no option then.
+        result = bkgdb(*command, *([] if "--" in command else ["--", obs_id]), db=db_url)
+        assert result.exit_code == 2, (command, result.output)
+        assert result.output.strip() == (
+            f"Error: OBS_ID {obs_id} names no run: OBS_IDs are integers in 0 ... 2**63 - 1 (64-bit signed)"
+        ), command
+    assert not (tmp_path / "figure.png").exists() and not (tmp_path / "bkg.fits").exists()
+    with pytest.raises(BkgdbError, match="names no run"):
+        Catalogue.open(db_url, readonly=True).lineage(obs_id)
 
 
 def test_index_with_config_then_cache_and_exclusions(db_url, simulated_datastore, tmp_path):

@@ -1,4 +1,5 @@
-"""A database that is not a bkgdb catalogue (it holds other tables) is refused and left as it is.
+"""A database that is not a bkgdb catalogue (it holds other tables, or is an SQLite file another
+program marked as its own) is refused and left as it is.
 
 bkgdb's first rule: it never changes what it did not create. So no command, reading or writing,
 adds its tables to such a database, stamps it with an ``alembic_version`` or switches an SQLite
@@ -138,6 +139,42 @@ def test_sqlite_file_of_another_program_keeps_its_journal_mode_and_bytes(tmp_pat
         engine.dispose()
         assert Path(url).read_bytes() == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.sqlite", "runs.sqlite"]
+
+
+@pytest.mark.parametrize("mark", ["application_id = 1234", "user_version = 7"])
+def test_every_command_refuses_an_empty_sqlite_file_another_program_marked(
+    tmp_path, mark, simulated_datastore, elsewhere
+):
+    """A program that marks its SQLite files (``PRAGMA application_id``, ``user_version``) before it
+    creates a table: the file is its, not an empty database for bkgdb to fill."""
+    url = str(tmp_path / "theirs.sqlite")
+    connection = sqlite3.connect(url)
+    connection.execute(f"PRAGMA {mark}")
+    connection.commit()
+    connection.close()
+    before = snapshot(url)
+    name, value = mark.split(" = ")
+    for command in commands(simulated_datastore, elsewhere):
+        line = one_error_line(bkgdb_cli(url, *command))
+        assert f"is not a bkgdb catalogue: it is another program's SQLite file ({name} {value}); {REFUSED}" in line
+        assert snapshot(url) == before, command
+    with pytest.raises(ForeignDatabaseError, match=name):
+        RunCatalogue.open(url)
+    assert snapshot(url) == before
+
+
+def test_bkgdb_marks_none_of_its_sqlite_files(tmp_path):
+    # So its own catalogues are never taken for another program's; one a user marked later still opens.
+    url = str(tmp_path / "bkgdb.sqlite")
+    assert bkgdb_cli(url, "init").exit_code == 0
+    connection = sqlite3.connect(url)
+    assert connection.execute("PRAGMA application_id").fetchone() == (0,)
+    assert connection.execute("PRAGMA user_version").fetchone() == (0,)
+    connection.execute("PRAGMA user_version = 3")
+    connection.commit()
+    connection.close()
+    assert bkgdb_cli(url, "runs").exit_code == 0
+    assert bkgdb_cli(url, "init").exit_code == 0
 
 
 def test_library_refuses_a_database_holding_other_tables(db_url):

@@ -66,9 +66,23 @@ class State:
 
 
 def open_catalogue(readonly: "ReadOnly" = False, config: Path | None = None) -> "Catalogue":
-    """The `~bkgdb.catalogue.Catalogue` of ``--db`` with a config file (opened when first used)."""
-    from bkgdb.catalogue import Catalogue
+    """The `~bkgdb.catalogue.Catalogue` of ``--db`` with a config file (opened when first used).
 
+    Raises
+    ------
+    DatabaseError
+        The database is an in-memory SQLite one: what a command wrote would be gone when it exits.
+    """
+    from bkgdb.catalogue import Catalogue
+    from bkgdb.errors import DatabaseError
+    from bkgdb.store.database import URL_ENV_VAR, display_url, is_in_memory_sqlite
+
+    if is_in_memory_sqlite(State.db):  # the library opens them, for scripts and tests
+        given = State.db or os.environ.get(URL_ENV_VAR, "")
+        raise DatabaseError(
+            f"{display_url(given)} is an in-memory SQLite database, gone when the command exits: "
+            "give an SQLite file (--db FILE.sqlite) or a PostgreSQL URL"
+        )
     return Catalogue.open(State.db, readonly=readonly, config=config)
 
 

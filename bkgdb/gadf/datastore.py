@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bkgdb.errors import DatastoreError
+from bkgdb.obs_id import OBS_ID_LIMIT
 
 if TYPE_CHECKING:  # imported where used: index workers, which never read tables, skip it
     from astropy.table import Table
@@ -62,8 +63,6 @@ OBS_INDEX_NAMES = ("obs-index.fits.gz", "obs-index.fits")
 HDU_INDEX_NAMES = ("hdu-index.fits.gz", "hdu-index.fits")
 #: Columns gammapy needs in an hdu-index to locate an HDU.
 HDU_INDEX_COLUMNS = ("OBS_ID", "HDU_TYPE", "HDU_CLASS", "FILE_DIR", "FILE_NAME", "HDU_NAME")
-#: OBS_IDs are stored as 64-bit signed integers.
-OBS_ID_LIMIT = 2**63
 #: Why a run without an events row in the hdu-index cannot be read.
 NO_EVENTS_HDU = "the hdu-index lists no events HDU for this run"
 #: Longest error reason kept from a library's message.

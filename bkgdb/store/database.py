@@ -43,6 +43,7 @@ __all__ = [
     "url_secrets",
     "hide_secrets",
     "create_engine",
+    "is_in_memory_sqlite",
     "is_readonly_error",
     "migrate_to_head",
     "upgrade_schema",
@@ -167,6 +168,22 @@ def display_url(url: str) -> str:
     return hide_secrets(shown, url)
 
 
+def is_in_memory_sqlite(url: str | None) -> bool:
+    """Whether the resolved ``url`` is an SQLite database that lives only as long as its connections.
+
+    In memory (``sqlite://``, ``sqlite:///:memory:``, ``file:NAME?mode=memory``, ``file::memory:``)
+    or SQLite's temporary file of an empty URI name (``file:?uri=true``). The library opens them
+    (tests, a scratch catalogue in a script); a command would lose all it wrote when it exits.
+    """
+    parsed = make_url(resolve_url(url))
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    database = parsed.database or ""
+    if parsed.query.get("uri") == "true":  # a file: URI; without it "file:..." is a file's name
+        return database in ("file:", "") or database.startswith("file::memory:") or parsed.query.get("mode") == "memory"
+    return database in ("", ":memory:")
+
+
 def is_readonly_error(exc: BaseException) -> bool:
     """Whether a database error says that this connection may not write.
 
@@ -185,8 +202,9 @@ def _sqlite_on_connect(dbapi_connection: DBAPIConnection, connection_record: Con
     # WAL lets readers (`bkgdb runs`) work while an `index` writes. Switching needs write access;
     # a file that is already WAL (the usual case) or cannot be written is left as it is, and so is
     # another program's file: the switch is a change to it, made before bkgdb refuses it.
-    if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal" and not _foreign_tables(
-        "sqlite", lambda sql: cursor.execute(sql).fetchall()
+    if (
+        cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal"
+        and _foreign_content("sqlite", lambda sql: cursor.execute(sql).fetchall()) is None
     ):
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -254,7 +272,7 @@ def create_engine(url: str | None = None, readonly: bool = False) -> Engine:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
             database = parsed.database or ""
-            in_memory = not database or database == ":memory:" or parsed.query.get("mode") == "memory"
+            in_memory = is_in_memory_sqlite(url)
             if not in_memory and not database.startswith("file:") and not Path(database).parent.is_dir():
                 raise DatabaseError(
                     f"folder of SQLite database does not exist: {hide_secrets(Path(database).parent, url)}"
@@ -402,7 +420,8 @@ def migrate_to_head(engine: Engine) -> bool:
     Raises
     ------
     ForeignDatabaseError
-        The database holds tables and is not a bkgdb catalogue; nothing was changed.
+        The database is not empty and not a bkgdb catalogue (it holds other tables, or is an SQLite
+        file another program marked as its own); nothing was changed.
     """
     from alembic import command
 
@@ -481,6 +500,25 @@ def _foreign_tables(dialect: str, query: Callable[[str], Sequence[Sequence[Any]]
     return names
 
 
+#: Header fields of an SQLite file that a program sets to mark the file as its own
+#: (https://sqlite.org/pragma.html#pragma_application_id). bkgdb sets neither: an SQLite file
+#: without bkgdb's schema where either is non-zero is another program's, even with no tables yet.
+_SQLITE_OWNER_MARKS = ("application_id", "user_version")
+
+
+def _foreign_content(dialect: str, query: Callable[[str], Sequence[Sequence[Any]]]) -> str | None:
+    """What makes a database another program's, as the refusal says it; None for an empty database
+    or a bkgdb catalogue. ``query`` as for `_foreign_tables`."""
+    tables = _foreign_tables(dialect, query)
+    if tables:
+        named = ", ".join(tables[:3]) + (f" and {len(tables) - 3} more" if len(tables) > 3 else "")
+        return f"it holds other tables ({named})"
+    if dialect != "sqlite" or _CATALOGUE_TABLES <= {row[0] for row in query(_SCHEMA_CONTENT[dialect])}:
+        return None
+    marks = [f"{name} {value}" for name in _SQLITE_OWNER_MARKS for (value,) in query(f"PRAGMA {name}") if value]
+    return f"it is another program's SQLite file ({', '.join(marks)})" if marks else None
+
+
 def foreign_tables(connection: Connection) -> list[str]:
     """The tables of a database that is neither empty nor a bkgdb catalogue, sorted; else none.
 
@@ -502,7 +540,8 @@ def catalogue_revision(engine: Engine, shown: str | None = None) -> str | None:
     Raises
     ------
     ForeignDatabaseError
-        The database holds tables and is not a bkgdb catalogue; nothing was changed.
+        The database is not empty and not a bkgdb catalogue (it holds other tables, or is an SQLite
+        file another program marked as its own); nothing was changed.
     """
     with engine.connect() as connection:
         _refuse_foreign(connection, shown)
@@ -510,14 +549,12 @@ def catalogue_revision(engine: Engine, shown: str | None = None) -> str | None:
 
 
 def _refuse_foreign(connection: Connection, shown: str | None = None) -> None:
-    found = foreign_tables(connection)
-    if not found:
+    found = _foreign_content(connection.dialect.name, lambda sql: connection.exec_driver_sql(sql).all())
+    if found is None:
         return
     shown = shown or display_url(connection.engine.url.render_as_string(hide_password=False))
-    named = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
     raise ForeignDatabaseError(
-        f"{shown} is not a bkgdb catalogue: it holds other tables ({named}); "
-        "give an empty database or an existing bkgdb catalogue"
+        f"{shown} is not a bkgdb catalogue: {found}; give an empty database or an existing bkgdb catalogue"
     )
 
 
