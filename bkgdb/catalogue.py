@@ -210,10 +210,12 @@ class Catalogue(CatalogueFigures):
         return flag_run(self.store.engine, obs_id, flag, reason, author)
 
     def flags(self, obs_id: int) -> Rows:
-        """The flag history of run ``obs_id``, newest first."""
+        """The flag history of run ``obs_id``, oldest first (``in_force`` marks the newest)."""
         from bkgdb.store.flags import run_flags
 
-        return Rows(run_flags(self.store.engine, obs_id), ["flag", "reason", "author", "created_at", "in_force"])
+        return Rows(
+            run_flags(self.store.engine, obs_id), ["obs_id", "flag", "reason", "author", "created_at", "in_force"]
+        )
 
     def history(self, obs_id: int | None = None, stale: bool = False) -> Rows:
         """Backgrounds built so far, newest first (of target ``obs_id``); ``stale``: those whose inputs changed."""

@@ -329,3 +329,41 @@ def test_smoothing_choices_are_the_library_methods():
     from bkgdb.config import SMOOTHING_METHODS
 
     assert tuple(member.value for member in Smoothing) == SMOOTHING_METHODS
+
+
+def test_every_listing_gives_the_same_rows_as_csv_and_as_json(db_url, simulated_datastore, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("""
+binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}
+exclusion: {gammacat: none, hawc: none, star_cat: none, exclude_regions: [[150.5, 30.0, 0.2, "my region"]]}
+background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
+""")
+    assert bkgdb("index", simulated_datastore, "--config", config, db=db_url).exit_code == 0
+    assert bkgdb("background", "1000", "--config", config, "-o", tmp_path / "a.fits", db=db_url).exit_code == 0
+    assert bkgdb("flag", "1003", "--bad", "camera off", db=db_url).exit_code == 0  # background 1000 is stale
+
+    listings = [
+        ["runs"],
+        ["runs", "--failed"],
+        ["info"],
+        ["cache"],
+        ["history"],
+        ["history", "--stale"],
+        ["lineage", "1003"],
+        ["flag", "1003"],
+        ["exclusions", "1001"],
+    ]
+    for listing in listings:
+        as_csv = bkgdb(*listing, "-f", "csv", db=db_url)
+        as_json = bkgdb(*listing, "-f", "json", db=db_url)
+        assert as_csv.exit_code == 0 and as_json.exit_code == 0, (listing, as_csv.output, as_json.output)
+        # Only the rows on stdout: a summary line there would be read as the CSV header.
+        rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+        entries = json.loads(as_json.stdout)
+        if listing == ["info"]:  # the whole summary; the CSV has its datastores
+            assert entries["runs"] == 5 and "runs: 5 indexed, 0 failed" in as_csv.stderr
+            entries = entries["datastores"]
+        assert len(rows) == len(entries) and (listing == ["runs", "--failed"] or rows), listing
+        assert [set(row) for row in rows] == [set(entry) for entry in entries], listing
+    flags = list(csv.DictReader(io.StringIO(bkgdb("flag", "1003", "-f", "csv", db=db_url).stdout)))
+    assert [(row["obs_id"], row["flag"], row["reason"]) for row in flags] == [("1003", "bad", "camera off")]
