@@ -166,6 +166,22 @@ def test_config_errors_are_one_line(simulated_datastore, tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    "name, content",
+    [("gammacat.png", b"\x89PNG\r\n\x1a\n" + bytes(64)), ("gammacat.txt", b"ra dec\n1 2\n"), ("gammacat.fits", b"")],
+    ids=["png", "text", "empty"],
+)
+def test_a_source_catalogue_that_is_not_fits_is_a_one_line_error(name, content, simulated_datastore, tmp_path):
+    catalogue = tmp_path / name
+    catalogue.write_bytes(content)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"exclusion: {{gammacat: {catalogue}, hawc: none, star_cat: none}}\n")
+    result = bkgdb("index", simulated_datastore, "--config", config, db=str(tmp_path / "db.sqlite"))
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: cannot read gammacat catalogue {catalogue}: "), lines
+
+
 def test_background_and_attach_commands(db_url, simulated_datastore, tmp_path):
     from gammapy.data import DataStore
     from gammapy.irf import Background2D
