@@ -181,6 +181,8 @@ class Catalogue(CatalogueFigures):
         """The exclusion regions applied to a run's pieces, per datastore and exclusion setting (none: an error)."""
         from bkgdb.store.pieces import PieceCache
 
+        if datastore is not None:
+            self.store.check_datastore(datastore)
         found = PieceCache(self.store.engine).exclusions(obs_id, datastore)
         if not found:
             raise BkgdbError(f"run {obs_id} has no background pieces: index it with --config first")

@@ -65,6 +65,11 @@ def test_index_runs_info(db_url, simulated_datastore):
 
     table = bkgdb("runs", db=db_url).output
     assert "5 ok runs" in table and "1004" in table
+    elsewhere = bkgdb("runs", "--datastore", simulated_datastore.parent, db=db_url)
+    assert elsewhere.exit_code == 2
+    assert f"is not in the catalogue: index it first (indexed datastores: {simulated_datastore.resolve()})" in (
+        elsewhere.stderr
+    )
 
     info = bkgdb("info", db=db_url)
     assert info.exit_code == 0
@@ -104,12 +109,14 @@ def test_password_is_hidden(db_url):
         (["--db", "postgresql://user@host:notaport/db", "info"], "malformed"),
         (["runs", "--where", "zenith<<3"], "needs a number|cannot parse"),
         (["runs", "--where", "nosuch=1"], "unknown column"),
+        (["runs", "--datastore", "/no/such/folder"], "datastore /no/such/folder is not in the catalogue"),
+        (["exclusions", "23523", "--datastore", "/nonexistent"], "datastore /nonexistent is not in the catalogue"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BKGDB_URL", raising=False)
-    if args[0] == "runs":  # reading commands need a catalogue
+    if args[0] in ("runs", "exclusions"):  # reading commands need a catalogue
         assert runner.invoke(app, ["init"]).exit_code == 0
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
