@@ -310,6 +310,7 @@ class Catalogue(CatalogueFigures):
         if not target or not out_dir:
             raise BkgdbError("give the target datastore and --out (or io.in_dir and io.out_dir in the config)")
         builder = self._builder(None, where, three_d)
+        self._check_scheduler(scheduler)
         check_attach_destination(self.store, target, out_dir, overwrite)  # before the (possibly long) indexing
         indexed = self.index(target, jobs=jobs, scheduler=scheduler, progress=index_progress)
         written = attach_backgrounds(builder, target, out_dir, overwrite=overwrite, progress=progress)
@@ -352,6 +353,7 @@ class Catalogue(CatalogueFigures):
         conditions = [str(condition) for condition in where]
         for condition in conditions:
             parse_condition(condition)
+        self._check_scheduler(scheduler)
         three_d = self._three_d(three_d)
         indexed = self.index(datastore, jobs=jobs, scheduler=scheduler, progress=index_progress)
         report = validate_runs(
@@ -393,6 +395,14 @@ class Catalogue(CatalogueFigures):
         if self.config is None:
             raise BkgdbError(f"{what} needs a config (binning, exclusion, background_selection)")
         return self.config
+
+    @staticmethod
+    def _check_scheduler(scheduler: str | None) -> None:
+        """A malformed ``scheduler`` address fails here, before the work that precedes the indexing."""
+        if scheduler:
+            from bkgdb.parallel.cluster import check_scheduler_address
+
+            check_scheduler_address(scheduler)
 
     def _jobs(self, jobs: int | None) -> int:
         return jobs or (self.config.njobs if self.config is not None else 1)
