@@ -183,6 +183,8 @@ class Catalogue(CatalogueFigures):
         from bkgdb.store.pieces import PieceCache
 
         check_obs_id(obs_id)
+        if datastore is not None:
+            self.store.check_datastore(datastore)
         found = PieceCache(self.store.engine).exclusions(obs_id, datastore)
         if not found:
             raise BkgdbError(f"run {obs_id} has no background pieces: index it with --config first")
@@ -213,11 +215,13 @@ class Catalogue(CatalogueFigures):
         return flag_run(self.store.engine, obs_id, flag, reason, author)
 
     def flags(self, obs_id: int) -> Rows:
-        """The flag history of run ``obs_id``, newest first."""
+        """The flag history of run ``obs_id``, oldest first (``in_force`` marks the newest)."""
         from bkgdb.store.flags import run_flags
 
         check_obs_id(obs_id)
-        return Rows(run_flags(self.store.engine, obs_id), ["flag", "reason", "author", "created_at", "in_force"])
+        return Rows(
+            run_flags(self.store.engine, obs_id), ["obs_id", "flag", "reason", "author", "created_at", "in_force"]
+        )
 
     def history(self, obs_id: int | None = None, stale: bool = False) -> Rows:
         """Backgrounds built so far, newest first (of target ``obs_id``); ``stale``: those whose inputs changed."""
@@ -315,6 +319,7 @@ class Catalogue(CatalogueFigures):
         if not target or not out_dir:
             raise BkgdbError("give the target datastore and --out (or io.in_dir and io.out_dir in the config)")
         builder = self._builder(None, where, three_d)
+        self._check_scheduler(scheduler)
         check_attach_destination(self.store, target, out_dir, overwrite)  # before the (possibly long) indexing
         indexed = self.index(target, jobs=jobs, scheduler=scheduler, progress=index_progress)
         written = attach_backgrounds(builder, target, out_dir, overwrite=overwrite, progress=progress)
@@ -357,6 +362,7 @@ class Catalogue(CatalogueFigures):
         conditions = [str(condition) for condition in where]
         for condition in conditions:
             parse_condition(condition)
+        self._check_scheduler(scheduler)
         three_d = self._three_d(three_d)
         indexed = self.index(datastore, jobs=jobs, scheduler=scheduler, progress=index_progress)
         report = validate_runs(
@@ -400,6 +406,14 @@ class Catalogue(CatalogueFigures):
         if self.config is None:
             raise BkgdbError(f"{what} needs a config (binning, exclusion, background_selection)")
         return self.config
+
+    @staticmethod
+    def _check_scheduler(scheduler: str | None) -> None:
+        """A malformed ``scheduler`` address fails here, before the work that precedes the indexing."""
+        if scheduler:
+            from bkgdb.parallel.cluster import check_scheduler_address
+
+            check_scheduler_address(scheduler)
 
     def _jobs(self, jobs: int | None) -> int:
         return jobs or (self.config.njobs if self.config is not None else 1)

@@ -66,6 +66,11 @@ def test_index_runs_info(db_url, simulated_datastore):
 
     table = bkgdb("runs", db=db_url).output
     assert "5 ok runs" in table and "1004" in table
+    elsewhere = bkgdb("runs", "--datastore", simulated_datastore.parent, db=db_url)
+    assert elsewhere.exit_code == 2
+    assert f"is not in the catalogue: index it first (indexed datastores: {simulated_datastore.resolve()})" in (
+        elsewhere.stderr
+    )
 
     info = bkgdb("info", db=db_url)
     assert info.exit_code == 0
@@ -105,12 +110,14 @@ def test_password_is_hidden(db_url):
         (["--db", "postgresql://user@host:notaport/db", "info"], "malformed"),
         (["runs", "--where", "zenith<<3"], "needs a number|cannot parse"),
         (["runs", "--where", "nosuch=1"], "unknown column"),
+        (["runs", "--datastore", "/no/such/folder"], "datastore /no/such/folder is not in the catalogue"),
+        (["exclusions", "23523", "--datastore", "/nonexistent"], "datastore /nonexistent is not in the catalogue"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("BKGDB_URL", raising=False)
-    if args[0] == "runs":  # reading commands need a catalogue
+    if args[0] in ("runs", "exclusions"):  # reading commands need a catalogue
         assert runner.invoke(app, ["init"]).exit_code == 0
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
@@ -217,6 +224,22 @@ def test_config_errors_are_one_line(simulated_datastore, tmp_path):
     assert result.output.strip().splitlines() == [
         "Error: exclusion.exposure_method must be one of geometric, counts-ratio, got 'guess'"
     ]
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [("gammacat.png", b"\x89PNG\r\n\x1a\n" + bytes(64)), ("gammacat.txt", b"ra dec\n1 2\n"), ("gammacat.fits", b"")],
+    ids=["png", "text", "empty"],
+)
+def test_a_source_catalogue_that_is_not_fits_is_a_one_line_error(name, content, simulated_datastore, tmp_path):
+    catalogue = tmp_path / name
+    catalogue.write_bytes(content)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"exclusion: {{gammacat: {catalogue}, hawc: none, star_cat: none}}\n")
+    result = bkgdb("index", simulated_datastore, "--config", config, db=str(tmp_path / "db.sqlite"))
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: cannot read gammacat catalogue {catalogue}: "), lines
 
 
 def test_background_and_attach_commands(db_url, simulated_datastore, tmp_path):
@@ -396,3 +419,41 @@ def test_smoothing_choices_are_the_library_methods():
     from bkgdb.config import SMOOTHING_METHODS
 
     assert tuple(member.value for member in Smoothing) == SMOOTHING_METHODS
+
+
+def test_every_listing_gives_the_same_rows_as_csv_and_as_json(db_url, simulated_datastore, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("""
+binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}
+exclusion: {gammacat: none, hawc: none, star_cat: none, exclude_regions: [[150.5, 30.0, 0.2, "my region"]]}
+background_selection: {el_diff: null, az_diff: null, gal_lat_min: 10}
+""")
+    assert bkgdb("index", simulated_datastore, "--config", config, db=db_url).exit_code == 0
+    assert bkgdb("background", "1000", "--config", config, "-o", tmp_path / "a.fits", db=db_url).exit_code == 0
+    assert bkgdb("flag", "1003", "--bad", "camera off", db=db_url).exit_code == 0  # background 1000 is stale
+
+    listings = [
+        ["runs"],
+        ["runs", "--failed"],
+        ["info"],
+        ["cache"],
+        ["history"],
+        ["history", "--stale"],
+        ["lineage", "1003"],
+        ["flag", "1003"],
+        ["exclusions", "1001"],
+    ]
+    for listing in listings:
+        as_csv = bkgdb(*listing, "-f", "csv", db=db_url)
+        as_json = bkgdb(*listing, "-f", "json", db=db_url)
+        assert as_csv.exit_code == 0 and as_json.exit_code == 0, (listing, as_csv.output, as_json.output)
+        # Only the rows on stdout: a summary line there would be read as the CSV header.
+        rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+        entries = json.loads(as_json.stdout)
+        if listing == ["info"]:  # the whole summary; the CSV has its datastores
+            assert entries["runs"] == 5 and "runs: 5 indexed, 0 failed" in as_csv.stderr
+            entries = entries["datastores"]
+        assert len(rows) == len(entries) and (listing == ["runs", "--failed"] or rows), listing
+        assert [set(row) for row in rows] == [set(entry) for entry in entries], listing
+    flags = list(csv.DictReader(io.StringIO(bkgdb("flag", "1003", "-f", "csv", db=db_url).stdout)))
+    assert [(row["obs_id"], row["flag"], row["reason"]) for row in flags] == [("1003", "bad", "camera off")]

@@ -123,6 +123,8 @@ def test_unknown_keys_warn_with_their_name(tmp_path):
         ("exclusion: {exclude_source_name: [[a, b, c]]}", r"exclude_source_name\[0\] must be a name, \[name, radius\]"),
         ("exclusion: {exclude_source_name: [[a, -1]]}", r"exclude_source_name\[0\].radius must be > 0"),
         ("background_selection: {time_request: .inf}", "background_selection.time_request must be a finite number"),
+        ("background_selection: {time_request: 0}", "background_selection.time_request must be > 0, got 0"),
+        ("background_selection: {time_request: -2}", "background_selection.time_request must be > 0, got -2"),
         ("background_selection: {el_diff: .nan}", "background_selection.el_diff must be a finite number"),
         ("background_selection: {smooth_sigma: .inf}", "background_selection.smooth_sigma must be a finite number"),
         ("background_selection: {n_tels: 1.0e300}", "background_selection.n_tels must be at most 2147483647"),

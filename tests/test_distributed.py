@@ -166,6 +166,48 @@ def test_cli_index_with_scheduler_and_unreachable_scheduler(db_url, tmp_path, cl
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_malformed_scheduler_address_is_refused_before_any_work(db_url, sim_datastore):
+    from bkgdb.cli.main import app
+
+    datastore, _ = sim_datastore
+    runner = CliRunner()
+
+    def index(*options):
+        return runner.invoke(app, ["--db", db_url, "index", str(datastore), *options])
+
+    for address in ("garbage", "tcp://[::1", "tcp://scheduler:99999", "foo://scheduler:8786"):
+        started = time.monotonic()
+        result = index("--scheduler", address)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith(f"Error: malformed Dask scheduler address {address!r}: ")
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+        assert time.monotonic() - started < 10
+    assert RunCatalogue.open(db_url).select_runs() == []
+    # With every run indexed there is nothing for the cluster to do: the address is checked all the same.
+    assert index().exit_code == 0
+    result = index("--scheduler", "garbage")
+    assert result.exit_code == 2 and result.stderr.startswith("Error: malformed Dask scheduler address 'garbage'")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_failed_connection_closes_at_once_and_quietly(db_url, sim_datastore):
+    """A tls:// address without certificates in the dask config fails with a TypeError, not an OSError:
+    distributed left that client half-open, and at exit the command waited twice the connect timeout
+    (40 s), then printed "Exception ignored in Client.__del__": a whole command, as a user runs it."""
+    import subprocess
+    import sys
+
+    datastore, _ = sim_datastore
+    started = time.monotonic()
+    command = [sys.executable, "-m", "bkgdb.cli.main", "--db", db_url, "index", str(datastore)]
+    result = subprocess.run([*command, "--scheduler", "tls://127.0.0.1:9"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("Error: cannot connect to the Dask scheduler tls://127.0.0.1:9: ")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert time.monotonic() - started < 20
+
+
 def test_missing_dask_is_a_one_line_error(monkeypatch):
     import builtins
 

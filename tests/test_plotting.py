@@ -311,6 +311,17 @@ def test_validation_table_that_is_not_one(tmp_path):
     assert "is not a bkgdb validation table: no column obs_id, zenith_deg, norm, norm_error" in result.output
 
 
+def test_validation_table_neither_csv_nor_json_says_what_plot_validation_reads(tmp_path):
+    figure = tmp_path / "earlier.png"
+    figure.write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = runner.invoke(app, ["plot", "validation", str(figure), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"Error: cannot tell the format of {figure}: give the .csv or .json table that "
+        "`bkgdb validate -o FILE.csv|.json` writes"
+    ]
+
+
 def test_cli_import_stays_light():
     """`bkgdb --help` imports neither matplotlib nor gammapy."""
     code = (

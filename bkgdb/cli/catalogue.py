@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from bkgdb.cli.common import open_catalogue, out, print_index_report, progress_bar, reports_errors, warnings_once
+from bkgdb.cli.common import err, open_catalogue, out, print_index_report, progress_bar, reports_errors, warnings_once
 from bkgdb.cli.output import OutputFormat, render_rows
 from bkgdb.errors import BkgdbError
 
@@ -72,11 +72,13 @@ def info(
 ) -> None:
     """Summarise the catalogue: database, datastores, runs and failed runs."""
     summary = open_catalogue(readonly=True).info()
-    if fmt is OutputFormat.json:
+    if fmt is OutputFormat.json:  # the whole summary as data
         out.print_json(data=summary)
         return
-    out.print(f"database: {summary['url']} (schema {summary['schema_revision']})", highlight=False)
-    out.print(f"runs: {summary['runs']} indexed, {summary['failed_runs']} failed", highlight=False)
+    # With CSV the datastores' rows are the data: the summary lines go to stderr, as validate's do.
+    console = out if fmt is OutputFormat.table else err
+    console.print(f"database: {summary['url']} (schema {summary['schema_revision']})", highlight=False, markup=False)
+    console.print(f"runs: {summary['runs']} indexed, {summary['failed_runs']} failed", highlight=False, markup=False)
     columns = ["path", "runs", "failed_runs", "ontime_h", "events", "last_indexed_at"]
     render_rows(summary["datastores"], columns, fmt, out, title="datastores")
 

@@ -33,15 +33,20 @@ def render_rows(
     console: Console,
     title: str | None = None,
 ) -> None:
-    """Print ``rows`` (dicts) with the given ``columns`` in format ``fmt`` to a rich console."""
+    """Print ``rows`` (dicts) with the given ``columns`` in format ``fmt`` to a rich console.
+
+    Every format shows ``columns`` and only them, so that CSV and JSON carry the same fields and a
+    row with another key never breaks the CSV writer.
+    """
     fmt = OutputFormat(fmt)
+    shown = [{column: row.get(column) for column in columns} for row in rows]
     if fmt is OutputFormat.json:
-        console.print_json(json.dumps(rows, default=str)) if rows else console.out("[]")
+        console.print_json(json.dumps(shown, default=str)) if shown else console.out("[]")
     elif fmt is OutputFormat.csv:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(shown)
         console.out(buffer.getvalue(), end="")
     else:
         from rich.table import Table
@@ -49,6 +54,6 @@ def render_rows(
         table = Table(title=title)
         for column in columns:
             table.add_column(column, overflow="fold")
-        for row in rows:
+        for row in shown:
             table.add_row(*[_cell(row[column]) for column in columns])
         console.print(table)

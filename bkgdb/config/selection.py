@@ -162,11 +162,12 @@ class SelectionSettings:
             "time_max",
             "el_min",
             "el_max",
-            "time_request",
             "spline_smoothing",
         ):
             if key in values:
                 kwargs[key] = optional(section, values, key, minimum=0)
+        # No hours of ontime asked for would select no run: refused here, not at the first build.
+        kwargs["time_request"] = optional(section, values, "time_request", minimum=0, strictly=True)
         if "gal_lat_min" in values:
             kwargs["gal_lat_min"] = number(section, "gal_lat_min", values["gal_lat_min"] or 0, minimum=0)
         n_tels = values.get("n_tels", values.get("n_tel"))

@@ -89,9 +89,11 @@ def number(
     return result
 
 
-def optional(section: str, values: dict, key: str, kind: type = float, minimum: float | None = None) -> Any:
+def optional(
+    section: str, values: dict, key: str, kind: type = float, minimum: float | None = None, strictly: bool = False
+) -> Any:
     """`number` of ``values[key]``, or None when the key is missing or null."""
-    return None if values.get(key) is None else number(section, key, values[key], kind, minimum)
+    return None if values.get(key) is None else number(section, key, values[key], kind, minimum, strictly)
 
 
 def mapping(section: str, values: Any) -> dict:

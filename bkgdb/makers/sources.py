@@ -49,10 +49,14 @@ def read_source_table(kind: str, path: str) -> Any:
     """A gamma-cat (FITS) or 3HWC (ECSV) file as a table, read once per process."""
     from astropy.table import Table
 
+    # The format is named, as for 3HWC: astropy's guess fails on a file that is not FITS with an
+    # IORegistryError listing every format it knows.
     try:
-        return Table.read(path) if kind == "gammacat" else Table.read(path, format="ascii.ecsv")
+        return Table.read(path, format="fits") if kind == "gammacat" else Table.read(path, format="ascii.ecsv")
     except (OSError, KeyError, ValueError) as exc:
-        raise ConfigError(f"cannot read {kind} catalogue {path}: {exc}") from None
+        # astropy's advice to pass ignore_missing_simple=True is for its callers, not for a config.
+        reason = str(exc).split(" If this is really a FITS file")[0]
+        raise ConfigError(f"cannot read {kind} catalogue {path}: {reason}") from None
 
 
 @cache

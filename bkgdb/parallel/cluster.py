@@ -20,6 +20,8 @@ when a scheduler address is given, so ``bkgdb --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +40,7 @@ __all__ = [
     "DEFAULT_TASK_SIZE",
     "items_per_task",
     "CONNECT_TIMEOUT_S",
+    "check_scheduler_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,10 @@ DEFAULT_COMMIT_INTERVAL_S = 2.0
 DEFAULT_TASK_SIZE = 8
 #: Seconds to wait for the scheduler before giving up.
 CONNECT_TIMEOUT_S = 20.0
+#: Seconds to close a client that failed to connect (it holds no work).
+FAILED_CLIENT_CLOSE_TIMEOUT_S = 2.0
+#: Address schemes whose location is HOST:PORT (inproc:// names an in-process scheduler).
+HOST_PORT_SCHEMES = ("tcp", "tls", "ws", "wss")
 
 
 def items_per_task(n_items: int, n_workers: int, most: int = DEFAULT_TASK_SIZE) -> int:
@@ -83,6 +90,64 @@ def _import_distributed() -> ModuleType:
             '--scheduler needs dask.distributed, which is not installed: pip install "bkgdb[dask]"'
         ) from None
     return distributed
+
+
+def check_scheduler_address(address: str) -> None:
+    """Fail unless ``address`` has the form of a Dask scheduler address, e.g. ``tcp://host:8786``.
+
+    Only the form: the scheduler is not contacted, so a malformed address is refused before any
+    work, even when there turns out to be nothing to send to the cluster.
+
+    Raises
+    ------
+    BkgdbError
+        dask.distributed is not installed, or the address is malformed.
+    """
+    _import_distributed()
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+
+    def refuse(reason: str) -> BkgdbError:
+        return BkgdbError(f"malformed Dask scheduler address {address!r}: {reason}; give one such as tcp://host:8786")
+
+    try:
+        scheme, location = parse_address(str(address))  # "host:8786" is tcp
+        get_backend(scheme)  # an unknown scheme fails, naming the known ones
+    except (ValueError, ImportError) as exc:
+        raise refuse(str(exc)) from None
+    if scheme not in HOST_PORT_SCHEMES:
+        return
+    try:
+        host, port = parse_host_port(location)
+    except ValueError:
+        raise refuse(f"{location!r} is not HOST:PORT") from None
+    if not host or any(character.isspace() for character in host):
+        raise refuse(f"no host name in {location!r}")
+    if not 0 < port < 65536:
+        raise refuse(f"port {port} is not between 1 and 65535")
+
+
+@functools.cache
+def _closing_client_class() -> type:
+    """``distributed.Client``, closed at once when it fails to connect, whatever the error.
+
+    distributed closes a client whose connection failed with an OSError only. After any other
+    error (a TypeError for a tls:// address without certificates in the dask config, ...) the
+    half-made client's ``__del__`` waits twice the connect timeout for a close that never comes,
+    then prints "Exception ignored in Client.__del__".
+    """
+    distributed = _import_distributed()
+
+    class ClosingClient(distributed.Client):  # type: ignore[name-defined]  # a module imported at run time
+        def start(self, **kwargs: Any) -> None:
+            try:
+                super().start(**kwargs)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the connection's error is the one to report
+                    self.close(timeout=FAILED_CLIENT_CLOSE_TIMEOUT_S)
+                raise
+
+    return ClosingClient
 
 
 class DaskExecutor:
@@ -127,6 +192,8 @@ class DaskExecutor:
         timeout_s: float | None = None,
         task_size: int = DEFAULT_TASK_SIZE,
     ) -> None:
+        if isinstance(address, str):
+            check_scheduler_address(address)
         self.address = address
         self.retries = int(retries)
         self.commit_batch = max(1, int(commit_batch))
@@ -146,7 +213,7 @@ class DaskExecutor:
             self.client = self.address
             return self
         try:
-            self.client = distributed.Client(self.address, timeout=self.timeout_s, set_as_default=False)
+            self.client = _closing_client_class()(self.address, timeout=self.timeout_s, set_as_default=False)
         except (OSError, ValueError, TypeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BkgdbError(f"cannot connect to the Dask scheduler {self.address}: {reason}") from None

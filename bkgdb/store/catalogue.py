@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bkgdb.errors import ConditionError, DatabaseError, DatabaseNotReadyError
+from bkgdb.errors import BkgdbError, ConditionError, DatabaseError, DatabaseNotReadyError
 from bkgdb.store.conditions import Condition, conditions_expression, typed_column
 from bkgdb.store.database import (
     SCHEMA_HEAD,
@@ -264,6 +264,8 @@ class RunCatalogue:
         runs : list of `~bkgdb.store.models.Run`
         """
         where = list(where)
+        if datastore is not None:
+            self.check_datastore(datastore)
         query = sa.select(Run).join(Run.datastore)
         if where:
             query = query.where(conditions_expression(where, self.extra_keys()))
@@ -277,6 +279,23 @@ class RunCatalogue:
             for run in runs:
                 _ = run.datastore  # load it while the session is open
         return list(runs)
+
+    def check_datastore(self, path: str | Path) -> None:
+        """Fail unless datastore folder ``path`` is catalogued: asked for its runs, it would seem to have none.
+
+        Raises
+        ------
+        BkgdbError
+            It is not in the catalogue (the error names the indexed datastores).
+        """
+        with self.session() as session:
+            if session.scalar(sa.select(Datastore.id).where(Datastore.at(path))) is not None:
+                return
+            indexed = session.scalars(sa.select(Datastore.path).order_by(Datastore.path)).all()
+        raise BkgdbError(
+            f"datastore {Path(path).expanduser().resolve()} is not in the catalogue: index it first "
+            f"(indexed datastores: {', '.join(indexed) or 'none'})"
+        )
 
     def run_rows(self, runs: Iterable[Run], columns: Iterable[str] | None = None) -> list[dict]:
         """Runs as dicts of the named columns (typed columns, ``datastore`` or obs-index columns)."""
