@@ -266,6 +266,8 @@ def test_random_yaml_text_loads_or_fails_with_a_config_error(config_file, text):
 
 @settings(max_examples=200, deadline=None)
 @given(binning=st.dictionaries(st.sampled_from(SECTION_KEYS["binning"]), st.one_of(numbers, texts), max_size=6))
+@example(binning={"off_max": 1e-320})  # found by this test: solid angles of 0
+@example(binning={"fov_max": 1e-300, "fov_bins": 10})
 def test_random_binnings_are_usable_or_refused(binning):
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -46,6 +46,9 @@ MAX_BINS_PER_3D_PIECE = 2_000_000
 ENERGY_LIMITS_TEV = (1e-4, 1e4)
 #: Largest half-width of a square FoV (deg): FoV latitudes end at the pole of the FoV frame.
 MAX_FOV_DEG = 90.0
+#: Narrowest offset ring or FoV pixel (deg), far below any IACT's angular resolution: narrower ones
+#: (off_max: 1e-320) have solid angles that round to 0, and a rate divided by them is infinite.
+MIN_BIN_WIDTH_DEG = 1e-4
 
 ENERGY_KEYS = ("e_min", "e_max", "e_bins")
 OFFSET_KEYS = ("off_min", "off_max", "off_bins")
@@ -141,6 +144,11 @@ class Binning(_HashedEnergyBins):
             raise ConfigError("binning needs at least one energy and one offset bin")
         if self.off_bins > MAX_OFFSET_BINS:
             raise ConfigError(f"binning.off_bins must be at most {MAX_OFFSET_BINS}, got {self.off_bins}")
+        if (self.off_max - self.off_min) / self.off_bins < MIN_BIN_WIDTH_DEG:
+            raise ConfigError(
+                f"binning's offset bins would be narrower than {MIN_BIN_WIDTH_DEG:g} deg "
+                f"({self.off_min:g} to {self.off_max:g} deg in {self.off_bins})"
+            )
         if self.e_bins * self.off_bins > MAX_BINS_PER_PIECE:
             raise ConfigError(
                 f"binning has {self.e_bins} x {self.off_bins} = {self.e_bins * self.off_bins} bins; "
@@ -229,6 +237,11 @@ class FovBinning(_HashedEnergyBins):
             raise ConfigError("binning needs at least one energy bin and one FoV pixel per axis")
         if self.fov_bins > MAX_FOV_BINS:
             raise ConfigError(f"binning.fov_bins must be at most {MAX_FOV_BINS}, got {self.fov_bins}")
+        if 2 * self.fov_max / self.fov_bins < MIN_BIN_WIDTH_DEG:
+            raise ConfigError(
+                f"binning's FoV pixels would be narrower than {MIN_BIN_WIDTH_DEG:g} deg "
+                f"({2 * self.fov_max:g} deg in {self.fov_bins})"
+            )
         size = self.e_bins * self.fov_bins**2
         if size > MAX_BINS_PER_3D_PIECE:
             raise ConfigError(
