@@ -44,6 +44,15 @@ def index_into_sqlite(path, datastore, config, jobs=1):
     return url, report
 
 
+def ctrl_c_as_in_a_terminal():
+    """``preexec_fn`` for a process under test that gets Ctrl-C: SIGINT at its default, so that Python
+    raises KeyboardInterrupt. A process started in the background by a shell without job control
+    inherits SIGINT ignored, and so would the process under test (it then ran on to the end)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def one_error_line(result):
     """The one line ``Error: ...`` of a CLI result that failed as a user error should (exit code 2),
     with no traceback and no SQL."""

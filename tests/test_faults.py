@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import ctrl_c_as_in_a_terminal
 
 from bkgdb.config import load_config
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
@@ -125,6 +126,7 @@ def start_index(url, fault_datastore, jobs):
         text=True,
         env=environment,
         start_new_session=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
 
 

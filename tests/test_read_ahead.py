@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import catalogue_content, index_into_sqlite
+from conftest import catalogue_content, ctrl_c_as_in_a_terminal, index_into_sqlite
 
 from bkgdb.config import Binning, ExclusionSettings, load_config
 from bkgdb.gadf.datastore import DL3Datastore, RunSource
@@ -271,6 +271,7 @@ def test_a_signal_stops_reading_ahead_at_once(simulated_datastore: Path, signum:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
     )
     try:
         assert process.stdout is not None and process.stdout.readline() == "result\n"
