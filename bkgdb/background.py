@@ -67,10 +67,8 @@ def check_background_output(
         or it is one of ``protected`` (`~bkgdb.outputs.check_new_file`).
     """
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir():  # said here with a name to give; the rest is every output's check
         raise BkgdbError(f"{path} is a folder: give the FITS file to write, e.g. {path / f'bkg-{obs_id}.fits'}")
-    if not path.parent.is_dir():
-        raise BkgdbError(f"folder {path.parent} does not exist: create it first")
     return check_new_file(path, overwrite, protected)
 
 
@@ -278,10 +276,7 @@ class BackgroundBuilder:
         with self.catalogue.session() as session:
             built = self.build(obs_id, datastore, session=session)
             hdus = fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND"), built.provenance_hdu()])
-            try:
-                write_output(path, hdus.writeto, overwrite)
-            except OSError as exc:
-                raise BkgdbError(f"cannot write {path}: {exc.strerror or exc}") from None
+            write_output(path, hdus.writeto, overwrite)
             if not record_if_writable(
                 session, built, self.config.selection.params, self.config.io.from_run, path.resolve()
             ):

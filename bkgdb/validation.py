@@ -280,18 +280,20 @@ def _run_fits(jobs_to_fit: list[FitJob], workers: int) -> Iterator[FitResult]:
         yield from pool.imap_unordered(fit_run, jobs_to_fit)
 
 
-def rows_file_format(path: str | Path, fmt: str | None = None) -> str:
+def rows_file_format(
+    path: str | Path, fmt: str | None = None, remedy: str = "name it .csv or .json, or give --format csv|json"
+) -> str:
     """``csv`` or ``json``: ``fmt`` if given, else the file's suffix.
 
     Raises
     ------
     BkgdbError
-        Neither says which.
+        Neither says which; the message ends with ``remedy`` (what the caller's user can do).
     """
     suffix = Path(path).suffix.lower().lstrip(".")
     fmt = fmt or (suffix if suffix in ("csv", "json") else None)
     if fmt not in ("csv", "json"):
-        raise BkgdbError(f"cannot tell the format of {path}: name it .csv or .json, or give --format csv|json")
+        raise BkgdbError(f"cannot tell the format of {path}: {remedy}")
     return fmt
 
 

@@ -35,18 +35,13 @@ def read_validation_table(path: str | Path) -> list[dict[str, Any]]:
     import csv
     import json
 
-    from bkgdb.validation import ROW_COLUMNS
+    from bkgdb.validation import ROW_COLUMNS, rows_file_format
 
     path = Path(path)
     if not path.is_file():
         raise BkgdbError(f"validation table {path} does not exist")
     # No --format here (unlike validate's -o): the suffix alone says which.
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in ("csv", "json"):
-        raise BkgdbError(
-            f"cannot tell the format of {path}: give the .csv or .json table that "
-            "`bkgdb validate -o FILE.csv|.json` writes"
-        )
+    fmt = rows_file_format(path, remedy="give the .csv or .json table that `bkgdb validate -o FILE.csv|.json` writes")
     try:
         if fmt == "json":
             rows = json.loads(path.read_text())
