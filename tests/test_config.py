@@ -278,6 +278,9 @@ def test_source_radii_and_named_sources_load_and_change_the_hash(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path)
+    assert str(raised.value) == f"{tmp_path} is a folder: give the config's YAML file (e.g. configs/default.yaml)"
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))

@@ -109,7 +109,10 @@ def test_time_request_counts_distinct_runs(catalogue, two_copies):
     everything = BackgroundBuilder(catalogue, make_config(time_request=1.0)).build(1000, original)
     assert sorted(everything.selection.obs_ids) == [1001, 1002, 1003, 1004]
     assert everything.selection.ontime_s == pytest.approx(4 * RUN_ONTIME_S)  # not 8 copies' worth
-    assert everything.selection.warnings == ["run 1000: 0.7 h of the 1.0 h requested are available"]
+    assert everything.selection.warnings == ["run 1000: 0.7 h of the 1 h requested are available"]
+    # The request is echoed as given: an "everything" of 1e300 h in a few characters, not 300 digits.
+    huge = BackgroundBuilder(catalogue, make_config(time_request=1e300)).build(1000, original)
+    assert huge.selection.warnings == ["run 1000: 0.7 h of the 1e+300 h requested are available"]
 
 
 def test_written_provenance_lists_each_run_once(catalogue, two_copies, tmp_path):

@@ -114,6 +114,12 @@ def test_monitor_ratio_to_the_ontime_weighted_mean():
     assert (result.method, result.region, result.error) == ("monitor", "column TRIGRATE", 0.0)
     with pytest.raises(NormalisationError, match="the target has no value of column 'TRIGRATE'"):
         monitor_normalisation(None, [1.0], [1.0], "TRIGRATE")
+    with pytest.raises(NormalisationError) as raised:
+        monitor_normalisation("Crab Nebula", [1.0], [1.0], "object")
+    assert str(raised.value) == (
+        "monitor normalisation: the target's value of column 'object' is not a number ('Crab Nebula'): "
+        "it needs a numeric column"
+    )
     with pytest.raises(NormalisationError, match="no run used has a value"):
         monitor_normalisation(1.0, [None, float("nan")], [1.0, 1.0], "TRIGRATE")
     with pytest.raises(NormalisationError, match="not positive"):

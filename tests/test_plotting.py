@@ -303,6 +303,38 @@ def test_plot_errors_are_one_line(tmp_path, monkeypatch, arguments, message):
     assert "Traceback" not in result.output
 
 
+def test_a_cut_off_or_folder_background_file_is_named_as_such(tmp_path):
+    """plot model FILE: a truncated FITS or gzip file is said to be one, not a file without a background HDU."""
+    import gzip
+
+    from gammapy.irf import Background2D
+    from gammapy.maps import MapAxis
+
+    energy = MapAxis.from_energy_bounds(0.1, 100, 4, unit="TeV", name="energy")
+    offset = MapAxis.from_bounds(0, 2.5, 5, unit="deg", name="offset")
+    whole = tmp_path / "whole.fits"
+    Background2D(axes=[energy, offset], data=np.ones((4, 5)), unit="s-1 MeV-1 sr-1").write(whole)
+    content = whole.read_bytes()
+    (tmp_path / "cut.fits").write_bytes(content[:5000])  # inside the BACKGROUND HDU's header
+    (tmp_path / "cut.fits.gz").write_bytes(gzip.compress(content)[:300])
+    (tmp_path / "folder.fits").mkdir()
+    expected = {
+        "cut.fits": "cannot read {path}: truncated or damaged: 5,000 bytes, not whole 2880-byte FITS blocks",
+        "cut.fits.gz": "cannot read {path}: damaged or truncated gzip data (Compressed file ended before the "
+        "end-of-stream marker was reached)",
+        "folder.fits": "{path} is a folder: give a background FITS file (as `bkgdb background -o` writes)",
+    }
+    for name, message in expected.items():
+        path = tmp_path / name
+        result = runner.invoke(app, ["plot", "model", str(path), "-o", str(tmp_path / "x.png")])
+        assert result.exit_code == 2, name
+        assert result.output.strip() == "Error: " + message.format(path=path), name
+    assert not (tmp_path / "x.png").exists()
+    result = runner.invoke(app, ["plot", "model", str(whole), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 0, result.output
+    assert_png(tmp_path / "x.png", (10, 4.2))
+
+
 def test_validation_table_that_is_not_one(tmp_path):
     table = tmp_path / "other.csv"
     table.write_text("a,b\n1,2\n")

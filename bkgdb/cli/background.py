@@ -54,7 +54,7 @@ def background(
         )
     selection: Any = built.selection  # a bkgdb.store.selection.Selection
     out.print(f"selection: {describe_funnel(selection.funnel)}", highlight=False)
-    requested = f" of {selection.requested_s / 3600:.2f} h requested" if selection.requested_s else ""
+    requested = f" of {selection.requested_s / 3600:g} h requested" if selection.requested_s else ""
     out.print(
         f"run {obs_id}: background from {len(selection.obs_ids)} runs ({selection.ontime_s / 3600:.2f} h "
         f"ontime{requested}, ranked by {selection.ranking}), smoothing {built.smoothing} -> {output}",

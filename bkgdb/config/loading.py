@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bkgdb.config.core import BkgdbConfig
-from bkgdb.config.values import ConfigError, is_file, shown
+from bkgdb.config.values import ConfigError, is_file, is_folder, shown
 
 __all__ = ["load_config"]
 
@@ -69,6 +69,8 @@ def load_config(path: str | os.PathLike) -> BkgdbConfig:
 
     path = Path(path).expanduser()
     if not is_file(path):
+        if is_folder(path):
+            raise ConfigError(f"{path} is a folder: give the config's YAML file (e.g. configs/default.yaml)")
         raise ConfigError(f"config file not found: {path}")
     try:
         text = path.read_text(encoding="utf-8")

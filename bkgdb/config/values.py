@@ -146,6 +146,14 @@ def is_file(path: str | os.PathLike) -> bool:
         return False
 
 
+def is_folder(path: str | os.PathLike) -> bool:
+    """Whether a folder exists; a path the OS cannot even look up (too long, NUL byte) is not one."""
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def missing_file_message(label: str, what: str, path: str | os.PathLike) -> str:
     """Why a configured file is missing, telling the user to set an unset variable the path names."""
     unset = sorted({name for name in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", str(path)) if name not in os.environ})

@@ -199,6 +199,11 @@ def monitor_normalisation(target_value: Any, values: Any, ontimes_s: Any, column
     try:
         target_value = float(target_value)
     except (TypeError, ValueError):
+        if isinstance(target_value, str):  # a text column (object name, telescope list...) or "n/a"
+            raise NormalisationError(
+                f"monitor normalisation: the target's value of column {column!r} is not a number "
+                f"({target_value[:40]!r}): it needs a numeric column"
+            ) from None
         target_value = np.nan
     if not np.isfinite(target_value):
         raise NormalisationError(f"monitor normalisation: the target has no value of column {column!r}")

@@ -8,6 +8,7 @@ gammapy model (e.g. the run file's own) at the same bin centres, so the two can 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bkgdb.config.values import is_file, is_folder
 from bkgdb.errors import BkgdbError
 from bkgdb.plotting.style import RATE_LABEL, RATE_UNIT, finish, new_figure, spread_picks, styled
 
@@ -101,20 +103,50 @@ def _read_background(path: str | Path) -> tuple[Background2D | Background3D, Hea
     from gammapy.irf import Background2D, Background3D
 
     path = Path(path)
-    if not path.is_file():
+    if is_folder(path):
+        raise BkgdbError(f"{path} is a folder: give a background FITS file (as `bkgdb background -o` writes)")
+    if not is_file(path):
         raise BkgdbError(f"background file {path} does not exist")
     try:
-        with fits.open(path) as hdus:
+        # A cut-off file's warnings are left out: the error below says what is wrong.
+        with warnings.catch_warnings(), fits.open(path) as hdus:
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
             names = [hdu.name for hdu in hdus]
             name = next((n for n in ("BACKGROUND", "BKG") if n in names), None)
             if name is None:
+                # astropy reads a cut-off file as the HDUs it could parse: say why they are missing.
+                damage = _truncation(path)
+                if damage:
+                    raise BkgdbError(f"cannot read {path}: {damage}")
                 raise BkgdbError(f"{path} has no BACKGROUND or BKG HDU (it has {', '.join(names)})")
             header = hdus[name].header.copy()
             kind = header.get("HDUCLAS4", "")
     except OSError as exc:
-        raise BkgdbError(f"cannot read {path}: {exc}") from None
+        raise BkgdbError(f"cannot read {path}: {_truncation(path) or exc}") from None
     reader = Background3D if kind.upper() == "BKG_3D" else Background2D
     return reader.read(path, hdu=name), header
+
+
+def _truncation(path: Path) -> str | None:
+    """Why a FITS file (gzip-compressed or not) is cut off, or None when it holds whole 2880-byte blocks."""
+    import gzip
+    import zlib
+
+    try:
+        with path.open("rb") as handle:
+            compressed = handle.read(2) == b"\x1f\x8b"
+        if not compressed:
+            size = path.stat().st_size
+        else:
+            with gzip.open(path) as stream:
+                size = sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 20), b""))
+    except (EOFError, zlib.error) as exc:
+        return f"damaged or truncated gzip data ({exc})"
+    except OSError as exc:
+        return f"damaged gzip data ({exc})" if compressed else None
+    if size % 2880:
+        return f"truncated or damaged: {size:,} bytes, not whole 2880-byte FITS blocks"
+    return None
 
 
 def model_curves_from_file(path: str | Path) -> tuple[ModelCurves | Background3D, Header]:

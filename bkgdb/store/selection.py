@@ -323,7 +323,7 @@ class RunSelector:
         warnings = []
         if requested is not None and ontime < requested:
             warnings.append(
-                f"run {target.obs_id}: {ontime / 3600:.1f} h of the {requested / 3600:.1f} h requested are available"
+                f"run {target.obs_id}: {ontime / 3600:.1f} h of the {requested / 3600:g} h requested are available"
             )
         shortfall = self.statistics_shortfall(n_chosen, ontime)
         if shortfall:
