@@ -272,7 +272,9 @@ class BackgroundBuilder:
 
         from bkgdb.errors import ReadOnlyWarning
 
-        path = check_background_output(path, obs_id, overwrite, [*self.catalogue.protected_paths(), *protected])
+        path = check_background_output(
+            path, obs_id, overwrite, [*self.catalogue.protected_paths({Path(path).name}), *protected]
+        )
         with self.catalogue.session() as session:
             built = self.build(obs_id, datastore, session=session)
             hdus = fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND"), built.provenance_hdu()])

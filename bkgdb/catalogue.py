@@ -356,7 +356,7 @@ class Catalogue(CatalogueFigures):
         # Every user mistake fails here, before any work.
         if rows_file is not None:
             rows_format = rows_file_format(rows_file, rows_format)
-            check_new_file(rows_file, overwrite, self._protected())
+            check_new_file(rows_file, overwrite, self._protected(rows_file, datastore))
         if report_dir is not None:
             check_report_folder(report_dir, overwrite)
         conditions = [str(condition) for condition in where]
@@ -399,8 +399,21 @@ class Catalogue(CatalogueFigures):
         files = [] if self.config_path is None else [self.config_path]
         return files + ([] if self.config is None else self.config.exclusion.files)
 
-    def _protected(self) -> list[Path]:
-        return [*self.store.protected_paths(), *self._config_files()]
+    def _protected(self, output: str | Path, datastore: str | Path | None = None) -> list[Path]:
+        """What ``output`` must not be (`~bkgdb.store.catalogue.RunCatalogue.protected_paths`, the
+        config's files), and with ``datastore`` that folder and the files its hdu-index points to,
+        for a command that catalogues it only after checking its outputs."""
+        from bkgdb.gadf.datastore import hdu_index_files
+
+        names = {Path(output).name}
+        extra: list[Path] = []
+        if datastore is not None:
+            extra.append(Path(datastore))
+            try:
+                extra += hdu_index_files(datastore, names)
+            except BkgdbError:  # no readable datastore: the index says so, before any output is written
+                pass
+        return [*self.store.protected_paths(names), *self._config_files(), *extra]
 
     def _config(self, what: str) -> BkgdbConfig:
         if self.config is None:

@@ -37,8 +37,8 @@ class CatalogueFigures:
     ) -> BackgroundBuilder:
         raise NotImplementedError
 
-    def _protected(self) -> list[Path]:
-        """What an output never replaces (the database, catalogued datastores, the config file)."""
+    def _protected(self, output: str | Path, datastore: str | Path | None = None) -> list[Path]:
+        """What ``output`` must not be (the database, catalogued datastores and their files, the config's files)."""
         raise NotImplementedError
 
     @staticmethod
@@ -73,7 +73,7 @@ class CatalogueFigures:
         from bkgdb.plotting import plot_run_model, save_figure
 
         check_obs_id(obs_id)
-        check_figure_output(output, overwrite, self._protected())
+        check_figure_output(output, overwrite, self._protected(output))
         figure, built, has_reference = plot_run_model(
             self._builder(smooth, where, three_d=three_d), int(obs_id), None, datastore, with_reference=with_reference
         )
@@ -93,7 +93,7 @@ class CatalogueFigures:
         from bkgdb.store.funnel import funnel_picture
 
         check_obs_id(obs_id)
-        check_figure_output(output, overwrite, self._protected())
+        check_figure_output(output, overwrite, self._protected(output))
         picture = funnel_picture(self._builder(None, where), obs_id, datastore)
         save_figure(plot_selection(picture), output, overwrite=overwrite)
         return picture
@@ -135,7 +135,7 @@ class CatalogueFigures:
         from bkgdb.plotting import plot_significance, run_significance_maps, save_figure
 
         check_obs_id(obs_id)
-        check_figure_output(output, overwrite, self._protected())
+        check_figure_output(output, overwrite, self._protected(output))
         check_energy_range(*energy_range_tev)
         maps = run_significance_maps(
             self._builder(None, where),

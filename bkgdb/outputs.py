@@ -62,6 +62,9 @@ def check_new_file(path: str | Path, overwrite: bool = False, protected: Iterabl
         kept = kept.resolve()
         if resolved == kept or (exists and kept in resolved.parents):
             raise BkgdbError(f"{path} is {_what(kept)} {kept}: bkgdb never writes it, even with --overwrite")
+    if path.exists() and not path.is_file():
+        # os.replace would put a regular file in place of a device (/dev/null) or a named pipe.
+        raise BkgdbError(f"{path} is not a regular file (a device, pipe or socket): give a file's name")
     if exists and not overwrite:
         raise BkgdbError(f"{path} exists: remove it, give another name or pass --overwrite")
     check_writable_folder(path.parent)

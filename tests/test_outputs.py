@@ -215,6 +215,82 @@ def test_overwrite_never_replaces_the_catalogue_its_datastores_or_the_config(ind
     assert fits.getheader(tmp_path / "bkg.fits", "BACKGROUND")["HDUCLAS4"] == "BKG_2D"
 
 
+def test_overwrite_never_replaces_a_catalogued_file_outside_its_datastore_folder(datastore_copy, tmp_path):
+    """CTA-1DC's layout: the index in its own folder, run files in ``../data``, IRFs in a calibration
+    tree. Every file the hdu-index points to is kept, by every command that writes a file."""
+    from astropy.table import Table
+
+    index, data, caldb = tmp_path / "index", tmp_path / "data", tmp_path / "caldb"
+    index.mkdir()
+    datastore_copy.joinpath("data").rename(data)
+    caldb.mkdir()
+    irf = caldb / "irf_file.fits"
+    irf.write_bytes(next(data.iterdir()).read_bytes())
+    for name in ("obs-index.fits.gz", "hdu-index.fits.gz"):
+        datastore_copy.joinpath(name).rename(index / name)
+    hdu_table = Table.read(index / "hdu-index.fits.gz")
+    irf_rows = [str(kind).strip() == "aeff" for kind in hdu_table["HDU_TYPE"]]
+    hdu_table["FILE_DIR"] = ["../caldb" if is_irf else "../data" for is_irf in irf_rows]
+    names = hdu_table["FILE_NAME"]
+    hdu_table["FILE_NAME"] = [irf.name if is_irf else name for is_irf, name in zip(irf_rows, names, strict=True)]
+    hdu_table.write(index / "hdu-index.fits.gz", overwrite=True)
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG + "background_selection: {el_diff: null, az_diff: null, gal_lat_min: 0}\n")
+    catalogue = bkgdb.Catalogue.open(f"sqlite:///{tmp_path / 'catalogue.sqlite'}", config=config)
+    catalogue.index(index)
+    run_file = data / "run_001000.fits.gz"
+    kept = [run_file, irf]
+    before = [digest(path) for path in kept]
+    for path in kept:
+        with pytest.raises(BkgdbError, match=f"{path.name} is the file .* bkgdb never writes it"):
+            catalogue.write_background(1001, path, overwrite=True)
+        for arguments in (
+            ["background", "1001", "--config", str(config), "-o", str(path), "--overwrite"],
+            ["validate", str(index), "--config", str(config), "-o", str(path), "--format", "csv", "--overwrite"],
+        ):
+            result = runner.invoke(app, ["--db", str(tmp_path / "catalogue.sqlite"), *arguments])
+            assert result.exit_code == 2, result.output
+            assert "bkgdb never writes it, even with --overwrite" in " ".join(result.output.split())
+    assert [digest(path) for path in kept] == before
+    # A file beside them that no hdu-index names is the user's to replace.
+    beside = data / "bkg-1001.fits"
+    beside.write_bytes(b"an older model")
+    catalogue.write_background(1001, beside, overwrite=True)
+    assert fits.getheader(beside, "BACKGROUND")["HDUCLAS4"] == "BKG_2D"
+
+
+def test_validate_keeps_its_target_datastore_before_it_is_catalogued(datastore_copy, tmp_path):
+    """validate -o is checked before the target is indexed: the target's files are kept all the same."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    index_file = datastore_copy / "obs-index.fits.gz"
+    before = digest(index_file)
+    result = runner.invoke(
+        app,
+        ["--db", str(tmp_path / "db.sqlite"), "validate", str(datastore_copy), "--config", str(config)]
+        + ["-o", str(index_file), "--format", "csv", "--overwrite"],
+    )
+    assert result.exit_code == 2
+    assert "bkgdb never writes it, even with --overwrite" in " ".join(result.output.split())
+    assert digest(index_file) == before
+
+
+def test_overwrite_never_replaces_a_device_or_a_pipe(indexed, tmp_path):
+    """``-o /dev/null --overwrite`` as root would replace the system's /dev/null by a file."""
+    import os
+    import stat
+
+    catalogue, _, _ = indexed
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for path in (pipe, "/dev/null"):
+        for overwrite in (False, True):  # without --overwrite too: not told to pass it
+            with pytest.raises(BkgdbError) as raised:
+                catalogue.write_background(1001, path, overwrite=overwrite)
+            assert str(raised.value) == f"{path} is not a regular file (a device, pipe or socket): give a file's name"
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode) and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
 def test_a_failed_write_leaves_the_earlier_file_whole(indexed, tmp_path, monkeypatch):
     catalogue, _, _ = indexed
     output = tmp_path / "bkg.fits"

@@ -34,6 +34,7 @@ import math
 import os
 import warnings
 import zlib
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -291,7 +292,7 @@ class DL3Datastore:
             )
         self.obs_ids = checked_obs_ids(self.obs_table, "obs-index", self.obs_index_path, unique=True)
         self._hdu_obs_ids = checked_obs_ids(hdu_table, "hdu-index", self.hdu_index_path, unique=False)
-        self._resolved_folders: dict[Path, Path] = {}
+        self._resolved = path_resolver()
         self._locations = self._events_locations(hdu_table)
         base_dir = hdu_table.meta.get("BASE_DIR")
         if base_dir is not None:
@@ -351,14 +352,6 @@ class DL3Datastore:
                 )
         return locations
 
-    def _resolved(self, path: Path) -> Path:
-        """``path.resolve()``, resolving each folder once (a run's file is usually among thousands)."""
-        folder = self._resolved_folders.get(path.parent)
-        if folder is None:
-            folder = self._resolved_folders[path.parent] = path.parent.resolve()
-        path = folder / path.name
-        return path.resolve() if path.is_symlink() else path
-
     def runs(self) -> list[RunSource]:
         """The runs of the obs-index, in its order.
 
@@ -372,3 +365,57 @@ class DL3Datastore:
             events_path, events_hdu, problem = self._locations.get(obs_id, (None, None, None))
             runs.append(RunSource(obs_id, values, events_path, events_hdu, problem))
         return runs
+
+    def referenced_files(self, names: Collection[str] | None = None) -> dict[Path, str]:
+        """`referenced_files` of its hdu-index."""
+        return referenced_files(self.path, self.hdu_table, names)
+
+
+def referenced_files(folder: Path, hdu_table: Table, names: Collection[str] | None = None) -> dict[Path, str]:
+    """{resolved path: "run OBS_ID, HDU_TYPE"} of the files the hdu-index ``hdu_table`` of the
+    datastore ``folder`` points to (events, IRFs).
+
+    Only the files named as in ``names``, if given: resolving every path of a large archive to
+    compare it with one output is wasted work.
+    """
+    files: dict[Path, str] = {}
+    resolve = path_resolver()
+    columns = [hdu_table[name] for name in ("FILE_DIR", "FILE_NAME", "OBS_ID", "HDU_TYPE")]
+    for file_dir, file_name, obs_id, hdu_type in zip(*columns, strict=True):
+        file_name = _text(file_name)
+        if file_name is None or (names is not None and os.path.basename(file_name) not in names):
+            continue
+        path = resolve(Path(folder, _text(file_dir) or "", file_name))
+        files.setdefault(path, f"run {int(obs_id)}, {_text(hdu_type)}")
+    return files
+
+
+def path_resolver() -> Callable[[Path], Path]:
+    """``Path.resolve`` that resolves each folder once (a run's file is usually among thousands)."""
+    folders: dict[Path, Path] = {}
+
+    def resolve(path: Path) -> Path:
+        folder = folders.get(path.parent)
+        if folder is None:
+            folder = folders[path.parent] = path.parent.resolve()
+        path = folder / path.name
+        return path.resolve() if path.is_symlink() else path
+
+    return resolve
+
+
+def hdu_index_files(folder: str | Path, names: Collection[str] | None = None) -> dict[Path, str]:
+    """`referenced_files` of the datastore ``folder``, reading only its hdu-index.
+
+    Raises
+    ------
+    DatastoreError
+        The hdu-index is missing or unreadable, or lacks a column.
+    """
+    folder = Path(folder)
+    path = _find_index_file(folder, HDU_INDEX_NAMES, "hdu-index file")
+    table = read_index_table(path, "hdu-index")
+    absent = [name for name in ("FILE_DIR", "FILE_NAME", "OBS_ID", "HDU_TYPE") if name not in table.colnames]
+    if absent:
+        raise DatastoreError(f"hdu-index {path} has no {', '.join(absent)} column")
+    return referenced_files(folder, table, names)

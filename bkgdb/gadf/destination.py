@@ -94,17 +94,10 @@ def _planned_outputs(source: DL3Datastore, out_dir: Path) -> list[Path]:
 
 def _protected_by_target(source: DL3Datastore) -> dict[Path, str]:
     """{resolved path: why} of every file the target's hdu-index points to."""
-    base = str(source.hdu_table.meta.get("BASE_DIR", "")).strip()
-    protected: dict[Path, str] = {}
-    for row in source.hdu_table:
-        file_dir = str(row["FILE_DIR"]).strip() if "FILE_DIR" in row.colnames else ""
-        path = resolved(source.path / base / file_dir / str(row["FILE_NAME"]).strip())
-        protected.setdefault(
-            path,
-            f"the hdu-index of the target {source.path} points to it "
-            f"(run {int(row['OBS_ID'])}, {str(row['HDU_TYPE']).strip()})",
-        )
-    return protected
+    return {
+        path: f"the hdu-index of the target {source.path} points to it ({what})"
+        for path, what in source.referenced_files().items()
+    }
 
 
 def _protected_by_catalogue(catalogue: RunCatalogue, names: Collection[str]) -> dict[Path, str]:

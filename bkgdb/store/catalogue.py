@@ -7,7 +7,8 @@ DL3 datastores into it and answers queries on the runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Collection, Iterable
 from datetime import date
 from operator import attrgetter
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bkgdb.errors import BkgdbError, ConditionError, DatabaseError, DatabaseNotReadyError
+from bkgdb.errors import BkgdbError, ConditionError, DatabaseError, DatabaseNotReadyError, DatastoreError
 from bkgdb.store.conditions import Condition, conditions_expression, typed_column
 from bkgdb.store.database import (
     SCHEMA_HEAD,
@@ -220,12 +221,17 @@ class RunCatalogue:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def protected_paths(self) -> list[Path]:
+    def protected_paths(self, names: Collection[str] = ()) -> list[Path]:
         """Files and folders an output of bkgdb never replaces: the database's file(s) and the
-        catalogued datastores (`~bkgdb.outputs.catalogue_paths`)."""
+        catalogued datastores (`~bkgdb.outputs.catalogue_paths`), and, for outputs named as in
+        ``names``, the catalogued runs' files and every file a catalogued datastore's hdu-index
+        points to (IRFs too), which may lie outside its folder (``FILE_DIR`` ``../data``)."""
+        from bkgdb.gadf.datastore import hdu_index_files
         from bkgdb.outputs import catalogue_paths
+        from bkgdb.store.targets import catalogued_files
 
         database_file = None
+        files: set[Path] = set()
         with self.session() as session:
             datastores = session.scalars(sa.select(Datastore.path)).all()
             if self.engine.dialect.name == "sqlite":
@@ -233,7 +239,16 @@ class RunCatalogue:
                 database_file = next(
                     row[2] for row in session.execute(sa.text("PRAGMA database_list")) if row[1] == "main"
                 )
-        return catalogue_paths(database_file, datastores)
+            if names:
+                _, rows = catalogued_files(session)
+                # Stored resolved; resolved again in case a link changed since the index.
+                files.update(Path(path).resolve() for path, _, _ in rows if os.path.basename(path) in names)
+        for folder in datastores if names else ():
+            try:
+                files.update(hdu_index_files(folder, names))
+            except (DatastoreError, OSError):  # moved or damaged since: its runs' files are kept above
+                continue
+        return catalogue_paths(database_file, datastores) + sorted(files)
 
     def extra_keys(self) -> list[str]:
         """The obs-index column names kept in ``Run.extra`` across all datastores."""
