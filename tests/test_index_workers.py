@@ -3,6 +3,7 @@
 import multiprocessing
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +22,13 @@ from bkgdb.parallel.processes import WorkerError, WorkerPool
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.database import session_scope
-from bkgdb.store.indexing import WORKER_FOLDER_PREFIX, remove_stale_worker_folders, run_jobs
+from bkgdb.store.indexing import (
+    WORKER_FINDERS,
+    WORKER_FOLDER_OWNER,
+    WORKER_FOLDER_PREFIX,
+    remove_stale_worker_folders,
+    run_jobs,
+)
 from bkgdb.store.models import RUN_STATUS_OK, PieceRow, Run
 
 SOURCE = PointSource(ra_deg=120.0, dec_deg=-30.0, rate_per_s=0.01, name="Worker test source")
@@ -139,16 +146,36 @@ def test_a_script_without_a_main_guard_is_told_to_add_one(simulated_datastore: P
 
 
 def test_folders_left_by_killed_indexes_are_removed_by_the_next(tmp_path: Path) -> None:
+    """Only a folder an index made (its owner file names this host and a process that is gone) is
+    removed; a user's folder that happens to match the name is left as it is."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid that is gone once it has ended
     gone.wait()
-    stale = tmp_path / f"{WORKER_FOLDER_PREFIX}{gone.pid}-x1"
-    live = tmp_path / f"{WORKER_FOLDER_PREFIX}{os.getpid()}-x2"
-    other = tmp_path / f"{WORKER_FOLDER_PREFIX}notapid-x3"
-    for folder in (stale, live, other):
+    host = socket.gethostname()
+    owners = {
+        "stale": f"{host} {gone.pid}",
+        "live": f"{host} {os.getpid()}",
+        "other-host": f"elsewhere.example {gone.pid}",
+        "no-owner": None,
+        "stale-with-a-user-file": f"{host} {gone.pid}",
+    }
+    folders = {}
+    for name, owner in owners.items():
+        folder = folders[name] = tmp_path / f"{WORKER_FOLDER_PREFIX}{gone.pid}-{name}"
         folder.mkdir()
-        (folder / "exclusion-finders.pickle").write_bytes(b"x" * 100)
-    assert remove_stale_worker_folders(str(tmp_path)) == [stale]
-    assert not stale.exists() and live.exists() and other.exists()
+        (folder / WORKER_FINDERS).write_bytes(b"x" * 100)
+        if owner is not None:
+            (folder / WORKER_FOLDER_OWNER).write_text(owner)
+    (folders["no-owner"] / "README.txt").write_text("mine")
+    (folders["stale-with-a-user-file"] / "notes.txt").write_text("mine")
+    assert remove_stale_worker_folders(str(tmp_path)) == [folders["stale"]]
+    assert not folders["stale"].exists()
+    for name in ("live", "other-host", "no-owner"):
+        assert sorted(path.name for path in folders[name].iterdir()) == sorted(
+            [WORKER_FINDERS]
+            + ([WORKER_FOLDER_OWNER] if owners[name] else [])
+            + (["README.txt"] if name == "no-owner" else [])
+        )
+    assert [path.name for path in folders["stale-with-a-user-file"].iterdir()] == ["notes.txt"]
 
 
 def test_a_local_index_names_its_folder_by_its_pid_and_removes_it(field: tuple[Path, BkgdbConfig]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Generator
@@ -102,27 +102,47 @@ class IndexReport:
 
 #: Temporary folders of local indexes (the catalogues handed to workers) are named by this and the pid.
 WORKER_FOLDER_PREFIX = "bkgdb-index-"
+#: The file in such a folder naming the host and the process that made it: only a folder holding
+#: it is ever removed by another index (a user's folder may match the name).
+WORKER_FOLDER_OWNER = "bkgdb-index-owner"
+#: The catalogues handed to the workers, in that folder.
+WORKER_FINDERS = "exclusion-finders.pickle"
+
+
+def worker_folder_owner() -> str:
+    """What `WORKER_FOLDER_OWNER` holds for this process: host name and pid."""
+    return f"{socket.gethostname()} {os.getpid()}"
 
 
 def remove_stale_worker_folders(parent: str | None = None) -> list[Path]:
     """Remove the temporary folders that killed indexes left behind; the folders removed.
 
     An index removes its folder when it ends, unless it is killed (``kill -9``). A folder is stale
-    when it is this user's and the process named in it is gone.
+    when it is this user's, its `WORKER_FOLDER_OWNER` file names this host and a process that is
+    gone. Only the files an index writes there are deleted, and the folder if that empties it: a
+    folder of the same name that an index did not make is left as it is.
     """
     removed: list[Path] = []
     if not hasattr(os, "getuid"):  # no owners to compare (Windows)
         return removed
+    host = socket.gethostname()
     for folder in Path(parent or tempfile.gettempdir()).glob(f"{WORKER_FOLDER_PREFIX}*-*"):
-        pid = folder.name[len(WORKER_FOLDER_PREFIX) :].split("-", 1)[0]
         try:
-            if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.getuid():
+                continue
+            owner_host, _, pid = Path(folder, WORKER_FOLDER_OWNER).read_text().strip().rpartition(" ")
+            if owner_host != host or not pid.isdigit():
                 continue
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
+            for name in (WORKER_FINDERS, WORKER_FOLDER_OWNER):
+                Path(folder, name).unlink(missing_ok=True)
+            try:
+                folder.rmdir()
+            except OSError:  # it holds something else: not ours to delete
+                continue
             removed.append(folder)
-        except OSError:  # gone meanwhile, or another user's process
+        except (OSError, UnicodeDecodeError):  # no owner file, gone meanwhile, or another user's process
             continue
     return removed
 
@@ -152,7 +172,8 @@ def run_jobs(jobs: list[RunJob], workers: Any) -> Generator[RunResult, None, Non
     # The workers get the catalogues this process has read (`DatastoreIndexer` reads them first).
     exclusions = {exclusion for job in jobs for _, exclusion in job.specs + job.missing_specs}
     with tempfile.TemporaryDirectory(prefix=f"{WORKER_FOLDER_PREFIX}{os.getpid()}-") as folder:
-        finders = Path(folder, "exclusion-finders.pickle")
+        Path(folder, WORKER_FOLDER_OWNER).write_text(worker_folder_owner())
+        finders = Path(folder, WORKER_FINDERS)
         save_exclusion_finders(exclusions, finders)
         with WorkerPool(min(workers, len(jobs)), load_exclusion_finders, (str(finders),)) as pool:
             yield from pool.imap_unordered(process_run, jobs)
