@@ -35,6 +35,11 @@ class ForeignDatabaseError(DatabaseError):
     ``application_id`` or ``user_version`` another program set): bkgdb neither reads nor changes it."""
 
 
+class LinkedDatabaseError(DatabaseError):
+    """An SQLite file with other names (hard links), which bkgdb does not write: SQLite's journal
+    beside one name is not seen through another, and committed writes are lost."""
+
+
 class DatastoreError(BkgdbError):
     """A DL3 datastore folder is missing or has no readable index files."""
 

@@ -136,6 +136,40 @@ def test_writers_on_a_read_only_database_fail_in_one_line(indexed, simulated_dat
         assert "read-only" in message
 
 
+def test_a_hard_linked_sqlite_file_is_read_never_written(tmp_path, simulated_datastore, config_file):
+    """Two names of one SQLite file keep two journals: writers through them lost committed runs
+    (both indexes reported success). Writers refuse such a file, readers read it, unchanged."""
+    import hashlib
+    import os
+
+    original = tmp_path / "catalogue.sqlite"
+    catalogue = RunCatalogue.open(str(original))
+    catalogue.index(simulated_datastore, config=load_config(config_file))
+    catalogue.engine.dispose()
+    second = tmp_path / "second-name.sqlite"
+    os.link(original, second)
+    before = hashlib.sha256(original.read_bytes()).hexdigest()
+    for name in (original, second):
+        message = one_error_line(bkgdb(str(name), "index", simulated_datastore, "--config", config_file))
+        assert f"{name} has 2 hard links: SQLite writing through one name loses what is written through another" in (
+            message
+        )
+        assert one_error_line(bkgdb(str(name), "flag", TARGET, "--bad", "x")).startswith(
+            f"Error: {name} has 2 hard links"
+        )
+        result = bkgdb(str(name), "runs", "-f", "csv")
+        assert result.exit_code == 0 and "1000,SIM FIELD" in result.output
+        output = tmp_path / f"bkg-{name.stem}.fits"
+        result = bkgdb(str(name), "background", TARGET, "--config", config_file, "-o", output)
+        assert result.exit_code == 0, result.output
+        assert f"Warning: {name} has 2 hard links" in result.output and "opened read-only" in result.output
+        assert output.exists()
+    assert hashlib.sha256(original.read_bytes()).hexdigest() == before
+    second.unlink()  # one name again: written as before
+    result = bkgdb(str(original), "flag", TARGET, "--bad", "x")
+    assert result.exit_code == 0, result.output
+
+
 def test_read_only_folder(tmp_path, simulated_datastore, config_file):
     folder = tmp_path / "shared"
     folder.mkdir()

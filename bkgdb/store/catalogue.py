@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Collection, Iterable
 from datetime import date
 from operator import attrgetter
@@ -17,7 +18,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bkgdb.errors import BkgdbError, ConditionError, DatabaseError, DatabaseNotReadyError, DatastoreError
+from bkgdb.errors import (
+    BkgdbError,
+    ConditionError,
+    DatabaseError,
+    DatabaseNotReadyError,
+    DatastoreError,
+    LinkedDatabaseError,
+    ReadOnlyWarning,
+)
 from bkgdb.store.conditions import Condition, conditions_expression, typed_column
 from bkgdb.store.database import (
     SCHEMA_HEAD,
@@ -114,6 +123,9 @@ class RunCatalogue:
             reader = cls.open(url, readonly=True)
             try:
                 writer = create_engine(url)
+            except LinkedDatabaseError as exc:  # read-only for a reason the user would not guess
+                warnings.warn(f"{exc}: opened read-only", ReadOnlyWarning, stacklevel=2)
+                return reader
             except DatabaseError:
                 return reader
             reader.engine.dispose()

@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from bkgdb.errors import DatabaseError, DatabaseNotReadyError, ForeignDatabaseError
+from bkgdb.errors import DatabaseError, DatabaseNotReadyError, ForeignDatabaseError, LinkedDatabaseError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -287,6 +287,8 @@ def create_engine(url: str | None = None, readonly: bool = False) -> Engine:
                     engine = _sqlite_readonly_engine(_sqlite_readonly_url(database, immutable=True))
                     log.info("%s opened as immutable: its folder is read-only", database)
                 return _connected(engine, url)
+            if not in_memory and not database.startswith("file:"):
+                _refuse_hard_links(Path(database), url)
             engine = sa.create_engine(url)
             sa.event.listen(engine, "connect", _sqlite_on_connect)
         elif parsed.get_backend_name() == "postgresql":
@@ -304,6 +306,26 @@ def create_engine(url: str | None = None, readonly: bool = False) -> Engine:
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise DatabaseError(f"malformed database URL {display_url(url)}: {hide_secrets(exc, url)}") from None
     return _connected(engine, url)
+
+
+def _refuse_hard_links(database: Path, url: str) -> None:
+    """Refuse to write an SQLite file that has other names (hard links).
+
+    SQLite keeps its journal (``-wal``, ``-shm``) beside the name it opened: two writers through
+    two names of one file do not see each other's, and committed transactions are lost (seen:
+    two indexes both reported success, one's 105 runs were gone). A write through one name also
+    changes every linked copy, such as a backup made with ``cp -al``.
+    """
+    try:
+        links = database.stat().st_nlink
+    except OSError:  # not made yet, or not reachable: SQLite says so
+        return
+    if links > 1:
+        raise LinkedDatabaseError(
+            f"{hide_secrets(database, url)} has {links} hard links: SQLite writing through one name loses "
+            "what is written through another, and changes every linked copy; make a real copy (cp) or use "
+            "one name (a symlink is safe); commands that only read it still work"
+        )
 
 
 def session_scope(engine: sa.engine.Engine) -> Session:
