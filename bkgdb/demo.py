@@ -94,6 +94,23 @@ def claim_demo_folder(folder: Path) -> None:
     BkgdbError
         ``folder`` is a file, or a folder with files the demo did not write.
     """
+    check_demo_folder(folder)
+    _mark_demo_folder(folder)
+
+
+def _mark_demo_folder(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / DEMO_MARKER).write_text("Made by `bkgdb demo`: running it again here replaces the demo's own files.\n")
+
+
+def check_demo_folder(folder: Path) -> None:
+    """Refuse ``folder`` for the demo unless `claim_demo_folder` would take it; writes nothing.
+
+    Raises
+    ------
+    BkgdbError
+        ``folder`` is a file, or a folder with files the demo did not write.
+    """
     from bkgdb.outputs import check_writable_folder
 
     marker = folder / DEMO_MARKER
@@ -117,8 +134,6 @@ def claim_demo_folder(folder: Path) -> None:
                 f"{folder} is not empty and was not made by `bkgdb demo`: give a new or empty folder "
                 f"(the demo writes {', '.join(DEMO_FILES)} there)"
             )
-    folder.mkdir(parents=True, exist_ok=True)
-    marker.write_text("Made by `bkgdb demo`: running it again here replaces the demo's own files.\n")
 
 
 def claim_demo_database(catalogue: RunCatalogue, datastore: Path) -> RunCatalogue:
@@ -178,9 +193,11 @@ def run_demo(
     say = progress or (lambda text: None)
     folder = Path(folder).expanduser().resolve()
     datastore = folder / "datastore"
-    # A database given is checked before anything is written: the demo's runs go into no catalogue but its own.
+    # The folder, then a database given, are checked before anything is written (a new database is
+    # made by opening it): the demo's runs go into no catalogue but its own.
+    check_demo_folder(folder)
     catalogue = None if url is None else claim_demo_database(RunCatalogue.open(url), datastore)
-    claim_demo_folder(folder)
+    _mark_demo_folder(folder)
     truth = BackgroundTruth()
     source = PointSource(SOURCE["ra_deg"], SOURCE["dec_deg"], rate_per_s=0.3, name=SOURCE["name"])
 

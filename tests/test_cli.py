@@ -347,6 +347,13 @@ def test_demo_never_writes_into_a_folder_it_did_not_make(tmp_path):
     ]
     assert (folder / "catalogue.fits").read_bytes() == b"my own catalogue"
     assert (folder / "datastore" / "obs-index.fits.gz").read_bytes() == b"my own index"
+    # With --db, in the folder or elsewhere, the database is not made either: the folder is refused first.
+    for database in (folder / "demo.sqlite", tmp_path / "elsewhere.sqlite"):
+        result = bkgdb("demo", folder, db=str(database))
+        assert result.exit_code == 2
+        assert "is not empty and was not made by `bkgdb demo`" in " ".join(result.output.split())
+        assert not database.exists()
+    assert len(list(folder.rglob("*"))) == 3
 
 
 def test_the_demo_never_adds_its_runs_to_a_real_catalogue(simulated_datastore, tmp_path):
