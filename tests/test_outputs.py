@@ -252,6 +252,11 @@ def test_overwrite_never_replaces_a_catalogued_file_outside_its_datastore_folder
             assert result.exit_code == 2, result.output
             assert "bkgdb never writes it, even with --overwrite" in " ".join(result.output.split())
     assert [digest(path) for path in kept] == before
+    # With its hdu-index gone (moved, damaged), the runs' files are still known from the catalogue.
+    (index / "hdu-index.fits.gz").rename(tmp_path / "hdu-index.fits.gz")
+    with pytest.raises(BkgdbError, match=f"{run_file.name} is the file .* bkgdb never writes it"):
+        catalogue.write_background(1001, run_file, overwrite=True)
+    assert digest(run_file) == before[0]
     # A file beside them that no hdu-index names is the user's to replace.
     beside = data / "bkg-1001.fits"
     beside.write_bytes(b"an older model")

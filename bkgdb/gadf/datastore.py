@@ -380,10 +380,14 @@ def referenced_files(folder: Path, hdu_table: Table, names: Collection[str] | No
     """
     files: dict[Path, str] = {}
     resolve = path_resolver()
+    rows = np.arange(len(hdu_table))
+    if names is not None:  # the names compared column-wise: archives have hundreds of thousands of rows
+        file_names = np.char.strip(np.asarray(hdu_table["FILE_NAME"], dtype=str))
+        rows = rows[np.isin(np.char.rpartition(file_names, "/")[:, 2], list(names))]
     columns = [hdu_table[name] for name in ("FILE_DIR", "FILE_NAME", "OBS_ID", "HDU_TYPE")]
-    for file_dir, file_name, obs_id, hdu_type in zip(*columns, strict=True):
+    for file_dir, file_name, obs_id, hdu_type in zip(*(column[rows] for column in columns), strict=True):
         file_name = _text(file_name)
-        if file_name is None or (names is not None and os.path.basename(file_name) not in names):
+        if file_name is None:
             continue
         path = resolve(Path(folder, _text(file_dir) or "", file_name))
         files.setdefault(path, f"run {int(obs_id)}, {_text(hdu_type)}")

@@ -240,7 +240,6 @@ class RunCatalogue:
         points to (IRFs too), which may lie outside its folder (``FILE_DIR`` ``../data``)."""
         from bkgdb.gadf.datastore import hdu_index_files
         from bkgdb.outputs import catalogue_paths
-        from bkgdb.store.targets import catalogued_files
 
         database_file = None
         files: set[Path] = set()
@@ -252,9 +251,11 @@ class RunCatalogue:
                     row[2] for row in session.execute(sa.text("PRAGMA database_list")) if row[1] == "main"
                 )
             if names:
-                _, rows = catalogued_files(session)
-                # Stored resolved; resolved again in case a link changed since the index.
-                files.update(Path(path).resolve() for path, _, _ in rows if os.path.basename(path) in names)
+                # Compared by name in the database (a scan in SQL, not 100,000 rows in Python); stored
+                # resolved, resolved again in case a link changed since the index.
+                named = sa.or_(*(Run.file_path.endswith(f"{os.sep}{name}", autoescape=True) for name in names))
+                paths = session.scalars(sa.select(Run.file_path).where(named)).all()
+                files.update(Path(path).resolve() for path in paths if path)
         for folder in datastores if names else ():
             try:
                 files.update(hdu_index_files(folder, names))
