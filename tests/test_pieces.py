@@ -182,6 +182,43 @@ def test_changed_file_gets_new_pieces(catalogue, source_field, tmp_path):
     assert pieces[1003].n_events <= 100
 
 
+def test_an_index_that_took_the_runs_for_new_keeps_the_pieces_another_just_wrote(
+    catalogue, source_field, tmp_path, monkeypatch
+):
+    """Two indexes of a new datastore with two configs at once: each plans every run as new, and the
+    second to write deleted the pieces the first had just committed (all but a few of 105 lost).
+    Only the pieces of another file than the one indexed go; a changed file's go still."""
+    import dataclasses
+    import shutil
+
+    from bkgdb.store.indexing import DatastoreIndexer
+
+    datastore, source_catalogue, _ = source_field
+    copy = tmp_path / "copy"
+    shutil.copytree(datastore, copy)
+    finer = Binning(e_min=0.1, e_max=100, e_bins=24, off_min=0, off_max=2.5, off_bins=20)
+    catalogue.index(copy, config=config_for(source_catalogue))
+    # The second index planned before the first committed: to it every run is new.
+    plan = DatastoreIndexer._plan_run
+
+    def planned_as_new(*args, **kwargs):
+        job = plan(*args, **kwargs)
+        return None if job is None else dataclasses.replace(job, known_sha256=None)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DatastoreIndexer, "_plan_run", staticmethod(planned_as_new))
+        report = catalogue.index(copy, config=config_for(source_catalogue, binnings=(finer,)))
+    assert report.pieces == 16
+    assert sorted(row["pieces"] for row in PieceCache(catalogue.engine).summary()) == [16, 16]
+    # A file that changed keeps no piece of its former content, of either binning.
+    path = copy / "data" / "run_001003.fits.gz"
+    with fits.open(path) as hdul:
+        hdul["EVENTS"].data = hdul["EVENTS"].data[:100]
+        hdul.writeto(path, overwrite=True)
+    catalogue.index(copy, config=config_for(source_catalogue, binnings=(finer,)))
+    assert sorted(row["pieces"] for row in PieceCache(catalogue.engine).summary()) == [15, 16]
+
+
 def test_parallel_workers_give_the_same_pieces(db_url, source_field, tmp_path):
     from bkgdb.store.catalogue import RunCatalogue
 

@@ -449,6 +449,12 @@ class _ResultWriter:
         # Status is set in the same transaction; the placeholder is never committed.
         self.new_runs = upsert_insert(session, runs).on_conflict_do_nothing(index_elements=["datastore_id", "obs_id"])
         self.upsert_pieces: Any = None
+        #: Deletes a run's pieces of another file than ``sha`` (or of an unknown one).
+        pieces = cast(sa.Table, PieceRow.__table__)  # a Core statement: run once per parameter set
+        self.former_pieces = sa.delete(pieces).where(
+            pieces.c.run_id == sa.bindparam("run"),
+            sa.or_(pieces.c.file_sha256.is_(None), pieces.c.file_sha256 != sa.bindparam("sha")),
+        )
 
     def setting_ids(self) -> dict[tuple, tuple[int, int]]:
         """(binning id, exclusion id) of each (binning, exclusion) of the index, made again if gone.
@@ -490,14 +496,16 @@ class _ResultWriter:
             ).all()
             by_new_obs_id = {row.obs_id: row for row in rows}
             runs = [by_new_obs_id[run.obs_id] if run.id is None else run for run in runs]
-        renewed, made = [], []
+        failed: list[int] = []
+        renewed: list[dict] = []
+        made = []
         for number, (result, run) in enumerate(zip(results, runs, strict=True)):
             source = by_obs_id[result.obs_id]
             if result.error is not None and not result.pieces:
                 _store_facts(run, source, read_run_facts(source, self.meta, result.header))
                 run.status, run.error = RUN_STATUS_FAILED, result.error
                 run.file_size_bytes = run.file_mtime = run.file_sha256 = None
-                renewed.append(run.id)
+                failed.append(run.id)
                 outcomes[number] = "failed"
                 continue
             if not result.changed:
@@ -507,11 +515,16 @@ class _ResultWriter:
                 _store_facts(run, source, read_run_facts(source, self.meta, result.header))
                 run.status, run.error = RUN_STATUS_OK, None
                 run.file_size_bytes, run.file_mtime, run.file_sha256 = result.size, result.mtime, result.sha256
-                renewed.append(run.id)
+                renewed.append({"run": run.id, "sha": result.sha256})
             for binning, exclusion, piece in result.pieces:
                 made.append((piece, run.id, *setting_ids[(binning, exclusion)], result.sha256))
-        if renewed:  # a failed or changed run keeps no piece of its former file
-            session.execute(sa.delete(PieceRow).where(PieceRow.run_id.in_(renewed)))
+        # A failed run keeps no piece; a changed one none of its former file. Pieces of the same file
+        # stay: another index with other settings may have just committed them (two indexes of a new
+        # datastore with two configs, at once, deleted each other's pieces).
+        if failed:
+            session.execute(sa.delete(PieceRow).where(PieceRow.run_id.in_(failed)))
+        if renewed:
+            session.execute(self.former_pieces, renewed)
         session.flush()
         set_ids = region_set_ids(session, [piece.regions for piece, *_ in made])
         pieces = [piece_values(*values, set_id) for values, set_id in zip(made, set_ids, strict=True)]
