@@ -158,3 +158,21 @@ def test_missing_events_hdu_is_a_read_error(tmp_path: Path) -> None:
     write_events(path, event_columns(), HEADER)
     with pytest.raises(RunReadError, match="no HDU named 'EVENTZ'"):
         read_events(RunSource(1, {}, path, "EVENTZ"), path.read_bytes())
+
+
+@pytest.mark.parametrize("after_events", ["IRF", "long-named HDU"], ids=["from bytes", "through astropy"])
+def test_a_file_cut_off_after_its_events_is_a_read_error(tmp_path: Path, after_events: str) -> None:
+    """An HDU after the events (IRFs, which gammapy reads and attach copies) must be whole too.
+
+    A name longer than a card (CONTINUE cards) makes the HDUs astropy's to place.
+    """
+    events = fits.BinTableHDU.from_columns(event_columns(500), name="EVENTS")
+    irf = fits.ImageHDU(np.zeros((100, 100), np.float32), name="IRF" if after_events == "IRF" else "IRF_" * 18)
+    path = tmp_path / "events.fits"
+    fits.HDUList([fits.PrimaryHDU(), events, irf]).writeto(path)
+    content = path.read_bytes()
+    cut = len(content) - 20_000
+    with pytest.raises(RunReadError, match=rf"^file truncated: {cut:,} of at least {len(content) - 320:,} bytes"):
+        read_events(source_of(path), content[:cut], with_events=True)
+    # Bytes after the last HDU that begin no header are ignored, as astropy ignores them.
+    assert len(read_events(source_of(path), content + b"\0" * 2880, with_events=True).energy_tev) == 500

@@ -17,6 +17,7 @@ that describe a half-written datastore.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -251,6 +252,7 @@ def attach_backgrounds(
                     if run.events_path is None:
                         raise BkgdbError("the hdu-index lists no events file for it")
                     built = builder.build(run.obs_id, source.path, session=session)
+                    content = _copied_content(run)
                 except BkgdbError as exc:
                     report.skipped.append((run.obs_id, str(exc)))
                     log.info("run %s: no background: %s", run.obs_id, exc)  # the report lists it
@@ -265,7 +267,7 @@ def attach_backgrounds(
                     own = hdu_table["OBS_ID"] == run.obs_id
                     old_bkg = {str(name).strip() for name in hdu_table["HDU_NAME"][own & (hdu_types == "bkg")]}
                     dropped = {name.upper() for name in old_bkg} | {BKG_HDU, PROVENANCE_HDU}
-                    with fits.open(run.events_path, memmap=False) as hdul:
+                    with fits.open(io.BytesIO(content), memmap=False) as hdul:
                         kept = [hdu for hdu in hdul if hdu.name not in dropped]
                         write_fits(fits.HDUList(kept + [built.model_hdu(BKG_HDU), built.provenance_hdu()]), target_file)
                     hdu_rows.extend(
@@ -302,6 +304,29 @@ def attach_backgrounds(
             folders.remove_created()
         raise
     return report
+
+
+def _copied_content(run: RunSource) -> bytes:
+    """The FITS bytes of a run's file, checked as an index checks them, for attach to copy.
+
+    Raises
+    ------
+    BkgdbError
+        The file cannot be read or is not whole (changed since the index, or damaged in a way
+        the index let through): a truncated HDU would fail the copy with a traceback.
+    """
+    from bkgdb.gadf.events import RunReadError, decompress_events, read_events
+
+    assert run.events_path is not None  # checked by the caller
+    try:
+        try:
+            content = decompress_events(run, run.events_path.read_bytes())
+        except OSError as exc:
+            raise RunReadError(f"cannot read {run.events_path}: {exc}") from None
+        read_events(run, content)
+    except RunReadError as exc:
+        raise BkgdbError(f"cannot copy its file: {exc}") from None
+    return content
 
 
 def _hdu_rows(

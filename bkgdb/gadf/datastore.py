@@ -35,7 +35,7 @@ import os
 import warnings
 import zlib
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -237,6 +237,9 @@ class RunSource:
     events_hdu: str | None
     #: Why ``events_path`` is None: what the hdu-index lacks for this run.
     events_problem: str | None = None
+    #: HDU type to HDU name of the run's other hdu-index rows (GTI, IRFs) that name its events
+    #: file, the first row of each type as gammapy takes it; without ``bkg``, which attach replaces.
+    file_hdus: dict[str, str] = field(default_factory=dict)
 
     @property
     def row_sha256(self) -> str:
@@ -313,8 +316,12 @@ class DL3Datastore:
         }
 
     def _events_locations(self, hdu_table: Table) -> dict[int, tuple[Path | None, str | None, str | None]]:
-        """{obs_id: (path, hdu_name, problem)} from the hdu-index rows of HDU type ``events``."""
+        """{obs_id: (path, hdu_name, problem)} from the hdu-index rows of HDU type ``events``.
+
+        Also fills ``self._file_hdus`` (`RunSource.file_hdus`).
+        """
         locations: dict[int, tuple[Path | None, str | None, str | None]] = {}
+        events_files: dict[int, tuple[str, str]] = {}
         other_case: dict[int, str] = {}
         obs_ids = self._hdu_obs_ids.tolist()
         # Column by column: row access in astropy costs microseconds a cell, and archives have
@@ -342,6 +349,7 @@ class DL3Datastore:
                 locations[obs_id] = (None, None, f"the hdu-index events row of this run has no {missing}")
                 continue
             locations[obs_id] = (self._resolved(self.path / file_dir / file_name), hdu_name, None)
+            events_files[obs_id] = (file_dir, file_name)
         for obs_id, hdu_type in other_case.items():
             if obs_id not in locations:
                 locations[obs_id] = (
@@ -350,7 +358,24 @@ class DL3Datastore:
                     f"the hdu-index gives this run's events HDU_TYPE {hdu_type!r}; "
                     "gammapy reads only 'events' (lower case)",
                 )
+        self._file_hdus = self._same_file_hdus(hdu_table, hdu_types, obs_ids, events_files)
         return locations
+
+    @staticmethod
+    def _same_file_hdus(
+        hdu_table: Table, hdu_types: list[str | None], obs_ids: list[int], events_files: dict[int, tuple[str, str]]
+    ) -> dict[int, dict[str, str]]:
+        """{obs_id: {hdu_type: hdu_name}} of the rows other than events and bkg naming the run's
+        events file (by FILE_DIR and FILE_NAME as written: resolving every row's path costs more)."""
+        file_hdus: dict[int, dict[str, str]] = {}
+        columns = [hdu_table[name].tolist() for name in ("FILE_DIR", "FILE_NAME", "HDU_NAME")]
+        for index, hdu_type in enumerate(hdu_types):
+            if hdu_type in (None, "events", "bkg") or obs_ids[index] not in events_files:
+                continue
+            file_dir, file_name, hdu_name = (_text(column[index]) for column in columns)
+            if hdu_name is not None and ((file_dir or ""), file_name) == events_files[obs_ids[index]]:
+                file_hdus.setdefault(obs_ids[index], {}).setdefault(hdu_type, hdu_name)
+        return file_hdus
 
     def runs(self) -> list[RunSource]:
         """The runs of the obs-index, in its order.
@@ -363,7 +388,8 @@ class DL3Datastore:
         for obs_id, row in zip(self.obs_ids.tolist(), self.obs_table, strict=True):
             values = {name: json_safe(row[name]) for name in self.obs_table.colnames}
             events_path, events_hdu, problem = self._locations.get(obs_id, (None, None, None))
-            runs.append(RunSource(obs_id, values, events_path, events_hdu, problem))
+            file_hdus = dict(self._file_hdus.get(obs_id, {}))
+            runs.append(RunSource(obs_id, values, events_path, events_hdu, problem, file_hdus))
         return runs
 
     def referenced_files(self, names: Collection[str] | None = None) -> dict[Path, str]:

@@ -1,16 +1,18 @@
 """Reading a run's event file: its EVENTS header and, for pieces, its event columns.
 
 The file's bytes are read once by the caller (they are hashed too) and parsed here; a damaged or
-truncated file is a `RunReadError` for that run only. Event times are seconds after the time
-reference of the EVENTS header (``MJDREFI`` + ``MJDREFF`` in the ``TIMESYS`` scale), as gammapy
-reads them; the observatory location comes from ``GEOLON``, ``GEOLAT`` and ``GEOALT`` or
-``ALTITUDE``.
+truncated file is a `RunReadError` for that run only: every HDU of the file must be whole (gammapy
+reads its GTI and IRFs, attach copies them all) and every HDU the hdu-index lists in it present.
+Event times are seconds after the time reference of the EVENTS header (``MJDREFI`` + ``MJDREFF``
+in the ``TIMESYS`` scale), as gammapy reads them; the observatory location comes from ``GEOLON``,
+``GEOLAT`` and ``GEOALT`` or ``ALTITUDE``.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import math
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -86,7 +88,8 @@ class _HeaderValues:
     """A FITS header's values as `json_safe` gives them, parsed only for the keys asked for.
 
     Parsing every card of an EVENTS header costs more than reading its events; a run needs a
-    dozen keys. Like a dict of the cards, a repeated key gives its last value.
+    dozen keys. Like a dict of the cards, a repeated key gives its last value. A value astropy
+    cannot parse (``ONTIME = NAN``) is None, as json_safe makes a NaN.
     """
 
     def __init__(self, header: fits.Header) -> None:
@@ -95,7 +98,11 @@ class _HeaderValues:
     def get(self, key: str, default: Any = None) -> Any:
         if key in ("COMMENT", "HISTORY", "") or key not in self._header:
             return default
-        return json_safe(self._header[(key, self._header.count(key) - 1)])
+        try:
+            value = self._header[(key, self._header.count(key) - 1)]
+        except Exception:  # astropy's VerifyError: one bad card must not stop the index
+            return None
+        return json_safe(value)
 
 
 #: FITS blocks and cards are this many bytes.
@@ -152,14 +159,36 @@ class _CardValues:
 
     def get(self, key: str, default: Any = None) -> Any:
         image = self._cards.get(key.upper()) if key not in _COMMENTARY else None
-        return default if image is None else json_safe(_card_value(image))
+        if image is None:
+            return default
+        try:
+            value = _card_value(image)
+        except Exception:  # astropy's VerifyError (``ONTIME = NAN``): None, as json_safe makes a NaN
+            return None
+        return json_safe(value)
 
 
-def _header_cards(content: bytes, start: int) -> tuple[dict[str, str], int] | None:
+class _CutOff(Exception):
+    """The file ends inside a header: it needs at least ``needed`` bytes."""
+
+    def __init__(self, needed: int) -> None:
+        super().__init__(needed)
+        self.needed = needed
+
+
+def _header_cards(content: bytes, start: int) -> tuple[dict[str, str], int, bool] | None:
     """The value cards (keyword to card image, the last of a repeated keyword) of the header at
-    ``start`` and where its data begin; None for headers that need astropy."""
+    ``start``, where its data begin, and whether it holds only such cards and commentary (else
+    astropy reads it); None for headers that are not ASCII or whose END card is odd.
+
+    Raises
+    ------
+    _CutOff
+        The file ends before the END card.
+    """
     offset = start
     cards: dict[str, str] = {}
+    plain = True
     while offset + _BLOCK <= len(content):
         try:
             block = content[offset : offset + _BLOCK].decode("ascii")
@@ -170,28 +199,84 @@ def _header_cards(content: bytes, start: int) -> tuple[dict[str, str], int] | No
             image = block[position : position + _CARD]
             keyword = image[:8].rstrip()
             if keyword == "END":
-                return (cards, offset) if not image[3:].strip() else None
+                return (cards, offset, plain) if not image[3:].strip() else None
             if keyword in _COMMENTARY:
                 continue
             if image[8:10] != "= " or not _KEYWORD.fullmatch(keyword):
-                return None  # HIERARCH, CONTINUE, lower case, no value...
+                plain = False  # HIERARCH, CONTINUE, lower case, no value...
+                continue
             cards[keyword] = image
-    return None
+    raise _CutOff(offset + _BLOCK)
+
+
+_END_CARD = b"END" + b" " * (_CARD - 3)
+
+
+def _card_image(header: bytes, keyword: str) -> str | None:
+    """The first ``KEYWORD= value`` card of ``keyword`` in a header's bytes, or None."""
+    key = f"{keyword:<8}= ".encode()
+    position = header.find(key)
+    while position >= 0 and position % _CARD:  # found inside another card
+        position = header.find(key, position + 1)
+    return None if position < 0 else header[position : position + _CARD].decode("ascii", "replace")
+
+
+def _placing_cards(content: bytes, start: int) -> tuple[dict[str, str], int]:
+    """The cards that place the HDU whose header is at ``start`` (XTENSION, BITPIX, NAXISn, PCOUNT,
+    GCOUNT, GROUPS, EXTNAME) and where its data begin, found by searching its bytes: parsing
+    every card costs more than reading the events, and most HDUs need only placing.
+
+    Raises
+    ------
+    _CutOff
+        The file ends before the block that holds the END card.
+    """
+    end = content.find(_END_CARD, start)
+    while end >= 0 and (end - start) % _CARD:
+        end = content.find(_END_CARD, end + 1)
+    if end < 0:
+        raise _CutOff(start + ((len(content) - start) // _BLOCK + 1) * _BLOCK)
+    data_start = start + ((end - start) // _BLOCK + 1) * _BLOCK
+    if data_start > len(content):
+        raise _CutOff(data_start)
+    header = content[start:end]
+    cards = {}
+    for keyword in ("XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "EXTNAME") + (("GROUPS",) if start == 0 else ()):
+        image = _card_image(header, keyword)
+        if image is not None:
+            cards[keyword] = image
+    try:
+        n_axes = _integer(cards["NAXIS"])
+    except (KeyError, TypeError, ValueError):
+        n_axes = 0  # _data_size finds it missing
+    for axis in range(1, n_axes + 1):
+        image = _card_image(header, f"NAXIS{axis}")
+        if image is not None:
+            cards[f"NAXIS{axis}"] = image
+    return cards, data_start
+
+
+def _integer(image: str) -> int:
+    """The value of an integer card (as `_card_value` reads it, faster)."""
+    try:
+        return int(image[10:].split("/", 1)[0])
+    except ValueError:
+        return int(_card_value(image))
 
 
 def _data_size(cards: dict[str, str], primary: bool) -> int | None:
     """Bytes of an HDU's data (without the padding to whole blocks); None when astropy should decide."""
     try:
-        n_axes = int(_card_value(cards["NAXIS"]))
-        bitpix = int(_card_value(cards["BITPIX"]))
-        axes = [int(_card_value(cards[f"NAXIS{axis}"])) for axis in range(1, n_axes + 1)]
-        pcount = int(_card_value(cards["PCOUNT"])) if "PCOUNT" in cards else 0
-        gcount = int(_card_value(cards["GCOUNT"])) if "GCOUNT" in cards else 1
+        n_axes = _integer(cards["NAXIS"])
+        bitpix = _integer(cards["BITPIX"])
+        axes = [_integer(cards[f"NAXIS{axis}"]) for axis in range(1, n_axes + 1)]
+        pcount = _integer(cards["PCOUNT"]) if "PCOUNT" in cards else 0
+        gcount = _integer(cards["GCOUNT"]) if "GCOUNT" in cards else 1
     except (KeyError, TypeError, ValueError):
         return None
     if primary and "GROUPS" in cards:  # random groups
         return None
-    return abs(bitpix) // 8 * gcount * (pcount + int(np.prod(axes))) if n_axes else 0
+    return abs(bitpix) // 8 * gcount * (pcount + math.prod(axes)) if n_axes else 0
 
 
 #: Bytes per element of binary table formats; big-endian numpy types of those read here.
@@ -254,29 +339,98 @@ def _table_layout(cards: dict[str, str], start: int) -> _Table | None:
     return _Table(cards, start, row_bytes, n_rows, names, columns)
 
 
-def _find_table(content: bytes, hdu_name: str | None) -> _Table | None:
-    """The binary table HDU named ``hdu_name`` (as astropy matches names) when it is complete
-    and plain; None otherwise: astropy then reads the file, and tells what is wrong with it."""
-    if not isinstance(hdu_name, str) or not content.startswith(b"SIMPLE  ="):
+@dataclass
+class _Hdu:
+    """Where one HDU of a file lies, as its header says."""
+
+    number: int
+    #: EXTNAME stripped and in upper case, as astropy matches names ("PRIMARY" for the first HDU).
+    name: str
+    cards: dict[str, str]
+    #: Whether the header holds only ``KEYWORD= value`` cards and commentary (`_header_cards`);
+    #: False also for HDUs of which only the placing cards were read.
+    plain: bool
+    data_start: int
+    #: Bytes of data, without the padding to whole blocks.
+    data_size: int
+
+
+def _file_hdus(content: bytes, read: set[str]) -> list[_Hdu] | None:
+    """Every HDU of a FITS file, in order, from its headers; None when astropy must place them.
+
+    The headers of HDUs named as in ``read`` (stripped, upper case) are parsed whole, the others
+    only for their placing cards. Bytes after the last HDU that do not begin a header are ignored,
+    as astropy ignores them.
+
+    Raises
+    ------
+    RunReadError
+        The file ends inside an HDU: truncated.
+    """
+    if not content.startswith(b"SIMPLE  ="):
         return None
-    wanted = hdu_name.strip().upper()
-    offset, number = 0, 0
+    hdus: list[_Hdu] = []
+    offset = 0
     while offset < len(content):
-        found = _header_cards(content, offset)
-        if found is None:
-            return None
-        cards, data_start = found
-        size = _data_size(cards, primary=number == 0)
+        if hdus and not content.startswith(b"XTENSION=", offset):
+            break
+        try:
+            cards, data_start = _placing_cards(content, offset)
+            extname = _card_value(cards["EXTNAME"]) if "EXTNAME" in cards else ("PRIMARY" if not hdus else "")
+            plain = False
+            if str(extname).strip().upper() in read:
+                found = _header_cards(content, offset)
+                if found is None:
+                    return None
+                cards, data_start, plain = found
+        except _CutOff as cut:
+            if not hdus:  # no whole first header: not FITS, as far as can be told; astropy says why
+                return None
+            raise RunReadError(
+                f"file truncated: {len(content):,} of at least {cut.needed:,} bytes (header of HDU {len(hdus)} cut off)"
+            ) from None
+        size = _data_size(cards, primary=not hdus)
         if size is None:
             return None
-        extname = _card_value(cards["EXTNAME"]) if "EXTNAME" in cards else ("PRIMARY" if number == 0 else "")
-        if str(extname).strip().upper() == wanted or (wanted == "PRIMARY" and number == 0):
-            if number == 0 or "XTENSION" not in cards or _card_value(cards["XTENSION"]) != "BINTABLE":
+        if str(extname).endswith("&"):  # a long name continued on CONTINUE cards
+            return None
+        hdu = _Hdu(len(hdus), str(extname).strip().upper(), cards, plain, data_start, size)
+        if data_start + size > len(content):
+            # Also an HDU the run does not need: attach copies every HDU of the file.
+            raise RunReadError(
+                f"file truncated: {len(content):,} of at least {data_start + size:,} bytes "
+                f"({hdu.name or f'HDU {hdu.number}'} cut off)"
+            )
+        hdus.append(hdu)
+        offset = data_start + -(-size // _BLOCK) * _BLOCK
+    return hdus
+
+
+def _find_table(hdus: list[_Hdu], hdu_name: str | None) -> _Table | None:
+    """The plain binary table HDU named ``hdu_name`` (the first, as astropy matches names); None
+    otherwise: astropy then reads the file, and tells what is wrong with it."""
+    if not isinstance(hdu_name, str):
+        return None
+    wanted = hdu_name.strip().upper()
+    for hdu in hdus:
+        if hdu.name == wanted or (wanted == "PRIMARY" and hdu.number == 0):
+            if hdu.number == 0 or not hdu.plain or "XTENSION" not in hdu.cards:
                 return None
-            complete = data_start + size <= len(content)
-            return _table_layout(cards, data_start) if complete else None
-        offset, number = data_start + -(-size // _BLOCK) * _BLOCK, number + 1
+            if _card_value(hdu.cards["XTENSION"]) != "BINTABLE":
+                return None
+            return _table_layout(hdu.cards, hdu.data_start)
     return None
+
+
+def _check_listed(source: RunSource, names: set[str], size: int) -> None:
+    """Raise if the file lacks an HDU the hdu-index lists in it for this run (a file truncated
+    between two HDUs ends cleanly)."""
+    for hdu_type, hdu_name in source.file_hdus.items():
+        if hdu_name.strip().upper() not in names:
+            raise RunReadError(
+                f"no HDU named {hdu_name!r} in {_file_name(source)}, which the hdu-index lists as its "
+                f"{hdu_type} (file truncated at {size:,} bytes?)"
+            )
 
 
 @dataclass
@@ -291,6 +445,9 @@ class EventList:
         Event directions (deg) and reconstructed energies (TeV).
     time_s : `~numpy.ndarray` or None
         Event times in s after the header's time reference (None if the table has no TIME).
+    gti_sum_s : float or None
+        The sum of the run's GTI intervals (s), when the hdu-index puts its GTI table in this
+        file: what gammapy takes as the observation time.
     """
 
     header: Any
@@ -298,6 +455,7 @@ class EventList:
     dec_deg: np.ndarray | None = None
     energy_tev: np.ndarray | None = None
     time_s: np.ndarray | None = None
+    gti_sum_s: float | None = None
 
 
 def _in_unit(values: np.ndarray, column_unit: str | None, unit: str) -> np.ndarray:
@@ -317,9 +475,18 @@ _EVENT_COLUMNS = (("ra_deg", "RA", "deg"), ("dec_deg", "DEC", "deg"), ("energy_t
 _TIME_COLUMN = ("time_s", "TIME", "s")
 
 
-def _read_plain(table: _Table, content: bytes, with_events: bool) -> EventList | None:
-    """The events of a plain table read straight from the file's bytes; None if astropy must read them."""
+def _read_plain(source: RunSource, hdus: list[_Hdu], content: bytes, with_events: bool) -> EventList | None:
+    """The events (and GTI) of plain tables read straight from the file's bytes; None if astropy must read them."""
+    table = _find_table(hdus, source.events_hdu)
+    if table is None:
+        return None
     events = EventList(_CardValues(table.cards))
+    gti_name = source.file_hdus.get("gti")
+    if gti_name is not None:
+        gti = _find_table(hdus, gti_name)
+        if gti is None or "START" not in gti.columns or "STOP" not in gti.columns:
+            return None
+        events.gti_sum_s = float(np.sum(gti.column(content, "STOP", "s") - gti.column(content, "START", "s")))
     if not with_events:
         return events
     wanted = _EVENT_COLUMNS + ((_TIME_COLUMN,) if "TIME" in table.names else ())
@@ -328,6 +495,15 @@ def _read_plain(table: _Table, content: bytes, with_events: bool) -> EventList |
     for attribute, name, unit in wanted:
         setattr(events, attribute, table.column(content, name, unit))
     return events
+
+
+def _check_whole(hdul: fits.HDUList, size: int) -> None:
+    """Raise if the data of an HDU astropy found in a file of ``size`` bytes end beyond it."""
+    for number, hdu in enumerate(hdul):
+        end = hdul.fileinfo(number)["datLoc"] + hdu.size
+        if end > size:
+            name = hdu.name or f"HDU {number}"
+            raise RunReadError(f"file truncated: {size:,} of at least {end:,} bytes ({name} cut off)")
 
 
 def _file_name(source: RunSource) -> str:
@@ -370,7 +546,7 @@ def read_events(source: RunSource, content: bytes, with_events: bool = False) ->
         FITS bytes never look like gzip), read once by the caller.
     with_events : bool, optional
         Also return RA, Dec (deg), energy (TeV) and, when the table has it, TIME (s) of every
-        event. Default is False.
+        event. Default is False. The GTI sum is read either way.
 
     Returns
     -------
@@ -379,20 +555,28 @@ def read_events(source: RunSource, content: bytes, with_events: bool = False) ->
     Raises
     ------
     RunReadError
-        The file is damaged, truncated, or has no events table.
+        The file is damaged or truncated (any of its HDUs), has no events table, or lacks an HDU
+        the hdu-index lists in it (`RunSource.file_hdus <bkgdb.gadf.datastore.RunSource>`).
     """
     name = _file_name(source)
     try:
         content = decompress_events(source, content)
-        # Most event files are plain binary tables, read here without astropy's table machinery
-        # (which costs more than the reading); anything else, or anything wrong, goes to astropy.
-        table = _find_table(content, source.events_hdu)
-        plain = None if table is None else _read_plain(table, content, with_events)
-        if plain is not None:
-            return plain
+        # Every HDU must be whole: gammapy reads the GTI and IRFs of the file, attach copies them all.
+        read = {hdu_name.strip().upper() for hdu_name in (source.events_hdu, source.file_hdus.get("gti")) if hdu_name}
+        hdus = _file_hdus(content, read)
+        if hdus is not None:
+            _check_listed(source, {hdu.name for hdu in hdus} | {"PRIMARY"}, len(content))
+            # Most event files are plain binary tables, read here without astropy's table machinery
+            # (which costs more than the reading); anything else, or anything wrong, goes to astropy.
+            plain = _read_plain(source, hdus, content, with_events)
+            if plain is not None:
+                return plain
         from astropy.io import fits
 
         with fits.open(io.BytesIO(content), memmap=False) as hdul:
+            if hdus is None:
+                _check_whole(hdul, len(content))
+                _check_listed(source, {hdu.name.strip().upper() for hdu in hdul} | {"PRIMARY"}, len(content))
             try:
                 hdu = hdul[source.events_hdu]
             except KeyError:
@@ -409,6 +593,10 @@ def read_events(source: RunSource, content: bytes, with_events: bool = False) ->
                 events.energy_tev = _column(hdu, "ENERGY", "TeV")
                 if "TIME" in hdu.columns.names:
                     events.time_s = _column(hdu, "TIME", "s")
+            gti_name = source.file_hdus.get("gti")
+            if gti_name is not None:
+                gti = hdul[gti_name]
+                events.gti_sum_s = float(np.sum(_column(gti, "STOP", "s") - _column(gti, "START", "s")))
             return events
     except RunReadError:
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import pickle
 import threading
 from collections import deque
@@ -20,7 +21,9 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
 
-from bkgdb.gadf.datastore import RunSource
+import numpy as np
+
+from bkgdb.gadf.datastore import RunSource, finite_number
 from bkgdb.gadf.events import (
     EventList,
     RunReadError,
@@ -46,9 +49,67 @@ __all__ = [
     "save_exclusion_finders",
     "load_exclusion_finders",
     "piece_maker",
+    "ontime_problem",
+    "non_finite_problem",
+    "ONTIME_GTI_TOLERANCE",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Largest relative difference between a run's ONTIME and the sum of its GTI intervals. Pieces
+#: scale by ONTIME, gammapy by the GTI sum: a run beyond it would bias every model that uses it.
+#: The public datastores agree to 2e-4 (MAGIC: ONTIME 1183.80 s, GTI 1184 s, rounded to 1 s).
+ONTIME_GTI_TOLERANCE = 0.01
+
+
+def _seconds(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def ontime_problem(ontime: Any, gti_sum_s: float | None) -> str | None:
+    """Why a run's ONTIME cannot scale its pieces, or None when it can.
+
+    Parameters
+    ----------
+    ontime : float or None
+        The ONTIME pieces would use (EVENTS header first); None when the run has none.
+    gti_sum_s : float or None
+        The sum of the run's GTI intervals (s), None without a GTI table.
+
+    Returns
+    -------
+    reason : str or None
+        ONTIME not finite and positive, or more than `ONTIME_GTI_TOLERANCE` off the GTI sum.
+    """
+    if ontime is None:
+        return None
+    seconds = finite_number(ontime)
+    if seconds is None or seconds <= 0:
+        return f"ONTIME {ontime} is not a positive number of seconds"
+    if gti_sum_s is None:
+        return None
+    if not math.isfinite(gti_sum_s) or gti_sum_s <= 0:
+        return f"the GTI intervals sum to {gti_sum_s} s, ONTIME is {_seconds(seconds)} s"
+    difference = abs(seconds - gti_sum_s) / gti_sum_s
+    if difference > ONTIME_GTI_TOLERANCE:
+        percent = 100 * difference
+        shown = f"{percent:.0f}" if percent >= 10 else f"{percent:.1f}"
+        return f"ONTIME {_seconds(seconds)} s differs from the GTI sum {_seconds(gti_sum_s)} s by {shown} %"
+    return None
+
+
+def non_finite_problem(columns: dict[str, Any]) -> str | None:
+    """Why some events cannot go into pieces (a value that is NaN or infinite), or None.
+
+    Such events fall in no bin while the run keeps its whole exposure: every model using the run
+    would be low. ``columns`` are column name to values (None: not read).
+    """
+    for name, values in columns.items():
+        if values is None or np.isfinite(values).all():
+            continue
+        bad = len(values) - int(np.count_nonzero(np.isfinite(values)))
+        return f"{bad:,} of {len(values):,} events have a non-finite {name}"
+    return None
 
 
 @dataclass
@@ -206,6 +267,12 @@ def process_run_file(job: RunJob, run_file: RunFile) -> RunResult:
     keys = ("RA_PNT", "DEC_PNT", "ONTIME", "LIVETIME")
     found = pointing_and_durations(source, job.meta, header)
     values = {key: header.get(key, value) for key, value in zip(keys, found, strict=True)}
+    if values["ONTIME"] is None and header.get("ONTIME", "") is None:  # NaN, inf or unparsable there
+        result.error = "ONTIME in the EVENTS header is not a finite number"
+        return result
+    result.error = ontime_problem(values["ONTIME"], events.gti_sum_s)
+    if result.error is not None:
+        return result
     if specs and (values["RA_PNT"] is None or values["DEC_PNT"] is None or not values["ONTIME"]):
         result.error = "no pointing or ontime: cannot make background pieces"
         return result
@@ -216,6 +283,12 @@ def process_run_file(job: RunJob, run_file: RunFile) -> RunResult:
     # Times and location matter only to FoV frames aligned with Alt/Az.
     altaz = any(piece_maker(binning, exclusion).geometry.alignment == "ALTAZ" for binning, exclusion in specs)
     clock = run_clock(events, source, job.meta) if altaz else None
+    # On the columns already read (a check per column, counted only when it fails).
+    result.error = non_finite_problem(
+        {"RA": ra, "DEC": dec, "ENERGY": energy, "TIME": None if clock is None else clock.event_time_s}
+    )
+    if result.error is not None:
+        return result
     for binning, exclusion in specs:
         try:
             piece = piece_maker(binning, exclusion).run(
