@@ -400,20 +400,10 @@ class Catalogue(CatalogueFigures):
         return files + ([] if self.config is None else self.config.exclusion.files)
 
     def _protected(self, output: str | Path, datastore: str | Path | None = None) -> list[Path]:
-        """What ``output`` must not be (`~bkgdb.store.catalogue.RunCatalogue.protected_paths`, the
-        config's files), and with ``datastore`` that folder and the files its hdu-index points to,
-        for a command that catalogues it only after checking its outputs."""
-        from bkgdb.gadf.datastore import hdu_index_files
-
-        names = {Path(output).name}
-        extra: list[Path] = []
-        if datastore is not None:
-            extra.append(Path(datastore))
-            try:
-                extra += hdu_index_files(datastore, names)
-            except BkgdbError:  # no readable datastore: the index says so, before any output is written
-                pass
-        return [*self.store.protected_paths(names), *self._config_files(), *extra]
+        """What ``output`` must not be (`~bkgdb.store.catalogue.RunCatalogue.protected_paths`, with
+        ``datastore`` as if catalogued; the config's files)."""
+        about_to_index = [] if datastore is None else [datastore]
+        return [*self.store.protected_paths({Path(output).name}, about_to_index), *self._config_files()]
 
     def _config(self, what: str) -> BkgdbConfig:
         if self.config is None:

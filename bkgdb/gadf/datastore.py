@@ -284,19 +284,13 @@ class DL3Datastore:
         self.obs_index_path = _find_index_file(self.path, OBS_INDEX_NAMES, "obs-index file")
         self.hdu_index_path = _find_index_file(self.path, HDU_INDEX_NAMES, "hdu-index file")
         self.obs_table = read_index_table(self.obs_index_path, "obs-index")
-        hdu_table = read_index_table(self.hdu_index_path, "hdu-index")
+        hdu_table = read_hdu_index(self.hdu_index_path)
         if "OBS_ID" not in self.obs_table.colnames:
             raise DatastoreError(f"obs-index {self.obs_index_path} has no OBS_ID column")
-        absent = [name for name in HDU_INDEX_COLUMNS if name not in hdu_table.colnames]
-        if absent:
-            raise DatastoreError(
-                f"hdu-index {self.hdu_index_path} has no {', '.join(absent)} column"
-                f"{'s' if len(absent) > 1 else ''} (it needs {', '.join(HDU_INDEX_COLUMNS)})"
-            )
         self.obs_ids = checked_obs_ids(self.obs_table, "obs-index", self.obs_index_path, unique=True)
         self._hdu_obs_ids = checked_obs_ids(hdu_table, "hdu-index", self.hdu_index_path, unique=False)
         self._resolved = path_resolver()
-        self._locations = self._events_locations(hdu_table)
+        self._locations, self._file_hdus = self._events_locations(hdu_table)
         base_dir = hdu_table.meta.get("BASE_DIR")
         if base_dir is not None:
             log.debug("hdu-index BASE_DIR %r ignored, as gammapy does: files are relative to %s", base_dir, self.path)
@@ -315,11 +309,11 @@ class DL3Datastore:
             if key not in ("comments", "history", "COMMENT", "HISTORY")
         }
 
-    def _events_locations(self, hdu_table: Table) -> dict[int, tuple[Path | None, str | None, str | None]]:
-        """{obs_id: (path, hdu_name, problem)} from the hdu-index rows of HDU type ``events``.
-
-        Also fills ``self._file_hdus`` (`RunSource.file_hdus`).
-        """
+    def _events_locations(
+        self, hdu_table: Table
+    ) -> tuple[dict[int, tuple[Path | None, str | None, str | None]], dict[int, dict[str, str]]]:
+        """{obs_id: (path, hdu_name, problem)} from the hdu-index rows of HDU type ``events``, and
+        each run's other HDUs in its events file (`RunSource.file_hdus`)."""
         locations: dict[int, tuple[Path | None, str | None, str | None]] = {}
         events_files: dict[int, tuple[str, str]] = {}
         other_case: dict[int, str] = {}
@@ -358,8 +352,7 @@ class DL3Datastore:
                     f"the hdu-index gives this run's events HDU_TYPE {hdu_type!r}; "
                     "gammapy reads only 'events' (lower case)",
                 )
-        self._file_hdus = self._same_file_hdus(hdu_table, hdu_types, obs_ids, events_files)
-        return locations
+        return locations, self._same_file_hdus(hdu_table, hdu_types, obs_ids, events_files)
 
     @staticmethod
     def _same_file_hdus(
@@ -443,9 +436,22 @@ def hdu_index_files(folder: str | Path, names: Collection[str] | None = None) ->
         The hdu-index is missing or unreadable, or lacks a column.
     """
     folder = Path(folder)
-    path = _find_index_file(folder, HDU_INDEX_NAMES, "hdu-index file")
+    return referenced_files(folder, read_hdu_index(_find_index_file(folder, HDU_INDEX_NAMES, "hdu-index file")), names)
+
+
+def read_hdu_index(path: Path) -> Table:
+    """The hdu-index at ``path`` (`read_index_table`), with every column of `HDU_INDEX_COLUMNS`.
+
+    Raises
+    ------
+    DatastoreError
+        The file cannot be read or lacks a column.
+    """
     table = read_index_table(path, "hdu-index")
-    absent = [name for name in ("FILE_DIR", "FILE_NAME", "OBS_ID", "HDU_TYPE") if name not in table.colnames]
+    absent = [name for name in HDU_INDEX_COLUMNS if name not in table.colnames]
     if absent:
-        raise DatastoreError(f"hdu-index {path} has no {', '.join(absent)} column")
-    return referenced_files(folder, table, names)
+        raise DatastoreError(
+            f"hdu-index {path} has no {', '.join(absent)} column"
+            f"{'s' if len(absent) > 1 else ''} (it needs {', '.join(HDU_INDEX_COLUMNS)})"
+        )
+    return table

@@ -233,11 +233,15 @@ class RunCatalogue:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def protected_paths(self, names: Collection[str] = ()) -> list[Path]:
+    def protected_paths(self, names: Collection[str] = (), about_to_index: Iterable[str | Path] = ()) -> list[Path]:
         """Files and folders an output of bkgdb never replaces: the database's file(s) and the
         catalogued datastores (`~bkgdb.outputs.catalogue_paths`), and, for outputs named as in
         ``names``, the catalogued runs' files and every file a catalogued datastore's hdu-index
-        points to (IRFs too), which may lie outside its folder (``FILE_DIR`` ``../data``)."""
+        points to (IRFs too), which may lie outside its folder (``FILE_DIR`` ``../data``).
+
+        ``about_to_index`` are datastore folders a command indexes after checking its outputs
+        (``validate``): kept as if catalogued already.
+        """
         from bkgdb.gadf.datastore import hdu_index_files
         from bkgdb.outputs import catalogue_paths
 
@@ -256,6 +260,8 @@ class RunCatalogue:
                 named = sa.or_(*(Run.file_path.endswith(f"{os.sep}{name}", autoescape=True) for name in names))
                 paths = session.scalars(sa.select(Run.file_path).where(named)).all()
                 files.update(Path(path).resolve() for path in paths if path)
+        # A folder about to be indexed that is catalogued already is read once.
+        datastores = list(dict.fromkeys([*datastores, *(str(Path(folder).resolve()) for folder in about_to_index)]))
         for folder in datastores if names else ():
             try:
                 files.update(hdu_index_files(folder, names))
