@@ -90,7 +90,8 @@ def check_writable_folder(folder: Path) -> None:
 
 
 def _what(path: Path) -> str:
-    return "in the catalogued datastore" if path.is_dir() else "the file"
+    # A datastore folder is kept whether it is catalogued or about to be (``validate`` indexes its target).
+    return "in the datastore" if path.is_dir() else "the file"
 
 
 def catalogue_paths(database_file: str | None, datastores: Iterable[str] = ()) -> list[Path]:

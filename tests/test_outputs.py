@@ -276,7 +276,10 @@ def test_validate_keeps_its_target_datastore_before_it_is_catalogued(datastore_c
         + ["-o", str(index_file), "--format", "csv", "--overwrite"],
     )
     assert result.exit_code == 2
-    assert "bkgdb never writes it, even with --overwrite" in " ".join(result.output.split())
+    # Named as what it is: a datastore, which validate is about to catalogue.
+    assert f"is in the datastore {datastore_copy.resolve()}: bkgdb never writes it, even with --overwrite" in "".join(
+        result.output.split("\n")
+    )
     assert digest(index_file) == before
 
 
