@@ -372,3 +372,27 @@ def test_a_figure_that_appears_while_it_is_drawn_is_not_replaced(tmp_path, monke
         bkgdb.Catalogue(f"sqlite:///{tmp_path / 'unused.sqlite'}").plot_validation(table, figure)
     assert figure.read_bytes() == b"another job's figure"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["figure.png", "rows.csv"]
+
+
+def test_the_files_an_hdu_index_names_are_found_by_their_name_alone(tmp_path):
+    """An output is compared with the hdu-index's files of the same name only: a name in a subfolder
+    or padded with blanks is found, a longer name that ends like it is not."""
+    import numpy as np
+    from astropy.table import Table
+
+    from bkgdb.gadf.datastore import referenced_files
+
+    names = ["bkg.fits", "sub/bkg.fits", " bkg.fits  ", "xbkg.fits", "bkg.fits.gz", "run.fits"]
+    table = Table(
+        {
+            "OBS_ID": np.arange(len(names)),
+            "HDU_TYPE": np.array(["events"] * len(names), dtype="S6"),
+            "FILE_DIR": np.array(["data", "data", "other"] + ["data"] * (len(names) - 3), dtype="S8"),
+            "FILE_NAME": np.array(names, dtype="S16"),  # bytes, as FITS tables give them
+        }
+    )
+    found = referenced_files(tmp_path, table, {"bkg.fits"})
+    assert sorted(found.values()) == ["run 0, events", "run 1, events", "run 2, events"]
+    every = referenced_files(tmp_path, table)
+    assert found == {path: what for path, what in every.items() if path.name == "bkg.fits"}
+    assert referenced_files(tmp_path, table, {"other.fits"}) == {}
