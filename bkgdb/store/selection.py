@@ -9,6 +9,7 @@ of a run held by several datastores, or a copy of the target itself.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -215,32 +216,37 @@ class RunSelector:
             criteria.append((condition, conditions_expression([condition], extra_keys)))
         return criteria
 
-    def instrument_warnings(self, session: Session, target: Run, criteria: list, search_id: int | None) -> list[str]:
+    def instrument_warnings(self, session: Session, target: Run, funnel: list, search_id: int | None) -> list[str]:
         """What ``same_instrument`` could not do because runs were catalogued by an older bkgdb.
 
-        Such runs have no instrument until an index reads them again: as a target, every
-        instrument's runs are its candidates; as candidates, a target of a known instrument leaves
-        them out.
+        Such runs (an older ``checks_version``; a row without one was not written by an index)
+        have no instrument until an index reads them again: as a target, every instrument's runs
+        are its candidates; as candidates, a target of a known instrument leaves them out. They are
+        counted (in the index of instruments) only when the criterion removed candidates of this
+        ``funnel``, once per selector.
         """
         from bkgdb.makers.run import RUN_CHECKS_VERSION
 
         if not self.settings.same_instrument:
             return []
         if target.instrument is None:
-            if (target.checks_version or 0) >= RUN_CHECKS_VERSION:
-                return []  # read by this bkgdb: its file names no instrument
+            if target.checks_version is None or target.checks_version >= RUN_CHECKS_VERSION:
+                return []  # read by this bkgdb (its file names no instrument), or not by an index
             # Without the OBS_ID: printed once for all such targets.
             return [
                 "targets catalogued by an older bkgdb have no instrument, so runs of every instrument "
                 f"are their candidates; {REINDEX_ADVICE}"
             ]
-        if not any(name.startswith(INSTRUMENT_CRITERION) for name, _ in criteria):
+        removed = [
+            before - left
+            for (_, before), (name, left) in itertools.pairwise(funnel)
+            if name.startswith(INSTRUMENT_CRITERION)
+        ]
+        if not any(removed):
             return []
         if search_id not in self._unread:
             query = sa.select(sa.func.count(Run.id)).where(
-                Run.instrument.is_(None),
-                is_ok(),
-                sa.or_(Run.checks_version.is_(None), Run.checks_version < RUN_CHECKS_VERSION),
+                Run.instrument.is_(None), is_ok(), Run.checks_version < RUN_CHECKS_VERSION
             )
             if search_id is not None:
                 query = query.where(Run.datastore_id == search_id)
@@ -348,7 +354,7 @@ class RunSelector:
             left = counts[number + 1]
             if number >= len(integrity) or left != funnel[-1][1]:
                 funnel.append((name, left))
-        warnings = self.instrument_warnings(session, target, criteria, search_id)
+        warnings = self.instrument_warnings(session, target, funnel, search_id)
         if funnel[-1][1] == 0:
             raise NoRunsSelected(
                 f"no runs selected for run {target.obs_id}: {describe_funnel(funnel)}"

@@ -1,7 +1,8 @@
 """Runs record their instrument (``TELESCOP``) and the version of the run checks behind their status.
 
-``runs.instrument`` (indexed, and in ``ix_runs_selection`` so that the "same instrument" criterion
-is tested on index entries like the others) is read from the EVENTS header when a run is indexed.
+``runs.instrument`` (in ``ix_runs_selection``, so that the "same instrument" criterion is tested
+on index entries like the others, and first in ``ix_runs_instrument``, which also counts the runs
+left to read again) is read from the EVENTS header when a run is indexed.
 ``runs.checks_version`` is the version of bkgdb's run checks (`bkgdb.makers.run.RUN_CHECKS_VERSION`)
 that gave the run its status. Runs catalogued before this revision get version 0 and no
 instrument: the next ``bkgdb index`` of their datastore reads them again, with today's checks.
@@ -33,7 +34,7 @@ def upgrade():
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("instrument", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("checks_version", sa.Integer(), nullable=True))
-        batch_op.create_index(batch_op.f("ix_runs_instrument"), ["instrument"], unique=False)
+        batch_op.create_index("ix_runs_instrument", ["instrument", "checks_version", "status"], unique=False)
         batch_op.drop_index("ix_runs_selection")
         batch_op.create_index("ix_runs_selection", [*SELECTION_COLUMNS, "instrument"], unique=False)
     # Checked by an older bkgdb: the next index reads these runs again.
@@ -44,7 +45,7 @@ def downgrade():
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_index("ix_runs_selection")
         batch_op.create_index("ix_runs_selection", SELECTION_COLUMNS, unique=False)
-        batch_op.drop_index(batch_op.f("ix_runs_instrument"))
+        batch_op.drop_index("ix_runs_instrument")
     if op.get_bind().dialect.name == "sqlite":
         if sqlite3.sqlite_version_info < (3, 35):
             raise RuntimeError(f"downgrading below revision 0008 needs SQLite 3.35 or later, not {sqlite3.sqlite_version}")
