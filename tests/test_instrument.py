@@ -70,6 +70,10 @@ def test_a_veritas_target_gets_veritas_runs_only(catalogue):
     assert [name for name, _ in hess_built.selection.funnel[1:]] == ["airmass within 0.3", "same instrument (HESS)"]
     assert hess_built.selection.obs_ids and max(hess_built.selection.obs_ids) < 60000
 
+    # The condition model moving the pieces is fitted on the target's instrument's runs alone.
+    conditioned = BackgroundBuilder(catalogue, make_config(assembly="condition")).build(64080)
+    assert conditioned.condition_model["n_runs"] == 4
+
     # Switched off: the H.E.S.S. runs are candidates again (and, being many, most of the selection).
     mixed = BackgroundBuilder(catalogue, make_config(same_instrument=False)).build(64080)
     assert mixed.selection.funnel == [("candidate runs with pieces", 108)]
