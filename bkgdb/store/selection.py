@@ -160,8 +160,8 @@ class RunSelector:
         self._bases: dict = {}
         self._integrity: dict = {}
         self._search_id: int | None = None
-        #: Candidates catalogued by an older bkgdb without an instrument, by search datastore id
-        #: (`unread_instruments`): counted once per selector.
+        #: Ok runs catalogued by an older bkgdb, so without an instrument, by search datastore id
+        #: (`instrument_warnings`): counted once per selector.
         self._unread: dict[int | None, int] = {}
 
     def criteria(self, target: Run, extra_keys: Sequence[str] = ()) -> list[tuple[str, Any]]:
@@ -222,8 +222,8 @@ class RunSelector:
         Such runs (an older ``checks_version``; a row without one was not written by an index)
         have no instrument until an index reads them again: as a target, every instrument's runs
         are its candidates; as candidates, a target of a known instrument leaves them out. They are
-        counted (in the index of instruments) only when the criterion removed candidates of this
-        ``funnel``, once per selector.
+        counted (from ``ix_runs_instrument`` alone) only when the criterion removed candidates of
+        this ``funnel``, once per selector.
         """
         from bkgdb.makers.run import RUN_CHECKS_VERSION
 
