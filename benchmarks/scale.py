@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from bkgdb.background import BackgroundBuilder
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, FovBinning, SelectionSettings
 from bkgdb.makers.piece import BackgroundPiece
+from bkgdb.makers.run import RUN_CHECKS_VERSION
 from bkgdb.store.catalogue import RunCatalogue
 from bkgdb.store.indexing import piece_values
 from bkgdb.store.models import BinningRow, Datastore, ExclusionRow, PieceRow, RegionSet, Run
@@ -78,7 +79,10 @@ def fill(engine, n_runs, seed=1, binning=BINNING):
                          zenith_deg=float(zenith[i]), alt_deg=float(90 - zenith[i]), az_deg=float(rng.uniform(0, 360)),
                          glat_deg=float(rng.uniform(-90, 90)), tstart_mjd=55197.0 + float(days[i]),
                          date_obs=date(2010, 1, 1) + timedelta(days=int(days[i])), ontime_s=ONTIME_S, n_tels=4,
-                         nsb_level=float(rng.uniform(3, 9)), muon_eff=float(rng.uniform(0.6, 0.9)), extra={})
+                         nsb_level=float(rng.uniform(3, 9)), muon_eff=float(rng.uniform(0.6, 0.9)), extra={},
+                         # One instrument, as an index of it records: the "same instrument" criterion
+                         # is tested on every candidate and passes them all (selections as before).
+                         instrument="HESS", checks_version=RUN_CHECKS_VERSION)
                     for i in range(n)]
             connection.execute(sa.insert(Run), runs)
             counts = rng.poisson(200 * shape * np.cos(np.radians(zenith)).reshape((-1,) + (1,) * shape.ndim))

@@ -185,6 +185,8 @@ class BackgroundBuilder:
                     self.config.selection,
                     max_runs=self.condition_model_max_runs,
                     memo=self._condition_memo,
+                    # The target's instrument only, as its selection (`RunSelector.criteria`).
+                    instrument=target.instrument if self.config.selection.same_instrument else None,
                 )
             assembled = assemble_stacked(
                 counts,

@@ -37,7 +37,8 @@ def new_datastore(catalogue, path):
 
 def complicate(catalogue, rng):
     """A second datastore with copies of 40 runs (some another observation, some failed, some
-    without or with an empty piece), empty pieces and failed runs in the first, runs flagged."""
+    without or with an empty piece), empty pieces and failed runs in the first, runs of a second
+    instrument, runs flagged."""
     copy_id = new_datastore(catalogue, "/synthetic/copy")
     with catalogue.engine.begin() as connection:
         runs = connection.execute(sa.select(Run.__table__).order_by(Run.id)).mappings().all()
@@ -66,6 +67,8 @@ def complicate(catalogue, rng):
         connection.execute(sa.update(PieceRow).where(PieceRow.run_id.in_(empty)).values(n_kept=0, n_excluded=0))
         failed = [int(i) + 1 for i in rng.choice(len(runs), 4, replace=False)]
         connection.execute(sa.update(Run).where(Run.id.in_(failed)).values(status="failed"))
+        # Another instrument's runs among them (their copies stay of the first: the copies' step comes first).
+        connection.execute(sa.update(Run).where(Run.id % 9 == 0, Run.id < len(runs)).values(instrument="VERITAS"))
         if catalogue.engine.dialect.name == "postgresql":
             connection.exec_driver_sql("SELECT setval('runs_id_seq', (SELECT max(id) FROM runs))")
     for obs_id in rng.choice(len(runs), 10, replace=False):
@@ -119,6 +122,7 @@ def reference_build(session, target, settings):
     target_airmass = airmass(target.zenith_deg)
     criteria = [
         lambda run: abs(airmass(run.zenith_deg) - target_airmass) <= settings.el_diff,
+        lambda run: run.instrument == target.instrument,
         lambda run: min(abs(run.az_deg - target.az_deg), 360 - abs(run.az_deg - target.az_deg)) < settings.az_diff,
         lambda run: abs(run.glat_deg) > settings.gal_lat_min,
     ]
@@ -175,7 +179,11 @@ def test_builds_equal_the_run_by_run_reference(catalogue, hours):
             continue
         built_any += 1
         assert [left for _, left in built.selection.funnel] == [left for _, left in funnel]
-        assert [name for name, _ in built.selection.funnel][: len(funnel) - 3] == [name for name, _ in funnel[:-3]]
+        n_criteria = 4  # airmass, instrument, azimuth, |b|
+        assert [name for name, _ in built.selection.funnel][: len(funnel) - n_criteria] == [
+            name for name, _ in funnel[:-n_criteria]
+        ]
+        assert built.selection.funnel[-3][0] == f"same instrument ({target.instrument})"
         assert built.selection.run_ids == [run.id for run in runs]
         assert built.selection.ontime_s == sum(run.ontime_s for run in runs) == len(runs) * ONTIME
         assert [item.piece_id for item in built.inputs] == [piece.id for piece in pieces]

@@ -55,6 +55,8 @@ def synthetic_catalogue(catalogue, n_runs, seed=3):
             ontime_s=ONTIME,
             n_tels=int(rng.integers(2, 5)),
             muon_eff=float(rng.uniform(0.6, 0.9)),
+            # One instrument: the "same instrument" criterion applies, and passes every run.
+            instrument="HESS",
             extra={},
         )
         for i in range(n_runs)
@@ -140,6 +142,28 @@ def test_zenith_range_is_searched_in_the_runs_index(catalogue):
         for sql, parameters in statements:
             lines = [line.strip() for line in plan(catalogue.engine, sql, parameters).splitlines()]
             assert not {"SCAN runs", "SCAN pieces"} & set(lines), (sql, lines)
+
+
+def test_instrument_criterion_is_tested_in_the_runs_index(catalogue):
+    """A catalogue of two instruments: the criterion and the count of runs left to read again (after
+    it removed some) read indexes only; no run of the other instrument is chosen."""
+    synthetic_catalogue(catalogue, 3000)
+    with catalogue.engine.begin() as connection:
+        connection.execute(sa.update(Run).where(Run.obs_id % 7 == 0).values(instrument="VERITAS"))
+        connection.exec_driver_sql("ANALYZE")
+    builder = BackgroundBuilder(catalogue, make_config(el_diff=0.05, az_diff=60, time_request=2))
+    statements = recorded_statements(catalogue.engine, lambda: builder.build(8))
+    built = builder.build(8)
+    assert built.selection.funnel[2][0] == "same instrument (HESS)"
+    assert built.selection.funnel[2][1] < built.selection.funnel[1][1]  # it removed the VERITAS runs
+    assert built.selection.obs_ids and all(obs_id % 7 for obs_id in built.selection.obs_ids)
+    counts = [(sql, parameters) for sql, parameters in statements if "runs.instrument IS NULL" in sql]
+    assert len(counts) == 1, "the runs left to read again were not counted once"
+    if catalogue.engine.dialect.name == "sqlite":
+        for sql, parameters in statements:
+            lines = [line.strip() for line in plan(catalogue.engine, sql, parameters).splitlines()]
+            assert not {"SCAN runs", "SCAN pieces"} & set(lines), (sql, lines)
+        assert "COVERING INDEX ix_runs_instrument" in plan(catalogue.engine, *counts[0])
 
 
 def test_airmass_shells_are_read_with_their_own_range_alone(catalogue):

@@ -64,6 +64,8 @@ class SelectionSettings:
     nsb_diff: float | None = None
     #: Largest |start time difference| in days.
     time_max: float | None = None
+    #: Only runs of the target's instrument (``TELESCOP``), when the target's is known.
+    same_instrument: bool = True
     #: Only runs of the target's season; seasons are [start, end] date pairs.
     same_szn: bool = False
     seasons: tuple[tuple[str, str], ...] = ()
@@ -107,6 +109,7 @@ class SelectionSettings:
         "az_diff",
         "nsb_diff",
         "time_max",
+        "same_instrument",
         "same_szn",
         "seasons",
         "n_tels",
@@ -173,7 +176,7 @@ class SelectionSettings:
         n_tels = values.get("n_tels", values.get("n_tel"))
         if n_tels is not None:
             kwargs["n_tels"] = number(section, "n_tels", n_tels, int, minimum=0)
-        for key in ("same_szn", "KL_DIV", "fill_empty_bins", "bin_centre_correction"):
+        for key in ("same_instrument", "same_szn", "KL_DIV", "fill_empty_bins", "bin_centre_correction"):
             if key in values:
                 if not isinstance(values[key], bool):
                     raise ConfigError(f"{section}.{key} must be true or false, got {values[key]!r}")

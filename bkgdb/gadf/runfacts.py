@@ -13,7 +13,7 @@ from typing import Any
 from bkgdb.gadf.datastore import RunSource, finite_number
 from bkgdb.gadf.events import Values, observatory_location, time_reference
 
-__all__ = ["RunFacts", "read_run_facts", "pointing_and_durations"]
+__all__ = ["RunFacts", "read_run_facts", "pointing_and_durations", "normalise_instrument"]
 
 
 @dataclass
@@ -33,6 +33,7 @@ class RunFacts:
     ontime_s: float | None = None
     livetime_s: float | None = None
     deadtime_fraction: float | None = None
+    instrument: str | None = None
     n_tels: int | None = None
     tellist: str | None = None
     object_name: str | None = None
@@ -134,7 +135,20 @@ def _fill_alt_az(facts: RunFacts, lookup: _Lookup) -> None:
     facts.zenith_deg = 90.0 - facts.alt_deg
 
 
+def normalise_instrument(value: Any) -> str | None:
+    """An instrument name as the catalogue stores and compares it: stripped, upper-case; None if empty.
+
+    ``TELESCOP`` is written 'HESS', 'VERITAS', 'MAGIC', 'CTA' in the public datastores; another
+    writer's 'Hess ' is the same instrument.
+    """
+    if value is None:
+        return None
+    name = str(value).strip().upper()
+    return name or None
+
+
 def _fill_instrument(facts: RunFacts, lookup: _Lookup) -> None:
+    facts.instrument = normalise_instrument(lookup.get("TELESCOP"))
     n_tels = lookup.number("N_TELS")
     facts.n_tels = int(n_tels) if n_tels is not None else None
     tellist = lookup.get("TELLIST")

@@ -40,9 +40,10 @@ _ID_CHUNK = 30000
 _OTHER_COPY, _OTHER_COPY_PIECE = aliased(Run, name="copies"), aliased(PieceRow, name="copy_pieces")
 
 
-def _archive_query(binning_id: int, exclusion_id: int, settings: Any) -> sa.Select:
+def _archive_query(binning_id: int, exclusion_id: int, settings: Any, instrument: str | None = None) -> sa.Select:
     """Pieces a condition model is fitted on: every good run with a zenith angle, a piece of this
-    binning and exclusion setting with events, and the selection's fixed criteria (|b|, telescopes).
+    binning and exclusion setting with events, and the selection's fixed criteria (|b|, telescopes,
+    the ``instrument`` when one is given: another instrument's background changes otherwise).
 
     As in a selection, runs flagged bad are left out, and an observation catalogued in several
     datastores counts once (the copy of the datastore indexed first): a copy would weigh its run
@@ -80,10 +81,19 @@ def _archive_query(binning_id: int, exclusion_id: int, settings: Any) -> sa.Sele
         query = query.where(sa.or_(Run.glat_deg > settings.gal_lat_min, Run.glat_deg < -settings.gal_lat_min))
     if settings.n_tels is not None:
         query = query.where(Run.n_tels >= settings.n_tels)
+    if instrument is not None:
+        query = query.where(Run.instrument == instrument)
     return query.order_by(PieceRow.id)
 
 
-def archive_digest(session: Session, binning_id: int, exclusion_id: int, settings: Any, max_runs: int | None) -> str:
+def archive_digest(
+    session: Session,
+    binning_id: int,
+    exclusion_id: int,
+    settings: Any,
+    max_runs: int | None,
+    instrument: str | None = None,
+) -> str:
     """SHA-256 identifying the archive a condition model is fitted on, from one aggregate query.
 
     Pieces are replaced (new id, new time) when their run is re-indexed, and runs get a new
@@ -92,7 +102,7 @@ def archive_digest(session: Session, binning_id: int, exclusion_id: int, setting
     good again (which takes it out of the archive or puts it back).
     """
     archive = (
-        _archive_query(binning_id, exclusion_id, settings)
+        _archive_query(binning_id, exclusion_id, settings, instrument)
         .order_by(None)
         .with_only_columns(
             sa.func.count(PieceRow.id),
@@ -104,7 +114,9 @@ def archive_digest(session: Session, binning_id: int, exclusion_id: int, setting
     )
     values = session.execute(archive).one()
     text = ";".join(str(value) for value in values)
-    return hashlib.sha256(f"{MODEL_KIND};max_runs={max_runs};{text}".encode()).hexdigest()
+    # The instrument only when there is one: the digests of catalogues fitted before it was read stay.
+    of = "" if instrument is None else f"instrument={instrument};"
+    return hashlib.sha256(f"{MODEL_KIND};max_runs={max_runs};{of}{text}".encode()).hexdigest()
 
 
 def _fit_bins(geometry: Any) -> tuple[np.ndarray, np.ndarray | None]:
@@ -123,11 +135,12 @@ def archive_condition_model(
     settings: Any,
     max_runs: int | None = CONDITION_MODEL_MAX_RUNS,
     memo: dict | None = None,
+    instrument: str | None = None,
 ) -> tuple[ConditionModel, dict]:
     """The archive's `~bkgdb.makers.condition_model.ConditionModel`, from table ``condition_models`` or fitted.
 
     The archive is every piece of the binning and exclusion setting whose run passes the fixed
-    selection criteria (``gal_lat_min``, ``n_tels``). The model is fitted on all of it up to
+    selection criteria (``gal_lat_min``, ``n_tels``, ``instrument``). The model is fitted on all of it up to
     ``max_runs`` runs, else on a `~bkgdb.makers.condition_fit.representative_subset` of
     ``max_runs`` (the fit's cost grows faster than the number of runs). Its digest
     (`archive_digest`, one aggregate query) identifies a cached fit: a new, changed or removed run
@@ -148,6 +161,9 @@ def archive_condition_model(
         Most runs fitted on. Default is `CONDITION_MODEL_MAX_RUNS`.
     memo : dict, optional
         Models already found, by binning, setting and criteria.
+    instrument : str, optional
+        Fit on this instrument's runs only (the target's, with ``same_instrument``). Default is
+        None: every instrument's.
 
     Returns
     -------
@@ -156,11 +172,11 @@ def archive_condition_model(
         The stored parameters with ``kind``, ``archive_digest``, ``n_runs`` and ``cached``.
     """
     energy_edges, solid_angle = _fit_bins(geometry)
-    key = (binning_id, exclusion_id, settings.gal_lat_min, settings.n_tels, max_runs)
+    key = (binning_id, exclusion_id, settings.gal_lat_min, settings.n_tels, max_runs, instrument)
     if memo is not None and key in memo:
         model, record = memo[key]
         return model, {**record, "cached": True}
-    digest = archive_digest(session, binning_id, exclusion_id, settings, max_runs)
+    digest = archive_digest(session, binning_id, exclusion_id, settings, max_runs, instrument)
     cached = session.scalars(
         sa.select(ConditionModelRow).where(
             ConditionModelRow.binning_id == binning_id,
@@ -178,7 +194,7 @@ def archive_condition_model(
         if memo is not None:
             memo[key] = found
         return found
-    rows = session.execute(_archive_query(binning_id, exclusion_id, settings)).all()
+    rows = session.execute(_archive_query(binning_id, exclusion_id, settings, instrument)).all()
     if len(rows) < 3:
         raise BkgdbError(
             f"condition-aware assembly needs at least 3 archive runs with pieces, found {len(rows)}: "

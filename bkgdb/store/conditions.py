@@ -74,6 +74,7 @@ COLUMN_ALIASES = {
     "ontime": "ontime_s",
     "livetime": "livetime_s",
     "deadtime": "deadtime_fraction",
+    "telescop": "instrument",
     "n_tels": "n_tels",
     "tellist": "tellist",
     "object": "object_name",
@@ -240,6 +241,8 @@ def condition_expression(condition: Condition | str, extra_keys: Collection[str]
             if python_type is not str:
                 raise ConditionError(f"'~' (contains) needs a text column, {condition.name} is not one")
             return column.icontains(condition.value, autoescape=True)
+        if column is Run.instrument:  # stored upper-case (`~bkgdb.gadf.runfacts.normalise_instrument`)
+            return OPERATORS[condition.op](column, condition.value.strip().upper())
         return OPERATORS[condition.op](column, _convert(condition, column))
 
     keys = {key.lower(): key for key in extra_keys}

@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SQLITE_FILE = "bkgdb.sqlite"
 #: The newest migration; a database already there skips alembic's (slower) upgrade machinery.
 #: tests/test_migrations.py checks it against migrations/.
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 URL_ENV_VAR = "BKGDB_URL"
 
 

@@ -12,7 +12,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +25,7 @@ from bkgdb.gadf.datastore import DL3Datastore
 from bkgdb.gadf.runfacts import read_run_facts
 from bkgdb.makers.piece import BackgroundPiece, EncodedPiece
 from bkgdb.makers.run import (
+    RUN_CHECKS_VERSION,
     RunJob,
     RunResult,
     exclusion_finder,
@@ -73,13 +74,23 @@ LOCAL_COMMIT_INTERVAL_S = 0.5
 
 @dataclass
 class IndexReport:
-    """What one `RunCatalogue.index <bkgdb.store.catalogue.RunCatalogue.index>` call did."""
+    """What one `RunCatalogue.index <bkgdb.store.catalogue.RunCatalogue.index>` call did.
+
+    Each listed run is counted once, in ``new``, ``updated``, ``rechecked``, ``unchanged`` or
+    ``failed``. ``rechecked`` runs were catalogued ok by an older bkgdb (an older
+    `~bkgdb.makers.run.RUN_CHECKS_VERSION`) and read again, file and obs-index row unchanged:
+    they passed today's checks. Those that failed them are counted in ``failed`` and, of those,
+    in ``rechecked_failed``.
+    """
 
     datastore: str
     new: int = 0
     updated: int = 0
+    rechecked: int = 0
     unchanged: int = 0
     failed: int = 0
+    #: Of the failed runs, those catalogued ok by an older bkgdb whose file and row did not change.
+    rechecked_failed: int = 0
     removed: int = 0
     #: Background pieces computed.
     pieces: int = 0
@@ -87,17 +98,26 @@ class IndexReport:
     failures: list = field(default_factory=list)
 
     def summary(self) -> str:
+        """'0 new, 0 updated, 104 rechecked, 0 unchanged, 1 failed; ...': what an index did, on one line."""
+        older = self.rechecked + self.rechecked_failed
         return (
-            f"{self.new} new, {self.updated} updated, {self.unchanged} unchanged, "
-            f"{self.failed} failed"
+            f"{self.new} new, {self.updated} updated, "
+            + (f"{self.rechecked} rechecked, " if self.rechecked else "")
+            + f"{self.unchanged} unchanged, {self.failed} failed"
             + (f", {self.removed} removed" if self.removed else "")
             + (f"; {self.pieces} pieces computed" if self.pieces else "")
+            + (
+                f"; {older} run{'s' if older != 1 else ''} catalogued by an older bkgdb re-read with "
+                f"this version's checks" + (f" ({self.rechecked_failed} now failed)" if self.rechecked_failed else "")
+                if older
+                else ""
+            )
         )
 
     @property
     def changed(self) -> bool:
         """Whether rows were added, changed or removed."""
-        return bool(self.new or self.updated or self.removed or self.pieces)
+        return bool(self.new or self.updated or self.rechecked or self.removed or self.pieces)
 
 
 #: Temporary folders of local indexes (the catalogues handed to workers) are named by this and the pid.
@@ -280,16 +300,24 @@ class DatastoreIndexer:
 
             existing = {run.obs_id: run for run in datastore.runs}
             have = self._existing_pieces(session, datastore)
+            with_pieces = {run_id for run_id, *_ in have}
             jobs_to_run = []
             for source in sources:
                 run = existing.get(source.obs_id)
                 if run is None:  # added to the session once its file has been read
                     run = existing[source.obs_id] = Run(datastore_id=datastore.id, obs_id=source.obs_id)
-                job = self._plan_run(run, source, meta, specs, have)
+                job = self._plan_run(run, source, meta, specs, have, with_pieces)
                 if job is None:
                     report.unchanged += 1
                 else:
                     jobs_to_run.append(job)
+            older = sum(1 for run in existing.values() if run.status == RUN_STATUS_OK and _checked_by_older(run))
+            if older:
+                log.info(
+                    "%s: %d runs catalogued by an older bkgdb are read again with this version's checks",
+                    store.path,
+                    older,
+                )
             if progress is not None:
                 progress(len(sources) - len(jobs_to_run), len(sources))
 
@@ -359,13 +387,24 @@ class DatastoreIndexer:
 
     @staticmethod
     def _plan_run(
-        run: Run, source: RunSource, meta: dict, specs: list[PieceSpec], have: set[tuple[int, ...]]
+        run: Run,
+        source: RunSource,
+        meta: dict,
+        specs: list[PieceSpec],
+        have: set[tuple[int, ...]],
+        with_pieces: Collection[int] = (),
     ) -> RunJob | None:
-        """The work one run needs, or None when it is up to date."""
+        """The work one run needs, or None when it is up to date.
+
+        A run checked by an older bkgdb is not up to date, whatever its file: it is read and
+        described anew (all ``specs`` made again) and, if it has pieces of any setting
+        (``with_pieces``: run ids), its events are checked even when no piece is asked for.
+        """
         missing = [(b, e) for b, e, b_row, e_row in specs if (run.id, b_row.id, e_row.id) not in have]
         path = source.events_path
         stat = path.stat() if path is not None and path.is_file() else None
-        up_to_date = run.status == RUN_STATUS_OK and run.row_sha256 == source.row_sha256
+        older = _checked_by_older(run)
+        up_to_date = run.status == RUN_STATUS_OK and run.row_sha256 == source.row_sha256 and not older
         if (
             up_to_date
             and stat is not None
@@ -381,6 +420,7 @@ class DatastoreIndexer:
             known_sha256=run.file_sha256 if up_to_date else None,
             specs=[(b, e) for b, e, _, _ in specs],
             missing_specs=missing,
+            check_events=older and run.id in with_pieces,
         )
 
     @staticmethod
@@ -394,6 +434,9 @@ class DatastoreIndexer:
         """Write a batch of results and count their outcomes in ``report``."""
         for result, (outcome, run) in zip(batch, writer.write(batch, existing, by_obs_id), strict=True):
             existing[result.obs_id] = run
+            if outcome == "rechecked_failed":  # a failed run, and one that an older bkgdb had let through
+                report.rechecked_failed += 1
+                outcome = "failed"
             setattr(report, outcome, getattr(report, outcome) + 1)
             report.pieces += len(result.pieces)
             if outcome == "failed":
@@ -417,6 +460,11 @@ def _commit_without_waiting_for_disk(session: Session) -> None:
     sa.event.listen(session, "after_begin", asynchronous)
 
 
+def _checked_by_older(run: Run) -> bool:
+    """Whether a catalogued run's status comes from older run checks than this bkgdb's."""
+    return run.id is not None and (run.checks_version or 0) < RUN_CHECKS_VERSION
+
+
 def _store_facts(run: Run, source: RunSource, facts: RunFacts | None) -> None:
     # The model lists the facts a run row holds; a fact it does not know is a programming error.
     unknown = set(vars(facts)) - set(RUN_FACT_COLUMNS)
@@ -426,6 +474,7 @@ def _store_facts(run: Run, source: RunSource, facts: RunFacts | None) -> None:
         setattr(run, name, getattr(facts, name, None))
     run.file_path = str(source.events_path) if source.events_path else None
     run.row_sha256 = source.row_sha256
+    run.checks_version = RUN_CHECKS_VERSION
     run.indexed_at = datetime.now(UTC)
 
 
@@ -501,17 +550,26 @@ class _ResultWriter:
         made = []
         for number, (result, run) in enumerate(zip(results, runs, strict=True)):
             source = by_obs_id[result.obs_id]
+            # Catalogued ok by an older bkgdb, the same file and row: read again for today's checks alone.
+            rechecked = (
+                _checked_by_older(run)
+                and run.status == RUN_STATUS_OK
+                and run.file_sha256 == result.sha256
+                and run.row_sha256 == source.row_sha256
+            )
             if result.error is not None and not result.pieces:
                 _store_facts(run, source, read_run_facts(source, self.meta, result.header))
                 run.status, run.error = RUN_STATUS_FAILED, result.error
                 run.file_size_bytes = run.file_mtime = run.file_sha256 = None
                 failed.append(run.id)
-                outcomes[number] = "failed"
+                outcomes[number] = "rechecked_failed" if rechecked else "failed"
                 continue
             if not result.changed:
                 outcomes[number] = "unchanged"
                 run.file_mtime, run.file_path = result.mtime, str(source.events_path)  # touched, not changed
             else:
+                if rechecked:
+                    outcomes[number] = "rechecked"
                 _store_facts(run, source, read_run_facts(source, self.meta, result.header))
                 run.status, run.error = RUN_STATUS_OK, None
                 run.file_size_bytes, run.file_mtime, run.file_sha256 = result.size, result.mtime, result.sha256

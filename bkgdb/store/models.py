@@ -112,7 +112,11 @@ class Run(Base):
             "obs_id",
             "ontime_s",
             "datastore_id",
+            "instrument",
         ),
+        # An instrument's runs (``--where instrument=...``); the runs an older bkgdb catalogued, which
+        # have none, counted from the index alone (`bkgdb.store.selection.RunSelector.instrument_warnings`).
+        sa.Index("ix_runs_instrument", "instrument", "checks_version", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -136,6 +140,9 @@ class Run(Base):
     livetime_s: Mapped[float | None]
     deadtime_fraction: Mapped[float | None]
 
+    #: The EVENTS header's ``TELESCOP`` (or an obs-index ``TELESCOP`` column), upper-case: HESS,
+    #: VERITAS, MAGIC, CTA. None when neither gives one, or the run was indexed before bkgdb read it.
+    instrument: Mapped[str | None] = mapped_column(sa.String(64))
     n_tels: Mapped[int | None] = mapped_column(index=True)
     tellist: Mapped[str | None]
     object_name: Mapped[str | None] = mapped_column(index=True)
@@ -149,6 +156,10 @@ class Run(Base):
     file_sha256: Mapped[str | None] = mapped_column(sa.String(64))
     #: Hash of the obs-index row: a changed row re-indexes the run even if its file did not change.
     row_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    #: The version of the run checks (`bkgdb.makers.run.RUN_CHECKS_VERSION`) its status comes from;
+    #: an older one (0: indexed before checks had versions) makes the next index read the run again,
+    #: as does none (a row no index wrote).
+    checks_version: Mapped[int | None]
     extra: Mapped[dict] = mapped_column(default=dict)
     indexed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -167,6 +178,7 @@ _RUN_BOOKKEEPING = (
     "file_mtime",
     "file_sha256",
     "row_sha256",
+    "checks_version",
     "indexed_at",
 )
 #: The facts about a run read from its obs-index row and events header (`bkgdb.gadf.datastore.RunFacts`

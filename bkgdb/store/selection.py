@@ -9,6 +9,7 @@ of a run held by several datastores, or a copy of the target itself.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 KL_POOL_FACTOR = 2.0
 #: How the airmass window is named in the funnel (the first criterion when there is one).
 AIRMASS_CRITERION = "airmass within"
+#: How the instrument criterion is named in the funnel, followed by the instrument: "same instrument (HESS)".
+INSTRUMENT_CRITERION = "same instrument"
+#: What to do about runs catalogued before bkgdb read their instrument.
+REINDEX_ADVICE = "run `bkgdb index` on their datastores to read them again"
 #: Airmass shells holding more candidates than this are not read one by one (their ids would be
 #: too many to bind in one query).
 SHELL_ROWS_MAX = 20000
@@ -155,6 +160,9 @@ class RunSelector:
         self._bases: dict = {}
         self._integrity: dict = {}
         self._search_id: int | None = None
+        #: Ok runs catalogued by an older bkgdb, so without an instrument, by search datastore id
+        #: (`instrument_warnings`): counted once per selector.
+        self._unread: dict[int | None, int] = {}
 
     def criteria(self, target: Run, extra_keys: Sequence[str] = ()) -> list[tuple[str, Any]]:
         """(name, SQL condition) pairs for a target `~bkgdb.store.models.Run`."""
@@ -165,6 +173,10 @@ class RunSelector:
             criteria.append(
                 (f"{AIRMASS_CRITERION} {s.el_diff:g}", sa.and_(Run.zenith_deg >= low, Run.zenith_deg <= high))
             )
+        # Second, so that the airmass window stays the range the selection scans (`nearest_candidates`).
+        # Runs without an instrument fail it: whether they are of the target's is unknown.
+        if s.same_instrument and target.instrument is not None:
+            criteria.append((f"{INSTRUMENT_CRITERION} ({target.instrument})", Run.instrument == target.instrument))
         if s.az_diff is not None and target.az_deg is not None:
             criteria.append(
                 (f"azimuth within {s.az_diff:g} deg", azimuth_condition(Run.az_deg, target.az_deg, s.az_diff))
@@ -203,6 +215,50 @@ class RunSelector:
         for condition in s.where:
             criteria.append((condition, conditions_expression([condition], extra_keys)))
         return criteria
+
+    def instrument_warnings(self, session: Session, target: Run, funnel: list, search_id: int | None) -> list[str]:
+        """What ``same_instrument`` could not do because runs were catalogued by an older bkgdb.
+
+        Such runs (an older ``checks_version``; a row without one was not written by an index)
+        have no instrument until an index reads them again: as a target, every instrument's runs
+        are its candidates; as candidates, a target of a known instrument leaves them out. They are
+        counted (from ``ix_runs_instrument`` alone) only when the criterion removed candidates of
+        this ``funnel``, once per selector.
+        """
+        from bkgdb.makers.run import RUN_CHECKS_VERSION
+
+        if not self.settings.same_instrument:
+            return []
+        if target.instrument is None:
+            if target.checks_version is None or target.checks_version >= RUN_CHECKS_VERSION:
+                return []  # read by this bkgdb (its file names no instrument), or not by an index
+            # Without the OBS_ID: printed once for all such targets.
+            return [
+                "targets catalogued by an older bkgdb have no instrument, so runs of every instrument "
+                f"are their candidates; {REINDEX_ADVICE}"
+            ]
+        removed = [
+            before - left
+            for (_, before), (name, left) in itertools.pairwise(funnel)
+            if name.startswith(INSTRUMENT_CRITERION)
+        ]
+        if not any(removed):
+            return []
+        if search_id not in self._unread:
+            query = sa.select(sa.func.count(Run.id)).where(
+                Run.instrument.is_(None), is_ok(), Run.checks_version < RUN_CHECKS_VERSION
+            )
+            if search_id is not None:
+                query = query.where(Run.datastore_id == search_id)
+            self._unread[search_id] = session.scalar(query) or 0
+        unread = self._unread[search_id]
+        if not unread:
+            return []
+        return [
+            f"{unread} run{'s' if unread != 1 else ''} catalogued by an older bkgdb "
+            f"{'have' if unread != 1 else 'has'} no instrument and cannot pass '{INSTRUMENT_CRITERION}'; "
+            + REINDEX_ADVICE
+        ]
 
     def season_of(self, target: Run) -> tuple[date, date]:
         """The configured season (start, end) holding the target's observation date."""
@@ -298,8 +354,12 @@ class RunSelector:
             left = counts[number + 1]
             if number >= len(integrity) or left != funnel[-1][1]:
                 funnel.append((name, left))
+        warnings = self.instrument_warnings(session, target, funnel, search_id)
         if funnel[-1][1] == 0:
-            raise NoRunsSelected(f"no runs selected for run {target.obs_id}: {describe_funnel(funnel)}")
+            raise NoRunsSelected(
+                f"no runs selected for run {target.obs_id}: {describe_funnel(funnel)}"
+                + "".join(f"; {message}" for message in warnings)
+            )
         query = base.where(*[condition for _, condition in steps])
         # The same without the airmass window (the first criterion, when there is one), for the
         # airmass shells, which lie inside it: `nearest_candidates`.
@@ -320,7 +380,6 @@ class RunSelector:
             reached = np.flatnonzero(held[:-1] >= requested)
             n_chosen = int(reached[0]) if reached.size else len(rows)
         ontime = float(held[n_chosen])
-        warnings = []
         if requested is not None and ontime < requested:
             warnings.append(
                 f"run {target.obs_id}: {ontime / 3600:.1f} h of the {requested / 3600:g} h requested are available"
