@@ -235,3 +235,21 @@ def test_an_ontime_card_that_is_no_finite_number_makes_a_failed_run(catalogue, d
     report = catalogue.index(datastore_copy, config=config)
     assert (report.new, report.failed) == (4, 1)
     assert reasons(catalogue) == {1003: "ONTIME in the EVENTS header is not a finite number"}
+
+
+@pytest.mark.parametrize(
+    ("ontime", "reason"),
+    [
+        (300.0, "the obs-index ONTIME 300 s differs from the EVENTS header's 600 s by 50 %"),
+        (590.0, "the obs-index ONTIME 590 s differs from the EVENTS header's 600 s by 1.7 %"),
+        (597.0, None),  # 0.5 %: within ONTIME_GTI_TOLERANCE
+    ],
+)
+def test_an_obs_index_ontime_off_the_headers_makes_a_failed_run(catalogue, datastore_copy, config, ontime, reason):
+    """The catalogue's ontime (what time_request sums) is the obs-index's; pieces and gammapy use the header's."""
+    table = Table.read(datastore_copy / "obs-index.fits.gz")
+    table["ONTIME"][table["OBS_ID"] == 1003] = ontime
+    table.write(datastore_copy / "obs-index.fits.gz", overwrite=True)
+    report = catalogue.index(datastore_copy, config=config)
+    assert reasons(catalogue) == ({} if reason is None else {1003: reason})
+    assert report.pieces == 5 - report.failed

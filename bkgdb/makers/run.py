@@ -50,6 +50,7 @@ __all__ = [
     "load_exclusion_finders",
     "piece_maker",
     "ontime_problem",
+    "obs_index_ontime_problem",
     "non_finite_problem",
     "ONTIME_GTI_TOLERANCE",
     "RUN_CHECKS_VERSION",
@@ -69,12 +70,33 @@ ONTIME_GTI_TOLERANCE = 0.01
 #:
 #: - 0: before checks had versions (the catalogue of schema 0007 and older).
 #: - 1: files cut off after their events, non-finite event values, ONTIME not positive or off
-#:   the GTI sum; the instrument (``TELESCOP``) is read.
+#:   the GTI sum or off the obs-index's; the instrument (``TELESCOP``) is read.
 RUN_CHECKS_VERSION = 1
 
 
 def _seconds(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def obs_index_ontime_problem(row_ontime: Any, header_ontime: Any) -> str | None:
+    """Why a run's obs-index ONTIME and its EVENTS header's disagree, or None when they agree.
+
+    The catalogue describes a run by its obs-index row (``time_request`` sums those ontimes), while
+    its pieces and gammapy's predicted counts scale with the header's: they must be one time.
+    Either missing or not a number is not a disagreement (the header's is checked apart).
+    """
+    row_seconds, header_seconds = finite_number(row_ontime), finite_number(header_ontime)
+    if row_seconds is None or header_seconds is None or header_seconds <= 0:
+        return None
+    difference = abs(row_seconds - header_seconds) / header_seconds
+    if difference <= ONTIME_GTI_TOLERANCE:
+        return None
+    percent = 100 * difference
+    shown = f"{percent:.0f}" if percent >= 10 else f"{percent:.1f}"
+    return (
+        f"the obs-index ONTIME {_seconds(row_seconds)} s differs from the EVENTS header's "
+        f"{_seconds(header_seconds)} s by {shown} %"
+    )
 
 
 def ontime_problem(ontime: Any, gti_sum_s: float | None) -> str | None:
@@ -284,7 +306,9 @@ def process_run_file(job: RunJob, run_file: RunFile) -> RunResult:
     if values["ONTIME"] is None and header.get("ONTIME", "") is None:  # NaN, inf or unparsable there
         result.error = "ONTIME in the EVENTS header is not a finite number"
         return result
-    result.error = ontime_problem(values["ONTIME"], events.gti_sum_s)
+    result.error = ontime_problem(values["ONTIME"], events.gti_sum_s) or obs_index_ontime_problem(
+        source.row.get("ONTIME"), header.get("ONTIME")
+    )
     if result.error is not None:
         return result
     if specs and (values["RA_PNT"] is None or values["DEC_PNT"] is None or not values["ONTIME"]):
