@@ -123,6 +123,7 @@ def test_info_counts_runs_and_failures(catalogue, datastore_copy):
     assert (info["runs"], info["failed_runs"]) == (4, 1)
     (store,) = info["datastores"]
     assert store["ontime_h"] == pytest.approx(4 * 600 / 3600, rel=1e-6)
+    assert store["instruments"] == "SIM"  # the simulated runs' TELESCOP
 
 
 # -- real data -----------------------------------------------------------------------------------

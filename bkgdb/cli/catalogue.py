@@ -70,7 +70,7 @@ def runs(
 def info(
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help=FORMAT_HELP),
 ) -> None:
-    """Summarise the catalogue: database, datastores, runs and failed runs."""
+    """Summarise the catalogue: database, datastores (with their runs' instruments), runs and failed runs."""
     summary = open_catalogue(readonly=True).info()
     if fmt is OutputFormat.json:  # the whole summary as data
         out.print_json(data=summary)
@@ -79,7 +79,7 @@ def info(
     console = out if fmt is OutputFormat.table else err
     console.print(f"database: {summary['url']} (schema {summary['schema_revision']})", highlight=False, markup=False)
     console.print(f"runs: {summary['runs']} indexed, {summary['failed_runs']} failed", highlight=False, markup=False)
-    columns = ["path", "runs", "failed_runs", "ontime_h", "events", "last_indexed_at"]
+    columns = ["path", "runs", "failed_runs", "instruments", "ontime_h", "events", "last_indexed_at"]
     render_rows(summary["datastores"], columns, fmt, out, title="datastores")
 
 

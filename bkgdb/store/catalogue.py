@@ -356,7 +356,7 @@ class RunCatalogue:
         return rows
 
     def info(self) -> dict:
-        """A summary of the catalogue: URL, schema revision, datastores and their run counts."""
+        """A summary of the catalogue: URL, schema revision, datastores with their run counts and instruments."""
         with self.session() as session:
             counts = session.execute(
                 sa.select(
@@ -371,12 +371,24 @@ class RunCatalogue:
                 .group_by(Datastore.id, Datastore.path, Datastore.last_indexed_at)
                 .order_by(Datastore.path)
             ).all()
+            # Which instruments each datastore's ok runs are of: "none" for runs without one
+            # (catalogued by an older bkgdb, or a file that names none).
+            instruments: dict[str, list[str]] = {}
+            for path, instrument in session.execute(
+                sa.select(Datastore.path, Run.instrument)
+                .join(Run, Run.datastore_id == Datastore.id)
+                .where(Run.status == RUN_STATUS_OK)
+                .group_by(Datastore.path, Run.instrument)
+                .order_by(Datastore.path, Run.instrument)
+            ):
+                instruments.setdefault(path, []).append(instrument or "none")
         datastores = [
             {
                 "path": path,
                 "last_indexed_at": last.isoformat() if last else None,
                 "runs": ok,
                 "failed_runs": failed,
+                "instruments": ", ".join(instruments.get(path, [])),
                 "ontime_h": float(ontime or 0.0) / 3600.0,
                 "events": int(events or 0),
             }
