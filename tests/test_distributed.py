@@ -22,6 +22,9 @@ distributed = pytest.importorskip("distributed")
 
 N_RUNS = 20
 BROKEN_OBS_ID = 1007
+#: Seconds to wait for the nanny to restart a killed worker: a fresh worker imports gammapy, which
+#: took more than a minute on two cores busy with other test runs.
+WORKER_RESTART_S = 240
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -111,7 +114,7 @@ def test_runs_of_a_killed_worker_are_not_lost(db_url, tmp_path, cluster, sim_dat
             )
         finally:
             catalogue.engine.dispose()
-        observer.wait_for_workers(2, timeout=60)  # the nanny restarts it for the next test
+        observer.wait_for_workers(2, timeout=WORKER_RESTART_S)  # the nanny restarts it for the next test
     assert killed, "no worker was busy to be killed"
     assert (report.new, report.failed) == (N_RUNS - 1, 1)
     assert catalogue_content(db_url) == catalogue_content(reference_url)
@@ -122,10 +125,10 @@ def test_a_run_that_keeps_killing_workers_is_a_clear_error(cluster):
     from bkgdb.parallel.processes import WorkerError
 
     with DaskExecutor(cluster.scheduler_address) as executor:
-        executor.client.wait_for_workers(2, timeout=60)  # both back from an earlier test's kill
+        executor.client.wait_for_workers(2, timeout=WORKER_RESTART_S)  # both back from an earlier test's kill
         with pytest.raises(WorkerError, match=r"run 5 killed Dask workers repeatedly"):
             list(executor.imap_unordered(os._exit, [5], name=lambda item: f"run {item}"))
-        executor.client.wait_for_workers(2, timeout=60)
+        executor.client.wait_for_workers(2, timeout=WORKER_RESTART_S)
 
 
 def test_items_travel_a_few_per_task_and_a_killer_among_them_is_named(cluster):
@@ -133,7 +136,7 @@ def test_items_travel_a_few_per_task_and_a_killer_among_them_is_named(cluster):
     from bkgdb.parallel.processes import WorkerError
 
     with DaskExecutor(cluster.scheduler_address, task_size=4) as executor:
-        executor.client.wait_for_workers(2, timeout=60)
+        executor.client.wait_for_workers(2, timeout=WORKER_RESTART_S)
         # 40 items on 2 workers: tasks of 4, all results back, each once.
         assert sorted(executor.imap_unordered(abs, [-n for n in range(40)])) == list(range(40))
         task_of = lambda _: distributed.get_worker().get_current_task()  # noqa: E731 - sent by value
@@ -146,7 +149,7 @@ def test_items_travel_a_few_per_task_and_a_killer_among_them_is_named(cluster):
             for value in executor.imap_unordered(killer, list(range(40)), name=lambda n: f"run {n}"):
                 got.append(value)
         assert sorted(got) == [n for n in range(40) if n != 13]
-        executor.client.wait_for_workers(2, timeout=60)
+        executor.client.wait_for_workers(2, timeout=WORKER_RESTART_S)
 
 
 def test_cli_index_with_scheduler_and_unreachable_scheduler(db_url, tmp_path, cluster, sim_datastore, monkeypatch):
