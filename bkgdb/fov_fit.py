@@ -10,6 +10,7 @@ free of the database, so it runs in worker processes.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterable
@@ -22,7 +23,8 @@ import numpy as np
 if TYPE_CHECKING:
     from gammapy.data import DataStore, Observation
     from gammapy.datasets import MapDataset
-    from gammapy.irf import Background2D, Background3D
+    from gammapy.irf import Background2D, Background3D, BackgroundIRF
+    from gammapy.makers import MapDatasetMaker
     from gammapy.maps import Map, WcsGeom
     from gammapy.modeling import Parameter
     from regions import SkyRegion
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "fov_background_norm",
     "fov_background_dataset",
+    "model_background",
     "FitSettings",
     "FitJob",
     "FitResult",
@@ -227,10 +230,9 @@ def _fit_run(job: FitJob) -> FitResult:
 
     file_model = observation.bkg
     backgrounds: dict[str, Map] = {}
-    if file_model is not None:
+    if file_model is not None:  # as gammapy reads it, H.E.S.S.'s alignment rule included: what a user gets
         backgrounds["file"] = maker.make_background(geom, observation)
-    observation.bkg = job.model
-    backgrounds["bkgdb"] = maker.make_background(geom, observation)
+    backgrounds["bkgdb"] = model_background(maker, geom, observation, job.model)
     for background in backgrounds.values():
         mask &= np.isfinite(background.data) & (background.data > 0)
 
@@ -257,6 +259,34 @@ def _fit_run(job: FitJob) -> FitResult:
     if not np.isfinite(result.norm):
         result.error = f"fit failed: {result.counts:g} counts and {result.predicted:.3g} predicted in the fit region"
     return result
+
+
+def model_background(maker: MapDatasetMaker, geom: WcsGeom, observation: Observation, model: BackgroundIRF) -> Map:
+    """Predicted background counts of ``model`` for ``observation`` on ``geom``, in the model's own FoV frame.
+
+    As ``maker.make_background`` with ``observation.bkg = model``, but not through gammapy's
+    ``Observation.bkg``, which relabels any background of a H.E.S.S. SASH run as reversed RA/Dec
+    (`bkgdb.gadf.sash`): an ALTAZ or RADEC model is evaluated as such whatever the run's header
+    says. ``model`` is not changed.
+    """
+    from gammapy.makers.utils import make_map_background_irf
+
+    if maker.background_interp_missing_data:
+        model = copy.deepcopy(model)  # filled in place by gammapy
+        model.interp_missing_data(axis_name="energy")
+    if maker.background_pad_offset and model.has_offset_axis:
+        model = model.pad(1, mode="edge", axis_name="offset")
+    return make_map_background_irf(
+        pointing=observation.pointing,
+        ontime=observation.observation_time_duration,
+        bkg=model,
+        geom=geom,
+        time_start=observation.tstart,
+        fov_rotation_step=maker.fov_rotation_step,
+        oversampling=maker.background_oversampling,
+        use_region_center=getattr(maker, "use_region_center", True),
+        location=observation.observatory_earth_location,
+    )
 
 
 def outside_circles(geom: WcsGeom, circles: Iterable[Circle]) -> Map:
