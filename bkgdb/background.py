@@ -289,6 +289,11 @@ class BackgroundBuilder:
 
         The file is written beside ``path`` and then moved into place (`~bkgdb.outputs.write_output`):
         a failed write leaves an earlier file as it was.
+
+        For a H.E.S.S. (SASH) target, whose every background gammapy reads as reversed RA/Dec
+        (`bkgdb.gadf.sash`, from the EVENTS header of the run's file), a RADEC 3D model is written
+        in that convention and an ALTAZ 3D one is refused (`~bkgdb.errors.BkgdbError`, before the
+        build).
         """
         import warnings
 

@@ -49,10 +49,10 @@ Circle = tuple[float, float, float]
 
 
 def fov_background_norm(observation: Observation, excluded: Iterable[Circle], **options: Any) -> Parameter:
-    """Norm of a `FoVBackgroundMaker` scale fit of one observation with its own background model.
+    """Norm of a `FoVBackgroundMaker` scale fit of one observation with its own background model, or ``model``.
 
     A norm of 1 means the model predicts the counts outside the excluded regions. ``options`` are
-    the keyword parameters of `fov_background_dataset`.
+    the keyword parameters of `fov_background_dataset` (``model``: a model evaluated in its own frame).
 
     Returns
     -------
@@ -70,6 +70,7 @@ def fov_background_dataset(
     offset_max_deg: float = 2.0,
     binsz_deg: float = 0.05,
     aeff_safe_mask: bool = False,
+    model: BackgroundIRF | None = None,
 ) -> MapDataset:
     """The `MapDataset` of one observation after a `FoVBackgroundMaker` scale fit of its background model.
 
@@ -93,6 +94,9 @@ def fov_background_dataset(
     aeff_safe_mask : bool, optional
         Also apply gammapy's default effective-area energy threshold (needs the run's IRFs).
         Default is False.
+    model : `gammapy.irf.BackgroundIRF`, optional
+        A background model evaluated in its own FoV frame (`model_background`) instead of the
+        observation's ``bkg`` as gammapy reads it. Default is None.
 
     Returns
     -------
@@ -122,8 +126,13 @@ def fov_background_dataset(
         extra["energy_axis_true"] = MapAxis.from_energy_bounds(
             energy_range_tev[0] / 2, energy_range_tev[1] * 2, nbin=20, unit="TeV", name="energy_true"
         )
+    if model is not None:
+        selection.remove("background")
     dataset = MapDataset.create(geom, name=str(observation.obs_id), **extra)
-    dataset = MapDatasetMaker(selection=selection).run(dataset, observation)
+    maker = MapDatasetMaker(selection=selection)
+    dataset = maker.run(dataset, observation)
+    if model is not None:
+        dataset.background = model_background(maker, geom, observation, model)
     dataset = SafeMaskMaker(methods=methods, offset_max=offset_max_deg * u.deg).run(dataset, observation)
     regions = [CircleSkyRegion(SkyCoord(ra * u.deg, dec * u.deg), radius * u.deg) for ra, dec, radius in excluded]
     mask = geom.region_mask(regions, inside=False)

@@ -205,7 +205,9 @@ def attach_backgrounds(
     its background; its file is copied into ``out_dir/data`` with the new ``BKG`` HDU replacing any
     existing background, and new obs-index and hdu-index files are written, so that
     `gammapy.data.DataStore.from_dir(out_dir)` opens it. Runs for which no background can be built
-    are left out and reported.
+    are left out and reported. For a H.E.S.S. (SASH) run, whose every background gammapy reads as
+    reversed RA/Dec (`bkgdb.gadf.sash`, from the EVENTS header of the file copied), a RADEC 3D model
+    is written in that convention and an ALTAZ 3D one is refused: the run is left out with the reason.
 
     The destination is checked first (`check_attach_destination`): no user file is ever written
     to, and ``out_dir`` must be new, empty, or hold only what an earlier attach wrote
