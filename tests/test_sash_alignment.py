@@ -276,3 +276,22 @@ def north_of_pointing(path, distance_deg):
     table = Table.read(path / "obs-index.fits.gz")
     row = table[table["OBS_ID"] == TARGET][0]
     return float(row["RA_PNT"]), float(row["DEC_PNT"]) + distance_deg
+
+
+def test_unreadable_run_file_is_written_as_built_with_a_warning(archives, tmp_path):
+    """`background --3d` for a run whose file has gone since the index writes the RADEC model as
+    built, warning that gammapy misreads it if the run is a H.E.S.S. export."""
+    import shutil
+
+    path = tmp_path / "archive"
+    shutil.copytree(archives["sash"], path)
+    config = write_config(tmp_path / "radec.yaml", "RADEC")
+    database = f"sqlite:///{tmp_path / 'radec.sqlite'}"
+    bkgdb("--db", database, "index", path, "--config", config)
+    (path / "data" / "run_002000.fits.gz").rename(tmp_path / "moved.fits.gz")
+    output = tmp_path / "model.fits"
+    result = bkgdb("--db", database, "background", TARGET, "--3d", "-o", output, "--config", config)
+    text = " ".join(result.output.split())
+    assert "Warning: run 2000: cannot read the EVENTS header" in text, result.output
+    assert "gammapy misreads if the run is a H.E.S.S. SASH export" in text, result.output
+    assert fits.getheader(output, "BACKGROUND")["FOVALIGN"] == "RADEC"
