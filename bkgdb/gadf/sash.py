@@ -70,7 +70,7 @@ def gammapy_reverses_lon(header: Values | None) -> bool:
 
 
 def read_events_header(path: str | Path) -> Any:
-    """The EVENTS header of a run file: the HDU named ``EVENTS``, else the first with ``HDUCLAS1 = 'EVENTS'``.
+    """The EVENTS header of a run file: of its first HDU named ``EVENTS`` or with ``HDUCLAS1 = 'EVENTS'``.
 
     Raises
     ------
