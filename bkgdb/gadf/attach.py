@@ -257,18 +257,26 @@ def attach_backgrounds(
     written: list[int] = []
     folders = _Folders()
     marker: _Marker | None = None
+    geometry = PieceGeometry.of(builder.binning)
     try:
         with builder.catalogue.session() as session:
             for done, run in enumerate(runs, start=1):
                 try:
                     if run.events_path is None:
                         raise BkgdbError("the hdu-index lists no events file for it")
-                    content, events_header = _copied_content(run)
+                    copied: tuple[bytes, Values] | BkgdbError
+                    try:
+                        copied = _copied_content(run)
+                    except BkgdbError as exc:
+                        copied = exc
                     # gammapy reads every background of a H.E.S.S. SASH run as reversed RA/Dec (bkgdb.gadf.sash):
                     # an ALTAZ 3D model is refused before it is built, a RADEC one written in that convention.
-                    reverse_lon = gammapy_reverses_lon(events_header)
-                    check_writable(PieceGeometry.of(builder.binning), reverse_lon)
+                    reverse_lon = not isinstance(copied, BkgdbError) and gammapy_reverses_lon(copied[1])
+                    check_writable(geometry, reverse_lon)
                     built = builder.build(run.obs_id, source.path, session=session)
+                    if isinstance(copied, BkgdbError):
+                        raise copied  # after the build's own reason (a run that failed to index says so)
+                    content = copied[0]
                 except BkgdbError as exc:
                     report.skipped.append((run.obs_id, str(exc)))
                     log.info("run %s: no background: %s", run.obs_id, exc)  # the report lists it
