@@ -8,7 +8,8 @@ background of run 23523 from the other runs, and compares it with the model in t
 - the IRFs themselves, where both are aligned with RA/Dec (DR1's ``bkg_3d`` is, with FoV lon
   reversed: gammapy reads it as ``REVERSE_LON_RADEC``): the ratio bkgdb / H.E.S.S. at bkgdb's pixel
   centres above 1 TeV, within 2 deg of the centre;
-- what gammapy predicts with each (``MapDatasetMaker``, any alignment): the ratio of the predicted
+- what gammapy predicts with each (``MapDatasetMaker``, any alignment, bkgdb's model in its own frame
+  rather than relabelled as gammapy relabels any model of a H.E.S.S. run): the ratio of the predicted
   counts per sky pixel (0.1 deg) and energy bin above 1 TeV within 2 deg of the pointing;
 - the FoV background norm of each (Crab masked, 0.7-50 TeV, as ``crab_fov_norm.py``).
 
@@ -56,12 +57,12 @@ def predicted_ratio(observation, model):
 
     energy = MapAxis.from_energy_bounds(1, 10, nbin=5, unit="TeV")
     geom = WcsGeom.create(skydir=observation.pointing.fixed_icrs, binsz=0.1, width=4, frame="icrs", axes=[energy])
+    from bkgdb.fov_fit import model_background
+
     maker = MapDatasetMaker(fov_rotation_step=0.5 * u.deg)
     theirs = maker.make_background(geom, observation)
-    reference = observation.bkg
-    observation.bkg = model
-    ours = maker.make_background(geom, observation)
-    observation.bkg = reference
+    # Not through observation.bkg, which relabels any model of a DR1 run REVERSE_LON_RADEC (bkgdb.gadf.sash).
+    ours = model_background(maker, geom, observation, model)
     offset = geom.separation(observation.pointing.fixed_icrs).to_value("deg")
     use = np.broadcast_to(offset < 2, geom.data_shape) & (theirs.data > 0)
     per_bin = ours.data[use] / theirs.data[use]
@@ -95,12 +96,11 @@ def main(configs):
         per_bin, summed, total = predicted_ratio(observation, model)
         print(f"  predicted counts ratio per pixel and energy bin (1-10 TeV, < 2 deg): {spread(per_bin)}")
         print(f"  predicted counts ratio per pixel, 1-10 TeV summed: {spread(summed)}; all pixels {total:.3f}")
-        for label, bkg in (("bkgdb 3D", model), ("H.E.S.S. bkg_3d", reference)):
-            observation.bkg = bkg
+        for label, bkg in (("bkgdb 3D", model), ("H.E.S.S. bkg_3d", None)):
+            # bkgdb's model in its own frame; H.E.S.S.'s as gammapy reads it (REVERSE_LON_RADEC).
             norm = fov_background_norm(observation, [CRAB], energy_range_tev=(0.7, 50), binsz_deg=0.02,
-                                       aeff_safe_mask=True)
+                                       aeff_safe_mask=True, model=bkg)
             print(f"  FoV background norm with {label}: {norm.value:.3f} +- {norm.error:.3f}")
-        observation.bkg = reference
 
 
 if __name__ == "__main__":

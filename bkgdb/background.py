@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 from bkgdb.built import BuiltBackground
-from bkgdb.errors import BkgdbError
+from bkgdb.errors import BkgdbError, BkgdbWarning
+from bkgdb.gadf.sash import check_writable, gammapy_reverses_lon, read_events_header
+from bkgdb.geometry import PieceGeometry
 from bkgdb.makers.assembly import AssembledBackground, assemble_stacked, bin_average_to_centre, fill_empty_bins
 from bkgdb.makers.condition_model import RunConditions
 from bkgdb.makers.normalisation import NO_NORMALISATION, Normalisation
@@ -70,6 +72,28 @@ def check_background_output(
     if path.is_dir():  # said here with a name to give; the rest is every output's check
         raise BkgdbError(f"{path} is a folder: give the FITS file to write, e.g. {path / f'bkg-{obs_id}.fits'}")
     return check_new_file(path, overwrite, protected)
+
+
+def _target_reverses_lon(target: Run) -> bool:
+    """Whether gammapy reads any background of ``target`` as reversed RA/Dec (`bkgdb.gadf.sash`): its EVENTS header.
+
+    A run file that cannot be read (moved since the index) counts as not reversed, with a
+    `~bkgdb.errors.BkgdbWarning`: the model is then written as built.
+    """
+    import warnings
+
+    try:
+        if target.file_path is None:
+            raise BkgdbError("the catalogue has no file for it")
+        return gammapy_reverses_lon(read_events_header(target.file_path))
+    except BkgdbError as exc:
+        warnings.warn(
+            f"run {target.obs_id}: {exc}; the 3D model is written as built, which gammapy misreads "
+            "if the run is a H.E.S.S. SASH export (EVENTS CREATOR 'SASH FITS::EventListWriter')",
+            BkgdbWarning,
+            stacklevel=3,
+        )
+        return False
 
 
 class BackgroundBuilder:
@@ -267,6 +291,11 @@ class BackgroundBuilder:
 
         The file is written beside ``path`` and then moved into place (`~bkgdb.outputs.write_output`):
         a failed write leaves an earlier file as it was.
+
+        For a H.E.S.S. (SASH) target, whose every background gammapy reads as reversed RA/Dec
+        (`bkgdb.gadf.sash`, from the EVENTS header of the run's file), a RADEC 3D model is written
+        in that convention and an ALTAZ 3D one is refused (`~bkgdb.errors.BkgdbError`, before the
+        build).
         """
         import warnings
 
@@ -278,8 +307,12 @@ class BackgroundBuilder:
             path, obs_id, overwrite, [*self.catalogue.protected_paths({Path(path).name}), *protected]
         )
         with self.catalogue.session() as session:
+            geometry = PieceGeometry.of(self.binning)
+            reverse_lon = geometry.is_3d and _target_reverses_lon(find_target(session, obs_id, datastore))
+            check_writable(geometry, reverse_lon)  # an ALTAZ 3D model gammapy would misread: refused before the build
             built = self.build(obs_id, datastore, session=session)
-            hdus = fits.HDUList([fits.PrimaryHDU(), built.model_hdu("BACKGROUND"), built.provenance_hdu()])
+            model = built.model_hdu("BACKGROUND", reverse_lon=reverse_lon)
+            hdus = fits.HDUList([fits.PrimaryHDU(), model, built.provenance_hdu()])
             write_output(path, hdus.writeto, overwrite)
             if not record_if_writable(
                 session, built, self.config.selection.params, self.config.io.from_run, path.resolve()

@@ -17,6 +17,7 @@ import numpy as np
 
 from bkgdb import __version__
 from bkgdb.gadf.hdu import background_hdu
+from bkgdb.gadf.sash import check_writable
 from bkgdb.geometry import PieceGeometry
 from bkgdb.makers.assembly import AssembledBackground
 from bkgdb.makers.normalisation import NO_NORMALISATION, Normalisation
@@ -140,9 +141,27 @@ class BuiltBackground:
             "BKG_CMD": (params["archive_digest"][:16], "condition model archive digest"),
         }
 
-    def model_hdu(self, name: str = BKG_HDU) -> fits.BinTableHDU:
-        """The model as a ``BKG_2D`` or ``BKG_3D`` table HDU with the provenance keywords."""
-        hdu = background_hdu(self.geometry, self.rate, name)
+    def model_hdu(self, name: str = BKG_HDU, reverse_lon: bool = False) -> fits.BinTableHDU:
+        """The model as a ``BKG_2D`` or ``BKG_3D`` table HDU with the provenance keywords.
+
+        Parameters
+        ----------
+        name : str, optional
+            EXTNAME. Default is ``BKG``.
+        reverse_lon : bool, optional
+            The model is for a run whose background gammapy reads as ``REVERSE_LON_RADEC``
+            (`bkgdb.gadf.sash.gammapy_reverses_lon`): a RADEC 3D model is written mirrored in FoV
+            longitude so that gammapy reads it as built; 2D models are written as they are.
+            Default is False.
+
+        Raises
+        ------
+        BkgdbError
+            ``reverse_lon`` with an ALTAZ 3D model, which gammapy would misread
+            (`bkgdb.gadf.sash.check_writable`).
+        """
+        check_writable(self.geometry, reverse_lon)
+        hdu = background_hdu(self.geometry, self.rate, name, reverse_lon=reverse_lon and self.geometry.is_3d)
         for key, value in self.header_cards().items():
             hdu.header[key] = value
         return hdu

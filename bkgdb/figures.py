@@ -52,7 +52,7 @@ class CatalogueFigures:
             save_figure(plot_model(model_or_curves), output, overwrite=overwrite)
             return
         title = f"{Path(path).name}" + (f": run {header['BKG_TGT']}" if "BKG_TGT" in header else "")
-        figure = plot_model_3d(model_or_curves, title=title, alignment=header.get("FOVALIGN"))
+        figure = plot_model_3d(model_or_curves, title=title)
         save_figure(figure, output, overwrite=overwrite)
 
     def plot_model(

@@ -10,6 +10,7 @@ free of the database, so it runs in worker processes.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Iterable
@@ -22,7 +23,8 @@ import numpy as np
 if TYPE_CHECKING:
     from gammapy.data import DataStore, Observation
     from gammapy.datasets import MapDataset
-    from gammapy.irf import Background2D, Background3D
+    from gammapy.irf import Background2D, Background3D, BackgroundIRF
+    from gammapy.makers import MapDatasetMaker
     from gammapy.maps import Map, WcsGeom
     from gammapy.modeling import Parameter
     from regions import SkyRegion
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "fov_background_norm",
     "fov_background_dataset",
+    "model_background",
     "FitSettings",
     "FitJob",
     "FitResult",
@@ -46,10 +49,10 @@ Circle = tuple[float, float, float]
 
 
 def fov_background_norm(observation: Observation, excluded: Iterable[Circle], **options: Any) -> Parameter:
-    """Norm of a `FoVBackgroundMaker` scale fit of one observation with its own background model.
+    """Norm of a `FoVBackgroundMaker` scale fit of one observation with its own background model, or ``model``.
 
     A norm of 1 means the model predicts the counts outside the excluded regions. ``options`` are
-    the keyword parameters of `fov_background_dataset`.
+    the keyword parameters of `fov_background_dataset` (``model``: a model evaluated in its own frame).
 
     Returns
     -------
@@ -67,6 +70,7 @@ def fov_background_dataset(
     offset_max_deg: float = 2.0,
     binsz_deg: float = 0.05,
     aeff_safe_mask: bool = False,
+    model: BackgroundIRF | None = None,
 ) -> MapDataset:
     """The `MapDataset` of one observation after a `FoVBackgroundMaker` scale fit of its background model.
 
@@ -90,6 +94,9 @@ def fov_background_dataset(
     aeff_safe_mask : bool, optional
         Also apply gammapy's default effective-area energy threshold (needs the run's IRFs).
         Default is False.
+    model : `gammapy.irf.BackgroundIRF`, optional
+        A background model evaluated in its own FoV frame (`model_background`) instead of the
+        observation's ``bkg`` as gammapy reads it. Default is None.
 
     Returns
     -------
@@ -119,8 +126,13 @@ def fov_background_dataset(
         extra["energy_axis_true"] = MapAxis.from_energy_bounds(
             energy_range_tev[0] / 2, energy_range_tev[1] * 2, nbin=20, unit="TeV", name="energy_true"
         )
+    if model is not None:
+        selection.remove("background")
     dataset = MapDataset.create(geom, name=str(observation.obs_id), **extra)
-    dataset = MapDatasetMaker(selection=selection).run(dataset, observation)
+    maker = MapDatasetMaker(selection=selection)
+    dataset = maker.run(dataset, observation)
+    if model is not None:
+        dataset.background = model_background(maker, geom, observation, model)
     dataset = SafeMaskMaker(methods=methods, offset_max=offset_max_deg * u.deg).run(dataset, observation)
     regions = [CircleSkyRegion(SkyCoord(ra * u.deg, dec * u.deg), radius * u.deg) for ra, dec, radius in excluded]
     mask = geom.region_mask(regions, inside=False)
@@ -227,10 +239,9 @@ def _fit_run(job: FitJob) -> FitResult:
 
     file_model = observation.bkg
     backgrounds: dict[str, Map] = {}
-    if file_model is not None:
+    if file_model is not None:  # as gammapy reads it, H.E.S.S.'s alignment rule included: what a user gets
         backgrounds["file"] = maker.make_background(geom, observation)
-    observation.bkg = job.model
-    backgrounds["bkgdb"] = maker.make_background(geom, observation)
+    backgrounds["bkgdb"] = model_background(maker, geom, observation, job.model)
     for background in backgrounds.values():
         mask &= np.isfinite(background.data) & (background.data > 0)
 
@@ -257,6 +268,34 @@ def _fit_run(job: FitJob) -> FitResult:
     if not np.isfinite(result.norm):
         result.error = f"fit failed: {result.counts:g} counts and {result.predicted:.3g} predicted in the fit region"
     return result
+
+
+def model_background(maker: MapDatasetMaker, geom: WcsGeom, observation: Observation, model: BackgroundIRF) -> Map:
+    """Predicted background counts of ``model`` for ``observation`` on ``geom``, in the model's own FoV frame.
+
+    As ``maker.make_background`` with ``observation.bkg = model``, but not through gammapy's
+    ``Observation.bkg``, which relabels any background of a H.E.S.S. SASH run as reversed RA/Dec
+    (`bkgdb.gadf.sash`): an ALTAZ or RADEC model is evaluated as such whatever the run's header
+    says. ``model`` is not changed.
+    """
+    from gammapy.makers.utils import make_map_background_irf
+
+    if maker.background_interp_missing_data:
+        model = copy.deepcopy(model)  # filled in place by gammapy
+        model.interp_missing_data(axis_name="energy")
+    if maker.background_pad_offset and model.has_offset_axis:
+        model = model.pad(1, mode="edge", axis_name="offset")
+    return make_map_background_irf(
+        pointing=observation.pointing,
+        ontime=observation.observation_time_duration,
+        bkg=model,
+        geom=geom,
+        time_start=observation.tstart,
+        fov_rotation_step=maker.fov_rotation_step,
+        oversampling=maker.background_oversampling,
+        use_region_center=getattr(maker, "use_region_center", True),
+        location=observation.observatory_earth_location,
+    )
 
 
 def outside_circles(geom: WcsGeom, circles: Iterable[Circle]) -> Map:

@@ -44,6 +44,8 @@ from bkgdb.gadf.destination import (
     resolved,
     run_output,
 )
+from bkgdb.gadf.sash import check_writable, gammapy_reverses_lon
+from bkgdb.geometry import PieceGeometry
 
 if TYPE_CHECKING:
     from astropy.io import fits
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 
     from bkgdb.background import BackgroundBuilder
     from bkgdb.gadf.datastore import DL3Datastore, RunSource
+    from bkgdb.gadf.events import Values
 
 __all__ = ["AttachReport", "NothingAttached", "attach_backgrounds", "write_fits"]
 
@@ -175,6 +178,13 @@ def _remove_leftovers(out_dir: Path) -> None:
 def _nothing_attached(source: DL3Datastore, skipped: list[tuple[int, str]]) -> NothingAttached:
     if not skipped:
         return NothingAttached(f"the target datastore {source.path} lists no runs: nothing written")
+    reasons = {" ".join(str(reason).split()) for _, reason in skipped}
+    if len(skipped) > 1 and len(reasons) == 1:  # e.g. every run refused for one reason: said once
+        return NothingAttached(
+            f"no run of {source.path} got a background, nothing written ({len(skipped)} runs, "
+            f"each for the same reason): {reasons.pop()}",
+            skipped,
+        )
     shown = "; ".join(f"run {obs_id}: {' '.join(str(reason).split())}" for obs_id, reason in skipped[:2])
     more = f"; and {len(skipped) - 2} more runs" if len(skipped) > 2 else ""
     return NothingAttached(
@@ -195,7 +205,9 @@ def attach_backgrounds(
     its background; its file is copied into ``out_dir/data`` with the new ``BKG`` HDU replacing any
     existing background, and new obs-index and hdu-index files are written, so that
     `gammapy.data.DataStore.from_dir(out_dir)` opens it. Runs for which no background can be built
-    are left out and reported.
+    are left out and reported. For a H.E.S.S. (SASH) run, whose every background gammapy reads as
+    reversed RA/Dec (`bkgdb.gadf.sash`, from the EVENTS header of the file copied), a RADEC 3D model
+    is written in that convention and an ALTAZ 3D one is refused: the run is left out with the reason.
 
     The destination is checked first (`check_attach_destination`): no user file is ever written
     to, and ``out_dir`` must be new, empty, or hold only what an earlier attach wrote
@@ -245,14 +257,26 @@ def attach_backgrounds(
     written: list[int] = []
     folders = _Folders()
     marker: _Marker | None = None
+    geometry = PieceGeometry.of(builder.binning)
     try:
         with builder.catalogue.session() as session:
             for done, run in enumerate(runs, start=1):
                 try:
                     if run.events_path is None:
                         raise BkgdbError("the hdu-index lists no events file for it")
+                    copied: tuple[bytes, Values] | BkgdbError
+                    try:
+                        copied = _copied_content(run)
+                    except BkgdbError as exc:
+                        copied = exc
+                    # gammapy reads every background of a H.E.S.S. SASH run as reversed RA/Dec (bkgdb.gadf.sash):
+                    # an ALTAZ 3D model is refused before it is built, a RADEC one written in that convention.
+                    reverse_lon = not isinstance(copied, BkgdbError) and gammapy_reverses_lon(copied[1])
+                    check_writable(geometry, reverse_lon)
                     built = builder.build(run.obs_id, source.path, session=session)
-                    content = _copied_content(run)
+                    if isinstance(copied, BkgdbError):
+                        raise copied  # after the build's own reason (a run that failed to index says so)
+                    content = copied[0]
                 except BkgdbError as exc:
                     report.skipped.append((run.obs_id, str(exc)))
                     log.info("run %s: no background: %s", run.obs_id, exc)  # the report lists it
@@ -269,7 +293,8 @@ def attach_backgrounds(
                     dropped = {name.upper() for name in old_bkg} | {BKG_HDU, PROVENANCE_HDU}
                     with fits.open(io.BytesIO(content), memmap=False) as hdul:
                         kept = [hdu for hdu in hdul if hdu.name not in dropped]
-                        write_fits(fits.HDUList(kept + [built.model_hdu(BKG_HDU), built.provenance_hdu()]), target_file)
+                        model = built.model_hdu(BKG_HDU, reverse_lon=reverse_lon)
+                        write_fits(fits.HDUList(kept + [model, built.provenance_hdu()]), target_file)
                     hdu_rows.extend(
                         _hdu_rows(
                             source,
@@ -306,8 +331,8 @@ def attach_backgrounds(
     return report
 
 
-def _copied_content(run: RunSource) -> bytes:
-    """The FITS bytes of a run's file, checked as an index checks them, for attach to copy.
+def _copied_content(run: RunSource) -> tuple[bytes, Values]:
+    """The FITS bytes of a run's file, checked as an index checks them, for attach to copy, and its EVENTS header.
 
     Raises
     ------
@@ -323,10 +348,10 @@ def _copied_content(run: RunSource) -> bytes:
             content = decompress_events(run, run.events_path.read_bytes())
         except OSError as exc:
             raise RunReadError(f"cannot read {run.events_path}: {exc}") from None
-        read_events(run, content)
+        header = read_events(run, content).header
     except RunReadError as exc:
         raise BkgdbError(f"cannot copy its file: {exc}") from None
-    return content
+    return content, header
 
 
 def _hdu_rows(

@@ -49,29 +49,44 @@ def _column(name: str, values: np.ndarray, unit: str) -> fits.Column:
     return fits.Column(name, f"{n}D", unit=unit, dim=f"({n})", array=np.asarray(values, float)[np.newaxis])
 
 
-def background_hdu(geometry: PieceGeometry, rate: np.ndarray, name: str = "BACKGROUND") -> fits.BinTableHDU:
+def background_hdu(
+    geometry: PieceGeometry, rate: np.ndarray, name: str = "BACKGROUND", reverse_lon: bool = False
+) -> fits.BinTableHDU:
     """A ``BKG_2D`` or ``BKG_3D`` binary table HDU of a rate in s-1 MeV-1 sr-1.
 
     Parameters
     ----------
     geometry : `~bkgdb.geometry.PieceGeometry`
         The bins: energy x offset (``BKG_2D``) or energy x fov_lon x fov_lat (``BKG_3D``, with
-        ``FOVALIGN`` set to the geometry's alignment).
+        ``FOVALIGN`` set to the geometry's alignment, or ``REVERSE_LON_RADEC`` with ``reverse_lon``).
     rate : `~numpy.ndarray`
         The rate, of ``geometry.shape``.
     name : str, optional
         EXTNAME. Default is ``BACKGROUND``, where gammapy looks first.
+    reverse_lon : bool, optional
+        Write a RADEC 3D model in gammapy's ``REVERSE_LON_RADEC`` convention (mirrored in FoV
+        longitude, `~bkgdb.gadf.sash.mirrored_lon`), as gammapy reads any background of a
+        H.E.S.S. SASH run (`~bkgdb.gadf.sash`). Default is False.
     """
     from astropy.io import fits
+
+    from bkgdb.gadf.sash import REVERSE_LON_RADEC, mirrored_lon
 
     rate = np.asarray(rate, float)
     if rate.shape != geometry.shape:
         raise ValueError(f"rate of shape {rate.shape} does not fit the geometry's {geometry.shape}")
+    spatial_edges = geometry.spatial_edges
+    alignment = geometry.alignment
+    if reverse_lon:
+        if alignment != "RADEC":
+            raise ValueError(f"only a RADEC 3D model can be written with reversed FoV longitude, not {alignment}")
+        spatial_edges[0], rate = mirrored_lon(spatial_edges[0], rate)
+        alignment = REVERSE_LON_RADEC
     if ambiguous_for_gammapy(rate.shape):
         log.warning("a background of shape %s makes gammapy log 'Ambiguous axes order' on every read", rate.shape)
     energy = geometry.energy_edges
     columns = [_column("ENERG_LO", energy[:-1], "TeV"), _column("ENERG_HI", energy[1:], "TeV")]
-    for column, edges in zip(_SPATIAL_COLUMNS[geometry.kind], geometry.spatial_edges, strict=True):
+    for column, edges in zip(_SPATIAL_COLUMNS[geometry.kind], spatial_edges, strict=True):
         columns += [_column(f"{column}_LO", edges[:-1], "deg"), _column(f"{column}_HI", edges[1:], "deg")]
     # FITS lists the fastest axis first: TDIM (energy, ...) holds the numpy array transposed, as gammapy writes it.
     dim = "(" + ",".join(str(n) for n in rate.shape) + ")"
@@ -89,5 +104,8 @@ def background_hdu(geometry: PieceGeometry, rate: np.ndarray, name: str = "BACKG
         }
     )
     if geometry.is_3d:
-        hdu.header["FOVALIGN"] = (geometry.alignment, "FoV lon/lat aligned with ALTAZ or RADEC")
+        comment = (
+            "RADEC, FoV lon reversed (H.E.S.S. SASH runs)" if reverse_lon else "FoV lon/lat aligned with ALTAZ or RADEC"
+        )
+        hdu.header["FOVALIGN"] = (alignment, comment)
     return hdu

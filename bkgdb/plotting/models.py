@@ -159,9 +159,11 @@ def model_curves_from_file(path: str | Path) -> tuple[ModelCurves | Background3D
     """
     from gammapy.irf import Background3D
 
+    from bkgdb.gadf.sash import in_own_frame
+
     model, header = _read_background(path)
     if isinstance(model, Background3D):
-        return model, header
+        return in_own_frame(model), header  # a model written for a H.E.S.S. SASH run is shown in RA/Dec
     energy = model.axes["energy"].edges.to_value("TeV")
     offset = model.axes["offset"].edges.to_value("deg")
     label = f"{Path(path).name}"

@@ -112,5 +112,5 @@ def run_significance_maps(
             "index its datastore with --config"
         )
     observation = _observation(_target_datastore(builder.catalogue, built.target), obs_id)
-    observation.bkg = built.model
-    return significance_maps(observation, excluded, **kwargs)
+    # Not set as observation.bkg: gammapy relabels any background of a H.E.S.S. SASH run (bkgdb.gadf.sash).
+    return significance_maps(observation, excluded, model=built.model, **kwargs)

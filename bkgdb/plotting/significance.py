@@ -19,6 +19,7 @@ from bkgdb.plotting.style import finish, new_figure, styled
 
 if TYPE_CHECKING:
     from gammapy.data import Observation
+    from gammapy.irf import BackgroundIRF
     from gammapy.maps import WcsGeom
     from matplotlib.figure import Figure
 
@@ -85,12 +86,14 @@ def significance_maps(
     binsz_deg: float = 0.02,
     offset_max_deg: float = 2.0,
     correlation_radius_deg: float = 0.1,
+    model: BackgroundIRF | None = None,
 ) -> SignificanceMaps:
     """Counts against the background prediction of an observation, and the Li & Ma significance per pixel.
 
-    The maps are made with gammapy's `MapDatasetMaker` (the observation's own ``bkg``, e.g. bkgdb's
-    model), inside ``offset_max_deg`` and the effective area's safe energy range (as `bkgdb validate`
-    fits); the background is scaled by a `FoVBackgroundMaker` norm
+    The maps are made with gammapy's `MapDatasetMaker`, the background from ``model`` (e.g. bkgdb's)
+    evaluated in its own FoV frame (`bkgdb.fov_fit.model_background`), or else from the observation's
+    own ``bkg`` as gammapy reads it, inside ``offset_max_deg`` and the effective area's safe energy
+    range (as `bkgdb validate` fits); the background is scaled by a `FoVBackgroundMaker` norm
     fitted outside the ``excluded`` circles (ra, dec, radius in deg); counts and background are
     summed over a disk of ``correlation_radius_deg`` around each pixel.
     """
@@ -100,16 +103,17 @@ def significance_maps(
     from gammapy.maps import MapAxis, WcsGeom
     from scipy.signal import fftconvolve
 
-    from bkgdb.fov_fit import outside_circles
+    from bkgdb.fov_fit import model_background, outside_circles
 
     energy = MapAxis.from_energy_bounds(*energy_range_tev, nbin=8, unit="TeV")
     width = 2 * offset_max_deg + 2 * correlation_radius_deg
     geom = WcsGeom.create(
         skydir=observation.pointing.fixed_icrs, binsz=binsz_deg, width=(width, width), frame="icrs", axes=[energy]
     )
-    dataset = MapDatasetMaker(selection=["counts", "background"]).run(
-        MapDataset.create(geom, name=str(observation.obs_id)), observation
-    )
+    maker = MapDatasetMaker(selection=["counts", "background"] if model is None else ["counts"])
+    dataset = maker.run(MapDataset.create(geom, name=str(observation.obs_id)), observation)
+    if model is not None:
+        dataset.background = model_background(maker, geom, observation, model)
     # As `bkgdb validate`: below the effective area's safe threshold, where the IRF gives one, nothing counts.
     methods = ["offset-max"]
     if observation.aeff is not None and observation.aeff.meta.get("LO_THRES") is not None:
