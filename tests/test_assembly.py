@@ -118,9 +118,9 @@ def test_filled_models_stay_finite_in_gammapy():
     model = background.to_irf(filled).evaluate(energy=energy, offset=offset).value
     # Finite; at most a bounded bump (the square root of 1 / EMPTY_ENERGY_NODE_FRACTION at the axis
     # edge) where the lowest counted slice is extrapolated toward an empty one above it.
-    assert np.all(np.isfinite(model)) and model.max() < 30 * ceiling
+    assert np.all(np.isfinite(model)) and model.max() < 100 * ceiling
     assert np.all(filled > 0)
-    # Slices without counts get a hundredth of their neighbour toward the counts, per slice.
+    # Slices without counts get a small fraction of their neighbour toward the counts, per slice.
     np.testing.assert_allclose(filled[4:] / filled[3:-1], EMPTY_ENERGY_NODE_FRACTION)
     np.testing.assert_allclose(filled[1], EMPTY_ENERGY_NODE_FRACTION * np.sqrt(filled[0] * filled[2]))
     for index in (0, 2, 3):  # the counted slices still predict their counts
