@@ -18,9 +18,9 @@ from bkgdb.errors import BkgdbError
 from bkgdb.gadf.hdu import ambiguous_for_gammapy, background_hdu
 from bkgdb.geometry import PieceGeometry
 from bkgdb.makers.assembly import (
+    EMPTY_ENERGY_NODE_FRACTION,
     AssembledBackground,
     assemble_background,
-    EMPTY_ENERGY_NODE_FRACTION,
     energy_nodes_for_gammapy,
     fill_empty_bins,
     local_spectral_index,
