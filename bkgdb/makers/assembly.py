@@ -176,23 +176,53 @@ def power_law_centre_rates(rate: np.ndarray, background: AssembledBackground) ->
 #: neighbours of up to about 2,000 counts, while the counted bin next to it integrates exactly.
 EMPTY_ENERGY_NODE_FRACTION = 1e-3
 
-#: The smallest positive float64: gammapy clips values to it before taking their log.
-_LOG_FLOOR = float(np.finfo(np.float64).tiny)
 
-
-def _log_relative_expm1(z: np.ndarray) -> np.ndarray:
-    """``log(expm1(z) / z)`` (0 at z = 0), without overflow for large ``|z|``."""
+def _log_relative_expm1(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``log(expm1(z) / z)`` (0 at z = 0) and its derivative, without overflow for large ``|z|``."""
     z = np.asarray(z, float)
-    out = np.empty_like(z)
     small = np.abs(z) < 1e-6
-    out[small] = 0.5 * z[small]
-    positive = (z > 0) & ~small
-    zp = z[positive]
-    out[positive] = zp + np.log1p(-np.exp(-zp)) - np.log(zp)
-    negative = (z < 0) & ~small
-    zn = z[negative]
-    out[negative] = np.log1p(-np.exp(zn)) - np.log(-zn)
-    return out
+    safe = np.where(small, 1.0, z)
+    size = np.abs(safe)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        value = np.maximum(safe, 0.0) + np.log1p(-np.exp(-size)) - np.log(size)
+        # d/dz: 1 / (1 - exp(-z)) - 1 / z, written for either sign without overflow.
+        first = np.where(safe > 0, 1.0 / -np.expm1(-size), np.exp(-size) / np.expm1(-size))
+        slope = first - 1.0 / safe
+    return np.where(small, 0.5 * z, value), np.where(small, 0.5 + z / 12.0, slope)
+
+
+def _loglog_means_and_slopes(log_nodes: np.ndarray, energy_edges: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`loglog_bin_means` and its derivatives by the nodes below, at and above each bin."""
+    log_edges = np.log(np.asarray(energy_edges, float))
+    log_centres = 0.5 * (log_edges[:-1] + log_edges[1:])
+    spacing = np.diff(log_centres)[:, np.newaxis]
+    slopes = np.diff(log_nodes, axis=0) / spacing  # per segment between nodes
+    lower = np.concatenate([slopes[:1], slopes], axis=0)
+    upper = np.concatenate([slopes, slopes[-1:]], axis=0)
+    half_lo = (log_centres - log_edges[:-1])[:, np.newaxis]
+    half_hi = (log_edges[1:] - log_centres)[:, np.newaxis]
+    # With u = log(E / E_i): E * value = E_i * node_i * exp((slope + 1) u), integrated over u.
+    value_lo, slope_lo = _log_relative_expm1(-(lower + 1) * half_lo)
+    value_hi, slope_hi = _log_relative_expm1((upper + 1) * half_hi)
+    lower_part = np.log(half_lo) + value_lo
+    upper_part = np.log(half_hi) + value_hi
+    halves = np.logaddexp(lower_part, upper_part)
+    width = np.log(np.diff(np.exp(log_edges)))[:, np.newaxis]
+    log_mean = log_nodes + log_centres[:, np.newaxis] + halves - width
+    # d log_mean / d slope of the lower and of the upper segment.
+    by_lower = -np.exp(lower_part - halves) * half_lo * slope_lo
+    by_upper = np.exp(upper_part - halves) * half_hi * slope_hi
+    below_spacing = np.concatenate([spacing[:1], spacing], axis=0)
+    above_spacing = np.concatenate([spacing, spacing[-1:]], axis=0)
+    # Interior bins: lower slope (x_i - x_(i-1)) / d, upper slope (x_(i+1) - x_i) / d.
+    by_below = -by_lower / below_spacing
+    by_above = by_upper / above_spacing
+    by_itself = 1.0 + by_lower / below_spacing - by_upper / above_spacing
+    # The first and last bins follow one segment on both halves.
+    both = by_lower + by_upper
+    by_below[0], by_itself[0], by_above[0] = 0.0, 1.0 - both[0] / spacing[0], both[0] / spacing[0]
+    by_below[-1], by_itself[-1], by_above[-1] = -both[-1] / spacing[-1], 1.0 + both[-1] / spacing[-1], 0.0
+    return log_mean, by_below, by_itself, by_above
 
 
 def loglog_bin_means(log_nodes: np.ndarray, energy_edges: np.ndarray) -> np.ndarray:
@@ -208,6 +238,7 @@ def loglog_bin_means(log_nodes: np.ndarray, energy_edges: np.ndarray) -> np.ndar
     ----------
     log_nodes : `~numpy.ndarray`
         Natural log of the node values, energy first (n_energy, n_columns); n_energy >= 2.
+        gammapy clips a 0 node to the smallest positive float before its log: pass that log.
     energy_edges : `~numpy.ndarray`
         The energy bin edges (any unit).
 
@@ -216,19 +247,28 @@ def loglog_bin_means(log_nodes: np.ndarray, energy_edges: np.ndarray) -> np.ndar
     log_mean : `~numpy.ndarray`
         Log of the interpolant's integral over each bin divided by the bin's width, same shape.
     """
-    log_edges = np.log(np.asarray(energy_edges, float))
-    log_centres = 0.5 * (log_edges[:-1] + log_edges[1:])
-    spacing = np.diff(log_centres)[:, np.newaxis]
-    slopes = np.diff(log_nodes, axis=0) / spacing  # per segment between nodes
-    lower = np.concatenate([slopes[:1], slopes], axis=0)
-    upper = np.concatenate([slopes, slopes[-1:]], axis=0)
-    half_lo = (log_centres - log_edges[:-1])[:, np.newaxis]
-    half_hi = (log_edges[1:] - log_centres)[:, np.newaxis]
-    # With u = log(E / E_i): E * value = E_i * node_i * exp((slope + 1) u), integrated over u.
-    lower_part = np.log(half_lo) + _log_relative_expm1(-(lower + 1) * half_lo)
-    upper_part = np.log(half_hi) + _log_relative_expm1((upper + 1) * half_hi)
-    width = np.log(np.diff(np.exp(log_edges)))[:, np.newaxis]
-    return log_nodes + log_centres[:, np.newaxis] + np.logaddexp(lower_part, upper_part) - width
+    return _loglog_means_and_slopes(log_nodes, energy_edges)[0]
+
+
+def _solve_tridiagonal(below: np.ndarray, diagonal: np.ndarray, above: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Solve tridiagonal systems along axis 0, one per column (Thomas' elimination).
+
+    The node systems are diagonally dominant (the Jacobian's rows sum to 1 with non-negative
+    neighbours below 1/2), so no pivoting is needed.
+    """
+    n = len(diagonal)
+    upper = np.empty_like(diagonal)
+    solution = np.empty_like(right)
+    pivot = diagonal[0]
+    upper[0] = above[0] / pivot
+    solution[0] = right[0] / pivot
+    for i in range(1, n):
+        pivot = diagonal[i] - below[i] * upper[i - 1]
+        upper[i] = above[i] / pivot
+        solution[i] = (right[i] - below[i] * solution[i - 1]) / pivot
+    for i in range(n - 2, -1, -1):
+        solution[i] -= upper[i] * solution[i + 1]
+    return solution
 
 
 def _empty_energy_rows(populated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -304,7 +344,6 @@ def solve_energy_nodes(
         Newton steps at most. Default is 60.
     """
     columns = np.asarray(columns, float)
-    n = columns.shape[0]
     populated = columns > 0
     solved = populated.any(axis=0)
     nodes = np.zeros_like(columns)
@@ -316,44 +355,38 @@ def solve_energy_nodes(
     lower, upper = _empty_energy_rows(populated)
     step_of_empty = np.log(EMPTY_ENERGY_NODE_FRACTION)
 
-    def residual(log_nodes: np.ndarray) -> np.ndarray:
+    def residual(log_nodes: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Mismatch of every row and its derivatives by the node below, itself and above."""
         shifted_down = np.concatenate([log_nodes[:1], log_nodes[:-1]], axis=0)  # node i - 1
         shifted_up = np.concatenate([log_nodes[1:], log_nodes[-1:]], axis=0)  # node i + 1
         empty_rows = log_nodes - lower * shifted_down - upper * shifted_up - step_of_empty
-        return np.where(populated, loglog_bin_means(log_nodes, edges) - target, empty_rows)
+        log_mean, by_below, by_itself, by_above = _loglog_means_and_slopes(log_nodes, edges)
+        return (
+            np.where(populated, log_mean - target, empty_rows),
+            np.where(populated, by_below, -lower),
+            np.where(populated, by_itself, 1.0),
+            np.where(populated, by_above, -upper),
+        )
 
     # Start from the bin averages, empty bins a fraction below the smallest counted one.
     start = target.min(axis=0, where=populated, initial=np.inf) + step_of_empty
     log_nodes = np.where(populated, target, start[np.newaxis, :])
-    current = residual(log_nodes)
-    rows = np.arange(n)
-    step = 1e-6
+    current, *jacobian = residual(log_nodes)
     for _ in range(max_iterations):
         worst = np.abs(current).max(axis=0)
         if worst.max() < tolerance:
             break
-        # The Jacobian is tridiagonal: nodes three bins apart are perturbed together.
-        jacobian = np.zeros((log_nodes.shape[1], n, n))
-        for colour in range(3):
-            moved = (rows % 3 == colour)[:, np.newaxis]
-            change = (residual(log_nodes + step * moved) - residual(log_nodes - step * moved)) / (2 * step)
-            for offset in (-1, 0, 1):
-                row = rows[(rows + offset >= 0) & (rows + offset < n) & ((rows + offset) % 3 == colour)]
-                jacobian[:, row, row + offset] = change[row].T
-        newton = np.empty_like(log_nodes)
-        for chunk in range(0, log_nodes.shape[1], 4096):  # bounded memory for large FoV grids
-            part = slice(chunk, chunk + 4096)
-            newton[:, part] = np.linalg.solve(jacobian[part], current[:, part].T[..., np.newaxis])[..., 0].T
+        newton = _solve_tridiagonal(jacobian[0], jacobian[1], jacobian[2], current)
         # Damped: a column takes half steps until its largest residual no longer grows.
         scale = np.ones(log_nodes.shape[1])
         for _ in range(30):
             trial = log_nodes - scale * newton
-            trial_residual = residual(trial)
-            worse = ~(np.abs(trial_residual).max(axis=0) <= worst)
+            trial_current, *trial_jacobian = residual(trial)
+            worse = ~(np.abs(trial_current).max(axis=0) <= worst)
             if not worse.any():
                 break
             scale[worse] *= 0.5
-        log_nodes, current = trial, trial_residual
+        log_nodes, current, jacobian = trial, trial_current, trial_jacobian
     else:
         log.warning("energy nodes: largest log mismatch %.2g after %d steps", np.abs(current).max(), max_iterations)
     nodes[:, solved] = np.exp(log_nodes)
@@ -397,7 +430,7 @@ def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.nda
         return rate
     if (empty & counted[:, np.newaxis]).any():
         profile = BackgroundSmoother.profile(background).ravel()
-        for index in np.flatnonzero(counted & empty.any(axis=1)):
+        for index in np.flatnonzero(counted & empty.any(axis=1)).tolist():
             shape = profile * denominator[index]
             level = totals[index] / shape[exposed[index]].sum()
             cap = profile[exposed[index]].max()
