@@ -283,12 +283,10 @@ def _empty_energy_rows(populated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     big = n + 1
     below = np.full(populated.shape, big)  # distance to the nearest counted bin below
     above = np.full(populated.shape, big)
-    for i in range(n):
-        if i:
-            below[i] = np.where(populated[i - 1], 1, below[i - 1] + 1)
+    for i in range(1, n):
+        below[i] = np.where(populated[i - 1], 1, below[i - 1] + 1)
         j = n - 1 - i
-        if i:
-            above[j] = np.where(populated[j + 1], 1, above[j + 1] + 1)
+        above[j] = np.where(populated[j + 1], 1, above[j + 1] + 1)
     empty = ~populated
     with_lower = empty & (below < above)
     with_upper = empty & (above < below)
@@ -311,7 +309,7 @@ def energy_nodes_for_gammapy(rate: np.ndarray, background: AssembledBackground) 
 
     (Solving the spectrum of each offset ring and scaling its pixels alike was tried for 3D: it
     leaves the noise of single pixels to gammapy's log interpolation, whose mean of two nodes is
-    below their average, and predicted 3-12 % too few counts above 1 TeV on DR1.)
+    below their average, and predicted 1-12 % too few counts above 1 TeV on DR1 for fine map bins.)
 
     Bins with rate 0 get ``EMPTY_ENERGY_NODE_FRACTION`` of their neighbour's node toward the
     counted bins; spatial bins without counts at any energy stay 0.
