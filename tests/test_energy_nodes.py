@@ -19,6 +19,7 @@ from bkgdb.makers.assembly import (
     energy_nodes_for_gammapy,
     fill_empty_bins,
     loglog_bin_means,
+    offset_rings,
 )
 from bkgdb.simulate import BackgroundTruth
 from bkgdb.simulate.truth import FoVBackgroundTruth
@@ -126,6 +127,13 @@ def test_filling_empty_bins_adds_no_counts(three_d):
             observed = counts.reshape(geometry.n_energy, -1).sum(axis=1)
             np.testing.assert_allclose(predicted[counted], observed[counted], rtol=1e-6)
         filled = fill_empty_bins(background.rate, background)
+        if draw == 0 and three_d:  # every offset ring with counts keeps them: no radial shift
+            rings = offset_rings(geometry).ravel()
+            held = (filled * background.denominator).reshape(geometry.n_energy, -1)
+            for index in np.flatnonzero(counted):
+                ring_counts = np.bincount(rings, counts.reshape(geometry.n_energy, -1)[index])
+                ring_model = np.bincount(rings, held[index])
+                np.testing.assert_allclose(ring_model[ring_counts > 0], ring_counts[ring_counts > 0], rtol=1e-9)
         totals.append((filled * background.denominator).reshape(geometry.n_energy, -1).sum(axis=1)[slices])
     ratio = np.array(totals) / expected.reshape(geometry.n_energy, -1).sum(axis=1)[slices]
     error = ratio.std(axis=0) / np.sqrt(draws)
