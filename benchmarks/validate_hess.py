@@ -60,8 +60,8 @@ def main():
             path = folder / f"control-ring-{len(configs)}.yaml"
             path.write_text(yaml.safe_dump(values, sort_keys=False))
             configs.append((label, path))
-        for label, config in configs:
-            rows_file = folder / "rows.csv"
+        for number, (label, config) in enumerate(configs):
+            rows_file = folder / f"rows-{number}.csv"  # validate refuses to replace an existing file
             elapsed, cpu, summary = run_validate(database, datastore, config, args.jobs, rows_file)
             with rows_file.open() as handle:
                 n_rows = sum(1 for _ in csv.DictReader(handle))

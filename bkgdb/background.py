@@ -17,7 +17,7 @@ from bkgdb.built import BuiltBackground
 from bkgdb.errors import BkgdbError, BkgdbWarning
 from bkgdb.gadf.sash import check_writable, gammapy_reverses_lon, read_events_header
 from bkgdb.geometry import PieceGeometry
-from bkgdb.makers.assembly import AssembledBackground, assemble_stacked, bin_average_to_centre, fill_empty_bins
+from bkgdb.makers.assembly import AssembledBackground, assemble_stacked, energy_nodes_for_gammapy, fill_empty_bins
 from bkgdb.makers.condition_model import RunConditions
 from bkgdb.makers.normalisation import NO_NORMALISATION, Normalisation
 from bkgdb.makers.smoothing import BackgroundSmoother
@@ -235,7 +235,7 @@ class BackgroundBuilder:
             if self.config.selection.fill_empty_bins:
                 rate = fill_empty_bins(rate, assembled)
             if self.config.selection.bin_centre_correction:
-                rate = bin_average_to_centre(rate, assembled)
+                rate = energy_nodes_for_gammapy(rate, assembled)
             return BuiltBackground(
                 target,
                 selection,

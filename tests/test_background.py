@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session
 
 from bkgdb.background import BackgroundBuilder
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings
-from bkgdb.demo import bin_centres
 from bkgdb.errors import BkgdbError, ConfigError
 from bkgdb.fov_fit import fov_background_dataset, fov_background_norm
 from bkgdb.gadf.attach import attach_backgrounds
 from bkgdb.gadf.destination import UnsafeDestination
+from bkgdb.makers.assembly import loglog_bin_means
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 from bkgdb.store.models import BackgroundInput, BackgroundRow
 
@@ -55,13 +55,20 @@ def make_config(catalogue, **selection):
 
 
 def truth_comparison(built):
-    """The model against the true rate at the bin centres, where gammapy reads it.
+    """What gammapy integrates from the model over each bin against the truth's mean over the bin.
 
-    Returns the pulls in bins with more than 20 counts (error 1/sqrt(counts)) and the ratio
-    model / truth in every bin.
+    The written values are nodes at the bins' log centres whose log-log interpolation gammapy
+    integrates (`~bkgdb.makers.assembly.loglog_bin_means`). Returns the pulls in bins with more
+    than 20 counts (error 1/sqrt(counts)) and the ratio model / truth in every bin.
     """
     counts = built.assembled.counts
-    ratio = built.model.data / TRUTH.rate(*bin_centres(BINNING))
+    geometry = built.assembled.geometry
+    model_mean = np.exp(loglog_bin_means(np.log(np.maximum(built.model.data, 1e-300)), geometry.energy_edges))
+    ontime = 1e4  # any: the truth's expected counts over their denominator is its mean rate
+    truth_mean = TRUTH.expected_counts(geometry.energy_edges, geometry.offset_edges, ontime) / geometry.denominator(
+        np.full(geometry.spatial_shape, ontime)
+    )
+    ratio = model_mean / truth_mean
     use = counts > 20
     return (ratio[use] - 1) * np.sqrt(counts[use]), ratio
 

@@ -83,9 +83,11 @@ class SelectionSettings:
     smooth_sigma: float = 1.0
     poly_degree: int = 3
     spline_smoothing: float | None = None
-    #: Empty bins of energy slices with counts get the slice's mean rate (see `fill_empty_bins`).
+    #: Empty bins of energy slices with counts get a radial estimate, each slice keeping its
+    #: total; slices without counts a small fraction of their neighbour (see `fill_empty_bins`).
     fill_empty_bins: bool = True
-    #: Write rates at the energy bins' centres, as gammapy reads them (see `bin_average_to_centre`).
+    #: Make gammapy's evaluation right: write energy nodes whose log-log interpolation gammapy
+    #: integrates back to each bin's content (see `energy_nodes_for_gammapy`).
     bin_centre_correction: bool = True
     #: ``condition``: move each piece to the target's zenith, azimuth and optical efficiency with a
     #: model fitted on the archive before summing; ``sum``: plain summation.

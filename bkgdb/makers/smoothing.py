@@ -354,7 +354,10 @@ class BackgroundSmoother:
         for index in range(data.shape[0]):
             data[index] = gaussian_filter(data[index], self.sigma)
         cube.data = data
-        return cube.to_2d().data
+        smoothed = cube.to_2d().data
+        # Slices without counts were filled only to keep the log interpolation finite: back to 0.
+        smoothed[background.counts.reshape(len(smoothed), -1).sum(axis=1) <= 0] = 0.0
+        return smoothed
 
     def _slices(
         self, background: AssembledBackground
