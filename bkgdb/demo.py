@@ -230,7 +230,8 @@ def run_demo(
     counts = built.assembled.counts
     true_rate = truth.rate(*bin_centres(built.geometry))
     use = counts > 20
-    # The model holds rates at bin centres (what gammapy reads); each bin's error is 1/sqrt(counts).
+    # The model holds gammapy's energy nodes, for this smooth truth the rates at the bins' log
+    # centres; each bin's error is 1/sqrt(counts).
     ratio = float(np.sum(model.data[use] * counts[use] / true_rate[use]) / counts[use].sum())
     chi2 = float(np.sum(counts[use] * (model.data[use] / true_rate[use] - 1) ** 2))
     norm = fov_background_norm(observation, [(source.ra_deg, source.dec_deg, 0.4)])

@@ -248,3 +248,19 @@ def test_a_run_an_older_bkgdb_let_through_fails_todays_checks(
     assert 1002 not in BackgroundBuilder(catalogue, config).build(1000).selection.obs_ids
     catalogue.engine.dispose()
     engine.dispose()
+
+
+def test_header_texts_longer_than_their_column_are_cut_alike_on_every_database(catalogue, datastore_copy):
+    """A 66-character TELESCOP (one FITS card holds 68) stopped a PostgreSQL index ("value too long");
+    SQLite kept it whole. Both now keep the column's length, and every run is indexed."""
+    path = datastore_copy / "data" / "run_001000.fits.gz"
+    with fits.open(path) as hdul:
+        hdul.readall()
+        hdul["EVENTS"].header["TELESCOP"] = "X" * 66
+        buffer = io.BytesIO()
+        hdul.writeto(buffer)
+    path.write_bytes(gzip.compress(buffer.getvalue()))
+    report = catalogue.index(datastore_copy)
+    assert (report.new, report.failed) == (5, 0)
+    run = runs_by_obs_id(catalogue)[1000]
+    assert run.instrument == "X" * 64

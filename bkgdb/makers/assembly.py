@@ -387,7 +387,8 @@ def solve_energy_nodes(
             scale[worse] *= 0.5
         log_nodes, current, jacobian = trial, trial_current, trial_jacobian
     else:
-        log.warning("energy nodes: largest log mismatch %.2g after %d steps", np.abs(current).max(), max_iterations)
+        if np.abs(current).max() >= tolerance:  # the last step may have been the one that converged
+            log.warning("energy nodes: largest log mismatch %.2g after %d steps", np.abs(current).max(), max_iterations)
     nodes[:, solved] = np.exp(log_nodes)
     return nodes
 

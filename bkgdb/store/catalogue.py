@@ -373,22 +373,24 @@ class RunCatalogue:
             ).all()
             # Which instruments each datastore's ok runs are of: "none" for runs without one
             # (catalogued by an older bkgdb, or a file that names none).
-            instruments: dict[str, list[str]] = {}
+            instruments: dict[str, list[str | None]] = {}
             for path, instrument in session.execute(
                 sa.select(Datastore.path, Run.instrument)
                 .join(Run, Run.datastore_id == Datastore.id)
                 .where(Run.status == RUN_STATUS_OK)
                 .group_by(Datastore.path, Run.instrument)
-                .order_by(Datastore.path, Run.instrument)
             ):
-                instruments.setdefault(path, []).append(instrument or "none")
+                instruments.setdefault(path, []).append(instrument)
         datastores = [
             {
                 "path": path,
                 "last_indexed_at": last.isoformat() if last else None,
                 "runs": ok,
                 "failed_runs": failed,
-                "instruments": ", ".join(instruments.get(path, [])),
+                # Sorted here: SQLite and PostgreSQL put NULLs at opposite ends.
+                "instruments": ", ".join(
+                    name or "none" for name in sorted(instruments.get(path, []), key=lambda name: (name is None, name))
+                ),
                 "ontime_h": float(ontime or 0.0) / 3600.0,
                 "events": int(events or 0),
             }

@@ -465,13 +465,26 @@ def _checked_by_older(run: Run) -> bool:
     return run.id is not None and (run.checks_version or 0) < RUN_CHECKS_VERSION
 
 
+#: The lengths of the run facts stored as bounded text (instrument, telescopes, object name).
+_FACT_TEXT_LENGTHS = {
+    name: length
+    for name in RUN_FACT_COLUMNS
+    if (length := getattr(Run.__table__.c[name].type, "length", None)) is not None
+}
+
+
 def _store_facts(run: Run, source: RunSource, facts: RunFacts | None) -> None:
     # The model lists the facts a run row holds; a fact it does not know is a programming error.
     unknown = set(vars(facts)) - set(RUN_FACT_COLUMNS)
     if unknown:
         raise TypeError(f"run facts without a Run column: {', '.join(sorted(unknown))}")
     for name in RUN_FACT_COLUMNS:
-        setattr(run, name, getattr(facts, name, None))
+        value = getattr(facts, name, None)
+        if isinstance(value, str):
+            # A header text longer than its column (a CONTINUE card) would stop a PostgreSQL index
+            # altogether ("value too long"); SQLite keeps it whole. Cut alike on both.
+            value = value[: _FACT_TEXT_LENGTHS.get(name) or None]
+        setattr(run, name, value)
     run.file_path = str(source.events_path) if source.events_path else None
     run.row_sha256 = source.row_sha256
     run.checks_version = RUN_CHECKS_VERSION

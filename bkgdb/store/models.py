@@ -140,8 +140,8 @@ class Run(Base):
     livetime_s: Mapped[float | None]
     deadtime_fraction: Mapped[float | None]
 
-    #: The EVENTS header's ``TELESCOP`` (or an obs-index ``TELESCOP`` column), upper-case: HESS,
-    #: VERITAS, MAGIC, CTA. None when neither gives one, or the run was indexed before bkgdb read it.
+    #: ``TELESCOP``, from the obs-index row if it has the column, else the EVENTS header, upper-case:
+    #: HESS, VERITAS, MAGIC, CTA. None when neither gives one, or the run was indexed before bkgdb read it.
     instrument: Mapped[str | None] = mapped_column(sa.String(64))
     n_tels: Mapped[int | None] = mapped_column(index=True)
     tellist: Mapped[str | None]

@@ -222,7 +222,7 @@ class RunSelector:
         Such runs (an older ``checks_version``; a row without one was not written by an index)
         have no instrument until an index reads them again: as a target, every instrument's runs
         are its candidates; as candidates, a target of a known instrument leaves them out. They are
-        counted (from ``ix_runs_instrument`` alone) only when the criterion removed candidates of
+        counted (on ``ix_runs_instrument``) only when the criterion removed candidates of
         this ``funnel``, once per selector.
         """
         from bkgdb.makers.run import RUN_CHECKS_VERSION

@@ -42,13 +42,15 @@ def upgrade():
 
 
 def downgrade():
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    # Checked before anything changes: a refusal leaves the catalogue at 0008 with its indexes.
+    if sqlite and sqlite3.sqlite_version_info < (3, 35):
+        raise RuntimeError(f"downgrading below revision 0008 needs SQLite 3.35 or later, not {sqlite3.sqlite_version}")
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_index("ix_runs_selection")
         batch_op.create_index("ix_runs_selection", SELECTION_COLUMNS, unique=False)
         batch_op.drop_index("ix_runs_instrument")
-    if op.get_bind().dialect.name == "sqlite":
-        if sqlite3.sqlite_version_info < (3, 35):
-            raise RuntimeError(f"downgrading below revision 0008 needs SQLite 3.35 or later, not {sqlite3.sqlite_version}")
+    if sqlite:
         # Not batch mode: rebuilding runs would delete every piece (ON DELETE CASCADE).
         op.execute("ALTER TABLE runs DROP COLUMN checks_version")
         op.execute("ALTER TABLE runs DROP COLUMN instrument")
