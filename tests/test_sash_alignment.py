@@ -12,9 +12,9 @@ d. validate's fit and `plot significance` evaluate bkgdb's model in its own fram
 
 import numpy as np
 import pytest
-import yaml
 from astropy import units as u
 from astropy.io import fits
+from test_fov_truth import write_config
 from typer.testing import CliRunner
 
 from bkgdb.cli.main import app
@@ -52,28 +52,6 @@ def bkgdb(*args, exit_code=0):
     result = runner.invoke(app, [str(arg) for arg in args])
     assert result.exit_code == exit_code, result.output
     return result
-
-
-def write_config(path, alignment):
-    """2D and 3D binnings (the 3D one in ``alignment``), every other run selected, plain sums."""
-    energy = {"e_min": 0.3, "e_max": 30.0, "e_bins": 5}
-    config = {
-        "binning": [
-            {**energy, "off_min": 0.0, "off_max": 2.5, "off_bins": 10},
-            {**energy, "fov_max": 2.5, "fov_bins": 24, "fov_alignment": alignment},
-        ],
-        "exclusion": {"gammacat": "none", "hawc": "none", "star_cat": "none", "exclude_regions": []},
-        "background_selection": {
-            "el_diff": None,
-            "az_diff": None,
-            "gal_lat_min": 0,
-            "assembly": "sum",
-            "smooth_method": "none",
-        },
-        "config": {"njobs": 1},
-    }
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="module")
