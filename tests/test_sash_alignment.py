@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from astropy import units as u
 from astropy.io import fits
-from test_fov_truth import write_config
+from test_fov_truth import ARCHIVE, write_config
 from typer.testing import CliRunner
 
 from bkgdb.cli.main import app
@@ -26,20 +26,6 @@ SASH_KEYS = {"CREATOR": "SASH FITS::EventListWriter", "HDUVERS": "0.2"}
 TRUTH = FoVBackgroundTruth(
     norm=6e-4, index=2.4, energy_range_tev=(0.3, 100.0), alignment="RADEC", lon_gradient=0.2, lat_gradient=-0.25
 )
-#: (zenith, azimuth) at mid-run of the archive runs, all around the sky; the first is the target.
-HORIZONTAL = [
-    (30.0, 100.0),
-    (25.0, 0.0),
-    (35.0, 45.0),
-    (30.0, 90.0),
-    (40.0, 135.0),
-    (25.0, 180.0),
-    (35.0, 225.0),
-    (30.0, 270.0),
-    (40.0, 315.0),
-    (20.0, 160.0),
-    (45.0, 60.0),
-]
 TARGET = 2000
 BANDS = [0.5, 1.0, 3.0]
 RADIUS_DEG = 2.3
@@ -63,11 +49,11 @@ def archives(tmp_path_factory):
         paths[label] = folder / label
         DatastoreSimulator(
             truth=TRUTH,
-            horizontal=HORIZONTAL,
+            horizontal=ARCHIVE,
             ontime_s=1800.0,
             seed=8,
             first_obs_id=TARGET,
-            extra_columns={key: [value] * len(HORIZONTAL) for key, value in keys.items()},
+            extra_columns={key: [value] * len(ARCHIVE) for key, value in keys.items()},
         ).run(paths[label])
     # The twins differ in the keys only: what the comparisons rely on.
     name = "data/run_002000.fits.gz"
@@ -167,7 +153,7 @@ def test_attached_radec_model_predicts_sash_counts(archives, tmp_path):
     out = tmp_path / "attached"
     bkgdb("--db", database, "attach", archives["sash"], "--out", out, "--config", config, "--3d")
     counts, npred = quadrant_counts(out, [TARGET], "RADEC", BANDS, radius_deg=RADIUS_DEG)
-    found = pulls(counts, npred, model_variance=1.0 / ((len(HORIZONTAL) - 1) * npred))
+    found = pulls(counts, npred, model_variance=1.0 / ((len(ARCHIVE) - 1) * npred))
     assert counts.sum() > 5000
     quadrants = counts.sum(axis=1)
     assert quadrants.max() > 1.4 * quadrants.min()  # the gradient is there to be got wrong
