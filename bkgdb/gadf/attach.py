@@ -264,19 +264,19 @@ def attach_backgrounds(
                 try:
                     if run.events_path is None:
                         raise BkgdbError("the hdu-index lists no events file for it")
-                    copied: tuple[bytes, Values] | BkgdbError
+                    unreadable: BkgdbError | None = None
+                    content, header = b"", None
                     try:
-                        copied = _copied_content(run)
+                        content, header = _copied_content(run)
                     except BkgdbError as exc:
-                        copied = exc
+                        unreadable = exc
                     # gammapy reads every background of a H.E.S.S. SASH run as reversed RA/Dec (bkgdb.gadf.sash):
                     # an ALTAZ 3D model is refused before it is built, a RADEC one written in that convention.
-                    reverse_lon = not isinstance(copied, BkgdbError) and gammapy_reverses_lon(copied[1])
+                    reverse_lon = gammapy_reverses_lon(header)
                     check_writable(geometry, reverse_lon)
                     built = builder.build(run.obs_id, source.path, session=session)
-                    if isinstance(copied, BkgdbError):
-                        raise copied  # after the build's own reason (a run that failed to index says so)
-                    content = copied[0]
+                    if unreadable is not None:
+                        raise unreadable  # after the build's own reason (a run that failed to index says so)
                 except BkgdbError as exc:
                     report.skipped.append((run.obs_id, str(exc)))
                     log.info("run %s: no background: %s", run.obs_id, exc)  # the report lists it
