@@ -78,6 +78,16 @@ def _seconds(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
+def _percent_off(seconds: float, reference: float) -> str | None:
+    """How far ``seconds`` is from a positive ``reference``, in percent as messages show it, when
+    beyond `ONTIME_GTI_TOLERANCE`; else None."""
+    difference = abs(seconds - reference) / reference
+    if difference <= ONTIME_GTI_TOLERANCE:
+        return None
+    percent = 100 * difference
+    return f"{percent:.0f}" if percent >= 10 else f"{percent:.1f}"
+
+
 def obs_index_ontime_problem(row_ontime: Any, header_ontime: Any) -> str | None:
     """Why a run's obs-index ONTIME and its EVENTS header's disagree, or None when they agree.
 
@@ -88,14 +98,12 @@ def obs_index_ontime_problem(row_ontime: Any, header_ontime: Any) -> str | None:
     row_seconds, header_seconds = finite_number(row_ontime), finite_number(header_ontime)
     if row_seconds is None or header_seconds is None or header_seconds <= 0:
         return None
-    difference = abs(row_seconds - header_seconds) / header_seconds
-    if difference <= ONTIME_GTI_TOLERANCE:
+    off = _percent_off(row_seconds, header_seconds)
+    if off is None:
         return None
-    percent = 100 * difference
-    shown = f"{percent:.0f}" if percent >= 10 else f"{percent:.1f}"
     return (
         f"the obs-index ONTIME {_seconds(row_seconds)} s differs from the EVENTS header's "
-        f"{_seconds(header_seconds)} s by {shown} %"
+        f"{_seconds(header_seconds)} s by {off} %"
     )
 
 
@@ -123,12 +131,10 @@ def ontime_problem(ontime: Any, gti_sum_s: float | None) -> str | None:
         return None
     if not math.isfinite(gti_sum_s) or gti_sum_s <= 0:
         return f"the GTI intervals sum to {gti_sum_s} s, ONTIME is {_seconds(seconds)} s"
-    difference = abs(seconds - gti_sum_s) / gti_sum_s
-    if difference > ONTIME_GTI_TOLERANCE:
-        percent = 100 * difference
-        shown = f"{percent:.0f}" if percent >= 10 else f"{percent:.1f}"
-        return f"ONTIME {_seconds(seconds)} s differs from the GTI sum {_seconds(gti_sum_s)} s by {shown} %"
-    return None
+    off = _percent_off(seconds, gti_sum_s)
+    if off is None:
+        return None
+    return f"ONTIME {_seconds(seconds)} s differs from the GTI sum {_seconds(gti_sum_s)} s by {off} %"
 
 
 def non_finite_problem(columns: dict[str, Any]) -> str | None:
