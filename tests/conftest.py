@@ -183,3 +183,48 @@ def sim(tmp_path_factory):
     ).run(folder / "datastore")
     write_source_catalogue(folder / "catalogue.fits", [PLOT_SOURCE])
     return folder
+
+
+# -- the former bin-centre correction, a reference for the energy nodes ---------------------------
+
+
+def local_spectral_index(background):
+    """Spectral index per energy bin, from the spatially summed rates of its neighbours (log-log).
+
+    Where a neighbour has no counts the one-sided slope is used; where neither has, 0.
+    """
+    import numpy as np
+
+    n_energy = background.geometry.n_energy
+    totals = background.counts.reshape(n_energy, -1).sum(axis=1)
+    denominator = background.denominator.reshape(n_energy, -1).sum(axis=1)
+    mean = np.zeros(n_energy)
+    np.divide(totals, denominator, out=mean, where=(totals > 0) & (denominator > 0))
+    log_centre = np.log(background.geometry.energy_centres)
+    index = np.zeros(n_energy)
+    for i in range(n_energy):
+        around = [j for j in (i - 1, i, i + 1) if 0 <= j < n_energy and mean[j] > 0]
+        if mean[i] > 0 and len(around) >= 2:
+            lo, hi = around[0], around[-1]
+            index[i] = -(np.log(mean[hi]) - np.log(mean[lo])) / (log_centre[hi] - log_centre[lo])
+    return index
+
+
+def power_law_centre_rates(rate, background):
+    """Bin-averaged rates scaled to a power law's value at the bins' log centres, with the local
+    index of `local_spectral_index`: bkgdb's correction before the energy nodes, exact for a power
+    law only (near the threshold gammapy integrated it to 13-52 % fewer counts than were summed)."""
+    import numpy as np
+
+    geometry = background.geometry
+    edges, centres = geometry.energy_edges, geometry.energy_centres
+    index = np.clip(local_spectral_index(background), -10, 10)
+    factor = []
+    for lo, hi, centre, g in zip(edges[:-1], edges[1:], centres, index, strict=True):
+        if abs(g - 1) < 1e-6:
+            integral = centre * np.log(hi / lo)  # integral of (E / E_c)**-1
+        else:
+            integral = (hi ** (1 - g) - lo ** (1 - g)) / (1 - g) * centre**g
+        factor.append((hi - lo) / integral)
+    shape = (-1,) + (1,) * len(geometry.spatial_shape)
+    return np.asarray(rate, float) * np.reshape(factor, shape)

@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+from conftest import local_spectral_index, power_law_centre_rates
 
 from bkgdb.config import Binning
-from bkgdb.makers.assembly import assemble_background
+from bkgdb.makers.assembly import assemble_background, energy_nodes_for_gammapy
 from bkgdb.makers.piece import BackgroundPiece
 from bkgdb.makers.smoothing import BackgroundSmoother
 from bkgdb.simulate import BackgroundTruth
@@ -150,11 +151,9 @@ def test_gadf_writer_matches_gammapy(tmp_path):
         background_hdu(background.geometry, rate.T)
 
 
-@pytest.mark.parametrize("method", ["power_law_centre_rates", "energy_nodes_for_gammapy"])
+@pytest.mark.parametrize("method", [power_law_centre_rates, energy_nodes_for_gammapy])
 def test_bin_averages_become_centre_values_for_a_power_law(method):
     """gammapy reads values at the log centres; a summed model holds bin averages."""
-    from bkgdb.makers import assembly
-    from bkgdb.makers.assembly import local_spectral_index
 
     truth = BackgroundTruth(index=2.7)
     expected = truth.expected_counts(BINNING.energy_edges, BINNING.offset_edges, 1e6)
@@ -165,6 +164,6 @@ def test_bin_averages_become_centre_values_for_a_power_law(method):
     centre_offset = 0.5 * (BINNING.offset_edges[1:] + BINNING.offset_edges[:-1])
     true_centre = truth.rate(centre_energy[:, np.newaxis], centre_offset[np.newaxis, :])
     assert np.all(background.rate[:6] / true_centre[:6] > 1.02)  # the bin average is 2.3 % high
-    corrected = getattr(assembly, method)(background.rate, background)
+    corrected = method(background.rate, background)
     # What remains is the (much smaller) averaging over offset within an annulus.
     assert corrected[:6] / true_centre[:6] == pytest.approx(1.0, abs=0.005)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from astropy.io import fits
+from conftest import local_spectral_index, power_law_centre_rates
 from sqlalchemy.orm import Session
 
 from bkgdb.config import Binning, BkgdbConfig, ExclusionSettings, IOSettings, SelectionSettings
@@ -23,8 +24,6 @@ from bkgdb.makers.assembly import (
     assemble_background,
     energy_nodes_for_gammapy,
     fill_empty_bins,
-    local_spectral_index,
-    power_law_centre_rates,
 )
 from bkgdb.makers.condition_fit import ConditionModelFitter, collapse_pixels
 from bkgdb.makers.condition_model import ConditionModel, RunConditions

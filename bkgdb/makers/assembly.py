@@ -25,9 +25,7 @@ __all__ = [
     "energy_nodes_for_gammapy",
     "solve_energy_nodes",
     "loglog_bin_means",
-    "power_law_centre_rates",
     "EMPTY_ENERGY_NODE_FRACTION",
-    "local_spectral_index",
     "RATE_UNIT",
     "ASSEMBLY_METHODS",
 ]
@@ -38,11 +36,6 @@ log = logging.getLogger(__name__)
 ASSEMBLY_METHODS = ("condition", "sum")
 
 RATE_UNIT = "s-1 MeV-1 sr-1"
-
-
-def _per_energy(values: np.ndarray, geometry: PieceGeometry) -> np.ndarray:
-    """``values`` (one per energy bin) shaped to broadcast over arrays of ``geometry.shape``."""
-    return np.asarray(values).reshape((-1,) + (1,) * len(geometry.spatial_shape))
 
 
 @dataclass
@@ -111,62 +104,6 @@ class AssembledBackground:
     def to_irf(self, rate: np.ndarray | None = None) -> Any:
         """A gammapy ``Background2D`` or ``Background3D`` of ``rate`` (default: the unsmoothed rate)."""
         return self.geometry.to_irf(self.rate if rate is None else rate)
-
-
-def _energy_totals(background: AssembledBackground) -> tuple[np.ndarray, np.ndarray]:
-    """Counts and denominator of each energy slice, summed over the spatial bins."""
-    n_energy = background.geometry.n_energy
-    return (
-        background.counts.reshape(n_energy, -1).sum(axis=1),
-        background.denominator.reshape(n_energy, -1).sum(axis=1),
-    )
-
-
-def local_spectral_index(background: AssembledBackground) -> np.ndarray:
-    """Spectral index per energy bin, from the spatially summed rates of its neighbours (log-log).
-
-    Where a neighbour has no counts the one-sided slope is used; where neither has, 0.
-    """
-    totals, denominator = _energy_totals(background)
-    mean = np.zeros(len(totals))
-    np.divide(totals, denominator, out=mean, where=(totals > 0) & (denominator > 0))
-    log_centre = np.log(background.geometry.energy_centres)
-    index = np.zeros(len(totals))
-    for i in range(len(totals)):
-        around = [j for j in (i - 1, i, i + 1) if 0 <= j < len(totals) and mean[j] > 0]
-        if mean[i] > 0 and len(around) >= 2:
-            lo, hi = around[0], around[-1]
-            index[i] = -(np.log(mean[hi]) - np.log(mean[lo])) / (log_centre[hi] - log_centre[lo])
-    return index
-
-
-def power_law_centre_rates(rate: np.ndarray, background: AssembledBackground) -> np.ndarray:
-    """Bin-averaged rates scaled to a power law's value at the bins' log centres (the former correction).
-
-    Exact only where the spectrum is a power law across three bins: near the energy threshold,
-    where it turns over, gammapy integrates these values to 13-52 % fewer counts than were summed
-    (H.E.S.S. DR1, 0.2-0.56 TeV). `energy_nodes_for_gammapy` replaces it; kept for comparison.
-
-    gammapy takes a background's values as the rate at each bin's (log) centre and integrates the
-    log-log interpolation over the bin. A summed model holds bin averages, which for a falling
-    spectrum of index g exceed the centre value: by 2.6 % for g = 2.7 and 4 bins per decade, so
-    gammapy would predict that much too much. Each energy slice is scaled by
-    ``E_c**-g * (E_hi - E_lo) * (1 - g) / (E_hi**(1 - g) - E_lo**(1 - g))``, with the local
-    index g of `local_spectral_index`, which is exact for a power law.
-    """
-    geometry = background.geometry
-    edges, centres = geometry.energy_edges.tolist(), geometry.energy_centres.tolist()
-    index = np.clip(local_spectral_index(background), -10, 10).tolist()
-    factor = []
-    # In Python floats, a bin at a time: the same operations (C's pow) as on numpy's scalars, a
-    # tenth of the time.
-    for lo, hi, centre, g in zip(edges[:-1], edges[1:], centres, index, strict=True):
-        if abs(g - 1) < 1e-6:
-            integral = centre * float(np.log(hi / lo))  # integral of (E / E_c)**-1
-        else:
-            integral = (hi ** (1 - g) - lo ** (1 - g)) / (1 - g) * centre**g
-        factor.append((hi - lo) / integral)
-    return np.asarray(rate, float) * _per_energy(np.array(factor), geometry)
 
 
 #: An energy slice without counts (below the threshold, above the last counts) gets this fraction
