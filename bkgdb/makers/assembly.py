@@ -389,19 +389,20 @@ def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.nda
             held = np.where(exposed[index], slices[index] * denominator[index], 0.0)
             ring_total = np.bincount(rings, held, n_rings)
             ring_exposure = np.bincount(rings, denominator[index], n_rings)
-            # The radial shape of this slice and its neighbours, for rings without counts: the
-            # acceptance widens with energy, so the profile of all energies would put the counts
-            # of a high-energy slice toward the FoV centre (x2.4 there, x0.7 at the edge on DR1
-            # at 9-35 TeV, 3D).
-            around = slice(max(index - 1, 0), index + 2)
-            profile = reference_profile(counts[around].sum(axis=0), denominator[around].sum(axis=0), offset)
-            level = totals[index] / (profile * denominator[index])[exposed[index]].sum()
-            cap = profile[exposed[index]].max()
-            estimate = level * np.minimum(profile, cap)
-            # Within a ring that has counts, its own mean rate (the profile cannot follow the
+            # Within a ring that has counts, its own mean rate (a profile cannot follow the
             # camera's edge: +50 % in the FoV corners at 0.6-2 TeV on DR1).
             ring_mean = np.divide(ring_total, ring_exposure, out=np.zeros(n_rings), where=ring_total > 0)
-            estimate = np.where(ring_mean[rings] > 0, ring_mean[rings], estimate)
+            estimate = ring_mean[rings]
+            if (estimate[empty[index]] <= 0).any():
+                # The radial shape of this slice and its neighbours, for rings without counts
+                # (fitted only when there are such): the acceptance widens with energy, so the
+                # profile of all energies would put the counts of a high-energy slice toward the
+                # FoV centre (x2.4 there, x0.7 at the edge on DR1 at 9-35 TeV, 3D).
+                around = slice(max(index - 1, 0), index + 2)
+                profile = reference_profile(counts[around].sum(axis=0), denominator[around].sum(axis=0), offset)
+                level = totals[index] / (profile * denominator[index])[exposed[index]].sum()
+                cap = profile[exposed[index]].max()
+                estimate = np.where(estimate > 0, estimate, level * np.minimum(profile, cap))
             slices[index, empty[index]] = estimate[empty[index]]
             # Each ring keeps its total, and the slice its total (rings without counts get theirs
             # from the others).
