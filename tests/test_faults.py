@@ -298,3 +298,57 @@ def test_ctrl_c_to_the_process_group_stops_cleanly(db_url, fault_datastore):
     assert process.returncode == 128 + signal.SIGINT
     assert stderr.strip().splitlines() == ["Interrupted by SIGINT: stopped; work committed so far is kept."]
     assert wait_until_gone(process.pid) == []
+
+
+INTERRUPTED_FETCH = """\
+import sys
+import sqlalchemy as sa
+import typer
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from bkgdb.cli.common import reports_errors
+from bkgdb.parallel.processes import Terminated
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Row(Base):
+    __tablename__ = "rows"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+engine = sa.create_engine(sys.argv[1])
+Base.metadata.create_all(engine)
+with Session(engine) as session, session.begin():
+    session.add_all([Row(id=i) for i in range(4)])
+engine.dispose()
+
+
+@sa.event.listens_for(engine, "connect")
+def terminated_on_the_third_row(dbapi_connection, record):
+    def row(cursor, values):
+        if values[0] == 2:  # SIGTERM arrives while SQLite hands out rows
+            raise Terminated()
+        return values
+
+    dbapi_connection.row_factory = row
+
+
+try:
+    reports_errors(lambda: Session(engine).scalars(sa.select(Row)).all())()
+except typer.Exit as stop:
+    sys.exit(stop.exit_code)
+"""
+
+
+def test_an_interrupt_inside_a_sqlite_fetch_prints_one_line_not_sqlalchemys_cursor_error(tmp_path):
+    # SQLAlchemy closes the connection, then logs "Error closing cursor" with a traceback as it unwinds.
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_FETCH, f"sqlite:///{tmp_path / 'bkgdb.sqlite'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 128 + signal.SIGTERM
+    assert result.stderr.strip().splitlines() == ["Interrupted by SIGTERM: stopped; work committed so far is kept."]

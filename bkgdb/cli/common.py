@@ -132,7 +132,7 @@ def reports_errors(command: F) -> F:
         from bkgdb.store.database import DRIVER_ERROR
 
         try:
-            with sigterm_raises_interrupt(), warnings.catch_warnings():
+            with sigterm_raises_interrupt(), warnings.catch_warnings(), _quiet_aftermath_of_interrupts():
                 warnings.showwarning = _show_warning
                 return command(*args, **kwargs)
         except BkgdbError as exc:
@@ -151,6 +151,40 @@ def reports_errors(command: F) -> F:
             raise typer.Exit(128 + signum) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _follows_interrupt(record: logging.LogRecord) -> bool:
+    """Whether the record's exception was raised while a Ctrl-C or SIGTERM unwound."""
+    error = record.exc_info[1] if record.exc_info else None
+    seen = 0
+    while error is not None and seen < 16:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error, seen = error.__context__, seen + 1
+    return False
+
+
+@contextlib.contextmanager
+def _quiet_aftermath_of_interrupts() -> Iterator[None]:
+    """Within the block, logged errors caused by an interruption are not printed.
+
+    An interruption inside a SQLite fetch makes SQLAlchemy close the connection, then log "Error
+    closing cursor" with a traceback as it unwinds; the one line `reports_errors` prints says it all.
+    Only Python's last-resort handler (no logging configured) is filtered: a configured log keeps it.
+    """
+    handler = logging.lastResort
+    if handler is None:
+        yield
+        return
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not _follows_interrupt(record)
+
+    handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        handler.removeFilter(keep)
 
 
 def _is_own_warning(category: type[Warning]) -> bool:
