@@ -24,9 +24,11 @@ def funnel_counts(session: Session, candidates: Any, conditions: list, parameter
     Each condition is evaluated once per candidate (an inner 0/1 column), then summed. The query
     runs with the named ``parameters`` of the candidates and conditions.
     """
+    # Through the session's connection: one row of numbers needs no ORM statement handling.
+    connection = session.connection()
     if not conditions:
-        return [session.scalar(sa.select(sa.func.count()).select_from(candidates.subquery()), parameters) or 0]
-    return [int(value) for value in session.execute(_funnel_statement(candidates, conditions, []), parameters).one()]
+        return [connection.scalar(sa.select(sa.func.count()).select_from(candidates.subquery()), parameters) or 0]
+    return [int(value) for value in connection.execute(_funnel_statement(candidates, conditions, []), parameters).one()]
 
 
 def _funnel_statement(candidates: Any, conditions: list, scalars: list) -> Any:
