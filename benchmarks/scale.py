@@ -304,6 +304,7 @@ def recompute(n_runs: int, folder: str, source: str = "simulated", rounds: int =
     from bkgdb.gadf.datastore import DL3Datastore
     from bkgdb.gadf.events import read_events
     from bkgdb.makers.assembly import assemble_background, energy_nodes_for_gammapy, fill_empty_bins
+    from bkgdb.makers.fov_nodes import fov_nodes_for_gammapy
     from bkgdb.makers.piece import PieceMaker
 
     start = time.perf_counter()
@@ -373,7 +374,8 @@ def recompute(n_runs: int, folder: str, source: str = "simulated", rounds: int =
             .where(PieceRow.binning_id == built.binning_id, PieceRow.exclusion_id == built.exclusion_id)).all())
         breakdown = build_breakdown(builder, target, session)
 
-    rate = energy_nodes_for_gammapy(fill_empty_bins(assembled.rate, assembled), assembled)
+    filled = fill_empty_bins(assembled.rate, assembled)
+    rate = energy_nodes_for_gammapy(fov_nodes_for_gammapy(filled, assembled), assembled)
     checks = {
         "counts": np.array_equal(assembled.counts, built.assembled.counts),
         "exposure": np.array_equal(assembled.exposure_s, built.assembled.exposure_s),

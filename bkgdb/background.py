@@ -18,6 +18,7 @@ from bkgdb.errors import BkgdbError, BkgdbWarning
 from bkgdb.gadf.sash import check_writable, gammapy_reverses_lon, read_events_header
 from bkgdb.geometry import PieceGeometry
 from bkgdb.makers.assembly import AssembledBackground, assemble_stacked, energy_nodes_for_gammapy, fill_empty_bins
+from bkgdb.makers.fov_nodes import fov_nodes_for_gammapy
 from bkgdb.makers.condition_model import RunConditions
 from bkgdb.makers.normalisation import NO_NORMALISATION, Normalisation
 from bkgdb.makers.smoothing import BackgroundSmoother
@@ -235,7 +236,8 @@ class BackgroundBuilder:
             if self.config.selection.fill_empty_bins:
                 rate = fill_empty_bins(rate, assembled)
             if self.config.selection.bin_centre_correction:
-                rate = energy_nodes_for_gammapy(rate, assembled)
+                # What gammapy interpolates, in space and then in energy, back to the measured rates.
+                rate = energy_nodes_for_gammapy(fov_nodes_for_gammapy(rate, assembled), assembled)
             return BuiltBackground(
                 target,
                 selection,
