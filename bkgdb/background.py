@@ -18,8 +18,8 @@ from bkgdb.errors import BkgdbError, BkgdbWarning
 from bkgdb.gadf.sash import check_writable, gammapy_reverses_lon, read_events_header
 from bkgdb.geometry import PieceGeometry
 from bkgdb.makers.assembly import AssembledBackground, assemble_stacked, energy_nodes_for_gammapy, fill_empty_bins
-from bkgdb.makers.fov_nodes import fov_nodes_for_gammapy
 from bkgdb.makers.condition_model import RunConditions
+from bkgdb.makers.fov_nodes import fov_nodes_for_gammapy
 from bkgdb.makers.normalisation import NO_NORMALISATION, Normalisation
 from bkgdb.makers.smoothing import BackgroundSmoother
 from bkgdb.outputs import check_new_file, write_output

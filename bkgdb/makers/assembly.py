@@ -114,6 +114,9 @@ class AssembledBackground:
 #: beside 323; 2.3 with 1e-2, 23 with 1e-1), which stays compatible with the 0 observed for
 #: neighbours of up to about 2,000 counts, while the counted bin next to it integrates exactly.
 EMPTY_ENERGY_NODE_FRACTION = 1e-3
+#: What a value that would underflow becomes (after about 100 empty slices in a row): the smallest
+#: normal float, which gammapy's log interpolation also puts for 0, but a model never holds 0 there.
+SMALLEST_VALUE = float(np.finfo(float).tiny)
 
 
 def _log_relative_expm1(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -339,7 +342,8 @@ def solve_energy_nodes(
     else:
         if np.abs(current).max() >= tolerance:  # the last step may have been the one that converged
             log.warning("energy nodes: largest log mismatch %.2g after %d steps", np.abs(current).max(), max_iterations)
-    nodes[:, solved] = np.exp(log_nodes)
+    # Far from the counted bins the fractions underflow: the smallest normal float stands for them.
+    nodes[:, solved] = np.maximum(np.exp(log_nodes), SMALLEST_VALUE)
     return nodes
 
 
@@ -353,6 +357,11 @@ def offset_rings(geometry: PieceGeometry) -> np.ndarray:
         return np.arange(geometry.spatial_shape[0])
     pixel_deg = float(np.degrees(np.sqrt(np.mean(geometry.solid_angle_sr))))
     return np.floor(geometry.spatial_offset_deg / pixel_deg).astype(int)
+
+
+def _fraction_of(neighbour: np.ndarray) -> np.ndarray:
+    """``EMPTY_ENERGY_NODE_FRACTION`` of a neighbouring slice's positive rates, at least `SMALLEST_VALUE`."""
+    return np.where(neighbour > 0, np.maximum(EMPTY_ENERGY_NODE_FRACTION * neighbour, SMALLEST_VALUE), 0.0)
 
 
 def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.ndarray:
@@ -428,13 +437,13 @@ def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.nda
     lower, upper = _empty_energy_rows(np.broadcast_to(counted[:, np.newaxis], (n, 1)))
     for index in range(n):  # upward from below, and the slices above the counts
         if lower[index, 0] == 1.0:
-            slices[index] = EMPTY_ENERGY_NODE_FRACTION * slices[index - 1]
+            slices[index] = _fraction_of(slices[index - 1])
     for index in range(n - 1, -1, -1):
         if upper[index, 0] == 1.0:
-            slices[index] = EMPTY_ENERGY_NODE_FRACTION * slices[index + 1]
+            slices[index] = _fraction_of(slices[index + 1])
     for index in range(n):
         if lower[index, 0] == 0.5:
-            slices[index] = EMPTY_ENERGY_NODE_FRACTION * np.sqrt(slices[index - 1] * slices[index + 1])
+            slices[index] = _fraction_of(np.sqrt(slices[index - 1] * slices[index + 1]))
     return rate
 
 
