@@ -7,6 +7,7 @@ that revision, from an index of the simulated datastore (five runs, OBS_IDs 1000
 'SIM').
 """
 
+import dataclasses
 import gzip
 import io
 import shutil
@@ -78,6 +79,41 @@ def test_a_veritas_target_gets_veritas_runs_only(catalogue):
     mixed = BackgroundBuilder(catalogue, make_config(same_instrument=False)).build(64080)
     assert mixed.selection.funnel == [("candidate runs with pieces", 108)]
     assert {64081, 64082, 64083} < set(mixed.selection.obs_ids) and len(mixed.selection.obs_ids) == 108
+
+
+def without_telescop(folder):
+    """Remove every TELESCOP of a datastore's FITS files (header cards and table columns), in place."""
+    for path in sorted(folder.rglob("*.fits*")):
+        with fits.open(path) as hdul:
+            hdus = [hdu.copy() for hdu in hdul]
+        for number, hdu in enumerate(hdus):
+            hdu.header.pop("TELESCOP", None)
+            if isinstance(hdu, fits.BinTableHDU) and "TELESCOP" in hdu.columns.names:
+                hdu.columns.del_col("TELESCOP")
+                hdus[number] = fits.BinTableHDU(hdu.data, hdu.header, name=hdu.name)
+        fits.HDUList(hdus).writeto(path, overwrite=True)
+
+
+def test_a_target_that_names_no_instrument_is_told_it_takes_every_instruments_runs(catalogue, tmp_path):
+    veritas = tmp_path / "veritas"
+    shutil.copytree(gammapy_data_path("veritas", "crab-point-like-ED"), veritas)
+    without_telescop(veritas)
+    config = make_config()
+    assert catalogue.index(gammapy_data_path("hess-dl3-dr1"), config=config).new == 105
+    assert catalogue.index(veritas, config=config).new == 4
+    assert runs_by_obs_id(catalogue)[64080].instrument is None
+
+    built = BackgroundBuilder(catalogue, config).build(64080)
+    assert len(built.selection.obs_ids) == 108  # the criterion cannot apply: H.E.S.S. runs too
+    assert built.selection.warnings == [
+        "targets whose event files name no instrument (no TELESCOP) take runs of every instrument as candidates, "
+        "here of HESS; keep them to one with io.search_datastore or a where condition (e.g. instrument=HESS)"
+    ]
+    # Kept to their datastore, as the warning says: no H.E.S.S. run, no warning.
+    kept = dataclasses.replace(config, io=dataclasses.replace(config.io, search_datastore=str(veritas)))
+    alone = BackgroundBuilder(catalogue, kept).build(64080)
+    assert sorted(alone.selection.obs_ids) == [64081, 64082, 64083]
+    assert alone.selection.warnings == []
 
 
 # -- a catalogue of an older bkgdb -----------------------------------------------------------------

@@ -163,6 +163,8 @@ class RunSelector:
         #: Ok runs catalogued by an older bkgdb, so without an instrument, by search datastore id
         #: (`instrument_warnings`): counted once per selector.
         self._unread: dict[int | None, int] = {}
+        #: The instruments the runs name, per search datastore id (`known_instruments`).
+        self._instruments: dict[int | None, list[str]] = {}
 
     def criteria(self, target: Run, extra_keys: Sequence[str] = ()) -> list[tuple[str, Any]]:
         """(name, SQL condition) pairs for a target `~bkgdb.store.models.Run`."""
@@ -217,9 +219,11 @@ class RunSelector:
         return criteria
 
     def instrument_warnings(self, session: Session, target: Run, funnel: list, search_id: int | None) -> list[str]:
-        """What ``same_instrument`` could not do because runs were catalogued by an older bkgdb.
+        """What ``same_instrument`` could not do: runs without an instrument.
 
-        Such runs (an older ``checks_version``; a row without one was not written by an index)
+        A target whose event files name none (no ``TELESCOP``) has every instrument's runs as
+        candidates: said when other runs name one (`known_instruments`). Runs catalogued by an
+        older bkgdb (an older ``checks_version``; a row without one was not written by an index)
         have no instrument until an index reads them again: as a target, every instrument's runs
         are its candidates; as candidates, a target of a known instrument leaves them out. They are
         counted (on ``ix_runs_instrument``) only when the criterion removed candidates of
@@ -230,12 +234,21 @@ class RunSelector:
         if not self.settings.same_instrument:
             return []
         if target.instrument is None:
-            if target.checks_version is None or target.checks_version >= RUN_CHECKS_VERSION:
-                return []  # read by this bkgdb (its file names no instrument), or not by an index
+            if target.checks_version is None:
+                return []  # not catalogued by an index
             # Without the OBS_ID: printed once for all such targets.
+            if target.checks_version < RUN_CHECKS_VERSION:
+                return [
+                    "targets catalogued by an older bkgdb have no instrument, so runs of every instrument "
+                    f"are their candidates; {REINDEX_ADVICE}"
+                ]
+            known = self.known_instruments(session, search_id)
+            if not known:
+                return []  # no run names one: nothing tells instruments apart
             return [
-                "targets catalogued by an older bkgdb have no instrument, so runs of every instrument "
-                f"are their candidates; {REINDEX_ADVICE}"
+                "targets whose event files name no instrument (no TELESCOP) take runs of every instrument as "
+                f"candidates, here of {', '.join(known)}; keep them to one with io.search_datastore or a "
+                f"where condition (e.g. instrument={known[0]})"
             ]
         removed = [
             before - left
@@ -259,6 +272,15 @@ class RunSelector:
             f"{'have' if unread != 1 else 'has'} no instrument and cannot pass '{INSTRUMENT_CRITERION}'; "
             + REINDEX_ADVICE
         ]
+
+    def known_instruments(self, session: Session, search_id: int | None) -> list[str]:
+        """The instruments the ok runs (of the search datastore, if any) name, sorted; read once per selector."""
+        if search_id not in self._instruments:
+            query = sa.select(Run.instrument).where(Run.instrument.is_not(None), is_ok()).distinct()
+            if search_id is not None:
+                query = query.where(Run.datastore_id == search_id)
+            self._instruments[search_id] = sorted(session.scalars(query))
+        return self._instruments[search_id]
 
     def season_of(self, target: Run) -> tuple[date, date]:
         """The configured season (start, end) holding the target's observation date."""
