@@ -187,6 +187,10 @@ class Catalogue(CatalogueFigures):
             self.store.check_datastore(datastore)
         found = PieceCache(self.store.engine).exclusions(obs_id, datastore)
         if not found:
+            from bkgdb.store.backgrounds import find_target
+
+            with self.store.session() as session:
+                find_target(session, obs_id, datastore)  # a run that failed to index, or none: says so
             raise BkgdbError(f"run {obs_id} has no background pieces: index it with --config first")
         return found
 

@@ -20,7 +20,6 @@ from bkgdb.errors import BkgdbError
 from bkgdb.geometry import PieceGeometry
 
 if TYPE_CHECKING:
-    from bkgdb.config import Binning
     from bkgdb.store.catalogue import RunCatalogue
 
 __all__ = ["run_demo", "DemoReport", "claim_demo_folder", "claim_demo_database", "DEMO_MARKER"]
@@ -228,12 +227,16 @@ def run_demo(
     model = observation.bkg
     built = BackgroundBuilder(catalogue, config).build(target)
     counts = built.assembled.counts
-    true_rate = truth.rate(*bin_centres(built.geometry))
+    geometry = built.geometry
+    assert geometry.offset_edges is not None  # the demo's binning is 2D
+    true_rate = truth.expected_counts(geometry.energy_edges, geometry.offset_edges, 1.0) / geometry.denominator(
+        np.ones(geometry.spatial_shape)
+    )
+    model_rate = gammapy_bin_means(model, geometry)
     use = counts > 20
-    # The model holds gammapy's energy nodes, for this smooth truth the rates at the bins' log
-    # centres; each bin's error is 1/sqrt(counts).
-    ratio = float(np.sum(model.data[use] * counts[use] / true_rate[use]) / counts[use].sum())
-    chi2 = float(np.sum(counts[use] * (model.data[use] / true_rate[use] - 1) ** 2))
+    # Bin means, as gammapy integrates the model's nodes; each bin's error is 1/sqrt(counts).
+    ratio = float(np.sum(model_rate[use] * counts[use] / true_rate[use]) / counts[use].sum())
+    chi2 = float(np.sum(counts[use] * (model_rate[use] / true_rate[use] - 1) ** 2))
     norm = fov_background_norm(observation, [(source.ra_deg, source.dec_deg, 0.4)])
     return DemoReport(
         folder=folder,
@@ -255,7 +258,24 @@ def run_demo(
     )
 
 
-def bin_centres(binning: Binning | PieceGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """Energy (log) and offset centres of a 2D binning, as broadcastable (E, 1) and (1, offset) arrays."""
-    geometry = PieceGeometry.of(binning)
-    return geometry.energy_centres[:, np.newaxis], geometry.offset_centres[np.newaxis, :]
+def gammapy_bin_means(model: Any, geometry: PieceGeometry, samples: int = 16) -> np.ndarray:
+    """The mean over each (energy, offset) bin of what gammapy reads from a `~gammapy.irf.Background2D`.
+
+    Its log-log integral over each energy bin (``integrate_log_log`` on ``samples`` sub-bins) at
+    ``samples`` offsets per ring, averaged by solid angle: what a map of fine pixels predicts.
+    """
+    from astropy import units as u
+
+    n_energy, n_offset = geometry.shape
+    assert geometry.offset_edges is not None, "a 2D geometry"
+    steps = np.arange(n_energy * samples + 1) / samples
+    energy = np.exp(np.interp(steps, np.arange(n_energy + 1), np.log(geometry.energy_edges)))
+    energy[0], energy[-1] = energy[0] * (1 + 1e-12), energy[-1] * (1 - 1e-12)  # inside gammapy's axis
+    edges = geometry.offset_edges
+    offset = (edges[:-1, None] + np.diff(edges)[:, None] * (np.arange(samples) + 0.5) / samples).ravel()
+    weight = np.sin(np.radians(offset)).reshape(n_offset, samples)
+    integral = model.integrate_log_log(
+        axis_name="energy", energy=energy[:, None] * u.TeV, offset=offset[None, :] * u.deg
+    ).to_value("s-1 MeV-1 sr-1 TeV")
+    per_energy = integral.reshape(n_energy, samples, -1).sum(axis=1) / np.diff(geometry.energy_edges)[:, None]
+    return (per_energy.reshape(n_energy, n_offset, samples) * weight).sum(axis=2) / weight.sum(axis=1)

@@ -127,7 +127,9 @@ def test_user_errors_are_one_line_with_exit_code_2(args, message, tmp_path, monk
     assert re.search(message, lines[0])
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true"])
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:x?mode=memory&uri=true", ":memory:"]
+)
 def test_an_in_memory_database_is_refused_as_it_would_keep_nothing(url, simulated_datastore, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for command in (["init"], ["index", simulated_datastore], ["runs"]):
@@ -177,6 +179,24 @@ def test_an_obs_id_outside_64_bit_is_one_error_line(db_url, obs_id, tmp_path):
     assert not (tmp_path / "figure.png").exists() and not (tmp_path / "bkg.fits").exists()
     with pytest.raises(BkgdbError, match="names no run"):
         Catalogue.open(db_url, readonly=True).lineage(obs_id)
+
+
+def test_exclusions_of_a_run_that_failed_to_index_say_why(db_url, datastore_copy, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "binning: {e_min: 0.1, e_max: 100, e_bins: 10, off_min: 0, off_max: 2.5, off_bins: 5}\n"
+        "exclusion: {gammacat: none, hawc: none, star_cat: none}\n"
+    )
+    (datastore_copy / "data" / "run_001002.fits.gz").unlink()
+    assert (
+        "4 new, 0 updated, 0 unchanged, 1 failed"
+        in bkgdb("index", datastore_copy, "--config", config, db=db_url).output
+    )
+    failed = bkgdb("exclusions", "1002", db=db_url)
+    assert failed.exit_code == 2
+    assert failed.output.startswith("Error: run 1002 failed to index: ") and "run_001002.fits.gz" in failed.output
+    unknown = bkgdb("exclusions", "999", db=db_url)
+    assert unknown.exit_code == 2 and unknown.output.startswith("Error: run 999 is not in the catalogue")
 
 
 def test_index_with_config_then_cache_and_exclusions(db_url, simulated_datastore, tmp_path):
@@ -319,8 +339,12 @@ def test_demo(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "32 new, 0 updated, 0 unchanged, 0 failed; 32 pieces computed" in result.output
     assert "32 runs written to" in result.output
-    ratio = float(re.search(r"model / truth at bin centres = ([0-9.]+)", result.output).group(1))
-    assert abs(ratio - 1) < 0.02
+    ratio, chi2, bins = re.search(
+        r"model / truth in gammapy = ([0-9.]+) \+- [0-9.]+, chi2 = ([0-9.]+) for (\d+) bins", result.output
+    ).groups()
+    assert abs(float(ratio) - 1) < 0.02
+    # What gammapy integrates, bin by bin, is the truth within the counts' errors.
+    assert float(chi2) < 1.5 * int(bins)
     norm, error = map(
         float, re.search(r"FoVBackgroundMaker norm of run \d+ with it: ([0-9.]+) \+- ([0-9.]+)", result.output).groups()
     )

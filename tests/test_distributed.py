@@ -179,7 +179,7 @@ def test_a_malformed_scheduler_address_is_refused_before_any_work(db_url, sim_da
     def index(*options):
         return runner.invoke(app, ["--db", db_url, "index", str(datastore), *options])
 
-    for address in ("garbage", "tcp://[::1", "tcp://scheduler:99999", "foo://scheduler:8786"):
+    for address in ("garbage", "tcp://[::1", "tcp://scheduler:99999", "foo://scheduler:8786", "http//scheduler:8786"):
         started = time.monotonic()
         result = index("--scheduler", address)
         assert result.exit_code == 2, result.output

@@ -13,7 +13,7 @@ import yaml
 from astropy.io import fits
 
 import bkgdb
-from bkgdb.demo import EMPTY_FIELDS, SOURCE, bin_centres, demo_config
+from bkgdb.demo import EMPTY_FIELDS, SOURCE, demo_config, gammapy_bin_means
 from bkgdb.errors import BkgdbError, ConditionError, ConfigError, DatabaseNotReadyError
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator, PointSource, write_source_catalogue
 
@@ -80,8 +80,10 @@ def test_index_build_write_attach(db_url, demo, tmp_path):
     # ... and recovers the simulated rate within statistics.
     counts = built.assembled.counts
     use = counts > 20
-    true_rate = TRUTH.rate(*bin_centres(catalogue.config.binning))
-    ratio = np.sum(built.rate[use] * counts[use] / true_rate[use]) / counts[use].sum()
+    geometry = built.geometry
+    true_rate = TRUTH.expected_counts(geometry.energy_edges, geometry.offset_edges, 1.0) / geometry.denominator(1.0)
+    model_rate = gammapy_bin_means(geometry.to_irf(built.rate), geometry)
+    ratio = np.sum(model_rate[use] * counts[use] / true_rate[use]) / counts[use].sum()
     assert abs(ratio - 1) < 3 / np.sqrt(counts[use].sum()) + 0.01, ratio
     assert catalogue.history() == []  # building records nothing
 

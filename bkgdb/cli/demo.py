@@ -23,7 +23,7 @@ def demo(
         f"index                {report.index_summary}",
         f"attach               {report.attach_summary}",
         f"check                run {report.target_obs_id}: background from {report.n_background_runs} runs; "
-        f"model / truth at bin centres = {report.ratio:.3f} +- {report.ratio_error:.3f}, "
+        f"model / truth in gammapy = {report.ratio:.3f} +- {report.ratio_error:.3f}, "
         f"chi2 = {report.chi2:.1f} for {report.ndof} bins",
         f"gammapy              FoVBackgroundMaker norm of run {report.target_obs_id} with it: "
         f"{report.fov_norm:.3f} +- {report.fov_norm_error:.3f} (1: it predicts the counts)",

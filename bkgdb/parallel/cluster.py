@@ -121,7 +121,7 @@ def check_scheduler_address(address: str) -> None:
         host, port = parse_host_port(location)
     except ValueError:
         raise refuse(f"{location!r} is not HOST:PORT") from None
-    if not host or any(character.isspace() for character in host):
+    if not host or any(character.isspace() or character in "/\\@?#" for character in host):
         raise refuse(f"no host name in {location!r}")
     if not 0 < port < 65536:
         raise refuse(f"port {port} is not between 1 and 65535")

@@ -175,6 +175,8 @@ def is_in_memory_sqlite(url: str | None) -> bool:
     or SQLite's temporary file of an empty URI name (``file:?uri=true``). The library opens them
     (tests, a scratch catalogue in a script); a command would lose all it wrote when it exits.
     """
+    if (url or os.environ.get(URL_ENV_VAR) or "").strip() == ":memory:":  # SQLite's name, not a file here
+        return True
     parsed = make_url(resolve_url(url))
     if parsed.get_backend_name() != "sqlite":
         return False
