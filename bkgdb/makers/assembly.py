@@ -258,8 +258,10 @@ def energy_nodes_for_gammapy(rate: np.ndarray, background: AssembledBackground) 
     interpolation (`loglog_bin_means`); where the spectrum bends (the turn-on at the energy
     threshold) no power-law scale per bin makes that integral right. Each spatial bin's spectrum
     is solved for the nodes whose interpolant has each bin's mean (`solve_energy_nodes`), so
-    gammapy predicts the summed counts of every bin for map energy bins fine enough to follow the
-    interpolant (``MapDatasetMaker(background_oversampling=...)``).
+    gammapy's energy integral at each bin's centre gives its summed counts for map energy bins fine
+    enough to follow the interpolant (``MapDatasetMaker(background_oversampling=...)``). Between
+    the centres gammapy interpolates in space too: `~bkgdb.makers.fov_nodes.fov_nodes_for_gammapy`,
+    applied before, sees to that.
 
     (Solving the spectrum of each offset ring and scaling its pixels alike was tried for 3D: it
     leaves the noise of single pixels to gammapy's log interpolation, whose mean of two nodes is
