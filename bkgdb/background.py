@@ -15,7 +15,7 @@ import numpy as np
 
 from bkgdb.built import BuiltBackground
 from bkgdb.errors import BkgdbError, BkgdbWarning
-from bkgdb.gadf.sash import check_writable, gammapy_reverses_lon, read_events_header
+from bkgdb.gadf.sash import HESS_INSTRUMENT, check_writable, gammapy_reverses_lon, read_events_header
 from bkgdb.geometry import PieceGeometry
 from bkgdb.makers.assembly import AssembledBackground, assemble_stacked, energy_nodes_for_gammapy, fill_empty_bins
 from bkgdb.makers.condition_model import RunConditions
@@ -78,8 +78,15 @@ def check_background_output(
 def _target_reverses_lon(target: Run) -> bool:
     """Whether gammapy reads any background of ``target`` as reversed RA/Dec (`bkgdb.gadf.sash`): its EVENTS header.
 
-    A run file that cannot be read (moved since the index) counts as not reversed, with a
-    `~bkgdb.errors.BkgdbWarning`: the model is then written as built.
+    Only H.E.S.S. exports are so read. When the run file cannot be read (moved since the index),
+    a H.E.S.S. run's 3D model is refused, as whether gammapy mirrors it cannot be told; a run of
+    another catalogued instrument counts as not reversed; one of unknown instrument too, with a
+    `~bkgdb.errors.BkgdbWarning`.
+
+    Raises
+    ------
+    BkgdbError
+        A H.E.S.S. run whose EVENTS header cannot be read.
     """
     import warnings
 
@@ -88,12 +95,19 @@ def _target_reverses_lon(target: Run) -> bool:
             raise BkgdbError("the catalogue has no file for it")
         return gammapy_reverses_lon(read_events_header(target.file_path))
     except BkgdbError as exc:
-        warnings.warn(
-            f"run {target.obs_id}: {exc}; the 3D model is written as built, which gammapy misreads "
-            "if the run is a H.E.S.S. SASH export (EVENTS CREATOR 'SASH FITS::EventListWriter')",
-            BkgdbWarning,
-            stacklevel=3,
-        )
+        if target.instrument == HESS_INSTRUMENT:
+            raise BkgdbError(
+                f"run {target.obs_id}: {exc}; gammapy reads the 3D backgrounds of H.E.S.S. SASH exports "
+                "(EVENTS CREATOR 'SASH FITS::EventListWriter') mirrored, and without the file bkgdb cannot "
+                "tell whether this run is one: restore the file, or write a 2D model"
+            ) from None
+        if target.instrument is None:
+            warnings.warn(
+                f"run {target.obs_id}: {exc}; the 3D model is written as built, which gammapy misreads "
+                "if the run is a H.E.S.S. SASH export (EVENTS CREATOR 'SASH FITS::EventListWriter')",
+                BkgdbWarning,
+                stacklevel=3,
+            )
         return False
 
 
@@ -297,7 +311,7 @@ class BackgroundBuilder:
         For a H.E.S.S. (SASH) target, whose every background gammapy reads as reversed RA/Dec
         (`bkgdb.gadf.sash`, from the EVENTS header of the run's file), a RADEC 3D model is written
         in that convention and an ALTAZ 3D one is refused (`~bkgdb.errors.BkgdbError`, before the
-        build).
+        build), as is any 3D model of a H.E.S.S. target whose file can no longer be read.
         """
         import warnings
 

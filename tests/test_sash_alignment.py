@@ -242,20 +242,44 @@ def north_of_pointing(path, distance_deg):
     return float(row["RA_PNT"]), float(row["DEC_PNT"]) + distance_deg
 
 
-def test_unreadable_run_file_is_written_as_built_with_a_warning(archives, tmp_path):
-    """`background --3d` for a run whose file has gone since the index writes the RADEC model as
-    built, warning that gammapy misreads it if the run is a H.E.S.S. export."""
+@pytest.mark.parametrize("instrument", ["HESS", None, "SIM"])
+def test_a_run_file_gone_since_the_index(archives, tmp_path, instrument):
+    """`background --3d` for a run whose file has gone since the index: whether gammapy mirrors its
+    model cannot be told. A H.E.S.S. run's is refused; a run of unknown instrument's is written as
+    built with a warning; a run of another instrument's is written as built (only H.E.S.S. files are
+    SASH exports)."""
     import shutil
+
+    from astropy.table import Table
 
     path = tmp_path / "archive"
     shutil.copytree(archives["sash"], path)
+    index = Table.read(path / "obs-index.fits.gz")
+    if instrument is None:  # the header's TELESCOP too, as an instrument is read from either
+        for name in sorted((path / "data").glob("*.fits.gz")):
+            with fits.open(name) as hdul:
+                hdus = fits.HDUList([hdu.copy() for hdu in hdul])
+            hdus["EVENTS"].header.remove("TELESCOP")
+            hdus.writeto(name, overwrite=True)
+    else:
+        index["TELESCOP"] = instrument  # the obs-index's comes first
+    index.write(path / "obs-index.fits.gz", overwrite=True)
     config = write_config(tmp_path / "radec.yaml", "RADEC")
     database = f"sqlite:///{tmp_path / 'radec.sqlite'}"
     bkgdb("--db", database, "index", path, "--config", config)
     (path / "data" / "run_002000.fits.gz").rename(tmp_path / "moved.fits.gz")
     output = tmp_path / "model.fits"
-    result = bkgdb("--db", database, "background", TARGET, "--3d", "-o", output, "--config", config)
+    args = ("--db", database, "background", TARGET, "--3d", "-o", output, "--config", config)
+    if instrument == "HESS":
+        text = " ".join(bkgdb(*args, exit_code=2).output.split())
+        assert text.startswith("Error: run 2000: cannot read the EVENTS header of "), text
+        assert text.endswith("bkgdb cannot tell whether this run is one: restore the file, or write a 2D model"), text
+        assert not output.exists()
+        return
+    result = bkgdb(*args)
     text = " ".join(result.output.split())
-    assert "Warning: run 2000: cannot read the EVENTS header" in text, result.output
-    assert "gammapy misreads if the run is a H.E.S.S. SASH export" in text, result.output
+    warned = "Warning: run 2000: cannot read the EVENTS header" in text
+    assert warned == (instrument is None), result.output
+    if warned:
+        assert "gammapy misreads if the run is a H.E.S.S. SASH export" in text, result.output
     assert fits.getheader(output, "BACKGROUND")["FOVALIGN"] == "RADEC"

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SASH_CREATOR",
     "SASH_HDUVERS",
+    "HESS_INSTRUMENT",
     "REVERSE_LON_RADEC",
     "gammapy_reverses_lon",
     "read_events_header",
@@ -42,6 +43,8 @@ __all__ = [
 #: The EVENTS ``CREATOR`` and ``HDUVERS`` values gammapy 2.1 tests, compared as exact strings.
 SASH_CREATOR = "SASH FITS::EventListWriter"
 SASH_HDUVERS = "0.2"
+#: The catalogued instrument (``TELESCOP``, upper case) of H.E.S.S. runs, the only ones gammapy's rule can match.
+HESS_INSTRUMENT = "HESS"
 #: gammapy's name (``FoVAlignment`` and ``FOVALIGN``) of RA/Dec alignment with reversed FoV longitude.
 REVERSE_LON_RADEC = "REVERSE_LON_RADEC"
 
