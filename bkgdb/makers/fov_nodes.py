@@ -9,11 +9,12 @@ mean of a log interpolation lies below their average (the mean of two values aga
 geometric mean): on H.E.S.S. DR1 a 3D model of one run (0.2 deg pixels) predicted 0.69 of the
 counts at 5-10 TeV, and one of 104 runs 0.92.
 
-`fov_nodes_for_gammapy` scales each energy slice's bins ring by ring (`~bkgdb.makers.assembly.offset_rings`:
-each offset bin in 2D, rings one pixel wide in 3D) until the interpolant's integral over every
-ring is the ring's rate x solid angle. Scaling whole rings keeps the pattern of the pixels: solving
-every pixel for its own mean would undo the interpolation's smoothing and amplify pixel noise (up
-to four times for alternating pixels).
+`fov_nodes_for_gammapy` scales, per energy slice, groups of offset rings (`ring_groups`, of
+`~bkgdb.makers.assembly.offset_rings`: each offset bin in 2D, rings one pixel wide in 3D; joined
+outward until they hold `GROUP_MIN_COUNTS`) until the interpolant's integral over every group is
+the group's rate x solid angle. Scaling whole groups keeps the pattern of the pixels: solving every
+bin for its own mean would undo the interpolation's averaging and amplify noise (up to four times
+for alternating pixels).
 """
 
 from __future__ import annotations
