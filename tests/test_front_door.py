@@ -178,7 +178,7 @@ def test_mistakes_are_reported_before_any_work(demo, tmp_path):
     with pytest.raises(BkgdbError, match="needs a config"):
         without_config.build(TARGET)
     catalogue = bkgdb.Catalogue.open(url, config=config)
-    with pytest.raises(BkgdbError, match="no background pieces"):
+    with pytest.raises(BkgdbError, match="is not in the catalogue: index its datastore first"):
         catalogue.exclusions(TARGET)
     with pytest.raises(BkgdbError, match="name it .csv or .json"):
         catalogue.validate(datastore, rows_file=tmp_path / "rows.txt")
