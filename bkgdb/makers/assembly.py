@@ -114,6 +114,10 @@ class AssembledBackground:
 #: beside 323; 2.3 with 1e-2, 23 with 1e-1), which stays compatible with the 0 observed for
 #: neighbours of up to about 2,000 counts, while the counted bin next to it integrates exactly.
 EMPTY_ENERGY_NODE_FRACTION = 1e-3
+#: A bin whose rate is below this fraction of its offset ring's mean is filled as if empty
+#: (`fill_empty_bins`): for integer counts that takes a single count among rings of thousands, which
+#: Poisson never gives; a smoothed rate never falls so steeply between neighbours.
+NEAR_EMPTY_FRACTION = 1e-3
 #: What a value that would underflow becomes (after about 100 empty slices in a row): the smallest
 #: normal float, which gammapy's log interpolation also puts for 0, but a model never holds 0 there.
 SMALLEST_VALUE = float(np.finfo(float).tiny)
@@ -401,16 +405,24 @@ def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.nda
     exposed = denominator > 0
     totals = np.where(exposed, slices * denominator, 0.0).sum(axis=1)
     counted = totals > 0
-    empty = slices <= 0
     if not counted.any():
         return rate
+    rings = offset_rings(geometry).ravel()
+    n_rings = int(rings.max()) + 1
+    empty = slices <= 0
+    # Next to a bin whose rate is a tiny fraction of its ring's (the condition model moves parts of
+    # 1e-8 of a count into bins), gammapy's log extrapolation at the FoV edge explodes as beside a 0.
+    held_all = np.where(exposed, slices * denominator, 0.0)
+    for index in np.flatnonzero(counted).tolist():
+        ring_rate = np.bincount(rings, held_all[index], n_rings) / np.maximum(
+            np.bincount(rings, denominator[index], n_rings), np.finfo(float).tiny
+        )
+        empty[index] |= slices[index] < NEAR_EMPTY_FRACTION * ring_rate[rings]
     if (empty & counted[:, np.newaxis]).any():
         counts = np.asarray(background.counts, float).reshape(n, -1)
         offset = np.ravel(geometry.spatial_offset_deg)
-        rings = offset_rings(geometry).ravel()
-        n_rings = int(rings.max()) + 1
         for index in np.flatnonzero(counted & empty.any(axis=1)).tolist():
-            held = np.where(exposed[index], slices[index] * denominator[index], 0.0)
+            held = np.where(exposed[index] & ~empty[index], slices[index] * denominator[index], 0.0)
             ring_total = np.bincount(rings, held, n_rings)
             ring_exposure = np.bincount(rings, denominator[index], n_rings)
             # Within a ring that has counts, its own mean rate (a profile cannot follow the

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 #: Counts a group of offset rings holds before it gets its own factor (`ring_groups`): its rate is
 #: then known to about 3 %.
 GROUP_MIN_COUNTS = 1000
+#: A slice whose factors would go beyond this (either way) keeps its rates (`fov_nodes_for_gammapy`).
+MAX_FACTOR = 4.0
+#: Quadrature points solved at once, at most (a slice's are never split).
+CHUNK_POINTS = 1_000_000
 #: Gauss-Legendre points per half bin and axis: the interpolant is smooth between a bin's edge and
 #: its centre, so two points integrate exp(linear) there to about 1e-4 even across a factor e.
 QUADRATURE_POINTS = 2
@@ -202,32 +206,55 @@ def fov_nodes_for_gammapy(
     geometry = background.geometry
     rate = np.array(rate, dtype=float)
     slices = rate.reshape(geometry.n_energy, -1)
-    positive = (slices > 0).all(axis=1)
-    if not positive.any():
+    positive = np.flatnonzero((slices > 0).all(axis=1))
+    if not positive.size:
         return rate
+    weights = _quadrature(geometry)[1]
+    counts = np.asarray(background.counts, float).reshape(geometry.n_energy, -1)
+    groups = ring_groups(counts[positive], offset_rings(geometry).ravel(), min_counts)
+    # Slices are independent: solved a few at a time, so that the quadrature's points (16 per
+    # 3D bin) of a large binning never all sit in memory at once.
+    per_chunk = max(1, CHUNK_POINTS // weights.size)
+    left = 0
+    for begin in range(0, positive.size, per_chunk):
+        chosen = positive[begin : begin + per_chunk]
+        scale, converged = _group_scales(
+            slices[chosen], groups[begin : begin + per_chunk], geometry, tolerance, max_iterations
+        )
+        # A slice the iteration could not settle, or that needs a factor far from 1 (neighbours
+        # so unlike that the quadrature cannot follow gammapy), keeps its rates.
+        kept = converged & (np.abs(np.log(scale)) <= np.log(MAX_FACTOR)).all(axis=1)
+        slices[chosen[kept]] *= scale[kept]
+        left += int((~kept).sum())
+    if left:
+        log.warning("FoV nodes: %d energy slices left as built (no stable scaling found)", left)
+    return rate
+
+
+def _group_scales(
+    targets: np.ndarray, groups: np.ndarray, geometry: Any, tolerance: float, max_iterations: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The factor of every bin (n, n_bins) of `fov_nodes_for_gammapy` for slices ``targets`` whose bins are
+    in ``groups``, and whether each slice's iteration converged."""
     matrices, weights, owner, sizes = _quadrature(geometry)
-    targets = slices[positive]
     n = len(targets)
-    counts = np.asarray(background.counts, float).reshape(geometry.n_energy, -1)[positive]
-    groups = ring_groups(counts, offset_rings(geometry).ravel(), min_counts)
     n_groups = int(groups.max()) + 1
     # Group sums of all slices in one bincount: slice i's group g is i * n_groups + g.
     slot = groups + n_groups * np.arange(n)[:, np.newaxis]
     point_slot = slot[:, owner.ravel()].ravel()
     wanted = np.bincount(slot.ravel(), (targets * sizes).ravel(), n * n_groups)
+    used = wanted > 0
     spatial = (n, *geometry.spatial_shape)
     first = np.exp(_interpolate(np.log(targets).reshape(spatial), matrices)) * weights
     log_scale = np.zeros(n * n_groups)
+    mismatch = np.zeros(n * n_groups)
     for _ in range(max_iterations):
         # The interpolant of the scaled values: the first one times the interpolated log scale.
         points = first * np.exp(_interpolate(log_scale[slot].reshape(spatial), matrices))
         got = np.bincount(point_slot, points.ravel(), n * n_groups)
-        used = wanted > 0
-        mismatch = np.log(wanted[used] / got[used])
+        mismatch[used] = np.log(wanted[used] / got[used])
         if np.abs(mismatch).max() < tolerance:
             break
-        log_scale[used] += mismatch
-    else:
-        log.warning("FoV nodes: largest group mismatch %.2g after %d steps", np.abs(mismatch).max(), max_iterations)
-    slices[positive] = targets * np.exp(log_scale[slot])
-    return rate
+        log_scale[used] += mismatch[used]
+    converged = np.asarray((np.abs(mismatch.reshape(n, n_groups)) < tolerance).all(axis=1))
+    return np.exp(log_scale[slot]), converged
