@@ -87,7 +87,8 @@ class SelectionSettings:
     #: total; slices without counts a small fraction of their neighbour (see `fill_empty_bins`).
     fill_empty_bins: bool = True
     #: Make gammapy's evaluation right: write energy nodes whose log-log interpolation gammapy
-    #: integrates back to each bin's content (see `energy_nodes_for_gammapy`).
+    #: integrates back to each bin's content (see `energy_nodes_for_gammapy`), and FoV values
+    #: whose spatial interpolation gives each group of offset rings its rate (`fov_nodes_for_gammapy`).
     bin_centre_correction: bool = True
     #: ``condition``: move each piece to the target's zenith, azimuth and optical efficiency with a
     #: model fitted on the archive before summing; ``sum``: plain summation.
