@@ -409,22 +409,22 @@ def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.nda
         return rate
     rings = offset_rings(geometry).ravel()
     n_rings = int(rings.max()) + 1
-    empty = slices <= 0
+    # Every slice's ring sums in one bincount: slice i's ring r is i * n_rings + r.
+    slot = (rings + n_rings * np.arange(n)[:, np.newaxis]).ravel()
+    ring_exposures = np.bincount(slot, denominator.ravel(), n * n_rings).reshape(n, n_rings)
+    ring_rates = np.bincount(slot, np.where(exposed, slices * denominator, 0.0).ravel(), n * n_rings).reshape(
+        n, n_rings
+    ) / np.maximum(ring_exposures, np.finfo(float).tiny)
     # Next to a bin whose rate is a tiny fraction of its ring's (the condition model moves parts of
     # 1e-8 of a count into bins), gammapy's log extrapolation at the FoV edge explodes as beside a 0.
-    held_all = np.where(exposed, slices * denominator, 0.0)
-    for index in np.flatnonzero(counted).tolist():
-        ring_rate = np.bincount(rings, held_all[index], n_rings) / np.maximum(
-            np.bincount(rings, denominator[index], n_rings), np.finfo(float).tiny
-        )
-        empty[index] |= slices[index] < NEAR_EMPTY_FRACTION * ring_rate[rings]
+    empty = (slices <= 0) | (counted[:, np.newaxis] & (slices < NEAR_EMPTY_FRACTION * ring_rates[:, rings]))
     if (empty & counted[:, np.newaxis]).any():
         counts = np.asarray(background.counts, float).reshape(n, -1)
         offset = np.ravel(geometry.spatial_offset_deg)
         for index in np.flatnonzero(counted & empty.any(axis=1)).tolist():
             held = np.where(exposed[index] & ~empty[index], slices[index] * denominator[index], 0.0)
             ring_total = np.bincount(rings, held, n_rings)
-            ring_exposure = np.bincount(rings, denominator[index], n_rings)
+            ring_exposure = ring_exposures[index]
             # Within a ring that has counts, its own mean rate (a profile cannot follow the
             # camera's edge: +50 % in the FoV corners at 0.6-2 TeV on DR1).
             ring_mean = np.divide(ring_total, ring_exposure, out=np.zeros(n_rings), where=ring_total > 0)
