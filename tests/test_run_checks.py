@@ -253,3 +253,47 @@ def test_an_obs_index_ontime_off_the_headers_makes_a_failed_run(catalogue, datas
     report = catalogue.index(datastore_copy, config=config)
     assert reasons(catalogue) == ({} if reason is None else {1003: reason})
     assert report.pieces == 5 - report.failed
+
+
+# -- a file holding another run's events ------------------------------------------------------------
+
+
+def test_a_file_holding_another_runs_events_makes_a_failed_run(catalogue, datastore_copy, config):
+    """A file copied under another run's name: indexed as that run, its events would be summed twice."""
+    run_file(datastore_copy, 1003).write_bytes(run_file(datastore_copy, 1001).read_bytes())
+    report = catalogue.index(datastore_copy, config=config)
+    assert reasons(catalogue) == {
+        1003: "the EVENTS header's OBS_ID 1001 differs from the index's 1003: the file holds another run's events"
+    }
+    assert report.pieces == 4
+    built = BackgroundBuilder(catalogue, config).build(1000)
+    assert sorted(built.selection.obs_ids) == [1001, 1002, 1004]
+
+
+def test_a_catalogue_of_older_checks_finds_a_file_holding_another_runs_events(
+    catalogue, datastore_copy, config, monkeypatch
+):
+    """Catalogued ok by a bkgdb without the OBS_ID check, the run is read again and fails, though its file is unchanged."""
+    import bkgdb.makers.run as run_checks
+    import bkgdb.store.indexing as indexing
+
+    run_file(datastore_copy, 1003).write_bytes(run_file(datastore_copy, 1001).read_bytes())
+    with monkeypatch.context() as older:
+        older.setattr(run_checks, "obs_id_problem", lambda header_obs_id, obs_id: None)
+        older.setattr(indexing, "RUN_CHECKS_VERSION", 1)
+        older.setattr(run_checks, "RUN_CHECKS_VERSION", 1)
+        assert catalogue.index(datastore_copy, config=config).failed == 0
+    report = catalogue.index(datastore_copy, config=config)
+    assert (report.rechecked, report.failed, report.rechecked_failed) == (4, 1, 1)
+    assert list(reasons(catalogue)) == [1003]
+
+
+@pytest.mark.parametrize(
+    ("header_obs_id", "problem"),
+    [(1003, False), (np.int64(1003), False), (1003.0, False), ("1003", False), (None, False), ("run 7", False),
+     (1003.5, False), (1001, True), (2**63 + 1003, True), ("1001", True)],
+)
+def test_which_header_obs_ids_name_another_run(header_obs_id, problem):
+    from bkgdb.makers.run import obs_id_problem
+
+    assert (obs_id_problem(header_obs_id, 1003) is not None) is problem

@@ -52,6 +52,7 @@ __all__ = [
     "ontime_problem",
     "obs_index_ontime_problem",
     "non_finite_problem",
+    "INSTRUMENT_CHECKS_VERSION",
     "ONTIME_GTI_TOLERANCE",
     "RUN_CHECKS_VERSION",
 ]
@@ -71,7 +72,10 @@ ONTIME_GTI_TOLERANCE = 0.01
 #: - 0: before checks had versions (the catalogue of schema 0007 and older).
 #: - 1: files cut off after their events, non-finite event values, ONTIME not positive or off
 #:   the GTI sum or off the obs-index's; the instrument (``TELESCOP``) is read.
-RUN_CHECKS_VERSION = 1
+#: - 2: the EVENTS header's OBS_ID, where it has one, is the index's.
+RUN_CHECKS_VERSION = 2
+#: The first `RUN_CHECKS_VERSION` that reads the instrument: runs checked by an older one have none.
+INSTRUMENT_CHECKS_VERSION = 1
 
 
 def _seconds(value: float) -> str:
@@ -86,6 +90,28 @@ def _percent_off(seconds: float, reference: float) -> str | None:
         return None
     percent = 100 * difference
     return f"{percent:.0f}" if percent >= 10 else f"{percent:.1f}"
+
+
+def obs_id_problem(header_obs_id: Any, obs_id: int) -> str | None:
+    """Why a run's EVENTS header names another run than the index does, or None when it does not.
+
+    A file copied under another run's name would otherwise be catalogued as that run, its events
+    summed twice into every background that selects both (the duplicate-copy step compares OBS_IDs).
+    A header without OBS_ID, or with one that is not a whole number, is not a disagreement.
+    """
+    if isinstance(header_obs_id, int | np.integer) and not isinstance(header_obs_id, bool):
+        number = int(header_obs_id)  # exact, however large
+    else:
+        value = finite_number(header_obs_id)
+        if value is None or not value.is_integer():
+            return None
+        number = int(value)
+    if number == obs_id:
+        return None
+    return (
+        f"the EVENTS header's OBS_ID {number} differs from the index's {obs_id}: "
+        "the file holds another run's events"
+    )
 
 
 def obs_index_ontime_problem(row_ontime: Any, header_ontime: Any) -> str | None:
@@ -312,8 +338,10 @@ def process_run_file(job: RunJob, run_file: RunFile) -> RunResult:
     if values["ONTIME"] is None and header.get("ONTIME", "") is None:  # NaN, inf or unparsable there
         result.error = "ONTIME in the EVENTS header is not a finite number"
         return result
-    result.error = ontime_problem(values["ONTIME"], events.gti_sum_s) or obs_index_ontime_problem(
-        source.row.get("ONTIME"), header.get("ONTIME")
+    result.error = (
+        obs_id_problem(header.get("OBS_ID"), source.obs_id)
+        or ontime_problem(values["ONTIME"], events.gti_sum_s)
+        or obs_index_ontime_problem(source.row.get("ONTIME"), header.get("ONTIME"))
     )
     if result.error is not None:
         return result

@@ -229,7 +229,7 @@ class RunSelector:
         counted (on ``ix_runs_instrument``) only when the criterion removed candidates of
         this ``funnel``, once per selector.
         """
-        from bkgdb.makers.run import RUN_CHECKS_VERSION
+        from bkgdb.makers.run import INSTRUMENT_CHECKS_VERSION
 
         if not self.settings.same_instrument:
             return []
@@ -237,7 +237,7 @@ class RunSelector:
             if target.checks_version is None:
                 return []  # not catalogued by an index
             # Without the OBS_ID: printed once for all such targets.
-            if target.checks_version < RUN_CHECKS_VERSION:
+            if target.checks_version < INSTRUMENT_CHECKS_VERSION:
                 return [
                     "targets catalogued by an older bkgdb have no instrument, so runs of every instrument "
                     f"are their candidates; {REINDEX_ADVICE}"
@@ -259,7 +259,7 @@ class RunSelector:
             return []
         if search_id not in self._unread:
             query = sa.select(sa.func.count(Run.id)).where(
-                Run.instrument.is_(None), is_ok(), Run.checks_version < RUN_CHECKS_VERSION
+                Run.instrument.is_(None), is_ok(), Run.checks_version < INSTRUMENT_CHECKS_VERSION
             )
             if search_id is not None:
                 query = query.where(Run.datastore_id == search_id)
