@@ -114,9 +114,10 @@ class AssembledBackground:
 #: beside 323; 2.3 with 1e-2, 23 with 1e-1), which stays compatible with the 0 observed for
 #: neighbours of up to about 2,000 counts, while the counted bin next to it integrates exactly.
 EMPTY_ENERGY_NODE_FRACTION = 1e-3
-#: A bin whose rate is below this fraction of its offset ring's mean is filled as if empty
-#: (`fill_empty_bins`): for integer counts that takes a single count among rings of thousands, which
-#: Poisson never gives; a smoothed rate never falls so steeply between neighbours.
+#: A bin whose rate is below this fraction of its offset ring's mean (of its energy slice's, where
+#: the ring is that bin alone, as in 2D) is filled as if empty (`fill_empty_bins`): for integer
+#: counts that takes a single count among rings of thousands, which Poisson never gives; a smoothed
+#: rate never falls so steeply between neighbours.
 NEAR_EMPTY_FRACTION = 1e-3
 #: What a value that would underflow becomes (after about 100 empty slices in a row): the smallest
 #: normal float, which gammapy's log interpolation also puts for 0, but a model never holds 0 there.
@@ -417,7 +418,11 @@ def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.nda
     ) / np.maximum(ring_exposures, np.finfo(float).tiny)
     # Next to a bin whose rate is a tiny fraction of its ring's (the condition model moves parts of
     # 1e-8 of a count into bins), gammapy's log extrapolation at the FoV edge explodes as beside a 0.
-    empty = (slices <= 0) | (counted[:, np.newaxis] & (slices < NEAR_EMPTY_FRACTION * ring_rates[:, rings]))
+    # A ring of one bin (each ring of a 2D model) cannot judge it: its slice's mean rate does.
+    alone = np.bincount(rings, minlength=n_rings)[rings] == 1
+    slice_rates = totals / np.maximum(np.where(exposed, denominator, 0.0).sum(axis=1), np.finfo(float).tiny)
+    reference = np.where(alone, slice_rates[:, np.newaxis], ring_rates[:, rings])
+    empty = (slices <= 0) | (counted[:, np.newaxis] & (slices < NEAR_EMPTY_FRACTION * reference))
     if (empty & counted[:, np.newaxis]).any():
         counts = np.asarray(background.counts, float).reshape(n, -1)
         offset = np.ravel(geometry.spatial_offset_deg)
