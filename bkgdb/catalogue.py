@@ -153,12 +153,14 @@ class Catalogue(CatalogueFigures):
         ``jobs`` worker processes (default: the config's ``njobs``, else 1), or the workers of the
         Dask ``scheduler`` at an address such as ``tcp://host:8786``.
         """
-        executor = None
-        if scheduler:
-            from bkgdb.parallel.cluster import DaskExecutor
+        self._check_scheduler(scheduler, jobs)
+        if not scheduler:
+            return self.store.index(path, config=self.config, jobs=self._jobs(jobs), progress=progress)
+        from bkgdb.parallel.cluster import DaskExecutor
 
-            executor = DaskExecutor(scheduler)
-        return self.store.index(path, config=self.config, jobs=self._jobs(jobs), executor=executor, progress=progress)
+        # Connected before the catalogue is touched: an unreachable scheduler leaves no trace.
+        with DaskExecutor(scheduler) as executor:
+            return self.store.index(path, config=self.config, jobs=1, executor=executor, progress=progress)
 
     def runs(
         self,
@@ -323,7 +325,7 @@ class Catalogue(CatalogueFigures):
         if not target or not out_dir:
             raise BkgdbError("give the target datastore and --out (or io.in_dir and io.out_dir in the config)")
         builder = self._builder(None, where, three_d)
-        self._check_scheduler(scheduler)
+        self._check_scheduler(scheduler, jobs)
         check_attach_destination(self.store, target, out_dir, overwrite)  # before the (possibly long) indexing
         indexed = self.index(target, jobs=jobs, scheduler=scheduler, progress=index_progress)
         written = attach_backgrounds(builder, target, out_dir, overwrite=overwrite, progress=progress)
@@ -368,7 +370,8 @@ class Catalogue(CatalogueFigures):
             parse_condition(condition)
         self._check_scheduler(scheduler)
         three_d = self._three_d(three_d)
-        indexed = self.index(datastore, jobs=jobs, scheduler=scheduler, progress=index_progress)
+        # With a scheduler the jobs are the fits' alone.
+        indexed = self.index(datastore, jobs=None if scheduler else jobs, scheduler=scheduler, progress=index_progress)
         report = validate_runs(
             self.store, config, datastore, where=conditions, jobs=self._jobs(jobs), progress=progress, three_d=three_d
         )
@@ -415,8 +418,14 @@ class Catalogue(CatalogueFigures):
         return self.config
 
     @staticmethod
-    def _check_scheduler(scheduler: str | None) -> None:
-        """A malformed ``scheduler`` address fails here, before the work that precedes the indexing."""
+    def _check_scheduler(scheduler: str | None, jobs: int | None = None) -> None:
+        """A malformed ``scheduler`` address, or one given with index ``jobs``, fails here, before
+        the work that precedes the indexing."""
+        if scheduler and jobs is not None:
+            raise BkgdbError(
+                "--jobs and --scheduler both say where to index: the runs go to the scheduler's "
+                "workers, so give one of them"
+            )
         if scheduler:
             from bkgdb.parallel.cluster import check_scheduler_address
 

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 
 import pytest
+import sqlalchemy as sa
 from conftest import catalogue_content, index_into_sqlite
 from typer.testing import CliRunner
 
@@ -191,6 +192,35 @@ def test_a_malformed_scheduler_address_is_refused_before_any_work(db_url, sim_da
     assert index().exit_code == 0
     result = index("--scheduler", "garbage")
     assert result.exit_code == 2 and result.stderr.startswith("Error: malformed Dask scheduler address 'garbage'")
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_scheduler_that_cannot_be_reached_or_jobs_beside_it_leave_the_catalogue_untouched(
+    db_url, sim_datastore, monkeypatch
+):
+    """The scheduler is reached before the datastore is catalogued: no datastore row stamped
+    'indexed' with no runs. ``--jobs`` beside ``--scheduler`` (the runs would go to the scheduler
+    alone) is refused before any work."""
+    from bkgdb.cli.main import app
+    from bkgdb.store.models import Datastore
+
+    datastore, _ = sim_datastore
+    runner = CliRunner()
+    monkeypatch.setattr("bkgdb.parallel.cluster.CONNECT_TIMEOUT_S", 1.0)
+    result = runner.invoke(app, ["--db", db_url, "index", str(datastore), "--scheduler", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 2 and result.stderr.startswith("Error: cannot connect to the Dask scheduler")
+    result = runner.invoke(
+        app, ["--db", db_url, "index", str(datastore), "--jobs", "2", "--scheduler", "tcp://127.0.0.1:9"]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "Error: --jobs and --scheduler both say where to index: the runs go to the scheduler's workers, "
+        "so give one of them"
+    )
+    catalogue = RunCatalogue.open(db_url)
+    with catalogue.session() as session:
+        assert session.scalars(sa.select(Datastore.path)).all() == []
+    catalogue.engine.dispose()
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

@@ -153,8 +153,8 @@ def _closing_client_class() -> type:
 class DaskExecutor:
     """Runs a function over many items on the workers of a Dask scheduler.
 
-    Use it as a context manager: entering connects to the scheduler, leaving disconnects.
-    Leaving by an exception (Ctrl-C, SIGTERM, a database error) or by closing the generator of
+    Use it as a context manager: entering connects to the scheduler, leaving disconnects. Entered
+    again while connected, it keeps its one connection until the outermost ``with`` is left. Leaving by an exception (Ctrl-C, SIGTERM, a database error) or by closing the generator of
     `imap_unordered` cancels every task not yet done; results already returned are the
     caller's to keep.
 
@@ -203,14 +203,19 @@ class DaskExecutor:
         #: The ``distributed.Client`` while the executor is entered.
         self.client: Any = None
         self._owns_client = False
+        self._depth = 0
 
     def __repr__(self) -> str:
         return f"DaskExecutor({self.address!r})"
 
     def __enter__(self) -> DaskExecutor:
+        if self._depth:
+            self._depth += 1
+            return self
         distributed = _import_distributed()
         if isinstance(self.address, distributed.Client):
             self.client = self.address
+            self._depth = 1
             return self
         try:
             self.client = _closing_client_class()(self.address, timeout=self.timeout_s, set_as_default=False)
@@ -222,11 +227,15 @@ class DaskExecutor:
         log.info("connected to Dask scheduler %s (%d workers)", self.address, n_workers)
         if n_workers == 0:
             log.warning("the Dask scheduler %s has no workers yet: runs wait until workers join", self.address)
+        self._depth = 1
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> Literal[False]:
+        self._depth -= 1
+        if self._depth:
+            return False
         if self._owns_client and self.client is not None:
             self.client.close()
         self.client = None
