@@ -254,7 +254,7 @@ def test_missing_dask_is_a_one_line_error(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", without_distributed)
-    with pytest.raises(BkgdbError, match=r'--scheduler needs dask.distributed.*pip install "bkgdb\[dask\]"'):
+    with pytest.raises(BkgdbError, match=r'--scheduler needs dask.distributed, .*: pip install "dask\[distributed\]"'):
         DaskExecutor("tcp://127.0.0.1:8786").__enter__()
 
 

@@ -273,7 +273,7 @@ def test_a_file_holding_another_runs_events_makes_a_failed_run(catalogue, datast
 def test_a_catalogue_of_older_checks_finds_a_file_holding_another_runs_events(
     catalogue, datastore_copy, config, monkeypatch
 ):
-    """Catalogued ok by a bkgdb without the OBS_ID check, the run is read again and fails, though its file is unchanged."""
+    """Catalogued ok by a bkgdb without the OBS_ID check, the run is read again and fails (its file unchanged)."""
     import bkgdb.makers.run as run_checks
     import bkgdb.store.indexing as indexing
 
@@ -290,8 +290,18 @@ def test_a_catalogue_of_older_checks_finds_a_file_holding_another_runs_events(
 
 @pytest.mark.parametrize(
     ("header_obs_id", "problem"),
-    [(1003, False), (np.int64(1003), False), (1003.0, False), ("1003", False), (None, False), ("run 7", False),
-     (1003.5, False), (1001, True), (2**63 + 1003, True), ("1001", True)],
+    [
+        (1003, False),
+        (np.int64(1003), False),
+        (1003.0, False),
+        ("1003", False),
+        (None, False),
+        ("run 7", False),
+        (1003.5, False),
+        (1001, True),
+        (2**63 + 1003, True),
+        ("1001", True),
+    ],
 )
 def test_which_header_obs_ids_name_another_run(header_obs_id, problem):
     from bkgdb.makers.run import obs_id_problem

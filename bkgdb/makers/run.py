@@ -108,10 +108,7 @@ def obs_id_problem(header_obs_id: Any, obs_id: int) -> str | None:
         number = int(value)
     if number == obs_id:
         return None
-    return (
-        f"the EVENTS header's OBS_ID {number} differs from the index's {obs_id}: "
-        "the file holds another run's events"
-    )
+    return f"the EVENTS header's OBS_ID {number} differs from the index's {obs_id}: the file holds another run's events"
 
 
 def obs_index_ontime_problem(row_ontime: Any, header_ontime: Any) -> str | None:

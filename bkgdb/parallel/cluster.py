@@ -14,8 +14,8 @@ blame for every task it held); a run that still kills workers alone is an error 
 A task's first act in a worker process is `~bkgdb.parallel.memory.tune_worker_malloc`: the
 nanny's ``MALLOC_TRIM_THRESHOLD_`` would otherwise make glibc map every large numpy temporary.
 
-dask is an optional dependency (``pip install "bkgdb[dask]"``) imported only here, and only
-when a scheduler address is given, so ``bkgdb --help`` stays fast.
+dask is an optional dependency (the ``dask`` extra: ``pip install ".[dask]"`` in bkgdb's clone)
+imported only here, and only when a scheduler address is given, so ``bkgdb --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def _import_distributed() -> ModuleType:
         import distributed
     except ImportError:
         raise BkgdbError(
-            '--scheduler needs dask.distributed, which is not installed: pip install "bkgdb[dask]"'
+            '--scheduler needs dask.distributed, which is not installed: pip install "dask[distributed]" '
+            '(or the dask extra: pip install ".[dask]" in bkgdb\'s clone)'
         ) from None
     return distributed
 
@@ -154,7 +155,8 @@ class DaskExecutor:
     """Runs a function over many items on the workers of a Dask scheduler.
 
     Use it as a context manager: entering connects to the scheduler, leaving disconnects. Entered
-    again while connected, it keeps its one connection until the outermost ``with`` is left. Leaving by an exception (Ctrl-C, SIGTERM, a database error) or by closing the generator of
+    again while connected, it keeps its one connection until the outermost ``with`` is left.
+    Leaving by an exception (Ctrl-C, SIGTERM, a database error) or by closing the generator of
     `imap_unordered` cancels every task not yet done; results already returned are the
     caller's to keep.
 
