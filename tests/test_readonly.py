@@ -67,8 +67,9 @@ def immutable(path):
 
 
 @contextlib.contextmanager
-def readonly_access(url):
-    """A URL through which the database of ``url`` can be read but not written."""
+def readonly_access(url, select=True):
+    """A URL through which the database of ``url`` can be read but not written (PostgreSQL: a role
+    with ``SELECT`` on its tables, or without it if not ``select``)."""
     parsed = sa.engine.make_url(resolve_url(url))
     if parsed.get_backend_name() == "sqlite":
         with immutable(parsed.database):
@@ -80,7 +81,8 @@ def readonly_access(url):
         connection.execute(sa.text(f'CREATE ROLE "{role}" LOGIN'))
         connection.execute(sa.text(f'GRANT CONNECT ON DATABASE "{parsed.database}" TO "{role}"'))
         connection.execute(sa.text(f'GRANT USAGE ON SCHEMA public TO "{role}"'))
-        connection.execute(sa.text(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"'))
+        if select:
+            connection.execute(sa.text(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"'))
     try:
         yield parsed.set(username=role, password=None).render_as_string(hide_password=False)
     finally:
@@ -125,6 +127,20 @@ def test_a_condition_aware_background_is_built_read_only(indexed, tmp_path):
         assert "Warning: history not recorded: the database is read-only" in result.output
     with fits.open(tmp_path / "bkg.fits") as hdus:
         assert hdus["BACKGROUND"].header["BKG_TGT"] == TARGET
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_role_without_select_is_told_so_not_that_the_catalogue_is_foreign(indexed):
+    """The README's analyst role with its GRANT SELECT forgotten: bkgdb's own tables were listed as
+    "other tables" of a database that "is not a bkgdb catalogue"."""
+    with readonly_access(indexed, select=False) as url:
+        for command in (["runs"], ["info"], ["init"]):
+            result = bkgdb(url, *command)
+            assert result.exit_code == 2, result.output
+            assert result.stderr.strip() == (
+                "Error: permission denied reading the catalogue's tables (alembic_version): this role needs "
+                "SELECT on them (GRANT SELECT ON ALL TABLES IN SCHEMA public TO the role; README, Operations)"
+            )
 
 
 def test_writers_on_a_read_only_database_fail_in_one_line(indexed, simulated_datastore, config_file):

@@ -515,7 +515,12 @@ def _foreign_tables(dialect: str, query: Callable[[str], Sequence[Sequence[Any]]
         return names
     try:
         revisions = [row[0] for row in query("SELECT version_num FROM alembic_version")]
-    except Exception:  # noqa: BLE001 - a table of that name without bkgdb's column
+    except Exception as exc:  # noqa: BLE001 - a table of that name without bkgdb's column
+        if getattr(getattr(exc, "orig", exc), "sqlstate", None) == "42501":  # a role without SELECT on it
+            raise DatabaseError(
+                "permission denied reading the catalogue's tables (alembic_version): this role needs SELECT "
+                "on them (GRANT SELECT ON ALL TABLES IN SCHEMA public TO the role; README, Operations)"
+            ) from None
         return names
     if len(revisions) == 1 and _CATALOGUE_REVISION.fullmatch(str(revisions[0])) and _CATALOGUE_TABLES <= set(names):
         return []
