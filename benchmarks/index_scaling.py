@@ -21,7 +21,7 @@ Besides wall-clock seconds, each line gives the CPU seconds of this process and 
 started (local workers, the Dask cluster's) in the best case: on a machine shared with other work,
 they tell what the indexer costs where wall-clock time tells mostly what the others did.
 
-Usage: python benchmarks/index_scaling.py [--db-dir DIR] [--postgres URL] [--repeat N]   (needs $GAMMAPY_DATA)
+Usage: python benchmarks/index_scaling.py [--config FILE] [--postgres URL] [--repeat N]   (needs $GAMMAPY_DATA)
 """
 
 import argparse

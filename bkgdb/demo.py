@@ -108,7 +108,8 @@ def check_demo_folder(folder: Path) -> None:
     Raises
     ------
     BkgdbError
-        ``folder`` is a file, or a folder with files the demo did not write.
+        ``folder`` is a file, or a folder with files the demo did not write (also in the folder
+        its attach writes, which that would refuse).
     """
     from bkgdb.outputs import check_writable_folder
 
@@ -132,6 +133,18 @@ def check_demo_folder(folder: Path) -> None:
             raise BkgdbError(
                 f"{folder} is not empty and was not made by `bkgdb demo`: give a new or empty folder "
                 f"(the demo writes {', '.join(DEMO_FILES)} there)"
+            )
+    # The attach replaces only what an attach wrote there: anything else is refused now, not after
+    # the datastore and database were made again.
+    attached = folder / "with-backgrounds"
+    if attached.is_dir():
+        from bkgdb.gadf.destination import bkgdb_files
+
+        _, others = bkgdb_files(attached)
+        if others:
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise BkgdbError(
+                f"{attached} holds files bkgdb did not write ({shown}): move them, or give the demo a new folder"
             )
 
 

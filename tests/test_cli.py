@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from bkgdb.catalogue import Catalogue
 from bkgdb.cli.main import app
-from bkgdb.demo import DEMO_MARKER, claim_demo_folder, demo_config
+from bkgdb.demo import DEMO_MARKER, claim_demo_folder, demo_config, run_demo
 from bkgdb.errors import BkgdbError
 
 runner = CliRunner()
@@ -422,6 +422,15 @@ def test_the_demo_takes_new_empty_and_earlier_demo_folders_only(tmp_path):
         with pytest.raises(BkgdbError):
             claim_demo_folder(refused)
     assert not (other_config / DEMO_MARKER).exists() and not (other_files / DEMO_MARKER).exists()
+    # The demo's own folder with a user's file where its attach writes: refused before anything is
+    # written (the attach would refuse it, after the datastore and database were made again).
+    (new / "with-backgrounds").mkdir()
+    (new / "with-backgrounds" / "notes.txt").write_text("mine")
+    (new / "bkgdb-demo.yaml").write_text("kept")
+    with pytest.raises(BkgdbError, match=r"with-backgrounds holds files bkgdb did not write \(notes.txt\)"):
+        run_demo(new)
+    assert sorted(path.name for path in new.iterdir()) == [DEMO_MARKER, "bkgdb-demo.yaml", "with-backgrounds"]
+    assert (new / "bkgdb-demo.yaml").read_text() == "kept"
 
 
 def test_where_on_the_command_line_and_history(db_url, simulated_datastore, tmp_path):
