@@ -251,7 +251,9 @@ class BackgroundBuilder:
                 rate = fill_empty_bins(rate, assembled)
             if self.config.selection.bin_centre_correction:
                 # What gammapy interpolates, in space and then in energy, back to the measured rates.
-                rate = energy_nodes_for_gammapy(fov_nodes_for_gammapy(rate, assembled), assembled)
+                rate = energy_nodes_for_gammapy(
+                    fov_nodes_for_gammapy(rate, assembled, label=f"run {target.obs_id}"), assembled
+                )
             return BuiltBackground(
                 target,
                 selection,

@@ -187,5 +187,9 @@ def test_a_slice_without_a_stable_scaling_keeps_its_rates(caplog):
     with caplog.at_level("WARNING", logger="bkgdb.makers.fov_nodes"):
         out = fov_nodes_for_gammapy(rate, background, tolerance=1e-12, max_iterations=2)
     np.testing.assert_array_equal(out, rate)
-    assert "FoV nodes: 2 energy slices left as built (no stable scaling found)" in caplog.text
+    assert "FoV nodes: 2 energy slices (0.1-0.141, 0.141-0.2 TeV) left as built (no stable scaling" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bkgdb.makers.fov_nodes"):
+        fov_nodes_for_gammapy(rate, background, tolerance=1e-12, max_iterations=2, label="run 23523")
+    assert "FoV nodes of run 23523: 2 energy slices (0.1-0.141, 0.141-0.2 TeV) left as built" in caplog.text
     assert not np.array_equal(fov_nodes_for_gammapy(rate, background), rate)  # it does settle, given the steps

@@ -168,6 +168,7 @@ def fov_nodes_for_gammapy(
     min_counts: float = GROUP_MIN_COUNTS,
     tolerance: float = 1e-4,
     max_iterations: int = 100,
+    label: str = "",
 ) -> np.ndarray:
     """Rates scaled per energy slice and group of offset rings so that gammapy's interpolation gives each group's rate.
 
@@ -200,6 +201,8 @@ def fov_nodes_for_gammapy(
         quadrature's own accuracy for neighbours a factor e apart.
     max_iterations : int, optional
         Default is 100.
+    label : str, optional
+        What the model is (``run 23523``), named by the warning about slices left as built.
     """
     from bkgdb.makers.assembly import offset_rings
 
@@ -215,7 +218,7 @@ def fov_nodes_for_gammapy(
     # Slices are independent: solved a few at a time, so that the quadrature's points (16 per
     # 3D bin) of a large binning never all sit in memory at once.
     per_chunk = max(1, CHUNK_POINTS // weights.size)
-    left = 0
+    left: list[int] = []
     for begin in range(0, positive.size, per_chunk):
         chosen = positive[begin : begin + per_chunk]
         scale, converged = _group_scales(
@@ -225,9 +228,18 @@ def fov_nodes_for_gammapy(
         # so unlike that the quadrature cannot follow gammapy), keeps its rates.
         kept = converged & (np.abs(np.log(scale)) <= np.log(MAX_FACTOR)).all(axis=1)
         slices[chosen[kept]] *= scale[kept]
-        left += int((~kept).sum())
+        left += chosen[~kept].tolist()
     if left:
-        log.warning("FoV nodes: %d energy slices left as built (no stable scaling found)", left)
+        edges = geometry.energy_edges
+        shown = ", ".join(f"{edges[index]:.3g}-{edges[index + 1]:.3g}" for index in left[:3])
+        log.warning(
+            "FoV nodes%s: %d energy slice%s (%s%s TeV) left as built (no stable scaling found)",
+            f" of {label}" if label else "",
+            len(left),
+            "s" if len(left) != 1 else "",
+            shown,
+            ", ..." if len(left) > 3 else "",
+        )
     return rate
 
 
