@@ -381,10 +381,16 @@ class Catalogue(CatalogueFigures):
         if report_dir is not None:
             from bkgdb.plotting.report import write_validation_report
 
-            # The worst runs' figures show the models that were validated, 2D or 3D.
-            result.report_page = write_validation_report(
-                report, report_dir, self._builder(None, (), three_d), self.config_name
-            )
+            try:
+                # The worst runs' figures show the models that were validated, 2D or 3D.
+                result.report_page = write_validation_report(
+                    report, report_dir, self._builder(None, (), three_d), self.config_name
+                )
+            except KeyboardInterrupt as exc:  # the one line the CLI prints says what is left
+                if result.rows_file is not None:
+                    exc.add_note(f"the rows are written to {result.rows_file}")
+                exc.add_note(f"the report in {report_dir} is unfinished (--overwrite replaces it)")
+                raise
         return result
 
     def demo(

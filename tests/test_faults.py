@@ -352,3 +352,48 @@ def test_an_interrupt_inside_a_sqlite_fetch_prints_one_line_not_sqlalchemys_curs
     )
     assert result.returncode == 128 + signal.SIGTERM
     assert result.stderr.strip().splitlines() == ["Interrupted by SIGTERM: stopped; work committed so far is kept."]
+
+
+SECOND_INTERRUPT_WHILE_EXITING = """\
+import atexit
+import os
+import signal
+import sys
+import time
+
+import typer
+from bkgdb.cli.common import reports_errors
+
+
+def second_interrupt():
+    os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C, or `timeout` signalling the process group
+    time.sleep(1.0)
+    print("exit hooks went on", file=sys.stderr)
+
+
+atexit.register(second_interrupt)  # before the command: it runs after the command's own exit hooks
+
+
+def command():
+    raise KeyboardInterrupt
+
+
+try:
+    reports_errors(command)()
+except typer.Exit as stop:
+    sys.exit(stop.exit_code)
+"""
+
+
+def test_a_second_interrupt_while_the_process_exits_ends_it_quietly(tmp_path):
+    # Before, Python printed "Exception ignored in atexit callback" with a KeyboardInterrupt
+    # traceback (seen with `timeout -s INT` during `validate`, inside multiprocessing's exit hook).
+    result = subprocess.run(
+        [sys.executable, "-c", SECOND_INTERRUPT_WHILE_EXITING],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=ctrl_c_as_in_a_terminal,
+    )
+    assert result.returncode == 128 + signal.SIGINT
+    assert result.stderr.strip().splitlines() == ["Interrupted by SIGINT: stopped; work committed so far is kept."]

@@ -193,3 +193,27 @@ def test_report_of_a_3d_validation_draws_the_3d_models(catalogue, sim, tmp_path,
         result = runner.invoke(app, ["--db", db_url, *arguments])
         assert result.exit_code == 0, result.output
     assert png_size(models[0]) == png_size(tmp_path / "3d.png") != png_size(tmp_path / "2d.png")
+
+
+def test_an_interrupted_report_says_so_and_is_replaced_by_the_next(catalogue, sim, tmp_path, db_url, monkeypatch):
+    """Ctrl-C while the report's figures are drawn: the one line names what was left (the rows file,
+    an unfinished report), and the report's page says it is unfinished. The folder stays bkgdb's, so
+    the next validate with --overwrite replaces it (a folder of figures without a page was refused)."""
+    import bkgdb.plotting
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    report_dir, rows = tmp_path / "report", tmp_path / "rows.csv"
+    with monkeypatch.context() as patch:
+        patch.setattr(bkgdb.plotting, "plot_run_model", interrupted)
+        result = validate(db_url, sim, tmp_path, "-o", str(rows), "--report", str(report_dir))
+    assert result.exit_code == 130
+    assert " ".join(result.stderr.split()) == (
+        f"Interrupted by SIGINT: stopped; work committed so far is kept; the rows are written to {rows}; "
+        f"the report in {report_dir} is unfinished (--overwrite replaces it)."
+    )
+    assert "its writing was interrupted" in (report_dir / "index.html").read_text()
+    again = validate(db_url, sim, tmp_path, "-o", str(rows), "--report", str(report_dir), "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert "its writing was interrupted" not in (report_dir / "index.html").read_text()

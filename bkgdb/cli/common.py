@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from enum import StrEnum
@@ -143,14 +144,46 @@ def reports_errors(command: F) -> F:
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", int(signal.SIGINT))
+            _next_interrupt_exits_at_once(128 + signum)
+            left = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
             err.print(
-                f"Interrupted by {signal.Signals(signum).name}: stopped; work committed so far is kept.",
+                f"Interrupted by {signal.Signals(signum).name}: stopped; work committed so far is kept{left}.",
                 highlight=False,
                 markup=False,
             )
             raise typer.Exit(128 + signum) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _next_interrupt_exits_at_once(code: int) -> None:
+    """After a Ctrl-C or SIGTERM, another one ends the process at once, with ``code`` and quietly.
+
+    The command is already stopping: a second signal (a second Ctrl-C, or `timeout`, which signals
+    the command and then its whole process group) would otherwise raise in Python's exit hooks
+    (multiprocessing's), which print "Exception ignored in atexit callback" with a traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = {int(signum): signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def leave(signum: int, frame: Any) -> None:
+        if threading.main_thread().is_alive():
+            # Not yet exiting (the command ran inside another program, a test's say): as before.
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+                return
+            signal.signal(signum, handler or signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    for signum in previous:
+        signal.signal(signum, leave)
 
 
 def _follows_interrupt(record: logging.LogRecord) -> bool:

@@ -104,6 +104,9 @@ def write_validation_report(
     if folder.exists() and not folder.is_dir():
         raise BkgdbError(f"report folder {folder} is a file")
     folder.mkdir(parents=True, exist_ok=True)
+    # The page comes first, saying the report is not finished: an interrupted report stays known as
+    # bkgdb's (a rerun with --overwrite replaces it), and says so to whoever opens it.
+    write_output(folder / REPORT_INDEX, lambda temporary: temporary.write_text(_unfinished_page(config_name)), True)
     report_rows_to_file(report, folder / REPORT_TABLE, "csv")
     fitted = [row for row in report.rows if row["status"] == "ok" and _finite(row["norm"])]
     validation_figure = None
@@ -135,12 +138,27 @@ def write_validation_report(
     return path
 
 
+def _title(config_name: str) -> str:
+    return f"bkgdb validation of {config_name or 'a config'}"  # REPORT_TITLE tells a report's folder
+
+
+def _unfinished_page(config_name: str) -> str:
+    """The page of a report being written: replaced by the report's own once its figures are made."""
+    title = html.escape(_title(config_name))
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n</head>\n'
+        f"<body>\n<h1>{title}</h1>\n<p>This report is being written, or its writing was interrupted: run "
+        "<code>bkgdb validate</code> again with <code>--report</code> and <code>--overwrite</code>.</p>\n"
+        "</body>\n</html>\n"
+    )
+
+
 def _page(
     report: ValidationReport, config_name: str, validation_figure: str | None, worst: list[dict[str, Any]]
 ) -> str:
     rows = report.rows
     n_ok = sum(row["status"] == "ok" for row in rows)
-    title = f"bkgdb validation of {config_name or 'a config'}"  # REPORT_TITLE tells a report's folder
+    title = _title(config_name)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
