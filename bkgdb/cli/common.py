@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from enum import StrEnum
@@ -144,7 +145,7 @@ def reports_errors(command: F) -> F:
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", int(signal.SIGINT))
-            _next_interrupt_exits_at_once(128 + signum)
+            _repeated_interrupts_ignored()
             left = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
             err.print(
                 f"Interrupted by {signal.Signals(signum).name}: stopped; work committed so far is kept{left}.",
@@ -156,34 +157,35 @@ def reports_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _next_interrupt_exits_at_once(code: int) -> None:
-    """After a Ctrl-C or SIGTERM, another one ends the process at once, with ``code`` and quietly.
+#: Seconds after a command stopped on a Ctrl-C or SIGTERM during which another one is the same request.
+REPEATED_INTERRUPT_S = 5.0
 
-    The command is already stopping: a second signal (a second Ctrl-C, or `timeout`, which signals
-    the command and then its whole process group) would otherwise raise in Python's exit hooks
-    (multiprocessing's), which print "Exception ignored in atexit callback" with a traceback.
+
+def _repeated_interrupts_ignored() -> None:
+    """For `REPEATED_INTERRUPT_S`, a Ctrl-C or SIGTERM changes nothing: the command is already stopping.
+
+    A second signal (a second Ctrl-C, or `timeout`, which signals the command and then its whole
+    process group) would otherwise raise in Python's shutdown (threading's, multiprocessing's exit
+    hooks), which prints "Exception ignored in ..." with a traceback and skips their clean-up.
+    Later signals are handled as before (in a program that runs commands in-process, a test's).
     """
     if threading.current_thread() is not threading.main_thread():
         return
     previous = {int(signum): signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    until = time.monotonic() + REPEATED_INTERRUPT_S
 
-    def leave(signum: int, frame: Any) -> None:
-        if threading.main_thread().is_alive():
-            # Not yet exiting (the command ran inside another program, a test's say): as before.
-            handler = previous[signum]
-            if callable(handler):
-                handler(signum, frame)
-                return
-            signal.signal(signum, handler or signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+    def repeated(signum: int, frame: Any) -> None:
+        if time.monotonic() < until:
             return
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
+        handler = previous[signum]
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if callable(handler):
+            handler(signum, frame)
+        else:
+            os.kill(os.getpid(), signum)
 
     for signum in previous:
-        signal.signal(signum, leave)
+        signal.signal(signum, repeated)
 
 
 def _follows_interrupt(record: logging.LogRecord) -> bool:
