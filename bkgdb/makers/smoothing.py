@@ -317,28 +317,59 @@ class BackgroundSmoother:
         return self._smooth_ratio(background, rate, ratio)
 
     def _smooth_ratio(
-        self, background: Any, rate: np.ndarray, ratio: Callable[[np.ndarray, np.ndarray], np.ndarray]
+        self,
+        background: Any,
+        rate: np.ndarray,
+        ratio: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        per_slice: bool = False,
     ) -> np.ndarray:
-        """Each energy slice with counts: the reference profile times ``ratio(counts, denominator x profile)``."""
-        profile = self.profile(background)
+        """Each energy slice with counts: a reference profile times ``ratio(counts, denominator x profile)``.
+
+        The profile is the one of all energies (`profile`), or with ``per_slice`` each slice's with
+        its two neighbours (`slice_profile`); the slice is then scaled to predict its counts, which
+        a smoother of sparse pixels misses by a few per cent (DR1 at 35-50 TeV, 60-70 % of the
+        pixels empty: 0.95).
+        """
+        profile = None if per_slice else self.profile(background)
         denominator = background.denominator
         smoothed = np.zeros(rate.shape)
         for index in range(rate.shape[0]):
-            if background.counts[index].sum() > 0:
-                smoothed[index] = profile * ratio(background.counts[index], denominator[index] * profile)
+            counts = background.counts[index]
+            if counts.sum() > 0:
+                shape = self.slice_profile(background, index) if profile is None else profile
+                smoothed[index] = shape * ratio(counts, denominator[index] * shape)
+                predicted = (smoothed[index] * denominator[index]).sum()
+                if per_slice and predicted > 0:
+                    smoothed[index] *= counts[denominator[index] > 0].sum() / predicted
         return smoothed
 
+    @staticmethod
+    def slice_profile(background: Any, index: int) -> np.ndarray:
+        """The reference radial profile (`reference_profile`) of energy slice ``index`` and its two
+        neighbours, at each spatial bin: the acceptance widens with energy, so that of all
+        energies is too narrow for the high slices and too wide for the low ones."""
+        geometry = background.geometry
+        around = slice(max(index - 1, 0), index + 2)
+        counts = background.counts[around].sum(axis=0).ravel()
+        exposure = background.denominator[around].sum(axis=0).ravel()
+        offset = np.ravel(geometry.spatial_offset_deg)
+        return reference_profile(counts, exposure, offset, terms=4).reshape(geometry.spatial_shape)
+
     def make_gauss_fov(self, background: Any, rate: np.ndarray) -> np.ndarray:
-        """``gauss`` on FoV pixels: each energy slice's ratio to the reference profile, smoothed in the FoV plane.
+        """``gauss`` on FoV pixels: each energy slice's ratio to its reference profile, smoothed in the FoV plane.
 
         The ratio ``rate / P`` is estimated at every pixel by a local linear fit (`local_linear_fov`,
         a Gaussian of ``sigma`` pixels) weighted by exposure x solid angle x ``P``, and multiplied
         back by ``P``. Exact, without noise, for a rate of ``P`` times any linear function of the
         FoV coordinates (a gradient toward the horizon), up to the FoV's edges and around
         excluded pixels; the radial profile takes the curvature that a linear fit would flatten.
+        ``P`` is the slice's own (`slice_profile`): against the profile of all energies the ratio
+        curves (the acceptance widens with energy), and the linear fit's bias, sigma**2 times that
+        curvature, took counts from the low slices and gave them to the high ones (DR1, sigma 1
+        pixel: 0.975 of the counts at 0.2 TeV, 1.05-1.07 above 6 TeV; sigma 2: 0.96 and 1.13-1.23).
         """
         return self._smooth_ratio(
-            background, rate, lambda counts, weights: local_linear_fov(counts, weights, self.sigma)
+            background, rate, lambda counts, weights: local_linear_fov(counts, weights, self.sigma), per_slice=True
         )
 
     def make_gauss_seed(self, background: Any, rate: np.ndarray) -> np.ndarray:
