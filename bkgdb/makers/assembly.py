@@ -119,6 +119,9 @@ EMPTY_ENERGY_NODE_FRACTION = 1e-3
 #: counts that takes a single count among rings of thousands, which Poisson never gives; a smoothed
 #: rate never falls so steeply between neighbours.
 NEAR_EMPTY_FRACTION = 1e-3
+#: The most counts `fill_empty_bins` gives an offset ring that holds none in an energy slice: about
+#: the 68 % upper limit of a Poisson mean when 0 is observed (1.15).
+EMPTY_RING_MAX_COUNTS = 1.0
 #: What a value that would underflow becomes (after about 100 empty slices in a row): the smallest
 #: normal float, which gammapy's log interpolation also puts for 0, but a model never holds 0 there.
 SMALLEST_VALUE = float(np.finfo(float).tiny)
@@ -418,13 +421,16 @@ def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.nda
     ) / np.maximum(ring_exposures, np.finfo(float).tiny)
     # Next to a bin whose rate is a tiny fraction of its ring's (the condition model moves parts of
     # 1e-8 of a count into bins), gammapy's log extrapolation at the FoV edge explodes as beside a 0.
-    # A ring of one bin (each ring of a 2D model) cannot judge it: its slice's mean rate does.
+    # A ring of one bin (each ring of a 2D model) cannot judge it: its slice's mean rate does, for a
+    # bin holding a fraction of a count only (a measured bin of a few counts at a steep FoV edge
+    # lies far below the slice's mean: 3 counts in 1e5).
+    counts = np.asarray(background.counts, float).reshape(n, -1)
     alone = np.bincount(rings, minlength=n_rings)[rings] == 1
     slice_rates = totals / np.maximum(np.where(exposed, denominator, 0.0).sum(axis=1), np.finfo(float).tiny)
     reference = np.where(alone, slice_rates[:, np.newaxis], ring_rates[:, rings])
-    empty = (slices <= 0) | (counted[:, np.newaxis] & (slices < NEAR_EMPTY_FRACTION * reference))
+    tiny = (slices < NEAR_EMPTY_FRACTION * reference) & (~alone | (counts < NEAR_EMPTY_FRACTION))
+    empty = (slices <= 0) | (counted[:, np.newaxis] & tiny)
     if (empty & counted[:, np.newaxis]).any():
-        counts = np.asarray(background.counts, float).reshape(n, -1)
         offset = np.ravel(geometry.spatial_offset_deg)
         for index in np.flatnonzero(counted & empty.any(axis=1)).tolist():
             held = np.where(exposed[index] & ~empty[index], slices[index] * denominator[index], 0.0)
@@ -444,6 +450,15 @@ def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.nda
                 level = totals[index] / (profile * denominator[index])[exposed[index]].sum()
                 cap = profile[exposed[index]].max()
                 estimate = np.where(estimate > 0, estimate, level * np.minimum(profile, cap))
+                # A ring that saw no count is given at most EMPTY_RING_MAX_COUNTS: the profile,
+                # widened by the next slice's acceptance, put 22 counts into an empty ring beside
+                # one of 7 at a steep FoV edge (CTA 1DC at 0.05 TeV, 4.5-5 deg).
+                unseen = ring_total[rings] <= 0
+                expected = np.bincount(
+                    rings, np.where(unseen & exposed[index], estimate * denominator[index], 0.0), n_rings
+                )
+                ring_cap = np.minimum(1.0, EMPTY_RING_MAX_COUNTS / np.maximum(expected, np.finfo(float).tiny))
+                estimate = np.where(unseen, estimate * ring_cap[rings], estimate)
             slices[index, empty[index]] = estimate[empty[index]]
             # Each ring keeps its total, and the slice its total (rings without counts get theirs
             # from the others).
