@@ -295,15 +295,22 @@ def test_a_catalogue_of_older_checks_finds_a_file_holding_another_runs_events(
         (np.int64(1003), False),
         (1003.0, False),
         ("1003", False),
+        (" 1003 ", False),
         (None, False),
         ("run 7", False),
         (1003.5, False),
+        ("1.003e3", False),
+        (True, False),  # a logical card (OBS_ID = T)
+        (np.bool_(True), False),
         (1001, True),
         (2**63 + 1003, True),
         ("1001", True),
+        ("9007199254740993", True),
     ],
 )
 def test_which_header_obs_ids_name_another_run(header_obs_id, problem):
     from bkgdb.makers.run import obs_id_problem
 
     assert (obs_id_problem(header_obs_id, 1003) is not None) is problem
+    # A run number beyond a float's 53 bits, as a string card: read exactly.
+    assert obs_id_problem("9007199254740993", 9007199254740993) is None

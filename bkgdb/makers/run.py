@@ -99,13 +99,18 @@ def obs_id_problem(header_obs_id: Any, obs_id: int) -> str | None:
     summed twice into every background that selects both (the duplicate-copy step compares OBS_IDs).
     A header without OBS_ID, or with one that is not a whole number, is not a disagreement.
     """
-    if isinstance(header_obs_id, int | np.integer) and not isinstance(header_obs_id, bool):
+    if isinstance(header_obs_id, bool | np.bool_):  # a logical card (T): no run number
+        return None
+    if isinstance(header_obs_id, int | np.integer):
         number = int(header_obs_id)  # exact, however large
     else:
-        value = finite_number(header_obs_id)
-        if value is None or not value.is_integer():
-            return None
-        number = int(value)
+        try:
+            number = int(str(header_obs_id).strip())  # a string card, exact however large
+        except ValueError:
+            value = finite_number(header_obs_id)
+            if value is None or not value.is_integer():
+                return None
+            number = int(value)
     if number == obs_id:
         return None
     return f"the EVENTS header's OBS_ID {number} differs from the index's {obs_id}: the file holds another run's events"
