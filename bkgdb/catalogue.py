@@ -12,8 +12,9 @@ The database is opened (read-write: created or migrated) when a method first nee
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -154,13 +155,28 @@ class Catalogue(CatalogueFigures):
         Dask ``scheduler`` at an address such as ``tcp://host:8786``.
         """
         self._check_scheduler(scheduler, jobs)
+        with self._cluster(scheduler) as executor:
+            return self._index(path, jobs, executor, progress)
+
+    def _index(self, path: str | Path, jobs: int | None, executor: Any, progress: Progress | None) -> IndexReport:
+        """`index` on the processes of ``jobs``, or with the entered Dask ``executor`` (not None)."""
+        jobs = 1 if executor is not None else self._jobs(jobs)
+        return self.store.index(path, config=self.config, jobs=jobs, executor=executor, progress=progress)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _cluster(scheduler: Any) -> Iterator[Any]:
+        """The entered `~bkgdb.parallel.cluster.DaskExecutor` of ``scheduler``, or None without one.
+
+        Entered before the catalogue is opened: a scheduler that cannot be reached leaves no trace.
+        """
         if not scheduler:
-            return self.store.index(path, config=self.config, jobs=self._jobs(jobs), progress=progress)
+            yield None
+            return
         from bkgdb.parallel.cluster import DaskExecutor
 
-        # Connected before the catalogue is touched: an unreachable scheduler leaves no trace.
         with DaskExecutor(scheduler) as executor:
-            return self.store.index(path, config=self.config, jobs=1, executor=executor, progress=progress)
+            yield executor
 
     def runs(
         self,
@@ -324,10 +340,11 @@ class Catalogue(CatalogueFigures):
         out_dir = out_dir or config.io.out_dir
         if not target or not out_dir:
             raise BkgdbError("give the target datastore and --out (or io.in_dir and io.out_dir in the config)")
-        builder = self._builder(None, where, three_d)
         self._check_scheduler(scheduler, jobs)
-        check_attach_destination(self.store, target, out_dir, overwrite)  # before the (possibly long) indexing
-        indexed = self.index(target, jobs=jobs, scheduler=scheduler, progress=index_progress)
+        with self._cluster(scheduler) as executor:
+            builder = self._builder(None, where, three_d)
+            check_attach_destination(self.store, target, out_dir, overwrite)  # before the (possibly long) indexing
+            indexed = self._index(target, jobs, executor, index_progress)
         written = attach_backgrounds(builder, target, out_dir, overwrite=overwrite, progress=progress)
         return Attached(indexed, written)
 
@@ -370,8 +387,8 @@ class Catalogue(CatalogueFigures):
             parse_condition(condition)
         self._check_scheduler(scheduler)
         three_d = self._three_d(three_d)
-        # With a scheduler the jobs are the fits' alone.
-        indexed = self.index(datastore, jobs=None if scheduler else jobs, scheduler=scheduler, progress=index_progress)
+        with self._cluster(scheduler) as executor:  # with a scheduler the jobs are the fits' alone
+            indexed = self._index(datastore, jobs, executor, index_progress)
         report = validate_runs(
             self.store, config, datastore, where=conditions, jobs=self._jobs(jobs), progress=progress, three_d=three_d
         )
@@ -427,6 +444,8 @@ class Catalogue(CatalogueFigures):
     def _check_scheduler(scheduler: str | None, jobs: int | None = None) -> None:
         """A malformed ``scheduler`` address, or one given with index ``jobs``, fails here, before
         the work that precedes the indexing."""
+        if not isinstance(scheduler, str):  # a distributed.Client, or None
+            return
         if scheduler and jobs is not None:
             raise BkgdbError(
                 "--jobs and --scheduler both say where to index: the runs go to the scheduler's "

@@ -9,6 +9,8 @@ import signal
 import time
 from collections import Counter
 
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 from conftest import catalogue_content, index_into_sqlite
@@ -207,8 +209,17 @@ def test_a_scheduler_that_cannot_be_reached_or_jobs_beside_it_leave_the_catalogu
     datastore, _ = sim_datastore
     runner = CliRunner()
     monkeypatch.setattr("bkgdb.parallel.cluster.CONNECT_TIMEOUT_S", 1.0)
-    result = runner.invoke(app, ["--db", db_url, "index", str(datastore), "--scheduler", "tcp://127.0.0.1:9"])
-    assert result.exit_code == 2 and result.stderr.startswith("Error: cannot connect to the Dask scheduler")
+    database = Path(db_url.removeprefix("sqlite:///"))
+    config = database.parent / "config.yaml"
+    config.write_text(
+        "binning: {e_min: 0.1, e_max: 100, e_bins: 8, off_min: 0, off_max: 2.5, off_bins: 5}\n"
+        "exclusion: {gammacat: none, hawc: none, star_cat: none}\n"
+    )
+    attach = ["attach", str(datastore), "--out", str(database.parent / "out"), "--config", str(config)]
+    for command in (["index", str(datastore)], attach):
+        result = runner.invoke(app, ["--db", db_url, *command, "--scheduler", "tcp://127.0.0.1:9"])
+        assert result.exit_code == 2 and result.stderr.startswith("Error: cannot connect to the Dask scheduler")
+        assert not database.exists() and not (database.parent / "out").exists()
     result = runner.invoke(
         app, ["--db", db_url, "index", str(datastore), "--jobs", "2", "--scheduler", "tcp://127.0.0.1:9"]
     )
@@ -239,6 +250,17 @@ def test_a_failed_connection_closes_at_once_and_quietly(db_url, sim_datastore):
     assert result.stderr.startswith("Error: cannot connect to the Dask scheduler tls://127.0.0.1:9: ")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert time.monotonic() - started < 20
+
+
+def test_a_client_may_be_given_for_the_scheduler(db_url, cluster, sim_datastore):
+    """The library call takes a connected distributed.Client as its scheduler, and leaves it open."""
+    from bkgdb.catalogue import Catalogue
+
+    datastore, _ = sim_datastore
+    with distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+        report = Catalogue.open(db_url).index(datastore, scheduler=client)
+        assert (report.new, report.failed) == (N_RUNS - 1, 1)
+        assert client.status == "running"
 
 
 def test_missing_dask_is_a_one_line_error(monkeypatch):
