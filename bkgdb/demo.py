@@ -137,6 +137,8 @@ def check_demo_folder(folder: Path) -> None:
     # The attach replaces only what an attach wrote there: anything else is refused now, not after
     # the datastore and database were made again.
     attached = folder / "with-backgrounds"
+    if attached.is_symlink() or (attached.exists() and not attached.is_dir()):
+        raise BkgdbError(f"{attached} is not a folder the demo made: move it, or give the demo a new folder")
     if attached.is_dir():
         from bkgdb.gadf.destination import bkgdb_files
 

@@ -431,6 +431,13 @@ def test_the_demo_takes_new_empty_and_earlier_demo_folders_only(tmp_path):
         run_demo(new)
     assert sorted(path.name for path in new.iterdir()) == [DEMO_MARKER, "bkgdb-demo.yaml", "with-backgrounds"]
     assert (new / "bkgdb-demo.yaml").read_text() == "kept"
+    # A file, not a folder, in its place: refused as early.
+    (new / "with-backgrounds" / "notes.txt").unlink()
+    (new / "with-backgrounds").rmdir()
+    (new / "with-backgrounds").write_text("mine")
+    with pytest.raises(BkgdbError, match=r"with-backgrounds is not a folder the demo made"):
+        run_demo(new)
+    assert sorted(path.name for path in new.iterdir()) == [DEMO_MARKER, "bkgdb-demo.yaml", "with-backgrounds"]
 
 
 def test_where_on_the_command_line_and_history(db_url, simulated_datastore, tmp_path):

@@ -130,6 +130,23 @@ def test_a_condition_aware_background_is_built_read_only(indexed, tmp_path):
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_role_that_may_read_only_some_tables_is_told_to_grant_select(indexed):
+    """SELECT granted on alembic_version alone: a read command was told the database "is read-only
+    for this command, which needs to write"."""
+    with readonly_access(indexed, select=False) as url:
+        admin = sa.create_engine(resolve_url(indexed), isolation_level="AUTOCOMMIT")
+        role = sa.engine.make_url(url).username
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'GRANT SELECT ON alembic_version TO "{role}"'))
+        admin.dispose()
+        result = bkgdb(url, "info")
+        assert result.exit_code == 2, result.output
+        message = " ".join(result.stderr.split())
+        assert "this role may not read a table bkgdb needs (permission denied for table" in message
+        assert message.endswith("grant it SELECT on bkgdb's tables (README, Operations)")
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_role_without_select_is_told_so_not_that_the_catalogue_is_foreign(indexed):
     """The README's analyst role with its GRANT SELECT forgotten: bkgdb's own tables were listed as
     "other tables" of a database that "is not a bkgdb catalogue"."""
