@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import ctrl_c_as_in_a_terminal
+from typer.testing import CliRunner
 
 from bkgdb.config import load_config
 from bkgdb.simulate import BackgroundTruth, DatastoreSimulator
@@ -362,7 +363,10 @@ import sys
 import time
 
 import typer
+from bkgdb.cli import common
 from bkgdb.cli.common import reports_errors
+
+common.PROCESS_ENDS_WITH_COMMAND = True  # as the bkgdb program (bkgdb.cli.run) says
 
 
 def second_interrupt():
@@ -383,6 +387,21 @@ try:
 except typer.Exit as stop:
     sys.exit(stop.exit_code)
 """
+
+
+def test_a_command_run_in_process_leaves_the_hosts_interrupt_handlers(db_url, fault_datastore, monkeypatch):
+    """A program that runs a command in-process and interrupts it gets its own Ctrl-C back at once."""
+    import bkgdb.store.catalogue
+    from bkgdb.cli.main import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bkgdb.store.catalogue.RunCatalogue, "index", interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    result = CliRunner().invoke(app, ["--db", db_url, "index", str(fault_datastore)])
+    assert result.exit_code == 128 + signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_a_second_interrupt_while_the_process_exits_changes_nothing(tmp_path):

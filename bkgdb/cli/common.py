@@ -165,6 +165,9 @@ def reports_errors(command: F) -> F:
 
 #: Seconds after a command stopped on a Ctrl-C or SIGTERM during which another one is the same request.
 REPEATED_INTERRUPT_S = 5.0
+#: Whether this process ends with the command (the ``bkgdb`` program, `bkgdb.cli.run`), not a
+#: program that runs commands in-process (tests): only then are repeated interrupts ignored.
+PROCESS_ENDS_WITH_COMMAND = False
 
 
 def _repeated_interrupts_ignored() -> None:
@@ -173,9 +176,10 @@ def _repeated_interrupts_ignored() -> None:
     A second signal (a second Ctrl-C, or `timeout`, which signals the command and then its whole
     process group) would otherwise raise in Python's shutdown (threading's, multiprocessing's exit
     hooks), which prints "Exception ignored in ..." with a traceback and skips their clean-up.
-    Later signals are handled as before (in a program that runs commands in-process, a test's).
+    Later signals are handled as before. Only in the ``bkgdb`` program (`PROCESS_ENDS_WITH_COMMAND`):
+    a program that runs commands in-process keeps its handlers.
     """
-    if threading.current_thread() is not threading.main_thread():
+    if not PROCESS_ENDS_WITH_COMMAND or threading.current_thread() is not threading.main_thread():
         return
     previous = {int(signum): signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     until = time.monotonic() + REPEATED_INTERRUPT_S

@@ -43,4 +43,6 @@ app.add_typer(plot_app, name="plot")
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    from bkgdb.cli import run
+
+    sys.exit(run())
