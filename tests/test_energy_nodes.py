@@ -34,6 +34,21 @@ def model_of(geometry, counts, exposure_s):
     return background, energy_nodes_for_gammapy(fill_empty_bins(background.rate, background), background)
 
 
+def gammapy_predicted(geometry, nodes, exposure_s, binsz, width, oversampling):
+    """gammapy's predicted counts (`make_map_background_irf`) of a 2D model's ``nodes`` on a map of
+    ``binsz`` pixels centred on the pointing: (counts per energy and pixel, each pixel's offset in deg)."""
+    from gammapy.makers.utils import make_map_background_irf
+    from gammapy.maps import MapAxis, WcsGeom
+
+    pointing = SkyCoord(0 * u.deg, 0 * u.deg)
+    geom = WcsGeom.create(
+        skydir=pointing, binsz=binsz, width=width, frame="icrs", axes=[MapAxis.from_energy_edges(ENERGY * u.TeV)]
+    )
+    irf, start, exposure = geometry.to_irf(nodes), Time("2020-01-01"), exposure_s * u.s
+    predicted = make_map_background_irf(pointing, exposure, irf, geom, time_start=start, oversampling=oversampling)
+    return predicted.data, geom.to_image().get_coord().skycoord.separation(pointing).deg
+
+
 def test_loglog_bin_means_is_gammapys_integral():
     """The emulated integral of the nodes' interpolation is gammapy's, zero and steep nodes included."""
     rng = np.random.default_rng(7)
@@ -58,23 +73,13 @@ def test_gammapy_predicts_the_counts_through_the_threshold():
     The former power-law correction predicted 27 % too few counts in the bin below the peak and
     13 % too few above it, far outside the 1-2 % statistical errors.
     """
-    from gammapy.makers.utils import make_map_background_irf
-    from gammapy.maps import MapAxis, WcsGeom
-
     geometry = PieceGeometry.offset(ENERGY, np.linspace(0, 2.5, 11))
     ontime = 20 * 1800.0
     rng = np.random.default_rng(11)
     counts = rng.poisson(THRESHOLD_TRUTH.expected_counts(ENERGY, geometry.offset_edges, ontime) * 30)
     background, nodes = model_of(geometry, counts, np.full(10, ontime * 30))
-    pointing = SkyCoord(0 * u.deg, 0 * u.deg)
-    geom = WcsGeom.create(
-        skydir=pointing, binsz=0.05, width=5.2, frame="icrs", axes=[MapAxis.from_energy_edges(ENERGY * u.TeV)]
-    )
-    predicted = make_map_background_irf(
-        pointing, ontime * 30 * u.s, geometry.to_irf(nodes), geom, time_start=Time("2020-01-01"), oversampling=8
-    )
-    inside = geom.to_image().get_coord().skycoord.separation(pointing).deg < 2.5
-    per_bin = predicted.data[:, inside].sum(axis=1)
+    predicted, offset = gammapy_predicted(geometry, nodes, ontime * 30, binsz=0.05, width=5.2, oversampling=8)
+    per_bin = predicted[:, offset < 2.5].sum(axis=1)
     observed = counts.sum(axis=1)
     counted = observed >= 400  # the populated bins, from the first above the threshold
     assert counted[2] and counted[3] and counted.sum() >= 6
@@ -199,9 +204,6 @@ def test_a_2d_slice_of_tiny_fractions_of_a_count_does_not_explode_at_the_fov_edg
     with its ring's mean never found them: gammapy's log extrapolation from such a bin through the
     outermost one predicted 77 counts in that slice, and 16 % too many in the outer ring of the next.
     """
-    from gammapy.makers.utils import make_map_background_irf
-    from gammapy.maps import MapAxis, WcsGeom
-
     edges = np.linspace(0, 2.5, 11)
     geometry = PieceGeometry.offset(ENERGY, edges)
     ontime = 20 * 1800.0
@@ -210,14 +212,8 @@ def test_a_2d_slice_of_tiny_fractions_of_a_count_does_not_explode_at_the_fov_edg
     counts[1] = [0, 0, 3.374e-6, 3.373e-6, 0, 0, 0, 0, 3.375e-6, 0.6831]
     assert counts[2].min() > 50
     background, nodes = model_of(geometry, counts, np.full(10, ontime * 30))
-    pointing = SkyCoord(0 * u.deg, 0 * u.deg)
-    geom = WcsGeom.create(
-        skydir=pointing, binsz=0.02, width=5.0, frame="icrs", axes=[MapAxis.from_energy_edges(ENERGY * u.TeV)]
-    )
-    predicted = make_map_background_irf(
-        pointing, ontime * 30 * u.s, geometry.to_irf(nodes), geom, time_start=Time("2020-01-01"), oversampling=8
-    ).data
-    ring = np.digitize(geom.to_image().get_coord().skycoord.separation(pointing).deg, edges) - 1
+    predicted, offset = gammapy_predicted(geometry, nodes, ontime * 30, binsz=0.02, width=5.0, oversampling=8)
+    ring = np.digitize(offset, edges) - 1
     per_ring = np.array([[predicted[index][ring == r].sum() for r in range(10)] for index in (1, 2)])
     # Its 0.68 counts have a Poisson error of 120 %: within a factor 1.5.
     assert 1 / 1.5 < per_ring[0].sum() / counts[1].sum() < 1.5
@@ -232,9 +228,6 @@ def test_a_steep_fov_edge_keeps_its_measured_bins_and_gets_little_in_its_empty_r
     near-empty rule for 2D (meant for fractions of a count) once refilled 3 counts as 104. The empty
     rings beyond were filled from a profile that cannot follow the edge: 26 and 52 counts where the
     truth is 0.3 and 0.6. Now a ring that saw nothing gets at most one count."""
-    from gammapy.makers.utils import make_map_background_irf
-    from gammapy.maps import MapAxis, WcsGeom
-
     edges = np.linspace(0, 4, 17)
     geometry = PieceGeometry.offset(ENERGY, edges)
     ontime = 50 * 3600.0
@@ -251,15 +244,9 @@ def test_a_steep_fov_edge_keeps_its_measured_bins_and_gets_little_in_its_empty_r
     # In the slices of 1e4 counts or more (the filled rings' share is taken from the measured ones).
     measured = (counts > 0) & (counts.sum(axis=1, keepdims=True) >= 1e4)
     np.testing.assert_allclose((filled * background.denominator)[measured], counts[measured], rtol=1e-3)
-    pointing = SkyCoord(0 * u.deg, 0 * u.deg)
-    geom = WcsGeom.create(
-        skydir=pointing, binsz=0.04, width=8.0, frame="icrs", axes=[MapAxis.from_energy_edges(ENERGY * u.TeV)]
-    )
     nodes = energy_nodes_for_gammapy(filled, background)
-    predicted = make_map_background_irf(
-        pointing, ontime * u.s, geometry.to_irf(nodes), geom, time_start=Time("2020-01-01"), oversampling=4
-    ).data
-    ring = np.digitize(geom.to_image().get_coord().skycoord.separation(pointing).deg, edges) - 1
+    predicted, offset = gammapy_predicted(geometry, nodes, ontime, binsz=0.04, width=8.0, oversampling=4)
+    ring = np.digitize(offset, edges) - 1
     beyond = np.array([predicted[index][ring >= 12].sum() for index in range(1, 9)])
     # Rings 12-15 (3-4 deg), 0.14-1.6 TeV: the truth 168 counts, the counts 164; before, 529 predicted.
     assert truth[1:9, 12:].sum() == pytest.approx(168, abs=1)
