@@ -114,10 +114,11 @@ class AssembledBackground:
 #: beside 323; 2.3 with 1e-2, 23 with 1e-1), which stays compatible with the 0 observed for
 #: neighbours of up to about 2,000 counts, while the counted bin next to it integrates exactly.
 EMPTY_ENERGY_NODE_FRACTION = 1e-3
-#: A bin whose rate is below this fraction of its offset ring's mean (of its energy slice's, where
-#: the ring is that bin alone, as in 2D) is filled as if empty (`fill_empty_bins`): for integer
-#: counts that takes a single count among rings of thousands, which Poisson never gives; a smoothed
-#: rate never falls so steeply between neighbours.
+#: A bin whose rate is below this fraction of its offset ring's mean is filled as if empty
+#: (`fill_empty_bins`): for integer counts that takes a single count among rings of thousands, which
+#: Poisson never gives; a smoothed rate never falls so steeply between neighbours. Where the ring is
+#: that bin alone (2D), its slice's mean is the reference, and the bin must also hold less than this
+#: many counts (a fraction of a count, as condition-aware assembly leaves).
 NEAR_EMPTY_FRACTION = 1e-3
 #: The most counts `fill_empty_bins` gives an offset ring that holds none in an energy slice: about
 #: the 68 % upper limit of a Poisson mean when 0 is observed (1.15).
