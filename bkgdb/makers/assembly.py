@@ -120,9 +120,10 @@ EMPTY_ENERGY_NODE_FRACTION = 1e-3
 #: that bin alone (2D), its slice's mean is the reference, and the bin must also hold less than this
 #: many counts (a fraction of a count, as condition-aware assembly leaves).
 NEAR_EMPTY_FRACTION = 1e-3
-#: The most counts `fill_empty_bins` gives an offset ring that holds none in an energy slice: about
-#: the 68 % upper limit of a Poisson mean when 0 is observed (1.15).
-EMPTY_RING_MAX_COUNTS = 1.0
+#: The most counts `fill_empty_bins` gives an offset ring that holds none in an energy slice: the
+#: 95 % upper limit of a Poisson mean when 0 is observed. (1 count, the 68 % limit, also cut rings
+#: that were empty by chance in sparse slices: rings of 2-3 expected counts got 0.9.)
+EMPTY_RING_MAX_COUNTS = 3.0
 #: What a value that would underflow becomes (after about 100 empty slices in a row): the smallest
 #: normal float, which gammapy's log interpolation also puts for 0, but a model never holds 0 there.
 SMALLEST_VALUE = float(np.finfo(float).tiny)
@@ -453,7 +454,8 @@ def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.nda
                 estimate = np.where(estimate > 0, estimate, level * np.minimum(profile, cap))
                 # A ring that saw no count is given at most EMPTY_RING_MAX_COUNTS: the profile,
                 # widened by the next slice's acceptance, put 22 counts into an empty ring beside
-                # one of 7 at a steep FoV edge (CTA 1DC at 0.05 TeV, 4.5-5 deg).
+                # one of 7 at a steep FoV edge (CTA 1DC at 0.05 TeV, 4.5-5 deg), which 0 observed
+                # rules out.
                 unseen = ring_total[rings] <= 0
                 expected = np.bincount(
                     rings, np.where(unseen & exposed[index], estimate * denominator[index], 0.0), n_rings
