@@ -143,7 +143,9 @@ def test_a_role_that_may_read_only_some_tables_is_told_to_grant_select(indexed):
         assert result.exit_code == 2, result.output
         message = " ".join(result.stderr.split())
         assert "this role may not read a table bkgdb needs (permission denied for table" in message
-        assert message.endswith("grant it SELECT on bkgdb's tables (README, Operations)")
+        assert message.endswith(
+            "grant the role SELECT on bkgdb's tables (GRANT SELECT ON ALL TABLES IN SCHEMA public; README, Operations)"
+        )
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -155,8 +157,8 @@ def test_a_role_without_select_is_told_so_not_that_the_catalogue_is_foreign(inde
             result = bkgdb(url, *command)
             assert result.exit_code == 2, result.output
             assert result.stderr.strip() == (
-                "Error: permission denied reading the catalogue's tables (alembic_version): this role needs "
-                "SELECT on them (GRANT SELECT ON ALL TABLES IN SCHEMA public TO the role; README, Operations)"
+                "Error: permission denied reading the catalogue's tables (alembic_version): grant the role SELECT "
+                "on bkgdb's tables (GRANT SELECT ON ALL TABLES IN SCHEMA public; README, Operations)"
             )
 
 

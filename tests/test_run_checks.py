@@ -312,5 +312,9 @@ def test_which_header_obs_ids_name_another_run(header_obs_id, problem):
     from bkgdb.makers.run import obs_id_problem
 
     assert (obs_id_problem(header_obs_id, 1003) is not None) is problem
-    # A run number beyond a float's 53 bits, as a string card: read exactly.
+
+
+def test_a_run_number_beyond_a_floats_53_bits_is_read_exactly():
+    from bkgdb.makers.run import obs_id_problem
+
     assert obs_id_problem("9007199254740993", 9007199254740993) is None

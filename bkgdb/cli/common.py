@@ -113,16 +113,13 @@ def _print_error(message: str) -> None:
 
 def _database_error_message(exc: Exception) -> str:
     """One line for an unexpected SQLAlchemy database error: which database, what the driver said."""
-    from bkgdb.store.database import is_readonly_error
+    from bkgdb.store.database import GRANT_SELECT_ADVICE, is_read_denied, is_readonly_error
 
     orig = getattr(exc, "orig", None)
     reason = str(orig).strip().splitlines()[0] if orig is not None else type(exc).__name__
-    statement = str(getattr(exc, "statement", "") or "").lstrip().upper()
-    if getattr(orig, "sqlstate", None) == "42501" and statement.startswith(("SELECT", "WITH")):
-        return (
-            f"database {_shown_database()}: this role may not read a table bkgdb needs ({reason}): grant it "
-            "SELECT on bkgdb's tables (README, Operations)"
-        )
+    if is_read_denied(exc):
+        denied = f"this role may not read a table bkgdb needs ({reason})"
+        return f"database {_shown_database()}: {denied}: {GRANT_SELECT_ADVICE}"
     if is_readonly_error(exc):
         return f"database {_shown_database()} is read-only for this command, which needs to write: {reason}"
     return f"database {_shown_database()}: {reason}"

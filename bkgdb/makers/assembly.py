@@ -428,7 +428,7 @@ def fill_empty_bins(rate: np.ndarray, background: AssembledBackground) -> np.nda
     # lies far below the slice's mean: 3 counts in 1e5).
     counts = np.asarray(background.counts, float).reshape(n, -1)
     alone = np.bincount(rings, minlength=n_rings)[rings] == 1
-    slice_rates = totals / np.maximum(np.where(exposed, denominator, 0.0).sum(axis=1), np.finfo(float).tiny)
+    slice_rates = totals / np.maximum(ring_exposures.sum(axis=1), np.finfo(float).tiny)
     reference = np.where(alone, slice_rates[:, np.newaxis], ring_rates[:, rings])
     tiny = (slices < NEAR_EMPTY_FRACTION * reference) & (~alone | (counts < NEAR_EMPTY_FRACTION))
     empty = (slices <= 0) | (counted[:, np.newaxis] & tiny)

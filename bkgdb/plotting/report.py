@@ -106,7 +106,8 @@ def write_validation_report(
     folder.mkdir(parents=True, exist_ok=True)
     # The page comes first, saying the report is not finished: an interrupted report stays known as
     # bkgdb's (a rerun with --overwrite replaces it), and says so to whoever opens it.
-    write_output(folder / REPORT_INDEX, lambda temporary: temporary.write_text(_unfinished_page(config_name)), True)
+    unfinished = _unfinished_page(config_name)
+    write_output(folder / REPORT_INDEX, lambda temporary: temporary.write_text(unfinished, encoding="utf-8"), True)
     report_rows_to_file(report, folder / REPORT_TABLE, "csv")
     fitted = [row for row in report.rows if row["status"] == "ok" and _finite(row["norm"])]
     validation_figure = None

@@ -45,6 +45,8 @@ __all__ = [
     "create_engine",
     "is_in_memory_sqlite",
     "is_readonly_error",
+    "is_read_denied",
+    "GRANT_SELECT_ADVICE",
     "migrate_to_head",
     "upgrade_schema",
     "downgrade_schema",
@@ -184,6 +186,20 @@ def is_in_memory_sqlite(url: str | None) -> bool:
     if parsed.query.get("uri") == "true":  # a file: URI; without it "file:..." is a file's name
         return database in ("file:", "") or database.startswith("file::memory:") or parsed.query.get("mode") == "memory"
     return database in ("", ":memory:")
+
+
+#: What a PostgreSQL role that may not read bkgdb's tables is told to do.
+GRANT_SELECT_ADVICE = (
+    "grant the role SELECT on bkgdb's tables (GRANT SELECT ON ALL TABLES IN SCHEMA public; README, Operations)"
+)
+
+
+def is_read_denied(exc: BaseException, statement: str = "") -> bool:
+    """Whether a database error says that this role may not read (PostgreSQL SQLSTATE 42501 on a
+    query: ``statement``, or the error's own)."""
+    orig = getattr(exc, "orig", exc)
+    statement = statement or str(getattr(exc, "statement", "") or "")
+    return getattr(orig, "sqlstate", None) == "42501" and statement.lstrip().upper().startswith(("SELECT", "WITH"))
 
 
 def is_readonly_error(exc: BaseException) -> bool:
@@ -513,13 +529,13 @@ def _foreign_tables(dialect: str, query: Callable[[str], Sequence[Sequence[Any]]
     names = sorted(name for name, is_table in content if is_table) or sorted(name for name, _ in content)
     if "alembic_version" not in names:
         return names
+    revisions_query = "SELECT version_num FROM alembic_version"
     try:
-        revisions = [row[0] for row in query("SELECT version_num FROM alembic_version")]
+        revisions = [row[0] for row in query(revisions_query)]
     except Exception as exc:  # noqa: BLE001 - a table of that name without bkgdb's column
-        if getattr(getattr(exc, "orig", exc), "sqlstate", None) == "42501":  # a role without SELECT on it
+        if is_read_denied(exc, revisions_query):
             raise DatabaseError(
-                "permission denied reading the catalogue's tables (alembic_version): this role needs SELECT "
-                "on them (GRANT SELECT ON ALL TABLES IN SCHEMA public TO the role; README, Operations)"
+                f"permission denied reading the catalogue's tables (alembic_version): {GRANT_SELECT_ADVICE}"
             ) from None
         return names
     if len(revisions) == 1 and _CATALOGUE_REVISION.fullmatch(str(revisions[0])) and _CATALOGUE_TABLES <= set(names):
